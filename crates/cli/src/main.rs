@@ -1,0 +1,362 @@
+//! `bkv`: user, operator and developer commands.
+
+mod config;
+mod demo;
+mod dev;
+mod ops;
+
+use anyhow::{anyhow, Context};
+use bkv_client::{ClientError, Endpoint};
+use clap::{Parser, Subcommand};
+use config::ClientConfig;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use secrecy::SecretString;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "bkv",
+    version,
+    about = "bkv: end-to-end encrypted backups with an HSM-held, guess-limited key"
+)]
+struct Cli {
+    /// Client configuration (written by `bkv dev up` as DIR/client.toml).
+    #[arg(long, global = true, env = "BKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// User token from the app's auth service. Without it, a development
+    /// deployment's token endpoint (from the config) is used.
+    #[arg(long, global = true, env = "BKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a complete local deployment in a temp dir: back up, restore, and
+    /// show the guess limit at work.
+    Demo,
+    /// Local development deployments.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+    /// Create, restore and manage your backups.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Run a node, a frontend and storage under DIR in the foreground.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Frontend on P, node on P+1 (default: free ports).
+        #[arg(long)]
+        port_base: Option<u16>,
+        /// Path of the bkv-hsm binary (default: next to bkv).
+        #[arg(long)]
+        hsm_bin: Option<PathBuf>,
+    },
+    /// Start node I of a `dev up` deployment again (after it died or was killed).
+    RestartNode {
+        #[arg(long)]
+        dir: PathBuf,
+        index: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Back up a file or a directory tree (sets up the backup key on first use).
+    Create {
+        #[arg(long)]
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Store without zstd compression.
+        #[arg(long)]
+        no_compress: bool,
+        path: PathBuf,
+    },
+    /// Restore the latest backup to a new path.
+    Restore {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show the vault record and the latest backup.
+    Status {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the vault record and every stored backup (needs the password).
+    Disable {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// Exit codes (documented in the README).
+const EXIT_ERROR: i32 = 1;
+const EXIT_USAGE: i32 = 2;
+const EXIT_WRONG_PASSWORD: i32 = 3;
+const EXIT_LOCKED: i32 = 4;
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::WrongPassword { .. } => EXIT_WRONG_PASSWORD,
+                ClientError::Destroyed | ClientError::NoRecord => EXIT_LOCKED,
+                _ => EXIT_ERROR,
+            };
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return EXIT_USAGE;
+        }
+    }
+    EXIT_ERROR
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bkv: error: start runtime: {e}");
+            std::process::exit(EXIT_ERROR);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("bkv: error: {e:#}");
+        std::process::exit(exit_code(&e));
+    }
+}
+
+fn read_password(flag: bool) -> anyhow::Result<SecretString> {
+    if !flag {
+        return Err(
+            UsageError("pass the password on standard input with --password-stdin".into()).into(),
+        );
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    zeroize::Zeroize::zeroize(&mut line);
+    if pw.is_empty() {
+        return Err(UsageError("the password on standard input is empty".into()).into());
+    }
+    Ok(SecretString::from(pw))
+}
+
+fn validate_user(user: &str) -> anyhow::Result<()> {
+    bkv_wire::validate_user_id(user).map_err(|e| UsageError(format!("--user: {e}")).into())
+}
+
+async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError("--config FILE is required (e.g. DIR/client.toml from `bkv dev up`)".into())
+    })?;
+    let cfg = ClientConfig::load(&path)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("http client")?;
+    let token = match &cli.token {
+        Some(t) => t.clone(),
+        None => {
+            let url = cfg.auth.dev_token_url.clone().ok_or_else(|| {
+                UsageError("no --token given and the config has no dev token endpoint".into())
+            })?;
+            let resp = http
+                .post(&url)
+                .json(&serde_json::json!({ "user": user }))
+                .send()
+                .await
+                .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(anyhow!("token endpoint refused: {}", resp.status()));
+            }
+            let v: serde_json::Value = resp.json().await.context("token endpoint answer")?;
+            v.get("token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow!("token endpoint sent no token"))?
+                .to_owned()
+        }
+    };
+    Ok(ops::Ctx {
+        endpoint: Endpoint {
+            http,
+            frontend_url: cfg.frontend_url.clone(),
+            token: SecretString::from(token),
+            fleet_key: cfg.fleet_key()?,
+        },
+        storage_dir: cfg.storage_dir.clone(),
+        guess_limit: cfg.guess_limit,
+    })
+}
+
+/// A progress bar that appears only once an operation has run for a second.
+fn progress(total: u64, verb: &'static str) -> (ProgressBar, ops::Report) {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(verb);
+    let start = Instant::now();
+    let bar = pb.clone();
+    let mut shown = false;
+    let report: ops::Report = Box::new(move |done| {
+        if !shown && start.elapsed() > Duration::from_secs(1) {
+            shown = true;
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        bar.set_position(done);
+    });
+    (pb, report)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Demo => demo::run().await,
+        Command::Dev { command } => match command {
+            DevCommand::Up {
+                dir,
+                port_base,
+                hsm_bin,
+            } => {
+                dev::up(dev::UpArgs {
+                    dir: dir.clone(),
+                    port_base: *port_base,
+                    hsm_bin: hsm_bin.clone(),
+                })
+                .await
+            }
+            DevCommand::RestartNode { dir, index } => dev::restart_node(dir, *index),
+        },
+        Command::Backup { command } => match command {
+            BackupCommand::Create {
+                user,
+                password_stdin,
+                no_compress,
+                path,
+            } => {
+                validate_user(user)?;
+                let password = read_password(*password_stdin)?;
+                if !path.exists() {
+                    return Err(UsageError(format!("{} does not exist", path.display())).into());
+                }
+                let ctx = context(&cli, user).await?;
+                let (pb, report) = progress(bkv_client::archive::source_size(path), "encrypting");
+                let opts = bkv_client::archive::Options {
+                    compress: !no_compress,
+                    ..Default::default()
+                };
+                let created = ops::create(&ctx, user, &password, path.clone(), opts, report).await;
+                pb.finish_and_clear();
+                let created = created?;
+                if created.registered {
+                    println!(
+                        "set up a new backup key for {user} (guess limit {})",
+                        ctx.guess_limit
+                    );
+                }
+                println!(
+                    "backup created: {} ({} bytes encrypted)",
+                    created.latest.object, created.latest.size
+                );
+                Ok(())
+            }
+            BackupCommand::Restore {
+                user,
+                password_stdin,
+                out,
+            } => {
+                validate_user(user)?;
+                let password = read_password(*password_stdin)?;
+                let ctx = context(&cli, user).await?;
+                let total = bkv_client::BackupStore::local(&ctx.storage_dir, user)?
+                    .latest()
+                    .await?
+                    .map(|l| l.size)
+                    .unwrap_or(0);
+                let (pb, report) = progress(total, "restoring");
+                let r = ops::restore(&ctx, user, &password, out.clone(), report).await;
+                pb.finish_and_clear();
+                let latest = r?;
+                println!("restored {} to {}", latest.object, out.display());
+                Ok(())
+            }
+            BackupCommand::Status { user, json } => {
+                validate_user(user)?;
+                let ctx = context(&cli, user).await?;
+                let s = ops::status(&ctx, user).await?;
+                if *json {
+                    let v = serde_json::json!({
+                        "user": user,
+                        "record": s.record,
+                        "latest_backup": s.latest,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("user: {user}");
+                    println!("vault record: {}", ops::describe_record(&s.record));
+                    match &s.latest {
+                        Some(l) => println!(
+                            "latest backup: {} ({} bytes, created at unix time {})",
+                            l.object, l.size, l.created_unix
+                        ),
+                        None => println!("latest backup: none"),
+                    }
+                }
+                Ok(())
+            }
+            BackupCommand::Disable {
+                user,
+                password_stdin,
+            } => {
+                validate_user(user)?;
+                let password = read_password(*password_stdin)?;
+                let ctx = context(&cli, user).await?;
+                let n = ops::disable(&ctx, user, &password).await?;
+                println!(
+                    "backups disabled for {user}: vault record deleted, {n} stored objects deleted"
+                );
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,47 @@
+use bkv_wire::vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "wrong password: {guesses_remaining} guesses remaining before the backup key is destroyed"
+    )]
+    WrongPassword { guesses_remaining: u32 },
+    #[error("the backup key was destroyed after too many wrong guesses; the backups it protected cannot be recovered")]
+    Destroyed,
+    #[error("no backup is set up for this user")]
+    NoRecord,
+    #[error("the vault is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the vault did not prove possession of the pinned fleet key (wrong or outdated fleet key in the client config, or an impostor)")]
+    FleetKeyRejected,
+    #[error("the frontend refused the request: {0}")]
+    Refused(String),
+    #[error("vault error: {0}")]
+    Vault(VaultError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("backup format: {0}")]
+    Format(#[from] crate::backup::FormatError),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<VaultError> for ClientError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::WrongPassword { guesses_remaining } => {
+                ClientError::WrongPassword { guesses_remaining }
+            }
+            VaultError::Destroyed => ClientError::Destroyed,
+            VaultError::NoRecord => ClientError::NoRecord,
+            VaultError::Unavailable => {
+                ClientError::Unavailable("vault reported unavailable".into())
+            }
+            other => ClientError::Vault(other),
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

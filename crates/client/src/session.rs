@@ -1,0 +1,154 @@
+//! A Noise `NK` session with the vault, relayed through the frontend.
+
+use crate::error::{ClientError, Result};
+use bkv_wire::vault::{SessionHello, VaultRequest, VaultResponse, MAX_VAULT_MESSAGE};
+use bkv_wire::{MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE};
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+/// How to reach the vault: frontend URL, user token, pinned fleet key.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub http: reqwest::Client,
+    pub frontend_url: String,
+    pub token: SecretString,
+    /// The fleet's Noise static public key, pinned by the client.
+    pub fleet_key: [u8; 32],
+}
+
+pub struct Session {
+    endpoint: Endpoint,
+    id: String,
+    transport: snow::TransportState,
+}
+
+fn url(endpoint: &Endpoint, path: &str) -> String {
+    format!("{}{}", endpoint.frontend_url.trim_end_matches('/'), path)
+}
+
+async fn error_of(resp: reqwest::Response) -> ClientError {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.get("message"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    match code.as_str() {
+        "handshake_failed" => ClientError::FleetKeyRejected,
+        "unavailable" | "busy" => ClientError::Unavailable(message),
+        _ => ClientError::Refused(format!("{status}: {message}")),
+    }
+}
+
+fn http_err(e: reqwest::Error) -> ClientError {
+    ClientError::Unavailable(format!("frontend unreachable: {e}"))
+}
+
+impl Session {
+    pub async fn open(endpoint: &Endpoint, user_id: &str) -> Result<Self> {
+        let params = NOISE_PATTERN
+            .parse()
+            .map_err(|_| ClientError::Protocol("noise params".into()))?;
+        let mut hs = snow::Builder::new(params)
+            .remote_public_key(&endpoint.fleet_key)
+            .and_then(|b| b.prologue(NOISE_PROLOGUE))
+            .and_then(|b| b.build_initiator())
+            .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
+        let hello = bkv_wire::encode(&SessionHello {
+            version: 1,
+            user_id: user_id.to_owned(),
+        });
+        let mut msg1 = vec![0u8; MAX_NOISE_MESSAGE];
+        let n = hs
+            .write_message(&hello, &mut msg1)
+            .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
+        msg1.truncate(n);
+        let resp = endpoint
+            .http
+            .post(url(endpoint, "/v1/sessions"))
+            .bearer_auth(endpoint.token.expose_secret())
+            .body(msg1)
+            .send()
+            .await
+            .map_err(http_err)?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let id = resp
+            .headers()
+            .get(bkv_frontend_session_header())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol("frontend sent no session id".into()))?;
+        let msg2 = resp.bytes().await.map_err(http_err)?;
+        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+        // A responder without the pinned key's private half cannot produce a
+        // message that decrypts here.
+        hs.read_message(&msg2, &mut payload)
+            .map_err(|_| ClientError::FleetKeyRejected)?;
+        let transport = hs
+            .into_transport_mode()
+            .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
+        Ok(Session {
+            endpoint: endpoint.clone(),
+            id,
+            transport,
+        })
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call(&mut self, req: &VaultRequest) -> Result<VaultResponse> {
+        let plain = Zeroizing::new(bkv_wire::encode(req));
+        let mut ct = vec![0u8; plain.len() + 64];
+        let n = self
+            .transport
+            .write_message(&plain, &mut ct)
+            .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
+        ct.truncate(n);
+        let resp = self
+            .endpoint
+            .http
+            .post(url(&self.endpoint, &format!("/v1/sessions/{}", self.id)))
+            .bearer_auth(self.endpoint.token.expose_secret())
+            .body(ct)
+            .send()
+            .await
+            .map_err(http_err)?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let body = resp.bytes().await.map_err(http_err)?;
+        let mut out = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        let n = self
+            .transport
+            .read_message(&body, &mut out)
+            .map_err(|_| ClientError::Protocol("response failed to decrypt".into()))?;
+        bkv_wire::decode(out.get(..n).unwrap_or_default(), MAX_VAULT_MESSAGE)
+            .map_err(|e| ClientError::Protocol(format!("response: {e}")))
+    }
+
+    /// Best-effort close (the node also expires idle sessions).
+    pub async fn close(self) {
+        let _ = self
+            .endpoint
+            .http
+            .delete(url(&self.endpoint, &format!("/v1/sessions/{}", self.id)))
+            .bearer_auth(self.endpoint.token.expose_secret())
+            .send()
+            .await;
+    }
+}
+
+fn bkv_frontend_session_header() -> &'static str {
+    // Mirrors bkv_frontend::SESSION_HEADER without depending on the server crate.
+    "bkv-session"
+}

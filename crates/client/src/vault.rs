@@ -1,0 +1,218 @@
+//! Vault operations: register, recover, status, delete.
+
+use crate::error::{ClientError, Result};
+use crate::keys::{self, BackupKey};
+use crate::session::{Endpoint, Session};
+use argon2::Argon2;
+use bkv_wire::vault::{RecordState, VaultRequest, VaultResponse};
+use bkv_wire::{OpaqueSuite, OPAQUE_CONTEXT};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
+};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+pub struct VaultClient {
+    pub endpoint: Endpoint,
+    pub user_id: String,
+}
+
+fn unexpected(r: VaultResponse) -> ClientError {
+    match r {
+        VaultResponse::Error(e) => e.into(),
+        other => ClientError::Protocol(format!("unexpected response {other:?}")),
+    }
+}
+
+/// Argon2id with the library defaults (19 MiB, 2 passes): the client pays the
+/// stretching cost, the HSM only counts guesses.
+fn ksf() -> Argon2<'static> {
+    Argon2::default()
+}
+
+/// Result of a successful login: the backup key and the still-open session,
+/// which is authenticated for follow-up operations (delete, re-register).
+pub struct LoggedIn {
+    pub key: BackupKey,
+    pub session: Session,
+}
+
+impl VaultClient {
+    pub fn new(endpoint: Endpoint, user_id: &str) -> Self {
+        VaultClient {
+            endpoint,
+            user_id: user_id.to_owned(),
+        }
+    }
+
+    pub async fn status(&self) -> Result<RecordState> {
+        let mut s = Session::open(&self.endpoint, &self.user_id).await?;
+        let r = s.call(&VaultRequest::Status).await?;
+        s.close().await;
+        match r {
+            VaultResponse::Status { state } => Ok(state),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers `password` as a protector of `key` with `guess_limit`.
+    /// Uses `session` if given (an authenticated session replaces the live
+    /// record: password change), else opens a fresh one.
+    pub async fn register(
+        &self,
+        password: &SecretString,
+        key: &BackupKey,
+        guess_limit: u32,
+        session: Option<Session>,
+    ) -> Result<()> {
+        let mut s = match session {
+            Some(s) => s,
+            None => Session::open(&self.endpoint, &self.user_id).await?,
+        };
+        let pw = password.expose_secret().as_bytes();
+        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw)
+            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
+        let resp = s
+            .call(&VaultRequest::RegisterStart {
+                registration_request: start.message.serialize().to_vec(),
+            })
+            .await?;
+        let VaultResponse::RegisterStarted {
+            registration_response,
+        } = resp
+        else {
+            return Err(unexpected(resp));
+        };
+        let response = RegistrationResponse::<OpaqueSuite>::deserialize(&registration_response)
+            .map_err(|_| ClientError::Protocol("malformed RegistrationResponse".into()))?;
+        let ksf = ksf();
+        let finish = start
+            .state
+            .finish(
+                &mut OsRng,
+                pw,
+                response,
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
+            )
+            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
+        let wrapped_key = keys::wrap(&finish.export_key, &self.user_id, key);
+        let mut confirm_secret = [0u8; 32];
+        OsRng.fill_bytes(&mut confirm_secret);
+        let confirm_hash: [u8; 32] = Sha256::digest(confirm_secret).into();
+        let req = VaultRequest::RegisterFinish {
+            upload: finish.message.serialize().to_vec(),
+            wrapped_key,
+            guess_limit,
+            confirm_hash,
+        };
+        // Phase 1 may be retried freely: a pending record is not usable.
+        match s.call(&req).await? {
+            VaultResponse::RegisterStored => {}
+            other => return Err(unexpected(other)),
+        }
+        // Phase 2 is idempotent for the same secret, so a retry after a dropped
+        // response cannot reset anything.
+        let mut last_err = None;
+        for _ in 0..3 {
+            let r = match Session::open(&self.endpoint, &self.user_id).await {
+                Ok(mut s2) => {
+                    let r = s2
+                        .call(&VaultRequest::RegisterConfirm { confirm_secret })
+                        .await;
+                    s2.close().await;
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(VaultResponse::RegisterConfirmed) => {
+                    s.close().await;
+                    return Ok(());
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e @ ClientError::Unavailable(_)) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::Unavailable("confirm failed".into())))
+    }
+
+    /// OPAQUE login; returns K on success. Each call costs one guess until it
+    /// succeeds (the HSM counts before it answers).
+    pub async fn login(&self, password: &SecretString) -> Result<LoggedIn> {
+        let mut s = Session::open(&self.endpoint, &self.user_id).await?;
+        let pw = password.expose_secret().as_bytes();
+        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw)
+            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
+        let resp = s
+            .call(&VaultRequest::LoginStart {
+                credential_request: start.message.serialize().to_vec(),
+            })
+            .await?;
+        let VaultResponse::LoginStarted {
+            credential_response,
+            guesses_remaining,
+        } = resp
+        else {
+            return Err(unexpected(resp));
+        };
+        let response = CredentialResponse::<OpaqueSuite>::deserialize(&credential_response)
+            .map_err(|_| ClientError::Protocol("malformed CredentialResponse".into()))?;
+        let ksf = ksf();
+        let finish = start.state.finish(
+            &mut OsRng,
+            pw,
+            response,
+            ClientLoginFinishParameters::new(
+                Some(OPAQUE_CONTEXT),
+                Identifiers::default(),
+                Some(&ksf),
+            ),
+        );
+        let finish = match finish {
+            Ok(f) => f,
+            Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => {
+                // Wrong password: the client detects it locally. Tell the HSM
+                // anyway so it can destroy the record at the limit; the guess
+                // is already counted either way.
+                let r = s
+                    .call(&VaultRequest::LoginFinish {
+                        credential_finalization: Vec::new(),
+                    })
+                    .await;
+                s.close().await;
+                return Err(match r {
+                    Ok(VaultResponse::Error(e)) => e.into(),
+                    _ if guesses_remaining == 0 => ClientError::Destroyed,
+                    _ => ClientError::WrongPassword { guesses_remaining },
+                });
+            }
+            Err(e) => return Err(ClientError::Protocol(format!("opaque: {e:?}"))),
+        };
+        let resp = s
+            .call(&VaultRequest::LoginFinish {
+                credential_finalization: finish.message.serialize().to_vec(),
+            })
+            .await?;
+        let VaultResponse::LoginOk { wrapped_key } = resp else {
+            return Err(unexpected(resp));
+        };
+        let key = keys::unwrap(&finish.export_key, &self.user_id, &wrapped_key)
+            .ok_or_else(|| ClientError::Protocol("wrapped key failed to open".into()))?;
+        Ok(LoggedIn { key, session: s })
+    }
+
+    /// Deletes the record after a successful login.
+    pub async fn delete(&self, password: &SecretString) -> Result<()> {
+        let LoggedIn { mut session, .. } = self.login(password).await?;
+        let r = session.call(&VaultRequest::Delete).await?;
+        session.close().await;
+        match r {
+            VaultResponse::Deleted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! bkv frontend: the untrusted relay between clients and HSM nodes.
+//!
+//! It authenticates the app user (Ed25519 JWT), rate-limits, and relays opaque
+//! Noise messages to a node. It never holds a key that could open them: it
+//! sees ciphertext, sizes, timing and user ids only. HTTP API: `docs/api.md`.
+
+pub mod token;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bkv_wire::node::{NodeError, NodeRequest, NodeResponse, SessionId};
+use bkv_wire::MAX_NOISE_MESSAGE;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Header carrying the session id of `POST /v1/sessions`.
+pub const SESSION_HEADER: &str = "bkv-session";
+/// Audience every token must carry unless configured otherwise.
+pub const DEFAULT_AUDIENCE: &str = "bkv";
+/// Time allowed for one node round trip.
+const NODE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Per-user request budget: burst, then refill per second.
+const RATE_BURST: f64 = 60.0;
+const RATE_PER_SEC: f64 = 30.0;
+/// Users tracked by the rate limiter before old entries are pruned.
+const RATE_TABLE_MAX: usize = 100_000;
+
+pub struct FrontendConfig {
+    /// Node link addresses; sessions are opened on the first that answers.
+    pub nodes: Vec<SocketAddr>,
+    /// Public key that verifies user tokens.
+    pub token_key: VerifyingKey,
+    pub audience: String,
+    /// Development only: lets `POST /v1/dev/token` mint tokens for any user.
+    pub dev_token_key: Option<SigningKey>,
+}
+
+struct AppState {
+    config: FrontendConfig,
+    pools: Vec<Mutex<Vec<TcpStream>>>,
+    rate: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+pub fn router(config: FrontendConfig) -> Router {
+    let pools = config
+        .nodes
+        .iter()
+        .map(|_| Mutex::new(Vec::new()))
+        .collect();
+    let state = Arc::new(AppState {
+        config,
+        pools,
+        rate: Mutex::new(HashMap::new()),
+    });
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/sessions", post(open_session))
+        .route(
+            "/v1/sessions/{id}",
+            post(session_message).delete(close_session),
+        )
+        .route("/v1/dev/token", post(dev_token))
+        .layer(DefaultBodyLimit::max(MAX_NOISE_MESSAGE))
+        .with_state(state)
+}
+
+/// Serves the frontend on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: FrontendConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.into(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let (status, code) = match &e {
+            NodeError::UnknownSession => (StatusCode::NOT_FOUND, "unknown_session"),
+            NodeError::WrongUser => (StatusCode::FORBIDDEN, "wrong_user"),
+            NodeError::Handshake => (StatusCode::BAD_REQUEST, "handshake_failed"),
+            NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            NodeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            NodeError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthorized("Authorization must be a Bearer token"))?;
+    let claims = token::verify(
+        &state.config.token_key,
+        &state.config.audience,
+        now_secs(),
+        token,
+    )
+    .map_err(|e| unauthorized(&e.to_string()))?;
+    rate_limit(state, &claims.sub)?;
+    Ok(claims.sub)
+}
+
+fn rate_limit(state: &AppState, user: &str) -> Result<(), ApiError> {
+    let mut table = state
+        .rate
+        .lock()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "lock"))?;
+    let now = Instant::now();
+    if table.len() >= RATE_TABLE_MAX {
+        table.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(10));
+    }
+    let entry = table.entry(user.to_owned()).or_insert((RATE_BURST, now));
+    let refill = now.duration_since(entry.1).as_secs_f64() * RATE_PER_SEC;
+    entry.0 = (entry.0 + refill).min(RATE_BURST);
+    entry.1 = now;
+    if entry.0 < 1.0 {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests for this user; slow down",
+        ));
+    }
+    entry.0 -= 1.0;
+    Ok(())
+}
+
+/// Session ids given to clients: `<node index>.<hex of the node's session id>`,
+/// so the frontend routes without keeping session state.
+fn format_session(node: usize, id: &SessionId) -> String {
+    format!("{node}.{}", hex::encode(id))
+}
+
+fn parse_session(s: &str, nodes: usize) -> Result<(usize, SessionId), ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_session_id",
+            "malformed session id",
+        )
+    };
+    let (n, h) = s.split_once('.').ok_or_else(bad)?;
+    let n: usize = n.parse().map_err(|_| bad())?;
+    if n >= nodes || h.len() != 32 {
+        return Err(bad());
+    }
+    let id: SessionId = hex::decode(h)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok((n, id))
+}
+
+async fn node_call(
+    state: &AppState,
+    node: usize,
+    req: &NodeRequest,
+) -> Result<NodeResponse, ApiError> {
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "vault node unreachable",
+        )
+    };
+    let addr = *state.config.nodes.get(node).ok_or_else(unavailable)?;
+    let pooled = state
+        .pools
+        .get(node)
+        .and_then(|p| p.lock().ok().and_then(|mut v| v.pop()));
+    let body = bkv_wire::encode(req);
+    let len = u32::try_from(body.len()).map_err(|_| unavailable())?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+
+    // A pooled connection may have been closed by the node (restart, idle
+    // timeout): on failure retry once on a fresh connection. Requests are
+    // only retried when the node cannot have read them (write failed or the
+    // connection was already closed before any byte of a reply).
+    let mut attempt_pooled = pooled;
+    for _ in 0..2 {
+        let (mut conn, was_pooled) = match attempt_pooled.take() {
+            Some(c) => (c, true),
+            None => match tokio::time::timeout(NODE_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(c)) => {
+                    let _ = c.set_nodelay(true);
+                    (c, false)
+                }
+                _ => return Err(unavailable()),
+            },
+        };
+        match tokio::time::timeout(NODE_TIMEOUT, roundtrip(&mut conn, &frame)).await {
+            Ok(Ok(resp)) => {
+                if let Some(p) = state.pools.get(node) {
+                    if let Ok(mut v) = p.lock() {
+                        if v.len() < 32 {
+                            v.push(conn);
+                        }
+                    }
+                }
+                return Ok(resp);
+            }
+            Ok(Err(RoundTrip::ClosedBeforeReply)) if was_pooled => continue,
+            _ => return Err(unavailable()),
+        }
+    }
+    Err(unavailable())
+}
+
+enum RoundTrip {
+    ClosedBeforeReply,
+    Failed,
+}
+
+async fn roundtrip(conn: &mut TcpStream, frame: &[u8]) -> Result<NodeResponse, RoundTrip> {
+    conn.write_all(frame)
+        .await
+        .map_err(|_| RoundTrip::ClosedBeforeReply)?;
+    let mut len = [0u8; 4];
+    match conn.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(RoundTrip::ClosedBeforeReply)
+        }
+        Err(_) => return Err(RoundTrip::Failed),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > bkv_wire::MAX_NODE_FRAME {
+        return Err(RoundTrip::Failed);
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)
+        .await
+        .map_err(|_| RoundTrip::Failed)?;
+    bkv_wire::decode(&body, bkv_wire::MAX_NODE_FRAME).map_err(|_| RoundTrip::Failed)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FleetInfo {
+    pub fleet_id: String,
+    pub noise_public_key: String,
+}
+
+/// Informational only: clients must pin the fleet key from their config (or a
+/// verified bundle), never from this answer.
+async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<FleetInfo>, ApiError> {
+    for i in 0..state.config.nodes.len() {
+        if let Ok(NodeResponse::Info(info)) = node_call(&state, i, &NodeRequest::Info).await {
+            return Ok(Json(FleetInfo {
+                fleet_id: info.fleet_id,
+                noise_public_key: bkv_wire::key_to_hex(&info.noise_public_key),
+            }));
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "no vault node answered",
+    ))
+}
+
+fn unexpected() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "bad_gateway",
+        "unexpected answer from vault node",
+    )
+}
+
+async fn open_session(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let req = NodeRequest::OpenSession {
+        user_id: user.clone(),
+        handshake: body.to_vec(),
+    };
+    let mut last = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "no vault node configured",
+    );
+    for node in 0..state.config.nodes.len() {
+        match node_call(&state, node, &req).await {
+            Ok(NodeResponse::SessionOpened {
+                session_id,
+                handshake,
+            }) => {
+                tracing::info!(user = %user, node, "session opened");
+                let mut resp = handshake.into_response();
+                let sid = HeaderValue::from_str(&format_session(node, &session_id))
+                    .map_err(|_| unexpected())?;
+                resp.headers_mut().insert(SESSION_HEADER, sid);
+                return Ok(resp);
+            }
+            Ok(NodeResponse::Error(NodeError::Unavailable)) => {
+                last = NodeError::Unavailable.into();
+            }
+            Ok(NodeResponse::Error(e)) => {
+                tracing::info!(user = %user, node, error = %e, "session refused");
+                return Err(e.into());
+            }
+            Ok(_) => return Err(unexpected()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn session_message(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers)?;
+    let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
+    let req = NodeRequest::SessionMessage {
+        session_id,
+        user_id: user.clone(),
+        ciphertext: body.to_vec(),
+    };
+    match node_call(&state, node, &req).await? {
+        NodeResponse::SessionMessage { ciphertext } => {
+            tracing::debug!(user = %user, node, request_bytes = body.len(), response_bytes = ciphertext.len(), "relayed");
+            Ok(ciphertext.into_response())
+        }
+        NodeResponse::Error(e) => Err(e.into()),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn close_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&state, &headers)?;
+    let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
+    match node_call(&state, node, &NodeRequest::CloseSession { session_id }).await? {
+        NodeResponse::Closed => Ok(StatusCode::NO_CONTENT),
+        NodeResponse::Error(e) => Err(e.into()),
+        _ => Err(unexpected()),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevTokenRequest {
+    pub user: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevTokenResponse {
+    pub token: String,
+    pub expires_at: u64,
+}
+
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<DevTokenResponse>, ApiError> {
+    let Some(key) = &state.config.dev_token_key else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "dev tokens are disabled",
+        ));
+    };
+    let req: DevTokenRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {{\"user\": ...}}: {e}"),
+        )
+    })?;
+    bkv_wire::validate_user_id(&req.user)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_user", e))?;
+    let now = now_secs();
+    let expires_at = now + 3600;
+    let token = token::mint(
+        key,
+        &token::Claims {
+            sub: req.user,
+            aud: state.config.audience.clone(),
+            exp: expires_at,
+            iat: Some(now),
+            nbf: None,
+        },
+    );
+    Ok(Json(DevTokenResponse { token, expires_at }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_roundtrip_and_reject_garbage() {
+        let id = [9u8; 16];
+        let s = format_session(1, &id);
+        assert_eq!(parse_session(&s, 2).unwrap(), (1, id));
+        for bad in [
+            "",
+            "1",
+            "5.00",
+            "x.00112233445566778899aabbccddeeff",
+            "2.00112233445566778899aabbccddeeff",
+            "0.zz112233445566778899aabbccddeeff",
+        ] {
+            assert!(parse_session(bad, 2).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The replicated state: user records and the mutations that change them.
+//!
+//! [`State::apply`] is deterministic and total: every node applies the same
+//! committed [`Mutation`]s in the same order and reaches the same state. Each
+//! mutation re-checks its own preconditions (record generation, counters), so a
+//! mutation proposed against a state that has since changed is a no-op with a
+//! `Rejected`/`Stale` outcome rather than a corruption.
+
+use bkv_wire::vault::RecordState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub type RecordId = [u8; 32];
+
+/// A password credential: the OPAQUE record plus the key it protects.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct Credential {
+    /// Serialised OPAQUE `ServerRegistration` (RFC 9807 registration record).
+    pub opaque_record: Vec<u8>,
+    /// The backup key K encrypted under a key derived from the OPAQUE export
+    /// key: the HSM never sees K in the clear.
+    pub wrapped_key: Vec<u8>,
+    pub guess_limit: u32,
+    /// SHA-256 of the client's confirmation secret for this registration.
+    pub confirm_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential(limit={}, <redacted>)", self.guess_limit)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub credential: Credential,
+    /// Generation of the live record this registration replaces (password
+    /// change after login), or `None` for a fresh registration.
+    pub replaces: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Live {
+    Active {
+        credential: Credential,
+        attempts: u32,
+    },
+    /// Tombstone: the credential and wrapped key are erased.
+    Destroyed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Changes whenever the live credential changes (activate, destroy);
+    /// unique across the whole state, never reused.
+    pub generation: u64,
+    pub live: Option<Live>,
+    pub pending: Option<Pending>,
+}
+
+/// A log entry: every change to a record is one of these, committed before any
+/// response that depends on it is released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    StorePending {
+        record_id: RecordId,
+        pending: Pending,
+    },
+    Activate {
+        record_id: RecordId,
+        confirm_hash: [u8; 32],
+    },
+    CountGuess {
+        record_id: RecordId,
+        generation: u64,
+    },
+    ResetGuesses {
+        record_id: RecordId,
+        generation: u64,
+    },
+    Destroy {
+        record_id: RecordId,
+        generation: u64,
+    },
+    Delete {
+        record_id: RecordId,
+        generation: u64,
+    },
+}
+
+impl Mutation {
+    pub fn record_id(&self) -> &RecordId {
+        match self {
+            Mutation::StorePending { record_id, .. }
+            | Mutation::Activate { record_id, .. }
+            | Mutation::CountGuess { record_id, .. }
+            | Mutation::ResetGuesses { record_id, .. }
+            | Mutation::Destroy { record_id, .. }
+            | Mutation::Delete { record_id, .. } => record_id,
+        }
+    }
+}
+
+/// What applying a mutation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Stored,
+    Activated {
+        generation: u64,
+    },
+    AlreadyActive,
+    /// The guess was counted: `attempts` now includes it.
+    Counted {
+        attempts: u32,
+        guess_limit: u32,
+    },
+    /// The record is at its limit: nothing was counted.
+    Exhausted,
+    Reset,
+    Destroyed,
+    Deleted,
+    /// The record is absent or destroyed.
+    NoRecord,
+    /// A live record exists and the mutation was not authorised to replace it.
+    RecordExists,
+    NoPending,
+    /// The record's generation changed since the mutation was proposed.
+    Stale,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub records: BTreeMap<RecordId, Record>,
+    /// Source of record generations; only grows.
+    pub next_generation: u64,
+}
+
+impl State {
+    pub fn status(&self, id: &RecordId) -> RecordState {
+        match self.records.get(id) {
+            None => RecordState::Absent,
+            Some(r) => match &r.live {
+                Some(Live::Active {
+                    credential,
+                    attempts,
+                }) => RecordState::Active {
+                    attempts: *attempts,
+                    guess_limit: credential.guess_limit,
+                },
+                Some(Live::Destroyed) => RecordState::Destroyed,
+                None if r.pending.is_some() => RecordState::Pending,
+                None => RecordState::Absent,
+            },
+        }
+    }
+
+    /// The live credential and its generation, if the record is active.
+    pub fn active(&self, id: &RecordId) -> Option<(&Credential, u32, u64)> {
+        let r = self.records.get(id)?;
+        match &r.live {
+            Some(Live::Active {
+                credential,
+                attempts,
+            }) => Some((credential, *attempts, r.generation)),
+            _ => None,
+        }
+    }
+
+    fn fresh_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    pub fn apply(&mut self, m: &Mutation) -> Outcome {
+        let id = *m.record_id();
+        match m {
+            Mutation::StorePending { pending, .. } => {
+                let gen = self.fresh_generation();
+                let rec = self.records.entry(id).or_insert(Record {
+                    generation: gen,
+                    live: None,
+                    pending: None,
+                });
+                let live_gen = match &rec.live {
+                    Some(Live::Active { .. }) => Some(rec.generation),
+                    _ => None,
+                };
+                if live_gen.is_some() && pending.replaces != live_gen {
+                    return Outcome::RecordExists;
+                }
+                rec.pending = Some(pending.clone());
+                Outcome::Stored
+            }
+            Mutation::Activate { confirm_hash, .. } => {
+                let gen = self.fresh_generation();
+                let Some(rec) = self.records.get_mut(&id) else {
+                    return Outcome::NoPending;
+                };
+                if let Some(p) = &rec.pending {
+                    if p.credential.confirm_hash == *confirm_hash {
+                        let live_gen = match &rec.live {
+                            Some(Live::Active { .. }) => Some(rec.generation),
+                            _ => None,
+                        };
+                        if live_gen.is_some() && p.replaces != live_gen {
+                            rec.pending = None;
+                            return Outcome::Stale;
+                        }
+                        let credential = p.credential.clone();
+                        rec.pending = None;
+                        rec.live = Some(Live::Active {
+                            credential,
+                            attempts: 0,
+                        });
+                        rec.generation = gen;
+                        return Outcome::Activated { generation: gen };
+                    }
+                }
+                match &rec.live {
+                    Some(Live::Active { credential, .. })
+                        if credential.confirm_hash == *confirm_hash =>
+                    {
+                        Outcome::AlreadyActive
+                    }
+                    _ => Outcome::NoPending,
+                }
+            }
+            Mutation::CountGuess { generation, .. } => {
+                let Some(rec) = self.records.get_mut(&id) else {
+                    return Outcome::NoRecord;
+                };
+                if rec.generation != *generation {
+                    return Outcome::Stale;
+                }
+                match &mut rec.live {
+                    Some(Live::Active {
+                        credential,
+                        attempts,
+                    }) => {
+                        if *attempts >= credential.guess_limit {
+                            return Outcome::Exhausted;
+                        }
+                        *attempts += 1;
+                        Outcome::Counted {
+                            attempts: *attempts,
+                            guess_limit: credential.guess_limit,
+                        }
+                    }
+                    _ => Outcome::NoRecord,
+                }
+            }
+            Mutation::ResetGuesses { generation, .. } => {
+                let Some(rec) = self.records.get_mut(&id) else {
+                    return Outcome::NoRecord;
+                };
+                if rec.generation != *generation {
+                    return Outcome::Stale;
+                }
+                match &mut rec.live {
+                    Some(Live::Active { attempts, .. }) => {
+                        *attempts = 0;
+                        Outcome::Reset
+                    }
+                    _ => Outcome::NoRecord,
+                }
+            }
+            Mutation::Destroy { generation, .. } => {
+                let gen = self.fresh_generation();
+                let Some(rec) = self.records.get_mut(&id) else {
+                    return Outcome::NoRecord;
+                };
+                if rec.generation != *generation {
+                    return Outcome::Stale;
+                }
+                match &rec.live {
+                    Some(Live::Active { .. }) => {
+                        // Dropping the Live value zeroizes the credential.
+                        rec.live = Some(Live::Destroyed);
+                        rec.pending = None;
+                        rec.generation = gen;
+                        Outcome::Destroyed
+                    }
+                    _ => Outcome::NoRecord,
+                }
+            }
+            Mutation::Delete { generation, .. } => {
+                match self.records.get(&id) {
+                    Some(rec) if rec.generation == *generation => {}
+                    Some(_) => return Outcome::Stale,
+                    None => return Outcome::NoRecord,
+                }
+                self.records.remove(&id);
+                Outcome::Deleted
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cred(tag: u8, limit: u32) -> Credential {
+        Credential {
+            opaque_record: vec![tag; 8],
+            wrapped_key: vec![tag; 4],
+            guess_limit: limit,
+            confirm_hash: [tag; 32],
+        }
+    }
+
+    fn activate(s: &mut State, id: RecordId, tag: u8, limit: u32) -> u64 {
+        assert_eq!(
+            s.apply(&Mutation::StorePending {
+                record_id: id,
+                pending: Pending {
+                    credential: cred(tag, limit),
+                    replaces: None
+                }
+            }),
+            Outcome::Stored
+        );
+        match s.apply(&Mutation::Activate {
+            record_id: id,
+            confirm_hash: [tag; 32],
+        }) {
+            Outcome::Activated { generation } => generation,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn pending_is_not_usable_and_retry_cannot_reset_counter() {
+        let mut s = State::default();
+        let id = [1; 32];
+        let gen = activate(&mut s, id, 1, 10);
+        for _ in 0..9 {
+            s.apply(&Mutation::CountGuess {
+                record_id: id,
+                generation: gen,
+            });
+        }
+        // A retried fresh registration (dropped response) cannot replace the live record...
+        assert_eq!(
+            s.apply(&Mutation::StorePending {
+                record_id: id,
+                pending: Pending {
+                    credential: cred(2, 10),
+                    replaces: None
+                }
+            }),
+            Outcome::RecordExists
+        );
+        // ...and a retried confirmation is idempotent, not a reset.
+        assert_eq!(
+            s.apply(&Mutation::Activate {
+                record_id: id,
+                confirm_hash: [1; 32]
+            }),
+            Outcome::AlreadyActive
+        );
+        assert_eq!(
+            s.status(&id),
+            RecordState::Active {
+                attempts: 9,
+                guess_limit: 10
+            }
+        );
+    }
+
+    #[test]
+    fn destroy_is_final_for_that_generation() {
+        let mut s = State::default();
+        let id = [3; 32];
+        let gen = activate(&mut s, id, 3, 2);
+        for _ in 0..2 {
+            assert!(matches!(
+                s.apply(&Mutation::CountGuess {
+                    record_id: id,
+                    generation: gen
+                }),
+                Outcome::Counted { .. }
+            ));
+        }
+        assert_eq!(
+            s.apply(&Mutation::CountGuess {
+                record_id: id,
+                generation: gen
+            }),
+            Outcome::Exhausted
+        );
+        assert_eq!(
+            s.apply(&Mutation::Destroy {
+                record_id: id,
+                generation: gen
+            }),
+            Outcome::Destroyed
+        );
+        assert_eq!(s.status(&id), RecordState::Destroyed);
+        // Stale mutations from before the destruction do nothing.
+        assert_eq!(
+            s.apply(&Mutation::ResetGuesses {
+                record_id: id,
+                generation: gen
+            }),
+            Outcome::Stale
+        );
+        assert_eq!(s.status(&id), RecordState::Destroyed);
+    }
+
+    fn arb_mutation() -> impl Strategy<Value = Mutation> {
+        let id = prop_oneof![Just([1u8; 32]), Just([2u8; 32])];
+        let gen = 0u64..12;
+        let tag = 1u8..4;
+        prop_oneof![
+            (id.clone(), tag.clone(), proptest::option::of(gen.clone())).prop_map(
+                |(record_id, t, replaces)| Mutation::StorePending {
+                    record_id,
+                    pending: Pending {
+                        credential: cred(t, 3),
+                        replaces
+                    }
+                }
+            ),
+            (id.clone(), tag).prop_map(|(record_id, t)| Mutation::Activate {
+                record_id,
+                confirm_hash: [t; 32]
+            }),
+            (id.clone(), gen.clone()).prop_map(|(record_id, generation)| Mutation::CountGuess {
+                record_id,
+                generation
+            }),
+            (id.clone(), gen.clone()).prop_map(|(record_id, generation)| Mutation::ResetGuesses {
+                record_id,
+                generation
+            }),
+            (id.clone(), gen.clone()).prop_map(|(record_id, generation)| Mutation::Destroy {
+                record_id,
+                generation
+            }),
+            (id, gen).prop_map(|(record_id, generation)| Mutation::Delete {
+                record_id,
+                generation
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Invariants over any sequence of mutations: attempts never exceed the
+        /// limit; counted guesses since the last reset/activation never exceed
+        /// the limit; applying is deterministic; the encoding roundtrips.
+        #[test]
+        fn state_machine_invariants(ms in proptest::collection::vec(arb_mutation(), 0..60)) {
+            let mut a = State::default();
+            let mut b = State::default();
+            let mut counted_since_reset: BTreeMap<RecordId, u32> = BTreeMap::new();
+            for m in &ms {
+                let before = a.status(m.record_id());
+                let oa = a.apply(m);
+                let ob = b.apply(m);
+                prop_assert_eq!(&oa, &ob);
+                match oa {
+                    Outcome::Counted { attempts, guess_limit } => {
+                        prop_assert!(attempts <= guess_limit);
+                        let c = counted_since_reset.entry(*m.record_id()).or_default();
+                        *c += 1;
+                        prop_assert!(*c <= guess_limit);
+                    }
+                    Outcome::Reset | Outcome::Activated { .. } | Outcome::Deleted => {
+                        counted_since_reset.remove(m.record_id());
+                    }
+                    _ => {}
+                }
+                if before == RecordState::Destroyed {
+                    // Only a fresh confirmed registration or a delete leaves the tombstone.
+                    let after = a.status(m.record_id());
+                    prop_assert!(after == RecordState::Destroyed || matches!(m, Mutation::Activate{..} | Mutation::Delete{..}));
+                }
+                if let RecordState::Active { attempts, guess_limit } = a.status(m.record_id()) {
+                    prop_assert!(attempts <= guess_limit);
+                }
+                let enc = bkv_wire::encode(m);
+                prop_assert_eq!(&bkv_wire::decode::<Mutation>(&enc, 1 << 16).unwrap(), m);
+            }
+            prop_assert_eq!(a, b);
+        }
+    }
+}

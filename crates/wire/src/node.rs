@@ -1,0 +1,108 @@
+//! Frames on the link between the (untrusted) frontend and an HSM node.
+//! Framing: a 4-byte big-endian length, then an [`crate::encode`]d value of at
+//! most [`crate::MAX_NODE_FRAME`] bytes.
+
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+
+pub type SessionId = [u8; 16];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// First Noise message of a session for `user_id` (as authenticated by the frontend).
+    OpenSession {
+        user_id: String,
+        handshake: Vec<u8>,
+    },
+    /// A Noise transport message of an open session.
+    SessionMessage {
+        session_id: SessionId,
+        user_id: String,
+        ciphertext: Vec<u8>,
+    },
+    CloseSession {
+        session_id: SessionId,
+    },
+    /// Public node information.
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    SessionOpened {
+        session_id: SessionId,
+        handshake: Vec<u8>,
+    },
+    SessionMessage {
+        ciphertext: Vec<u8>,
+    },
+    Closed,
+    Info(NodeInfo),
+    Error(NodeError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub fleet_id: String,
+    pub noise_public_key: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeError {
+    #[error("unknown or expired session")]
+    UnknownSession,
+    #[error("session belongs to another user")]
+    WrongUser,
+    #[error("noise handshake failed (is the client pinning the right fleet key?)")]
+    Handshake,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("too many open sessions")]
+    Busy,
+    #[error("the vault is unavailable")]
+    Unavailable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame too large: {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Codec(#[from] crate::CodecError),
+}
+
+/// Writes one length-prefixed frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), FrameError> {
+    let body = crate::encode(value);
+    if body.len() > crate::MAX_NODE_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one length-prefixed frame; `Ok(None)` on a clean end of stream.
+pub fn read_frame<T: serde::de::DeserializeOwned>(
+    r: &mut impl Read,
+) -> Result<Option<T>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > crate::MAX_NODE_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(crate::decode(&body, crate::MAX_NODE_FRAME)?))
+}
