@@ -476,7 +476,8 @@ mod tests {
                 if before == RecordState::Destroyed {
                     // Only a fresh confirmed registration or a delete leaves the tombstone.
                     let after = a.status(m.record_id());
-                    prop_assert!(after == RecordState::Destroyed || matches!(m, Mutation::Activate{..} | Mutation::Delete{..}));
+                    let leaves = matches!(m, Mutation::Activate { .. } | Mutation::Delete { .. });
+                    prop_assert!(after == RecordState::Destroyed || leaves, "tombstone left by {:?}", m);
                 }
                 if let RecordState::Active { attempts, guess_limit } = a.status(m.record_id()) {
                     prop_assert!(attempts <= guess_limit);

@@ -1,0 +1,252 @@
+//! Helpers for end-to-end tests: real `bkv dev up` / `bkv-hsm` processes on
+//! 127.0.0.1 with free ports, cleaned up by pid.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn bkv_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bkv"))
+}
+
+pub fn hsm_bin() -> PathBuf {
+    let p = bkv_bin().with_file_name("bkv-hsm");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so bkv-hsm is built",
+        p.display()
+    );
+    p
+}
+
+pub struct DevUp {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub frontend_url: String,
+    pub stderr_log: PathBuf,
+}
+
+impl DevUp {
+    pub fn start(dir: &Path) -> DevUp {
+        Self::start_with_env(dir, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
+        std::fs::create_dir_all(dir).unwrap();
+        let stderr_log = dir.join("dev-up.stderr");
+        let mut cmd = Command::new(bkv_bin());
+        cmd.args(["dev", "up", "--dir"])
+            .arg(dir)
+            .arg("--hsm-bin")
+            .arg(hsm_bin())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.contains("ready") => break l,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "bkv dev up did not become ready: {}",
+                        std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                .to_owned()
+        };
+        DevUp {
+            child,
+            dir: dir.to_owned(),
+            config: PathBuf::from(field("config")),
+            frontend_url: field("frontend"),
+            stderr_log,
+        }
+    }
+
+    pub fn node_pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.join("nodes/0/pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn node_addr(&self) -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join("nodes/0/node.json")).unwrap())
+                .unwrap();
+        v["listen"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs `bkv --config <this deployment> ARGS` with `stdin`.
+    pub fn bkv(&self, args: &[&str], stdin: &str) -> Output {
+        bkv_with(&self.config, args, stdin, &[])
+    }
+}
+
+impl Drop for DevUp {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        // If dev up could not stop the node (it was itself killed), do it here.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("nodes/0/pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+pub fn bkv_with(config: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bkv_bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit={:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Deterministic incompressible bytes (xorshift).
+pub fn write_noise(path: &Path, len: u64, seed: u64) {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x = seed | 1;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Byte-for-byte comparison of two files or trees, streaming.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let ma = std::fs::symlink_metadata(a).unwrap();
+    let mb = std::fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert_eq!(ma.is_dir(), mb.is_dir(), "{}", b.display());
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "{}", b.display());
+        for n in na {
+            assert_same_tree(&a.join(&n), &b.join(&n));
+        }
+    } else {
+        assert_eq!(ma.len(), mb.len(), "{}", b.display());
+        let mut ra = BufReader::with_capacity(1 << 20, std::fs::File::open(a).unwrap());
+        let mut rb = BufReader::with_capacity(1 << 20, std::fs::File::open(b).unwrap());
+        loop {
+            let ba = ra.fill_buf().unwrap().to_vec();
+            if ba.is_empty() {
+                assert!(rb.fill_buf().unwrap().is_empty());
+                break;
+            }
+            let mut bb = vec![0u8; ba.len()];
+            std::io::Read::read_exact(&mut rb, &mut bb).unwrap();
+            assert!(ba == bb, "{} differs", b.display());
+            ra.consume(ba.len());
+        }
+    }
+}
+
+/// Runs a command and returns (output, peak RSS in KiB) measured by wait4.
+pub fn run_measured(cmd: &mut Command, stdin: &str) -> (std::process::ExitStatus, i64, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as i32;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
+    use std::os::unix::process::ExitStatusExt;
+    (
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss,
+        text,
+    )
+}

@@ -1,0 +1,479 @@
+//! End-to-end: `bkv dev up` (a real `bkv-hsm` process and the frontend) driven
+//! through the `bkv` CLI exactly as a user would.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+const PW: &str = "Tr0ub4dor&3-horse\n";
+
+#[test]
+fn file_and_directory_roundtrip_byte_for_byte() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("big.bin");
+    write_noise(&file, 20 * 1024 * 1024 + 12_345, 7);
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "alice",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("set up a new backup key"));
+    let out = t.path().join("restored.bin");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_tree(&file, &out);
+
+    // A directory of 1,000 small files, nested, replacing the file backup.
+    let src = t.path().join("tree");
+    for i in 0..1000 {
+        let d = src.join(format!("d{}", i % 17)).join(format!("e{}", i % 5));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(format!("f{i}.txt")),
+            format!("message {i} ").repeat(i % 50),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(src.join("empty-dir")).unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "alice",
+            "--password-stdin",
+            src.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = t.path().join("restored-tree");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_tree(&src, &out);
+
+    // Only one backup object remains (the new one replaced the old only after completing).
+    let o = dev.bkv(&["backup", "status", "--user", "alice", "--json"], "");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["Active"]["attempts"], 0);
+    let users = std::fs::read_dir(dev.dir.join("storage/users"))
+        .unwrap()
+        .count();
+    assert_eq!(users, 1);
+    let user_dir = std::fs::read_dir(dev.dir.join("storage/users"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_dir(user_dir.join("backups")).unwrap().count(),
+        1
+    );
+
+    // Restoring over an existing path is refused and changes nothing.
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn wrong_passwords_count_down_and_the_tenth_destroys() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    std::fs::write(&file, b"my chats").unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "bob",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = t.path().join("out");
+    let restore = |pw: &str| {
+        dev.bkv(
+            &[
+                "backup",
+                "restore",
+                "--user",
+                "bob",
+                "--password-stdin",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            pw,
+        )
+    };
+    for i in 1..=9 {
+        let o = restore("wrong\n");
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            msg.contains(&format!("{} guesses remaining", 10 - i)),
+            "{msg}"
+        );
+        assert!(!out.exists());
+    }
+    let o = restore("wrong\n");
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("destroyed"));
+    let o = restore(PW);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(!out.exists());
+    let o = dev.bkv(&["backup", "status", "--user", "bob"], "");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("destroyed"),
+        "{}",
+        text(&o)
+    );
+    // Usage errors exit 2.
+    let o = dev.bkv(&["backup", "restore", "--user", "bob", "--out", "x"], "");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = dev.bkv(&["backup", "frobnicate"], "");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // No record at all: exit 4.
+    let o = dev.bkv(
+        &["backup", "disable", "--user", "nobody", "--password-stdin"],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "nobody",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn killing_and_restarting_the_node_loses_no_record_and_no_counter() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    write_noise(&file, 300_000, 3);
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "carol",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = t.path().join("out");
+    let out_s = out.to_str().unwrap();
+    for _ in 0..3 {
+        let o = dev.bkv(
+            &[
+                "backup",
+                "restore",
+                "--user",
+                "carol",
+                "--password-stdin",
+                "--out",
+                out_s,
+            ],
+            "bad\n",
+        );
+        assert_eq!(o.status.code(), Some(3));
+    }
+    let pid = dev.node_pid();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // While the node is down requests fail cleanly as "unavailable".
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "carol",
+            "--password-stdin",
+            "--out",
+            out_s,
+        ],
+        PW,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unavailable"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(bkv_bin())
+        .args(["dev", "restart-node", "--dir"])
+        .arg(&dev.dir)
+        .arg("0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(dev.node_pid(), pid);
+    let o = dev.bkv(&["backup", "status", "--user", "carol", "--json"], "");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["Active"]["attempts"], 3, "{v}");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "carol",
+            "--password-stdin",
+            "--out",
+            out_s,
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_tree(&file, &out);
+}
+
+#[test]
+fn a_wrong_pinned_fleet_key_is_rejected_and_counts_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "dan",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = std::fs::read_to_string(&dev.config).unwrap();
+    let line = cfg
+        .lines()
+        .find(|l| l.starts_with("noise_public_key"))
+        .unwrap();
+    // A valid curve point that is not the fleet's key.
+    let impostor = "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c";
+    let bad_cfg = t.path().join("bad.toml");
+    std::fs::write(
+        &bad_cfg,
+        cfg.replace(line, &format!("noise_public_key = \"{impostor}\"")),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let o = bkv_with(
+        &bad_cfg,
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "dan",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pinned fleet key"),
+        "{}",
+        text(&o)
+    );
+    let o = dev.bkv(&["backup", "status", "--user", "dan", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["Active"]["attempts"], 0);
+}
+
+#[test]
+fn no_secret_reaches_any_log() {
+    let t = tempfile::tempdir().unwrap();
+    let trace = [("RUST_LOG", "trace")];
+    let dev = DevUp::start_with_env(&t.path().join("dev"), &trace);
+    let password = "Zebra-Quartz-Secret-41";
+    let file = t.path().join("f");
+    std::fs::write(&file, b"hello").unwrap();
+    let pw = format!("{password}\n");
+    let out = t.path().join("out");
+    let mut cli_logs = String::new();
+    for args in [
+        vec![
+            "backup",
+            "create",
+            "--user",
+            "eve",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        vec![
+            "backup",
+            "restore",
+            "--user",
+            "eve",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        vec!["backup", "status", "--user", "eve"],
+    ] {
+        let o = bkv_with(&dev.config, &args, &pw, &trace);
+        assert!(o.status.success(), "{}", text(&o));
+        cli_logs.push_str(&text(&o));
+    }
+    // A wrong guess and a failed session too.
+    let o = bkv_with(
+        &dev.config,
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "eve",
+            "--password-stdin",
+            "--out",
+            "nope",
+        ],
+        "Other-Secret-99\n",
+        &trace,
+    );
+    cli_logs.push_str(&text(&o));
+    drop(dev);
+    let dev_logs = std::fs::read_to_string(t.path().join("dev/dev-up.stderr")).unwrap();
+    let node_log = std::fs::read_to_string(t.path().join("dev/nodes/0/node.log")).unwrap();
+    // The logs are real and verbose (trace), so absence means something.
+    assert!(node_log.contains("committed"), "node log: {node_log}");
+    assert!(
+        dev_logs.contains("session opened"),
+        "frontend log: {dev_logs}"
+    );
+    for (name, log) in [
+        ("cli", &cli_logs),
+        ("frontend", &dev_logs),
+        ("node", &node_log),
+    ] {
+        for secret in [password, "Other-Secret-99"] {
+            assert!(!log.contains(secret), "{name} log contains the password");
+            assert!(
+                !log.contains(&hex::encode(secret)),
+                "{name} log contains the password (hex)"
+            );
+        }
+    }
+    // Nothing at rest holds it either: storage and the node's sealed database.
+    for dir in ["dev/storage", "dev/nodes/0/data"] {
+        for e in walk(&t.path().join(dir)) {
+            let b = std::fs::read(&e).unwrap();
+            assert!(
+                !b.windows(password.len()).any(|w| w == password.as_bytes()),
+                "{}",
+                e.display()
+            );
+        }
+    }
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}
+
+#[test]
+fn memory_stays_bounded_for_a_1_gib_file() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("1g.bin");
+    write_noise(&file, 1 << 30, 11);
+    let mut cmd = Command::new(bkv_bin());
+    cmd.arg("--config")
+        .arg(&dev.config)
+        .args(["backup", "create", "--user", "gib", "--password-stdin"])
+        .arg(&file);
+    let (status, rss_kib, out) = run_measured(&mut cmd, PW);
+    assert!(status.success(), "{out}");
+    assert!(rss_kib < 100 * 1024, "backup peak RSS {rss_kib} KiB");
+    eprintln!("backup of 1 GiB: peak RSS {} MiB", rss_kib / 1024);
+    let restored = t.path().join("1g.out");
+    let mut cmd = Command::new(bkv_bin());
+    cmd.arg("--config")
+        .arg(&dev.config)
+        .args([
+            "backup",
+            "restore",
+            "--user",
+            "gib",
+            "--password-stdin",
+            "--out",
+        ])
+        .arg(&restored);
+    let (status, rss_kib, out) = run_measured(&mut cmd, PW);
+    assert!(status.success(), "{out}");
+    assert!(rss_kib < 100 * 1024, "restore peak RSS {rss_kib} KiB");
+    eprintln!("restore of 1 GiB: peak RSS {} MiB", rss_kib / 1024);
+    assert_same_tree(&file, &restored);
+}

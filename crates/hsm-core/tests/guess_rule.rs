@@ -1,0 +1,521 @@
+//! The vault's guess-counting and registration rules, driven through the real
+//! Noise NK and OPAQUE protocols against the I/O-free core.
+
+use argon2::Argon2;
+use bkv_hsm_core::{Core, FleetSecrets, MemoryPlatform, State, Step};
+use bkv_wire::node::{NodeError, SessionId};
+use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
+use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
+};
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+
+fn core() -> Core<MemoryPlatform> {
+    let secrets = FleetSecrets::generate(&mut OsRng);
+    Core::new(MemoryPlatform::new([9; 32]), secrets, State::default()).unwrap()
+}
+
+/// Runs a request through the core as a one-node host would: every proposed
+/// mutation is "committed" (applied) before the core may answer.
+fn drive(
+    core: &mut Core<MemoryPlatform>,
+    sid: &SessionId,
+    user: &str,
+    ct: &[u8],
+) -> Result<Vec<u8>, NodeError> {
+    let mut step = core.session_message(sid, user, ct);
+    loop {
+        match step? {
+            Step::Reply(r) => return Ok(r),
+            Step::Commit(m) => {
+                let o = core.apply(&m);
+                step = core.resume(sid, o);
+            }
+        }
+    }
+}
+
+struct Client {
+    sid: SessionId,
+    user: String,
+    t: snow::TransportState,
+}
+
+fn open_with_key(
+    core: &mut Core<MemoryPlatform>,
+    user: &str,
+    key: &[u8; 32],
+) -> Result<Client, NodeError> {
+    let mut hs = snow::Builder::new(NOISE_PATTERN.parse().unwrap())
+        .remote_public_key(key)
+        .unwrap()
+        .prologue(NOISE_PROLOGUE)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let hello = bkv_wire::encode(&SessionHello {
+        version: 1,
+        user_id: user.into(),
+    });
+    let mut m1 = vec![0u8; 1024];
+    let n = hs.write_message(&hello, &mut m1).unwrap();
+    let (sid, m2) = core.open_session(user, &m1[..n])?;
+    let mut p = vec![0u8; 1024];
+    hs.read_message(&m2, &mut p).unwrap();
+    Ok(Client {
+        sid,
+        user: user.into(),
+        t: hs.into_transport_mode().unwrap(),
+    })
+}
+
+fn open(core: &mut Core<MemoryPlatform>, user: &str) -> Client {
+    let key = core.secrets().noise_public_key();
+    open_with_key(core, user, &key).unwrap()
+}
+
+impl Client {
+    fn call(&mut self, core: &mut Core<MemoryPlatform>, req: &VaultRequest) -> VaultResponse {
+        let plain = bkv_wire::encode(req);
+        let mut ct = vec![0u8; plain.len() + 64];
+        let n = self.t.write_message(&plain, &mut ct).unwrap();
+        let resp = drive(core, &self.sid, &self.user, &ct[..n]).unwrap();
+        let mut out = vec![0u8; 65535];
+        let n = self.t.read_message(&resp, &mut out).unwrap();
+        bkv_wire::decode(&out[..n], 1 << 16).unwrap()
+    }
+
+    /// Registers with explicit phases; returns the confirm secret.
+    fn register(
+        &mut self,
+        core: &mut Core<MemoryPlatform>,
+        pw: &str,
+        limit: u32,
+    ) -> Result<[u8; 32], VaultError> {
+        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
+        let r = self.call(
+            core,
+            &VaultRequest::RegisterStart {
+                registration_request: start.message.serialize().to_vec(),
+            },
+        );
+        let VaultResponse::RegisterStarted {
+            registration_response,
+        } = r
+        else {
+            return Err(err(r));
+        };
+        let ksf = Argon2::default();
+        let fin = start
+            .state
+            .finish(
+                &mut OsRng,
+                pw.as_bytes(),
+                RegistrationResponse::deserialize(&registration_response).unwrap(),
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
+            )
+            .unwrap();
+        let secret = [pw.len() as u8; 32];
+        let r = self.call(
+            core,
+            &VaultRequest::RegisterFinish {
+                upload: fin.message.serialize().to_vec(),
+                wrapped_key: fin.export_key.to_vec(), // stands in for Enc(export_key, K)
+                guess_limit: limit,
+                confirm_hash: Sha256::digest(secret).into(),
+            },
+        );
+        if r != VaultResponse::RegisterStored {
+            return Err(err(r));
+        }
+        match self.call(
+            core,
+            &VaultRequest::RegisterConfirm {
+                confirm_secret: secret,
+            },
+        ) {
+            VaultResponse::RegisterConfirmed => Ok(secret),
+            r => Err(err(r)),
+        }
+    }
+
+    /// Full login; Ok(wrapped key) or the vault's error.
+    fn login(&mut self, core: &mut Core<MemoryPlatform>, pw: &str) -> Result<Vec<u8>, VaultError> {
+        let (cr, state) = self.login_start(core, pw)?;
+        let ksf = Argon2::default();
+        let fin = state.finish(
+            &mut OsRng,
+            pw.as_bytes(),
+            CredentialResponse::deserialize(&cr).unwrap(),
+            ClientLoginFinishParameters::new(
+                Some(OPAQUE_CONTEXT),
+                Identifiers::default(),
+                Some(&ksf),
+            ),
+        );
+        let finalization = match fin {
+            Ok(f) => f.message.serialize().to_vec(),
+            Err(_) => Vec::new(), // wrong password: the client cannot finish
+        };
+        match self.call(
+            core,
+            &VaultRequest::LoginFinish {
+                credential_finalization: finalization,
+            },
+        ) {
+            VaultResponse::LoginOk { wrapped_key } => Ok(wrapped_key),
+            r => Err(err(r)),
+        }
+    }
+
+    fn login_start(
+        &mut self,
+        core: &mut Core<MemoryPlatform>,
+        pw: &str,
+    ) -> Result<(Vec<u8>, ClientLogin<OpaqueSuite>), VaultError> {
+        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
+        match self.call(
+            core,
+            &VaultRequest::LoginStart {
+                credential_request: start.message.serialize().to_vec(),
+            },
+        ) {
+            VaultResponse::LoginStarted {
+                credential_response,
+                ..
+            } => Ok((credential_response, start.state)),
+            r => Err(err(r)),
+        }
+    }
+}
+
+fn err(r: VaultResponse) -> VaultError {
+    match r {
+        VaultResponse::Error(e) => e,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn status(core: &mut Core<MemoryPlatform>, user: &str) -> RecordState {
+    match open(core, user).call(core, &VaultRequest::Status) {
+        VaultResponse::Status { state } => state,
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn counts_before_answering_resets_on_success_destroys_at_limit() {
+    let mut c = core();
+    let wrapped = {
+        let mut s = open(&mut c, "alice");
+        s.register(&mut c, "right", 10).unwrap();
+        s.login(&mut c, "right").unwrap()
+    };
+    for i in 1..=9 {
+        let e = open(&mut c, "alice").login(&mut c, "wrong").unwrap_err();
+        assert_eq!(
+            e,
+            VaultError::WrongPassword {
+                guesses_remaining: 10 - i
+            }
+        );
+    }
+    assert_eq!(
+        status(&mut c, "alice"),
+        RecordState::Active {
+            attempts: 9,
+            guess_limit: 10
+        }
+    );
+    // Success resets the counter and returns the same wrapped key.
+    assert_eq!(
+        open(&mut c, "alice").login(&mut c, "right").unwrap(),
+        wrapped
+    );
+    assert_eq!(
+        status(&mut c, "alice"),
+        RecordState::Active {
+            attempts: 0,
+            guess_limit: 10
+        }
+    );
+    for _ in 1..=9 {
+        open(&mut c, "alice").login(&mut c, "wrong").unwrap_err();
+    }
+    // The 10th wrong guess destroys the record...
+    assert_eq!(
+        open(&mut c, "alice").login(&mut c, "wrong").unwrap_err(),
+        VaultError::Destroyed
+    );
+    assert_eq!(status(&mut c, "alice"), RecordState::Destroyed);
+    // ...for good: the right password no longer helps.
+    assert_eq!(
+        open(&mut c, "alice").login(&mut c, "right").unwrap_err(),
+        VaultError::Destroyed
+    );
+}
+
+#[test]
+fn the_last_guess_can_still_succeed() {
+    let mut c = core();
+    open(&mut c, "u").register(&mut c, "pw", 3).unwrap();
+    for _ in 0..2 {
+        open(&mut c, "u").login(&mut c, "bad").unwrap_err();
+    }
+    open(&mut c, "u").login(&mut c, "pw").unwrap();
+    assert_eq!(
+        status(&mut c, "u"),
+        RecordState::Active {
+            attempts: 0,
+            guess_limit: 3
+        }
+    );
+}
+
+#[test]
+fn a_dropped_connection_after_credential_request_still_counts() {
+    let mut c = core();
+    open(&mut c, "bob").register(&mut c, "pw", 10).unwrap();
+    for i in 1..=10u32 {
+        // The client (or an attacker) sends CredentialRequest and vanishes.
+        let mut s = open(&mut c, "bob");
+        s.login_start(&mut c, "guess").unwrap();
+        drop(s);
+        assert_eq!(
+            status(&mut c, "bob"),
+            RecordState::Active {
+                attempts: i,
+                guess_limit: 10
+            }
+        );
+    }
+    // The limit is reached: the next attempt destroys instead of answering.
+    let e = open(&mut c, "bob").login(&mut c, "pw").unwrap_err();
+    assert_eq!(e, VaultError::Destroyed);
+    assert_eq!(status(&mut c, "bob"), RecordState::Destroyed);
+}
+
+#[test]
+fn retried_registration_cannot_reset_a_live_counter() {
+    let mut c = core();
+    let secret = open(&mut c, "carol").register(&mut c, "pw", 10).unwrap();
+    for _ in 0..5 {
+        open(&mut c, "carol").login(&mut c, "bad").unwrap_err();
+    }
+    // A fresh registration over the live record is refused without login.
+    let e = open(&mut c, "carol")
+        .register(&mut c, "attacker", 10)
+        .unwrap_err();
+    assert_eq!(e, VaultError::RecordExists);
+    // A replayed confirmation (the response was dropped) is idempotent.
+    let r = open(&mut c, "carol").call(
+        &mut c,
+        &VaultRequest::RegisterConfirm {
+            confirm_secret: secret,
+        },
+    );
+    assert_eq!(r, VaultResponse::RegisterConfirmed);
+    // A guessed confirmation secret does nothing.
+    let r = open(&mut c, "carol").call(
+        &mut c,
+        &VaultRequest::RegisterConfirm {
+            confirm_secret: [0; 32],
+        },
+    );
+    assert_eq!(r, VaultResponse::Error(VaultError::NoPendingRegistration));
+    assert_eq!(
+        status(&mut c, "carol"),
+        RecordState::Active {
+            attempts: 5,
+            guess_limit: 10
+        }
+    );
+}
+
+#[test]
+fn pending_registration_is_not_guessable() {
+    let mut c = core();
+    let mut s = open(&mut c, "dave");
+    let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, b"pw").unwrap();
+    s.call(
+        &mut c,
+        &VaultRequest::RegisterStart {
+            registration_request: start.message.serialize().to_vec(),
+        },
+    );
+    assert_eq!(status(&mut c, "dave"), RecordState::Absent);
+    assert_eq!(
+        open(&mut c, "dave").login(&mut c, "pw").unwrap_err(),
+        VaultError::NoRecord
+    );
+}
+
+#[test]
+fn password_change_needs_login_and_replaces_the_credential() {
+    let mut c = core();
+    open(&mut c, "erin").register(&mut c, "old", 10).unwrap();
+    let mut s = open(&mut c, "erin");
+    s.login(&mut c, "old").unwrap();
+    s.register(&mut c, "new", 10).unwrap();
+    assert_eq!(
+        open(&mut c, "erin").login(&mut c, "old").unwrap_err(),
+        VaultError::WrongPassword {
+            guesses_remaining: 9
+        }
+    );
+    open(&mut c, "erin").login(&mut c, "new").unwrap();
+}
+
+#[test]
+fn delete_needs_login() {
+    let mut c = core();
+    open(&mut c, "fay").register(&mut c, "pw", 10).unwrap();
+    let r = open(&mut c, "fay").call(&mut c, &VaultRequest::Delete);
+    assert_eq!(r, VaultResponse::Error(VaultError::NotAuthenticated));
+    let mut s = open(&mut c, "fay");
+    s.login(&mut c, "pw").unwrap();
+    assert_eq!(
+        s.call(&mut c, &VaultRequest::Delete),
+        VaultResponse::Deleted
+    );
+    assert_eq!(status(&mut c, "fay"), RecordState::Absent);
+    assert!(c.state().records.is_empty());
+}
+
+#[test]
+fn bad_input_is_answered_and_changes_nothing() {
+    let mut c = core();
+    open(&mut c, "gus").register(&mut c, "pw", 10).unwrap();
+    let before = c.state().clone();
+    // Malformed OPAQUE messages inside a valid session.
+    let mut s = open(&mut c, "gus");
+    for req in [
+        VaultRequest::LoginStart {
+            credential_request: vec![1, 2, 3],
+        },
+        VaultRequest::LoginFinish {
+            credential_finalization: vec![0; 10],
+        },
+        VaultRequest::RegisterStart {
+            registration_request: vec![],
+        },
+        VaultRequest::RegisterFinish {
+            upload: vec![9; 50],
+            wrapped_key: vec![1],
+            guess_limit: 10,
+            confirm_hash: [0; 32],
+        },
+        VaultRequest::Delete,
+    ] {
+        assert!(matches!(s.call(&mut c, &req), VaultResponse::Error(_)));
+    }
+    // Garbage plaintext inside the session.
+    let mut ct = vec![0u8; 200];
+    let n = s.t.write_message(&[0xff; 40], &mut ct).unwrap();
+    let resp = drive(&mut c, &s.sid, "gus", &ct[..n]).unwrap();
+    let mut out = vec![0u8; 1024];
+    let n = s.t.read_message(&resp, &mut out).unwrap();
+    assert!(matches!(
+        bkv_wire::decode::<VaultResponse>(&out[..n], 1024).unwrap(),
+        VaultResponse::Error(VaultError::BadRequest(_))
+    ));
+    // A replayed ciphertext fails and ends the session.
+    let mut ct = vec![0u8; 200];
+    let n =
+        s.t.write_message(&bkv_wire::encode(&VaultRequest::Status), &mut ct)
+            .unwrap();
+    drive(&mut c, &s.sid, "gus", &ct[..n]).unwrap();
+    assert!(matches!(
+        drive(&mut c, &s.sid, "gus", &ct[..n]),
+        Err(NodeError::BadRequest(_))
+    ));
+    assert_eq!(
+        drive(&mut c, &s.sid, "gus", &ct[..n]),
+        Err(NodeError::UnknownSession)
+    );
+    // Garbage handshakes, user mismatch, unknown sessions.
+    assert_eq!(
+        c.open_session("gus", &[1, 2, 3]).unwrap_err(),
+        NodeError::Handshake
+    );
+    assert!(c.open_session("bad/user", &[1, 2, 3]).is_err());
+    let mut s2 = open(&mut c, "gus");
+    let mut ct = vec![0u8; 200];
+    let n =
+        s2.t.write_message(&bkv_wire::encode(&VaultRequest::Status), &mut ct)
+            .unwrap();
+    assert_eq!(
+        drive(&mut c, &s2.sid, "mallory", &ct[..n]),
+        Err(NodeError::WrongUser)
+    );
+    assert_eq!(
+        drive(&mut c, &[0; 16], "gus", &ct[..n]),
+        Err(NodeError::UnknownSession)
+    );
+    assert_eq!(c.state(), &before);
+}
+
+#[test]
+fn hello_must_name_the_authenticated_user() {
+    let mut c = core();
+    let key = c.secrets().noise_public_key();
+    let mut hs = snow::Builder::new(NOISE_PATTERN.parse().unwrap())
+        .remote_public_key(&key)
+        .unwrap()
+        .prologue(NOISE_PROLOGUE)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let hello = bkv_wire::encode(&SessionHello {
+        version: 1,
+        user_id: "victim".into(),
+    });
+    let mut m1 = vec![0u8; 1024];
+    let n = hs.write_message(&hello, &mut m1).unwrap();
+    assert_eq!(
+        c.open_session("attacker", &m1[..n]).unwrap_err(),
+        NodeError::WrongUser
+    );
+}
+
+#[test]
+fn wrong_pinned_fleet_key_is_rejected() {
+    let mut c = core();
+    let other = FleetSecrets::generate(&mut OsRng).noise_public_key();
+    assert_eq!(
+        open_with_key(&mut c, "hal", &other).err(),
+        Some(NodeError::Handshake)
+    );
+    assert_eq!(c.session_count(), 0);
+}
+
+#[test]
+fn session_table_is_bounded_and_expires() {
+    let mut c = core();
+    c.set_session_limits(3, 60);
+    for _ in 0..3 {
+        open(&mut c, "ivy");
+    }
+    let key = c.secrets().noise_public_key();
+    assert_eq!(
+        open_with_key(&mut c, "ivy", &key).err(),
+        Some(NodeError::Busy)
+    );
+    c.platform().advance_clock(61);
+    open(&mut c, "ivy");
+    assert_eq!(c.session_count(), 1);
+}
+
+#[test]
+fn sealed_secrets_roundtrip_and_reject_other_keys() {
+    let s = FleetSecrets::generate(&mut OsRng);
+    let k = bkv_hsm_core::SealingKey::from_bytes([1; 32]);
+    let sealed = s.seal(&k, &mut OsRng);
+    let back = FleetSecrets::unseal(&k, &sealed).unwrap();
+    assert_eq!(back.noise_public_key(), s.noise_public_key());
+    assert_eq!(back.fleet_id(), s.fleet_id());
+    assert!(FleetSecrets::unseal(&bkv_hsm_core::SealingKey::from_bytes([2; 32]), &sealed).is_err());
+}
