@@ -314,7 +314,7 @@ impl Read for ChannelReader {
         }
         let n = self.cur.len().min(out.len());
         out[..n].copy_from_slice(&self.cur[..n]);
-        let _ = bytes::Buf::advance(&mut self.cur, n);
+        bytes::Buf::advance(&mut self.cur, n);
         Ok(n)
     }
 }

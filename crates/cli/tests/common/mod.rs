@@ -212,6 +212,8 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 /// Runs a command and returns (output, peak RSS in KiB) measured by wait4.
+// The child is reaped by wait4 (which also reports its peak RSS), not Child::wait.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(cmd: &mut Command, stdin: &str) -> (std::process::ExitStatus, i64, String) {
     let mut child = cmd
         .stdin(Stdio::piped())

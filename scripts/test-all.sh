@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every check and test of bkv on a fresh machine: installs what the tests
+# need, then format, lint, build, unit/property/integration/end-to-end tests,
+# and the demo as a smoke test. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s ==\n' "$*"; }
+
+# System packages the tests need. None beyond the Rust toolchain yet; later
+# suites (PKCS#11 via SoftHSM2, the S3 backend via moto) add theirs here.
+APT_PACKAGES=()
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+
+log "rustfmt"
+cargo fmt --all -- --check
+
+log "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "build (all binaries: the end-to-end tests start bkv-hsm processes)"
+cargo build --workspace --bins --locked
+
+log "tests"
+cargo test --workspace --locked
+
+log "demo (smoke)"
+cargo run --locked --quiet --bin bkv -- demo >/dev/null
+
+log "all checks passed"
