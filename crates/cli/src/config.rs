@@ -26,11 +26,32 @@ fn default_guess_limit() -> u32 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetConfig {
-    /// How fleet keys are validated: `pinned` (keys in this file).
+    /// How fleet keys are validated: `pinned` (the Noise key in this file, the
+    /// hardcoded mode) or `ota` (a bundle from the frontend, verified against the
+    /// auditor and operator keys in `[fleet.ota]`).
     pub mode: String,
-    pub fleet_id: String,
-    /// The fleet's Noise static public key (hex), pinned.
-    pub noise_public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<String>,
+    /// `pinned` mode: the fleet's Noise static public key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ota: Option<OtaConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OtaConfig {
+    pub namespace: String,
+    /// Checkpoint origin of the namespace's log (`<auditor name>/<namespace>`).
+    pub origin: String,
+    pub auditor_name: String,
+    /// Auditor's Ed25519 public key (hex), pinned.
+    pub auditor_key: String,
+    /// Operator's Ed25519 public key (hex), pinned.
+    pub operator_key: String,
+    /// Where the newest checkpoint and accepted epoch are persisted
+    /// (relative paths are relative to this config file).
+    pub state_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,26 +79,62 @@ impl ClientConfig {
         if cfg.version != 1 {
             bail!("client config version {} is not supported", cfg.version);
         }
-        if cfg.fleet.mode != "pinned" {
-            bail!(
-                "fleet mode {:?} is not supported (use \"pinned\")",
-                cfg.fleet.mode
-            );
+        match cfg.fleet.mode.as_str() {
+            "pinned" => {
+                cfg.pinned_key()?;
+                Ok(cfg)
+            }
+            "ota" => {
+                let mut c = cfg;
+                c.anchors()?;
+                if let Some(ota) = &mut c.fleet.ota {
+                    if ota.state_file.is_relative() {
+                        let base = path.parent().unwrap_or(Path::new("."));
+                        ota.state_file = base.join(&ota.state_file);
+                    }
+                }
+                Ok(c)
+            }
+            m => bail!("fleet mode {m:?} is not supported (use \"pinned\" or \"ota\")"),
         }
-        cfg.fleet_key()?;
-        Ok(cfg)
     }
 
-    pub fn fleet_key(&self) -> anyhow::Result<[u8; 32]> {
-        bkv_wire::key_from_hex(&self.fleet.noise_public_key)
-            .map_err(|e| anyhow::anyhow!("fleet.noise_public_key: {e}"))
+    pub fn pinned_key(&self) -> anyhow::Result<[u8; 32]> {
+        let hex = self
+            .fleet
+            .noise_public_key
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("pinned mode needs fleet.noise_public_key"))?;
+        bkv_wire::key_from_hex(hex).map_err(|e| anyhow::anyhow!("fleet.noise_public_key: {e}"))
+    }
+
+    pub fn anchors(&self) -> anyhow::Result<bkv_transparency::bundle::TrustAnchors> {
+        let ota = self
+            .fleet
+            .ota
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("ota mode needs a [fleet.ota] section"))?;
+        let key = |name: &str, hex: &str| -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+            let b = bkv_wire::key_from_hex(hex)
+                .map_err(|e| anyhow::anyhow!("fleet.ota.{name}: {e}"))?;
+            ed25519_dalek::VerifyingKey::from_bytes(&b)
+                .map_err(|_| anyhow::anyhow!("fleet.ota.{name} is not an Ed25519 key"))
+        };
+        Ok(bkv_transparency::bundle::TrustAnchors {
+            namespace: ota.namespace.clone(),
+            origin: ota.origin.clone(),
+            auditor_name: ota.auditor_name.clone(),
+            auditor_key: key("auditor_key", &ota.auditor_key)?,
+            operator_key: key("operator_key", &ota.operator_key)?,
+        })
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = toml::to_string_pretty(self)?;
         let body = format!(
             "# bkv client configuration (written by `bkv dev up`).\n\
-             # fleet.noise_public_key is pinned: the client only talks to a vault holding its private key.\n{text}"
+             # pinned mode: fleet.noise_public_key is pinned. ota mode: the auditor and operator keys are\n\
+             # pinned and the fleet key comes from a bundle both signed and the auditor logged.\n{text}"
         );
         std::fs::write(path, body).with_context(|| format!("write {}", path.display()))
     }

@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use std::path::Path;
 use std::sync::Arc;
 
+const NAMESPACE: &str = "demo";
 const USER: &str = "demo-user@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -98,7 +99,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("bkv demo: an end-to-end encrypted backup whose key is guarded by a vault that allows only a few password guesses.");
     println!("working directory: {}", root.display());
 
-    step(1, "Starting a local deployment: one HSM vault node, the frontend relay, and a storage directory.");
+    step(1, "Starting a local deployment: an HSM vault node, an independent auditor, the frontend relay, and storage.");
     let node_dir = root.join("node");
     let node = Arc::new(bkv_hsm_node::Node::open(&node_dir).context("start vault node")?);
     let server = bkv_hsm_node::serve(node.clone(), "127.0.0.1:0")?;
@@ -107,6 +108,53 @@ pub async fn run() -> anyhow::Result<()> {
         rand::rngs::OsRng.fill_bytes(&mut k);
         SigningKey::from_bytes(&k)
     };
+    // The independent auditor, and the operator publishing the fleet's key to it.
+    let operator = {
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        SigningKey::from_bytes(&k)
+    };
+    let auditor_key = {
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        SigningKey::from_bytes(&k)
+    };
+    std::fs::create_dir_all(root.join("auditor"))?;
+    let auditor = Arc::new(bkv_auditor::Auditor::open(
+        &root.join("auditor/log.redb"),
+        auditor_key.clone(),
+        "demo-auditor",
+        &[(NAMESPACE.to_owned(), operator.verifying_key())],
+    )?);
+    let alistener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let auditor_url = format!("http://{}", alistener.local_addr()?);
+    let (astop_tx, astop_rx) = tokio::sync::oneshot::channel::<()>();
+    let auditor_task = tokio::spawn(axum_serve(
+        alistener,
+        bkv_auditor::router(auditor),
+        async move {
+            let _ = astop_rx.await;
+        },
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let fleet_key = node.info().noise_public_key;
+    let bundle = bkv_transparency::bundle::Bundle {
+        version: bkv_transparency::bundle::BUNDLE_VERSION,
+        namespace: NAMESPACE.into(),
+        epoch: 1,
+        fleet_id: node.info().fleet_id.clone(),
+        keys: vec![bkv_transparency::bundle::FleetKey {
+            role: bkv_transparency::bundle::KeyRole::NoiseStatic,
+            key: fleet_key,
+        }],
+        not_before: now - 60,
+        not_after: now + 86_400,
+        evidence_digest: [0; 32],
+    };
+    crate::audit::publish(&reqwest::Client::new(), &auditor_url, &operator, &bundle).await?;
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let frontend_url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -117,25 +165,49 @@ pub async fn run() -> anyhow::Result<()> {
             token_key: token_key.verifying_key(),
             audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
             dev_token_key: None,
+            bundle_source: Some(bkv_frontend::BundleSource {
+                auditor_url: auditor_url.clone(),
+                namespace: NAMESPACE.into(),
+            }),
         },
         async move {
             let _ = stop_rx.await;
         },
     ));
-    let fleet_key = node.info().noise_public_key;
     println!(
-        "    vault node on {} (fleet {}), frontend on {frontend_url}",
+        "    vault node on {} (fleet {}), auditor on {auditor_url}, frontend on {frontend_url}",
         server.addr,
         node.info().fleet_id
     );
+    println!("    the operator published the fleet's public key in a bundle; the auditor logged and signed it, the operator counter-signed");
+
+    // Over the air: the client pins only the auditor's and operator's keys and
+    // takes the fleet key from the bundle the frontend serves, after checking
+    // both signatures, the auditor's checkpoint and the inclusion proof.
+    let anchors = bkv_transparency::bundle::TrustAnchors {
+        namespace: NAMESPACE.into(),
+        origin: format!("demo-auditor/{NAMESPACE}"),
+        auditor_name: "demo-auditor".into(),
+        auditor_key: auditor_key.verifying_key(),
+        operator_key: operator.verifying_key(),
+    };
+    let http = reqwest::Client::new();
+    let (_, ota_key) = bkv_client::ota::fleet_key(
+        &http,
+        &frontend_url,
+        &anchors,
+        &root.join("client-state.json"),
+    )
+    .await?;
+    if ota_key != fleet_key {
+        bail!("the verified bundle names another fleet key");
+    }
+    println!("    the client verified the bundle (auditor and operator signatures, signed checkpoint, inclusion proof)");
     println!(
-        "    the client pins the fleet's public key {}",
-        bkv_wire::key_to_hex(&fleet_key)
+        "    and will only talk to the vault holding fleet key {}",
+        bkv_wire::key_to_hex(&ota_key)
     );
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
     let token = bkv_frontend::token::mint(
         &token_key,
         &bkv_frontend::token::Claims {
@@ -151,7 +223,7 @@ pub async fn run() -> anyhow::Result<()> {
             http: reqwest::Client::new(),
             frontend_url: frontend_url.clone(),
             token: SecretString::from(token),
-            fleet_key,
+            fleet_key: ota_key,
         },
         storage_dir: root.join("storage"),
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
@@ -246,9 +318,21 @@ pub async fn run() -> anyhow::Result<()> {
 
     let _ = stop_tx.send(());
     let _ = frontend.await;
+    let _ = astop_tx.send(());
+    let _ = auditor_task.await;
     server.stop();
     println!("\nbkv demo: success. Backup, restore and the guess limit all worked; the temp directory is removed now.");
     Ok(())
+}
+
+async fn axum_serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn walk(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {

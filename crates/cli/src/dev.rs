@@ -2,9 +2,9 @@
 //! and tests. Nodes run as separate `bkv-hsm` processes; the frontend runs in
 //! this process.
 
-use crate::config::{AuthConfig, ClientConfig, FleetConfig};
+use crate::config::{AuthConfig, ClientConfig, FleetConfig, OtaConfig};
 use anyhow::{anyhow, bail, Context};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
@@ -25,20 +25,74 @@ pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
     dir.join("nodes").join(i.to_string())
 }
 
-/// Finds the `bkv-hsm` binary: explicit path, `BKV_HSM_BIN`, or next to this executable.
-pub fn find_hsm_bin(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit.or_else(|| std::env::var_os("BKV_HSM_BIN").map(PathBuf::from)) {
+/// Finds a sibling binary (`bkv-hsm`, `bkv-auditor`): explicit path, the
+/// environment variable `env`, or next to this executable.
+pub fn find_bin(name: &str, env: &str, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit.or_else(|| std::env::var_os(env).map(PathBuf::from)) {
         return Ok(p);
     }
     let exe = std::env::current_exe().context("locate the bkv executable")?;
-    let candidate = exe.with_file_name("bkv-hsm");
+    let candidate = exe.with_file_name(name);
     if candidate.exists() {
         return Ok(candidate);
     }
     bail!(
-        "bkv-hsm binary not found next to {} (build it with `cargo build --release --workspace`, or pass --hsm-bin)",
+        "{name} binary not found next to {} (build it with `cargo build --release --workspace`, or set {env})",
         exe.display()
     )
+}
+
+/// Starts `bin ARGS` in its own process group (so a Ctrl-C aimed at the
+/// terminal is handled by `dev up`, which stops it), logging stderr to
+/// `log`, writes `dir/pid`, and returns (pid, first stdout line).
+fn spawn_ready(
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    log: &str,
+) -> anyhow::Result<(u32, String)> {
+    std::fs::create_dir_all(dir)?;
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(log))
+        .with_context(|| format!("open {log}"))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(logf));
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = match lines.next() {
+        Some(Ok(l)) if l.contains("ready") => l,
+        _ => {
+            let status = child.wait().ok();
+            bail!(
+                "{} exited before it was ready ({status:?}); see {}",
+                bin.display(),
+                dir.join(log).display()
+            );
+        }
+    };
+    // Keep draining (nothing more is printed, but never let it block).
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    std::fs::write(dir.join("pid"), format!("{pid}\n"))?;
+    // Reaped by whoever stops it; dropping the handle does not kill it.
+    std::mem::forget(child);
+    Ok((pid, line))
+}
+
+fn ready_field(line: &str, k: &str) -> anyhow::Result<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+        .ok_or_else(|| anyhow!("unexpected ready line: {line}"))
 }
 
 pub struct StartedNode {
@@ -48,59 +102,53 @@ pub struct StartedNode {
     pub noise_public_key: String,
 }
 
-/// Starts a `bkv-hsm` process in its own process group (so a Ctrl-C aimed at
-/// the terminal is handled by `dev up`, which stops it), logging to
-/// `<node dir>/node.log`, and waits for its ready line.
+/// Starts a `bkv-hsm` process and waits for its ready line.
 pub fn start_node(rec: &NodeRecord, dir: &Path) -> anyhow::Result<StartedNode> {
-    std::fs::create_dir_all(&rec.data_dir)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("node.log"))
-        .context("open node.log")?;
-    let mut cmd = Command::new(&rec.hsm_bin);
-    cmd.arg("--data-dir")
-        .arg(&rec.data_dir)
-        .arg("--listen")
-        .arg(rec.listen.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("start {}", rec.hsm_bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = match lines.next() {
-        Some(Ok(l)) => l,
-        _ => {
-            let status = child.wait().ok();
-            bail!(
-                "bkv-hsm exited before it was ready ({status:?}); see {}",
-                dir.join("node.log").display()
-            );
-        }
-    };
-    // Keep draining (the node prints nothing more, but never let it block).
-    std::thread::spawn(move || for _ in lines {});
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            .ok_or_else(|| anyhow!("unexpected bkv-hsm ready line: {line}"))
-    };
-    let listen: SocketAddr = field("listen")?.parse()?;
-    let started = StartedNode {
-        pid: child.id(),
-        listen,
-        fleet_id: field("fleet")?,
-        noise_public_key: field("noise_public_key")?,
-    };
-    std::fs::write(dir.join("pid"), format!("{}\n", started.pid))?;
-    // The child is reaped by whoever stops it; dropping the handle does not kill it.
-    std::mem::forget(child);
-    Ok(started)
+    let args = vec![
+        "--data-dir".to_owned(),
+        rec.data_dir.display().to_string(),
+        "--listen".to_owned(),
+        rec.listen.to_string(),
+    ];
+    let (pid, line) = spawn_ready(&rec.hsm_bin, &args, dir, "node.log")?;
+    Ok(StartedNode {
+        pid,
+        listen: ready_field(&line, "listen")?.parse()?,
+        fleet_id: ready_field(&line, "fleet")?,
+        noise_public_key: ready_field(&line, "noise_public_key")?,
+    })
+}
+
+pub struct StartedAuditor {
+    pub pid: u32,
+    pub url: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// Starts `bkv-auditor` for `namespace` with `operator` as its operator.
+pub fn start_auditor(
+    bin: &Path,
+    dir: &Path,
+    listen: &str,
+    namespace: &str,
+    operator: &VerifyingKey,
+) -> anyhow::Result<StartedAuditor> {
+    let args = vec![
+        "--data-dir".to_owned(),
+        dir.join("data").display().to_string(),
+        "--listen".to_owned(),
+        listen.to_owned(),
+        "--namespace".to_owned(),
+        format!("{namespace}={}", hex::encode(operator.as_bytes())),
+    ];
+    let (pid, line) = spawn_ready(bin, &args, dir, "auditor.log")?;
+    Ok(StartedAuditor {
+        pid,
+        url: format!("http://{}", ready_field(&line, "listen")?),
+        name: ready_field(&line, "name")?,
+        key: ready_field(&line, "key")?,
+    })
 }
 
 pub fn read_pid(dir: &Path) -> Option<i32> {
@@ -176,12 +224,78 @@ pub struct UpArgs {
     pub dir: PathBuf,
     pub port_base: Option<u16>,
     pub hsm_bin: Option<PathBuf>,
+    /// Write a client config in `pinned` mode instead of `ota`.
+    pub pinned: bool,
+}
+
+/// The namespace `dev up` publishes bundles in.
+pub const DEV_NAMESPACE: &str = "dev";
+
+/// Publishes a bundle for the node's current key unless the log's latest
+/// bundle already carries it and is valid for at least another day.
+async fn ensure_bundle(
+    auditor_url: &str,
+    operator: &SigningKey,
+    fleet_id: &str,
+    noise_key: [u8; 32],
+) -> anyhow::Result<()> {
+    use bkv_transparency::bundle::{Bundle, FleetKey, KeyRole};
+    let http = reqwest::Client::new();
+    let base = format!("{auditor_url}/v1/logs/{DEV_NAMESPACE}");
+    let info: serde_json::Value = http
+        .get(&base)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let size = info["size"].as_u64().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut epoch = 1;
+    if size > 0 {
+        let e: serde_json::Value = http
+            .get(format!("{base}/entries/{}", size - 1))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let bytes = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(e["bundle"].as_str().unwrap_or_default())?
+        };
+        let last = Bundle::decode(&bytes).map_err(|e| anyhow!("latest bundle: {e}"))?;
+        let countersigned = e["operator_signature"].is_string();
+        if last.noise_key() == Some(noise_key) && last.not_after > now + 86_400 && countersigned {
+            return Ok(());
+        }
+        epoch = last.epoch + 1;
+    }
+    let b = Bundle {
+        version: bkv_transparency::bundle::BUNDLE_VERSION,
+        namespace: DEV_NAMESPACE.into(),
+        epoch,
+        fleet_id: fleet_id.into(),
+        keys: vec![FleetKey {
+            role: KeyRole::NoiseStatic,
+            key: noise_key,
+        }],
+        not_before: now.saturating_sub(300),
+        not_after: now + 30 * 86_400,
+        evidence_digest: [0; 32],
+    };
+    crate::audit::publish(&http, auditor_url, operator, &b).await?;
+    Ok(())
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    let hsm_bin = find_hsm_bin(args.hsm_bin)?;
+    let hsm_bin = find_bin("bkv-hsm", "BKV_HSM_BIN", args.hsm_bin)?;
+    let auditor_bin = find_bin("bkv-auditor", "BKV_AUDITOR_BIN", None)?;
     let ndir = node_dir(&dir, 0);
     std::fs::create_dir_all(&ndir)?;
     if let Some(pid) = read_pid(&ndir) {
@@ -210,6 +324,46 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     rec.listen = node.listen;
     std::fs::write(&record_path, serde_json::to_vec_pretty(&rec)?)?;
 
+    // The independent auditor (its own process and data directory) and the
+    // operator key that publishes bundles to it.
+    let operator_dir = dir.join("operator");
+    std::fs::create_dir_all(&operator_dir)?;
+    let operator = load_or_create_key(&operator_dir.join("operator-signing.key"))?;
+    let adir = dir.join("auditor");
+    if let Some(pid) = read_pid(&adir) {
+        if pid_alive(pid) {
+            stop_pid(pid);
+        }
+    }
+    let alisten = std::fs::read_to_string(adir.join("listen"))
+        .ok()
+        .filter(|_| args.port_base.is_none())
+        .unwrap_or_else(|| format!("127.0.0.1:{}", args.port_base.map(|p| p + 2).unwrap_or(0)));
+    let auditor = match start_auditor(
+        &auditor_bin,
+        &adir,
+        alisten.trim(),
+        DEV_NAMESPACE,
+        &operator.verifying_key(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            stop_pid(node.pid as i32);
+            return Err(e);
+        }
+    };
+    std::fs::write(
+        adir.join("listen"),
+        auditor.url.trim_start_matches("http://"),
+    )?;
+    let node_key =
+        bkv_wire::key_from_hex(&node.noise_public_key).map_err(|e| anyhow!("node key: {e}"))?;
+    if let Err(e) = ensure_bundle(&auditor.url, &operator, &node.fleet_id, node_key).await {
+        stop_pid(node.pid as i32);
+        stop_pid(auditor.pid as i32);
+        return Err(e.context("publish the fleet's validation bundle"));
+    }
+
     let frontend_dir = dir.join("frontend");
     std::fs::create_dir_all(&frontend_dir)?;
     let dev_key = load_or_create_key(&frontend_dir.join("dev-token-signing.key"))?;
@@ -223,6 +377,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         token_key: dev_key.verifying_key(),
         audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
         dev_token_key: Some(dev_key),
+        bundle_source: Some(bkv_frontend::BundleSource {
+            auditor_url: auditor.url.clone(),
+            namespace: DEV_NAMESPACE.into(),
+        }),
     };
     let storage_dir = dir.join("storage");
     std::fs::create_dir_all(&storage_dir)?;
@@ -232,10 +390,27 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         frontend_url: frontend_url.clone(),
         storage_dir,
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
-        fleet: FleetConfig {
-            mode: "pinned".into(),
-            fleet_id: node.fleet_id.clone(),
-            noise_public_key: node.noise_public_key.clone(),
+        fleet: if args.pinned {
+            FleetConfig {
+                mode: "pinned".into(),
+                fleet_id: Some(node.fleet_id.clone()),
+                noise_public_key: Some(node.noise_public_key.clone()),
+                ota: None,
+            }
+        } else {
+            FleetConfig {
+                mode: "ota".into(),
+                fleet_id: None,
+                noise_public_key: None,
+                ota: Some(OtaConfig {
+                    namespace: DEV_NAMESPACE.into(),
+                    origin: format!("{}/{DEV_NAMESPACE}", auditor.name),
+                    auditor_name: auditor.name.clone(),
+                    auditor_key: auditor.key.clone(),
+                    operator_key: hex::encode(operator.verifying_key().as_bytes()),
+                    state_file: PathBuf::from("client-state/log-state.json"),
+                }),
+            }
         },
         auth: AuthConfig {
             dev_token_url: Some(format!("{frontend_url}/v1/dev/token")),
@@ -249,10 +424,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     println!(
-        "bkv dev: ready frontend={frontend_url} node0={} pid0={} fleet={} config={}",
+        "bkv dev: ready frontend={frontend_url} node0={} pid0={} fleet={} auditor={} config={}",
         node.listen,
         node.pid,
         node.fleet_id,
+        auditor.url,
         config_path.display()
     );
     eprintln!("bkv dev: serving; stop with Ctrl-C (SIGINT) or SIGTERM");
@@ -272,9 +448,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     // The node may have been restarted by `restart-node`: stop whatever pid is current.
-    if let Some(pid) = read_pid(&ndir) {
-        if pid_alive(pid) {
-            stop_pid(pid);
+    for d in [&ndir, &adir] {
+        if let Some(pid) = read_pid(d) {
+            if pid_alive(pid) {
+                stop_pid(pid);
+            }
         }
     }
     eprintln!("bkv dev: stopped");

@@ -1,5 +1,6 @@
 //! `bkv`: user, operator and developer commands.
 
+mod audit;
 mod config;
 mod demo;
 mod dev;
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// Verify an auditor's log of validation bundles.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Create, restore and manage your backups.
     Backup {
         #[command(subcommand)]
@@ -62,12 +68,38 @@ enum DevCommand {
         /// Path of the bkv-hsm binary (default: next to bkv).
         #[arg(long)]
         hsm_bin: Option<PathBuf>,
+        /// Write the client config in pinned mode (fleet key in the config)
+        /// instead of ota (fleet key from an auditor-logged bundle).
+        #[arg(long)]
+        pinned: bool,
     },
     /// Start node I of a `dev up` deployment again (after it died or was killed).
     RestartNode {
         #[arg(long)]
         dir: PathBuf,
         index: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk every epoch of a namespace: verify digests, auditor signatures,
+    /// operator counter-signatures, inclusion and consistency proofs, and show
+    /// how the fleet keys changed. Exits non-zero on any failure.
+    Log {
+        /// Auditor base URL.
+        #[arg(long)]
+        auditor: String,
+        #[arg(long)]
+        namespace: String,
+        /// Operator's Ed25519 public key (hex).
+        #[arg(long)]
+        operator_key: String,
+        /// Pin the auditor's Ed25519 public key (hex) instead of trusting the one it presents.
+        #[arg(long)]
+        auditor_key: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -215,12 +247,27 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
                 .to_owned()
         }
     };
+    let fleet_key = match cfg.fleet.mode.as_str() {
+        "ota" => {
+            let anchors = cfg.anchors()?;
+            let state = cfg
+                .fleet
+                .ota
+                .as_ref()
+                .map(|o| o.state_file.clone())
+                .ok_or_else(|| anyhow!("ota mode needs [fleet.ota]"))?;
+            bkv_client::ota::fleet_key(&http, &cfg.frontend_url, &anchors, &state)
+                .await?
+                .1
+        }
+        _ => cfg.pinned_key()?,
+    };
     Ok(ops::Ctx {
         endpoint: Endpoint {
             http,
             frontend_url: cfg.frontend_url.clone(),
             token: SecretString::from(token),
-            fleet_key: cfg.fleet_key()?,
+            fleet_key,
         },
         storage_dir: cfg.storage_dir.clone(),
         guess_limit: cfg.guess_limit,
@@ -257,15 +304,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 port_base,
                 hsm_bin,
+                pinned,
             } => {
                 dev::up(dev::UpArgs {
                     dir: dir.clone(),
                     port_base: *port_base,
                     hsm_bin: hsm_bin.clone(),
+                    pinned: *pinned,
                 })
                 .await
             }
             DevCommand::RestartNode { dir, index } => dev::restart_node(dir, *index),
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Log {
+                auditor,
+                namespace,
+                operator_key,
+                auditor_key,
+                json,
+            } => {
+                let vk = |name: &str, h: &str| -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+                    let b = bkv_wire::key_from_hex(h)
+                        .map_err(|e| UsageError(format!("{name}: {e}")))?;
+                    ed25519_dalek::VerifyingKey::from_bytes(&b)
+                        .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
+                };
+                let op = vk("--operator-key", operator_key)?;
+                let ak = auditor_key
+                    .as_deref()
+                    .map(|k| vk("--auditor-key", k))
+                    .transpose()?;
+                let report = audit::audit_log(auditor, namespace, &op, ak).await;
+                match (report, *json) {
+                    (Ok(r), true) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": true, "report": r})
+                            )?
+                        );
+                        Ok(())
+                    }
+                    (Ok(r), false) => {
+                        audit::print_table(&r);
+                        Ok(())
+                    }
+                    (Err(e), true) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                            )?
+                        );
+                        Err(e)
+                    }
+                    (Err(e), false) => Err(e.context("audit failed")),
+                }
+            }
         },
         Command::Backup { command } => match command {
             BackupCommand::Create {

@@ -306,18 +306,11 @@ fn a_wrong_pinned_fleet_key_is_rejected_and_counts_nothing() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let cfg = std::fs::read_to_string(&dev.config).unwrap();
-    let line = cfg
-        .lines()
-        .find(|l| l.starts_with("noise_public_key"))
-        .unwrap();
-    // A valid curve point that is not the fleet's key.
+    // Pinned (hardcoded) mode with a valid curve point that is not the fleet's key.
     let impostor = "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c";
     let bad_cfg = t.path().join("bad.toml");
-    std::fs::write(
-        &bad_cfg,
-        cfg.replace(line, &format!("noise_public_key = \"{impostor}\"")),
-    )
-    .unwrap();
+    let pinned = format!("mode = \"pinned\"\nnoise_public_key = \"{impostor}\"");
+    std::fs::write(&bad_cfg, cfg.replace("mode = \"ota\"", &pinned)).unwrap();
     let out = t.path().join("out");
     let o = bkv_with(
         &bad_cfg,
@@ -476,4 +469,102 @@ fn memory_stays_bounded_for_a_1_gib_file() {
     assert!(rss_kib < 100 * 1024, "restore peak RSS {rss_kib} KiB");
     eprintln!("restore of 1 GiB: peak RSS {} MiB", rss_kib / 1024);
     assert_same_tree(&file, &restored);
+}
+
+#[test]
+fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let cfg = std::fs::read_to_string(&dev.config).unwrap();
+    // The client config pins only the auditor and operator keys.
+    assert!(
+        cfg.contains("mode = \"ota\"") && !cfg.lines().any(|l| l.starts_with("noise_public_key")),
+        "{cfg}"
+    );
+    let file = t.path().join("f");
+    std::fs::write(&file, b"ota").unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "olga",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let state_path = dev.dir.join("client-state/log-state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    assert_eq!(state["checkpoint_size"], 1);
+    assert_eq!(state["accepted_epoch"], 1);
+    // A "new device": a config with an empty state restores fine.
+    let fresh = t.path().join("fresh.toml");
+    std::fs::write(
+        &fresh,
+        cfg.replace(
+            "client-state/log-state.json",
+            &t.path().join("fresh-state.json").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    let o = bkv_with(
+        &fresh,
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "olga",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        PW,
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"ota");
+    // This client saw a different log of the same size before: a forked auditor.
+    let forked = serde_json::json!({"checkpoint_size": 1, "checkpoint_root": "11".repeat(32), "accepted_epoch": 1});
+    std::fs::write(&state_path, forked.to_string()).unwrap();
+    let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("forked or rewritten"),
+        "{}",
+        text(&o)
+    );
+    // It accepted a newer epoch before: the current bundle is a rollback.
+    let newer = serde_json::json!({"checkpoint_size": 1, "checkpoint_root": state["checkpoint_root"], "accepted_epoch": 5});
+    std::fs::write(&state_path, newer.to_string()).unwrap();
+    let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("older than the already accepted epoch"),
+        "{}",
+        text(&o)
+    );
+    // A config pinning another operator key rejects the bundle.
+    let other_op = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
+    let line = cfg.lines().find(|l| l.starts_with("operator_key")).unwrap();
+    let bad = t.path().join("bad-op.toml");
+    std::fs::write(
+        &bad,
+        cfg.replace(line, &format!("operator_key = \"{other_op}\""))
+            .replace(
+                "client-state/log-state.json",
+                &t.path().join("s2.json").display().to_string(),
+            ),
+    )
+    .unwrap();
+    let o = bkv_with(&bad, &["backup", "status", "--user", "olga"], "", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("operator counter-signature"),
+        "{}",
+        text(&o)
+    );
 }

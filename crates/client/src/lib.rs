@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backup;
 pub mod error;
 pub mod keys;
+pub mod ota;
 pub mod session;
 pub mod storage;
 pub mod vault;

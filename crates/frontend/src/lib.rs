@@ -43,10 +43,20 @@ pub struct FrontendConfig {
     pub audience: String,
     /// Development only: lets `POST /v1/dev/token` mint tokens for any user.
     pub dev_token_key: Option<SigningKey>,
+    /// Where `GET /v1/bundle` gets the fleet's validation bundle ("over the air").
+    pub bundle_source: Option<BundleSource>,
+}
+
+/// The auditor log the frontend serves the current bundle from.
+#[derive(Debug, Clone)]
+pub struct BundleSource {
+    pub auditor_url: String,
+    pub namespace: String,
 }
 
 struct AppState {
     config: FrontendConfig,
+    http: reqwest::Client,
     pools: Vec<Mutex<Vec<TcpStream>>>,
     rate: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -57,14 +67,20 @@ pub fn router(config: FrontendConfig) -> Router {
         .iter()
         .map(|_| Mutex::new(Vec::new()))
         .collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
     let state = Arc::new(AppState {
         config,
+        http,
         pools,
         rate: Mutex::new(HashMap::new()),
     });
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/bundle", get(bundle))
         .route("/v1/sessions", post(open_session))
         .route(
             "/v1/sessions/{id}",
@@ -409,6 +425,128 @@ async fn close_session(
         NodeResponse::Error(e) => Err(e.into()),
         _ => Err(unexpected()),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct BundleQuery {
+    #[serde(default)]
+    known_size: u64,
+}
+
+async fn auditor_get(state: &AppState, path: &str) -> Result<reqwest::Response, ApiError> {
+    let unavailable =
+        |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auditor_unavailable", m);
+    let src = state.config.bundle_source.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this frontend serves no validation bundle",
+        )
+    })?;
+    let url = format!(
+        "{}/v1/logs/{}{path}",
+        src.auditor_url.trim_end_matches('/'),
+        src.namespace
+    );
+    let resp = state
+        .http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("auditor unreachable: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(unavailable(format!(
+            "auditor answered {} for {path}",
+            resp.status()
+        )));
+    }
+    Ok(resp)
+}
+
+async fn auditor_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    path: &str,
+) -> Result<T, ApiError> {
+    auditor_get(state, path).await?.json().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            format!("auditor answer: {e}"),
+        )
+    })
+}
+
+/// The current validation bundle with its signatures, the auditor's signed
+/// checkpoint, an inclusion proof, and a consistency proof from the size the
+/// client already knows. The frontend is untrusted: the client checks all of it.
+async fn bundle(
+    State(state): State<Arc<AppState>>,
+    q: Result<axum::extract::Query<BundleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<bkv_transparency::bundle::BundlePackage>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let bad_gateway = |m: &str| ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", m.to_owned());
+    let note = auditor_get(&state, "/checkpoint")
+        .await?
+        .text()
+        .await
+        .map_err(|_| bad_gateway("auditor checkpoint"))?;
+    let text = note.split("\n\n").next().unwrap_or_default();
+    let cp = bkv_transparency::note::Checkpoint::parse(&format!("{text}\n"))
+        .map_err(|_| bad_gateway("auditor checkpoint is malformed"))?;
+    if cp.size == 0 {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_bundle",
+            "no validation bundle has been published",
+        ));
+    }
+    let index = cp.size - 1;
+    let entry: serde_json::Value = auditor_json(&state, &format!("/entries/{index}")).await?;
+    let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let b64 = |k: &str| -> Result<Vec<u8>, ApiError> {
+        use base64::Engine;
+        let s = field(k).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_countersigned",
+                format!("latest bundle has no {k} yet"),
+            )
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| bad_gateway("auditor entry encoding"))
+    };
+    #[derive(Deserialize)]
+    struct Proof {
+        #[serde(with = "bkv_transparency::b64::hashes")]
+        proof: Vec<[u8; 32]>,
+    }
+    let inclusion: Proof = auditor_json(
+        &state,
+        &format!("/proof/inclusion?index={index}&size={}", cp.size),
+    )
+    .await?;
+    let consistency = if q.known_size > 0 && q.known_size <= cp.size {
+        auditor_json::<Proof>(
+            &state,
+            &format!("/proof/consistency?from={}&to={}", q.known_size, cp.size),
+        )
+        .await?
+        .proof
+    } else {
+        Vec::new()
+    };
+    Ok(Json(bkv_transparency::bundle::BundlePackage {
+        bundle: b64("bundle")?,
+        auditor_signature: b64("auditor_signature")?,
+        operator_signature: b64("operator_signature")?,
+        leaf_index: index,
+        checkpoint: note,
+        inclusion_proof: inclusion.proof,
+        consistency_from: q.known_size,
+        consistency_proof: consistency,
+    }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

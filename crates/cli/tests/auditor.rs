@@ -1,0 +1,310 @@
+//! The auditor as its own process: append rules, durability under SIGKILL
+//! during a burst of appends, and `bkv audit log` over the result.
+
+mod common;
+
+use bkv_transparency::bundle::{self, Bundle, FleetKey, KeyRole};
+use common::*;
+use ed25519_dalek::{Signer, SigningKey};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn auditor_bin() -> std::path::PathBuf {
+    bkv_bin().with_file_name("bkv-auditor")
+}
+
+struct Auditor {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Auditor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_auditor(dir: &std::path::Path, listen: &str, op: &SigningKey) -> Auditor {
+    let mut child = Command::new(auditor_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", listen, "--namespace"])
+        .arg(format!("ns={}", hex::encode(op.verifying_key().as_bytes())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "{line}");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .unwrap()
+        .to_owned();
+    Auditor {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+fn bundle_for(epoch: u64) -> Bundle {
+    Bundle {
+        version: 1,
+        namespace: "ns".into(),
+        epoch,
+        fleet_id: format!("fleet-{}", epoch / 3),
+        keys: vec![FleetKey {
+            role: KeyRole::NoiseStatic,
+            key: [(epoch / 3) as u8; 32],
+        }],
+        not_before: 1,
+        not_after: 4_000_000_000,
+        evidence_digest: [0; 32],
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Raw append via HTTP/1.1 over std TcpStream; returns the status code and body.
+fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(_) => return (0, String::new()),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    if s.read_to_string(&mut out).is_err() {
+        return (0, String::new());
+    }
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn append(url: &str, op: &SigningKey, b: &Bundle) -> (u16, String) {
+    let bytes = b.encode();
+    let body = serde_json::json!({
+        "bundle": b64(&bytes),
+        "operator_signature": b64(&op.sign(&bundle::append_message(&bytes)).to_bytes()),
+    });
+    http(
+        url,
+        "POST",
+        &format!("/v1/logs/{}/entries", b.namespace),
+        &body.to_string(),
+    )
+}
+
+fn countersign(url: &str, op: &SigningKey, index: u64, auditor_sig_b64: &str) -> u16 {
+    use base64::Engine;
+    let sig: [u8; 64] = base64::engine::general_purpose::STANDARD
+        .decode(auditor_sig_b64)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let body = serde_json::json!({ "operator_signature": b64(&bundle::sign_operator(op, &sig)) });
+    http(
+        url,
+        "POST",
+        &format!("/v1/logs/ns/entries/{index}/countersignature"),
+        &body.to_string(),
+    )
+    .0
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn audit(url: &str, op: &SigningKey, extra: &[&str]) -> std::process::Output {
+    Command::new(bkv_bin())
+        .args([
+            "audit",
+            "log",
+            "--auditor",
+            url,
+            "--namespace",
+            "ns",
+            "--operator-key",
+        ])
+        .arg(hex::encode(op.verifying_key().as_bytes()))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn append_rules_are_enforced() {
+    let t = tempfile::tempdir().unwrap();
+    let op = SigningKey::from_bytes(&[1; 32]);
+    let a = start_auditor(t.path(), "127.0.0.1:0", &op);
+    let (s, body) = append(&a.url, &op, &bundle_for(5));
+    assert_eq!(s, 200, "{body}");
+    // Only the namespace's operator may append.
+    let (s, _) = append(&a.url, &SigningKey::from_bytes(&[2; 32]), &bundle_for(6));
+    assert_eq!(s, 401);
+    // Epochs strictly increase; the same bundle is never logged twice.
+    assert_eq!(append(&a.url, &op, &bundle_for(5)).0, 409);
+    assert_eq!(append(&a.url, &op, &bundle_for(4)).0, 409);
+    // Malformed input, unknown namespace, bundle for another namespace.
+    assert_eq!(http(&a.url, "POST", "/v1/logs/ns/entries", "{").0, 400);
+    assert_eq!(
+        http(
+            &a.url,
+            "POST",
+            "/v1/logs/ns/entries",
+            "{\"bundle\":\"AAAA\",\"operator_signature\":\"AAAA\"}"
+        )
+        .0,
+        401
+    );
+    let mut other = bundle_for(7);
+    other.namespace = "zz".into();
+    assert_eq!(append(&a.url, &op, &other).0, 404);
+    assert_eq!(http(&a.url, "GET", "/v1/logs/ns/entries/9", "").0, 404);
+    assert_eq!(
+        http(
+            &a.url,
+            "GET",
+            "/v1/logs/ns/proof/inclusion?index=3&size=1",
+            ""
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        http(&a.url, "GET", "/v1/logs/ns/proof/consistency?from=x", "").0,
+        400
+    );
+    let big = "x".repeat(100_000);
+    assert_eq!(http(&a.url, "POST", "/v1/logs/ns/entries", &big).0, 413);
+    // Counter-signature by another key is refused; the right one accepted once.
+    let e: serde_json::Value =
+        serde_json::from_str(&http(&a.url, "GET", "/v1/logs/ns/epochs/5", "").1).unwrap();
+    let asig = e["auditor_signature"].as_str().unwrap();
+    assert_eq!(
+        countersign(&a.url, &SigningKey::from_bytes(&[2; 32]), 0, asig),
+        401
+    );
+    assert_eq!(countersign(&a.url, &op, 0, asig), 204);
+    assert_eq!(countersign(&a.url, &op, 0, asig), 204);
+    // The checkpoint is a C2SP signed note.
+    let (s, note) = http(&a.url, "GET", "/v1/logs/ns/checkpoint", "");
+    assert_eq!(s, 200);
+    assert!(note.starts_with("bkv-auditor/ns\n1\n"), "{note}");
+    assert!(note.contains("\n\n\u{2014} bkv-auditor "), "{note}");
+    let out = audit(&a.url, &op, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn sigkill_during_a_burst_of_appends_loses_nothing_acknowledged() {
+    let t = tempfile::tempdir().unwrap();
+    let op = SigningKey::from_bytes(&[3; 32]);
+    let listen = free_addr();
+    let mut a = start_auditor(t.path(), &listen, &op);
+    let url = a.url.clone();
+    let op2 = op.clone();
+    // Append as fast as possible, recording every acknowledged epoch.
+    let burst = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for epoch in 1..=2000u64 {
+            let (s, body) = append(&url, &op2, &bundle_for(epoch));
+            if s != 200 {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let idx = v["index"].as_u64().unwrap();
+            if countersign(&url, &op2, idx, v["auditor_signature"].as_str().unwrap()) != 204 {
+                acked.push((epoch, idx, false));
+                break;
+            }
+            acked.push((epoch, idx, true));
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    let acked = burst.join().unwrap();
+    assert!(
+        acked.len() > 5,
+        "burst too short to mean anything: {}",
+        acked.len()
+    );
+    let a = start_auditor(t.path(), &listen, &op);
+    // Every acknowledged append is present at its index with its epoch.
+    for (epoch, idx, _) in &acked {
+        let (s, body) = http(&a.url, "GET", &format!("/v1/logs/ns/entries/{idx}"), "");
+        assert_eq!(s, 200, "entry {idx} lost");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["epoch"].as_u64(), Some(*epoch));
+    }
+    // An append the crash cut off before its counter-signature gets one now.
+    let info: serde_json::Value =
+        serde_json::from_str(&http(&a.url, "GET", "/v1/logs/ns", "").1).unwrap();
+    let size = info["size"].as_u64().unwrap();
+    assert!(size >= acked.len() as u64);
+    for idx in 0..size {
+        let v: serde_json::Value =
+            serde_json::from_str(&http(&a.url, "GET", &format!("/v1/logs/ns/entries/{idx}"), "").1)
+                .unwrap();
+        if v["operator_signature"].is_null() {
+            assert_eq!(
+                countersign(&a.url, &op, idx, v["auditor_signature"].as_str().unwrap()),
+                204
+            );
+        }
+    }
+    // The log continues, and every proof of the whole history verifies.
+    let (s, _) = append(&a.url, &op, &bundle_for(10_000));
+    assert_eq!(s, 200);
+    let v: serde_json::Value =
+        serde_json::from_str(&http(&a.url, "GET", &format!("/v1/logs/ns/entries/{size}"), "").1)
+            .unwrap();
+    assert_eq!(
+        countersign(&a.url, &op, size, v["auditor_signature"].as_str().unwrap()),
+        204
+    );
+    let out = audit(&a.url, &op, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["size"].as_u64(), Some(size + 1));
+    // The fleet keys change every 3 epochs: the table says so.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("KEYS CHANGED"));
+    // Wrong operator key or a wrongly pinned auditor key: non-zero exit.
+    let out = audit(&a.url, &SigningKey::from_bytes(&[9; 32]), &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("counter-signature"));
+    let out = audit(
+        &a.url,
+        &op,
+        &[
+            "--auditor-key",
+            &hex::encode(SigningKey::from_bytes(&[8; 32]).verifying_key().as_bytes()),
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -1,0 +1,89 @@
+//! Over-the-air fleet keys: fetch the current validation bundle from the
+//! frontend, verify it against the pinned auditor and operator keys and the
+//! log state this client saw before, persist the new state, and return the
+//! fleet's Noise key. Never falls back to an unverified key.
+
+use crate::error::{ClientError, Result};
+use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};
+use std::path::Path;
+
+/// Largest bundle package accepted from the frontend.
+const MAX_PACKAGE: usize = 64 * 1024;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn load_state(path: &Path) -> Result<ClientLogState> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            ClientError::Protocol(format!("client log state {}: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientLogState::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(st).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Fetches and verifies the current bundle; returns (fleet id, Noise key).
+pub async fn fleet_key(
+    http: &reqwest::Client,
+    frontend_url: &str,
+    anchors: &TrustAnchors,
+    state_path: &Path,
+) -> Result<(String, [u8; 32])> {
+    let seen = load_state(state_path)?;
+    let url = format!(
+        "{}/v1/bundle?known_size={}",
+        frontend_url.trim_end_matches('/'),
+        seen.checkpoint_size
+    );
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| ClientError::Unavailable(format!("frontend unreachable: {e}")))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(ClientError::Unavailable(format!(
+            "no validation bundle from the frontend ({status}): {}",
+            text.chars().take(200).collect::<String>()
+        )));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+    if body.len() > MAX_PACKAGE {
+        return Err(ClientError::Protocol("bundle package too large".into()));
+    }
+    let pkg: BundlePackage = serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Protocol(format!("bundle package: {e}")))?;
+    let (b, next) = bundle::verify(anchors, &seen, &pkg, now()).map_err(ClientError::Bundle)?;
+    if next != seen {
+        save_state(state_path, &next)?;
+    }
+    let key = b
+        .noise_key()
+        .ok_or(ClientError::Bundle(bundle::BundleError::NoNoiseKey))?;
+    Ok((b.fleet_id, key))
+}

@@ -1,0 +1,304 @@
+//! Validation bundles: the fleet's public keys for an epoch, signed by the
+//! independent auditor and counter-signed by the operator, and the client's
+//! verification of a bundle delivered over the air.
+
+use crate::merkle::{self, Hash};
+use crate::note::Checkpoint;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Largest encoded bundle.
+pub const MAX_BUNDLE: usize = 16 * 1024;
+pub const BUNDLE_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRole {
+    /// The fleet's Noise static key, pinned by clients for sessions.
+    NoiseStatic,
+    /// A node's identity key (peer links, deployment evidence).
+    NodeIdentity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetKey {
+    pub role: KeyRole,
+    pub key: [u8; 32],
+}
+
+/// Canonical bytes: `bkv_wire::encode(Bundle)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub version: u8,
+    pub namespace: String,
+    /// Strictly increasing per namespace.
+    pub epoch: u64,
+    pub fleet_id: String,
+    pub keys: Vec<FleetKey>,
+    /// Validity window, Unix seconds, inclusive start, exclusive end.
+    pub not_before: u64,
+    pub not_after: u64,
+    /// SHA-256 of the fleet's deployment evidence (zero if none).
+    pub evidence_digest: [u8; 32],
+}
+
+impl Bundle {
+    pub fn encode(&self) -> Vec<u8> {
+        bkv_wire::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
+        let b: Bundle = bkv_wire::decode(bytes, MAX_BUNDLE).map_err(|_| BundleError::Malformed)?;
+        if b.version != BUNDLE_VERSION {
+            return Err(BundleError::Malformed);
+        }
+        Ok(b)
+    }
+
+    pub fn noise_key(&self) -> Option<[u8; 32]> {
+        self.keys
+            .iter()
+            .find(|k| k.role == KeyRole::NoiseStatic)
+            .map(|k| k.key)
+    }
+}
+
+pub fn digest(bundle_bytes: &[u8]) -> Hash {
+    Sha256::digest(bundle_bytes).into()
+}
+
+/// What the auditor signs: the namespace, the epoch and the bundle digest.
+pub fn auditor_message(namespace: &str, epoch: u64, digest: &Hash) -> Vec<u8> {
+    let mut m = b"bkv bundle auditor signature v1\0".to_vec();
+    m.extend_from_slice(&bkv_wire::encode(&(namespace, epoch, digest)));
+    m
+}
+
+/// What the operator signs: the auditor's signature bytes.
+pub fn operator_message(auditor_signature: &[u8; 64]) -> Vec<u8> {
+    let mut m = b"bkv bundle operator countersignature v1\0".to_vec();
+    m.extend_from_slice(auditor_signature);
+    m
+}
+
+/// What the operator signs to authenticate an append request.
+pub fn append_message(bundle_bytes: &[u8]) -> Vec<u8> {
+    let mut m = b"bkv auditor append v1\0".to_vec();
+    m.extend_from_slice(bundle_bytes);
+    m
+}
+
+/// The log leaf for a bundle: `"bkv-leaf-v1\0" || epoch (u64 BE) || SHA-256(bundle)`.
+pub fn leaf_data(epoch: u64, digest: &Hash) -> Vec<u8> {
+    let mut m = b"bkv-leaf-v1\0".to_vec();
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.extend_from_slice(digest);
+    m
+}
+
+pub fn sign_auditor(key: &SigningKey, bundle_bytes: &[u8], b: &Bundle) -> [u8; 64] {
+    key.sign(&auditor_message(
+        &b.namespace,
+        b.epoch,
+        &digest(bundle_bytes),
+    ))
+    .to_bytes()
+}
+
+pub fn sign_operator(key: &SigningKey, auditor_signature: &[u8; 64]) -> [u8; 64] {
+    key.sign(&operator_message(auditor_signature)).to_bytes()
+}
+
+pub fn verify_sig(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+    let Ok(s) = <[u8; 64]>::try_from(sig) else {
+        return false;
+    };
+    key.verify_strict(msg, &Signature::from_bytes(&s)).is_ok()
+}
+
+/// Everything a client needs to accept a bundle, as served by the frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundlePackage {
+    #[serde(with = "crate::b64")]
+    pub bundle: Vec<u8>,
+    #[serde(with = "crate::b64")]
+    pub auditor_signature: Vec<u8>,
+    #[serde(with = "crate::b64")]
+    pub operator_signature: Vec<u8>,
+    pub leaf_index: u64,
+    /// The auditor's signed checkpoint note.
+    pub checkpoint: String,
+    #[serde(with = "crate::b64::hashes")]
+    pub inclusion_proof: Vec<Hash>,
+    /// Consistency proof from `consistency_from` (the size the client said it
+    /// knows) to the checkpoint's size.
+    pub consistency_from: u64,
+    #[serde(with = "crate::b64::hashes")]
+    pub consistency_proof: Vec<Hash>,
+}
+
+/// What the client pins in `ota` mode.
+#[derive(Debug, Clone)]
+pub struct TrustAnchors {
+    pub namespace: String,
+    /// Checkpoint origin of the namespace's log.
+    pub origin: String,
+    pub auditor_name: String,
+    pub auditor_key: VerifyingKey,
+    pub operator_key: VerifyingKey,
+}
+
+/// What the client remembers between runs (persisted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLogState {
+    pub checkpoint_size: u64,
+    #[serde(with = "hex_hash")]
+    pub checkpoint_root: Hash,
+    pub accepted_epoch: u64,
+}
+
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("expected 32 hex bytes"))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("bundle bytes are malformed")]
+    Malformed,
+    #[error("bundle is for namespace {found:?}, expected {expected:?}")]
+    Namespace { expected: String, found: String },
+    #[error("auditor signature over the bundle is missing or invalid")]
+    AuditorSignature,
+    #[error("operator counter-signature is missing or invalid")]
+    OperatorSignature,
+    #[error("checkpoint is not signed by the pinned auditor key, or is malformed: {0}")]
+    Checkpoint(String),
+    #[error("checkpoint is for log {found:?}, expected {expected:?}")]
+    Origin { expected: String, found: String },
+    #[error("bundle is not included in the auditor's log (inclusion proof failed)")]
+    NotInLog,
+    #[error("auditor log is inconsistent with the checkpoint this client saw before (size {seen}): the log was forked or rewritten")]
+    InconsistentLog { seen: u64 },
+    #[error("auditor log shrank from size {seen} to {shown}: a rolled-back or forked log")]
+    LogRolledBack { seen: u64, shown: u64 },
+    #[error("bundle epoch {epoch} is older than the already accepted epoch {accepted}")]
+    EpochRollback { epoch: u64, accepted: u64 },
+    #[error("bundle is not valid yet (not before {not_before}, now {now})")]
+    NotYetValid { not_before: u64, now: u64 },
+    #[error("bundle expired (not after {not_after}, now {now})")]
+    Expired { not_after: u64, now: u64 },
+    #[error("bundle names no Noise static key")]
+    NoNoiseKey,
+}
+
+/// Checks a delivered bundle against the pinned anchors and what this client
+/// saw before. On success returns the bundle and the state to persist.
+pub fn verify(
+    anchors: &TrustAnchors,
+    seen: &ClientLogState,
+    pkg: &BundlePackage,
+    now: u64,
+) -> Result<(Bundle, ClientLogState), BundleError> {
+    let bundle = Bundle::decode(&pkg.bundle)?;
+    if bundle.namespace != anchors.namespace {
+        return Err(BundleError::Namespace {
+            expected: anchors.namespace.clone(),
+            found: bundle.namespace,
+        });
+    }
+    let d = digest(&pkg.bundle);
+    if !verify_sig(
+        &anchors.auditor_key,
+        &auditor_message(&bundle.namespace, bundle.epoch, &d),
+        &pkg.auditor_signature,
+    ) {
+        return Err(BundleError::AuditorSignature);
+    }
+    let auditor_sig: [u8; 64] = pkg
+        .auditor_signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| BundleError::AuditorSignature)?;
+    if !verify_sig(
+        &anchors.operator_key,
+        &operator_message(&auditor_sig),
+        &pkg.operator_signature,
+    ) {
+        return Err(BundleError::OperatorSignature);
+    }
+    let cp = Checkpoint::open(&pkg.checkpoint, &anchors.auditor_name, &anchors.auditor_key)
+        .map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+    if cp.origin != anchors.origin {
+        return Err(BundleError::Origin {
+            expected: anchors.origin.clone(),
+            found: cp.origin,
+        });
+    }
+    let leaf = merkle::leaf_hash(&leaf_data(bundle.epoch, &d));
+    if !merkle::verify_inclusion(
+        pkg.leaf_index,
+        cp.size,
+        &leaf,
+        &pkg.inclusion_proof,
+        &cp.root,
+    ) {
+        return Err(BundleError::NotInLog);
+    }
+    if cp.size < seen.checkpoint_size {
+        return Err(BundleError::LogRolledBack {
+            seen: seen.checkpoint_size,
+            shown: cp.size,
+        });
+    }
+    if seen.checkpoint_size > 0
+        && (pkg.consistency_from != seen.checkpoint_size
+            || !merkle::verify_consistency(
+                seen.checkpoint_size,
+                cp.size,
+                &seen.checkpoint_root,
+                &cp.root,
+                &pkg.consistency_proof,
+            ))
+    {
+        return Err(BundleError::InconsistentLog {
+            seen: seen.checkpoint_size,
+        });
+    }
+    if bundle.epoch < seen.accepted_epoch {
+        return Err(BundleError::EpochRollback {
+            epoch: bundle.epoch,
+            accepted: seen.accepted_epoch,
+        });
+    }
+    if now < bundle.not_before {
+        return Err(BundleError::NotYetValid {
+            not_before: bundle.not_before,
+            now,
+        });
+    }
+    if now >= bundle.not_after {
+        return Err(BundleError::Expired {
+            not_after: bundle.not_after,
+            now,
+        });
+    }
+    if bundle.noise_key().is_none() {
+        return Err(BundleError::NoNoiseKey);
+    }
+    let next = ClientLogState {
+        checkpoint_size: cp.size,
+        checkpoint_root: cp.root,
+        accepted_epoch: bundle.epoch.max(seen.accepted_epoch),
+    };
+    Ok((bundle, next))
+}

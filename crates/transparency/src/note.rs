@@ -1,0 +1,222 @@
+//! C2SP signed notes (`signed-note`) with Ed25519 signatures, and
+//! `tlog-checkpoint` bodies, so independent witnesses can verify and cosign
+//! the auditor's checkpoints with standard tooling.
+//!
+//! ```text
+//! <origin>\n<tree size>\n<base64 root hash>\n
+//! \n
+//! — <key name> <base64(key id[4] || ed25519 signature[64])>\n
+//! ```
+//! key id = SHA-256(key name || "\n" || 0x01 || public key)[0..4].
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::merkle::Hash;
+
+/// Largest note accepted by [`open`].
+pub const MAX_NOTE: usize = 16 * 1024;
+const MAX_SIGNATURES: usize = 100;
+const ED25519_ALG: u8 = 0x01;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NoteError {
+    #[error("note is too large")]
+    TooLarge,
+    #[error("note is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("note carries no valid signature by {0}")]
+    Unsigned(String),
+    #[error("checkpoint is malformed: {0}")]
+    Checkpoint(&'static str),
+}
+
+pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ED25519_ALG]);
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// The standard verifier key string: `<name>+<hex key id>+<base64(0x01 || key)>`.
+pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
+    let mut k = vec![ED25519_ALG];
+    k.extend_from_slice(key.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_id(name, key)),
+        B64.encode(k)
+    )
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(char::is_whitespace) && !name.contains('+')
+}
+
+/// Signs `text` (which must end in a newline and contain no blank line).
+pub fn sign(text: &str, name: &str, key: &SigningKey) -> Result<String, NoteError> {
+    if !text.ends_with('\n') || text.contains("\n\n") || !valid_name(name) {
+        return Err(NoteError::Malformed(
+            "text must end in one newline and have no blank line",
+        ));
+    }
+    let sig = key.sign(text.as_bytes());
+    let mut blob = key_id(name, &key.verifying_key()).to_vec();
+    blob.extend_from_slice(&sig.to_bytes());
+    Ok(format!("{text}\n\u{2014} {name} {}\n", B64.encode(blob)))
+}
+
+/// Verifies that `note` is signed by (`name`, `key`) and returns its text.
+/// Signatures by other keys (e.g. witness cosignatures) are ignored.
+pub fn open<'a>(note: &'a str, name: &str, key: &VerifyingKey) -> Result<&'a str, NoteError> {
+    if note.len() > MAX_NOTE {
+        return Err(NoteError::TooLarge);
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no signature block"))?;
+    let text = &note[..=split];
+    let sigs = &note[split + 2..];
+    if !sigs.ends_with('\n') {
+        return Err(NoteError::Malformed(
+            "signature block must end in a newline",
+        ));
+    }
+    let want = key_id(name, key);
+    for (i, line) in sigs.lines().enumerate() {
+        if i >= MAX_SIGNATURES {
+            return Err(NoteError::Malformed("too many signatures"));
+        }
+        let rest = line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed(
+            "signature line must start with an em dash",
+        ))?;
+        let (n, b) = rest
+            .split_once(' ')
+            .ok_or(NoteError::Malformed("signature line"))?;
+        if n != name {
+            continue;
+        }
+        let blob = B64
+            .decode(b)
+            .map_err(|_| NoteError::Malformed("signature base64"))?;
+        if blob.len() != 68 || blob[..4] != want {
+            continue;
+        }
+        let mut s = [0u8; 64];
+        s.copy_from_slice(&blob[4..]);
+        if key
+            .verify_strict(text.as_bytes(), &Signature::from_bytes(&s))
+            .is_ok()
+        {
+            return Ok(text);
+        }
+    }
+    Err(NoteError::Unsigned(name.to_owned()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+impl Checkpoint {
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
+    }
+
+    /// Parses checkpoint text (extension lines after the third are ignored).
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let mut lines = text.split('\n');
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(NoteError::Checkpoint("origin"))?;
+        let size_s = lines.next().ok_or(NoteError::Checkpoint("size"))?;
+        if size_s.is_empty()
+            || (size_s.len() > 1 && size_s.starts_with('0'))
+            || !size_s.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(NoteError::Checkpoint("size"));
+        }
+        let size: u64 = size_s.parse().map_err(|_| NoteError::Checkpoint("size"))?;
+        let root: Hash = lines
+            .next()
+            .and_then(|r| B64.decode(r).ok())
+            .and_then(|v| v.try_into().ok())
+            .ok_or(NoteError::Checkpoint("root hash"))?;
+        Ok(Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+        })
+    }
+
+    pub fn sign(&self, name: &str, key: &SigningKey) -> Result<String, NoteError> {
+        sign(&self.text(), name, key)
+    }
+
+    /// Verifies a signed checkpoint note and parses it.
+    pub fn open(note: &str, name: &str, key: &VerifyingKey) -> Result<Self, NoteError> {
+        Self::parse(open(note, name, key)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_open_and_reject() {
+        let k = SigningKey::from_bytes(&[3; 32]);
+        let vk = k.verifying_key();
+        let cp = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 7,
+            root: [9; 32],
+        };
+        let note = cp.sign("auditor", &k).unwrap();
+        assert!(note.starts_with("example.com/log\n7\n"));
+        assert!(note.contains("\n\n\u{2014} auditor "));
+        assert_eq!(Checkpoint::open(&note, "auditor", &vk).unwrap(), cp);
+        // Other keys, names, or edited text fail.
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        assert!(Checkpoint::open(&note, "auditor", &other).is_err());
+        assert!(Checkpoint::open(&note, "someone", &vk).is_err());
+        let edited = note.replacen("\n7\n", "\n8\n", 1);
+        assert_eq!(
+            Checkpoint::open(&edited, "auditor", &vk).unwrap_err(),
+            NoteError::Unsigned("auditor".into())
+        );
+        // A witness cosignature line of another key is ignored.
+        let w = SigningKey::from_bytes(&[5; 32]);
+        let cosigned = format!(
+            "{note}{}",
+            sign(&cp.text(), "witness", &w)
+                .unwrap()
+                .rsplit("\n\n")
+                .next()
+                .unwrap()
+        );
+        assert_eq!(Checkpoint::open(&cosigned, "auditor", &vk).unwrap(), cp);
+        assert_eq!(
+            Checkpoint::open(&cosigned, "witness", &w.verifying_key()).unwrap(),
+            cp
+        );
+        assert!(verifier_key("auditor", &vk).starts_with("auditor+"));
+        for bad in ["", "x", "o\n01\nAAAA\n", "o\n1\nnot-base64\n"] {
+            assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
