@@ -9,3 +9,4 @@ if ! command -v age >/dev/null; then
 fi
 cargo bench -p bkv-client --bench backup
 cargo bench -p bkv-hsm-core --bench core
+cargo bench -p bkv-transparency --bench verify
