@@ -14,8 +14,8 @@ struct KeyInfo {
     public_key: String,
 }
 
-#[derive(Deserialize)]
-struct Entry {
+#[derive(Clone, Deserialize)]
+pub struct Entry {
     index: u64,
     #[serde(with = "bkv_transparency::b64")]
     bundle: Vec<u8>,
@@ -127,7 +127,7 @@ fn unb64(s: &str) -> anyhow::Result<Vec<u8>> {
     Ok(base64::engine::general_purpose::STANDARD.decode(s)?)
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct EpochRow {
     pub index: u64,
     pub epoch: u64,
@@ -140,7 +140,7 @@ pub struct EpochRow {
     pub change: String,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct LogReport {
     pub auditor: String,
     pub namespace: String,
@@ -151,32 +151,29 @@ pub struct LogReport {
     pub warnings: Vec<String>,
 }
 
-/// Walks every entry of the namespace's log and verifies digests, both
-/// signatures, epochs, inclusion of every entry and consistency of every
-/// earlier tree size with the latest checkpoint. Any failure is an error.
-pub async fn audit_log(
-    auditor_url: &str,
-    namespace: &str,
-    operator_key: &VerifyingKey,
-    pinned_auditor_key: Option<VerifyingKey>,
-) -> anyhow::Result<LogReport> {
+/// Everything `bkv audit log` fetches from the auditor, verified offline by
+/// [`verify_snapshot`].
+pub struct Snapshot {
+    pub auditor_name: String,
+    pub auditor_key: VerifyingKey,
+    pub checkpoint_note: String,
+    pub entries: Vec<Entry>,
+    /// Inclusion proof of entry i in the checkpoint's tree.
+    pub inclusion: Vec<Vec<Hash>>,
+    /// Consistency proof from tree size i+1 to the checkpoint's size.
+    pub consistency: Vec<Vec<Hash>>,
+}
+
+/// Fetches the whole log of `namespace` (checkpoint, entries, proofs).
+pub async fn fetch_snapshot(auditor_url: &str, namespace: &str) -> anyhow::Result<Snapshot> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
     let root_url = auditor_url.trim_end_matches('/');
     let info: KeyInfo = get_json(&http, &format!("{root_url}/v1/key")).await?;
-    let akey = VerifyingKey::from_bytes(
+    let auditor_key = VerifyingKey::from_bytes(
         &bkv_wire::key_from_hex(&info.public_key).map_err(|e| anyhow!("auditor key: {e}"))?,
     )?;
-    if let Some(p) = pinned_auditor_key {
-        if p != akey {
-            bail!(
-                "the auditor presents key {} but --auditor-key pins {}",
-                info.public_key,
-                hex::encode(p.as_bytes())
-            );
-        }
-    }
     let base = format!("{root_url}/v1/logs/{namespace}");
     let note = http
         .get(format!("{base}/checkpoint"))
@@ -185,18 +182,86 @@ pub async fn audit_log(
         .error_for_status()?
         .text()
         .await?;
-    let cp = Checkpoint::open(&note, &info.name, &akey).map_err(|e| anyhow!("checkpoint: {e}"))?;
-    let origin = format!("{}/{namespace}", info.name);
+    let size = Checkpoint::parse(note.split("\n\n").next().unwrap_or_default())
+        .map_err(|e| anyhow!("checkpoint: {e}"))?
+        .size;
+    let (mut entries, mut inclusion, mut consistency) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..size {
+        entries.push(get_json(&http, &format!("{base}/entries/{i}")).await?);
+        let p: Proof = get_json(
+            &http,
+            &format!("{base}/proof/inclusion?index={i}&size={size}"),
+        )
+        .await?;
+        inclusion.push(p.proof);
+        let p: Proof = get_json(
+            &http,
+            &format!("{base}/proof/consistency?from={}&to={size}", i + 1),
+        )
+        .await?;
+        consistency.push(p.proof);
+    }
+    Ok(Snapshot {
+        auditor_name: info.name,
+        auditor_key,
+        checkpoint_note: note,
+        entries,
+        inclusion,
+        consistency,
+    })
+}
+
+pub async fn audit_log(
+    auditor_url: &str,
+    namespace: &str,
+    operator_key: &VerifyingKey,
+    pinned_auditor_key: Option<VerifyingKey>,
+) -> anyhow::Result<LogReport> {
+    let snap = fetch_snapshot(auditor_url, namespace).await?;
+    verify_snapshot(&snap, namespace, operator_key, pinned_auditor_key)
+}
+
+/// Verifies every entry: digests, both signatures, increasing epochs,
+/// inclusion of every entry and consistency of every earlier tree size with
+/// the latest checkpoint. Any failure is an error.
+pub fn verify_snapshot(
+    snap: &Snapshot,
+    namespace: &str,
+    operator_key: &VerifyingKey,
+    pinned_auditor_key: Option<VerifyingKey>,
+) -> anyhow::Result<LogReport> {
+    let akey = snap.auditor_key;
+    if let Some(p) = pinned_auditor_key {
+        if p != akey {
+            bail!(
+                "the auditor presents key {} but --auditor-key pins {}",
+                hex::encode(akey.as_bytes()),
+                hex::encode(p.as_bytes())
+            );
+        }
+    }
+    let cp = Checkpoint::open(&snap.checkpoint_note, &snap.auditor_name, &akey)
+        .map_err(|e| anyhow!("checkpoint: {e}"))?;
+    let origin = format!("{}/{namespace}", snap.auditor_name);
     if cp.origin != origin {
         bail!("checkpoint origin {:?} is not {origin:?}", cp.origin);
+    }
+    if snap.entries.len() as u64 != cp.size
+        || snap.inclusion.len() != snap.entries.len()
+        || snap.consistency.len() != snap.entries.len()
+    {
+        bail!(
+            "the auditor served {} entries for a checkpoint of size {}",
+            snap.entries.len(),
+            cp.size
+        );
     }
     let mut leaves: Vec<Hash> = Vec::new();
     let mut rows: Vec<EpochRow> = Vec::new();
     let mut warnings = Vec::new();
     let mut digests = std::collections::HashSet::new();
     let mut prev: Option<Bundle> = None;
-    for i in 0..cp.size {
-        let e: Entry = get_json(&http, &format!("{base}/entries/{i}")).await?;
+    for (i, e) in (0u64..).zip(&snap.entries) {
         if e.index != i {
             bail!("entry {i}: auditor returned index {}", e.index);
         }
@@ -222,7 +287,10 @@ pub async fn audit_log(
             .map_err(|_| anyhow!("entry {i}: signature length"))?;
         match &e.operator_signature {
             Some(s) if bundle::verify_sig(operator_key, &bundle::operator_message(&asig), s) => {}
-            Some(_) => bail!("entry {i} (epoch {}): operator counter-signature invalid for the given operator key", b.epoch),
+            Some(_) => bail!(
+                "entry {i} (epoch {}): operator counter-signature invalid for the given operator key",
+                b.epoch
+            ),
             None => bail!("entry {i} (epoch {}): no operator counter-signature", b.epoch),
         }
         if let Some(p) = &prev {
@@ -236,26 +304,19 @@ pub async fn audit_log(
         }
         let leaf = merkle::leaf_hash(&bundle::leaf_data(b.epoch, &d));
         leaves.push(leaf);
-        let incl: Proof = get_json(
-            &http,
-            &format!("{base}/proof/inclusion?index={i}&size={}", cp.size),
-        )
-        .await?;
-        if !merkle::verify_inclusion(i, cp.size, &leaf, &incl.proof, &cp.root) {
-            bail!("entry {i}: inclusion proof does not verify against the checkpoint");
+        let idx = i as usize;
+        if !merkle::verify_inclusion(i, cp.size, &leaf, &snap.inclusion[idx], &cp.root) {
+            bail!("entry {i}: not included in the checkpoint (inclusion proof fails)");
         }
         let size = i + 1;
-        let cons: Proof = get_json(
-            &http,
-            &format!("{base}/proof/consistency?from={size}&to={}", cp.size),
-        )
-        .await?;
-        if !merkle::verify_consistency(size, cp.size, &merkle::root(&leaves), &cp.root, &cons.proof)
-        {
-            bail!(
-                "tree size {size} is not consistent with the checkpoint (size {})",
-                cp.size
-            );
+        if !merkle::verify_consistency(
+            size,
+            cp.size,
+            &merkle::root(&leaves),
+            &cp.root,
+            &snap.consistency[idx],
+        ) {
+            bail!("tree size {size} is not consistent with the checkpoint (size {}): the log was rewritten or forked", cp.size);
         }
         let keys_of = |b: &Bundle| {
             let mut k: Vec<_> = b
@@ -303,7 +364,7 @@ pub async fn audit_log(
         bail!("the entries do not hash to the checkpoint's root");
     }
     Ok(LogReport {
-        auditor: info.public_key,
+        auditor: hex::encode(akey.as_bytes()),
         namespace: namespace.to_owned(),
         origin,
         size: cp.size,
@@ -338,4 +399,142 @@ pub fn print_table(r: &LogReport) {
         println!("warning: {w}");
     }
     println!("verified: every digest, auditor signature, operator counter-signature, inclusion proof and consistency proof");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bkv_transparency::bundle::{FleetKey, KeyRole};
+
+    fn bundle_for(epoch: u64) -> Bundle {
+        Bundle {
+            version: 1,
+            namespace: "ns".into(),
+            epoch,
+            fleet_id: "f".into(),
+            keys: vec![FleetKey {
+                role: KeyRole::NoiseStatic,
+                key: [epoch as u8; 32],
+            }],
+            not_before: 0,
+            not_after: 10,
+            evidence_digest: [0; 32],
+        }
+    }
+
+    /// An honest snapshot of `epochs`, built the way the auditor builds it.
+    fn snapshot(a: &SigningKey, o: &SigningKey, bundles: &[Bundle]) -> Snapshot {
+        let mut leaves = Vec::new();
+        let mut entries = Vec::new();
+        for (i, b) in bundles.iter().enumerate() {
+            let bytes = b.encode();
+            let asig = bundle::sign_auditor(a, &bytes, b);
+            leaves.push(merkle::leaf_hash(&bundle::leaf_data(
+                b.epoch,
+                &bundle::digest(&bytes),
+            )));
+            entries.push(Entry {
+                index: i as u64,
+                bundle: bytes,
+                auditor_signature: asig.to_vec(),
+                operator_signature: Some(bundle::sign_operator(o, &asig).to_vec()),
+            });
+        }
+        let n = leaves.len();
+        let cp = Checkpoint {
+            origin: "aud/ns".into(),
+            size: n as u64,
+            root: merkle::root(&leaves),
+        };
+        Snapshot {
+            auditor_name: "aud".into(),
+            auditor_key: a.verifying_key(),
+            checkpoint_note: cp.sign("aud", a).unwrap(),
+            entries,
+            inclusion: (0..n)
+                .map(|i| merkle::inclusion_proof(i, &leaves))
+                .collect(),
+            consistency: (1..=n)
+                .map(|m| merkle::consistency_proof(m, &leaves))
+                .collect(),
+        }
+    }
+
+    fn check(s: &Snapshot, o: &SigningKey) -> Result<LogReport, String> {
+        verify_snapshot(s, "ns", &o.verifying_key(), None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn audit_rejects_every_kind_of_bad_log() {
+        let a = SigningKey::from_bytes(&[1; 32]);
+        let o = SigningKey::from_bytes(&[2; 32]);
+        let bundles: Vec<_> = (1..=5).map(bundle_for).collect();
+        let good = snapshot(&a, &o, &bundles);
+        let r = check(&good, &o).unwrap();
+        assert_eq!(r.epochs.len(), 5);
+        assert_eq!(r.epochs[1].change, "KEYS CHANGED");
+
+        // Signed only by the operator (the auditor's signature is missing or forged).
+        let mut s = snapshot(&a, &o, &bundles);
+        s.entries[2].auditor_signature = vec![0; 64];
+        assert!(check(&s, &o)
+            .unwrap_err()
+            .contains("auditor signature invalid"));
+        // Signed only by the auditor.
+        let mut s = snapshot(&a, &o, &bundles);
+        s.entries[2].operator_signature = None;
+        assert!(check(&s, &o)
+            .unwrap_err()
+            .contains("no operator counter-signature"));
+        // By a wrong operator key.
+        assert!(check(&good, &SigningKey::from_bytes(&[3; 32]))
+            .unwrap_err()
+            .contains("counter-signature invalid"));
+        // By a wrong auditor key (a pinned key that differs).
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        assert!(
+            verify_snapshot(&good, "ns", &o.verifying_key(), Some(other))
+                .unwrap_err()
+                .to_string()
+                .contains("--auditor-key")
+        );
+        // Bundle bytes changed after signing.
+        let mut s = snapshot(&a, &o, &bundles);
+        let mut b = Bundle::decode(&s.entries[3].bundle).unwrap();
+        b.keys[0].key = [0xaa; 32];
+        s.entries[3].bundle = b.encode();
+        assert!(check(&s, &o)
+            .unwrap_err()
+            .contains("auditor signature invalid"));
+        // A bundle that is not in the log the checkpoint commits to.
+        let mut s = snapshot(&a, &o, &bundles);
+        let other_log = snapshot(
+            &a,
+            &o,
+            &[
+                bundle_for(1),
+                bundle_for(2),
+                bundle_for(3),
+                bundle_for(9),
+                bundle_for(10),
+            ],
+        );
+        s.entries[4] = other_log.entries[4].clone();
+        assert!(check(&s, &o).unwrap_err().contains("entry 4"));
+        // A forked auditor: entries of one history, checkpoint of another.
+        let mut s = snapshot(&a, &o, &bundles);
+        s.checkpoint_note = other_log.checkpoint_note.clone();
+        assert!(check(&s, &o).is_err());
+        // Epochs that do not increase (logged by a misbehaving auditor).
+        let s = snapshot(&a, &o, &[bundle_for(1), bundle_for(3), bundle_for(2)]);
+        assert!(check(&s, &o).unwrap_err().contains("does not increase"));
+        // A checkpoint not signed by the auditor.
+        let mut s = snapshot(&a, &o, &bundles);
+        s.checkpoint_note = s.checkpoint_note.replacen("\n5\n", "\n4\n", 1);
+        assert!(check(&s, &o).unwrap_err().contains("checkpoint"));
+        // A consistency proof that does not verify (a rewritten prefix).
+        let mut s = snapshot(&a, &o, &bundles);
+        s.consistency[1] = vec![[7; 32]];
+        assert!(check(&s, &o).unwrap_err().contains("not consistent"));
+    }
 }

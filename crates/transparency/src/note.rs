@@ -54,6 +54,32 @@ pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
     )
 }
 
+/// Parses a verifier key string (`<name>+<hex key id>+<base64(0x01 || key)>`),
+/// checking that the key id matches.
+pub fn parse_verifier_key(s: &str) -> Result<(String, VerifyingKey), NoteError> {
+    let bad = NoteError::Malformed("verifier key");
+    let mut parts = s.trim().split('+');
+    let (Some(name), Some(id), Some(k), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad);
+    };
+    let raw = B64
+        .decode(k)
+        .map_err(|_| NoteError::Malformed("verifier key"))?;
+    let (alg, key) = raw
+        .split_first()
+        .ok_or(NoteError::Malformed("verifier key"))?;
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| NoteError::Malformed("verifier key"))?;
+    let vk = VerifyingKey::from_bytes(&key).map_err(|_| NoteError::Malformed("verifier key"))?;
+    if *alg != ED25519_ALG || !valid_name(name) || hex::encode(key_id(name, &vk)) != id {
+        return Err(NoteError::Malformed("verifier key"));
+    }
+    Ok((name.to_owned(), vk))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(char::is_whitespace) && !name.contains('+')
 }
@@ -177,6 +203,25 @@ impl Checkpoint {
 mod tests {
     use super::*;
 
+    /// The sample in docs/auditor-api.md is a real, verifiable checkpoint.
+    #[test]
+    fn documented_sample_verifies() {
+        let doc = include_str!("../../../docs/auditor-api.md");
+        let vkey = doc
+            .split("the key with verifier key `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .unwrap();
+        let (name, key) = parse_verifier_key(vkey).unwrap();
+        let block = doc
+            .split("```text\n")
+            .nth(1)
+            .and_then(|r| r.split("```").next())
+            .unwrap();
+        let cp = Checkpoint::open(block, &name, &key).unwrap();
+        assert_eq!((cp.origin.as_str(), cp.size), ("bkv-auditor/dev", 1));
+    }
+
     #[test]
     fn sign_open_and_reject() {
         let k = SigningKey::from_bytes(&[3; 32]);
@@ -215,6 +260,9 @@ mod tests {
             cp
         );
         assert!(verifier_key("auditor", &vk).starts_with("auditor+"));
+        let (n, k) = parse_verifier_key(&verifier_key("auditor", &vk)).unwrap();
+        assert_eq!((n.as_str(), k), ("auditor", vk));
+        assert!(parse_verifier_key("auditor+00000000+AAAA").is_err());
         for bad in ["", "x", "o\n01\nAAAA\n", "o\n1\nnot-base64\n"] {
             assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
         }
