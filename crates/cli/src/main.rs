@@ -4,6 +4,7 @@ mod audit;
 mod config;
 mod demo;
 mod dev;
+mod loadgen;
 mod ops;
 
 use anyhow::{anyhow, Context};
@@ -72,6 +73,15 @@ enum DevCommand {
         /// instead of ota (fleet key from an auditor-logged bundle).
         #[arg(long)]
         pinned: bool,
+    },
+    /// Recovery load against a deployment (uses --config): throughput and latency percentiles.
+    Loadgen {
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Start node I of a `dev up` deployment again (after it died or was killed).
     RestartNode {
@@ -190,6 +200,17 @@ fn main() {
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("bkv: error: {e:#}");
         std::process::exit(exit_code(&e));
+    }
+}
+
+impl Cli {
+    /// The global options only (what `context` reads).
+    fn clone_for_loadgen(&self) -> Cli {
+        Cli {
+            config: self.config.clone(),
+            token: self.token.clone(),
+            command: Command::Demo,
+        }
     }
 }
 
@@ -315,6 +336,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
             DevCommand::RestartNode { dir, index } => dev::restart_node(dir, *index),
+            DevCommand::Loadgen {
+                users,
+                concurrency,
+                seconds,
+            } => {
+                let cli2 = std::sync::Arc::new(cli.clone_for_loadgen());
+                let report = loadgen::run(
+                    move |user| {
+                        let cli = cli2.clone();
+                        Box::pin(async move { context(&cli, &user).await })
+                    },
+                    loadgen::Args {
+                        users: *users,
+                        concurrency: *concurrency,
+                        seconds: *seconds,
+                    },
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
         },
         Command::Audit { command } => match command {
             AuditCommand::Log {

@@ -568,3 +568,33 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
         text(&o)
     );
 }
+
+/// Concurrent correct logins of the same users never fail: no request of a
+/// counted login is refused half-way (which would spend guesses of users who
+/// know their password).
+#[test]
+fn concurrent_correct_recoveries_all_succeed() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let o = dev.bkv(
+        &[
+            "dev",
+            "loadgen",
+            "--users",
+            "3",
+            "--concurrency",
+            "6",
+            "--seconds",
+            "2",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Session opens beyond the per-user budget are refused (before anything
+    // is counted); nothing else may fail, and no record may be destroyed.
+    for (kind, _) in r["error_kinds"].as_object().unwrap() {
+        assert!(kind.contains("429"), "unexpected failure {kind}: {r}");
+    }
+    assert!(r["recoveries"].as_u64().unwrap() > 0, "{r}");
+}

@@ -18,6 +18,10 @@ use sha2::{Digest, Sha256};
 pub struct VaultClient {
     pub endpoint: Endpoint,
     pub user_id: String,
+    /// Argon2id parameters of the client-side key stretching. The vault never
+    /// sees them; a record must be recovered with the parameters it was
+    /// registered with.
+    pub ksf_params: argon2::Params,
 }
 
 fn unexpected(r: VaultResponse) -> ClientError {
@@ -27,10 +31,14 @@ fn unexpected(r: VaultResponse) -> ClientError {
     }
 }
 
-/// Argon2id with the library defaults (19 MiB, 2 passes): the client pays the
-/// stretching cost, the HSM only counts guesses.
-fn ksf() -> Argon2<'static> {
-    Argon2::default()
+/// Argon2id (version 0x13) with `params`: the client pays the stretching
+/// cost, the HSM only counts guesses.
+fn ksf(params: &argon2::Params) -> Argon2<'static> {
+    Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params.clone(),
+    )
 }
 
 /// Result of a successful login: the backup key and the still-open session,
@@ -45,6 +53,8 @@ impl VaultClient {
         VaultClient {
             endpoint,
             user_id: user_id.to_owned(),
+            // The argon2 defaults: 19 MiB, 2 passes, 1 lane (OWASP's minimum).
+            ksf_params: argon2::Params::default(),
         }
     }
 
@@ -88,7 +98,7 @@ impl VaultClient {
         };
         let response = RegistrationResponse::<OpaqueSuite>::deserialize(&registration_response)
             .map_err(|_| ClientError::Protocol("malformed RegistrationResponse".into()))?;
-        let ksf = ksf();
+        let ksf = ksf(&self.ksf_params);
         let finish = start
             .state
             .finish(
@@ -161,7 +171,7 @@ impl VaultClient {
         };
         let response = CredentialResponse::<OpaqueSuite>::deserialize(&credential_response)
             .map_err(|_| ClientError::Protocol("malformed CredentialResponse".into()))?;
-        let ksf = ksf();
+        let ksf = ksf(&self.ksf_params);
         let finish = start.state.finish(
             &mut OsRng,
             pw,

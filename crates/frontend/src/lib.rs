@@ -29,9 +29,14 @@ pub const SESSION_HEADER: &str = "bkv-session";
 pub const DEFAULT_AUDIENCE: &str = "bkv";
 /// Time allowed for one node round trip.
 const NODE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Per-user request budget: burst, then refill per second.
-const RATE_BURST: f64 = 60.0;
-const RATE_PER_SEC: f64 = 30.0;
+/// Per-user budgets (burst, refill per second). Session opens are limited
+/// tightly; messages inside an open session get a generous budget so that a
+/// login the vault has already counted is not cut off half-way by the
+/// frontend (an unfinished login still spends a guess).
+const OPEN_BURST: f64 = 30.0;
+const OPEN_PER_SEC: f64 = 10.0;
+const MSG_BURST: f64 = 300.0;
+const MSG_PER_SEC: f64 = 150.0;
 /// Users tracked by the rate limiter before old entries are pruned.
 const RATE_TABLE_MAX: usize = 100_000;
 
@@ -156,7 +161,13 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+#[derive(Clone, Copy)]
+enum Budget {
+    Open,
+    Message,
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap, budget: Budget) -> Result<String, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -174,11 +185,15 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
         token,
     )
     .map_err(|e| unauthorized(&e.to_string()))?;
-    rate_limit(state, &claims.sub)?;
+    rate_limit(state, &claims.sub, budget)?;
     Ok(claims.sub)
 }
 
-fn rate_limit(state: &AppState, user: &str) -> Result<(), ApiError> {
+fn rate_limit(state: &AppState, user: &str, budget: Budget) -> Result<(), ApiError> {
+    let (burst, per_sec, key) = match budget {
+        Budget::Open => (OPEN_BURST, OPEN_PER_SEC, format!("o:{user}")),
+        Budget::Message => (MSG_BURST, MSG_PER_SEC, format!("m:{user}")),
+    };
     let mut table = state
         .rate
         .lock()
@@ -187,9 +202,9 @@ fn rate_limit(state: &AppState, user: &str) -> Result<(), ApiError> {
     if table.len() >= RATE_TABLE_MAX {
         table.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(10));
     }
-    let entry = table.entry(user.to_owned()).or_insert((RATE_BURST, now));
-    let refill = now.duration_since(entry.1).as_secs_f64() * RATE_PER_SEC;
-    entry.0 = (entry.0 + refill).min(RATE_BURST);
+    let entry = table.entry(key).or_insert((burst, now));
+    let refill = now.duration_since(entry.1).as_secs_f64() * per_sec;
+    entry.0 = (entry.0 + refill).min(burst);
     entry.1 = now;
     if entry.0 < 1.0 {
         return Err(ApiError::new(
@@ -353,7 +368,7 @@ async fn open_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
+    let user = authenticate(&state, &headers, Budget::Open)?;
     let req = NodeRequest::OpenSession {
         user_id: user.clone(),
         handshake: body.to_vec(),
@@ -396,7 +411,7 @@ async fn session_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers)?;
+    let user = authenticate(&state, &headers, Budget::Message)?;
     let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
     let req = NodeRequest::SessionMessage {
         session_id,
@@ -418,7 +433,7 @@ async fn close_session(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers)?;
+    authenticate(&state, &headers, Budget::Message)?;
     let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
     match node_call(&state, node, &NodeRequest::CloseSession { session_id }).await? {
         NodeResponse::Closed => Ok(StatusCode::NO_CONTENT),

@@ -1,0 +1,119 @@
+//! `bkv dev loadgen`: recovery load against a deployment. Registers users,
+//! then runs concurrent recoveries (full OPAQUE login: a committed guess count
+//! and a committed reset each) for a fixed time and reports throughput and
+//! latency percentiles. Client-side Argon2 is set to its minimum so the
+//! numbers measure the vault, not the load generator's CPU (the vault never
+//! sees the stretching parameters).
+
+use crate::ops::Ctx;
+use bkv_client::{BackupKey, VaultClient};
+use secrecy::SecretString;
+use std::time::{Duration, Instant};
+
+pub struct Args {
+    pub users: usize,
+    pub concurrency: usize,
+    pub seconds: u64,
+}
+
+fn cheap_ksf() -> argon2::Params {
+    // 8 KiB, 1 pass: valid Argon2id, negligible cost.
+    argon2::Params::new(8, 1, 1, None).unwrap_or_default()
+}
+
+#[derive(serde::Serialize)]
+pub struct Report {
+    pub users: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub recoveries: usize,
+    pub errors: usize,
+    pub error_kinds: std::collections::BTreeMap<String, usize>,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub async fn run(
+    make_ctx: impl Fn(String) -> futures_like::BoxCtx,
+    args: Args,
+) -> anyhow::Result<Report> {
+    let password = SecretString::from("loadgen-password".to_owned());
+    let mut clients = Vec::new();
+    for i in 0..args.users {
+        let user = format!("loadgen-{i}-{}", std::process::id());
+        let ctx: Ctx = make_ctx(user.clone()).await?;
+        let mut v = VaultClient::new(ctx.endpoint.clone(), &user);
+        v.ksf_params = cheap_ksf();
+        v.register(&password, &BackupKey::generate(), 10, None)
+            .await?;
+        clients.push(std::sync::Arc::new(v));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let clients = clients.clone();
+        let password = password.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
+            let mut i = w;
+            while Instant::now() < deadline {
+                let c = &clients[i % clients.len()];
+                i += 1;
+                let t = Instant::now();
+                match c.login(&password).await {
+                    Ok(l) => {
+                        l.session.close().await;
+                        lat.push(t.elapsed());
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut error_kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        for msg in e {
+            *error_kinds.entry(msg).or_default() += 1;
+        }
+    }
+    let errors = error_kinds.values().sum();
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        let idx = ((all.len() as f64 - 1.0) * p).round() as usize;
+        all.get(idx)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    Ok(Report {
+        users: args.users,
+        concurrency: args.concurrency,
+        seconds: secs,
+        recoveries: all.len(),
+        errors,
+        error_kinds,
+        per_second: all.len() as f64 / secs,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    })
+}
+
+pub mod futures_like {
+    pub type BoxCtx = std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<crate::ops::Ctx>> + Send>,
+    >;
+}
