@@ -119,6 +119,17 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary tokens are rejected with an error, never a panic.
+        #[test]
+        fn verify_never_panics_on_garbage(t in "(?s).{0,300}", parts in proptest::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5)) {
+            let vk = SigningKey::from_bytes(&[7; 32]).verifying_key();
+            prop_assert!(verify(&vk, "bkv", 0, &t).is_err());
+            prop_assert!(verify(&vk, "bkv", 0, &parts.join(".")).is_err());
+        }
+    }
 
     fn claims(sub: &str, exp: u64) -> Claims {
         Claims {

@@ -302,3 +302,43 @@ pub fn verify(
     };
     Ok((bundle, next))
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes and packages are rejected with an error, never a panic.
+        #[test]
+        fn decoding_and_verifying_garbage_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            sig in proptest::collection::vec(any::<u8>(), 0..80),
+            idx in any::<u64>(),
+            from in any::<u64>(),
+        ) {
+            let _ = Bundle::decode(&bytes);
+            let k = SigningKey::from_bytes(&[1; 32]).verifying_key();
+            let anchors = TrustAnchors {
+                namespace: "ns".into(),
+                origin: "o".into(),
+                auditor_name: "a".into(),
+                auditor_key: k,
+                operator_key: k,
+            };
+            let pkg = BundlePackage {
+                bundle: bytes.clone(),
+                auditor_signature: sig.clone(),
+                operator_signature: sig,
+                leaf_index: idx,
+                checkpoint: String::from_utf8_lossy(&bytes).into_owned(),
+                inclusion_proof: vec![[0; 32]; (idx % 70) as usize],
+                consistency_from: from,
+                consistency_proof: vec![[1; 32]; (from % 70) as usize],
+            };
+            let seen = ClientLogState { checkpoint_size: from, checkpoint_root: [0; 32], accepted_epoch: idx };
+            prop_assert!(verify(&anchors, &seen, &pkg, idx).is_err());
+            let _ = serde_json::from_slice::<BundlePackage>(&bytes);
+        }
+    }
+}

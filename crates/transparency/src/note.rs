@@ -268,3 +268,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary input to the note and checkpoint decoders is an error, never a panic.
+        #[test]
+        fn decoders_never_panic(s in "(?s).{0,400}", bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let k = SigningKey::from_bytes(&[3; 32]).verifying_key();
+            let _ = open(&s, "a", &k);
+            let _ = Checkpoint::parse(&s);
+            let _ = parse_verifier_key(&s);
+            let lossy = String::from_utf8_lossy(&bytes);
+            let _ = Checkpoint::open(&lossy, "a", &k);
+            let with_sig = format!("o\n1\n{}\n\n\u{2014} a {}\n", "A".repeat(44), lossy.trim());
+            let _ = Checkpoint::open(&with_sig, "a", &k);
+        }
+    }
+}
