@@ -46,6 +46,42 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    g.bench_function("aead_all_cores_ring_aes256gcm", |b| {
+        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).unwrap());
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut bufs: Vec<Vec<u8>> = plain
+            .chunks(CHUNK as usize)
+            .map(|c| {
+                let mut v = Vec::with_capacity(c.len() + 16);
+                v.extend_from_slice(c);
+                v
+            })
+            .collect();
+        b.iter(|| {
+            let per = bufs.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                for (g, group) in bufs.chunks_mut(per).enumerate() {
+                    let k = &k;
+                    s.spawn(move || {
+                        for (j, buf) in group.iter_mut().enumerate() {
+                            buf.truncate(CHUNK as usize);
+                            let mut n = [0u8; 12];
+                            n[..8].copy_from_slice(&((g * per + j) as u64).to_be_bytes());
+                            k.seal_in_place_append_tag(
+                                Nonce::assume_unique_for_key(n),
+                                Aad::empty(),
+                                buf,
+                            )
+                            .unwrap();
+                        }
+                    });
+                }
+            });
+        })
+    });
+
     let header = Header::new(Compression::None, Content::File, CHUNK);
     g.bench_function("encrypt", |b| {
         let mut out = Vec::with_capacity(SIZE + SIZE / 1000 + 100);
