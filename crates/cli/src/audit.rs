@@ -31,6 +31,14 @@ struct Proof {
     proof: Vec<Hash>,
 }
 
+/// Largest auditor answer read (entries and proofs are a few KiB).
+const MAX_AUDITOR_BODY: usize = 1024 * 1024;
+
+async fn body_json<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> anyhow::Result<T> {
+    let b = bkv_client::session::read_limited(r, MAX_AUDITOR_BODY).await?;
+    Ok(serde_json::from_slice(&b)?)
+}
+
 async fn get_json<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
@@ -43,9 +51,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     if !r.status().is_success() {
         bail!("GET {url}: {}", r.status());
     }
-    r.json()
-        .await
-        .with_context(|| format!("GET {url}: bad JSON"))
+    body_json(r).await.with_context(|| format!("GET {url}"))
 }
 
 /// Appends `b` to the auditor's log as the namespace's operator and
@@ -76,10 +82,14 @@ pub async fn publish(
         let s = r.status();
         bail!(
             "auditor refused the append ({s}): {}",
-            r.text().await.unwrap_or_default()
+            String::from_utf8_lossy(
+                &bkv_client::session::read_limited(r, 16 * 1024)
+                    .await
+                    .unwrap_or_default()
+            )
         );
     }
-    let v: serde_json::Value = r.json().await?;
+    let v: serde_json::Value = body_json(r).await?;
     let index = v["index"]
         .as_u64()
         .ok_or_else(|| anyhow!("auditor sent no index"))?;
@@ -179,9 +189,10 @@ pub async fn fetch_snapshot(auditor_url: &str, namespace: &str) -> anyhow::Resul
         .get(format!("{base}/checkpoint"))
         .send()
         .await?
-        .error_for_status()?
-        .text()
-        .await?;
+        .error_for_status()?;
+    let note = String::from_utf8(
+        bkv_client::session::read_limited(note, bkv_transparency::note::MAX_NOTE).await?,
+    )?;
     let size = Checkpoint::parse(note.split("\n\n").next().unwrap_or_default())
         .map_err(|e| anyhow!("checkpoint: {e}"))?
         .size;

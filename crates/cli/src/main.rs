@@ -261,7 +261,9 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
             if !resp.status().is_success() {
                 return Err(anyhow!("token endpoint refused: {}", resp.status()));
             }
-            let v: serde_json::Value = resp.json().await.context("token endpoint answer")?;
+            let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).context("token endpoint answer")?;
             v.get("token")
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| anyhow!("token endpoint sent no token"))?

@@ -63,19 +63,16 @@ pub async fn fleet_key(
         .map_err(|e| ClientError::Unavailable(format!("frontend unreachable: {e}")))?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = crate::session::read_limited(resp, 16 * 1024)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         return Err(ClientError::Unavailable(format!(
             "no validation bundle from the frontend ({status}): {}",
             text.chars().take(200).collect::<String>()
         )));
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Unavailable(e.to_string()))?;
-    if body.len() > MAX_PACKAGE {
-        return Err(ClientError::Protocol("bundle package too large".into()));
-    }
+    let body = crate::session::read_limited(resp, MAX_PACKAGE).await?;
     let pkg: BundlePackage = serde_json::from_slice(&body)
         .map_err(|e| ClientError::Protocol(format!("bundle package: {e}")))?;
     let (b, next) = bundle::verify(anchors, &seen, &pkg, now()).map_err(ClientError::Bundle)?;

@@ -26,9 +26,35 @@ fn url(endpoint: &Endpoint, path: &str) -> String {
     format!("{}{}", endpoint.frontend_url.trim_end_matches('/'), path)
 }
 
+/// Reads a response body, refusing more than `limit` bytes: a hostile
+/// frontend cannot make the client buffer without bound.
+pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::Protocol(format!(
+            "response larger than {limit} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
+        if out.len() + chunk.len() > limit {
+            return Err(ClientError::Protocol(format!(
+                "response larger than {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Largest error body read from the frontend.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
 async fn error_of(resp: reqwest::Response) -> ClientError {
     let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
+    let body = read_limited(resp, MAX_ERROR_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
     let code = parsed
         .as_ref()
@@ -89,7 +115,7 @@ impl Session {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .ok_or_else(|| ClientError::Protocol("frontend sent no session id".into()))?;
-        let msg2 = resp.bytes().await.map_err(http_err)?;
+        let msg2 = read_limited(resp, MAX_NOISE_MESSAGE).await?;
         let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
         // A responder without the pinned key's private half cannot produce a
         // message that decrypts here.
@@ -126,7 +152,7 @@ impl Session {
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
-        let body = resp.bytes().await.map_err(http_err)?;
+        let body = read_limited(resp, MAX_NOISE_MESSAGE).await?;
         let mut out = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
         let n = self
             .transport

@@ -478,11 +478,39 @@ async fn auditor_get(state: &AppState, path: &str) -> Result<reqwest::Response, 
     Ok(resp)
 }
 
+/// Largest auditor answer the frontend reads.
+const MAX_AUDITOR_BODY: usize = 256 * 1024;
+
+async fn auditor_body(state: &AppState, path: &str) -> Result<Vec<u8>, ApiError> {
+    let mut resp = auditor_get(state, path).await?;
+    let too_big = || {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "auditor answer too large",
+        )
+    };
+    let mut out = Vec::new();
+    while let Some(c) = resp.chunk().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            format!("auditor answer: {e}"),
+        )
+    })? {
+        if out.len() + c.len() > MAX_AUDITOR_BODY {
+            return Err(too_big());
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
 async fn auditor_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
     path: &str,
 ) -> Result<T, ApiError> {
-    auditor_get(state, path).await?.json().await.map_err(|e| {
+    serde_json::from_slice(&auditor_body(state, path).await?).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
@@ -501,11 +529,8 @@ async fn bundle(
     let axum::extract::Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let bad_gateway = |m: &str| ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", m.to_owned());
-    let note = auditor_get(&state, "/checkpoint")
-        .await?
-        .text()
-        .await
-        .map_err(|_| bad_gateway("auditor checkpoint"))?;
+    let note = String::from_utf8(auditor_body(&state, "/checkpoint").await?)
+        .map_err(|_| bad_gateway("auditor checkpoint is not UTF-8"))?;
     let text = note.split("\n\n").next().unwrap_or_default();
     let cp = bkv_transparency::note::Checkpoint::parse(&format!("{text}\n"))
         .map_err(|_| bad_gateway("auditor checkpoint is malformed"))?;
