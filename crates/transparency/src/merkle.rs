@@ -201,10 +201,12 @@ mod tests {
         );
     }
 
+    /// Every (index, size) and every (first size, second size) pair up to 160 leaves.
     #[test]
-    fn exhaustive_up_to_64() {
-        let all = leaves(64);
-        for n in 1..=64usize {
+    fn exhaustive_up_to_160() {
+        let all = leaves(160);
+        let prefix_roots: Vec<Hash> = (0..=160).map(|m| root(&all[..m])).collect();
+        for n in 1..=160usize {
             let r = root(&all[..n]);
             for m in 0..n {
                 let p = inclusion_proof(m, &all[..n]);
@@ -216,9 +218,13 @@ mod tests {
             for m in 1..=n {
                 let p = consistency_proof(m, &all[..n]);
                 assert!(
-                    verify_consistency(m as u64, n as u64, &root(&all[..m]), &r, &p),
+                    verify_consistency(m as u64, n as u64, &prefix_roots[m], &r, &p),
                     "cons {m} {n}"
                 );
+                // The same proof never vouches for a different first tree.
+                if m > 1 {
+                    assert!(!verify_consistency(m as u64, n as u64, &prefix_roots[m - 1], &r, &p));
+                }
             }
         }
     }
