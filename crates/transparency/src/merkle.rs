@@ -223,7 +223,13 @@ mod tests {
                 );
                 // The same proof never vouches for a different first tree.
                 if m > 1 {
-                    assert!(!verify_consistency(m as u64, n as u64, &prefix_roots[m - 1], &r, &p));
+                    assert!(!verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &prefix_roots[m - 1],
+                        &r,
+                        &p
+                    ));
                 }
             }
         }

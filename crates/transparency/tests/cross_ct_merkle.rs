@@ -25,26 +25,57 @@ fn check_size(n: usize) {
     }
     let root = merkle::root(&ours);
     let their_root = theirs.root();
-    assert_eq!(their_root.as_bytes().as_slice(), root.as_slice(), "root of {n}");
+    assert_eq!(
+        their_root.as_bytes().as_slice(),
+        root.as_slice(),
+        "root of {n}"
+    );
     for i in 0..n {
         let our_proof = merkle::inclusion_proof(i, &ours);
         let their_proof = theirs.prove_inclusion(i);
-        assert_eq!(their_proof.as_bytes(), concat(&our_proof).as_slice(), "inclusion {i} of {n}");
+        assert_eq!(
+            their_proof.as_bytes(),
+            concat(&our_proof).as_slice(),
+            "inclusion {i} of {n}"
+        );
         their_root
-            .verify_inclusion(&data[i], i as u64, &InclusionProof::<Sha256>::from_bytes(concat(&our_proof)))
+            .verify_inclusion(
+                &data[i],
+                i as u64,
+                &InclusionProof::<Sha256>::from_bytes(concat(&our_proof)),
+            )
             .unwrap();
-        assert!(merkle::verify_inclusion(i as u64, n as u64, &ours[i], &split(their_proof.as_bytes()), &root));
+        assert!(merkle::verify_inclusion(
+            i as u64,
+            n as u64,
+            &ours[i],
+            &split(their_proof.as_bytes()),
+            &root
+        ));
     }
     for m in 1..n {
         let our_proof = merkle::consistency_proof(m, &ours);
         let their_proof = theirs.prove_consistency(n - m);
-        assert_eq!(their_proof.as_bytes(), concat(&our_proof).as_slice(), "consistency {m} -> {n}");
+        assert_eq!(
+            their_proof.as_bytes(),
+            concat(&our_proof).as_slice(),
+            "consistency {m} -> {n}"
+        );
         let old = merkle::root(&ours[..m]);
         let old_root = RootHash::<Sha256>::new(old.into(), m as u64);
         their_root
-            .verify_consistency(&old_root, &ConsistencyProof::<Sha256>::try_from_bytes(concat(&our_proof)).unwrap())
+            .verify_consistency(
+                &old_root,
+                &ConsistencyProof::<Sha256>::try_from_bytes(concat(&our_proof)).unwrap(),
+            )
             .unwrap();
-        assert!(merkle::verify_consistency(m as u64, n as u64, &old, &root, &split(their_proof.as_bytes())));
+        assert!(merkle::verify_consistency(
+            m as u64,
+            n as u64,
+            &old,
+            &root,
+            &split(their_proof.as_bytes())
+        ));
     }
 }
 
