@@ -92,6 +92,25 @@ enum DevCommand {
 }
 
 #[derive(Subcommand)]
+enum ProtectorsCommand {
+    /// Show the password protector (vault) and the recovery keys.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Add a protector; needs the current password on stdin.
+    Add {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+        /// Generate a 256-bit recovery key (shown once) that can restore without the vault.
+        #[arg(long, required = true)]
+        recovery_key: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Walk every epoch of a namespace: verify digests, auditor signatures,
     /// operator counter-signatures, inclusion and consistency proofs, and show
@@ -131,10 +150,19 @@ enum BackupCommand {
     Restore {
         #[arg(long)]
         user: String,
-        #[arg(long)]
+        /// Recover the backup key from the vault with the password on stdin.
+        #[arg(long, conflicts_with = "recovery_key_stdin")]
         password_stdin: bool,
+        /// Open the backup key with a recovery key read from stdin (no vault needed).
+        #[arg(long)]
+        recovery_key_stdin: bool,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// List or add protectors of the backup key.
+    Protectors {
+        #[command(subcommand)]
+        command: ProtectorsCommand,
     },
     /// Show the vault record and the latest backup.
     Status {
@@ -297,6 +325,14 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
     })
 }
 
+/// Only what a vault-free operation needs: the storage location.
+fn storage_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError("--config FILE is required (e.g. DIR/client.toml from `bkv dev up`)".into())
+    })?;
+    Ok(ClientConfig::load(&path)?.storage_dir)
+}
+
 /// A progress bar that appears only once an operation has run for a second.
 fn progress(total: u64, verb: &'static str) -> (ProgressBar, ops::Report) {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
@@ -443,7 +479,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             BackupCommand::Restore {
                 user,
                 password_stdin,
+                recovery_key_stdin,
                 out,
+            } if *recovery_key_stdin => {
+                let _ = password_stdin;
+                validate_user(user)?;
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("read recovery key from stdin")?;
+                let rk =
+                    bkv_client::protectors::RecoveryKey::parse(&line).map_err(ClientError::from);
+                zeroize::Zeroize::zeroize(&mut line);
+                let rk = rk?;
+                let dir = storage_dir(&cli)?;
+                let total = bkv_client::BackupStore::local(&dir, user)?
+                    .latest()
+                    .await?
+                    .map(|l| l.size)
+                    .unwrap_or(0);
+                let (pb, report) = progress(total, "restoring");
+                let r = ops::restore_with_recovery_key(&dir, user, &rk, out.clone(), report).await;
+                pb.finish_and_clear();
+                let latest = r?;
+                println!(
+                    "restored {} to {} with the recovery key",
+                    latest.object,
+                    out.display()
+                );
+                Ok(())
+            }
+            BackupCommand::Restore {
+                user,
+                password_stdin,
+                out,
+                ..
             } => {
                 validate_user(user)?;
                 let password = read_password(*password_stdin)?;
@@ -460,6 +531,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("restored {} to {}", latest.object, out.display());
                 Ok(())
             }
+            BackupCommand::Protectors { command } => match command {
+                ProtectorsCommand::List { user } => {
+                    validate_user(user)?;
+                    let ctx = context(&cli, user).await?;
+                    let list = ops::list_protectors(&ctx, user).await?;
+                    if list.is_empty() {
+                        println!("no protectors: backups are not set up for {user}");
+                    }
+                    for p in list {
+                        println!("{:<14} {:<13} {}", p.id, p.kind, p.detail);
+                    }
+                    Ok(())
+                }
+                ProtectorsCommand::Add {
+                    user,
+                    password_stdin,
+                    ..
+                } => {
+                    validate_user(user)?;
+                    let password = read_password(*password_stdin)?;
+                    let ctx = context(&cli, user).await?;
+                    let (id, rk) = ops::add_recovery_key(&ctx, user, &password).await?;
+                    println!("added recovery key protector {id}");
+                    println!(
+                        "write this recovery key down and keep it safe; it is shown only now:"
+                    );
+                    println!();
+                    println!("    {}", rk.display());
+                    println!();
+                    println!("anyone holding it can restore your backups without your password.");
+                    Ok(())
+                }
+            },
             BackupCommand::Status { user, json } => {
                 validate_user(user)?;
                 let ctx = context(&cli, user).await?;

@@ -115,3 +115,90 @@ pub fn describe_record(r: &RecordState) -> String {
         RecordState::Destroyed => "destroyed after too many wrong guesses".into(),
     }
 }
+
+/// Adds a recovery-key protector (needs the password to recover K) and
+/// returns the key to show the user once.
+pub async fn add_recovery_key(
+    ctx: &Ctx,
+    user: &str,
+    password: &SecretString,
+) -> Result<(String, bkv_client::protectors::RecoveryKey), ClientError> {
+    use bkv_client::protectors::{Manifest, RecoveryKey};
+    let vault = VaultClient::new(ctx.endpoint.clone(), user);
+    let logged_in = vault.login(password).await?;
+    logged_in.session.close().await;
+    let key = logged_in.key;
+    let store = BackupStore::local(&ctx.storage_dir, user)?;
+    let mut manifest = match store.manifest().await? {
+        Some(bytes) => {
+            let (m, tag) = Manifest::decode_unverified(&bytes)?;
+            if m.key_id == bkv_client::protectors::key_id(&key) {
+                m.verify(&tag, &key)?;
+                m
+            } else {
+                // Slots for an older backup key open nothing current.
+                Manifest::new(user, &key)
+            }
+        }
+        None => Manifest::new(user, &key),
+    };
+    let rk = RecoveryKey::generate();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id = manifest.add_recovery_key(&key, &rk, now)?;
+    store.put_manifest(manifest.seal(&key)).await?;
+    Ok((id, rk))
+}
+
+/// Restores the latest backup with a recovery key (no vault involved).
+pub async fn restore_with_recovery_key(
+    storage_dir: &std::path::Path,
+    user: &str,
+    rk: &bkv_client::protectors::RecoveryKey,
+    out: PathBuf,
+    report: Report,
+) -> Result<Latest, ClientError> {
+    use bkv_client::protectors::Manifest;
+    let store = BackupStore::local(storage_dir, user)?;
+    let bytes = store
+        .manifest()
+        .await?
+        .ok_or_else(|| ClientError::Storage("no recovery key was set up for this user".into()))?;
+    let (m, tag) = Manifest::decode_unverified(&bytes)?;
+    let key = m.open_with_recovery_key(rk)?;
+    m.verify(&tag, &key)?;
+    let (latest, _) = store.restore(&key, out, report).await?;
+    Ok(latest)
+}
+
+pub struct ProtectorInfo {
+    pub id: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+pub async fn list_protectors(ctx: &Ctx, user: &str) -> Result<Vec<ProtectorInfo>, ClientError> {
+    let mut out = Vec::new();
+    let vault = VaultClient::new(ctx.endpoint.clone(), user);
+    if let RecordState::Active { .. } = vault.status().await? {
+        out.push(ProtectorInfo {
+            id: "password".into(),
+            kind: "password".into(),
+            detail: describe_record(&vault.status().await?),
+        });
+    }
+    let store = BackupStore::local(&ctx.storage_dir, user)?;
+    if let Some(bytes) = store.manifest().await? {
+        let (m, _) = bkv_client::protectors::Manifest::decode_unverified(&bytes)?;
+        for s in m.slots {
+            out.push(ProtectorInfo {
+                id: s.id,
+                kind: "recovery-key".into(),
+                detail: format!("added at unix time {}", s.created_unix),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -598,3 +598,125 @@ fn concurrent_correct_recoveries_all_succeed() {
     }
     assert!(r["recoveries"].as_u64().unwrap() > 0, "{r}");
 }
+
+#[test]
+fn a_recovery_key_restores_without_the_vault_and_typos_are_caught() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    write_noise(&file, 100_000, 5);
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "rita",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dev.bkv(
+        &[
+            "backup",
+            "protectors",
+            "add",
+            "--recovery-key",
+            "--user",
+            "rita",
+            "--password-stdin",
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let key = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 66 && l.matches('-').count() == 13)
+        .unwrap_or_else(|| panic!("no recovery key in {stdout}"))
+        .to_owned();
+    let o = dev.bkv(&["backup", "protectors", "list", "--user", "rita"], "");
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.contains("password") && listed.contains("recovery-key"),
+        "{listed}"
+    );
+    // One mistyped character: a clear error, nothing restored.
+    let mut typo: Vec<char> = key.chars().collect();
+    typo[7] = if typo[7] == '7' { '8' } else { '7' };
+    let typo: String = typo.into_iter().collect();
+    let out = t.path().join("out");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "rita",
+            "--recovery-key-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &format!("{typo}\n"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("typo"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    // The vault is down: the recovery key still restores (lower case, spaces instead of dashes).
+    unsafe {
+        libc::kill(dev.node_pid(), libc::SIGKILL);
+    }
+    let typed = key.to_lowercase().replace('-', " ");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "rita",
+            "--recovery-key-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &format!("{typed}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_tree(&file, &out);
+    // A modified manifest is rejected.
+    let users = dev.dir.join("storage/users");
+    let udir = std::fs::read_dir(&users)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mpath = udir.join("protectors.bin");
+    let mut m = std::fs::read(&mpath).unwrap();
+    let n = m.len();
+    m[n - 3] ^= 0x20;
+    std::fs::write(&mpath, m).unwrap();
+    let out2 = t.path().join("out2");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "rita",
+            "--recovery-key-stdin",
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        &format!("{key}\n"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("modified"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out2.exists());
+}

@@ -24,6 +24,10 @@ pub enum ClientError {
     Protocol(String),
     #[error("backup format: {0}")]
     Format(#[from] crate::backup::FormatError),
+    #[error("{0}")]
+    RecoveryKey(#[from] crate::protectors::RecoveryKeyError),
+    #[error("{0}")]
+    Manifest(#[from] crate::protectors::ManifestError),
     #[error("storage: {0}")]
     Storage(String),
     #[error("io: {0}")]

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod error;
 pub mod keys;
 pub mod ota;
+pub mod protectors;
 pub mod session;
 pub mod storage;
 pub mod vault;

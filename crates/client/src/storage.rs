@@ -100,6 +100,29 @@ impl BackupStore {
         }
     }
 
+    /// The sealed protector manifest (`protectors.bin`), if any.
+    pub async fn manifest(&self) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&self.path("protectors.bin")).await {
+            Ok(g) => {
+                if g.meta.size > crate::protectors::MAX_MANIFEST as u64 {
+                    return Err(ClientError::Storage("protectors.bin is too large".into()));
+                }
+                Ok(Some(g.bytes().await.map_err(storage_err)?.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    /// Replaces the manifest (object stores replace an object atomically).
+    pub async fn put_manifest(&self, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.path("protectors.bin"), PutPayload::from(bytes))
+            .await
+            .map_err(storage_err)?;
+        Ok(())
+    }
+
     pub async fn list(&self) -> Result<Vec<BackupObject>> {
         let prefix = self.path("backups");
         let mut out = Vec::new();

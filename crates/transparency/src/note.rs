@@ -58,10 +58,9 @@ pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
 /// checking that the key id matches.
 pub fn parse_verifier_key(s: &str) -> Result<(String, VerifyingKey), NoteError> {
     let bad = NoteError::Malformed("verifier key");
-    let mut parts = s.trim().split('+');
-    let (Some(name), Some(id), Some(k), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // The base64 part may itself contain '+': split off name and id only.
+    let mut parts = s.trim().splitn(3, '+');
+    let (Some(name), Some(id), Some(k)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad);
     };
     let raw = B64
@@ -262,6 +261,12 @@ mod tests {
         assert!(verifier_key("auditor", &vk).starts_with("auditor+"));
         let (n, k) = parse_verifier_key(&verifier_key("auditor", &vk)).unwrap();
         assert_eq!((n.as_str(), k), ("auditor", vk));
+        // Keys whose base64 contains '+' (found by the cross-test with random keys).
+        for i in 0..=255u8 {
+            let vk = SigningKey::from_bytes(&[i; 32]).verifying_key();
+            let vks = verifier_key("w", &vk);
+            assert_eq!(parse_verifier_key(&vks).unwrap().1, vk, "{vks}");
+        }
         assert!(parse_verifier_key("auditor+00000000+AAAA").is_err());
         for bad in ["", "x", "o\n01\nAAAA\n", "o\n1\nnot-base64\n"] {
             assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
