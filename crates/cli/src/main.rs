@@ -159,6 +159,14 @@ enum BackupCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Change the password: reads the current password, then the new one, as
+    /// two lines of standard input.
+    ChangePassword {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// List or add protectors of the backup key.
     Protectors {
         #[command(subcommand)]
@@ -529,6 +537,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pb.finish_and_clear();
                 let latest = r?;
                 println!("restored {} to {}", latest.object, out.display());
+                Ok(())
+            }
+            BackupCommand::ChangePassword {
+                user,
+                password_stdin,
+            } => {
+                validate_user(user)?;
+                let current = read_password(*password_stdin)?;
+                let new = read_password(*password_stdin)
+                    .context("the new password goes on the second line of standard input")?;
+                let ctx = context(&cli, user).await?;
+                ops::change_password(&ctx, user, &current, &new).await?;
+                println!(
+                    "password changed for {user}; the old password no longer opens the backups"
+                );
                 Ok(())
             }
             BackupCommand::Protectors { command } => match command {

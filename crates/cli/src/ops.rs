@@ -202,3 +202,24 @@ pub async fn list_protectors(ctx: &Ctx, user: &str) -> Result<Vec<ProtectorInfo>
     }
     Ok(out)
 }
+
+/// Replaces the password protector: logs in with `current`, then registers
+/// `new` for the same backup key in that authenticated session. The old
+/// password stays valid until the new registration is confirmed.
+pub async fn change_password(
+    ctx: &Ctx,
+    user: &str,
+    current: &SecretString,
+    new: &SecretString,
+) -> Result<(), ClientError> {
+    let vault = VaultClient::new(ctx.endpoint.clone(), user);
+    let logged_in = vault.login(current).await?;
+    vault
+        .register(
+            new,
+            &logged_in.key,
+            ctx.guess_limit,
+            Some(logged_in.session),
+        )
+        .await
+}

@@ -720,3 +720,89 @@ fn a_recovery_key_restores_without_the_vault_and_typos_are_caught() {
     );
     assert!(!out2.exists());
 }
+
+#[test]
+fn change_password_replaces_the_old_one() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    std::fs::write(&file, b"before and after").unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "cpw",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        "old-pass\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A wrong current password changes nothing (and costs a guess).
+    let o = dev.bkv(
+        &[
+            "backup",
+            "change-password",
+            "--user",
+            "cpw",
+            "--password-stdin",
+        ],
+        "nope\nnew-pass\n",
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = dev.bkv(
+        &[
+            "backup",
+            "change-password",
+            "--user",
+            "cpw",
+            "--password-stdin",
+        ],
+        "old-pass\nnew-pass\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = t.path().join("out");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "cpw",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "old-pass\n",
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = dev.bkv(
+        &[
+            "backup",
+            "restore",
+            "--user",
+            "cpw",
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "new-pass\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"before and after");
+    // The new registration starts with a fresh counter.
+    let o = dev.bkv(&["backup", "status", "--user", "cpw", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["Active"]["attempts"], 0);
+    let o = dev.bkv(
+        &[
+            "backup",
+            "change-password",
+            "--user",
+            "cpw",
+            "--password-stdin",
+        ],
+        "new-pass\n",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
