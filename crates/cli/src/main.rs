@@ -341,6 +341,19 @@ fn storage_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(ClientConfig::load(&path)?.storage_dir)
 }
 
+/// A progress bar sized to the user's latest backup.
+async fn restore_progress(
+    dir: &std::path::Path,
+    user: &str,
+) -> anyhow::Result<(ProgressBar, ops::Report)> {
+    let total = bkv_client::BackupStore::local(dir, user)?
+        .latest()
+        .await?
+        .map(|l| l.size)
+        .unwrap_or(0);
+    Ok(progress(total, "restoring"))
+}
+
 /// A progress bar that appears only once an operation has run for a second.
 fn progress(total: u64, verb: &'static str) -> (ProgressBar, ops::Report) {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
@@ -502,12 +515,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 zeroize::Zeroize::zeroize(&mut line);
                 let rk = rk?;
                 let dir = storage_dir(&cli)?;
-                let total = bkv_client::BackupStore::local(&dir, user)?
-                    .latest()
-                    .await?
-                    .map(|l| l.size)
-                    .unwrap_or(0);
-                let (pb, report) = progress(total, "restoring");
+                let (pb, report) = restore_progress(&dir, user).await?;
                 let r = ops::restore_with_recovery_key(&dir, user, &rk, out.clone(), report).await;
                 pb.finish_and_clear();
                 let latest = r?;
@@ -527,12 +535,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 validate_user(user)?;
                 let password = read_password(*password_stdin)?;
                 let ctx = context(&cli, user).await?;
-                let total = bkv_client::BackupStore::local(&ctx.storage_dir, user)?
-                    .latest()
-                    .await?
-                    .map(|l| l.size)
-                    .unwrap_or(0);
-                let (pb, report) = progress(total, "restoring");
+                let (pb, report) = restore_progress(&ctx.storage_dir, user).await?;
                 let r = ops::restore(&ctx, user, &password, out.clone(), report).await;
                 pb.finish_and_clear();
                 let latest = r?;
