@@ -18,7 +18,28 @@ pub struct ClientConfig {
     pub fleet: FleetConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub passkeys: PasskeysConfig,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasskeysConfig {
+    /// WebAuthn origin the app's passkeys are bound to (must match the
+    /// frontend's relying-party origin).
+    pub origin: String,
+}
+
+impl Default for PasskeysConfig {
+    fn default() -> Self {
+        PasskeysConfig {
+            origin: DEV_PASSKEY_ORIGIN.into(),
+        }
+    }
+}
+
+/// Relying-party id and origin of development deployments.
+pub const DEV_PASSKEY_RP_ID: &str = "localhost";
+pub const DEV_PASSKEY_ORIGIN: &str = "https://localhost";
 
 fn default_guess_limit() -> u32 {
     bkv_wire::vault::DEFAULT_GUESS_LIMIT

@@ -4,6 +4,7 @@
 use crate::ops;
 use anyhow::{bail, Context};
 use bkv_client::archive::Options;
+use bkv_client::protection::Unlock;
 use bkv_client::{ClientError, Endpoint};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
@@ -169,6 +170,7 @@ pub async fn run() -> anyhow::Result<()> {
                 auditor_url: auditor_url.clone(),
                 namespace: NAMESPACE.into(),
             }),
+            passkeys: None,
         },
         async move {
             let _ = stop_rx.await;
@@ -227,6 +229,7 @@ pub async fn run() -> anyhow::Result<()> {
         },
         storage_dir: root.join("storage"),
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
+        passkey_origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
     };
 
     step(2, "Generating a sample message history.");
@@ -239,7 +242,7 @@ pub async fn run() -> anyhow::Result<()> {
     let created = ops::create(
         &ctx,
         USER,
-        &password,
+        Unlock::Password(&password),
         history.clone(),
         Options::default(),
         quiet(),
@@ -268,7 +271,14 @@ pub async fn run() -> anyhow::Result<()> {
 
     step(4, "Restoring on a \"new device\" with the password.");
     let restored = root.join("restored");
-    ops::restore(&ctx, USER, &password, restored.clone(), quiet()).await?;
+    ops::restore(
+        &ctx,
+        USER,
+        Unlock::Password(&password),
+        restored.clone(),
+        quiet(),
+    )
+    .await?;
     if !trees_equal(&history, &restored)? {
         bail!("restored tree differs from the original");
     }
@@ -279,7 +289,7 @@ pub async fn run() -> anyhow::Result<()> {
         let r = ops::restore(
             &ctx,
             USER,
-            &SecretString::from(guess.to_owned()),
+            Unlock::Password(&SecretString::from(guess.to_owned())),
             root.join("nope"),
             quiet(),
         )
@@ -306,7 +316,14 @@ pub async fn run() -> anyhow::Result<()> {
         "The owner restores with the right password: the counter resets.",
     );
     let restored2 = root.join("restored-again");
-    ops::restore(&ctx, USER, &password, restored2.clone(), quiet()).await?;
+    ops::restore(
+        &ctx,
+        USER,
+        Unlock::Password(&password),
+        restored2.clone(),
+        quiet(),
+    )
+    .await?;
     if !trees_equal(&history, &restored2)? {
         bail!("second restore differs");
     }

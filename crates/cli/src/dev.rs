@@ -381,6 +381,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             auditor_url: auditor.url.clone(),
             namespace: DEV_NAMESPACE.into(),
         }),
+        passkeys: Some(relying_party(&frontend_dir)?),
     };
     let storage_dir = dir.join("storage");
     std::fs::create_dir_all(&storage_dir)?;
@@ -390,6 +391,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         frontend_url: frontend_url.clone(),
         storage_dir,
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
+        passkeys: Default::default(),
         fleet: if args.pinned {
             FleetConfig {
                 mode: "pinned".into(),
@@ -478,4 +480,17 @@ pub fn restart_node(dir: &Path, i: usize) -> anyhow::Result<()> {
         node.pid, node.listen
     );
     Ok(())
+}
+
+/// The development relying party: RP id `localhost`, passkeys in DIR.
+pub fn relying_party(
+    dir: &Path,
+) -> anyhow::Result<std::sync::Arc<bkv_frontend::passkeys::RelyingParty>> {
+    let rp = bkv_frontend::passkeys::RelyingParty::open(&bkv_frontend::passkeys::PasskeyConfig {
+        rp_id: crate::config::DEV_PASSKEY_RP_ID.into(),
+        origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
+        db_path: dir.join("passkeys.redb"),
+    })
+    .context("open the passkey relying party")?;
+    Ok(std::sync::Arc::new(rp))
 }

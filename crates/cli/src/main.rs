@@ -8,6 +8,7 @@ mod loadgen;
 mod ops;
 
 use anyhow::{anyhow, Context};
+use bkv_client::protection::Unlock;
 use bkv_client::{ClientError, Endpoint};
 use clap::{Parser, Subcommand};
 use config::ClientConfig;
@@ -91,22 +92,59 @@ enum DevCommand {
     },
 }
 
+/// Which protector unlocks the backup key. Secrets come from standard
+/// input, one per line, in the order the flags are listed here.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct UnlockArgs {
+    /// The password (the vault protector), read from standard input.
+    #[arg(long, conflicts_with_all = ["recovery_key_stdin", "passkey_store"])]
+    password_stdin: bool,
+    /// A recovery key, read from standard input (no vault needed).
+    #[arg(long, conflicts_with = "passkey_store")]
+    recovery_key_stdin: bool,
+    /// A passkey from this credential store file (a software authenticator
+    /// standing in for the platform's passkey store).
+    #[arg(long, value_name = "FILE")]
+    passkey_store: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum ProtectorsCommand {
-    /// Show the password protector (vault) and the recovery keys.
+    /// Show the protectors of the current backup key.
     List {
         #[arg(long)]
         user: String,
+        #[arg(long)]
+        json: bool,
     },
-    /// Add a protector; needs the current password on stdin.
+    /// Add a protector, after unlocking with an existing one.
     Add {
         #[arg(long)]
         user: String,
+        /// Register a new passkey (PRF) in the store given by --new-passkey-store.
+        #[arg(long, requires = "new_passkey_store")]
+        passkey: bool,
+        /// Credential store file that receives the new passkey.
+        #[arg(long, value_name = "FILE")]
+        new_passkey_store: Option<PathBuf>,
+        /// Generate a 256-bit recovery key (shown once) that restores without the vault.
         #[arg(long)]
-        password_stdin: bool,
-        /// Generate a 256-bit recovery key (shown once) that can restore without the vault.
-        #[arg(long, required = true)]
         recovery_key: bool,
+        /// Add the password protector; the new password is the last line of standard input.
+        #[arg(long)]
+        password: bool,
+        #[command(flatten)]
+        unlock: UnlockArgs,
+    },
+    /// Remove a protector (`password` or a slot id from `list`). The backup
+    /// key is rotated so the removed protector opens nothing new, then the
+    /// data under the old key is deleted.
+    Remove {
+        #[arg(long)]
+        user: String,
+        id: String,
+        #[command(flatten)]
+        unlock: UnlockArgs,
     },
 }
 
@@ -134,28 +172,24 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum BackupCommand {
-    /// Back up a file or a directory tree (sets up the backup key on first use).
+    /// Back up a file or a directory tree (sets up the backup key on first
+    /// use with --password-stdin).
     Create {
         #[arg(long)]
         user: String,
-        /// Read the password from the first line of standard input.
-        #[arg(long)]
-        password_stdin: bool,
+        #[command(flatten)]
+        unlock: UnlockArgs,
         /// Store without zstd compression.
         #[arg(long)]
         no_compress: bool,
         path: PathBuf,
     },
-    /// Restore the latest backup to a new path.
+    /// Restore the latest backup to a new path, with any one protector.
     Restore {
         #[arg(long)]
         user: String,
-        /// Recover the backup key from the vault with the password on stdin.
-        #[arg(long, conflicts_with = "recovery_key_stdin")]
-        password_stdin: bool,
-        /// Open the backup key with a recovery key read from stdin (no vault needed).
-        #[arg(long)]
-        recovery_key_stdin: bool,
+        #[command(flatten)]
+        unlock: UnlockArgs,
         #[arg(long)]
         out: PathBuf,
     },
@@ -167,10 +201,18 @@ enum BackupCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List or add protectors of the backup key.
+    /// List, add or remove protectors of the backup key.
     Protectors {
         #[command(subcommand)]
         command: ProtectorsCommand,
+    },
+    /// Replace the backup key: a new key for every protector, the latest
+    /// backup re-encrypted under it, then everything under the old key deleted.
+    RotateKey {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        unlock: UnlockArgs,
     },
     /// Show the vault record and the latest backup.
     Status {
@@ -179,12 +221,14 @@ enum BackupCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete the vault record and every stored backup (needs the password).
+    /// Delete the vault record, every passkey at the frontend and every
+    /// stored backup and manifest, after confirming with a protector (the
+    /// password, whenever a vault record exists).
     Disable {
         #[arg(long)]
         user: String,
-        #[arg(long)]
-        password_stdin: bool,
+        #[command(flatten)]
+        unlock: UnlockArgs,
     },
 }
 
@@ -200,6 +244,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             return match c {
                 ClientError::WrongPassword { .. } => EXIT_WRONG_PASSWORD,
                 ClientError::Destroyed | ClientError::NoRecord => EXIT_LOCKED,
+                ClientError::PasswordNeeded => EXIT_USAGE,
                 _ => EXIT_ERROR,
             };
         }
@@ -269,6 +314,65 @@ fn read_password(flag: bool) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(pw))
 }
 
+/// A protector given on the command line, ready to unlock K.
+enum Unlocker {
+    Password(SecretString),
+    RecoveryKey(bkv_client::protectors::RecoveryKey),
+    Passkey(bkv_soft_passkey::SoftAuthenticator),
+}
+
+impl Unlocker {
+    fn unlock(&mut self) -> Unlock<'_> {
+        match self {
+            Unlocker::Password(p) => Unlock::Password(p),
+            Unlocker::RecoveryKey(k) => Unlock::RecoveryKey(k),
+            Unlocker::Passkey(a) => Unlock::Passkey(a),
+        }
+    }
+
+    fn password(&self) -> Option<&SecretString> {
+        match self {
+            Unlocker::Password(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+fn read_recovery_key() -> anyhow::Result<bkv_client::protectors::RecoveryKey> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read recovery key from stdin")?;
+    let rk = bkv_client::protectors::RecoveryKey::parse(&line).map_err(ClientError::from);
+    zeroize::Zeroize::zeroize(&mut line);
+    Ok(rk?)
+}
+
+/// Reads the protector the flags name (secrets from stdin).
+fn read_unlock(args: &UnlockArgs) -> anyhow::Result<Unlocker> {
+    if args.password_stdin {
+        Ok(Unlocker::Password(read_password(true)?))
+    } else if args.recovery_key_stdin {
+        Ok(Unlocker::RecoveryKey(read_recovery_key()?))
+    } else if let Some(store) = &args.passkey_store {
+        if !store.exists() {
+            return Err(
+                UsageError(format!("passkey store {} does not exist", store.display())).into(),
+            );
+        }
+        Ok(Unlocker::Passkey(bkv_soft_passkey::SoftAuthenticator::new(
+            store,
+        )))
+    } else {
+        Err(UsageError(
+            "name a protector: --password-stdin, --recovery-key-stdin or --passkey-store FILE"
+                .into(),
+        )
+        .into())
+    }
+}
+
 fn validate_user(user: &str) -> anyhow::Result<()> {
     bkv_wire::validate_user_id(user).map_err(|e| UsageError(format!("--user: {e}")).into())
 }
@@ -330,6 +434,7 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
         },
         storage_dir: cfg.storage_dir.clone(),
         guess_limit: cfg.guess_limit,
+        passkey_origin: cfg.passkeys.origin.clone(),
     })
 }
 
@@ -464,169 +569,241 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
-        Command::Backup { command } => match command {
-            BackupCommand::Create {
-                user,
-                password_stdin,
-                no_compress,
-                path,
-            } => {
-                validate_user(user)?;
-                let password = read_password(*password_stdin)?;
-                if !path.exists() {
-                    return Err(UsageError(format!("{} does not exist", path.display())).into());
-                }
-                let ctx = context(&cli, user).await?;
-                let (pb, report) = progress(bkv_client::archive::source_size(path), "encrypting");
-                let opts = bkv_client::archive::Options {
-                    compress: !no_compress,
-                    ..Default::default()
-                };
-                let created = ops::create(&ctx, user, &password, path.clone(), opts, report).await;
-                pb.finish_and_clear();
-                let created = created?;
-                if created.registered {
-                    println!(
-                        "set up a new backup key for {user} (guess limit {})",
-                        ctx.guess_limit
-                    );
-                }
-                println!(
-                    "backup created: {} ({} bytes encrypted)",
-                    created.latest.object, created.latest.size
-                );
-                Ok(())
+        Command::Backup { command } => backup(&cli, command).await,
+    }
+}
+
+fn print_recovery_key(id: &str, rk: &bkv_client::protectors::RecoveryKey) {
+    println!("added recovery key protector {id}");
+    println!("write this recovery key down and keep it safe; it is shown only now:");
+    println!();
+    println!("    {}", rk.display());
+    println!();
+    println!("anyone holding it can restore your backups without your password.");
+}
+
+async fn backup(cli: &Cli, command: &BackupCommand) -> anyhow::Result<()> {
+    match command {
+        BackupCommand::Create {
+            user,
+            unlock,
+            no_compress,
+            path,
+        } => {
+            validate_user(user)?;
+            let mut unlocker = read_unlock(unlock)?;
+            if !path.exists() {
+                return Err(UsageError(format!("{} does not exist", path.display())).into());
             }
-            BackupCommand::Restore {
-                user,
-                password_stdin,
-                recovery_key_stdin,
-                out,
-            } if *recovery_key_stdin => {
-                let _ = password_stdin;
-                validate_user(user)?;
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .context("read recovery key from stdin")?;
-                let rk =
-                    bkv_client::protectors::RecoveryKey::parse(&line).map_err(ClientError::from);
-                zeroize::Zeroize::zeroize(&mut line);
-                let rk = rk?;
-                let dir = storage_dir(&cli)?;
+            let ctx = context(cli, user).await?;
+            let (pb, report) = progress(bkv_client::archive::source_size(path), "encrypting");
+            let opts = bkv_client::archive::Options {
+                compress: !no_compress,
+                ..Default::default()
+            };
+            let created =
+                ops::create(&ctx, user, unlocker.unlock(), path.clone(), opts, report).await;
+            pb.finish_and_clear();
+            let created = created?;
+            if created.registered {
+                println!(
+                    "set up a new backup key for {user} (guess limit {})",
+                    ctx.guess_limit
+                );
+            }
+            println!(
+                "backup created: {} ({} bytes encrypted)",
+                created.latest.object, created.latest.size
+            );
+            Ok(())
+        }
+        BackupCommand::Restore { user, unlock, out } => {
+            validate_user(user)?;
+            let mut unlocker = read_unlock(unlock)?;
+            let latest = if let Unlocker::RecoveryKey(rk) = &unlocker {
+                // Storage only: works with the vault and frontend down.
+                let dir = storage_dir(cli)?;
                 let (pb, report) = restore_progress(&dir, user).await?;
-                let r = ops::restore_with_recovery_key(&dir, user, &rk, out.clone(), report).await;
+                let r = ops::restore_with_recovery_key(&dir, user, rk, out.clone(), report).await;
                 pb.finish_and_clear();
-                let latest = r?;
-                println!(
-                    "restored {} to {} with the recovery key",
-                    latest.object,
-                    out.display()
-                );
-                Ok(())
-            }
-            BackupCommand::Restore {
-                user,
-                password_stdin,
-                out,
-                ..
-            } => {
-                validate_user(user)?;
-                let password = read_password(*password_stdin)?;
-                let ctx = context(&cli, user).await?;
+                r?
+            } else {
+                let ctx = context(cli, user).await?;
                 let (pb, report) = restore_progress(&ctx.storage_dir, user).await?;
-                let r = ops::restore(&ctx, user, &password, out.clone(), report).await;
+                let r = ops::restore(&ctx, user, unlocker.unlock(), out.clone(), report).await;
                 pb.finish_and_clear();
-                let latest = r?;
-                println!("restored {} to {}", latest.object, out.display());
-                Ok(())
-            }
-            BackupCommand::ChangePassword {
-                user,
-                password_stdin,
-            } => {
-                validate_user(user)?;
-                let current = read_password(*password_stdin)?;
-                let new = read_password(*password_stdin)
-                    .context("the new password goes on the second line of standard input")?;
-                let ctx = context(&cli, user).await?;
-                ops::change_password(&ctx, user, &current, &new).await?;
-                println!(
-                    "password changed for {user}; the old password no longer opens the backups"
-                );
-                Ok(())
-            }
-            BackupCommand::Protectors { command } => match command {
-                ProtectorsCommand::List { user } => {
-                    validate_user(user)?;
-                    let ctx = context(&cli, user).await?;
-                    let list = ops::list_protectors(&ctx, user).await?;
-                    if list.is_empty() {
-                        println!("no protectors: backups are not set up for {user}");
-                    }
-                    for p in list {
-                        println!("{:<14} {:<13} {}", p.id, p.kind, p.detail);
-                    }
-                    Ok(())
-                }
-                ProtectorsCommand::Add {
-                    user,
-                    password_stdin,
-                    ..
-                } => {
-                    validate_user(user)?;
-                    let password = read_password(*password_stdin)?;
-                    let ctx = context(&cli, user).await?;
-                    let (id, rk) = ops::add_recovery_key(&ctx, user, &password).await?;
-                    println!("added recovery key protector {id}");
-                    println!(
-                        "write this recovery key down and keep it safe; it is shown only now:"
-                    );
-                    println!();
-                    println!("    {}", rk.display());
-                    println!();
-                    println!("anyone holding it can restore your backups without your password.");
-                    Ok(())
-                }
-            },
-            BackupCommand::Status { user, json } => {
-                validate_user(user)?;
-                let ctx = context(&cli, user).await?;
-                let s = ops::status(&ctx, user).await?;
-                if *json {
-                    let v = serde_json::json!({
-                        "user": user,
-                        "record": s.record,
-                        "latest_backup": s.latest,
-                    });
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                r?
+            };
+            let via = match unlocker {
+                Unlocker::Password(_) => "the password",
+                Unlocker::RecoveryKey(_) => "the recovery key",
+                Unlocker::Passkey(_) => "the passkey",
+            };
+            println!("restored {} to {} with {via}", latest.object, out.display());
+            Ok(())
+        }
+        BackupCommand::ChangePassword {
+            user,
+            password_stdin,
+        } => {
+            validate_user(user)?;
+            let current = read_password(*password_stdin)?;
+            let new = read_password(*password_stdin)
+                .context("the new password goes on the second line of standard input")?;
+            let ctx = context(cli, user).await?;
+            ctx.account(user)?.change_password(&current, &new).await?;
+            println!("password changed for {user}; the old password no longer opens the backups");
+            Ok(())
+        }
+        BackupCommand::Protectors { command } => protectors(cli, command).await,
+        BackupCommand::RotateKey { user, unlock } => {
+            validate_user(user)?;
+            let mut unlocker = read_unlock(unlock)?;
+            let ctx = context(cli, user).await?;
+            let account = ctx.account(user)?;
+            let unlocked = account.unlock(unlocker.unlock()).await?;
+            let r = account
+                .rotate(unlocked, unlocker.password(), &[], false)
+                .await?;
+            println!(
+                "rotated the backup key of {user}: new key {} sealed for {} protector(s){}; \
+                 latest backup re-encrypted; {} object(s) under the old key deleted",
+                r.key_id,
+                r.slots + usize::from(r.password),
+                if r.password {
+                    " incl. the password"
                 } else {
-                    println!("user: {user}");
-                    println!("vault record: {}", ops::describe_record(&s.record));
-                    match &s.latest {
-                        Some(l) => println!(
-                            "latest backup: {} ({} bytes, created at unix time {})",
-                            l.object, l.size, l.created_unix
-                        ),
-                        None => println!("latest backup: none"),
-                    }
+                    ""
+                },
+                r.deleted_objects
+            );
+            Ok(())
+        }
+        BackupCommand::Status { user, json } => {
+            validate_user(user)?;
+            let ctx = context(cli, user).await?;
+            let s = ops::status(&ctx, user).await?;
+            if *json {
+                let v = serde_json::json!({
+                    "user": user,
+                    "record": s.record,
+                    "latest_backup": s.latest,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("user: {user}");
+                println!("vault record: {}", ops::describe_record(&s.record));
+                match &s.latest {
+                    Some(l) => println!(
+                        "latest backup: {} ({} bytes, created at unix time {})",
+                        l.object, l.size, l.created_unix
+                    ),
+                    None => println!("latest backup: none"),
                 }
-                Ok(())
             }
-            BackupCommand::Disable {
-                user,
-                password_stdin,
-            } => {
-                validate_user(user)?;
-                let password = read_password(*password_stdin)?;
-                let ctx = context(&cli, user).await?;
-                let n = ops::disable(&ctx, user, &password).await?;
+            Ok(())
+        }
+        BackupCommand::Disable { user, unlock } => {
+            validate_user(user)?;
+            let mut unlocker = read_unlock(unlock)?;
+            let ctx = context(cli, user).await?;
+            let account = ctx.account(user)?;
+            if unlocker.password().is_none() {
+                // Confirms the user holds a protector before anything goes.
+                account.unlock(unlocker.unlock()).await?;
+            }
+            let n = account.disable(unlocker.password()).await?;
+            println!(
+                "backups disabled for {user}: vault record and passkeys deleted, {n} stored objects deleted"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn protectors(cli: &Cli, command: &ProtectorsCommand) -> anyhow::Result<()> {
+    match command {
+        ProtectorsCommand::List { user, json } => {
+            validate_user(user)?;
+            let ctx = context(cli, user).await?;
+            let list = ctx.account(user)?.list().await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if list.is_empty() {
+                println!("no protectors: backups are not set up for {user}");
+            }
+            for p in list {
+                println!("{:<20} {:<13} {}", p.id, p.kind, p.detail);
+            }
+            Ok(())
+        }
+        ProtectorsCommand::Add {
+            user,
+            passkey,
+            new_passkey_store,
+            recovery_key,
+            password,
+            unlock,
+        } => {
+            validate_user(user)?;
+            let kinds = [*passkey, *recovery_key, *password];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(UsageError(
+                    "add exactly one of --passkey, --recovery-key, --password".into(),
+                )
+                .into());
+            }
+            let mut unlocker = read_unlock(unlock)?;
+            let new_password = if *password {
+                Some(
+                    read_password(true)
+                        .context("the new password goes on the last line of standard input")?,
+                )
+            } else {
+                None
+            };
+            let ctx = context(cli, user).await?;
+            let account = ctx.account(user)?;
+            let unlocked = account.unlock(unlocker.unlock()).await?;
+            if let Some(store) = new_passkey_store.as_deref().filter(|_| *passkey) {
+                let mut auth = bkv_soft_passkey::SoftAuthenticator::new(store);
+                let id = account.add_passkey(&unlocked, &mut auth).await?;
                 println!(
-                    "backups disabled for {user}: vault record deleted, {n} stored objects deleted"
+                    "added passkey protector {id} (credential in {})",
+                    store.display()
                 );
-                Ok(())
+            } else if *recovery_key {
+                let (id, rk) = account.add_recovery_key(&unlocked).await?;
+                print_recovery_key(&id, &rk);
+            } else if let Some(pw) = new_password {
+                account.add_password(&unlocked, &pw).await?;
+                println!("added the password protector for {user}");
             }
-        },
+            Ok(())
+        }
+        ProtectorsCommand::Remove { user, id, unlock } => {
+            validate_user(user)?;
+            let mut unlocker = read_unlock(unlock)?;
+            let ctx = context(cli, user).await?;
+            let account = ctx.account(user)?;
+            let unlocked = account.unlock(unlocker.unlock()).await?;
+            let (slots, password) = if id == "password" {
+                (Vec::new(), true)
+            } else {
+                (vec![id.clone()], false)
+            };
+            let r = account
+                .rotate(unlocked, unlocker.password(), &slots, password)
+                .await?;
+            println!(
+                "removed protector {id}; the backup key was rotated ({} protector(s) remain) \
+                 and {} object(s) under the old key were deleted",
+                r.slots + usize::from(r.password),
+                r.deleted_objects
+            );
+            Ok(())
+        }
     }
 }

@@ -694,7 +694,12 @@ fn a_recovery_key_restores_without_the_vault_and_typos_are_caught() {
         .unwrap()
         .unwrap()
         .path();
-    let mpath = udir.join("protectors.bin");
+    let mpath = std::fs::read_dir(udir.join("protectors"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut m = std::fs::read(&mpath).unwrap();
     let n = m.len();
     m[n - 3] ^= 0x20;

@@ -28,6 +28,12 @@ pub enum ClientError {
     RecoveryKey(#[from] crate::protectors::RecoveryKeyError),
     #[error("{0}")]
     Manifest(#[from] crate::protectors::ManifestError),
+    #[error("passkey: {0}")]
+    Passkey(crate::passkey::PasskeyError),
+    #[error("the vault holds a password protector: this operation needs the current password (--password-stdin)")]
+    PasswordNeeded,
+    #[error("{0}")]
+    Protectors(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("io: {0}")]

@@ -7,6 +7,8 @@ pub mod backup;
 pub mod error;
 pub mod keys;
 pub mod ota;
+pub mod passkey;
+pub mod protection;
 pub mod protectors;
 pub mod session;
 pub mod storage;
@@ -17,3 +19,17 @@ pub use keys::BackupKey;
 pub use session::{Endpoint, Session};
 pub use storage::BackupStore;
 pub use vault::VaultClient;
+
+/// Test hook for crash-consistency tests: a process started with
+/// `BKV_CRASH_AT=<step>` kills itself with SIGKILL when it reaches `step`
+/// (no destructors, no flushing: as if the machine lost power there). Steps
+/// are listed in `docs/formats.md` under key rotation.
+pub fn crash_point(step: &str) {
+    if std::env::var_os("BKV_CRASH_AT").is_some_and(|v| v == step) {
+        tracing::warn!(step, "BKV_CRASH_AT reached: killing this process");
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

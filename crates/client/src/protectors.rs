@@ -1,15 +1,19 @@
-//! Non-vault protectors of the backup key: the recovery key, and the
-//! authenticated manifest that holds their wrapped copies of K next to the
-//! backups in storage.
+//! Non-vault protectors of the backup key (recovery keys, passkeys) and the
+//! authenticated manifest that holds their slots next to the backups.
+//!
+//! Each slot has an X25519 key pair whose secret is derived from the
+//! protector; K is sealed to the slot's public key. So a new K can be sealed
+//! to every remaining slot without the protectors being present (rotation).
 //!
 //! Manifest bytes: `encode(SignedManifest { manifest, mac })` where
 //! `mac = HMAC-SHA256(HKDF(K, "bkv manifest mac v1"), encode(manifest))`.
-//! Storage can delete the manifest (losing those protectors) but any change
+//! Storage can delete a manifest (losing those protectors) but any change
 //! to it is detected as soon as K is known.
 
 use crate::keys::BackupKey;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use hkdf::Hkdf;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -156,17 +160,66 @@ impl RecoveryKey {
         Ok(RecoveryKey(key))
     }
 
-    fn wrapping_key(&self, slot_id: &str) -> Zeroizing<[u8; 32]> {
-        let hk = Hkdf::<Sha256>::new(Some(slot_id.as_bytes()), self.0.as_ref());
+    /// The slot's X25519 secret: HKDF(recovery key, salt = slot id).
+    pub fn slot_secret(&self, slot_id: &str) -> SlotSecret {
+        SlotSecret::derive(self.0.as_ref(), slot_id, b"bkv recovery-key slot v1")
+    }
+}
+
+/// A protector's X25519 secret for one slot. Derived from the protector
+/// (recovery key, or passkey PRF output + relying-party share); never stored.
+pub struct SlotSecret(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for SlotSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotSecret(<redacted>)")
+    }
+}
+
+impl SlotSecret {
+    fn derive(ikm: &[u8], slot_id: &str, info: &[u8]) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(slot_id.as_bytes()), ikm);
         let mut k = Zeroizing::new([0u8; 32]);
-        let _ = hk.expand(b"bkv recovery-key protector v1", k.as_mut());
-        k
+        // 32 bytes is always a valid HKDF-SHA256 output length.
+        let _ = hk.expand(info, k.as_mut());
+        SlotSecret(k)
+    }
+
+    /// Passkey slots: HKDF(PRF output || relying-party share, salt = slot id).
+    pub fn from_passkey(prf_output: &[u8; 32], rp_share: &[u8; 32], slot_id: &str) -> Self {
+        let mut ikm = Zeroizing::new([0u8; 64]);
+        ikm[..32].copy_from_slice(prf_output);
+        ikm[32..].copy_from_slice(rp_share);
+        SlotSecret::derive(ikm.as_ref(), slot_id, b"bkv passkey slot v1")
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        MontgomeryPoint::mul_base_clamped(*self.0).to_bytes()
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SlotKind {
     RecoveryKey,
+    Passkey,
+}
+
+impl SlotKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotKind::RecoveryKey => "recovery-key",
+            SlotKind::Passkey => "passkey",
+        }
+    }
+}
+
+/// What a client needs to ask an authenticator for a passkey slot's PRF output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyParams {
+    pub rp_id: String,
+    pub credential_id: Vec<u8>,
+    /// PRF input (`eval.first`), random per slot.
+    pub prf_salt: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,8 +227,12 @@ pub struct Slot {
     pub id: String,
     pub kind: SlotKind,
     pub created_unix: u64,
-    /// `nonce[24] || XChaCha20-Poly1305(K)`, AAD = user id || 0 || slot id.
-    pub wrapped_key: Vec<u8>,
+    /// The slot's X25519 public key: rotation re-seals a new K to it without
+    /// needing the protector itself.
+    pub public_key: [u8; 32],
+    /// `ephemeral X25519 public (32) || nonce (24) || XChaCha20-Poly1305(K)`.
+    pub envelope: Vec<u8>,
+    pub passkey: Option<PasskeyParams>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +241,8 @@ pub struct Manifest {
     pub user_id: String,
     /// Identifies K without revealing it: SHA-256("bkv key id v1" || K), first 16 bytes.
     pub key_id: [u8; 16],
+    /// Increases with every key rotation; the newest manifest is tried first.
+    pub generation: u64,
     pub slots: Vec<Slot>,
 }
 
@@ -214,11 +273,81 @@ fn mac(key: &BackupKey, m: &Manifest) -> [u8; 32] {
     h.finalize().into_bytes().into()
 }
 
-fn aad(user_id: &str, slot_id: &str) -> Vec<u8> {
-    let mut a = user_id.as_bytes().to_vec();
-    a.push(0);
-    a.extend_from_slice(slot_id.as_bytes());
-    a
+/// Everything an envelope is bound to: a sealed K opens only in the slot,
+/// for the user and for the key id it was made for.
+fn envelope_context(
+    eph: &[u8; 32],
+    slot_pk: &[u8; 32],
+    user_id: &str,
+    slot_id: &str,
+    key_id: &[u8; 16],
+) -> Vec<u8> {
+    let mut c = b"bkv slot envelope v1\0".to_vec();
+    c.extend_from_slice(eph);
+    c.extend_from_slice(slot_pk);
+    c.extend_from_slice(key_id);
+    c.extend_from_slice(user_id.as_bytes());
+    c.push(0);
+    c.extend_from_slice(slot_id.as_bytes());
+    c
+}
+
+fn envelope_cipher(shared: &MontgomeryPoint, context: &[u8]) -> XChaCha20Poly1305 {
+    let hk = Hkdf::<Sha256>::new(None, shared.as_bytes());
+    let mut k = Zeroizing::new([0u8; 32]);
+    let _ = hk.expand(context, k.as_mut());
+    XChaCha20Poly1305::new(k.as_ref().into())
+}
+
+/// Seals K to a slot's public key (ephemeral-static X25519, HKDF-SHA256,
+/// XChaCha20-Poly1305).
+fn seal_envelope(
+    key: &BackupKey,
+    slot_pk: &[u8; 32],
+    user_id: &str,
+    slot_id: &str,
+) -> Result<Vec<u8>, ManifestError> {
+    let mut eph_sk = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(eph_sk.as_mut());
+    let eph = MontgomeryPoint::mul_base_clamped(*eph_sk).to_bytes();
+    let shared = MontgomeryPoint(*slot_pk).mul_clamped(*eph_sk);
+    if shared.to_bytes() == [0u8; 32] {
+        return Err(ManifestError::Malformed); // low-order slot key
+    }
+    let ctx = envelope_context(&eph, slot_pk, user_id, slot_id, &key_id(key));
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = envelope_cipher(&shared, &ctx)
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: key.expose(),
+                aad: &ctx,
+            },
+        )
+        .map_err(|_| ManifestError::Malformed)?;
+    let mut out = eph.to_vec();
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A fresh slot id: kind prefix and 64 random bits.
+pub fn new_slot_id(kind: SlotKind) -> String {
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let prefix = match kind {
+        SlotKind::RecoveryKey => "rk",
+        SlotKind::Passkey => "pk",
+    };
+    format!("{prefix}-{}", hex::encode(id))
 }
 
 impl Manifest {
@@ -227,6 +356,7 @@ impl Manifest {
             version: 1,
             user_id: user_id.to_owned(),
             key_id: key_id(key),
+            generation: 1,
             slots: Vec::new(),
         }
     }
@@ -260,74 +390,96 @@ impl Manifest {
         }
     }
 
+    /// Adds a slot whose secret is `secret` (the caller derived it from the
+    /// protector for `slot_id`) and seals K into it.
+    pub fn add_slot(
+        &mut self,
+        key: &BackupKey,
+        kind: SlotKind,
+        slot_id: &str,
+        secret: &SlotSecret,
+        passkey: Option<PasskeyParams>,
+    ) -> Result<(), ManifestError> {
+        if self.slots.len() >= MAX_SLOTS {
+            return Err(ManifestError::TooMany);
+        }
+        let public_key = secret.public_key();
+        let envelope = seal_envelope(key, &public_key, &self.user_id, slot_id)?;
+        self.slots.push(Slot {
+            id: slot_id.to_owned(),
+            kind,
+            created_unix: now_unix(),
+            public_key,
+            envelope,
+            passkey,
+        });
+        Ok(())
+    }
+
+    /// Adds a recovery-key slot and returns its id.
     pub fn add_recovery_key(
         &mut self,
         key: &BackupKey,
         rk: &RecoveryKey,
-        now: u64,
     ) -> Result<String, ManifestError> {
-        if self.slots.len() >= MAX_SLOTS {
-            return Err(ManifestError::TooMany);
+        let id = new_slot_id(SlotKind::RecoveryKey);
+        self.add_slot(key, SlotKind::RecoveryKey, &id, &rk.slot_secret(&id), None)?;
+        Ok(id)
+    }
+
+    /// Opens one slot with its secret.
+    pub fn open_slot(&self, slot: &Slot, secret: &SlotSecret) -> Result<BackupKey, ManifestError> {
+        if secret.public_key().ct_eq(&slot.public_key).unwrap_u8() != 1 {
+            return Err(ManifestError::NoMatch);
         }
-        let mut id = [0u8; 4];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let slot_id = format!("rk-{}", hex::encode(id));
-        let wk = rk.wrapping_key(&slot_id);
-        let cipher = XChaCha20Poly1305::new(wk.as_ref().into());
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: key.expose(),
-                    aad: &aad(&self.user_id, &slot_id),
-                },
-            )
-            .map_err(|_| ManifestError::Malformed)?;
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend_from_slice(&ct);
-        self.slots.push(Slot {
-            id: slot_id.clone(),
-            kind: SlotKind::RecoveryKey,
-            created_unix: now,
-            wrapped_key: wrapped,
-        });
-        Ok(slot_id)
+        let (eph, rest) = slot
+            .envelope
+            .split_first_chunk::<32>()
+            .ok_or(ManifestError::Malformed)?;
+        let (nonce, ct) = rest
+            .split_first_chunk::<24>()
+            .ok_or(ManifestError::Malformed)?;
+        let shared = MontgomeryPoint(*eph).mul_clamped(*secret.0);
+        let ctx = envelope_context(eph, &slot.public_key, &self.user_id, &slot.id, &self.key_id);
+        let pt = envelope_cipher(&shared, &ctx)
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ctx })
+            .map_err(|_| ManifestError::NoMatch)?;
+        let pt = Zeroizing::new(pt);
+        let k = <[u8; 32]>::try_from(pt.as_slice()).map_err(|_| ManifestError::Malformed)?;
+        Ok(BackupKey::from_bytes(k))
     }
 
     /// Finds the recovery-key slot `rk` opens and returns K.
     pub fn open_with_recovery_key(&self, rk: &RecoveryKey) -> Result<BackupKey, ManifestError> {
-        for s in self
-            .slots
+        self.slots
             .iter()
             .filter(|s| s.kind == SlotKind::RecoveryKey)
-        {
-            let Some((nonce, ct)) = s.wrapped_key.split_at_checked(24) else {
-                continue;
-            };
-            let wk = rk.wrapping_key(&s.id);
-            let cipher = XChaCha20Poly1305::new(wk.as_ref().into());
-            if let Ok(pt) = cipher.decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &aad(&self.user_id, &s.id),
-                },
-            ) {
-                let pt = Zeroizing::new(pt);
-                if let Ok(k) = <[u8; 32]>::try_from(pt.as_slice()) {
-                    return Ok(BackupKey::from_bytes(k));
-                }
-            }
-        }
-        Err(ManifestError::NoMatch)
+            .find_map(|s| self.open_slot(s, &rk.slot_secret(&s.id)).ok())
+            .ok_or(ManifestError::NoMatch)
     }
 
-    pub fn remove(&mut self, slot_id: &str) -> bool {
-        let before = self.slots.len();
-        self.slots.retain(|s| s.id != slot_id);
-        self.slots.len() != before
+    pub fn slot(&self, slot_id: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.id == slot_id)
+    }
+
+    /// The manifest for a new key: every slot except `drop`, re-sealed to its
+    /// public key, so rotation needs no protector but the one that unlocked.
+    pub fn rotated(&self, new_key: &BackupKey, drop: &[&str]) -> Result<Manifest, ManifestError> {
+        let mut m = Manifest {
+            version: 1,
+            user_id: self.user_id.clone(),
+            key_id: key_id(new_key),
+            generation: self.generation.saturating_add(1),
+            slots: Vec::new(),
+        };
+        for s in self.slots.iter().filter(|s| !drop.contains(&s.id.as_str())) {
+            let envelope = seal_envelope(new_key, &s.public_key, &self.user_id, &s.id)?;
+            m.slots.push(Slot {
+                envelope,
+                ..s.clone()
+            });
+        }
+        Ok(m)
     }
 }
 
@@ -405,7 +557,7 @@ mod tests {
         let k = BackupKey::generate();
         let rk = RecoveryKey::generate();
         let mut m = Manifest::new("alice", &k);
-        m.add_recovery_key(&k, &rk, 1).unwrap();
+        m.add_recovery_key(&k, &rk).unwrap();
         let bytes = m.seal(&k);
         let (m2, tag) = Manifest::decode_unverified(&bytes).unwrap();
         let k2 = m2.open_with_recovery_key(&rk).unwrap();
@@ -429,5 +581,64 @@ mod tests {
         let (m5, tag5) = Manifest::decode_unverified(&flipped).unwrap();
         assert_eq!(m5.verify(&tag5, &k).unwrap_err(), ManifestError::Tampered);
         assert!(Manifest::decode_unverified(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn passkey_slot_needs_the_right_prf_output_and_share() {
+        let k = BackupKey::generate();
+        let mut m = Manifest::new("alice", &k);
+        let id = new_slot_id(SlotKind::Passkey);
+        let (prf, share) = ([7u8; 32], [9u8; 32]);
+        m.add_slot(
+            &k,
+            SlotKind::Passkey,
+            &id,
+            &SlotSecret::from_passkey(&prf, &share, &id),
+            None,
+        )
+        .unwrap();
+        let slot = m.slot(&id).unwrap();
+        let good = m
+            .open_slot(slot, &SlotSecret::from_passkey(&prf, &share, &id))
+            .unwrap();
+        assert_eq!(good.expose(), k.expose());
+        let mut wrong_prf = prf;
+        wrong_prf[0] ^= 1;
+        for secret in [
+            SlotSecret::from_passkey(&wrong_prf, &share, &id),
+            SlotSecret::from_passkey(&prf, &[0u8; 32], &id),
+            SlotSecret::from_passkey(&prf, &share, "pk-other"),
+        ] {
+            assert_eq!(
+                m.open_slot(slot, &secret).unwrap_err(),
+                ManifestError::NoMatch
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_reseals_remaining_slots_and_drops_removed_ones() {
+        let k = BackupKey::generate();
+        let (rk1, rk2) = (RecoveryKey::generate(), RecoveryKey::generate());
+        let mut m = Manifest::new("alice", &k);
+        let id1 = m.add_recovery_key(&k, &rk1).unwrap();
+        m.add_recovery_key(&k, &rk2).unwrap();
+        let k2 = BackupKey::generate();
+        let m2 = m.rotated(&k2, &[id1.as_str()]).unwrap();
+        assert_eq!(m2.generation, m.generation + 1);
+        assert_eq!(m2.key_id, key_id(&k2));
+        assert_eq!(
+            m2.open_with_recovery_key(&rk2).unwrap().expose(),
+            k2.expose()
+        );
+        assert_eq!(
+            m2.open_with_recovery_key(&rk1).unwrap_err(),
+            ManifestError::NoMatch
+        );
+        // An envelope moved from the new manifest into the old one (same
+        // slot, different key id) does not open.
+        let mut spliced = m.clone();
+        spliced.slots[1].envelope = m2.slots[0].envelope.clone();
+        assert!(spliced.open_with_recovery_key(&rk2).is_err());
     }
 }

@@ -22,7 +22,7 @@ pub struct Session {
     transport: snow::TransportState,
 }
 
-fn url(endpoint: &Endpoint, path: &str) -> String {
+pub(crate) fn url(endpoint: &Endpoint, path: &str) -> String {
     format!("{}{}", endpoint.frontend_url.trim_end_matches('/'), path)
 }
 
@@ -49,7 +49,7 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<V
 /// Largest error body read from the frontend.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
-async fn error_of(resp: reqwest::Response) -> ClientError {
+pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
     let status = resp.status();
     let body = read_limited(resp, MAX_ERROR_BODY)
         .await
@@ -75,7 +75,7 @@ async fn error_of(resp: reqwest::Response) -> ClientError {
     }
 }
 
-fn http_err(e: reqwest::Error) -> ClientError {
+pub(crate) fn http_err(e: reqwest::Error) -> ClientError {
     ClientError::Unavailable(format!("frontend unreachable: {e}"))
 }
 

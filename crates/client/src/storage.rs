@@ -4,13 +4,16 @@
 //! SHA-256("bkv/storage/v1" || user id)):
 //!
 //! ```text
-//! users/<u>/backups/<created_ms>-<backup_id>.bkv   encrypted backups
-//! users/<u>/latest.json                           {"version":1,"object":...,"size":...}
+//! users/<u>/backups/<created_ms>-<key_id>-<random>.bkv  encrypted backups
+//! users/<u>/latest.json       {"version":1,"object":...,"size":...,"created_unix":...,"key_id":...}
+//! users/<u>/protectors/<key_id>.bin                     protector manifest for that backup key
 //! ```
 //!
-//! A new backup is uploaded under a fresh name; only after the upload completed
-//! is `latest.json` switched to it and the older backups deleted. So the last
-//! good backup survives any failure of a new one.
+//! `key_id` (32 hex digits) names the backup key an object belongs to, so a
+//! restore finds the backups its key opens even while a key rotation is half
+//! done. A new backup is uploaded under a fresh name; only after the upload
+//! completed is `latest.json` switched to it and the older backups deleted. So
+//! the last good backup survives any failure of a new one.
 
 use crate::archive::{self, Options, Restored};
 use crate::backup::Header;
@@ -44,7 +47,13 @@ pub struct Latest {
     pub object: String,
     pub size: u64,
     pub created_unix: u64,
+    /// Hex id of the backup key the object is encrypted under.
+    pub key_id: String,
 }
+
+/// Most manifests read at once (one per backup key; more than two exist only
+/// when rotations were interrupted).
+const MAX_MANIFESTS: usize = 16;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupObject {
@@ -80,47 +89,146 @@ impl BackupStore {
     }
 
     pub async fn latest(&self) -> Result<Option<Latest>> {
-        match self.store.get(&self.path("latest.json")).await {
-            Ok(g) => {
-                if g.meta.size > MAX_LATEST_JSON as u64 {
-                    return Err(ClientError::Storage("latest.json is too large".into()));
-                }
-                let b = g.bytes().await.map_err(storage_err)?;
-                let l: Latest = serde_json::from_slice(&b)
-                    .map_err(|e| ClientError::Storage(format!("latest.json: {e}")))?;
-                if l.version != 1 || !valid_object_name(&l.object) {
-                    return Err(ClientError::Storage(
-                        "latest.json names an invalid object".into(),
-                    ));
-                }
-                Ok(Some(l))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage_err(e)),
+        let Some(b) = self
+            .get_limited(&self.path("latest.json"), MAX_LATEST_JSON)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let l: Latest = serde_json::from_slice(&b)
+            .map_err(|e| ClientError::Storage(format!("latest.json: {e}")))?;
+        if l.version != 1
+            || !valid_object_name(&l.object)
+            || object_key_id(&l.object) != Some(l.key_id.as_str())
+        {
+            return Err(ClientError::Storage(
+                "latest.json names an invalid object".into(),
+            ));
         }
+        Ok(Some(l))
     }
 
-    /// The sealed protector manifest (`protectors.bin`), if any.
-    pub async fn manifest(&self) -> Result<Option<Vec<u8>>> {
-        match self.store.get(&self.path("protectors.bin")).await {
-            Ok(g) => {
-                if g.meta.size > crate::protectors::MAX_MANIFEST as u64 {
-                    return Err(ClientError::Storage("protectors.bin is too large".into()));
-                }
-                Ok(Some(g.bytes().await.map_err(storage_err)?.to_vec()))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage_err(e)),
-        }
-    }
-
-    /// Replaces the manifest (object stores replace an object atomically).
-    pub async fn put_manifest(&self, bytes: Vec<u8>) -> Result<()> {
+    /// Points `latest.json` at an uploaded backup.
+    pub async fn set_latest(&self, latest: &Latest) -> Result<()> {
+        let body = serde_json::to_vec(latest).map_err(|e| ClientError::Storage(e.to_string()))?;
         self.store
-            .put(&self.path("protectors.bin"), PutPayload::from(bytes))
+            .put(&self.path("latest.json"), PutPayload::from(body))
             .await
             .map_err(storage_err)?;
         Ok(())
+    }
+
+    /// The backup that `key` opens: the latest one if it is under `key`,
+    /// otherwise the newest object under `key` (an interrupted rotation
+    /// leaves backups under two keys).
+    pub async fn backup_for(&self, key: &BackupKey) -> Result<Latest> {
+        let kid = hex::encode(crate::protectors::key_id(key));
+        if let Some(l) = self.latest().await? {
+            if l.key_id == kid {
+                return Ok(l);
+            }
+        }
+        let newest = self
+            .list()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|b| object_key_id(&b.name) == Some(kid.as_str()));
+        match newest {
+            Some(b) => Ok(Latest {
+                version: 1,
+                created_unix: 0,
+                key_id: kid,
+                object: b.name,
+                size: b.size,
+            }),
+            None => Err(ClientError::Storage(
+                "no backup in storage is encrypted under this backup key".into(),
+            )),
+        }
+    }
+
+    async fn get_limited(&self, path: &ObjPath, limit: usize) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(g) => {
+                if g.meta.size > limit as u64 {
+                    return Err(ClientError::Storage(format!("{path} is too large")));
+                }
+                Ok(Some(g.bytes().await.map_err(storage_err)?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    /// The sealed protector manifest for the backup key `key_id`, if any.
+    pub async fn manifest(&self, key_id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        let path = self.path(&format!("protectors/{}.bin", hex::encode(key_id)));
+        Ok(self
+            .get_limited(&path, crate::protectors::MAX_MANIFEST)
+            .await?
+            .map(|b| b.to_vec()))
+    }
+
+    /// Every stored manifest, as `(key id named by the object, bytes)`.
+    pub async fn manifests(&self) -> Result<Vec<([u8; 16], Vec<u8>)>> {
+        let mut out = Vec::new();
+        for id in self.manifest_ids().await? {
+            if out.len() >= MAX_MANIFESTS {
+                return Err(ClientError::Storage("too many protector manifests".into()));
+            }
+            if let Some(b) = self.manifest(&id).await? {
+                out.push((id, b));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn manifest_ids(&self) -> Result<Vec<[u8; 16]>> {
+        let mut ids = Vec::new();
+        let mut s = self.store.list(Some(&self.path("protectors")));
+        while let Some(m) = s.next().await {
+            let m = m.map_err(storage_err)?;
+            let name = m.location.filename().unwrap_or_default();
+            if let Some(id) = name.strip_suffix(".bin").and_then(parse_key_id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes the manifest of the backup key `key_id` (an object store
+    /// replaces an object atomically).
+    pub async fn put_manifest(&self, key_id: &[u8; 16], bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(&format!("protectors/{}.bin", hex::encode(key_id)));
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(storage_err)?;
+        Ok(())
+    }
+
+    /// Deletes every manifest and backup that does not belong to `keep`
+    /// (manifests first, so no manifest outlives the backups it opens).
+    pub async fn delete_other_keys(&self, keep: &[u8; 16]) -> Result<usize> {
+        let mut n = 0;
+        for id in self.manifest_ids().await? {
+            if &id != keep {
+                let path = self.path(&format!("protectors/{}.bin", hex::encode(id)));
+                self.store.delete(&path).await.map_err(storage_err)?;
+                n += 1;
+            }
+        }
+        crate::crash_point("old-manifests-deleted");
+        let keep_hex = hex::encode(keep);
+        for b in self.list().await? {
+            if object_key_id(&b.name) != Some(keep_hex.as_str()) {
+                let path = self.path(&format!("backups/{}", b.name));
+                self.store.delete(&path).await.map_err(storage_err)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub async fn list(&self) -> Result<Vec<BackupObject>> {
@@ -156,7 +264,8 @@ impl BackupStore {
         Ok(n)
     }
 
-    /// Encrypts `source` under `key` and uploads it as the new latest backup.
+    /// Encrypts `source` under `key` and uploads it as the new latest backup;
+    /// then deletes older backups and data of other backup keys.
     pub async fn create(
         &self,
         key: &BackupKey,
@@ -164,14 +273,86 @@ impl BackupStore {
         opts: Options,
         report: Box<dyn FnMut(u64) + Send>,
     ) -> Result<Latest> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
         let key_copy = BackupKey::from_bytes(*key.expose());
+        let latest = self
+            .upload(key, move |w| {
+                let (header, w) = archive::write_backup(&source, &key_copy, opts, w, report)?;
+                Ok((header, w))
+            })
+            .await?;
+        self.set_latest(&latest).await?;
+        let kid = crate::protectors::key_id(key);
+        // Keep other keys' manifests when this key has none: their slots may
+        // be the only way to a key a half-done rotation left behind.
+        let keep_manifests = self.manifest(&kid).await?.is_none();
+        for old in self.list().await? {
+            if old.name != latest.object {
+                let _ = self
+                    .store
+                    .delete(&self.path(&format!("backups/{}", old.name)))
+                    .await;
+            }
+        }
+        if !keep_manifests {
+            self.delete_other_keys(&kid).await?;
+        }
+        Ok(latest)
+    }
+
+    /// Re-encrypts the backup that `old` opens under `new` and uploads it,
+    /// without switching `latest.json` (the caller does, once it is safe).
+    pub async fn reencrypt(&self, old: &BackupKey, new: &BackupKey) -> Result<Latest> {
+        let src = self.backup_for(old).await?;
+        let get = self
+            .store
+            .get(&self.path(&format!("backups/{}", src.object)))
+            .await
+            .map_err(storage_err)?;
+        let mut stream = get.into_stream();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH * 16);
+        let pump = tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let b = chunk.map_err(storage_err)?;
+                if tx.send(b).await.is_err() {
+                    break; // the re-encryptor stopped (it reports why)
+                }
+            }
+            Ok::<(), ClientError>(())
+        });
+        let (old_copy, new_copy) = (
+            BackupKey::from_bytes(*old.expose()),
+            BackupKey::from_bytes(*new.expose()),
+        );
+        let uploaded = self
+            .upload(new, move |w| {
+                let r = ChannelReader {
+                    rx,
+                    cur: Bytes::new(),
+                };
+                archive::reencrypt(r, &old_copy, &new_copy, w)
+            })
+            .await;
+        let pumped = pump
+            .await
+            .map_err(|e| ClientError::Io(io::Error::other(format!("download task: {e}"))))?;
+        let latest = uploaded?;
+        pumped?;
+        Ok(latest)
+    }
+
+    /// Runs `produce` (blocking) to write a backup under `key` and uploads
+    /// what it writes as a new object. Nothing points to it yet.
+    async fn upload<F>(&self, key: &BackupKey, produce: F) -> Result<Latest>
+    where
+        F: FnOnce(ChannelWriter) -> Result<(Header, ChannelWriter)> + Send + 'static,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
         let producer = tokio::task::spawn_blocking(move || {
             let w = ChannelWriter {
                 tx,
                 buf: Vec::with_capacity(PIPE_PIECE),
             };
-            let (header, mut w) = archive::write_backup(&source, &key_copy, opts, w, report)?;
+            let (header, mut w) = produce(w)?;
             w.flush_piece()?;
             Ok::<Header, ClientError>(header)
         });
@@ -182,7 +363,8 @@ impl BackupStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let name = format!("{created_ms:016}-{}.bkv", hex::encode(id));
+        let key_id = hex::encode(crate::protectors::key_id(key));
+        let name = format!("{created_ms:016}-{key_id}-{}.bkv", hex::encode(id));
         let path = self.path(&format!("backups/{name}"));
         let upload = self.store.put_multipart(&path).await.map_err(storage_err)?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -208,39 +390,29 @@ impl BackupStore {
             }
         };
         w.finish().await.map_err(storage_err)?;
-        let latest = Latest {
+        Ok(Latest {
             version: 1,
-            object: name.clone(),
+            object: name,
             size,
             created_unix: header.created_unix,
-        };
-        let body = serde_json::to_vec(&latest).map_err(|e| ClientError::Storage(e.to_string()))?;
-        self.store
-            .put(&self.path("latest.json"), PutPayload::from(body))
-            .await
-            .map_err(storage_err)?;
-        // Only now is the old backup redundant.
-        for old in self.list().await? {
-            if old.name != name {
-                let _ = self
-                    .store
-                    .delete(&self.path(&format!("backups/{}", old.name)))
-                    .await;
-            }
-        }
-        Ok(latest)
+            key_id,
+        })
     }
 
-    /// Downloads, authenticates and restores the latest backup into `out`.
+    /// Downloads, authenticates and restores the newest backup `key` opens
+    /// into `out`.
     pub async fn restore(
         &self,
         key: &BackupKey,
         out: PathBuf,
         report: Box<dyn FnMut(u64) + Send>,
     ) -> Result<(Latest, Restored)> {
-        let latest = self.latest().await?.ok_or_else(|| {
-            ClientError::Storage("no backup found in storage for this user".into())
-        })?;
+        if self.latest().await?.is_none() && self.list().await?.is_empty() {
+            return Err(ClientError::Storage(
+                "no backup found in storage for this user".into(),
+            ));
+        }
+        let latest = self.backup_for(key).await?;
         let get = self
             .store
             .get(&self.path(&format!("backups/{}", latest.object)))
@@ -281,6 +453,19 @@ impl BackupStore {
     }
 }
 
+fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    Some(id)
+}
+
+/// The key id an object name carries: `<created_ms>-<key_id>-<random>.bkv`.
+fn object_key_id(name: &str) -> Option<&str> {
+    let mut parts = name.strip_suffix(".bkv")?.split('-');
+    let (_, kid, _) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && parse_key_id(kid).is_some()).then_some(kid)
+}
+
 fn valid_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -290,7 +475,7 @@ fn valid_object_name(s: &str) -> bool {
 }
 
 /// Sync `Write` feeding the async uploader in bounded pieces.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     buf: Vec<u8>,
 }

@@ -123,6 +123,7 @@ impl VaultClient {
             VaultResponse::RegisterStored => {}
             other => return Err(unexpected(other)),
         }
+        crate::crash_point("vault-pending");
         // Phase 2 is idempotent for the same secret, so a retry after a dropped
         // response cannot reset anything.
         let mut last_err = None;
@@ -217,7 +218,12 @@ impl VaultClient {
 
     /// Deletes the record after a successful login.
     pub async fn delete(&self, password: &SecretString) -> Result<()> {
-        let LoggedIn { mut session, .. } = self.login(password).await?;
+        let LoggedIn { session, .. } = self.login(password).await?;
+        self.delete_in(session).await
+    }
+
+    /// Deletes the record in a session a login authenticated.
+    pub async fn delete_in(&self, mut session: Session) -> Result<()> {
         let r = session.call(&VaultRequest::Delete).await?;
         session.close().await;
         match r {

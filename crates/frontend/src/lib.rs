@@ -4,6 +4,7 @@
 //! Noise messages to a node. It never holds a key that could open them: it
 //! sees ciphertext, sizes, timing and user ids only. HTTP API: `docs/api.md`.
 
+pub mod passkeys;
 pub mod token;
 
 use axum::body::Bytes;
@@ -50,6 +51,8 @@ pub struct FrontendConfig {
     pub dev_token_key: Option<SigningKey>,
     /// Where `GET /v1/bundle` gets the fleet's validation bundle ("over the air").
     pub bundle_source: Option<BundleSource>,
+    /// WebAuthn relying party for passkey protectors (`/v1/passkeys`).
+    pub passkeys: Option<Arc<passkeys::RelyingParty>>,
 }
 
 /// The auditor log the frontend serves the current bundle from.
@@ -92,6 +95,21 @@ pub fn router(config: FrontendConfig) -> Router {
             post(session_message).delete(close_session),
         )
         .route("/v1/dev/token", post(dev_token))
+        .route(
+            "/v1/passkeys",
+            get(passkeys_list).delete(passkeys_delete_all),
+        )
+        .route("/v1/passkeys/{id}", axum::routing::delete(passkeys_delete))
+        .route("/v1/passkeys/registrations", post(passkeys_register_start))
+        .route(
+            "/v1/passkeys/registrations/{ceremony}",
+            post(passkeys_register_finish),
+        )
+        .route("/v1/passkeys/assertions", post(passkeys_assert_start))
+        .route(
+            "/v1/passkeys/assertions/{ceremony}",
+            post(passkeys_assert_finish),
+        )
         .layer(DefaultBodyLimit::max(MAX_NOISE_MESSAGE))
         .with_state(state)
 }
@@ -121,7 +139,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -154,7 +172,7 @@ impl From<NodeError> for ApiError {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -633,6 +651,108 @@ async fn dev_token(
         },
     );
     Ok(Json(DevTokenResponse { token, expires_at }))
+}
+
+fn relying_party(state: &AppState) -> Result<&passkeys::RelyingParty, ApiError> {
+    state.config.passkeys.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "passkeys are not enabled on this frontend",
+        )
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct CredentialBody<T> {
+    credential: T,
+}
+
+#[derive(Deserialize)]
+struct AssertStartBody {
+    credential_id: String,
+}
+
+async fn passkeys_register_start(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Open)?;
+    Ok(Json(relying_party(&state)?.start_registration(&user)?).into_response())
+}
+
+async fn passkeys_register_finish(
+    State(state): State<Arc<AppState>>,
+    Path(ceremony): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let b: CredentialBody<webauthn_rs::prelude::RegisterPublicKeyCredential> = json_body(&body)?;
+    let rp = relying_party(&state)?;
+    Ok(Json(rp.finish_registration(&user, &ceremony, &b.credential)?).into_response())
+}
+
+async fn passkeys_assert_start(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Open)?;
+    let b: AssertStartBody = json_body(&body)?;
+    Ok(Json(relying_party(&state)?.start_assertion(&user, &b.credential_id)?).into_response())
+}
+
+async fn passkeys_assert_finish(
+    State(state): State<Arc<AppState>>,
+    Path(ceremony): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let b: CredentialBody<webauthn_rs::prelude::PublicKeyCredential> = json_body(&body)?;
+    let rp = relying_party(&state)?;
+    Ok(Json(rp.finish_assertion(&user, &ceremony, &b.credential)?).into_response())
+}
+
+async fn passkeys_list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let list = relying_party(&state)?.list(&user)?;
+    Ok(Json(serde_json::json!({ "passkeys": list })).into_response())
+}
+
+async fn passkeys_delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let n = relying_party(&state)?.delete(&user, Some(&id))?;
+    if n == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_passkey",
+            "no such passkey for this user",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn passkeys_delete_all(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let n = relying_party(&state)?.delete(&user, None)?;
+    Ok(Json(serde_json::json!({ "deleted": n })).into_response())
 }
 
 #[cfg(test)]

@@ -1,0 +1,420 @@
+//! WebAuthn relying party for passkey protectors (webauthn-rs).
+//!
+//! Per user the RP keeps its passkeys (public keys) and, per passkey, a
+//! random 32-byte *share* that it releases only after a valid assertion. The
+//! client derives the slot secret from the PRF output *and* the share, so
+//! deleting a passkey here revokes it even where storage kept old manifests.
+//! The RP never sees PRF outputs. Ceremony state lives in memory for
+//! [`CEREMONY_TTL`]; a restart only cancels ceremonies in flight.
+//!
+//! Stored value per user (redb table `passkeys`): JSON
+//! `{"version":1,"passkeys":[{"passkey":<webauthn-rs Passkey>,"rp_share":hex,"created_unix":n}]}`.
+
+use crate::{now_secs, ApiError};
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use rand::RngCore;
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use webauthn_rs::prelude::{
+    CreationChallengeResponse, Passkey, PasskeyAuthentication, PasskeyRegistration,
+    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Url, Uuid,
+    Webauthn, WebauthnBuilder,
+};
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("passkeys");
+/// Passkeys per user.
+pub const MAX_PASSKEYS: usize = 16;
+/// Time a client has to finish a ceremony.
+pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
+/// Ceremonies in flight (all users) before new ones are refused.
+const MAX_CEREMONIES: usize = 10_000;
+/// Largest stored value read back.
+const MAX_RECORD: usize = 256 * 1024;
+
+/// Relying-party settings.
+#[derive(Debug, Clone)]
+pub struct PasskeyConfig {
+    /// RP id (a domain; `localhost` for development).
+    pub rp_id: String,
+    /// The origin clients' WebAuthn requests come from.
+    pub origin: String,
+    /// redb file with the registered passkeys.
+    pub db_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasskeyStoreError {
+    #[error("relying party settings: {0}")]
+    Config(String),
+    #[error("passkey database: {0}")]
+    Db(String),
+}
+
+fn db_err(e: impl std::fmt::Display) -> PasskeyStoreError {
+    PasskeyStoreError::Db(e.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPasskey {
+    passkey: Passkey,
+    rp_share: String,
+    created_unix: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct UserPasskeys {
+    version: u32,
+    passkeys: Vec<StoredPasskey>,
+}
+
+enum Ceremony {
+    Register(PasskeyRegistration),
+    Assert(PasskeyAuthentication),
+}
+
+struct Pending {
+    user: String,
+    ceremony: Ceremony,
+    started: Instant,
+}
+
+pub struct RelyingParty {
+    webauthn: Webauthn,
+    db: Database,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+fn internal(m: &str) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+}
+
+/// WebAuthn's user handle: a UUID derived from the user id, so it is stable
+/// and reveals nothing about the id.
+fn user_uuid(user: &str) -> Uuid {
+    let d = Sha256::new()
+        .chain_update(b"bkv webauthn user v1\0")
+        .chain_update(user.as_bytes())
+        .finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    Uuid::from_bytes(b)
+}
+
+#[derive(Serialize)]
+pub struct Started<T> {
+    pub ceremony: String,
+    pub options: T,
+}
+
+#[derive(Serialize)]
+pub struct Finished {
+    pub credential_id: String,
+    pub rp_share: String,
+}
+
+#[derive(Serialize)]
+pub struct Listed {
+    pub credential_id: String,
+    pub created_unix: u64,
+}
+
+impl RelyingParty {
+    pub fn open(config: &PasskeyConfig) -> Result<Self, PasskeyStoreError> {
+        let origin = Url::parse(&config.origin)
+            .map_err(|e| PasskeyStoreError::Config(format!("origin: {e}")))?;
+        let webauthn = WebauthnBuilder::new(&config.rp_id, &origin)
+            .and_then(|b| b.rp_name("bkv backups").build())
+            .map_err(|e| PasskeyStoreError::Config(e.to_string()))?;
+        if let Some(dir) = config.db_path.parent() {
+            std::fs::create_dir_all(dir).map_err(db_err)?;
+        }
+        let db = Database::create(&config.db_path).map_err(db_err)?;
+        let w = db.begin_write().map_err(db_err)?;
+        w.open_table(TABLE).map_err(db_err)?;
+        w.commit().map_err(db_err)?;
+        Ok(RelyingParty {
+            webauthn,
+            db,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn load(&self, user: &str) -> Result<UserPasskeys, ApiError> {
+        let r = self.db.begin_read().map_err(|_| internal("db read"))?;
+        let t = r.open_table(TABLE).map_err(|_| internal("db table"))?;
+        match t.get(user).map_err(|_| internal("db get"))? {
+            Some(v) => {
+                let v = v.value();
+                if v.len() > MAX_RECORD {
+                    return Err(internal("stored passkeys too large"));
+                }
+                serde_json::from_slice(v).map_err(|_| internal("stored passkeys unreadable"))
+            }
+            None => Ok(UserPasskeys {
+                version: 1,
+                passkeys: Vec::new(),
+            }),
+        }
+    }
+
+    /// Writes the user's passkeys in one durable transaction.
+    fn save(&self, user: &str, p: &UserPasskeys) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(p).map_err(|_| internal("encode passkeys"))?;
+        let w = self.db.begin_write().map_err(|_| internal("db write"))?;
+        {
+            let mut t = w.open_table(TABLE).map_err(|_| internal("db table"))?;
+            if p.passkeys.is_empty() {
+                t.remove(user).map_err(|_| internal("db remove"))?;
+            } else {
+                t.insert(user, bytes.as_slice())
+                    .map_err(|_| internal("db insert"))?;
+            }
+        }
+        w.commit().map_err(|_| internal("db commit"))
+    }
+
+    fn park(&self, user: &str, ceremony: Ceremony) -> Result<String, ApiError> {
+        let mut pending = self.pending.lock().map_err(|_| internal("lock"))?;
+        pending.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
+        if pending.len() >= MAX_CEREMONIES {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many passkey ceremonies in flight",
+            ));
+        }
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let id = hex::encode(id);
+        pending.insert(
+            id.clone(),
+            Pending {
+                user: user.to_owned(),
+                ceremony,
+                started: Instant::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Takes a ceremony out (one use only); it must belong to `user`.
+    fn take(&self, user: &str, id: &str) -> Result<Ceremony, ApiError> {
+        let mut pending = self.pending.lock().map_err(|_| internal("lock"))?;
+        let unknown = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_ceremony",
+                "no such passkey ceremony (finished, expired, or another user's)",
+            )
+        };
+        match pending.get(id) {
+            Some(p) if p.user == user && p.started.elapsed() < CEREMONY_TTL => {}
+            _ => return Err(unknown()),
+        }
+        pending.remove(id).map(|p| p.ceremony).ok_or_else(unknown)
+    }
+
+    pub fn start_registration(
+        &self,
+        user: &str,
+    ) -> Result<Started<CreationChallengeResponse>, ApiError> {
+        let existing = self.load(user)?;
+        if existing.passkeys.len() >= MAX_PASSKEYS {
+            return Err(bad(format!(
+                "at most {MAX_PASSKEYS} passkeys per user; remove one first"
+            )));
+        }
+        let exclude = existing
+            .passkeys
+            .iter()
+            .map(|p| p.passkey.cred_id().clone())
+            .collect::<Vec<_>>();
+        let (options, state) = self
+            .webauthn
+            .start_passkey_registration(user_uuid(user), user, user, Some(exclude))
+            .map_err(|e| bad(format!("webauthn: {e}")))?;
+        let ceremony = self.park(user, Ceremony::Register(state))?;
+        Ok(Started { ceremony, options })
+    }
+
+    pub fn finish_registration(
+        &self,
+        user: &str,
+        ceremony: &str,
+        credential: &RegisterPublicKeyCredential,
+    ) -> Result<Finished, ApiError> {
+        let Ceremony::Register(state) = self.take(user, ceremony)? else {
+            return Err(bad("that ceremony is an assertion"));
+        };
+        let passkey = self
+            .webauthn
+            .finish_passkey_registration(credential, &state)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "passkey_rejected",
+                    format!("registration rejected: {e}"),
+                )
+            })?;
+        let mut share = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut share);
+        let mut all = self.load(user)?;
+        if all.passkeys.len() >= MAX_PASSKEYS {
+            return Err(bad(format!("at most {MAX_PASSKEYS} passkeys per user")));
+        }
+        let credential_id = B64URL.encode(passkey.cred_id());
+        all.version = 1;
+        all.passkeys.push(StoredPasskey {
+            passkey,
+            rp_share: hex::encode(share),
+            created_unix: now_secs(),
+        });
+        self.save(user, &all)?;
+        Ok(Finished {
+            credential_id,
+            rp_share: hex::encode(share),
+        })
+    }
+
+    pub fn start_assertion(
+        &self,
+        user: &str,
+        credential_id: &str,
+    ) -> Result<Started<RequestChallengeResponse>, ApiError> {
+        let all = self.load(user)?;
+        let wanted = B64URL
+            .decode(credential_id)
+            .map_err(|_| bad("credential_id must be base64url"))?;
+        let Some(p) = all
+            .passkeys
+            .iter()
+            .find(|p| p.passkey.cred_id().as_slice() == wanted.as_slice())
+        else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_passkey",
+                "this passkey is not registered for the user (it was removed)",
+            ));
+        };
+        let (options, state) = self
+            .webauthn
+            .start_passkey_authentication(std::slice::from_ref(&p.passkey))
+            .map_err(|e| bad(format!("webauthn: {e}")))?;
+        let ceremony = self.park(user, Ceremony::Assert(state))?;
+        Ok(Started { ceremony, options })
+    }
+
+    pub fn finish_assertion(
+        &self,
+        user: &str,
+        ceremony: &str,
+        credential: &PublicKeyCredential,
+    ) -> Result<Finished, ApiError> {
+        let Ceremony::Assert(state) = self.take(user, ceremony)? else {
+            return Err(bad("that ceremony is a registration"));
+        };
+        let result = self
+            .webauthn
+            .finish_passkey_authentication(credential, &state)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "passkey_rejected",
+                    format!("assertion rejected: {e}"),
+                )
+            })?;
+        let mut all = self.load(user)?;
+        let Some(p) = all
+            .passkeys
+            .iter_mut()
+            .find(|p| p.passkey.cred_id() == result.cred_id())
+        else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_passkey",
+                "this passkey was removed during the assertion",
+            ));
+        };
+        let out = Finished {
+            credential_id: B64URL.encode(p.passkey.cred_id()),
+            rp_share: p.rp_share.clone(),
+        };
+        if p.passkey.update_credential(&result) == Some(true) {
+            self.save(user, &all)?;
+        }
+        Ok(out)
+    }
+
+    pub fn list(&self, user: &str) -> Result<Vec<Listed>, ApiError> {
+        Ok(self
+            .load(user)?
+            .passkeys
+            .iter()
+            .map(|p| Listed {
+                credential_id: B64URL.encode(p.passkey.cred_id()),
+                created_unix: p.created_unix,
+            })
+            .collect())
+    }
+
+    /// Deletes one passkey (or all with `None`); returns how many went.
+    pub fn delete(&self, user: &str, credential_id: Option<&str>) -> Result<usize, ApiError> {
+        let mut all = self.load(user)?;
+        let before = all.passkeys.len();
+        match credential_id {
+            Some(id) => {
+                let wanted = B64URL
+                    .decode(id)
+                    .map_err(|_| bad("credential_id must be base64url"))?;
+                all.passkeys
+                    .retain(|p| p.passkey.cred_id().as_slice() != wanted.as_slice());
+            }
+            None => all.passkeys.clear(),
+        }
+        let n = before - all.passkeys.len();
+        if n > 0 {
+            self.save(user, &all)?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_handles_are_stable_and_distinct() {
+        assert_eq!(user_uuid("alice"), user_uuid("alice"));
+        assert_ne!(user_uuid("alice"), user_uuid("bob"));
+    }
+
+    #[test]
+    fn ceremonies_are_single_use_and_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let rp = RelyingParty::open(&PasskeyConfig {
+            rp_id: "localhost".into(),
+            origin: "https://localhost".into(),
+            db_path: dir.path().join("p.redb"),
+        })
+        .unwrap();
+        let s = rp.start_registration("alice").unwrap();
+        assert!(rp.take("bob", &s.ceremony).is_err());
+        assert!(rp.take("alice", &s.ceremony).is_ok());
+        assert!(rp.take("alice", &s.ceremony).is_err());
+        assert!(rp.start_assertion("alice", "AAAA").is_err());
+        assert_eq!(rp.delete("alice", None).unwrap(), 0);
+        assert!(rp.list("alice").unwrap().is_empty());
+    }
+}

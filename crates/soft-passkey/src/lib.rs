@@ -1,0 +1,286 @@
+//! A software WebAuthn authenticator (1Password's `passkey` crates) with the
+//! PRF extension, whose credentials live in a file. It stands in for a
+//! platform's synced passkey store: copy the file to a "new device" and the
+//! passkey comes along; delete it and the passkey is gone.
+//!
+//! The file holds private keys: it is written with mode 0600, replaced
+//! atomically. Format (JSON, version 1):
+//! `{"version":1,"passkeys":[{"credential_id","rp_id","user_handle",
+//! "counter","cose_key","hmac_with_uv","hmac_without_uv"}]}` with binary
+//! fields in unpadded base64url and `cose_key` the CBOR COSE_Key.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use bkv_client::passkey::{Authenticator, PasskeyError};
+use futures::future::BoxFuture;
+use passkey_authenticator::extensions::HmacSecretConfig;
+use passkey_authenticator::{MemoryStore, UiHint, UserCheck, UserValidationMethod};
+use passkey_client::{Client, WebauthnError};
+use passkey_crypto::coset::{CborSerializable, CoseKey};
+use passkey_crypto::AvailableBackend;
+use passkey_types::ctap2::{Aaguid, Ctap2Error};
+use passkey_types::webauthn::{CredentialCreationOptions, CredentialRequestOptions};
+use passkey_types::{CredentialExtensions, Passkey, StoredHmacSecret};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Largest credential file read.
+const MAX_FILE: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("passkey store {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("passkey store {0} is not a valid store file: {1}")]
+    Format(PathBuf, String),
+}
+
+/// The user "approves" every request with verification, as a platform
+/// authenticator does after a biometric check.
+struct AlwaysVerified;
+
+#[async_trait::async_trait]
+impl UserValidationMethod for AlwaysVerified {
+    type PasskeyItem = Passkey;
+    async fn check_user<'a>(
+        &self,
+        _hint: UiHint<'a, Passkey>,
+        _presence: bool,
+        _verification: bool,
+    ) -> Result<UserCheck, Ctap2Error> {
+        Ok(UserCheck {
+            presence: true,
+            verification: true,
+        })
+    }
+    fn is_presence_enabled(&self) -> bool {
+        true
+    }
+    fn is_verification_enabled(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPasskey {
+    credential_id: String,
+    rp_id: String,
+    user_handle: Option<String>,
+    counter: Option<u32>,
+    cose_key: String,
+    hmac_with_uv: Option<String>,
+    hmac_without_uv: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    passkeys: Vec<StoredPasskey>,
+}
+
+fn b64(b: &[u8]) -> String {
+    B64URL.encode(b)
+}
+
+/// The software authenticator over a credential file.
+pub struct SoftAuthenticator {
+    path: PathBuf,
+}
+
+impl SoftAuthenticator {
+    /// Uses `path` as the credential store; it need not exist yet.
+    pub fn new(path: &Path) -> Self {
+        SoftAuthenticator {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Credentials in the store.
+    pub fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.load()?.len())
+    }
+
+    fn format_err(&self, m: impl Into<String>) -> StoreError {
+        StoreError::Format(self.path.clone(), m.into())
+    }
+
+    fn load(&self) -> Result<MemoryStore, StoreError> {
+        let mut store = MemoryStore::new();
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
+            Err(e) => return Err(StoreError::Io(self.path.clone(), e)),
+        };
+        if meta.len() > MAX_FILE {
+            return Err(self.format_err("too large"));
+        }
+        let bytes = std::fs::read(&self.path).map_err(|e| StoreError::Io(self.path.clone(), e))?;
+        let file: StoreFile =
+            serde_json::from_slice(&bytes).map_err(|e| self.format_err(e.to_string()))?;
+        if file.version != 1 {
+            return Err(self.format_err(format!("unknown version {}", file.version)));
+        }
+        let dec = |s: &str| {
+            B64URL
+                .decode(s)
+                .map_err(|_| self.format_err("bad base64url"))
+        };
+        for p in file.passkeys {
+            let credential_id = dec(&p.credential_id)?;
+            let key =
+                CoseKey::from_slice(&dec(&p.cose_key)?).map_err(|_| self.format_err("bad key"))?;
+            let hmac_secret = match p.hmac_with_uv {
+                Some(w) => Some(StoredHmacSecret {
+                    cred_with_uv: dec(&w)?,
+                    cred_without_uv: p.hmac_without_uv.as_deref().map(dec).transpose()?,
+                }),
+                None => None,
+            };
+            let pk = Passkey {
+                key,
+                credential_id: credential_id.clone().into(),
+                rp_id: p.rp_id,
+                user_handle: p
+                    .user_handle
+                    .as_deref()
+                    .map(dec)
+                    .transpose()?
+                    .map(Into::into),
+                username: None,
+                user_display_name: None,
+                counter: p.counter,
+                extensions: CredentialExtensions { hmac_secret },
+            };
+            store.insert(credential_id, pk);
+        }
+        Ok(store)
+    }
+
+    /// Writes the store: temp file (0600), fsync, rename.
+    fn save(&self, store: &MemoryStore) -> Result<(), StoreError> {
+        let mut passkeys = Vec::new();
+        for pk in store.values() {
+            let key = pk
+                .key
+                .clone()
+                .to_vec()
+                .map_err(|_| self.format_err("key does not encode"))?;
+            passkeys.push(StoredPasskey {
+                credential_id: b64(&pk.credential_id),
+                rp_id: pk.rp_id.clone(),
+                user_handle: pk.user_handle.as_ref().map(|h| b64(h)),
+                counter: pk.counter,
+                cose_key: b64(&key),
+                hmac_with_uv: pk
+                    .extensions
+                    .hmac_secret
+                    .as_ref()
+                    .map(|h| b64(&h.cred_with_uv)),
+                hmac_without_uv: pk
+                    .extensions
+                    .hmac_secret
+                    .as_ref()
+                    .and_then(|h| h.cred_without_uv.as_deref().map(b64)),
+            });
+        }
+        passkeys.sort_by(|a, b| a.credential_id.cmp(&b.credential_id));
+        let body = serde_json::to_vec_pretty(&StoreFile {
+            version: 1,
+            passkeys,
+        })
+        .map_err(|e| self.format_err(e.to_string()))?;
+        let io = |e| StoreError::Io(self.path.clone(), e);
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            f.write_all(&body).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+
+    fn authenticator(
+        &self,
+    ) -> Result<
+        passkey_authenticator::Authenticator<MemoryStore, AlwaysVerified, AvailableBackend>,
+        PasskeyError,
+    > {
+        let store = self
+            .load()
+            .map_err(|e| PasskeyError::Authenticator(e.to_string()))?;
+        let auth = passkey_authenticator::Authenticator::new(
+            Aaguid::new_empty(),
+            store,
+            AlwaysVerified,
+            AvailableBackend,
+        )
+        .hmac_secret(HmacSecretConfig::new_with_uv_only().enable_on_make_credential());
+        Ok(auth)
+    }
+}
+
+fn origin_url(origin: &str) -> Result<url::Url, PasskeyError> {
+    url::Url::parse(origin).map_err(|e| PasskeyError::Authenticator(format!("origin: {e}")))
+}
+
+fn webauthn_err(e: WebauthnError) -> PasskeyError {
+    let text = format!("{e:?}");
+    if text.contains("NoCredentials") || text.contains("CredentialNotFound") {
+        PasskeyError::NoCredential
+    } else {
+        PasskeyError::Authenticator(text)
+    }
+}
+
+impl Authenticator for SoftAuthenticator {
+    fn create<'a>(
+        &'a mut self,
+        origin: &'a str,
+        options: Value,
+    ) -> BoxFuture<'a, Result<Value, PasskeyError>> {
+        Box::pin(async move {
+            let options: CredentialCreationOptions = serde_json::from_value(options)
+                .map_err(|e| PasskeyError::Authenticator(format!("creation options: {e}")))?;
+            let mut client = Client::new(self.authenticator()?).allows_insecure_localhost(true);
+            let cred = client
+                .register(&origin_url(origin)?, options, None)
+                .await
+                .map_err(webauthn_err)?;
+            self.save(client.authenticator().store())
+                .map_err(|e| PasskeyError::Authenticator(e.to_string()))?;
+            serde_json::to_value(&cred).map_err(|e| PasskeyError::Authenticator(e.to_string()))
+        })
+    }
+
+    fn get<'a>(
+        &'a mut self,
+        origin: &'a str,
+        options: Value,
+    ) -> BoxFuture<'a, Result<Value, PasskeyError>> {
+        Box::pin(async move {
+            let options: CredentialRequestOptions = serde_json::from_value(options)
+                .map_err(|e| PasskeyError::Authenticator(format!("request options: {e}")))?;
+            let mut client = Client::new(self.authenticator()?).allows_insecure_localhost(true);
+            let cred = client
+                .authenticate(&origin_url(origin)?, options, None)
+                .await
+                .map_err(webauthn_err)?;
+            // Counters may have moved.
+            self.save(client.authenticator().store())
+                .map_err(|e| PasskeyError::Authenticator(e.to_string()))?;
+            serde_json::to_value(&cred).map_err(|e| PasskeyError::Authenticator(e.to_string()))
+        })
+    }
+}
