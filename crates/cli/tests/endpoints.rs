@@ -187,6 +187,48 @@ fn malformed_input_gets_clear_errors_and_nothing_is_lost() {
         let (s, _) = c.post_json(&format!("{url}/v1/dev/token"), body);
         assert_eq!(s, 400, "{body}");
     }
+    // Passkey relying party: no token, garbage bodies, unknown or foreign
+    // ceremonies, unknown credentials.
+    let (s, _) = c.req(&url, "POST", "/v1/passkeys/registrations", &[], b"");
+    assert_eq!(s, 401);
+    let (s, b) = c.req(&url, "POST", "/v1/passkeys/registrations", &a, b"");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let started: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let ceremony = started["ceremony"].as_str().unwrap().to_owned();
+    for body in [&b""[..], b"{", b"{\"credential\":5}", b"[1]"] {
+        let path = format!("/v1/passkeys/registrations/{ceremony}");
+        let (s, b) = c.req(&url, "POST", &path, &a, body);
+        assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+    }
+    let bob = format!("Bearer {}", dev_token(&c, &url, "bob"));
+    let fake = serde_json::json!({"credential": {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+        "response": {"attestationObject": "AAAA", "clientDataJSON": "AAAA"}, "extensions": {}}});
+    let fake = serde_json::to_vec(&fake).unwrap();
+    let path = format!("/v1/passkeys/registrations/{ceremony}");
+    let (s, b) = c.req(&url, "POST", &path, &[("Authorization", bob.as_str())], &fake);
+    assert_eq!(error_code(&b), "unknown_ceremony", "{s}");
+    let (s, b) = c.req(&url, "POST", &path, &a, &fake);
+    assert_eq!((s, error_code(&b).as_str()), (401, "passkey_rejected"));
+    let (s, b) = c.req(&url, "POST", &path, &a, &fake);
+    assert_eq!((s, error_code(&b).as_str()), (404, "unknown_ceremony"));
+    for body in [&b"{}"[..], b"{\"credential_id\":\"!!\"}"] {
+        let (s, _) = c.req(&url, "POST", "/v1/passkeys/assertions", &a, body);
+        assert_eq!(s, 400);
+    }
+    let (s, b) = c.req(
+        &url,
+        "POST",
+        "/v1/passkeys/assertions",
+        &a,
+        b"{\"credential_id\":\"AAAA\"}",
+    );
+    assert_eq!((s, error_code(&b).as_str()), (404, "unknown_passkey"));
+    let (s, _) = c.req(&url, "DELETE", "/v1/passkeys/AAAA", &a, b"");
+    assert_eq!(s, 404);
+    let (s, b) = c.req(&url, "GET", "/v1/passkeys", &a, b"");
+    assert_eq!(s, 200);
+    assert_eq!(b, br#"{"passkeys":[]}"#);
+
     // Not HTTP at all.
     let (s, _) = c.raw(&url, b"GARBAGE\r\n\r\n");
     assert_eq!(s, 400);
