@@ -205,7 +205,13 @@ fn malformed_input_gets_clear_errors_and_nothing_is_lost() {
         "response": {"attestationObject": "AAAA", "clientDataJSON": "AAAA"}, "extensions": {}}});
     let fake = serde_json::to_vec(&fake).unwrap();
     let path = format!("/v1/passkeys/registrations/{ceremony}");
-    let (s, b) = c.req(&url, "POST", &path, &[("Authorization", bob.as_str())], &fake);
+    let (s, b) = c.req(
+        &url,
+        "POST",
+        &path,
+        &[("Authorization", bob.as_str())],
+        &fake,
+    );
     assert_eq!(error_code(&b), "unknown_ceremony", "{s}");
     let (s, b) = c.req(&url, "POST", &path, &a, &fake);
     assert_eq!((s, error_code(&b).as_str()), (401, "passkey_rejected"));

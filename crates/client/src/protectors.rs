@@ -525,6 +525,21 @@ mod tests {
     }
 
     proptest! {
+        /// Arbitrary bytes never panic the manifest decoder; a sealed
+        /// manifest decodes back to itself.
+        #[test]
+        fn manifest_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), n in 0usize..4) {
+            let _ = Manifest::decode_unverified(&bytes);
+            let k = BackupKey::generate();
+            let mut m = Manifest::new("u", &k);
+            for _ in 0..n {
+                m.add_recovery_key(&k, &RecoveryKey::generate()).unwrap();
+            }
+            let (back, tag) = Manifest::decode_unverified(&m.seal(&k)).unwrap();
+            prop_assert_eq!(&back, &m);
+            prop_assert!(back.verify(&tag, &k).is_ok());
+        }
+
         /// Every single-character substitution and every swap of two
         /// adjacent different characters is rejected.
         #[test]

@@ -284,3 +284,84 @@ impl Authenticator for SoftAuthenticator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use serde_json::json;
+
+    fn creation_options(challenge: &[u8]) -> Value {
+        json!({"publicKey": {
+            "rp": {"id": "localhost", "name": "bkv"},
+            "user": {"id": B64.encode(b"user-handle"), "name": "u", "displayName": "u"},
+            "challenge": B64.encode(challenge),
+            "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+            "authenticatorSelection": {"residentKey": "discouraged", "userVerification": "required"},
+            "extensions": {"prf": {"eval": {"first": B64.encode([7u8; 32])}}}
+        }})
+    }
+
+    fn request_options(cred_id: &str, salt: [u8; 32]) -> Value {
+        json!({"publicKey": {
+            "challenge": B64.encode(b"challenge-2"),
+            "rpId": "localhost",
+            "allowCredentials": [{"type": "public-key", "id": cred_id}],
+            "userVerification": "required",
+            "extensions": {"prf": {"eval": {"first": B64.encode(salt)}}}
+        }})
+    }
+
+    fn prf(v: &Value) -> String {
+        v.pointer("/clientExtensionResults/prf/results/first")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no PRF output in {v}"))
+            .to_owned()
+    }
+
+    /// The store file survives a "device change": a second authenticator
+    /// over a copy of the file gives the same PRF output for the same salt,
+    /// another salt gives another output, and an empty store has no passkey.
+    #[tokio::test]
+    async fn the_store_file_carries_the_credential_and_its_prf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        let mut a = SoftAuthenticator::new(&path);
+        let created = a
+            .create("https://localhost", creation_options(b"challenge-1"))
+            .await
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        assert_eq!(a.count().unwrap(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "store must not be readable by others");
+
+        let copy = dir.path().join("new-device.json");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut b = SoftAuthenticator::new(&copy);
+        let one = b
+            .get("https://localhost", request_options(&id, [1; 32]))
+            .await
+            .unwrap();
+        let again = a
+            .get("https://localhost", request_options(&id, [1; 32]))
+            .await
+            .unwrap();
+        let other = b
+            .get("https://localhost", request_options(&id, [2; 32]))
+            .await
+            .unwrap();
+        assert_eq!(prf(&one), prf(&again));
+        assert_ne!(prf(&one), prf(&other));
+
+        let mut empty = SoftAuthenticator::new(&dir.path().join("none.json"));
+        let e = empty
+            .get("https://localhost", request_options(&id, [1; 32]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PasskeyError::NoCredential), "{e:?}");
+        std::fs::write(&copy, b"{not json").unwrap();
+        assert!(SoftAuthenticator::new(&copy).count().is_err());
+    }
+}
