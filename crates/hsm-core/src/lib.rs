@@ -200,6 +200,12 @@ impl<P: Platform> Core<P> {
         &self.state
     }
 
+    /// Replaces the whole state (a replica installing a snapshot). Open
+    /// sessions stay; every later mutation re-checks its record's generation.
+    pub fn replace_state(&mut self, state: State) {
+        self.state = state;
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

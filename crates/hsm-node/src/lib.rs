@@ -3,6 +3,7 @@
 //! serves the frontend over a length-prefixed TCP link.
 
 pub mod platform;
+pub mod replication;
 pub mod store;
 
 use bkv_hsm_core::{Core, Platform, Step};

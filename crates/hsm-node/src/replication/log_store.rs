@@ -1,0 +1,296 @@
+//! The Raft log, vote and committed index in redb, every value sealed with
+//! the platform key and bound to its slot (so the host can neither read,
+//! forge nor move entries). Each write is one durable redb transaction.
+
+use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
+use bkv_hsm_core::{seal, SealingKey};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
+};
+use rand_core::OsRng;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log");
+/// Largest sealed entry accepted back from disk.
+const MAX_ENTRY: usize = 1024 * 1024;
+
+struct Inner {
+    db: Database,
+    key: SealingKey,
+}
+
+/// Log storage; clones share the database (the clone is the log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+fn seal_value<T: serde::Serialize>(
+    key: &SealingKey,
+    purpose: &str,
+    label: &[u8],
+    v: &T,
+) -> Vec<u8> {
+    seal::seal(key, &mut OsRng, purpose, label, &bkv_wire::encode(v))
+}
+
+fn open_value<T: serde::de::DeserializeOwned>(
+    key: &SealingKey,
+    purpose: &str,
+    label: &[u8],
+    sealed: &[u8],
+) -> Result<T, ReplicationStoreError> {
+    if sealed.len() > MAX_ENTRY {
+        return Err(ReplicationStoreError::Malformed(purpose.into()));
+    }
+    let plain = seal::unseal(key, purpose, label, sealed)
+        .map_err(|_| ReplicationStoreError::Unseal(purpose.into()))?;
+    bkv_wire::decode(&plain, MAX_ENTRY)
+        .map_err(|_| ReplicationStoreError::Malformed(purpose.into()))
+}
+
+impl LogStore {
+    pub fn open(path: &Path, key: SealingKey) -> Result<Self, ReplicationStoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let tx = db.begin_write().map_err(db_err)?;
+        tx.open_table(META).map_err(db_err)?;
+        tx.open_table(LOG).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(LogStore {
+            inner: Arc::new(Inner { db, key }),
+        })
+    }
+
+    /// Runs a blocking database job off the async executor.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ReplicationStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, ReplicationStoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(db_err)?
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        inner: &Inner,
+        name: &'static str,
+    ) -> Result<Option<T>, ReplicationStoreError> {
+        let tx = inner.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(META).map_err(db_err)?;
+        match t.get(name).map_err(db_err)? {
+            Some(v) => Ok(Some(open_value(
+                &inner.key,
+                name,
+                name.as_bytes(),
+                v.value(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        inner: &Inner,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), ReplicationStoreError> {
+        let sealed = seal_value(&inner.key, name, name.as_bytes(), v);
+        let tx = inner.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(META).map_err(db_err)?;
+            t.insert(name, sealed.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn read_range(
+        inner: &Inner,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, ReplicationStoreError> {
+        let tx = inner.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(LOG).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.range::<u64>((start, end)).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let index = k.value();
+            let e: Entry<TypeConfig> =
+                open_value(&inner.key, "raft-entry", &index.to_be_bytes(), v.value())?;
+            if e.log_id.index != index {
+                return Err(ReplicationStoreError::Malformed("raft-entry index".into()));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+fn read_err(e: ReplicationStoreError) -> StorageError<u64> {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: ReplicationStoreError) -> StorageError<u64> {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.blocking(move |i| LogStore::read_range(i, start, end))
+            .await
+            .map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        self.blocking(|inner| {
+            let last_purged: Option<LogId<u64>> = LogStore::get_meta(inner, "raft-purged")?;
+            let tx = inner.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(LOG).map_err(db_err)?;
+            let last = match t.last().map_err(db_err)? {
+                Some((k, v)) => {
+                    let index = k.value();
+                    let e: Entry<TypeConfig> =
+                        open_value(&inner.key, "raft-entry", &index.to_be_bytes(), v.value())?;
+                    Some(e.log_id)
+                }
+                None => last_purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+        .map_err(read_err)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let vote = *vote;
+        self.blocking(move |i| LogStore::put_meta(i, "raft-vote", &vote))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        self.blocking(|i| LogStore::get_meta(i, "raft-vote"))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.blocking(move |i| LogStore::put_meta(i, "raft-committed", &committed))
+            .await
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        self.blocking(|i| {
+            Ok(LogStore::get_meta::<Option<LogId<u64>>>(i, "raft-committed")?.flatten())
+        })
+        .await
+        .map_err(read_err)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let r = self
+            .blocking(move |inner| {
+                let tx = inner.db.begin_write().map_err(db_err)?;
+                {
+                    let mut t = tx.open_table(LOG).map_err(db_err)?;
+                    for e in &entries {
+                        let index = e.log_id.index;
+                        let sealed = seal_value(&inner.key, "raft-entry", &index.to_be_bytes(), e);
+                        t.insert(index, sealed.as_slice()).map_err(db_err)?;
+                    }
+                }
+                // redb's default durability fsyncs before commit returns.
+                tx.commit().map_err(db_err)
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(msg)));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(db_err)?;
+                let doomed: Vec<u64> = t
+                    .range(log_id.index..)
+                    .map_err(db_err)?
+                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for k in doomed {
+                    t.remove(k).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+        .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.blocking(move |inner| {
+            let sealed = seal_value(&inner.key, "raft-purged", b"raft-purged", &log_id);
+            let tx = inner.db.begin_write().map_err(db_err)?;
+            {
+                let mut meta = tx.open_table(META).map_err(db_err)?;
+                meta.insert("raft-purged", sealed.as_slice())
+                    .map_err(db_err)?;
+                let mut t = tx.open_table(LOG).map_err(db_err)?;
+                let doomed: Vec<u64> = t
+                    .range(..=log_id.index)
+                    .map_err(db_err)?
+                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for k in doomed {
+                    t.remove(k).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+        .map_err(write_err)
+    }
+}

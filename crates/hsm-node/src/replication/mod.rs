@@ -1,0 +1,61 @@
+//! Replication of vault mutations with openraft (issue 3, first slice).
+//!
+//! Every [`Mutation`] the core yields becomes one Raft log entry; each node's
+//! state machine applies committed entries in log order with the same
+//! deterministic [`State::apply`](bkv_hsm_core::state::State::apply). This
+//! module holds the storage side: the sealed log store
+//! ([`log_store::LogStore`]) and the state machine with snapshots
+//! ([`state_machine::StateMachine`]); both pass openraft's storage test
+//! suite. Peer networking and the node wiring come next.
+
+pub mod log_store;
+pub mod state_machine;
+
+use bkv_hsm_core::state::{Mutation, Outcome};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// openraft types of a bkv fleet.
+    pub TypeConfig:
+        D = Mutation,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// What applying one log entry produced: the mutation's outcome, or nothing
+/// for openraft's own entries (blank, membership).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Mutation(Outcome),
+    Blank,
+    Membership,
+}
+
+/// Errors of the replication storage.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationStoreError {
+    #[error("raft database: {0}")]
+    Db(String),
+    #[error("sealed raft value {0} failed to open: wrong platform key or tampered disk")]
+    Unseal(String),
+    #[error("raft value {0} is malformed")]
+    Malformed(String),
+}
+
+pub(crate) fn db_err<E: std::fmt::Display>(e: E) -> ReplicationStoreError {
+    ReplicationStoreError::Db(e.to_string())
+}
+
+/// Converts a storage failure into openraft's error for `subject`.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: ReplicationStoreError,
+) -> openraft::StorageError<u64> {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

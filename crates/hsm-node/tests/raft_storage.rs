@@ -1,0 +1,36 @@
+//! openraft's own storage test suite run against bkv's sealed log store and
+//! state machine: log state, vote, append/truncate/purge, apply, snapshots
+//! (the conformance checks openraft requires of any storage).
+
+use bkv_hsm_core::state::State;
+use bkv_hsm_core::SealingKey;
+use bkv_hsm_node::replication::log_store::LogStore;
+use bkv_hsm_node::replication::state_machine::StateMachine;
+use bkv_hsm_node::replication::TypeConfig;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use std::sync::{Arc, Mutex};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine<State>), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SealingKey::from_bytes([7u8; 32]);
+        let log = LogStore::open(&dir.path().join("raft.redb"), key.clone()).expect("log store");
+        let sm = StateMachine::open(
+            &dir.path().join("snapshot.redb"),
+            key,
+            Arc::new(Mutex::new(State::default())),
+        )
+        .expect("state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
+    Suite::test_all(Builder)
+}
