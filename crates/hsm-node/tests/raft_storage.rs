@@ -31,6 +31,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> 
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

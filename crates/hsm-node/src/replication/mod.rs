@@ -8,7 +8,9 @@
 //! ([`state_machine::StateMachine`]); both pass openraft's storage test
 //! suite. Peer networking and the node wiring come next.
 
+pub mod fleet;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 use bkv_hsm_core::state::{Mutation, Outcome};
@@ -21,11 +23,20 @@ openraft::declare_raft_types!(
         D = Mutation,
         R = Applied,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A fleet member as the Raft membership records it: where its peer link
+/// listens and its identity key (X25519, Noise static). Membership changes
+/// therefore also change which identity keys a node accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub addr: String,
+    pub identity: [u8; 32],
+}
 
 /// What applying one log entry produced: the mutation's outcome, or nothing
 /// for openraft's own entries (blank, membership).

@@ -6,13 +6,13 @@
 //! snapshots the state is only in memory: after a restart openraft re-applies
 //! the committed log on top of the last snapshot.
 
-use super::{db_err, storage_error, Applied, ReplicationStoreError, TypeConfig};
+use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use bkv_hsm_core::state::State;
 use bkv_hsm_core::{seal, SealingKey};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
-    RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StoredMembership,
 };
 use rand_core::OsRng;
 use redb::{Database, TableDefinition};
@@ -59,14 +59,14 @@ impl<P: bkv_hsm_core::Platform + Send + 'static> Replica for bkv_hsm_core::Core<
 /// A snapshot as stored and sent: openraft's metadata and the vault state.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
+    meta: SnapshotMeta<u64, PeerNode>,
     data: Vec<u8>,
 }
 
 pub struct StateMachine<R: Replica> {
     replica: Arc<Mutex<R>>,
     last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
+    membership: StoredMembership<u64, PeerNode>,
     db: Arc<Database>,
     key: SealingKey,
     snapshots_built: u64,
@@ -153,7 +153,7 @@ fn snapshot_of(s: StoredSnapshot) -> Snapshot<TypeConfig> {
 /// Builds snapshots from a copy of the state taken under the lock.
 pub struct SnapshotBuilder {
     state: Vec<u8>,
-    meta: SnapshotMeta<u64, BasicNode>,
+    meta: SnapshotMeta<u64, PeerNode>,
     db: Arc<Database>,
     key: SealingKey,
 }
@@ -192,7 +192,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, PeerNode>), StorageError<u64>> {
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -251,7 +251,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, PeerNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();

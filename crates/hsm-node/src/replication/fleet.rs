@@ -1,0 +1,250 @@
+//! One node's membership in a replicated fleet: the openraft instance, its
+//! peer-link server, and [`Fleet::propose`], which commits a mutation on a
+//! majority (forwarding to the leader when this node is not it) and returns
+//! the outcome only once this node's own state machine has applied it.
+
+use super::log_store::LogStore;
+use super::network::{Link, NodeIdentity, PeerNetwork, PeerRequest, PeerResponse};
+use super::state_machine::{Replica, StateMachine};
+use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
+use bkv_hsm_core::state::{Mutation, Outcome};
+use bkv_hsm_core::SealingKey;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long a proposal may take before the caller is told "unavailable".
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle peer connections are closed after this.
+pub const PEER_IDLE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Store(#[from] ReplicationStoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("the fleet is unavailable (no leader reachable with a majority): {0}")]
+    Unavailable(String),
+}
+
+/// Timing for loopback and LAN fleets (openraft defaults are 50/150/300 ms).
+pub fn raft_config() -> Result<Arc<Config>, FleetError> {
+    let c = Config {
+        cluster_name: "bkv".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        c.validate().map_err(|e| FleetError::Raft(e.to_string()))?,
+    ))
+}
+
+/// A running fleet member.
+pub struct Fleet {
+    pub id: u64,
+    pub raft: Raft<TypeConfig>,
+    net: PeerNetwork,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Fleet {
+    /// Starts this member: opens its sealed log and state machine under
+    /// `dir`, and serves peers on `listener`. `bootstrap` lists identity keys
+    /// accepted before any membership is known (the initial members).
+    pub async fn start<R: Replica>(
+        id: u64,
+        dir: &Path,
+        key: SealingKey,
+        identity: Arc<NodeIdentity>,
+        listener: TcpListener,
+        replica: Arc<Mutex<R>>,
+        bootstrap: BTreeSet<[u8; 32]>,
+    ) -> Result<Fleet, FleetError> {
+        let log = LogStore::open(&dir.join("raft-log.redb"), key.clone())?;
+        let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), key, replica)?;
+        let net = PeerNetwork::new(identity.clone());
+        let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
+            .await
+            .map_err(|e| FleetError::Raft(e.to_string()))?;
+        let server = tokio::spawn(serve_peers(
+            listener,
+            raft.clone(),
+            net.clone(),
+            identity,
+            bootstrap,
+        ));
+        Ok(Fleet {
+            id,
+            raft,
+            net,
+            server,
+        })
+    }
+
+    /// Forms a new fleet from `members` (call once, on one node).
+    pub async fn initialize(&self, members: BTreeMap<u64, PeerNode>) -> Result<(), FleetError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(FleetError::Raft(e.to_string())),
+        }
+    }
+
+    /// Commits `m` on a majority and returns its outcome once this node has
+    /// applied it too. Fails with `Unavailable` when no leader with a
+    /// majority answers in time.
+    pub async fn propose(&self, m: Mutation) -> Result<Outcome, FleetError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            let left = deadline - tokio::time::Instant::now();
+            let leader = self.raft.current_leader().await;
+            let result = if leader == Some(self.id) {
+                match tokio::time::timeout(left, self.raft.client_write(m.clone())).await {
+                    Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("commit timed out".into()),
+                }
+            } else if let Some(leader) = leader {
+                self.forward(leader, m.clone(), left).await
+            } else {
+                Err("no leader".into())
+            };
+            match result {
+                Ok((Applied::Mutation(outcome), index)) => {
+                    // This node's state must include the entry before the
+                    // session continues on it.
+                    self.raft
+                        .wait(Some(deadline - tokio::time::Instant::now()))
+                        .applied_index_at_least(Some(index), "propose")
+                        .await
+                        .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+                    return Ok(outcome);
+                }
+                Ok(_) => {
+                    return Err(FleetError::Raft(
+                        "mutation applied as a non-mutation".into(),
+                    ))
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(FleetError::Unavailable(last))
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        m: Mutation,
+        ttl: Duration,
+    ) -> Result<(Applied, u64), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or_else(|| "leader is not in the membership".to_string())?;
+        match self
+            .net
+            .call(leader, &node, &PeerRequest::Propose(m), ttl)
+            .await
+        {
+            Ok(PeerResponse::Proposed(r)) => r,
+            Ok(_) => Err("unexpected response to a forwarded proposal".into()),
+            Err(e) => Err(format!("forward to leader {leader}: {e}")),
+        }
+    }
+}
+
+/// Identity keys this node accepts peer links from: current members and
+/// learners, plus the bootstrap set.
+fn allowed(raft: &Raft<TypeConfig>, bootstrap: &BTreeSet<[u8; 32]>, key: &[u8; 32]) -> bool {
+    if bootstrap.contains(key) {
+        return true;
+    }
+    let m = raft.metrics().borrow().membership_config.clone();
+    let found = m.membership().nodes().any(|(_, n)| &n.identity == key);
+    found
+}
+
+async fn serve_peers(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    net: PeerNetwork,
+    identity: Arc<NodeIdentity>,
+    bootstrap: BTreeSet<[u8; 32]>,
+) {
+    let bootstrap = Arc::new(bootstrap);
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let (raft, net, identity, bootstrap) = (
+            raft.clone(),
+            net.clone(),
+            identity.clone(),
+            bootstrap.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut link, remote) = match Link::accept(stream, &identity).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "peer handshake failed");
+                    return;
+                }
+            };
+            if !allowed(&raft, &bootstrap, &remote) {
+                tracing::warn!(%from, "refused a peer link from an identity key that is not a fleet member");
+                return;
+            }
+            loop {
+                let req = match tokio::time::timeout(PEER_IDLE, link.recv::<PeerRequest>()).await {
+                    Ok(Ok(r)) => r,
+                    _ => return,
+                };
+                let resp = dispatch(&raft, &net, req).await;
+                if link.send(&resp).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn dispatch(raft: &Raft<TypeConfig>, _net: &PeerNetwork, req: PeerRequest) -> PeerResponse {
+    match req {
+        PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+        PeerRequest::InstallSnapshot(r) => {
+            PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
+        }
+        PeerRequest::Propose(m) => {
+            let r = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(m)).await;
+            PeerResponse::Proposed(match r {
+                Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    Err(format!("not the leader (leader: {:?})", f.leader_id))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("commit timed out".into()),
+            })
+        }
+    }
+}

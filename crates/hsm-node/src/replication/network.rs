@@ -1,0 +1,389 @@
+//! Peer links between fleet nodes: TCP, mutually authenticated and encrypted
+//! with Noise `IK` under each node's identity key. The initiator pins the
+//! responder's identity key from the membership; the responder accepts an
+//! initiator only if its static key belongs to a current member (or a
+//! configured bootstrap peer). Anything else is dropped after the handshake.
+//!
+//! Framing: handshake messages are `u16 len || bytes`. After it, a message is
+//! `u32 plaintext len || (u16 len || Noise ciphertext)*` in pieces of at most
+//! [`PIECE`] plaintext bytes; the plaintext is `bkv_wire::encode` of a
+//! [`PeerRequest`] or [`PeerResponse`], at most [`MAX_PEER_MESSAGE`] bytes.
+
+use super::{Applied, PeerNode, TypeConfig};
+use bkv_hsm_core::state::Mutation;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zeroize::Zeroizing;
+
+pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
+pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
+/// Largest peer message (a snapshot chunk or a batch of log entries).
+pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
+/// Plaintext bytes per Noise message (below Noise's 65535-byte limit).
+pub const PIECE: usize = 60_000;
+/// Time allowed for connecting plus the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A node's long-term identity (X25519), used as its Noise static key.
+pub struct NodeIdentity {
+    private: Zeroizing<[u8; 32]>,
+    pub public: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeIdentity({})", hex_short(&self.public))
+    }
+}
+
+fn hex_short(k: &[u8; 32]) -> String {
+    k.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn builder() -> snow::Builder<'static> {
+    // The pattern string is a constant that snow parses; failure is a bug.
+    let params = PEER_PATTERN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("valid Noise pattern"));
+    snow::Builder::new(params)
+}
+
+impl NodeIdentity {
+    pub fn generate() -> Result<Self, snow::Error> {
+        let kp = builder().generate_keypair()?;
+        let mut private = Zeroizing::new([0u8; 32]);
+        let mut public = [0u8; 32];
+        private.copy_from_slice(&kp.private);
+        public.copy_from_slice(&kp.public);
+        Ok(NodeIdentity { private, public })
+    }
+
+    pub fn from_private(private: [u8; 32]) -> Self {
+        let public =
+            curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(private).to_bytes();
+        NodeIdentity {
+            private: Zeroizing::new(private),
+            public,
+        }
+    }
+
+    pub fn private_bytes(&self) -> &[u8; 32] {
+        &self.private
+    }
+}
+
+/// Messages on a peer link.
+#[derive(Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower forwards a client's mutation to the leader.
+    Propose(Mutation),
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The applied outcome and its log index, or why not.
+    Proposed(Result<(Applied, u64), String>),
+}
+
+/// An established, encrypted link.
+pub struct Link {
+    stream: TcpStream,
+    noise: snow::TransportState,
+    buf: Vec<u8>,
+}
+
+fn proto(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn write_u16_frame(s: &mut TcpStream, b: &[u8]) -> io::Result<()> {
+    let n = u16::try_from(b.len()).map_err(proto)?;
+    s.write_all(&n.to_be_bytes()).await?;
+    s.write_all(b).await
+}
+
+async fn read_u16_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let n = s.read_u16().await? as usize;
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+impl Link {
+    /// Initiator: connects to `addr` and proves `me`; the peer must hold the
+    /// private key of `peer_identity`.
+    pub async fn connect(
+        addr: &str,
+        me: &NodeIdentity,
+        peer_identity: &[u8; 32],
+    ) -> io::Result<Link> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut hs = builder()
+                .local_private_key(me.private.as_ref())
+                .and_then(|b| b.remote_public_key(peer_identity))
+                .and_then(|b| b.prologue(PEER_PROLOGUE))
+                .and_then(|b| b.build_initiator())
+                .map_err(proto)?;
+            let mut buf = vec![0u8; 1024];
+            let n = hs.write_message(&[], &mut buf).map_err(proto)?;
+            write_u16_frame(&mut stream, &buf[..n]).await?;
+            let reply = read_u16_frame(&mut stream).await?;
+            hs.read_message(&reply, &mut buf).map_err(proto)?;
+            let noise = hs.into_transport_mode().map_err(proto)?;
+            Ok(Link {
+                stream,
+                noise,
+                buf: vec![0u8; PIECE + 64],
+            })
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
+    }
+
+    /// Responder: completes the handshake and returns the link and the
+    /// initiator's identity key (the caller decides whether to accept it).
+    pub async fn accept(mut stream: TcpStream, me: &NodeIdentity) -> io::Result<(Link, [u8; 32])> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            stream.set_nodelay(true)?;
+            let mut hs = builder()
+                .local_private_key(me.private.as_ref())
+                .and_then(|b| b.prologue(PEER_PROLOGUE))
+                .and_then(|b| b.build_responder())
+                .map_err(proto)?;
+            let mut buf = vec![0u8; 1024];
+            let first = read_u16_frame(&mut stream).await?;
+            hs.read_message(&first, &mut buf).map_err(proto)?;
+            let n = hs.write_message(&[], &mut buf).map_err(proto)?;
+            write_u16_frame(&mut stream, &buf[..n]).await?;
+            let remote: [u8; 32] = hs
+                .get_remote_static()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| proto("peer sent no static key"))?;
+            let noise = hs.into_transport_mode().map_err(proto)?;
+            Ok((
+                Link {
+                    stream,
+                    noise,
+                    buf: vec![0u8; PIECE + 64],
+                },
+                remote,
+            ))
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
+    }
+
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        let plain = bkv_wire::encode(msg);
+        if plain.len() > MAX_PEER_MESSAGE {
+            return Err(proto("peer message too large"));
+        }
+        self.stream.write_u32(plain.len() as u32).await?;
+        for piece in plain.chunks(PIECE) {
+            let n = self
+                .noise
+                .write_message(piece, &mut self.buf)
+                .map_err(proto)?;
+            let ct = self.buf[..n].to_vec();
+            write_u16_frame(&mut self.stream, &ct).await?;
+        }
+        self.stream.flush().await
+    }
+
+    pub async fn recv<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<T> {
+        let total = self.stream.read_u32().await? as usize;
+        if total == 0 || total > MAX_PEER_MESSAGE {
+            return Err(proto("peer message length out of range"));
+        }
+        let mut plain = Zeroizing::new(Vec::with_capacity(total));
+        while plain.len() < total {
+            let ct = read_u16_frame(&mut self.stream).await?;
+            let n = self.noise.read_message(&ct, &mut self.buf).map_err(proto)?;
+            if n == 0 || plain.len() + n > total {
+                return Err(proto("peer message framing"));
+            }
+            plain.extend_from_slice(&self.buf[..n]);
+        }
+        bkv_wire::decode(&plain, MAX_PEER_MESSAGE).map_err(proto)
+    }
+
+    /// One request, one response.
+    pub async fn call(&mut self, req: &PeerRequest) -> io::Result<PeerResponse> {
+        self.send(req).await?;
+        self.recv().await
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<(PeerNode, Link)>>>;
+
+/// openraft's network: one cached link per target node.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    me: Arc<NodeIdentity>,
+    links: Arc<std::sync::Mutex<HashMap<u64, Slot>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(me: Arc<NodeIdentity>) -> Self {
+        PeerNetwork {
+            me,
+            links: Arc::new(std::sync::Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn slot(&self, target: u64) -> Slot {
+        match self.links.lock() {
+            Ok(mut m) => m.entry(target).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Sends `req` to `node` over the cached link (reconnecting once).
+    pub async fn call(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        req: &PeerRequest,
+        ttl: Duration,
+    ) -> io::Result<PeerResponse> {
+        let slot = self.slot(target);
+        let mut guard = slot.lock().await;
+        let attempt = async {
+            let reuse = matches!(&*guard, Some((n, _)) if n == node);
+            if !reuse {
+                *guard = None;
+                let link = Link::connect(&node.addr, &self.me, &node.identity).await?;
+                *guard = Some((node.clone(), link));
+            }
+            match guard.as_mut() {
+                Some((_, link)) => link.call(req).await,
+                None => Err(io::Error::other("no link")),
+            }
+        };
+        match tokio::time::timeout(ttl, attempt).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                *guard = None;
+                Err(e)
+            }
+            Err(_) => {
+                *guard = None;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer call timed out",
+                ))
+            }
+        }
+    }
+}
+
+/// A handle openraft uses to reach one target.
+pub struct PeerClient {
+    net: PeerNetwork,
+    target: u64,
+    node: PeerNode,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        PeerClient {
+            net: self.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+fn rpc_err<E: std::error::Error>(e: io::Error) -> RPCError<u64, PeerNode, E> {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::NotConnected
+        | io::ErrorKind::TimedOut
+        | io::ErrorKind::UnexpectedEof => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<u64, PeerNode, E> {
+    RPCError::Network(NetworkError::new(&proto("unexpected peer response")))
+}
+
+impl PeerClient {
+    async fn call(&self, req: PeerRequest, option: &RPCOption) -> io::Result<PeerResponse> {
+        self.net
+            .call(self.target, &self.node, &req, option.hard_ttl())
+            .await
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        match self.call(PeerRequest::AppendEntries(rpc), &option).await {
+            Ok(PeerResponse::AppendEntries(Ok(r))) => Ok(r),
+            Ok(PeerResponse::AppendEntries(Err(e))) => Err(RPCError::RemoteError(
+                openraft::error::RemoteError::new(self.target, e),
+            )),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(rpc_err(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self.call(PeerRequest::InstallSnapshot(rpc), &option).await {
+            Ok(PeerResponse::InstallSnapshot(Ok(r))) => Ok(r),
+            Ok(PeerResponse::InstallSnapshot(Err(e))) => Err(RPCError::RemoteError(
+                openraft::error::RemoteError::new(self.target, e),
+            )),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(rpc_err(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        match self.call(PeerRequest::Vote(rpc), &option).await {
+            Ok(PeerResponse::Vote(Ok(r))) => Ok(r),
+            Ok(PeerResponse::Vote(Err(e))) => Err(RPCError::RemoteError(
+                openraft::error::RemoteError::new(self.target, e),
+            )),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(rpc_err(e)),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A three-node fleet in one process over real loopback TCP with Noise IK
+//! peer links: replication, forwarding to the leader, leader failover,
+//! restart and catch-up, majority loss, and refusal of unknown identities.
+
+use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
+use bkv_hsm_core::SealingKey;
+use bkv_hsm_node::replication::fleet::{Fleet, FleetError};
+use bkv_hsm_node::replication::network::{Link, NodeIdentity, PeerRequest};
+use bkv_hsm_node::replication::PeerNode;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Member {
+    fleet: Option<Fleet>,
+    state: Arc<Mutex<State>>,
+    dir: PathBuf,
+    addr: String,
+    identity: Arc<NodeIdentity>,
+}
+
+const RID: [u8; 32] = [9u8; 32];
+
+async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
+    let listener = tokio::net::TcpListener::bind(&m.addr).await.unwrap();
+    let fleet = Fleet::start(
+        id,
+        &m.dir,
+        SealingKey::from_bytes([id as u8 + 1; 32]),
+        m.identity.clone(),
+        listener,
+        m.state.clone(),
+        bootstrap.clone(),
+    )
+    .await
+    .unwrap();
+    m.fleet = Some(fleet);
+}
+
+async fn leader(members: &[Member]) -> u64 {
+    for _ in 0..100 {
+        for m in members.iter().filter_map(|m| m.fleet.as_ref()) {
+            if let Some(l) = m.raft.current_leader().await {
+                if members[l as usize].fleet.is_some() {
+                    return l;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no leader elected");
+}
+
+fn attempts(state: &Arc<Mutex<State>>) -> Option<u32> {
+    match state.lock().unwrap().records.get(&RID)?.live.as_ref()? {
+        Live::Active { attempts, .. } => Some(*attempts),
+        Live::Destroyed => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
+    let t = tempfile::tempdir().unwrap();
+    let mut members = Vec::new();
+    for i in 0..3u64 {
+        // Reserve a free port; the member rebinds it on every (re)start.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let dir = t.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        members.push(Member {
+            fleet: None,
+            state: Arc::new(Mutex::new(State::default())),
+            dir,
+            addr,
+            identity: Arc::new(NodeIdentity::generate().unwrap()),
+        });
+    }
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        start(i as u64, m, &bootstrap).await;
+    }
+    let nodes: BTreeMap<u64, PeerNode> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            (
+                i as u64,
+                PeerNode {
+                    addr: m.addr.clone(),
+                    identity: m.identity.public,
+                },
+            )
+        })
+        .collect();
+    members[0]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .initialize(nodes)
+        .await
+        .unwrap();
+    let l = leader(&members).await;
+    let follower = (l + 1) % 3;
+
+    // Register through a follower (forwarded to the leader).
+    let f = members[follower as usize].fleet.as_ref().unwrap();
+    let pending = Pending {
+        credential: Credential {
+            opaque_record: vec![1; 8],
+            wrapped_key: vec![2; 8],
+            guess_limit: 10,
+            confirm_hash: [3; 32],
+        },
+        replaces: None,
+    };
+    assert_eq!(
+        f.propose(Mutation::StorePending {
+            record_id: RID,
+            pending
+        })
+        .await
+        .unwrap(),
+        Outcome::Stored
+    );
+    let Outcome::Activated { generation } = f
+        .propose(Mutation::Activate {
+            record_id: RID,
+            confirm_hash: [3; 32],
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("not activated")
+    };
+    // Nine wrong guesses, alternating between nodes.
+    for i in 0..9u32 {
+        let m = members[(i % 3) as usize].fleet.as_ref().unwrap();
+        let o = m
+            .propose(Mutation::CountGuess {
+                record_id: RID,
+                generation,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            o,
+            Outcome::Counted {
+                attempts: i + 1,
+                guess_limit: 10
+            }
+        );
+        // The proposing node has applied it before answering.
+        assert_eq!(attempts(&members[(i % 3) as usize].state), Some(i + 1));
+    }
+
+    // Kill the leader: the others elect a new one and keep counting.
+    let l = leader(&members).await;
+    if let Some(fl) = members[l as usize].fleet.take() {
+        fl.raft.shutdown().await.unwrap();
+    }
+    let survivor = (l + 1) % 3;
+    let o = members[survivor as usize]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .propose(Mutation::CountGuess {
+            record_id: RID,
+            generation,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        Outcome::Counted {
+            attempts: 10,
+            guess_limit: 10
+        }
+    );
+
+    // The old leader restarts on its old disk and catches up.
+    start(l, &mut members[l as usize], &bootstrap).await;
+    for _ in 0..100 {
+        if attempts(&members[l as usize].state) == Some(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(attempts(&members[l as usize].state), Some(10));
+
+    // A node with an identity key outside the fleet is refused.
+    let stranger = NodeIdentity::generate().unwrap();
+    let target = &members[survivor as usize];
+    match Link::connect(&target.addr, &stranger, &target.identity.public).await {
+        Ok(mut link) => {
+            let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 7), None);
+            assert!(link.call(&PeerRequest::Vote(vote)).await.is_err());
+        }
+        Err(_) => {}
+    }
+    // Pinning the wrong identity for a real member fails the handshake.
+    let me = NodeIdentity::generate().unwrap();
+    assert!(Link::connect(&target.addr, &me, &stranger.public)
+        .await
+        .is_err());
+
+    // Lose the majority: two of three down, a proposal fails as unavailable.
+    let l = leader(&members).await;
+    let other = (0..3u64)
+        .find(|i| *i != l && members[*i as usize].fleet.is_some())
+        .unwrap();
+    let lone = 3 - l - other;
+    for i in [l, other] {
+        if let Some(fl) = members[i as usize].fleet.take() {
+            fl.raft.shutdown().await.unwrap();
+        }
+    }
+    let r = members[lone as usize]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .propose(Mutation::CountGuess {
+            record_id: RID,
+            generation,
+        })
+        .await;
+    assert!(matches!(r, Err(FleetError::Unavailable(_))), "{r:?}");
+    assert_eq!(attempts(&members[lone as usize].state), Some(10));
+}
