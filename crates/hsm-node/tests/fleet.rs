@@ -193,12 +193,11 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     // A node with an identity key outside the fleet is refused.
     let stranger = NodeIdentity::generate().unwrap();
     let target = &members[survivor as usize];
-    match Link::connect(&target.addr, &stranger, &target.identity.public).await {
-        Ok(mut link) => {
-            let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 7), None);
-            assert!(link.call(&PeerRequest::Vote(vote)).await.is_err());
-        }
-        Err(_) => {}
+    // (The handshake itself may complete: IK lets the initiator finish
+    // before the responder checks its key; the responder then hangs up.)
+    if let Ok(mut link) = Link::connect(&target.addr, &stranger, &target.identity.public).await {
+        let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 7), None);
+        assert!(link.call(&PeerRequest::Vote(vote)).await.is_err());
     }
     // Pinning the wrong identity for a real member fails the handshake.
     let me = NodeIdentity::generate().unwrap();
