@@ -102,7 +102,20 @@ pub async fn run() -> anyhow::Result<()> {
 
     step(1, "Starting a local deployment: an HSM vault node, an independent auditor, the frontend relay, and storage.");
     let node_dir = root.join("node");
-    let node = Arc::new(bkv_hsm_node::Node::open(&node_dir).context("start vault node")?);
+    // The node runs its own runtime (consensus), so it is opened and later
+    // dropped outside this async context.
+    let node = tokio::task::spawn_blocking(move || {
+        bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
+            data_dir: node_dir,
+            node_id: 0,
+            peer_listen: "127.0.0.1:0".into(),
+            members: None,
+            initialize: false,
+        })
+    })
+    .await?
+    .context("start vault node")?;
+    let node = Arc::new(node);
     let server = bkv_hsm_node::serve(node.clone(), "127.0.0.1:0")?;
     let token_key = {
         let mut k = [0u8; 32];
@@ -338,6 +351,7 @@ pub async fn run() -> anyhow::Result<()> {
     let _ = astop_tx.send(());
     let _ = auditor_task.await;
     server.stop();
+    tokio::task::spawn_blocking(move || drop(node)).await?;
     println!("\nbkv demo: success. Backup, restore and the guess limit all worked; the temp directory is removed now.");
     Ok(())
 }

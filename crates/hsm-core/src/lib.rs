@@ -86,19 +86,29 @@ impl FleetSecrets {
     }
 
     pub fn seal<R: RngCore + CryptoRng>(&self, key: &SealingKey, rng: &mut R) -> Vec<u8> {
+        seal::seal(key, rng, SECRETS_PURPOSE, b"", &self.export())
+    }
+
+    pub fn unseal(key: &SealingKey, sealed: &[u8]) -> Result<Self, CoreError> {
+        let plain = Zeroizing::new(seal::unseal(key, SECRETS_PURPOSE, b"", sealed)?);
+        Self::import(&plain)
+    }
+
+    /// The secrets in the clear, for transfer to another member of the same
+    /// fleet over a mutually authenticated, encrypted peer link only.
+    pub fn export(&self) -> Zeroizing<Vec<u8>> {
         let v = SecretsV1 {
             fleet_id: self.fleet_id.clone(),
             noise_private: *self.noise_private,
             opaque_setup: self.opaque_setup.to_vec(),
         };
-        let plain = Zeroizing::new(bkv_wire::encode(&v));
-        seal::seal(key, rng, SECRETS_PURPOSE, b"", &plain)
+        Zeroizing::new(bkv_wire::encode(&v))
     }
 
-    pub fn unseal(key: &SealingKey, sealed: &[u8]) -> Result<Self, CoreError> {
-        let plain = Zeroizing::new(seal::unseal(key, SECRETS_PURPOSE, b"", sealed)?);
+    /// The inverse of [`FleetSecrets::export`].
+    pub fn import(plain: &[u8]) -> Result<Self, CoreError> {
         let v: SecretsV1 =
-            bkv_wire::decode(&plain, 64 * 1024).map_err(|_| CoreError::Secrets("malformed"))?;
+            bkv_wire::decode(plain, 64 * 1024).map_err(|_| CoreError::Secrets("malformed"))?;
         ServerSetup::<OpaqueSuite>::deserialize(&v.opaque_setup)
             .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))?;
         Ok(FleetSecrets {

@@ -1,14 +1,19 @@
-//! bkv HSM node: hosts the [`bkv_hsm_core::Core`], makes every mutation durable
-//! (sealed, fsynced) before the response that depends on it is released, and
-//! serves the frontend over a length-prefixed TCP link.
+//! bkv HSM node: hosts the [`bkv_hsm_core::Core`], commits every mutation on a
+//! majority of the fleet (openraft, sealed fsynced log on each node) before
+//! the response that depends on it is released, and serves the frontend over
+//! a length-prefixed TCP link.
 
 pub mod platform;
 pub mod replication;
 pub mod store;
 
-use bkv_hsm_core::{Core, Platform, Step};
+use bkv_hsm_core::state::State;
+use bkv_hsm_core::{Core, FleetSecrets, Platform, Step};
 use bkv_wire::node::{read_frame, write_frame, NodeError, NodeInfo, NodeRequest, NodeResponse};
 use platform::SoftwarePlatform;
+use replication::fleet::{fetch_secrets, Fleet};
+use replication::network::NodeIdentity;
+use replication::PeerNode;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -35,6 +40,8 @@ pub enum NodeStartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
     #[error("write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -42,32 +49,156 @@ pub enum NodeStartError {
     },
 }
 
-struct Inner {
-    core: Core<SoftwarePlatform>,
-    store: Store,
+/// How a node joins its fleet.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// This node's id in the fleet.
+    pub node_id: u64,
+    /// Where the peer link listens (port 0: any; only for one-node fleets).
+    pub peer_listen: String,
+    /// The fleet's members; `None` runs a one-node fleet.
+    pub members: Option<Vec<Member>>,
+    /// Form the fleet from `members` (the first start of the first node).
+    pub initialize: bool,
 }
 
-/// A running vault node.
+/// A fleet member as listed in the members file (`fleet.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// Peer-link address.
+    pub addr: String,
+    /// Identity public key (hex).
+    pub identity: String,
+}
+
+impl Member {
+    fn peer(&self) -> Result<PeerNode, NodeStartError> {
+        let identity = bkv_wire::key_from_hex(&self.identity)
+            .map_err(|e| NodeStartError::Config(format!("member {} identity: {e}", self.id)))?;
+        Ok(PeerNode {
+            addr: self.addr.clone(),
+            identity,
+        })
+    }
+}
+
+/// Opens the data directory far enough to know the node's identity key
+/// (creating platform and identity on first use); returns its public half.
+pub fn identity_public_key(data_dir: &Path) -> Result<[u8; 32], NodeStartError> {
+    let platform = SoftwarePlatform::open(&data_dir.join("platform"))?;
+    let store = Store::open(&data_dir.join("vault.redb"))?;
+    let private = store.load_or_create_identity(platform.sealing_key())?;
+    Ok(NodeIdentity::from_private(*private).public)
+}
+
+/// A running vault node: the core, and its membership in the fleet.
 pub struct Node {
-    inner: Mutex<Inner>,
+    core: Arc<Mutex<Core<SoftwarePlatform>>>,
+    fleet: Fleet,
+    rt: tokio::runtime::Runtime,
     info: NodeInfo,
+    pub peer_addr: SocketAddr,
 }
 
 impl Node {
-    /// Opens (or initialises) the node's data directory.
-    pub fn open(data_dir: &Path) -> Result<Self, NodeStartError> {
-        let platform = SoftwarePlatform::open(&data_dir.join("platform"))?;
-        let store = Store::open(&data_dir.join("vault.redb"))?;
-        let secrets = store.load_or_create_secrets(platform.sealing_key())?;
-        let state = store.load_state(platform.sealing_key())?;
+    /// Opens (or initialises) the node's data directory and joins its fleet.
+    pub fn open(cfg: &NodeConfig) -> Result<Self, NodeStartError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("bkv-hsm-raft")
+            .build()
+            .map_err(|e| NodeStartError::Config(format!("runtime: {e}")))?;
+        let platform = SoftwarePlatform::open(&cfg.data_dir.join("platform"))?;
+        let store = Store::open(&cfg.data_dir.join("vault.redb"))?;
+        let key = platform.sealing_key().clone();
+        let identity = Arc::new(NodeIdentity::from_private(
+            *store.load_or_create_identity(&key)?,
+        ));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&cfg.peer_listen))
+            .map_err(|source| NodeStartError::Listen {
+                addr: cfg.peer_listen.clone(),
+                source,
+            })?;
+        let peer_addr = listener
+            .local_addr()
+            .map_err(|source| NodeStartError::Listen {
+                addr: cfg.peer_listen.clone(),
+                source,
+            })?;
+        let members: Vec<(u64, PeerNode)> = match &cfg.members {
+            Some(list) => list
+                .iter()
+                .map(|m| Ok((m.id, m.peer()?)))
+                .collect::<Result<_, NodeStartError>>()?,
+            None => vec![(
+                cfg.node_id,
+                PeerNode {
+                    addr: peer_addr.to_string(),
+                    identity: identity.public,
+                },
+            )],
+        };
+        let secrets = match store.load_secrets(&key)? {
+            Some(s) => s,
+            None if cfg.members.is_some() && !cfg.initialize => {
+                // Joining: the secrets come from a member over an
+                // authenticated peer link (retried while the fleet starts).
+                let peers: Vec<PeerNode> = members.iter().map(|(_, p)| p.clone()).collect();
+                let mut tries = 0;
+                let plain = loop {
+                    match rt.block_on(fetch_secrets(&identity, &peers)) {
+                        Ok(p) => break p,
+                        Err(e) if tries < 60 => {
+                            tries += 1;
+                            tracing::info!(error = %e, "waiting for a fleet member to share the fleet secrets");
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        Err(e) => return Err(NodeStartError::Config(e.to_string())),
+                    }
+                };
+                let s = FleetSecrets::import(&plain)?;
+                store.save_secrets(&key, &s)?;
+                s
+            }
+            None => {
+                let s = FleetSecrets::generate(&mut rand_core::OsRng);
+                store.save_secrets(&key, &s)?;
+                s
+            }
+        };
         let info = NodeInfo {
             fleet_id: secrets.fleet_id().to_owned(),
             noise_public_key: secrets.noise_public_key(),
         };
-        let core = Core::new(platform, secrets, state)?;
+        let export = Arc::new(secrets.export());
+        let core = Arc::new(Mutex::new(Core::new(platform, secrets, State::default())?));
+        let bootstrap = members.iter().map(|(_, p)| p.identity).collect();
+        let fleet = rt
+            .block_on(Fleet::start(
+                cfg.node_id,
+                &cfg.data_dir,
+                key,
+                identity,
+                listener,
+                core.clone(),
+                bootstrap,
+                Some(export),
+            ))
+            .map_err(|e| NodeStartError::Config(e.to_string()))?;
+        if cfg.members.is_none() || cfg.initialize {
+            rt.block_on(fleet.initialize(members.into_iter().collect()))
+                .map_err(|e| NodeStartError::Config(e.to_string()))?;
+        }
         Ok(Node {
-            inner: Mutex::new(Inner { core, store }),
+            core,
+            fleet,
+            rt,
             info,
+            peer_addr,
         })
     }
 
@@ -75,17 +206,27 @@ impl Node {
         &self.info
     }
 
+    pub fn fleet_status(&self) -> bkv_wire::node::FleetStatus {
+        self.fleet.status()
+    }
+
+    fn core(&self) -> Option<std::sync::MutexGuard<'_, Core<SoftwarePlatform>>> {
+        // A poisoned lock means a thread panicked mid-request; stop serving
+        // rather than guess.
+        self.core.lock().ok()
+    }
+
     /// Handles one request from the frontend.
     pub fn handle(&self, req: NodeRequest) -> NodeResponse {
-        // A poisoned lock means a thread panicked mid-request; the core's state
-        // may be ahead of disk, so stop serving rather than guess.
-        let Ok(mut inner) = self.inner.lock() else {
-            return NodeResponse::Error(NodeError::Unavailable);
-        };
+        let unavailable = NodeResponse::Error(NodeError::Unavailable);
         match req {
             NodeRequest::Info => NodeResponse::Info(self.info.clone()),
+            NodeRequest::FleetStatus => NodeResponse::FleetStatus(self.fleet.status()),
             NodeRequest::OpenSession { user_id, handshake } => {
-                match inner.core.open_session(&user_id, &handshake) {
+                let Some(mut core) = self.core() else {
+                    return unavailable;
+                };
+                match core.open_session(&user_id, &handshake) {
                     Ok((session_id, handshake)) => NodeResponse::SessionOpened {
                         session_id,
                         handshake,
@@ -94,7 +235,9 @@ impl Node {
                 }
             }
             NodeRequest::CloseSession { session_id } => {
-                inner.core.close_session(&session_id);
+                if let Some(mut core) = self.core() {
+                    core.close_session(&session_id);
+                }
                 NodeResponse::Closed
             }
             NodeRequest::SessionMessage {
@@ -102,9 +245,16 @@ impl Node {
                 user_id,
                 ciphertext,
             } => {
-                let mut step = inner
-                    .core
-                    .session_message(&session_id, &user_id, &ciphertext);
+                // Everything this message reads must be at least as new as
+                // anything committed before it arrived (linearizable).
+                if let Err(e) = self.rt.block_on(self.fleet.read_barrier()) {
+                    tracing::warn!(error = %e, "read barrier failed");
+                    return unavailable;
+                }
+                let mut step = match self.core() {
+                    Some(mut core) => core.session_message(&session_id, &user_id, &ciphertext),
+                    None => return unavailable,
+                };
                 loop {
                     match step {
                         Ok(Step::Reply(ciphertext)) => {
@@ -112,18 +262,21 @@ impl Node {
                         }
                         Err(e) => return NodeResponse::Error(e),
                         Ok(Step::Commit(m)) => {
-                            let Inner { core, store } = &mut *inner;
-                            let outcome = core.apply(&m);
-                            let key = core.platform().sealing_key().clone();
-                            if let Err(e) = store.persist(&key, m.record_id(), core.state()) {
-                                // Memory is now ahead of disk. Nothing was
-                                // released; crash so a restart reloads the
-                                // durable state.
-                                tracing::error!(error = %e, "commit failed; aborting node");
-                                std::process::abort();
-                            }
+                            // The core lock is released while the mutation
+                            // commits: every replica's state machine applies
+                            // it through the same lock.
+                            let outcome = match self.rt.block_on(self.fleet.propose(m)) {
+                                Ok(o) => o,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "commit failed");
+                                    return unavailable;
+                                }
+                            };
                             tracing::debug!(?outcome, "committed");
-                            step = core.resume(&session_id, outcome);
+                            step = match self.core() {
+                                Some(mut core) => core.resume(&session_id, outcome),
+                                None => return unavailable,
+                            };
                         }
                     }
                 }

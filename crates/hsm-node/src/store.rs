@@ -1,17 +1,14 @@
-//! Durable, sealed node storage in redb. Every value is sealed with the
-//! platform key and bound to its key, so the host can neither read nor swap
-//! records. Each commit is an fsynced redb transaction.
+//! The node's own sealed values in redb: fleet secrets and its identity key.
+//! (Vault records live in the replicated log and snapshots, see
+//! [`crate::replication`].) Every value is sealed with the platform key.
 
 use bkv_hsm_core::seal;
-use bkv_hsm_core::state::{Record, RecordId, State};
 use bkv_hsm_core::{FleetSecrets, SealingKey};
 use rand_core::OsRng;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use std::path::Path;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
-const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,88 +35,60 @@ impl Store {
         let db = Database::create(path).map_err(dberr)?;
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(META).map_err(dberr)?;
-        tx.open_table(RECORDS).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Store { db })
     }
 
-    /// Loads the sealed fleet secrets, or generates and stores new ones.
-    pub fn load_or_create_secrets(&self, key: &SealingKey) -> Result<FleetSecrets, StoreError> {
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let meta = tx.open_table(META).map_err(dberr)?;
-        if let Some(v) = meta.get("fleet-secrets").map_err(dberr)? {
-            return Ok(FleetSecrets::unseal(key, v.value())?);
-        }
-        drop(meta);
-        drop(tx);
-        let secrets = FleetSecrets::generate(&mut OsRng);
-        let sealed = secrets.seal(key, &mut OsRng);
+        Ok(meta.get(name).map_err(dberr)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put_meta(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         {
             let mut meta = tx.open_table(META).map_err(dberr)?;
-            meta.insert("fleet-secrets", sealed.as_slice())
-                .map_err(dberr)?;
+            meta.insert(name, sealed).map_err(dberr)?;
         }
-        tx.commit().map_err(dberr)?;
-        Ok(secrets)
+        tx.commit().map_err(dberr)
     }
 
-    pub fn load_state(&self, key: &SealingKey) -> Result<State, StoreError> {
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let meta = tx.open_table(META).map_err(dberr)?;
-        let mut state = State::default();
-        if let Some(v) = meta.get("next-generation").map_err(dberr)? {
-            let plain = seal::unseal(key, "meta", b"next-generation", v.value())
-                .map_err(|e| StoreError::Unseal(e.to_string()))?;
-            state.next_generation = bkv_wire::decode(&plain, 64)
-                .map_err(|e| StoreError::Malformed(format!("next-generation: {e}")))?;
+    /// The fleet secrets, if this node has them yet.
+    pub fn load_secrets(&self, key: &SealingKey) -> Result<Option<FleetSecrets>, StoreError> {
+        match self.get_meta("fleet-secrets")? {
+            Some(v) => Ok(Some(FleetSecrets::unseal(key, &v)?)),
+            None => Ok(None),
         }
-        let records = tx.open_table(RECORDS).map_err(dberr)?;
-        for entry in records.iter().map_err(dberr)? {
-            let (k, v) = entry.map_err(dberr)?;
-            let id: RecordId = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Malformed("record key length".into()))?;
-            let plain = seal::unseal(key, "record", &id, v.value())
-                .map_err(|e| StoreError::Unseal(e.to_string()))?;
-            let rec: Record = bkv_wire::decode(&plain, MAX_RECORD_BYTES)
-                .map_err(|e| StoreError::Malformed(format!("record: {e}")))?;
-            state.records.insert(id, rec);
-        }
-        Ok(state)
     }
 
-    /// Durably writes the current value of one record (or its absence) and the
-    /// generation counter, in one fsynced transaction.
-    pub fn persist(
+    pub fn save_secrets(&self, key: &SealingKey, secrets: &FleetSecrets) -> Result<(), StoreError> {
+        self.put_meta("fleet-secrets", &secrets.seal(key, &mut OsRng))
+    }
+
+    /// This node's identity key (X25519 private), created on first use.
+    pub fn load_or_create_identity(
         &self,
         key: &SealingKey,
-        id: &RecordId,
-        state: &State,
-    ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut records = tx.open_table(RECORDS).map_err(dberr)?;
-            match state.records.get(id) {
-                Some(rec) => {
-                    let plain = zeroize::Zeroizing::new(bkv_wire::encode(rec));
-                    let sealed = seal::seal(key, &mut OsRng, "record", id, &plain);
-                    records
-                        .insert(id.as_slice(), sealed.as_slice())
-                        .map_err(dberr)?;
-                }
-                None => {
-                    records.remove(id.as_slice()).map_err(dberr)?;
-                }
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, StoreError> {
+        if let Some(v) = self.get_meta("node-identity")? {
+            let plain = zeroize::Zeroizing::new(
+                seal::unseal(key, "node-identity", b"", &v)
+                    .map_err(|e| StoreError::Unseal(e.to_string()))?,
+            );
+            let mut k = zeroize::Zeroizing::new([0u8; 32]);
+            if plain.len() != 32 {
+                return Err(StoreError::Malformed("node identity length".into()));
             }
-            let mut meta = tx.open_table(META).map_err(dberr)?;
-            let gen = bkv_wire::encode(&state.next_generation);
-            let sealed = seal::seal(key, &mut OsRng, "meta", b"next-generation", &gen);
-            meta.insert("next-generation", sealed.as_slice())
-                .map_err(dberr)?;
+            k.copy_from_slice(&plain);
+            return Ok(k);
         }
-        tx.commit().map_err(dberr)?;
-        Ok(())
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut OsRng, k.as_mut());
+        self.put_meta(
+            "node-identity",
+            &seal::seal(key, &mut OsRng, "node-identity", b"", k.as_ref()),
+        )?;
+        Ok(k)
     }
 }

@@ -32,6 +32,7 @@ async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
         listener,
         m.state.clone(),
         bootstrap.clone(),
+        None,
     )
     .await
     .unwrap();

@@ -25,6 +25,8 @@ pub enum NodeRequest {
     },
     /// Public node information.
     Info,
+    /// Replication status of this node (for `bkv fleet status`).
+    FleetStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,21 @@ pub enum NodeResponse {
     Closed,
     Info(NodeInfo),
     Error(NodeError),
+    FleetStatus(FleetStatus),
+}
+
+/// One node's view of the replicated fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

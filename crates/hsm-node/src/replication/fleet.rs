@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use zeroize::Zeroizing;
 
 /// How long a proposal may take before the caller is told "unavailable".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +73,7 @@ impl Fleet {
         listener: TcpListener,
         replica: Arc<Mutex<R>>,
         bootstrap: BTreeSet<[u8; 32]>,
+        secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
     ) -> Result<Fleet, FleetError> {
         let log = LogStore::open(&dir.join("raft-log.redb"), key.clone())?;
         let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), key, replica)?;
@@ -82,9 +84,9 @@ impl Fleet {
         let server = tokio::spawn(serve_peers(
             listener,
             raft.clone(),
-            net.clone(),
             identity,
             bootstrap,
+            secrets,
         ));
         Ok(Fleet {
             id,
@@ -148,19 +150,87 @@ impl Fleet {
         Err(FleetError::Unavailable(last))
     }
 
+    /// Makes this node's state at least as new as anything committed before
+    /// the call (a linearizable read): the leader confirms its leadership
+    /// with a majority and names its commit index; this node waits until it
+    /// applied that far.
+    pub async fn read_barrier(&self) -> Result<(), FleetError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            let left = deadline - tokio::time::Instant::now();
+            let index = match self.raft.current_leader().await {
+                Some(l) if l == self.id => {
+                    match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("leadership check timed out".into()),
+                    }
+                }
+                Some(l) => match self.leader_node(l) {
+                    Ok(node) => {
+                        match self.net.call(l, &node, &PeerRequest::ReadIndex, left).await {
+                            Ok(PeerResponse::ReadIndex(r)) => r,
+                            Ok(_) => Err("unexpected response to a read index".into()),
+                            Err(e) => Err(format!("read index from leader {l}: {e}")),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err("no leader".into()),
+            };
+            match index {
+                Ok(index) => {
+                    self.raft
+                        .wait(Some(deadline - tokio::time::Instant::now()))
+                        .applied_index_at_least(index, "read barrier")
+                        .await
+                        .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(FleetError::Unavailable(last))
+    }
+
+    /// This node's view of the fleet.
+    pub fn status(&self) -> bkv_wire::node::FleetStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        bkv_wire::node::FleetStatus {
+            node_id: self.id,
+            role: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    fn leader_node(&self, leader: u64) -> Result<PeerNode, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or_else(|| "leader is not in the membership".to_string())
+    }
+
     async fn forward(
         &self,
         leader: u64,
         m: Mutation,
         ttl: Duration,
     ) -> Result<(Applied, u64), String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
-            .ok_or_else(|| "leader is not in the membership".to_string())?;
+        let node = self.leader_node(leader)?;
         match self
             .net
             .call(leader, &node, &PeerRequest::Propose(m), ttl)
@@ -184,23 +254,43 @@ fn allowed(raft: &Raft<TypeConfig>, bootstrap: &BTreeSet<[u8; 32]>, key: &[u8; 3
     found
 }
 
+/// Asks the given members for the fleet secrets over authenticated peer
+/// links (a new node joining an existing fleet).
+pub async fn fetch_secrets(
+    me: &NodeIdentity,
+    members: &[PeerNode],
+) -> Result<Zeroizing<Vec<u8>>, FleetError> {
+    let mut last = String::from("no member to ask");
+    for m in members.iter().filter(|m| m.identity != me.public) {
+        match Link::connect(&m.addr, me, &m.identity).await {
+            Ok(mut link) => match link.call(&PeerRequest::FleetSecrets).await {
+                Ok(PeerResponse::FleetSecrets(Some(s))) => return Ok(Zeroizing::new(s)),
+                Ok(_) => last = format!("{} has no fleet secrets", m.addr),
+                Err(e) => last = format!("{}: {e}", m.addr),
+            },
+            Err(e) => last = format!("{}: {e}", m.addr),
+        }
+    }
+    Err(FleetError::Unavailable(last))
+}
+
 async fn serve_peers(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
-    net: PeerNetwork,
     identity: Arc<NodeIdentity>,
     bootstrap: BTreeSet<[u8; 32]>,
+    secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
 ) {
     let bootstrap = Arc::new(bootstrap);
     loop {
         let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
-        let (raft, net, identity, bootstrap) = (
+        let (raft, identity, bootstrap, secrets) = (
             raft.clone(),
-            net.clone(),
             identity.clone(),
             bootstrap.clone(),
+            secrets.clone(),
         );
         tokio::spawn(async move {
             let (mut link, remote) = match Link::accept(stream, &identity).await {
@@ -219,7 +309,7 @@ async fn serve_peers(
                     Ok(Ok(r)) => r,
                     _ => return,
                 };
-                let resp = dispatch(&raft, &net, req).await;
+                let resp = dispatch(&raft, secrets.as_deref(), req).await;
                 if link.send(&resp).await.is_err() {
                     return;
                 }
@@ -228,7 +318,11 @@ async fn serve_peers(
     }
 }
 
-async fn dispatch(raft: &Raft<TypeConfig>, _net: &PeerNetwork, req: PeerRequest) -> PeerResponse {
+async fn dispatch(
+    raft: &Raft<TypeConfig>,
+    secrets: Option<&Zeroizing<Vec<u8>>>,
+    req: PeerRequest,
+) -> PeerResponse {
     match req {
         PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
@@ -246,5 +340,14 @@ async fn dispatch(raft: &Raft<TypeConfig>, _net: &PeerNetwork, req: PeerRequest)
                 Err(_) => Err("commit timed out".into()),
             })
         }
+        PeerRequest::ReadIndex => {
+            let r = tokio::time::timeout(PROPOSE_TIMEOUT, raft.ensure_linearizable()).await;
+            PeerResponse::ReadIndex(match r {
+                Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("leadership check timed out".into()),
+            })
+        }
+        PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(secrets.map(|s| s.to_vec())),
     }
 }

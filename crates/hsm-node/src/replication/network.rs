@@ -91,6 +91,10 @@ pub enum PeerRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower forwards a client's mutation to the leader.
     Propose(Mutation),
+    /// A follower asks the leader for a linearizable read index.
+    ReadIndex,
+    /// A member without the fleet secrets (a new node) asks for them.
+    FleetSecrets,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +104,10 @@ pub enum PeerResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// The applied outcome and its log index, or why not.
     Proposed(Result<(Applied, u64), String>),
+    /// The index a read must wait for, or why not.
+    ReadIndex(Result<Option<u64>, String>),
+    /// The exported fleet secrets (inside the Noise channel only).
+    FleetSecrets(Option<Vec<u8>>),
 }
 
 /// An established, encrypted link.
