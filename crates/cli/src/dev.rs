@@ -19,6 +19,16 @@ pub struct NodeRecord {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub hsm_bin: PathBuf,
+    /// Fleet membership (absent for a one-node fleet).
+    #[serde(default)]
+    pub fleet: Option<FleetRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetRecord {
+    pub node_id: u64,
+    pub peer_listen: String,
+    pub members_file: PathBuf,
 }
 
 pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
@@ -104,12 +114,35 @@ pub struct StartedNode {
 
 /// Starts a `bkv-hsm` process and waits for its ready line.
 pub fn start_node(rec: &NodeRecord, dir: &Path) -> anyhow::Result<StartedNode> {
-    let args = vec![
+    start_node_with(rec, dir, false)
+}
+
+/// Starts a `bkv-hsm` process; `initialize` forms the fleet (first start of
+/// node 0 only).
+pub fn start_node_with(
+    rec: &NodeRecord,
+    dir: &Path,
+    initialize: bool,
+) -> anyhow::Result<StartedNode> {
+    let mut args = vec![
         "--data-dir".to_owned(),
         rec.data_dir.display().to_string(),
         "--listen".to_owned(),
         rec.listen.to_string(),
     ];
+    if let Some(f) = &rec.fleet {
+        args.extend([
+            "--node-id".to_owned(),
+            f.node_id.to_string(),
+            "--peer-listen".to_owned(),
+            f.peer_listen.clone(),
+            "--members".to_owned(),
+            f.members_file.display().to_string(),
+        ]);
+        if initialize {
+            args.push("--initialize".to_owned());
+        }
+    }
     let (pid, line) = spawn_ready(&rec.hsm_bin, &args, dir, "node.log")?;
     Ok(StartedNode {
         pid,
@@ -222,6 +255,8 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
 
 pub struct UpArgs {
     pub dir: PathBuf,
+    /// Fleet size (1 = a one-node fleet).
+    pub nodes: usize,
     pub port_base: Option<u16>,
     pub hsm_bin: Option<PathBuf>,
     /// Write a client config in `pinned` mode instead of `ota`.
@@ -296,33 +331,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&args.dir)?;
     let hsm_bin = find_bin("bkv-hsm", "BKV_HSM_BIN", args.hsm_bin)?;
     let auditor_bin = find_bin("bkv-auditor", "BKV_AUDITOR_BIN", None)?;
-    let ndir = node_dir(&dir, 0);
-    std::fs::create_dir_all(&ndir)?;
-    if let Some(pid) = read_pid(&ndir) {
-        if pid_alive(pid) {
-            bail!(
-                "node 0 of {} is already running (pid {pid}); stop it first",
-                dir.display()
-            );
-        }
+    if !(1..=9).contains(&args.nodes) {
+        bail!("--nodes must be between 1 and 9");
     }
-    // Reuse the recorded node address on a restart of the same directory.
-    let record_path = ndir.join("node.json");
-    let listen = match std::fs::read(&record_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<NodeRecord>(&b).ok())
-    {
-        Some(r) if args.port_base.is_none() => r.listen,
-        _ => format!("127.0.0.1:{}", args.port_base.map(|p| p + 1).unwrap_or(0)).parse()?,
+    let started = start_fleet(&dir, &hsm_bin, args.nodes, args.port_base)?;
+    let node = &started[0];
+    let stop_nodes = |started: &[StartedNode]| {
+        for n in started {
+            stop_pid(n.pid as i32);
+        }
     };
-    let mut rec = NodeRecord {
-        listen,
-        data_dir: ndir.join("data"),
-        hsm_bin,
-    };
-    let node = start_node(&rec, &ndir)?;
-    rec.listen = node.listen;
-    std::fs::write(&record_path, serde_json::to_vec_pretty(&rec)?)?;
 
     // The independent auditor (its own process and data directory) and the
     // operator key that publishes bundles to it.
@@ -348,7 +366,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ) {
         Ok(a) => a,
         Err(e) => {
-            stop_pid(node.pid as i32);
+            stop_nodes(&started);
             return Err(e);
         }
     };
@@ -359,7 +377,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let node_key =
         bkv_wire::key_from_hex(&node.noise_public_key).map_err(|e| anyhow!("node key: {e}"))?;
     if let Err(e) = ensure_bundle(&auditor.url, &operator, &node.fleet_id, node_key).await {
-        stop_pid(node.pid as i32);
+        stop_nodes(&started);
         stop_pid(auditor.pid as i32);
         return Err(e.context("publish the fleet's validation bundle"));
     }
@@ -373,7 +391,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .context("bind frontend")?;
     let frontend_addr = listener.local_addr()?;
     let config = bkv_frontend::FrontendConfig {
-        nodes: vec![node.listen],
+        nodes: started.iter().map(|n| n.listen).collect(),
         token_key: dev_key.verifying_key(),
         audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
         dev_token_key: Some(dev_key),
@@ -426,7 +444,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     println!(
-        "bkv dev: ready frontend={frontend_url} node0={} pid0={} fleet={} auditor={} config={}",
+        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} fleet={} auditor={} config={}",
+        started.len(),
         node.listen,
         node.pid,
         node.fleet_id,
@@ -449,8 +468,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("bkv dev: stopping");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    // The node may have been restarted by `restart-node`: stop whatever pid is current.
-    for d in [&ndir, &adir] {
+    // Nodes may have been restarted by `restart-node`: stop whatever pids are current.
+    let mut dirs: Vec<PathBuf> = (0..started.len()).map(|i| node_dir(&dir, i)).collect();
+    dirs.push(adir.clone());
+    for d in &dirs {
         if let Some(pid) = read_pid(d) {
             if pid_alive(pid) {
                 stop_pid(pid);
@@ -459,6 +480,124 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("bkv dev: stopped");
     Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Bound and released at once: a small race with other processes, fine
+    // for a development deployment.
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn print_identity(hsm_bin: &Path, data_dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new(hsm_bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--print-identity")
+        .output()
+        .with_context(|| format!("run {}", hsm_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bkv-hsm --print-identity failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Starts the fleet's `n` nodes (reusing addresses recorded by an earlier
+/// run of the same directory). With more than one node: identities first,
+/// then `DIR/fleet.json` (the members), then node 0 (which forms the fleet on
+/// its first start) and the others, which fetch the fleet secrets from it.
+fn start_fleet(
+    dir: &Path,
+    hsm_bin: &Path,
+    n: usize,
+    port_base: Option<u16>,
+) -> anyhow::Result<Vec<StartedNode>> {
+    let members_file = dir.join("fleet.json");
+    let mut records = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..n {
+        let ndir = node_dir(dir, i);
+        std::fs::create_dir_all(&ndir)?;
+        if let Some(pid) = read_pid(&ndir) {
+            if pid_alive(pid) {
+                bail!(
+                    "node {i} of {} is already running (pid {pid}); stop it first",
+                    dir.display()
+                );
+            }
+        }
+        let old: Option<NodeRecord> = std::fs::read(ndir.join("node.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let listen = match &old {
+            Some(r) if port_base.is_none() => r.listen,
+            _ => {
+                let p = match port_base {
+                    Some(b) => b + 3 + 2 * i as u16,
+                    None => 0,
+                };
+                format!("127.0.0.1:{p}").parse()?
+            }
+        };
+        let data_dir = ndir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let fleet = if n > 1 {
+            let peer_listen = match old.as_ref().and_then(|r| r.fleet.clone()) {
+                Some(f) if port_base.is_none() => f.peer_listen,
+                _ => {
+                    let p = match port_base {
+                        Some(b) => b + 4 + 2 * i as u16,
+                        None => free_port()?,
+                    };
+                    format!("127.0.0.1:{p}")
+                }
+            };
+            members.push(bkv_hsm_node::Member {
+                id: i as u64,
+                addr: peer_listen.clone(),
+                identity: print_identity(hsm_bin, &data_dir)?,
+            });
+            Some(FleetRecord {
+                node_id: i as u64,
+                peer_listen,
+                members_file: members_file.clone(),
+            })
+        } else {
+            None
+        };
+        records.push(NodeRecord {
+            listen,
+            data_dir,
+            hsm_bin: hsm_bin.to_owned(),
+            fleet,
+        });
+    }
+    if n > 1 {
+        std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
+    }
+    let mut started = Vec::new();
+    for (i, rec) in records.iter_mut().enumerate() {
+        let ndir = node_dir(dir, i);
+        // Form the fleet only on node 0's very first start.
+        let fresh = !rec.data_dir.join("raft-log.redb").exists();
+        let node = match start_node_with(rec, &ndir, n > 1 && i == 0 && fresh) {
+            Ok(node) => node,
+            Err(e) => {
+                for s in &started {
+                    let s: &StartedNode = s;
+                    stop_pid(s.pid as i32);
+                }
+                return Err(e);
+            }
+        };
+        rec.listen = node.listen;
+        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+        started.push(node);
+    }
+    Ok(started)
 }
 
 /// Starts node `i` of a `dev up` directory again (after it died or was killed).

@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Operate the vault fleet.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Create, restore and manage your backups.
     Backup {
         #[command(subcommand)]
@@ -59,14 +64,25 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum FleetCommand {
+    /// Print every node's reachability and replication state as JSON
+    /// (leader, term, last log and applied index, members). Uses --config.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum DevCommand {
     /// Run a node, a frontend and storage under DIR in the foreground.
     Up {
         #[arg(long)]
         dir: PathBuf,
-        /// Frontend on P, node on P+1 (default: free ports).
+        /// Frontend on P, auditor on P+2, node i on P+3+2i (peer link P+4+2i)
+        /// (default: free ports).
         #[arg(long)]
         port_base: Option<u16>,
+        /// Number of vault nodes (1–9; 3 or 5 tolerate 1 or 2 failures).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         /// Path of the bkv-hsm binary (default: next to bkv).
         #[arg(long)]
         hsm_bin: Option<PathBuf>,
@@ -488,11 +504,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DevCommand::Up {
                 dir,
                 port_base,
+                nodes,
                 hsm_bin,
                 pinned,
             } => {
                 dev::up(dev::UpArgs {
                     dir: dir.clone(),
+                    nodes: *nodes,
                     port_base: *port_base,
                     hsm_bin: hsm_bin.clone(),
                     pinned: *pinned,
@@ -570,6 +588,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Backup { command } => backup(&cli, command).await,
+        Command::Fleet {
+            command: FleetCommand::Status,
+        } => {
+            let path = cli.config.clone().ok_or_else(|| {
+                UsageError("--config FILE is required (e.g. DIR/client.toml)".into())
+            })?;
+            let cfg = ClientConfig::load(&path)?;
+            let url = format!("{}/v1/fleet/status", cfg.frontend_url.trim_end_matches('/'));
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .map_err(|e| ClientError::Unavailable(format!("frontend: {e}")))?;
+            let body = bkv_client::session::read_limited(resp, 256 * 1024).await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).context("fleet status answer")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
     }
 }
 

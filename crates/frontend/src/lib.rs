@@ -30,6 +30,8 @@ pub const SESSION_HEADER: &str = "bkv-session";
 pub const DEFAULT_AUDIENCE: &str = "bkv";
 /// Time allowed for one node round trip.
 const NODE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time allowed for a node to open a session before the next node is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Per-user budgets (burst, refill per second). Session opens are limited
 /// tightly; messages inside an open session get a generous budget so that a
 /// login the vault has already counted is not cut off half-way by the
@@ -67,6 +69,8 @@ struct AppState {
     http: reqwest::Client,
     pools: Vec<Mutex<Vec<TcpStream>>>,
     rate: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Index of the node that last opened a session.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 pub fn router(config: FrontendConfig) -> Router {
@@ -84,10 +88,12 @@ pub fn router(config: FrontendConfig) -> Router {
         http,
         pools,
         rate: Mutex::new(HashMap::new()),
+        preferred: std::sync::atomic::AtomicUsize::new(0),
     });
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/fleet/status", get(fleet_status))
         .route("/v1/bundle", get(bundle))
         .route("/v1/sessions", post(open_session))
         .route(
@@ -266,6 +272,15 @@ async fn node_call(
     node: usize,
     req: &NodeRequest,
 ) -> Result<NodeResponse, ApiError> {
+    node_call_within(state, node, req, NODE_TIMEOUT).await
+}
+
+async fn node_call_within(
+    state: &AppState,
+    node: usize,
+    req: &NodeRequest,
+    limit: Duration,
+) -> Result<NodeResponse, ApiError> {
     let unavailable = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -291,7 +306,7 @@ async fn node_call(
     for _ in 0..2 {
         let (mut conn, was_pooled) = match attempt_pooled.take() {
             Some(c) => (c, true),
-            None => match tokio::time::timeout(NODE_TIMEOUT, TcpStream::connect(addr)).await {
+            None => match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
                 Ok(Ok(c)) => {
                     let _ = c.set_nodelay(true);
                     (c, false)
@@ -299,7 +314,7 @@ async fn node_call(
                 _ => return Err(unavailable()),
             },
         };
-        match tokio::time::timeout(NODE_TIMEOUT, roundtrip(&mut conn, &frame)).await {
+        match tokio::time::timeout(limit, roundtrip(&mut conn, &frame)).await {
             Ok(Ok(resp)) => {
                 if let Some(p) = state.pools.get(node) {
                     if let Ok(mut v) = p.lock() {
@@ -373,6 +388,38 @@ async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<FleetInfo>, Ap
     ))
 }
 
+/// Each node's view of the replicated fleet (`bkv fleet status`).
+async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let mut nodes = Vec::new();
+    let mut leader = None;
+    let mut term = 0;
+    for (i, addr) in state.config.nodes.iter().enumerate() {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            node_call(&state, i, &NodeRequest::FleetStatus),
+        )
+        .await;
+        match r {
+            Ok(Ok(NodeResponse::FleetStatus(s))) => {
+                if s.term >= term {
+                    term = s.term;
+                    leader = s.leader.or(leader);
+                }
+                nodes.push(serde_json::json!({
+                    "index": i, "addr": addr.to_string(), "reachable": true,
+                    "node_id": s.node_id, "role": s.role, "leader": s.leader, "term": s.term,
+                    "last_log_index": s.last_log_index, "applied_index": s.applied_index,
+                    "voters": s.voters, "learners": s.learners,
+                }))
+            }
+            _ => nodes.push(
+                serde_json::json!({ "index": i, "addr": addr.to_string(), "reachable": false }),
+            ),
+        }
+    }
+    Json(serde_json::json!({ "nodes": nodes, "leader": leader, "term": term }))
+}
+
 fn unexpected() -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
@@ -396,12 +443,19 @@ async fn open_session(
         "unavailable",
         "no vault node configured",
     );
-    for node in 0..state.config.nodes.len() {
-        match node_call(&state, node, &req).await {
+    // Start with the node that last opened a session; a dead or stuck node
+    // costs at most OPEN_TIMEOUT once, then the next one is preferred.
+    let n = state.config.nodes.len();
+    let first = state.preferred.load(std::sync::atomic::Ordering::Relaxed);
+    for node in (0..n).map(|k| (first + k) % n.max(1)) {
+        match node_call_within(&state, node, &req, OPEN_TIMEOUT).await {
             Ok(NodeResponse::SessionOpened {
                 session_id,
                 handshake,
             }) => {
+                state
+                    .preferred
+                    .store(node, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(user = %user, node, "session opened");
                 let mut resp = handshake.into_response();
                 let sid = HeaderValue::from_str(&format_session(node, &session_id))

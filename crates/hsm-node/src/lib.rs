@@ -11,7 +11,7 @@ use bkv_hsm_core::state::State;
 use bkv_hsm_core::{Core, FleetSecrets, Platform, Step};
 use bkv_wire::node::{read_frame, write_frame, NodeError, NodeInfo, NodeRequest, NodeResponse};
 use platform::SoftwarePlatform;
-use replication::fleet::{fetch_secrets, Fleet};
+use replication::fleet::{fetch_secrets, Fleet, FleetOptions};
 use replication::network::NodeIdentity;
 use replication::PeerNode;
 use std::io::BufReader;
@@ -179,14 +179,16 @@ impl Node {
         let bootstrap = members.iter().map(|(_, p)| p.identity).collect();
         let fleet = rt
             .block_on(Fleet::start(
-                cfg.node_id,
-                &cfg.data_dir,
-                key,
-                identity,
+                FleetOptions {
+                    id: cfg.node_id,
+                    dir: cfg.data_dir.clone(),
+                    key,
+                    identity,
+                    bootstrap,
+                    secrets: Some(export),
+                },
                 listener,
                 core.clone(),
-                bootstrap,
-                Some(export),
             ))
             .map_err(|e| NodeStartError::Config(e.to_string()))?;
         if cfg.members.is_none() || cfg.initialize {

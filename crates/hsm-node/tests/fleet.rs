@@ -4,7 +4,7 @@
 
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
 use bkv_hsm_core::SealingKey;
-use bkv_hsm_node::replication::fleet::{Fleet, FleetError};
+use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_node::replication::network::{Link, NodeIdentity, PeerRequest};
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,14 +25,16 @@ const RID: [u8; 32] = [9u8; 32];
 async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
     let listener = tokio::net::TcpListener::bind(&m.addr).await.unwrap();
     let fleet = Fleet::start(
-        id,
-        &m.dir,
-        SealingKey::from_bytes([id as u8 + 1; 32]),
-        m.identity.clone(),
+        FleetOptions {
+            id,
+            dir: m.dir.clone(),
+            key: SealingKey::from_bytes([id as u8 + 1; 32]),
+            identity: m.identity.clone(),
+            bootstrap: bootstrap.clone(),
+            secrets: None,
+        },
         listener,
         m.state.clone(),
-        bootstrap.clone(),
-        None,
     )
     .await
     .unwrap();

@@ -76,7 +76,7 @@ pub enum NodeError {
     BadRequest(String),
     #[error("too many open sessions")]
     Busy,
-    #[error("the vault is unavailable")]
+    #[error("no majority of the vault fleet is reachable; nothing was counted or changed unless it committed")]
     Unavailable,
 }
 

@@ -37,6 +37,15 @@ impl DevUp {
     }
 
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
+        Self::start_full(dir, env, 1)
+    }
+
+    /// `bkv dev up --nodes n`.
+    pub fn start_nodes(dir: &Path, n: usize) -> DevUp {
+        Self::start_full(dir, &[], n)
+    }
+
+    fn start_full(dir: &Path, env: &[(&str, &str)], nodes: usize) -> DevUp {
         std::fs::create_dir_all(dir).unwrap();
         let stderr_log = dir.join("dev-up.stderr");
         let mut cmd = Command::new(bkv_bin());
@@ -44,6 +53,8 @@ impl DevUp {
             .arg(dir)
             .arg("--hsm-bin")
             .arg(hsm_bin())
+            .arg("--nodes")
+            .arg(nodes.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()));
@@ -87,11 +98,72 @@ impl DevUp {
     }
 
     pub fn node_pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("nodes/0/pid"))
+        self.pid_of(0)
+    }
+
+    pub fn pid_of(&self, i: usize) -> i32 {
+        std::fs::read_to_string(self.dir.join(format!("nodes/{i}/pid")))
             .unwrap()
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// SIGKILLs node `i` and waits until it is gone.
+    pub fn kill_node(&self, i: usize) {
+        let pid = self.pid_of(i);
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        for _ in 0..100 {
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return;
+            }
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                if stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {i} (pid {pid}) did not die");
+    }
+
+    /// `bkv dev restart-node --dir DIR i`.
+    pub fn restart_node(&self, i: usize) {
+        let o = Command::new(bkv_bin())
+            .args(["dev", "restart-node", "--dir"])
+            .arg(&self.dir)
+            .arg(i.to_string())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+
+    /// `bkv fleet status` as JSON.
+    pub fn fleet_status(&self) -> serde_json::Value {
+        let o = self.bkv(&["fleet", "status"], "");
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The current leader's node index, waiting for an election if needed.
+    pub fn leader(&self) -> usize {
+        for _ in 0..100 {
+            let v = self.fleet_status();
+            let nodes = v["nodes"].as_array().unwrap();
+            if let Some(n) = nodes
+                .iter()
+                .find(|n| n["reachable"] == true && n["role"] == "leader")
+            {
+                return n["index"].as_u64().unwrap() as usize;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader: {}", self.fleet_status());
     }
 
     pub fn node_addr(&self) -> String {
@@ -113,11 +185,14 @@ impl Drop for DevUp {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let _ = self.child.wait();
-        // If dev up could not stop the node (it was itself killed), do it here.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("nodes/0/pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+        // If dev up could not stop a node (it was itself killed, or the node
+        // was restarted by the test), do it here.
+        for i in 0..9 {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("nodes/{i}/pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use bkv_hsm_core::SealingKey;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -47,6 +47,20 @@ pub fn raft_config() -> Result<Arc<Config>, FleetError> {
     ))
 }
 
+/// What a member needs to start.
+pub struct FleetOptions {
+    pub id: u64,
+    /// Where the sealed log and snapshots live.
+    pub dir: PathBuf,
+    /// Platform sealing key.
+    pub key: SealingKey,
+    pub identity: Arc<NodeIdentity>,
+    /// Identity keys accepted before any membership is known.
+    pub bootstrap: BTreeSet<[u8; 32]>,
+    /// The exported fleet secrets, shared with joining members on request.
+    pub secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
+}
+
 /// A running fleet member.
 pub struct Fleet {
     pub id: u64,
@@ -66,15 +80,19 @@ impl Fleet {
     /// `dir`, and serves peers on `listener`. `bootstrap` lists identity keys
     /// accepted before any membership is known (the initial members).
     pub async fn start<R: Replica>(
-        id: u64,
-        dir: &Path,
-        key: SealingKey,
-        identity: Arc<NodeIdentity>,
+        opts: FleetOptions,
         listener: TcpListener,
         replica: Arc<Mutex<R>>,
-        bootstrap: BTreeSet<[u8; 32]>,
-        secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
     ) -> Result<Fleet, FleetError> {
+        let FleetOptions {
+            id,
+            dir,
+            key,
+            identity,
+            bootstrap,
+            secrets,
+        } = opts;
+        let dir = dir.as_path();
         let log = LogStore::open(&dir.join("raft-log.redb"), key.clone())?;
         let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), key, replica)?;
         let net = PeerNetwork::new(identity.clone());
