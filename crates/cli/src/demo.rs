@@ -107,6 +107,7 @@ pub async fn run() -> anyhow::Result<()> {
     let node = tokio::task::spawn_blocking(move || {
         bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
             data_dir: node_dir,
+            platform_dir: None,
             node_id: 0,
             peer_listen: "127.0.0.1:0".into(),
             members: None,

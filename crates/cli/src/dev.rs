@@ -18,6 +18,8 @@ use std::time::Duration;
 pub struct NodeRecord {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    #[serde(default)]
+    pub platform_dir: Option<PathBuf>,
     pub hsm_bin: PathBuf,
     /// Fleet membership (absent for a one-node fleet).
     #[serde(default)]
@@ -130,6 +132,11 @@ pub fn start_node_with(
         "--listen".to_owned(),
         rec.listen.to_string(),
     ];
+    // The platform (key, counter) sits beside the data directory, so that a
+    // rolled-back data directory is detected as one.
+    if let Some(p) = &rec.platform_dir {
+        args.extend(["--platform-dir".to_owned(), p.display().to_string()]);
+    }
     if let Some(f) = &rec.fleet {
         args.extend([
             "--node-id".to_owned(),
@@ -489,10 +496,12 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn print_identity(hsm_bin: &Path, data_dir: &Path) -> anyhow::Result<String> {
+fn print_identity(hsm_bin: &Path, data_dir: &Path, platform_dir: &Path) -> anyhow::Result<String> {
     let out = Command::new(hsm_bin)
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--platform-dir")
+        .arg(platform_dir)
         .arg("--print-identity")
         .output()
         .with_context(|| format!("run {}", hsm_bin.display()))?;
@@ -544,6 +553,7 @@ fn start_fleet(
         };
         let data_dir = ndir.join("data");
         std::fs::create_dir_all(&data_dir)?;
+        let platform_dir = ndir.join("platform");
         let fleet = if n > 1 {
             let peer_listen = match old.as_ref().and_then(|r| r.fleet.clone()) {
                 Some(f) if port_base.is_none() => f.peer_listen,
@@ -558,7 +568,7 @@ fn start_fleet(
             members.push(bkv_hsm_node::Member {
                 id: i as u64,
                 addr: peer_listen.clone(),
-                identity: print_identity(hsm_bin, &data_dir)?,
+                identity: print_identity(hsm_bin, &data_dir, &platform_dir)?,
             });
             Some(FleetRecord {
                 node_id: i as u64,
@@ -571,6 +581,7 @@ fn start_fleet(
         records.push(NodeRecord {
             listen,
             data_dir,
+            platform_dir: Some(platform_dir),
             hsm_bin: hsm_bin.to_owned(),
             fleet,
         });

@@ -213,3 +213,132 @@ fn a_paused_follower_and_a_rolling_restart_lose_nothing() {
         "{status}"
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn restart_output(dev: &DevUp, i: usize) -> std::process::Output {
+    std::process::Command::new(common::bkv_bin())
+        .args(["dev", "restart-node", "--dir"])
+        .arg(&dev.dir)
+        .arg(i.to_string())
+        .output()
+        .unwrap()
+}
+
+/// Survives: a host that copies a node's data directory back to an older
+/// state (to regain guesses). The node's platform counter is ahead of the
+/// copy, so the node refuses to start; the fleet keeps counting from the
+/// majority and the record is destroyed after exactly ten wrong guesses.
+/// With a single node the same rollback makes the vault unavailable rather
+/// than grant a guess.
+#[test]
+fn a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let file = t.path().join("f");
+    std::fs::write(&file, b"rollback").unwrap();
+    create(&dev, "di", &file);
+    let wrong = "wrong\n";
+    let mut counted = 0u32;
+    let guess = |expect: i32| {
+        let o = restore(&dev, "di", wrong, &t.path().join("x"));
+        assert_eq!(o.status.code(), Some(expect), "{}", text(&o));
+    };
+    for _ in 0..2 {
+        guess(3);
+        counted += 1;
+    }
+    let l = dev.leader();
+    let f = (0..3).find(|i| *i != l).unwrap();
+    let data = dev.dir.join(format!("nodes/{f}/data"));
+    dev.kill_node(f);
+    let old = t.path().join("old-copy");
+    copy_dir(&data, &old);
+    dev.restart_node(f);
+    for _ in 0..3 {
+        guess(3);
+        counted += 1;
+    }
+    // Wait until the follower has stored those guesses too.
+    for _ in 0..50 {
+        let s = dev.fleet_status();
+        let applied: Vec<_> = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["applied_index"].clone())
+            .collect();
+        if applied.iter().all(|a| *a == applied[0]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dev.kill_node(f);
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&old, &data);
+    let o = restart_output(&dev, f);
+    assert!(
+        !o.status.success(),
+        "a rolled-back node started: {}",
+        text(&o)
+    );
+    let log = std::fs::read_to_string(dev.dir.join(format!("nodes/{f}/node.log"))).unwrap();
+    assert!(log.contains("rollback detected"), "{log}");
+    assert_eq!(record(&dev, "di")["Active"]["attempts"], counted);
+    while counted < 9 {
+        guess(3);
+        counted += 1;
+    }
+    guess(4); // the tenth wrong guess destroys
+    assert_eq!(record(&dev, "di"), "Destroyed");
+}
+
+/// The same rollback against a one-node fleet: the node refuses to start, so
+/// the vault is unavailable instead of answering from the old counter.
+#[test]
+fn a_single_node_restored_from_an_old_copy_refuses_to_serve() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start_nodes(&t.path().join("dev"), 1);
+    let file = t.path().join("f");
+    std::fs::write(&file, b"one").unwrap();
+    create(&dev, "ed", &file);
+    let data = dev.dir.join("nodes/0/data");
+    let old = t.path().join("old-copy");
+    dev.kill_node(0);
+    copy_dir(&data, &old);
+    dev.restart_node(0);
+    for _ in 0..4 {
+        let o = restore(&dev, "ed", "wrong\n", &t.path().join("x"));
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    }
+    dev.kill_node(0);
+    let newest = t.path().join("newest");
+    copy_dir(&data, &newest);
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&old, &data);
+    let o = restart_output(&dev, 0);
+    assert!(
+        !o.status.success(),
+        "a rolled-back node started: {}",
+        text(&o)
+    );
+    let o = restore(&dev, "ed", "wrong\n", &t.path().join("x"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // Putting the newest data back (what an honest operator does) works,
+    // with all four guesses still counted.
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&newest, &data);
+    dev.restart_node(0);
+    assert_eq!(record(&dev, "ed")["Active"]["attempts"], 4);
+}

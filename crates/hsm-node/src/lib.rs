@@ -53,6 +53,10 @@ pub enum NodeStartError {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
+    /// The software platform's key and counter (the HSM stand-in); default
+    /// `DATA/platform`. Keep it apart from the data directory so a
+    /// rolled-back data directory is detected.
+    pub platform_dir: Option<PathBuf>,
     /// This node's id in the fleet.
     pub node_id: u64,
     /// Where the peer link listens (port 0: any; only for one-node fleets).
@@ -86,8 +90,15 @@ impl Member {
 
 /// Opens the data directory far enough to know the node's identity key
 /// (creating platform and identity on first use); returns its public half.
-pub fn identity_public_key(data_dir: &Path) -> Result<[u8; 32], NodeStartError> {
-    let platform = SoftwarePlatform::open(&data_dir.join("platform"))?;
+pub fn identity_public_key(
+    data_dir: &Path,
+    platform_dir: Option<&Path>,
+) -> Result<[u8; 32], NodeStartError> {
+    let platform = SoftwarePlatform::open(
+        &platform_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| data_dir.join("platform")),
+    )?;
     let store = Store::open(&data_dir.join("vault.redb"))?;
     let private = store.load_or_create_identity(platform.sealing_key())?;
     Ok(NodeIdentity::from_private(*private).public)
@@ -111,9 +122,14 @@ impl Node {
             .thread_name("bkv-hsm-raft")
             .build()
             .map_err(|e| NodeStartError::Config(format!("runtime: {e}")))?;
-        let platform = SoftwarePlatform::open(&cfg.data_dir.join("platform"))?;
+        let platform_dir = cfg
+            .platform_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("platform"));
+        let platform = SoftwarePlatform::open(&platform_dir)?;
         let store = Store::open(&cfg.data_dir.join("vault.redb"))?;
         let key = platform.sealing_key().clone();
+        let counter: Arc<dyn replication::RollbackCounter> = Arc::new(platform.rollback_counter());
         let identity = Arc::new(NodeIdentity::from_private(
             *store.load_or_create_identity(&key)?,
         ));
@@ -186,6 +202,7 @@ impl Node {
                     identity,
                     bootstrap,
                     secrets: Some(export),
+                    counter: Some(counter),
                 },
                 listener,
                 core.clone(),

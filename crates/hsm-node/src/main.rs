@@ -14,6 +14,11 @@ struct Args {
     /// Address to serve the frontend link on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7301")]
     listen: String,
+    /// Software platform directory (sealing key and monotonic counter, the
+    /// HSM stand-in). Default DATA_DIR/platform; put it elsewhere so that a
+    /// rolled-back data directory is detected.
+    #[arg(long)]
+    platform_dir: Option<PathBuf>,
     /// This node's id in the fleet.
     #[arg(long, default_value_t = 0)]
     node_id: u64,
@@ -51,7 +56,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     if args.print_identity {
-        let k = bkv_hsm_node::identity_public_key(&args.data_dir)?;
+        let k = bkv_hsm_node::identity_public_key(&args.data_dir, args.platform_dir.as_deref())?;
         println!("{}", bkv_wire::key_to_hex(&k));
         return Ok(());
     }
@@ -77,6 +82,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let node = Arc::new(
         bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
             data_dir: args.data_dir.clone(),
+            platform_dir: args.platform_dir.clone(),
             node_id: args.node_id,
             peer_listen: args.peer_listen.clone(),
             members,

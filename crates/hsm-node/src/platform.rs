@@ -79,6 +79,46 @@ impl SoftwarePlatform {
     }
 }
 
+/// The platform counter file, shared with the replication log for rollback
+/// detection. (It lives in the platform directory, the stand-in for the
+/// HSM: keep that directory off the disk whose rollback it must detect.)
+pub struct FileCounter {
+    path: PathBuf,
+}
+
+impl FileCounter {
+    fn read_value(&self) -> Result<u64, String> {
+        match fs::read_to_string(&self.path) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| "counter file is corrupt".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl crate::replication::RollbackCounter for FileCounter {
+    fn read(&self) -> Result<u64, String> {
+        self.read_value()
+    }
+    fn advance_to(&self, v: u64) -> Result<(), String> {
+        if v > self.read_value()? {
+            write_private_file(&self.path, v.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl SoftwarePlatform {
+    pub fn rollback_counter(&self) -> FileCounter {
+        FileCounter {
+            path: self.counter_path.clone(),
+        }
+    }
+}
+
 impl Platform for SoftwarePlatform {
     type Rng = OsRng;
     fn rng(&mut self) -> &mut OsRng {

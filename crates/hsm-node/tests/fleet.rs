@@ -32,6 +32,7 @@ async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
             identity: m.identity.clone(),
             bootstrap: bootstrap.clone(),
             secrets: None,
+            counter: None,
         },
         listener,
         m.state.clone(),

@@ -59,6 +59,8 @@ pub struct FleetOptions {
     pub bootstrap: BTreeSet<[u8; 32]>,
     /// The exported fleet secrets, shared with joining members on request.
     pub secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
+    /// The platform's monotonic counter (rollback detection); `None` in tests.
+    pub counter: Option<Arc<dyn super::RollbackCounter>>,
 }
 
 /// A running fleet member.
@@ -91,9 +93,10 @@ impl Fleet {
             identity,
             bootstrap,
             secrets,
+            counter,
         } = opts;
         let dir = dir.as_path();
-        let log = LogStore::open(&dir.join("raft-log.redb"), key.clone())?;
+        let log = LogStore::open_with_counter(&dir.join("raft-log.redb"), key.clone(), counter)?;
         let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), key, replica)?;
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)

@@ -23,6 +23,9 @@ const MAX_ENTRY: usize = 1024 * 1024;
 struct Inner {
     db: Database,
     key: SealingKey,
+    /// Epoch of the last durable write, and the counter it is tied to.
+    epoch: std::sync::Mutex<u64>,
+    counter: Option<Arc<dyn super::RollbackCounter>>,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -56,15 +59,72 @@ fn open_value<T: serde::de::DeserializeOwned>(
 }
 
 impl LogStore {
+    /// Opens the log without rollback detection (tests).
     pub fn open(path: &Path, key: SealingKey) -> Result<Self, ReplicationStoreError> {
+        Self::open_with_counter(path, key, None)
+    }
+
+    /// Opens the log; with a counter, refuses a data directory whose epoch
+    /// is behind it (a rolled-back disk).
+    pub fn open_with_counter(
+        path: &Path,
+        key: SealingKey,
+        counter: Option<Arc<dyn super::RollbackCounter>>,
+    ) -> Result<Self, ReplicationStoreError> {
         let db = Database::create(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(LOG).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
+        let mut inner = Inner {
+            db,
+            key,
+            epoch: std::sync::Mutex::new(0),
+            counter,
+        };
+        let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
+        if let Some(c) = &inner.counter {
+            let now = c.read().map_err(ReplicationStoreError::Counter)?;
+            if db_epoch < now {
+                return Err(ReplicationStoreError::Rollback {
+                    db: db_epoch,
+                    counter: now,
+                });
+            }
+            // A crash between a write and the counter advance.
+            c.advance_to(db_epoch)
+                .map_err(ReplicationStoreError::Counter)?;
+        }
+        inner.epoch = std::sync::Mutex::new(db_epoch);
         Ok(LogStore {
-            inner: Arc::new(Inner { db, key }),
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Commits `tx` together with a new epoch, then advances the platform
+    /// counter to it (write first: a crash in between leaves the disk ahead
+    /// of the counter, which `open` repairs; never behind).
+    fn commit_epoch(
+        inner: &Inner,
+        tx: redb::WriteTransaction,
+    ) -> Result<(), ReplicationStoreError> {
+        let mut epoch = inner
+            .epoch
+            .lock()
+            .map_err(|_| ReplicationStoreError::Db("epoch lock poisoned".into()))?;
+        let next = *epoch + 1;
+        {
+            let sealed = seal_value(&inner.key, "raft-epoch", b"raft-epoch", &next);
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            meta.insert("raft-epoch", sealed.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        *epoch = next;
+        if let Some(c) = &inner.counter {
+            c.advance_to(next).map_err(ReplicationStoreError::Counter)?;
+        }
+        Ok(())
     }
 
     /// Runs a blocking database job off the async executor.
@@ -107,7 +167,7 @@ impl LogStore {
             let mut t = tx.open_table(META).map_err(db_err)?;
             t.insert(name, sealed.as_slice()).map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        LogStore::commit_epoch(inner, tx)
     }
 
     fn read_range(
@@ -234,7 +294,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }
                 }
                 // redb's default durability fsyncs before commit returns.
-                tx.commit().map_err(db_err)
+                LogStore::commit_epoch(inner, tx)
             })
             .await;
         match r {
@@ -264,7 +324,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     t.remove(k).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            LogStore::commit_epoch(inner, tx)
         })
         .await
         .map_err(write_err)
@@ -288,7 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     t.remove(k).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            LogStore::commit_epoch(inner, tx)
         })
         .await
         .map_err(write_err)

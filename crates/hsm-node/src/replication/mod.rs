@@ -47,6 +47,16 @@ pub enum Applied {
     Membership,
 }
 
+/// The platform's monotonic counter as the log store uses it to detect a
+/// rolled-back disk: every durable write of the log records a new epoch and
+/// then advances the counter to it, so a copy of an older data directory
+/// carries an epoch below the counter.
+pub trait RollbackCounter: Send + Sync + 'static {
+    fn read(&self) -> Result<u64, String>;
+    /// Raises the counter to `v` (never lowers it).
+    fn advance_to(&self, v: u64) -> Result<(), String>;
+}
+
 /// Errors of the replication storage.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationStoreError {
@@ -56,6 +66,15 @@ pub enum ReplicationStoreError {
     Unseal(String),
     #[error("raft value {0} is malformed")]
     Malformed(String),
+    #[error(
+        "rollback detected: the data directory is older than this node's platform counter \
+         (log epoch {db} < counter {counter}). Refusing to start: a rolled-back node could \
+         vote again or lose committed guesses. Restore the newest data directory, or wipe it \
+         and add the node back to the fleet as a new member."
+    )]
+    Rollback { db: u64, counter: u64 },
+    #[error("platform counter: {0}")]
+    Counter(String),
 }
 
 pub(crate) fn db_err<E: std::fmt::Display>(e: E) -> ReplicationStoreError {
