@@ -644,3 +644,163 @@ pub fn relying_party(
     .context("open the passkey relying party")?;
     Ok(std::sync::Arc::new(rp))
 }
+
+/// One request on a node's link (operator tooling talks to nodes directly).
+fn node_request(
+    addr: SocketAddr,
+    req: &bkv_wire::node::NodeRequest,
+) -> anyhow::Result<bkv_wire::node::NodeResponse> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect to node at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    bkv_wire::node::write_frame(&mut s, req)?;
+    let mut r = BufReader::new(s);
+    bkv_wire::node::read_frame(&mut r)?.ok_or_else(|| anyhow!("node at {addr} closed the link"))
+}
+
+fn node_records(dir: &Path) -> Vec<(usize, NodeRecord)> {
+    (0..9)
+        .filter_map(|i| {
+            let b = std::fs::read(node_dir(dir, i).join("node.json")).ok()?;
+            Some((i, serde_json::from_slice(&b).ok()?))
+        })
+        .collect()
+}
+
+fn status_of(addr: SocketAddr) -> Option<bkv_wire::node::FleetStatus> {
+    match node_request(addr, &bkv_wire::node::NodeRequest::FleetStatus) {
+        Ok(bkv_wire::node::NodeResponse::FleetStatus(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// The leader's link address, asking each node of the deployment.
+fn leader_addr(dir: &Path) -> anyhow::Result<SocketAddr> {
+    let records = node_records(dir);
+    for _ in 0..50 {
+        for (_, r) in &records {
+            if let Some(s) = status_of(r.listen) {
+                if let Some(l) = s.leader {
+                    if let Some((_, lr)) = records.iter().find(|(i, _)| *i as u64 == l) {
+                        return Ok(lr.listen);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("no leader found among the nodes of {}", dir.display())
+}
+
+fn change(dir: &Path, c: bkv_wire::node::MembershipChange) -> anyhow::Result<()> {
+    let leader = leader_addr(dir)?;
+    match node_request(leader, &bkv_wire::node::NodeRequest::ChangeMembership(c))? {
+        bkv_wire::node::NodeResponse::FleetStatus(_) => Ok(()),
+        bkv_wire::node::NodeResponse::Error(e) => bail!("membership change refused: {e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// `bkv fleet add-node --dir DIR`: a new `bkv-hsm` joins the fleet of a
+/// `dev up` deployment: added as a learner (so members accept its identity
+/// key), started (it fetches the fleet secrets and the log), and promoted to
+/// voter once it has caught up.
+pub fn add_node(dir: &Path) -> anyhow::Result<()> {
+    let records = node_records(dir);
+    let members_file = dir.join("fleet.json");
+    let mut members: Vec<bkv_hsm_node::Member> =
+        serde_json::from_slice(&std::fs::read(&members_file).with_context(|| {
+            format!(
+                "{} is not a multi-node fleet (start it with --nodes 3)",
+                dir.display()
+            )
+        })?)?;
+    let i = (0..9)
+        .find(|i| !node_dir(dir, *i).join("node.json").exists())
+        .ok_or_else(|| anyhow!("at most 9 nodes"))?;
+    let hsm_bin = records
+        .first()
+        .map(|(_, r)| r.hsm_bin.clone())
+        .ok_or_else(|| anyhow!("no nodes in {}", dir.display()))?;
+    let ndir = node_dir(dir, i);
+    let data_dir = ndir.join("data");
+    let platform_dir = ndir.join("platform");
+    std::fs::create_dir_all(&data_dir)?;
+    let identity = print_identity(&hsm_bin, &data_dir, &platform_dir)?;
+    let peer_listen = format!("127.0.0.1:{}", free_port()?);
+    let identity_bytes = bkv_wire::key_from_hex(&identity).map_err(|e| anyhow!("{e}"))?;
+    change(
+        dir,
+        bkv_wire::node::MembershipChange::AddLearner {
+            id: i as u64,
+            addr: peer_listen.clone(),
+            identity: identity_bytes,
+        },
+    )?;
+    members.push(bkv_hsm_node::Member {
+        id: i as u64,
+        addr: peer_listen.clone(),
+        identity,
+    });
+    std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
+    let mut rec = NodeRecord {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir,
+        platform_dir: Some(platform_dir),
+        hsm_bin,
+        fleet: Some(FleetRecord {
+            node_id: i as u64,
+            peer_listen,
+            members_file,
+        }),
+    };
+    let node = start_node(&rec, &ndir)?;
+    rec.listen = node.listen;
+    std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+    // Promote once it has the leader's log.
+    let leader = leader_addr(dir)?;
+    for _ in 0..300 {
+        let (Some(l), Some(me)) = (status_of(leader), status_of(node.listen)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        if me.applied_index >= l.applied_index {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    change(
+        dir,
+        bkv_wire::node::MembershipChange::Promote { id: i as u64 },
+    )?;
+    println!(
+        "bkv fleet: node {i} added pid={} listen={} (the running frontend keeps its node list until `dev up` restarts)",
+        node.pid, node.listen
+    );
+    Ok(())
+}
+
+/// `bkv fleet remove-node --dir DIR I`: node I leaves the voters (peers
+/// refuse its identity afterwards) and its process is stopped.
+pub fn remove_node(dir: &Path, i: usize) -> anyhow::Result<()> {
+    change(
+        dir,
+        bkv_wire::node::MembershipChange::Remove { id: i as u64 },
+    )?;
+    let ndir = node_dir(dir, i);
+    if let Some(pid) = read_pid(&ndir) {
+        if pid_alive(pid) {
+            stop_pid(pid);
+        }
+    }
+    let members_file = dir.join("fleet.json");
+    if let Ok(b) = std::fs::read(&members_file) {
+        let mut members: Vec<bkv_hsm_node::Member> = serde_json::from_slice(&b)?;
+        members.retain(|m| m.id != i as u64);
+        std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
+    }
+    // Keep the data for forensics, but never start it again as node I.
+    let _ = std::fs::rename(ndir.join("node.json"), ndir.join("removed.json"));
+    println!("bkv fleet: node {i} removed from the fleet and stopped");
+    Ok(())
+}

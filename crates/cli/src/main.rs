@@ -68,6 +68,17 @@ enum FleetCommand {
     /// Print every node's reachability and replication state as JSON
     /// (leader, term, last log and applied index, members). Uses --config.
     Status,
+    /// Add a node to a `dev up --nodes N` fleet (learner, catch-up, voter).
+    AddNode {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Remove node I from a `dev up` fleet and stop it.
+    RemoveNode {
+        #[arg(long)]
+        dir: PathBuf,
+        index: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -588,6 +599,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Backup { command } => backup(&cli, command).await,
+        Command::Fleet {
+            command: FleetCommand::AddNode { dir },
+        } => dev::add_node(dir),
+        Command::Fleet {
+            command: FleetCommand::RemoveNode { dir, index },
+        } => dev::remove_node(dir, *index),
         Command::Fleet {
             command: FleetCommand::Status,
         } => {

@@ -342,3 +342,51 @@ fn a_single_node_restored_from_an_old_copy_refuses_to_serve() {
     dev.restart_node(0);
     assert_eq!(record(&dev, "ed")["Active"]["attempts"], 4);
 }
+
+/// Membership: a node added to a running fleet catches up and becomes a
+/// voter (it then carries the majority after two original nodes are gone);
+/// a removed node is dropped from the voters.
+#[test]
+fn a_node_can_be_added_and_removed_while_serving() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let file = t.path().join("f");
+    std::fs::write(&file, b"membership").unwrap();
+    create(&dev, "fay", &file);
+    let o = restore(&dev, "fay", "wrong\n", &t.path().join("x"));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    let fleet = |args: &[&str]| {
+        let o = std::process::Command::new(common::bkv_bin())
+            .args(["fleet"])
+            .args(args)
+            .arg("--dir")
+            .arg(&dev.dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    fleet(&["add-node"]);
+    let voters = |dev: &DevUp| {
+        let s = dev.fleet_status();
+        let n = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["reachable"] == true)
+            .cloned()
+            .unwrap();
+        n["voters"].as_array().unwrap().len()
+    };
+    assert_eq!(voters(&dev), 4);
+    // Node 3 holds the data: with 4 voters, nodes 3 plus two originals are a
+    // majority. Remove node 0 (now 3 voters), kill node 1: 2 of 3 remain.
+    fleet(&["remove-node", "0"]);
+    assert_eq!(voters(&dev), 3);
+    dev.kill_node(1);
+    let out = t.path().join("ok");
+    let o = restore(&dev, "fay", PW, &out);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"membership");
+    assert_eq!(record(&dev, "fay")["Active"]["attempts"], 0);
+}

@@ -241,6 +241,13 @@ impl Node {
         match req {
             NodeRequest::Info => NodeResponse::Info(self.info.clone()),
             NodeRequest::FleetStatus => NodeResponse::FleetStatus(self.fleet.status()),
+            NodeRequest::ChangeMembership(change) => {
+                tracing::info!(?change, "membership change requested");
+                match self.rt.block_on(self.fleet.change_membership(change)) {
+                    Ok(()) => NodeResponse::FleetStatus(self.fleet.status()),
+                    Err(e) => NodeResponse::Error(NodeError::BadRequest(e.to_string())),
+                }
+            }
             NodeRequest::OpenSession { user_id, handshake } => {
                 let Some(mut core) = self.core() else {
                     return unavailable;

@@ -27,6 +27,24 @@ pub enum NodeRequest {
     Info,
     /// Replication status of this node (for `bkv fleet status`).
     FleetStatus,
+    /// A membership change; only the leader performs it. Operator only: the
+    /// node link must not be reachable by anyone else (see SECURITY.md).
+    ChangeMembership(MembershipChange),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node as a learner (it receives the log; peers accept its
+    /// identity key from now on).
+    AddLearner {
+        id: u64,
+        addr: String,
+        identity: [u8; 32],
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a voter (and forget it: its identity key is refused after).
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -218,6 +218,40 @@ impl Fleet {
         Err(FleetError::Unavailable(last))
     }
 
+    /// Applies a membership change; only the leader does (others answer with
+    /// an error naming the leader).
+    pub async fn change_membership(
+        &self,
+        change: bkv_wire::node::MembershipChange,
+    ) -> Result<(), FleetError> {
+        use bkv_wire::node::MembershipChange as M;
+        use openraft::ChangeMembers;
+        if self.raft.current_leader().await != Some(self.id) {
+            return Err(FleetError::Raft(format!(
+                "not the leader (leader: {:?})",
+                self.raft.current_leader().await
+            )));
+        }
+        let r = match change {
+            M::AddLearner { id, addr, identity } => {
+                self.raft
+                    .add_learner(id, PeerNode { addr, identity }, false)
+                    .await
+            }
+            M::Promote { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+            M::Remove { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+            }
+        };
+        r.map(|_| ()).map_err(|e| FleetError::Raft(e.to_string()))
+    }
+
     /// This node's view of the fleet.
     pub fn status(&self) -> bkv_wire::node::FleetStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -264,14 +298,16 @@ impl Fleet {
     }
 }
 
-/// Identity keys this node accepts peer links from: current members and
-/// learners, plus the bootstrap set.
+/// Identity keys this node accepts peer links from: the members and
+/// learners of the current membership; only before any membership exists
+/// (a fleet being formed), the bootstrap set from the members file.
 fn allowed(raft: &Raft<TypeConfig>, bootstrap: &BTreeSet<[u8; 32]>, key: &[u8; 32]) -> bool {
-    if bootstrap.contains(key) {
-        return true;
-    }
     let m = raft.metrics().borrow().membership_config.clone();
-    let found = m.membership().nodes().any(|(_, n)| &n.identity == key);
+    let mut nodes = m.membership().nodes().peekable();
+    if nodes.peek().is_none() {
+        return bootstrap.contains(key);
+    }
+    let found = nodes.any(|(_, n)| &n.identity == key);
     found
 }
 
