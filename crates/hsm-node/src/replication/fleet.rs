@@ -307,8 +307,7 @@ fn allowed(raft: &Raft<TypeConfig>, bootstrap: &BTreeSet<[u8; 32]>, key: &[u8; 3
     if nodes.peek().is_none() {
         return bootstrap.contains(key);
     }
-    let found = nodes.any(|(_, n)| &n.identity == key);
-    found
+    nodes.any(|(_, n)| &n.identity == key)
 }
 
 /// Asks the given members for the fleet secrets over authenticated peer
