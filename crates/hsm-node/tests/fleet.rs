@@ -184,13 +184,20 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
         }
     );
 
-    // The old leader restarts on its old disk and catches up.
+    // The old leader restarts on its old disk (with empty memory, as a new
+    // process would) and catches up.
+    members[l as usize].state = Arc::new(Mutex::new(State::default()));
     start(l, &mut members[l as usize], &bootstrap).await;
     for _ in 0..100 {
         if attempts(&members[l as usize].state) == Some(10) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if attempts(&members[l as usize].state) != Some(10) {
+        for m in members.iter().filter_map(|m| m.fleet.as_ref()) {
+            eprintln!("{:?}", m.raft.metrics().borrow().clone());
+        }
     }
     assert_eq!(attempts(&members[l as usize].state), Some(10));
 

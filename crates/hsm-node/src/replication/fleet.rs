@@ -338,8 +338,16 @@ async fn serve_peers(
     secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
 ) {
     let bootstrap = Arc::new(bootstrap);
+    // Connections live in this set: when the member stops (this task is
+    // aborted) they are aborted too, so peers see the link close instead of
+    // talking to a stopped Raft instance.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, from)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let Ok((stream, from)) = accepted else {
             continue;
         };
         let (raft, identity, bootstrap, secrets) = (
@@ -348,7 +356,7 @@ async fn serve_peers(
             bootstrap.clone(),
             secrets.clone(),
         );
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let (mut link, remote) = match Link::accept(stream, &identity).await {
                 Ok(x) => x,
                 Err(e) => {
