@@ -239,3 +239,189 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     assert!(matches!(r, Err(FleetError::Unavailable(_))), "{r:?}");
     assert_eq!(attempts(&members[lone as usize].state), Some(10));
 }
+
+/// A fault-injecting TCP proxy in front of one member's peer listener: the
+/// membership names the proxy, so cutting it cuts every link *to* that
+/// member (existing connections are dropped, new ones refused).
+struct Proxy {
+    addr: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy(to: String) -> Proxy {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let c = cut.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                a = l.accept() => {
+                    let Ok((mut inbound, _)) = a else { continue };
+                    if c.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let to = to.clone();
+                    conns.spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(&to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                }
+                _ = tick.tick() => {
+                    if c.load(Ordering::SeqCst) {
+                        conns.abort_all();
+                    }
+                    while conns.try_join_next().is_some() {}
+                }
+            }
+        }
+    });
+    Proxy { addr, cut, task }
+}
+
+/// Survives: one member cut off from the others (every link to it dropped
+/// and refused) while the rest keep committing, then the cut healing: the
+/// member catches up, and every guess was counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
+    use std::sync::atomic::Ordering;
+    let t = tempfile::tempdir().unwrap();
+    let mut members = Vec::new();
+    let mut proxies = Vec::new();
+    for i in 0..3u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        proxies.push(proxy(addr.clone()).await);
+        let dir = t.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        members.push(Member {
+            fleet: None,
+            state: Arc::new(Mutex::new(State::default())),
+            dir,
+            addr,
+            identity: Arc::new(NodeIdentity::generate().unwrap()),
+        });
+    }
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        start(i as u64, m, &bootstrap).await;
+    }
+    let nodes: BTreeMap<u64, PeerNode> = (0..3)
+        .map(|i| {
+            (
+                i as u64,
+                PeerNode {
+                    addr: proxies[i].addr.clone(),
+                    identity: members[i].identity.public,
+                },
+            )
+        })
+        .collect();
+    members[0]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .initialize(nodes)
+        .await
+        .unwrap();
+    let l = leader(&members).await as usize;
+    let pending = Pending {
+        credential: Credential {
+            opaque_record: vec![1; 8],
+            wrapped_key: vec![2; 8],
+            guess_limit: 10,
+            confirm_hash: [3; 32],
+        },
+        replaces: None,
+    };
+    let lf = members[l].fleet.as_ref().unwrap();
+    lf.propose(Mutation::StorePending {
+        record_id: RID,
+        pending,
+    })
+    .await
+    .unwrap();
+    let Outcome::Activated { generation } = lf
+        .propose(Mutation::Activate {
+            record_id: RID,
+            confirm_hash: [3; 32],
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("not activated")
+    };
+    let count = Mutation::CountGuess {
+        record_id: RID,
+        generation,
+    };
+
+    // Cut a follower off; the other two keep committing.
+    let cut = (l + 1) % 3;
+    proxies[cut].cut.store(true, Ordering::SeqCst);
+    // The proxy drops open connections on its next 20 ms tick.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let live = (0..3).find(|i| *i != cut).unwrap();
+    for n in 1..=4u32 {
+        let o = members[live]
+            .fleet
+            .as_ref()
+            .unwrap()
+            .propose(count.clone())
+            .await;
+        assert_eq!(
+            o.unwrap(),
+            Outcome::Counted {
+                attempts: n,
+                guess_limit: 10
+            }
+        );
+    }
+    // (It may not even have the record yet; it certainly has no guess.)
+    assert!(matches!(attempts(&members[cut].state), None | Some(0)));
+    // Heal: the member catches up to exactly four.
+    proxies[cut].cut.store(false, Ordering::SeqCst);
+    for _ in 0..200 {
+        if attempts(&members[cut].state) == Some(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(attempts(&members[cut].state), Some(4));
+    // And it serves again: a proposal through it counts the fifth.
+    let o = members[cut]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .propose(count)
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        Outcome::Counted {
+            attempts: 5,
+            guess_limit: 10
+        }
+    );
+    for m in &members {
+        for _ in 0..100 {
+            if attempts(&m.state) == Some(5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(attempts(&m.state), Some(5));
+    }
+}
