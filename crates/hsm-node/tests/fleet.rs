@@ -22,6 +22,55 @@ struct Member {
 
 const RID: [u8; 32] = [9u8; 32];
 
+/// A member with its own directory and a free port (reserved, then
+/// released; the member rebinds it on every (re)start).
+fn new_member(root: &std::path::Path, i: u64) -> Member {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let dir = root.join(format!("n{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    Member {
+        fleet: None,
+        state: Arc::new(Mutex::new(State::default())),
+        dir,
+        addr,
+        identity: Arc::new(NodeIdentity::generate().unwrap()),
+    }
+}
+
+/// Registers and activates the test record through `f`; returns its generation.
+async fn register(f: &Fleet) -> u64 {
+    let pending = Pending {
+        credential: Credential {
+            opaque_record: vec![1; 8],
+            wrapped_key: vec![2; 8],
+            guess_limit: 10,
+            confirm_hash: [3; 32],
+        },
+        replaces: None,
+    };
+    let stored = f
+        .propose(Mutation::StorePending {
+            record_id: RID,
+            pending,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, Outcome::Stored);
+    match f
+        .propose(Mutation::Activate {
+            record_id: RID,
+            confirm_hash: [3; 32],
+        })
+        .await
+        .unwrap()
+    {
+        Outcome::Activated { generation } => generation,
+        other => panic!("not activated: {other:?}"),
+    }
+}
+
 async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
     let listener = tokio::net::TcpListener::bind(&m.addr).await.unwrap();
     let fleet = Fleet::start(
@@ -68,19 +117,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     let t = tempfile::tempdir().unwrap();
     let mut members = Vec::new();
     for i in 0..3u64 {
-        // Reserve a free port; the member rebinds it on every (re)start.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        drop(l);
-        let dir = t.path().join(format!("n{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        members.push(Member {
-            fleet: None,
-            state: Arc::new(Mutex::new(State::default())),
-            dir,
-            addr,
-            identity: Arc::new(NodeIdentity::generate().unwrap()),
-        });
+        members.push(new_member(t.path(), i));
     }
     let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
     for (i, m) in members.iter_mut().enumerate() {
@@ -111,34 +148,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
 
     // Register through a follower (forwarded to the leader).
     let f = members[follower as usize].fleet.as_ref().unwrap();
-    let pending = Pending {
-        credential: Credential {
-            opaque_record: vec![1; 8],
-            wrapped_key: vec![2; 8],
-            guess_limit: 10,
-            confirm_hash: [3; 32],
-        },
-        replaces: None,
-    };
-    assert_eq!(
-        f.propose(Mutation::StorePending {
-            record_id: RID,
-            pending
-        })
-        .await
-        .unwrap(),
-        Outcome::Stored
-    );
-    let Outcome::Activated { generation } = f
-        .propose(Mutation::Activate {
-            record_id: RID,
-            confirm_hash: [3; 32],
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("not activated")
-    };
+    let generation = register(f).await;
     // Nine wrong guesses, alternating between nodes.
     for i in 0..9u32 {
         let m = members[(i % 3) as usize].fleet.as_ref().unwrap();
@@ -300,19 +310,9 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
     let mut members = Vec::new();
     let mut proxies = Vec::new();
     for i in 0..3u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        drop(l);
-        proxies.push(proxy(addr.clone()).await);
-        let dir = t.path().join(format!("n{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        members.push(Member {
-            fleet: None,
-            state: Arc::new(Mutex::new(State::default())),
-            dir,
-            addr,
-            identity: Arc::new(NodeIdentity::generate().unwrap()),
-        });
+        let m = new_member(t.path(), i);
+        proxies.push(proxy(m.addr.clone()).await);
+        members.push(m);
     }
     let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
     for (i, m) in members.iter_mut().enumerate() {
@@ -337,32 +337,7 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
         .await
         .unwrap();
     let l = leader(&members).await as usize;
-    let pending = Pending {
-        credential: Credential {
-            opaque_record: vec![1; 8],
-            wrapped_key: vec![2; 8],
-            guess_limit: 10,
-            confirm_hash: [3; 32],
-        },
-        replaces: None,
-    };
-    let lf = members[l].fleet.as_ref().unwrap();
-    lf.propose(Mutation::StorePending {
-        record_id: RID,
-        pending,
-    })
-    .await
-    .unwrap();
-    let Outcome::Activated { generation } = lf
-        .propose(Mutation::Activate {
-            record_id: RID,
-            confirm_hash: [3; 32],
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("not activated")
-    };
+    let generation = register(members[l].fleet.as_ref().unwrap()).await;
     let count = Mutation::CountGuess {
         record_id: RID,
         generation,

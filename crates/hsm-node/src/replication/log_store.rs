@@ -192,6 +192,22 @@ impl LogStore {
     }
 }
 
+/// Deletes the log entries whose index is in `range`.
+fn remove_range(
+    t: &mut redb::Table<u64, &[u8]>,
+    range: impl RangeBounds<u64>,
+) -> Result<(), ReplicationStoreError> {
+    let doomed: Vec<u64> = t
+        .range(range)
+        .map_err(db_err)?
+        .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+        .collect();
+    for k in doomed {
+        t.remove(k).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn read_err(e: ReplicationStoreError) -> StorageError<u64> {
     storage_error(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
@@ -327,14 +343,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut t = tx.open_table(LOG).map_err(db_err)?;
-                let doomed: Vec<u64> = t
-                    .range(log_id.index..)
-                    .map_err(db_err)?
-                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
-                    .collect();
-                for k in doomed {
-                    t.remove(k).map_err(db_err)?;
-                }
+                remove_range(&mut t, log_id.index..)?;
             }
             LogStore::commit_epoch(inner, tx)
         })
@@ -351,14 +360,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 meta.insert("raft-purged", sealed.as_slice())
                     .map_err(db_err)?;
                 let mut t = tx.open_table(LOG).map_err(db_err)?;
-                let doomed: Vec<u64> = t
-                    .range(..=log_id.index)
-                    .map_err(db_err)?
-                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
-                    .collect();
-                for k in doomed {
-                    t.remove(k).map_err(db_err)?;
-                }
+                remove_range(&mut t, ..=log_id.index)?;
             }
             LogStore::commit_epoch(inner, tx)
         })
