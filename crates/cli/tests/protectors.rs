@@ -25,6 +25,54 @@ fn ok(o: Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn create(dev: &DevUp, user: &str, path: &Path) {
+    ok(dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            user,
+            "--password-stdin",
+            path.to_str().unwrap(),
+        ],
+        PW,
+    ));
+}
+
+/// `protectors add --passkey` into `store`, unlocked with the password.
+fn add_passkey(dev: &DevUp, user: &str, store: &Path) -> Output {
+    dev.bkv(
+        &[
+            "backup",
+            "protectors",
+            "add",
+            "--user",
+            user,
+            "--passkey",
+            "--new-passkey-store",
+            store.to_str().unwrap(),
+            "--password-stdin",
+        ],
+        PW,
+    )
+}
+
+/// `protectors add --recovery-key`, unlocked with the password.
+fn add_recovery_key(dev: &DevUp, user: &str) -> Output {
+    dev.bkv(
+        &[
+            "backup",
+            "protectors",
+            "add",
+            "--user",
+            user,
+            "--recovery-key",
+            "--password-stdin",
+        ],
+        PW,
+    )
+}
+
 fn recovery_key_in(stdout: &str) -> String {
     stdout
         .lines()
@@ -81,44 +129,10 @@ fn each_protector_restores_on_a_fresh_device_then_removal_and_disable() {
     let store = t.path().join("phone-passkeys.json");
     let user = "pat";
 
-    ok(dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            user,
-            "--password-stdin",
-            src.to_str().unwrap(),
-        ],
-        PW,
-    ));
-    let out = ok(dev.bkv(
-        &[
-            "backup",
-            "protectors",
-            "add",
-            "--user",
-            user,
-            "--passkey",
-            "--new-passkey-store",
-            store.to_str().unwrap(),
-            "--password-stdin",
-        ],
-        PW,
-    ));
+    create(&dev, user, &src);
+    let out = ok(add_passkey(&dev, user, &store));
     let passkey_id = slot_id(&out, "pk-");
-    let out = ok(dev.bkv(
-        &[
-            "backup",
-            "protectors",
-            "add",
-            "--user",
-            user,
-            "--recovery-key",
-            "--password-stdin",
-        ],
-        PW,
-    ));
+    let out = ok(add_recovery_key(&dev, user));
     let rk = recovery_key_in(&out);
     let listed = ok(dev.bkv(
         &["backup", "protectors", "list", "--user", user, "--json"],
@@ -254,31 +268,8 @@ fn a_wrong_prf_output_or_foreign_passkey_is_rejected() {
     let store = t.path().join("pk.json");
     let foreign = t.path().join("foreign.json");
     for (user, st) in [("wanda", &store), ("xavi", &foreign)] {
-        ok(dev.bkv(
-            &[
-                "backup",
-                "create",
-                "--user",
-                user,
-                "--password-stdin",
-                f.to_str().unwrap(),
-            ],
-            PW,
-        ));
-        ok(dev.bkv(
-            &[
-                "backup",
-                "protectors",
-                "add",
-                "--user",
-                user,
-                "--passkey",
-                "--new-passkey-store",
-                st.to_str().unwrap(),
-                "--password-stdin",
-            ],
-            PW,
-        ));
+        create(&dev, user, &f);
+        ok(add_passkey(&dev, user, st));
     }
     // Another user's passkey: not a credential of this user at the RP.
     let out = t.path().join("o1");
@@ -340,43 +331,9 @@ fn a_crash_at_any_rotation_step_leaves_every_protector_able_to_restore() {
     write_noise(&src, 3_000_000, 11);
     let store = t.path().join("pk.json");
     let user = "rory";
-    ok(dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            user,
-            "--password-stdin",
-            src.to_str().unwrap(),
-        ],
-        PW,
-    ));
-    ok(dev.bkv(
-        &[
-            "backup",
-            "protectors",
-            "add",
-            "--user",
-            user,
-            "--passkey",
-            "--new-passkey-store",
-            store.to_str().unwrap(),
-            "--password-stdin",
-        ],
-        PW,
-    ));
-    let rk = recovery_key_in(&ok(dev.bkv(
-        &[
-            "backup",
-            "protectors",
-            "add",
-            "--user",
-            user,
-            "--recovery-key",
-            "--password-stdin",
-        ],
-        PW,
-    )));
+    create(&dev, user, &src);
+    ok(add_passkey(&dev, user, &store));
+    let rk = recovery_key_in(&ok(add_recovery_key(&dev, user)));
     let check_all = |label: &str| {
         let ways: [(&str, Vec<&str>, String); 3] = [
             ("pw", vec!["--password-stdin"], PW.to_owned()),
@@ -449,46 +406,9 @@ fn a_crash_while_removing_protectors_keeps_the_rest_working() {
     std::fs::write(&src, b"keep me").unwrap();
     let store = t.path().join("pk.json");
     let user = "remy";
-    ok(dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            user,
-            "--password-stdin",
-            src.to_str().unwrap(),
-        ],
-        PW,
-    ));
-    let pk = slot_id(
-        &ok(dev.bkv(
-            &[
-                "backup",
-                "protectors",
-                "add",
-                "--user",
-                user,
-                "--passkey",
-                "--new-passkey-store",
-                store.to_str().unwrap(),
-                "--password-stdin",
-            ],
-            PW,
-        )),
-        "pk-",
-    );
-    let rk = recovery_key_in(&ok(dev.bkv(
-        &[
-            "backup",
-            "protectors",
-            "add",
-            "--user",
-            user,
-            "--recovery-key",
-            "--password-stdin",
-        ],
-        PW,
-    )));
+    create(&dev, user, &src);
+    let pk = slot_id(&ok(add_passkey(&dev, user, &store)), "pk-");
+    let rk = recovery_key_in(&ok(add_recovery_key(&dev, user)));
     let rk_in = format!("{rk}\n");
     let remove = |id: &str, crash: Option<&str>| {
         bkv_with(
