@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s ==\n' "$*"; }
 
-# System packages the tests need. None beyond the Rust toolchain yet; later
-# suites (PKCS#11 via SoftHSM2, the S3 backend via moto) add theirs here.
-APT_PACKAGES=()
+# System packages the tests need: SoftHSM2 (the PKCS#11 token the platform
+# tests and `dev up --platform softhsm` use) and OpenSC's pkcs11-tool (tests
+# list the tokens' keys with it).
+APT_PACKAGES=(softhsm2 opensc)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

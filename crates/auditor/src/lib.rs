@@ -1,8 +1,11 @@
 //! bkv auditor: an independent, append-only log of validation bundles per
 //! namespace (RFC 9162 Merkle hashing), with C2SP signed-note checkpoints.
 //!
+//! Two kinds of entries share one log per namespace: validation bundles and
+//! fleet membership records (every node that joins or leaves a fleet).
 //! Rules enforced on append: only the namespace's registered operator key may
-//! append; epochs strictly increase; a bundle digest is never logged twice;
+//! append; bundle epochs strictly increase; a digest is never logged twice;
+//! a membership record must be well formed with a valid platform statement;
 //! nothing is rewritten or removed. Each append is one fsynced redb
 //! transaction, acknowledged only after it committed. HTTP API: `docs/auditor-api.md`.
 
@@ -13,9 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bkv_transparency::bundle::{self, Bundle};
+use bkv_transparency::membership::{self, MembershipChange, MembershipRecord};
 use bkv_transparency::merkle::{self, Hash};
 use bkv_transparency::note::Checkpoint;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -51,18 +55,64 @@ pub fn valid_namespace(ns: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
+/// A log entry as stored (`bkv_wire::encode`d).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredEntry {
-    bundle: Vec<u8>,
-    auditor_signature: Vec<u8>,
-    operator_signature: Option<Vec<u8>>,
+enum StoredEntry {
+    Bundle {
+        bundle: Vec<u8>,
+        auditor_signature: Vec<u8>,
+        /// The operator's counter-signature, added after the append.
+        operator_signature: Option<Vec<u8>>,
+    },
+    Membership {
+        record: Vec<u8>,
+        auditor_signature: Vec<u8>,
+        /// The operator's signature over the append request.
+        operator_signature: Vec<u8>,
+    },
+}
+
+impl StoredEntry {
+    /// The entry's Merkle leaf, its digest, and its epoch if a bundle.
+    fn leaf(&self) -> Result<(Hash, Hash, Option<u64>), String> {
+        match self {
+            StoredEntry::Bundle { bundle: bytes, .. } => {
+                let b = Bundle::decode(bytes).map_err(|e| e.to_string())?;
+                let d = bundle::digest(bytes);
+                Ok((
+                    merkle::leaf_hash(&bundle::leaf_data(b.epoch, &d)),
+                    d,
+                    Some(b.epoch),
+                ))
+            }
+            StoredEntry::Membership { record, .. } => {
+                let d = membership::record_digest(record);
+                Ok((
+                    merkle::leaf_hash(&membership::record_leaf_data(&d)),
+                    d,
+                    None,
+                ))
+            }
+        }
+    }
 }
 
 struct NsLog {
     operator: VerifyingKey,
     leaves: Vec<Hash>,
-    epochs: Vec<u64>,
+    /// (epoch, index) of every bundle, in log order (epochs increase).
+    bundles: Vec<(u64, u64)>,
     digests: HashSet<Hash>,
+}
+
+impl NsLog {
+    fn push(&mut self, leaf: Hash, digest: Hash, epoch: Option<u64>) {
+        if let Some(e) = epoch {
+            self.bundles.push((e, self.leaves.len() as u64));
+        }
+        self.leaves.push(leaf);
+        self.digests.insert(digest);
+    }
 }
 
 pub struct Auditor {
@@ -123,7 +173,7 @@ impl Auditor {
             let mut log = NsLog {
                 operator,
                 leaves: Vec::new(),
-                epochs: Vec::new(),
+                bundles: Vec::new(),
                 digests: HashSet::new(),
             };
             for row in et
@@ -137,13 +187,8 @@ impl Auditor {
                 }
                 let e: StoredEntry = bkv_wire::decode(v.value(), MAX_ENTRY)
                     .map_err(|e| AuditorError::Corrupt(e.to_string()))?;
-                let b =
-                    Bundle::decode(&e.bundle).map_err(|e| AuditorError::Corrupt(e.to_string()))?;
-                let d = bundle::digest(&e.bundle);
-                log.leaves
-                    .push(merkle::leaf_hash(&bundle::leaf_data(b.epoch, &d)));
-                log.epochs.push(b.epoch);
-                log.digests.insert(d);
+                let (leaf, d, epoch) = e.leaf().map_err(AuditorError::Corrupt)?;
+                log.push(leaf, d, epoch);
             }
             logs.insert(ns, log);
         }
@@ -168,6 +213,22 @@ impl Auditor {
 
     pub fn origin(&self, ns: &str) -> String {
         format!("{}/{ns}", self.name)
+    }
+
+    /// Stores `entry` as the next index of `ns` in one fsynced transaction
+    /// (durable before acknowledged), then extends the in-memory tree.
+    fn store_new(&self, ns: &str, log: &mut NsLog, entry: StoredEntry) -> Result<u64, ApiError> {
+        let (leaf, d, epoch) = entry.leaf().map_err(internal)?;
+        let index = log.leaves.len() as u64;
+        let tx = self.db.begin_write().map_err(internal)?;
+        {
+            let mut t = tx.open_table(ENTRIES).map_err(internal)?;
+            t.insert((ns, index), bkv_wire::encode(&entry).as_slice())
+                .map_err(internal)?;
+        }
+        tx.commit().map_err(internal)?;
+        log.push(leaf, d, epoch);
+        Ok(index)
     }
 
     fn read_entry(&self, ns: &str, index: u64) -> Result<Option<StoredEntry>, AuditorError> {
@@ -226,6 +287,8 @@ pub fn router(a: Arc<Auditor>) -> Router {
         .route("/v1/key", get(key_info))
         .route("/v1/logs/{ns}", get(log_info))
         .route("/v1/logs/{ns}/entries", post(append))
+        .route("/v1/logs/{ns}/records", post(append_record))
+        .route("/v1/logs/{ns}/bundles/latest", get(latest_bundle))
         .route("/v1/logs/{ns}/entries/{index}", get(get_entry))
         .route(
             "/v1/logs/{ns}/entries/{index}/countersignature",
@@ -319,7 +382,7 @@ async fn append(
     if b.not_before >= b.not_after {
         return Err(bad("bad_bundle", "validity window is empty"));
     }
-    if let Some(last) = log.epochs.last() {
+    if let Some((last, _)) = log.bundles.last() {
         if b.epoch <= *last {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -340,25 +403,16 @@ async fn append(
         ));
     }
     let sig = bundle::sign_auditor(&a.key, &req.bundle, &b);
-    let index = log.leaves.len() as u64;
-    let entry = StoredEntry {
-        bundle: req.bundle.clone(),
-        auditor_signature: sig.to_vec(),
-        operator_signature: None,
-    };
-    // Durable before acknowledged: one fsynced transaction.
-    let tx = a.db.begin_write().map_err(internal)?;
-    {
-        let mut t = tx.open_table(ENTRIES).map_err(internal)?;
-        t.insert((ns.as_str(), index), bkv_wire::encode(&entry).as_slice())
-            .map_err(internal)?;
-    }
-    tx.commit().map_err(internal)?;
-    log.leaves
-        .push(merkle::leaf_hash(&bundle::leaf_data(b.epoch, &d)));
-    log.epochs.push(b.epoch);
-    log.digests.insert(d);
-    tracing::info!(namespace = %ns, index, epoch = b.epoch, "appended");
+    let index = a.store_new(
+        &ns,
+        log,
+        StoredEntry::Bundle {
+            bundle: req.bundle.clone(),
+            auditor_signature: sig.to_vec(),
+            operator_signature: None,
+        },
+    )?;
+    tracing::info!(namespace = %ns, index, epoch = b.epoch, "appended a bundle");
     Ok(Json(AppendResponse {
         index,
         auditor_signature: sig.to_vec(),
@@ -380,15 +434,22 @@ async fn countersign(
         serde_json::from_slice(&body).map_err(|e| bad("bad_request", e.to_string()))?;
     let logs = a.logs.lock().map_err(internal)?;
     let log = logs.get(&ns).ok_or_else(|| not_found("namespace"))?;
-    let mut e = a
+    let e = a
         .read_entry(&ns, index)
         .map_err(internal)?
         .ok_or_else(|| not_found("entry"))?;
-    let asig: [u8; 64] = e
-        .auditor_signature
-        .as_slice()
-        .try_into()
-        .map_err(internal)?;
+    let StoredEntry::Bundle {
+        bundle: bundle_bytes,
+        auditor_signature,
+        operator_signature,
+    } = e
+    else {
+        return Err(bad(
+            "not_a_bundle",
+            "only bundle entries take a counter-signature",
+        ));
+    };
+    let asig: [u8; 64] = auditor_signature.as_slice().try_into().map_err(internal)?;
     if !bundle::verify_sig(
         &log.operator,
         &bundle::operator_message(&asig),
@@ -400,7 +461,7 @@ async fn countersign(
             "not a valid operator counter-signature".into(),
         ));
     }
-    match &e.operator_signature {
+    match &operator_signature {
         Some(s) if *s == req.operator_signature => return Ok(StatusCode::NO_CONTENT),
         Some(_) => {
             return Err(ApiError(
@@ -411,7 +472,11 @@ async fn countersign(
         }
         None => {}
     }
-    e.operator_signature = Some(req.operator_signature);
+    let e = StoredEntry::Bundle {
+        bundle: bundle_bytes,
+        auditor_signature,
+        operator_signature: Some(req.operator_signature),
+    };
     let tx = a.db.begin_write().map_err(internal)?;
     {
         let mut t = tx.open_table(ENTRIES).map_err(internal)?;
@@ -422,14 +487,37 @@ async fn countersign(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Bundle,
+    Membership,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EntryResponse {
     pub index: u64,
-    pub epoch: u64,
-    #[serde(with = "bkv_transparency::b64")]
-    pub bundle: Vec<u8>,
+    pub kind: EntryKind,
+    /// The bundle's epoch (bundles only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(
+        default,
+        with = "bkv_transparency::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bundle: Option<Vec<u8>>,
+    /// The membership record (membership entries only).
+    #[serde(
+        default,
+        with = "bkv_transparency::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub record: Option<Vec<u8>>,
     #[serde(with = "bkv_transparency::b64")]
     pub auditor_signature: Vec<u8>,
+    /// Bundles: the operator's counter-signature (once given). Membership
+    /// records: the operator's signature over the append request.
     #[serde(default, with = "bkv_transparency::b64::opt")]
     pub operator_signature: Option<Vec<u8>>,
 }
@@ -439,13 +527,33 @@ fn entry_response(a: &Auditor, ns: &str, index: u64) -> Result<EntryResponse, Ap
         .read_entry(ns, index)
         .map_err(internal)?
         .ok_or_else(|| not_found("entry"))?;
-    let b = Bundle::decode(&e.bundle).map_err(internal)?;
-    Ok(EntryResponse {
-        index,
-        epoch: b.epoch,
-        bundle: e.bundle,
-        auditor_signature: e.auditor_signature,
-        operator_signature: e.operator_signature,
+    Ok(match e {
+        StoredEntry::Bundle {
+            bundle: bytes,
+            auditor_signature,
+            operator_signature,
+        } => EntryResponse {
+            index,
+            kind: EntryKind::Bundle,
+            epoch: Some(Bundle::decode(&bytes).map_err(internal)?.epoch),
+            bundle: Some(bytes),
+            record: None,
+            auditor_signature,
+            operator_signature,
+        },
+        StoredEntry::Membership {
+            record,
+            auditor_signature,
+            operator_signature,
+        } => EntryResponse {
+            index,
+            kind: EntryKind::Membership,
+            epoch: None,
+            bundle: None,
+            record: Some(record),
+            auditor_signature,
+            operator_signature: Some(operator_signature),
+        },
     })
 }
 
@@ -470,11 +578,103 @@ async fn get_by_epoch(
     let index = {
         let logs = a.logs.lock().map_err(internal)?;
         let log = logs.get(&ns).ok_or_else(|| not_found("namespace"))?;
-        log.epochs
-            .binary_search(&epoch)
-            .map_err(|_| not_found("epoch"))? as u64
+        let i = log
+            .bundles
+            .binary_search_by_key(&epoch, |(e, _)| *e)
+            .map_err(|_| not_found("epoch"))?;
+        log.bundles
+            .get(i)
+            .map(|(_, idx)| *idx)
+            .ok_or_else(|| not_found("epoch"))?
     };
     Ok(Json(entry_response(&a, &ns, index)?))
+}
+
+/// The namespace's newest bundle entry (what the frontend serves).
+async fn latest_bundle(
+    State(a): State<Arc<Auditor>>,
+    Path(ns): Path<String>,
+) -> Result<Json<EntryResponse>, ApiError> {
+    let index = {
+        let logs = a.logs.lock().map_err(internal)?;
+        let log = logs.get(&ns).ok_or_else(|| not_found("namespace"))?;
+        log.bundles
+            .last()
+            .map(|(_, i)| *i)
+            .ok_or_else(|| not_found("bundle"))?
+    };
+    Ok(Json(entry_response(&a, &ns, index)?))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AppendRecordRequest {
+    /// Canonical `MembershipRecord` bytes.
+    #[serde(with = "bkv_transparency::b64")]
+    pub record: Vec<u8>,
+    /// Operator's Ed25519 signature over `append_record_message(record)`.
+    #[serde(with = "bkv_transparency::b64")]
+    pub operator_signature: Vec<u8>,
+}
+
+/// Logs a fleet membership record (a node joining or leaving).
+async fn append_record(
+    State(a): State<Arc<Auditor>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppendResponse>, ApiError> {
+    let req: AppendRecordRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad("bad_request", format!("append body: {e}")))?;
+    let mut logs = a.logs.lock().map_err(internal)?;
+    let log = logs.get_mut(&ns).ok_or_else(|| not_found("namespace"))?;
+    if !bundle::verify_sig(
+        &log.operator,
+        &membership::append_record_message(&req.record),
+        &req.operator_signature,
+    ) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "append not signed by this namespace's operator".into(),
+        ));
+    }
+    let r = MembershipRecord::decode(&req.record).map_err(|e| bad("bad_record", e.to_string()))?;
+    if r.namespace != ns {
+        return Err(bad("bad_record", "record namespace differs from the log's"));
+    }
+    match &r.change {
+        MembershipChange::Found { statement, .. } | MembershipChange::Add { statement, .. } => {
+            membership::verify_statement(statement)
+                .map_err(|e| bad("bad_statement", e.to_string()))?;
+        }
+        MembershipChange::Remove { .. } => {}
+        _ => return Err(bad("bad_record", "unknown membership change")),
+    }
+    let d = membership::record_digest(&req.record);
+    if log.digests.contains(&d) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "duplicate",
+            "this record is already logged".into(),
+        ));
+    }
+    let sig = a
+        .key
+        .sign(&membership::auditor_record_message(&ns, &d))
+        .to_bytes();
+    let index = a.store_new(
+        &ns,
+        log,
+        StoredEntry::Membership {
+            record: req.record.clone(),
+            auditor_signature: sig.to_vec(),
+            operator_signature: req.operator_signature,
+        },
+    )?;
+    tracing::info!(namespace = %ns, index, fleet = %r.fleet_id, "appended a membership record");
+    Ok(Json(AppendResponse {
+        index,
+        auditor_signature: sig.to_vec(),
+    }))
 }
 
 async fn checkpoint(

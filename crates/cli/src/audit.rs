@@ -14,11 +14,14 @@ struct KeyInfo {
     public_key: String,
 }
 
+/// A log entry as the auditor serves it: a bundle or a membership record.
 #[derive(Clone, Deserialize)]
 pub struct Entry {
     index: u64,
-    #[serde(with = "bkv_transparency::b64")]
-    bundle: Vec<u8>,
+    #[serde(default, with = "bkv_transparency::b64::opt")]
+    bundle: Option<Vec<u8>>,
+    #[serde(default, with = "bkv_transparency::b64::opt")]
+    record: Option<Vec<u8>>,
     #[serde(with = "bkv_transparency::b64")]
     auditor_signature: Vec<u8>,
     #[serde(default, with = "bkv_transparency::b64::opt")]
@@ -127,6 +130,79 @@ pub async fn publish(
     Ok(index)
 }
 
+/// Logs a fleet membership record with the auditor as the namespace's
+/// operator, checks the auditor's signature, and returns the proof the
+/// fleet's cores demand: the auditor's signature, a signed checkpoint and
+/// the inclusion proof of the record's leaf in it.
+pub async fn log_record(
+    http: &reqwest::Client,
+    auditor_url: &str,
+    operator: &SigningKey,
+    record: &bkv_transparency::membership::MembershipRecord,
+) -> anyhow::Result<bkv_wire::admin::LogProof> {
+    use bkv_transparency::membership as m;
+    let bytes = record.encode();
+    let root_url = auditor_url.trim_end_matches('/');
+    let base = format!("{root_url}/v1/logs/{}", record.namespace);
+    let req = serde_json::json!({
+        "record": b64(&bytes),
+        "operator_signature": b64(&operator.sign(&m::append_record_message(&bytes)).to_bytes()),
+    });
+    let r = http
+        .post(format!("{base}/records"))
+        .json(&req)
+        .send()
+        .await
+        .context("log the membership record with the auditor")?;
+    if !r.status().is_success() {
+        let s = r.status();
+        bail!(
+            "auditor refused the membership record ({s}): {}",
+            String::from_utf8_lossy(
+                &bkv_client::session::read_limited(r, 16 * 1024)
+                    .await
+                    .unwrap_or_default()
+            )
+        );
+    }
+    let v: serde_json::Value = body_json(r).await?;
+    let index = v["index"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("auditor sent no index"))?;
+    let asig = unb64(v["auditor_signature"].as_str().unwrap_or_default())?;
+    let info: KeyInfo = get_json(http, &format!("{root_url}/v1/key")).await?;
+    let akey = VerifyingKey::from_bytes(
+        &bkv_wire::key_from_hex(&info.public_key).map_err(|e| anyhow!(e))?,
+    )?;
+    if !bundle::verify_sig(
+        &akey,
+        &m::auditor_record_message(&record.namespace, &m::record_digest(&bytes)),
+        &asig,
+    ) {
+        bail!("the auditor's signature over the membership record does not verify");
+    }
+    let note = http
+        .get(format!("{base}/checkpoint"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let note = String::from_utf8(
+        bkv_client::session::read_limited(note, bkv_transparency::note::MAX_NOTE).await?,
+    )?;
+    let cp = Checkpoint::open(&note, &info.name, &akey).map_err(|e| anyhow!("checkpoint: {e}"))?;
+    let p: Proof = get_json(
+        http,
+        &format!("{base}/proof/inclusion?index={index}&size={}", cp.size),
+    )
+    .await?;
+    Ok(bkv_wire::admin::LogProof {
+        auditor_signature: asig,
+        leaf_index: index,
+        checkpoint: note,
+        inclusion_proof: p.proof,
+    })
+}
+
 fn b64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
@@ -150,6 +226,22 @@ pub struct EpochRow {
     pub change: String,
 }
 
+/// One fleet membership change, with the node's platform statement.
+#[derive(Debug, Serialize)]
+pub struct MemberRow {
+    pub index: u64,
+    pub fleet_id: String,
+    /// `found`, `add` or `remove`.
+    pub change: String,
+    pub node_id: u64,
+    pub identity_key: String,
+    /// From the signed platform statement (joins only).
+    pub platform: Option<String>,
+    pub token: Option<String>,
+    pub signing_key: Option<String>,
+    pub binary_sha256: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct LogReport {
     pub auditor: String,
@@ -158,6 +250,7 @@ pub struct LogReport {
     pub size: u64,
     pub root: String,
     pub epochs: Vec<EpochRow>,
+    pub members: Vec<MemberRow>,
     pub warnings: Vec<String>,
 }
 
@@ -269,6 +362,7 @@ pub fn verify_snapshot(
     }
     let mut leaves: Vec<Hash> = Vec::new();
     let mut rows: Vec<EpochRow> = Vec::new();
+    let mut members: Vec<MemberRow> = Vec::new();
     let mut warnings = Vec::new();
     let mut digests = std::collections::HashSet::new();
     let mut prev: Option<Bundle> = None;
@@ -276,8 +370,21 @@ pub fn verify_snapshot(
         if e.index != i {
             bail!("entry {i}: auditor returned index {}", e.index);
         }
-        let b = Bundle::decode(&e.bundle).map_err(|err| anyhow!("entry {i}: {err}"))?;
-        let d = bundle::digest(&e.bundle);
+        let bundle_bytes = match (&e.bundle, &e.record) {
+            (Some(b), None) => b,
+            (None, Some(r)) => {
+                let (leaf, row) = verify_member_entry(i, e, r, namespace, &akey, operator_key)?;
+                if !digests.insert(bkv_transparency::membership::record_digest(r)) {
+                    bail!("entry {i}: digest logged twice");
+                }
+                members.push(row);
+                check_in_log(snap, &cp, &mut leaves, i, leaf)?;
+                continue;
+            }
+            _ => bail!("entry {i}: neither a bundle nor a membership record"),
+        };
+        let b = Bundle::decode(bundle_bytes).map_err(|err| anyhow!("entry {i}: {err}"))?;
+        let d = bundle::digest(bundle_bytes);
         if b.namespace != namespace {
             bail!("entry {i}: bundle namespace {:?}", b.namespace);
         }
@@ -314,21 +421,7 @@ pub fn verify_snapshot(
             }
         }
         let leaf = merkle::leaf_hash(&bundle::leaf_data(b.epoch, &d));
-        leaves.push(leaf);
-        let idx = i as usize;
-        if !merkle::verify_inclusion(i, cp.size, &leaf, &snap.inclusion[idx], &cp.root) {
-            bail!("entry {i}: not included in the checkpoint (inclusion proof fails)");
-        }
-        let size = i + 1;
-        if !merkle::verify_consistency(
-            size,
-            cp.size,
-            &merkle::root(&leaves),
-            &cp.root,
-            &snap.consistency[idx],
-        ) {
-            bail!("tree size {size} is not consistent with the checkpoint (size {}): the log was rewritten or forked", cp.size);
-        }
+        check_in_log(snap, &cp, &mut leaves, i, leaf)?;
         let keys_of = |b: &Bundle| {
             let mut k: Vec<_> = b
                 .keys
@@ -381,8 +474,94 @@ pub fn verify_snapshot(
         size: cp.size,
         root: hex::encode(cp.root),
         epochs: rows,
+        members,
         warnings,
     })
+}
+
+/// Adds entry `i`'s leaf and checks its inclusion in the checkpoint and
+/// the consistency of the tree up to it with the checkpoint.
+fn check_in_log(
+    snap: &Snapshot,
+    cp: &Checkpoint,
+    leaves: &mut Vec<Hash>,
+    i: u64,
+    leaf: Hash,
+) -> anyhow::Result<()> {
+    leaves.push(leaf);
+    let idx = i as usize;
+    let (Some(inclusion), Some(consistency)) = (snap.inclusion.get(idx), snap.consistency.get(idx))
+    else {
+        bail!("entry {i}: no proofs");
+    };
+    if !merkle::verify_inclusion(i, cp.size, &leaf, inclusion, &cp.root) {
+        bail!("entry {i}: not included in the checkpoint (inclusion proof fails)");
+    }
+    let size = i + 1;
+    if !merkle::verify_consistency(size, cp.size, &merkle::root(leaves), &cp.root, consistency) {
+        bail!("tree size {size} is not consistent with the checkpoint (size {}): the log was rewritten or forked", cp.size);
+    }
+    Ok(())
+}
+
+/// Verifies a membership entry: the record, the auditor's signature, the
+/// operator's signature over the append, and the node's platform statement.
+fn verify_member_entry(
+    i: u64,
+    e: &Entry,
+    record: &[u8],
+    namespace: &str,
+    akey: &VerifyingKey,
+    operator_key: &VerifyingKey,
+) -> anyhow::Result<(Hash, MemberRow)> {
+    use bkv_transparency::membership::{self as m, MembershipChange, MembershipRecord};
+    let r = MembershipRecord::decode(record).map_err(|err| anyhow!("entry {i}: {err}"))?;
+    if r.namespace != namespace {
+        bail!("entry {i}: membership record namespace {:?}", r.namespace);
+    }
+    let d = m::record_digest(record);
+    if !bundle::verify_sig(
+        akey,
+        &m::auditor_record_message(namespace, &d),
+        &e.auditor_signature,
+    ) {
+        bail!("entry {i} (membership): auditor signature invalid");
+    }
+    match &e.operator_signature {
+        Some(s) if bundle::verify_sig(operator_key, &m::append_record_message(record), s) => {}
+        _ => bail!("entry {i} (membership): not signed by the given operator key"),
+    }
+    let (change, node_id, st, identity) = match &r.change {
+        MembershipChange::Found { node_id, statement } => {
+            ("found", *node_id, Some(statement), None)
+        }
+        MembershipChange::Add { node_id, statement } => ("add", *node_id, Some(statement), None),
+        MembershipChange::Remove {
+            node_id,
+            identity_key,
+        } => ("remove", *node_id, None, Some(*identity_key)),
+        _ => bail!("entry {i}: unknown membership change"),
+    };
+    let st = st
+        .map(|s| m::verify_statement(s).map_err(|err| anyhow!("entry {i}: {err}")))
+        .transpose()?;
+    let identity = identity
+        .or(st.as_ref().map(|s| s.identity_key))
+        .unwrap_or_default();
+    Ok((
+        merkle::leaf_hash(&m::record_leaf_data(&d)),
+        MemberRow {
+            index: i,
+            fleet_id: r.fleet_id,
+            change: change.into(),
+            node_id,
+            identity_key: hex::encode(identity),
+            platform: st.as_ref().map(|s| s.platform.kind.name().to_owned()),
+            token: st.as_ref().map(|s| s.platform.token.clone()),
+            signing_key: st.as_ref().map(|s| hex::encode(s.signing_key)),
+            binary_sha256: st.as_ref().map(|s| hex::encode(s.binary_sha256)),
+        },
+    ))
 }
 
 pub fn print_table(r: &LogReport) {
@@ -406,10 +585,34 @@ pub fn print_table(r: &LogReport) {
             e.change
         );
     }
+    if !r.members.is_empty() {
+        println!("membership changes (each node's signed platform statement):");
+        println!(
+            "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} token",
+            "index", "fleet", "change", "node", "identity key", "platform", "bkv-hsm sha256"
+        );
+        for m in &r.members {
+            let short = |s: &str| format!("{}…", s.get(..16).unwrap_or(s));
+            println!(
+                "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} {}",
+                m.index,
+                m.fleet_id,
+                m.change,
+                m.node_id,
+                short(&m.identity_key),
+                m.platform.as_deref().unwrap_or("-"),
+                m.binary_sha256
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or_else(|| "-".into()),
+                m.token.as_deref().unwrap_or("-"),
+            );
+        }
+    }
     for w in &r.warnings {
         println!("warning: {w}");
     }
-    println!("verified: every digest, auditor signature, operator counter-signature, inclusion proof and consistency proof");
+    println!("verified: every digest, auditor signature, operator signature, platform statement, inclusion proof and consistency proof");
 }
 
 #[cfg(test)]
@@ -446,7 +649,8 @@ mod tests {
             )));
             entries.push(Entry {
                 index: i as u64,
-                bundle: bytes,
+                bundle: Some(bytes),
+                record: None,
                 auditor_signature: asig.to_vec(),
                 operator_signature: Some(bundle::sign_operator(o, &asig).to_vec()),
             });
@@ -511,9 +715,9 @@ mod tests {
         );
         // Bundle bytes changed after signing.
         let mut s = snapshot(&a, &o, &bundles);
-        let mut b = Bundle::decode(&s.entries[3].bundle).unwrap();
+        let mut b = Bundle::decode(s.entries[3].bundle.as_ref().unwrap()).unwrap();
         b.keys[0].key = [0xaa; 32];
-        s.entries[3].bundle = b.encode();
+        s.entries[3].bundle = Some(b.encode());
         assert!(check(&s, &o)
             .unwrap_err()
             .contains("auditor signature invalid"));

@@ -101,23 +101,6 @@ pub async fn run() -> anyhow::Result<()> {
     println!("working directory: {}", root.display());
 
     step(1, "Starting a local deployment: an HSM vault node, an independent auditor, the frontend relay, and storage.");
-    let node_dir = root.join("node");
-    // The node runs its own runtime (consensus), so it is opened and later
-    // dropped outside this async context.
-    let node = tokio::task::spawn_blocking(move || {
-        bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
-            data_dir: node_dir,
-            platform_dir: None,
-            node_id: 0,
-            peer_listen: "127.0.0.1:0".into(),
-            members: None,
-            initialize: false,
-        })
-    })
-    .await?
-    .context("start vault node")?;
-    let node = Arc::new(node);
-    let server = bkv_hsm_node::serve(node.clone(), "127.0.0.1:0")?;
     let token_key = {
         let mut k = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut k);
@@ -151,6 +134,31 @@ pub async fn run() -> anyhow::Result<()> {
             let _ = astop_rx.await;
         },
     ));
+    // The node forms a one-node fleet that pins the operator's and the
+    // auditor's keys. It runs its own runtime (consensus), so it is opened
+    // and later dropped outside this async context.
+    let node_dir = root.join("node");
+    let trust = bkv_hsm_core::FleetTrust {
+        namespace: NAMESPACE.into(),
+        auditor_name: "demo-auditor".into(),
+        auditor_key: auditor_key.verifying_key().to_bytes(),
+        operator_key: operator.verifying_key().to_bytes(),
+    };
+    let node = tokio::task::spawn_blocking(move || {
+        bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
+            platform: bkv_hsm_platform::PlatformConfig::Software {
+                dir: node_dir.join("platform"),
+            },
+            data_dir: node_dir,
+            node_id: 0,
+            peer_listen: "127.0.0.1:0".into(),
+            start: bkv_hsm_node::StartMode::Found(trust),
+        })
+    })
+    .await?
+    .context("start vault node")?;
+    let node = Arc::new(node);
+    let server = bkv_hsm_node::serve(node.clone(), "127.0.0.1:0")?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

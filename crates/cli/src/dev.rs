@@ -1,36 +1,112 @@
 //! `bkv dev up` / `bkv dev restart-node`: a local deployment for development
-//! and tests. Nodes run as separate `bkv-hsm` processes; the frontend runs in
-//! this process.
+//! and tests. Nodes and the auditor run as separate processes; the frontend
+//! runs in this process. The fleet is formed the way a real one is: the
+//! first node generates the fleet keys, every further node is admitted by a
+//! signed operator command whose membership record is in the auditor's log
+//! ([`crate::fleet_admin`]).
 
 use crate::config::{AuthConfig, ClientConfig, FleetConfig, OtaConfig};
+use crate::fleet_admin::{self, Operator};
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// How a node was started, so `restart-node` can start it again identically.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    #[serde(default)]
-    pub platform_dir: Option<PathBuf>,
-    pub hsm_bin: PathBuf,
-    /// Fleet membership (absent for a one-node fleet).
-    #[serde(default)]
-    pub fleet: Option<FleetRecord>,
+/// Which platform a dev node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DevPlatform {
+    /// Keys in files beside each node's data (INSECURE; the default).
+    Software,
+    /// A SoftHSM2 token per node (DIR/nodes/<i>/softhsm2.conf, PIN in DIR/nodes/<i>/pin).
+    Softhsm,
 }
 
+/// Where one dev node keeps its keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FleetRecord {
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum NodePlatform {
+    Software {
+        dir: PathBuf,
+    },
+    Softhsm {
+        conf: PathBuf,
+        token_label: String,
+        pin_file: PathBuf,
+        module: PathBuf,
+    },
+}
+
+/// How a node was started, so `restart-node` can start it again identically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
     pub node_id: u64,
+    /// Relay link (frontend).
+    pub listen: SocketAddr,
+    /// Admin link (operator).
+    pub admin: SocketAddr,
+    /// Peer link (Raft), as the membership records it.
     pub peer_listen: String,
-    pub members_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub platform: NodePlatform,
+    pub hsm_bin: PathBuf,
+    /// Members file to ask for the fleet secrets (joining nodes).
+    #[serde(default)]
+    pub join: Option<PathBuf>,
+}
+
+impl NodeRecord {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--data-dir".to_owned(),
+            self.data_dir.display().to_string(),
+            "--listen".to_owned(),
+            self.listen.to_string(),
+            "--admin-listen".to_owned(),
+            self.admin.to_string(),
+            "--node-id".to_owned(),
+            self.node_id.to_string(),
+            "--peer-listen".to_owned(),
+            self.peer_listen.clone(),
+        ];
+        match &self.platform {
+            NodePlatform::Software { dir } => {
+                a.extend(["--platform-dir".to_owned(), dir.display().to_string()])
+            }
+            NodePlatform::Softhsm {
+                token_label,
+                pin_file,
+                module,
+                ..
+            } => a.extend([
+                "--platform".to_owned(),
+                "pkcs11".to_owned(),
+                "--pkcs11-module".to_owned(),
+                module.display().to_string(),
+                "--token-label".to_owned(),
+                token_label.clone(),
+                "--pin-file".to_owned(),
+                pin_file.display().to_string(),
+            ]),
+        }
+        if let Some(j) = &self.join {
+            a.extend(["--join".to_owned(), j.display().to_string()]);
+        }
+        a
+    }
+
+    fn env(&self) -> Vec<(String, PathBuf)> {
+        match &self.platform {
+            NodePlatform::Softhsm { conf, .. } => vec![("SOFTHSM2_CONF".to_owned(), conf.clone())],
+            NodePlatform::Software { .. } => Vec::new(),
+        }
+    }
 }
 
 pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
@@ -60,6 +136,7 @@ pub fn find_bin(name: &str, env: &str, explicit: Option<PathBuf>) -> anyhow::Res
 fn spawn_ready(
     bin: &Path,
     args: &[String],
+    env: &[(String, PathBuf)],
     dir: &Path,
     log: &str,
 ) -> anyhow::Result<(u32, String)> {
@@ -71,6 +148,7 @@ fn spawn_ready(
         .with_context(|| format!("open {log}"))?;
     let mut cmd = Command::new(bin);
     cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf));
@@ -110,60 +188,42 @@ fn ready_field(line: &str, k: &str) -> anyhow::Result<String> {
 pub struct StartedNode {
     pub pid: u32,
     pub listen: SocketAddr,
+    pub admin: SocketAddr,
     pub fleet_id: String,
     pub noise_public_key: String,
 }
 
-/// Starts a `bkv-hsm` process and waits for its ready line.
+/// Starts a `bkv-hsm` process as recorded and waits for its ready line.
 pub fn start_node(rec: &NodeRecord, dir: &Path) -> anyhow::Result<StartedNode> {
-    start_node_with(rec, dir, false)
+    start_node_with(rec, dir, &[])
 }
 
-/// Starts a `bkv-hsm` process; `initialize` forms the fleet (first start of
-/// node 0 only).
+/// Starts a `bkv-hsm` process with `extra` arguments (the founder's
+/// `--found …` on its first start).
 pub fn start_node_with(
     rec: &NodeRecord,
     dir: &Path,
-    initialize: bool,
+    extra: &[String],
 ) -> anyhow::Result<StartedNode> {
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        rec.data_dir.display().to_string(),
-        "--listen".to_owned(),
-        rec.listen.to_string(),
-    ];
-    // The platform (key, counter) sits beside the data directory, so that a
-    // rolled-back data directory is detected as one.
-    if let Some(p) = &rec.platform_dir {
-        args.extend(["--platform-dir".to_owned(), p.display().to_string()]);
-    }
-    if let Some(f) = &rec.fleet {
-        args.extend([
-            "--node-id".to_owned(),
-            f.node_id.to_string(),
-            "--peer-listen".to_owned(),
-            f.peer_listen.clone(),
-            "--members".to_owned(),
-            f.members_file.display().to_string(),
-        ]);
-        if initialize {
-            args.push("--initialize".to_owned());
-        }
-    }
-    let (pid, line) = spawn_ready(&rec.hsm_bin, &args, dir, "node.log")?;
+    let mut args = rec.args();
+    args.extend_from_slice(extra);
+    let (pid, line) = spawn_ready(&rec.hsm_bin, &args, &rec.env(), dir, "node.log")?;
     Ok(StartedNode {
         pid,
         listen: ready_field(&line, "listen")?.parse()?,
+        admin: ready_field(&line, "admin")?.parse()?,
         fleet_id: ready_field(&line, "fleet")?,
         noise_public_key: ready_field(&line, "noise_public_key")?,
     })
 }
 
 pub struct StartedAuditor {
-    pub pid: u32,
     pub url: String,
     pub name: String,
+    /// Public key, hex.
     pub key: String,
+    /// C2SP verifier key (`name+id+base64`), what a fleet pins.
+    pub verifier_key: String,
 }
 
 /// Starts `bkv-auditor` for `namespace` with `operator` as its operator.
@@ -182,12 +242,15 @@ pub fn start_auditor(
         "--namespace".to_owned(),
         format!("{namespace}={}", hex::encode(operator.as_bytes())),
     ];
-    let (pid, line) = spawn_ready(bin, &args, dir, "auditor.log")?;
+    let (_, line) = spawn_ready(bin, &args, &[], dir, "auditor.log")?;
+    let name = ready_field(&line, "name")?;
+    let key = ready_field(&line, "key")?;
+    let vk = VerifyingKey::from_bytes(&bkv_wire::key_from_hex(&key).map_err(|e| anyhow!(e))?)?;
     Ok(StartedAuditor {
-        pid,
         url: format!("http://{}", ready_field(&line, "listen")?),
-        name: ready_field(&line, "name")?,
-        key: ready_field(&line, "key")?,
+        verifier_key: bkv_transparency::note::verifier_key(&name, &vk),
+        name,
+        key,
     })
 }
 
@@ -256,7 +319,7 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     }
     let mut k = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut k);
-    bkv_hsm_node::platform::write_private_file(path, &k)?;
+    bkv_hsm_platform::write_private_file(path, &k)?;
     Ok(SigningKey::from_bytes(&k))
 }
 
@@ -268,6 +331,7 @@ pub struct UpArgs {
     pub hsm_bin: Option<PathBuf>,
     /// Write a client config in `pinned` mode instead of `ota`.
     pub pinned: bool,
+    pub platform: DevPlatform,
 }
 
 /// The namespace `dev up` publishes bundles in.
@@ -284,26 +348,13 @@ async fn ensure_bundle(
     use bkv_transparency::bundle::{Bundle, FleetKey, KeyRole};
     let http = reqwest::Client::new();
     let base = format!("{auditor_url}/v1/logs/{DEV_NAMESPACE}");
-    let info: serde_json::Value = http
-        .get(&base)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let size = info["size"].as_u64().unwrap_or(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let mut epoch = 1;
-    if size > 0 {
-        let e: serde_json::Value = http
-            .get(format!("{base}/entries/{}", size - 1))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+    let latest = http.get(format!("{base}/bundles/latest")).send().await?;
+    if latest.status() != reqwest::StatusCode::NOT_FOUND {
+        let e: serde_json::Value = latest.error_for_status()?.json().await?;
         let bytes = {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD
@@ -341,16 +392,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be between 1 and 9");
     }
-    let started = start_fleet(&dir, &hsm_bin, args.nodes, args.port_base)?;
-    let node = &started[0];
-    let stop_nodes = |started: &[StartedNode]| {
-        for n in started {
-            stop_pid(n.pid as i32);
-        }
-    };
 
     // The independent auditor (its own process and data directory) and the
-    // operator key that publishes bundles to it.
+    // operator key: the fleet pins both when it is formed.
     let operator_dir = dir.join("operator");
     std::fs::create_dir_all(&operator_dir)?;
     let operator = load_or_create_key(&operator_dir.join("operator-signing.key"))?;
@@ -364,28 +408,39 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|_| args.port_base.is_none())
         .unwrap_or_else(|| format!("127.0.0.1:{}", args.port_base.map(|p| p + 2).unwrap_or(0)));
-    let auditor = match start_auditor(
+    let auditor = start_auditor(
         &auditor_bin,
         &adir,
         alisten.trim(),
         DEV_NAMESPACE,
         &operator.verifying_key(),
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            stop_nodes(&started);
-            return Err(e);
-        }
-    };
+    )?;
     std::fs::write(
         adir.join("listen"),
         auditor.url.trim_start_matches("http://"),
     )?;
+    let started = match start_fleet(
+        &dir,
+        &hsm_bin,
+        args.nodes,
+        args.port_base,
+        args.platform,
+        &auditor,
+        &operator,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            stop_deployment(&dir);
+            return Err(e);
+        }
+    };
+    let node = &started[0];
     let node_key =
         bkv_wire::key_from_hex(&node.noise_public_key).map_err(|e| anyhow!("node key: {e}"))?;
     if let Err(e) = ensure_bundle(&auditor.url, &operator, &node.fleet_id, node_key).await {
-        stop_nodes(&started);
-        stop_pid(auditor.pid as i32);
+        stop_deployment(&dir);
         return Err(e.context("publish the fleet's validation bundle"));
     }
 
@@ -451,10 +506,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     println!(
-        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} fleet={} auditor={} config={}",
+        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={}",
         started.len(),
         node.listen,
         node.pid,
+        node.admin,
         node.fleet_id,
         auditor.url,
         config_path.display()
@@ -475,9 +531,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("bkv dev: stopping");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    // Nodes may have been restarted by `restart-node`: stop whatever pids are current.
-    let mut dirs: Vec<PathBuf> = (0..started.len()).map(|i| node_dir(&dir, i)).collect();
-    dirs.push(adir.clone());
+    stop_deployment(&dir);
+    eprintln!("bkv dev: stopped");
+    Ok(())
+}
+
+/// Stops whatever node and auditor pids of the deployment are current
+/// (nodes may have been restarted by `restart-node`).
+fn stop_deployment(dir: &Path) {
+    let mut dirs: Vec<PathBuf> = (0..9).map(|i| node_dir(dir, i)).collect();
+    dirs.push(dir.join("auditor"));
     for d in &dirs {
         if let Some(pid) = read_pid(d) {
             if pid_alive(pid) {
@@ -485,8 +548,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("bkv dev: stopped");
-    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -496,41 +557,245 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn print_identity(hsm_bin: &Path, data_dir: &Path, platform_dir: &Path) -> anyhow::Result<String> {
-    let out = Command::new(hsm_bin)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--platform-dir")
-        .arg(platform_dir)
-        .arg("--print-identity")
+/// A fresh SoftHSM2 token for one node: its own token directory and
+/// configuration (`DIR/nodes/<i>/softhsm2.conf`) and a random PIN in
+/// `DIR/nodes/<i>/pin` (mode 0600). The token is initialised with
+/// `softhsm2-util` (Debian package `softhsm2`); the node generates its keys
+/// inside it on first start.
+pub fn init_softhsm_token(ndir: &Path, i: usize) -> anyhow::Result<NodePlatform> {
+    let tokens = ndir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = ndir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    let secret = || {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    let (pin, so_pin) = (secret(), secret());
+    let pin_file = ndir.join("pin");
+    bkv_hsm_platform::write_private_file(&pin_file, pin.as_bytes())?;
+    let token_label = format!("bkv-node-{i}");
+    // softhsm2-util takes PINs only as arguments; this is a dev deployment
+    // on one machine, and the SO PIN is not kept.
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", &token_label])
+        .args(["--pin", &pin, "--so-pin", &so_pin])
         .output()
-        .with_context(|| format!("run {}", hsm_bin.display()))?;
+        .context("run softhsm2-util (install the Debian package softhsm2)")?;
     if !out.status.success() {
         bail!(
-            "bkv-hsm --print-identity failed: {}",
+            "softhsm2-util --init-token failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Ok(NodePlatform::Softhsm {
+        conf,
+        token_label,
+        pin_file,
+        module: PathBuf::from(bkv_hsm_platform::SOFTHSM_MODULE),
+    })
 }
 
-/// Starts the fleet's `n` nodes (reusing addresses recorded by an earlier
-/// run of the same directory). With more than one node: identities first,
-/// then `DIR/fleet.json` (the members), then node 0 (which forms the fleet on
-/// its first start) and the others, which fetch the fleet secrets from it.
-fn start_fleet(
+/// The node's signed platform statement (`bkv-hsm --print-statement`;
+/// creates its keys on a fresh data directory).
+fn print_statement(rec: &NodeRecord) -> anyhow::Result<bkv_wire::admin::SignedStatement> {
+    let mut args = rec.args();
+    args.push("--print-statement".into());
+    let out = Command::new(&rec.hsm_bin)
+        .args(&args)
+        .envs(rec.env())
+        .output()
+        .with_context(|| format!("run {}", rec.hsm_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bkv-hsm --print-statement failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let bytes = hex::decode(v["signed_statement"].as_str().unwrap_or_default())?;
+    Ok(bkv_wire::decode(&bytes, bkv_wire::admin::MAX_ADMIN_FRAME)?)
+}
+
+/// Deployment parameters shared by `dev up` and `bkv fleet add-node|remove-node`.
+struct Deployment {
+    dir: PathBuf,
+    hsm_bin: PathBuf,
+    platform: DevPlatform,
+    port_base: Option<u16>,
+    operator: Operator,
+}
+
+impl Deployment {
+    /// Reads an existing `dev up` directory.
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let records = node_records(dir);
+        let (_, first) = records
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no dev deployment", dir.display()))?;
+        let auditor = std::fs::read_to_string(dir.join("auditor/listen"))
+            .with_context(|| format!("{} has no auditor", dir.display()))?;
+        let key = load_key(&dir.join("operator/operator-signing.key"))?;
+        Ok(Deployment {
+            dir: dir.to_owned(),
+            hsm_bin: first.hsm_bin.clone(),
+            platform: match first.platform {
+                NodePlatform::Software { .. } => DevPlatform::Software,
+                NodePlatform::Softhsm { .. } => DevPlatform::Softhsm,
+            },
+            port_base: None,
+            operator: Operator {
+                key,
+                auditor_url: format!("http://{}", auditor.trim()),
+                namespace: DEV_NAMESPACE.into(),
+            },
+        })
+    }
+
+    /// A new node's record: its directories, platform and addresses.
+    fn new_record(&self, i: usize) -> anyhow::Result<NodeRecord> {
+        let ndir = node_dir(&self.dir, i);
+        let data_dir = ndir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let platform = match self.platform {
+            // The platform sits beside the data directory, so that a
+            // rolled-back data directory is detected as one.
+            DevPlatform::Software => NodePlatform::Software {
+                dir: ndir.join("platform"),
+            },
+            DevPlatform::Softhsm => init_softhsm_token(&ndir, i)?,
+        };
+        let port = |offset: u16| -> anyhow::Result<u16> {
+            Ok(match self.port_base {
+                Some(b) => b + 3 + 3 * i as u16 + offset,
+                None if offset == 1 => free_port()?,
+                None => 0,
+            })
+        };
+        Ok(NodeRecord {
+            node_id: i as u64,
+            listen: format!("127.0.0.1:{}", port(0)?).parse()?,
+            peer_listen: format!("127.0.0.1:{}", port(1)?),
+            admin: format!("127.0.0.1:{}", port(2)?).parse()?,
+            data_dir,
+            platform,
+            hsm_bin: self.hsm_bin.clone(),
+            join: (i > 0).then(|| self.dir.join("fleet.json")),
+        })
+    }
+
+    /// Node id → admin address of every recorded node.
+    fn admins(&self) -> BTreeMap<u64, SocketAddr> {
+        node_records(&self.dir)
+            .into_iter()
+            .map(|(_, r)| (r.node_id, r.admin))
+            .collect()
+    }
+
+    /// Adds node `i`: its statement, a logged and signed admission, its
+    /// start (it fetches the fleet secrets encrypted to its identity), its
+    /// catch-up, and its promotion to voter.
+    async fn add(&self, i: usize) -> anyhow::Result<StartedNode> {
+        let ndir = node_dir(&self.dir, i);
+        let mut rec = self.new_record(i)?;
+        let statement = print_statement(&rec)?;
+        let st = bkv_transparency::membership::verify_statement(&statement)
+            .map_err(|e| anyhow!("node {i}'s statement: {e}"))?;
+        let admins = self.admins();
+        fleet_admin::admit(
+            &self.operator,
+            &admins,
+            i as u64,
+            &rec.peer_listen,
+            statement,
+        )
+        .await?;
+        update_members(&self.dir, |m| {
+            m.retain(|m| m.id != i as u64);
+            m.push(bkv_hsm_node::Member {
+                id: i as u64,
+                addr: rec.peer_listen.clone(),
+                identity: hex::encode(st.identity_key),
+            });
+        })?;
+        let node = start_node(&rec, &ndir)?;
+        rec.listen = node.listen;
+        rec.admin = node.admin;
+        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+        // Promote once it has the leader's log.
+        let mut admins = admins;
+        admins.insert(i as u64, node.admin);
+        let (_, view) = fleet_admin::members(&admins)?;
+        let leader_applied = view.status.applied_index;
+        for _ in 0..300 {
+            if status_of(node.listen).is_some_and(|s| s.applied_index >= leader_applied) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        fleet_admin::promote(&self.operator, &admins, i as u64)?;
+        Ok(node)
+    }
+}
+
+fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let b = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let arr: [u8; 32] = b
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
+    Ok(SigningKey::from_bytes(&arr))
+}
+
+/// Rewrites `DIR/fleet.json`, the members new nodes ask for the secrets.
+fn update_members(
+    dir: &Path,
+    f: impl FnOnce(&mut Vec<bkv_hsm_node::Member>),
+) -> anyhow::Result<()> {
+    let path = dir.join("fleet.json");
+    let mut members: Vec<bkv_hsm_node::Member> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)?,
+        Err(_) => Vec::new(),
+    };
+    f(&mut members);
+    std::fs::write(&path, serde_json::to_vec_pretty(&members)?)?;
+    Ok(())
+}
+
+/// Starts the fleet's `n` nodes. A directory that already holds a fleet
+/// (`fleet.json`) restarts its recorded nodes. Otherwise node 0 forms the
+/// fleet (generating its keys, pinning the operator and auditor keys), its
+/// founding record is logged, and nodes 1.. are admitted one by one.
+async fn start_fleet(
     dir: &Path,
     hsm_bin: &Path,
     n: usize,
     port_base: Option<u16>,
+    platform: DevPlatform,
+    auditor: &StartedAuditor,
+    operator: &SigningKey,
 ) -> anyhow::Result<Vec<StartedNode>> {
-    let members_file = dir.join("fleet.json");
-    let mut records = Vec::new();
-    let mut members = Vec::new();
-    for i in 0..n {
-        let ndir = node_dir(dir, i);
-        std::fs::create_dir_all(&ndir)?;
-        if let Some(pid) = read_pid(&ndir) {
+    let d = Deployment {
+        dir: dir.to_owned(),
+        hsm_bin: hsm_bin.to_owned(),
+        platform,
+        port_base,
+        operator: Operator {
+            key: operator.clone(),
+            auditor_url: auditor.url.clone(),
+            namespace: DEV_NAMESPACE.into(),
+        },
+    };
+    for i in 0..9 {
+        if let Some(pid) = read_pid(&node_dir(dir, i)) {
             if pid_alive(pid) {
                 bail!(
                     "node {i} of {} is already running (pid {pid}); stop it first",
@@ -538,75 +803,48 @@ fn start_fleet(
                 );
             }
         }
-        let old: Option<NodeRecord> = std::fs::read(ndir.join("node.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let listen = match &old {
-            Some(r) if port_base.is_none() => r.listen,
-            _ => {
-                let p = match port_base {
-                    Some(b) => b + 3 + 2 * i as u16,
-                    None => 0,
-                };
-                format!("127.0.0.1:{p}").parse()?
-            }
-        };
-        let data_dir = ndir.join("data");
-        std::fs::create_dir_all(&data_dir)?;
-        let platform_dir = ndir.join("platform");
-        let fleet = if n > 1 {
-            let peer_listen = match old.as_ref().and_then(|r| r.fleet.clone()) {
-                Some(f) if port_base.is_none() => f.peer_listen,
-                _ => {
-                    let p = match port_base {
-                        Some(b) => b + 4 + 2 * i as u16,
-                        None => free_port()?,
-                    };
-                    format!("127.0.0.1:{p}")
-                }
-            };
-            members.push(bkv_hsm_node::Member {
-                id: i as u64,
-                addr: peer_listen.clone(),
-                identity: print_identity(hsm_bin, &data_dir, &platform_dir)?,
-            });
-            Some(FleetRecord {
-                node_id: i as u64,
-                peer_listen,
-                members_file: members_file.clone(),
-            })
-        } else {
-            None
-        };
-        records.push(NodeRecord {
-            listen,
-            data_dir,
-            platform_dir: Some(platform_dir),
-            hsm_bin: hsm_bin.to_owned(),
-            fleet,
-        });
-    }
-    if n > 1 {
-        std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
     }
     let mut started = Vec::new();
-    for (i, rec) in records.iter_mut().enumerate() {
-        let ndir = node_dir(dir, i);
-        // Form the fleet only on node 0's very first start.
-        let fresh = !rec.data_dir.join("raft-log.redb").exists();
-        let node = match start_node_with(rec, &ndir, n > 1 && i == 0 && fresh) {
-            Ok(node) => node,
-            Err(e) => {
-                for s in &started {
-                    let s: &StartedNode = s;
-                    stop_pid(s.pid as i32);
-                }
-                return Err(e);
-            }
-        };
-        rec.listen = node.listen;
-        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
-        started.push(node);
+    if dir.join("fleet.json").exists() {
+        for (i, mut rec) in node_records(dir) {
+            let ndir = node_dir(dir, i);
+            let node = start_node(&rec, &ndir)?;
+            rec.listen = node.listen;
+            rec.admin = node.admin;
+            std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+            started.push(node);
+        }
+        return Ok(started);
+    }
+    let ndir = node_dir(dir, 0);
+    let mut rec = d.new_record(0)?;
+    let statement = print_statement(&rec)?;
+    let st = bkv_transparency::membership::verify_statement(&statement)
+        .map_err(|e| anyhow!("node 0's statement: {e}"))?;
+    let found = vec![
+        "--found".to_owned(),
+        "--operator-key".to_owned(),
+        hex::encode(operator.verifying_key().as_bytes()),
+        "--auditor-key".to_owned(),
+        auditor.verifier_key.clone(),
+        "--namespace".to_owned(),
+        DEV_NAMESPACE.to_owned(),
+    ];
+    let node = start_node_with(&rec, &ndir, &found)?;
+    rec.listen = node.listen;
+    rec.admin = node.admin;
+    std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+    fleet_admin::log_founder(&d.operator, &node.fleet_id, 0, statement).await?;
+    update_members(dir, |m| {
+        *m = vec![bkv_hsm_node::Member {
+            id: 0,
+            addr: rec.peer_listen.clone(),
+            identity: hex::encode(st.identity_key),
+        }]
+    })?;
+    started.push(node);
+    for i in 1..n {
+        started.push(d.add(i).await?);
     }
     Ok(started)
 }
@@ -645,7 +883,7 @@ pub fn relying_party(
     Ok(std::sync::Arc::new(rp))
 }
 
-/// One request on a node's link (operator tooling talks to nodes directly).
+/// One request on a node's relay link (fleet status is public).
 fn node_request(
     addr: SocketAddr,
     req: &bkv_wire::node::NodeRequest,
@@ -674,131 +912,41 @@ fn status_of(addr: SocketAddr) -> Option<bkv_wire::node::FleetStatus> {
     }
 }
 
-/// The leader's link address, asking each node of the deployment.
-fn leader_addr(dir: &Path) -> anyhow::Result<SocketAddr> {
-    let records = node_records(dir);
-    for _ in 0..50 {
-        for (_, r) in &records {
-            if let Some(s) = status_of(r.listen) {
-                if let Some(l) = s.leader {
-                    if let Some((_, lr)) = records.iter().find(|(i, _)| *i as u64 == l) {
-                        return Ok(lr.listen);
-                    }
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("no leader found among the nodes of {}", dir.display())
-}
-
-fn change(dir: &Path, c: bkv_wire::node::MembershipChange) -> anyhow::Result<()> {
-    let leader = leader_addr(dir)?;
-    match node_request(leader, &bkv_wire::node::NodeRequest::ChangeMembership(c))? {
-        bkv_wire::node::NodeResponse::FleetStatus(_) => Ok(()),
-        bkv_wire::node::NodeResponse::Error(e) => bail!("membership change refused: {e}"),
-        other => bail!("unexpected answer {other:?}"),
-    }
-}
-
 /// `bkv fleet add-node --dir DIR`: a new `bkv-hsm` joins the fleet of a
-/// `dev up` deployment: added as a learner (so members accept its identity
-/// key), started (it fetches the fleet secrets and the log), and promoted to
-/// voter once it has caught up.
-pub fn add_node(dir: &Path) -> anyhow::Result<()> {
-    let records = node_records(dir);
-    let members_file = dir.join("fleet.json");
-    let mut members: Vec<bkv_hsm_node::Member> =
-        serde_json::from_slice(&std::fs::read(&members_file).with_context(|| {
-            format!(
-                "{} is not a multi-node fleet (start it with --nodes 3)",
-                dir.display()
-            )
-        })?)?;
-    let i = (0..9)
-        .find(|i| !node_dir(dir, *i).join("node.json").exists())
-        .ok_or_else(|| anyhow!("at most 9 nodes"))?;
-    let hsm_bin = records
-        .first()
-        .map(|(_, r)| r.hsm_bin.clone())
-        .ok_or_else(|| anyhow!("no nodes in {}", dir.display()))?;
-    let ndir = node_dir(dir, i);
-    let data_dir = ndir.join("data");
-    let platform_dir = ndir.join("platform");
-    std::fs::create_dir_all(&data_dir)?;
-    let identity = print_identity(&hsm_bin, &data_dir, &platform_dir)?;
-    let peer_listen = format!("127.0.0.1:{}", free_port()?);
-    let identity_bytes = bkv_wire::key_from_hex(&identity).map_err(|e| anyhow!("{e}"))?;
-    change(
-        dir,
-        bkv_wire::node::MembershipChange::AddLearner {
-            id: i as u64,
-            addr: peer_listen.clone(),
-            identity: identity_bytes,
-        },
-    )?;
-    members.push(bkv_hsm_node::Member {
-        id: i as u64,
-        addr: peer_listen.clone(),
-        identity,
-    });
-    std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
-    let mut rec = NodeRecord {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir,
-        platform_dir: Some(platform_dir),
-        hsm_bin,
-        fleet: Some(FleetRecord {
-            node_id: i as u64,
-            peer_listen,
-            members_file,
-        }),
-    };
-    let node = start_node(&rec, &ndir)?;
-    rec.listen = node.listen;
-    std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
-    // Promote once it has the leader's log.
-    let leader = leader_addr(dir)?;
-    for _ in 0..300 {
-        let (Some(l), Some(me)) = (status_of(leader), status_of(node.listen)) else {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        if me.applied_index >= l.applied_index {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// `dev up` deployment, admitted by a command signed with the deployment's
+/// operator key after its membership record is in the auditor's log.
+pub async fn add_node(dir: &Path) -> anyhow::Result<()> {
+    let d = Deployment::load(dir)?;
+    if !dir.join("fleet.json").exists() {
+        bail!("{} holds no fleet", dir.display());
     }
-    change(
-        dir,
-        bkv_wire::node::MembershipChange::Promote { id: i as u64 },
-    )?;
+    let i = (0..9)
+        .find(|i| {
+            let n = node_dir(dir, *i);
+            !n.join("node.json").exists() && !n.join("removed.json").exists()
+        })
+        .ok_or_else(|| anyhow!("at most 9 nodes"))?;
+    let node = d.add(i).await?;
     println!(
-        "bkv fleet: node {i} added pid={} listen={} (the running frontend keeps its node list until `dev up` restarts)",
-        node.pid, node.listen
+        "bkv fleet: node {i} added pid={} listen={} admin={} (the running frontend keeps its node list until `dev up` restarts)",
+        node.pid, node.listen, node.admin
     );
     Ok(())
 }
 
-/// `bkv fleet remove-node --dir DIR I`: node I leaves the voters (peers
-/// refuse its identity afterwards) and its process is stopped.
-pub fn remove_node(dir: &Path, i: usize) -> anyhow::Result<()> {
-    change(
-        dir,
-        bkv_wire::node::MembershipChange::Remove { id: i as u64 },
-    )?;
+/// `bkv fleet remove-node --dir DIR I`: the removal is logged with the
+/// auditor, a signed command removes node I (peers refuse its identity
+/// afterwards), and its process is stopped.
+pub async fn remove_node(dir: &Path, i: usize) -> anyhow::Result<()> {
+    let d = Deployment::load(dir)?;
+    fleet_admin::remove(&d.operator, &d.admins(), i as u64).await?;
     let ndir = node_dir(dir, i);
     if let Some(pid) = read_pid(&ndir) {
         if pid_alive(pid) {
             stop_pid(pid);
         }
     }
-    let members_file = dir.join("fleet.json");
-    if let Ok(b) = std::fs::read(&members_file) {
-        let mut members: Vec<bkv_hsm_node::Member> = serde_json::from_slice(&b)?;
-        members.retain(|m| m.id != i as u64);
-        std::fs::write(&members_file, serde_json::to_vec_pretty(&members)?)?;
-    }
+    update_members(dir, |m| m.retain(|m| m.id != i as u64))?;
     // Keep the data for forensics, but never start it again as node I.
     let _ = std::fs::rename(ndir.join("node.json"), ndir.join("removed.json"));
     println!("bkv fleet: node {i} removed from the fleet and stopped");

@@ -4,6 +4,7 @@ mod audit;
 mod config;
 mod demo;
 mod dev;
+mod fleet_admin;
 mod loadgen;
 mod ops;
 
@@ -68,12 +69,14 @@ enum FleetCommand {
     /// Print every node's reachability and replication state as JSON
     /// (leader, term, last log and applied index, members). Uses --config.
     Status,
-    /// Add a node to a `dev up --nodes N` fleet (learner, catch-up, voter).
+    /// Add a node to a `dev up` fleet: its membership record is logged with
+    /// the auditor, then admitted by a command signed with the operator key
+    /// (learner, catch-up, voter).
     AddNode {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Remove node I from a `dev up` fleet and stop it.
+    /// Remove node I from a `dev up` fleet (logged, operator-signed) and stop it.
     RemoveNode {
         #[arg(long)]
         dir: PathBuf,
@@ -87,8 +90,8 @@ enum DevCommand {
     Up {
         #[arg(long)]
         dir: PathBuf,
-        /// Frontend on P, auditor on P+2, node i on P+3+2i (peer link P+4+2i)
-        /// (default: free ports).
+        /// Frontend on P, auditor on P+2, node i's relay link on P+3+3i, peer
+        /// link on P+4+3i, admin link on P+5+3i (default: free ports).
         #[arg(long)]
         port_base: Option<u16>,
         /// Number of vault nodes (1–9; 3 or 5 tolerate 1 or 2 failures).
@@ -101,6 +104,10 @@ enum DevCommand {
         /// instead of ota (fleet key from an auditor-logged bundle).
         #[arg(long)]
         pinned: bool,
+        /// Where each node keeps its keys: `software` (files, insecure) or
+        /// `softhsm` (a SoftHSM2 token per node).
+        #[arg(long, value_enum, default_value = "software")]
+        platform: dev::DevPlatform,
     },
     /// Recovery load against a deployment (uses --config): throughput and latency percentiles.
     Loadgen {
@@ -518,6 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 nodes,
                 hsm_bin,
                 pinned,
+                platform,
             } => {
                 dev::up(dev::UpArgs {
                     dir: dir.clone(),
@@ -525,6 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     port_base: *port_base,
                     hsm_bin: hsm_bin.clone(),
                     pinned: *pinned,
+                    platform: *platform,
                 })
                 .await
             }
@@ -601,10 +610,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { command } => backup(&cli, command).await,
         Command::Fleet {
             command: FleetCommand::AddNode { dir },
-        } => dev::add_node(dir),
+        } => dev::add_node(dir).await,
         Command::Fleet {
             command: FleetCommand::RemoveNode { dir, index },
-        } => dev::remove_node(dir, *index),
+        } => dev::remove_node(dir, *index).await,
         Command::Fleet {
             command: FleetCommand::Status,
         } => {

@@ -541,6 +541,13 @@ async fn auditor_get(state: &AppState, path: &str) -> Result<reqwest::Response, 
         .send()
         .await
         .map_err(|e| unavailable(format!("auditor unreachable: {e}")))?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "auditor_not_found",
+            format!("the auditor has nothing at {path}"),
+        ));
+    }
     if !resp.status().is_success() {
         return Err(unavailable(format!(
             "auditor answered {} for {path}",
@@ -601,20 +608,32 @@ async fn bundle(
     let axum::extract::Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let bad_gateway = |m: &str| ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", m.to_owned());
+    // The newest bundle first, then a checkpoint (which covers it: the log
+    // only grows). Membership records share the log; they are not bundles.
+    let entry: serde_json::Value = match auditor_json(&state, "/bundles/latest").await {
+        Err(e) if e.code == "auditor_not_found" => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_bundle",
+                "no validation bundle has been published",
+            ))
+        }
+        r => r?,
+    };
+    let index = entry
+        .get("index")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad_gateway("auditor entry has no index"))?;
     let note = String::from_utf8(auditor_body(&state, "/checkpoint").await?)
         .map_err(|_| bad_gateway("auditor checkpoint is not UTF-8"))?;
     let text = note.split("\n\n").next().unwrap_or_default();
     let cp = bkv_transparency::note::Checkpoint::parse(&format!("{text}\n"))
         .map_err(|_| bad_gateway("auditor checkpoint is malformed"))?;
-    if cp.size == 0 {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_bundle",
-            "no validation bundle has been published",
+    if cp.size <= index {
+        return Err(bad_gateway(
+            "auditor checkpoint does not cover its newest bundle",
         ));
     }
-    let index = cp.size - 1;
-    let entry: serde_json::Value = auditor_json(&state, &format!("/entries/{index}")).await?;
     let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let b64 = |k: &str| -> Result<Vec<u8>, ApiError> {
         use base64::Engine;

@@ -5,7 +5,7 @@
 //! Run: `cargo bench -p bkv-hsm-core --bench core`
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, MemoryPlatform, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, State, Step};
 use bkv_wire::vault::{SessionHello, VaultRequest};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -14,9 +14,10 @@ use opaque_ke::{
     RegistrationResponse,
 };
 use rand::rngs::OsRng;
+use std::sync::Arc;
 
-fn handshake(core: &mut Core<MemoryPlatform>, user: &str) -> ([u8; 16], snow::TransportState) {
-    let key = core.secrets().noise_public_key();
+fn handshake(core: &mut Core, user: &str) -> ([u8; 16], snow::TransportState) {
+    let key = core.noise_public_key();
     let mut hs = snow::Builder::new(NOISE_PATTERN.parse().unwrap())
         .remote_public_key(&key)
         .unwrap()
@@ -36,12 +37,7 @@ fn handshake(core: &mut Core<MemoryPlatform>, user: &str) -> ([u8; 16], snow::Tr
     (sid, hs.into_transport_mode().unwrap())
 }
 
-fn call(
-    core: &mut Core<MemoryPlatform>,
-    sid: &[u8; 16],
-    t: &mut snow::TransportState,
-    req: &VaultRequest,
-) {
+fn call(core: &mut Core, sid: &[u8; 16], t: &mut snow::TransportState, req: &VaultRequest) {
     let plain = bkv_wire::encode(req);
     let mut ct = vec![0u8; plain.len() + 64];
     let n = t.write_message(&plain, &mut ct).unwrap();
@@ -60,12 +56,9 @@ fn call(
 }
 
 fn bench(c: &mut Criterion) {
-    let mut core = Core::new(
-        MemoryPlatform::new([1; 32]),
-        FleetSecrets::generate(&mut OsRng),
-        State::default(),
-    )
-    .unwrap();
+    let platform = Arc::new(MemoryPlatform::new([1; 32]));
+    let secrets = FleetSecrets::generate(&*platform, FleetTrust::for_tests()).unwrap();
+    let mut core = Core::new(platform, secrets, State::default()).unwrap();
     core.set_session_limits(1_000_000, 3600);
     // Register "bench" with a high guess limit.
     let (sid, mut t) = handshake(&mut core, "bench");

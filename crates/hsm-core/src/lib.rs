@@ -6,28 +6,50 @@
 //! mutation durable (one node: a sealed, fsynced write; a fleet: a majority
 //! commit), then calls [`Core::apply`] and [`Core::resume`]. Only then is the
 //! response released, so a guess is always counted before it is answered.
+//!
+//! # Keys never leave the core
+//!
+//! The core holds the fleet's secrets ([`FleetSecrets`]) and the node's
+//! identity key ([`NodeIdentity`]); the [`Platform`] holds the sealing and
+//! signing keys and offers only operations on them. No public function of
+//! this crate returns a sealing key, identity private key, OPRF key or fleet
+//! secret in the clear: secrets leave only sealed by the platform
+//! ([`FleetSecrets::seal`], [`NodeIdentity::seal`]) or encrypted to an
+//! admitted member's identity key ([`Core::export_secrets_to`]), and key
+//! holders have redacting `Debug`. Keep it so: a new accessor that returns
+//! key bytes, or a `Platform` method that does, breaks the boundary
+//! SECURITY.md describes. Key fields are private, constructors take
+//! randomness from the platform, and `#![forbid(unsafe_code)]` holds.
 
+#![forbid(unsafe_code)]
+
+mod keys;
+pub mod members;
 pub mod platform;
 pub mod seal;
 pub mod state;
 
+use bkv_wire::admin::{AdminError, SignedAdminCommand};
 use bkv_wire::node::{NodeError, SessionId};
 use bkv_wire::vault::{
     RecordState, SessionHello, VaultError, VaultRequest, VaultResponse, MAX_GUESS_LIMIT,
     MAX_VAULT_MESSAGE, MAX_WRAPPED_KEY, MIN_GUESS_LIMIT,
 };
 use bkv_wire::{OpaqueSuite, MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
+pub use keys::{
+    FleetSecrets, FleetTrust, NodeIdentity, PeerHandshake, PEER_PATTERN, PEER_PROLOGUE,
+};
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
     ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
 };
-pub use platform::{MemoryPlatform, Platform, PlatformError, SealingKey};
-use rand_core::{CryptoRng, RngCore};
-use serde::{Deserialize, Serialize};
+#[cfg(any(test, feature = "testing"))]
+pub use platform::MemoryPlatform;
+pub use platform::{Platform, PlatformError, SharedPlatform};
 use sha2::{Digest, Sha256};
 pub use state::{Mutation, Outcome, RecordId, State};
 use std::collections::HashMap;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// Most sessions a node holds at once; more are refused with `Busy`.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
@@ -35,97 +57,16 @@ pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_SESSION_IDLE_SECS: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoreError {
-    #[error("sealed fleet secrets are invalid: {0}")]
+    #[error("fleet secrets are invalid: {0}")]
     Secrets(&'static str),
     #[error(transparent)]
-    Seal(#[from] seal::SealError),
-}
-
-/// The fleet's long-term secrets, generated inside the HSM boundary and only
-/// ever exported sealed.
-pub struct FleetSecrets {
-    fleet_id: String,
-    noise_private: Zeroizing<[u8; 32]>,
-    noise_public: [u8; 32],
-    opaque_setup: Zeroizing<Vec<u8>>,
-}
-
-#[derive(Serialize, Deserialize, Zeroize)]
-#[zeroize(drop)]
-struct SecretsV1 {
-    fleet_id: String,
-    noise_private: [u8; 32],
-    opaque_setup: Vec<u8>,
-}
-
-const SECRETS_PURPOSE: &str = "fleet-secrets";
-
-impl FleetSecrets {
-    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
-        let mut noise_private = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(noise_private.as_mut());
-        let noise_public = x25519_public(&noise_private);
-        let setup = ServerSetup::<OpaqueSuite>::new(rng);
-        let mut id = [0u8; 8];
-        rng.fill_bytes(&mut id);
-        FleetSecrets {
-            fleet_id: format!("fleet-{}", hex_lower(&id)),
-            noise_private,
-            noise_public,
-            opaque_setup: Zeroizing::new(setup.serialize().to_vec()),
-        }
-    }
-
-    pub fn fleet_id(&self) -> &str {
-        &self.fleet_id
-    }
-
-    pub fn noise_public_key(&self) -> [u8; 32] {
-        self.noise_public
-    }
-
-    pub fn seal<R: RngCore + CryptoRng>(&self, key: &SealingKey, rng: &mut R) -> Vec<u8> {
-        seal::seal(key, rng, SECRETS_PURPOSE, b"", &self.export())
-    }
-
-    pub fn unseal(key: &SealingKey, sealed: &[u8]) -> Result<Self, CoreError> {
-        let plain = Zeroizing::new(seal::unseal(key, SECRETS_PURPOSE, b"", sealed)?);
-        Self::import(&plain)
-    }
-
-    /// The secrets in the clear, for transfer to another member of the same
-    /// fleet over a mutually authenticated, encrypted peer link only.
-    pub fn export(&self) -> Zeroizing<Vec<u8>> {
-        let v = SecretsV1 {
-            fleet_id: self.fleet_id.clone(),
-            noise_private: *self.noise_private,
-            opaque_setup: self.opaque_setup.to_vec(),
-        };
-        Zeroizing::new(bkv_wire::encode(&v))
-    }
-
-    /// The inverse of [`FleetSecrets::export`].
-    pub fn import(plain: &[u8]) -> Result<Self, CoreError> {
-        let v: SecretsV1 =
-            bkv_wire::decode(plain, 64 * 1024).map_err(|_| CoreError::Secrets("malformed"))?;
-        ServerSetup::<OpaqueSuite>::deserialize(&v.opaque_setup)
-            .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))?;
-        Ok(FleetSecrets {
-            fleet_id: v.fleet_id.clone(),
-            noise_private: Zeroizing::new(v.noise_private),
-            noise_public: x25519_public(&v.noise_private),
-            opaque_setup: Zeroizing::new(v.opaque_setup.clone()),
-        })
-    }
-}
-
-fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
-    curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private).to_bytes()
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    Platform(PlatformError),
+    #[error("peer-link handshake failed")]
+    Handshake,
+    #[error("refusing to send fleet secrets: {0}")]
+    NotAdmitted(&'static str),
 }
 
 /// What the host must do next for a request.
@@ -168,8 +109,8 @@ struct Session {
     awaiting: Option<Awaiting>,
 }
 
-pub struct Core<P: Platform> {
-    platform: P,
+pub struct Core {
+    platform: SharedPlatform,
     secrets: FleetSecrets,
     setup: ServerSetup<OpaqueSuite>,
     state: State,
@@ -178,10 +119,13 @@ pub struct Core<P: Platform> {
     session_idle_secs: u64,
 }
 
-impl<P: Platform> Core<P> {
-    pub fn new(platform: P, secrets: FleetSecrets, state: State) -> Result<Self, CoreError> {
-        let setup = ServerSetup::<OpaqueSuite>::deserialize(&secrets.opaque_setup)
-            .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))?;
+impl Core {
+    pub fn new(
+        platform: SharedPlatform,
+        secrets: FleetSecrets,
+        state: State,
+    ) -> Result<Self, CoreError> {
+        let setup = secrets.opaque_setup()?;
         Ok(Core {
             platform,
             secrets,
@@ -198,12 +142,20 @@ impl<P: Platform> Core<P> {
         self.session_idle_secs = idle_secs;
     }
 
-    pub fn platform(&mut self) -> &mut P {
-        &mut self.platform
+    pub fn platform(&self) -> &SharedPlatform {
+        &self.platform
     }
 
-    pub fn secrets(&self) -> &FleetSecrets {
-        &self.secrets
+    pub fn fleet_id(&self) -> &str {
+        self.secrets.fleet_id()
+    }
+
+    pub fn noise_public_key(&self) -> [u8; 32] {
+        self.secrets.noise_public_key()
+    }
+
+    pub fn trust(&self) -> &FleetTrust {
+        self.secrets.trust()
     }
 
     pub fn state(&self) -> &State {
@@ -221,9 +173,67 @@ impl<P: Platform> Core<P> {
     }
 
     /// Applies a committed mutation. Deterministic: every replica calls this
-    /// with the same mutations in the same order.
+    /// with the same mutations in the same order. Admin commands are
+    /// verified here, on every member, against the trust anchors pinned in
+    /// the fleet secrets.
     pub fn apply(&mut self, m: &Mutation) -> Outcome {
-        self.state.apply(m)
+        match m {
+            Mutation::Admin(signed) => {
+                match self.state.members.check(
+                    self.secrets.trust(),
+                    self.secrets.fleet_id(),
+                    signed,
+                ) {
+                    Ok((cmd, effect)) => self.state.members.execute(cmd.seq, effect),
+                    Err(e) => Outcome::AdminRefused(e),
+                }
+            }
+            _ => self.state.apply(m),
+        }
+    }
+
+    /// Checks a signed command before the leader proposes it (the same
+    /// checks every member repeats when applying it, plus its expiry).
+    pub fn check_admin(&self, signed: &SignedAdminCommand) -> Result<(), AdminError> {
+        let (cmd, _) =
+            self.state
+                .members
+                .check(self.secrets.trust(), self.secrets.fleet_id(), signed)?;
+        let now = self.platform.now_unix_secs();
+        if cmd.not_after < now {
+            return Err(AdminError::Expired {
+                not_after: cmd.not_after,
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    /// The mutation that records this node as the fleet's founding member.
+    pub fn found_mutation(
+        &self,
+        node_id: u64,
+        addr: &str,
+        identity: &NodeIdentity,
+        binary_sha256: [u8; 32],
+    ) -> Result<Mutation, CoreError> {
+        Ok(Mutation::Found {
+            node_id,
+            addr: addr.to_owned(),
+            statement: identity.statement(&*self.platform, binary_sha256)?,
+        })
+    }
+
+    /// The fleet secrets encrypted to `identity`, which must be the
+    /// identity key of an admitted member (verified operator command and
+    /// auditor log proof, or the founder). The host only relays the result.
+    pub fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, CoreError> {
+        if !self.state.members.admits(identity) {
+            return Err(CoreError::NotAdmitted(
+                "that identity key is not an admitted member of this fleet",
+            ));
+        }
+        self.secrets.encrypt_to(&*self.platform, identity)
     }
 
     fn expire_sessions(&mut self) {
@@ -250,8 +260,8 @@ impl<P: Platform> Core<P> {
         let params = NOISE_PATTERN
             .parse()
             .map_err(|_| NodeError::BadRequest("noise params".into()))?;
-        let mut hs = snow::Builder::new(params)
-            .local_private_key(self.secrets.noise_private.as_ref())
+        let mut hs = platform::noise_builder(params, &self.platform)
+            .local_private_key(self.secrets.noise_private())
             .and_then(|b| b.prologue(NOISE_PROLOGUE))
             .and_then(|b| b.build_responder())
             .map_err(|_| NodeError::Handshake)?;
@@ -276,7 +286,9 @@ impl<P: Platform> Core<P> {
         reply.truncate(n);
         let transport = hs.into_transport_mode().map_err(|_| NodeError::Handshake)?;
         let mut session_id = [0u8; 16];
-        self.platform.rng().fill_bytes(&mut session_id);
+        self.platform
+            .fill_random(&mut session_id)
+            .map_err(|_| NodeError::Unavailable)?;
         let now = self.platform.now_unix_secs();
         self.sessions.insert(
             session_id,
@@ -629,8 +641,11 @@ impl<P: Platform> Core<P> {
         let (Ok(record), Ok(request)) = (record, request) else {
             return self.error(sid, bad("stored record or request is malformed"));
         };
+        let Ok(mut rng) = platform::operation_rng(&*self.platform) else {
+            return self.error(sid, bad("platform randomness failed"));
+        };
         let start = ServerLogin::start(
-            self.platform.rng(),
+            &mut rng,
             &self.setup,
             Some(record),
             request,

@@ -1,85 +1,214 @@
-//! What the core needs from the machine it runs on. The core does no I/O of its
-//! own: a node passes a `Platform` (software, or PKCS#11-backed).
+//! What the core needs from the machine it runs on: *operations*, never key
+//! bytes. A platform holds its sealing key and signing key itself (in a
+//! PKCS#11 token, or — insecure, for development — in files) and offers
+//! randomness, time, seal/unseal, sign and a monotonic counter. Nothing in
+//! this trait returns a key; keep it that way (see the crate docs).
 
-use rand_core::{CryptoRng, RngCore};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use bkv_wire::admin::PlatformDescription;
+use rand_core::SeedableRng;
+use std::sync::Arc;
+use zeroize::Zeroizing;
 
-/// A 256-bit key held by the platform's key store, used to seal everything the
-/// node writes to its (untrusted) disk.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct SealingKey(pub(crate) [u8; 32]);
-
-impl SealingKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        SealingKey(bytes)
-    }
-}
-
-impl std::fmt::Debug for SealingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SealingKey(<redacted>)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlatformError {
-    #[error("platform monotonic counter failed: {0}")]
+    #[error("sealed value is malformed")]
+    Malformed,
+    #[error(
+        "sealed value failed authentication (tampered, or sealed under another key, slot or label)"
+    )]
+    Auth,
+    #[error("platform monotonic counter: {0}")]
     Counter(String),
+    #[error("platform key store: {0}")]
+    KeyStore(String),
+    #[error("platform randomness: {0}")]
+    Random(String),
 }
 
-pub trait Platform: Send {
-    type Rng: RngCore + CryptoRng;
-    /// Cryptographic randomness.
-    fn rng(&mut self) -> &mut Self::Rng;
-    /// Seconds since the Unix epoch (used only for session expiry).
+/// The operations a node's key store offers the core and its host.
+pub trait Platform: Send + Sync {
+    /// Kind and token description (for platform statements and logs).
+    fn describe(&self) -> PlatformDescription;
+    /// Cryptographic randomness from the platform.
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), PlatformError>;
+    /// Seconds since the Unix epoch (session expiry, command expiry).
     fn now_unix_secs(&self) -> u64;
-    /// The sealing key from the platform key store.
-    fn sealing_key(&self) -> &SealingKey;
-    /// Current value of the platform's monotonic counter.
-    fn counter(&self) -> Result<u64, PlatformError>;
-    /// Increments the monotonic counter and returns the new value.
-    fn increment_counter(&mut self) -> Result<u64, PlatformError>;
+    /// Authenticated encryption under the platform's sealing key, bound to
+    /// `slot` (what kind of value) and `label` (where it is stored), so the
+    /// host can neither read nor move a sealed value.
+    fn seal(&self, slot: &str, label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PlatformError>;
+    /// The inverse of [`Platform::seal`] for the same slot and label.
+    fn unseal(
+        &self,
+        slot: &str,
+        label: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, PlatformError>;
+    /// The platform signing key's Ed25519 public key.
+    fn signing_public_key(&self) -> [u8; 32];
+    /// An Ed25519 signature by the platform signing key.
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], PlatformError>;
+    /// The monotonic counter's value.
+    fn counter_read(&self) -> Result<u64, PlatformError>;
+    /// Raises the counter to `value` (never lowers it).
+    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError>;
 }
 
-/// An in-memory platform for tests and simulations: OS randomness, a settable
-/// clock, a counter that lives only in memory.
-pub struct MemoryPlatform {
-    rng: rand_core::OsRng,
-    key: SealingKey,
-    now: u64,
-    counter: u64,
+/// A platform shared by the core and its host.
+pub type SharedPlatform = Arc<dyn Platform>;
+
+/// Associated data of every sealed value: `"bkv-seal-v1" || slot || 0x00 || label`.
+pub fn seal_aad(slot: &str, label: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(16 + slot.len() + label.len());
+    a.extend_from_slice(b"bkv-seal-v1");
+    a.extend_from_slice(slot.as_bytes());
+    a.push(0);
+    a.extend_from_slice(label);
+    a
 }
 
-impl MemoryPlatform {
-    pub fn new(key: [u8; 32]) -> Self {
-        MemoryPlatform {
-            rng: rand_core::OsRng,
-            key: SealingKey(key),
-            now: 1_700_000_000,
-            counter: 0,
+/// A CSPRNG for one operation, seeded with 32 bytes from the platform (so a
+/// failing platform RNG is an error here, not a panic deep in a library).
+pub fn operation_rng(p: &dyn Platform) -> Result<rand_chacha::ChaCha20Rng, PlatformError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    p.fill_random(seed.as_mut())?;
+    Ok(rand_chacha::ChaCha20Rng::from_seed(*seed))
+}
+
+/// Noise randomness (ephemeral keys) drawn from the platform.
+struct NoiseRandom(SharedPlatform);
+
+impl snow::types::Random for NoiseRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_random(dest).map_err(|_| snow::Error::Rng)
+    }
+}
+
+struct PlatformResolver(SharedPlatform);
+
+impl snow::resolvers::CryptoResolver for PlatformResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(NoiseRandom(self.0.clone())))
+    }
+    fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        None
+    }
+    fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        None
+    }
+    fn resolve_cipher(
+        &self,
+        _: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        None
+    }
+}
+
+/// A Noise builder whose randomness comes from `platform` (primitives from
+/// snow's default resolver).
+pub(crate) fn noise_builder(
+    params: snow::params::NoiseParams,
+    platform: &SharedPlatform,
+) -> snow::Builder<'static> {
+    snow::Builder::with_resolver(
+        params,
+        Box::new(snow::resolvers::FallbackResolver::new(
+            Box::new(PlatformResolver(platform.clone())),
+            Box::new(snow::resolvers::DefaultResolver),
+        )),
+    )
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryPlatform;
+
+#[cfg(any(test, feature = "testing"))]
+mod memory {
+    use super::*;
+    use bkv_wire::admin::PlatformKind;
+    use ed25519_dalek::Signer;
+    use rand_core::RngCore;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// An in-memory platform for unit tests and simulations only: OS
+    /// randomness, a settable clock, keys and counter that live in memory.
+    /// Compiled only for tests (feature `testing`); no binary links it.
+    pub struct MemoryPlatform {
+        key: Zeroizing<[u8; 32]>,
+        signing: ed25519_dalek::SigningKey,
+        now: AtomicU64,
+        counter: AtomicU64,
+    }
+
+    impl MemoryPlatform {
+        pub fn new(key: [u8; 32]) -> Self {
+            let mut s = [0u8; 32];
+            rand_core::OsRng.fill_bytes(&mut s);
+            MemoryPlatform {
+                key: Zeroizing::new(key),
+                signing: ed25519_dalek::SigningKey::from_bytes(&s),
+                now: AtomicU64::new(1_700_000_000),
+                counter: AtomicU64::new(0),
+            }
+        }
+
+        pub fn shared(key: [u8; 32]) -> SharedPlatform {
+            Arc::new(Self::new(key))
+        }
+
+        pub fn advance_clock(&self, secs: u64) {
+            self.now.fetch_add(secs, Ordering::SeqCst);
         }
     }
-    pub fn advance_clock(&mut self, secs: u64) {
-        self.now += secs;
-    }
-}
 
-impl Platform for MemoryPlatform {
-    type Rng = rand_core::OsRng;
-    fn rng(&mut self) -> &mut Self::Rng {
-        &mut self.rng
-    }
-    fn now_unix_secs(&self) -> u64 {
-        self.now
-    }
-    fn sealing_key(&self) -> &SealingKey {
-        &self.key
-    }
-    fn counter(&self) -> Result<u64, PlatformError> {
-        Ok(self.counter)
-    }
-    fn increment_counter(&mut self) -> Result<u64, PlatformError> {
-        self.counter += 1;
-        Ok(self.counter)
+    impl Platform for MemoryPlatform {
+        fn describe(&self) -> PlatformDescription {
+            PlatformDescription {
+                kind: PlatformKind::Memory,
+                token: "in-memory test platform".into(),
+            }
+        }
+        fn fill_random(&self, out: &mut [u8]) -> Result<(), PlatformError> {
+            rand_core::OsRng
+                .try_fill_bytes(out)
+                .map_err(|e| PlatformError::Random(e.to_string()))
+        }
+        fn now_unix_secs(&self) -> u64 {
+            self.now.load(Ordering::SeqCst)
+        }
+        fn seal(
+            &self,
+            slot: &str,
+            label: &[u8],
+            plaintext: &[u8],
+        ) -> Result<Vec<u8>, PlatformError> {
+            let mut nonce = [0u8; crate::seal::XNONCE_LEN];
+            self.fill_random(&mut nonce)?;
+            Ok(crate::seal::seal_xchacha(
+                &self.key, nonce, slot, label, plaintext,
+            ))
+        }
+        fn unseal(
+            &self,
+            slot: &str,
+            label: &[u8],
+            sealed: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+            crate::seal::unseal_xchacha(&self.key, slot, label, sealed)
+        }
+        fn signing_public_key(&self) -> [u8; 32] {
+            self.signing.verifying_key().to_bytes()
+        }
+        fn sign(&self, message: &[u8]) -> Result<[u8; 64], PlatformError> {
+            Ok(self.signing.sign(message).to_bytes())
+        }
+        fn counter_read(&self) -> Result<u64, PlatformError> {
+            Ok(self.counter.load(Ordering::SeqCst))
+        }
+        fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
+            self.counter.fetch_max(value, Ordering::SeqCst);
+            Ok(())
+        }
     }
 }

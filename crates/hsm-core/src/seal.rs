@@ -1,48 +1,32 @@
-//! Sealing: authenticated encryption of everything a node writes to disk.
+//! The software sealing format (version 1), used by platforms whose sealing
+//! key lives in this process (the insecure software platform, and the test
+//! platform): `0x01 || nonce (24) || XChaCha20-Poly1305(plaintext) || tag`,
+//! with associated data [`crate::platform::seal_aad`]. A PKCS#11 platform
+//! seals inside its token with its own format (version 2, AES-256-GCM).
 //!
-//! Layout (version 1): `0x01 || nonce (24) || XChaCha20-Poly1305(ciphertext||tag)`,
-//! with associated data `"bkv-seal-v1" || purpose || 0x00 || label`. The label
-//! (e.g. the record id) binds a sealed value to where it is stored, so the host
-//! cannot swap sealed values between keys.
+//! These functions take a key and never return one.
 
-use crate::platform::SealingKey;
+use crate::platform::{seal_aad, PlatformError};
 use chacha20poly1305::{
     aead::{Aead, KeyInit, Payload},
     XChaCha20Poly1305, XNonce,
 };
-use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
 
-const SEAL_VERSION: u8 = 1;
-const NONCE_LEN: usize = 24;
+pub const SOFTWARE_SEAL_VERSION: u8 = 1;
+pub const XNONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SealError {
-    #[error("sealed value is malformed")]
-    Malformed,
-    #[error("sealed value failed authentication (tampered, or sealed under another key or label)")]
-    Auth,
-}
-
-fn aad(purpose: &str, label: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(16 + purpose.len() + label.len());
-    a.extend_from_slice(b"bkv-seal-v1");
-    a.extend_from_slice(purpose.as_bytes());
-    a.push(0);
-    a.extend_from_slice(label);
-    a
-}
-
-pub fn seal<R: RngCore + CryptoRng>(
-    key: &SealingKey,
-    rng: &mut R,
-    purpose: &str,
+/// Seals `plaintext` under `key` with a caller-supplied random nonce.
+pub fn seal_xchacha(
+    key: &[u8; 32],
+    nonce: [u8; XNONCE_LEN],
+    slot: &str,
     label: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new((&key.0).into());
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill_bytes(&mut nonce);
-    let aad = aad(purpose, label);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let aad = seal_aad(slot, label);
     // Encryption with a valid key and in-memory buffers cannot fail.
     let ct = match cipher.encrypt(
         XNonce::from_slice(&nonce),
@@ -54,34 +38,36 @@ pub fn seal<R: RngCore + CryptoRng>(
         Ok(ct) => ct,
         Err(_) => unreachable!("XChaCha20-Poly1305 encryption failed"),
     };
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
-    out.push(SEAL_VERSION);
+    let mut out = Vec::with_capacity(1 + XNONCE_LEN + ct.len());
+    out.push(SOFTWARE_SEAL_VERSION);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
     out
 }
 
-pub fn unseal(
-    key: &SealingKey,
-    purpose: &str,
+/// Opens a value sealed by [`seal_xchacha`] under the same key, slot and label.
+pub fn unseal_xchacha(
+    key: &[u8; 32],
+    slot: &str,
     label: &[u8],
     sealed: &[u8],
-) -> Result<Vec<u8>, SealError> {
-    let (version, rest) = sealed.split_first().ok_or(SealError::Malformed)?;
-    if *version != SEAL_VERSION || rest.len() < NONCE_LEN + 16 {
-        return Err(SealError::Malformed);
+) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
+    let (version, rest) = sealed.split_first().ok_or(PlatformError::Malformed)?;
+    if *version != SOFTWARE_SEAL_VERSION || rest.len() < XNONCE_LEN + TAG_LEN {
+        return Err(PlatformError::Malformed);
     }
-    let (nonce, ct) = rest.split_at(NONCE_LEN);
-    let cipher = XChaCha20Poly1305::new((&key.0).into());
+    let (nonce, ct) = rest.split_at(XNONCE_LEN);
+    let cipher = XChaCha20Poly1305::new(key.into());
     cipher
         .decrypt(
             XNonce::from_slice(nonce),
             Payload {
                 msg: ct,
-                aad: &aad(purpose, label),
+                aad: &seal_aad(slot, label),
             },
         )
-        .map_err(|_| SealError::Auth)
+        .map(Zeroizing::new)
+        .map_err(|_| PlatformError::Auth)
 }
 
 #[cfg(test)]
@@ -90,23 +76,40 @@ mod tests {
 
     #[test]
     fn seal_roundtrip_and_binding() {
-        let k = SealingKey([1; 32]);
-        let mut rng = rand_core::OsRng;
-        let s = seal(&k, &mut rng, "record", b"id1", b"hello");
-        assert_eq!(unseal(&k, "record", b"id1", &s).unwrap(), b"hello");
-        assert_eq!(unseal(&k, "record", b"id2", &s), Err(SealError::Auth));
-        assert_eq!(unseal(&k, "meta", b"id1", &s), Err(SealError::Auth));
+        let k = [1; 32];
+        let s = seal_xchacha(&k, [5; XNONCE_LEN], "record", b"id1", b"hello");
         assert_eq!(
-            unseal(&SealingKey([2; 32]), "record", b"id1", &s),
-            Err(SealError::Auth)
+            unseal_xchacha(&k, "record", b"id1", &s).unwrap().as_slice(),
+            b"hello"
+        );
+        assert_eq!(
+            unseal_xchacha(&k, "record", b"id2", &s),
+            Err(PlatformError::Auth)
+        );
+        assert_eq!(
+            unseal_xchacha(&k, "meta", b"id1", &s),
+            Err(PlatformError::Auth)
+        );
+        assert_eq!(
+            unseal_xchacha(&[2; 32], "record", b"id1", &s),
+            Err(PlatformError::Auth)
         );
         let mut t = s.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert_eq!(unseal(&k, "record", b"id1", &t), Err(SealError::Auth));
         assert_eq!(
-            unseal(&k, "record", b"id1", &s[..10]),
-            Err(SealError::Malformed)
+            unseal_xchacha(&k, "record", b"id1", &t),
+            Err(PlatformError::Auth)
+        );
+        assert_eq!(
+            unseal_xchacha(&k, "record", b"id1", &s[..10]),
+            Err(PlatformError::Malformed)
+        );
+        // Slot and label are separated: ("ab", "c") is not ("a", "bc").
+        let s2 = seal_xchacha(&k, [6; XNONCE_LEN], "ab", b"c", b"x");
+        assert_eq!(
+            unseal_xchacha(&k, "a", b"bc", &s2),
+            Err(PlatformError::Auth)
         );
     }
 }

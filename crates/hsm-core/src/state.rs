@@ -6,6 +6,8 @@
 //! mutation proposed against a state that has since changed is a no-op with a
 //! `Rejected`/`Stale` outcome rather than a corruption.
 
+use crate::members::Members;
+use bkv_wire::admin::{AdminError, SignedAdminCommand, SignedStatement};
 use bkv_wire::vault::RecordState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,17 +89,29 @@ pub enum Mutation {
         record_id: RecordId,
         generation: u64,
     },
+    /// The fleet's first member: the node that formed the fleet records its
+    /// own statement. Valid only while the fleet has no member.
+    Found {
+        node_id: u64,
+        addr: String,
+        statement: SignedStatement,
+    },
+    /// An operator command; every member's core verifies the signature, the
+    /// sequence number and the auditor's log proof when it applies it.
+    Admin(SignedAdminCommand),
 }
 
 impl Mutation {
-    pub fn record_id(&self) -> &RecordId {
+    /// The record a record mutation changes (`None` for fleet mutations).
+    pub fn record_id(&self) -> Option<&RecordId> {
         match self {
             Mutation::StorePending { record_id, .. }
             | Mutation::Activate { record_id, .. }
             | Mutation::CountGuess { record_id, .. }
             | Mutation::ResetGuesses { record_id, .. }
             | Mutation::Destroy { record_id, .. }
-            | Mutation::Delete { record_id, .. } => record_id,
+            | Mutation::Delete { record_id, .. } => Some(record_id),
+            Mutation::Found { .. } | Mutation::Admin(_) => None,
         }
     }
 }
@@ -127,6 +141,14 @@ pub enum Outcome {
     NoPending,
     /// The record's generation changed since the mutation was proposed.
     Stale,
+    /// The founding member was recorded.
+    Founded,
+    /// An admin command was verified and executed.
+    AdminApplied {
+        seq: u64,
+    },
+    /// An admin command was refused; nothing changed.
+    AdminRefused(AdminError),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +156,8 @@ pub struct State {
     pub records: BTreeMap<RecordId, Record>,
     /// Source of record generations; only grows.
     pub next_generation: u64,
+    /// The fleet's admitted members and the admin sequence number.
+    pub members: Members,
 }
 
 impl State {
@@ -172,9 +196,24 @@ impl State {
         self.next_generation
     }
 
+    /// Applies a mutation. Admin commands need the fleet's trust anchors,
+    /// which only a core holds: [`crate::Core::apply`] verifies them; this
+    /// refuses them.
     pub fn apply(&mut self, m: &Mutation) -> Outcome {
-        let id = *m.record_id();
+        let Some(id) = m.record_id().copied() else {
+            return match m {
+                Mutation::Found {
+                    node_id,
+                    addr,
+                    statement,
+                } => self.members.found(*node_id, addr, statement),
+                _ => Outcome::AdminRefused(AdminError::Refused(
+                    "this replica holds no trust anchors".into(),
+                )),
+            };
+        };
         match m {
+            Mutation::Found { .. } | Mutation::Admin(_) => Outcome::Stale,
             Mutation::StorePending { pending, .. } => {
                 let gen = self.fresh_generation();
                 let rec = self.records.entry(id).or_insert(Record {
@@ -457,29 +496,30 @@ mod tests {
             let mut b = State::default();
             let mut counted_since_reset: BTreeMap<RecordId, u32> = BTreeMap::new();
             for m in &ms {
-                let before = a.status(m.record_id());
+                let rid = *m.record_id().unwrap();
+                let before = a.status(&rid);
                 let oa = a.apply(m);
                 let ob = b.apply(m);
                 prop_assert_eq!(&oa, &ob);
                 match oa {
                     Outcome::Counted { attempts, guess_limit } => {
                         prop_assert!(attempts <= guess_limit);
-                        let c = counted_since_reset.entry(*m.record_id()).or_default();
+                        let c = counted_since_reset.entry(rid).or_default();
                         *c += 1;
                         prop_assert!(*c <= guess_limit);
                     }
                     Outcome::Reset | Outcome::Activated { .. } | Outcome::Deleted => {
-                        counted_since_reset.remove(m.record_id());
+                        counted_since_reset.remove(&rid);
                     }
                     _ => {}
                 }
                 if before == RecordState::Destroyed {
                     // Only a fresh confirmed registration or a delete leaves the tombstone.
-                    let after = a.status(m.record_id());
+                    let after = a.status(&rid);
                     let leaves = matches!(m, Mutation::Activate { .. } | Mutation::Delete { .. });
                     prop_assert!(after == RecordState::Destroyed || leaves, "tombstone left by {:?}", m);
                 }
-                if let RecordState::Active { attempts, guess_limit } = a.status(m.record_id()) {
+                if let RecordState::Active { attempts, guess_limit } = a.status(&rid) {
                     prop_assert!(attempts <= guess_limit);
                 }
                 let enc = bkv_wire::encode(m);

@@ -2,7 +2,7 @@
 //! Noise NK and OPAQUE protocols against the I/O-free core.
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, MemoryPlatform, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Platform, State, Step};
 use bkv_wire::node::{NodeError, SessionId};
 use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
@@ -12,20 +12,20 @@ use opaque_ke::{
 };
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-fn core() -> Core<MemoryPlatform> {
-    let secrets = FleetSecrets::generate(&mut OsRng);
-    Core::new(MemoryPlatform::new([9; 32]), secrets, State::default()).unwrap()
+fn core_on(p: Arc<MemoryPlatform>) -> Core {
+    let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
+    Core::new(p, secrets, State::default()).unwrap()
+}
+
+fn core() -> Core {
+    core_on(Arc::new(MemoryPlatform::new([9; 32])))
 }
 
 /// Runs a request through the core as a one-node host would: every proposed
 /// mutation is "committed" (applied) before the core may answer.
-fn drive(
-    core: &mut Core<MemoryPlatform>,
-    sid: &SessionId,
-    user: &str,
-    ct: &[u8],
-) -> Result<Vec<u8>, NodeError> {
+fn drive(core: &mut Core, sid: &SessionId, user: &str, ct: &[u8]) -> Result<Vec<u8>, NodeError> {
     let mut step = core.session_message(sid, user, ct);
     loop {
         match step? {
@@ -44,11 +44,7 @@ struct Client {
     t: snow::TransportState,
 }
 
-fn open_with_key(
-    core: &mut Core<MemoryPlatform>,
-    user: &str,
-    key: &[u8; 32],
-) -> Result<Client, NodeError> {
+fn open_with_key(core: &mut Core, user: &str, key: &[u8; 32]) -> Result<Client, NodeError> {
     let mut hs = snow::Builder::new(NOISE_PATTERN.parse().unwrap())
         .remote_public_key(key)
         .unwrap()
@@ -72,13 +68,13 @@ fn open_with_key(
     })
 }
 
-fn open(core: &mut Core<MemoryPlatform>, user: &str) -> Client {
-    let key = core.secrets().noise_public_key();
+fn open(core: &mut Core, user: &str) -> Client {
+    let key = core.noise_public_key();
     open_with_key(core, user, &key).unwrap()
 }
 
 impl Client {
-    fn call(&mut self, core: &mut Core<MemoryPlatform>, req: &VaultRequest) -> VaultResponse {
+    fn call(&mut self, core: &mut Core, req: &VaultRequest) -> VaultResponse {
         let plain = bkv_wire::encode(req);
         let mut ct = vec![0u8; plain.len() + 64];
         let n = self.t.write_message(&plain, &mut ct).unwrap();
@@ -89,12 +85,7 @@ impl Client {
     }
 
     /// Registers with explicit phases; returns the confirm secret.
-    fn register(
-        &mut self,
-        core: &mut Core<MemoryPlatform>,
-        pw: &str,
-        limit: u32,
-    ) -> Result<[u8; 32], VaultError> {
+    fn register(&mut self, core: &mut Core, pw: &str, limit: u32) -> Result<[u8; 32], VaultError> {
         let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
         let r = self.call(
             core,
@@ -143,7 +134,7 @@ impl Client {
     }
 
     /// Full login; Ok(wrapped key) or the vault's error.
-    fn login(&mut self, core: &mut Core<MemoryPlatform>, pw: &str) -> Result<Vec<u8>, VaultError> {
+    fn login(&mut self, core: &mut Core, pw: &str) -> Result<Vec<u8>, VaultError> {
         let (cr, state) = self.login_start(core, pw)?;
         let ksf = Argon2::default();
         let fin = state.finish(
@@ -173,7 +164,7 @@ impl Client {
 
     fn login_start(
         &mut self,
-        core: &mut Core<MemoryPlatform>,
+        core: &mut Core,
         pw: &str,
     ) -> Result<(Vec<u8>, ClientLogin<OpaqueSuite>), VaultError> {
         let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
@@ -199,7 +190,7 @@ fn err(r: VaultResponse) -> VaultError {
     }
 }
 
-fn status(core: &mut Core<MemoryPlatform>, user: &str) -> RecordState {
+fn status(core: &mut Core, user: &str) -> RecordState {
     match open(core, user).call(core, &VaultRequest::Status) {
         VaultResponse::Status { state } => state,
         r => panic!("{r:?}"),
@@ -461,7 +452,7 @@ fn bad_input_is_answered_and_changes_nothing() {
 #[test]
 fn hello_must_name_the_authenticated_user() {
     let mut c = core();
-    let key = c.secrets().noise_public_key();
+    let key = c.noise_public_key();
     let mut hs = snow::Builder::new(NOISE_PATTERN.parse().unwrap())
         .remote_public_key(&key)
         .unwrap()
@@ -484,7 +475,9 @@ fn hello_must_name_the_authenticated_user() {
 #[test]
 fn wrong_pinned_fleet_key_is_rejected() {
     let mut c = core();
-    let other = FleetSecrets::generate(&mut OsRng).noise_public_key();
+    let other = FleetSecrets::generate(&MemoryPlatform::new([1; 32]), FleetTrust::for_tests())
+        .unwrap()
+        .noise_public_key();
     assert_eq!(
         open_with_key(&mut c, "hal", &other).err(),
         Some(NodeError::Handshake)
@@ -494,28 +487,31 @@ fn wrong_pinned_fleet_key_is_rejected() {
 
 #[test]
 fn session_table_is_bounded_and_expires() {
-    let mut c = core();
+    let p = Arc::new(MemoryPlatform::new([9; 32]));
+    let mut c = core_on(p.clone());
     c.set_session_limits(3, 60);
     for _ in 0..3 {
         open(&mut c, "ivy");
     }
-    let key = c.secrets().noise_public_key();
+    let key = c.noise_public_key();
     assert_eq!(
         open_with_key(&mut c, "ivy", &key).err(),
         Some(NodeError::Busy)
     );
-    c.platform().advance_clock(61);
+    p.advance_clock(61);
     open(&mut c, "ivy");
     assert_eq!(c.session_count(), 1);
 }
 
 #[test]
-fn sealed_secrets_roundtrip_and_reject_other_keys() {
-    let s = FleetSecrets::generate(&mut OsRng);
-    let k = bkv_hsm_core::SealingKey::from_bytes([1; 32]);
-    let sealed = s.seal(&k, &mut OsRng);
-    let back = FleetSecrets::unseal(&k, &sealed).unwrap();
+fn sealed_secrets_roundtrip_and_reject_other_platforms() {
+    let a = MemoryPlatform::new([1; 32]);
+    let s = FleetSecrets::generate(&a, FleetTrust::for_tests()).unwrap();
+    let sealed = s.seal(&a).unwrap();
+    let back = FleetSecrets::unseal(&a, &sealed).unwrap();
     assert_eq!(back.noise_public_key(), s.noise_public_key());
     assert_eq!(back.fleet_id(), s.fleet_id());
-    assert!(FleetSecrets::unseal(&bkv_hsm_core::SealingKey::from_bytes([2; 32]), &sealed).is_err());
+    assert!(FleetSecrets::unseal(&MemoryPlatform::new([2; 32]), &sealed).is_err());
+    // Sealing goes through the platform: the sealed bytes are not the key.
+    assert!(a.describe().token.contains("memory"));
 }

@@ -1,19 +1,31 @@
 //! bkv HSM node: hosts the [`bkv_hsm_core::Core`], commits every mutation on a
 //! majority of the fleet (openraft, sealed fsynced log on each node) before
-//! the response that depends on it is released, and serves the frontend over
-//! a length-prefixed TCP link.
+//! the response that depends on it is released, and serves two listeners:
+//!
+//! - the **relay link** for the (untrusted) frontend: sessions and public
+//!   information only ([`NodeRequest`]);
+//! - the **admin link** for the operator: membership commands, each signed
+//!   with the operator key pinned in the fleet and verified by every
+//!   member's core ([`AdminRequest`]).
+//!
+//! The host code here never holds a key: the platform seals and signs, the
+//! core holds the fleet secrets and the identity key (see the core's crate
+//! docs for how that is kept true).
 
-pub mod platform;
+#![forbid(unsafe_code)]
+
 pub mod replication;
 pub mod store;
 
 use bkv_hsm_core::state::State;
-use bkv_hsm_core::{Core, FleetSecrets, Platform, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, Mutation, Outcome, SharedPlatform, Step};
+use bkv_hsm_platform::PlatformConfig;
+use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
 use bkv_wire::node::{read_frame, write_frame, NodeError, NodeInfo, NodeRequest, NodeResponse};
-use platform::SoftwarePlatform;
 use replication::fleet::{fetch_secrets, Fleet, FleetOptions};
-use replication::network::NodeIdentity;
+use replication::network::LinkIdentity;
 use replication::PeerNode;
+use sha2::Digest;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
 
-/// Most frontend connections served at once.
+/// Most connections served at once on each listener.
 pub const MAX_CONNECTIONS: usize = 256;
 /// A connection idle this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,7 +42,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum NodeStartError {
     #[error(transparent)]
-    Platform(#[from] platform::SoftwarePlatformError),
+    Platform(#[from] bkv_hsm_platform::PlatformOpenError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -42,32 +54,43 @@ pub enum NodeStartError {
     },
     #[error("{0}")]
     Config(String),
-    #[error("write {path}: {source}")]
-    Write {
+    #[error("{path}: {source}")]
+    Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("another bkv-hsm holds {0}: one process per data directory (and per token)")]
+    Locked(PathBuf),
 }
 
-/// How a node joins its fleet.
+/// What a node does when its data directory holds no fleet secrets yet.
+#[derive(Debug, Clone)]
+pub enum StartMode {
+    /// Form a new fleet pinning these trust anchors (operator key, auditor
+    /// key, log namespace): the first start of the fleet's first node.
+    Found(FleetTrust),
+    /// Join an existing fleet: once the operator admitted this node, ask
+    /// these members for the fleet secrets (encrypted to this node's
+    /// identity key).
+    Join(Vec<Member>),
+    /// The data directory must already hold a fleet.
+    Existing,
+}
+
+/// How a node starts.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
-    /// The software platform's key and counter (the HSM stand-in); default
-    /// `DATA/platform`. Keep it apart from the data directory so a
-    /// rolled-back data directory is detected.
-    pub platform_dir: Option<PathBuf>,
+    pub platform: PlatformConfig,
     /// This node's id in the fleet.
     pub node_id: u64,
-    /// Where the peer link listens (port 0: any; only for one-node fleets).
+    /// Where the peer link listens (port 0: any).
     pub peer_listen: String,
-    /// The fleet's members; `None` runs a one-node fleet.
-    pub members: Option<Vec<Member>>,
-    /// Form the fleet from `members` (the first start of the first node).
-    pub initialize: bool,
+    pub start: StartMode,
 }
 
-/// A fleet member as listed in the members file (`fleet.json`).
+/// A fleet member as listed in a members file (`fleet.json`): where to
+/// reach it on the peer link and its identity key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub id: u64,
@@ -88,51 +111,93 @@ impl Member {
     }
 }
 
-/// Opens the data directory far enough to know the node's identity key
-/// (creating platform and identity on first use); returns its public half.
-pub fn identity_public_key(
+/// SHA-256 of the running executable (what a platform statement measures).
+pub fn binary_sha256() -> Result<[u8; 32], NodeStartError> {
+    let exe = std::env::current_exe().map_err(|source| NodeStartError::Io {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let mut f = std::fs::File::open(&exe).map_err(|source| NodeStartError::Io {
+        path: exe.clone(),
+        source,
+    })?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|source| NodeStartError::Io { path: exe, source })?;
+    Ok(h.finalize().into())
+}
+
+/// Holds the data directory's lock file for the life of the process.
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_data_dir(dir: &Path) -> Result<DirLock, NodeStartError> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NodeStartError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    f.try_lock()
+        .map_err(|_| NodeStartError::Locked(dir.to_owned()))?;
+    Ok(DirLock(f))
+}
+
+/// Opens the data directory and platform far enough to know the node's
+/// identity (creating platform keys and identity on a fresh directory) and
+/// returns its signed platform statement.
+pub fn platform_statement(
     data_dir: &Path,
-    platform_dir: Option<&Path>,
-) -> Result<[u8; 32], NodeStartError> {
-    let platform = SoftwarePlatform::open(
-        &platform_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| data_dir.join("platform")),
-    )?;
+    platform: &PlatformConfig,
+) -> Result<bkv_wire::admin::SignedStatement, NodeStartError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| NodeStartError::Io {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let _lock = lock_data_dir(data_dir)?;
     let store = Store::open(&data_dir.join("vault.redb"))?;
-    let private = store.load_or_create_identity(platform.sealing_key())?;
-    Ok(NodeIdentity::from_private(*private).public)
+    let platform = bkv_hsm_platform::open(platform, !store.has_identity()?)?;
+    let identity = store.load_or_create_identity(&*platform)?;
+    Ok(identity.statement(&*platform, binary_sha256()?)?)
 }
 
 /// A running vault node: the core, and its membership in the fleet.
 pub struct Node {
-    core: Arc<Mutex<Core<SoftwarePlatform>>>,
+    core: Arc<Mutex<Core>>,
     fleet: Fleet,
     rt: tokio::runtime::Runtime,
     info: NodeInfo,
+    id: u64,
     pub peer_addr: SocketAddr,
+    _lock: DirLock,
 }
 
 impl Node {
     /// Opens (or initialises) the node's data directory and joins its fleet.
     pub fn open(cfg: &NodeConfig) -> Result<Self, NodeStartError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeStartError::Io {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("bkv-hsm-raft")
             .build()
             .map_err(|e| NodeStartError::Config(format!("runtime: {e}")))?;
-        let platform_dir = cfg
-            .platform_dir
-            .clone()
-            .unwrap_or_else(|| cfg.data_dir.join("platform"));
-        let platform = SoftwarePlatform::open(&platform_dir)?;
         let store = Store::open(&cfg.data_dir.join("vault.redb"))?;
-        let key = platform.sealing_key().clone();
-        let counter: Arc<dyn replication::RollbackCounter> = Arc::new(platform.rollback_counter());
-        let identity = Arc::new(NodeIdentity::from_private(
-            *store.load_or_create_identity(&key)?,
-        ));
+        // Keys are made only with a fresh data directory: otherwise a
+        // missing key means the token was lost, and the data is unreadable.
+        let platform: SharedPlatform =
+            bkv_hsm_platform::open(&cfg.platform, !store.has_identity()?)?;
+        let identity = Arc::new(store.load_or_create_identity(&*platform)?);
+        let link = LinkIdentity {
+            identity: identity.clone(),
+            platform: platform.clone(),
+        };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(&cfg.peer_listen))
             .map_err(|source| NodeStartError::Listen {
@@ -145,79 +210,104 @@ impl Node {
                 addr: cfg.peer_listen.clone(),
                 source,
             })?;
-        let members: Vec<(u64, PeerNode)> = match &cfg.members {
-            Some(list) => list
-                .iter()
-                .map(|m| Ok((m.id, m.peer()?)))
-                .collect::<Result<_, NodeStartError>>()?,
-            None => vec![(
-                cfg.node_id,
-                PeerNode {
-                    addr: peer_addr.to_string(),
-                    identity: identity.public,
-                },
-            )],
-        };
-        let secrets = match store.load_secrets(&key)? {
+        let mut founding = false;
+        let secrets = match store.load_secrets(&*platform)? {
             Some(s) => s,
-            None if cfg.members.is_some() && !cfg.initialize => {
-                // Joining: the secrets come from a member over an
-                // authenticated peer link (retried while the fleet starts).
-                let peers: Vec<PeerNode> = members.iter().map(|(_, p)| p.clone()).collect();
-                let mut tries = 0;
-                let plain = loop {
-                    match rt.block_on(fetch_secrets(&identity, &peers)) {
-                        Ok(p) => break p,
-                        Err(e) if tries < 60 => {
-                            tries += 1;
-                            tracing::info!(error = %e, "waiting for a fleet member to share the fleet secrets");
-                            std::thread::sleep(Duration::from_millis(500));
-                        }
-                        Err(e) => return Err(NodeStartError::Config(e.to_string())),
-                    }
-                };
-                let s = FleetSecrets::import(&plain)?;
-                store.save_secrets(&key, &s)?;
-                s
-            }
-            None => {
-                let s = FleetSecrets::generate(&mut rand_core::OsRng);
-                store.save_secrets(&key, &s)?;
-                s
-            }
+            None => match &cfg.start {
+                StartMode::Found(trust) => {
+                    let s = FleetSecrets::generate(&*platform, trust.clone())?;
+                    store.save_secrets(&*platform, &s)?;
+                    founding = true;
+                    s
+                }
+                StartMode::Join(members) => {
+                    let peers = members
+                        .iter()
+                        .map(Member::peer)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let s = rt.block_on(join_secrets(&link, &peers))?;
+                    store.save_secrets(&*platform, &s)?;
+                    s
+                }
+                StartMode::Existing => {
+                    return Err(NodeStartError::Config(format!(
+                        "{} holds no fleet: start with --found or --join",
+                        cfg.data_dir.display()
+                    )))
+                }
+            },
         };
         let info = NodeInfo {
             fleet_id: secrets.fleet_id().to_owned(),
             noise_public_key: secrets.noise_public_key(),
         };
-        let export = Arc::new(secrets.export());
-        let core = Arc::new(Mutex::new(Core::new(platform, secrets, State::default())?));
-        let bootstrap = members.iter().map(|(_, p)| p.identity).collect();
+        let core = Arc::new(Mutex::new(Core::new(
+            platform.clone(),
+            secrets,
+            State::default(),
+        )?));
+        // A joining node has no log yet: until the replicated state names
+        // the members, it accepts peer links from the members it joined.
+        let bootstrap = match &cfg.start {
+            StartMode::Join(members) => members
+                .iter()
+                .map(|m| m.peer().map(|p| p.identity))
+                .collect::<Result<_, _>>()?,
+            _ => Default::default(),
+        };
         let fleet = rt
             .block_on(Fleet::start(
                 FleetOptions {
                     id: cfg.node_id,
                     dir: cfg.data_dir.clone(),
-                    key,
-                    identity,
+                    platform,
+                    identity: link,
                     bootstrap,
-                    secrets: Some(export),
-                    counter: Some(counter),
                 },
                 listener,
                 core.clone(),
             ))
             .map_err(|e| NodeStartError::Config(e.to_string()))?;
-        if cfg.members.is_none() || cfg.initialize {
-            rt.block_on(fleet.initialize(members.into_iter().collect()))
-                .map_err(|e| NodeStartError::Config(e.to_string()))?;
+        // Forming the fleet: on the founder's first start, or when its
+        // first start crashed before the fleet was initialized.
+        let uninitialized = fleet
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_none();
+        if matches!(cfg.start, StartMode::Found(_)) && (founding || uninitialized) {
+            rt.block_on(found(&fleet, &core, cfg.node_id, peer_addr, &identity))?;
         }
+        // The leader keeps the Raft membership in step with the admitted
+        // members (repairs a change interrupted by a crash or a new leader).
+        let (raft, core2, id) = (fleet.raft.clone(), core.clone(), cfg.node_id);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if raft.current_leader().await != Some(id) {
+                    continue;
+                }
+                let members = match core2.lock() {
+                    Ok(c) => c.state().members.clone(),
+                    Err(_) => return,
+                };
+                if let Err(e) = replication::fleet::reconcile(&raft, &members).await {
+                    tracing::debug!(error = %e, "membership reconcile");
+                }
+            }
+        });
         Ok(Node {
             core,
             fleet,
             rt,
             info,
+            id: cfg.node_id,
             peer_addr,
+            _lock: lock,
         })
     }
 
@@ -229,25 +319,18 @@ impl Node {
         self.fleet.status()
     }
 
-    fn core(&self) -> Option<std::sync::MutexGuard<'_, Core<SoftwarePlatform>>> {
+    fn core(&self) -> Option<std::sync::MutexGuard<'_, Core>> {
         // A poisoned lock means a thread panicked mid-request; stop serving
         // rather than guess.
         self.core.lock().ok()
     }
 
-    /// Handles one request from the frontend.
+    /// Handles one request from the frontend (relay link).
     pub fn handle(&self, req: NodeRequest) -> NodeResponse {
         let unavailable = NodeResponse::Error(NodeError::Unavailable);
         match req {
             NodeRequest::Info => NodeResponse::Info(self.info.clone()),
             NodeRequest::FleetStatus => NodeResponse::FleetStatus(self.fleet.status()),
-            NodeRequest::ChangeMembership(change) => {
-                tracing::info!(?change, "membership change requested");
-                match self.rt.block_on(self.fleet.change_membership(change)) {
-                    Ok(()) => NodeResponse::FleetStatus(self.fleet.status()),
-                    Err(e) => NodeResponse::Error(NodeError::BadRequest(e.to_string())),
-                }
-            }
             NodeRequest::OpenSession { user_id, handshake } => {
                 let Some(mut core) = self.core() else {
                     return unavailable;
@@ -309,9 +392,155 @@ impl Node {
             }
         }
     }
+
+    fn members_view(&self) -> Result<MembersView, AdminError> {
+        let core = self
+            .core()
+            .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
+        let members = &core.state().members;
+        Ok(MembersView {
+            fleet_id: core.fleet_id().to_owned(),
+            next_seq: members.admin_seq.saturating_add(1),
+            members: members.info(),
+            status: self.fleet.status(),
+        })
+    }
+
+    /// Handles one request from the operator (admin link).
+    pub fn handle_admin(&self, req: AdminRequest) -> AdminResponse {
+        let r = match req {
+            AdminRequest::Members => self
+                .rt
+                .block_on(self.fleet.read_barrier())
+                .map_err(|e| AdminError::Unavailable(e.to_string()))
+                .and_then(|_| self.members_view())
+                .map(AdminResponse::Members),
+            AdminRequest::Execute(signed) => self
+                .rt
+                .block_on(self.execute(signed))
+                .map(AdminResponse::Executed),
+            _ => Err(AdminError::Malformed("unknown admin request".into())),
+        };
+        r.unwrap_or_else(AdminResponse::Error)
+    }
+
+    /// Verifies, commits and enacts a signed operator command. Every
+    /// member's core verifies it again when applying the committed entry;
+    /// only then does the leader change the Raft membership to match.
+    async fn execute(&self, signed: SignedAdminCommand) -> Result<MembersView, AdminError> {
+        let leader = self.fleet.leader().await;
+        if leader != Some(self.id) {
+            return Err(AdminError::NotLeader { leader });
+        }
+        self.fleet
+            .read_barrier()
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        self.core()
+            .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?
+            .check_admin(&signed)?;
+        match self.fleet.propose(Mutation::Admin(signed)).await {
+            Ok(Outcome::AdminApplied { seq }) => {
+                tracing::info!(seq, "operator command committed");
+            }
+            Ok(Outcome::AdminRefused(e)) => return Err(e),
+            Ok(o) => return Err(AdminError::Refused(format!("unexpected outcome {o:?}"))),
+            Err(e) => return Err(AdminError::Unavailable(e.to_string())),
+        }
+        // The background reconcile may be changing the membership at the
+        // same moment; retry until the membership matches.
+        let mut last = String::new();
+        for _ in 0..50 {
+            let members = self
+                .core()
+                .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?
+                .state()
+                .members
+                .clone();
+            match self.fleet.reconcile(&members).await {
+                Ok(()) => return self.members_view(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(AdminError::Unavailable(format!(
+            "the command committed, but the Raft membership did not follow yet ({last}); \
+             the leader keeps retrying"
+        )))
+    }
 }
 
-/// A node serving on a TCP address.
+/// Forms the fleet on its founding node: a one-member Raft membership and
+/// the founding member's record (its statement) in the replicated state.
+/// Idempotent, so a founder that crashed half-way finishes on restart.
+async fn found(
+    fleet: &Fleet,
+    core: &Mutex<Core>,
+    node_id: u64,
+    peer_addr: SocketAddr,
+    identity: &bkv_hsm_core::NodeIdentity,
+) -> Result<(), NodeStartError> {
+    let cfg_err = |e: String| NodeStartError::Config(e);
+    let uninitialized = fleet
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_none();
+    if uninitialized {
+        let me = PeerNode {
+            addr: peer_addr.to_string(),
+            identity: identity.public_key(),
+        };
+        fleet
+            .initialize([(node_id, me)].into_iter().collect())
+            .await
+            .map_err(|e| cfg_err(e.to_string()))?;
+    }
+    fleet
+        .read_barrier()
+        .await
+        .map_err(|e| cfg_err(e.to_string()))?;
+    let m = {
+        let core = core
+            .lock()
+            .map_err(|_| cfg_err("core lock poisoned".into()))?;
+        if !core.state().members.nodes.is_empty() {
+            return Ok(());
+        }
+        core.found_mutation(node_id, &peer_addr.to_string(), identity, binary_sha256()?)?
+    };
+    match fleet.propose(m).await {
+        Ok(Outcome::Founded) => Ok(()),
+        Ok(o) => Err(cfg_err(format!("recording the founding member: {o:?}"))),
+        Err(e) => Err(cfg_err(e.to_string())),
+    }
+}
+
+/// Asks members for the fleet secrets until one answers (the operator may
+/// still be admitting this node), then opens them with this node's identity.
+async fn join_secrets(
+    me: &LinkIdentity,
+    peers: &[PeerNode],
+) -> Result<FleetSecrets, NodeStartError> {
+    let mut tries = 0;
+    loop {
+        match fetch_secrets(me, peers).await {
+            Ok(envelope) => return Ok(me.identity.open_secrets(&envelope)?),
+            Err(e) if tries < 60 => {
+                tries += 1;
+                tracing::info!(error = %e, "waiting to be admitted and sent the fleet secrets");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(NodeStartError::Config(e.to_string())),
+        }
+    }
+}
+
+/// A listener serving in background threads.
 pub struct Server {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -325,8 +554,40 @@ impl Server {
     }
 }
 
-/// Serves `node` on `listen` in background threads.
+/// Serves the relay link (frontend) of `node` on `listen`.
 pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
+    serve_frames(
+        listen,
+        "bkv-hsm-relay",
+        move |req: NodeRequest| node.handle(req),
+        |e| NodeResponse::Error(NodeError::BadRequest(e)),
+    )
+}
+
+/// Serves the admin link (operator) of `node` on `listen`.
+pub fn serve_admin(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
+    serve_frames(
+        listen,
+        "bkv-hsm-admin",
+        move |req: AdminRequest| node.handle_admin(req),
+        |e| AdminResponse::Error(AdminError::Malformed(e)),
+    )
+}
+
+/// Accept loop: one thread per connection, at most [`MAX_CONNECTIONS`],
+/// each answering length-prefixed frames with `handle`.
+fn serve_frames<Q, A, H, B>(
+    listen: &str,
+    name: &str,
+    handle: H,
+    bad: B,
+) -> Result<Server, NodeStartError>
+where
+    Q: serde::de::DeserializeOwned,
+    A: serde::Serialize,
+    H: Fn(Q) -> A + Send + Sync + 'static,
+    B: Fn(String) -> A + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(listen).map_err(|source| NodeStartError::Listen {
         addr: listen.to_owned(),
         source,
@@ -340,8 +601,11 @@ pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let active = Arc::new(AtomicUsize::new(0));
+    let handle = Arc::new(handle);
+    let bad = Arc::new(bad);
+    let conn_name = format!("{name}-conn");
     std::thread::Builder::new()
-        .name("bkv-hsm-accept".into())
+        .name(name.into())
         .spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -353,14 +617,14 @@ pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
                     tracing::warn!("connection limit reached; refusing");
                     continue;
                 }
-                let node = node.clone();
-                let active = active.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("bkv-hsm-conn".into())
-                    .spawn(move || {
-                        serve_connection(&node, conn);
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    });
+                let (handle, bad, active) = (handle.clone(), bad.clone(), active.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(conn_name.clone())
+                        .spawn(move || {
+                            serve_connection(conn, &*handle, &*bad);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
                 if spawned.is_err() {
                     tracing::warn!("could not spawn connection thread");
                 }
@@ -373,7 +637,11 @@ pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
     Ok(Server { addr, stop })
 }
 
-fn serve_connection(node: &Node, conn: TcpStream) {
+fn serve_connection<Q, A>(conn: TcpStream, handle: &dyn Fn(Q) -> A, bad: &dyn Fn(String) -> A)
+where
+    Q: serde::de::DeserializeOwned,
+    A: serde::Serialize,
+{
     let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = conn.set_nodelay(true);
     let Ok(write_half) = conn.try_clone() else {
@@ -382,17 +650,16 @@ fn serve_connection(node: &Node, conn: TcpStream) {
     let mut reader = BufReader::new(conn);
     let mut writer = write_half;
     loop {
-        let req: NodeRequest = match read_frame(&mut reader) {
+        let req: Q = match read_frame(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "bad frame from frontend; closing connection");
-                let resp = NodeResponse::Error(NodeError::BadRequest(e.to_string()));
-                let _ = write_frame(&mut writer, &resp);
+                tracing::debug!(error = %e, "bad frame; closing connection");
+                let _ = write_frame(&mut writer, &bad(e.to_string()));
                 return;
             }
         };
-        let resp = node.handle(req);
+        let resp = handle(req);
         if write_frame(&mut writer, &resp).is_err() {
             return;
         }
@@ -408,8 +675,8 @@ pub fn write_public_info(node: &Node, data_dir: &Path) -> Result<PathBuf, NodeSt
         node.info.fleet_id,
         bkv_wire::key_to_hex(&node.info.noise_public_key)
     );
-    platform::write_private_file(&path, body.as_bytes()).map_err(|source| {
-        NodeStartError::Write {
+    bkv_hsm_platform::write_private_file(&path, body.as_bytes()).map_err(|source| {
+        NodeStartError::Io {
             path: path.clone(),
             source,
         }

@@ -1,41 +1,81 @@
 //! `bkv-hsm`: one vault node.
 
 use anyhow::Context;
-use clap::Parser;
+use bkv_hsm_node::{NodeConfig, StartMode};
+use bkv_hsm_platform::pkcs11::Pkcs11Config;
+use bkv_hsm_platform::PlatformConfig;
+use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PlatformKind {
+    /// Keys in files under --platform-dir (INSECURE: development only).
+    Software,
+    /// Keys inside a PKCS#11 token (--pkcs11-module, --token-label, --pin-file).
+    Pkcs11,
+}
 
 #[derive(Parser)]
 #[command(name = "bkv-hsm", version, about = "bkv HSM vault node")]
 struct Args {
-    /// Node data directory (sealed state, software platform keys).
+    /// Node data directory (sealed log, snapshots and keys).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Address to serve the frontend link on (port 0 picks a free port).
+    /// Relay link for the frontend: sessions and public information only
+    /// (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7301")]
     listen: String,
-    /// Software platform directory (sealing key and monotonic counter, the
-    /// HSM stand-in). Default DATA_DIR/platform; put it elsewhere so that a
-    /// rolled-back data directory is detected.
-    #[arg(long)]
-    platform_dir: Option<PathBuf>,
+    /// Admin link for the operator's signed commands. Keep it off the
+    /// network the frontend can reach.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    admin_listen: String,
     /// This node's id in the fleet.
     #[arg(long, default_value_t = 0)]
     node_id: u64,
-    /// Address of the peer link (Raft, Noise IK). Must match this node's
-    /// entry in --members.
+    /// Address of the peer link (Raft, Noise IK); the address the
+    /// operator's admin command names for this node.
     #[arg(long, default_value = "127.0.0.1:0")]
     peer_listen: String,
-    /// JSON list of the fleet's members `[{"id","addr","identity"}]`; without
-    /// it the node runs a one-node fleet.
+    /// Where the node's keys live.
+    #[arg(long, value_enum, default_value = "software")]
+    platform: PlatformKind,
+    /// Software platform directory (default DATA_DIR/platform; put it
+    /// elsewhere so that a rolled-back data directory is detected).
     #[arg(long)]
-    members: Option<PathBuf>,
-    /// Form the fleet from --members (first start of the first node only).
+    platform_dir: Option<PathBuf>,
+    /// PKCS#11 module.
+    #[arg(long, default_value = bkv_hsm_platform::SOFTHSM_MODULE)]
+    pkcs11_module: PathBuf,
+    /// Label of this node's PKCS#11 token.
     #[arg(long)]
-    initialize: bool,
-    /// Print this node's identity public key (hex) and exit.
+    token_label: Option<String>,
+    /// File with the token's user PIN.
     #[arg(long)]
-    print_identity: bool,
+    pin_file: Option<PathBuf>,
+    /// Form a new fleet (first start of its first node), pinning the
+    /// operator key, the auditor key and the log namespace below.
+    #[arg(long, requires_all = ["operator_key", "auditor_key", "namespace"], conflicts_with = "join")]
+    found: bool,
+    /// The operator's Ed25519 public key (hex): only commands it signs are
+    /// executed.
+    #[arg(long)]
+    operator_key: Option<String>,
+    /// The auditor's verifier key (`name+id+base64`, as `GET /v1/key` serves
+    /// it): membership must be in its log.
+    #[arg(long)]
+    auditor_key: Option<String>,
+    /// The log namespace of the fleet's bundles and membership records.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Join an existing fleet: a JSON list of members `[{"id","addr","identity"}]`
+    /// to ask for the fleet secrets once the operator admitted this node.
+    #[arg(long)]
+    join: Option<PathBuf>,
+    /// Print this node's signed platform statement (JSON) and exit,
+    /// creating its keys on a fresh data directory.
+    #[arg(long)]
+    print_statement: bool,
 }
 
 fn main() {
@@ -52,50 +92,98 @@ fn main() {
     }
 }
 
+fn platform_config(args: &Args) -> anyhow::Result<PlatformConfig> {
+    Ok(match args.platform {
+        PlatformKind::Software => PlatformConfig::Software {
+            dir: args
+                .platform_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("platform")),
+        },
+        PlatformKind::Pkcs11 => PlatformConfig::Pkcs11(Pkcs11Config {
+            module: args.pkcs11_module.clone(),
+            token_label: args
+                .token_label
+                .clone()
+                .context("--platform pkcs11 needs --token-label")?,
+            pin_file: args
+                .pin_file
+                .clone()
+                .context("--platform pkcs11 needs --pin-file")?,
+        }),
+    })
+}
+
+fn read_limited(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    anyhow::ensure!(meta.len() < 1024 * 1024, "{} is too large", path.display());
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+}
+
+fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
+    if args.found {
+        let (Some(op), Some(aud), Some(ns)) =
+            (&args.operator_key, &args.auditor_key, &args.namespace)
+        else {
+            anyhow::bail!("--found needs --operator-key, --auditor-key and --namespace");
+        };
+        let operator_key =
+            bkv_wire::key_from_hex(op).map_err(|e| anyhow::anyhow!("--operator-key: {e}"))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&operator_key)
+            .map_err(|_| anyhow::anyhow!("--operator-key is not an Ed25519 public key"))?;
+        let (auditor_name, auditor) = bkv_transparency::note::parse_verifier_key(aud)
+            .map_err(|e| anyhow::anyhow!("--auditor-key: {e}"))?;
+        return Ok(StartMode::Found(bkv_hsm_core::FleetTrust {
+            namespace: ns.clone(),
+            auditor_name,
+            auditor_key: auditor.to_bytes(),
+            operator_key,
+        }));
+    }
+    if let Some(path) = &args.join {
+        let list: Vec<bkv_hsm_node::Member> = serde_json::from_str(&read_limited(path)?)
+            .with_context(|| format!("parse members file {}", path.display()))?;
+        anyhow::ensure!(!list.is_empty(), "{} lists no member", path.display());
+        return Ok(StartMode::Join(list));
+    }
+    Ok(StartMode::Existing)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("create {}", args.data_dir.display()))?;
-    if args.print_identity {
-        let k = bkv_hsm_node::identity_public_key(&args.data_dir, args.platform_dir.as_deref())?;
-        println!("{}", bkv_wire::key_to_hex(&k));
+    let platform = platform_config(&args)?;
+    if args.print_statement {
+        let signed = bkv_hsm_node::platform_statement(&args.data_dir, &platform)?;
+        let s = bkv_transparency::membership::verify_statement(&signed)
+            .map_err(|e| anyhow::anyhow!("own statement: {e}"))?;
+        let out = serde_json::json!({
+            "identity_key": hex::encode(s.identity_key),
+            "signing_key": hex::encode(s.signing_key),
+            "platform": s.platform.kind.name(),
+            "token": s.platform.token,
+            "binary_sha256": hex::encode(s.binary_sha256),
+            "signed_statement": hex::encode(bkv_wire::encode(&signed)),
+        });
+        println!("{out}");
         return Ok(());
     }
-    let members = match &args.members {
-        Some(path) => {
-            let meta =
-                std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
-            anyhow::ensure!(meta.len() < 1024 * 1024, "{} is too large", path.display());
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("read {}", path.display()))?;
-            let list: Vec<bkv_hsm_node::Member> = serde_json::from_str(&text)
-                .with_context(|| format!("parse members file {}", path.display()))?;
-            anyhow::ensure!(
-                list.iter().any(|m| m.id == args.node_id),
-                "--node-id {} is not in {}",
-                args.node_id,
-                path.display()
-            );
-            Some(list)
-        }
-        None => None,
-    };
     let node = Arc::new(
-        bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {
+        bkv_hsm_node::Node::open(&NodeConfig {
             data_dir: args.data_dir.clone(),
-            platform_dir: args.platform_dir.clone(),
+            platform,
             node_id: args.node_id,
             peer_listen: args.peer_listen.clone(),
-            members,
-            initialize: args.initialize,
+            start: start_mode(&args)?,
         })
         .with_context(|| format!("open node data in {}", args.data_dir.display()))?,
     );
     bkv_hsm_node::write_public_info(&node, &args.data_dir)?;
-    let server = bkv_hsm_node::serve(node.clone(), &args.listen)?;
-    tracing::info!(addr = %server.addr, fleet = %node.info().fleet_id, "serving");
+    let relay = bkv_hsm_node::serve(node.clone(), &args.listen)?;
+    let admin = bkv_hsm_node::serve_admin(node.clone(), &args.admin_listen)?;
+    tracing::info!(relay = %relay.addr, admin = %admin.addr, fleet = %node.info().fleet_id, "serving");
     println!(
-        "bkv-hsm ready listen={} peer={} node_id={} fleet={} noise_public_key={}",
-        server.addr,
+        "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={}",
+        relay.addr,
+        admin.addr,
         node.peer_addr,
         args.node_id,
         node.info().fleet_id,

@@ -1,10 +1,9 @@
 //! The node's own sealed values in redb: fleet secrets and its identity key.
 //! (Vault records live in the replicated log and snapshots, see
-//! [`crate::replication`].) Every value is sealed with the platform key.
+//! [`crate::replication`].) Every value is sealed by the platform; this
+//! module only ever holds the sealed bytes.
 
-use bkv_hsm_core::seal;
-use bkv_hsm_core::{FleetSecrets, SealingKey};
-use rand_core::OsRng;
+use bkv_hsm_core::{CoreError, FleetSecrets, NodeIdentity, Platform};
 use redb::{Database, TableDefinition};
 use std::path::Path;
 
@@ -12,14 +11,18 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("node database: {0}")]
     Db(String),
-    #[error("stored value failed to unseal ({0}): wrong platform key or tampered disk")]
-    Unseal(String),
-    #[error("stored value is malformed: {0}")]
-    Malformed(String),
+    #[error(
+        "stored {what} could not be opened with this node's platform ({source}): \
+         the data directory was sealed by another token or key, or was tampered with"
+    )]
+    Unseal {
+        what: &'static str,
+        source: CoreError,
+    },
     #[error(transparent)]
-    Core(#[from] bkv_hsm_core::CoreError),
+    Core(#[from] CoreError),
 }
 
 fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
@@ -54,41 +57,39 @@ impl Store {
         tx.commit().map_err(dberr)
     }
 
+    /// Whether this data directory already holds a node identity (so its
+    /// platform keys must exist: they sealed it).
+    pub fn has_identity(&self) -> Result<bool, StoreError> {
+        Ok(self.get_meta("node-identity")?.is_some())
+    }
+
     /// The fleet secrets, if this node has them yet.
-    pub fn load_secrets(&self, key: &SealingKey) -> Result<Option<FleetSecrets>, StoreError> {
+    pub fn load_secrets(&self, p: &dyn Platform) -> Result<Option<FleetSecrets>, StoreError> {
         match self.get_meta("fleet-secrets")? {
-            Some(v) => Ok(Some(FleetSecrets::unseal(key, &v)?)),
+            Some(v) => Ok(Some(FleetSecrets::unseal(p, &v).map_err(|source| {
+                StoreError::Unseal {
+                    what: "fleet secrets",
+                    source,
+                }
+            })?)),
             None => Ok(None),
         }
     }
 
-    pub fn save_secrets(&self, key: &SealingKey, secrets: &FleetSecrets) -> Result<(), StoreError> {
-        self.put_meta("fleet-secrets", &secrets.seal(key, &mut OsRng))
+    pub fn save_secrets(&self, p: &dyn Platform, secrets: &FleetSecrets) -> Result<(), StoreError> {
+        self.put_meta("fleet-secrets", &secrets.seal(p)?)
     }
 
-    /// This node's identity key (X25519 private), created on first use.
-    pub fn load_or_create_identity(
-        &self,
-        key: &SealingKey,
-    ) -> Result<zeroize::Zeroizing<[u8; 32]>, StoreError> {
+    /// This node's identity key, created on first use.
+    pub fn load_or_create_identity(&self, p: &dyn Platform) -> Result<NodeIdentity, StoreError> {
         if let Some(v) = self.get_meta("node-identity")? {
-            let plain = zeroize::Zeroizing::new(
-                seal::unseal(key, "node-identity", b"", &v)
-                    .map_err(|e| StoreError::Unseal(e.to_string()))?,
-            );
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            if plain.len() != 32 {
-                return Err(StoreError::Malformed("node identity length".into()));
-            }
-            k.copy_from_slice(&plain);
-            return Ok(k);
+            return NodeIdentity::unseal(p, &v).map_err(|source| StoreError::Unseal {
+                what: "node identity",
+                source,
+            });
         }
-        let mut k = zeroize::Zeroizing::new([0u8; 32]);
-        rand_core::RngCore::fill_bytes(&mut OsRng, k.as_mut());
-        self.put_meta(
-            "node-identity",
-            &seal::seal(key, &mut OsRng, "node-identity", b"", k.as_ref()),
-        )?;
-        Ok(k)
+        let id = NodeIdentity::generate(p)?;
+        self.put_meta("node-identity", &id.seal(p)?)?;
+        Ok(id)
     }
 }

@@ -3,9 +3,9 @@
 //! restart and catch-up, majority loss, and refusal of unknown identities.
 
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
-use bkv_hsm_core::SealingKey;
+use bkv_hsm_core::{MemoryPlatform, NodeIdentity, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
-use bkv_hsm_node::replication::network::{Link, NodeIdentity, PeerRequest};
+use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest};
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,7 +17,16 @@ struct Member {
     state: Arc<Mutex<State>>,
     dir: PathBuf,
     addr: String,
-    identity: Arc<NodeIdentity>,
+    identity: LinkIdentity,
+}
+
+/// A fresh identity on its own in-memory platform.
+fn identity(seed: u8) -> LinkIdentity {
+    let platform: SharedPlatform = MemoryPlatform::shared([seed; 32]);
+    LinkIdentity {
+        identity: Arc::new(NodeIdentity::generate(&*platform).unwrap()),
+        platform,
+    }
 }
 
 const RID: [u8; 32] = [9u8; 32];
@@ -35,7 +44,7 @@ fn new_member(root: &std::path::Path, i: u64) -> Member {
         state: Arc::new(Mutex::new(State::default())),
         dir,
         addr,
-        identity: Arc::new(NodeIdentity::generate().unwrap()),
+        identity: identity(i as u8 + 1),
     }
 }
 
@@ -77,11 +86,9 @@ async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
         FleetOptions {
             id,
             dir: m.dir.clone(),
-            key: SealingKey::from_bytes([id as u8 + 1; 32]),
+            platform: m.identity.platform.clone(),
             identity: m.identity.clone(),
             bootstrap: bootstrap.clone(),
-            secrets: None,
-            counter: None,
         },
         listener,
         m.state.clone(),
@@ -119,7 +126,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     for i in 0..3u64 {
         members.push(new_member(t.path(), i));
     }
-    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
     for (i, m) in members.iter_mut().enumerate() {
         start(i as u64, m, &bootstrap).await;
     }
@@ -131,7 +138,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
                 i as u64,
                 PeerNode {
                     addr: m.addr.clone(),
-                    identity: m.identity.public,
+                    identity: m.identity.public(),
                 },
             )
         })
@@ -212,17 +219,17 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     assert_eq!(attempts(&members[l as usize].state), Some(10));
 
     // A node with an identity key outside the fleet is refused.
-    let stranger = NodeIdentity::generate().unwrap();
+    let stranger = identity(99);
     let target = &members[survivor as usize];
     // (The handshake itself may complete: IK lets the initiator finish
     // before the responder checks its key; the responder then hangs up.)
-    if let Ok(mut link) = Link::connect(&target.addr, &stranger, &target.identity.public).await {
+    if let Ok(mut link) = Link::connect(&target.addr, &stranger, &target.identity.public()).await {
         let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 7), None);
         assert!(link.call(&PeerRequest::Vote(vote)).await.is_err());
     }
     // Pinning the wrong identity for a real member fails the handshake.
-    let me = NodeIdentity::generate().unwrap();
-    assert!(Link::connect(&target.addr, &me, &stranger.public)
+    let me = identity(98);
+    assert!(Link::connect(&target.addr, &me, &stranger.public())
         .await
         .is_err());
 
@@ -314,7 +321,7 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
         proxies.push(proxy(m.addr.clone()).await);
         members.push(m);
     }
-    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public).collect();
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
     for (i, m) in members.iter_mut().enumerate() {
         start(i as u64, m, &bootstrap).await;
     }
@@ -324,7 +331,7 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
                 i as u64,
                 PeerNode {
                     addr: proxies[i].addr.clone(),
-                    identity: members[i].identity.public,
+                    identity: members[i].identity.public(),
                 },
             )
         })

@@ -3,7 +3,7 @@
 //! (the conformance checks openraft requires of any storage).
 
 use bkv_hsm_core::state::State;
-use bkv_hsm_core::SealingKey;
+use bkv_hsm_core::MemoryPlatform;
 use bkv_hsm_node::replication::log_store::LogStore;
 use bkv_hsm_node::replication::state_machine::StateMachine;
 use bkv_hsm_node::replication::TypeConfig;
@@ -18,11 +18,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> 
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine<State>), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = SealingKey::from_bytes([7u8; 32]);
-        let log = LogStore::open(&dir.path().join("raft.redb"), key.clone()).expect("log store");
+        let platform = MemoryPlatform::shared([7u8; 32]);
+        let log =
+            LogStore::open(&dir.path().join("raft.redb"), platform.clone()).expect("log store");
         let sm = StateMachine::open(
             &dir.path().join("snapshot.redb"),
-            key,
+            platform,
             Arc::new(Mutex::new(State::default())),
         )
         .expect("state machine");

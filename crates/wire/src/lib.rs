@@ -6,6 +6,7 @@
 //! value has exactly one accepted encoding. Layouts are documented in
 //! `docs/formats.md`.
 
+pub mod admin;
 pub mod node;
 pub mod vault;
 

@@ -1,4 +1,6 @@
-//! Frames on the link between the (untrusted) frontend and an HSM node.
+//! Frames on the relay link between the (untrusted) frontend and an HSM
+//! node: sessions and public information only. Operator commands travel on
+//! the separate admin link ([`crate::admin`]).
 //! Framing: a 4-byte big-endian length, then an [`crate::encode`]d value of at
 //! most [`crate::MAX_NODE_FRAME`] bytes.
 
@@ -27,24 +29,6 @@ pub enum NodeRequest {
     Info,
     /// Replication status of this node (for `bkv fleet status`).
     FleetStatus,
-    /// A membership change; only the leader performs it. Operator only: the
-    /// node link must not be reachable by anyone else (see SECURITY.md).
-    ChangeMembership(MembershipChange),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add a node as a learner (it receives the log; peers accept its
-    /// identity key from now on).
-    AddLearner {
-        id: u64,
-        addr: String,
-        identity: [u8; 32],
-    },
-    /// Make a learner a voter.
-    Promote { id: u64 },
-    /// Remove a voter (and forget it: its identity key is refused after).
-    Remove { id: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -140,7 +140,20 @@ impl DevUp {
             .arg(i.to_string())
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            o.status.success(),
+            "{}\nnode log:\n{}",
+            text(&o),
+            self.node_log_tail(i)
+        );
+    }
+
+    /// The last lines of node `i`'s log (for failure messages).
+    pub fn node_log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join(format!("nodes/{i}/node.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// `bkv fleet status` as JSON.

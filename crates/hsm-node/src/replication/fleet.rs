@@ -4,11 +4,12 @@
 //! the outcome only once this node's own state machine has applied it.
 
 use super::log_store::LogStore;
-use super::network::{Link, NodeIdentity, PeerNetwork, PeerRequest, PeerResponse};
+use super::network::{Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse};
 use super::state_machine::{Replica, StateMachine};
 use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
+use bkv_hsm_core::members::Members;
 use bkv_hsm_core::state::{Mutation, Outcome};
-use bkv_hsm_core::SealingKey;
+use bkv_hsm_core::SharedPlatform;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use zeroize::Zeroizing;
 
 /// How long a proposal may take before the caller is told "unavailable".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,15 +52,14 @@ pub struct FleetOptions {
     pub id: u64,
     /// Where the sealed log and snapshots live.
     pub dir: PathBuf,
-    /// Platform sealing key.
-    pub key: SealingKey,
-    pub identity: Arc<NodeIdentity>,
-    /// Identity keys accepted before any membership is known.
+    /// Seals the log and snapshots; its counter detects rollback.
+    pub platform: SharedPlatform,
+    pub identity: LinkIdentity,
+    /// Identity keys accepted while the replicated state records no member
+    /// yet: the members a new node joined (its log is still empty), or the
+    /// peers of a replication test with bare states. Once the state names
+    /// members, exactly the admitted members are accepted.
     pub bootstrap: BTreeSet<[u8; 32]>,
-    /// The exported fleet secrets, shared with joining members on request.
-    pub secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
-    /// The platform's monotonic counter (rollback detection); `None` in tests.
-    pub counter: Option<Arc<dyn super::RollbackCounter>>,
 }
 
 /// A running fleet member.
@@ -89,15 +88,13 @@ impl Fleet {
         let FleetOptions {
             id,
             dir,
-            key,
+            platform,
             identity,
             bootstrap,
-            secrets,
-            counter,
         } = opts;
         let dir = dir.as_path();
-        let log = LogStore::open_with_counter(&dir.join("raft-log.redb"), key.clone(), counter)?;
-        let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), key, replica)?;
+        let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
+        let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), platform, replica.clone())?;
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
@@ -106,8 +103,8 @@ impl Fleet {
             listener,
             raft.clone(),
             identity,
-            bootstrap,
-            secrets,
+            Arc::new(bootstrap),
+            replica,
         ));
         Ok(Fleet {
             id,
@@ -218,38 +215,18 @@ impl Fleet {
         Err(FleetError::Unavailable(last))
     }
 
-    /// Applies a membership change; only the leader does (others answer with
-    /// an error naming the leader).
-    pub async fn change_membership(
-        &self,
-        change: bkv_wire::node::MembershipChange,
-    ) -> Result<(), FleetError> {
-        use bkv_wire::node::MembershipChange as M;
-        use openraft::ChangeMembers;
-        if self.raft.current_leader().await != Some(self.id) {
-            return Err(FleetError::Raft(format!(
-                "not the leader (leader: {:?})",
-                self.raft.current_leader().await
-            )));
-        }
-        let r = match change {
-            M::AddLearner { id, addr, identity } => {
-                self.raft
-                    .add_learner(id, PeerNode { addr, identity }, false)
-                    .await
-            }
-            M::Promote { id } => {
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-            }
-            M::Remove { id } => {
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await
-            }
-        };
-        r.map(|_| ()).map_err(|e| FleetError::Raft(e.to_string()))
+    /// Whether this node is the leader, and who is if not.
+    pub async fn leader(&self) -> Option<u64> {
+        self.raft.current_leader().await
+    }
+
+    /// Makes the Raft membership follow the members the replicated state
+    /// admitted (verified operator commands): adds admitted nodes as
+    /// learners, promotes the ones admitted as voters, removes the rest.
+    /// Leader only; every step is idempotent, so a crash half-way is
+    /// repaired by the next call.
+    pub async fn reconcile(&self, members: &Members) -> Result<(), FleetError> {
+        reconcile(&self.raft, members).await
     }
 
     /// This node's view of the fleet.
@@ -298,30 +275,104 @@ impl Fleet {
     }
 }
 
-/// Identity keys this node accepts peer links from: the members and
-/// learners of the current membership; only before any membership exists
-/// (a fleet being formed), the bootstrap set from the members file.
-fn allowed(raft: &Raft<TypeConfig>, bootstrap: &BTreeSet<[u8; 32]>, key: &[u8; 32]) -> bool {
+/// See [`Fleet::reconcile`].
+pub async fn reconcile(raft: &Raft<TypeConfig>, members: &Members) -> Result<(), FleetError> {
+    use openraft::ChangeMembers;
+    if members.nodes.is_empty() {
+        return Ok(());
+    }
+    let raft_err = |e: openraft::error::RaftError<u64, _>| FleetError::Raft(e.to_string());
+    let current = raft.metrics().borrow().membership_config.clone();
+    let membership = current.membership();
+    for (id, m) in &members.nodes {
+        let node = PeerNode {
+            addr: m.addr.clone(),
+            identity: m.identity_key,
+        };
+        if membership.get_node(id) != Some(&node) {
+            raft.add_learner(*id, node, false).await.map_err(raft_err)?;
+        }
+    }
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let promote: BTreeSet<u64> = members
+        .nodes
+        .iter()
+        .filter(|(id, m)| m.voter && !voters.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    if !promote.is_empty() {
+        raft.change_membership(ChangeMembers::AddVoterIds(promote), false)
+            .await
+            .map_err(raft_err)?;
+    }
+    let gone: BTreeSet<u64> = membership
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !members.nodes.contains_key(id))
+        .collect();
+    if !gone.is_empty() {
+        let voting: BTreeSet<u64> = gone
+            .iter()
+            .copied()
+            .filter(|id| voters.contains(id))
+            .collect();
+        if !voting.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveVoters(voting), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        let still: BTreeSet<u64> = {
+            let m = raft.metrics().borrow().membership_config.clone();
+            gone.iter()
+                .copied()
+                .filter(|id| m.membership().get_node(id).is_some())
+                .collect()
+        };
+        if !still.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveNodes(still), false)
+                .await
+                .map_err(raft_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Identity keys this node accepts peer links from: members of the current
+/// Raft membership that the replicated state admitted (verified operator
+/// commands, or the founder). Only while the state records no member at all
+/// (a node that just joined, a replication test with bare states) does the
+/// bootstrap set stand in.
+fn allowed<R: Replica>(
+    raft: &Raft<TypeConfig>,
+    bootstrap: &BTreeSet<[u8; 32]>,
+    replica: &Mutex<R>,
+    key: &[u8; 32],
+) -> bool {
+    let admitted = match replica.lock() {
+        Ok(r) if r.state().members.nodes.is_empty() => bootstrap.contains(key),
+        Ok(r) => r.state().members.admits(key),
+        Err(_) => false,
+    };
     let m = raft.metrics().borrow().membership_config.clone();
     let mut nodes = m.membership().nodes().peekable();
     if nodes.peek().is_none() {
-        return bootstrap.contains(key);
+        return admitted;
     }
-    nodes.any(|(_, n)| &n.identity == key)
+    admitted && nodes.any(|(_, n)| &n.identity == key)
 }
 
 /// Asks the given members for the fleet secrets over authenticated peer
-/// links (a new node joining an existing fleet).
-pub async fn fetch_secrets(
-    me: &NodeIdentity,
-    members: &[PeerNode],
-) -> Result<Zeroizing<Vec<u8>>, FleetError> {
+/// links (a new node joining an existing fleet). The answer is encrypted to
+/// this node's identity key by a member's core; only this node's core opens
+/// it.
+pub async fn fetch_secrets(me: &LinkIdentity, members: &[PeerNode]) -> Result<Vec<u8>, FleetError> {
     let mut last = String::from("no member to ask");
-    for m in members.iter().filter(|m| m.identity != me.public) {
+    for m in members.iter().filter(|m| m.identity != me.public()) {
         match Link::connect(&m.addr, me, &m.identity).await {
             Ok(mut link) => match link.call(&PeerRequest::FleetSecrets).await {
-                Ok(PeerResponse::FleetSecrets(Some(s))) => return Ok(Zeroizing::new(s)),
-                Ok(_) => last = format!("{} has no fleet secrets", m.addr),
+                Ok(PeerResponse::FleetSecrets(Ok(s))) => return Ok(s),
+                Ok(PeerResponse::FleetSecrets(Err(e))) => last = format!("{}: {e}", m.addr),
+                Ok(_) => last = format!("{}: unexpected answer", m.addr),
                 Err(e) => last = format!("{}: {e}", m.addr),
             },
             Err(e) => last = format!("{}: {e}", m.addr),
@@ -330,14 +381,13 @@ pub async fn fetch_secrets(
     Err(FleetError::Unavailable(last))
 }
 
-async fn serve_peers(
+async fn serve_peers<R: Replica>(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
-    identity: Arc<NodeIdentity>,
-    bootstrap: BTreeSet<[u8; 32]>,
-    secrets: Option<Arc<Zeroizing<Vec<u8>>>>,
+    identity: LinkIdentity,
+    bootstrap: Arc<BTreeSet<[u8; 32]>>,
+    replica: Arc<Mutex<R>>,
 ) {
-    let bootstrap = Arc::new(bootstrap);
     // Connections live in this set: when the member stops (this task is
     // aborted) they are aborted too, so peers see the link close instead of
     // talking to a stopped Raft instance.
@@ -350,11 +400,11 @@ async fn serve_peers(
         let Ok((stream, from)) = accepted else {
             continue;
         };
-        let (raft, identity, bootstrap, secrets) = (
+        let (raft, identity, bootstrap, replica) = (
             raft.clone(),
             identity.clone(),
             bootstrap.clone(),
-            secrets.clone(),
+            replica.clone(),
         );
         conns.spawn(async move {
             let (mut link, remote) = match Link::accept(stream, &identity).await {
@@ -364,7 +414,7 @@ async fn serve_peers(
                     return;
                 }
             };
-            if !allowed(&raft, &bootstrap, &remote) {
+            if !allowed(&raft, &bootstrap, &replica, &remote) {
                 tracing::warn!(%from, "refused a peer link from an identity key that is not a fleet member");
                 return;
             }
@@ -373,7 +423,7 @@ async fn serve_peers(
                     Ok(Ok(r)) => r,
                     _ => return,
                 };
-                let resp = dispatch(&raft, secrets.as_deref(), req).await;
+                let resp = dispatch(&raft, &*replica, &remote, req).await;
                 if link.send(&resp).await.is_err() {
                     return;
                 }
@@ -382,9 +432,10 @@ async fn serve_peers(
     }
 }
 
-async fn dispatch(
+async fn dispatch<R: Replica>(
     raft: &Raft<TypeConfig>,
-    secrets: Option<&Zeroizing<Vec<u8>>>,
+    replica: &Mutex<R>,
+    remote: &[u8; 32],
     req: PeerRequest,
 ) -> PeerResponse {
     match req {
@@ -412,6 +463,9 @@ async fn dispatch(
                 Err(_) => Err("leadership check timed out".into()),
             })
         }
-        PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(secrets.map(|s| s.to_vec())),
+        PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(match replica.lock() {
+            Ok(r) => r.export_secrets_to(remote),
+            Err(_) => Err("replica lock poisoned".into()),
+        }),
     }
 }

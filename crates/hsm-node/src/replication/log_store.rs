@@ -1,14 +1,15 @@
-//! The Raft log, vote and committed index in redb, every value sealed with
-//! the platform key and bound to its slot (so the host can neither read,
-//! forge nor move entries). Each write is one durable redb transaction.
+//! The Raft log, vote and committed index in redb, every value sealed by the
+//! platform and bound to its slot (so the host can neither read, forge nor
+//! move entries). Each write is one durable redb transaction, after which the
+//! platform's monotonic counter advances to the write's epoch (rollback
+//! detection).
 
 use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
-use bkv_hsm_core::{seal, SealingKey};
+use bkv_hsm_core::SharedPlatform;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
 };
-use rand_core::OsRng;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,10 +23,10 @@ const MAX_ENTRY: usize = 1024 * 1024;
 
 struct Inner {
     db: Database,
-    key: SealingKey,
-    /// Epoch of the last durable write, and the counter it is tied to.
+    /// Seals every value and holds the monotonic counter.
+    platform: SharedPlatform,
+    /// Epoch of the last durable write (the counter follows it).
     epoch: std::sync::Mutex<u64>,
-    counter: Option<Arc<dyn super::RollbackCounter>>,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -35,16 +36,20 @@ pub struct LogStore {
 }
 
 fn seal_value<T: serde::Serialize>(
-    key: &SealingKey,
+    p: &SharedPlatform,
     purpose: &str,
     label: &[u8],
     v: &T,
-) -> Vec<u8> {
-    seal::seal(key, &mut OsRng, purpose, label, &bkv_wire::encode(v))
+) -> Result<Vec<u8>, ReplicationStoreError> {
+    Ok(p.seal(
+        purpose,
+        label,
+        &zeroize::Zeroizing::new(bkv_wire::encode(v)),
+    )?)
 }
 
 fn open_value<T: serde::de::DeserializeOwned>(
-    key: &SealingKey,
+    p: &SharedPlatform,
     purpose: &str,
     label: &[u8],
     sealed: &[u8],
@@ -52,25 +57,17 @@ fn open_value<T: serde::de::DeserializeOwned>(
     if sealed.len() > MAX_ENTRY {
         return Err(ReplicationStoreError::Malformed(purpose.into()));
     }
-    let plain = seal::unseal(key, purpose, label, sealed)
+    let plain = p
+        .unseal(purpose, label, sealed)
         .map_err(|_| ReplicationStoreError::Unseal(purpose.into()))?;
     bkv_wire::decode(&plain, MAX_ENTRY)
         .map_err(|_| ReplicationStoreError::Malformed(purpose.into()))
 }
 
 impl LogStore {
-    /// Opens the log without rollback detection (tests).
-    pub fn open(path: &Path, key: SealingKey) -> Result<Self, ReplicationStoreError> {
-        Self::open_with_counter(path, key, None)
-    }
-
-    /// Opens the log; with a counter, refuses a data directory whose epoch
-    /// is behind it (a rolled-back disk).
-    pub fn open_with_counter(
-        path: &Path,
-        key: SealingKey,
-        counter: Option<Arc<dyn super::RollbackCounter>>,
-    ) -> Result<Self, ReplicationStoreError> {
+    /// Opens the log; refuses a data directory whose epoch is behind the
+    /// platform's counter (a rolled-back disk).
+    pub fn open(path: &Path, platform: SharedPlatform) -> Result<Self, ReplicationStoreError> {
         let db = Database::create(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(META).map_err(db_err)?;
@@ -78,23 +75,19 @@ impl LogStore {
         tx.commit().map_err(db_err)?;
         let mut inner = Inner {
             db,
-            key,
+            platform,
             epoch: std::sync::Mutex::new(0),
-            counter,
         };
         let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
-        if let Some(c) = &inner.counter {
-            let now = c.read().map_err(ReplicationStoreError::Counter)?;
-            if db_epoch < now {
-                return Err(ReplicationStoreError::Rollback {
-                    db: db_epoch,
-                    counter: now,
-                });
-            }
-            // A crash between a write and the counter advance.
-            c.advance_to(db_epoch)
-                .map_err(ReplicationStoreError::Counter)?;
+        let now = inner.platform.counter_read()?;
+        if db_epoch < now {
+            return Err(ReplicationStoreError::Rollback {
+                db: db_epoch,
+                counter: now,
+            });
         }
+        // A crash between a write and the counter advance.
+        inner.platform.counter_advance_to(db_epoch)?;
         inner.epoch = std::sync::Mutex::new(db_epoch);
         Ok(LogStore {
             inner: Arc::new(inner),
@@ -114,16 +107,14 @@ impl LogStore {
             .map_err(|_| ReplicationStoreError::Db("epoch lock poisoned".into()))?;
         let next = *epoch + 1;
         {
-            let sealed = seal_value(&inner.key, "raft-epoch", b"raft-epoch", &next);
+            let sealed = seal_value(&inner.platform, "raft-epoch", b"raft-epoch", &next)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert("raft-epoch", sealed.as_slice())
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         *epoch = next;
-        if let Some(c) = &inner.counter {
-            c.advance_to(next).map_err(ReplicationStoreError::Counter)?;
-        }
+        inner.platform.counter_advance_to(next)?;
         Ok(())
     }
 
@@ -147,7 +138,7 @@ impl LogStore {
         let t = tx.open_table(META).map_err(db_err)?;
         match t.get(name).map_err(db_err)? {
             Some(v) => Ok(Some(open_value(
-                &inner.key,
+                &inner.platform,
                 name,
                 name.as_bytes(),
                 v.value(),
@@ -161,7 +152,7 @@ impl LogStore {
         name: &'static str,
         v: &T,
     ) -> Result<(), ReplicationStoreError> {
-        let sealed = seal_value(&inner.key, name, name.as_bytes(), v);
+        let sealed = seal_value(&inner.platform, name, name.as_bytes(), v)?;
         let tx = inner.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(META).map_err(db_err)?;
@@ -181,8 +172,12 @@ impl LogStore {
         for item in t.range::<u64>((start, end)).map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             let index = k.value();
-            let e: Entry<TypeConfig> =
-                open_value(&inner.key, "raft-entry", &index.to_be_bytes(), v.value())?;
+            let e: Entry<TypeConfig> = open_value(
+                &inner.platform,
+                "raft-entry",
+                &index.to_be_bytes(),
+                v.value(),
+            )?;
             if e.log_id.index != index {
                 return Err(ReplicationStoreError::Malformed("raft-entry index".into()));
             }
@@ -239,8 +234,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last = match t.last().map_err(db_err)? {
                 Some((k, v)) => {
                     let index = k.value();
-                    let e: Entry<TypeConfig> =
-                        open_value(&inner.key, "raft-entry", &index.to_be_bytes(), v.value())?;
+                    let e: Entry<TypeConfig> = open_value(
+                        &inner.platform,
+                        "raft-entry",
+                        &index.to_be_bytes(),
+                        v.value(),
+                    )?;
                     Some(e.log_id)
                 }
                 None => last_purged,
@@ -278,7 +277,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Only speeds up applying after a restart, so it rides along with the
         // next durable write instead of costing an fsync of its own.
         self.blocking(move |inner| {
-            let sealed = seal_value(&inner.key, "raft-committed", b"raft-committed", &committed);
+            let sealed = seal_value(
+                &inner.platform,
+                "raft-committed",
+                b"raft-committed",
+                &committed,
+            )?;
             let mut tx = inner.db.begin_write().map_err(db_err)?;
             tx.set_durability(redb::Durability::None);
             {
@@ -317,7 +321,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     let mut t = tx.open_table(LOG).map_err(db_err)?;
                     for e in &entries {
                         let index = e.log_id.index;
-                        let sealed = seal_value(&inner.key, "raft-entry", &index.to_be_bytes(), e);
+                        let sealed =
+                            seal_value(&inner.platform, "raft-entry", &index.to_be_bytes(), e)?;
                         t.insert(index, sealed.as_slice()).map_err(db_err)?;
                     }
                 }
@@ -353,7 +358,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         self.blocking(move |inner| {
-            let sealed = seal_value(&inner.key, "raft-purged", b"raft-purged", &log_id);
+            let sealed = seal_value(&inner.platform, "raft-purged", b"raft-purged", &log_id)?;
             let tx = inner.db.begin_write().map_err(db_err)?;
             {
                 let mut meta = tx.open_table(META).map_err(db_err)?;

@@ -1,12 +1,12 @@
-//! Replication of vault mutations with openraft (issue 3, first slice).
+//! Replication of vault mutations with openraft.
 //!
 //! Every [`Mutation`] the core yields becomes one Raft log entry; each node's
 //! state machine applies committed entries in log order with the same
-//! deterministic [`State::apply`](bkv_hsm_core::state::State::apply). This
-//! module holds the storage side: the sealed log store
-//! ([`log_store::LogStore`]) and the state machine with snapshots
-//! ([`state_machine::StateMachine`]); both pass openraft's storage test
-//! suite. Peer networking and the node wiring come next.
+//! deterministic [`Core::apply`](bkv_hsm_core::Core::apply): the sealed log
+//! store ([`log_store::LogStore`]) and the state machine with snapshots
+//! ([`state_machine::StateMachine`]), both passing openraft's storage test
+//! suite and sealing everything through the node's platform; Noise `IK` peer
+//! links ([`network`]); and one member's place in the fleet ([`fleet`]).
 
 pub mod fleet;
 pub mod log_store;
@@ -47,16 +47,6 @@ pub enum Applied {
     Membership,
 }
 
-/// The platform's monotonic counter as the log store uses it to detect a
-/// rolled-back disk: every durable write of the log records a new epoch and
-/// then advances the counter to it, so a copy of an older data directory
-/// carries an epoch below the counter.
-pub trait RollbackCounter: Send + Sync + 'static {
-    fn read(&self) -> Result<u64, String>;
-    /// Raises the counter to `v` (never lowers it).
-    fn advance_to(&self, v: u64) -> Result<(), String>;
-}
-
 /// Errors of the replication storage.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationStoreError {
@@ -73,8 +63,8 @@ pub enum ReplicationStoreError {
          and add the node back to the fleet as a new member."
     )]
     Rollback { db: u64, counter: u64 },
-    #[error("platform counter: {0}")]
-    Counter(String),
+    #[error("platform: {0}")]
+    Platform(#[from] bkv_hsm_core::PlatformError),
 }
 
 pub(crate) fn db_err<E: std::fmt::Display>(e: E) -> ReplicationStoreError {

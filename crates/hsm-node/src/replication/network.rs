@@ -1,8 +1,10 @@
 //! Peer links between fleet nodes: TCP, mutually authenticated and encrypted
 //! with Noise `IK` under each node's identity key. The initiator pins the
 //! responder's identity key from the membership; the responder accepts an
-//! initiator only if its static key belongs to a current member (or a
-//! configured bootstrap peer). Anything else is dropped after the handshake.
+//! initiator only if its static key belongs to a current, admitted member.
+//! Anything else is dropped after the handshake. The identity key never
+//! leaves the core: it runs the handshake ([`bkv_hsm_core::PeerHandshake`])
+//! and hands over only the link's transport keys.
 //!
 //! Framing: handshake messages are `u16 len || bytes`. After it, a message is
 //! `u32 plaintext len || (u16 len || Noise ciphertext)*` in pieces of at most
@@ -11,6 +13,7 @@
 
 use super::{Applied, PeerNode, TypeConfig};
 use bkv_hsm_core::state::Mutation;
+use bkv_hsm_core::{NodeIdentity, SharedPlatform};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -26,8 +29,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
-pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
 /// Largest peer message (a snapshot chunk or a batch of log entries).
 pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// Plaintext bytes per Noise message (below Noise's 65535-byte limit).
@@ -35,51 +36,23 @@ pub const PIECE: usize = 60_000;
 /// Time allowed for connecting plus the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A node's long-term identity (X25519), used as its Noise static key.
-pub struct NodeIdentity {
-    private: Zeroizing<[u8; 32]>,
-    pub public: [u8; 32],
+/// What a node opens and answers peer links with: its identity key (held
+/// by the core, which runs the handshake) and its platform (randomness).
+#[derive(Clone)]
+pub struct LinkIdentity {
+    pub identity: Arc<NodeIdentity>,
+    pub platform: SharedPlatform,
 }
 
-impl std::fmt::Debug for NodeIdentity {
+impl LinkIdentity {
+    pub fn public(&self) -> [u8; 32] {
+        self.identity.public_key()
+    }
+}
+
+impl std::fmt::Debug for LinkIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeIdentity({})", hex_short(&self.public))
-    }
-}
-
-fn hex_short(k: &[u8; 32]) -> String {
-    k.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
-fn builder() -> snow::Builder<'static> {
-    // The pattern string is a constant that snow parses; failure is a bug.
-    let params = PEER_PATTERN
-        .parse()
-        .unwrap_or_else(|_| unreachable!("valid Noise pattern"));
-    snow::Builder::new(params)
-}
-
-impl NodeIdentity {
-    pub fn generate() -> Result<Self, snow::Error> {
-        let kp = builder().generate_keypair()?;
-        let mut private = Zeroizing::new([0u8; 32]);
-        let mut public = [0u8; 32];
-        private.copy_from_slice(&kp.private);
-        public.copy_from_slice(&kp.public);
-        Ok(NodeIdentity { private, public })
-    }
-
-    pub fn from_private(private: [u8; 32]) -> Self {
-        let public =
-            curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(private).to_bytes();
-        NodeIdentity {
-            private: Zeroizing::new(private),
-            public,
-        }
-    }
-
-    pub fn private_bytes(&self) -> &[u8; 32] {
-        &self.private
+        self.identity.fmt(f)
     }
 }
 
@@ -93,7 +66,8 @@ pub enum PeerRequest {
     Propose(Mutation),
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
-    /// A member without the fleet secrets (a new node) asks for them.
+    /// A member without the fleet secrets (a new node) asks for them; the
+    /// answer is encrypted to the identity key this link authenticated.
     FleetSecrets,
 }
 
@@ -106,8 +80,9 @@ pub enum PeerResponse {
     Proposed(Result<(Applied, u64), String>),
     /// The index a read must wait for, or why not.
     ReadIndex(Result<Option<u64>, String>),
-    /// The exported fleet secrets (inside the Noise channel only).
-    FleetSecrets(Option<Vec<u8>>),
+    /// The fleet secrets encrypted (by the core) to the asking node's
+    /// identity key, or why the core refused.
+    FleetSecrets(Result<Vec<u8>, String>),
 }
 
 /// An established, encrypted link.
@@ -139,24 +114,22 @@ impl Link {
     /// private key of `peer_identity`.
     pub async fn connect(
         addr: &str,
-        me: &NodeIdentity,
+        me: &LinkIdentity,
         peer_identity: &[u8; 32],
     ) -> io::Result<Link> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let mut hs = builder()
-                .local_private_key(me.private.as_ref())
-                .and_then(|b| b.remote_public_key(peer_identity))
-                .and_then(|b| b.prologue(PEER_PROLOGUE))
-                .and_then(|b| b.build_initiator())
+            let mut hs = me
+                .identity
+                .initiate(&me.platform, peer_identity)
                 .map_err(proto)?;
             let mut buf = vec![0u8; 1024];
             let n = hs.write_message(&[], &mut buf).map_err(proto)?;
             write_u16_frame(&mut stream, &buf[..n]).await?;
             let reply = read_u16_frame(&mut stream).await?;
             hs.read_message(&reply, &mut buf).map_err(proto)?;
-            let noise = hs.into_transport_mode().map_err(proto)?;
+            let noise = hs.into_transport().map_err(proto)?;
             Ok(Link {
                 stream,
                 noise,
@@ -169,24 +142,19 @@ impl Link {
 
     /// Responder: completes the handshake and returns the link and the
     /// initiator's identity key (the caller decides whether to accept it).
-    pub async fn accept(mut stream: TcpStream, me: &NodeIdentity) -> io::Result<(Link, [u8; 32])> {
+    pub async fn accept(mut stream: TcpStream, me: &LinkIdentity) -> io::Result<(Link, [u8; 32])> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             stream.set_nodelay(true)?;
-            let mut hs = builder()
-                .local_private_key(me.private.as_ref())
-                .and_then(|b| b.prologue(PEER_PROLOGUE))
-                .and_then(|b| b.build_responder())
-                .map_err(proto)?;
+            let mut hs = me.identity.respond(&me.platform).map_err(proto)?;
             let mut buf = vec![0u8; 1024];
             let first = read_u16_frame(&mut stream).await?;
             hs.read_message(&first, &mut buf).map_err(proto)?;
             let n = hs.write_message(&[], &mut buf).map_err(proto)?;
             write_u16_frame(&mut stream, &buf[..n]).await?;
-            let remote: [u8; 32] = hs
-                .get_remote_static()
-                .and_then(|k| k.try_into().ok())
+            let remote = hs
+                .remote_static()
                 .ok_or_else(|| proto("peer sent no static key"))?;
-            let noise = hs.into_transport_mode().map_err(proto)?;
+            let noise = hs.into_transport().map_err(proto)?;
             Ok((
                 Link {
                     stream,
@@ -246,12 +214,12 @@ type Slot = Arc<tokio::sync::Mutex<Option<(PeerNode, Link)>>>;
 /// openraft's network: one cached link per target node.
 #[derive(Clone)]
 pub struct PeerNetwork {
-    me: Arc<NodeIdentity>,
+    me: LinkIdentity,
     links: Arc<std::sync::Mutex<HashMap<u64, Slot>>>,
 }
 
 impl PeerNetwork {
-    pub fn new(me: Arc<NodeIdentity>) -> Self {
+    pub fn new(me: LinkIdentity) -> Self {
         PeerNetwork {
             me,
             links: Arc::new(std::sync::Mutex::new(HashMap::new())),

@@ -8,13 +8,12 @@
 
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use bkv_hsm_core::state::State;
-use bkv_hsm_core::{seal, SealingKey};
+use bkv_hsm_core::SharedPlatform;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use rand_core::OsRng;
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -30,8 +29,12 @@ pub trait Replica: Send + 'static {
     fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome;
     fn state(&self) -> &State;
     fn replace_state(&mut self, state: State);
+    /// The fleet secrets encrypted to an admitted member's identity key
+    /// (the core checks admission), or why not.
+    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
 }
 
+/// A bare state (tests of the replication layer): no keys, no secrets.
 impl Replica for State {
     fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome {
         State::apply(self, m)
@@ -42,9 +45,12 @@ impl Replica for State {
     fn replace_state(&mut self, state: State) {
         *self = state;
     }
+    fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
+        Err("this replica holds no fleet secrets".into())
+    }
 }
 
-impl<P: bkv_hsm_core::Platform + Send + 'static> Replica for bkv_hsm_core::Core<P> {
+impl Replica for bkv_hsm_core::Core {
     fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome {
         bkv_hsm_core::Core::apply(self, m)
     }
@@ -53,6 +59,9 @@ impl<P: bkv_hsm_core::Platform + Send + 'static> Replica for bkv_hsm_core::Core<
     }
     fn replace_state(&mut self, state: State) {
         bkv_hsm_core::Core::replace_state(self, state)
+    }
+    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
+        bkv_hsm_core::Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
     }
 }
 
@@ -68,7 +77,7 @@ pub struct StateMachine<R: Replica> {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, PeerNode>,
     db: Arc<Database>,
-    key: SealingKey,
+    platform: SharedPlatform,
     snapshots_built: u64,
 }
 
@@ -85,7 +94,7 @@ impl<R: Replica> StateMachine<R> {
     /// newest snapshot, if there is one.
     pub fn open(
         path: &Path,
-        key: SealingKey,
+        platform: SharedPlatform,
         replica: Arc<Mutex<R>>,
     ) -> Result<Self, ReplicationStoreError> {
         let db = Database::create(path).map_err(db_err)?;
@@ -97,7 +106,7 @@ impl<R: Replica> StateMachine<R> {
             last_applied: None,
             membership: StoredMembership::default(),
             db: Arc::new(db),
-            key,
+            platform,
             snapshots_built: 0,
         };
         if let Some(s) = sm.load()? {
@@ -119,7 +128,9 @@ impl<R: Replica> StateMachine<R> {
         let Some(v) = t.get("current").map_err(db_err)? else {
             return Ok(None);
         };
-        let plain = seal::unseal(&self.key, "raft-snapshot", b"current", v.value())
+        let plain = self
+            .platform
+            .unseal("raft-snapshot", b"current", v.value())
             .map_err(|_| ReplicationStoreError::Unseal("raft-snapshot".into()))?;
         bkv_wire::decode(&plain, MAX_SNAPSHOT + 64 * 1024)
             .map(Some)
@@ -127,13 +138,11 @@ impl<R: Replica> StateMachine<R> {
     }
 
     fn save(&self, s: &StoredSnapshot) -> Result<(), ReplicationStoreError> {
-        let sealed = seal::seal(
-            &self.key,
-            &mut OsRng,
+        let sealed = self.platform.seal(
             "raft-snapshot",
             b"current",
-            &bkv_wire::encode(s),
-        );
+            &zeroize::Zeroizing::new(bkv_wire::encode(s)),
+        )?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(SNAPSHOT).map_err(db_err)?;
@@ -155,7 +164,7 @@ pub struct SnapshotBuilder {
     state: Vec<u8>,
     meta: SnapshotMeta<u64, PeerNode>,
     db: Arc<Database>,
-    key: SealingKey,
+    platform: SharedPlatform,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -164,13 +173,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: std::mem::take(&mut self.state),
         };
-        let sealed = seal::seal(
-            &self.key,
-            &mut OsRng,
-            "raft-snapshot",
-            b"current",
-            &bkv_wire::encode(&s),
-        );
+        let sealed = self
+            .platform
+            .seal(
+                "raft-snapshot",
+                b"current",
+                &zeroize::Zeroizing::new(bkv_wire::encode(&s)),
+            )
+            .map_err(|e| sm_err(ErrorVerb::Write, e.into()))?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(db_err)?;
@@ -239,7 +249,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 ),
             },
             db: self.db.clone(),
-            key: self.key.clone(),
+            platform: self.platform.clone(),
         }
     }
 

@@ -1,0 +1,503 @@
+//! The keys the core holds and the only ways they leave it: sealed by the
+//! platform, or encrypted to another core's identity key.
+//!
+//! - [`FleetSecrets`]: the fleet's Noise static key, OPAQUE server setup (OPRF
+//!   seed and server key pair) and the trust anchors pinned when the fleet was
+//!   formed (operator key, auditor key, log namespace).
+//! - [`NodeIdentity`]: this node's X25519 identity key, the static key of its
+//!   Noise `IK` peer links. It performs handshakes; it never hands out the key.
+//!
+//! Fleet secrets are transferred as `0x01 || ephemeral X25519 public (32) ||
+//! ChaCha20-Poly1305(k, nonce 0, secrets)` where `k = HKDF-SHA256(salt =
+//! "bkv fleet secrets transfer v1", ikm = X25519(e, recipient), info =
+//! ephemeral public || recipient public)`; the associated data is the same
+//! info. Each key encrypts exactly one message.
+
+use crate::platform::{noise_builder, operation_rng, Platform, PlatformError, SharedPlatform};
+use crate::CoreError;
+use bkv_wire::admin::{PlatformStatement, SignedStatement, STATEMENT_VERSION};
+use bkv_wire::OpaqueSuite;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::ChaCha20Poly1305;
+use opaque_ke::ServerSetup;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+const SECRETS_SLOT: &str = "fleet-secrets";
+const IDENTITY_SLOT: &str = "node-identity";
+const TRANSFER_VERSION: u8 = 1;
+const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
+/// Largest encoded fleet secrets.
+const MAX_SECRETS: usize = 16 * 1024;
+
+/// Noise pattern of the peer links between fleet nodes.
+pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
+pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
+
+/// What the fleet pins when it is formed: who may command it and whose log
+/// must record its membership. Public values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+pub struct FleetTrust {
+    /// The log namespace bundles and membership records go to.
+    pub namespace: String,
+    pub auditor_name: String,
+    /// The auditor's Ed25519 key (checkpoints, record signatures).
+    pub auditor_key: [u8; 32],
+    /// The operator's Ed25519 key (admin commands).
+    pub operator_key: [u8; 32],
+}
+
+impl FleetTrust {
+    /// Anchors with fixed, well-known keys: tests only.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn for_tests() -> Self {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[3; 32])
+            .verifying_key()
+            .to_bytes();
+        FleetTrust {
+            namespace: "test".into(),
+            auditor_name: "test-auditor".into(),
+            auditor_key: k,
+            operator_key: k,
+        }
+    }
+
+    /// The checkpoint origin of the fleet's log.
+    pub fn origin(&self) -> String {
+        format!("{}/{}", self.auditor_name, self.namespace)
+    }
+
+    pub fn anchors(&self) -> Result<bkv_transparency::bundle::TrustAnchors, CoreError> {
+        let key = |k: &[u8; 32]| {
+            ed25519_dalek::VerifyingKey::from_bytes(k)
+                .map_err(|_| CoreError::Secrets("a pinned trust key is not a valid Ed25519 key"))
+        };
+        Ok(bkv_transparency::bundle::TrustAnchors {
+            namespace: self.namespace.clone(),
+            origin: self.origin(),
+            auditor_name: self.auditor_name.clone(),
+            auditor_key: key(&self.auditor_key)?,
+            operator_key: key(&self.operator_key)?,
+        })
+    }
+}
+
+/// The fleet's long-term secrets: generated inside a core, sealed by its
+/// platform, and sent only to another core's verified identity key.
+pub struct FleetSecrets {
+    fleet_id: String,
+    noise_private: Zeroizing<[u8; 32]>,
+    noise_public: [u8; 32],
+    opaque_setup: Zeroizing<Vec<u8>>,
+    trust: FleetTrust,
+}
+
+#[derive(Serialize, Deserialize, Zeroize)]
+#[zeroize(drop)]
+struct SecretsV2 {
+    fleet_id: String,
+    noise_private: [u8; 32],
+    opaque_setup: Vec<u8>,
+    trust: FleetTrust,
+}
+
+impl std::fmt::Debug for FleetSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FleetSecrets({}, <redacted>)", self.fleet_id)
+    }
+}
+
+impl FleetSecrets {
+    /// New fleet keys, from the platform's randomness, pinning `trust`.
+    pub fn generate(platform: &dyn Platform, trust: FleetTrust) -> Result<Self, CoreError> {
+        trust.anchors()?;
+        let mut rng = operation_rng(platform)?;
+        let mut noise_private = Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut rng, noise_private.as_mut());
+        let setup = ServerSetup::<OpaqueSuite>::new(&mut rng);
+        let mut id = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rng, &mut id);
+        Ok(FleetSecrets {
+            fleet_id: format!("fleet-{}", hex_lower(&id)),
+            noise_public: x25519_public(&noise_private),
+            noise_private,
+            opaque_setup: Zeroizing::new(setup.serialize().to_vec()),
+            trust,
+        })
+    }
+
+    pub fn fleet_id(&self) -> &str {
+        &self.fleet_id
+    }
+
+    pub fn noise_public_key(&self) -> [u8; 32] {
+        self.noise_public
+    }
+
+    pub fn trust(&self) -> &FleetTrust {
+        &self.trust
+    }
+
+    pub(crate) fn noise_private(&self) -> &[u8; 32] {
+        &self.noise_private
+    }
+
+    pub(crate) fn opaque_setup(&self) -> Result<ServerSetup<OpaqueSuite>, CoreError> {
+        ServerSetup::<OpaqueSuite>::deserialize(&self.opaque_setup)
+            .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))
+    }
+
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let v = SecretsV2 {
+            fleet_id: self.fleet_id.clone(),
+            noise_private: *self.noise_private,
+            opaque_setup: self.opaque_setup.to_vec(),
+            trust: self.trust.clone(),
+        };
+        Zeroizing::new(bkv_wire::encode(&v))
+    }
+
+    fn decode(plain: &[u8]) -> Result<Self, CoreError> {
+        let v: SecretsV2 =
+            bkv_wire::decode(plain, MAX_SECRETS).map_err(|_| CoreError::Secrets("malformed"))?;
+        ServerSetup::<OpaqueSuite>::deserialize(&v.opaque_setup)
+            .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))?;
+        v.trust.anchors()?;
+        Ok(FleetSecrets {
+            fleet_id: v.fleet_id.clone(),
+            noise_private: Zeroizing::new(v.noise_private),
+            noise_public: x25519_public(&v.noise_private),
+            opaque_setup: Zeroizing::new(v.opaque_setup.clone()),
+            trust: v.trust.clone(),
+        })
+    }
+
+    /// The secrets sealed by `platform` (for this node's disk).
+    pub fn seal(&self, platform: &dyn Platform) -> Result<Vec<u8>, CoreError> {
+        Ok(platform.seal(SECRETS_SLOT, b"", &self.encode())?)
+    }
+
+    pub fn unseal(platform: &dyn Platform, sealed: &[u8]) -> Result<Self, CoreError> {
+        let plain = platform.unseal(SECRETS_SLOT, b"", sealed)?;
+        Self::decode(&plain)
+    }
+
+    /// The secrets encrypted to `recipient` (another core's identity key).
+    /// Only [`crate::Core::export_secrets_to`] calls this, after checking
+    /// that `recipient` belongs to an admitted member.
+    pub(crate) fn encrypt_to(
+        &self,
+        platform: &dyn Platform,
+        recipient: &[u8; 32],
+    ) -> Result<Vec<u8>, CoreError> {
+        let mut eph = Zeroizing::new([0u8; 32]);
+        platform.fill_random(eph.as_mut())?;
+        let eph_public = x25519_public(&eph);
+        let shared = x25519(&eph, recipient)?;
+        let info = transfer_info(&eph_public, recipient);
+        let cipher = transfer_cipher(&shared, &info)?;
+        let ct = cipher
+            .encrypt(
+                chacha20poly1305::Nonce::from_slice(&[0u8; 12]),
+                Payload {
+                    msg: &self.encode(),
+                    aad: &info,
+                },
+            )
+            .map_err(|_| CoreError::Secrets("encryption failed"))?;
+        let mut out = Vec::with_capacity(1 + 32 + ct.len());
+        out.push(TRANSFER_VERSION);
+        out.extend_from_slice(&eph_public);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+}
+
+fn transfer_info(eph_public: &[u8; 32], recipient: &[u8; 32]) -> [u8; 64] {
+    let mut info = [0u8; 64];
+    info[..32].copy_from_slice(eph_public);
+    info[32..].copy_from_slice(recipient);
+    info
+}
+
+fn transfer_cipher(shared: &[u8; 32], info: &[u8]) -> Result<ChaCha20Poly1305, CoreError> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(TRANSFER_SALT), shared)
+        .expand(info, k.as_mut())
+        .map_err(|_| CoreError::Secrets("key derivation failed"))?;
+    Ok(ChaCha20Poly1305::new(k.as_ref().into()))
+}
+
+/// This node's identity: the X25519 static key of its peer links. The
+/// private key stays inside this type; the host gets handshakes, sealed
+/// bytes and the public key only.
+pub struct NodeIdentity {
+    private: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeIdentity({})", hex_lower(&self.public[..6]))
+    }
+}
+
+impl NodeIdentity {
+    pub fn generate(platform: &dyn Platform) -> Result<Self, CoreError> {
+        let mut private = Zeroizing::new([0u8; 32]);
+        platform.fill_random(private.as_mut())?;
+        Ok(NodeIdentity {
+            public: x25519_public(&private),
+            private,
+        })
+    }
+
+    pub fn seal(&self, platform: &dyn Platform) -> Result<Vec<u8>, CoreError> {
+        Ok(platform.seal(IDENTITY_SLOT, b"", self.private.as_ref())?)
+    }
+
+    pub fn unseal(platform: &dyn Platform, sealed: &[u8]) -> Result<Self, CoreError> {
+        let plain = platform.unseal(IDENTITY_SLOT, b"", sealed)?;
+        let mut private = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(CoreError::Secrets("node identity has the wrong length"));
+        }
+        private.copy_from_slice(&plain);
+        Ok(NodeIdentity {
+            public: x25519_public(&private),
+            private,
+        })
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// This node's platform statement, signed by the platform key:
+    /// identity key, platform description and the running binary's hash.
+    pub fn statement(
+        &self,
+        platform: &dyn Platform,
+        binary_sha256: [u8; 32],
+    ) -> Result<SignedStatement, CoreError> {
+        let s = PlatformStatement {
+            version: STATEMENT_VERSION,
+            identity_key: self.public,
+            signing_key: platform.signing_public_key(),
+            platform: platform.describe(),
+            binary_sha256,
+        };
+        let statement = bkv_wire::encode(&s);
+        let signature = platform
+            .sign(&bkv_transparency::membership::statement_message(&statement))?
+            .to_vec();
+        Ok(SignedStatement {
+            statement,
+            signature,
+        })
+    }
+
+    fn builder(&self, platform: &SharedPlatform) -> Result<snow::Builder<'_>, CoreError> {
+        let params = PEER_PATTERN
+            .parse()
+            .map_err(|_| CoreError::Secrets("peer Noise pattern"))?;
+        noise_builder(params, platform)
+            .local_private_key(self.private.as_ref())
+            .and_then(|b| b.prologue(PEER_PROLOGUE))
+            .map_err(|_| CoreError::Handshake)
+    }
+
+    /// Starts a peer-link handshake to the node holding `remote`.
+    pub fn initiate(
+        &self,
+        platform: &SharedPlatform,
+        remote: &[u8; 32],
+    ) -> Result<PeerHandshake, CoreError> {
+        self.builder(platform)?
+            .remote_public_key(remote)
+            .and_then(|b| b.build_initiator())
+            .map(PeerHandshake)
+            .map_err(|_| CoreError::Handshake)
+    }
+
+    /// Answers a peer-link handshake; the initiator's key is known after
+    /// its first message ([`PeerHandshake::remote_static`]).
+    pub fn respond(&self, platform: &SharedPlatform) -> Result<PeerHandshake, CoreError> {
+        self.builder(platform)?
+            .build_responder()
+            .map(PeerHandshake)
+            .map_err(|_| CoreError::Handshake)
+    }
+
+    /// Opens fleet secrets that a member's core encrypted to this identity.
+    pub fn open_secrets(&self, envelope: &[u8]) -> Result<FleetSecrets, CoreError> {
+        let bad = CoreError::Secrets("fleet secrets transfer is malformed or not for this node");
+        let (version, rest) = envelope.split_first().ok_or(CoreError::Secrets("empty"))?;
+        if *version != TRANSFER_VERSION || rest.len() < 32 + 16 || envelope.len() > MAX_SECRETS {
+            return Err(bad);
+        }
+        let (eph_public, ct) = rest.split_at(32);
+        let eph_public: [u8; 32] = eph_public
+            .try_into()
+            .map_err(|_| CoreError::Secrets("eph"))?;
+        let shared = x25519(&self.private, &eph_public)?;
+        let info = transfer_info(&eph_public, &self.public);
+        let plain = transfer_cipher(&shared, &info)?
+            .decrypt(
+                chacha20poly1305::Nonce::from_slice(&[0u8; 12]),
+                Payload {
+                    msg: ct,
+                    aad: &info,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| bad)?;
+        FleetSecrets::decode(&plain)
+    }
+}
+
+/// A peer-link Noise handshake in progress (the identity key stays inside).
+pub struct PeerHandshake(snow::HandshakeState);
+
+impl PeerHandshake {
+    pub fn write_message(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
+        self.0
+            .write_message(payload, out)
+            .map_err(|_| CoreError::Handshake)
+    }
+
+    pub fn read_message(&mut self, msg: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
+        self.0
+            .read_message(msg, out)
+            .map_err(|_| CoreError::Handshake)
+    }
+
+    /// The other side's identity key, once the handshake has shown it.
+    pub fn remote_static(&self) -> Option<[u8; 32]> {
+        self.0.get_remote_static().and_then(|k| k.try_into().ok())
+    }
+
+    /// The established link's transport keys (session keys, not identity).
+    pub fn into_transport(self) -> Result<snow::TransportState, CoreError> {
+        self.0
+            .into_transport_mode()
+            .map_err(|_| CoreError::Handshake)
+    }
+}
+
+pub(crate) fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
+    curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private).to_bytes()
+}
+
+fn x25519(private: &[u8; 32], public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, CoreError> {
+    let shared = Zeroizing::new(
+        curve25519_dalek::MontgomeryPoint(*public)
+            .mul_clamped(*private)
+            .to_bytes(),
+    );
+    // A low-order public key gives the all-zero secret: refuse it.
+    if bool::from(subtle::ConstantTimeEq::ct_eq(&shared[..], &[0u8; 32][..])) {
+        return Err(CoreError::Secrets("identity key is a low-order point"));
+    }
+    Ok(shared)
+}
+
+pub(crate) fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl From<PlatformError> for CoreError {
+    fn from(e: PlatformError) -> Self {
+        CoreError::Platform(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::MemoryPlatform;
+
+    fn trust() -> FleetTrust {
+        FleetTrust::for_tests()
+    }
+
+    #[test]
+    fn secrets_travel_only_to_the_identity_they_were_encrypted_to() {
+        let a = MemoryPlatform::new([1; 32]);
+        let b = MemoryPlatform::new([2; 32]);
+        let s = FleetSecrets::generate(&a, trust()).unwrap();
+        let bob = NodeIdentity::generate(&b).unwrap();
+        let eve = NodeIdentity::generate(&b).unwrap();
+        let env = s.encrypt_to(&a, &bob.public_key()).unwrap();
+        let got = bob.open_secrets(&env).unwrap();
+        assert_eq!(got.fleet_id(), s.fleet_id());
+        assert_eq!(got.noise_public_key(), s.noise_public_key());
+        assert_eq!(got.trust(), s.trust());
+        assert!(eve.open_secrets(&env).is_err());
+        let mut t = env.clone();
+        t[40] ^= 1;
+        assert!(bob.open_secrets(&t).is_err());
+        assert!(bob.open_secrets(&env[..20]).is_err());
+        // A low-order recipient key is refused.
+        assert!(s.encrypt_to(&a, &[0; 32]).is_err());
+        // Debug never shows key material.
+        assert!(!format!("{s:?} {bob:?}").contains(&hex_lower(bob.private.as_ref())));
+    }
+
+    #[test]
+    fn sealed_keys_open_only_on_their_platform() {
+        let a = MemoryPlatform::new([1; 32]);
+        let b = MemoryPlatform::new([2; 32]);
+        let s = FleetSecrets::generate(&a, trust()).unwrap();
+        let sealed = s.seal(&a).unwrap();
+        assert_eq!(
+            FleetSecrets::unseal(&a, &sealed).unwrap().fleet_id(),
+            s.fleet_id()
+        );
+        assert!(FleetSecrets::unseal(&b, &sealed).is_err());
+        let id = NodeIdentity::generate(&a).unwrap();
+        let sealed = id.seal(&a).unwrap();
+        assert_eq!(
+            NodeIdentity::unseal(&a, &sealed).unwrap().public_key(),
+            id.public_key()
+        );
+        assert!(NodeIdentity::unseal(&b, &sealed).is_err());
+        // A sealed identity is not a sealed secret (slots are bound).
+        assert!(FleetSecrets::unseal(&a, &sealed).is_err());
+    }
+
+    #[test]
+    fn a_statement_names_the_identity_and_verifies() {
+        let p = MemoryPlatform::new([1; 32]);
+        let id = NodeIdentity::generate(&p).unwrap();
+        let st = id.statement(&p, [5; 32]).unwrap();
+        let s = bkv_transparency::membership::verify_statement(&st).unwrap();
+        assert_eq!(s.identity_key, id.public_key());
+        assert_eq!(s.signing_key, p.signing_public_key());
+        assert_eq!(s.binary_sha256, [5; 32]);
+    }
+
+    #[test]
+    fn peer_handshake_authenticates_both_sides() {
+        let p: SharedPlatform = MemoryPlatform::shared([1; 32]);
+        let a = NodeIdentity::generate(&*p).unwrap();
+        let b = NodeIdentity::generate(&*p).unwrap();
+        let mut i = a.initiate(&p, &b.public_key()).unwrap();
+        let mut r = b.respond(&p).unwrap();
+        let mut m1 = [0u8; 256];
+        let mut m2 = [0u8; 256];
+        let mut scratch = [0u8; 256];
+        let n = i.write_message(&[], &mut m1).unwrap();
+        r.read_message(&m1[..n], &mut scratch).unwrap();
+        assert_eq!(r.remote_static(), Some(a.public_key()));
+        let n = r.write_message(&[], &mut m2).unwrap();
+        i.read_message(&m2[..n], &mut scratch).unwrap();
+        assert!(i.into_transport().is_ok() && r.into_transport().is_ok());
+        // An initiator pinning the wrong responder key fails.
+        let c = NodeIdentity::generate(&*p).unwrap();
+        let mut i = a.initiate(&p, &c.public_key()).unwrap();
+        let mut r = b.respond(&p).unwrap();
+        let n = i.write_message(&[], &mut m1).unwrap();
+        assert!(r.read_message(&m1[..n], &mut scratch).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Platforms for `bkv-hsm`: implementations of [`bkv_hsm_core::Platform`],
+//! the key store that seals, signs, counts and draws randomness for a node.
+//!
+//! - [`pkcs11::Pkcs11Platform`]: keys generated inside a PKCS#11 token,
+//!   sensitive and never extractable (SoftHSM2 in tests, an HSM in
+//!   production).
+//! - [`software::SoftwarePlatform`]: keys in files (development only;
+//!   protects nothing against the host).
+//!
+//! Neither hands key bytes to its caller: the trait has no such method.
+
+#![forbid(unsafe_code)]
+
+pub mod pkcs11;
+pub mod software;
+
+use bkv_hsm_core::SharedPlatform;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Debian's SoftHSM2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformOpenError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("platform key store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Missing(String),
+    #[error("PKCS#11: {0}")]
+    Token(String),
+}
+
+/// Which platform a node uses.
+#[derive(Debug, Clone)]
+pub enum PlatformConfig {
+    /// Keys in files in this directory (INSECURE).
+    Software {
+        dir: PathBuf,
+    },
+    Pkcs11(pkcs11::Pkcs11Config),
+}
+
+/// Opens the configured platform; `create` allows generating missing keys
+/// (a node's first start only).
+pub fn open(cfg: &PlatformConfig, create: bool) -> Result<SharedPlatform, PlatformOpenError> {
+    Ok(match cfg {
+        PlatformConfig::Software { dir } => {
+            Arc::new(software::SoftwarePlatform::open(dir, create)?)
+        }
+        PlatformConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11Platform::open(c, create)?),
+    })
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename), mode 0600.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,238 @@
+//! The operator's admin plane and what a node says about its own platform.
+//!
+//! These are plain, canonical data types (encoded with [`crate::encode`]);
+//! signatures over them are made and checked by `bkv-hsm-core` (admin
+//! commands, platform statements) and `bkv-transparency` (log proofs). The
+//! admin link carries only [`AdminRequest`]/[`AdminResponse`] frames, framed
+//! like the relay link ([`crate::node::write_frame`]), and is a separate
+//! listener from the relay link the frontend uses. Formats: `docs/formats.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest admin frame body (a command carries a platform statement, a
+/// membership record and a log proof: a few KiB).
+pub const MAX_ADMIN_FRAME: usize = 64 * 1024;
+/// Version of [`PlatformStatement`].
+pub const STATEMENT_VERSION: u8 = 1;
+/// Version of [`AdminCommand`].
+pub const ADMIN_COMMAND_VERSION: u8 = 1;
+/// Domain separation for the platform key's signature over a statement.
+pub const STATEMENT_CONTEXT: &[u8] = b"bkv platform statement v1\0";
+/// Domain separation for the operator's signature over an admin command.
+pub const ADMIN_CONTEXT: &[u8] = b"bkv admin command v1\0";
+/// Longest token description or address carried in a statement or command.
+pub const MAX_TEXT: usize = 256;
+
+/// Which kind of key store a node's platform is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PlatformKind {
+    /// Keys in files on the node's disk: development only, protects nothing
+    /// against the host.
+    Software,
+    /// Keys inside a PKCS#11 token (SoftHSM2 in tests, an HSM in production).
+    Pkcs11,
+    /// In-memory keys for unit tests; never a real node.
+    Memory,
+}
+
+impl PlatformKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PlatformKind::Software => "software",
+            PlatformKind::Pkcs11 => "pkcs11",
+            PlatformKind::Memory => "memory",
+        }
+    }
+}
+
+/// What a platform says about itself (kind and, for a token, its
+/// manufacturer, model, serial number and label).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformDescription {
+    pub kind: PlatformKind,
+    pub token: String,
+}
+
+/// A node's statement about itself, signed by its platform signing key:
+/// which identity key (X25519, the Noise static key of its peer links) it
+/// holds, on which platform, running which `bkv-hsm` binary. Only as strong
+/// as the platform that signs it (see SECURITY.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformStatement {
+    pub version: u8,
+    /// The node's peer-link identity key (X25519 public key).
+    pub identity_key: [u8; 32],
+    /// The platform's Ed25519 signing key (public), which signed this.
+    pub signing_key: [u8; 32],
+    pub platform: PlatformDescription,
+    /// SHA-256 of the running `bkv-hsm` executable.
+    pub binary_sha256: [u8; 32],
+}
+
+/// A statement's canonical bytes and the platform key's signature over
+/// `STATEMENT_CONTEXT || statement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedStatement {
+    pub statement: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Where a record sits in the auditor's log: the auditor's signature over
+/// it, its leaf index, a checkpoint (C2SP signed note) and the inclusion
+/// proof of the leaf in that checkpoint's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogProof {
+    pub auditor_signature: Vec<u8>,
+    pub leaf_index: u64,
+    pub checkpoint: String,
+    pub inclusion_proof: Vec<[u8; 32]>,
+}
+
+/// An operator command, signed with the operator's Ed25519 key pinned in
+/// the fleet when it was formed. `seq` must be exactly one more than the
+/// fleet's last executed command, so a captured command never runs twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCommand {
+    pub version: u8,
+    pub fleet_id: String,
+    pub seq: u64,
+    /// Unix seconds after which the node refuses to start executing it.
+    pub not_after: u64,
+    pub action: AdminAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AdminAction {
+    /// Admit a node as a learner. `record` is the canonical membership
+    /// record (an `Add` naming `node_id` and the node's signed statement)
+    /// and `proof` shows it is in the auditor's log.
+    AddMember {
+        node_id: u64,
+        /// The node's peer-link address.
+        addr: String,
+        record: Vec<u8>,
+        proof: LogProof,
+    },
+    /// Make an admitted learner a voter.
+    Promote { node_id: u64 },
+    /// Remove a member; `record` (a logged `Remove`) must name it.
+    RemoveMember {
+        node_id: u64,
+        record: Vec<u8>,
+        proof: LogProof,
+    },
+}
+
+/// An admin command's canonical bytes and the operator's signature over
+/// `ADMIN_CONTEXT || command`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAdminCommand {
+    pub command: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Requests on the admin link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AdminRequest {
+    /// The fleet's members and the next admin sequence number (public).
+    Members,
+    /// Execute a signed command (the leader only; others name the leader).
+    Execute(SignedAdminCommand),
+}
+
+/// One fleet member as the replicated state records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node_id: u64,
+    pub addr: String,
+    pub identity_key: [u8; 32],
+    pub voter: bool,
+    /// The member's signed platform statement.
+    pub statement: SignedStatement,
+    /// Leaf index of its membership record in the auditor's log (`None`
+    /// for the founding node, whose record is logged by the operator
+    /// after the fleet exists).
+    pub log_index: Option<u64>,
+}
+
+/// The fleet's membership as seen by one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersView {
+    pub fleet_id: String,
+    /// The `seq` the next admin command must carry.
+    pub next_seq: u64,
+    pub members: Vec<MemberInfo>,
+    pub status: crate::node::FleetStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AdminResponse {
+    Members(MembersView),
+    /// The command committed and the Raft membership follows it.
+    Executed(MembersView),
+    Error(AdminError),
+}
+
+/// Why a command was refused. Nothing changed in any of these cases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error("not signed by the fleet's operator key")]
+    BadSignature,
+    #[error("command is malformed: {0}")]
+    Malformed(String),
+    #[error("command is for fleet {found:?}, this is {expected:?}")]
+    WrongFleet { expected: String, found: String },
+    #[error("command sequence {found} is not the next one ({expected}): replayed or out of order")]
+    Replayed { expected: u64, found: u64 },
+    #[error("command expired at {not_after} (now {now})")]
+    Expired { not_after: u64, now: u64 },
+    #[error("membership record is not proven to be in the auditor's log: {0}")]
+    NotLogged(String),
+    #[error("platform statement is invalid: {0}")]
+    BadStatement(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not the leader (leader: {leader:?}); send it there")]
+    NotLeader { leader: Option<u64> },
+    #[error("no majority of the fleet is reachable: {0}")]
+    Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn admin_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = crate::decode::<AdminRequest>(&bytes, MAX_ADMIN_FRAME);
+            let _ = crate::decode::<AdminResponse>(&bytes, MAX_ADMIN_FRAME);
+            let _ = crate::decode::<AdminCommand>(&bytes, MAX_ADMIN_FRAME);
+            let _ = crate::decode::<PlatformStatement>(&bytes, MAX_ADMIN_FRAME);
+            let _ = crate::decode::<SignedStatement>(&bytes, MAX_ADMIN_FRAME);
+        }
+
+        #[test]
+        fn commands_roundtrip(seq in any::<u64>(), id in any::<u64>(), record in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let c = AdminCommand {
+                version: ADMIN_COMMAND_VERSION,
+                fleet_id: "fleet-1".into(),
+                seq,
+                not_after: 7,
+                action: AdminAction::RemoveMember {
+                    node_id: id,
+                    record,
+                    proof: LogProof { auditor_signature: vec![1; 64], leaf_index: id, checkpoint: "cp".into(), inclusion_proof: vec![[2; 32]] },
+                },
+            };
+            let bytes = crate::encode(&c);
+            prop_assert_eq!(crate::decode::<AdminCommand>(&bytes, MAX_ADMIN_FRAME).unwrap(), c);
+        }
+    }
+}
