@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Runs every check and test of bkv on a fresh machine: installs what the tests
-# need, then format, lint, build, unit/property/integration/end-to-end tests,
-# and the demo as a smoke test. This is the README's test command and what CI runs.
+# need, then format and lint checks, unit/property/integration/end-to-end
+# tests (real bkv-hsm processes on 127.0.0.1, SoftHSM2 tokens), and the demo
+# as a smoke test. This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n== %s ==\n' "$*"; }
+log() { printf '\n== %s (%ss) ==\n' "$*" "$SECONDS"; }
 
 # System packages the tests need: SoftHSM2 (the PKCS#11 token the platform
 # tests and `dev up --platform softhsm` use) and OpenSC's pkcs11-tool (tests
 # list the tokens' keys with it).
 APT_PACKAGES=(softhsm2 opensc)
-if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
-  missing=()
-  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-  fi
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
 fi
 
 log "rustfmt"
@@ -28,11 +31,12 @@ cargo fmt --all -- --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "build (all binaries: the end-to-end tests start bkv-hsm processes)"
-cargo build --workspace --bins --locked
-
+# One build of every test binary and the service binaries (the end-to-end
+# tests start bkv-hsm and bkv-auditor processes), then every test in its
+# own process, in parallel. (The workspace has no doctests: every code block
+# in the docs is `text`.)
 log "tests"
-cargo test --workspace --locked
+cargo nextest run --workspace --locked
 
 log "demo (smoke)"
 cargo run --locked --quiet --bin bkv -- demo >/dev/null

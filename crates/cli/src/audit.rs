@@ -1,11 +1,11 @@
-//! Operator publishing of validation bundles, and `bkv audit log`: an
-//! independent walk over a namespace's whole auditor log.
+//! `bkv audit log`: an independent walk over a namespace's whole auditor log
+//! (bundles and membership records), verifying every signature and proof.
 
 use anyhow::{anyhow, bail, Context};
 use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::merkle::{self, Hash};
 use bkv_transparency::note::Checkpoint;
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -55,162 +55,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         bail!("GET {url}: {}", r.status());
     }
     body_json(r).await.with_context(|| format!("GET {url}"))
-}
-
-/// Appends `b` to the auditor's log as the namespace's operator and
-/// counter-signs the auditor's signature. Returns the log index.
-pub async fn publish(
-    http: &reqwest::Client,
-    auditor_url: &str,
-    operator: &SigningKey,
-    b: &Bundle,
-) -> anyhow::Result<u64> {
-    let bytes = b.encode();
-    let base = format!(
-        "{}/v1/logs/{}",
-        auditor_url.trim_end_matches('/'),
-        b.namespace
-    );
-    let req = serde_json::json!({
-        "bundle": b64(&bytes),
-        "operator_signature": b64(&operator.sign(&bundle::append_message(&bytes)).to_bytes()),
-    });
-    let r = http
-        .post(format!("{base}/entries"))
-        .json(&req)
-        .send()
-        .await
-        .context("append to auditor")?;
-    if !r.status().is_success() {
-        let s = r.status();
-        bail!(
-            "auditor refused the append ({s}): {}",
-            String::from_utf8_lossy(
-                &bkv_client::session::read_limited(r, 16 * 1024)
-                    .await
-                    .unwrap_or_default()
-            )
-        );
-    }
-    let v: serde_json::Value = body_json(r).await?;
-    let index = v["index"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("auditor sent no index"))?;
-    let asig: Vec<u8> = unb64(v["auditor_signature"].as_str().unwrap_or_default())?;
-    let asig: [u8; 64] = asig
-        .try_into()
-        .map_err(|_| anyhow!("auditor signature length"))?;
-    // Check the auditor signed what we sent before we counter-sign it.
-    let d = bundle::digest(&bytes);
-    let akey: KeyInfo = get_json(
-        http,
-        &format!("{}/v1/key", auditor_url.trim_end_matches('/')),
-    )
-    .await?;
-    let akey = VerifyingKey::from_bytes(
-        &bkv_wire::key_from_hex(&akey.public_key).map_err(|e| anyhow!(e))?,
-    )?;
-    if !bundle::verify_sig(
-        &akey,
-        &bundle::auditor_message(&b.namespace, b.epoch, &d),
-        &asig,
-    ) {
-        bail!("the auditor's signature does not verify");
-    }
-    let osig = bundle::sign_operator(operator, &asig);
-    let r = http
-        .post(format!("{base}/entries/{index}/countersignature"))
-        .json(&serde_json::json!({ "operator_signature": b64(&osig) }))
-        .send()
-        .await
-        .context("counter-sign")?;
-    if !r.status().is_success() {
-        bail!("auditor refused the counter-signature: {}", r.status());
-    }
-    Ok(index)
-}
-
-/// Logs a fleet membership record with the auditor as the namespace's
-/// operator, checks the auditor's signature, and returns the proof the
-/// fleet's cores demand: the auditor's signature, a signed checkpoint and
-/// the inclusion proof of the record's leaf in it.
-pub async fn log_record(
-    http: &reqwest::Client,
-    auditor_url: &str,
-    operator: &SigningKey,
-    record: &bkv_transparency::membership::MembershipRecord,
-) -> anyhow::Result<bkv_wire::admin::LogProof> {
-    use bkv_transparency::membership as m;
-    let bytes = record.encode();
-    let root_url = auditor_url.trim_end_matches('/');
-    let base = format!("{root_url}/v1/logs/{}", record.namespace);
-    let req = serde_json::json!({
-        "record": b64(&bytes),
-        "operator_signature": b64(&operator.sign(&m::append_record_message(&bytes)).to_bytes()),
-    });
-    let r = http
-        .post(format!("{base}/records"))
-        .json(&req)
-        .send()
-        .await
-        .context("log the membership record with the auditor")?;
-    if !r.status().is_success() {
-        let s = r.status();
-        bail!(
-            "auditor refused the membership record ({s}): {}",
-            String::from_utf8_lossy(
-                &bkv_client::session::read_limited(r, 16 * 1024)
-                    .await
-                    .unwrap_or_default()
-            )
-        );
-    }
-    let v: serde_json::Value = body_json(r).await?;
-    let index = v["index"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("auditor sent no index"))?;
-    let asig = unb64(v["auditor_signature"].as_str().unwrap_or_default())?;
-    let info: KeyInfo = get_json(http, &format!("{root_url}/v1/key")).await?;
-    let akey = VerifyingKey::from_bytes(
-        &bkv_wire::key_from_hex(&info.public_key).map_err(|e| anyhow!(e))?,
-    )?;
-    if !bundle::verify_sig(
-        &akey,
-        &m::auditor_record_message(&record.namespace, &m::record_digest(&bytes)),
-        &asig,
-    ) {
-        bail!("the auditor's signature over the membership record does not verify");
-    }
-    let note = http
-        .get(format!("{base}/checkpoint"))
-        .send()
-        .await?
-        .error_for_status()?;
-    let note = String::from_utf8(
-        bkv_client::session::read_limited(note, bkv_transparency::note::MAX_NOTE).await?,
-    )?;
-    let cp = Checkpoint::open(&note, &info.name, &akey).map_err(|e| anyhow!("checkpoint: {e}"))?;
-    let p: Proof = get_json(
-        http,
-        &format!("{base}/proof/inclusion?index={index}&size={}", cp.size),
-    )
-    .await?;
-    Ok(bkv_wire::admin::LogProof {
-        auditor_signature: asig,
-        leaf_index: index,
-        checkpoint: note,
-        inclusion_proof: p.proof,
-    })
-}
-
-fn b64(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-fn unb64(s: &str) -> anyhow::Result<Vec<u8>> {
-    use base64::Engine;
-    Ok(base64::engine::general_purpose::STANDARD.decode(s)?)
 }
 
 #[derive(Debug, Serialize)]
@@ -619,6 +463,7 @@ pub fn print_table(r: &LogReport) {
 mod tests {
     use super::*;
     use bkv_transparency::bundle::{FleetKey, KeyRole};
+    use ed25519_dalek::SigningKey;
 
     fn bundle_for(epoch: u64) -> Bundle {
         Bundle {

@@ -176,7 +176,13 @@ pub async fn run() -> anyhow::Result<()> {
         not_after: now + 86_400,
         evidence_digest: [0; 32],
     };
-    crate::audit::publish(&reqwest::Client::new(), &auditor_url, &operator, &bundle).await?;
+    bkv_operator::auditor::AuditorClient {
+        http: &reqwest::Client::new(),
+        url: &auditor_url,
+        operator: &operator,
+    }
+    .publish(&bundle)
+    .await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let frontend_url = format!("http://{}", listener.local_addr()?);

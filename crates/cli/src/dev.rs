@@ -3,11 +3,11 @@
 //! runs in this process. The fleet is formed the way a real one is: the
 //! first node generates the fleet keys, every further node is admitted by a
 //! signed operator command whose membership record is in the auditor's log
-//! ([`crate::fleet_admin`]).
+//! (`bkv_operator::fleet`).
 
 use crate::config::{AuthConfig, ClientConfig, FleetConfig, OtaConfig};
-use crate::fleet_admin::{self, Operator};
 use anyhow::{anyhow, bail, Context};
+use bkv_operator::fleet::{self as fleet_admin, Operator};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -380,7 +380,13 @@ async fn ensure_bundle(
         not_after: now + 30 * 86_400,
         evidence_digest: [0; 32],
     };
-    crate::audit::publish(&http, auditor_url, operator, &b).await?;
+    bkv_operator::auditor::AuditorClient {
+        http: &http,
+        url: auditor_url,
+        operator,
+    }
+    .publish(&b)
+    .await?;
     Ok(())
 }
 
@@ -656,6 +662,7 @@ impl Deployment {
                 key,
                 auditor_url: format!("http://{}", auditor.trim()),
                 namespace: DEV_NAMESPACE.into(),
+                http: reqwest::Client::new(),
             },
         })
     }
@@ -792,6 +799,7 @@ async fn start_fleet(
             key: operator.clone(),
             auditor_url: auditor.url.clone(),
             namespace: DEV_NAMESPACE.into(),
+            http: reqwest::Client::new(),
         },
     };
     for i in 0..9 {

@@ -4,7 +4,6 @@ mod audit;
 mod config;
 mod demo;
 mod dev;
-mod fleet_admin;
 mod loadgen;
 mod ops;
 

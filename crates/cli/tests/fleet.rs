@@ -1,12 +1,34 @@
 //! Fault tests of a replicated fleet: real `bkv-hsm` processes started by
 //! `bkv dev up --nodes N`, killed with SIGKILL, paused with SIGSTOP and
 //! restarted with `bkv dev restart-node`, driven through the CLI. Each test
-//! says which failure it proves the fleet survives.
+//! says which failure it proves the fleet survives, and runs twice: on the
+//! software platform and with a SoftHSM2 token per node.
 
 mod common;
 
 use common::{text, DevUp};
 use std::time::{Duration, Instant};
+
+/// Each fault test once per platform.
+macro_rules! on_both_platforms {
+    ($($name:ident),* $(,)?) => {
+        mod software {
+            $( #[test] fn $name() { super::$name("software") } )*
+        }
+        mod softhsm {
+            $( #[test] fn $name() { super::$name("softhsm") } )*
+        }
+    };
+}
+
+on_both_platforms!(
+    five_nodes_keep_restoring_through_two_kills_and_count_every_guess_once,
+    three_nodes_without_a_majority_answer_unavailable_and_count_nothing,
+    a_paused_follower_and_a_rolling_restart_lose_nothing,
+    a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess,
+    a_single_node_restored_from_an_old_copy_refuses_to_serve,
+    a_node_can_be_added_and_removed_while_serving,
+);
 
 const PW: &str = "fleet password\n";
 
@@ -50,10 +72,9 @@ fn record(dev: &DevUp, user: &str) -> serde_json::Value {
 /// Survives: the leader and then a second node of five dying (SIGKILL) while
 /// a client restores in a loop; and a leader dying in the middle of a run of
 /// wrong guesses, which must still destroy the record after exactly ten.
-#[test]
-fn five_nodes_keep_restoring_through_two_kills_and_count_every_guess_once() {
+fn five_nodes_keep_restoring_through_two_kills_and_count_every_guess_once(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 5);
+    let dev = DevUp::start_on(&t.path().join("dev"), 5, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"five node fleet").unwrap();
     create(&dev, "ada", &file);
@@ -132,10 +153,9 @@ fn five_nodes_keep_restoring_through_two_kills_and_count_every_guess_once() {
 /// attempt then fails with "unavailable" and is not counted: the node that
 /// is left cannot confirm it is up to date (its read barrier needs a
 /// majority), so it proposes nothing. After both restart, nothing was counted.
-#[test]
-fn three_nodes_without_a_majority_answer_unavailable_and_count_nothing() {
+fn three_nodes_without_a_majority_answer_unavailable_and_count_nothing(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let dev = DevUp::start_on(&t.path().join("dev"), 3, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"majority").unwrap();
     create(&dev, "bo", &file);
@@ -166,10 +186,9 @@ fn three_nodes_without_a_majority_answer_unavailable_and_count_nothing() {
 
 /// Survives: a follower paused (SIGSTOP) and resumed, and every node
 /// restarted one at a time (a rolling restart). No record or counter is lost.
-#[test]
-fn a_paused_follower_and_a_rolling_restart_lose_nothing() {
+fn a_paused_follower_and_a_rolling_restart_lose_nothing(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let dev = DevUp::start_on(&t.path().join("dev"), 3, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"rolling").unwrap();
     create(&dev, "cy", &file);
@@ -242,10 +261,9 @@ fn restart_output(dev: &DevUp, i: usize) -> std::process::Output {
 /// majority and the record is destroyed after exactly ten wrong guesses.
 /// With a single node the same rollback makes the vault unavailable rather
 /// than grant a guess.
-#[test]
-fn a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess() {
+fn a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let dev = DevUp::start_on(&t.path().join("dev"), 3, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"rollback").unwrap();
     create(&dev, "di", &file);
@@ -306,10 +324,9 @@ fn a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess() {
 
 /// The same rollback against a one-node fleet: the node refuses to start, so
 /// the vault is unavailable instead of answering from the old counter.
-#[test]
-fn a_single_node_restored_from_an_old_copy_refuses_to_serve() {
+fn a_single_node_restored_from_an_old_copy_refuses_to_serve(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 1);
+    let dev = DevUp::start_on(&t.path().join("dev"), 1, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"one").unwrap();
     create(&dev, "ed", &file);
@@ -346,10 +363,9 @@ fn a_single_node_restored_from_an_old_copy_refuses_to_serve() {
 /// Membership: a node added to a running fleet catches up and becomes a
 /// voter (it then carries the majority after two original nodes are gone);
 /// a removed node is dropped from the voters.
-#[test]
-fn a_node_can_be_added_and_removed_while_serving() {
+fn a_node_can_be_added_and_removed_while_serving(platform: &str) {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start_nodes(&t.path().join("dev"), 3);
+    let dev = DevUp::start_on(&t.path().join("dev"), 3, platform);
     let file = t.path().join("f");
     std::fs::write(&file, b"membership").unwrap();
     create(&dev, "fay", &file);

@@ -37,15 +37,20 @@ impl DevUp {
     }
 
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
-        Self::start_full(dir, env, 1)
+        Self::start_full(dir, env, 1, "software")
     }
 
     /// `bkv dev up --nodes n`.
     pub fn start_nodes(dir: &Path, n: usize) -> DevUp {
-        Self::start_full(dir, &[], n)
+        Self::start_full(dir, &[], n, "software")
     }
 
-    fn start_full(dir: &Path, env: &[(&str, &str)], nodes: usize) -> DevUp {
+    /// `bkv dev up --nodes n --platform p` (`software` or `softhsm`).
+    pub fn start_on(dir: &Path, n: usize, platform: &str) -> DevUp {
+        Self::start_full(dir, &[], n, platform)
+    }
+
+    fn start_full(dir: &Path, env: &[(&str, &str)], nodes: usize, platform: &str) -> DevUp {
         std::fs::create_dir_all(dir).unwrap();
         let stderr_log = dir.join("dev-up.stderr");
         let mut cmd = Command::new(bkv_bin());
@@ -55,6 +60,8 @@ impl DevUp {
             .arg(hsm_bin())
             .arg("--nodes")
             .arg(nodes.to_string())
+            .arg("--platform")
+            .arg(platform)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()));
@@ -177,6 +184,26 @@ impl DevUp {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("no leader: {}", self.fleet_status());
+    }
+
+    /// Node `i`'s recorded start (addresses, platform).
+    pub fn node_record(&self, i: usize) -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(self.dir.join(format!("nodes/{i}/node.json"))).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// `bkv fleet ARGS --dir DIR`, asserting success.
+    pub fn fleet_admin(&self, args: &[&str]) {
+        let o = Command::new(bkv_bin())
+            .arg("fleet")
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
     }
 
     pub fn node_addr(&self) -> String {

@@ -1,10 +1,11 @@
-//! Operator administration of a fleet over the nodes' admin links. Every
-//! command is signed with the operator key (the one pinned in the fleet when
-//! it was formed) and carries the fleet's next admin sequence number, so a
-//! captured command never runs twice; membership changes are logged with the
-//! auditor first, because the nodes' cores admit no one the log does not show.
+//! Administering a fleet over its nodes' admin links. Every command is
+//! signed with the operator key (the one pinned in the fleet when it was
+//! formed) and carries the fleet's next admin sequence number, so a captured
+//! command never runs twice; membership changes are logged with the auditor
+//! first, because the nodes' cores admit no one the log does not show.
 
-use anyhow::{anyhow, bail, Context};
+use crate::auditor::AuditorClient;
+use crate::{OperatorError, Result};
 use bkv_transparency::membership::{MembershipChange, MembershipRecord, RECORD_VERSION};
 use bkv_wire::admin::{
     AdminAction, AdminCommand, AdminError, AdminRequest, AdminResponse, MembersView,
@@ -17,30 +18,44 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// How long a signed command stays executable.
-const COMMAND_LIFETIME_SECS: u64 = 300;
+pub const COMMAND_LIFETIME_SECS: u64 = 300;
 
 /// Who administers a fleet, and where its membership is logged.
 pub struct Operator {
     pub key: SigningKey,
     pub auditor_url: String,
     pub namespace: String,
+    pub http: reqwest::Client,
 }
 
-/// One request on a node's admin link.
-pub fn admin_request(addr: SocketAddr, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
+impl Operator {
+    fn auditor(&self) -> AuditorClient<'_> {
+        AuditorClient {
+            http: &self.http,
+            url: &self.auditor_url,
+            operator: &self.key,
+        }
+    }
+}
+
+/// One request on a node's admin link (blocking; bounded by timeouts).
+pub fn admin_request(addr: SocketAddr, req: &AdminRequest) -> Result<AdminResponse> {
+    let link = |message: String| OperatorError::AdminLink { addr, message };
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to the admin link at {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    bkv_wire::node::write_frame(&mut s, req)?;
+        .map_err(|e| link(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| link(e.to_string()))?;
+    bkv_wire::node::write_frame(&mut s, req).map_err(|e| link(e.to_string()))?;
     let mut r = BufReader::new(s);
-    bkv_wire::node::read_frame(&mut r)?
-        .ok_or_else(|| anyhow!("node at {addr} closed the admin link"))
+    bkv_wire::node::read_frame(&mut r)
+        .map_err(|e| link(e.to_string()))?
+        .ok_or_else(|| link("the node closed the admin link".into()))
 }
 
 /// The fleet's membership as the leader sees it, and the leader's admin
 /// address (`admins` maps node ids to admin addresses).
-pub fn members(admins: &BTreeMap<u64, SocketAddr>) -> anyhow::Result<(SocketAddr, MembersView)> {
-    let mut last = anyhow!("no node to ask");
+pub fn members(admins: &BTreeMap<u64, SocketAddr>) -> Result<(SocketAddr, MembersView)> {
+    let mut last = String::from("no node to ask");
     for _ in 0..100 {
         for addr in admins.values() {
             match admin_request(*addr, &AdminRequest::Members) {
@@ -52,29 +67,29 @@ pub fn members(admins: &BTreeMap<u64, SocketAddr>) -> anyhow::Result<(SocketAddr
                             return Ok((*l, lv));
                         }
                     }
-                    last = anyhow!("no leader yet");
+                    last = "no leader yet".into();
                 }
-                Ok(AdminResponse::Error(e)) => last = anyhow!("{e}"),
-                Ok(other) => last = anyhow!("unexpected answer {other:?}"),
-                Err(e) => last = e,
+                Ok(AdminResponse::Error(e)) => last = e.to_string(),
+                Ok(other) => last = format!("unexpected answer {other:?}"),
+                Err(e) => last = e.to_string(),
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(last.context("find the fleet's leader"))
+    Err(OperatorError::Fleet(format!(
+        "no leader found among the nodes: {last}"
+    )))
 }
 
-/// Signs `action` for `fleet_id` as command number `seq`.
+/// Signs `action` for `fleet_id` as command number `seq`, valid for
+/// [`COMMAND_LIFETIME_SECS`] from `now` (Unix seconds).
 pub fn sign_command(
     key: &SigningKey,
     fleet_id: &str,
     seq: u64,
+    now: u64,
     action: AdminAction,
 ) -> SignedAdminCommand {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let command = bkv_wire::encode(&AdminCommand {
         version: ADMIN_COMMAND_VERSION,
         fleet_id: fleet_id.to_owned(),
@@ -90,27 +105,42 @@ pub fn sign_command(
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Signs and executes `action` on the leader, following leadership changes.
 pub fn execute(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
     action: AdminAction,
-) -> anyhow::Result<MembersView> {
+) -> Result<MembersView> {
     let mut last = String::new();
     for _ in 0..20 {
         let (leader, view) = members(admins)?;
-        let signed = sign_command(&op.key, &view.fleet_id, view.next_seq, action.clone());
+        let signed = sign_command(
+            &op.key,
+            &view.fleet_id,
+            view.next_seq,
+            unix_now(),
+            action.clone(),
+        );
         match admin_request(leader, &AdminRequest::Execute(signed))? {
             AdminResponse::Executed(v) => return Ok(v),
             AdminResponse::Error(AdminError::NotLeader { .. } | AdminError::Unavailable(_)) => {
                 last = "leadership changed".into();
                 std::thread::sleep(Duration::from_millis(200));
             }
-            AdminResponse::Error(e) => bail!("the fleet refused the command: {e}"),
-            other => bail!("unexpected answer {other:?}"),
+            AdminResponse::Error(e) => return Err(OperatorError::Refused(e)),
+            other => return Err(OperatorError::Fleet(format!("unexpected answer {other:?}"))),
         }
     }
-    bail!("the command did not execute: {last}")
+    Err(OperatorError::Fleet(format!(
+        "the command did not execute: {last}"
+    )))
 }
 
 fn record(fleet_id: &str, op: &Operator, change: MembershipChange) -> MembershipRecord {
@@ -128,41 +158,47 @@ pub async fn log_founder(
     fleet_id: &str,
     node_id: u64,
     statement: SignedStatement,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let r = record(fleet_id, op, MembershipChange::Found { node_id, statement });
-    crate::audit::log_record(&reqwest::Client::new(), &op.auditor_url, &op.key, &r).await?;
+    op.auditor().log_record(&r).await?;
     Ok(())
 }
 
-/// Admits a node as a learner: logs its membership record (with its
-/// platform statement) with the auditor, then executes a signed `AddMember`
-/// carrying the log proof.
+/// The signed `AddMember` for a node, after logging its membership record
+/// (with its platform statement) with the auditor. Not yet sent.
+pub async fn admission(
+    op: &Operator,
+    view: &MembersView,
+    node_id: u64,
+    peer_addr: &str,
+    statement: SignedStatement,
+) -> Result<AdminAction> {
+    let r = record(
+        &view.fleet_id,
+        op,
+        MembershipChange::Add { node_id, statement },
+    );
+    let proof = op.auditor().log_record(&r).await?;
+    Ok(AdminAction::AddMember {
+        node_id,
+        addr: peer_addr.to_owned(),
+        record: r.encode(),
+        proof,
+    })
+}
+
+/// Admits a node as a learner: logs its membership record with the
+/// auditor, then executes a signed `AddMember` carrying the log proof.
 pub async fn admit(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
     node_id: u64,
     peer_addr: &str,
     statement: SignedStatement,
-) -> anyhow::Result<MembersView> {
+) -> Result<MembersView> {
     let (_, view) = members(admins)?;
-    let r = record(
-        &view.fleet_id,
-        op,
-        MembershipChange::Add { node_id, statement },
-    );
-    let proof = crate::audit::log_record(&reqwest::Client::new(), &op.auditor_url, &op.key, &r)
-        .await
-        .context("log the new member with the auditor")?;
-    execute(
-        op,
-        admins,
-        AdminAction::AddMember {
-            node_id,
-            addr: peer_addr.to_owned(),
-            record: r.encode(),
-            proof,
-        },
-    )
+    let action = admission(op, &view, node_id, peer_addr, statement).await?;
+    execute(op, admins, action)
 }
 
 /// Makes an admitted learner a voter.
@@ -170,7 +206,7 @@ pub fn promote(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
     node_id: u64,
-) -> anyhow::Result<MembersView> {
+) -> Result<MembersView> {
     execute(op, admins, AdminAction::Promote { node_id })
 }
 
@@ -180,13 +216,18 @@ pub async fn remove(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
     node_id: u64,
-) -> anyhow::Result<MembersView> {
+) -> Result<MembersView> {
     let (_, view) = members(admins)?;
     let m = view
         .members
         .iter()
         .find(|m| m.node_id == node_id)
-        .ok_or_else(|| anyhow!("node {node_id} is not a member of fleet {}", view.fleet_id))?;
+        .ok_or_else(|| {
+            OperatorError::Fleet(format!(
+                "node {node_id} is not a member of fleet {}",
+                view.fleet_id
+            ))
+        })?;
     let r = record(
         &view.fleet_id,
         op,
@@ -195,9 +236,7 @@ pub async fn remove(
             identity_key: m.identity_key,
         },
     );
-    let proof = crate::audit::log_record(&reqwest::Client::new(), &op.auditor_url, &op.key, &r)
-        .await
-        .context("log the removal with the auditor")?;
+    let proof = op.auditor().log_record(&r).await?;
     execute(
         op,
         admins,

@@ -1,0 +1,161 @@
+//! Publishing to the independent auditor as a namespace's operator.
+
+use crate::{OperatorError, Result};
+use bkv_transparency::bundle::{self, Bundle};
+use bkv_transparency::membership::{self as m, MembershipRecord};
+use bkv_transparency::merkle::Hash;
+use bkv_transparency::note::Checkpoint;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::Deserialize;
+
+/// Largest auditor answer read (entries and proofs are a few KiB).
+const MAX_AUDITOR_BODY: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+struct KeyInfo {
+    name: String,
+    public_key: String,
+}
+
+#[derive(Deserialize)]
+struct Proof {
+    #[serde(with = "bkv_transparency::b64::hashes")]
+    proof: Vec<Hash>,
+}
+
+#[derive(Deserialize)]
+struct Appended {
+    index: u64,
+    #[serde(with = "bkv_transparency::b64")]
+    auditor_signature: Vec<u8>,
+}
+
+fn err(url: &str, message: impl std::fmt::Display) -> OperatorError {
+    OperatorError::Auditor {
+        url: url.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+async fn body(url: &str, r: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    let status = r.status();
+    let b = bkv_client::session::read_limited(r, limit)
+        .await
+        .map_err(|e| err(url, e))?;
+    if !status.is_success() {
+        return Err(err(
+            url,
+            format!("{status}: {}", String::from_utf8_lossy(&b)),
+        ));
+    }
+    Ok(b)
+}
+
+async fn send_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<T> {
+    let r = req.send().await.map_err(|e| err(url, e))?;
+    serde_json::from_slice(&body(url, r, MAX_AUDITOR_BODY).await?).map_err(|e| err(url, e))
+}
+
+/// A client for one auditor, acting as one namespace's operator.
+pub struct AuditorClient<'a> {
+    pub http: &'a reqwest::Client,
+    pub url: &'a str,
+    pub operator: &'a SigningKey,
+}
+
+impl AuditorClient<'_> {
+    fn root(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+
+    /// The auditor's name and verifying key, as it serves them.
+    async fn key(&self) -> Result<(String, VerifyingKey)> {
+        let url = format!("{}/v1/key", self.root());
+        let k: KeyInfo = send_json(&url, self.http.get(&url)).await?;
+        let bytes = bkv_wire::key_from_hex(&k.public_key).map_err(|e| err(&url, e))?;
+        let vk = VerifyingKey::from_bytes(&bytes).map_err(|e| err(&url, e))?;
+        Ok((k.name, vk))
+    }
+
+    /// Appends `b` to the auditor's log and counter-signs the auditor's
+    /// signature (after checking it). Returns the log index.
+    pub async fn publish(&self, b: &Bundle) -> Result<u64> {
+        let bytes = b.encode();
+        let base = format!("{}/v1/logs/{}", self.root(), b.namespace);
+        let url = format!("{base}/entries");
+        let req = serde_json::json!({
+            "bundle": b64(&bytes),
+            "operator_signature": b64(&self.operator.sign(&bundle::append_message(&bytes)).to_bytes()),
+        });
+        let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
+        let asig: [u8; 64] = a
+            .auditor_signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| OperatorError::AuditorSignature)?;
+        let (_, akey) = self.key().await?;
+        let d = bundle::digest(&bytes);
+        if !bundle::verify_sig(
+            &akey,
+            &bundle::auditor_message(&b.namespace, b.epoch, &d),
+            &asig,
+        ) {
+            return Err(OperatorError::AuditorSignature);
+        }
+        let osig = bundle::sign_operator(self.operator, &asig);
+        let url = format!("{base}/entries/{}/countersignature", a.index);
+        let r = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "operator_signature": b64(&osig) }))
+            .send()
+            .await
+            .map_err(|e| err(&url, e))?;
+        body(&url, r, 16 * 1024).await?;
+        Ok(a.index)
+    }
+
+    /// Logs a fleet membership record, checks the auditor's signature, and
+    /// returns the proof the fleet's cores demand: the auditor's signature,
+    /// a signed checkpoint and the inclusion proof of the record's leaf.
+    pub async fn log_record(&self, record: &MembershipRecord) -> Result<bkv_wire::admin::LogProof> {
+        let bytes = record.encode();
+        let base = format!("{}/v1/logs/{}", self.root(), record.namespace);
+        let url = format!("{base}/records");
+        let req = serde_json::json!({
+            "record": b64(&bytes),
+            "operator_signature": b64(&self.operator.sign(&m::append_record_message(&bytes)).to_bytes()),
+        });
+        let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
+        let (name, akey) = self.key().await?;
+        let d = m::record_digest(&bytes);
+        if !bundle::verify_sig(
+            &akey,
+            &m::auditor_record_message(&record.namespace, &d),
+            &a.auditor_signature,
+        ) {
+            return Err(OperatorError::AuditorSignature);
+        }
+        let url = format!("{base}/checkpoint");
+        let r = self.http.get(&url).send().await.map_err(|e| err(&url, e))?;
+        let note = String::from_utf8(body(&url, r, bkv_transparency::note::MAX_NOTE).await?)
+            .map_err(|e| err(&url, e))?;
+        let cp = Checkpoint::open(&note, &name, &akey).map_err(|e| err(&url, e))?;
+        let url = format!("{base}/proof/inclusion?index={}&size={}", a.index, cp.size);
+        let p: Proof = send_json(&url, self.http.get(&url)).await?;
+        Ok(bkv_wire::admin::LogProof {
+            auditor_signature: a.auditor_signature,
+            leaf_index: a.index,
+            checkpoint: note,
+            inclusion_proof: p.proof,
+        })
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
