@@ -53,9 +53,13 @@ fn view(dev: &DevUp) -> (SocketAddr, MembersView) {
     fleet_admin::members(&admins(dev)).unwrap()
 }
 
-/// What must not change when a command is refused.
-fn membership(v: &MembersView) -> (u64, Vec<(u64, bool)>, Vec<u64>, Vec<u64>) {
-    (
+/// What must not change when a command is refused: the next sequence
+/// number, the admitted members (id, voter), and the Raft voters and learners.
+#[derive(Debug, PartialEq)]
+struct Membership(u64, Vec<(u64, bool)>, Vec<u64>, Vec<u64>);
+
+fn membership(v: &MembersView) -> Membership {
+    Membership(
         v.next_seq,
         v.members.iter().map(|m| (m.node_id, m.voter)).collect(),
         v.status.voters.clone(),
