@@ -31,10 +31,12 @@ cargo fmt --all -- --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# One build of every test binary and the service binaries (the end-to-end
-# tests start bkv-hsm and bkv-auditor processes), then every test in its
+# The service binaries the end-to-end tests start (bkv-hsm, bkv-auditor; the
+# same dev-profile artifacts the test build reuses), then every test in its
 # own process, in parallel. (The workspace has no doctests: every code block
 # in the docs is `text`.)
+log "build"
+cargo build --workspace --bins --locked
 log "tests"
 cargo nextest run --workspace --locked
 
