@@ -870,12 +870,32 @@ pub fn restart_node(dir: &Path, i: usize) -> anyhow::Result<()> {
             stop_pid(pid);
         }
     }
+    wait_unlocked(&rec.data_dir)?;
     let node = start_node(&rec, &ndir)?;
     println!(
         "bkv dev: node {i} restarted pid={} listen={}",
         node.pid, node.listen
     );
     Ok(())
+}
+
+/// Waits until no process holds the data directory's lock: a killed node's
+/// threads may still be finishing a write (the process looks dead before
+/// its files are closed).
+fn wait_unlocked(data_dir: &Path) -> anyhow::Result<()> {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_dir.join("lock"))
+    else {
+        return Ok(());
+    };
+    for _ in 0..300 {
+        if f.try_lock().is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{} is still locked by another bkv-hsm", data_dir.display())
 }
 
 /// The development relying party: RP id `localhost`, passkeys in DIR.

@@ -1,10 +1,9 @@
 //! The auditor as its own process: append rules, durability under SIGKILL
 //! during a burst of appends, and `bkv audit log` over the result.
 
-mod common;
 
 use bkv_transparency::bundle::{self, Bundle, FleetKey, KeyRole};
-use common::*;
+use crate::common::*;
 use ed25519_dalek::{Signer, SigningKey};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

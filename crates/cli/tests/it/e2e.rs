@@ -1,9 +1,8 @@
 //! End-to-end: `bkv dev up` (a real `bkv-hsm` process and the frontend) driven
 //! through the `bkv` CLI exactly as a user would.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 const PW: &str = "Tr0ub4dor&3-horse\n";

@@ -1,9 +1,8 @@
 //! Every frontend endpoint and the node link answer malformed, oversized,
 //! unauthenticated and replayed input with a clear error, and keep serving.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
 
 fn dev_token(client: &reqwest::blocking_like::Client, url: &str, user: &str) -> String {

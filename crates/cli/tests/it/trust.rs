@@ -4,14 +4,13 @@
 //! relay link (the frontend's) changes nothing; with SoftHSM2 the nodes'
 //! keys stay inside their tokens.
 
-mod common;
 
 use bkv_operator::fleet::{self as fleet_admin, admin_request, Operator};
 use bkv_wire::admin::{
     AdminAction, AdminError, AdminRequest, AdminResponse, LogProof, MembersView,
     SignedAdminCommand, SignedStatement,
 };
-use common::{text, DevUp};
+use crate::common::{text, DevUp};
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -69,7 +68,7 @@ fn membership(v: &MembersView) -> Membership {
 
 /// A fresh node's signed platform statement (`bkv-hsm --print-statement`).
 fn new_node_statement(dir: &Path) -> SignedStatement {
-    let o = Command::new(common::hsm_bin())
+    let o = Command::new(crate::common::hsm_bin())
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--platform-dir")
@@ -288,7 +287,7 @@ fn a_node_missing_from_the_auditors_log_is_not_admitted_and_gets_no_secrets() {
 
     // The node itself asks the members for the fleet secrets: refused.
     let n5 = t.path().join("n5");
-    let mut child = Command::new(common::hsm_bin())
+    let mut child = Command::new(crate::common::hsm_bin())
         .arg("--data-dir")
         .arg(n5.join("data"))
         .arg("--platform-dir")
@@ -419,7 +418,7 @@ fn a_softhsm_fleet_admits_nodes_with_the_operator_key_and_keys_stay_in_the_token
     let tokens = dev.dir.join("nodes/4/tokens");
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
-    let o = Command::new(common::bkv_bin())
+    let o = Command::new(crate::common::bkv_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg("4")

@@ -4,9 +4,8 @@
 //! says which failure it proves the fleet survives, and runs twice: on the
 //! software platform and with a SoftHSM2 token per node.
 
-mod common;
 
-use common::{text, DevUp};
+use crate::common::{text, DevUp};
 use std::time::{Duration, Instant};
 
 /// Each fault test once per platform.
@@ -247,7 +246,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 fn restart_output(dev: &DevUp, i: usize) -> std::process::Output {
-    std::process::Command::new(common::bkv_bin())
+    std::process::Command::new(crate::common::bkv_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg(i.to_string())
@@ -373,7 +372,7 @@ fn a_node_can_be_added_and_removed_while_serving(platform: &str) {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     let fleet = |args: &[&str]| {
-        let o = std::process::Command::new(common::bkv_bin())
+        let o = std::process::Command::new(crate::common::bkv_bin())
             .args(["fleet"])
             .args(args)
             .arg("--dir")

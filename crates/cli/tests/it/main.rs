@@ -1,0 +1,12 @@
+//! The CLI's integration tests: real `bkv`, `bkv-hsm` and `bkv-auditor`
+//! processes on 127.0.0.1, driven as a user and an operator would. One test
+//! binary (modules, not files under `tests/`) so CI links it once.
+
+mod common;
+
+mod auditor;
+mod e2e;
+mod endpoints;
+mod fleet;
+mod protectors;
+mod trust;

@@ -1,0 +1,6 @@
+//! Integration tests of the replication layer (one test binary): openraft's
+//! storage suite against the sealed stores, and in-process fleets over
+//! loopback TCP.
+
+mod fleet;
+mod raft_storage;
