@@ -1,9 +1,8 @@
 //! The auditor as its own process: append rules, durability under SIGKILL
 //! during a burst of appends, and `bkv audit log` over the result.
 
-
-use bkv_transparency::bundle::{self, Bundle, FleetKey, KeyRole};
 use crate::common::*;
+use bkv_transparency::bundle::{self, Bundle, FleetKey, KeyRole};
 use ed25519_dalek::{Signer, SigningKey};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,6 @@
 //! End-to-end: `bkv dev up` (a real `bkv-hsm` process and the frontend) driven
 //! through the `bkv` CLI exactly as a user would.
 
-
 use crate::common::*;
 use std::process::Command;
 

@@ -1,7 +1,6 @@
 //! Every frontend endpoint and the node link answer malformed, oversized,
 //! unauthenticated and replayed input with a clear error, and keep serving.
 
-
 use crate::common::*;
 use std::io::{Read, Write};
 

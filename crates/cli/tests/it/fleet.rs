@@ -4,7 +4,6 @@
 //! says which failure it proves the fleet survives, and runs twice: on the
 //! software platform and with a SoftHSM2 token per node.
 
-
 use crate::common::{text, DevUp};
 use std::time::{Duration, Instant};
 

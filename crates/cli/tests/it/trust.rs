@@ -4,13 +4,12 @@
 //! relay link (the frontend's) changes nothing; with SoftHSM2 the nodes'
 //! keys stay inside their tokens.
 
-
+use crate::common::{text, DevUp};
 use bkv_operator::fleet::{self as fleet_admin, admin_request, Operator};
 use bkv_wire::admin::{
     AdminAction, AdminError, AdminRequest, AdminResponse, LogProof, MembersView,
     SignedAdminCommand, SignedStatement,
 };
-use crate::common::{text, DevUp};
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
