@@ -28,15 +28,19 @@ fi
 log "rustfmt"
 cargo fmt --all -- --check
 
-log "clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# Clippy runs inside the one build: clippy-driver wraps rustc for bkv's own
+# crates exactly as `cargo clippy` does, but producing real artifacts, so the
+# lints and the tests share a single compilation. All targets: libraries,
+# the service binaries the end-to-end tests start (bkv-hsm, bkv-auditor),
+# tests and benches. (The workspace has no doctests: every code block in the
+# docs is `text`.)
+RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
+export RUSTC_WORKSPACE_WRAPPER
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+log "build and clippy (all targets, warnings are errors)"
+cargo build --workspace --all-targets --locked
 
-# The service binaries the end-to-end tests start (bkv-hsm, bkv-auditor; the
-# same dev-profile artifacts the test build reuses), then every test in its
-# own process, in parallel. (The workspace has no doctests: every code block
-# in the docs is `text`.)
-log "build"
-cargo build --workspace --bins --locked
+# Every test in its own process, in parallel (.config/nextest.toml).
 log "tests"
 cargo nextest run --workspace --locked
 

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
-const MAX_ENTRY: usize = 64 * 1024;
-const MAX_BODY: usize = 64 * 1024;
+const MAX_ENTRY: usize = 512 * 1024;
+/// Request bodies: evidence files (up to 256 KiB, base64) are the largest.
+const MAX_BODY: usize = 384 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditorError {
@@ -70,6 +71,13 @@ enum StoredEntry {
         /// The operator's signature over the append request.
         operator_signature: Vec<u8>,
     },
+    Evidence {
+        /// The evidence file's exact bytes.
+        evidence: Vec<u8>,
+        auditor_signature: Vec<u8>,
+        /// The operator's signature over the append request.
+        operator_signature: Vec<u8>,
+    },
 }
 
 impl StoredEntry {
@@ -89,6 +97,14 @@ impl StoredEntry {
                 let d = membership::record_digest(record);
                 Ok((
                     merkle::leaf_hash(&membership::record_leaf_data(&d)),
+                    d,
+                    None,
+                ))
+            }
+            StoredEntry::Evidence { evidence, .. } => {
+                let d = bkv_transparency::evidence::digest(evidence);
+                Ok((
+                    merkle::leaf_hash(&bkv_transparency::evidence::leaf_data(&d)),
                     d,
                     None,
                 ))
@@ -288,6 +304,7 @@ pub fn router(a: Arc<Auditor>) -> Router {
         .route("/v1/logs/{ns}", get(log_info))
         .route("/v1/logs/{ns}/entries", post(append))
         .route("/v1/logs/{ns}/records", post(append_record))
+        .route("/v1/logs/{ns}/evidence", post(append_evidence))
         .route("/v1/logs/{ns}/bundles/latest", get(latest_bundle))
         .route("/v1/logs/{ns}/entries/{index}", get(get_entry))
         .route(
@@ -492,6 +509,7 @@ async fn countersign(
 pub enum EntryKind {
     Bundle,
     Membership,
+    Evidence,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -514,6 +532,13 @@ pub struct EntryResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub record: Option<Vec<u8>>,
+    /// The evidence file (evidence entries only).
+    #[serde(
+        default,
+        with = "bkv_transparency::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub evidence: Option<Vec<u8>>,
     #[serde(with = "bkv_transparency::b64")]
     pub auditor_signature: Vec<u8>,
     /// Bundles: the operator's counter-signature (once given). Membership
@@ -538,6 +563,7 @@ fn entry_response(a: &Auditor, ns: &str, index: u64) -> Result<EntryResponse, Ap
             epoch: Some(Bundle::decode(&bytes).map_err(internal)?.epoch),
             bundle: Some(bytes),
             record: None,
+            evidence: None,
             auditor_signature,
             operator_signature,
         },
@@ -551,6 +577,21 @@ fn entry_response(a: &Auditor, ns: &str, index: u64) -> Result<EntryResponse, Ap
             epoch: None,
             bundle: None,
             record: Some(record),
+            evidence: None,
+            auditor_signature,
+            operator_signature: Some(operator_signature),
+        },
+        StoredEntry::Evidence {
+            evidence,
+            auditor_signature,
+            operator_signature,
+        } => EntryResponse {
+            index,
+            kind: EntryKind::Evidence,
+            epoch: None,
+            bundle: None,
+            record: None,
+            evidence: Some(evidence),
             auditor_signature,
             operator_signature: Some(operator_signature),
         },
@@ -671,6 +712,73 @@ async fn append_record(
         },
     )?;
     tracing::info!(namespace = %ns, index, fleet = %r.fleet_id, "appended a membership record");
+    Ok(Json(AppendResponse {
+        index,
+        auditor_signature: sig.to_vec(),
+    }))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AppendEvidenceRequest {
+    /// The evidence file's exact bytes.
+    #[serde(with = "bkv_transparency::b64")]
+    pub evidence: Vec<u8>,
+    /// Operator's Ed25519 signature over `append_evidence_message(evidence)`.
+    #[serde(with = "bkv_transparency::b64")]
+    pub operator_signature: Vec<u8>,
+}
+
+/// Logs a fleet's deployment evidence. The auditor checks it offline first
+/// (transcript chain, statements, witnesses): the log holds no evidence
+/// that does not verify on its own.
+async fn append_evidence(
+    State(a): State<Arc<Auditor>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppendResponse>, ApiError> {
+    use bkv_transparency::evidence as ev;
+    let req: AppendEvidenceRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad("bad_request", format!("append body: {e}")))?;
+    let mut logs = a.logs.lock().map_err(internal)?;
+    let log = logs.get_mut(&ns).ok_or_else(|| not_found("namespace"))?;
+    if !bundle::verify_sig(
+        &log.operator,
+        &ev::append_message(&req.evidence),
+        &req.operator_signature,
+    ) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "append not signed by this namespace's operator".into(),
+        ));
+    }
+    let e = ev::parse(&req.evidence).map_err(|e| bad("bad_evidence", e.to_string()))?;
+    if e.namespace != ns {
+        return Err(bad(
+            "bad_evidence",
+            "evidence namespace differs from the log's",
+        ));
+    }
+    ev::verify(&e, &[]).map_err(|e| bad("bad_evidence", e.to_string()))?;
+    let d = ev::digest(&req.evidence);
+    if log.digests.contains(&d) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "duplicate",
+            "this evidence is already logged".into(),
+        ));
+    }
+    let sig = a.key.sign(&ev::auditor_message(&ns, &d)).to_bytes();
+    let index = a.store_new(
+        &ns,
+        log,
+        StoredEntry::Evidence {
+            evidence: req.evidence.clone(),
+            auditor_signature: sig.to_vec(),
+            operator_signature: req.operator_signature,
+        },
+    )?;
+    tracing::info!(namespace = %ns, index, fleet = %e.fleet_id, "appended deployment evidence");
     Ok(Json(AppendResponse {
         index,
         auditor_signature: sig.to_vec(),

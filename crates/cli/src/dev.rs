@@ -344,6 +344,7 @@ async fn ensure_bundle(
     operator: &SigningKey,
     fleet_id: &str,
     noise_key: [u8; 32],
+    evidence_digest: [u8; 32],
 ) -> anyhow::Result<()> {
     use bkv_transparency::bundle::{Bundle, FleetKey, KeyRole};
     let http = reqwest::Client::new();
@@ -362,7 +363,11 @@ async fn ensure_bundle(
         };
         let last = Bundle::decode(&bytes).map_err(|e| anyhow!("latest bundle: {e}"))?;
         let countersigned = e["operator_signature"].is_string();
-        if last.noise_key() == Some(noise_key) && last.not_after > now + 86_400 && countersigned {
+        if last.noise_key() == Some(noise_key)
+            && last.evidence_digest == evidence_digest
+            && last.not_after > now + 86_400
+            && countersigned
+        {
             return Ok(());
         }
         epoch = last.epoch + 1;
@@ -378,7 +383,7 @@ async fn ensure_bundle(
         }],
         not_before: now.saturating_sub(300),
         not_after: now + 30 * 86_400,
-        evidence_digest: [0; 32],
+        evidence_digest,
     };
     bkv_operator::auditor::AuditorClient {
         http: &http,
@@ -425,7 +430,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         adir.join("listen"),
         auditor.url.trim_start_matches("http://"),
     )?;
-    let started = match start_fleet(
+    let (started, evidence) = match start_fleet(
         &dir,
         &hsm_bin,
         args.nodes,
@@ -445,7 +450,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let node = &started[0];
     let node_key =
         bkv_wire::key_from_hex(&node.noise_public_key).map_err(|e| anyhow!("node key: {e}"))?;
-    if let Err(e) = ensure_bundle(&auditor.url, &operator, &node.fleet_id, node_key).await {
+    // The bundle names the fleet's evidence (this run's ceremony, or the
+    // one on file from the run that formed it).
+    let evidence_path = dir.join("evidence").join(format!("{}.json", node.fleet_id));
+    let evidence_digest = evidence
+        .or_else(|| std::fs::read(&evidence_path).ok())
+        .map(|e| bkv_transparency::evidence::digest(&e))
+        .unwrap_or([0; 32]);
+    if let Err(e) = ensure_bundle(
+        &auditor.url,
+        &operator,
+        &node.fleet_id,
+        node_key,
+        evidence_digest,
+    )
+    .await
+    {
         stop_deployment(&dir);
         return Err(e.context("publish the fleet's validation bundle"));
     }
@@ -512,14 +532,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     println!(
-        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={}",
+        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={} evidence={}",
         started.len(),
         node.listen,
         node.pid,
         node.admin,
         node.fleet_id,
         auditor.url,
-        config_path.display()
+        config_path.display(),
+        evidence_path.display()
     );
     eprintln!("bkv dev: serving; stop with Ctrl-C (SIGINT) or SIGTERM");
 
@@ -707,24 +728,33 @@ impl Deployment {
             .collect()
     }
 
-    /// Adds node `i`: its statement, a logged and signed admission, its
-    /// start (it fetches the fleet secrets encrypted to its identity), its
-    /// catch-up, and its promotion to voter.
+    /// Adds node `i` after formation: its statement, a logged and signed
+    /// admission, its start, catch-up and promotion. (No ceremony evidence:
+    /// `bkv audit log` flags such later admissions.)
     async fn add(&self, i: usize) -> anyhow::Result<StartedNode> {
-        let ndir = node_dir(&self.dir, i);
-        let mut rec = self.new_record(i)?;
+        let rec = self.new_record(i)?;
         let statement = print_statement(&rec)?;
-        let st = bkv_transparency::membership::verify_statement(&statement)
-            .map_err(|e| anyhow!("node {i}'s statement: {e}"))?;
-        let admins = self.admins();
         fleet_admin::admit(
             &self.operator,
-            &admins,
+            &self.admins(),
             i as u64,
             &rec.peer_listen,
-            statement,
+            statement.clone(),
         )
         .await?;
+        self.join(rec, &statement).await
+    }
+
+    /// Starts an admitted node (it fetches the fleet secrets encrypted to
+    /// its identity key), waits until it caught up, and promotes it.
+    async fn join(
+        &self,
+        mut rec: NodeRecord,
+        statement: &bkv_wire::admin::SignedStatement,
+    ) -> anyhow::Result<StartedNode> {
+        let i = rec.node_id as usize;
+        let st = bkv_transparency::membership::verify_statement(statement)
+            .map_err(|e| anyhow!("node {i}'s statement: {e}"))?;
         update_members(&self.dir, |m| {
             m.retain(|m| m.id != i as u64);
             m.push(bkv_hsm_node::Member {
@@ -733,13 +763,13 @@ impl Deployment {
                 identity: hex::encode(st.identity_key),
             });
         })?;
+        let ndir = node_dir(&self.dir, i);
         let node = start_node(&rec, &ndir)?;
         rec.listen = node.listen;
         rec.admin = node.admin;
         std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
         // Promote once it has the leader's log.
-        let mut admins = admins;
-        admins.insert(i as u64, node.admin);
+        let admins = self.admins();
         let (_, view) = fleet_admin::members(&admins)?;
         let leader_applied = view.status.applied_index;
         for _ in 0..300 {
@@ -751,6 +781,115 @@ impl Deployment {
         fleet_admin::promote(&self.operator, &admins, i as u64)?;
         Ok(node)
     }
+
+    /// Forms the fleet of nodes `0..n` by the ceremony (see
+    /// `bkv_operator::ceremony`): node 0 generates the fleet keys pinning
+    /// the operator and auditor keys; every other node is admitted by a
+    /// logged, signed command and receives the keys encrypted to its
+    /// identity key; every step goes into the transcript; the witnesses
+    /// sign it; the evidence is written to `DIR/evidence/<fleet id>.json`
+    /// and logged with the auditor. Returns the nodes and the evidence.
+    async fn ceremony(
+        &self,
+        n: usize,
+        auditor: &StartedAuditor,
+    ) -> anyhow::Result<(Vec<StartedNode>, Vec<u8>)> {
+        let mut records = Vec::new();
+        let mut statements = Vec::new();
+        for i in 0..n {
+            let rec = self.new_record(i)?;
+            statements.push((i as u64, print_statement(&rec)?));
+            records.push(rec);
+        }
+        let mut c = bkv_operator::ceremony::Ceremony::begin(&self.operator, &statements)?;
+        let mut records = records.into_iter();
+        let mut rec = records.next().ok_or_else(|| anyhow!("no node"))?;
+        let found = vec![
+            "--found".to_owned(),
+            "--operator-key".to_owned(),
+            hex::encode(self.operator.key.verifying_key().as_bytes()),
+            "--auditor-key".to_owned(),
+            auditor.verifier_key.clone(),
+            "--namespace".to_owned(),
+            self.operator.namespace.clone(),
+        ];
+        let ndir = node_dir(&self.dir, 0);
+        let node = start_node_with(&rec, &ndir, &found)?;
+        rec.listen = node.listen;
+        rec.admin = node.admin;
+        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+        let (_, statement0) = statements
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no node"))?;
+        let st0 = bkv_transparency::membership::verify_statement(&statement0)
+            .map_err(|e| anyhow!("node 0's statement: {e}"))?;
+        update_members(&self.dir, |m| {
+            *m = vec![bkv_hsm_node::Member {
+                id: 0,
+                addr: rec.peer_listen.clone(),
+                identity: hex::encode(st0.identity_key),
+            }]
+        })?;
+        c.formed(0, statement0, fleet_admin::fleet_statement(node.admin)?)
+            .await?;
+        let mut started = vec![node];
+        for (rec, (id, statement)) in records.zip(statements.iter().skip(1)) {
+            c.admit(&self.admins(), *id, &rec.peer_listen, statement.clone())
+                .await?;
+            let node = self.join(rec, statement).await?;
+            c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;
+            started.push(node);
+        }
+        let witnesses = dev_witnesses(&self.dir)?;
+        let evidence = c.finish(&witnesses, &source_commit(), &toolchain())?;
+        let fleet_id = &started.first().ok_or_else(|| anyhow!("no node"))?.fleet_id;
+        let edir = self.dir.join("evidence");
+        std::fs::create_dir_all(&edir)?;
+        std::fs::write(edir.join(format!("{fleet_id}.json")), &evidence)?;
+        self.operator
+            .auditor()
+            .log_evidence(&self.operator.namespace, &evidence)
+            .await?;
+        Ok((started, evidence))
+    }
+}
+
+/// The two witness keys of a dev deployment (`DIR/witnesses/`), made on
+/// first use. A real ceremony names its witnesses' keys.
+fn dev_witnesses(dir: &Path) -> anyhow::Result<Vec<(String, SigningKey)>> {
+    let wdir = dir.join("witnesses");
+    std::fs::create_dir_all(&wdir)?;
+    (1..=2)
+        .map(|i| {
+            Ok((
+                format!("dev-witness-{i}"),
+                load_or_create_key(&wdir.join(format!("witness-{i}.key")))?,
+            ))
+        })
+        .collect()
+}
+
+/// The source commit of the running build, when run from a git checkout.
+fn source_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The pinned toolchain's version (`rustc --version`).
+fn toolchain() -> String {
+    Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
@@ -778,9 +917,8 @@ fn update_members(
 }
 
 /// Starts the fleet's `n` nodes. A directory that already holds a fleet
-/// (`fleet.json`) restarts its recorded nodes. Otherwise node 0 forms the
-/// fleet (generating its keys, pinning the operator and auditor keys), its
-/// founding record is logged, and nodes 1.. are admitted one by one.
+/// (`fleet.json`) restarts its recorded nodes. Otherwise the fleet is formed
+/// by the ceremony ([`Deployment::ceremony`]) and its evidence returned.
 async fn start_fleet(
     dir: &Path,
     hsm_bin: &Path,
@@ -789,7 +927,7 @@ async fn start_fleet(
     platform: DevPlatform,
     auditor: &StartedAuditor,
     operator: &SigningKey,
-) -> anyhow::Result<Vec<StartedNode>> {
+) -> anyhow::Result<(Vec<StartedNode>, Option<Vec<u8>>)> {
     let d = Deployment {
         dir: dir.to_owned(),
         hsm_bin: hsm_bin.to_owned(),
@@ -822,39 +960,10 @@ async fn start_fleet(
             std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
             started.push(node);
         }
-        return Ok(started);
+        return Ok((started, None));
     }
-    let ndir = node_dir(dir, 0);
-    let mut rec = d.new_record(0)?;
-    let statement = print_statement(&rec)?;
-    let st = bkv_transparency::membership::verify_statement(&statement)
-        .map_err(|e| anyhow!("node 0's statement: {e}"))?;
-    let found = vec![
-        "--found".to_owned(),
-        "--operator-key".to_owned(),
-        hex::encode(operator.verifying_key().as_bytes()),
-        "--auditor-key".to_owned(),
-        auditor.verifier_key.clone(),
-        "--namespace".to_owned(),
-        DEV_NAMESPACE.to_owned(),
-    ];
-    let node = start_node_with(&rec, &ndir, &found)?;
-    rec.listen = node.listen;
-    rec.admin = node.admin;
-    std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
-    fleet_admin::log_founder(&d.operator, &node.fleet_id, 0, statement).await?;
-    update_members(dir, |m| {
-        *m = vec![bkv_hsm_node::Member {
-            id: 0,
-            addr: rec.peer_listen.clone(),
-            identity: hex::encode(st.identity_key),
-        }]
-    })?;
-    started.push(node);
-    for i in 1..n {
-        started.push(d.add(i).await?);
-    }
-    Ok(started)
+    let (started, evidence) = d.ceremony(n, auditor).await?;
+    Ok((started, Some(evidence)))
 }
 
 /// Starts node `i` of a `dev up` directory again (after it died or was killed).

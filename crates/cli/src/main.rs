@@ -183,6 +183,37 @@ enum ProtectorsCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Verify a fleet's deployment evidence: transcript, every node and
+    /// witness signature, the fleet keys, and (with --auditor) that the
+    /// evidence, every member's record and a bundle naming it are in the
+    /// auditor's log; with --rebuild, that a local reproducible build of
+    /// bkv-hsm has the measured hash. Exits non-zero naming the failed check.
+    Fleet {
+        /// The evidence file (`evidence.json`).
+        evidence: PathBuf,
+        /// Auditor base URL.
+        #[arg(long)]
+        auditor: Option<String>,
+        /// Operator's Ed25519 public key (hex); default: the key the auditor
+        /// reports for the namespace.
+        #[arg(long)]
+        operator_key: Option<String>,
+        /// Pin the auditor's Ed25519 public key (hex).
+        #[arg(long)]
+        auditor_key: Option<String>,
+        /// Require this witness's Ed25519 public key (hex) among the signers.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Rebuild bkv-hsm with the reproducible recipe and compare hashes
+        /// (run from the source checkout; takes minutes).
+        #[arg(long)]
+        rebuild: bool,
+        /// The rebuild script (default scripts/build-hsm-reproducible.sh).
+        #[arg(long, default_value = "scripts/build-hsm-reproducible.sh")]
+        rebuild_script: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Walk every epoch of a namespace: verify digests, auditor signatures,
     /// operator counter-signatures, inclusion and consistency proofs, and show
     /// how the fleet keys changed. Exits non-zero on any failure.
@@ -560,6 +591,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Audit { command } => match command {
+            AuditCommand::Fleet {
+                evidence,
+                auditor,
+                operator_key,
+                auditor_key,
+                witnesses,
+                rebuild,
+                rebuild_script,
+                json,
+            } => {
+                let vk = |name: &str, h: &str| -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+                    let b = bkv_wire::key_from_hex(h)
+                        .map_err(|e| UsageError(format!("{name}: {e}")))?;
+                    ed25519_dalek::VerifyingKey::from_bytes(&b)
+                        .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
+                };
+                let a = audit::fleet::FleetAudit {
+                    evidence,
+                    auditor: auditor.as_deref(),
+                    operator_key: operator_key
+                        .as_deref()
+                        .map(|k| vk("--operator-key", k))
+                        .transpose()?,
+                    auditor_key: auditor_key
+                        .as_deref()
+                        .map(|k| vk("--auditor-key", k))
+                        .transpose()?,
+                    witnesses: witnesses
+                        .iter()
+                        .map(|w| Ok(vk("--witness", w)?.to_bytes()))
+                        .collect::<anyhow::Result<_>>()?,
+                    rebuild: rebuild.then_some(rebuild_script.as_path()),
+                };
+                match (audit::fleet::audit_fleet(&a).await, *json) {
+                    (Ok(r), true) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": true, "report": r})
+                            )?
+                        );
+                        Ok(())
+                    }
+                    (Ok(r), false) => {
+                        audit::fleet::print_report(&r);
+                        Ok(())
+                    }
+                    (Err(e), true) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                            )?
+                        );
+                        Err(e)
+                    }
+                    (Err(e), false) => Err(e.context("fleet audit failed")),
+                }
+            }
             AuditCommand::Log {
                 auditor,
                 namespace,

@@ -15,7 +15,10 @@
 
 use crate::platform::{noise_builder, operation_rng, Platform, PlatformError, SharedPlatform};
 use crate::CoreError;
-use bkv_wire::admin::{PlatformStatement, SignedStatement, STATEMENT_VERSION};
+use bkv_wire::admin::{
+    FleetPublicKeys, FleetStatement, KeyOrigin, PlatformStatement, SignedFleetStatement,
+    SignedStatement, FLEET_STATEMENT_CONTEXT, FLEET_STATEMENT_VERSION, STATEMENT_VERSION,
+};
 use bkv_wire::OpaqueSuite;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -90,6 +93,8 @@ pub struct FleetSecrets {
     noise_public: [u8; 32],
     opaque_setup: Zeroizing<Vec<u8>>,
     trust: FleetTrust,
+    /// How this core came to hold them (kept with the sealed copy only).
+    origin: KeyOrigin,
 }
 
 #[derive(Serialize, Deserialize, Zeroize)]
@@ -99,6 +104,14 @@ struct SecretsV2 {
     noise_private: [u8; 32],
     opaque_setup: Vec<u8>,
     trust: FleetTrust,
+}
+
+/// The node's sealed copy: the secrets and how this core obtained them.
+#[derive(Serialize, Deserialize, Zeroize)]
+#[zeroize(drop)]
+struct LocalSecretsV1 {
+    secrets: Vec<u8>,
+    generated: bool,
 }
 
 impl std::fmt::Debug for FleetSecrets {
@@ -123,6 +136,20 @@ impl FleetSecrets {
             noise_private,
             opaque_setup: Zeroizing::new(setup.serialize().to_vec()),
             trust,
+            origin: KeyOrigin::Generated,
+        })
+    }
+
+    /// Whether this core generated the keys or received them.
+    pub fn origin(&self) -> KeyOrigin {
+        self.origin
+    }
+
+    /// The fleet's public keys, computed from the secrets.
+    pub fn public_keys(&self) -> Result<FleetPublicKeys, CoreError> {
+        Ok(FleetPublicKeys {
+            noise_static: self.noise_public,
+            opaque_server: self.opaque_setup()?.keypair().public().serialize().to_vec(),
         })
     }
 
@@ -157,7 +184,7 @@ impl FleetSecrets {
         Zeroizing::new(bkv_wire::encode(&v))
     }
 
-    fn decode(plain: &[u8]) -> Result<Self, CoreError> {
+    fn decode(plain: &[u8], origin: KeyOrigin) -> Result<Self, CoreError> {
         let v: SecretsV2 =
             bkv_wire::decode(plain, MAX_SECRETS).map_err(|_| CoreError::Secrets("malformed"))?;
         ServerSetup::<OpaqueSuite>::deserialize(&v.opaque_setup)
@@ -169,17 +196,30 @@ impl FleetSecrets {
             noise_public: x25519_public(&v.noise_private),
             opaque_setup: Zeroizing::new(v.opaque_setup.clone()),
             trust: v.trust.clone(),
+            origin,
         })
     }
 
     /// The secrets sealed by `platform` (for this node's disk).
     pub fn seal(&self, platform: &dyn Platform) -> Result<Vec<u8>, CoreError> {
-        Ok(platform.seal(SECRETS_SLOT, b"", &self.encode())?)
+        let local = LocalSecretsV1 {
+            secrets: self.encode().to_vec(),
+            generated: self.origin == KeyOrigin::Generated,
+        };
+        let plain = Zeroizing::new(bkv_wire::encode(&local));
+        Ok(platform.seal(SECRETS_SLOT, b"", &plain)?)
     }
 
     pub fn unseal(platform: &dyn Platform, sealed: &[u8]) -> Result<Self, CoreError> {
         let plain = platform.unseal(SECRETS_SLOT, b"", sealed)?;
-        Self::decode(&plain)
+        let local: LocalSecretsV1 = bkv_wire::decode(&plain, MAX_SECRETS + 64)
+            .map_err(|_| CoreError::Secrets("malformed"))?;
+        let origin = if local.generated {
+            KeyOrigin::Generated
+        } else {
+            KeyOrigin::Received
+        };
+        Self::decode(&local.secrets, origin)
     }
 
     /// The secrets encrypted to `recipient` (another core's identity key).
@@ -297,6 +337,38 @@ impl NodeIdentity {
         })
     }
 
+    /// This node's fleet statement, signed by the platform key: the fleet
+    /// and its public keys (computed from the secrets this core holds), the
+    /// identity and platform, the binary's hash, and the keys' origin.
+    pub fn fleet_statement(
+        &self,
+        platform: &dyn Platform,
+        secrets: &FleetSecrets,
+        node_id: u64,
+        binary_sha256: [u8; 32],
+    ) -> Result<SignedFleetStatement, CoreError> {
+        let s = FleetStatement {
+            version: FLEET_STATEMENT_VERSION,
+            namespace: secrets.trust.namespace.clone(),
+            fleet_id: secrets.fleet_id.clone(),
+            node_id,
+            fleet_keys: secrets.public_keys()?,
+            identity_key: self.public,
+            signing_key: platform.signing_public_key(),
+            platform: platform.describe(),
+            binary_sha256,
+            origin: secrets.origin,
+        };
+        let statement = bkv_wire::encode(&s);
+        let mut msg = FLEET_STATEMENT_CONTEXT.to_vec();
+        msg.extend_from_slice(&statement);
+        let signature = platform.sign(&msg)?.to_vec();
+        Ok(SignedFleetStatement {
+            statement,
+            signature,
+        })
+    }
+
     fn builder(&self, platform: &SharedPlatform) -> Result<snow::Builder<'_>, CoreError> {
         let params = PEER_PATTERN
             .parse()
@@ -352,7 +424,7 @@ impl NodeIdentity {
             )
             .map(Zeroizing::new)
             .map_err(|_| bad)?;
-        FleetSecrets::decode(&plain)
+        FleetSecrets::decode(&plain, KeyOrigin::Received)
     }
 }
 

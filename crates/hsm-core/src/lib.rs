@@ -224,6 +224,16 @@ impl Core {
         })
     }
 
+    /// This node's signed fleet statement (see [`NodeIdentity::fleet_statement`]).
+    pub fn fleet_statement(
+        &self,
+        node_id: u64,
+        identity: &NodeIdentity,
+        binary_sha256: [u8; 32],
+    ) -> Result<bkv_wire::admin::SignedFleetStatement, CoreError> {
+        identity.fleet_statement(&*self.platform, &self.secrets, node_id, binary_sha256)
+    }
+
     /// The fleet secrets encrypted to `identity`, which must be the
     /// identity key of an admitted member (verified operator command and
     /// auditor log proof, or the founder). The host only relays the result.

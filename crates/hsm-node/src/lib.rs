@@ -170,6 +170,8 @@ pub struct Node {
     rt: tokio::runtime::Runtime,
     info: NodeInfo,
     id: u64,
+    identity: Arc<bkv_hsm_core::NodeIdentity>,
+    binary_sha256: [u8; 32],
     pub peer_addr: SocketAddr,
     _lock: DirLock,
 }
@@ -306,6 +308,8 @@ impl Node {
             rt,
             info,
             id: cfg.node_id,
+            identity,
+            binary_sha256: binary_sha256()?,
             peer_addr,
             _lock: lock,
         })
@@ -419,6 +423,14 @@ impl Node {
                 .rt
                 .block_on(self.execute(signed))
                 .map(AdminResponse::Executed),
+            AdminRequest::FleetStatement => self
+                .core()
+                .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))
+                .and_then(|core| {
+                    core.fleet_statement(self.id, &self.identity, self.binary_sha256)
+                        .map_err(|e| AdminError::Refused(e.to_string()))
+                })
+                .map(AdminResponse::FleetStatement),
             _ => Err(AdminError::Malformed("unknown admin request".into())),
         };
         r.unwrap_or_else(AdminResponse::Error)

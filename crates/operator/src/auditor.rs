@@ -155,6 +155,29 @@ impl AuditorClient<'_> {
     }
 }
 
+impl AuditorClient<'_> {
+    /// Logs a fleet's deployment evidence (the file's exact bytes) and
+    /// checks the auditor's signature. Returns the log index.
+    pub async fn log_evidence(&self, namespace: &str, evidence: &[u8]) -> Result<u64> {
+        use bkv_transparency::evidence as ev;
+        let url = format!("{}/v1/logs/{namespace}/evidence", self.root());
+        let req = serde_json::json!({
+            "evidence": b64(evidence),
+            "operator_signature": b64(&self.operator.sign(&ev::append_message(evidence)).to_bytes()),
+        });
+        let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
+        let (_, akey) = self.key().await?;
+        if !bundle::verify_sig(
+            &akey,
+            &ev::auditor_message(namespace, &ev::digest(evidence)),
+            &a.auditor_signature,
+        ) {
+            return Err(OperatorError::AuditorSignature);
+        }
+        Ok(a.index)
+    }
+}
+
 fn b64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)

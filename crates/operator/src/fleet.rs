@@ -29,7 +29,7 @@ pub struct Operator {
 }
 
 impl Operator {
-    fn auditor(&self) -> AuditorClient<'_> {
+    pub fn auditor(&self) -> AuditorClient<'_> {
         AuditorClient {
             http: &self.http,
             url: &self.auditor_url,
@@ -152,16 +152,17 @@ fn record(fleet_id: &str, op: &Operator, change: MembershipChange) -> Membership
     }
 }
 
-/// Logs the founding node of a freshly formed fleet.
+/// Logs the founding node of a freshly formed fleet; returns the record
+/// and its log proof.
 pub async fn log_founder(
     op: &Operator,
     fleet_id: &str,
     node_id: u64,
     statement: SignedStatement,
-) -> Result<()> {
+) -> Result<(MembershipRecord, bkv_wire::admin::LogProof)> {
     let r = record(fleet_id, op, MembershipChange::Found { node_id, statement });
-    op.auditor().log_record(&r).await?;
-    Ok(())
+    let proof = op.auditor().log_record(&r).await?;
+    Ok((r, proof))
 }
 
 /// The signed `AddMember` for a node, after logging its membership record
@@ -199,6 +200,15 @@ pub async fn admit(
     let (_, view) = members(admins)?;
     let action = admission(op, &view, node_id, peer_addr, statement).await?;
     execute(op, admins, action)
+}
+
+/// A node's signed fleet statement (from its admin link).
+pub fn fleet_statement(addr: SocketAddr) -> Result<bkv_wire::admin::SignedFleetStatement> {
+    match admin_request(addr, &AdminRequest::FleetStatement)? {
+        AdminResponse::FleetStatement(s) => Ok(s),
+        AdminResponse::Error(e) => Err(OperatorError::Refused(e)),
+        other => Err(OperatorError::Fleet(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// Makes an admitted learner a voter.

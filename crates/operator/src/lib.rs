@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auditor;
+pub mod ceremony;
 pub mod fleet;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! that make a forked or rewritten log detectable.
 
 pub mod bundle;
+pub mod evidence;
 pub mod membership;
 pub mod merkle;
 pub mod note;

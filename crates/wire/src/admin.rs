@@ -20,6 +20,10 @@ pub const ADMIN_COMMAND_VERSION: u8 = 1;
 pub const STATEMENT_CONTEXT: &[u8] = b"bkv platform statement v1\0";
 /// Domain separation for the operator's signature over an admin command.
 pub const ADMIN_CONTEXT: &[u8] = b"bkv admin command v1\0";
+/// Version of [`FleetStatement`].
+pub const FLEET_STATEMENT_VERSION: u8 = 1;
+/// Domain separation for the platform key's signature over a fleet statement.
+pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv fleet statement v1\0";
 /// Longest token description or address carried in a statement or command.
 pub const MAX_TEXT: usize = 256;
 
@@ -74,6 +78,50 @@ pub struct PlatformStatement {
 /// `STATEMENT_CONTEXT || statement`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedStatement {
+    pub statement: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// The fleet's public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPublicKeys {
+    /// The Noise static public key clients pin.
+    pub noise_static: [u8; 32],
+    /// The OPAQUE server's public key (ristretto255, from the server setup).
+    pub opaque_server: Vec<u8>,
+}
+
+/// How a node's core came to hold the fleet keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyOrigin {
+    /// Generated inside this core, from the platform's randomness.
+    Generated,
+    /// Received from a member's core, encrypted to this node's identity key.
+    Received,
+}
+
+/// What a node's core says once it holds the fleet keys, signed with its
+/// platform signing key: the fleet it belongs to and the fleet's public keys
+/// (computed from the secrets it holds), its identity and platform, the
+/// running binary's hash, and whether it generated the keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatement {
+    pub version: u8,
+    pub namespace: String,
+    pub fleet_id: String,
+    pub node_id: u64,
+    pub fleet_keys: FleetPublicKeys,
+    pub identity_key: [u8; 32],
+    pub signing_key: [u8; 32],
+    pub platform: PlatformDescription,
+    pub binary_sha256: [u8; 32],
+    pub origin: KeyOrigin,
+}
+
+/// A fleet statement's canonical bytes and the platform key's signature over
+/// `FLEET_STATEMENT_CONTEXT || statement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedFleetStatement {
     pub statement: Vec<u8>,
     pub signature: Vec<u8>,
 }
@@ -141,6 +189,9 @@ pub enum AdminRequest {
     Members,
     /// Execute a signed command (the leader only; others name the leader).
     Execute(SignedAdminCommand),
+    /// This node's signed fleet statement (public; for the ceremony's
+    /// evidence).
+    FleetStatement,
 }
 
 /// One fleet member as the replicated state records it.
@@ -174,6 +225,7 @@ pub enum AdminResponse {
     Members(MembersView),
     /// The command committed and the Raft membership follows it.
     Executed(MembersView),
+    FleetStatement(SignedFleetStatement),
     Error(AdminError),
 }
 

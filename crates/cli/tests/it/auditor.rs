@@ -196,7 +196,7 @@ fn append_rules_are_enforced() {
         http(&a.url, "GET", "/v1/logs/ns/proof/consistency?from=x", "").0,
         400
     );
-    let big = "x".repeat(100_000);
+    let big = "x".repeat(400_000);
     assert_eq!(http(&a.url, "POST", "/v1/logs/ns/entries", &big).0, 413);
     // Counter-signature by another key is refused; the right one accepted once.
     let e: serde_json::Value =

@@ -28,6 +28,9 @@ pub struct DevUp {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub frontend_url: String,
+    pub auditor_url: String,
+    /// The fleet's deployment evidence (`evidence.json`).
+    pub evidence: PathBuf,
     pub stderr_log: PathBuf,
 }
 
@@ -37,27 +40,38 @@ impl DevUp {
     }
 
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
-        Self::start_full(dir, env, 1, "software")
+        Self::start_full(dir, env, 1, "software", &hsm_bin())
     }
 
     /// `bkv dev up --nodes n`.
     pub fn start_nodes(dir: &Path, n: usize) -> DevUp {
-        Self::start_full(dir, &[], n, "software")
+        Self::start_full(dir, &[], n, "software", &hsm_bin())
     }
 
     /// `bkv dev up --nodes n --platform p` (`software` or `softhsm`).
     pub fn start_on(dir: &Path, n: usize, platform: &str) -> DevUp {
-        Self::start_full(dir, &[], n, platform)
+        Self::start_full(dir, &[], n, platform, &hsm_bin())
     }
 
-    fn start_full(dir: &Path, env: &[(&str, &str)], nodes: usize, platform: &str) -> DevUp {
+    /// The same with another `bkv-hsm` binary.
+    pub fn start_with_hsm(dir: &Path, n: usize, platform: &str, hsm: &Path) -> DevUp {
+        Self::start_full(dir, &[], n, platform, hsm)
+    }
+
+    fn start_full(
+        dir: &Path,
+        env: &[(&str, &str)],
+        nodes: usize,
+        platform: &str,
+        hsm: &Path,
+    ) -> DevUp {
         std::fs::create_dir_all(dir).unwrap();
         let stderr_log = dir.join("dev-up.stderr");
         let mut cmd = Command::new(bkv_bin());
         cmd.args(["dev", "up", "--dir"])
             .arg(dir)
             .arg("--hsm-bin")
-            .arg(hsm_bin())
+            .arg(hsm)
             .arg("--nodes")
             .arg(nodes.to_string())
             .arg("--platform")
@@ -100,6 +114,8 @@ impl DevUp {
             dir: dir.to_owned(),
             config: PathBuf::from(field("config")),
             frontend_url: field("frontend"),
+            auditor_url: field("auditor"),
+            evidence: PathBuf::from(field("evidence")),
             stderr_log,
         }
     }

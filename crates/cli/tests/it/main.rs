@@ -7,6 +7,7 @@ mod common;
 mod auditor;
 mod e2e;
 mod endpoints;
+mod evidence;
 mod fleet;
 mod protectors;
 mod trust;

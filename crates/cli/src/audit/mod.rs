@@ -1,5 +1,10 @@
 //! `bkv audit log`: an independent walk over a namespace's whole auditor log
-//! (bundles and membership records), verifying every signature and proof.
+//! (bundles, membership records, deployment evidence), verifying every
+//! signature and proof and linking each key and membership change to the
+//! evidence of the ceremony that made it. `bkv audit fleet` ([`fleet`])
+//! checks one fleet's evidence.
+
+pub mod fleet;
 
 use anyhow::{anyhow, bail, Context};
 use bkv_transparency::bundle::{self, Bundle};
@@ -22,6 +27,8 @@ pub struct Entry {
     bundle: Option<Vec<u8>>,
     #[serde(default, with = "bkv_transparency::b64::opt")]
     record: Option<Vec<u8>>,
+    #[serde(default, with = "bkv_transparency::b64::opt")]
+    evidence: Option<Vec<u8>>,
     #[serde(with = "bkv_transparency::b64")]
     auditor_signature: Vec<u8>,
     #[serde(default, with = "bkv_transparency::b64::opt")]
@@ -68,6 +75,28 @@ pub struct EpochRow {
     pub not_after: u64,
     pub evidence_digest: String,
     pub change: String,
+    /// Log index of the evidence the bundle names, if it is in the log.
+    pub evidence: Option<u64>,
+}
+
+/// Logged evidence as the walk needs it: its log index, the fleet's Noise
+/// key, and the membership records its ceremony covers.
+struct LoggedEvidence {
+    index: u64,
+    noise_key: [u8; 32],
+    records: Vec<Vec<u8>>,
+}
+
+/// A fleet's deployment evidence, as logged.
+#[derive(Debug, Serialize)]
+pub struct EvidenceRow {
+    pub index: u64,
+    pub fleet_id: String,
+    pub digest: String,
+    pub nodes: usize,
+    pub witnesses: Vec<String>,
+    pub binary_sha256: String,
+    pub source_commit: String,
 }
 
 /// One fleet membership change, with the node's platform statement.
@@ -84,6 +113,8 @@ pub struct MemberRow {
     pub token: Option<String>,
     pub signing_key: Option<String>,
     pub binary_sha256: Option<String>,
+    /// Log index of the evidence of the ceremony this change was part of.
+    pub evidence: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +126,7 @@ pub struct LogReport {
     pub root: String,
     pub epochs: Vec<EpochRow>,
     pub members: Vec<MemberRow>,
+    pub evidence: Vec<EvidenceRow>,
     pub warnings: Vec<String>,
 }
 
@@ -207,6 +239,10 @@ pub fn verify_snapshot(
     let mut leaves: Vec<Hash> = Vec::new();
     let mut rows: Vec<EpochRow> = Vec::new();
     let mut members: Vec<MemberRow> = Vec::new();
+    let mut evidence: Vec<EvidenceRow> = Vec::new();
+    // Evidence digest → (log index, fleet keys, logged records it covers).
+    let mut evidence_by_digest: std::collections::HashMap<[u8; 32], LoggedEvidence> =
+        std::collections::HashMap::new();
     let mut warnings = Vec::new();
     let mut digests = std::collections::HashSet::new();
     let mut prev: Option<Bundle> = None;
@@ -214,9 +250,21 @@ pub fn verify_snapshot(
         if e.index != i {
             bail!("entry {i}: auditor returned index {}", e.index);
         }
-        let bundle_bytes = match (&e.bundle, &e.record) {
-            (Some(b), None) => b,
-            (None, Some(r)) => {
+        let bundle_bytes = match (&e.bundle, &e.record, &e.evidence) {
+            (Some(b), None, None) => b,
+            (None, None, Some(file)) => {
+                let d = bkv_transparency::evidence::digest(file);
+                let (leaf, row, logged) =
+                    verify_evidence_entry(i, e, file, namespace, &akey, operator_key)?;
+                if !digests.insert(d) {
+                    bail!("entry {i}: digest logged twice");
+                }
+                evidence_by_digest.insert(d, logged);
+                evidence.push(row);
+                check_in_log(snap, &cp, &mut leaves, i, leaf)?;
+                continue;
+            }
+            (None, Some(r), None) => {
                 let (leaf, row) = verify_member_entry(i, e, r, namespace, &akey, operator_key)?;
                 if !digests.insert(bkv_transparency::membership::record_digest(r)) {
                     bail!("entry {i}: digest logged twice");
@@ -225,7 +273,7 @@ pub fn verify_snapshot(
                 check_in_log(snap, &cp, &mut leaves, i, leaf)?;
                 continue;
             }
-            _ => bail!("entry {i}: neither a bundle nor a membership record"),
+            _ => bail!("entry {i}: not exactly one of a bundle, a membership record, evidence"),
         };
         let b = Bundle::decode(bundle_bytes).map_err(|err| anyhow!("entry {i}: {err}"))?;
         let d = bundle::digest(bundle_bytes);
@@ -305,12 +353,20 @@ pub fn verify_snapshot(
             not_after: b.not_after,
             evidence_digest: hex::encode(b.evidence_digest),
             change,
+            evidence: None,
         });
         prev = Some(b);
     }
     if merkle::root(&leaves) != cp.root {
         bail!("the entries do not hash to the checkpoint's root");
     }
+    link_evidence(
+        snap,
+        &mut rows,
+        &mut members,
+        &evidence_by_digest,
+        &mut warnings,
+    )?;
     Ok(LogReport {
         auditor: hex::encode(akey.as_bytes()),
         namespace: namespace.to_owned(),
@@ -319,8 +375,111 @@ pub fn verify_snapshot(
         root: hex::encode(cp.root),
         epochs: rows,
         members,
+        evidence,
         warnings,
     })
+}
+
+/// Links each bundle to the evidence it names (which must be logged before
+/// it and name the same fleet key) and each membership change to the
+/// ceremony evidence that records it; flags every one without.
+fn link_evidence(
+    snap: &Snapshot,
+    rows: &mut [EpochRow],
+    members: &mut [MemberRow],
+    evidence: &std::collections::HashMap<[u8; 32], LoggedEvidence>,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    for r in rows.iter_mut() {
+        if r.evidence_digest == hex::encode([0u8; 32]) {
+            continue;
+        }
+        let d: [u8; 32] = hex::decode(&r.evidence_digest)?
+            .try_into()
+            .map_err(|_| anyhow!("digest length"))?;
+        match evidence.get(&d) {
+            Some(l) if l.index < r.index && hex::encode(l.noise_key) == r.noise_key => {
+                r.evidence = Some(l.index)
+            }
+            Some(l) if l.index > r.index => warnings.push(format!(
+                "epoch {}: its evidence was logged after the bundle (index {})",
+                r.epoch, l.index
+            )),
+            Some(_) => warnings.push(format!(
+                "epoch {}: its evidence names other fleet keys than the bundle",
+                r.epoch
+            )),
+            None => warnings.push(format!(
+                "epoch {}: names evidence {} that is not in the log",
+                r.epoch, r.evidence_digest
+            )),
+        }
+    }
+    for m in members.iter_mut() {
+        let record = snap
+            .entries
+            .get(m.index as usize)
+            .and_then(|e| e.record.as_ref());
+        m.evidence = evidence
+            .values()
+            .find(|l| record.is_some_and(|r| l.records.contains(r)))
+            .map(|l| l.index);
+        if m.evidence.is_none() && m.change != "remove" {
+            warnings.push(format!(
+                "entry {}: node {} joined fleet {} without ceremony evidence (admitted after formation; its statement is listed above)",
+                m.index, m.node_id, m.fleet_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies an evidence entry: the auditor's and operator's signatures and
+/// the evidence itself (offline checks). Returns its leaf, its row, and
+/// what linking needs.
+fn verify_evidence_entry(
+    i: u64,
+    e: &Entry,
+    file: &[u8],
+    namespace: &str,
+    akey: &VerifyingKey,
+    operator_key: &VerifyingKey,
+) -> anyhow::Result<(Hash, EvidenceRow, LoggedEvidence)> {
+    use bkv_transparency::evidence as ev;
+    let d = ev::digest(file);
+    if !bundle::verify_sig(
+        akey,
+        &ev::auditor_message(namespace, &d),
+        &e.auditor_signature,
+    ) {
+        bail!("entry {i} (evidence): auditor signature invalid");
+    }
+    match &e.operator_signature {
+        Some(s) if bundle::verify_sig(operator_key, &ev::append_message(file), s) => {}
+        _ => bail!("entry {i} (evidence): not signed by the given operator key"),
+    }
+    let parsed = ev::parse(file).map_err(|err| anyhow!("entry {i} (evidence): {err}"))?;
+    if parsed.namespace != namespace {
+        bail!("entry {i}: evidence for namespace {:?}", parsed.namespace);
+    }
+    let v = ev::verify(&parsed, &[]).map_err(|err| anyhow!("entry {i} (evidence): {err}"))?;
+    Ok((
+        merkle::leaf_hash(&ev::leaf_data(&d)),
+        EvidenceRow {
+            index: i,
+            fleet_id: parsed.fleet_id.clone(),
+            digest: hex::encode(d),
+            nodes: v.nodes.len(),
+            witnesses: v.witnesses.iter().map(|(n, _)| n.clone()).collect(),
+            binary_sha256: parsed.measurement.binary_sha256.clone(),
+            source_commit: parsed.measurement.source_commit.clone(),
+        },
+        LoggedEvidence {
+            index: i,
+            noise_key: v.fleet_keys.noise_static,
+            records: v.nodes.into_iter().map(|n| n.record).collect(),
+        },
+    ))
 }
 
 /// Adds entry `i`'s leaf and checks its inclusion in the checkpoint and
@@ -404,6 +563,7 @@ fn verify_member_entry(
             token: st.as_ref().map(|s| s.platform.token.clone()),
             signing_key: st.as_ref().map(|s| hex::encode(s.signing_key)),
             binary_sha256: st.as_ref().map(|s| hex::encode(s.binary_sha256)),
+            evidence: None,
         },
     ))
 }
@@ -414,31 +574,53 @@ pub fn print_table(r: &LogReport) {
         r.auditor, r.origin, r.size, r.root
     );
     println!(
-        "{:>5} {:>6}  {:<24} {:<18} {:>5}  {:<23} change",
-        "index", "epoch", "fleet", "noise key", "nodes", "valid (unix)"
+        "{:>5} {:>6}  {:<24} {:<18} {:>5}  {:<23} {:<8} change",
+        "index", "epoch", "fleet", "noise key", "nodes", "valid (unix)", "evidence"
     );
     for e in &r.epochs {
         println!(
-            "{:>5} {:>6}  {:<24} {:<18} {:>5}  {:<23} {}",
+            "{:>5} {:>6}  {:<24} {:<18} {:>5}  {:<23} {:<8} {}",
             e.index,
             e.epoch,
             e.fleet_id,
             format!("{}…", e.noise_key.get(..16).unwrap_or(&e.noise_key)),
             e.node_keys,
             format!("{}..{}", e.not_before, e.not_after),
+            e.evidence
+                .map(|i| format!("#{i}"))
+                .unwrap_or_else(|| "none".into()),
             e.change
+        );
+    }
+    for e in &r.evidence {
+        println!(
+            "evidence at index {}: fleet {}  digest {}…  {} nodes  bkv-hsm {}…  commit {}  witnesses {}",
+            e.index,
+            e.fleet_id,
+            e.digest.get(..16).unwrap_or(&e.digest),
+            e.nodes,
+            e.binary_sha256.get(..16).unwrap_or(&e.binary_sha256),
+            e.source_commit.get(..12).unwrap_or(&e.source_commit),
+            e.witnesses.join(", ")
         );
     }
     if !r.members.is_empty() {
         println!("membership changes (each node's signed platform statement):");
         println!(
-            "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} token",
-            "index", "fleet", "change", "node", "identity key", "platform", "bkv-hsm sha256"
+            "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} {:<8} token",
+            "index",
+            "fleet",
+            "change",
+            "node",
+            "identity key",
+            "platform",
+            "bkv-hsm sha256",
+            "evidence"
         );
         for m in &r.members {
             let short = |s: &str| format!("{}…", s.get(..16).unwrap_or(s));
             println!(
-                "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} {}",
+                "{:>5}  {:<24} {:<6} {:>4}  {:<18} {:<8} {:<18} {:<8} {}",
                 m.index,
                 m.fleet_id,
                 m.change,
@@ -449,6 +631,9 @@ pub fn print_table(r: &LogReport) {
                     .as_deref()
                     .map(short)
                     .unwrap_or_else(|| "-".into()),
+                m.evidence
+                    .map(|i| format!("#{i}"))
+                    .unwrap_or_else(|| "none".into()),
                 m.token.as_deref().unwrap_or("-"),
             );
         }
@@ -456,7 +641,7 @@ pub fn print_table(r: &LogReport) {
     for w in &r.warnings {
         println!("warning: {w}");
     }
-    println!("verified: every digest, auditor signature, operator signature, platform statement, inclusion proof and consistency proof");
+    println!("verified: every digest, auditor signature, operator signature, platform statement, evidence transcript and witness signature, inclusion proof and consistency proof");
 }
 
 #[cfg(test)]
@@ -496,6 +681,7 @@ mod tests {
                 index: i as u64,
                 bundle: Some(bytes),
                 record: None,
+                evidence: None,
                 auditor_signature: asig.to_vec(),
                 operator_signature: Some(bundle::sign_operator(o, &asig).to_vec()),
             });
