@@ -175,6 +175,7 @@ pub async fn run() -> anyhow::Result<()> {
         not_before: now - 60,
         not_after: now + 86_400,
         evidence_digest: [0; 32],
+        previous: Vec::new(),
     };
     bkv_operator::auditor::AuditorClient {
         http: &reqwest::Client::new(),
@@ -190,7 +191,10 @@ pub async fn run() -> anyhow::Result<()> {
     let frontend = tokio::spawn(bkv_frontend::serve(
         listener,
         bkv_frontend::FrontendConfig {
-            nodes: vec![server.addr],
+            routes: bkv_frontend::Routes::new(&[bkv_frontend::FleetRoute {
+                fleet_id: node.info().fleet_id.clone(),
+                nodes: vec![server.addr],
+            }]),
             token_key: token_key.verifying_key(),
             audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
             dev_token_key: None,
@@ -222,13 +226,17 @@ pub async fn run() -> anyhow::Result<()> {
         operator_key: operator.verifying_key(),
     };
     let http = reqwest::Client::new();
-    let (_, ota_key) = bkv_client::ota::fleet_key(
+    let fleet = bkv_client::ota::fleets(
         &http,
         &frontend_url,
         &anchors,
         &root.join("client-state.json"),
     )
-    .await?;
+    .await?
+    .into_iter()
+    .next()
+    .ok_or_else(|| anyhow::anyhow!("the verified bundle names no fleet"))?;
+    let ota_key = fleet.key;
     if ota_key != fleet_key {
         bail!("the verified bundle names another fleet key");
     }
@@ -253,7 +261,8 @@ pub async fn run() -> anyhow::Result<()> {
             http: reqwest::Client::new(),
             frontend_url: frontend_url.clone(),
             token: SecretString::from(token),
-            fleet_key: ota_key,
+            fleet,
+            previous: Vec::new(),
         },
         storage_dir: root.join("storage"),
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,

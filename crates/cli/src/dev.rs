@@ -59,6 +59,51 @@ pub struct NodeRecord {
     /// Members file to ask for the fleet secrets (joining nodes).
     #[serde(default)]
     pub join: Option<PathBuf>,
+    /// Which of the deployment's fleets: 1, 2, … in the order formed.
+    #[serde(default = "first_fleet")]
+    pub fleet: usize,
+    /// The fleet's id, once the node reported it.
+    #[serde(default)]
+    pub fleet_id: Option<String>,
+}
+
+fn first_fleet() -> usize {
+    1
+}
+
+/// A fleet of the deployment (`DIR/fleets.json`), for the bundles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetEntry {
+    pub index: usize,
+    pub fleet_id: String,
+    /// Noise static public key (hex).
+    pub noise_key: String,
+    /// SHA-256 of its evidence (hex).
+    pub evidence_digest: String,
+    #[serde(default)]
+    pub retired: bool,
+}
+
+fn load_fleets(dir: &Path) -> anyhow::Result<Vec<FleetEntry>> {
+    match std::fs::read(dir.join("fleets.json")) {
+        Ok(b) => Ok(serde_json::from_slice(&b).context("fleets.json")?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn save_fleets(dir: &Path, fleets: &[FleetEntry]) -> anyhow::Result<()> {
+    std::fs::write(dir.join("fleets.json"), serde_json::to_vec_pretty(fleets)?)?;
+    Ok(())
+}
+
+/// The members file new nodes of fleet `k` ask for the fleet secrets.
+fn members_file(dir: &Path, fleet: usize) -> PathBuf {
+    if fleet == 1 {
+        dir.join("fleet.json")
+    } else {
+        dir.join(format!("fleet-{fleet}.json"))
+    }
 }
 
 impl NodeRecord {
@@ -337,21 +382,39 @@ pub struct UpArgs {
 /// The namespace `dev up` publishes bundles in.
 pub const DEV_NAMESPACE: &str = "dev";
 
-/// Publishes a bundle for the node's current key unless the log's latest
-/// bundle already carries it and is valid for at least another day.
-async fn ensure_bundle(
+/// Publishes a bundle for the deployment's fleets — the newest active one
+/// preferred, the older active ones still serving — unless the log's latest
+/// bundle already says exactly that and is valid for at least another day.
+async fn publish_fleets(
     auditor_url: &str,
     operator: &SigningKey,
-    fleet_id: &str,
-    noise_key: [u8; 32],
-    evidence_digest: [u8; 32],
+    fleets: &[FleetEntry],
 ) -> anyhow::Result<()> {
-    use bkv_transparency::bundle::{Bundle, FleetKey, KeyRole};
+    use bkv_transparency::bundle::{Bundle, BundleFleet, FleetKey, KeyRole};
     let http = reqwest::Client::new();
     let base = format!("{auditor_url}/v1/logs/{DEV_NAMESPACE}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
+    let mut active: Vec<&FleetEntry> = fleets.iter().filter(|f| !f.retired).collect();
+    active.sort_by_key(|f| std::cmp::Reverse(f.index));
+    let entry = |f: &FleetEntry| -> anyhow::Result<BundleFleet> {
+        Ok(BundleFleet {
+            fleet_id: f.fleet_id.clone(),
+            keys: vec![FleetKey {
+                role: KeyRole::NoiseStatic,
+                key: bkv_wire::key_from_hex(&f.noise_key).map_err(|e| anyhow!(e))?,
+            }],
+            evidence_digest: bkv_wire::key_from_hex(&f.evidence_digest).map_err(|e| anyhow!(e))?,
+        })
+    };
+    let mut wanted = active
+        .iter()
+        .map(|f| entry(f))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter();
+    let preferred = wanted.next().ok_or_else(|| anyhow!("no active fleet"))?;
+    let previous: Vec<BundleFleet> = wanted.collect();
     let mut epoch = 1;
     let latest = http.get(format!("{base}/bundles/latest")).send().await?;
     if latest.status() != reqwest::StatusCode::NOT_FOUND {
@@ -363,11 +426,8 @@ async fn ensure_bundle(
         };
         let last = Bundle::decode(&bytes).map_err(|e| anyhow!("latest bundle: {e}"))?;
         let countersigned = e["operator_signature"].is_string();
-        if last.noise_key() == Some(noise_key)
-            && last.evidence_digest == evidence_digest
-            && last.not_after > now + 86_400
-            && countersigned
-        {
+        let same = last.fleets().first() == Some(&preferred) && last.previous == previous;
+        if same && last.not_after > now + 86_400 && countersigned {
             return Ok(());
         }
         epoch = last.epoch + 1;
@@ -376,14 +436,12 @@ async fn ensure_bundle(
         version: bkv_transparency::bundle::BUNDLE_VERSION,
         namespace: DEV_NAMESPACE.into(),
         epoch,
-        fleet_id: fleet_id.into(),
-        keys: vec![FleetKey {
-            role: KeyRole::NoiseStatic,
-            key: noise_key,
-        }],
+        fleet_id: preferred.fleet_id,
+        keys: preferred.keys,
         not_before: now.saturating_sub(300),
         not_after: now + 30 * 86_400,
-        evidence_digest,
+        evidence_digest: preferred.evidence_digest,
+        previous,
     };
     bkv_operator::auditor::AuditorClient {
         http: &http,
@@ -393,6 +451,23 @@ async fn ensure_bundle(
     .publish(&b)
     .await?;
     Ok(())
+}
+
+/// Every fleet's relay addresses, from the node records (the frontend's
+/// routes; a fleet formed or a node added later is learned while serving).
+fn fleet_routes(dir: &Path) -> Vec<bkv_frontend::FleetRoute> {
+    let mut out: Vec<bkv_frontend::FleetRoute> = Vec::new();
+    for (_, r) in node_records(dir) {
+        let Some(id) = r.fleet_id else { continue };
+        match out.iter_mut().find(|f| f.fleet_id == id) {
+            Some(f) => f.nodes.push(r.listen),
+            None => out.push(bkv_frontend::FleetRoute {
+                fleet_id: id,
+                nodes: vec![r.listen],
+            }),
+        }
+    }
+    out
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -448,24 +523,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let node = &started[0];
-    let node_key =
-        bkv_wire::key_from_hex(&node.noise_public_key).map_err(|e| anyhow!("node key: {e}"))?;
-    // The bundle names the fleet's evidence (this run's ceremony, or the
-    // one on file from the run that formed it).
     let evidence_path = dir.join("evidence").join(format!("{}.json", node.fleet_id));
-    let evidence_digest = evidence
-        .or_else(|| std::fs::read(&evidence_path).ok())
-        .map(|e| bkv_transparency::evidence::digest(&e))
-        .unwrap_or([0; 32]);
-    if let Err(e) = ensure_bundle(
-        &auditor.url,
-        &operator,
-        &node.fleet_id,
-        node_key,
-        evidence_digest,
-    )
-    .await
-    {
+    if let Some(evidence) = evidence {
+        save_fleets(
+            &dir,
+            &[FleetEntry {
+                index: 1,
+                fleet_id: node.fleet_id.clone(),
+                noise_key: node.noise_public_key.clone(),
+                evidence_digest: hex::encode(bkv_transparency::evidence::digest(&evidence)),
+                retired: false,
+            }],
+        )?;
+    }
+    let fleets = load_fleets(&dir)?;
+    if let Err(e) = publish_fleets(&auditor.url, &operator, &fleets).await {
         stop_deployment(&dir);
         return Err(e.context("publish the fleet's validation bundle"));
     }
@@ -478,8 +550,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .await
             .context("bind frontend")?;
     let frontend_addr = listener.local_addr()?;
+    let routes = bkv_frontend::Routes::new(&fleet_routes(&dir));
     let config = bkv_frontend::FrontendConfig {
-        nodes: started.iter().map(|n| n.listen).collect(),
+        routes: routes.clone(),
         token_key: dev_key.verifying_key(),
         audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
         dev_token_key: Some(dev_key),
@@ -544,10 +617,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     eprintln!("bkv dev: serving; stop with Ctrl-C (SIGINT) or SIGTERM");
 
-    tokio::spawn(async {
+    let routes_dir = dir.clone();
+    tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             reap_children();
+            // Fleets formed and nodes added by `bkv fleet ceremony|add-node`.
+            routes.learn(&fleet_routes(&routes_dir));
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -659,11 +735,13 @@ struct Deployment {
     platform: DevPlatform,
     port_base: Option<u16>,
     operator: Operator,
+    /// Which fleet of the deployment this administers.
+    fleet: usize,
 }
 
 impl Deployment {
-    /// Reads an existing `dev up` directory.
-    fn load(dir: &Path) -> anyhow::Result<Self> {
+    /// Reads an existing `dev up` directory, to administer fleet `fleet`.
+    fn load(dir: &Path, fleet: usize) -> anyhow::Result<Self> {
         let records = node_records(dir);
         let (_, first) = records
             .first()
@@ -685,11 +763,38 @@ impl Deployment {
                 namespace: DEV_NAMESPACE.into(),
                 http: reqwest::Client::new(),
             },
+            fleet,
         })
     }
 
-    /// A new node's record: its directories, platform and addresses.
-    fn new_record(&self, i: usize) -> anyhow::Result<NodeRecord> {
+    /// The next unused node directory index.
+    fn free_dir_index(&self, skip: usize) -> usize {
+        (0..)
+            .filter(|i| {
+                let n = node_dir(&self.dir, *i);
+                !n.join("node.json").exists() && !n.join("removed.json").exists()
+            })
+            .nth(skip)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The next unused node id in this fleet (removed ones stay used).
+    fn free_node_id(&self) -> u64 {
+        (0..9)
+            .flat_map(|i| {
+                let n = node_dir(&self.dir, i);
+                ["node.json", "removed.json"].map(|f| n.join(f))
+            })
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice::<NodeRecord>(&b).ok())
+            .filter(|r| r.fleet == self.fleet)
+            .map(|r| r.node_id + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A new node's record: its directory `i`, id, platform and addresses.
+    fn new_record(&self, i: usize, node_id: u64) -> anyhow::Result<NodeRecord> {
         let ndir = node_dir(&self.dir, i);
         let data_dir = ndir.join("data");
         std::fs::create_dir_all(&data_dir)?;
@@ -709,56 +814,68 @@ impl Deployment {
             })
         };
         Ok(NodeRecord {
-            node_id: i as u64,
+            node_id,
             listen: format!("127.0.0.1:{}", port(0)?).parse()?,
             peer_listen: format!("127.0.0.1:{}", port(1)?),
             admin: format!("127.0.0.1:{}", port(2)?).parse()?,
             data_dir,
             platform,
             hsm_bin: self.hsm_bin.clone(),
-            join: (i > 0).then(|| self.dir.join("fleet.json")),
+            join: (node_id > 0).then(|| members_file(&self.dir, self.fleet)),
+            fleet: self.fleet,
+            fleet_id: None,
         })
     }
 
-    /// Node id → admin address of every recorded node.
+    /// Node id → admin address of every recorded node of this fleet.
     fn admins(&self) -> BTreeMap<u64, SocketAddr> {
         node_records(&self.dir)
             .into_iter()
+            .filter(|(_, r)| r.fleet == self.fleet)
             .map(|(_, r)| (r.node_id, r.admin))
             .collect()
+    }
+
+    /// The directory index of this fleet's node `node_id`.
+    fn dir_of(&self, node_id: u64) -> Option<usize> {
+        node_records(&self.dir)
+            .into_iter()
+            .find(|(_, r)| r.fleet == self.fleet && r.node_id == node_id)
+            .map(|(i, _)| i)
     }
 
     /// Adds node `i` after formation: its statement, a logged and signed
     /// admission, its start, catch-up and promotion. (No ceremony evidence:
     /// `bkv audit log` flags such later admissions.)
     async fn add(&self, i: usize) -> anyhow::Result<StartedNode> {
-        let rec = self.new_record(i)?;
+        let rec = self.new_record(i, self.free_node_id())?;
         let statement = print_statement(&rec)?;
         fleet_admin::admit(
             &self.operator,
             &self.admins(),
-            i as u64,
+            rec.node_id,
             &rec.peer_listen,
             statement.clone(),
         )
         .await?;
-        self.join(rec, &statement).await
+        self.join(i, rec, &statement).await
     }
 
     /// Starts an admitted node (it fetches the fleet secrets encrypted to
     /// its identity key), waits until it caught up, and promotes it.
     async fn join(
         &self,
+        i: usize,
         mut rec: NodeRecord,
         statement: &bkv_wire::admin::SignedStatement,
     ) -> anyhow::Result<StartedNode> {
-        let i = rec.node_id as usize;
+        let id = rec.node_id;
         let st = bkv_transparency::membership::verify_statement(statement)
-            .map_err(|e| anyhow!("node {i}'s statement: {e}"))?;
-        update_members(&self.dir, |m| {
-            m.retain(|m| m.id != i as u64);
+            .map_err(|e| anyhow!("node {id}'s statement: {e}"))?;
+        update_members(&self.dir, self.fleet, |m| {
+            m.retain(|m| m.id != id);
             m.push(bkv_hsm_node::Member {
-                id: i as u64,
+                id,
                 addr: rec.peer_listen.clone(),
                 identity: hex::encode(st.identity_key),
             });
@@ -767,6 +884,7 @@ impl Deployment {
         let node = start_node(&rec, &ndir)?;
         rec.listen = node.listen;
         rec.admin = node.admin;
+        rec.fleet_id = Some(node.fleet_id.clone());
         std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
         // Promote once it has the leader's log.
         let admins = self.admins();
@@ -778,7 +896,7 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        fleet_admin::promote(&self.operator, &admins, i as u64)?;
+        fleet_admin::promote(&self.operator, &admins, id)?;
         Ok(node)
     }
 
@@ -791,32 +909,33 @@ impl Deployment {
     /// and logged with the auditor. Returns the nodes and the evidence.
     async fn ceremony(
         &self,
-        n: usize,
-        auditor: &StartedAuditor,
+        dirs: &[usize],
+        auditor_verifier_key: &str,
     ) -> anyhow::Result<(Vec<StartedNode>, Vec<u8>)> {
         let mut records = Vec::new();
         let mut statements = Vec::new();
-        for i in 0..n {
-            let rec = self.new_record(i)?;
-            statements.push((i as u64, print_statement(&rec)?));
-            records.push(rec);
+        for (id, i) in dirs.iter().enumerate() {
+            let rec = self.new_record(*i, id as u64)?;
+            statements.push((id as u64, print_statement(&rec)?));
+            records.push((*i, rec));
         }
         let mut c = bkv_operator::ceremony::Ceremony::begin(&self.operator, &statements)?;
         let mut records = records.into_iter();
-        let mut rec = records.next().ok_or_else(|| anyhow!("no node"))?;
+        let (dir0, mut rec) = records.next().ok_or_else(|| anyhow!("no node"))?;
         let found = vec![
             "--found".to_owned(),
             "--operator-key".to_owned(),
             hex::encode(self.operator.key.verifying_key().as_bytes()),
             "--auditor-key".to_owned(),
-            auditor.verifier_key.clone(),
+            auditor_verifier_key.to_owned(),
             "--namespace".to_owned(),
             self.operator.namespace.clone(),
         ];
-        let ndir = node_dir(&self.dir, 0);
+        let ndir = node_dir(&self.dir, dir0);
         let node = start_node_with(&rec, &ndir, &found)?;
         rec.listen = node.listen;
         rec.admin = node.admin;
+        rec.fleet_id = Some(node.fleet_id.clone());
         std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
         let (_, statement0) = statements
             .first()
@@ -824,7 +943,7 @@ impl Deployment {
             .ok_or_else(|| anyhow!("no node"))?;
         let st0 = bkv_transparency::membership::verify_statement(&statement0)
             .map_err(|e| anyhow!("node 0's statement: {e}"))?;
-        update_members(&self.dir, |m| {
+        update_members(&self.dir, self.fleet, |m| {
             *m = vec![bkv_hsm_node::Member {
                 id: 0,
                 addr: rec.peer_listen.clone(),
@@ -834,10 +953,10 @@ impl Deployment {
         c.formed(0, statement0, fleet_admin::fleet_statement(node.admin)?)
             .await?;
         let mut started = vec![node];
-        for (rec, (id, statement)) in records.zip(statements.iter().skip(1)) {
+        for ((i, rec), (id, statement)) in records.zip(statements.iter().skip(1)) {
             c.admit(&self.admins(), *id, &rec.peer_listen, statement.clone())
                 .await?;
-            let node = self.join(rec, statement).await?;
+            let node = self.join(i, rec, statement).await?;
             c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;
             started.push(node);
         }
@@ -901,12 +1020,13 @@ fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&arr))
 }
 
-/// Rewrites `DIR/fleet.json`, the members new nodes ask for the secrets.
+/// Rewrites fleet `fleet`'s members file (whom new nodes ask for the secrets).
 fn update_members(
     dir: &Path,
+    fleet: usize,
     f: impl FnOnce(&mut Vec<bkv_hsm_node::Member>),
 ) -> anyhow::Result<()> {
-    let path = dir.join("fleet.json");
+    let path = members_file(dir, fleet);
     let mut members: Vec<bkv_hsm_node::Member> = match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)?,
         Err(_) => Vec::new(),
@@ -939,6 +1059,7 @@ async fn start_fleet(
             namespace: DEV_NAMESPACE.into(),
             http: reqwest::Client::new(),
         },
+        fleet: 1,
     };
     for i in 0..9 {
         if let Some(pid) = read_pid(&node_dir(dir, i)) {
@@ -957,12 +1078,23 @@ async fn start_fleet(
             let node = start_node(&rec, &ndir)?;
             rec.listen = node.listen;
             rec.admin = node.admin;
+            rec.fleet_id = Some(node.fleet_id.clone());
             std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
             started.push(node);
         }
+        // The preferred (newest active) fleet's node first.
+        let preferred = load_fleets(dir)?
+            .into_iter()
+            .filter(|f| !f.retired)
+            .max_by_key(|f| f.index)
+            .map(|f| f.fleet_id);
+        if let Some(p) = preferred {
+            started.sort_by_key(|n| n.fleet_id != p);
+        }
         return Ok((started, None));
     }
-    let (started, evidence) = d.ceremony(n, auditor).await?;
+    let dirs: Vec<usize> = (0..n).collect();
+    let (started, evidence) = d.ceremony(&dirs, &auditor.verifier_key).await?;
     Ok((started, Some(evidence)))
 }
 
@@ -1049,43 +1181,129 @@ fn status_of(addr: SocketAddr) -> Option<bkv_wire::node::FleetStatus> {
     }
 }
 
-/// `bkv fleet add-node --dir DIR`: a new `bkv-hsm` joins the fleet of a
-/// `dev up` deployment, admitted by a command signed with the deployment's
-/// operator key after its membership record is in the auditor's log.
-pub async fn add_node(dir: &Path) -> anyhow::Result<()> {
-    let d = Deployment::load(dir)?;
-    if !dir.join("fleet.json").exists() {
-        bail!("{} holds no fleet", dir.display());
+/// `bkv fleet add-node --dir DIR [--fleet K]`: a new `bkv-hsm` joins fleet K
+/// of a `dev up` deployment, admitted by a command signed with the
+/// deployment's operator key after its membership record is in the
+/// auditor's log.
+pub async fn add_node(dir: &Path, fleet: usize) -> anyhow::Result<()> {
+    let d = Deployment::load(dir, fleet)?;
+    if !members_file(dir, fleet).exists() {
+        bail!("{} holds no fleet {fleet}", dir.display());
     }
-    let i = (0..9)
-        .find(|i| {
-            let n = node_dir(dir, *i);
-            !n.join("node.json").exists() && !n.join("removed.json").exists()
-        })
-        .ok_or_else(|| anyhow!("at most 9 nodes"))?;
+    let i = d.free_dir_index(0);
+    if i >= 9 {
+        bail!("at most 9 nodes");
+    }
     let node = d.add(i).await?;
     println!(
-        "bkv fleet: node {i} added pid={} listen={} admin={} (the running frontend keeps its node list until `dev up` restarts)",
-        node.pid, node.listen, node.admin
+        "bkv fleet: node {i} added pid={} listen={} admin={} fleet={}",
+        node.pid, node.listen, node.admin, node.fleet_id
     );
     Ok(())
 }
 
-/// `bkv fleet remove-node --dir DIR I`: the removal is logged with the
-/// auditor, a signed command removes node I (peers refuse its identity
-/// afterwards), and its process is stopped.
-pub async fn remove_node(dir: &Path, i: usize) -> anyhow::Result<()> {
-    let d = Deployment::load(dir)?;
-    fleet_admin::remove(&d.operator, &d.admins(), i as u64).await?;
+/// `bkv fleet remove-node --dir DIR [--fleet K] ID`: the removal is logged
+/// with the auditor, a signed command removes node ID (peers refuse its
+/// identity afterwards), and its process is stopped.
+pub async fn remove_node(dir: &Path, fleet: usize, id: u64) -> anyhow::Result<()> {
+    let d = Deployment::load(dir, fleet)?;
+    let i = d
+        .dir_of(id)
+        .ok_or_else(|| anyhow!("fleet {fleet} of {} has no node {id}", dir.display()))?;
+    fleet_admin::remove(&d.operator, &d.admins(), id).await?;
     let ndir = node_dir(dir, i);
     if let Some(pid) = read_pid(&ndir) {
         if pid_alive(pid) {
             stop_pid(pid);
         }
     }
-    update_members(dir, |m| m.retain(|m| m.id != i as u64))?;
-    // Keep the data for forensics, but never start it again as node I.
+    update_members(dir, fleet, |m| m.retain(|m| m.id != id))?;
+    // Keep the data for forensics, but never start it again.
     let _ = std::fs::rename(ndir.join("node.json"), ndir.join("removed.json"));
-    println!("bkv fleet: node {i} removed from the fleet and stopped");
+    println!("bkv fleet: node {id} of fleet {fleet} removed and stopped");
+    Ok(())
+}
+
+/// `bkv fleet ceremony --dir DIR --nodes N`: forms the deployment's next
+/// fleet from N new nodes by the ceremony, logs its evidence, and publishes
+/// a bundle naming it as the preferred fleet (the older active fleets stay
+/// listed until retired: their records move on their users' next recovery).
+pub async fn ceremony(dir: &Path, n: usize) -> anyhow::Result<()> {
+    if !(1..=9).contains(&n) {
+        bail!("--nodes must be between 1 and 9");
+    }
+    let mut fleets = load_fleets(dir)?;
+    let k = fleets.iter().map(|f| f.index).max().unwrap_or(0) + 1;
+    let mut d = Deployment::load(dir, 1)?;
+    d.fleet = k;
+    let dirs: Vec<usize> = (0..n).map(|s| d.free_dir_index(s)).collect();
+    if dirs.iter().any(|i| *i >= 9) {
+        bail!("a dev deployment holds at most 9 nodes in all");
+    }
+    let key_info: serde_json::Value = d
+        .operator
+        .http
+        .get(format!("{}/v1/key", d.operator.auditor_url))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let verifier = key_info["verifier_key"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the auditor sent no verifier key"))?;
+    let (started, evidence) = d.ceremony(&dirs, verifier).await?;
+    let node = started.first().ok_or_else(|| anyhow!("no node"))?;
+    fleets.push(FleetEntry {
+        index: k,
+        fleet_id: node.fleet_id.clone(),
+        noise_key: node.noise_public_key.clone(),
+        evidence_digest: hex::encode(bkv_transparency::evidence::digest(&evidence)),
+        retired: false,
+    });
+    save_fleets(dir, &fleets)?;
+    publish_fleets(&d.operator.auditor_url, &d.operator.key, &fleets).await?;
+    println!(
+        "bkv fleet: fleet {k} formed fleet={} nodes={} evidence={}",
+        node.fleet_id,
+        started.len(),
+        dir.join("evidence")
+            .join(format!("{}.json", node.fleet_id))
+            .display()
+    );
+    Ok(())
+}
+
+/// `bkv fleet retire --dir DIR --fleet K [--force]`: publishes a bundle
+/// without fleet K. Refused while K still holds records (they move on their
+/// users' next recovery) unless `--force` (the deadline passed: records not
+/// moved by then can no longer be recovered with a password).
+pub async fn retire(dir: &Path, fleet: usize, force: bool) -> anyhow::Result<()> {
+    let mut fleets = load_fleets(dir)?;
+    let preferred = fleets.iter().filter(|f| !f.retired).map(|f| f.index).max();
+    if preferred == Some(fleet) {
+        bail!(
+            "fleet {fleet} is the preferred fleet; form its successor first (`bkv fleet ceremony`)"
+        );
+    }
+    let entry = fleets
+        .iter_mut()
+        .find(|f| f.index == fleet && !f.retired)
+        .ok_or_else(|| anyhow!("{} has no active fleet {fleet}", dir.display()))?;
+    let d = Deployment::load(dir, fleet)?;
+    if !force {
+        let (_, view) = fleet_admin::members(&d.admins())?;
+        if view.records > 0 {
+            bail!(
+                "fleet {fleet} still holds {} records: they move to the new fleet on their users' next password recovery; retire with --force once the deadline has passed",
+                view.records
+            );
+        }
+    }
+    entry.retired = true;
+    let id = entry.fleet_id.clone();
+    save_fleets(dir, &fleets)?;
+    publish_fleets(&d.operator.auditor_url, &d.operator.key, &fleets).await?;
+    println!("bkv fleet: fleet {fleet} ({id}) retired: the new bundle no longer lists it");
     Ok(())
 }

@@ -74,12 +74,38 @@ enum FleetCommand {
     AddNode {
         #[arg(long)]
         dir: PathBuf,
+        /// Which of the deployment's fleets (1 = the first formed).
+        #[arg(long, default_value_t = 1)]
+        fleet: usize,
     },
-    /// Remove node I from a `dev up` fleet (logged, operator-signed) and stop it.
+    /// Remove node ID from a `dev up` fleet (logged, operator-signed) and stop it.
     RemoveNode {
         #[arg(long)]
         dir: PathBuf,
-        index: usize,
+        #[arg(long, default_value_t = 1)]
+        fleet: usize,
+        /// The node's id in its fleet.
+        id: u64,
+    },
+    /// Form the next fleet of a `dev up` deployment from N new nodes by the
+    /// deployment ceremony (evidence logged with the auditor), and publish a
+    /// bundle that prefers it; records move to it on their users' next
+    /// password recovery.
+    Ceremony {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Publish a bundle without fleet K (refused while it holds records,
+    /// unless --force: the deadline for moving them passed).
+    Retire {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        fleet: usize,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -474,7 +500,7 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
                 .to_owned()
         }
     };
-    let fleet_key = match cfg.fleet.mode.as_str() {
+    let mut fleets = match cfg.fleet.mode.as_str() {
         "ota" => {
             let anchors = cfg.anchors()?;
             let state = cfg
@@ -483,18 +509,25 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
                 .as_ref()
                 .map(|o| o.state_file.clone())
                 .ok_or_else(|| anyhow!("ota mode needs [fleet.ota]"))?;
-            bkv_client::ota::fleet_key(&http, &cfg.frontend_url, &anchors, &state)
-                .await?
-                .1
+            bkv_client::ota::fleets(&http, &cfg.frontend_url, &anchors, &state).await?
         }
-        _ => cfg.pinned_key()?,
-    };
+        // Without a fleet id the frontend routes to its default fleet.
+        _ => vec![bkv_client::session::FleetTarget {
+            fleet_id: cfg.fleet.fleet_id.clone().unwrap_or_default(),
+            key: cfg.pinned_key()?,
+        }],
+    }
+    .into_iter();
+    let fleet = fleets
+        .next()
+        .ok_or_else(|| anyhow!("the bundle lists no fleet"))?;
     Ok(ops::Ctx {
         endpoint: Endpoint {
             http,
             frontend_url: cfg.frontend_url.clone(),
             token: SecretString::from(token),
-            fleet_key,
+            fleet,
+            previous: fleets.collect(),
         },
         storage_dir: cfg.storage_dir.clone(),
         guess_limit: cfg.guess_limit,
@@ -698,11 +731,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Backup { command } => backup(&cli, command).await,
         Command::Fleet {
-            command: FleetCommand::AddNode { dir },
-        } => dev::add_node(dir).await,
+            command: FleetCommand::AddNode { dir, fleet },
+        } => dev::add_node(dir, *fleet).await,
         Command::Fleet {
-            command: FleetCommand::RemoveNode { dir, index },
-        } => dev::remove_node(dir, *index).await,
+            command: FleetCommand::RemoveNode { dir, fleet, id },
+        } => dev::remove_node(dir, *fleet, *id).await,
+        Command::Fleet {
+            command: FleetCommand::Ceremony { dir, nodes },
+        } => dev::ceremony(dir, *nodes).await,
+        Command::Fleet {
+            command: FleetCommand::Retire { dir, fleet, force },
+        } => dev::retire(dir, *fleet, *force).await,
         Command::Fleet {
             command: FleetCommand::Status,
         } => {

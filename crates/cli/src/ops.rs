@@ -47,7 +47,9 @@ pub async fn create(
     let account = ctx.account(user)?;
     let vault = VaultClient::new(ctx.endpoint.clone(), user);
     let (key, registered) = match unlock {
-        Unlock::Password(pw) => match vault.status().await? {
+        // The record may still live on an older fleet (rotation): a fresh
+        // registration only when no fleet holds one.
+        Unlock::Password(pw) => match account.record_state().await? {
             RecordState::Active { .. } => (account.unlock(Unlock::Password(pw)).await?.key, false),
             RecordState::Absent | RecordState::Pending | RecordState::Destroyed => {
                 if !account.store.manifests().await?.is_empty() {
@@ -93,8 +95,7 @@ pub struct Status {
 }
 
 pub async fn status(ctx: &Ctx, user: &str) -> Result<Status, ClientError> {
-    let vault = VaultClient::new(ctx.endpoint.clone(), user);
-    let record = vault.status().await?;
+    let record = ctx.account(user)?.record_state().await?;
     let store = BackupStore::local(&ctx.storage_dir, user)?;
     Ok(Status {
         record,

@@ -14,6 +14,8 @@ pub enum ClientError {
     Unavailable(String),
     #[error("the vault did not prove possession of the pinned fleet key (wrong or outdated fleet key in the client config, or an impostor)")]
     FleetKeyRejected,
+    #[error("update the app: the vault fleet it pins was retired (its keys are no longer served)")]
+    FleetRetired,
     #[error("fleet key validation bundle rejected: {0}")]
     Bundle(bkv_transparency::bundle::BundleError),
     #[error("the frontend refused the request: {0}")]

@@ -43,13 +43,14 @@ fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
     Ok(())
 }
 
-/// Fetches and verifies the current bundle; returns (fleet id, Noise key).
-pub async fn fleet_key(
+/// Fetches and verifies the current bundle; returns its fleets, the
+/// preferred one first (older ones still serve records during a rotation).
+pub async fn fleets(
     http: &reqwest::Client,
     frontend_url: &str,
     anchors: &TrustAnchors,
     state_path: &Path,
-) -> Result<(String, [u8; 32])> {
+) -> Result<Vec<crate::session::FleetTarget>> {
     let seen = load_state(state_path)?;
     let url = format!(
         "{}/v1/bundle?known_size={}",
@@ -79,8 +80,15 @@ pub async fn fleet_key(
     if next != seen {
         save_state(state_path, &next)?;
     }
-    let key = b
-        .noise_key()
-        .ok_or(ClientError::Bundle(bundle::BundleError::NoNoiseKey))?;
-    Ok((b.fleet_id, key))
+    b.fleets()
+        .into_iter()
+        .map(|f| {
+            Ok(crate::session::FleetTarget {
+                key: f
+                    .noise_key()
+                    .ok_or(ClientError::Bundle(bundle::BundleError::NoNoiseKey))?,
+                fleet_id: f.fleet_id,
+            })
+        })
+        .collect()
 }

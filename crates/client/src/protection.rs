@@ -20,6 +20,17 @@
 //!
 //! Restores pick the backup by key id, and unlocking tries the newest
 //! manifest first, so every intermediate state restores.
+//!
+//! Fleet rotation: the password record lives on one fleet. While a bundle
+//! lists older fleets besides the preferred one, a password login that finds
+//! the record only on an older fleet moves it (crash points in brackets):
+//! log in there (counted like any guess) [`migrate-logged-in-old`], register
+//! the same K with the same guess limit on the preferred fleet (pending,
+//! then confirmed) [`migrate-registered-new`], delete the old record in the
+//! authenticated session [`migrate-deleted-old`]. Only the right password
+//! moves a record; until then it keeps its attempts on the old fleet. A
+//! crash after the registration leaves the record live on both until the next
+//! successful login, which deletes the old one.
 
 use crate::error::{ClientError, Result};
 use crate::keys::BackupKey;
@@ -27,7 +38,7 @@ use crate::passkey::{self, Authenticator};
 use crate::protectors::{
     key_id, new_slot_id, Manifest, ManifestError, PasskeyParams, RecoveryKey, SlotKind, SlotSecret,
 };
-use crate::session::Endpoint;
+use crate::session::{Endpoint, FleetTarget};
 use crate::storage::{BackupStore, Latest};
 use crate::vault::VaultClient;
 use bkv_wire::vault::RecordState;
@@ -90,8 +101,77 @@ impl Account {
             .ok_or_else(|| ClientError::Unavailable("no frontend configured".into()))
     }
 
+    /// The preferred fleet's vault.
     fn vault(&self) -> Result<VaultClient> {
         Ok(VaultClient::new(self.endpoint()?.clone(), &self.user))
+    }
+
+    fn vault_on(&self, fleet: &FleetTarget) -> Result<VaultClient> {
+        Ok(VaultClient::new(self.endpoint()?.on(fleet), &self.user))
+    }
+
+    /// The password record's state, on the fleet that holds it: the
+    /// preferred fleet, or an older one the record has not moved from.
+    pub async fn record_state(&self) -> Result<RecordState> {
+        let state = self.vault()?.status().await?;
+        if !matches!(state, RecordState::Absent | RecordState::Pending) {
+            return Ok(state);
+        }
+        for f in &self.endpoint()?.previous {
+            let s = self.vault_on(f)?.status().await?;
+            if matches!(s, RecordState::Active { .. } | RecordState::Destroyed) {
+                return Ok(s);
+            }
+        }
+        Ok(state)
+    }
+
+    /// A password login on the preferred fleet, moving the record there
+    /// first if it still lives on an older fleet (see the module docs).
+    pub async fn login(&self, password: &SecretString) -> Result<crate::vault::LoggedIn> {
+        let vault = self.vault()?;
+        match vault.status().await? {
+            RecordState::Active { .. } => {
+                let li = vault.login(password).await?;
+                self.delete_left_behind(password).await;
+                return Ok(li);
+            }
+            RecordState::Destroyed => return Err(ClientError::Destroyed),
+            RecordState::Absent | RecordState::Pending => {}
+        }
+        for f in &self.endpoint()?.previous {
+            let old = self.vault_on(f)?;
+            let guess_limit = match old.status().await? {
+                RecordState::Active { guess_limit, .. } => guess_limit,
+                RecordState::Destroyed => return Err(ClientError::Destroyed),
+                RecordState::Absent | RecordState::Pending => continue,
+            };
+            let li = old.login(password).await?;
+            crate::crash_point("migrate-logged-in-old");
+            vault.register(password, &li.key, guess_limit, None).await?;
+            crate::crash_point("migrate-registered-new");
+            old.delete_in(li.session).await?;
+            crate::crash_point("migrate-deleted-old");
+            return vault.login(password).await;
+        }
+        Err(ClientError::NoRecord)
+    }
+
+    /// After a login on the preferred fleet: deletes a record an interrupted
+    /// move left live on an older fleet (the same password opens it). Best
+    /// effort: the login already succeeded.
+    async fn delete_left_behind(&self, password: &SecretString) {
+        let Ok(endpoint) = self.endpoint() else {
+            return;
+        };
+        for f in &endpoint.previous {
+            let Ok(old) = self.vault_on(f) else { continue };
+            if matches!(old.status().await, Ok(RecordState::Active { .. })) {
+                if let Err(e) = old.delete(password).await {
+                    tracing::warn!(fleet = %f.fleet_id, error = %e, "could not delete the record left on an older fleet");
+                }
+            }
+        }
     }
 
     /// Every manifest in storage, decoded but not yet authenticated, newest
@@ -133,7 +213,7 @@ impl Account {
 
     async fn password_state(&self) -> Result<bool> {
         Ok(matches!(
-            self.vault()?.status().await?,
+            self.record_state().await?,
             RecordState::Active { .. }
         ))
     }
@@ -142,7 +222,7 @@ impl Account {
     pub async fn unlock(&self, with: Unlock<'_>) -> Result<Unlocked> {
         match with {
             Unlock::Password(pw) => {
-                let logged_in = self.vault()?.login(pw).await?;
+                let logged_in = self.login(pw).await?;
                 logged_in.session.close().await;
                 let manifest = self.manifest_for(&logged_in.key).await?;
                 Ok(Unlocked {
@@ -299,7 +379,7 @@ impl Account {
     /// same K in that authenticated session.
     pub async fn change_password(&self, current: &SecretString, new: &SecretString) -> Result<()> {
         let vault = self.vault()?;
-        let logged_in = vault.login(current).await?;
+        let logged_in = self.login(current).await?;
         vault
             .register(
                 new,
@@ -313,9 +393,8 @@ impl Account {
     /// The protectors of the current backup key.
     pub async fn list(&self) -> Result<Vec<ProtectorInfo>> {
         let mut out = Vec::new();
-        if let Some(endpoint) = &self.endpoint {
-            let vault = VaultClient::new(endpoint.clone(), &self.user);
-            let state = vault.status().await?;
+        if self.endpoint.is_some() {
+            let state = self.record_state().await?;
             if let RecordState::Active {
                 attempts,
                 guess_limit,
@@ -373,7 +452,7 @@ impl Account {
         };
         let source = match pw {
             Some(pw) => {
-                let li = vault.login(pw).await?;
+                let li = self.login(pw).await?;
                 li.session.close().await;
                 li.key
             }
@@ -468,7 +547,8 @@ impl Account {
     pub async fn disable(&self, password: Option<&SecretString>) -> Result<usize> {
         if self.password_state().await? {
             let pw = password.ok_or(ClientError::PasswordNeeded)?;
-            self.vault()?.delete(pw).await?;
+            let li = self.login(pw).await?;
+            self.vault()?.delete_in(li.session).await?;
         }
         passkey::delete_all(self.endpoint()?).await?;
         self.store.delete_all().await

@@ -7,13 +7,36 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 /// How to reach the vault: frontend URL, user token, pinned fleet key.
+/// A fleet a client talks to: its id (the frontend routes by it; empty: the
+/// frontend's default fleet) and its Noise static public key (pinned, or
+/// from a verified bundle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTarget {
+    pub fleet_id: String,
+    pub key: [u8; 32],
+}
+
 #[derive(Clone)]
 pub struct Endpoint {
     pub http: reqwest::Client,
     pub frontend_url: String,
     pub token: SecretString,
-    /// The fleet's Noise static public key, pinned by the client.
-    pub fleet_key: [u8; 32],
+    /// The fleet sessions go to; new records are registered here.
+    pub fleet: FleetTarget,
+    /// Older fleets still serving records that have not moved to `fleet`
+    /// yet (a rotation in progress), newest first.
+    pub previous: Vec<FleetTarget>,
+}
+
+impl Endpoint {
+    /// The same frontend and user, talking to `fleet`.
+    pub fn on(&self, fleet: &FleetTarget) -> Endpoint {
+        Endpoint {
+            fleet: fleet.clone(),
+            previous: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 pub struct Session {
@@ -70,6 +93,7 @@ pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
         .unwrap_or_else(|| body.chars().take(200).collect());
     match code.as_str() {
         "handshake_failed" => ClientError::FleetKeyRejected,
+        "fleet_retired" => ClientError::FleetRetired,
         "unavailable" | "busy" => ClientError::Unavailable(message),
         _ => ClientError::Refused(format!("{status}: {message}")),
     }
@@ -85,7 +109,7 @@ impl Session {
             .parse()
             .map_err(|_| ClientError::Protocol("noise params".into()))?;
         let mut hs = snow::Builder::new(params)
-            .remote_public_key(&endpoint.fleet_key)
+            .remote_public_key(&endpoint.fleet.key)
             .and_then(|b| b.prologue(NOISE_PROLOGUE))
             .and_then(|b| b.build_initiator())
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
@@ -98,14 +122,16 @@ impl Session {
             .write_message(&hello, &mut msg1)
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
         msg1.truncate(n);
-        let resp = endpoint
+        let mut req = endpoint
             .http
             .post(url(endpoint, "/v1/sessions"))
-            .bearer_auth(endpoint.token.expose_secret())
-            .body(msg1)
-            .send()
-            .await
-            .map_err(http_err)?;
+            .bearer_auth(endpoint.token.expose_secret());
+        // An empty fleet id (a pinned config without one) lets the frontend
+        // pick its default fleet.
+        if !endpoint.fleet.fleet_id.is_empty() {
+            req = req.header("bkv-fleet", &endpoint.fleet.fleet_id);
+        }
+        let resp = req.body(msg1).send().await.map_err(http_err)?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }

@@ -44,8 +44,9 @@ const MSG_PER_SEC: f64 = 150.0;
 const RATE_TABLE_MAX: usize = 100_000;
 
 pub struct FrontendConfig {
-    /// Node link addresses; sessions are opened on the first that answers.
-    pub nodes: Vec<SocketAddr>,
+    /// The fleets' node addresses (relay links), preferred fleet first.
+    /// Shared so a deployment can add a fleet or a node while serving.
+    pub routes: Routes,
     /// Public key that verifies user tokens.
     pub token_key: VerifyingKey,
     pub audience: String,
@@ -55,6 +56,60 @@ pub struct FrontendConfig {
     pub bundle_source: Option<BundleSource>,
     /// WebAuthn relying party for passkey protectors (`/v1/passkeys`).
     pub passkeys: Option<Arc<passkeys::RelyingParty>>,
+}
+
+/// One fleet's nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetRoute {
+    pub fleet_id: String,
+    pub nodes: Vec<SocketAddr>,
+}
+
+/// Where sessions go: every (fleet, node) the frontend has learned, in an
+/// append-only list whose index is part of session ids (so a session keeps
+/// its node while routes grow).
+#[derive(Clone, Default)]
+pub struct Routes(Arc<std::sync::RwLock<Vec<(String, SocketAddr)>>>);
+
+impl Routes {
+    pub fn new(fleets: &[FleetRoute]) -> Self {
+        let r = Routes::default();
+        r.learn(fleets);
+        r
+    }
+
+    /// Adds every (fleet, node) not known yet; never removes one.
+    pub fn learn(&self, fleets: &[FleetRoute]) {
+        if let Ok(mut v) = self.0.write() {
+            for f in fleets {
+                for a in &f.nodes {
+                    if !v.iter().any(|(id, x)| id == &f.fleet_id && x == a) {
+                        v.push((f.fleet_id.clone(), *a));
+                    }
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(String, SocketAddr)> {
+        self.0.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn get(&self, i: usize) -> Option<(String, SocketAddr)> {
+        self.0.read().ok().and_then(|v| v.get(i).cloned())
+    }
+
+    fn len(&self) -> usize {
+        self.0.read().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The fleet sessions go to when a client names none: the first learned.
+    fn default_fleet(&self) -> Option<String> {
+        self.0
+            .read()
+            .ok()
+            .and_then(|v| v.first().map(|(f, _)| f.clone()))
+    }
 }
 
 /// The auditor log the frontend serves the current bundle from.
@@ -67,18 +122,22 @@ pub struct BundleSource {
 struct AppState {
     config: FrontendConfig,
     http: reqwest::Client,
-    pools: Vec<Mutex<Vec<TcpStream>>>,
+    /// Idle connections per node address.
+    pools: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
     rate: Mutex<HashMap<String, (f64, Instant)>>,
-    /// Index of the node that last opened a session.
+    /// Route index of the node that last opened a session.
     preferred: std::sync::atomic::AtomicUsize,
+    /// Fleets of the latest bundle, and when they were fetched.
+    bundle_fleets: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
+/// Header naming the fleet a session is for (`POST /v1/sessions`).
+pub const FLEET_HEADER: &str = "bkv-fleet";
+/// How long the frontend reuses the latest bundle's fleet list.
+const BUNDLE_FLEETS_TTL: Duration = Duration::from_secs(1);
+
 pub fn router(config: FrontendConfig) -> Router {
-    let pools = config
-        .nodes
-        .iter()
-        .map(|_| Mutex::new(Vec::new()))
-        .collect();
+    let pools = Mutex::new(HashMap::new());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -89,6 +148,7 @@ pub fn router(config: FrontendConfig) -> Router {
         pools,
         rate: Mutex::new(HashMap::new()),
         preferred: std::sync::atomic::AtomicUsize::new(0),
+        bundle_fleets: Mutex::new(None),
     });
     Router::new()
         .route("/v1/health", get(health))
@@ -247,7 +307,7 @@ fn format_session(node: usize, id: &SessionId) -> String {
     format!("{node}.{}", hex::encode(id))
 }
 
-fn parse_session(s: &str, nodes: usize) -> Result<(usize, SessionId), ApiError> {
+fn parse_session(s: &str, routes: usize) -> Result<(usize, SessionId), ApiError> {
     let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -257,7 +317,7 @@ fn parse_session(s: &str, nodes: usize) -> Result<(usize, SessionId), ApiError> 
     };
     let (n, h) = s.split_once('.').ok_or_else(bad)?;
     let n: usize = n.parse().map_err(|_| bad())?;
-    if n >= nodes || h.len() != 32 {
+    if n >= routes || h.len() != 32 {
         return Err(bad());
     }
     let id: SessionId = hex::decode(h)
@@ -288,11 +348,12 @@ async fn node_call_within(
             "vault node unreachable",
         )
     };
-    let addr = *state.config.nodes.get(node).ok_or_else(unavailable)?;
+    let (_, addr) = state.config.routes.get(node).ok_or_else(unavailable)?;
     let pooled = state
         .pools
-        .get(node)
-        .and_then(|p| p.lock().ok().and_then(|mut v| v.pop()));
+        .lock()
+        .ok()
+        .and_then(|mut p| p.get_mut(&addr).and_then(|v| v.pop()));
     let body = bkv_wire::encode(req);
     let len = u32::try_from(body.len()).map_err(|_| unavailable())?;
     let mut frame = len.to_be_bytes().to_vec();
@@ -316,11 +377,10 @@ async fn node_call_within(
         };
         match tokio::time::timeout(limit, roundtrip(&mut conn, &frame)).await {
             Ok(Ok(resp)) => {
-                if let Some(p) = state.pools.get(node) {
-                    if let Ok(mut v) = p.lock() {
-                        if v.len() < 32 {
-                            v.push(conn);
-                        }
+                if let Ok(mut p) = state.pools.lock() {
+                    let v = p.entry(addr).or_default();
+                    if v.len() < 32 {
+                        v.push(conn);
                     }
                 }
                 return Ok(resp);
@@ -373,7 +433,7 @@ pub struct FleetInfo {
 /// Informational only: clients must pin the fleet key from their config (or a
 /// verified bundle), never from this answer.
 async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<FleetInfo>, ApiError> {
-    for i in 0..state.config.nodes.len() {
+    for i in 0..state.config.routes.len() {
         if let Ok(NodeResponse::Info(info)) = node_call(&state, i, &NodeRequest::Info).await {
             return Ok(Json(FleetInfo {
                 fleet_id: info.fleet_id,
@@ -393,7 +453,7 @@ async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
     let mut nodes = Vec::new();
     let mut leader = None;
     let mut term = 0;
-    for (i, addr) in state.config.nodes.iter().enumerate() {
+    for (i, (fleet_id, addr)) in state.config.routes.snapshot().into_iter().enumerate() {
         let r = tokio::time::timeout(
             Duration::from_secs(2),
             node_call(&state, i, &NodeRequest::FleetStatus),
@@ -406,15 +466,15 @@ async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Va
                     leader = s.leader.or(leader);
                 }
                 nodes.push(serde_json::json!({
-                    "index": i, "addr": addr.to_string(), "reachable": true,
+                    "index": i, "fleet_id": fleet_id, "addr": addr.to_string(), "reachable": true,
                     "node_id": s.node_id, "role": s.role, "leader": s.leader, "term": s.term,
                     "last_log_index": s.last_log_index, "applied_index": s.applied_index,
                     "voters": s.voters, "learners": s.learners,
                 }))
             }
-            _ => nodes.push(
-                serde_json::json!({ "index": i, "addr": addr.to_string(), "reachable": false }),
-            ),
+            _ => nodes.push(serde_json::json!({
+                "index": i, "fleet_id": fleet_id, "addr": addr.to_string(), "reachable": false,
+            })),
         }
     }
     Json(serde_json::json!({ "nodes": nodes, "leader": leader, "term": term }))
@@ -434,10 +494,40 @@ async fn open_session(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Open)?;
+    let fleet = match headers.get(FLEET_HEADER) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|f| !f.is_empty() && f.len() <= 64)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_fleet",
+                    "malformed fleet header",
+                )
+            })?,
+        None => state.config.routes.default_fleet().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no vault node configured",
+            )
+        })?,
+    };
+    check_not_retired(&state, &fleet).await?;
     let req = NodeRequest::OpenSession {
         user_id: user.clone(),
         handshake: body.to_vec(),
     };
+    let routes = state.config.routes.snapshot();
+    if !routes.iter().any(|(f, _)| *f == fleet) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_fleet",
+            format!("this frontend serves no fleet {fleet:?}"),
+        ));
+    }
     let mut last = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -445,9 +535,12 @@ async fn open_session(
     );
     // Start with the node that last opened a session; a dead or stuck node
     // costs at most OPEN_TIMEOUT once, then the next one is preferred.
-    let n = state.config.nodes.len();
+    let n = routes.len();
     let first = state.preferred.load(std::sync::atomic::Ordering::Relaxed);
-    for node in (0..n).map(|k| (first + k) % n.max(1)) {
+    for node in (0..n)
+        .map(|k| (first + k) % n.max(1))
+        .filter(|i| routes.get(*i).is_some_and(|(f, _)| *f == fleet))
+    {
         match node_call_within(&state, node, &req, OPEN_TIMEOUT).await {
             Ok(NodeResponse::SessionOpened {
                 session_id,
@@ -484,7 +577,7 @@ async fn session_message(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Message)?;
-    let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
+    let (node, session_id) = parse_session(&id, state.config.routes.len())?;
     let req = NodeRequest::SessionMessage {
         session_id,
         user_id: user.clone(),
@@ -506,11 +599,60 @@ async fn close_session(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     authenticate(&state, &headers, Budget::Message)?;
-    let (node, session_id) = parse_session(&id, state.config.nodes.len())?;
+    let (node, session_id) = parse_session(&id, state.config.routes.len())?;
     match node_call(&state, node, &NodeRequest::CloseSession { session_id }).await? {
         NodeResponse::Closed => Ok(StatusCode::NO_CONTENT),
         NodeResponse::Error(e) => Err(e.into()),
         _ => Err(unexpected()),
+    }
+}
+
+/// Refuses sessions for a fleet the latest validation bundle no longer
+/// lists (retired): clients that pinned it must update. Without a bundle
+/// source every configured fleet is served.
+async fn check_not_retired(state: &AppState, fleet: &str) -> Result<(), ApiError> {
+    if state.config.bundle_source.is_none() {
+        return Ok(());
+    }
+    let cached = state.bundle_fleets.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < BUNDLE_FLEETS_TTL)
+            .map(|(_, f)| f.clone())
+    });
+    let fleets = match cached {
+        Some(f) => f,
+        None => {
+            let entry: serde_json::Value = match auditor_json(state, "/bundles/latest").await {
+                Ok(e) => e,
+                // No bundle (yet), or the auditor is down: do not block sessions.
+                Err(_) => return Ok(()),
+            };
+            let bytes = entry
+                .get("bundle")
+                .and_then(|b| b.as_str())
+                .and_then(|b| {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD.decode(b).ok()
+                })
+                .unwrap_or_default();
+            let Ok(b) = bkv_transparency::bundle::Bundle::decode(&bytes) else {
+                return Ok(());
+            };
+            let f: Vec<String> = b.fleets().into_iter().map(|f| f.fleet_id).collect();
+            if let Ok(mut c) = state.bundle_fleets.lock() {
+                *c = Some((Instant::now(), f.clone()));
+            }
+            f
+        }
+    };
+    if fleets.iter().any(|f| f == fleet) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::GONE,
+            "fleet_retired",
+            format!("fleet {fleet} was retired: update the app"),
+        ))
     }
 }
 

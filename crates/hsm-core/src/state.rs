@@ -179,6 +179,14 @@ impl State {
         }
     }
 
+    /// Records that are active or pending (not destroyed, not absent).
+    pub fn live_records(&self) -> u64 {
+        self.records
+            .values()
+            .filter(|r| r.pending.is_some() || matches!(r.live, Some(Live::Active { .. })))
+            .count() as u64
+    }
+
     /// The live credential and its generation, if the record is active.
     pub fn active(&self, id: &RecordId) -> Option<(&Credential, u32, u64)> {
         let r = self.records.get(id)?;

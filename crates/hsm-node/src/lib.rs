@@ -407,6 +407,7 @@ impl Node {
             next_seq: members.admin_seq.saturating_add(1),
             members: members.info(),
             status: self.fleet.status(),
+            records: core.state().live_records(),
         })
     }
 

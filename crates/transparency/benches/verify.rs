@@ -14,7 +14,7 @@ fn bench(c: &mut Criterion) {
     let o = SigningKey::from_bytes(&[2; 32]);
     let n = 10_000usize;
     let mk = |epoch: u64| Bundle {
-        version: 1,
+        version: bkv_transparency::bundle::BUNDLE_VERSION,
         namespace: "ns".into(),
         epoch,
         fleet_id: "fleet".into(),
@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         not_before: 0,
         not_after: u64::MAX,
         evidence_digest: [5; 32],
+        previous: Vec::new(),
     };
     let leaves: Vec<_> = (1..=n as u64)
         .map(|e| merkle::leaf_hash(&leaf_data(e, &digest(&mk(e).encode()))))

@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 
 /// Largest encoded bundle.
 pub const MAX_BUNDLE: usize = 16 * 1024;
-pub const BUNDLE_VERSION: u8 = 1;
+/// Version 2 adds the fleets still serving during a rotation.
+pub const BUNDLE_VERSION: u8 = 2;
+/// Most fleets a bundle lists besides the preferred one.
+pub const MAX_PREVIOUS_FLEETS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRole {
@@ -26,7 +29,30 @@ pub struct FleetKey {
     pub key: [u8; 32],
 }
 
-/// Canonical bytes: `bkv_wire::encode(Bundle)`.
+/// A fleet a bundle lists besides the preferred one: still serving the
+/// records that have not moved yet during a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFleet {
+    pub fleet_id: String,
+    pub keys: Vec<FleetKey>,
+    pub evidence_digest: [u8; 32],
+}
+
+impl BundleFleet {
+    pub fn noise_key(&self) -> Option<[u8; 32]> {
+        noise_key_of(&self.keys)
+    }
+}
+
+fn noise_key_of(keys: &[FleetKey]) -> Option<[u8; 32]> {
+    keys.iter()
+        .find(|k| k.role == KeyRole::NoiseStatic)
+        .map(|k| k.key)
+}
+
+/// Canonical bytes: `bkv_wire::encode(Bundle)`. The top-level fleet is the
+/// preferred one: new records go there. `previous` lists fleets still
+/// serving records that have not moved yet (a rotation in progress).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
     pub version: u8,
@@ -40,6 +66,8 @@ pub struct Bundle {
     pub not_after: u64,
     /// SHA-256 of the fleet's deployment evidence (zero if none).
     pub evidence_digest: [u8; 32],
+    /// Older fleets still serving (at most [`MAX_PREVIOUS_FLEETS`]).
+    pub previous: Vec<BundleFleet>,
 }
 
 impl Bundle {
@@ -49,17 +77,28 @@ impl Bundle {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
         let b: Bundle = bkv_wire::decode(bytes, MAX_BUNDLE).map_err(|_| BundleError::Malformed)?;
-        if b.version != BUNDLE_VERSION {
+        if b.version != BUNDLE_VERSION
+            || b.previous.len() > MAX_PREVIOUS_FLEETS
+            || b.previous.iter().any(|p| p.fleet_id == b.fleet_id)
+        {
             return Err(BundleError::Malformed);
         }
         Ok(b)
     }
 
     pub fn noise_key(&self) -> Option<[u8; 32]> {
-        self.keys
-            .iter()
-            .find(|k| k.role == KeyRole::NoiseStatic)
-            .map(|k| k.key)
+        noise_key_of(&self.keys)
+    }
+
+    /// Every fleet the bundle lists, the preferred first.
+    pub fn fleets(&self) -> Vec<BundleFleet> {
+        let mut v = vec![BundleFleet {
+            fleet_id: self.fleet_id.clone(),
+            keys: self.keys.clone(),
+            evidence_digest: self.evidence_digest,
+        }];
+        v.extend(self.previous.iter().cloned());
+        v
     }
 }
 
@@ -292,7 +331,7 @@ pub fn verify(
             now,
         });
     }
-    if bundle.noise_key().is_none() {
+    if bundle.noise_key().is_none() || bundle.previous.iter().any(|p| p.noise_key().is_none()) {
         return Err(BundleError::NoNoiseKey);
     }
     let next = ClientLogState {

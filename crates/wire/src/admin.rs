@@ -217,6 +217,9 @@ pub struct MembersView {
     pub next_seq: u64,
     pub members: Vec<MemberInfo>,
     pub status: crate::node::FleetStatus,
+    /// How many live records (active or pending) the fleet holds (the
+    /// operator retires a fleet once its records moved).
+    pub records: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -74,6 +74,8 @@ pub struct EpochRow {
     pub not_before: u64,
     pub not_after: u64,
     pub evidence_digest: String,
+    /// Other fleets the bundle lists as still serving (rotation).
+    pub previous: Vec<String>,
     pub change: String,
     /// Log index of the evidence the bundle names, if it is in the log.
     pub evidence: Option<u64>,
@@ -352,6 +354,7 @@ pub fn verify_snapshot(
             not_before: b.not_before,
             not_after: b.not_after,
             evidence_digest: hex::encode(b.evidence_digest),
+            previous: b.previous.iter().map(|p| p.fleet_id.clone()).collect(),
             change,
             evidence: None,
         });
@@ -652,7 +655,7 @@ mod tests {
 
     fn bundle_for(epoch: u64) -> Bundle {
         Bundle {
-            version: 1,
+            version: bkv_transparency::bundle::BUNDLE_VERSION,
             namespace: "ns".into(),
             epoch,
             fleet_id: "f".into(),
@@ -663,6 +666,7 @@ mod tests {
             not_before: 0,
             not_after: 10,
             evidence_digest: [0; 32],
+            previous: Vec::new(),
         }
     }
 

@@ -52,7 +52,7 @@ fn start_auditor(dir: &std::path::Path, listen: &str, op: &SigningKey) -> Audito
 
 fn bundle_for(epoch: u64) -> Bundle {
     Bundle {
-        version: 1,
+        version: bkv_transparency::bundle::BUNDLE_VERSION,
         namespace: "ns".into(),
         epoch,
         fleet_id: format!("fleet-{}", epoch / 3),
@@ -63,6 +63,7 @@ fn bundle_for(epoch: u64) -> Bundle {
         not_before: 1,
         not_after: 4_000_000_000,
         evidence_digest: [0; 32],
+        previous: Vec::new(),
     }
 }
 

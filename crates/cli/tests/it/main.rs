@@ -10,4 +10,5 @@ mod endpoints;
 mod evidence;
 mod fleet;
 mod protectors;
+mod rotation;
 mod trust;

@@ -56,7 +56,7 @@ impl Log {
 
 fn bundle(epoch: u64) -> Bundle {
     Bundle {
-        version: 1,
+        version: bkv_transparency::bundle::BUNDLE_VERSION,
         namespace: "ns".into(),
         epoch,
         fleet_id: format!("fleet-{epoch}"),
@@ -67,6 +67,7 @@ fn bundle(epoch: u64) -> Bundle {
         not_before: NOW - 100,
         not_after: NOW + 100,
         evidence_digest: [0; 32],
+        previous: Vec::new(),
     }
 }
 
