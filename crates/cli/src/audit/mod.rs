@@ -594,6 +594,13 @@ pub fn print_table(r: &LogReport) {
                 .unwrap_or_else(|| "none".into()),
             e.change
         );
+        if !e.previous.is_empty() {
+            println!(
+                "{:>14}  also serving (rotation): {}",
+                "",
+                e.previous.join(", ")
+            );
+        }
     }
     for e in &r.evidence {
         println!(
