@@ -974,17 +974,20 @@ impl Deployment {
     }
 }
 
-/// The two witness keys of a dev deployment (`DIR/witnesses/`), made on
-/// first use. A real ceremony names its witnesses' keys.
+/// The two witness keys of a dev deployment (`DIR/witnesses/witness-N.key`,
+/// with the public key in hex beside it as `witness-N.pub`), made on first
+/// use. A real ceremony names its witnesses' keys.
 fn dev_witnesses(dir: &Path) -> anyhow::Result<Vec<(String, SigningKey)>> {
     let wdir = dir.join("witnesses");
     std::fs::create_dir_all(&wdir)?;
     (1..=2)
         .map(|i| {
-            Ok((
-                format!("dev-witness-{i}"),
-                load_or_create_key(&wdir.join(format!("witness-{i}.key")))?,
-            ))
+            let key = load_or_create_key(&wdir.join(format!("witness-{i}.key")))?;
+            std::fs::write(
+                wdir.join(format!("witness-{i}.pub")),
+                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+            )?;
+            Ok((format!("dev-witness-{i}"), key))
         })
         .collect()
 }
