@@ -666,44 +666,23 @@ fn free_port() -> anyhow::Result<u16> {
 /// `softhsm2-util` (Debian package `softhsm2`); the node generates its keys
 /// inside it on first start.
 pub fn init_softhsm_token(ndir: &Path, i: usize) -> anyhow::Result<NodePlatform> {
-    let tokens = ndir.join("tokens");
-    std::fs::create_dir_all(&tokens)?;
-    let conf = ndir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )?;
     let secret = || {
         let mut b = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut b);
         hex::encode(b)
     };
-    let (pin, so_pin) = (secret(), secret());
-    let pin_file = ndir.join("pin");
-    bkv_hsm_platform::write_private_file(&pin_file, pin.as_bytes())?;
-    let token_label = format!("bkv-node-{i}");
-    // softhsm2-util takes PINs only as arguments; this is a dev deployment
-    // on one machine, and the SO PIN is not kept.
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", &token_label])
-        .args(["--pin", &pin, "--so-pin", &so_pin])
-        .output()
-        .context("run softhsm2-util (install the Debian package softhsm2)")?;
-    if !out.status.success() {
-        bail!(
-            "softhsm2-util --init-token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // The SO PIN is not kept: a dev token is never re-initialised.
+    let t = bkv_hsm_platform::softhsm::init_token(
+        ndir,
+        &format!("bkv-node-{i}"),
+        &secret(),
+        &secret(),
+    )?;
     Ok(NodePlatform::Softhsm {
-        conf,
-        token_label,
-        pin_file,
-        module: PathBuf::from(bkv_hsm_platform::SOFTHSM_MODULE),
+        conf: t.conf,
+        token_label: t.config.token_label,
+        pin_file: t.config.pin_file,
+        module: t.config.module,
     })
 }
 

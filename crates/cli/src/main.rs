@@ -634,12 +634,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rebuild_script,
                 json,
             } => {
-                let vk = |name: &str, h: &str| -> anyhow::Result<ed25519_dalek::VerifyingKey> {
-                    let b = bkv_wire::key_from_hex(h)
-                        .map_err(|e| UsageError(format!("{name}: {e}")))?;
-                    ed25519_dalek::VerifyingKey::from_bytes(&b)
-                        .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
-                };
                 let a = audit::fleet::FleetAudit {
                     evidence,
                     auditor: auditor.as_deref(),
@@ -657,31 +651,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .collect::<anyhow::Result<_>>()?,
                     rebuild: rebuild.then_some(rebuild_script.as_path()),
                 };
-                match (audit::fleet::audit_fleet(&a).await, *json) {
-                    (Ok(r), true) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": true, "report": r})
-                            )?
-                        );
-                        Ok(())
-                    }
-                    (Ok(r), false) => {
-                        audit::fleet::print_report(&r);
-                        Ok(())
-                    }
-                    (Err(e), true) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": false, "error": format!("{e:#}")})
-                            )?
-                        );
-                        Err(e)
-                    }
-                    (Err(e), false) => Err(e.context("fleet audit failed")),
-                }
+                report(
+                    audit::fleet::audit_fleet(&a).await,
+                    *json,
+                    audit::fleet::print_report,
+                    "fleet audit failed",
+                )
             }
             AuditCommand::Log {
                 auditor,
@@ -690,43 +665,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 auditor_key,
                 json,
             } => {
-                let vk = |name: &str, h: &str| -> anyhow::Result<ed25519_dalek::VerifyingKey> {
-                    let b = bkv_wire::key_from_hex(h)
-                        .map_err(|e| UsageError(format!("{name}: {e}")))?;
-                    ed25519_dalek::VerifyingKey::from_bytes(&b)
-                        .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
-                };
                 let op = vk("--operator-key", operator_key)?;
                 let ak = auditor_key
                     .as_deref()
                     .map(|k| vk("--auditor-key", k))
                     .transpose()?;
-                let report = audit::audit_log(auditor, namespace, &op, ak).await;
-                match (report, *json) {
-                    (Ok(r), true) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": true, "report": r})
-                            )?
-                        );
-                        Ok(())
-                    }
-                    (Ok(r), false) => {
-                        audit::print_table(&r);
-                        Ok(())
-                    }
-                    (Err(e), true) => {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": false, "error": format!("{e:#}")})
-                            )?
-                        );
-                        Err(e)
-                    }
-                    (Err(e), false) => Err(e.context("audit failed")),
-                }
+                report(
+                    audit::audit_log(auditor, namespace, &op, ak).await,
+                    *json,
+                    audit::print_table,
+                    "audit failed",
+                )
             }
         },
         Command::Backup { command } => backup(&cli, command).await,
@@ -762,6 +711,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
+    }
+}
+
+/// An Ed25519 public key given as hex on the command line.
+fn vk(name: &str, h: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let b = bkv_wire::key_from_hex(h).map_err(|e| UsageError(format!("{name}: {e}")))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&b)
+        .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
+}
+
+/// Prints an audit's result: `{"ok", "report"|"error"}` with `--json`, the
+/// table otherwise; a failed audit exits non-zero either way.
+fn report<R: serde::Serialize>(
+    result: anyhow::Result<R>,
+    json: bool,
+    table: fn(&R),
+    failed: &'static str,
+) -> anyhow::Result<()> {
+    match (result, json) {
+        (Ok(r), true) => {
+            let v = serde_json::json!({"ok": true, "report": r});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        (Ok(r), false) => {
+            table(&r);
+            Ok(())
+        }
+        (Err(e), true) => {
+            let v = serde_json::json!({"ok": false, "error": format!("{e:#}")});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Err(e)
+        }
+        (Err(e), false) => Err(e.context(failed)),
     }
 }
 

@@ -272,16 +272,7 @@ impl Node {
             .map_err(|e| NodeStartError::Config(e.to_string()))?;
         // Forming the fleet: on the founder's first start, or when its
         // first start crashed before the fleet was initialized.
-        let uninitialized = fleet
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .next()
-            .is_none();
-        if matches!(cfg.start, StartMode::Found(_)) && (founding || uninitialized) {
+        if matches!(cfg.start, StartMode::Found(_)) && (founding || !fleet.initialized()) {
             rt.block_on(found(&fleet, &core, cfg.node_id, peer_addr, &identity))?;
         }
         // The leader keeps the Raft membership in step with the admitted
@@ -494,16 +485,7 @@ async fn found(
     identity: &bkv_hsm_core::NodeIdentity,
 ) -> Result<(), NodeStartError> {
     let cfg_err = |e: String| NodeStartError::Config(e);
-    let uninitialized = fleet
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .next()
-        .is_none();
-    if uninitialized {
+    if !fleet.initialized() {
         let me = PeerNode {
             addr: peer_addr.to_string(),
             identity: identity.public_key(),

@@ -4,39 +4,14 @@
 //! Run: `cargo bench -p bkv-hsm-platform --bench platform` (needs softhsm2).
 
 use bkv_hsm_core::Platform;
-use bkv_hsm_platform::pkcs11::{Pkcs11Config, Pkcs11Platform};
+use bkv_hsm_platform::pkcs11::Pkcs11Platform;
 use bkv_hsm_platform::software::SoftwarePlatform;
 use criterion::{criterion_group, criterion_main, Criterion};
-use std::process::Command;
 
 fn softhsm(dir: &std::path::Path) -> Pkcs11Platform {
-    let conf = dir.join("softhsm2.conf");
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench"])
-        .args(["--pin", "1234", "--so-pin", "5678"])
-        .output()
-        .expect("softhsm2-util");
-    assert!(out.status.success());
-    std::fs::write(dir.join("pin"), "1234").unwrap();
-    Pkcs11Platform::open(
-        &Pkcs11Config {
-            module: bkv_hsm_platform::SOFTHSM_MODULE.into(),
-            token_label: "bench".into(),
-            pin_file: dir.join("pin"),
-        },
-        true,
-    )
-    .unwrap()
+    let t = bkv_hsm_platform::softhsm::init_token(dir, "bench", "1234", "5678").unwrap();
+    std::env::set_var("SOFTHSM2_CONF", &t.conf);
+    Pkcs11Platform::open(&t.config, true).unwrap()
 }
 
 fn bench(c: &mut Criterion) {

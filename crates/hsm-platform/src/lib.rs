@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pkcs11;
+pub mod softhsm;
 pub mod software;
 
 use bkv_hsm_core::SharedPlatform;

@@ -7,45 +7,20 @@
 
 use bkv_hsm_core::{Platform, PlatformError};
 use bkv_hsm_platform::pkcs11::{Pkcs11Config, Pkcs11Platform, SEALING_LABEL, SIGNING_LABEL};
-use bkv_hsm_platform::{PlatformOpenError, SOFTHSM_MODULE};
+use bkv_hsm_platform::PlatformOpenError;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use ed25519_dalek::Verifier;
 use std::path::Path;
-use std::process::Command;
 
 fn init_token(dir: &Path, label: &str) -> Pkcs11Config {
-    let conf = dir.join("softhsm2.conf");
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    // SoftHSM reads its configuration from this variable at C_Initialize.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label])
-        .args(["--pin", "1234", "--so-pin", "5678"])
-        .output()
+    let t = bkv_hsm_platform::softhsm::init_token(dir, label, "1234", "5678")
         .expect("softhsm2-util (Debian package softhsm2) must be installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pin_file = dir.join("pin");
-    std::fs::write(&pin_file, "1234\n").unwrap();
-    Pkcs11Config {
-        module: SOFTHSM_MODULE.into(),
-        token_label: label.into(),
-        pin_file,
-    }
+    // SoftHSM reads its configuration from this variable at C_Initialize.
+    std::env::set_var("SOFTHSM2_CONF", &t.conf);
+    t.config
 }
 
 /// Reads the key objects' protection attributes directly through PKCS#11.
@@ -201,7 +176,7 @@ fn keys_live_in_the_token_and_a_lost_token_is_a_clear_error() {
         Err(PlatformOpenError::Token(m)) => assert!(m.contains("PIN"), "{m}"),
         other => panic!("expected a PIN error, got {:?}", other.err()),
     }
-    std::fs::write(&cfg.pin_file, "1234\n").unwrap();
+    std::fs::write(&cfg.pin_file, "1234").unwrap();
 
     // The token deleted: a clear error, never new keys.
     std::fs::remove_dir_all(t.path().join("tokens")).unwrap();

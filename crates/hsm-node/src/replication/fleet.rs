@@ -215,6 +215,18 @@ impl Fleet {
         Err(FleetError::Unavailable(last))
     }
 
+    /// Whether a Raft membership exists (the fleet was initialized).
+    pub fn initialized(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
     /// Whether this node is the leader, and who is if not.
     pub async fn leader(&self) -> Option<u64> {
         self.raft.current_leader().await
