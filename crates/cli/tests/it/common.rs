@@ -276,6 +276,50 @@ pub fn bkv_with(config: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)])
     child.wait_with_output().unwrap()
 }
 
+/// `bkv backup create --user USER --password-stdin FILE` with `config`,
+/// asserting success.
+pub fn create_backup(config: &Path, user: &str, password: &str, file: &Path) {
+    let o = bkv_with(
+        config,
+        &[
+            "backup",
+            "create",
+            "--user",
+            user,
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        password,
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// `bkv backup restore --user USER --password-stdin --out OUT` with
+/// `config` and extra environment.
+pub fn restore_backup(
+    config: &Path,
+    user: &str,
+    password: &str,
+    out: &Path,
+    env: &[(&str, &str)],
+) -> Output {
+    bkv_with(
+        config,
+        &[
+            "backup",
+            "restore",
+            "--user",
+            user,
+            "--password-stdin",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        password,
+        env,
+    )
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "exit={:?}\nstdout:\n{}\nstderr:\n{}",

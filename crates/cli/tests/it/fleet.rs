@@ -31,33 +31,11 @@ on_both_platforms!(
 const PW: &str = "fleet password\n";
 
 fn create(dev: &DevUp, user: &str, file: &std::path::Path) {
-    let o = dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            user,
-            "--password-stdin",
-            file.to_str().unwrap(),
-        ],
-        PW,
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    crate::common::create_backup(&dev.config, user, PW, file);
 }
 
 fn restore(dev: &DevUp, user: &str, pw: &str, out: &std::path::Path) -> std::process::Output {
-    dev.bkv(
-        &[
-            "backup",
-            "restore",
-            "--user",
-            user,
-            "--password-stdin",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        pw,
-    )
+    crate::common::restore_backup(&dev.config, user, pw, out, &[])
 }
 
 fn record(dev: &DevUp, user: &str) -> serde_json::Value {

@@ -45,36 +45,11 @@ fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
 }
 
 fn create(config: &Path, user: &str, file: &Path) {
-    let o = run(
-        config,
-        &[
-            "backup",
-            "create",
-            "--user",
-            user,
-            "--password-stdin",
-            file.to_str().unwrap(),
-        ],
-        PW,
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    crate::common::create_backup(config, user, PW, file);
 }
 
 fn restore(config: &Path, user: &str, pw: &str, out: &Path, env: &[(&str, &str)]) -> Output {
-    bkv_with(
-        config,
-        &[
-            "backup",
-            "restore",
-            "--user",
-            user,
-            "--password-stdin",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        pw,
-        env,
-    )
+    crate::common::restore_backup(config, user, pw, out, env)
 }
 
 /// The record's state as seen through `config`: `Absent`, `Destroyed`, or

@@ -320,18 +320,7 @@ fn a_node_missing_from_the_auditors_log_is_not_admitted_and_gets_no_secrets() {
 }
 
 fn restore(dev: &DevUp, user: &str, out: &Path) -> std::process::Output {
-    dev.bkv(
-        &[
-            "backup",
-            "restore",
-            "--user",
-            user,
-            "--password-stdin",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        PW,
-    )
+    crate::common::restore_backup(&dev.config, user, PW, out, &[])
 }
 
 fn pkcs11_objects(dev: &DevUp, i: usize) -> String {
