@@ -77,6 +77,11 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
+    // The signing key and the log database are the auditor's alone.
+    std::fs::set_permissions(
+        &args.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let key = load_or_create_key(&args.data_dir.join("auditor-signing.key"))?;
     let mut namespaces = Vec::new();
     for spec in &args.namespaces {

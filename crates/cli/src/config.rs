@@ -73,6 +73,43 @@ pub struct OtaConfig {
     /// Where the newest checkpoint and accepted epoch are persisted
     /// (relative paths are relative to this config file).
     pub state_file: PathBuf,
+    /// When this client first saved a checkpoint (unix seconds): from then
+    /// on a missing state file is refused instead of trusted afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_trusted_since: Option<u64>,
+    /// Every `--trust-new-log`: when the client trusted the served log
+    /// afresh after its checkpoint went missing (unix seconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_log_trusted: Vec<u64>,
+}
+
+/// Records in the config at `path` that the client now holds a saved
+/// checkpoint (first contact), or that it re-trusted a new log.
+pub fn record_log_trust(path: &Path, saved_before: bool, retrusted: bool) -> anyhow::Result<()> {
+    if saved_before && !retrusted {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    // Edit the file as written (relative paths stay relative).
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut cfg: ClientConfig =
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let Some(ota) = cfg.fleet.ota.as_mut() else {
+        return Ok(());
+    };
+    if ota.log_trusted_since.is_none() {
+        ota.log_trusted_since = Some(now);
+    }
+    if retrusted {
+        ota.new_log_trusted.push(now);
+        eprintln!(
+            "warning: trusting the auditor log served now as a new start (--trust-new-log); recorded in {}",
+            path.display()
+        );
+    }
+    cfg.save(path)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -157,6 +194,12 @@ impl ClientConfig {
              # pinned mode: fleet.noise_public_key is pinned. ota mode: the auditor and operator keys are\n\
              # pinned and the fleet key comes from a bundle both signed and the auditor logged.\n{text}"
         );
-        std::fs::write(path, body).with_context(|| format!("write {}", path.display()))
+        // Whole or not at all: other bkv processes may be reading it.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        bkv_hsm_platform::write_private_file(&tmp, body.as_bytes())
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
     }
 }

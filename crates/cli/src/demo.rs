@@ -158,7 +158,11 @@ pub async fn run() -> anyhow::Result<()> {
     .await?
     .context("start vault node")?;
     let node = Arc::new(node);
-    let server = bkv_hsm_node::serve(node.clone(), "127.0.0.1:0")?;
+    let server = bkv_hsm_node::serve(
+        node.clone(),
+        "127.0.0.1:0",
+        bkv_hsm_node::DEFAULT_IDLE_TIMEOUT,
+    )?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -203,6 +207,7 @@ pub async fn run() -> anyhow::Result<()> {
                 namespace: NAMESPACE.into(),
             }),
             passkeys: None,
+            limits: Default::default(),
         },
         async move {
             let _ = stop_rx.await;
@@ -231,6 +236,7 @@ pub async fn run() -> anyhow::Result<()> {
         &frontend_url,
         &anchors,
         &root.join("client-state.json"),
+        false,
     )
     .await?
     .into_iter()

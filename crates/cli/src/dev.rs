@@ -368,6 +368,21 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&k))
 }
 
+/// The frontend's limits; `BKV_FRONTEND_IDLE_TIMEOUT` (seconds) shortens
+/// the header/keep-alive timeout, as tests of idle gaps do.
+fn frontend_limits() -> anyhow::Result<bkv_frontend::Limits> {
+    let mut l = bkv_frontend::Limits::default();
+    if let Ok(v) = std::env::var("BKV_FRONTEND_IDLE_TIMEOUT") {
+        let secs: u64 = v
+            .parse()
+            .ok()
+            .filter(|s| *s > 0)
+            .context("BKV_FRONTEND_IDLE_TIMEOUT must be a positive number of seconds")?;
+        l.idle_timeout = Duration::from_secs(secs);
+    }
+    Ok(l)
+}
+
 pub struct UpArgs {
     pub dir: PathBuf,
     /// Fleet size (1 = a one-node fleet).
@@ -561,6 +576,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             namespace: DEV_NAMESPACE.into(),
         }),
         passkeys: Some(relying_party(&frontend_dir)?),
+        limits: frontend_limits()?,
     };
     let storage_dir = dir.join("storage");
     std::fs::create_dir_all(&storage_dir)?;
@@ -590,6 +606,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                     auditor_key: auditor.key.clone(),
                     operator_key: hex::encode(operator.verifying_key().as_bytes()),
                     state_file: PathBuf::from("client-state/log-state.json"),
+                    log_trusted_since: None,
+                    new_log_trusted: Vec::new(),
                 }),
             }
         },
@@ -1131,6 +1149,13 @@ pub fn relying_party(
         db_path: dir.join("passkeys.redb"),
     })
     .context("open the passkey relying party")?;
+    // Tests bound the table to show a flood cannot fill it for others.
+    if let Some(n) = std::env::var("BKV_FRONTEND_MAX_CEREMONIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rp.set_max_ceremonies(n);
+    }
     Ok(std::sync::Arc::new(rp))
 }
 

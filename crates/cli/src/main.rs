@@ -32,6 +32,10 @@ struct Cli {
     /// deployment's token endpoint (from the config) is used.
     #[arg(long, global = true, env = "BKV_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the auditor log served now although this client's saved
+    /// checkpoint of it is missing (recorded in the client config).
+    #[arg(long, global = true)]
+    trust_new_log: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -350,6 +354,12 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 struct UsageError(String);
 
 fn main() {
+    // Everything bkv writes (keys, state, configs, partial restores) is the
+    // user's alone; restored trees get their recorded modes explicitly.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -380,6 +390,7 @@ impl Cli {
         Cli {
             config: self.config.clone(),
             token: self.token.clone(),
+            trust_new_log: self.trust_new_log,
             command: Command::Demo,
         }
     }
@@ -474,6 +485,9 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
     let cfg = ClientConfig::load(&path)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        // Below the frontend's keep-alive timeout, so a parked connection is
+        // rarely one the frontend is closing (a resend covers the rest).
+        .pool_idle_timeout(Duration::from_secs(10))
         .build()
         .context("http client")?;
     let token = match &cli.token {
@@ -509,7 +523,18 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
                 .as_ref()
                 .map(|o| o.state_file.clone())
                 .ok_or_else(|| anyhow!("ota mode needs [fleet.ota]"))?;
-            bkv_client::ota::fleets(&http, &cfg.frontend_url, &anchors, &state).await?
+            let ota = cfg.fleet.ota.as_ref();
+            let saved_before = ota.is_some_and(|o| o.log_trusted_since.is_some());
+            let fleets = bkv_client::ota::fleets(
+                &http,
+                &cfg.frontend_url,
+                &anchors,
+                &state,
+                saved_before && !cli.trust_new_log,
+            )
+            .await?;
+            config::record_log_trust(&path, saved_before, cli.trust_new_log && saved_before)?;
+            fleets
         }
         // Without a fleet id the frontend routes to its default fleet.
         _ => vec![bkv_client::session::FleetTarget {
@@ -883,14 +908,24 @@ async fn backup(cli: &Cli, command: &BackupCommand) -> anyhow::Result<()> {
             let mut unlocker = read_unlock(unlock)?;
             let ctx = context(cli, user).await?;
             let account = ctx.account(user)?;
-            if unlocker.password().is_none() {
-                // Confirms the user holds a protector before anything goes.
-                account.unlock(unlocker.unlock()).await?;
-            }
-            let n = account.disable(unlocker.password()).await?;
+            // Confirms the user holds a protector before anything goes (a
+            // password is checked by the vault login itself).
+            let unlocked = match unlocker.password() {
+                Some(_) => None,
+                None => Some(account.unlock(unlocker.unlock()).await?),
+            };
+            let d = account
+                .disable(unlocker.password(), unlocked.as_ref())
+                .await?;
             println!(
-                "backups disabled for {user}: vault record and passkeys deleted, {n} stored objects deleted"
+                "backups disabled for {user}: vault record deleted, {} stored objects deleted",
+                d.deleted_objects
             );
+            if d.passkeys_left_at_rp {
+                println!(
+                    "note: passkeys stay registered at the relying party (a recovery key is no proof it accepts); they open nothing now"
+                );
+            }
             Ok(())
         }
     }
@@ -978,6 +1013,11 @@ async fn protectors(cli: &Cli, command: &ProtectorsCommand) -> anyhow::Result<()
                 r.slots + usize::from(r.password),
                 r.deleted_objects
             );
+            if r.passkeys_left_at_rp > 0 {
+                println!(
+                    "note: the removed passkey stays registered at the relying party (a recovery key is no proof it accepts); it opens nothing made from now on"
+                );
+            }
             Ok(())
         }
     }

@@ -1,7 +1,10 @@
 //! Turning a file or directory tree into a backup stream and back, with
-//! bounded memory. Restores write to a temporary sibling first and rename into
-//! place only after the final chunk authenticated, so a tampered or truncated
-//! backup never leaves a partial result at the requested path.
+//! bounded memory. Restores write into a private (`0700`) sibling directory
+//! with an unpredictable name first and rename into place only after the
+//! final chunk authenticated, so a tampered or truncated backup never leaves
+//! a partial result at the requested path, and a killed restore never leaves
+//! plaintext that group or others can read. Leftovers of a killed restore are
+//! removed by the next restore to the same path.
 
 use crate::backup::{Compression, Content, DecryptReader, EncryptWriter, Header};
 use crate::error::{ClientError, Result};
@@ -170,16 +173,58 @@ pub struct Restored {
     pub path: PathBuf,
 }
 
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".bkv-partial-{}", std::process::id()));
-    out.with_file_name(name)
+/// Prefix of the private staging directory of a restore to `out`:
+/// `.<name>.bkv-partial-` (a random suffix follows).
+fn partial_prefix(out: &Path) -> std::ffi::OsString {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(out.file_name().unwrap_or_default());
+    name.push(".bkv-partial-");
+    name
 }
 
-/// Restores a backup stream into `out` (which must not exist yet).
+/// Removes what killed restores to `out` left behind (their staging
+/// directories); returns how many.
+pub fn remove_leftovers(out: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = partial_prefix(out);
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        if e.file_name().as_bytes().starts_with(prefix.as_bytes()) {
+            // Not a symlink: only what a restore created is removed.
+            if e.file_type().is_ok_and(|t| t.is_dir()) && fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Creates the staging directory of a restore to `out`: `0700`, created
+/// exclusively under an unpredictable name in the target directory (same
+/// file system, so the final rename is atomic).
+fn create_staging(out: &Path) -> io::Result<PathBuf> {
+    use rand::RngCore;
+    use std::os::unix::fs::DirBuilderExt;
+    let mut suffix = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    let mut name = partial_prefix(out);
+    name.push(hex::encode(suffix));
+    let path = out.with_file_name(name);
+    // `create` fails if anything exists there (no following of a planted link).
+    fs::DirBuilder::new().mode(0o700).create(&path)?;
+    Ok(path)
+}
+
+/// Restores a backup stream into `out` (which must not exist yet). Trees
+/// get the modes recorded in the backup (without set-id bits); a single
+/// file is `0600`.
 pub fn read_backup<R: Read>(
     input: R,
     key: &BackupKey,
@@ -192,9 +237,14 @@ pub fn read_backup<R: Read>(
             format!("{} already exists; choose a new --out path", out.display()),
         )));
     }
+    let removed = remove_leftovers(out);
+    if removed > 0 {
+        tracing::info!(removed, "removed what an interrupted restore left behind");
+    }
     let mut dec = DecryptReader::new(input, key)?;
     let header = dec.header().clone();
-    let tmp = partial_path(out);
+    let staging = create_staging(out)?;
+    let inner = staging.join("restored");
     let result = (|| -> Result<()> {
         {
             let plain: Box<dyn Read + '_> = match header.compression {
@@ -204,28 +254,36 @@ pub fn read_backup<R: Read>(
             let mut plain = Progress::new(plain, report);
             match header.content {
                 Content::File => {
-                    let mut f = fs::File::create(&tmp)?;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&inner)?;
                     io::copy(&mut plain, &mut f)?;
                     f.sync_all()?;
                 }
                 Content::Tar => {
-                    fs::create_dir_all(&tmp)?;
+                    fs::create_dir(&inner)?;
                     let mut a = tar::Archive::new(&mut plain);
                     a.set_preserve_permissions(true);
-                    // `unpack` refuses entries that would land outside `tmp`.
-                    a.unpack(&tmp)?;
+                    // Recorded modes, never set-user/group-id or sticky bits.
+                    a.set_mask(0o7000);
+                    // `unpack` refuses entries that would land outside `inner`.
+                    a.unpack(&inner)?;
                     io::copy(&mut plain, &mut io::sink())?;
                 }
             }
         }
+        // The worst moment to be killed: all plaintext staged, not yet moved.
+        crate::crash_point("restore-staged");
         // Authenticate through the final chunk before anything is renamed.
         dec.finish()?;
-        fs::rename(&tmp, out)?;
+        fs::rename(&inner, out)?;
         Ok(())
     })();
+    let _ = fs::remove_dir_all(&staging);
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        let _ = fs::remove_dir_all(&tmp);
         return Err(match e {
             ClientError::Io(io) => match crate::backup::format_error(&io) {
                 Some(f) => ClientError::Format(f.clone()),
@@ -303,5 +361,68 @@ mod tests {
         assert!(!out.exists());
         read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
         assert_eq!(fs::read(&out).unwrap(), vec![9u8; 100_000]);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn restored_modes_are_the_recorded_ones_and_single_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        for (name, m) in [("open", 0o644), ("secret", 0o600), ("tool", 0o4755)] {
+            fs::write(src.join(name), name).unwrap();
+            fs::set_permissions(src.join(name), fs::Permissions::from_mode(m)).unwrap();
+        }
+        fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+        let k = BackupKey::generate();
+        let (_, ct) = write_backup(&src, &k, Options::default(), Vec::new(), noop()).unwrap();
+        let out = d.path().join("tree");
+        read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
+        assert_eq!(mode(&out.join("open")), 0o644);
+        assert_eq!(mode(&out.join("secret")), 0o600);
+        // Set-id bits are never restored.
+        assert_eq!(mode(&out.join("tool")), 0o755);
+        assert_eq!(mode(&out.join("sub")), 0o750);
+
+        fs::write(d.path().join("one"), b"x").unwrap();
+        fs::set_permissions(d.path().join("one"), fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, ct) = write_backup(
+            &d.path().join("one"),
+            &k,
+            Options::default(),
+            Vec::new(),
+            noop(),
+        )
+        .unwrap();
+        let out = d.path().join("one-restored");
+        read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
+        assert_eq!(mode(&out), 0o600);
+    }
+
+    #[test]
+    fn staging_is_private_and_leftovers_go_on_the_next_run() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        // What a killed restore leaves: a private staging directory.
+        let a = create_staging(&out).unwrap();
+        let b = create_staging(&out).unwrap();
+        assert_ne!(a, b, "names are unpredictable");
+        assert_eq!(mode(&a), 0o700);
+        fs::write(a.join("restored"), b"plaintext").unwrap();
+        // Another path's staging is not touched.
+        let other = create_staging(&d.path().join("outer")).unwrap();
+        let src = d.path().join("f");
+        fs::write(&src, b"data").unwrap();
+        let k = BackupKey::generate();
+        let (_, ct) = write_backup(&src, &k, Options::default(), Vec::new(), noop()).unwrap();
+        read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
+        assert!(!a.exists() && !b.exists());
+        assert!(other.exists());
+        assert_eq!(fs::read(&out).unwrap(), b"data");
     }
 }

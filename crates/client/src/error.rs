@@ -38,6 +38,8 @@ pub enum ClientError {
     Protectors(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("the saved checkpoint of the auditor's log ({path}) is missing, though this client trusted the log before: it cannot tell whether the log it sees now is the same one. If the file was deleted on purpose, run again with --trust-new-log (recorded in the client config)")]
+    CheckpointLost { path: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

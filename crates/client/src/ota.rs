@@ -35,7 +35,13 @@ fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
     let body = serde_json::to_vec_pretty(st).map_err(|e| ClientError::Protocol(e.to_string()))?;
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&body)?;
         f.sync_all()?;
     }
@@ -45,12 +51,22 @@ fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
 
 /// Fetches and verifies the current bundle; returns its fleets, the
 /// preferred one first (older ones still serve records during a rotation).
+///
+/// `saved_before`: this client saved a checkpoint before (its config says
+/// so). Then a missing state file is an error, not a first contact: trusting
+/// whatever log is served next would undo the log's consistency check.
 pub async fn fleets(
     http: &reqwest::Client,
     frontend_url: &str,
     anchors: &TrustAnchors,
     state_path: &Path,
+    saved_before: bool,
 ) -> Result<Vec<crate::session::FleetTarget>> {
+    if saved_before && !state_path.exists() {
+        return Err(ClientError::CheckpointLost {
+            path: state_path.display().to_string(),
+        });
+    }
     let seen = load_state(state_path)?;
     let url = format!(
         "{}/v1/bundle?known_size={}",

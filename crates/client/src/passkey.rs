@@ -17,7 +17,7 @@ use crate::session::{error_of, http_err, read_limited, url, Endpoint};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use futures::future::BoxFuture;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -58,6 +58,51 @@ pub trait Authenticator: Send {
 pub struct RpResult {
     pub credential_id: Vec<u8>,
     pub rp_share: Zeroizing<[u8; 32]>,
+    /// After an assertion: the RP's grant for deletions and registrations.
+    pub grant: Option<Grant>,
+}
+
+/// Proof of a protector the RP accepts for a while (deleting passkeys,
+/// registering another one): from a passkey assertion or a vault session
+/// logged in with the password.
+#[derive(Clone)]
+pub struct Grant(SecretString);
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Grant(<redacted>)")
+    }
+}
+
+impl Grant {
+    fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// Exchanges a logged-in vault session for a grant. `None` when the
+/// frontend has no passkey support.
+pub async fn grant_from_session(endpoint: &Endpoint, session_id: &str) -> Result<Option<Grant>> {
+    let resp = endpoint
+        .http
+        .post(url(endpoint, "/v1/passkeys/grants"))
+        .bearer_auth(endpoint.token.expose_secret())
+        .header("bkv-session", session_id)
+        .send()
+        .await
+        .map_err(http_err)?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(error_of(resp).await);
+    }
+    #[derive(Deserialize)]
+    struct G {
+        grant: String,
+    }
+    let g: G = parse(&read_limited(resp, MAX_RP_BODY).await?, "grant")?;
+    Ok(Some(Grant(SecretString::from(g.grant))))
 }
 
 #[derive(Deserialize)]
@@ -70,6 +115,8 @@ struct Started {
 struct Finished {
     credential_id: String,
     rp_share: String,
+    #[serde(default)]
+    grant: Option<String>,
 }
 
 async fn rp_post(endpoint: &Endpoint, path: &str, body: Value) -> Result<Vec<u8>> {
@@ -102,6 +149,7 @@ fn finished(b: &[u8]) -> Result<RpResult> {
     Ok(RpResult {
         credential_id,
         rp_share: share,
+        grant: f.grant.map(|g| Grant(SecretString::from(g))),
     })
 }
 
@@ -155,9 +203,14 @@ pub async fn register(
     authenticator: &mut dyn Authenticator,
     origin: &str,
     salt: &[u8; 32],
+    grant: Option<&Grant>,
 ) -> Result<(RpResult, Zeroizing<[u8; 32]>)> {
+    let body = match grant {
+        Some(g) => json!({ "grant": g.expose() }),
+        None => json!({}),
+    };
     let started: Started = parse(
-        &rp_post(endpoint, "/v1/passkeys/registrations", json!({})).await?,
+        &rp_post(endpoint, "/v1/passkeys/registrations", body).await?,
         "passkey registration options",
     )?;
     let options = with_prf(started.options, salt)?;
@@ -211,12 +264,13 @@ pub async fn assert(
 }
 
 /// Deletes a passkey at the RP (its share is gone: the passkey opens nothing).
-pub async fn delete(endpoint: &Endpoint, credential_id: &[u8]) -> Result<()> {
+pub async fn delete(endpoint: &Endpoint, credential_id: &[u8], grant: &Grant) -> Result<()> {
     let path = format!("/v1/passkeys/{}", B64URL.encode(credential_id));
     let resp = endpoint
         .http
         .delete(url(endpoint, &path))
         .bearer_auth(endpoint.token.expose_secret())
+        .header("bkv-grant", grant.expose())
         .send()
         .await
         .map_err(http_err)?;
@@ -226,12 +280,41 @@ pub async fn delete(endpoint: &Endpoint, credential_id: &[u8]) -> Result<()> {
     }
 }
 
+/// The credential ids (base64url) of the token's user's passkeys at the RP;
+/// empty when the frontend has no passkey support.
+pub async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
+    let resp = endpoint
+        .http
+        .get(url(endpoint, "/v1/passkeys"))
+        .bearer_auth(endpoint.token.expose_secret())
+        .send()
+        .await
+        .map_err(http_err)?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    if !resp.status().is_success() {
+        return Err(error_of(resp).await);
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        credential_id: String,
+    }
+    #[derive(Deserialize)]
+    struct Listed {
+        passkeys: Vec<Entry>,
+    }
+    let l: Listed = parse(&read_limited(resp, MAX_RP_BODY).await?, "passkey list")?;
+    Ok(l.passkeys.into_iter().map(|e| e.credential_id).collect())
+}
+
 /// Deletes every passkey of the token's user at the RP.
-pub async fn delete_all(endpoint: &Endpoint) -> Result<()> {
+pub async fn delete_all(endpoint: &Endpoint, grant: &Grant) -> Result<()> {
     let resp = endpoint
         .http
         .delete(url(endpoint, "/v1/passkeys"))
         .bearer_auth(endpoint.token.expose_secret())
+        .header("bkv-grant", grant.expose())
         .send()
         .await
         .map_err(http_err)?;

@@ -71,6 +71,9 @@ pub struct Unlocked {
     pub manifest: Option<Manifest>,
     /// `password` or the slot id that opened K.
     pub via: String,
+    /// The RP's grant for the protector that opened K (password or
+    /// passkey; a recovery key proves nothing to the RP).
+    pub grant: Option<passkey::Grant>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,19 @@ pub struct Rotated {
     pub password: bool,
     pub backup: Option<Latest>,
     pub deleted_objects: usize,
+    /// Removed passkeys still registered at the RP: without the password or
+    /// a passkey there was no grant to delete them. They open nothing made
+    /// after this rotation.
+    pub passkeys_left_at_rp: usize,
+}
+
+/// What `disable` deleted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disabled {
+    pub deleted_objects: usize,
+    /// Passkeys were left registered at the RP (no grant: unlocked with a
+    /// recovery key). They open nothing: every manifest is gone.
+    pub passkeys_left_at_rp: bool,
 }
 
 fn gone(what: &str) -> ClientError {
@@ -223,12 +239,14 @@ impl Account {
         match with {
             Unlock::Password(pw) => {
                 let logged_in = self.login(pw).await?;
+                let grant = self.grant_for(&logged_in.session).await;
                 logged_in.session.close().await;
                 let manifest = self.manifest_for(&logged_in.key).await?;
                 Ok(Unlocked {
                     key: logged_in.key,
                     manifest,
                     via: "password".into(),
+                    grant,
                 })
             }
             Unlock::RecoveryKey(rk) => {
@@ -245,6 +263,7 @@ impl Account {
                                 key,
                                 manifest: Some(m),
                                 via,
+                                grant: None,
                             });
                         }
                     }
@@ -291,6 +310,7 @@ impl Account {
                             key,
                             manifest: Some(m),
                             via,
+                            grant: rp.grant,
                         });
                     }
                     Err(_) => {
@@ -304,6 +324,19 @@ impl Account {
         Err(last_err.unwrap_or_else(|| {
             gone("no passkey is a protector of these backups (it was removed, or never added)")
         }))
+    }
+
+    /// The RP's grant for a logged-in vault session; `None` when the
+    /// frontend has no passkeys (or refuses: then nothing needs one).
+    async fn grant_for(&self, session: &crate::session::Session) -> Option<passkey::Grant> {
+        let endpoint = self.endpoint().ok()?;
+        match passkey::grant_from_session(endpoint, session.id()).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "no passkey grant for this session");
+                None
+            }
+        }
     }
 
     /// Restores the newest backup K opens.
@@ -348,8 +381,14 @@ impl Account {
         let mut salt = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let id = new_slot_id(SlotKind::Passkey);
-        let (rp, prf) =
-            passkey::register(self.endpoint()?, auth, &self.passkey_origin, &salt).await?;
+        let (rp, prf) = passkey::register(
+            self.endpoint()?,
+            auth,
+            &self.passkey_origin,
+            &salt,
+            unlocked.grant.as_ref(),
+        )
+        .await?;
         let secret = SlotSecret::from_passkey(&prf, &rp.rp_share, &id);
         let params = PasskeyParams {
             rp_id: self.passkey_origin.clone(),
@@ -450,9 +489,13 @@ impl Account {
         } else {
             None
         };
+        let mut grant = unlocked.grant;
         let source = match pw {
             Some(pw) => {
                 let li = self.login(pw).await?;
+                if grant.is_none() {
+                    grant = self.grant_for(&li.session).await;
+                }
                 li.session.close().await;
                 li.key
             }
@@ -526,8 +569,14 @@ impl Account {
             vault.delete(pw).await?;
             crate::crash_point("vault-deleted");
         }
-        for cred in &removed_passkeys {
-            passkey::delete(self.endpoint()?, cred).await?;
+        let mut passkeys_left_at_rp = 0;
+        match &grant {
+            Some(g) => {
+                for cred in &removed_passkeys {
+                    passkey::delete(self.endpoint()?, cred, g).await?;
+                }
+            }
+            None => passkeys_left_at_rp = removed_passkeys.len(),
         }
         if !removed_passkeys.is_empty() {
             crate::crash_point("passkeys-deleted");
@@ -539,19 +588,39 @@ impl Account {
             password: keep_password,
             backup: new_backup,
             deleted_objects: deleted,
+            passkeys_left_at_rp,
         })
     }
 
     /// Deletes everything: the vault record (needs the password if one
-    /// exists), every passkey at the relying party, every stored object.
-    pub async fn disable(&self, password: Option<&SecretString>) -> Result<usize> {
+    /// exists), every passkey at the relying party (needs a grant: from the
+    /// password login, or from `unlocked` if a passkey opened it), every
+    /// stored object.
+    pub async fn disable(
+        &self,
+        password: Option<&SecretString>,
+        unlocked: Option<&Unlocked>,
+    ) -> Result<Disabled> {
+        let mut grant = unlocked.and_then(|u| u.grant.clone());
         if self.password_state().await? {
             let pw = password.ok_or(ClientError::PasswordNeeded)?;
             let li = self.login(pw).await?;
+            if grant.is_none() {
+                grant = self.grant_for(&li.session).await;
+            }
             self.vault()?.delete_in(li.session).await?;
         }
-        passkey::delete_all(self.endpoint()?).await?;
-        self.store.delete_all().await
+        let passkeys_left_at_rp = match &grant {
+            Some(g) => {
+                passkey::delete_all(self.endpoint()?, g).await?;
+                false
+            }
+            None => !passkey::list(self.endpoint()?).await?.is_empty(),
+        };
+        Ok(Disabled {
+            deleted_objects: self.store.delete_all().await?,
+            passkeys_left_at_rp,
+        })
     }
 }
 

@@ -131,7 +131,7 @@ impl Session {
         if !endpoint.fleet.fleet_id.is_empty() {
             req = req.header("bkv-fleet", &endpoint.fleet.fleet_id);
         }
-        let resp = req.body(msg1).send().await.map_err(http_err)?;
+        let resp = send_resending(req.body(msg1)).await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
@@ -166,15 +166,13 @@ impl Session {
             .write_message(&plain, &mut ct)
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
         ct.truncate(n);
-        let resp = self
+        let req = self
             .endpoint
             .http
             .post(url(&self.endpoint, &format!("/v1/sessions/{}", self.id)))
             .bearer_auth(self.endpoint.token.expose_secret())
-            .body(ct)
-            .send()
-            .await
-            .map_err(http_err)?;
+            .body(ct);
+        let resp = send_resending(req).await?;
         if !resp.status().is_success() {
             return Err(error_of(resp).await);
         }
@@ -188,15 +186,38 @@ impl Session {
             .map_err(|e| ClientError::Protocol(format!("response: {e}")))
     }
 
-    /// Best-effort close (the node also expires idle sessions).
-    pub async fn close(self) {
-        let _ = self
-            .endpoint
-            .http
-            .delete(url(&self.endpoint, &format!("/v1/sessions/{}", self.id)))
-            .bearer_auth(self.endpoint.token.expose_secret())
-            .send()
-            .await;
+    /// The frontend's id of this session (`bkv-session`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Ends the session with an encrypted `Close` (only this session's key
+    /// can end it). Best effort: the node also expires idle sessions.
+    pub async fn close(mut self) {
+        let _ = self.call(&VaultRequest::Close).await;
+    }
+}
+
+/// Sends a request, resending the same bytes when the connection failed
+/// before an answer arrived (a kept-alive connection the frontend had just
+/// closed, a reset). Safe: a session open is harmless to repeat, and a
+/// resent session message is answered from the node's record of its reply,
+/// never processed twice.
+async fn send_resending(req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    let mut attempt = 0;
+    loop {
+        let Some(this) = req.try_clone() else {
+            return req.send().await.map_err(http_err);
+        };
+        match this.send().await {
+            Ok(resp) => return Ok(resp),
+            Err(e) if attempt < 2 && (e.is_request() || e.is_connect()) && !e.is_timeout() => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "resending after a connection failure");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(http_err(e)),
+        }
     }
 }
 

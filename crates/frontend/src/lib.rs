@@ -32,16 +32,52 @@ pub const DEFAULT_AUDIENCE: &str = "bkv";
 const NODE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed for a node to open a session before the next node is tried.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Per-user budgets (burst, refill per second). Session opens are limited
-/// tightly; messages inside an open session get a generous budget so that a
-/// login the vault has already counted is not cut off half-way by the
-/// frontend (an unfinished login still spends a guess).
-const OPEN_BURST: f64 = 30.0;
-const OPEN_PER_SEC: f64 = 10.0;
-const MSG_BURST: f64 = 300.0;
-const MSG_PER_SEC: f64 = 150.0;
-/// Users tracked by the rate limiter before old entries are pruned.
-const RATE_TABLE_MAX: usize = 100_000;
+/// Header carrying a passkey grant (`DELETE /v1/passkeys…`).
+pub const GRANT_HEADER: &str = "bkv-grant";
+
+/// What one client address, one user and everyone together may use. Every
+/// bounded resource is bounded per user and per address as well as
+/// globally, so a flood from many accounts or one address only uses up its
+/// own share (the nodes bound sessions per user the same way).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client has to send a request's headers, which is also how
+    /// long a kept-alive connection may sit idle.
+    pub idle_timeout: Duration,
+    /// Time for a whole request (body and answer).
+    pub request_timeout: Duration,
+    /// Client connections served at once (all addresses; more wait in the
+    /// kernel's accept queue).
+    pub max_connections: usize,
+    /// Client connections one address may hold.
+    pub max_connections_per_address: usize,
+    /// Requests per second (and burst) from one address.
+    pub address_rate: (u32, u32),
+    /// Session opens and passkey ceremonies per second (and burst) from one
+    /// address.
+    pub address_open_rate: (u32, u32),
+    /// Session opens and passkey ceremonies per second (and burst) per user.
+    pub user_open_rate: (u32, u32),
+    /// Messages inside sessions per second (and burst) per user: generous, so
+    /// that a login the vault already counted is not cut off half-way (an
+    /// unfinished login still spends a guess).
+    pub user_message_rate: (u32, u32),
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            address_rate: (2000, 4000),
+            address_open_rate: (500, 1000),
+            user_open_rate: (10, 30),
+            user_message_rate: (150, 300),
+        }
+    }
+}
 
 pub struct FrontendConfig {
     /// The fleets' node addresses (relay links), preferred fleet first.
@@ -56,6 +92,7 @@ pub struct FrontendConfig {
     pub bundle_source: Option<BundleSource>,
     /// WebAuthn relying party for passkey protectors (`/v1/passkeys`).
     pub passkeys: Option<Arc<passkeys::RelyingParty>>,
+    pub limits: Limits,
 }
 
 /// One fleet's nodes.
@@ -122,9 +159,9 @@ pub struct BundleSource {
 struct AppState {
     config: FrontendConfig,
     http: reqwest::Client,
-    /// Idle connections per node address.
-    pools: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
-    rate: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Idle connections per node address, with when they were parked.
+    pools: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    rates: RateLimits,
     /// Route index of the node that last opened a session.
     preferred: std::sync::atomic::AtomicUsize,
     /// Fleets of the latest bundle, and when they were fetched.
@@ -143,10 +180,10 @@ pub fn router(config: FrontendConfig) -> Router {
         .build()
         .unwrap_or_default();
     let state = Arc::new(AppState {
+        rates: RateLimits::new(&config.limits),
         config,
         http,
         pools,
-        rate: Mutex::new(HashMap::new()),
         preferred: std::sync::atomic::AtomicUsize::new(0),
         bundle_fleets: Mutex::new(None),
     });
@@ -156,10 +193,7 @@ pub fn router(config: FrontendConfig) -> Router {
         .route("/v1/fleet/status", get(fleet_status))
         .route("/v1/bundle", get(bundle))
         .route("/v1/sessions", post(open_session))
-        .route(
-            "/v1/sessions/{id}",
-            post(session_message).delete(close_session),
-        )
+        .route("/v1/sessions/{id}", post(session_message))
         .route("/v1/dev/token", post(dev_token))
         .route(
             "/v1/passkeys",
@@ -171,24 +205,223 @@ pub fn router(config: FrontendConfig) -> Router {
             "/v1/passkeys/registrations/{ceremony}",
             post(passkeys_register_finish),
         )
+        .route("/v1/passkeys/grants", post(passkeys_grant))
         .route("/v1/passkeys/assertions", post(passkeys_assert_start))
         .route(
             "/v1/passkeys/assertions/{ceremony}",
             post(passkeys_assert_finish),
         )
         .layer(DefaultBodyLimit::max(MAX_NOISE_MESSAGE))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_address,
+        ))
         .with_state(state)
 }
 
-/// Serves the frontend on `listener` until `shutdown` resolves.
+/// Serves the frontend on `listener` until `shutdown` resolves: HTTP/1.1
+/// with a header-read (and keep-alive idle) timeout, a whole-request
+/// timeout, and connection caps per address and overall.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: FrontendConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(config))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let limits = config.limits.clone();
+    let app = router(config).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    let conns = Arc::new(Mutex::new(ConnTable::default()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = ConnSlot::take(&conns, address_key(peer.ip()), &limits) else {
+            tracing::debug!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(64 * 1024);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
+    }
+}
+
+/// Open client connections, overall and per address.
+#[derive(Default)]
+struct ConnTable {
+    total: usize,
+    per_address: HashMap<std::net::IpAddr, usize>,
+}
+
+/// One open client connection, released when dropped.
+struct ConnSlot {
+    table: Arc<Mutex<ConnTable>>,
+    address: std::net::IpAddr,
+}
+
+impl ConnSlot {
+    fn take(
+        table: &Arc<Mutex<ConnTable>>,
+        address: std::net::IpAddr,
+        limits: &Limits,
+    ) -> Option<ConnSlot> {
+        let mut t = table.lock().ok()?;
+        let mine = t.per_address.get(&address).copied().unwrap_or(0);
+        if t.total >= limits.max_connections || mine >= limits.max_connections_per_address {
+            return None;
+        }
+        t.total += 1;
+        t.per_address.insert(address, mine + 1);
+        Some(ConnSlot {
+            table: table.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.total = t.total.saturating_sub(1);
+            if let Some(n) = t.per_address.get_mut(&self.address) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_address.remove(&self.address);
+                }
+            }
+        }
+    }
+}
+
+/// The key client addresses are limited by: IPv4 addresses as they are,
+/// IPv6 addresses by their /64 (one subscriber's prefix).
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// Token buckets (`governor`) per user and per client address.
+struct RateLimits {
+    address: KeyedLimiter<std::net::IpAddr>,
+    address_opens: KeyedLimiter<std::net::IpAddr>,
+    user_opens: KeyedLimiter<String>,
+    user_messages: KeyedLimiter<String>,
+    /// Checks since the tables were last pruned of idle keys.
+    checks: std::sync::atomic::AtomicU64,
+}
+
+fn quota((per_sec, burst): (u32, u32)) -> governor::Quota {
+    let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::Quota::per_second(nz(per_sec)).allow_burst(nz(burst))
+}
+
+impl RateLimits {
+    fn new(l: &Limits) -> Self {
+        RateLimits {
+            address: governor::RateLimiter::keyed(quota(l.address_rate)),
+            address_opens: governor::RateLimiter::keyed(quota(l.address_open_rate)),
+            user_opens: governor::RateLimiter::keyed(quota(l.user_open_rate)),
+            user_messages: governor::RateLimiter::keyed(quota(l.user_message_rate)),
+            checks: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets keys whose buckets are full again, every so many checks, so
+    /// the tables stay as large as the set of recently active keys.
+    fn prune(&self) {
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(10_000)
+        {
+            for l in [&self.address, &self.address_opens] {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+            for l in [&self.user_opens, &self.user_messages] {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        }
+    }
+}
+
+fn rate_limited(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests {what}; slow down"),
+    )
+}
+
+/// The client address of a request (unspecified when served without one,
+/// as in-process tests do).
+fn client_address(req_ext: &axum::http::Extensions) -> std::net::IpAddr {
+    req_ext
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| address_key(c.0.ip()))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Every request counts against its address's budget; session opens and
+/// passkey ceremonies also against the address's budget for those.
+async fn limit_address(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let address = client_address(req.extensions());
+    state.rates.prune();
+    if state.rates.address.check_key(&address).is_err() {
+        return rate_limited("from this address").into_response();
+    }
+    let opens = req.method() == axum::http::Method::POST
+        && matches!(
+            req.uri().path(),
+            "/v1/sessions" | "/v1/passkeys/registrations" | "/v1/passkeys/assertions"
+        );
+    if opens && state.rates.address_opens.check_key(&address).is_err() {
+        return rate_limited("opening sessions from this address").into_response();
+    }
+    next.run(req).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -233,9 +466,22 @@ impl From<NodeError> for ApiError {
             NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             NodeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             NodeError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            NodeError::InProgress => (StatusCode::SERVICE_UNAVAILABLE, "in_progress"),
         };
         ApiError::new(status, code, e.to_string())
     }
+}
+
+/// Creates `path` readable and writable by its owner only (or narrows an
+/// existing file to that), before a library opens it.
+pub(crate) fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -274,31 +520,14 @@ fn authenticate(state: &AppState, headers: &HeaderMap, budget: Budget) -> Result
 }
 
 fn rate_limit(state: &AppState, user: &str, budget: Budget) -> Result<(), ApiError> {
-    let (burst, per_sec, key) = match budget {
-        Budget::Open => (OPEN_BURST, OPEN_PER_SEC, format!("o:{user}")),
-        Budget::Message => (MSG_BURST, MSG_PER_SEC, format!("m:{user}")),
+    let (limiter, what) = match budget {
+        Budget::Open => (&state.rates.user_opens, "opening sessions for this user"),
+        Budget::Message => (&state.rates.user_messages, "for this user"),
     };
-    let mut table = state
-        .rate
-        .lock()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "lock"))?;
-    let now = Instant::now();
-    if table.len() >= RATE_TABLE_MAX {
-        table.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(10));
-    }
-    let entry = table.entry(key).or_insert((burst, now));
-    let refill = now.duration_since(entry.1).as_secs_f64() * per_sec;
-    entry.0 = (entry.0 + refill).min(burst);
-    entry.1 = now;
-    if entry.0 < 1.0 {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests for this user; slow down",
-        ));
-    }
-    entry.0 -= 1.0;
-    Ok(())
+    // Keyed by the verified user id: `sub` is short (validated length).
+    limiter
+        .check_key(&user.to_owned())
+        .map_err(|_| rate_limited(what))
 }
 
 /// Session ids given to clients: `<node index>.<hex of the node's session id>`,
@@ -349,23 +578,20 @@ async fn node_call_within(
         )
     };
     let (_, addr) = state.config.routes.get(node).ok_or_else(unavailable)?;
-    let pooled = state
-        .pools
-        .lock()
-        .ok()
-        .and_then(|mut p| p.get_mut(&addr).and_then(|v| v.pop()));
     let body = bkv_wire::encode(req);
     let len = u32::try_from(body.len()).map_err(|_| unavailable())?;
     let mut frame = len.to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
 
-    // A pooled connection may have been closed by the node (restart, idle
-    // timeout): on failure retry once on a fresh connection. Requests are
-    // only retried when the node cannot have read them (write failed or the
-    // connection was already closed before any byte of a reply).
-    let mut attempt_pooled = pooled;
+    // A parked connection may have been closed by the node (restart, idle
+    // timeout) at any moment. Resending is safe: the node answers a resent
+    // session message from its record of the last reply instead of
+    // processing it twice (and the other requests are idempotent or
+    // harmless to repeat), so a failure on a parked connection is retried
+    // once on a fresh one.
+    let mut parked = take_parked(state, addr);
     for _ in 0..2 {
-        let (mut conn, was_pooled) = match attempt_pooled.take() {
+        let (mut conn, was_parked) = match parked.take() {
             Some(c) => (c, true),
             None => match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
                 Ok(Ok(c)) => {
@@ -376,48 +602,58 @@ async fn node_call_within(
             },
         };
         match tokio::time::timeout(limit, roundtrip(&mut conn, &frame)).await {
-            Ok(Ok(resp)) => {
+            Ok(Some(resp)) => {
                 if let Ok(mut p) = state.pools.lock() {
                     let v = p.entry(addr).or_default();
                     if v.len() < 32 {
-                        v.push(conn);
+                        v.push((conn, Instant::now()));
                     }
                 }
                 return Ok(resp);
             }
-            Ok(Err(RoundTrip::ClosedBeforeReply)) if was_pooled => continue,
+            Ok(None) if was_parked => continue,
             _ => return Err(unavailable()),
         }
     }
     Err(unavailable())
 }
 
-enum RoundTrip {
-    ClosedBeforeReply,
-    Failed,
+/// Connections parked longer than this are dropped rather than reused
+/// (well below the node's idle timeout).
+const MAX_PARKED: Duration = Duration::from_secs(20);
+
+/// A parked connection to `addr` that is still open, if any.
+fn take_parked(state: &AppState, addr: SocketAddr) -> Option<TcpStream> {
+    let mut pools = state.pools.lock().ok()?;
+    let v = pools.get_mut(&addr)?;
+    while let Some((conn, parked_at)) = v.pop() {
+        if parked_at.elapsed() > MAX_PARKED {
+            continue;
+        }
+        // An open, quiet connection has nothing to read; a closed one reads
+        // end-of-file at once.
+        let mut probe = [0u8; 1];
+        match conn.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
+            _ => continue,
+        }
+    }
+    None
 }
 
-async fn roundtrip(conn: &mut TcpStream, frame: &[u8]) -> Result<NodeResponse, RoundTrip> {
-    conn.write_all(frame)
-        .await
-        .map_err(|_| RoundTrip::ClosedBeforeReply)?;
+/// One request/response exchange; `None` on any failure (the caller decides
+/// whether resending is safe).
+async fn roundtrip(conn: &mut TcpStream, frame: &[u8]) -> Option<NodeResponse> {
+    conn.write_all(frame).await.ok()?;
     let mut len = [0u8; 4];
-    match conn.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(RoundTrip::ClosedBeforeReply)
-        }
-        Err(_) => return Err(RoundTrip::Failed),
-    }
+    conn.read_exact(&mut len).await.ok()?;
     let len = u32::from_be_bytes(len) as usize;
     if len > bkv_wire::MAX_NODE_FRAME {
-        return Err(RoundTrip::Failed);
+        return None;
     }
     let mut body = vec![0u8; len];
-    conn.read_exact(&mut body)
-        .await
-        .map_err(|_| RoundTrip::Failed)?;
-    bkv_wire::decode(&body, bkv_wire::MAX_NODE_FRAME).map_err(|_| RoundTrip::Failed)
+    conn.read_exact(&mut body).await.ok()?;
+    bkv_wire::decode(&body, bkv_wire::MAX_NODE_FRAME).ok()
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -583,25 +819,21 @@ async fn session_message(
         user_id: user.clone(),
         ciphertext: body.to_vec(),
     };
-    match node_call(&state, node, &req).await? {
+    // A resent request whose first delivery is still committing: ask again
+    // until the node has its reply (it never processes it twice).
+    let mut resp = node_call(&state, node, &req).await?;
+    for _ in 0..100 {
+        if !matches!(resp, NodeResponse::Error(NodeError::InProgress)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resp = node_call(&state, node, &req).await?;
+    }
+    match resp {
         NodeResponse::SessionMessage { ciphertext } => {
             tracing::debug!(user = %user, node, request_bytes = body.len(), response_bytes = ciphertext.len(), "relayed");
             Ok(ciphertext.into_response())
         }
-        NodeResponse::Error(e) => Err(e.into()),
-        _ => Err(unexpected()),
-    }
-}
-
-async fn close_session(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers, Budget::Message)?;
-    let (node, session_id) = parse_session(&id, state.config.routes.len())?;
-    match node_call(&state, node, &NodeRequest::CloseSession { session_id }).await? {
-        NodeResponse::Closed => Ok(StatusCode::NO_CONTENT),
         NodeResponse::Error(e) => Err(e.into()),
         _ => Err(unexpected()),
     }
@@ -893,12 +1125,69 @@ struct AssertStartBody {
     credential_id: String,
 }
 
+#[derive(Deserialize, Default)]
+struct RegisterStartBody {
+    /// Needed once the user has a passkey (see [`passkeys`]).
+    #[serde(default)]
+    grant: Option<String>,
+}
+
+fn grant_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(GRANT_HEADER).and_then(|v| v.to_str().ok())
+}
+
 async fn passkeys_register_start(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Open)?;
-    Ok(Json(relying_party(&state)?.start_registration(&user)?).into_response())
+    let b: RegisterStartBody = if body.is_empty() {
+        RegisterStartBody::default()
+    } else {
+        json_body(&body)?
+    };
+    let rp = relying_party(&state)?;
+    Ok(Json(rp.start_registration(&user, b.grant.as_deref())?).into_response())
+}
+
+/// Exchanges a vault session logged in with the user's password (header
+/// `bkv-session`) for a grant. The node answers whether the session is
+/// logged in; a token alone gets nothing.
+async fn passkeys_grant(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, Budget::Message)?;
+    let rp = relying_party(&state)?;
+    let id = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a grant needs the bkv-session header of a logged-in vault session",
+            )
+        })?;
+    let (node, session_id) = parse_session(id, state.config.routes.len())?;
+    let req = NodeRequest::CheckLogin {
+        session_id,
+        user_id: user.clone(),
+    };
+    match node_call(&state, node, &req).await? {
+        NodeResponse::LoginChecked { logged_in: true } => Ok(Json(
+            serde_json::json!({ "grant": rp.issue_grant(&user)?, "expires_in": passkeys::GRANT_TTL.as_secs() }),
+        )
+        .into_response()),
+        NodeResponse::LoginChecked { logged_in: false } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "protector_required",
+            "that vault session has not logged in with the password",
+        )),
+        NodeResponse::Error(e) => Err(e.into()),
+        _ => Err(unexpected()),
+    }
 }
 
 async fn passkeys_register_finish(
@@ -950,7 +1239,7 @@ async fn passkeys_delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Message)?;
-    let n = relying_party(&state)?.delete(&user, Some(&id))?;
+    let n = relying_party(&state)?.delete(&user, Some(&id), grant_header(&headers))?;
     if n == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -966,7 +1255,7 @@ async fn passkeys_delete_all(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Message)?;
-    let n = relying_party(&state)?.delete(&user, None)?;
+    let n = relying_party(&state)?.delete(&user, None, grant_header(&headers))?;
     Ok(Json(serde_json::json!({ "deleted": n })).into_response())
 }
 

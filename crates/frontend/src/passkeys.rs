@@ -7,6 +7,12 @@
 //! The RP never sees PRF outputs. Ceremony state lives in memory for
 //! [`CEREMONY_TTL`]; a restart only cancels ceremonies in flight.
 //!
+//! A bearer token alone cannot destroy anything: deleting a passkey, and
+//! registering another one once the user has any, needs a *grant* — a
+//! short-lived random value the RP hands out only for proof of a protector:
+//! an assertion by one of the user's passkeys, or (via the frontend) a vault
+//! session logged in with the user's password.
+//!
 //! Stored value per user (redb table `passkeys`): JSON
 //! `{"version":1,"passkeys":[{"passkey":<webauthn-rs Passkey>,"rp_share":hex,"created_unix":n}]}`.
 
@@ -32,9 +38,19 @@ const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("passkeys");
 /// Passkeys per user.
 pub const MAX_PASSKEYS: usize = 16;
 /// Time a client has to finish a ceremony.
-pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
-/// Ceremonies in flight (all users) before new ones are refused.
-const MAX_CEREMONIES: usize = 10_000;
+pub const CEREMONY_TTL: Duration = Duration::from_secs(120);
+/// Ceremonies in flight per user; another one ends the user's oldest.
+pub const MAX_CEREMONIES_PER_USER: usize = 4;
+/// Ceremonies in flight (all users); when full, the oldest ends. With the
+/// per-user cap and the frontend's per-address rate limits, a flood of
+/// throwaway accounts cannot push out a ceremony that is seconds old.
+pub const DEFAULT_MAX_CEREMONIES: usize = 10_000;
+/// How long a grant authorizes deletions and registrations.
+pub const GRANT_TTL: Duration = Duration::from_secs(600);
+/// Live grants per user (the oldest goes first).
+const MAX_GRANTS_PER_USER: usize = 4;
+/// Users with live grants.
+const MAX_GRANT_USERS: usize = 100_000;
 /// Largest stored value read back.
 const MAX_RECORD: usize = 256 * 1024;
 
@@ -85,10 +101,25 @@ struct Pending {
     started: Instant,
 }
 
+/// Per user: SHA-256 of each live grant and when it was issued.
+type Grants = HashMap<String, Vec<([u8; 32], Instant)>>;
+
 pub struct RelyingParty {
     webauthn: Webauthn,
     db: Database,
     pending: Mutex<HashMap<String, Pending>>,
+    max_ceremonies: std::sync::atomic::AtomicUsize,
+    grants: Mutex<Grants>,
+}
+
+fn forbidden_without_grant(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "protector_required",
+        format!(
+            "{what} needs proof of a protector: a grant from a passkey assertion or from a vault session logged in with the password"
+        ),
+    )
 }
 
 fn internal(m: &str) -> ApiError {
@@ -121,6 +152,10 @@ pub struct Started<T> {
 pub struct Finished {
     pub credential_id: String,
     pub rp_share: String,
+    /// Set after an assertion: proof of this protector for deletions and
+    /// further registrations (see [`GRANT_TTL`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -139,6 +174,8 @@ impl RelyingParty {
         if let Some(dir) = config.db_path.parent() {
             std::fs::create_dir_all(dir).map_err(db_err)?;
         }
+        // Passkey public keys and RP shares: readable by the service only.
+        crate::private_file(&config.db_path).map_err(db_err)?;
         let db = Database::create(&config.db_path).map_err(db_err)?;
         let w = db.begin_write().map_err(db_err)?;
         w.open_table(TABLE).map_err(db_err)?;
@@ -147,7 +184,15 @@ impl RelyingParty {
             webauthn,
             db,
             pending: Mutex::new(HashMap::new()),
+            max_ceremonies: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CEREMONIES),
+            grants: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bounds the ceremonies in flight (all users).
+    pub fn set_max_ceremonies(&self, max: usize) {
+        self.max_ceremonies
+            .store(max.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn load(&self, user: &str) -> Result<UserPasskeys, ApiError> {
@@ -187,12 +232,27 @@ impl RelyingParty {
     fn park(&self, user: &str, ceremony: Ceremony) -> Result<String, ApiError> {
         let mut pending = self.pending.lock().map_err(|_| internal("lock"))?;
         pending.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
-        if pending.len() >= MAX_CEREMONIES {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many passkey ceremonies in flight",
-            ));
+        let oldest = |pending: &HashMap<String, Pending>, of: Option<&str>| {
+            pending
+                .iter()
+                .filter(|(_, p)| of.is_none_or(|u| p.user == u))
+                .min_by_key(|(_, p)| p.started)
+                .map(|(id, _)| id.clone())
+        };
+        let mine = pending.values().filter(|p| p.user == user).count();
+        let victim = if mine >= MAX_CEREMONIES_PER_USER {
+            oldest(&pending, Some(user))
+        } else if pending.len()
+            >= self
+                .max_ceremonies
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            oldest(&pending, None)
+        } else {
+            None
+        };
+        if let Some(v) = victim {
+            pending.remove(&v);
         }
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
@@ -225,11 +285,60 @@ impl RelyingParty {
         pending.remove(id).map(|p| p.ceremony).ok_or_else(unknown)
     }
 
+    /// Issues a grant to `user` (the caller checked a protector).
+    pub fn issue_grant(&self, user: &str) -> Result<String, ApiError> {
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let digest: [u8; 32] = Sha256::digest(raw).into();
+        let mut grants = self.grants.lock().map_err(|_| internal("lock"))?;
+        if grants.len() >= MAX_GRANT_USERS {
+            grants.retain(|_, v| {
+                v.retain(|(_, t)| t.elapsed() < GRANT_TTL);
+                !v.is_empty()
+            });
+            if grants.len() >= MAX_GRANT_USERS {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many grants outstanding; try again shortly",
+                ));
+            }
+        }
+        let v = grants.entry(user.to_owned()).or_default();
+        v.retain(|(_, t)| t.elapsed() < GRANT_TTL);
+        if v.len() >= MAX_GRANTS_PER_USER {
+            v.remove(0);
+        }
+        v.push((digest, Instant::now()));
+        Ok(hex::encode(raw))
+    }
+
+    /// Whether `grant` is a live grant of `user` (constant-time compare).
+    pub fn check_grant(&self, user: &str, grant: Option<&str>) -> Result<bool, ApiError> {
+        use subtle::ConstantTimeEq;
+        let Some(raw) = grant.and_then(|g| hex::decode(g).ok()) else {
+            return Ok(false);
+        };
+        let digest: [u8; 32] = Sha256::digest(&raw).into();
+        let grants = self.grants.lock().map_err(|_| internal("lock"))?;
+        Ok(grants.get(user).is_some_and(|v| {
+            v.iter()
+                .any(|(d, t)| t.elapsed() < GRANT_TTL && bool::from(d.ct_eq(&digest)))
+        }))
+    }
+
+    /// Starts registering a passkey. The user's first passkey needs only the
+    /// token; another one needs a grant, so a stolen token cannot add a
+    /// passkey that would then mint grants.
     pub fn start_registration(
         &self,
         user: &str,
+        grant: Option<&str>,
     ) -> Result<Started<CreationChallengeResponse>, ApiError> {
         let existing = self.load(user)?;
+        if !existing.passkeys.is_empty() && !self.check_grant(user, grant)? {
+            return Err(forbidden_without_grant("registering another passkey"));
+        }
         if existing.passkeys.len() >= MAX_PASSKEYS {
             return Err(bad(format!(
                 "at most {MAX_PASSKEYS} passkeys per user; remove one first"
@@ -284,6 +393,7 @@ impl RelyingParty {
         Ok(Finished {
             credential_id,
             rp_share: hex::encode(share),
+            grant: None,
         })
     }
 
@@ -349,6 +459,7 @@ impl RelyingParty {
         let out = Finished {
             credential_id: B64URL.encode(p.passkey.cred_id()),
             rp_share: p.rp_share.clone(),
+            grant: Some(self.issue_grant(user)?),
         };
         if p.passkey.update_credential(&result) == Some(true) {
             self.save(user, &all)?;
@@ -369,7 +480,16 @@ impl RelyingParty {
     }
 
     /// Deletes one passkey (or all with `None`); returns how many went.
-    pub fn delete(&self, user: &str, credential_id: Option<&str>) -> Result<usize, ApiError> {
+    /// Needs a live grant of the user.
+    pub fn delete(
+        &self,
+        user: &str,
+        credential_id: Option<&str>,
+        grant: Option<&str>,
+    ) -> Result<usize, ApiError> {
+        if !self.check_grant(user, grant)? {
+            return Err(forbidden_without_grant("deleting passkeys"));
+        }
         let mut all = self.load(user)?;
         let before = all.passkeys.len();
         match credential_id {
@@ -409,12 +529,68 @@ mod tests {
             db_path: dir.path().join("p.redb"),
         })
         .unwrap();
-        let s = rp.start_registration("alice").unwrap();
+        let s = rp.start_registration("alice", None).unwrap();
         assert!(rp.take("bob", &s.ceremony).is_err());
         assert!(rp.take("alice", &s.ceremony).is_ok());
         assert!(rp.take("alice", &s.ceremony).is_err());
         assert!(rp.start_assertion("alice", "AAAA").is_err());
-        assert_eq!(rp.delete("alice", None).unwrap(), 0);
         assert!(rp.list("alice").unwrap().is_empty());
+    }
+
+    fn rp(dir: &std::path::Path) -> RelyingParty {
+        RelyingParty::open(&PasskeyConfig {
+            rp_id: "localhost".into(),
+            origin: "https://localhost".into(),
+            db_path: dir.join("p.redb"),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn deleting_needs_a_live_grant_of_the_same_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let rp = rp(dir.path());
+        let code = |r: Result<usize, ApiError>| r.map_err(|e| e.code);
+        assert_eq!(
+            code(rp.delete("alice", None, None)),
+            Err("protector_required")
+        );
+        assert_eq!(
+            code(rp.delete("alice", None, Some("zz"))),
+            Err("protector_required")
+        );
+        let g = rp.issue_grant("bob").unwrap();
+        assert_eq!(
+            code(rp.delete("alice", None, Some(&g))),
+            Err("protector_required")
+        );
+        let g = rp.issue_grant("alice").unwrap();
+        assert_eq!(code(rp.delete("alice", None, Some(&g))), Ok(0));
+        // Grants are bounded per user: the oldest goes first.
+        let first = rp.issue_grant("alice").unwrap();
+        for _ in 0..MAX_GRANTS_PER_USER {
+            rp.issue_grant("alice").unwrap();
+        }
+        assert!(!rp.check_grant("alice", Some(&first)).unwrap());
+    }
+
+    #[test]
+    fn ceremonies_are_capped_per_user_without_touching_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let rp = rp(dir.path());
+        let victim = rp.start_registration("victim", None).unwrap();
+        let mut mine = Vec::new();
+        for i in 0..50 {
+            mine.push(
+                rp.start_registration(&format!("flood{}", i % 5), None)
+                    .unwrap(),
+            );
+        }
+        let pending = rp.pending.lock().unwrap();
+        assert_eq!(pending.len(), 1 + 5 * MAX_CEREMONIES_PER_USER);
+        assert!(pending.contains_key(&victim.ceremony));
+        // Each flooding user keeps only their newest ceremonies.
+        assert!(!pending.contains_key(&mine[0].ceremony));
+        assert!(pending.contains_key(&mine[49].ceremony));
     }
 }

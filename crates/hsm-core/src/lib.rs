@@ -51,10 +51,17 @@ pub use state::{Mutation, Outcome, RecordId, State};
 use std::collections::HashMap;
 use zeroize::Zeroizing;
 
-/// Most sessions a node holds at once; more are refused with `Busy`.
+/// Most sessions a node holds at once. When the table is full a new session
+/// takes the place of an unused one, else of the least recently used session
+/// of whichever user holds the most: nobody is locked out by others' sessions.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Sessions one user holds at once; opening another ends that user's least
+/// recently used one (a user can only crowd out their own sessions).
+pub const MAX_SESSIONS_PER_USER: usize = 4;
 /// Idle seconds after which a session is forgotten.
 pub const DEFAULT_SESSION_IDLE_SECS: u64 = 300;
+/// Seconds a session that was opened but never carried a request is kept.
+pub const UNUSED_SESSION_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -101,12 +108,19 @@ struct Session {
     record_id: RecordId,
     transport: snow::TransportState,
     last_used: u64,
+    /// Whether a request ever decrypted in this session.
+    used: bool,
     login: Option<LoginState>,
     /// Generation of the record this session logged in to.
     authenticated: Option<u64>,
     /// Set by RegisterStart: the live generation it may replace (if any).
     registering: Option<Option<u64>>,
     awaiting: Option<Awaiting>,
+    /// SHA-256 of the request being answered, and of the last answered one
+    /// with its reply: a relay that resends a request (its link broke) gets
+    /// the same reply instead of a second processing.
+    current: Option<[u8; 32]>,
+    last: Option<([u8; 32], Vec<u8>)>,
 }
 
 pub struct Core {
@@ -246,11 +260,62 @@ impl Core {
         self.secrets.encrypt_to(&*self.platform, identity)
     }
 
-    fn expire_sessions(&mut self) {
-        let now = self.platform.now_unix_secs();
+    /// Forgets idle sessions (a session waiting for a commit stays: its
+    /// reply is on the way).
+    fn expire_sessions(&mut self, now: u64) {
         let idle = self.session_idle_secs;
-        self.sessions
-            .retain(|_, s| now.saturating_sub(s.last_used) < idle);
+        self.sessions.retain(|_, s| {
+            let age = now.saturating_sub(s.last_used);
+            s.awaiting.is_some() || age < if s.used { idle } else { UNUSED_SESSION_SECS }
+        });
+    }
+
+    /// Makes room for one more session of `record_id`: ends the user's least
+    /// recently used session at their cap, and when the table is full ends an
+    /// unused session, else the least recently used one of the user holding
+    /// the most. Sessions waiting for a commit are never ended.
+    fn make_room(&mut self, record_id: &RecordId) -> Result<(), NodeError> {
+        let lru_of = |sessions: &HashMap<SessionId, Session>, rid: Option<&RecordId>| {
+            sessions
+                .iter()
+                .filter(|(_, s)| s.awaiting.is_none() && rid.is_none_or(|r| s.record_id == *r))
+                .min_by_key(|(_, s)| (s.used, s.last_used))
+                .map(|(id, _)| *id)
+        };
+        let mine = self
+            .sessions
+            .values()
+            .filter(|s| s.record_id == *record_id)
+            .count();
+        if mine >= MAX_SESSIONS_PER_USER {
+            let victim = lru_of(&self.sessions, Some(record_id)).ok_or(NodeError::Busy)?;
+            self.sessions.remove(&victim);
+            return Ok(());
+        }
+        if self.sessions.len() < self.max_sessions {
+            return Ok(());
+        }
+        let unused = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.used && s.awaiting.is_none())
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(id, _)| *id);
+        let victim = match unused {
+            Some(v) => Some(v),
+            None => {
+                let mut held: HashMap<RecordId, usize> = HashMap::new();
+                for s in self.sessions.values() {
+                    *held.entry(s.record_id).or_default() += 1;
+                }
+                let top = held.into_iter().max_by_key(|(_, n)| *n).map(|(r, _)| r);
+                top.and_then(|r| lru_of(&self.sessions, Some(&r)))
+                    .or_else(|| lru_of(&self.sessions, None))
+            }
+        };
+        let victim = victim.ok_or(NodeError::Busy)?;
+        self.sessions.remove(&victim);
+        Ok(())
     }
 
     /// Answers the first Noise message of a session for `user_id`.
@@ -263,10 +328,8 @@ impl Core {
         if handshake.len() > MAX_NOISE_MESSAGE {
             return Err(NodeError::BadRequest("handshake too large".into()));
         }
-        self.expire_sessions();
-        if self.sessions.len() >= self.max_sessions {
-            return Err(NodeError::Busy);
-        }
+        let now = self.platform.now_unix_secs();
+        self.expire_sessions(now);
         let params = NOISE_PATTERN
             .parse()
             .map_err(|_| NodeError::BadRequest("noise params".into()))?;
@@ -299,25 +362,47 @@ impl Core {
         self.platform
             .fill_random(&mut session_id)
             .map_err(|_| NodeError::Unavailable)?;
-        let now = self.platform.now_unix_secs();
+        let record_id = bkv_wire::record_id(user_id);
+        // Only a handshake that verified may take a place in the table.
+        self.make_room(&record_id)?;
         self.sessions.insert(
             session_id,
             Session {
                 user_id: user_id.to_owned(),
-                record_id: bkv_wire::record_id(user_id),
+                record_id,
                 transport,
                 last_used: now,
+                used: false,
                 login: None,
                 authenticated: None,
                 registering: None,
                 awaiting: None,
+                current: None,
+                last: None,
             },
         );
         Ok((session_id, reply))
     }
 
-    pub fn close_session(&mut self, session_id: &SessionId) {
-        self.sessions.remove(session_id);
+    /// Whether `session_id` is `user_id`'s session and logged in to the
+    /// user's live record: proof, for the frontend, that the user holds the
+    /// password protector right now (passkey deletion needs it).
+    pub fn session_logged_in(
+        &self,
+        session_id: &SessionId,
+        user_id: &str,
+    ) -> Result<bool, NodeError> {
+        let s = self
+            .sessions
+            .get(session_id)
+            .ok_or(NodeError::UnknownSession)?;
+        if s.user_id != user_id {
+            return Err(NodeError::WrongUser);
+        }
+        Ok(match (s.authenticated, self.state.active(&s.record_id)) {
+            (Some(a), Some((_, _, generation))) => a == generation,
+            _ => false,
+        })
     }
 
     /// Handles one encrypted request of an open session.
@@ -327,8 +412,8 @@ impl Core {
         user_id: &str,
         ciphertext: &[u8],
     ) -> Result<Step, NodeError> {
-        self.expire_sessions();
         let now = self.platform.now_unix_secs();
+        self.expire_sessions(now);
         let session = self
             .sessions
             .get_mut(session_id)
@@ -336,27 +421,39 @@ impl Core {
         if session.user_id != user_id {
             return Err(NodeError::WrongUser);
         }
-        if session.awaiting.is_some() {
-            return Err(NodeError::BadRequest(
-                "previous request still in progress".into(),
-            ));
-        }
         if ciphertext.len() > MAX_NOISE_MESSAGE {
             return Err(NodeError::BadRequest("message too large".into()));
+        }
+        let digest: [u8; 32] = Sha256::digest(ciphertext).into();
+        // A resent request: the same reply, nothing processed twice.
+        if let Some((d, reply)) = &session.last {
+            if *d == digest {
+                return Ok(Step::Reply(reply.clone()));
+            }
+        }
+        if session.awaiting.is_some() {
+            return Err(if session.current == Some(digest) {
+                NodeError::InProgress
+            } else {
+                NodeError::BadRequest("previous request still in progress".into())
+            });
         }
         let mut plain = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
         let n = match session.transport.read_message(ciphertext, &mut plain) {
             Ok(n) => n,
             Err(_) => {
-                // A forged, replayed or reordered message: the session's nonce
-                // state can no longer be trusted, so end it.
-                self.sessions.remove(session_id);
+                // A forged, replayed or reordered message. The session stays:
+                // a failed decryption leaves its nonce state untouched, and
+                // ending it here would let anyone with the user's token end
+                // the session without its key.
                 return Err(NodeError::BadRequest(
                     "session message failed to decrypt".into(),
                 ));
             }
         };
         session.last_used = now;
+        session.used = true;
+        session.current = Some(digest);
         let request: VaultRequest =
             match bkv_wire::decode(plain.get(..n).unwrap_or_default(), MAX_VAULT_MESSAGE) {
                 Ok(r) => r,
@@ -382,6 +479,9 @@ impl Core {
             .write_message(&plain, &mut out)
             .map_err(|_| NodeError::BadRequest("response too large".into()))?;
         out.truncate(n);
+        if let Some(d) = session.current.take() {
+            session.last = Some((d, out.clone()));
+        }
         Ok(Step::Reply(out))
     }
 
@@ -416,6 +516,13 @@ impl Core {
             (s.record_id, s.authenticated, s.registering)
         };
         match request {
+            VaultRequest::Close => {
+                // Only the session's own key produces a request that
+                // decrypts here: nobody else can end it.
+                let step = self.reply(sid, VaultResponse::Closed);
+                self.sessions.remove(sid);
+                step
+            }
             VaultRequest::Status => {
                 let state = self.state.status(&rid);
                 self.reply(sid, VaultResponse::Status { state })

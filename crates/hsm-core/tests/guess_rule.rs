@@ -413,20 +413,35 @@ fn bad_input_is_answered_and_changes_nothing() {
         bkv_wire::decode::<VaultResponse>(&out[..n], 1024).unwrap(),
         VaultResponse::Error(VaultError::BadRequest(_))
     ));
-    // A replayed ciphertext fails and ends the session.
+    // A replay of the last request gets the same reply bytes again (what a
+    // relay resending after a broken link needs); an older one fails to
+    // decrypt and changes nothing, the session goes on.
+    let mut old = vec![0u8; 200];
+    let n_old =
+        s.t.write_message(&bkv_wire::encode(&VaultRequest::Status), &mut old)
+            .unwrap();
+    let first = drive(&mut c, &s.sid, "gus", &old[..n_old]).unwrap();
     let mut ct = vec![0u8; 200];
     let n =
         s.t.write_message(&bkv_wire::encode(&VaultRequest::Status), &mut ct)
             .unwrap();
-    drive(&mut c, &s.sid, "gus", &ct[..n]).unwrap();
+    let last = drive(&mut c, &s.sid, "gus", &ct[..n]).unwrap();
+    assert_eq!(drive(&mut c, &s.sid, "gus", &ct[..n]).unwrap(), last);
+    assert!(matches!(
+        drive(&mut c, &s.sid, "gus", &old[..n_old]),
+        Err(NodeError::BadRequest(_))
+    ));
+    let mut out = vec![0u8; 1024];
+    s.t.read_message(&first, &mut out).unwrap();
+    s.t.read_message(&last, &mut out).unwrap();
+    assert!(matches!(
+        s.call(&mut c, &VaultRequest::Status),
+        VaultResponse::Status { .. }
+    ));
     assert!(matches!(
         drive(&mut c, &s.sid, "gus", &ct[..n]),
         Err(NodeError::BadRequest(_))
     ));
-    assert_eq!(
-        drive(&mut c, &s.sid, "gus", &ct[..n]),
-        Err(NodeError::UnknownSession)
-    );
     // Garbage handshakes, user mismatch, unknown sessions.
     assert_eq!(
         c.open_session("gus", &[1, 2, 3]).unwrap_err(),
@@ -485,22 +500,186 @@ fn wrong_pinned_fleet_key_is_rejected() {
     assert_eq!(c.session_count(), 0);
 }
 
+impl Client {
+    /// Encrypts a request without sending it (to resend the same bytes).
+    fn seal(&mut self, req: &VaultRequest) -> Vec<u8> {
+        let plain = bkv_wire::encode(req);
+        let mut ct = vec![0u8; plain.len() + 64];
+        let n = self.t.write_message(&plain, &mut ct).unwrap();
+        ct.truncate(n);
+        ct
+    }
+
+    fn open_reply(&mut self, reply: &[u8]) -> VaultResponse {
+        let mut out = vec![0u8; 65535];
+        let n = self.t.read_message(reply, &mut out).unwrap();
+        bkv_wire::decode(&out[..n], 1 << 16).unwrap()
+    }
+
+    /// Status through this session (it counts as used).
+    fn touch(&mut self, core: &mut Core) {
+        assert!(matches!(
+            self.call(core, &VaultRequest::Status),
+            VaultResponse::Status { .. }
+        ));
+    }
+}
+
+fn attempts(core: &mut Core, user: &str) -> u32 {
+    match status(core, user) {
+        RecordState::Active { attempts, .. } => attempts,
+        s => panic!("{s:?}"),
+    }
+}
+
+#[test]
+fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
+    let mut c = core();
+    open(&mut c, "kim").register(&mut c, "pw", 5).unwrap();
+    let mut s = open(&mut c, "kim");
+    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"wrong").unwrap();
+    let ct = s.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    // The relay sends it; the commit is under way when the link breaks and
+    // the relay resends: "in progress", nothing processed twice.
+    let Ok(Step::Commit(m)) = c.session_message(&s.sid, "kim", &ct) else {
+        panic!("expected a commit")
+    };
+    assert_eq!(
+        c.session_message(&s.sid, "kim", &ct).err(),
+        Some(NodeError::InProgress)
+    );
+    let o = c.apply(&m);
+    let Ok(Step::Reply(first)) = c.resume(&s.sid, o) else {
+        panic!("expected a reply")
+    };
+    // Resent after the answer was lost: the same bytes again, not a new count.
+    let again = drive(&mut c, &s.sid, "kim", &ct).unwrap();
+    assert_eq!(again, first);
+    assert_eq!(attempts(&mut c, "kim"), 1);
+    assert!(matches!(
+        s.open_reply(&first),
+        VaultResponse::LoginStarted { .. }
+    ));
+    // A different request while one is committing is still refused.
+    let mut t = open(&mut c, "kim");
+    let ct1 = t.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    let ct2 = t.seal(&VaultRequest::Status);
+    assert!(matches!(
+        c.session_message(&t.sid, "kim", &ct1),
+        Ok(Step::Commit(_))
+    ));
+    assert!(matches!(
+        c.session_message(&t.sid, "kim", &ct2),
+        Err(NodeError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn only_the_sessions_own_key_ends_it() {
+    let mut c = core();
+    let mut alice = open(&mut c, "alice");
+    let mut mallory = open(&mut c, "mallory");
+    alice.touch(&mut c);
+    // Another user's request for alice's session: refused, session stays.
+    let ct = mallory.seal(&VaultRequest::Close);
+    assert_eq!(
+        drive(&mut c, &alice.sid, "mallory", &ct).err(),
+        Some(NodeError::WrongUser)
+    );
+    // Garbage under alice's name cannot decrypt: refused, session stays.
+    assert!(drive(&mut c, &alice.sid, "alice", &[7u8; 40]).is_err());
+    assert_eq!(c.session_count(), 2);
+    assert!(c.session_logged_in(&alice.sid, "alice").is_ok());
+    assert_eq!(
+        c.session_logged_in(&alice.sid, "mallory").err(),
+        Some(NodeError::WrongUser)
+    );
+    // Alice's own Close ends it.
+    assert_eq!(
+        alice.call(&mut c, &VaultRequest::Close),
+        VaultResponse::Closed
+    );
+    assert_eq!(c.session_count(), 1);
+    let ct = alice.seal(&VaultRequest::Status);
+    assert_eq!(
+        drive(&mut c, &alice.sid, "alice", &ct).err(),
+        Some(NodeError::UnknownSession)
+    );
+}
+
+#[test]
+fn login_check_is_true_only_after_a_password_login() {
+    let mut c = core();
+    open(&mut c, "lee").register(&mut c, "pw", 5).unwrap();
+    let mut s = open(&mut c, "lee");
+    assert_eq!(c.session_logged_in(&s.sid, "lee"), Ok(false));
+    assert!(s.login(&mut c, "nope").is_err());
+    assert_eq!(c.session_logged_in(&s.sid, "lee"), Ok(false));
+    s.login(&mut c, "pw").unwrap();
+    assert_eq!(c.session_logged_in(&s.sid, "lee"), Ok(true));
+}
+
 #[test]
 fn session_table_is_bounded_and_expires() {
     let p = Arc::new(MemoryPlatform::new([9; 32]));
     let mut c = core_on(p.clone());
     c.set_session_limits(3, 60);
-    for _ in 0..3 {
-        open(&mut c, "ivy");
+    let mut used = Vec::new();
+    for u in ["ivy", "jo", "kay"] {
+        let mut s = open(&mut c, u);
+        s.touch(&mut c);
+        used.push(s);
     }
-    let key = c.noise_public_key();
-    assert_eq!(
-        open_with_key(&mut c, "ivy", &key).err(),
-        Some(NodeError::Busy)
-    );
+    // Full: a newcomer takes the place of a least recently used session.
+    open(&mut c, "lou");
+    assert_eq!(c.session_count(), 3);
     p.advance_clock(61);
     open(&mut c, "ivy");
     assert_eq!(c.session_count(), 1);
+}
+
+#[test]
+fn one_user_cannot_hold_more_than_their_share() {
+    let mut c = core();
+    let mut first = open(&mut c, "flood");
+    first.touch(&mut c);
+    for _ in 0..50 {
+        open(&mut c, "flood");
+    }
+    assert_eq!(c.session_count(), bkv_hsm_core::MAX_SESSIONS_PER_USER);
+    // Unused sessions went first: the one in use is still there.
+    first.touch(&mut c);
+    let mut other = open(&mut c, "other");
+    other.touch(&mut c);
+}
+
+#[test]
+fn many_accounts_cannot_lock_out_a_user() {
+    let p = Arc::new(MemoryPlatform::new([9; 32]));
+    let mut c = core_on(p.clone());
+    c.set_session_limits(20, 300);
+    open(&mut c, "victim").register(&mut c, "pw", 5).unwrap();
+    let mut victim = open(&mut c, "victim");
+    victim.touch(&mut c);
+    // 500 throwaway accounts open sessions and never use them.
+    for i in 0..500 {
+        open(&mut c, &format!("throwaway{i}"));
+    }
+    assert!(c.session_count() <= 20);
+    // The victim's session in use survived, and a new one opens and works.
+    victim.touch(&mut c);
+    let mut again = open(&mut c, "victim");
+    again.login(&mut c, "pw").unwrap();
+    // Unused sessions go fast; a used one stays for the idle time.
+    p.advance_clock(bkv_hsm_core::UNUSED_SESSION_SECS + 1);
+    open(&mut c, "victim");
+    // Only the victim's sessions remain: registration, two in use, the new one.
+    assert_eq!(c.session_count(), 4);
+    victim.touch(&mut c);
 }
 
 #[test]

@@ -36,8 +36,8 @@ use store::Store;
 
 /// Most connections served at once on each listener.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A connection idle this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A link connection idle this long is closed (`bkv-hsm --idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeStartError {
@@ -152,15 +152,24 @@ pub fn platform_statement(
     data_dir: &Path,
     platform: &PlatformConfig,
 ) -> Result<bkv_wire::admin::SignedStatement, NodeStartError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| NodeStartError::Io {
-        path: data_dir.to_owned(),
-        source,
-    })?;
+    private_dir(data_dir)?;
     let _lock = lock_data_dir(data_dir)?;
     let store = Store::open(&data_dir.join("vault.redb"))?;
     let platform = bkv_hsm_platform::open(platform, !store.has_identity()?)?;
     let identity = store.load_or_create_identity(&*platform)?;
     Ok(identity.statement(&*platform, binary_sha256()?)?)
+}
+
+/// Creates the data directory if needed and makes it `0700`: the sealed
+/// log, snapshots and identity in it are the node's alone.
+fn private_dir(dir: &Path) -> Result<(), NodeStartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| NodeStartError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
 /// A running vault node: the core, and its membership in the fleet.
@@ -179,10 +188,7 @@ pub struct Node {
 impl Node {
     /// Opens (or initialises) the node's data directory and joins its fleet.
     pub fn open(cfg: &NodeConfig) -> Result<Self, NodeStartError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeStartError::Io {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        private_dir(&cfg.data_dir)?;
         let lock = lock_data_dir(&cfg.data_dir)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -310,6 +316,13 @@ impl Node {
         &self.info
     }
 
+    /// Bounds the session table (see [`bkv_hsm_core::DEFAULT_MAX_SESSIONS`]).
+    pub fn set_max_sessions(&self, max: usize) {
+        if let Some(mut core) = self.core() {
+            core.set_session_limits(max, bkv_hsm_core::DEFAULT_SESSION_IDLE_SECS);
+        }
+    }
+
     pub fn fleet_status(&self) -> bkv_wire::node::FleetStatus {
         self.fleet.status()
     }
@@ -338,11 +351,17 @@ impl Node {
                     Err(e) => NodeResponse::Error(e),
                 }
             }
-            NodeRequest::CloseSession { session_id } => {
-                if let Some(mut core) = self.core() {
-                    core.close_session(&session_id);
+            NodeRequest::CheckLogin {
+                session_id,
+                user_id,
+            } => {
+                let Some(core) = self.core() else {
+                    return unavailable;
+                };
+                match core.session_logged_in(&session_id, &user_id) {
+                    Ok(logged_in) => NodeResponse::LoginChecked { logged_in },
+                    Err(e) => NodeResponse::Error(e),
                 }
-                NodeResponse::Closed
             }
             NodeRequest::SessionMessage {
                 session_id,
@@ -550,9 +569,10 @@ impl Server {
 }
 
 /// Serves the relay link (frontend) of `node` on `listen`.
-pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
+pub fn serve(node: Arc<Node>, listen: &str, idle: Duration) -> Result<Server, NodeStartError> {
     serve_frames(
         listen,
+        idle,
         "bkv-hsm-relay",
         move |req: NodeRequest| node.handle(req),
         |e| NodeResponse::Error(NodeError::BadRequest(e)),
@@ -560,9 +580,14 @@ pub fn serve(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
 }
 
 /// Serves the admin link (operator) of `node` on `listen`.
-pub fn serve_admin(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartError> {
+pub fn serve_admin(
+    node: Arc<Node>,
+    listen: &str,
+    idle: Duration,
+) -> Result<Server, NodeStartError> {
     serve_frames(
         listen,
+        idle,
         "bkv-hsm-admin",
         move |req: AdminRequest| node.handle_admin(req),
         |e| AdminResponse::Error(AdminError::Malformed(e)),
@@ -573,6 +598,7 @@ pub fn serve_admin(node: Arc<Node>, listen: &str) -> Result<Server, NodeStartErr
 /// each answering length-prefixed frames with `handle`.
 fn serve_frames<Q, A, H, B>(
     listen: &str,
+    idle: Duration,
     name: &str,
     handle: H,
     bad: B,
@@ -617,7 +643,7 @@ where
                     std::thread::Builder::new()
                         .name(conn_name.clone())
                         .spawn(move || {
-                            serve_connection(conn, &*handle, &*bad);
+                            serve_connection(conn, idle, &*handle, &*bad);
                             active.fetch_sub(1, Ordering::SeqCst);
                         });
                 if spawned.is_err() {
@@ -632,12 +658,16 @@ where
     Ok(Server { addr, stop })
 }
 
-fn serve_connection<Q, A>(conn: TcpStream, handle: &dyn Fn(Q) -> A, bad: &dyn Fn(String) -> A)
-where
+fn serve_connection<Q, A>(
+    conn: TcpStream,
+    idle: Duration,
+    handle: &dyn Fn(Q) -> A,
+    bad: &dyn Fn(String) -> A,
+) where
     Q: serde::de::DeserializeOwned,
     A: serde::Serialize,
 {
-    let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = conn.set_read_timeout(Some(idle));
     let _ = conn.set_nodelay(true);
     let Ok(write_half) = conn.try_clone() else {
         return;

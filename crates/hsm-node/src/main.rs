@@ -76,6 +76,13 @@ struct Args {
     /// creating its keys on a fresh data directory.
     #[arg(long)]
     print_statement: bool,
+    /// Seconds after which a quiet relay or admin connection is closed.
+    #[arg(long, env = "BKV_HSM_IDLE_TIMEOUT", default_value_t = bkv_hsm_node::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Sessions held at once (per user at most a few; when full, unused and
+    /// then the biggest holder's sessions make room).
+    #[arg(long, env = "BKV_HSM_MAX_SESSIONS", default_value_t = bkv_hsm_core::DEFAULT_MAX_SESSIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_sessions: usize,
 }
 
 fn main() {
@@ -187,9 +194,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .with_context(|| format!("open node data in {}", args.data_dir.display()))?,
     );
+    node.set_max_sessions(args.max_sessions);
     bkv_hsm_node::write_public_info(&node, &args.data_dir)?;
-    let relay = bkv_hsm_node::serve(node.clone(), &args.listen)?;
-    let admin = bkv_hsm_node::serve_admin(node.clone(), &args.admin_listen)?;
+    let idle = std::time::Duration::from_secs(args.idle_timeout);
+    let relay = bkv_hsm_node::serve(node.clone(), &args.listen, idle)?;
+    let admin = bkv_hsm_node::serve_admin(node.clone(), &args.admin_listen, idle)?;
     tracing::info!(relay = %relay.addr, admin = %admin.addr, fleet = %node.info().fleet_id, "serving");
     println!(
         "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={}",

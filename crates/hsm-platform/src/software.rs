@@ -68,7 +68,9 @@ impl SoftwarePlatform {
     /// be opened without it).
     pub fn open(dir: &Path, create: bool) -> Result<Self, PlatformOpenError> {
         if create {
+            use std::os::unix::fs::PermissionsExt;
             fs::create_dir_all(dir).map_err(io(dir))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         }
         let sealing = key_file(&dir.join("sealing.key"), create)?;
         let signing_seed = key_file(&dir.join("signing.key"), create)?;

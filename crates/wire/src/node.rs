@@ -12,18 +12,20 @@ pub type SessionId = [u8; 16];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// First Noise message of a session for `user_id` (as authenticated by the frontend).
-    OpenSession {
-        user_id: String,
-        handshake: Vec<u8>,
-    },
+    OpenSession { user_id: String, handshake: Vec<u8> },
     /// A Noise transport message of an open session.
     SessionMessage {
         session_id: SessionId,
         user_id: String,
         ciphertext: Vec<u8>,
     },
-    CloseSession {
+    /// Whether `session_id` is `user_id`'s session and logged in to the
+    /// user's live record (the frontend's proof of the password protector).
+    /// Ending a session is an encrypted in-session request
+    /// ([`crate::vault::VaultRequest::Close`]), never a relay-link frame.
+    CheckLogin {
         session_id: SessionId,
+        user_id: String,
     },
     /// Public node information.
     Info,
@@ -40,7 +42,9 @@ pub enum NodeResponse {
     SessionMessage {
         ciphertext: Vec<u8>,
     },
-    Closed,
+    LoginChecked {
+        logged_in: bool,
+    },
     Info(NodeInfo),
     Error(NodeError),
     FleetStatus(FleetStatus),
@@ -80,6 +84,10 @@ pub enum NodeError {
     Busy,
     #[error("no majority of the vault fleet is reachable; nothing was counted or changed unless it committed")]
     Unavailable,
+    /// The same request is still being committed; resend it shortly to get
+    /// its reply.
+    #[error("this request is still being processed")]
+    InProgress,
 }
 
 #[derive(Debug, thiserror::Error)]

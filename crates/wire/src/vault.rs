@@ -46,6 +46,9 @@ pub enum VaultRequest {
     LoginFinish { credential_finalization: Vec<u8> },
     /// Deletes the record. Needs a successful login in this session.
     Delete,
+    /// Ends this session. Only its own key can send it, so only the session's
+    /// owner can end it.
+    Close,
 }
 
 // Requests carry OPAQUE messages; keep them out of Debug output regardless.
@@ -59,6 +62,7 @@ impl std::fmt::Debug for VaultRequest {
             VaultRequest::LoginStart { .. } => "LoginStart",
             VaultRequest::LoginFinish { .. } => "LoginFinish",
             VaultRequest::Delete => "Delete",
+            VaultRequest::Close => "Close",
         };
         f.write_str(name)
     }
@@ -96,6 +100,8 @@ pub enum VaultResponse {
     },
     Deleted,
     Error(VaultError),
+    /// The session is ended.
+    Closed,
 }
 
 impl std::fmt::Debug for VaultResponse {
@@ -111,6 +117,7 @@ impl std::fmt::Debug for VaultResponse {
             VaultResponse::LoginOk { .. } => f.write_str("LoginOk(<wrapped key>)"),
             VaultResponse::Deleted => f.write_str("Deleted"),
             VaultResponse::Error(e) => write!(f, "Error({e:?})"),
+            VaultResponse::Closed => f.write_str("Closed"),
         }
     }
 }

@@ -48,6 +48,11 @@ impl DevUp {
         Self::start_full(dir, &[], n, "software", &hsm_bin())
     }
 
+    /// `bkv dev up --nodes n` with extra environment (passed on to the nodes).
+    pub fn start_nodes_env(dir: &Path, n: usize, env: &[(&str, &str)]) -> DevUp {
+        Self::start_full(dir, env, n, "software", &hsm_bin())
+    }
+
     /// `bkv dev up --nodes n --platform p` (`software` or `softhsm`).
     pub fn start_on(dir: &Path, n: usize, platform: &str) -> DevUp {
         Self::start_full(dir, &[], n, platform, &hsm_bin())

@@ -553,6 +553,31 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
         "{}",
         text(&o)
     );
+    // The saved checkpoint is lost: refused loudly, nothing trusted afresh,
+    // until the user asks to re-trust, which the config records.
+    std::fs::remove_file(&state_path).unwrap();
+    let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--trust-new-log"),
+        "{}",
+        text(&o)
+    );
+    assert!(!state_path.exists());
+    let o = dev.bkv(
+        &["--trust-new-log", "backup", "status", "--user", "olga"],
+        "",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(state_path.exists());
+    let recorded = std::fs::read_to_string(&dev.config).unwrap();
+    assert!(
+        recorded.contains("log_trusted_since") && recorded.contains("new_log_trusted"),
+        "{recorded}"
+    );
+    let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
+    assert!(o.status.success(), "{}", text(&o));
+
     // A config pinning another operator key rejects the bundle.
     let other_op = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
     let line = cfg.lines().find(|l| l.starts_with("operator_key")).unwrap();

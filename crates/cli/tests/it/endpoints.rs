@@ -173,8 +173,9 @@ fn malformed_input_gets_clear_errors_and_nothing_is_lost() {
         b"abc",
     );
     assert_eq!((s, error_code(&b).as_str()), (404, "unknown_session"));
-    let (s, b) = c.req(&url, "DELETE", "/v1/sessions/0.zz", &a, b"");
-    assert_eq!((s, error_code(&b).as_str()), (400, "bad_session_id"));
+    // Sessions end only by an encrypted in-session Close: no HTTP verb.
+    let (s, _) = c.req(&url, "DELETE", "/v1/sessions/0.zz", &a, b"");
+    assert_eq!(s, 405);
     let (s, _) = c.req(&url, "GET", "/v1/nothing", &a, b"");
     assert_eq!(s, 404);
     let (s, _) = c.req(&url, "PUT", "/v1/sessions", &a, b"");
@@ -227,8 +228,9 @@ fn malformed_input_gets_clear_errors_and_nothing_is_lost() {
         b"{\"credential_id\":\"AAAA\"}",
     );
     assert_eq!((s, error_code(&b).as_str()), (404, "unknown_passkey"));
-    let (s, _) = c.req(&url, "DELETE", "/v1/passkeys/AAAA", &a, b"");
-    assert_eq!(s, 404);
+    // Deleting needs a grant (proof of a protector), whatever the id.
+    let (s, b) = c.req(&url, "DELETE", "/v1/passkeys/AAAA", &a, b"");
+    assert_eq!((s, error_code(&b).as_str()), (403, "protector_required"));
     let (s, b) = c.req(&url, "GET", "/v1/passkeys", &a, b"");
     assert_eq!(s, 200);
     assert_eq!(b, br#"{"passkeys":[]}"#);

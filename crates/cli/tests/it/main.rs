@@ -4,6 +4,7 @@
 
 mod common;
 
+mod abuse;
 mod auditor;
 mod e2e;
 mod endpoints;

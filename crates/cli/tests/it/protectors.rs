@@ -7,18 +7,25 @@ use crate::common::{assert_same_tree, bkv_with, text, write_noise, DevUp};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-const PW: &str = "correct horse battery\n";
+pub(crate) const PW: &str = "correct horse battery\n";
 
 /// A "new device": an empty client state dir with only the deployment's
 /// client.toml (the OTA checkpoint state starts empty).
 fn fresh_device(dev: &DevUp, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("client.toml");
-    std::fs::copy(&dev.config, &cfg).unwrap();
+    // The deployment's config as an app ships it: without the first
+    // device's record of having saved a checkpoint.
+    let text = std::fs::read_to_string(&dev.config).unwrap();
+    let shipped: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("log_trusted_since") && !l.starts_with("new_log_trusted"))
+        .collect();
+    std::fs::write(&cfg, shipped.join("\n")).unwrap();
     cfg
 }
 
-fn ok(o: Output) -> String {
+pub(crate) fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -38,7 +45,7 @@ fn create(dev: &DevUp, user: &str, path: &Path) {
 }
 
 /// `protectors add --passkey` into `store`, unlocked with the password.
-fn add_passkey(dev: &DevUp, user: &str, store: &Path) -> Output {
+pub(crate) fn add_passkey(dev: &DevUp, user: &str, store: &Path) -> Output {
     dev.bkv(
         &[
             "backup",
@@ -71,7 +78,7 @@ fn add_recovery_key(dev: &DevUp, user: &str) -> Output {
     )
 }
 
-fn recovery_key_in(stdout: &str) -> String {
+pub(crate) fn recovery_key_in(stdout: &str) -> String {
     stdout
         .lines()
         .map(str::trim)
@@ -80,7 +87,7 @@ fn recovery_key_in(stdout: &str) -> String {
         .to_owned()
 }
 
-fn slot_id(stdout: &str, prefix: &str) -> String {
+pub(crate) fn slot_id(stdout: &str, prefix: &str) -> String {
     stdout
         .split_whitespace()
         .find(|w| w.starts_with(prefix))
@@ -88,7 +95,7 @@ fn slot_id(stdout: &str, prefix: &str) -> String {
         .to_owned()
 }
 
-fn restore(config: &Path, user: &str, how: &[&str], stdin: &str, out: &Path) -> Output {
+pub(crate) fn restore(config: &Path, user: &str, how: &[&str], stdin: &str, out: &Path) -> Output {
     let mut args = vec!["backup", "restore", "--user", user];
     args.extend_from_slice(how);
     args.extend_from_slice(&["--out", out.to_str().unwrap()]);
