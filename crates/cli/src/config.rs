@@ -132,7 +132,13 @@ impl ClientConfig {
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read client config {}", path.display()))?;
-        let cfg: ClientConfig = toml::from_str(&text)
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks a config's text; `path` is where it was read from
+    /// (relative paths in it are relative to that file).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let cfg: ClientConfig = toml::from_str(text)
             .with_context(|| format!("parse client config {}", path.display()))?;
         if cfg.version != 1 {
             bail!("client config version {} is not supported", cfg.version);

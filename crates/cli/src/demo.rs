@@ -152,6 +152,7 @@ pub async fn run() -> anyhow::Result<()> {
             data_dir: node_dir,
             node_id: 0,
             peer_listen: "127.0.0.1:0".into(),
+            peer_advertise: None,
             start: bkv_hsm_node::StartMode::Found(trust),
         })
     })

@@ -51,8 +51,12 @@ pub struct NodeRecord {
     pub listen: SocketAddr,
     /// Admin link (operator).
     pub admin: SocketAddr,
-    /// Peer link (Raft), as the membership records it.
+    /// Peer link (Raft): where the node listens.
     pub peer_listen: String,
+    /// Where other members reach the peer link, if not at `peer_listen`
+    /// (the chaos tests put a fault-injecting proxy there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_advertise: Option<String>,
     pub data_dir: PathBuf,
     pub platform: NodePlatform,
     pub hsm_bin: PathBuf,
@@ -120,6 +124,9 @@ impl NodeRecord {
             "--peer-listen".to_owned(),
             self.peer_listen.clone(),
         ];
+        if let Some(adv) = &self.peer_advertise {
+            a.extend(["--peer-advertise".to_owned(), adv.clone()]);
+        }
         match &self.platform {
             NodePlatform::Software { dir } => {
                 a.extend(["--platform-dir".to_owned(), dir.display().to_string()])
@@ -152,6 +159,31 @@ impl NodeRecord {
             NodePlatform::Software { .. } => Vec::new(),
         }
     }
+}
+
+impl NodeRecord {
+    /// The peer address the membership records for this node.
+    pub fn peer_addr(&self) -> &str {
+        self.peer_advertise.as_deref().unwrap_or(&self.peer_listen)
+    }
+}
+
+/// `BKV_DEV_PEER_VIA=p0,p1,…`: node i's peer link is reached at
+/// 127.0.0.1:p_i (a fault-injecting proxy the chaos tests run) instead of
+/// where it listens. A testing hook of `dev up` only.
+fn peer_via(i: usize) -> anyhow::Result<Option<String>> {
+    let Ok(list) = std::env::var("BKV_DEV_PEER_VIA") else {
+        return Ok(None);
+    };
+    let port = list
+        .split(',')
+        .nth(i)
+        .ok_or_else(|| anyhow!("BKV_DEV_PEER_VIA names no port for node {i}"))?;
+    let port: u16 = port
+        .trim()
+        .parse()
+        .with_context(|| format!("BKV_DEV_PEER_VIA port {port:?}"))?;
+    Ok(Some(format!("127.0.0.1:{port}")))
 }
 
 pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
@@ -814,6 +846,7 @@ impl Deployment {
             node_id,
             listen: format!("127.0.0.1:{}", port(0)?).parse()?,
             peer_listen: format!("127.0.0.1:{}", port(1)?),
+            peer_advertise: peer_via(i)?,
             admin: format!("127.0.0.1:{}", port(2)?).parse()?,
             data_dir,
             platform,
@@ -851,7 +884,7 @@ impl Deployment {
             &self.operator,
             &self.admins(),
             rec.node_id,
-            &rec.peer_listen,
+            rec.peer_addr(),
             statement.clone(),
         )
         .await?;
@@ -873,7 +906,7 @@ impl Deployment {
             m.retain(|m| m.id != id);
             m.push(bkv_hsm_node::Member {
                 id,
-                addr: rec.peer_listen.clone(),
+                addr: rec.peer_addr().to_owned(),
                 identity: hex::encode(st.identity_key),
             });
         })?;
@@ -943,7 +976,7 @@ impl Deployment {
         update_members(&self.dir, self.fleet, |m| {
             *m = vec![bkv_hsm_node::Member {
                 id: 0,
-                addr: rec.peer_listen.clone(),
+                addr: rec.peer_addr().to_owned(),
                 identity: hex::encode(st0.identity_key),
             }]
         })?;
@@ -951,7 +984,7 @@ impl Deployment {
             .await?;
         let mut started = vec![node];
         for ((i, rec), (id, statement)) in records.zip(statements.iter().skip(1)) {
-            c.admit(&self.admins(), *id, &rec.peer_listen, statement.clone())
+            c.admit(&self.admins(), *id, rec.peer_addr(), statement.clone())
                 .await?;
             let node = self.join(i, rec, statement).await?;
             c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;

@@ -86,6 +86,9 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Where the peer link listens (port 0: any).
     pub peer_listen: String,
+    /// The peer address the fleet records for a founder (default: the
+    /// bound `peer_listen` address).
+    pub peer_advertise: Option<String>,
     pub start: StartMode,
 }
 
@@ -279,7 +282,11 @@ impl Node {
         // Forming the fleet: on the founder's first start, or when its
         // first start crashed before the fleet was initialized.
         if matches!(cfg.start, StartMode::Found(_)) && (founding || !fleet.initialized()) {
-            rt.block_on(found(&fleet, &core, cfg.node_id, peer_addr, &identity))?;
+            let advertised = cfg
+                .peer_advertise
+                .clone()
+                .unwrap_or_else(|| peer_addr.to_string());
+            rt.block_on(found(&fleet, &core, cfg.node_id, &advertised, &identity))?;
         }
         // The leader keeps the Raft membership in step with the admitted
         // members (repairs a change interrupted by a crash or a new leader).
@@ -500,13 +507,13 @@ async fn found(
     fleet: &Fleet,
     core: &Mutex<Core>,
     node_id: u64,
-    peer_addr: SocketAddr,
+    peer_addr: &str,
     identity: &bkv_hsm_core::NodeIdentity,
 ) -> Result<(), NodeStartError> {
     let cfg_err = |e: String| NodeStartError::Config(e);
     if !fleet.initialized() {
         let me = PeerNode {
-            addr: peer_addr.to_string(),
+            addr: peer_addr.to_owned(),
             identity: identity.public_key(),
         };
         fleet
@@ -525,7 +532,7 @@ async fn found(
         if !core.state().members.nodes.is_empty() {
             return Ok(());
         }
-        core.found_mutation(node_id, &peer_addr.to_string(), identity, binary_sha256()?)?
+        core.found_mutation(node_id, peer_addr, identity, binary_sha256()?)?
     };
     match fleet.propose(m).await {
         Ok(Outcome::Founded) => Ok(()),

@@ -37,6 +37,11 @@ struct Args {
     /// operator's admin command names for this node.
     #[arg(long, default_value = "127.0.0.1:0")]
     peer_listen: String,
+    /// The peer-link address the fleet records for this node when it
+    /// founds the fleet (default: the bound --peer-listen address). For a
+    /// node behind a forwarding address (NAT, a proxy).
+    #[arg(long)]
+    peer_advertise: Option<String>,
     /// Where the node's keys live.
     #[arg(long, value_enum, default_value = "software")]
     platform: PlatformKind,
@@ -190,6 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             platform,
             node_id: args.node_id,
             peer_listen: args.peer_listen.clone(),
+            peer_advertise: args.peer_advertise.clone(),
             start: start_mode(&args)?,
         })
         .with_context(|| format!("open node data in {}", args.data_dir.display()))?,

@@ -93,7 +93,12 @@ pub fn sign(text: &str, name: &str, key: &SigningKey) -> Result<String, NoteErro
     let sig = key.sign(text.as_bytes());
     let mut blob = key_id(name, &key.verifying_key()).to_vec();
     blob.extend_from_slice(&sig.to_bytes());
-    Ok(format!("{text}\n\u{2014} {name} {}\n", B64.encode(blob)))
+    let note = format!("{text}\n\u{2014} {name} {}\n", B64.encode(blob));
+    // Never sign what `open` would refuse (found by fuzzing).
+    if note.len() > MAX_NOTE {
+        return Err(NoteError::TooLarge);
+    }
+    Ok(note)
 }
 
 /// Verifies that `note` is signed by (`name`, `key`) and returns its text.
@@ -200,6 +205,18 @@ impl Checkpoint {
 
 #[cfg(test)]
 mod tests {
+    /// `sign` refuses a text whose note `open` would refuse as too large
+    /// (a fuzzing finding: the two disagreed).
+    #[test]
+    fn sign_refuses_what_open_would_refuse() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let long = format!("{}\n", "a".repeat(MAX_NOTE));
+        assert!(matches!(sign(&long, "n", &key), Err(NoteError::TooLarge)));
+        let fits = format!("{}\n", "a".repeat(MAX_NOTE - 200));
+        let note = sign(&fits, "n", &key).unwrap();
+        assert_eq!(open(&note, "n", &key.verifying_key()).unwrap(), fits);
+    }
+
     use super::*;
 
     /// The sample in docs/auditor-api.md is a real, verifiable checkpoint.

@@ -46,7 +46,7 @@ async fn dev_token(http: &reqwest::Client, url: &str, user: &str) -> String {
 
 /// An endpoint for `user` on the deployment's default fleet (key from
 /// `GET /v1/fleet`, as a pinned client would have it).
-async fn endpoint(http: &reqwest::Client, url: &str, user: &str) -> Endpoint {
+pub(crate) async fn endpoint(http: &reqwest::Client, url: &str, user: &str) -> Endpoint {
     let f: serde_json::Value = http
         .get(format!("{url}/v1/fleet"))
         .send()

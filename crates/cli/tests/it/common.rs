@@ -63,7 +63,7 @@ impl DevUp {
         Self::start_full(dir, &[], n, platform, hsm)
     }
 
-    fn start_full(
+    pub fn start_full(
         dir: &Path,
         env: &[(&str, &str)],
         nodes: usize,

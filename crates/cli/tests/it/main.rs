@@ -6,6 +6,7 @@ mod common;
 
 mod abuse;
 mod auditor;
+mod chaos;
 mod e2e;
 mod endpoints;
 mod evidence;

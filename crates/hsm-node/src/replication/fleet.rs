@@ -4,19 +4,28 @@
 //! the outcome only once this node's own state machine has applied it.
 
 use super::log_store::LogStore;
-use super::network::{Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse};
+use super::network::{
+    CallError, Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse, ProposeError,
+};
 use super::state_machine::{Replica, StateMachine};
 use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use bkv_hsm_core::members::Members;
 use bkv_hsm_core::state::{Mutation, Outcome};
 use bkv_hsm_core::SharedPlatform;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Config, Raft};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// One proposal attempt's failure: whether the mutation was certainly not
+/// appended (safe to try again) or may still commit.
+enum Attempt {
+    NotDone(String),
+    Unknown(String),
+}
 
 /// How long a proposal may take before the caller is told "unavailable".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,6 +135,12 @@ impl Fleet {
     /// Commits `m` on a majority and returns its outcome once this node has
     /// applied it too. Fails with `Unavailable` when no leader with a
     /// majority answers in time.
+    ///
+    /// A failed attempt is tried again only when the mutation was certainly
+    /// not appended (no leader, a leader that said it is not one, no link to
+    /// it). Once it may have been appended, it may still commit: trying
+    /// again could apply it twice — a guess counted twice — so the caller
+    /// is told `Unavailable` (the outcome is unknown) instead.
     pub async fn propose(&self, m: Mutation) -> Result<Outcome, FleetError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         let mut last = String::from("no leader");
@@ -133,15 +148,26 @@ impl Fleet {
             let left = deadline - tokio::time::Instant::now();
             let leader = self.raft.current_leader().await;
             let result = if leader == Some(self.id) {
+                // Even a ForwardToLeader here is no proof the entry was not
+                // appended (see the Propose handler), so no error retries.
                 match tokio::time::timeout(left, self.raft.client_write(m.clone())).await {
                     Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("commit timed out".into()),
+                    Ok(Err(e)) => Err(Attempt::Unknown(e.to_string())),
+                    Err(_) => Err(Attempt::Unknown("commit timed out".into())),
                 }
             } else if let Some(leader) = leader {
                 self.forward(leader, m.clone(), left).await
             } else {
-                Err("no leader".into())
+                Err(Attempt::NotDone("no leader".into()))
+            };
+            let result = match result {
+                Ok(r) => Ok(r),
+                Err(Attempt::NotDone(e)) => Err(e),
+                Err(Attempt::Unknown(e)) => {
+                    return Err(FleetError::Unavailable(format!(
+                        "{e} (the change may still commit; not retried)"
+                    )))
+                }
             };
             match result {
                 Ok((Applied::Mutation(outcome), index)) => {
@@ -273,16 +299,29 @@ impl Fleet {
         leader: u64,
         m: Mutation,
         ttl: Duration,
-    ) -> Result<(Applied, u64), String> {
-        let node = self.leader_node(leader)?;
+    ) -> Result<(Applied, u64), Attempt> {
+        let node = self.leader_node(leader).map_err(Attempt::NotDone)?;
         match self
             .net
-            .call(leader, &node, &PeerRequest::Propose(m), ttl)
+            .call_checked(leader, &node, &PeerRequest::Propose(m), ttl)
             .await
         {
-            Ok(PeerResponse::Proposed(r)) => r,
-            Ok(_) => Err("unexpected response to a forwarded proposal".into()),
-            Err(e) => Err(format!("forward to leader {leader}: {e}")),
+            Ok(PeerResponse::Proposed(Ok(r))) => Ok(r),
+            Ok(PeerResponse::Proposed(Err(e @ ProposeError::NotLeader(_)))) => {
+                Err(Attempt::NotDone(format!("leader {leader}: {e}")))
+            }
+            Ok(PeerResponse::Proposed(Err(e))) => {
+                Err(Attempt::Unknown(format!("leader {leader}: {e}")))
+            }
+            Ok(_) => Err(Attempt::Unknown(
+                "unexpected response to a forwarded proposal".into(),
+            )),
+            Err(CallError::NotSent(e)) => {
+                Err(Attempt::NotDone(format!("no link to leader {leader}: {e}")))
+            }
+            Err(CallError::Unanswered(e)) => {
+                Err(Attempt::Unknown(format!("forward to leader {leader}: {e}")))
+            }
         }
     }
 }
@@ -457,14 +496,21 @@ async fn dispatch<R: Replica>(
             PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
         }
         PeerRequest::Propose(m) => {
+            // "Not the leader" must mean "not appended" (the follower then
+            // tries elsewhere), so it is decided before client_write: a
+            // ForwardToLeader from client_write itself may also come from a
+            // leader that appended the entry and was deposed, and such an
+            // entry can still commit under the next leader.
+            let me = raft.metrics().borrow().id;
+            let leader = raft.current_leader().await;
+            if leader != Some(me) {
+                return PeerResponse::Proposed(Err(ProposeError::NotLeader(leader)));
+            }
             let r = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(m)).await;
             PeerResponse::Proposed(match r {
                 Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    Err(format!("not the leader (leader: {:?})", f.leader_id))
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("commit timed out".into()),
+                Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+                Err(_) => Err(ProposeError::TimedOut),
             })
         }
         PeerRequest::ReadIndex => {

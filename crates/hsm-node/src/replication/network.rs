@@ -77,12 +77,45 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// The applied outcome and its log index, or why not.
-    Proposed(Result<(Applied, u64), String>),
+    Proposed(Result<(Applied, u64), ProposeError>),
     /// The index a read must wait for, or why not.
     ReadIndex(Result<Option<u64>, String>),
     /// The fleet secrets encrypted (by the core) to the asking node's
     /// identity key, or why the core refused.
     FleetSecrets(Result<Vec<u8>, String>),
+}
+
+/// Why a forwarded proposal has no outcome. Only [`ProposeError::NotLeader`]
+/// means the mutation was certainly not appended: the follower may then try
+/// again elsewhere. After the others it may still commit, so retrying could
+/// apply it twice (a guess counted twice).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    #[error("commit timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Whether a failed peer call reached the other side.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No link could be made: the request was not sent.
+    #[error("{0}")]
+    NotSent(io::Error),
+    /// The request may have been delivered (the answer is missing).
+    #[error("{0}")]
+    Unanswered(io::Error),
+}
+
+impl From<CallError> for io::Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotSent(e) | CallError::Unanswered(e) => e,
+        }
+    }
 }
 
 /// An established, encrypted link.
@@ -110,6 +143,15 @@ async fn read_u16_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
 }
 
 impl Link {
+    /// Whether the other side has closed this (idle) link: an open, quiet
+    /// connection has nothing to read, a closed one reads end-of-file (or
+    /// an error) at once. Checked before a cached link is reused, so that a
+    /// request is not sent into a connection that is already gone.
+    fn is_closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Initiator: connects to `addr` and proves `me`; the peer must hold the
     /// private key of `peer_identity`.
     pub async fn connect(
@@ -233,7 +275,7 @@ impl PeerNetwork {
         }
     }
 
-    /// Sends `req` to `node` over the cached link (reconnecting once).
+    /// Sends `req` to `node` over the cached link (connecting if needed).
     pub async fn call(
         &self,
         target: u64,
@@ -241,33 +283,53 @@ impl PeerNetwork {
         req: &PeerRequest,
         ttl: Duration,
     ) -> io::Result<PeerResponse> {
+        Ok(self.call_checked(target, node, req, ttl).await?)
+    }
+
+    /// [`PeerNetwork::call`], telling a request that was never sent (no
+    /// link) from one whose answer is missing.
+    pub async fn call_checked(
+        &self,
+        target: u64,
+        node: &PeerNode,
+        req: &PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, CallError> {
         let slot = self.slot(target);
         let mut guard = slot.lock().await;
+        // The link leaves the cache for the exchange and goes back only
+        // after a whole request/response. If the caller gives up half-way
+        // (openraft drops an RPC future on its own timeout), the link is
+        // dropped with the future: a later request must never read the
+        // answer to an earlier one from a reused link.
+        let cached = guard
+            .take()
+            .filter(|(n, link)| n == node && !link.is_closed())
+            .map(|(_, link)| link);
         let attempt = async {
-            let reuse = matches!(&*guard, Some((n, _)) if n == node);
-            if !reuse {
-                *guard = None;
-                let link = Link::connect(&node.addr, &self.me, &node.identity).await?;
-                *guard = Some((node.clone(), link));
-            }
-            match guard.as_mut() {
-                Some((_, link)) => link.call(req).await,
-                None => Err(io::Error::other("no link")),
-            }
+            let mut link = match cached {
+                Some(link) => link,
+                None => Link::connect(&node.addr, &self.me, &node.identity)
+                    .await
+                    .map_err(CallError::NotSent)?,
+            };
+            // A failed send delivered no complete request (the other side
+            // acts on whole messages only); a failed receive may follow a
+            // request that was acted on.
+            link.send(req).await.map_err(CallError::NotSent)?;
+            let resp = link.recv().await.map_err(CallError::Unanswered)?;
+            Ok((link, resp))
         };
         match tokio::time::timeout(ttl, attempt).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                *guard = None;
-                Err(e)
+            Ok(Ok((link, resp))) => {
+                *guard = Some((node.clone(), link));
+                Ok(resp)
             }
-            Err(_) => {
-                *guard = None;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "peer call timed out",
-                ))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CallError::Unanswered(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer call timed out",
+            ))),
         }
     }
 }

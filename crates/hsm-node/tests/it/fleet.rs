@@ -182,6 +182,11 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     if let Some(fl) = members[l as usize].fleet.take() {
         fl.raft.shutdown().await.unwrap();
     }
+    // A proposal sent into the old leader's dying link has an unknown
+    // outcome (it is not retried: it might count twice), so wait for the
+    // new leader first.
+    let new_leader = leader(&members).await;
+    assert_ne!(new_leader, l);
     let survivor = (l + 1) % 3;
     let o = members[survivor as usize]
         .fleet
@@ -405,5 +410,72 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(attempts(&m.state), Some(5));
+    }
+}
+
+/// A peer call its caller abandons half-way (openraft drops an RPC future on
+/// its own timeout) must not leave the link cached: the next request on it
+/// would read the answer meant for the abandoned one. Found by the chaos
+/// test as a leader panicking on "follower log reversion" (an old
+/// AppendEntries answer taken for a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_peer_call_never_hands_its_answer_to_the_next_one() {
+    use bkv_hsm_node::replication::network::{PeerNetwork, PeerResponse};
+    let server_id = identity(40);
+    let client_id = identity(41);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Answers each request in kind (a read index for ReadIndex, "secrets"
+    // for FleetSecrets); the first answer on a link comes late.
+    let sid = server_id.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let sid = sid.clone();
+            tokio::spawn(async move {
+                let Ok((mut link, _)) = Link::accept(stream, &sid).await else {
+                    return;
+                };
+                let mut first = true;
+                while let Ok(req) = link.recv::<PeerRequest>().await {
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let resp = match req {
+                        PeerRequest::ReadIndex => PeerResponse::ReadIndex(Ok(Some(7))),
+                        _ => PeerResponse::FleetSecrets(Ok(vec![1, 2, 3])),
+                    };
+                    if link.send(&resp).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let net = PeerNetwork::new(client_id);
+    let node = PeerNode {
+        addr,
+        identity: server_id.public(),
+    };
+    // Abandoned by its caller while the answer is on its way.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        net.call(1, &node, &PeerRequest::ReadIndex, Duration::from_secs(5)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the first call should still be waiting");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..3 {
+        match net
+            .call(1, &node, &PeerRequest::FleetSecrets, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            PeerResponse::FleetSecrets(Ok(v)) => assert_eq!(v, vec![1, 2, 3]),
+            PeerResponse::ReadIndex(_) => {
+                panic!("got the abandoned ReadIndex call's answer")
+            }
+            _ => panic!("unexpected answer"),
+        }
     }
 }
