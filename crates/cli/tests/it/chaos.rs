@@ -157,7 +157,10 @@ async fn proxy(listener: TcpListener, to: usize, dir: PathBuf, net: Arc<Net>) {
             let n2 = net.clone();
             tokio::spawn(pump(cr, uw, move || n2.is_blocked(from, to)));
             // Replies travel to → from: cut when `to` cannot reach `from`.
-            pump(ur, cw, move || from.is_some_and(|f| net.is_blocked(Some(to), f))).await;
+            pump(ur, cw, move || {
+                from.is_some_and(|f| net.is_blocked(Some(to), f))
+            })
+            .await;
         });
     }
 }
