@@ -695,7 +695,7 @@ fn guess_limit_and_acknowledged_changes_survive_partitions_kills_pauses_and_cloc
                 )),
             }
         }
-        if (k + 1) % 50 == 0 {
+        if (k + 1).is_multiple_of(50) {
             println!(
                 "chaos: {} schedules in {:.0} s, {} violations; mix {:?}",
                 k + 1,
