@@ -531,7 +531,7 @@ async fn dispatch<R: Replica>(
                 Err(_) => Err(ProposeError::TimedOut),
             })
         }
-        PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(&raft, PROPOSE_TIMEOUT).await),
+        PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft, PROPOSE_TIMEOUT).await),
         PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(match replica.lock() {
             Ok(r) => r.export_secrets_to(remote),
             Err(_) => Err("replica lock poisoned".into()),
