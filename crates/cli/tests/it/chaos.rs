@@ -588,6 +588,7 @@ fn guess_limit_and_acknowledged_changes_survive_partitions_kills_pauses_and_cloc
     let started = Instant::now();
     let mut mix = Mix::default();
     let mut violations = Vec::new();
+    let mut reported = 0;
     for k in 0..schedules {
         let seed = base.wrapping_add(k);
         let leader = dev.leader();
@@ -694,6 +695,11 @@ fn guess_limit_and_acknowledged_changes_survive_partitions_kills_pauses_and_cloc
                     s.faults
                 )),
             }
+            // Said at once too: a long run may be stopped before its end.
+            for v in &violations[reported..] {
+                println!("chaos: VIOLATION {v}");
+            }
+            reported = violations.len();
         }
         if (k + 1).is_multiple_of(50) {
             println!(
