@@ -1,0 +1,360 @@
+//! Runs every vector in `tests/vectors/` through the bkv library and through the independent
+//! reader of the documented format ([`bkv_test_vectors::spec`]); both must reach the verdict
+//! the vector's index records, and valid vectors must decode to the recorded values.
+
+use bkv_client::backup::{format_error, DecryptReader};
+use bkv_client::protectors::{Manifest, RecoveryKey};
+use bkv_client::BackupKey;
+use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index, FORMATS};
+use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};
+use bkv_transparency::note::Checkpoint;
+use bkv_wire::admin::SignedStatement;
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::io::Read;
+
+fn load(format: &str) -> Index {
+    let path = vectors_dir().join(format).join("index.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let index: Index =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    assert_eq!(index.format, format);
+    assert!(!index.cases.is_empty(), "{format}: no vectors");
+    assert!(
+        index.cases.iter().any(|c| c.valid) && index.cases.iter().any(|c| !c.valid),
+        "{format}: needs both valid and rejected vectors"
+    );
+    index
+}
+
+fn bytes(index: &Index, case: &Case) -> Vec<u8> {
+    let path = vectors_dir().join(&index.format).join(&case.file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn input<'a>(index: &'a Index, case: &'a Case, name: &str) -> &'a str {
+    index
+        .input(case, name)
+        .unwrap_or_else(|| panic!("{}: input {name} missing", case.file))
+}
+
+fn hex32(index: &Index, case: &Case, name: &str) -> [u8; 32] {
+    hex::decode(input(index, case, name))
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .unwrap_or_else(|| panic!("{}: {name} is not 32 hex bytes", case.file))
+}
+
+fn expect<'a>(case: &'a Case, name: &str) -> &'a str {
+    case.expect
+        .get(name)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("{}: expected value {name} missing", case.file))
+}
+
+/// `Debug` of the library's error matches the recorded one: equal, or the recorded variant name
+/// followed by its fields.
+fn error_matches(found: &str, want: &str) -> bool {
+    found == want
+        || found.starts_with(&format!("{want}("))
+        || found.starts_with(&format!("{want} {{"))
+}
+
+/// Checks the verdicts of one case; returns the library's value for a valid one.
+fn verdict<T, E: Debug, S>(
+    case: &Case,
+    library: Result<T, E>,
+    spec: Result<S, &str>,
+) -> Option<(T, S)> {
+    assert_eq!(
+        spec.is_ok(),
+        case.spec_valid,
+        "{}: the documented format says {:?}, the index says spec_valid = {}",
+        case.file,
+        spec.as_ref().err(),
+        case.spec_valid
+    );
+    match (library, case.valid) {
+        (Ok(v), true) => spec.ok().map(|s| (v, s)),
+        (Err(e), true) => panic!("{}: valid vector rejected by the library: {e:?}", case.file),
+        (Ok(_), false) => panic!("{} ({}): the library accepted it", case.file, case.comment),
+        (Err(e), false) => {
+            let want = case.error.as_deref().unwrap_or_default();
+            let found = format!("{e:?}");
+            assert!(
+                error_matches(&found, want),
+                "{}: the library's error is {found}, the index says {want}",
+                case.file
+            );
+            None
+        }
+    }
+}
+
+/// Every file in a format's directory is a vector and every vector's file exists.
+#[test]
+fn every_file_is_indexed_and_every_format_has_vectors() {
+    let dirs: BTreeSet<String> = std::fs::read_dir(vectors_dir())
+        .expect("tests/vectors exists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let formats: BTreeSet<String> = FORMATS.iter().map(|f| f.to_string()).collect();
+    assert_eq!(dirs, formats, "vector directories and FORMATS differ");
+    for format in FORMATS {
+        let index = load(format);
+        let listed: BTreeSet<&str> = index.cases.iter().map(|c| c.file.as_str()).collect();
+        let present: BTreeSet<String> = std::fs::read_dir(vectors_dir().join(format))
+            .expect("format directory")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "index.json")
+            .collect();
+        let present: BTreeSet<&str> = present.iter().map(String::as_str).collect();
+        assert_eq!(listed, present, "{format}: files and index differ");
+        let doc_file = index.doc.split(['#', ' ']).next().unwrap_or_default();
+        assert!(
+            vectors_dir().join("../..").join(doc_file).is_file(),
+            "{format}: documented in {doc_file}, which does not exist"
+        );
+    }
+}
+
+#[test]
+fn backup_file() {
+    let index = load("backup-file");
+    for case in &index.cases {
+        let k = hex32(&index, case, "key");
+        let file = bytes(&index, case);
+        let library = (|| {
+            let mut r = DecryptReader::new(&file[..], &BackupKey::from_bytes(k))?;
+            let mut out = Vec::new();
+            r.read_to_end(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })()
+        .map_err(|e| {
+            Raw(match format_error(&e) {
+                Some(f) => format!("{f:?}"),
+                None => e.to_string(),
+            })
+        });
+        if let Some((plain, spec_plain)) = verdict(case, library, spec::backup_decrypt(&k, &file)) {
+            let n: usize = expect(case, "plaintext_len").parse().expect("length");
+            assert_eq!(plain, backup_plaintext(n), "{}", case.file);
+            assert_eq!(spec_plain, plain, "{}", case.file);
+            assert_eq!(
+                hex::encode(Sha256::digest(&plain)),
+                expect(case, "plaintext_sha256")
+            );
+        }
+    }
+}
+
+/// An error already in `Debug` form.
+struct Raw(String);
+impl Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[test]
+fn recovery_key() {
+    let index = load("recovery-key");
+    for case in &index.cases {
+        let text = String::from_utf8(bytes(&index, case)).expect("UTF-8");
+        if let Some((rk, spec_key)) = verdict(
+            case,
+            RecoveryKey::parse(&text),
+            spec::recovery_key_decode(&text),
+        ) {
+            let key = hex32(&index, case, "key");
+            let slot = input(&index, case, "slot_id");
+            assert_eq!(spec_key, key, "{}", case.file);
+            assert_eq!(rk.display(), expect(case, "display"), "{}", case.file);
+            assert_eq!(spec::recovery_key_encode(&key), expect(case, "display"));
+            let public = hex::encode(rk.slot_secret(slot).public_key());
+            assert_eq!(public, expect(case, "slot_public_key"), "{}", case.file);
+            assert_eq!(hex::encode(spec::recovery_slot_public(&key, slot)), public);
+        }
+    }
+}
+
+#[test]
+fn protector_manifest() {
+    let index = load("protector-manifest");
+    for case in &index.cases {
+        let k = hex32(&index, case, "key");
+        let rk_text = input(&index, case, "recovery_key");
+        let rk = RecoveryKey::parse(rk_text).expect("recovery key");
+        let rk_bytes = spec::recovery_key_decode(rk_text).expect("recovery key");
+        let file = bytes(&index, case);
+        let key = BackupKey::from_bytes(k);
+        let library = Manifest::decode_unverified(&file).and_then(|(m, tag)| {
+            m.verify(&tag, &key)?;
+            let opened = m.open_with_recovery_key(&rk)?;
+            Ok((m, opened))
+        });
+        if let Some(((m, opened), view)) = verdict(
+            case,
+            library,
+            spec::manifest_open(&file, &k, Some(&rk_bytes)),
+        ) {
+            assert_eq!(
+                opened.expose(),
+                &k,
+                "{}: the recovery key opens K",
+                case.file
+            );
+            assert_eq!(view.opened_key, Some(k));
+            assert_eq!(m.user_id, expect(case, "user_id"));
+            assert_eq!(view.user_id, m.user_id);
+            assert_eq!(m.generation.to_string(), expect(case, "generation"));
+            assert_eq!(view.generation, m.generation);
+            assert_eq!(view.key_id, m.key_id);
+            let ids: Vec<&str> = m.slots.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(ids.join(","), expect(case, "slots"));
+            assert_eq!(view.slot_ids, ids);
+        }
+    }
+}
+
+#[test]
+fn sealed_value() {
+    let index = load("sealed-value");
+    for case in &index.cases {
+        let key = hex32(&index, case, "sealing_key");
+        let slot = input(&index, case, "slot");
+        let label = hex::decode(input(&index, case, "label")).expect("label hex");
+        let file = bytes(&index, case);
+        let library = bkv_hsm_core::seal::unseal_xchacha(&key, slot, &label, &file);
+        if let Some((plain, spec_plain)) =
+            verdict(case, library, spec::unseal_v1(&key, slot, &label, &file))
+        {
+            assert_eq!(
+                hex::encode(&*plain),
+                expect(case, "plaintext"),
+                "{}",
+                case.file
+            );
+            assert_eq!(spec_plain, *plain);
+        }
+    }
+}
+
+#[test]
+fn platform_statement() {
+    let index = load("platform-statement");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let library =
+            bkv_wire::decode::<SignedStatement>(&file, bkv_transparency::membership::MAX_RECORD)
+                .map_err(|e| Raw(format!("{e:?}")))
+                .and_then(|s| {
+                    bkv_transparency::membership::verify_statement(&s)
+                        .map_err(|e| Raw(format!("{e:?}")))
+                });
+        if let Some((s, view)) = verdict(case, library, spec::statement_verify(&file)) {
+            assert_eq!(hex::encode(s.identity_key), expect(case, "identity_key"));
+            assert_eq!(hex::encode(s.signing_key), expect(case, "signing_key"));
+            assert_eq!(format!("{:?}", s.platform.kind), expect(case, "kind"));
+            assert_eq!(s.platform.token, expect(case, "token"));
+            assert_eq!(hex::encode(s.binary_sha256), expect(case, "binary_sha256"));
+            assert_eq!(
+                (view.identity_key, view.signing_key, view.binary_sha256),
+                (s.identity_key, s.signing_key, s.binary_sha256)
+            );
+            assert_eq!(view.token, s.platform.token);
+            let kinds = ["Software", "Pkcs11", "Memory"];
+            assert_eq!(
+                kinds.get(view.kind as usize).copied(),
+                Some(expect(case, "kind"))
+            );
+        }
+    }
+}
+
+fn verifying_key(index: &Index, case: &Case, name: &str) -> VerifyingKey {
+    VerifyingKey::from_bytes(&hex32(index, case, name)).expect("Ed25519 public key")
+}
+
+#[test]
+fn bundle() {
+    let index = load("bundle");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let anchors = TrustAnchors {
+            namespace: input(&index, case, "namespace").to_owned(),
+            origin: input(&index, case, "origin").to_owned(),
+            auditor_name: input(&index, case, "auditor_name").to_owned(),
+            auditor_key: verifying_key(&index, case, "auditor_key"),
+            operator_key: verifying_key(&index, case, "operator_key"),
+        };
+        let seen = ClientLogState {
+            checkpoint_size: input(&index, case, "seen_size").parse().expect("size"),
+            checkpoint_root: hex32(&index, case, "seen_root"),
+            accepted_epoch: input(&index, case, "seen_epoch").parse().expect("epoch"),
+        };
+        let now: u64 = input(&index, case, "now").parse().expect("now");
+        let library = serde_json::from_slice::<BundlePackage>(&file)
+            .map_err(|e| Raw(format!("Json({e})")))
+            .and_then(|pkg| {
+                bundle::verify(&anchors, &seen, &pkg, now).map_err(|e| Raw(format!("{e:?}")))
+            });
+        let spec_anchors = spec::Anchors {
+            namespace: &anchors.namespace,
+            origin: &anchors.origin,
+            auditor_name: &anchors.auditor_name,
+            auditor_key: &hex32(&index, case, "auditor_key"),
+            operator_key: &hex32(&index, case, "operator_key"),
+        };
+        if let Some(((b, state), view)) = verdict(
+            case,
+            library,
+            spec::bundle_verify(&file, &spec_anchors, now),
+        ) {
+            assert_eq!(b.epoch.to_string(), expect(case, "epoch"));
+            assert_eq!(b.fleet_id, expect(case, "fleet_id"));
+            assert_eq!(
+                b.noise_key().map(hex::encode).as_deref(),
+                Some(expect(case, "noise_key"))
+            );
+            let previous: Vec<&str> = b.previous.iter().map(|p| p.fleet_id.as_str()).collect();
+            assert_eq!(previous.join(","), expect(case, "previous_fleets"));
+            assert_eq!(
+                (view.epoch, &view.fleet_id, view.noise_key),
+                (b.epoch, &b.fleet_id, b.noise_key().unwrap_or_default())
+            );
+            assert_eq!(view.namespace, b.namespace);
+            assert_eq!(view.previous_fleets, previous);
+            assert_eq!(
+                state.accepted_epoch, b.epoch,
+                "the client remembers the epoch it accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn checkpoint() {
+    let index = load("checkpoint");
+    for case in &index.cases {
+        let name = input(&index, case, "name");
+        let key = hex32(&index, case, "key");
+        let note = String::from_utf8(bytes(&index, case)).expect("UTF-8");
+        let library = Checkpoint::open(&note, name, &verifying_key(&index, case, "key"));
+        if let Some((cp, view)) = verdict(case, library, spec::checkpoint_open(&note, name, &key)) {
+            assert_eq!(cp.origin, expect(case, "origin"));
+            assert_eq!(cp.size.to_string(), expect(case, "size"));
+            assert_eq!(hex::encode(cp.root), expect(case, "root"));
+            assert_eq!(
+                (view.origin, view.size, view.root),
+                (cp.origin, cp.size, cp.root)
+            );
+        }
+    }
+}
