@@ -21,6 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+# An S3-compatible server for the object-storage tests (crates/cli/tests/it/s3.rs start it on
+# a free 127.0.0.1 port): moto, from PyPI.
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server]"
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -244,7 +244,15 @@ impl Auditor {
         }
         tx.commit().map_err(internal)?;
         log.push(leaf, d, epoch);
+        metrics::gauge!("bkv_auditor_log_size", "namespace" => ns.to_owned())
+            .set(log.leaves.len() as f64);
         Ok(index)
+    }
+
+    /// Whether the log can take an entry now: an empty write transaction commits (and syncs).
+    pub fn check_writable(&self) -> Result<(), AuditorError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        tx.commit().map_err(dberr)
     }
 
     fn read_entry(&self, ns: &str, index: u64) -> Result<Option<StoredEntry>, AuditorError> {
@@ -294,11 +302,27 @@ fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, code, msg.into())
 }
 
+/// The auditor's API, without `/metrics` (see [`router_with_metrics`]).
 pub fn router(a: Arc<Auditor>) -> Router {
-    Router::new()
+    router_with_metrics(a, None)
+}
+
+/// The auditor's API; `GET /metrics` renders `metrics` when given (Prometheus text).
+pub fn router_with_metrics(
+    a: Arc<Auditor>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let health = || async { Json(serde_json::json!({"status": "ok"})) };
+    let router = Router::new()
+        .route("/v1/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { bkv_service::http::metrics_response(m.as_ref()) }
+            }),
         )
         .route("/v1/key", get(key_info))
         .route("/v1/logs/{ns}", get(log_info))
@@ -316,7 +340,21 @@ pub fn router(a: Arc<Auditor>) -> Router {
         .route("/v1/logs/{ns}/proof/inclusion", get(inclusion))
         .route("/v1/logs/{ns}/proof/consistency", get(consistency))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(a)
+        .with_state(a);
+    bkv_service::http::record_requests(router, "auditor")
+}
+
+/// Ready when the log can take an entry (its database commits).
+async fn ready(State(a): State<Arc<Auditor>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::task::spawn_blocking(move || a.check_writable()).await {
+        Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "reason": "the log is not writable"})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Serialize, Deserialize)]

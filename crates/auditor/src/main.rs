@@ -25,16 +25,35 @@ struct Args {
     /// Register NS with its operator's Ed25519 public key (hex): NS=KEY. Repeatable.
     #[arg(long = "namespace", value_name = "NS=KEY")]
     namespaces: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM, mode 0600).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (TLS ends at a proxy on this host).
+    #[arg(long)]
+    plain_http_beyond_loopback: bool,
+    /// Log as text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormatArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let args = Args::parse();
+    bkv_service::init_logging(&bkv_service::LogConfig {
+        format: match args.log_format {
+            LogFormatArg::Text => bkv_service::LogFormat::Text,
+            LogFormatArg::Json => bkv_service::LogFormat::Json,
+        },
+        level: "info".into(),
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +64,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(Args::parse())) {
+    if let Err(e) = rt.block_on(run(args)) {
         eprintln!("bkv-auditor: error: {e:#}");
         std::process::exit(1);
     }
@@ -105,17 +124,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .context("open auditor log")?,
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(
+            bkv_service::TlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }
+            .server_config(std::path::Path::new("."))?,
+        ),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && tls.is_none() && !args.plain_http_beyond_loopback {
+        return Err(anyhow!(
+            "{addr} is not a loopback address: give --tls-cert and --tls-key, or, behind a \
+             TLS-terminating proxy, --plain-http-beyond-loopback"
+        ));
+    }
+    let metrics = bkv_service::http::install_metrics()
+        .map_err(|e| anyhow!("install the metrics recorder: {e}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "bkv-auditor ready listen={addr} name={} key={}",
+        "bkv-auditor ready listen={addr} url={scheme}://{addr} name={} key={}",
         auditor.name(),
         hex::encode(auditor.public_key().as_bytes())
     );
-    axum::serve(listener, bkv_auditor::router(auditor))
-        .await
-        .context("serve")?;
+    let options = bkv_service::http::Options {
+        service: "auditor",
+        tls,
+        idle_timeout: std::time::Duration::from_secs(30),
+        request_timeout: std::time::Duration::from_secs(60),
+        max_connections: 1024,
+        max_connections_per_address: 128,
+    };
+    bkv_service::http::serve(
+        listener,
+        bkv_auditor::router_with_metrics(auditor, Some(metrics)),
+        options,
+        bkv_service::shutdown_signal(),
+    )
+    .await
+    .context("serve")?;
     Ok(())
 }

@@ -10,8 +10,13 @@ pub struct ClientConfig {
     pub version: u32,
     /// Base URL of the frontend.
     pub frontend_url: String,
-    /// Local directory holding encrypted backups.
+    /// Local directory holding encrypted backups (relative to this file), unless
+    /// `storage_url` is set.
     pub storage_dir: PathBuf,
+    /// Object storage for the encrypted backups instead: `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the standard AWS environment variables) or `file:///dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_url: Option<String>,
     /// Guess limit for new registrations.
     #[serde(default = "default_guess_limit")]
     pub guess_limit: u32,
@@ -20,6 +25,10 @@ pub struct ClientConfig {
     pub auth: AuthConfig,
     #[serde(default)]
     pub passkeys: PasskeysConfig,
+    /// Trust only this CA (a PEM file) for the frontend's HTTPS certificate; without it, the
+    /// system's roots and Mozilla's. Relative paths are relative to this config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +132,29 @@ pub struct AuthConfig {
 /// Largest config file read.
 const MAX_CONFIG: u64 = 64 * 1024;
 
+/// `https://`, or `http://` to a loopback address only: a bearer token must not cross a
+/// network in the clear.
+fn check_frontend_url(url: &str) -> anyhow::Result<()> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("frontend_url {url:?}"))?;
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let host = u.host_str().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                bail!("frontend_url {url:?}: plain http is allowed to loopback addresses only; use https://")
+            }
+        }
+        s => bail!("frontend_url {url:?}: scheme {s:?} is not http(s)"),
+    }
+}
+
 impl ClientConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path)
@@ -143,6 +175,13 @@ impl ClientConfig {
         if cfg.version != 1 {
             bail!("client config version {} is not supported", cfg.version);
         }
+        check_frontend_url(&cfg.frontend_url)?;
+        let mut cfg = cfg;
+        if let Some(ca) = &mut cfg.ca_file {
+            if ca.is_relative() {
+                *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
+            }
+        }
         match cfg.fleet.mode.as_str() {
             "pinned" => {
                 cfg.pinned_key()?;
@@ -161,6 +200,37 @@ impl ClientConfig {
             }
             m => bail!("fleet mode {m:?} is not supported (use \"pinned\" or \"ota\")"),
         }
+    }
+
+    /// Where backups are stored: `storage_url`, else `storage_dir`.
+    pub fn storage_location(&self) -> String {
+        self.storage_url
+            .clone()
+            .unwrap_or_else(|| self.storage_dir.display().to_string())
+    }
+
+    /// The HTTP client for the frontend: HTTPS verified against `ca_file` when set (else the
+    /// system's and Mozilla's roots), with the given whole-request timeout.
+    pub fn http_client(&self, timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            // Below the frontend's keep-alive timeout, so a parked connection is
+            // rarely one the frontend is closing (a resend covers the rest).
+            .pool_idle_timeout(std::time::Duration::from_secs(10))
+            .https_only(!self.frontend_url.starts_with("http://"));
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("ca_file {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("ca_file {}: not PEM certificates", ca.display()))?;
+            if certs.is_empty() {
+                bail!("ca_file {} holds no certificate", ca.display());
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        b.build().context("http client")
     }
 
     pub fn pinned_key(&self) -> anyhow::Result<[u8; 32]> {

@@ -200,8 +200,10 @@ pub async fn run() -> anyhow::Result<()> {
                 fleet_id: node.info().fleet_id.clone(),
                 nodes: vec![server.addr],
             }]),
-            token_key: token_key.verifying_key(),
-            audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
+            tokens: std::sync::Arc::new(bkv_frontend::token::Verifier::new(
+                bkv_frontend::token::KeySet::ed25519(&token_key.verifying_key()),
+                bkv_frontend::token::Policy::new(bkv_frontend::DEFAULT_AUDIENCE),
+            )),
             dev_token_key: None,
             bundle_source: Some(bkv_frontend::BundleSource {
                 auditor_url: auditor_url.clone(),
@@ -209,6 +211,7 @@ pub async fn run() -> anyhow::Result<()> {
             }),
             passkeys: None,
             limits: Default::default(),
+            metrics: None,
         },
         async move {
             let _ = stop_rx.await;
@@ -271,7 +274,7 @@ pub async fn run() -> anyhow::Result<()> {
             fleet,
             previous: Vec::new(),
         },
-        storage_dir: root.join("storage"),
+        storage: root.join("storage").display().to_string(),
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
         passkey_origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
     };

@@ -400,19 +400,99 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&k))
 }
 
-/// The frontend's limits; `BKV_FRONTEND_IDLE_TIMEOUT` (seconds) shortens
-/// the header/keep-alive timeout, as tests of idle gaps do.
-fn frontend_limits() -> anyhow::Result<bkv_frontend::Limits> {
-    let mut l = bkv_frontend::Limits::default();
+/// The development frontend's signing key for `POST /v1/dev/token` (in `DIR/frontend`).
+const DEV_TOKEN_KEY_FILE: &str = "dev-token-signing.key";
+
+/// Writes the development frontend's config: dev mode (tokens for any user), routes from
+/// `routes.json` (kept current by `dev up`), the auditor's bundle, a `localhost` relying party.
+/// Test hooks: `BKV_FRONTEND_IDLE_TIMEOUT` (seconds) shortens the header/keep-alive timeout, as
+/// tests of idle gaps do; `BKV_FRONTEND_MAX_CEREMONIES` bounds the passkey ceremony table.
+fn write_frontend_config(path: &Path, listen: &str, auditor_url: &str) -> anyhow::Result<()> {
+    use bkv_frontend::config as fc;
+    let mut limits = fc::LimitsConfig::default();
     if let Ok(v) = std::env::var("BKV_FRONTEND_IDLE_TIMEOUT") {
-        let secs: u64 = v
+        limits.idle_timeout_secs = v
             .parse()
             .ok()
             .filter(|s| *s > 0)
             .context("BKV_FRONTEND_IDLE_TIMEOUT must be a positive number of seconds")?;
-        l.idle_timeout = Duration::from_secs(secs);
     }
-    Ok(l)
+    let max_ceremonies = match std::env::var("BKV_FRONTEND_MAX_CEREMONIES") {
+        Ok(v) => v
+            .parse()
+            .context("BKV_FRONTEND_MAX_CEREMONIES must be a number")?,
+        Err(_) => bkv_frontend::passkeys::DEFAULT_MAX_CEREMONIES,
+    };
+    let file = fc::FrontendFile {
+        listen: fc::ListenConfig {
+            addr: listen.parse().context("frontend listen address")?,
+            plain_http_beyond_loopback: false,
+        },
+        tokens: fc::TokenConfig {
+            dev_mode: true,
+            dev_signing_key_file: Some(PathBuf::from(DEV_TOKEN_KEY_FILE)),
+            ..Default::default()
+        },
+        fleets: fc::FleetsConfig {
+            routes: Vec::new(),
+            routes_file: Some(PathBuf::from("routes.json")),
+        },
+        bundle: Some(fc::BundleConfig {
+            auditor_url: auditor_url.to_owned(),
+            namespace: DEV_NAMESPACE.into(),
+        }),
+        passkeys: Some(fc::PasskeysConfig {
+            rp_id: crate::config::DEV_PASSKEY_RP_ID.into(),
+            origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
+            store: PathBuf::from("passkeys.redb"),
+            max_ceremonies,
+        }),
+        limits,
+        log: Default::default(),
+        tls: None,
+        metrics: Default::default(),
+    };
+    let text = format!(
+        "# Written by `bkv dev up`: a development frontend (dev mode mints tokens for anyone).\n\
+         # Fields: docs/operations.md.\n{}",
+        toml::to_string(&file).context("serialize the frontend config")?
+    );
+    bkv_hsm_platform::write_private_file(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Writes `DIR/frontend/routes.json` (every fleet's relay addresses) when it changed; the
+/// frontend re-reads it while serving.
+fn write_routes(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("frontend").join("routes.json");
+    let json = serde_json::to_vec_pretty(&fleet_routes(dir))?;
+    if std::fs::read(&path).ok().as_deref() == Some(json.as_slice()) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, &json)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+pub struct StartedFrontend {
+    pub pid: u32,
+    pub url: String,
+}
+
+/// Starts `bkv-frontend --config FILE` and waits for its ready line.
+fn start_frontend(bin: &Path, dir: &Path, config: &Path) -> anyhow::Result<StartedFrontend> {
+    if let Some(pid) = read_pid(dir) {
+        if pid_alive(pid) {
+            stop_pid(pid);
+        }
+    }
+    let args = vec!["--config".to_owned(), config.display().to_string()];
+    let (pid, line) = spawn_ready(bin, &args, &[], dir, "frontend.log")?;
+    Ok(StartedFrontend {
+        pid,
+        url: ready_field(&line, "url")?,
+    })
 }
 
 pub struct UpArgs {
@@ -424,6 +504,8 @@ pub struct UpArgs {
     /// Write a client config in `pinned` mode instead of `ota`.
     pub pinned: bool,
     pub platform: DevPlatform,
+    /// Object storage for the client config (`storage_url`); DIR/storage when unset.
+    pub storage_url: Option<String>,
 }
 
 /// The namespace `dev up` publishes bundles in.
@@ -522,6 +604,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&args.dir)?;
     let hsm_bin = find_bin("bkv-hsm", "BKV_HSM_BIN", args.hsm_bin)?;
     let auditor_bin = find_bin("bkv-auditor", "BKV_AUDITOR_BIN", None)?;
+    let frontend_bin = find_bin("bkv-frontend", "BKV_FRONTEND_BIN", None)?;
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be between 1 and 9");
     }
@@ -591,32 +674,30 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let frontend_dir = dir.join("frontend");
     std::fs::create_dir_all(&frontend_dir)?;
-    let dev_key = load_or_create_key(&frontend_dir.join("dev-token-signing.key"))?;
-    let listener =
-        tokio::net::TcpListener::bind(format!("127.0.0.1:{}", args.port_base.unwrap_or(0)))
-            .await
-            .context("bind frontend")?;
-    let frontend_addr = listener.local_addr()?;
-    let routes = bkv_frontend::Routes::new(&fleet_routes(&dir));
-    let config = bkv_frontend::FrontendConfig {
-        routes: routes.clone(),
-        token_key: dev_key.verifying_key(),
-        audience: bkv_frontend::DEFAULT_AUDIENCE.into(),
-        dev_token_key: Some(dev_key),
-        bundle_source: Some(bkv_frontend::BundleSource {
-            auditor_url: auditor.url.clone(),
-            namespace: DEV_NAMESPACE.into(),
-        }),
-        passkeys: Some(relying_party(&frontend_dir)?),
-        limits: frontend_limits()?,
+    load_or_create_key(&frontend_dir.join(DEV_TOKEN_KEY_FILE))?;
+    write_routes(&dir)?;
+    let frontend_config = frontend_dir.join("frontend.toml");
+    write_frontend_config(
+        &frontend_config,
+        &format!("127.0.0.1:{}", args.port_base.unwrap_or(0)),
+        &auditor.url,
+    )?;
+    let frontend = match start_frontend(&frontend_bin, &frontend_dir, &frontend_config) {
+        Ok(f) => f,
+        Err(e) => {
+            stop_deployment(&dir);
+            return Err(e);
+        }
     };
     let storage_dir = dir.join("storage");
     std::fs::create_dir_all(&storage_dir)?;
-    let frontend_url = format!("http://{frontend_addr}");
+    let frontend_url = frontend.url.clone();
     let client = ClientConfig {
         version: 1,
         frontend_url: frontend_url.clone(),
         storage_dir,
+        storage_url: args.storage_url.clone(),
+        ca_file: None,
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
         passkeys: Default::default(),
         fleet: if args.pinned {
@@ -650,12 +731,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let config_path = dir.join("client.toml");
     client.save(&config_path)?;
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bkv_frontend::serve(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
     println!(
-        "bkv dev: ready frontend={frontend_url} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={} evidence={}",
+        "bkv dev: ready frontend={frontend_url} frontend_pid={} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={} evidence={}",
+        frontend.pid,
         started.len(),
         node.listen,
         node.pid,
@@ -672,8 +750,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             reap_children();
-            // Fleets formed and nodes added by `bkv fleet ceremony|add-node`.
-            routes.learn(&fleet_routes(&routes_dir));
+            // Fleets formed and nodes added by `bkv fleet ceremony|add-node`: the frontend
+            // re-reads its routes file.
+            if let Err(e) = write_routes(&routes_dir) {
+                eprintln!("bkv dev: routes file: {e:#}");
+            }
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -682,8 +763,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     eprintln!("bkv dev: stopping");
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     stop_deployment(&dir);
     eprintln!("bkv dev: stopped");
     Ok(())
@@ -692,7 +771,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// Stops whatever node and auditor pids of the deployment are current
 /// (nodes may have been restarted by `restart-node`).
 fn stop_deployment(dir: &Path) {
-    let mut dirs: Vec<PathBuf> = (0..9).map(|i| node_dir(dir, i)).collect();
+    let mut dirs: Vec<PathBuf> = vec![dir.join("frontend")];
+    dirs.extend((0..9).map(|i| node_dir(dir, i)));
     dirs.push(dir.join("auditor"));
     for d in &dirs {
         if let Some(pid) = read_pid(d) {
@@ -1170,26 +1250,6 @@ fn wait_unlocked(data_dir: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("{} is still locked by another bkv-hsm", data_dir.display())
-}
-
-/// The development relying party: RP id `localhost`, passkeys in DIR.
-pub fn relying_party(
-    dir: &Path,
-) -> anyhow::Result<std::sync::Arc<bkv_frontend::passkeys::RelyingParty>> {
-    let rp = bkv_frontend::passkeys::RelyingParty::open(&bkv_frontend::passkeys::PasskeyConfig {
-        rp_id: crate::config::DEV_PASSKEY_RP_ID.into(),
-        origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
-        db_path: dir.join("passkeys.redb"),
-    })
-    .context("open the passkey relying party")?;
-    // Tests bound the table to show a flood cannot fill it for others.
-    if let Some(n) = std::env::var("BKV_FRONTEND_MAX_CEREMONIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        rp.set_max_ceremonies(n);
-    }
-    Ok(std::sync::Arc::new(rp))
 }
 
 /// One request on a node's relay link (fleet status is public).

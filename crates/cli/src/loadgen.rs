@@ -60,10 +60,11 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors: Vec<String> = Vec::new();
-            let mut i = w;
+            // Each worker logs in as one user, so a user never has more logins in flight than
+            // workers per user (a device does not run many at once; a node keeps at most 4
+            // sessions per user and ends the oldest for a fifth).
+            let c = &clients[w % clients.len()];
             while Instant::now() < deadline {
-                let c = &clients[i % clients.len()];
-                i += 1;
                 let t = Instant::now();
                 match c.login(&password).await {
                     Ok(l) => {

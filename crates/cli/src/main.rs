@@ -65,6 +65,32 @@ enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Service and client config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (and read the key and certificate files it names): say which
+    /// field is wrong and how to fix it. Exit 0 if it is good.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+        /// Which kind it is; guessed from its sections when not given.
+        #[arg(long, value_enum)]
+        kind: Option<ConfigKind>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ConfigKind {
+    /// `bkv-frontend --config`.
+    Frontend,
+    /// `bkv --config` (`client.toml`).
+    Client,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +163,10 @@ enum DevCommand {
         /// `softhsm` (a SoftHSM2 token per node).
         #[arg(long, value_enum, default_value = "software")]
         platform: dev::DevPlatform,
+        /// Store the client's backups here instead of DIR/storage: `s3://bucket/prefix`
+        /// (AWS environment variables for credentials and endpoint) or `file:///dir`.
+        #[arg(long)]
+        storage_url: Option<String>,
     },
     /// Recovery load against a deployment (uses --config): throughput and latency percentiles.
     Loadgen {
@@ -474,6 +504,48 @@ fn read_unlock(args: &UnlockArgs) -> anyhow::Result<Unlocker> {
     }
 }
 
+/// `bkv config check FILE`: parses the file as its kind (with the environment's overrides for
+/// a service) and reads the files it names.
+fn config_check(file: &std::path::Path, kind: Option<ConfigKind>) -> anyhow::Result<()> {
+    let kind = match kind {
+        Some(k) => k,
+        None => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+            if table.contains_key("frontend_url") {
+                ConfigKind::Client
+            } else if ["listen", "tokens", "fleets"]
+                .iter()
+                .any(|k| table.contains_key(*k))
+            {
+                ConfigKind::Frontend
+            } else {
+                return Err(UsageError(format!(
+                    "cannot tell what kind of config {} is; pass --kind (frontend or client; \
+                     bkv-hsm and bkv-auditor take flags in this release)",
+                    file.display()
+                ))
+                .into());
+            }
+        }
+    };
+    match kind {
+        ConfigKind::Client => {
+            let cfg = ClientConfig::load(file)?;
+            cfg.http_client(Duration::from_secs(60))?;
+        }
+        ConfigKind::Frontend => {
+            let f = bkv_frontend::config::FrontendFile::load(file)?;
+            let base = file.parent().unwrap_or(std::path::Path::new("."));
+            f.check(base)?;
+        }
+    }
+    println!("{}: a valid {kind:?} config", file.display());
+    Ok(())
+}
+
 fn validate_user(user: &str) -> anyhow::Result<()> {
     bkv_wire::validate_user_id(user).map_err(|e| UsageError(format!("--user: {e}")).into())
 }
@@ -483,13 +555,7 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
         UsageError("--config FILE is required (e.g. DIR/client.toml from `bkv dev up`)".into())
     })?;
     let cfg = ClientConfig::load(&path)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        // Below the frontend's keep-alive timeout, so a parked connection is
-        // rarely one the frontend is closing (a resend covers the rest).
-        .pool_idle_timeout(Duration::from_secs(10))
-        .build()
-        .context("http client")?;
+    let http = cfg.http_client(Duration::from_secs(60))?;
     let token = match &cli.token {
         Some(t) => t.clone(),
         None => {
@@ -554,26 +620,23 @@ async fn context(cli: &Cli, user: &str) -> anyhow::Result<ops::Ctx> {
             fleet,
             previous: fleets.collect(),
         },
-        storage_dir: cfg.storage_dir.clone(),
+        storage: cfg.storage_location(),
         guess_limit: cfg.guess_limit,
         passkey_origin: cfg.passkeys.origin.clone(),
     })
 }
 
 /// Only what a vault-free operation needs: the storage location.
-fn storage_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+fn storage_location(cli: &Cli) -> anyhow::Result<String> {
     let path = cli.config.clone().ok_or_else(|| {
         UsageError("--config FILE is required (e.g. DIR/client.toml from `bkv dev up`)".into())
     })?;
-    Ok(ClientConfig::load(&path)?.storage_dir)
+    Ok(ClientConfig::load(&path)?.storage_location())
 }
 
 /// A progress bar sized to the user's latest backup.
-async fn restore_progress(
-    dir: &std::path::Path,
-    user: &str,
-) -> anyhow::Result<(ProgressBar, ops::Report)> {
-    let total = bkv_client::BackupStore::local(dir, user)?
+async fn restore_progress(storage: &str, user: &str) -> anyhow::Result<(ProgressBar, ops::Report)> {
+    let total = bkv_client::BackupStore::open(storage, user)?
         .latest()
         .await?
         .map(|l| l.size)
@@ -614,6 +677,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hsm_bin,
                 pinned,
                 platform,
+                storage_url,
             } => {
                 dev::up(dev::UpArgs {
                     dir: dir.clone(),
@@ -622,6 +686,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     hsm_bin: hsm_bin.clone(),
                     pinned: *pinned,
                     platform: *platform,
+                    storage_url: storage_url.clone(),
                 })
                 .await
             }
@@ -704,6 +769,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Backup { command } => backup(&cli, command).await,
+        Command::Config {
+            command: ConfigCommand::Check { file, kind },
+        } => config_check(file, *kind),
         Command::Fleet {
             command: FleetCommand::AddNode { dir, fleet },
         } => dev::add_node(dir, *fleet).await,
@@ -724,9 +792,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let cfg = ClientConfig::load(&path)?;
             let url = format!("{}/v1/fleet/status", cfg.frontend_url.trim_end_matches('/'));
-            let resp = reqwest::Client::new()
+            let resp = cfg
+                .http_client(Duration::from_secs(30))?
                 .get(&url)
-                .timeout(Duration::from_secs(30))
                 .send()
                 .await
                 .map_err(|e| ClientError::Unavailable(format!("frontend: {e}")))?;
@@ -822,14 +890,15 @@ async fn backup(cli: &Cli, command: &BackupCommand) -> anyhow::Result<()> {
             let mut unlocker = read_unlock(unlock)?;
             let latest = if let Unlocker::RecoveryKey(rk) = &unlocker {
                 // Storage only: works with the vault and frontend down.
-                let dir = storage_dir(cli)?;
-                let (pb, report) = restore_progress(&dir, user).await?;
-                let r = ops::restore_with_recovery_key(&dir, user, rk, out.clone(), report).await;
+                let storage = storage_location(cli)?;
+                let (pb, report) = restore_progress(&storage, user).await?;
+                let r =
+                    ops::restore_with_recovery_key(&storage, user, rk, out.clone(), report).await;
                 pb.finish_and_clear();
                 r?
             } else {
                 let ctx = context(cli, user).await?;
-                let (pb, report) = restore_progress(&ctx.storage_dir, user).await?;
+                let (pb, report) = restore_progress(&ctx.storage, user).await?;
                 let r = ops::restore(&ctx, user, unlocker.unlock(), out.clone(), report).await;
                 pb.finish_and_clear();
                 r?

@@ -11,7 +11,8 @@ pub type Report = Box<dyn FnMut(u64) + Send>;
 
 pub struct Ctx {
     pub endpoint: Endpoint,
-    pub storage_dir: PathBuf,
+    /// Where backups are stored (`bkv_client::storage::open_store`).
+    pub storage: String,
     pub guess_limit: u32,
     pub passkey_origin: String,
 }
@@ -25,7 +26,7 @@ impl Ctx {
     pub fn account(&self, user: &str) -> Result<Account, ClientError> {
         Ok(Account {
             endpoint: Some(self.endpoint.clone()),
-            store: BackupStore::local(&self.storage_dir, user)?,
+            store: BackupStore::open(&self.storage, user)?,
             user: user.to_owned(),
             guess_limit: self.guess_limit,
             passkey_origin: self.passkey_origin.clone(),
@@ -96,7 +97,7 @@ pub struct Status {
 
 pub async fn status(ctx: &Ctx, user: &str) -> Result<Status, ClientError> {
     let record = ctx.account(user)?.record_state().await?;
-    let store = BackupStore::local(&ctx.storage_dir, user)?;
+    let store = BackupStore::open(&ctx.storage, user)?;
     Ok(Status {
         record,
         latest: store.latest().await?,
@@ -123,7 +124,7 @@ pub fn describe_record(r: &RecordState) -> String {
 /// Restores the latest backup with a recovery key: storage only, no vault
 /// or frontend involved.
 pub async fn restore_with_recovery_key(
-    storage_dir: &std::path::Path,
+    storage: &str,
     user: &str,
     rk: &bkv_client::protectors::RecoveryKey,
     out: PathBuf,
@@ -131,7 +132,7 @@ pub async fn restore_with_recovery_key(
 ) -> Result<Latest, ClientError> {
     let account = Account {
         endpoint: None,
-        store: BackupStore::local(storage_dir, user)?,
+        store: BackupStore::open(storage, user)?,
         user: user.to_owned(),
         guess_limit: 0,
         passkey_origin: String::new(),

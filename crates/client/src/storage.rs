@@ -1,4 +1,6 @@
-//! Backup storage through `object_store`: a local directory by default.
+//! Backup storage through `object_store`: a local directory by default, or any S3-compatible
+//! service (`s3://bucket/prefix`, with credentials, region and endpoint from the standard AWS
+//! environment variables).
 //!
 //! Layout under the store root, per user (`<u>` = first 32 hex digits of
 //! SHA-256("bkv/storage/v1" || user id)):
@@ -13,7 +15,10 @@
 //! restore finds the backups its key opens even while a key rotation is half
 //! done. A new backup is uploaded under a fresh name; only after the upload
 //! completed is `latest.json` switched to it and the older backups deleted. So
-//! the last good backup survives any failure of a new one.
+//! the last good backup survives any failure of a new one: on S3 a backup is a multipart
+//! upload, which leaves no object until it completes, and `latest.json` is replaced only if it
+//! is still the one read just before (a conditional write), so two devices switching it at once
+//! cannot silently undo each other.
 
 use crate::archive::{self, Options, Restored};
 use crate::backup::Header;
@@ -23,7 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutMode, PutPayload, UpdateVersion, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
@@ -67,7 +72,50 @@ pub struct BackupStore {
     prefix: ObjPath,
 }
 
+/// Opens the object store at `location`: `s3://bucket[/prefix]` (AWS environment variables:
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`),
+/// `file:///path`, or a plain directory path.
+pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(ClientError::Storage(format!(
+                "{location}: an s3:// location needs a bucket"
+            )));
+        }
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            .build()
+            .map_err(storage_err)?;
+        let prefix = prefix.trim_matches('/');
+        return Ok(if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        });
+    }
+    let dir = match location.strip_prefix("file://") {
+        Some(p) => p,
+        None if location.contains("://") => {
+            return Err(ClientError::Storage(format!(
+                "{location}: storage must be a directory, file:// or s3://"
+            )))
+        }
+        None => location,
+    };
+    std::fs::create_dir_all(dir)?;
+    Ok(Arc::new(
+        LocalFileSystem::new_with_prefix(dir).map_err(storage_err)?,
+    ))
+}
+
 impl BackupStore {
+    /// Opens the store for `user_id` at `location` (see [`open_store`]).
+    pub fn open(location: &str, user_id: &str) -> Result<Self> {
+        Ok(Self::with_store(open_store(location)?, user_id))
+    }
+
     /// Opens the store for `user_id` in a local directory.
     pub fn local(dir: &Path, user_id: &str) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -108,14 +156,43 @@ impl BackupStore {
         Ok(Some(l))
     }
 
-    /// Points `latest.json` at an uploaded backup.
+    /// Points `latest.json` at an uploaded backup: a compare-and-swap on the version read just
+    /// before, where the store supports it (S3 `If-Match`/`If-None-Match`; a local directory
+    /// replaces the file atomically).
     pub async fn set_latest(&self, latest: &Latest) -> Result<()> {
         let body = serde_json::to_vec(latest).map_err(|e| ClientError::Storage(e.to_string()))?;
-        self.store
-            .put(&self.path("latest.json"), PutPayload::from(body))
+        let path = self.path("latest.json");
+        let mode = match self.store.head(&path).await {
+            Ok(meta) => PutMode::Update(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            Err(object_store::Error::NotFound { .. }) => PutMode::Create,
+            Err(e) => return Err(storage_err(e)),
+        };
+        let payload = PutPayload::from(body);
+        match self
+            .store
+            .put_opts(&path, payload.clone(), mode.into())
             .await
-            .map_err(storage_err)?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // Stores without conditional writes (a local directory): an atomic replace.
+            Err(object_store::Error::NotImplemented) => {
+                self.store.put(&path, payload).await.map_err(storage_err)?;
+                Ok(())
+            }
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(ClientError::Storage(
+                "latest.json changed while this backup was being switched to (another device \
+                 backing up at the same time?); the new backup is stored but not current: run \
+                 the command again"
+                    .into(),
+            )),
+            Err(e) => Err(storage_err(e)),
+        }
     }
 
     /// The backup that `key` opens: the latest one if it is under `key`,
@@ -389,6 +466,8 @@ impl BackupStore {
                 return Err(e);
             }
         };
+        // Tests kill the process here: every part sent, the upload not completed.
+        crate::crash_point("upload-unfinished");
         w.finish().await.map_err(storage_err)?;
         Ok(Latest {
             version: 1,

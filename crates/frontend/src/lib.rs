@@ -4,6 +4,7 @@
 //! Noise messages to a node. It never holds a key that could open them: it
 //! sees ciphertext, sizes, timing and user ids only. HTTP API: `docs/api.md`.
 
+pub mod config;
 pub mod passkeys;
 pub mod token;
 
@@ -15,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bkv_wire::node::{NodeError, NodeRequest, NodeResponse, SessionId};
 use bkv_wire::MAX_NOISE_MESSAGE;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,9 +84,8 @@ pub struct FrontendConfig {
     /// The fleets' node addresses (relay links), preferred fleet first.
     /// Shared so a deployment can add a fleet or a node while serving.
     pub routes: Routes,
-    /// Public key that verifies user tokens.
-    pub token_key: VerifyingKey,
-    pub audience: String,
+    /// The keys and policy user tokens are verified with.
+    pub tokens: Arc<token::Verifier>,
     /// Development only: lets `POST /v1/dev/token` mint tokens for any user.
     pub dev_token_key: Option<SigningKey>,
     /// Where `GET /v1/bundle` gets the fleet's validation bundle ("over the air").
@@ -93,10 +93,13 @@ pub struct FrontendConfig {
     /// WebAuthn relying party for passkey protectors (`/v1/passkeys`).
     pub passkeys: Option<Arc<passkeys::RelyingParty>>,
     pub limits: Limits,
+    /// Serves `GET /metrics` (Prometheus text) from this recorder when set.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// One fleet's nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FleetRoute {
     pub fleet_id: String,
     pub nodes: Vec<SocketAddr>,
@@ -187,8 +190,10 @@ pub fn router(config: FrontendConfig) -> Router {
         preferred: std::sync::atomic::AtomicUsize::new(0),
         bundle_fleets: Mutex::new(None),
     });
-    Router::new()
+    let router = Router::new()
         .route("/v1/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/v1/fleet", get(fleet))
         .route("/v1/fleet/status", get(fleet_status))
         .route("/v1/bundle", get(bundle))
@@ -212,11 +217,14 @@ pub fn router(config: FrontendConfig) -> Router {
             post(passkeys_assert_finish),
         )
         .layer(DefaultBodyLimit::max(MAX_NOISE_MESSAGE))
+        .route("/metrics", get(metrics_text))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_address,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so rate-limited requests are counted too.
+    bkv_service::http::record_requests(router, "frontend")
 }
 
 /// Serves the frontend on `listener` until `shutdown` resolves: HTTP/1.1
@@ -227,114 +235,29 @@ pub async fn serve(
     config: FrontendConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
-    let limits = config.limits.clone();
-    let app = router(config).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        limits.request_timeout,
-    ));
-    let conns = Arc::new(Mutex::new(ConnTable::default()));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = ConnSlot::take(&conns, address_key(peer.ip()), &limits) else {
-            tracing::debug!(%peer, "connection limit reached; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                app.clone().oneshot(req)
-            });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.idle_timeout)
-            .max_buf_size(64 * 1024);
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(error = %e, "client connection ended");
-            }
-        });
-    }
+    serve_tls(listener, config, None, shutdown).await
 }
 
-/// Open client connections, overall and per address.
-#[derive(Default)]
-struct ConnTable {
-    total: usize,
-    per_address: HashMap<std::net::IpAddr, usize>,
+/// [`serve`], over TLS when `tls` is given (the handshake must finish within the idle timeout).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: FrontendConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let l = &config.limits;
+    let options = bkv_service::http::Options {
+        service: "frontend",
+        tls,
+        idle_timeout: l.idle_timeout,
+        request_timeout: l.request_timeout,
+        max_connections: l.max_connections,
+        max_connections_per_address: l.max_connections_per_address,
+    };
+    bkv_service::http::serve(listener, router(config), options, shutdown).await
 }
 
-/// One open client connection, released when dropped.
-struct ConnSlot {
-    table: Arc<Mutex<ConnTable>>,
-    address: std::net::IpAddr,
-}
-
-impl ConnSlot {
-    fn take(
-        table: &Arc<Mutex<ConnTable>>,
-        address: std::net::IpAddr,
-        limits: &Limits,
-    ) -> Option<ConnSlot> {
-        let mut t = table.lock().ok()?;
-        let mine = t.per_address.get(&address).copied().unwrap_or(0);
-        if t.total >= limits.max_connections || mine >= limits.max_connections_per_address {
-            return None;
-        }
-        t.total += 1;
-        t.per_address.insert(address, mine + 1);
-        Some(ConnSlot {
-            table: table.clone(),
-            address,
-        })
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        if let Ok(mut t) = self.table.lock() {
-            t.total = t.total.saturating_sub(1);
-            if let Some(n) = t.per_address.get_mut(&self.address) {
-                *n -= 1;
-                if *n == 0 {
-                    t.per_address.remove(&self.address);
-                }
-            }
-        }
-    }
-}
-
-/// The key client addresses are limited by: IPv4 addresses as they are,
-/// IPv6 addresses by their /64 (one subscriber's prefix).
-fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => std::net::IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
-}
+use bkv_service::http::address_key;
 
 type KeyedLimiter<K> = governor::DefaultKeyedRateLimiter<K>;
 
@@ -399,6 +322,10 @@ fn client_address(req_ext: &axum::http::Extensions) -> std::net::IpAddr {
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| address_key(c.0.ip()))
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    bkv_service::http::metrics_response(state.config.metrics.as_ref())
 }
 
 /// Every request counts against its address's budget; session opens and
@@ -508,13 +435,11 @@ fn authenticate(state: &AppState, headers: &HeaderMap, budget: Budget) -> Result
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| unauthorized("Authorization must be a Bearer token"))?;
-    let claims = token::verify(
-        &state.config.token_key,
-        &state.config.audience,
-        now_secs(),
-        token,
-    )
-    .map_err(|e| unauthorized(&e.to_string()))?;
+    let claims = state
+        .config
+        .tokens
+        .verify(now_secs(), token)
+        .map_err(|e| unauthorized(&e.to_string()))?;
     rate_limit(state, &claims.sub, budget)?;
     Ok(claims.sub)
 }
@@ -658,6 +583,27 @@ async fn roundtrip(conn: &mut TcpStream, frame: &[u8]) -> Option<NodeResponse> {
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when a node answers and knows its fleet's leader (so it can commit).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    for i in 0..state.config.routes.len() {
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            node_call(&state, i, &NodeRequest::FleetStatus),
+        )
+        .await;
+        if let Ok(Ok(NodeResponse::FleetStatus(s))) = r {
+            if s.leader.is_some() {
+                return Json(serde_json::json!({ "status": "ready" })).into_response();
+            }
+        }
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "status": "unavailable", "reason": "no node answered with a leader" })),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1091,7 +1037,7 @@ async fn dev_token(
         key,
         &token::Claims {
             sub: req.user,
-            aud: state.config.audience.clone(),
+            aud: state.config.tokens.policy.audience.clone(),
             exp: expires_at,
             iat: Some(now),
             nbf: None,

@@ -63,12 +63,28 @@ impl DevUp {
         Self::start_full(dir, &[], n, platform, hsm)
     }
 
+    /// `bkv dev up` with extra arguments (and environment).
+    pub fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> DevUp {
+        Self::start_inner(dir, env, 1, "software", &hsm_bin(), args)
+    }
+
     pub fn start_full(
         dir: &Path,
         env: &[(&str, &str)],
         nodes: usize,
         platform: &str,
         hsm: &Path,
+    ) -> DevUp {
+        Self::start_inner(dir, env, nodes, platform, hsm, &[])
+    }
+
+    fn start_inner(
+        dir: &Path,
+        env: &[(&str, &str)],
+        nodes: usize,
+        platform: &str,
+        hsm: &Path,
+        extra: &[&str],
     ) -> DevUp {
         std::fs::create_dir_all(dir).unwrap();
         let stderr_log = dir.join("dev-up.stderr");
@@ -81,6 +97,7 @@ impl DevUp {
             .arg(nodes.to_string())
             .arg("--platform")
             .arg(platform)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()));
@@ -246,10 +263,13 @@ impl Drop for DevUp {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let _ = self.child.wait();
-        // If dev up could not stop a node (it was itself killed, or the node
+        // If dev up could not stop a node or the frontend (it was itself killed, or the node
         // was restarted by the test), do it here.
-        for i in 0..9 {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("nodes/{i}/pid"))) {
+        let pid_files = (0..9)
+            .map(|i| format!("nodes/{i}/pid"))
+            .chain(["frontend/pid".to_owned()]);
+        for f in pid_files {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(f)) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     unsafe {
                         libc::kill(pid, libc::SIGKILL);

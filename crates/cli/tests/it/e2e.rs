@@ -387,7 +387,8 @@ fn no_secret_reaches_any_log() {
     );
     cli_logs.push_str(&text(&o));
     drop(dev);
-    let dev_logs = std::fs::read_to_string(t.path().join("dev/dev-up.stderr")).unwrap();
+    let dev_logs = std::fs::read_to_string(t.path().join("dev/dev-up.stderr")).unwrap()
+        + &std::fs::read_to_string(t.path().join("dev/frontend/frontend.log")).unwrap();
     let node_log = std::fs::read_to_string(t.path().join("dev/nodes/0/node.log")).unwrap();
     // The logs are real and verbose (trace), so absence means something.
     assert!(node_log.contains("committed"), "node log: {node_log}");

@@ -13,4 +13,6 @@ mod evidence;
 mod fleet;
 mod protectors;
 mod rotation;
+mod s3;
+mod services;
 mod trust;
