@@ -271,8 +271,9 @@ impl FrontendFile {
         self.resolve(base).map(|_| ())
     }
 
-    fn resolve(&self, base: &Path) -> Result<Resolved, ConfigError> {
-        let at = |p: &Path| base.join(p);
+    /// Checks every field without reading the files they name (a sample config on a machine
+    /// that does not hold its keys, `bkv config check --skip-files`).
+    pub fn check_fields(&self) -> Result<(), ConfigError> {
         if !self.listen.addr.ip().is_loopback()
             && self.tls.is_none()
             && !self.listen.plain_http_beyond_loopback
@@ -286,13 +287,9 @@ impl FrontendFile {
                 ),
             ));
         }
-        let tls = match &self.tls {
-            Some(t) => Some(t.server_config(base)?),
-            None => None,
-        };
-        let limits = self.limits.to_limits()?;
-        let dev_key = match (self.tokens.dev_mode, &self.tokens.dev_signing_key_file) {
-            (true, Some(p)) => Some(SigningKey::from_bytes(&*read_key32(&at(p))?)),
+        self.limits.to_limits()?;
+        let t = &self.tokens;
+        match (t.dev_mode, &t.dev_signing_key_file) {
             (true, None) => {
                 return Err(invalid(
                     "tokens.dev_signing_key_file",
@@ -305,41 +302,27 @@ impl FrontendFile {
                     "set only with tokens.dev_mode = true",
                 ))
             }
-            (false, None) => None,
-        };
-        let t = &self.tokens;
-        let keys = match (&t.jwks_file, &t.public_key_file, &dev_key) {
-            (None, None, Some(k)) => token::KeySet::ed25519(&k.verifying_key()),
-            (Some(p), None, None) => read_jwks(&at(p))?,
-            (None, Some(p), None) => {
-                let bytes = read_public_key(&at(p))?;
-                let key = VerifyingKey::from_bytes(&bytes)
-                    .map_err(|_| invalid("tokens.public_key_file", "not an Ed25519 public key"))?;
-                token::KeySet::ed25519(&key)
-            }
-            (None, None, None) => return Err(invalid(
+            _ => {}
+        }
+        match (&t.jwks_file, &t.public_key_file, t.dev_mode) {
+            (None, None, false) => return Err(invalid(
                 "tokens.jwks_file",
                 "required: the identity provider's keys (a JWKS file), or tokens.public_key_file",
             )),
+            (Some(_), None, false) | (None, Some(_), false) | (None, None, true) => {}
             _ => {
                 return Err(invalid(
                     "tokens",
                     "give exactly one of jwks_file, public_key_file or dev_mode",
                 ))
             }
-        };
+        }
         if t.audience.is_empty() {
             return Err(invalid("tokens.audience", "must not be empty"));
         }
         if t.max_lifetime_secs == 0 {
             return Err(invalid("tokens.max_lifetime_secs", "must be at least 1"));
         }
-        let policy = token::Policy {
-            audience: t.audience.clone(),
-            issuer: t.issuer.clone(),
-            leeway_secs: t.leeway_secs,
-            max_lifetime_secs: t.max_lifetime_secs,
-        };
         if self.fleets.routes.is_empty() && self.fleets.routes_file.is_none() {
             return Err(invalid(
                 "fleets.routes",
@@ -359,9 +342,42 @@ impl FrontendFile {
                 return Err(invalid("passkeys.max_ceremonies", "must be at least 1"));
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::check_fields`], then reads the key, certificate and JWKS files.
+    fn resolve(&self, base: &Path) -> Result<Resolved, ConfigError> {
+        self.check_fields()?;
+        let at = |p: &Path| base.join(p);
+        let tls = match &self.tls {
+            Some(t) => Some(t.server_config(base)?),
+            None => None,
+        };
+        let t = &self.tokens;
+        let dev_key = match &t.dev_signing_key_file {
+            Some(p) => Some(SigningKey::from_bytes(&*read_key32(&at(p))?)),
+            None => None,
+        };
+        let keys = match (&t.jwks_file, &t.public_key_file, &dev_key) {
+            (Some(p), _, _) => read_jwks(&at(p))?,
+            (None, Some(p), _) => {
+                let bytes = read_public_key(&at(p))?;
+                let key = VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| invalid("tokens.public_key_file", "not an Ed25519 public key"))?;
+                token::KeySet::ed25519(&key)
+            }
+            (None, None, Some(k)) => token::KeySet::ed25519(&k.verifying_key()),
+            (None, None, None) => return Err(invalid("tokens", "no key source")),
+        };
+        let policy = token::Policy {
+            audience: t.audience.clone(),
+            issuer: t.issuer.clone(),
+            leeway_secs: t.leeway_secs,
+            max_lifetime_secs: t.max_lifetime_secs,
+        };
         Ok(Resolved {
             tls,
-            limits,
+            limits: self.limits.to_limits()?,
             dev_key,
             tokens: Arc::new(token::Verifier::new(keys, policy)),
         })
@@ -544,6 +560,7 @@ mod tests {
     #[test]
     fn the_deploy_sample_parses() {
         let f = parse(include_str!("../../../deploy/frontend.toml")).unwrap();
+        f.check_fields().unwrap();
         assert!(f.tls.is_some());
         assert_eq!(f.fleets.routes[0].nodes.len(), 5);
         assert!(!f.tokens.dev_mode);

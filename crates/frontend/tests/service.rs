@@ -235,8 +235,9 @@ fn serves_https_with_configured_certificates() {
     });
 }
 
-/// A token signed by `seed` under `kid`, valid for ten minutes.
-fn token(seed: u8, kid: &str) -> String {
+/// A token signed by `seed` under `kid`, valid for ten minutes, with `changes` applied to its
+/// claims.
+fn token_with(seed: u8, kid: &str, changes: serde_json::Value) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use base64::Engine;
     use ed25519_dalek::Signer;
@@ -246,15 +247,20 @@ fn token(seed: u8, kid: &str) -> String {
         .unwrap()
         .as_secs();
     let h = B64.encode(serde_json::json!({"alg": "EdDSA", "kid": kid}).to_string());
-    let c = B64.encode(
-        serde_json::json!({"sub": "alice", "aud": "bkv", "iss": "https://id.example", "exp": now + 600})
-            .to_string(),
-    );
+    let mut claims = serde_json::json!({"sub": "alice", "aud": "bkv", "iss": "https://id.example", "exp": now + 600});
+    for (k, v) in changes.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    let c = B64.encode(claims.to_string());
     let input = format!("{h}.{c}");
     format!(
         "{input}.{}",
         B64.encode(key.sign(input.as_bytes()).to_bytes())
     )
+}
+
+fn token(seed: u8, kid: &str) -> String {
+    token_with(seed, kid, serde_json::json!({}))
 }
 
 fn jwks(seed: u8, kid: &str) -> String {
@@ -283,20 +289,49 @@ fn identity_provider_keys_rotate_without_a_restart() {
         .enable_all()
         .build()
         .unwrap();
-    let status = |t: String| {
+    let answer = |t: String| {
         let url = format!("{}/v1/passkeys", f.url);
         rt.block_on(async move {
-            reqwest::Client::new()
+            let r = reqwest::Client::new()
                 .get(url)
                 .bearer_auth(t)
                 .send()
                 .await
-                .unwrap()
-                .status()
-                .as_u16()
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
         })
     };
+    let status = |t: String| answer(t).0;
     assert_eq!(status(token(1, "2026-a")), 200);
+    // Refused with 401 and the reason.
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30 * 24 * 3600;
+    for (changes, reason) in [
+        (serde_json::json!({"iss": "https://evil.example"}), "issuer"),
+        (serde_json::json!({"aud": "another-app"}), "audience"),
+        (serde_json::json!({"aud": ["x", "y"]}), "audience"),
+        (serde_json::json!({"exp": far}), "longer"),
+        (serde_json::json!({"exp": 1_000}), "expired"),
+        (serde_json::json!({"sub": "a b"}), "subject"),
+    ] {
+        let (code, body) = answer(token_with(1, "2026-a", changes.clone()));
+        assert_eq!(code, 401, "{changes}: {body}");
+        assert!(body.contains(reason), "{changes}: {body}");
+    }
+    let (code, body) = answer(token(1, "2026-unknown"));
+    assert_eq!((code, body.contains("kid")), (401, true), "{body}");
+    // An audience array that names this frontend is fine.
+    assert_eq!(
+        status(token_with(
+            1,
+            "2026-a",
+            serde_json::json!({"aud": ["app", "bkv"]})
+        )),
+        200
+    );
     assert_eq!(
         status(token(2, "2026-b")),
         401,

@@ -89,3 +89,28 @@ fn dev_up_runs_the_frontend_as_a_service_and_config_check_reads_its_files() {
     assert!(!ok);
     assert!(err.contains("plain http"), "{err}");
 }
+
+/// Every sample in `deploy/` is a valid config (its key files exist only on a real host).
+#[test]
+fn the_deploy_samples_pass_config_check() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&deploy).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = Command::new(bkv_bin())
+                .args(["config", "check", "--skip-files"])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no sample in {}", deploy.display());
+}
