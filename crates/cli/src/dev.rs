@@ -24,7 +24,7 @@ use std::time::Duration;
 pub enum DevPlatform {
     /// Keys in files beside each node's data (INSECURE; the default).
     Software,
-    /// A SoftHSM2 token per node (DIR/nodes/<i>/softhsm2.conf, PIN in DIR/nodes/<i>/pin).
+    /// A SoftHSM2 token per node (`DIR/nodes/<i>/softhsm2.conf`, PIN in `DIR/nodes/<i>/pin`).
     Softhsm,
 }
 

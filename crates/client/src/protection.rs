@@ -23,11 +23,11 @@
 //!
 //! Fleet rotation: the password record lives on one fleet. While a bundle
 //! lists older fleets besides the preferred one, a password login that finds
-//! the record only on an older fleet moves it (crash points in brackets):
-//! log in there (counted like any guess) [`migrate-logged-in-old`], register
+//! the record only on an older fleet moves it (crash points named in parentheses):
+//! log in there (counted like any guess) (`migrate-logged-in-old`), register
 //! the same K with the same guess limit on the preferred fleet (pending,
-//! then confirmed) [`migrate-registered-new`], delete the old record in the
-//! authenticated session [`migrate-deleted-old`]. Only the right password
+//! then confirmed) (`migrate-registered-new`), delete the old record in the
+//! authenticated session (`migrate-deleted-old`). Only the right password
 //! moves a record; until then it keeps its attempts on the old fleet. A
 //! crash after the registration leaves the record live on both until the next
 //! successful login, which deletes the old one.

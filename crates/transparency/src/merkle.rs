@@ -36,7 +36,7 @@ fn split(n: usize) -> usize {
     k
 }
 
-/// MTH(D[n]) over leaf hashes.
+/// `MTH(D[n])` over leaf hashes.
 pub fn root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
         0 => empty_root(),
@@ -48,7 +48,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
-/// PATH(m, D[n]): the inclusion proof of leaf `m` in the tree of `leaves`.
+/// `PATH(m, D[n])`: the inclusion proof of leaf `m` in the tree of `leaves`.
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     let n = leaves.len();
     if n <= 1 || m >= n {
@@ -66,7 +66,7 @@ pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     }
 }
 
-/// PROOF(m, D[n]): the consistency proof from the first `m` leaves to all of `leaves`.
+/// `PROOF(m, D[n])`: the consistency proof from the first `m` leaves to all of `leaves`.
 pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     if m == 0 || m >= leaves.len() {
         return Vec::new();
