@@ -9,6 +9,8 @@
 //! nothing is rewritten or removed. Each append is one fsynced redb
 //! transaction, acknowledged only after it committed. HTTP API: `docs/auditor-api.md`.
 
+pub mod config;
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;

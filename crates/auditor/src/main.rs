@@ -14,9 +14,13 @@ use std::sync::Arc;
     about = "bkv independent auditor: append-only log of validation bundles"
 )]
 struct Args {
+    /// Read every setting from this TOML file (`docs/operations.md`;
+    /// `BKV_AUDITOR__SECTION__FIELD` overrides a field) instead of the flags below.
+    #[arg(long, conflicts_with_all = ["data_dir", "namespaces", "tls_cert"])]
+    config: Option<PathBuf>,
     /// Data directory (log database, signing key).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: String,
     /// Key name in signed notes; also the prefix of each log's origin.
@@ -45,8 +49,44 @@ enum LogFormatArg {
     Json,
 }
 
+impl Args {
+    /// With --config, the settings of the file (checked); otherwise the flags as given.
+    fn resolve(self) -> anyhow::Result<Args> {
+        let Some(path) = self.config else {
+            return Ok(self);
+        };
+        let f = bkv_auditor::config::AuditorFile::load(&path)?;
+        f.check_fields()?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        Ok(Args {
+            config: None,
+            data_dir: Some(f.data_dir),
+            listen: f.listen.addr,
+            name: f.name,
+            namespaces: f
+                .namespaces
+                .iter()
+                .map(|n| format!("{}={}", n.name, n.operator_key))
+                .collect(),
+            tls_cert: f.tls.as_ref().map(|t| base.join(&t.cert_file)),
+            tls_key: f.tls.as_ref().map(|t| base.join(&t.key_file)),
+            plain_http_beyond_loopback: f.listen.plain_http_beyond_loopback,
+            log_format: match f.log.format {
+                bkv_service::LogFormat::Text => LogFormatArg::Text,
+                bkv_service::LogFormat::Json => LogFormatArg::Json,
+            },
+        })
+    }
+}
+
 fn main() {
-    let args = Args::parse();
+    let args = match Args::parse().resolve() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bkv-auditor: error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     bkv_service::init_logging(&bkv_service::LogConfig {
         format: match args.log_format {
             LogFormatArg::Text => bkv_service::LogFormat::Text,
@@ -95,13 +135,17 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .ok_or_else(|| anyhow!("--data-dir or --config is required"))?;
+    std::fs::create_dir_all(&data_dir)?;
     // The signing key and the log database are the auditor's alone.
     std::fs::set_permissions(
-        &args.data_dir,
+        &data_dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
-    let key = load_or_create_key(&args.data_dir.join("auditor-signing.key"))?;
+    let key = load_or_create_key(&data_dir.join("auditor-signing.key"))?;
     let mut namespaces = Vec::new();
     for spec in &args.namespaces {
         let (ns, k) = spec
@@ -116,13 +160,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Err(anyhow!("--name must be non-empty without spaces or '+'"));
     }
     let auditor = Arc::new(
-        bkv_auditor::Auditor::open(
-            &args.data_dir.join("log.redb"),
-            key,
-            &args.name,
-            &namespaces,
-        )
-        .context("open auditor log")?,
+        bkv_auditor::Auditor::open(&data_dir.join("log.redb"), key, &args.name, &namespaces)
+            .context("open auditor log")?,
     );
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert_file), Some(key_file)) => Some(

@@ -95,6 +95,10 @@ enum ConfigKind {
     Frontend,
     /// `bkv --config` (`client.toml`).
     Client,
+    /// `bkv-hsm --config`.
+    Node,
+    /// `bkv-auditor --config`.
+    Auditor,
 }
 
 #[derive(Subcommand)]
@@ -522,17 +526,18 @@ fn config_check(
                 .with_context(|| format!("read {}", file.display()))?;
             let table: toml::Table =
                 toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
-            if table.contains_key("frontend_url") {
+            let has = |keys: &[&str]| keys.iter().any(|k| table.contains_key(*k));
+            if has(&["frontend_url"]) {
                 ConfigKind::Client
-            } else if ["listen", "tokens", "fleets"]
-                .iter()
-                .any(|k| table.contains_key(*k))
-            {
+            } else if has(&["platform", "fleet", "node_id"]) {
+                ConfigKind::Node
+            } else if has(&["namespaces", "name"]) {
+                ConfigKind::Auditor
+            } else if has(&["listen", "tokens", "fleets"]) {
                 ConfigKind::Frontend
             } else {
                 return Err(UsageError(format!(
-                    "cannot tell what kind of config {} is; pass --kind (frontend or client; \
-                     bkv-hsm and bkv-auditor take flags in this release)",
+                    "cannot tell what kind of config {} is; pass --kind",
                     file.display()
                 ))
                 .into());
@@ -544,6 +549,16 @@ fn config_check(
             let cfg = ClientConfig::load(file)?;
             if !skip_files {
                 cfg.http_client(Duration::from_secs(60))?;
+            }
+        }
+        ConfigKind::Node => {
+            bkv_hsm_node::config::NodeFile::load(file)?.check_fields()?;
+        }
+        ConfigKind::Auditor => {
+            let f = bkv_auditor::config::AuditorFile::load(file)?;
+            f.check_fields()?;
+            if let (Some(tls), false) = (&f.tls, skip_files) {
+                tls.server_config(file.parent().unwrap_or(std::path::Path::new(".")))?;
             }
         }
         ConfigKind::Frontend => {

@@ -19,9 +19,13 @@ enum PlatformKind {
 #[derive(Parser)]
 #[command(name = "bkv-hsm", version, about = "bkv HSM vault node")]
 struct Args {
+    /// Read every setting from this TOML file (`docs/operations.md`; `BKV_HSM__SECTION__FIELD`
+    /// overrides a field) instead of the flags below; only --print-statement may be added.
+    #[arg(long, conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
     /// Node data directory (sealed log, snapshots and keys).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    data_dir: Option<PathBuf>,
     /// Relay link for the frontend: sessions and public information only
     /// (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7301")]
@@ -109,9 +113,59 @@ fn main() {
         )
         .with(filter)
         .init();
-    if let Err(e) = run(Args::parse()) {
+    let args = match Args::parse().resolve() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bkv-hsm: error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(args) {
         eprintln!("bkv-hsm: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+impl Args {
+    /// With --config, the settings of the file (checked); otherwise the flags as given.
+    fn resolve(self) -> anyhow::Result<Args> {
+        let Some(path) = self.config else {
+            return Ok(self);
+        };
+        // (clap requires --data-dir unless --config is given.)
+        let f = bkv_hsm_node::config::NodeFile::load(&path)?;
+        f.check_fields()?;
+        Ok(Args {
+            config: None,
+            data_dir: Some(f.data_dir),
+            listen: f.listen.relay,
+            admin_listen: f.listen.admin,
+            node_id: f.node_id,
+            peer_listen: f.listen.peer,
+            peer_advertise: f.listen.peer_advertise,
+            platform: match f.platform.kind {
+                bkv_hsm_node::config::PlatformChoice::Software => PlatformKind::Software,
+                bkv_hsm_node::config::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
+            },
+            platform_dir: f.platform.dir,
+            pkcs11_module: f.platform.pkcs11_module,
+            token_label: f.platform.token_label,
+            pin_file: f.platform.pin_file,
+            found: f.fleet.found,
+            operator_key: f.fleet.operator_key,
+            auditor_key: f.fleet.auditor_key,
+            namespace: f.fleet.namespace,
+            join: f.fleet.join,
+            print_statement: self.print_statement,
+            idle_timeout: f.limits.idle_timeout_secs,
+            max_sessions: f.limits.max_sessions,
+        })
+    }
+}
+
+impl Args {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_default()
     }
 }
 
@@ -121,7 +175,7 @@ fn platform_config(args: &Args) -> anyhow::Result<PlatformConfig> {
             dir: args
                 .platform_dir
                 .clone()
-                .unwrap_or_else(|| args.data_dir.join("platform")),
+                .unwrap_or_else(|| args.data_dir().join("platform")),
         },
         PlatformKind::Pkcs11 => PlatformConfig::Pkcs11(Pkcs11Config {
             module: args.pkcs11_module.clone(),
@@ -175,7 +229,7 @@ fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
 fn run(args: Args) -> anyhow::Result<()> {
     let platform = platform_config(&args)?;
     if args.print_statement {
-        let signed = bkv_hsm_node::platform_statement(&args.data_dir, &platform)?;
+        let signed = bkv_hsm_node::platform_statement(&args.data_dir(), &platform)?;
         let s = bkv_transparency::membership::verify_statement(&signed)
             .map_err(|e| anyhow::anyhow!("own statement: {e}"))?;
         let out = serde_json::json!({
@@ -191,17 +245,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let node = Arc::new(
         bkv_hsm_node::Node::open(&NodeConfig {
-            data_dir: args.data_dir.clone(),
+            data_dir: args.data_dir(),
             platform,
             node_id: args.node_id,
             peer_listen: args.peer_listen.clone(),
             peer_advertise: args.peer_advertise.clone(),
             start: start_mode(&args)?,
         })
-        .with_context(|| format!("open node data in {}", args.data_dir.display()))?,
+        .with_context(|| format!("open node data in {}", args.data_dir().display()))?,
     );
     node.set_max_sessions(args.max_sessions);
-    bkv_hsm_node::write_public_info(&node, &args.data_dir)?;
+    bkv_hsm_node::write_public_info(&node, &args.data_dir())?;
     let idle = std::time::Duration::from_secs(args.idle_timeout);
     let relay = bkv_hsm_node::serve(node.clone(), &args.listen, idle)?;
     let admin = bkv_hsm_node::serve_admin(node.clone(), &args.admin_listen, idle)?;

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -290,6 +291,7 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+#[cfg(feature = "http")]
 impl TlsConfig {
     /// Reads the files (relative to `base`) into a rustls server config: TLS 1.2 and 1.3,
     /// HTTP/1.1 over ALPN.
@@ -358,6 +360,7 @@ impl Default for LogConfig {
 }
 
 /// Starts logging to stderr.
+#[cfg(feature = "http")]
 pub fn init_logging(cfg: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -373,6 +376,7 @@ pub fn init_logging(cfg: &LogConfig) {
     };
 }
 
+#[cfg(feature = "http")]
 /// Resolves on the first SIGINT or SIGTERM: the moment to stop accepting, finish what is in
 /// flight, and exit.
 pub async fn shutdown_signal() {
@@ -486,6 +490,7 @@ mod tests {
         assert!(matches!(e, ConfigError::Env { .. }), "{e}");
     }
 
+    #[cfg(feature = "http")]
     #[test]
     fn tls_files_are_read_and_checked() {
         use std::os::unix::fs::PermissionsExt;

@@ -114,3 +114,116 @@ fn the_deploy_samples_pass_config_check() {
     }
     assert!(checked > 0, "no sample in {}", deploy.display());
 }
+
+/// The three services from their config files alone (no `dev up`, no flags): an auditor, a
+/// node founding a fleet pinned to it, and a frontend routing to the node; the frontend is ready
+/// while the fleet has a leader, unready when the node is gone, ready again after its restart
+/// (with an environment override, as an operator's unit file would give one).
+#[test]
+fn the_services_run_from_config_files_and_readiness_follows_the_fleet() {
+    use bkv_service::testing::{field, get, spawn_ready};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let operator = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let op_hex = hex::encode(operator.verifying_key().as_bytes());
+    std::fs::write(
+        d.join("auditor.toml"),
+        format!(
+            "data_dir = \"auditor\"\nname = \"test-auditor\"\n[listen]\naddr = \"127.0.0.1:0\"\n\
+             [[namespaces]]\nname = \"app\"\noperator_key = \"{op_hex}\"\n"
+        ),
+    )
+    .unwrap();
+    // Relative paths in a config are the service's working directory's.
+    let start = |bin: std::path::PathBuf, config: &str, env: &[(&str, String)]| {
+        spawn_ready(
+            Command::new(bin)
+                .current_dir(d)
+                .arg("--config")
+                .arg(config)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stderr(Stdio::null()),
+        )
+        .unwrap()
+    };
+    let mut procs = Procs(Vec::new());
+    let (auditor, line) = start(bkv_bin().with_file_name("bkv-auditor"), "auditor.toml", &[]);
+    procs.0.push(auditor);
+    let auditor_url = field(&line, "url").unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&get(&format!("{auditor_url}/v1/key"), None).unwrap().1).unwrap();
+    std::fs::write(
+        d.join("node.toml"),
+        format!(
+            "data_dir = \"node\"\n[listen]\nrelay = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             peer = \"127.0.0.1:0\"\n[fleet]\nfound = true\noperator_key = \"{op_hex}\"\n\
+             auditor_key = \"{}\"\nnamespace = \"app\"\n",
+            key["verifier_key"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (node, line) = start(hsm_bin(), "node.toml", &[]);
+    procs.0.push(node);
+    let (relay, peer) = (
+        field(&line, "listen").unwrap(),
+        field(&line, "peer").unwrap(),
+    );
+    std::fs::write(d.join("dev.key"), [5u8; 32]).unwrap();
+    std::fs::set_permissions(
+        d.join("dev.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frontend.toml"),
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[tokens]\ndev_mode = true\n\
+             dev_signing_key_file = \"dev.key\"\n[[fleets.routes]]\nfleet_id = \"f\"\n\
+             nodes = [\"{relay}\"]\n"
+        ),
+    )
+    .unwrap();
+    let frontend_bin = bkv_bin().with_file_name("bkv-frontend");
+    let (frontend, line) = start(frontend_bin, "frontend.toml", &[]);
+    procs.0.push(frontend);
+    let ready = format!("{}/readyz", field(&line, "url").unwrap());
+    let status = || get(&ready, None).unwrap().0;
+    let wait_for = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while status() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "readyz never became {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for(200);
+    procs.0[1].kill().unwrap();
+    procs.0[1].wait().unwrap();
+    wait_for(503);
+    // The same file, its addresses pinned by overrides (they were port 0 at first).
+    let (node, _) = start(
+        hsm_bin(),
+        "node.toml",
+        &[
+            ("BKV_HSM__LISTEN__RELAY", relay.clone()),
+            ("BKV_HSM__LISTEN__PEER", peer.clone()),
+        ],
+    );
+    procs.0.push(node);
+    wait_for(200);
+}
+
+/// Service processes a test started, killed when it ends (also when it fails).
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
