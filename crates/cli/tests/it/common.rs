@@ -118,9 +118,19 @@ impl DevUp {
                 Ok(_) => continue,
                 Err(_) => {
                     let _ = child.kill();
+                    let err = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                    // The log of the process dev up names, before the temp dir goes.
+                    let named = err
+                        .split("see ")
+                        .nth(1)
+                        .and_then(|p| p.split_whitespace().next())
+                        .and_then(|p| std::fs::read_to_string(p).ok())
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = named.lines().rev().take(30).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
                     panic!(
-                        "bkv dev up did not become ready: {}",
-                        std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                        "bkv dev up did not become ready: {err}\n--- its log:\n{}",
+                        tail.join("\n")
                     );
                 }
             }
