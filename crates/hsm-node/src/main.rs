@@ -191,12 +191,6 @@ fn platform_config(args: &Args) -> anyhow::Result<PlatformConfig> {
     })
 }
 
-fn read_limited(path: &std::path::Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
-    anyhow::ensure!(meta.len() < 1024 * 1024, "{} is too large", path.display());
-    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
-}
-
 fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
     if args.found {
         let (Some(op), Some(aud), Some(ns)) =
@@ -218,8 +212,9 @@ fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
         }));
     }
     if let Some(path) = &args.join {
-        let list: Vec<bkv_hsm_node::Member> = serde_json::from_str(&read_limited(path)?)
-            .with_context(|| format!("parse members file {}", path.display()))?;
+        let list: Vec<bkv_hsm_node::Member> =
+            serde_json::from_slice(&bkv_service::read_limited(path, 1024 * 1024)?)
+                .with_context(|| format!("parse members file {}", path.display()))?;
         anyhow::ensure!(!list.is_empty(), "{} lists no member", path.display());
         return Ok(StartMode::Join(list));
     }
