@@ -2,7 +2,7 @@
 """Peer measurement for BENCHMARKS.md: sequential-per-worker etcd v3 puts
 through etcd's JSON gateway (each put is one Raft commit, fsynced on a
 majority), the same shape as one bkv vault commit. Prints JSON like
-`bkv dev loadgen`. Usage: etcd_put_load.py URL CONCURRENCY SECONDS"""
+`bkv-admin dev loadgen`. Usage: etcd_put_load.py URL CONCURRENCY SECONDS"""
 import base64, http.client, json, sys, threading, time, urllib.parse
 
 url, conc, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
-# An S3-compatible server for the object-storage tests (crates/cli/tests/it/s3.rs start it on
+# An S3-compatible server for the object-storage tests (crates/admin/tests/it/s3.rs start it on
 # a free 127.0.0.1 port): moto, from PyPI.
 if ! command -v moto_server >/dev/null 2>&1; then
   log "installing moto[server]"
@@ -41,6 +41,14 @@ cargo fmt --all -- --check
 # the service binaries the end-to-end tests start (bkv-hsm, bkv-auditor),
 # tests and benches. (The workspace has no doctests: every code block in the
 # docs is `text`.)
+# The user's bkv links the client library only: no frontend, node, auditor or operator code.
+log "dependency boundary: bkv-cli"
+if cargo tree -p bkv-cli --locked -e normal,build,dev --prefix none |
+  grep -E '^bkv-(frontend|hsm-node|hsm-core|hsm-platform|auditor|operator|service|admin) '; then
+  echo "bkv-cli depends on a service crate (above); move that code to bkv-admin" >&2
+  exit 1
+fi
+
 RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"

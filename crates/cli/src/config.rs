@@ -266,16 +266,55 @@ impl ClientConfig {
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = toml::to_string_pretty(self)?;
         let body = format!(
-            "# bkv client configuration (written by `bkv dev up`).\n\
+            "# bkv client configuration (written by `bkv-admin dev up`).\n\
              # pinned mode: fleet.noise_public_key is pinned. ota mode: the auditor and operator keys are\n\
              # pinned and the fleet key comes from a bundle both signed and the auditor logged.\n{text}"
         );
         // Whole or not at all: other bkv processes may be reading it.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        bkv_hsm_platform::write_private_file(&tmp, body.as_bytes())
-            .with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+        bkv_client::write_private_file(path, body.as_bytes())
+            .with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// The four kinds of config file `config check` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigKind {
+    /// `bkv-frontend --config`.
+    Frontend,
+    /// `bkv --config` (`client.toml`).
+    Client,
+    /// `bkv-hsm --config`.
+    Node,
+    /// `bkv-auditor --config`.
+    Auditor,
+    /// `bkv-admin fleet form --plan`.
+    FormPlan,
+}
+
+impl ConfigKind {
+    /// Tells the kind of a config file from its top-level keys.
+    pub fn guess(file: &Path) -> anyhow::Result<ConfigKind> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+        let has = |keys: &[&str]| keys.iter().any(|k| table.contains_key(*k));
+        Ok(if has(&["frontend_url"]) {
+            ConfigKind::Client
+        } else if has(&["witnesses", "out_dir"]) {
+            ConfigKind::FormPlan
+        } else if has(&["platform", "fleet", "node_id"]) {
+            ConfigKind::Node
+        } else if has(&["namespaces", "name"]) {
+            ConfigKind::Auditor
+        } else if has(&["listen", "tokens", "fleets"]) {
+            ConfigKind::Frontend
+        } else {
+            return Err(crate::UsageError(format!(
+                "cannot tell what kind of config {} is; pass --kind",
+                file.display()
+            ))
+            .into());
+        })
     }
 }

@@ -28,24 +28,8 @@ pub fn load_state(path: &Path) -> Result<ClientLogState> {
 }
 
 fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(st).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    crate::write_private_file(path, &body)?;
     Ok(())
 }
 

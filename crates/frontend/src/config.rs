@@ -137,6 +137,10 @@ pub struct FleetsConfig {
 pub struct BundleConfig {
     pub auditor_url: String,
     pub namespace: String,
+    /// Trust only this CA (PEM) for the auditor's HTTPS certificate (default: the system's
+    /// roots and Mozilla's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,7 +379,18 @@ impl FrontendFile {
             leeway_secs: t.leeway_secs,
             max_lifetime_secs: t.max_lifetime_secs,
         };
+        let auditor_ca = match self.bundle.as_ref().and_then(|b| b.ca_file.as_ref()) {
+            Some(p) => {
+                let pem = bkv_service::read_limited(&at(p), 256 * 1024)?;
+                reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    invalid("bundle.ca_file", format!("not a PEM certificate: {e}"))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
         Ok(Resolved {
+            auditor_ca,
             tls,
             limits: self.limits.to_limits()?,
             dev_key,
@@ -416,6 +431,7 @@ impl FrontendFile {
                 bundle_source: self.bundle.as_ref().map(|b| BundleSource {
                     auditor_url: b.auditor_url.clone(),
                     namespace: b.namespace.clone(),
+                    auditor_ca_pem: r.auditor_ca.clone(),
                 }),
                 passkeys,
                 limits: r.limits,
@@ -430,6 +446,7 @@ impl FrontendFile {
 }
 
 struct Resolved {
+    auditor_ca: Option<Vec<u8>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
     dev_key: Option<SigningKey>,

@@ -157,6 +157,8 @@ impl Routes {
 pub struct BundleSource {
     pub auditor_url: String,
     pub namespace: String,
+    /// The only CA (PEM) trusted for the auditor's HTTPS certificate, if set.
+    pub auditor_ca_pem: Option<Vec<u8>>,
 }
 
 struct AppState {
@@ -178,10 +180,17 @@ const BUNDLE_FLEETS_TTL: Duration = Duration::from_secs(1);
 
 pub fn router(config: FrontendConfig) -> Router {
     let pools = Mutex::new(HashMap::new());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    // (Checked when the config was read.)
+    let ca = config
+        .bundle_source
+        .as_ref()
+        .and_then(|b| b.auditor_ca_pem.as_deref())
+        .and_then(|pem| reqwest::Certificate::from_pem(pem).ok());
+    if let Some(ca) = ca {
+        http = http.tls_built_in_root_certs(false).add_root_certificate(ca);
+    }
+    let http = http.build().unwrap_or_default();
     let state = Arc::new(AppState {
         rates: RateLimits::new(&config.limits),
         config,
@@ -380,7 +389,17 @@ impl IntoResponse for ApiError {
             error: self.code.into(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        // RFC 6750: a refused bearer token says so in a challenge.
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(
+                    "Bearer realm=\"bkv\", error=\"invalid_token\"",
+                ),
+            );
+        }
+        resp
     }
 }
 
@@ -388,7 +407,15 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let (status, code) = match &e {
             NodeError::UnknownSession => (StatusCode::NOT_FOUND, "unknown_session"),
-            NodeError::WrongUser => (StatusCode::FORBIDDEN, "wrong_user"),
+            // The token is valid but names another user than the session (or the encrypted
+            // hello): not a credential for this request, so 401 like any other refused token.
+            NodeError::WrongUser => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong_user",
+                    "the token was issued for another user than this session's",
+                )
+            }
             NodeError::Handshake => (StatusCode::BAD_REQUEST, "handshake_failed"),
             NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             NodeError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
@@ -594,14 +621,15 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         )
         .await;
         if let Ok(Ok(NodeResponse::FleetStatus(s))) = r {
-            if s.leader.is_some() {
+            // The node sees a leader that a majority acknowledges.
+            if s.leader.is_some() && s.ready {
                 return Json(serde_json::json!({ "status": "ready" })).into_response();
             }
         }
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "status": "unavailable", "reason": "no node answered with a leader" })),
+        Json(serde_json::json!({ "status": "unavailable", "reason": "no node answered with a leader and a majority" })),
     )
         .into_response()
 }
@@ -630,7 +658,7 @@ async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<FleetInfo>, Ap
     ))
 }
 
-/// Each node's view of the replicated fleet (`bkv fleet status`).
+/// Each node's view of the replicated fleet (`bkv-admin fleet status`).
 async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let mut nodes = Vec::new();
     let mut leader = None;

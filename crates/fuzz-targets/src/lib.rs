@@ -551,10 +551,6 @@ pub fn backup(data: &[u8]) {
     }
 }
 
-#[path = "../../cli/src/config.rs"]
-#[allow(dead_code)]
-mod cli_config;
-
 /// Files the client reads from its own disk or from backup storage: the
 /// key manifest, the typed recovery key, the client config and the saved
 /// log state.
@@ -578,7 +574,7 @@ pub fn client_files(data: &[u8]) {
         }
         2 => {
             let text = String::from_utf8_lossy(rest);
-            let _ = cli_config::ClientConfig::parse(&text, std::path::Path::new("/fuzz/bkv.toml"));
+            let _ = bkv_cli::ClientConfig::parse(&text, std::path::Path::new("/fuzz/bkv.toml"));
         }
         _ => {
             let _ = serde_json::from_slice::<ClientLogState>(rest);

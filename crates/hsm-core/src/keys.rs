@@ -9,7 +9,7 @@
 //!
 //! Fleet secrets are transferred as `0x01 || ephemeral X25519 public (32) ||
 //! ChaCha20-Poly1305(k, nonce 0, secrets)` where `k = HKDF-SHA256(salt =
-//! "bkv fleet secrets transfer v1", ikm = X25519(e, recipient), info =
+//! "bkv-admin fleet secrets transfer v1", ikm = X25519(e, recipient), info =
 //! ephemeral public || recipient public)`; the associated data is the same
 //! info. Each key encrypts exactly one message.
 
@@ -29,7 +29,7 @@ use zeroize::{Zeroize, Zeroizing};
 const SECRETS_SLOT: &str = "fleet-secrets";
 const IDENTITY_SLOT: &str = "node-identity";
 const TRANSFER_VERSION: u8 = 1;
-const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
+const TRANSFER_SALT: &[u8] = b"bkv-admin fleet secrets transfer v1";
 /// Largest encoded fleet secrets.
 const MAX_SECRETS: usize = 16 * 1024;
 

@@ -48,6 +48,10 @@ pub struct NodeListen {
     /// nodes reach it through another address (NAT, a proxy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_advertise: Option<String>,
+    /// `/healthz`, `/readyz` and Prometheus `/metrics` over plain HTTP (off when absent); counts
+    /// and Raft state only, for the monitoring network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Default for NodeListen {
@@ -57,6 +61,7 @@ impl Default for NodeListen {
             admin: "127.0.0.1:7302".into(),
             peer: "127.0.0.1:7303".into(),
             peer_advertise: None,
+            metrics: None,
         }
     }
 }

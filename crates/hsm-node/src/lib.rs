@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod metrics;
 pub mod replication;
 pub mod store;
 
@@ -333,6 +334,26 @@ impl Node {
 
     pub fn fleet_status(&self) -> bkv_wire::node::FleetStatus {
         self.fleet.status()
+    }
+
+    /// Answers the metrics listener: `/healthz` (the process serves), `/readyz` (this node sees
+    /// a leader with a majority), `/metrics` (Prometheus text).
+    pub fn http_answer(&self, path: &str) -> metrics::HttpAnswer {
+        match path {
+            "/healthz" => metrics::plain(200, "ok\n"),
+            "/readyz" if self.fleet.status().ready => metrics::plain(200, "ready\n"),
+            "/readyz" => metrics::plain(503, "unready: no leader with a majority in sight\n"),
+            "/metrics" => {
+                let status = self.fleet.status();
+                let sessions = self.core().map(|c| c.session_count()).unwrap_or(0);
+                metrics::HttpAnswer {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: self.fleet.metrics().render(&status, status.ready, sessions),
+                }
+            }
+            _ => metrics::plain(404, "not found\n"),
+        }
     }
 
     fn core(&self) -> Option<std::sync::MutexGuard<'_, Core>> {

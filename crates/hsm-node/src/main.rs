@@ -46,6 +46,10 @@ struct Args {
     /// node behind a forwarding address (NAT, a proxy).
     #[arg(long)]
     peer_advertise: Option<String>,
+    /// Serve `/healthz`, `/readyz` and Prometheus `/metrics` over plain HTTP here (off when
+    /// not given). Counts and Raft state only; keep it on the monitoring network.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Where the node's keys live.
     #[arg(long, value_enum, default_value = "software")]
     platform: PlatformKind,
@@ -143,6 +147,7 @@ impl Args {
             node_id: f.node_id,
             peer_listen: f.listen.peer,
             peer_advertise: f.listen.peer_advertise,
+            metrics_listen: f.listen.metrics,
             platform: match f.platform.kind {
                 bkv_hsm_node::config::PlatformChoice::Software => PlatformKind::Software,
                 bkv_hsm_node::config::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
@@ -254,9 +259,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let idle = std::time::Duration::from_secs(args.idle_timeout);
     let relay = bkv_hsm_node::serve(node.clone(), &args.listen, idle)?;
     let admin = bkv_hsm_node::serve_admin(node.clone(), &args.admin_listen, idle)?;
+    let metrics = match &args.metrics_listen {
+        Some(listen) => {
+            let n = node.clone();
+            let addr = bkv_hsm_node::metrics::serve_http(listen, move |path| n.http_answer(path))
+                .with_context(|| format!("listen for metrics on {listen}"))?;
+            format!(" metrics={addr}")
+        }
+        None => String::new(),
+    };
     tracing::info!(relay = %relay.addr, admin = %admin.addr, fleet = %node.info().fleet_id, "serving");
     println!(
-        "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={}",
+        "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={}{metrics}",
         relay.addr,
         admin.addr,
         node.peer_addr,

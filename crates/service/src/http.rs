@@ -190,14 +190,16 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 
 /// Counts every request and its latency by method, route template (never a path with ids in
 /// it) and status: `bkv_http_requests_total` and `bkv_http_request_duration_seconds`, labelled
-/// with `service`. Add it as the outermost layer, so rejected requests count too.
+/// with `service`. Add it as the outermost layer, so rejected requests count too. Templates are
+/// written `/v1/sessions/:id`: braces in label values are valid Prometheus text, but they trip
+/// regex-based scrapers.
 pub fn record_requests(router: Router, service: &'static str) -> Router {
     router.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| async move {
             let route = req
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
-                .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+                .map_or_else(|| "unmatched".to_owned(), |p| route_label(p.as_str()));
             let method = req.method().as_str().to_owned();
             let start = std::time::Instant::now();
             let response = next.run(req).await;
@@ -213,6 +215,20 @@ pub fn record_requests(router: Router, service: &'static str) -> Router {
             response
         },
     ))
+}
+
+/// `/v1/sessions/{id}` → `/v1/sessions/:id`.
+fn route_label(template: &str) -> String {
+    template
+        .split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A Prometheus recorder for this process, with latency buckets from 1 ms to 10 s; its handle
@@ -242,5 +258,18 @@ pub fn metrics_response(
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_name_parameters_without_braces() {
+        assert_eq!(super::route_label("/v1/sessions/{id}"), "/v1/sessions/:id");
+        assert_eq!(
+            super::route_label("/v1/passkeys/assertions/{ceremony}"),
+            "/v1/passkeys/assertions/:ceremony"
+        );
+        assert_eq!(super::route_label("/readyz"), "/readyz");
     }
 }

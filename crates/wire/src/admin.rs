@@ -23,7 +23,7 @@ pub const ADMIN_CONTEXT: &[u8] = b"bkv admin command v1\0";
 /// Version of [`FleetStatement`].
 pub const FLEET_STATEMENT_VERSION: u8 = 1;
 /// Domain separation for the platform key's signature over a fleet statement.
-pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv fleet statement v1\0";
+pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv-admin fleet statement v1\0";
 /// Longest token description or address carried in a statement or command.
 pub const MAX_TEXT: usize = 256;
 

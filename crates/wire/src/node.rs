@@ -29,7 +29,7 @@ pub enum NodeRequest {
     },
     /// Public node information.
     Info,
-    /// Replication status of this node (for `bkv fleet status`).
+    /// Replication status of this node (for `bkv-admin fleet status`).
     FleetStatus,
 }
 
@@ -62,6 +62,10 @@ pub struct FleetStatus {
     pub applied_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// This node sees a leader with a majority: as the leader, a quorum acknowledged it
+    /// recently; as a follower, it follows a leader.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ use super::network::{
 };
 use super::state_machine::{Replica, StateMachine};
 use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
+use crate::metrics::NodeMetrics;
 use bkv_hsm_core::members::Members;
 use bkv_hsm_core::state::{Mutation, Outcome};
 use bkv_hsm_core::SharedPlatform;
@@ -101,11 +102,34 @@ pub struct Fleet {
     pub raft: Raft<TypeConfig>,
     net: PeerNetwork,
     server: tokio::task::JoinHandle<()>,
+    leader_watch: tokio::task::JoinHandle<()>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.server.abort();
+        self.leader_watch.abort();
+    }
+}
+
+/// A leader whose last quorum acknowledgement is older than this is not ready: it may have
+/// lost its majority (heartbeats go out every 100 ms).
+const QUORUM_FRESH_MS: u64 = 1_000;
+
+/// Counts the leaders this node sees.
+async fn watch_leaders(raft: Raft<TypeConfig>, metrics: Arc<NodeMetrics>) {
+    let mut rx = raft.metrics();
+    let mut last = None;
+    loop {
+        let leader = rx.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            metrics.leader_changed();
+            last = leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -127,7 +151,13 @@ impl Fleet {
         } = opts;
         let dir = dir.as_path();
         let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
-        let sm = StateMachine::open(&dir.join("raft-snapshot.redb"), platform, replica.clone())?;
+        let metrics = Arc::new(NodeMetrics::default());
+        let sm = StateMachine::open(
+            &dir.join("raft-snapshot.redb"),
+            platform,
+            replica.clone(),
+            metrics.clone(),
+        )?;
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
@@ -139,11 +169,14 @@ impl Fleet {
             Arc::new(bootstrap),
             replica,
         ));
+        let leader_watch = tokio::spawn(watch_leaders(raft.clone(), metrics.clone()));
         Ok(Fleet {
             id,
             raft,
             net,
             server,
+            leader_watch,
+            metrics,
         })
     }
 
@@ -166,6 +199,15 @@ impl Fleet {
     /// again could apply it twice — a guess counted twice — so the caller
     /// is told `Unavailable` (the outcome is unknown) instead.
     pub async fn propose(&self, m: Mutation) -> Result<Outcome, FleetError> {
+        let started = std::time::Instant::now();
+        let r = self.propose_inner(m).await;
+        if r.is_ok() {
+            self.metrics.committed(started.elapsed());
+        }
+        r
+    }
+
+    async fn propose_inner(&self, m: Mutation) -> Result<Outcome, FleetError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         let mut last = String::from("no leader");
         while tokio::time::Instant::now() < deadline {
@@ -285,11 +327,26 @@ impl Fleet {
         reconcile(&self.raft, members).await
     }
 
+    /// This node's counters (see [`NodeMetrics`]).
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
     /// This node's view of the fleet.
     pub fn status(&self) -> bkv_wire::node::FleetStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
+        let ready = match m.state {
+            openraft::ServerState::Leader => m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms <= QUORUM_FRESH_MS),
+            openraft::ServerState::Follower | openraft::ServerState::Learner => {
+                m.current_leader.is_some()
+            }
+            _ => false,
+        };
         bkv_wire::node::FleetStatus {
+            ready,
             node_id: self.id,
             role: format!("{:?}", m.state).to_lowercase(),
             leader: m.current_leader,

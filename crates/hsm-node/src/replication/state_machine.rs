@@ -7,6 +7,7 @@
 //! the committed log on top of the last snapshot.
 
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
+use crate::metrics::NodeMetrics;
 use bkv_hsm_core::state::State;
 use bkv_hsm_core::SharedPlatform;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -79,6 +80,7 @@ pub struct StateMachine<R: Replica> {
     db: Arc<Database>,
     platform: SharedPlatform,
     snapshots_built: u64,
+    metrics: Arc<NodeMetrics>,
 }
 
 fn sm_err(verb: ErrorVerb, e: ReplicationStoreError) -> StorageError<u64> {
@@ -96,6 +98,7 @@ impl<R: Replica> StateMachine<R> {
         path: &Path,
         platform: SharedPlatform,
         replica: Arc<Mutex<R>>,
+        metrics: Arc<NodeMetrics>,
     ) -> Result<Self, ReplicationStoreError> {
         let db = Database::create(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
@@ -108,6 +111,7 @@ impl<R: Replica> StateMachine<R> {
             db: Arc::new(db),
             platform,
             snapshots_built: 0,
+            metrics,
         };
         if let Some(s) = sm.load()? {
             let state: State = bkv_wire::decode(&s.data, MAX_SNAPSHOT)
@@ -220,7 +224,11 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             self.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::Blank,
-                EntryPayload::Normal(m) => Applied::Mutation(replica.apply(&m)),
+                EntryPayload::Normal(m) => {
+                    let outcome = replica.apply(&m);
+                    self.metrics.applied(&outcome);
+                    Applied::Mutation(outcome)
+                }
                 EntryPayload::Membership(mem) => {
                     self.membership = StoredMembership::new(Some(e.log_id), mem);
                     Applied::Membership

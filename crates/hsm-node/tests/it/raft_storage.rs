@@ -25,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> 
             &dir.path().join("snapshot.redb"),
             platform,
             Arc::new(Mutex::new(State::default())),
+            Default::default(),
         )
         .expect("state machine");
         Ok((dir, log, sm))

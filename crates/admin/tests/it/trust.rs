@@ -338,7 +338,7 @@ fn pkcs11_objects(dev: &DevUp, i: usize) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// On a SoftHSM2 fleet of three: `bkv fleet add-node` with the operator key
+/// On a SoftHSM2 fleet of three: `bkv-admin fleet add-node` with the operator key
 /// admits nodes that then serve recoveries (the original nodes removed, the
 /// first of the rest paused); every node's sealing and signing keys are
 /// sensitive and never extractable; a node whose token is deleted cannot
@@ -406,7 +406,7 @@ fn a_softhsm_fleet_admits_nodes_with_the_operator_key_and_keys_stay_in_the_token
     let tokens = dev.dir.join("nodes/4/tokens");
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
-    let o = Command::new(crate::common::bkv_bin())
+    let o = Command::new(crate::common::admin_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg("4")

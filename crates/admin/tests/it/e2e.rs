@@ -1,4 +1,4 @@
-//! End-to-end: `bkv dev up` (a real `bkv-hsm` process and the frontend) driven
+//! End-to-end: `bkv-admin dev up` (a real `bkv-hsm` process and the frontend) driven
 //! through the `bkv` CLI exactly as a user would.
 
 use crate::common::*;
@@ -257,7 +257,7 @@ fn killing_and_restarting_the_node_loses_no_record_and_no_counter() {
         "{}",
         text(&o)
     );
-    let o = Command::new(bkv_bin())
+    let o = Command::new(admin_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg("0")
@@ -608,19 +608,16 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
 fn concurrent_correct_recoveries_all_succeed() {
     let t = tempfile::tempdir().unwrap();
     let dev = DevUp::start(&t.path().join("dev"));
-    let o = dev.bkv(
-        &[
-            "dev",
-            "loadgen",
-            "--users",
-            "3",
-            "--concurrency",
-            "6",
-            "--seconds",
-            "2",
-        ],
-        "",
-    );
+    let o = dev.admin(&[
+        "dev",
+        "loadgen",
+        "--users",
+        "3",
+        "--concurrency",
+        "6",
+        "--seconds",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // Session opens beyond the per-user budget are refused (before anything

@@ -355,7 +355,7 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
         assert_eq!(code(grant(&uma).await.unwrap()).await, forbidden);
         assert_eq!(
             code(grant(&eve).await.unwrap()).await,
-            (403, "wrong_user".to_owned())
+            (401, "wrong_user".to_owned())
         );
         // Ending uma's session: no HTTP verb does it, eve's token cannot
         // reach it, and garbage under uma's token leaves it working.
@@ -375,7 +375,7 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
                 .send()
         };
         let r = post(&eve, vec![1; 40]).await.unwrap();
-        assert_eq!(code(r).await, (403, "wrong_user".to_owned()));
+        assert_eq!(code(r).await, (401, "wrong_user".to_owned()));
         let r = post(&uma, vec![1; 40]).await.unwrap();
         assert_eq!(r.status().as_u16(), 400);
         assert!(matches!(

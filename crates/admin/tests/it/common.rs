@@ -1,4 +1,4 @@
-//! Helpers for end-to-end tests: real `bkv dev up` / `bkv-hsm` processes on
+//! Helpers for end-to-end tests: real `bkv-admin dev up` / `bkv` / `bkv-hsm` processes on
 //! 127.0.0.1 with free ports, cleaned up by pid.
 
 #![allow(dead_code)]
@@ -9,18 +9,28 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub fn bkv_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bkv"))
+pub fn admin_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bkv-admin"))
 }
 
-pub fn hsm_bin() -> PathBuf {
-    let p = bkv_bin().with_file_name("bkv-hsm");
+/// Another workspace binary, built next to bkv-admin by a workspace test run.
+fn sibling(name: &str) -> PathBuf {
+    let p = admin_bin().with_file_name(name);
     assert!(
         p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so bkv-hsm is built",
+        "{} is missing: run the tests with `cargo nextest run --workspace` (or `cargo test --workspace`) so {name} is built",
         p.display()
     );
     p
+}
+
+/// The user's `bkv`.
+pub fn bkv_bin() -> PathBuf {
+    sibling("bkv")
+}
+
+pub fn hsm_bin() -> PathBuf {
+    sibling("bkv-hsm")
 }
 
 pub struct DevUp {
@@ -43,17 +53,17 @@ impl DevUp {
         Self::start_full(dir, env, 1, "software", &hsm_bin())
     }
 
-    /// `bkv dev up --nodes n`.
+    /// `bkv-admin dev up --nodes n`.
     pub fn start_nodes(dir: &Path, n: usize) -> DevUp {
         Self::start_full(dir, &[], n, "software", &hsm_bin())
     }
 
-    /// `bkv dev up --nodes n` with extra environment (passed on to the nodes).
+    /// `bkv-admin dev up --nodes n` with extra environment (passed on to the nodes).
     pub fn start_nodes_env(dir: &Path, n: usize, env: &[(&str, &str)]) -> DevUp {
         Self::start_full(dir, env, n, "software", &hsm_bin())
     }
 
-    /// `bkv dev up --nodes n --platform p` (`software` or `softhsm`).
+    /// `bkv-admin dev up --nodes n --platform p` (`software` or `softhsm`).
     pub fn start_on(dir: &Path, n: usize, platform: &str) -> DevUp {
         Self::start_full(dir, &[], n, platform, &hsm_bin())
     }
@@ -63,7 +73,7 @@ impl DevUp {
         Self::start_full(dir, &[], n, platform, hsm)
     }
 
-    /// `bkv dev up` with extra arguments (and environment).
+    /// `bkv-admin dev up` with extra arguments (and environment).
     pub fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> DevUp {
         Self::start_inner(dir, env, 1, "software", &hsm_bin(), args)
     }
@@ -88,7 +98,7 @@ impl DevUp {
     ) -> DevUp {
         std::fs::create_dir_all(dir).unwrap();
         let stderr_log = dir.join("dev-up.stderr");
-        let mut cmd = Command::new(bkv_bin());
+        let mut cmd = Command::new(admin_bin());
         cmd.args(["dev", "up", "--dir"])
             .arg(dir)
             .arg("--hsm-bin")
@@ -129,7 +139,7 @@ impl DevUp {
                     let tail: Vec<&str> = named.lines().rev().take(30).collect();
                     let tail: Vec<&str> = tail.into_iter().rev().collect();
                     panic!(
-                        "bkv dev up did not become ready: {err}\n--- its log:\n{}",
+                        "bkv-admin dev up did not become ready: {err}\n--- its log:\n{}",
                         tail.join("\n")
                     );
                 }
@@ -187,9 +197,9 @@ impl DevUp {
         panic!("node {i} (pid {pid}) did not die");
     }
 
-    /// `bkv dev restart-node --dir DIR i`.
+    /// `bkv-admin dev restart-node --dir DIR i`.
     pub fn restart_node(&self, i: usize) {
-        let o = Command::new(bkv_bin())
+        let o = Command::new(admin_bin())
             .args(["dev", "restart-node", "--dir"])
             .arg(&self.dir)
             .arg(i.to_string())
@@ -211,9 +221,9 @@ impl DevUp {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    /// `bkv fleet status` as JSON.
+    /// `bkv-admin fleet status` as JSON.
     pub fn fleet_status(&self) -> serde_json::Value {
-        let o = self.bkv(&["fleet", "status"], "");
+        let o = self.admin(&["fleet", "status"]);
         assert!(o.status.success(), "{}", text(&o));
         serde_json::from_slice(&o.stdout).unwrap()
     }
@@ -242,9 +252,9 @@ impl DevUp {
         .unwrap()
     }
 
-    /// `bkv fleet ARGS --dir DIR`, asserting success.
+    /// `bkv-admin fleet ARGS --dir DIR`, asserting success.
     pub fn fleet_admin(&self, args: &[&str]) {
-        let o = Command::new(bkv_bin())
+        let o = Command::new(admin_bin())
             .arg("fleet")
             .args(args)
             .arg("--dir")
@@ -259,6 +269,16 @@ impl DevUp {
             serde_json::from_slice(&std::fs::read(self.dir.join("nodes/0/node.json")).unwrap())
                 .unwrap();
         v["listen"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs `bkv-admin --config <this deployment> ARGS`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(admin_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Runs `bkv --config <this deployment> ARGS` with `stdin`.
@@ -292,6 +312,8 @@ impl Drop for DevUp {
 
 pub fn bkv_with(config: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bkv_bin());
+    // What bkv hands to bkv-admin runs this build's bkv-admin (never a cargo build).
+    cmd.env("BKV_ADMIN_BIN", admin_bin());
     cmd.arg("--config")
         .arg(config)
         .args(args)

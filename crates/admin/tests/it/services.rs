@@ -1,4 +1,4 @@
-//! `bkv dev up` as a launcher of the real service binaries: the frontend runs as its own
+//! `bkv-admin dev up` as a launcher of the real service binaries: the frontend runs as its own
 //! `bkv-frontend` process from the config file dev up wrote, answers health, readiness and
 //! metrics, and `bkv config check` validates that file and the client's.
 
@@ -10,7 +10,7 @@ fn get(url: &str) -> (u16, String) {
 }
 
 fn check(file: &std::path::Path) -> (bool, String) {
-    let out = Command::new(bkv_bin())
+    let out = Command::new(admin_bin())
         .args(["config", "check"])
         .arg(file)
         .output()
@@ -90,7 +90,8 @@ fn dev_up_runs_the_frontend_as_a_service_and_config_check_reads_its_files() {
     assert!(err.contains("plain http"), "{err}");
 }
 
-/// Every sample in `deploy/` is a valid config (its key files exist only on a real host).
+/// Every sample in `deploy/` is a valid config (its key files exist only on a real host), checked
+/// through the user's `bkv`, which hands service configs to `bkv-admin`.
 #[test]
 fn the_deploy_samples_pass_config_check() {
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
@@ -99,6 +100,7 @@ fn the_deploy_samples_pass_config_check() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let out = Command::new(bkv_bin())
+                .env("BKV_ADMIN_BIN", admin_bin())
                 .args(["config", "check", "--skip-files"])
                 .arg(&p)
                 .output()

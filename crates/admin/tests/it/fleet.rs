@@ -1,6 +1,6 @@
 //! Fault tests of a replicated fleet: real `bkv-hsm` processes started by
-//! `bkv dev up --nodes N`, killed with SIGKILL, paused with SIGSTOP and
-//! restarted with `bkv dev restart-node`, driven through the CLI. Each test
+//! `bkv-admin dev up --nodes N`, killed with SIGKILL, paused with SIGSTOP and
+//! restarted with `bkv-admin dev restart-node`, driven through the CLI. Each test
 //! says which failure it proves the fleet survives, and runs twice: on the
 //! software platform and with a SoftHSM2 token per node.
 
@@ -223,7 +223,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 fn restart_output(dev: &DevUp, i: usize) -> std::process::Output {
-    std::process::Command::new(crate::common::bkv_bin())
+    std::process::Command::new(crate::common::admin_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg(i.to_string())
@@ -349,7 +349,7 @@ fn a_node_can_be_added_and_removed_while_serving(platform: &str) {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     let fleet = |args: &[&str]| {
-        let o = std::process::Command::new(crate::common::bkv_bin())
+        let o = std::process::Command::new(crate::common::admin_bin())
             .args(["fleet"])
             .args(args)
             .arg("--dir")

@@ -1,5 +1,5 @@
 //! Jepsen-style chaos: a 5-node fleet (real `bkv-hsm` processes under
-//! `bkv dev up`) under randomized schedules of partitions (symmetric and
+//! `bkv-admin dev up`) under randomized schedules of partitions (symmetric and
 //! asymmetric), SIGKILLs with restarts, SIGSTOP pauses and wall-clock jumps,
 //! while fresh users register and guess through the real frontend. A
 //! checker records every operation and its outcome and asserts:

@@ -7,6 +7,7 @@ mod common;
 mod abuse;
 mod auditor;
 mod chaos;
+mod deploy;
 mod e2e;
 mod endpoints;
 mod evidence;

@@ -1,11 +1,11 @@
-//! `bkv dev loadgen`: recovery load against a deployment. Registers users,
+//! `bkv-admin dev loadgen`: recovery load against a deployment. Registers users,
 //! then runs concurrent recoveries (full OPAQUE login: a committed guess count
 //! and a committed reset each) for a fixed time and reports throughput and
 //! latency percentiles. Client-side Argon2 is set to its minimum so the
 //! numbers measure the vault, not the load generator's CPU (the vault never
 //! sees the stretching parameters).
 
-use crate::ops::Ctx;
+use bkv_cli::ops::Ctx;
 use bkv_client::{BackupKey, VaultClient};
 use secrecy::SecretString;
 use std::time::{Duration, Instant};
@@ -115,6 +115,6 @@ pub async fn run(
 
 pub mod futures_like {
     pub type BoxCtx = std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<crate::ops::Ctx>> + Send>,
+        Box<dyn std::future::Future<Output = anyhow::Result<bkv_cli::ops::Ctx>> + Send>,
     >;
 }

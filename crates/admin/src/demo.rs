@@ -1,8 +1,8 @@
 //! `bkv demo`: an embedded deployment (vault node, frontend, storage) in a temp
 //! dir, talking over real loopback HTTP and TCP, and a real backup and restore.
 
-use crate::ops;
 use anyhow::{bail, Context};
+use bkv_cli::ops;
 use bkv_client::archive::Options;
 use bkv_client::protection::Unlock;
 use bkv_client::{ClientError, Endpoint};
@@ -208,6 +208,7 @@ pub async fn run() -> anyhow::Result<()> {
             bundle_source: Some(bkv_frontend::BundleSource {
                 auditor_url: auditor_url.clone(),
                 namespace: NAMESPACE.into(),
+                auditor_ca_pem: None,
             }),
             passkeys: None,
             limits: Default::default(),
@@ -276,7 +277,7 @@ pub async fn run() -> anyhow::Result<()> {
         },
         storage: root.join("storage").display().to_string(),
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
-        passkey_origin: crate::config::DEV_PASSKEY_ORIGIN.into(),
+        passkey_origin: bkv_cli::config::DEV_PASSKEY_ORIGIN.into(),
     };
 
     step(2, "Generating a sample message history.");

@@ -1,4 +1,4 @@
-//! Protectors end to end, through `bkv dev up` and the CLI as a user runs
+//! Protectors end to end, through `bkv-admin dev up` and the CLI as a user runs
 //! them: password, passkey (software authenticator with PRF, RP in the
 //! frontend), recovery key; change, remove, rotate, disable, and crashes at
 //! every step of a key rotation.

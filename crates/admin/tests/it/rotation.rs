@@ -5,7 +5,7 @@
 //! keep counting on the old fleet; the old fleet is retired, after which a
 //! client that pinned it is told to update.
 
-use crate::common::{bkv_bin, bkv_with, text, DevUp};
+use crate::common::{admin_bin, bkv_bin, bkv_with, text, DevUp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -62,7 +62,7 @@ fn record(config: &Path, user: &str) -> serde_json::Value {
 }
 
 fn fleet(dev: &DevUp, args: &[&str]) -> Output {
-    Command::new(bkv_bin())
+    Command::new(admin_bin())
         .arg("fleet")
         .args(args)
         .arg("--dir")

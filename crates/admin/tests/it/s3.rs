@@ -1,5 +1,5 @@
 //! Backups in S3: a real S3-compatible server (`moto_server`, installed by
-//! `scripts/test-all.sh` from PyPI) on a free 127.0.0.1 port, and `bkv dev up --storage-url
+//! `scripts/test-all.sh` from PyPI) on a free 127.0.0.1 port, and `bkv-admin dev up --storage-url
 //! s3://…`. The storage, protector and rotation flows a user runs, the conditional writes
 //! `latest.json` relies on, and a killed multipart upload that leaves the previous backup
 //! restorable.
@@ -10,7 +10,7 @@ use object_store::{ObjectStore, PutMode, PutPayload, UpdateVersion};
 use std::process::{Child, Command, Stdio};
 
 /// A moto S3 server, killed on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     endpoint: String,
 }
@@ -18,7 +18,7 @@ struct Moto {
 impl Moto {
     /// Starts moto on a port the kernel picks (no bind-and-release race with other tests) and
     /// reads the port from its "Running on" line.
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", "0"])
@@ -42,7 +42,7 @@ impl Moto {
     }
 
     /// The standard AWS variables pointing at this server.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID", "bkv-test".into()),
             ("AWS_SECRET_ACCESS_KEY", "bkv-test".into()),
@@ -52,7 +52,7 @@ impl Moto {
         ]
     }
 
-    /// A bucket, and `bkv dev up --storage-url s3://bucket[/prefix]` with this server's
+    /// A bucket, and `bkv-admin dev up --storage-url s3://bucket[/prefix]` with this server's
     /// environment; returns the deployment and the environment for `bkv` commands.
     fn deployment(
         &self,
@@ -68,7 +68,7 @@ impl Moto {
         (dev, env)
     }
 
-    fn create_bucket(&self, bucket: &str) {
+    pub(crate) fn create_bucket(&self, bucket: &str) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

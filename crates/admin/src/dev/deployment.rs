@@ -1,0 +1,384 @@
+//! Forming and growing a dev deployment's fleets by the ceremony (keys, witnesses, evidence).
+
+use super::*;
+use anyhow::{anyhow, bail, Context};
+use bkv_operator::fleet::{self as fleet_admin, Operator};
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Deployment parameters shared by `dev up` and `bkv-admin fleet add-node|remove-node`.
+pub(crate) struct Deployment {
+    pub(crate) dir: PathBuf,
+    pub(crate) hsm_bin: PathBuf,
+    pub(crate) platform: DevPlatform,
+    pub(crate) port_base: Option<u16>,
+    pub(crate) operator: Operator,
+    /// Which fleet of the deployment this administers.
+    pub(crate) fleet: usize,
+}
+
+impl Deployment {
+    /// Reads an existing `dev up` directory, to administer fleet `fleet`.
+    pub(crate) fn load(dir: &Path, fleet: usize) -> anyhow::Result<Self> {
+        let records = node_records(dir);
+        let (_, first) = records
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no dev deployment", dir.display()))?;
+        let auditor = std::fs::read_to_string(dir.join("auditor/listen"))
+            .with_context(|| format!("{} has no auditor", dir.display()))?;
+        let key = load_key(&dir.join("operator/operator-signing.key"))?;
+        Ok(Deployment {
+            dir: dir.to_owned(),
+            hsm_bin: first.hsm_bin.clone(),
+            platform: match first.platform {
+                NodePlatform::Software { .. } => DevPlatform::Software,
+                NodePlatform::Softhsm { .. } => DevPlatform::Softhsm,
+            },
+            port_base: None,
+            operator: Operator {
+                key,
+                auditor_url: format!("http://{}", auditor.trim()),
+                namespace: DEV_NAMESPACE.into(),
+                http: reqwest::Client::new(),
+            },
+            fleet,
+        })
+    }
+
+    /// The next unused node directory index.
+    pub(crate) fn free_dir_index(&self, skip: usize) -> usize {
+        (0..)
+            .filter(|i| {
+                let n = node_dir(&self.dir, *i);
+                !n.join("node.json").exists() && !n.join("removed.json").exists()
+            })
+            .nth(skip)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The next unused node id in this fleet (removed ones stay used).
+    pub(crate) fn free_node_id(&self) -> u64 {
+        (0..9)
+            .flat_map(|i| {
+                let n = node_dir(&self.dir, i);
+                ["node.json", "removed.json"].map(|f| n.join(f))
+            })
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice::<NodeRecord>(&b).ok())
+            .filter(|r| r.fleet == self.fleet)
+            .map(|r| r.node_id + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A new node's record: its directory `i`, id, platform and addresses.
+    pub(crate) fn new_record(&self, i: usize, node_id: u64) -> anyhow::Result<NodeRecord> {
+        let ndir = node_dir(&self.dir, i);
+        let data_dir = ndir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let platform = match self.platform {
+            // The platform sits beside the data directory, so that a
+            // rolled-back data directory is detected as one.
+            DevPlatform::Software => NodePlatform::Software {
+                dir: ndir.join("platform"),
+            },
+            DevPlatform::Softhsm => init_softhsm_token(&ndir, i)?,
+        };
+        let port = |offset: u16| -> anyhow::Result<u16> {
+            Ok(match self.port_base {
+                Some(b) => b + 3 + 3 * i as u16 + offset,
+                None if offset == 1 => free_port()?,
+                None => 0,
+            })
+        };
+        Ok(NodeRecord {
+            node_id,
+            listen: format!("127.0.0.1:{}", port(0)?).parse()?,
+            peer_listen: format!("127.0.0.1:{}", port(1)?),
+            peer_advertise: peer_via(i)?,
+            admin: format!("127.0.0.1:{}", port(2)?).parse()?,
+            data_dir,
+            platform,
+            hsm_bin: self.hsm_bin.clone(),
+            join: (node_id > 0).then(|| members_file(&self.dir, self.fleet)),
+            fleet: self.fleet,
+            fleet_id: None,
+        })
+    }
+
+    /// Node id → admin address of every recorded node of this fleet.
+    pub(crate) fn admins(&self) -> BTreeMap<u64, SocketAddr> {
+        node_records(&self.dir)
+            .into_iter()
+            .filter(|(_, r)| r.fleet == self.fleet)
+            .map(|(_, r)| (r.node_id, r.admin))
+            .collect()
+    }
+
+    /// The directory index of this fleet's node `node_id`.
+    pub(crate) fn dir_of(&self, node_id: u64) -> Option<usize> {
+        node_records(&self.dir)
+            .into_iter()
+            .find(|(_, r)| r.fleet == self.fleet && r.node_id == node_id)
+            .map(|(i, _)| i)
+    }
+
+    /// Adds node `i` after formation: its statement, a logged and signed
+    /// admission, its start, catch-up and promotion. (No ceremony evidence:
+    /// `bkv audit log` flags such later admissions.)
+    pub(crate) async fn add(&self, i: usize) -> anyhow::Result<StartedNode> {
+        let rec = self.new_record(i, self.free_node_id())?;
+        let statement = print_statement(&rec)?;
+        fleet_admin::admit(
+            &self.operator,
+            &self.admins(),
+            rec.node_id,
+            rec.peer_addr(),
+            statement.clone(),
+        )
+        .await?;
+        self.join(i, rec, &statement).await
+    }
+
+    /// Starts an admitted node (it fetches the fleet secrets encrypted to
+    /// its identity key), waits until it caught up, and promotes it.
+    pub(crate) async fn join(
+        &self,
+        i: usize,
+        mut rec: NodeRecord,
+        statement: &bkv_wire::admin::SignedStatement,
+    ) -> anyhow::Result<StartedNode> {
+        let id = rec.node_id;
+        let st = bkv_transparency::membership::verify_statement(statement)
+            .map_err(|e| anyhow!("node {id}'s statement: {e}"))?;
+        update_members(&self.dir, self.fleet, |m| {
+            m.retain(|m| m.id != id);
+            m.push(bkv_hsm_node::Member {
+                id,
+                addr: rec.peer_addr().to_owned(),
+                identity: hex::encode(st.identity_key),
+            });
+        })?;
+        let ndir = node_dir(&self.dir, i);
+        let node = start_node(&rec, &ndir)?;
+        rec.listen = node.listen;
+        rec.admin = node.admin;
+        rec.fleet_id = Some(node.fleet_id.clone());
+        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+        // Promote once it has the leader's log.
+        let admins = self.admins();
+        let (_, view) = fleet_admin::members(&admins)?;
+        let leader_applied = view.status.applied_index;
+        for _ in 0..300 {
+            if status_of(node.listen).is_some_and(|s| s.applied_index >= leader_applied) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        fleet_admin::promote(&self.operator, &admins, id)?;
+        Ok(node)
+    }
+
+    /// Forms the fleet of nodes `0..n` by the ceremony (see
+    /// `bkv_operator::ceremony`): node 0 generates the fleet keys pinning
+    /// the operator and auditor keys; every other node is admitted by a
+    /// logged, signed command and receives the keys encrypted to its
+    /// identity key; every step goes into the transcript; the witnesses
+    /// sign it; the evidence is written to `DIR/evidence/<fleet id>.json`
+    /// and logged with the auditor. Returns the nodes and the evidence.
+    pub(crate) async fn ceremony(
+        &self,
+        dirs: &[usize],
+        auditor_verifier_key: &str,
+    ) -> anyhow::Result<(Vec<StartedNode>, Vec<u8>)> {
+        let mut records = Vec::new();
+        let mut statements = Vec::new();
+        for (id, i) in dirs.iter().enumerate() {
+            let rec = self.new_record(*i, id as u64)?;
+            statements.push((id as u64, print_statement(&rec)?));
+            records.push((*i, rec));
+        }
+        let mut c = bkv_operator::ceremony::Ceremony::begin(&self.operator, &statements)?;
+        let mut records = records.into_iter();
+        let (dir0, mut rec) = records.next().ok_or_else(|| anyhow!("no node"))?;
+        let found = vec![
+            "--found".to_owned(),
+            "--operator-key".to_owned(),
+            hex::encode(self.operator.key.verifying_key().as_bytes()),
+            "--auditor-key".to_owned(),
+            auditor_verifier_key.to_owned(),
+            "--namespace".to_owned(),
+            self.operator.namespace.clone(),
+        ];
+        let ndir = node_dir(&self.dir, dir0);
+        let node = start_node_with(&rec, &ndir, &found)?;
+        rec.listen = node.listen;
+        rec.admin = node.admin;
+        rec.fleet_id = Some(node.fleet_id.clone());
+        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+        let (_, statement0) = statements
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no node"))?;
+        let st0 = bkv_transparency::membership::verify_statement(&statement0)
+            .map_err(|e| anyhow!("node 0's statement: {e}"))?;
+        update_members(&self.dir, self.fleet, |m| {
+            *m = vec![bkv_hsm_node::Member {
+                id: 0,
+                addr: rec.peer_addr().to_owned(),
+                identity: hex::encode(st0.identity_key),
+            }]
+        })?;
+        c.formed(0, statement0, fleet_admin::fleet_statement(node.admin)?)
+            .await?;
+        let mut started = vec![node];
+        for ((i, rec), (id, statement)) in records.zip(statements.iter().skip(1)) {
+            c.admit(&self.admins(), *id, rec.peer_addr(), statement.clone())
+                .await?;
+            let node = self.join(i, rec, statement).await?;
+            c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;
+            started.push(node);
+        }
+        let witnesses = dev_witnesses(&self.dir)?;
+        let evidence = c.finish(&witnesses, &source_commit(), &toolchain())?;
+        let fleet_id = &started.first().ok_or_else(|| anyhow!("no node"))?.fleet_id;
+        let edir = self.dir.join("evidence");
+        std::fs::create_dir_all(&edir)?;
+        std::fs::write(edir.join(format!("{fleet_id}.json")), &evidence)?;
+        self.operator
+            .auditor()
+            .log_evidence(&self.operator.namespace, &evidence)
+            .await?;
+        Ok((started, evidence))
+    }
+}
+
+/// The two witness keys of a dev deployment (`DIR/witnesses/witness-N.key`,
+/// with the public key in hex beside it as `witness-N.pub`), made on first
+/// use. A real ceremony names its witnesses' keys.
+pub(crate) fn dev_witnesses(dir: &Path) -> anyhow::Result<Vec<(String, SigningKey)>> {
+    let wdir = dir.join("witnesses");
+    std::fs::create_dir_all(&wdir)?;
+    (1..=2)
+        .map(|i| {
+            let key = load_or_create_key(&wdir.join(format!("witness-{i}.key")))?;
+            std::fs::write(
+                wdir.join(format!("witness-{i}.pub")),
+                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+            )?;
+            Ok((format!("dev-witness-{i}"), key))
+        })
+        .collect()
+}
+
+/// The source commit of the running build, when run from a git checkout.
+pub(crate) fn source_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The pinned toolchain's version (`rustc --version`).
+pub(crate) fn toolchain() -> String {
+    Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub(crate) fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let b = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let arr: [u8; 32] = b
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
+    Ok(SigningKey::from_bytes(&arr))
+}
+
+pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if let Ok(b) = std::fs::read(path) {
+        let arr: [u8; 32] = b
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
+        return Ok(SigningKey::from_bytes(&arr));
+    }
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    bkv_hsm_platform::write_private_file(path, &k)?;
+    Ok(SigningKey::from_bytes(&k))
+}
+
+/// Starts the fleet's `n` nodes. A directory that already holds a fleet
+/// (`fleet.json`) restarts its recorded nodes. Otherwise the fleet is formed
+/// by the ceremony ([`Deployment::ceremony`]) and its evidence returned.
+pub(crate) async fn start_fleet(
+    dir: &Path,
+    hsm_bin: &Path,
+    n: usize,
+    port_base: Option<u16>,
+    platform: DevPlatform,
+    auditor: &StartedAuditor,
+    operator: &SigningKey,
+) -> anyhow::Result<(Vec<StartedNode>, Option<Vec<u8>>)> {
+    let d = Deployment {
+        dir: dir.to_owned(),
+        hsm_bin: hsm_bin.to_owned(),
+        platform,
+        port_base,
+        operator: Operator {
+            key: operator.clone(),
+            auditor_url: auditor.url.clone(),
+            namespace: DEV_NAMESPACE.into(),
+            http: reqwest::Client::new(),
+        },
+        fleet: 1,
+    };
+    for i in 0..9 {
+        if let Some(pid) = read_pid(&node_dir(dir, i)) {
+            if pid_alive(pid) {
+                bail!(
+                    "node {i} of {} is already running (pid {pid}); stop it first",
+                    dir.display()
+                );
+            }
+        }
+    }
+    let mut started = Vec::new();
+    if dir.join("fleet.json").exists() {
+        for (i, mut rec) in node_records(dir) {
+            let ndir = node_dir(dir, i);
+            let node = start_node(&rec, &ndir)?;
+            rec.listen = node.listen;
+            rec.admin = node.admin;
+            rec.fleet_id = Some(node.fleet_id.clone());
+            std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
+            started.push(node);
+        }
+        // The preferred (newest active) fleet's node first.
+        let preferred = load_fleets(dir)?
+            .into_iter()
+            .filter(|f| !f.retired)
+            .max_by_key(|f| f.index)
+            .map(|f| f.fleet_id);
+        if let Some(p) = preferred {
+            started.sort_by_key(|n| n.fleet_id != p);
+        }
+        return Ok((started, None));
+    }
+    let dirs: Vec<usize> = (0..n).collect();
+    let (started, evidence) = d.ceremony(&dirs, &auditor.verifier_key).await?;
+    Ok((started, Some(evidence)))
+}

@@ -1,0 +1,308 @@
+//! `bkv-admin fleet form --plan FILE`: forms a fleet on real hosts by the deployment ceremony.
+//!
+//! The operator collects every node's platform statement (`bkv-hsm --config node.toml
+//! --print-statement > node-N.statement.json` on its host), writes a plan naming them, and runs
+//! this tool; it says when to start each node and waits for it: the first founds the fleet, each
+//! further one is admitted (membership record logged with the auditor, a command signed with the
+//! operator key), started with `[fleet] join = members.json`, caught up and promoted. The
+//! witnesses sign the transcript; the evidence is written, logged with the auditor, and a bundle
+//! naming the fleet is published. `deploy/form.toml` is a sample plan.
+
+use anyhow::{anyhow, bail, Context};
+use bkv_operator::ceremony::Ceremony;
+use bkv_operator::fleet::{self as fleet_admin, Operator};
+use bkv_wire::admin::{AdminRequest, AdminResponse, SignedStatement};
+use ed25519_dalek::SigningKey;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Largest plan or statement file read.
+const MAX_FILE: u64 = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The log namespace of the fleet's bundles and membership records.
+    pub namespace: String,
+    /// The auditor's base URL.
+    pub auditor_url: String,
+    /// Trust only this CA (PEM) for the auditor's HTTPS certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The operator's Ed25519 signing key (32 bytes, raw or hex; mode 0600).
+    pub operator_key_file: PathBuf,
+    /// Who signs the ceremony transcript.
+    pub witnesses: Vec<WitnessPlan>,
+    /// Where `members.json` (what joining nodes read) and `evidence.json` go.
+    pub out_dir: PathBuf,
+    /// How long to wait for each node to answer on its admin link.
+    #[serde(default = "default_wait")]
+    pub wait_secs: u64,
+    /// The source commit and toolchain the nodes' binary was built from (recorded in the
+    /// evidence; default: this checkout's and this machine's).
+    #[serde(default)]
+    pub source_commit: Option<String>,
+    #[serde(default)]
+    pub toolchain: Option<String>,
+    /// The nodes, the founder first.
+    pub nodes: Vec<NodePlan>,
+}
+
+fn default_wait() -> u64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessPlan {
+    pub name: String,
+    /// Ed25519 signing key (32 bytes, raw or hex; mode 0600).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePlan {
+    /// Its id in the fleet.
+    pub id: u64,
+    /// Output of `bkv-hsm --print-statement` on its host.
+    pub statement_file: PathBuf,
+    /// Its peer-link address as the other nodes reach it.
+    pub peer: String,
+    /// Its admin link, as this tool reaches it.
+    pub admin: SocketAddr,
+}
+
+impl Plan {
+    fn load(path: &Path) -> anyhow::Result<(Plan, PathBuf)> {
+        let text = bkv_service::read_limited(path, MAX_FILE)?;
+        let text =
+            String::from_utf8(text).with_context(|| format!("{} is not UTF-8", path.display()))?;
+        let plan: Plan =
+            toml::from_str(&text).with_context(|| format!("plan {}", path.display()))?;
+        if plan.nodes.is_empty() {
+            bail!("plan {}: no nodes", path.display());
+        }
+        let mut ids: Vec<u64> = plan.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != plan.nodes.len() {
+            bail!("plan {}: node ids repeat", path.display());
+        }
+        if !(plan.auditor_url.starts_with("https://") || plan.auditor_url.starts_with("http://")) {
+            bail!(
+                "plan {}: auditor_url must be an http(s) URL",
+                path.display()
+            );
+        }
+        if plan.witnesses.is_empty() {
+            bail!(
+                "plan {}: a ceremony needs at least one witness",
+                path.display()
+            );
+        }
+        // Relative paths are relative to the plan.
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        Ok((plan, base))
+    }
+}
+
+fn key(path: &Path) -> anyhow::Result<SigningKey> {
+    let k = bkv_service::read_key32(path)?;
+    Ok(SigningKey::from_bytes(&k))
+}
+
+/// A node's signed platform statement from `--print-statement` output (JSON with
+/// `signed_statement` in hex).
+fn statement(path: &Path) -> anyhow::Result<SignedStatement> {
+    let raw = bkv_service::read_limited(path, MAX_FILE)?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).with_context(|| {
+        format!(
+            "{} is not a bkv-hsm --print-statement output",
+            path.display()
+        )
+    })?;
+    let hex_text = v["signed_statement"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{}: no signed_statement", path.display()))?;
+    let bytes =
+        hex::decode(hex_text).with_context(|| format!("{}: signed_statement", path.display()))?;
+    bkv_wire::decode(&bytes, 16 * 1024)
+        .map_err(|e| anyhow!("{}: signed_statement: {e}", path.display()))
+}
+
+fn say(line: &str) {
+    // Stdout, one line per step: an operator reads it, a script waits on it.
+    println!("form: {line}");
+}
+
+/// Waits until the node answers on its admin link with its fleet statement.
+async fn wait_for_node(
+    admin: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<bkv_wire::admin::SignedFleetStatement> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match tokio::task::spawn_blocking(move || fleet_admin::fleet_statement(admin)).await? {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("node at {admin} did not answer within {wait:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Waits until the node at `admin` applied what the leader had applied.
+async fn wait_caught_up(
+    admins: &BTreeMap<u64, SocketAddr>,
+    admin: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let (_, leader) = fleet_admin::members(admins)?;
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Ok(AdminResponse::Members(v)) =
+            fleet_admin::admin_request(admin, &AdminRequest::Members)
+        {
+            if v.status.applied_index >= leader.status.applied_index {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("node at {admin} did not catch up within {wait:?}")
+}
+
+fn write_members(path: &Path, members: &[bkv_hsm_node::Member]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(members)?)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+/// `config check` of a plan: its fields and, unless `skip_files`, the keys, certificate and
+/// statements it names.
+pub fn check(plan_path: &Path, skip_files: bool) -> anyhow::Result<()> {
+    let (plan, base) = Plan::load(plan_path)?;
+    if skip_files {
+        return Ok(());
+    }
+    let at = |p: &Path| base.join(p);
+    key(&at(&plan.operator_key_file))?;
+    for w in &plan.witnesses {
+        key(&at(&w.key_file))?;
+    }
+    for n in &plan.nodes {
+        statement(&at(&n.statement_file))?;
+    }
+    if let Some(ca) = &plan.ca_file {
+        let pem = bkv_service::read_limited(&at(ca), MAX_FILE)?;
+        reqwest::Certificate::from_pem(&pem).context("ca_file")?;
+    }
+    Ok(())
+}
+
+pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
+    let (plan, base) = Plan::load(plan_path)?;
+    let at = |p: &Path| base.join(p);
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(ca) = &plan.ca_file {
+        let pem = bkv_service::read_limited(&at(ca), MAX_FILE)?;
+        http = http
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let op = Operator {
+        key: key(&at(&plan.operator_key_file))?,
+        auditor_url: plan.auditor_url.trim_end_matches('/').to_owned(),
+        namespace: plan.namespace.clone(),
+        http: http.build()?,
+    };
+    let witnesses = plan
+        .witnesses
+        .iter()
+        .map(|w| Ok((w.name.clone(), key(&at(&w.key_file))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let statements = plan
+        .nodes
+        .iter()
+        .map(|n| Ok((n.id, statement(&at(&n.statement_file))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = at(&plan.out_dir);
+    std::fs::create_dir_all(&out)?;
+    let members_path = out.join("members.json");
+    let wait = Duration::from_secs(plan.wait_secs);
+    let identity = |s: &SignedStatement| -> anyhow::Result<String> {
+        let st = bkv_transparency::membership::verify_statement(s).map_err(|e| anyhow!(e))?;
+        Ok(hex::encode(st.identity_key))
+    };
+
+    let mut c = Ceremony::begin(&op, &statements)?;
+    let mut nodes = plan.nodes.iter().zip(&statements);
+    let (first, (_, first_statement)) = nodes.next().ok_or_else(|| anyhow!("no nodes"))?;
+    say(&format!(
+        "start node {} to found the fleet ([fleet] found = true, namespace = \"{}\"); waiting for its admin link {}",
+        first.id, plan.namespace, first.admin
+    ));
+    let fs = wait_for_node(first.admin, wait).await?;
+    c.formed(first.id, first_statement.clone(), fs).await?;
+    let mut members = vec![bkv_hsm_node::Member {
+        id: first.id,
+        addr: first.peer.clone(),
+        identity: identity(first_statement)?,
+    }];
+    write_members(&members_path, &members)?;
+    let mut admins = BTreeMap::from([(first.id, first.admin)]);
+    say(&format!("node {} founded the fleet", first.id));
+    for (n, (_, s)) in nodes {
+        c.admit(&admins, n.id, &n.peer, s.clone()).await?;
+        members.push(bkv_hsm_node::Member {
+            id: n.id,
+            addr: n.peer.clone(),
+            identity: identity(s)?,
+        });
+        write_members(&members_path, &members)?;
+        say(&format!(
+            "node {} admitted; start it with [fleet] join = \"{}\"; waiting for its admin link {}",
+            n.id,
+            members_path.display(),
+            n.admin
+        ));
+        let fs = wait_for_node(n.admin, wait).await?;
+        admins.insert(n.id, n.admin);
+        wait_caught_up(&admins, n.admin, wait).await?;
+        fleet_admin::promote(&op, &admins, n.id)?;
+        c.joined(n.id, fs)?;
+        say(&format!("node {} joined as a voter", n.id));
+    }
+    let commit = plan
+        .source_commit
+        .clone()
+        .unwrap_or_else(crate::dev::source_commit);
+    let toolchain = plan.toolchain.clone().unwrap_or_else(crate::dev::toolchain);
+    let evidence = c.finish(&witnesses, &commit, &toolchain)?;
+    let parsed = bkv_transparency::evidence::parse(&evidence).map_err(|e| anyhow!("{e}"))?;
+    let evidence_path = out.join("evidence.json");
+    std::fs::write(&evidence_path, &evidence)?;
+    op.auditor().log_evidence(&op.namespace, &evidence).await?;
+    let fleet = bkv_transparency::bundle::BundleFleet {
+        fleet_id: parsed.fleet_id.clone(),
+        keys: vec![bkv_transparency::bundle::FleetKey {
+            role: bkv_transparency::bundle::KeyRole::NoiseStatic,
+            key: bkv_wire::key_from_hex(&parsed.fleet_keys.noise_static).map_err(|e| anyhow!(e))?,
+        }],
+        evidence_digest: bkv_transparency::evidence::digest(&evidence),
+    };
+    let epoch = crate::bundle::publish(&op, vec![fleet]).await?;
+    say(&format!(
+        "done fleet={} noise_public_key={} evidence={} bundle_epoch={}",
+        parsed.fleet_id,
+        parsed.fleet_keys.noise_static,
+        evidence_path.display(),
+        epoch.map_or_else(|| "unchanged".to_owned(), |e| e.to_string())
+    ));
+    Ok(())
+}

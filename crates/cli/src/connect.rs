@@ -1,0 +1,121 @@
+//! From a client config and the global options to a connection context: the user's token (given,
+//! or from a development deployment's token endpoint) and the fleet keys to trust.
+
+use crate::config::ClientConfig;
+use crate::ops::Ctx;
+use anyhow::{anyhow, Context};
+use bkv_client::{ClientError, Endpoint};
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The options every command that talks to a deployment shares.
+// No `Debug`: it holds the token.
+#[derive(Clone, Default)]
+pub struct Global {
+    /// `client.toml`.
+    pub config: Option<PathBuf>,
+    /// The user's token from the app's auth service.
+    pub token: Option<String>,
+    /// Trust the auditor log served now although the saved checkpoint of it is missing.
+    pub trust_new_log: bool,
+}
+
+/// The command line was wrong (exit code 2); the message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Connects `user` to the deployment `cli.config` describes: a token, the bundle's (or the
+/// pinned) fleet keys, the storage location.
+pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError(
+            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
+        )
+    })?;
+    let cfg = ClientConfig::load(&path)?;
+    let http = cfg.http_client(Duration::from_secs(60))?;
+    let token = match &cli.token {
+        Some(t) => t.clone(),
+        None => {
+            let url = cfg.auth.dev_token_url.clone().ok_or_else(|| {
+                UsageError("no --token given and the config has no dev token endpoint".into())
+            })?;
+            let resp = http
+                .post(&url)
+                .json(&serde_json::json!({ "user": user }))
+                .send()
+                .await
+                .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(anyhow!("token endpoint refused: {}", resp.status()));
+            }
+            let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).context("token endpoint answer")?;
+            v.get("token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow!("token endpoint sent no token"))?
+                .to_owned()
+        }
+    };
+    let mut fleets = match cfg.fleet.mode.as_str() {
+        "ota" => {
+            let anchors = cfg.anchors()?;
+            let state = cfg
+                .fleet
+                .ota
+                .as_ref()
+                .map(|o| o.state_file.clone())
+                .ok_or_else(|| anyhow!("ota mode needs [fleet.ota]"))?;
+            let ota = cfg.fleet.ota.as_ref();
+            let saved_before = ota.is_some_and(|o| o.log_trusted_since.is_some());
+            let fleets = bkv_client::ota::fleets(
+                &http,
+                &cfg.frontend_url,
+                &anchors,
+                &state,
+                saved_before && !cli.trust_new_log,
+            )
+            .await?;
+            crate::config::record_log_trust(
+                &path,
+                saved_before,
+                cli.trust_new_log && saved_before,
+            )?;
+            fleets
+        }
+        // Without a fleet id the frontend routes to its default fleet.
+        _ => vec![bkv_client::session::FleetTarget {
+            fleet_id: cfg.fleet.fleet_id.clone().unwrap_or_default(),
+            key: cfg.pinned_key()?,
+        }],
+    }
+    .into_iter();
+    let fleet = fleets
+        .next()
+        .ok_or_else(|| anyhow!("the bundle lists no fleet"))?;
+    Ok(Ctx {
+        endpoint: Endpoint {
+            http,
+            frontend_url: cfg.frontend_url.clone(),
+            token: SecretString::from(token),
+            fleet,
+            previous: fleets.collect(),
+        },
+        storage: cfg.storage_location(),
+        guess_limit: cfg.guess_limit,
+        passkey_origin: cfg.passkeys.origin.clone(),
+    })
+}
+
+/// Only what a vault-free operation needs: the storage location.
+pub fn storage_location(cli: &Global) -> anyhow::Result<String> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError(
+            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
+        )
+    })?;
+    Ok(ClientConfig::load(&path)?.storage_location())
+}
