@@ -7,7 +7,7 @@ if ! command -v age >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq age
 fi
-cargo bench -p bkv-adminent --bench backup
+cargo bench -p bkv-client --bench backup
 cargo bench -p bkv-hsm-core --bench core
 cargo bench -p bkv-transparency --bench verify
 # Peak memory of a 1 GiB backup and restore (the test suite runs 128 MiB).

@@ -1,6 +1,6 @@
 //! Backup encrypt/decrypt throughput versus the single-core AES-256-GCM limit
 //! (ring sealing the same bytes in 1 MiB chunks with no framing).
-//! Run: `cargo bench -p bkv-adminent --bench backup`
+//! Run: `cargo bench -p bkv-client --bench backup`
 
 use bkv_client::backup::{Compression, Content, DecryptReader, EncryptWriter, Header};
 use bkv_client::BackupKey;

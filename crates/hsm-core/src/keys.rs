@@ -9,7 +9,7 @@
 //!
 //! Fleet secrets are transferred as `0x01 || ephemeral X25519 public (32) ||
 //! ChaCha20-Poly1305(k, nonce 0, secrets)` where `k = HKDF-SHA256(salt =
-//! "bkv-admin fleet secrets transfer v1", ikm = X25519(e, recipient), info =
+//! "bkv fleet secrets transfer v1", ikm = X25519(e, recipient), info =
 //! ephemeral public || recipient public)`; the associated data is the same
 //! info. Each key encrypts exactly one message.
 
@@ -29,7 +29,7 @@ use zeroize::{Zeroize, Zeroizing};
 const SECRETS_SLOT: &str = "fleet-secrets";
 const IDENTITY_SLOT: &str = "node-identity";
 const TRANSFER_VERSION: u8 = 1;
-const TRANSFER_SALT: &[u8] = b"bkv-admin fleet secrets transfer v1";
+const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
 /// Largest encoded fleet secrets.
 const MAX_SECRETS: usize = 16 * 1024;
 
@@ -488,6 +488,17 @@ impl From<PlatformError> for CoreError {
 mod tests {
     use super::*;
     use crate::platform::MemoryPlatform;
+
+    /// Frozen (docs/formats.md): nodes of different versions transfer fleet secrets under it.
+    /// Hex, so a text search-and-replace cannot change the expectation along with the constant.
+    #[test]
+    fn the_transfer_salt_is_frozen() {
+        let hex: String = TRANSFER_SALT.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "626b7620666c6565742073656372657473207472616e73666572207631"
+        );
+    }
 
     fn trust() -> FleetTrust {
         FleetTrust::for_tests()

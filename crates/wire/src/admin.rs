@@ -23,7 +23,7 @@ pub const ADMIN_CONTEXT: &[u8] = b"bkv admin command v1\0";
 /// Version of [`FleetStatement`].
 pub const FLEET_STATEMENT_VERSION: u8 = 1;
 /// Domain separation for the platform key's signature over a fleet statement.
-pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv-admin fleet statement v1\0";
+pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv fleet statement v1\0";
 /// Longest token description or address carried in a statement or command.
 pub const MAX_TEXT: usize = 256;
 
@@ -262,6 +262,16 @@ pub enum AdminError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Frozen (docs/formats.md): every node's fleet statement is signed under it. Hex, so a
+    /// text search-and-replace cannot change the expectation along with the constant.
+    #[test]
+    fn the_fleet_statement_context_is_frozen() {
+        assert_eq!(
+            hex::encode(FLEET_STATEMENT_CONTEXT),
+            "626b7620666c6565742073746174656d656e7420763100"
+        );
+    }
 
     proptest! {
         #[test]
