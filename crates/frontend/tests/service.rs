@@ -141,11 +141,7 @@ fn send_signal(pid: i32, sig: &str) -> i32 {
 fn environment_overrides_any_field() {
     let (_node, addr) = silent_node();
     let (_dir, config) = config_dir(&[addr]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = bkv_service::free_loopback_port().unwrap();
     let f = start(
         &config,
         &[("BKV_FRONTEND__LISTEN__ADDR", &format!("127.0.0.1:{port}"))],

@@ -394,9 +394,50 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a process that binds it
+/// later (a dev deployment's or a test's fixed addresses). Unlike a port from `bind(:0)`, no
+/// outgoing connection can be given it between this check and that bind. Probes from a
+/// per-process starting point, so parallel callers rarely try the same ports.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    const LOW: u32 = 10_000;
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768);
+    if ephemeral_low > LOW + 1_000 {
+        let span = ephemeral_low - LOW;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
+        for k in 0..span.min(4_096) {
+            let port = u16::try_from(LOW + (start + k * 13) % span).unwrap_or(0);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // A kernel without a usable low range: the ephemeral port the kernel picks.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_free_loopback_port_is_bindable_and_below_the_ephemeral_range() {
+        let port = super::free_loopback_port().unwrap();
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(32_768);
+        assert!(port >= 10_000 && port < low, "{port}");
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields, default)]

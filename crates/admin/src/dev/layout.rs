@@ -180,27 +180,9 @@ pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
 }
 
 /// A port for a node's peer link, which must be known before the node starts (the operator's
-/// admission names it). Bound and released, so another process could take it in between; to
-/// make that unlikely it is a random port below the kernel's ephemeral range, which no
-/// `bind(0)` and no outgoing connection is ever given.
+/// admission names it): see [`bkv_service::free_loopback_port`].
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    use rand::Rng;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
-        .unwrap_or(32768u16);
-    let low = 10_000u16;
-    if ephemeral_low > low + 1000 {
-        let mut rng = rand::thread_rng();
-        for _ in 0..64 {
-            let port = rng.gen_range(low..ephemeral_low);
-            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                return Ok(l.local_addr()?.port());
-            }
-        }
-    }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(bkv_service::free_loopback_port()?)
 }
 
 /// A fresh SoftHSM2 token for one node: its own token directory and

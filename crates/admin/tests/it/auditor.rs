@@ -133,8 +133,7 @@ fn countersign(url: &str, op: &SigningKey, index: u64, auditor_sig_b64: &str) ->
 }
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap())
 }
 
 fn audit(url: &str, op: &SigningKey, extra: &[&str]) -> std::process::Output {

@@ -48,17 +48,8 @@ fn write_key(path: &Path, seed: u8) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A free port below the ephemeral range (no outgoing connection takes it meanwhile).
 fn free_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    for _ in 0..200 {
-        let port = rng.gen_range(10_000..30_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    bkv_service::free_loopback_port().unwrap()
 }
 
 /// An Ed25519 JWT from the identity provider (key `seed`, `kid`) for `sub`, valid ten minutes.

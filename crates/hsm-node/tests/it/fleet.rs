@@ -31,12 +31,10 @@ fn identity(seed: u8) -> LinkIdentity {
 
 const RID: [u8; 32] = [9u8; 32];
 
-/// A member with its own directory and a free port (reserved, then
-/// released; the member rebinds it on every (re)start).
+/// A member with its own directory and a free port (checked, then released; the member
+/// rebinds it on every (re)start).
 fn new_member(root: &std::path::Path, i: u64) -> Member {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    drop(l);
+    let addr = format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap());
     let dir = root.join(format!("n{i}"));
     std::fs::create_dir_all(&dir).unwrap();
     Member {
