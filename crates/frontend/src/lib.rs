@@ -614,22 +614,28 @@ async fn health() -> Json<serde_json::Value> {
 
 /// Ready when a node answers and knows its fleet's leader (so it can commit).
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let ask = |i: usize, req: NodeRequest| {
+        let state = state.clone();
+        async move { tokio::time::timeout(Duration::from_secs(1), node_call(&state, i, &req)).await }
+    };
     for i in 0..state.config.routes.len() {
-        let r = tokio::time::timeout(
-            Duration::from_secs(1),
-            node_call(&state, i, &NodeRequest::FleetStatus),
-        )
-        .await;
-        if let Ok(Ok(NodeResponse::FleetStatus(s))) = r {
+        let ready = match ask(i, NodeRequest::Health).await {
             // The node sees a leader that a majority acknowledges.
-            if s.leader.is_some() && s.ready {
-                return Json(serde_json::json!({ "status": "ready" })).into_response();
-            }
+            Ok(Ok(NodeResponse::Health { ready })) => ready,
+            Err(_) => false,
+            // A node of the previous release does not know `Health`: whether it knows a leader.
+            Ok(_) => matches!(
+                ask(i, NodeRequest::FleetStatus).await,
+                Ok(Ok(NodeResponse::FleetStatus(s))) if s.leader.is_some()
+            ),
+        };
+        if ready {
+            return Json(serde_json::json!({ "status": "ready" })).into_response();
         }
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "status": "unavailable", "reason": "no node answered with a leader and a majority" })),
+        Json(serde_json::json!({ "status": "unavailable", "reason": "no node answered that it sees a leader with a majority" })),
     )
         .into_response()
 }

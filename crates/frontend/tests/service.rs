@@ -353,3 +353,60 @@ fn identity_provider_keys_rotate_without_a_restart() {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(status(token(2, "2026-b")), 200);
 }
+
+/// A node of the previous release: it does not know `Health` (an error frame, then it closes
+/// the connection, as a node does on a frame it cannot decode) and answers `FleetStatus` with
+/// `leader`.
+fn previous_release_node(leader: Option<u64>) -> String {
+    use bkv_wire::node::{
+        read_frame, write_frame, FleetStatus, NodeError, NodeRequest, NodeResponse,
+    };
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut w = conn.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(conn);
+            while let Ok(Some(req)) = read_frame::<NodeRequest>(&mut r) {
+                let resp = match req {
+                    NodeRequest::FleetStatus => NodeResponse::FleetStatus(FleetStatus {
+                        node_id: 1,
+                        role: "follower".into(),
+                        leader,
+                        term: 3,
+                        last_log_index: Some(9),
+                        applied_index: Some(9),
+                        voters: vec![0, 1, 2],
+                        learners: vec![],
+                    }),
+                    _ => {
+                        let e = NodeError::BadRequest("unknown variant".into());
+                        let _ = write_frame(&mut w, &NodeResponse::Error(e));
+                        break;
+                    }
+                };
+                if write_frame(&mut w, &resp).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Rolling upgrades: a new frontend in front of nodes of the previous release is ready when
+/// their `FleetStatus` names a leader, and not when it names none.
+#[test]
+fn readiness_falls_back_to_fleet_status_for_nodes_of_the_previous_release() {
+    for (leader, want) in [(Some(0), 200), (None, 503)] {
+        let node = previous_release_node(leader);
+        let (_dir, config) = config_dir(&[node]);
+        let f = start(&config, &[]);
+        assert_eq!(
+            get(&format!("{}/readyz", f.url)).0,
+            want,
+            "leader {leader:?}"
+        );
+    }
+}

@@ -341,7 +341,7 @@ impl Node {
     pub fn http_answer(&self, path: &str) -> metrics::HttpAnswer {
         match path {
             "/healthz" => metrics::plain(200, "ok\n"),
-            "/readyz" if self.fleet.status().ready => metrics::plain(200, "ready\n"),
+            "/readyz" if self.fleet.ready() => metrics::plain(200, "ready\n"),
             "/readyz" => metrics::plain(503, "unready: no leader with a majority in sight\n"),
             "/metrics" => {
                 let status = self.fleet.status();
@@ -349,7 +349,10 @@ impl Node {
                 metrics::HttpAnswer {
                     status: 200,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: self.fleet.metrics().render(&status, status.ready, sessions),
+                    body: self
+                        .fleet
+                        .metrics()
+                        .render(&status, self.fleet.ready(), sessions),
                 }
             }
             _ => metrics::plain(404, "not found\n"),
@@ -368,6 +371,12 @@ impl Node {
         match req {
             NodeRequest::Info => NodeResponse::Info(self.info.clone()),
             NodeRequest::FleetStatus => NodeResponse::FleetStatus(self.fleet.status()),
+            NodeRequest::Retired(_) => {
+                NodeResponse::Error(NodeError::BadRequest("retired request".into()))
+            }
+            NodeRequest::Health => NodeResponse::Health {
+                ready: self.fleet.ready(),
+            },
             NodeRequest::OpenSession { user_id, handshake } => {
                 let Some(mut core) = self.core() else {
                     return unavailable;

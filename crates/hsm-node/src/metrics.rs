@@ -254,7 +254,6 @@ mod tests {
             applied_index: Some(12),
             voters: vec![1, 2, 3],
             learners: vec![],
-            ready: true,
         }
     }
 

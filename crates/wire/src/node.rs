@@ -9,6 +9,16 @@ use std::io::{Read, Write};
 
 pub type SessionId = [u8; 16];
 
+/// A retired request: decoding it always fails (the frame is malformed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retired;
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("retired request"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// First Noise message of a session for `user_id` (as authenticated by the frontend).
@@ -31,6 +41,14 @@ pub enum NodeRequest {
     Info,
     /// Replication status of this node (for `bkv-admin fleet status`).
     FleetStatus,
+    /// Index 5 was a membership change on this link (`AddLearner`), retired when membership
+    /// moved to the operator-signed admin link. Kept so the index is never reused: it never
+    /// decodes.
+    Retired(Retired),
+    /// Whether this node sees a leader with a majority (readiness). Appended, so frontends and
+    /// nodes of the previous release still understand each other: such a node refuses it, and
+    /// the frontend falls back to `FleetStatus`.
+    Health,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +66,10 @@ pub enum NodeResponse {
     Info(NodeInfo),
     Error(NodeError),
     FleetStatus(FleetStatus),
+    /// The answer to [`NodeRequest::Health`].
+    Health {
+        ready: bool,
+    },
 }
 
 /// One node's view of the replicated fleet.
@@ -62,10 +84,6 @@ pub struct FleetStatus {
     pub applied_index: Option<u64>,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
-    /// This node sees a leader with a majority: as the leader, a quorum acknowledged it
-    /// recently; as a follower, it follows a leader.
-    #[serde(default)]
-    pub ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,4 +154,22 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     Ok(Some(crate::decode(&body, crate::MAX_NODE_FRAME)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retired_index_never_decodes_and_health_keeps_its_place() {
+        // The old relay-link membership frame: variant 5, then its fields.
+        let mut old = vec![crate::CODEC_VERSION, 5, 0, 9, 11];
+        old.extend_from_slice(b"127.0.0.1:9");
+        assert!(crate::decode::<NodeRequest>(&old, 1024).is_err());
+        assert!(crate::decode::<NodeRequest>(&[crate::CODEC_VERSION, 5], 1024).is_err());
+        assert_eq!(
+            crate::encode(&NodeRequest::Health),
+            [crate::CODEC_VERSION, 6]
+        );
+    }
 }

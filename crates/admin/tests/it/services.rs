@@ -111,6 +111,27 @@ fn the_deploy_samples_pass_config_check() {
                 p.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
+            // A broken copy: the error names the field.
+            let bad = std::env::temp_dir().join(format!(
+                "bkv-bad-{}-{}",
+                std::process::id(),
+                p.file_name().unwrap().to_string_lossy()
+            ));
+            let text = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(&bad, format!("bogus_setting = 1\n{text}")).unwrap();
+            let out = Command::new(bkv_bin())
+                .env("BKV_ADMIN_BIN", admin_bin())
+                .args(["config", "check", "--skip-files"])
+                .arg(&bad)
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_file(&bad);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("bogus_setting"),
+                "{}: {err}",
+                p.display()
+            );
             checked += 1;
         }
     }

@@ -332,11 +332,11 @@ impl Fleet {
         &self.metrics
     }
 
-    /// This node's view of the fleet.
-    pub fn status(&self) -> bkv_wire::node::FleetStatus {
+    /// Whether this node sees a leader with a majority: as the leader, a quorum acknowledged
+    /// it within the last second; as a follower or learner, it follows a leader.
+    pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let ready = match m.state {
+        match m.state {
             openraft::ServerState::Leader => m
                 .millis_since_quorum_ack
                 .is_some_and(|ms| ms <= QUORUM_FRESH_MS),
@@ -344,9 +344,14 @@ impl Fleet {
                 m.current_leader.is_some()
             }
             _ => false,
-        };
+        }
+    }
+
+    /// This node's view of the fleet.
+    pub fn status(&self) -> bkv_wire::node::FleetStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
         bkv_wire::node::FleetStatus {
-            ready,
             node_id: self.id,
             role: format!("{:?}", m.state).to_lowercase(),
             leader: m.current_leader,
