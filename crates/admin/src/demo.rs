@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use bkv_cli::ops;
+use bkv_client::account::Unlock;
 use bkv_client::archive::Options;
-use bkv_client::protection::Unlock;
 use bkv_client::{ClientError, Endpoint};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};

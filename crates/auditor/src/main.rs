@@ -1,4 +1,5 @@
 //! `bkv-auditor`: the independent auditor's log server.
+#![forbid(unsafe_code)]
 
 use anyhow::{anyhow, Context};
 use clap::Parser;

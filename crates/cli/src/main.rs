@@ -98,6 +98,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     EXIT_ERROR
 }
 
+#[allow(unsafe_code)]
 fn main() {
     // Everything bkv writes (keys, state, configs, partial restores) is the
     // user's alone; restored trees get their recorded modes explicitly.

@@ -1,7 +1,7 @@
 //! User operations shared by the CLI commands and the demo.
 
+use bkv_client::account::{Account, Unlock};
 use bkv_client::archive::Options;
-use bkv_client::protection::{Account, Unlock};
 use bkv_client::storage::Latest;
 use bkv_client::{BackupKey, BackupStore, ClientError, Endpoint, VaultClient};
 use bkv_wire::vault::RecordState;
@@ -126,7 +126,7 @@ pub fn describe_record(r: &RecordState) -> String {
 pub async fn restore_with_recovery_key(
     storage: &str,
     user: &str,
-    rk: &bkv_client::protectors::RecoveryKey,
+    rk: &bkv_client::slots::RecoveryKey,
     out: PathBuf,
     report: Report,
 ) -> Result<Latest, ClientError> {

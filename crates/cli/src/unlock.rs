@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use bkv_cli::UsageError;
-use bkv_client::protection::Unlock;
+use bkv_client::account::Unlock;
 use bkv_client::ClientError;
 use secrecy::SecretString;
 use std::io::BufRead;
@@ -47,7 +47,7 @@ pub fn read_password(flag: bool) -> anyhow::Result<SecretString> {
 /// A protector given on the command line, ready to unlock K.
 pub enum Unlocker {
     Password(SecretString),
-    RecoveryKey(bkv_client::protectors::RecoveryKey),
+    RecoveryKey(bkv_client::slots::RecoveryKey),
     Passkey(bkv_soft_passkey::SoftAuthenticator),
 }
 
@@ -68,13 +68,13 @@ impl Unlocker {
     }
 }
 
-fn read_recovery_key() -> anyhow::Result<bkv_client::protectors::RecoveryKey> {
+fn read_recovery_key() -> anyhow::Result<bkv_client::slots::RecoveryKey> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut line)
         .context("read recovery key from stdin")?;
-    let rk = bkv_client::protectors::RecoveryKey::parse(&line).map_err(ClientError::from);
+    let rk = bkv_client::slots::RecoveryKey::parse(&line).map_err(ClientError::from);
     zeroize::Zeroize::zeroize(&mut line);
     Ok(rk?)
 }

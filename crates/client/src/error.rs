@@ -27,11 +27,11 @@ pub enum ClientError {
     #[error("backup format: {0}")]
     Format(#[from] crate::backup::FormatError),
     #[error("{0}")]
-    RecoveryKey(#[from] crate::protectors::RecoveryKeyError),
+    RecoveryKey(#[from] crate::slots::RecoveryKeyError),
     #[error("{0}")]
-    Manifest(#[from] crate::protectors::ManifestError),
+    Manifest(#[from] crate::slots::ManifestError),
     #[error("passkey: {0}")]
-    Passkey(crate::passkey::PasskeyError),
+    Passkey(PasskeyError),
     #[error("the vault holds a password protector: this operation needs the current password (--password-stdin)")]
     PasswordNeeded,
     #[error("{0}")]
@@ -61,3 +61,16 @@ impl From<VaultError> for ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What a platform authenticator reports (see `crate::passkey::Authenticator`).
+#[derive(Debug, thiserror::Error)]
+pub enum PasskeyError {
+    #[error(
+        "the authenticator has no passkey for this backup (was it deleted from the passkey store?)"
+    )]
+    NoCredential,
+    #[error("the authenticator failed: {0}")]
+    Authenticator(String),
+    #[error("the authenticator returned no PRF output; it does not support the PRF extension")]
+    NoPrf,
+}

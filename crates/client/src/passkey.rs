@@ -25,17 +25,7 @@ use zeroize::Zeroizing;
 /// Largest RP answer read (options with up to a few dozen credentials).
 const MAX_RP_BODY: usize = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PasskeyError {
-    #[error(
-        "the authenticator has no passkey for this backup (was it deleted from the passkey store?)"
-    )]
-    NoCredential,
-    #[error("the authenticator failed: {0}")]
-    Authenticator(String),
-    #[error("the authenticator returned no PRF output; it does not support the PRF extension")]
-    NoPrf,
-}
+pub use crate::error::PasskeyError;
 
 /// A WebAuthn authenticator as a platform exposes it.
 pub trait Authenticator: Send {

@@ -199,7 +199,7 @@ impl BackupStore {
     /// otherwise the newest object under `key` (an interrupted rotation
     /// leaves backups under two keys).
     pub async fn backup_for(&self, key: &BackupKey) -> Result<Latest> {
-        let kid = hex::encode(crate::protectors::key_id(key));
+        let kid = hex::encode(crate::slots::key_id(key));
         if let Some(l) = self.latest().await? {
             if l.key_id == kid {
                 return Ok(l);
@@ -242,7 +242,7 @@ impl BackupStore {
     pub async fn manifest(&self, key_id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
         let path = self.path(&format!("protectors/{}.bin", hex::encode(key_id)));
         Ok(self
-            .get_limited(&path, crate::protectors::MAX_MANIFEST)
+            .get_limited(&path, crate::slots::MAX_MANIFEST)
             .await?
             .map(|b| b.to_vec()))
     }
@@ -358,7 +358,7 @@ impl BackupStore {
             })
             .await?;
         self.set_latest(&latest).await?;
-        let kid = crate::protectors::key_id(key);
+        let kid = crate::slots::key_id(key);
         // Keep other keys' manifests when this key has none: their slots may
         // be the only way to a key a half-done rotation left behind.
         let keep_manifests = self.manifest(&kid).await?.is_none();
@@ -440,7 +440,7 @@ impl BackupStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let key_id = hex::encode(crate::protectors::key_id(key));
+        let key_id = hex::encode(crate::slots::key_id(key));
         let name = format!("{created_ms:016}-{key_id}-{}.bkv", hex::encode(id));
         let path = self.path(&format!("backups/{name}"));
         let upload = self.store.put_multipart(&path).await.map_err(storage_err)?;

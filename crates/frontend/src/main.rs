@@ -2,6 +2,7 @@
 //! `BKV_FRONTEND__…` overrides), listens, prints one line `bkv-frontend: ready listen=ADDR url=http(s)://ADDR`
 //! on stdout once it accepts connections, re-reads its routes file while serving, and on SIGINT or
 //! SIGTERM stops accepting, finishes the requests in flight and exits.
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use bkv_frontend::config::{read_routes, FrontendFile};

@@ -1,3 +1,5 @@
+// One file on purpose: one plain function per decoder that sees outside bytes, shared by the
+// fuzzer (fuzz/) and the corpus replay tests; the list is the attack surface, kept in one view.
 //! Fuzz targets: every decoder bkv runs on bytes that come from the network
 //! or from storage, as plain functions of one byte slice.
 //!
@@ -560,15 +562,15 @@ pub fn client_files(data: &[u8]) {
     let rest = input.rest();
     match selector % 4 {
         0 => {
-            if let Ok((m, _tag)) = bkv_client::protectors::Manifest::decode_unverified(rest) {
+            if let Ok((m, _tag)) = bkv_client::slots::Manifest::decode_unverified(rest) {
                 let key = bkv_client::keys::BackupKey::from_bytes([5; 32]);
                 let _ = m.verify(&[0; 32], &key);
             }
         }
         1 => {
             let text = String::from_utf8_lossy(rest);
-            if let Ok(k) = bkv_client::protectors::RecoveryKey::parse(&text) {
-                let again = bkv_client::protectors::RecoveryKey::parse(&k.display());
+            if let Ok(k) = bkv_client::slots::RecoveryKey::parse(&text) {
+                let again = bkv_client::slots::RecoveryKey::parse(&k.display());
                 assert!(again.is_ok(), "a displayed recovery key did not parse");
             }
         }

@@ -347,12 +347,12 @@ fn backup() -> Vec<Vec<u8>> {
 }
 
 fn client_files() -> Vec<Vec<u8>> {
-    use bkv_client::protectors::{Manifest, RecoveryKey};
+    use bkv_client::slots::{Manifest, RecoveryKey};
     let key = bkv_client::keys::BackupKey::from_bytes([5; 32]);
     let m = Manifest {
         version: 1,
         user_id: "alice".into(),
-        key_id: bkv_client::protectors::key_id(&key),
+        key_id: bkv_client::slots::key_id(&key),
         generation: 2,
         slots: Vec::new(),
     };

@@ -1,3 +1,5 @@
+// One file on purpose: the core's request state machine (sessions, logins, the guess rule's
+// count-before-answer order) reads in one place; keys, state, members and sealing live beside it.
 //! bkv HSM core: the trusted, deterministic, I/O-free part of a vault node.
 //!
 //! It terminates client Noise `NK` sessions, runs the OPAQUE server, and owns

@@ -1,3 +1,5 @@
+// One file on purpose: every test of the guess rule (the property the product rests on) in one
+// place, so a reviewer can check the rule's cases are all covered.
 //! The vault's guess-counting and registration rules, driven through the real
 //! Noise NK and OPAQUE protocols against the I/O-free core.
 

@@ -1,4 +1,5 @@
 //! `bkv-hsm`: one vault node.
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use bkv_hsm_node::{NodeConfig, StartMode};

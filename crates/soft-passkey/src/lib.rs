@@ -8,6 +8,7 @@
 //! `{"version":1,"passkeys":[{"credential_id","rp_id","user_handle",
 //! "counter","cose_key","hmac_with_uv","hmac_without_uv"}]}` with binary
 //! fields in unpadded base64url and `cose_key` the CBOR COSE_Key.
+#![forbid(unsafe_code)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;

@@ -1,3 +1,5 @@
+// One file on purpose: the generator writes every vector of tests/vectors/ in one pass, in the
+// order docs/formats.md describes the formats, so a reviewer reads one script top to bottom.
 //! Writes `tests/vectors/`: `cargo run -p bkv-test-vectors --example generate`.
 //!
 //! Valid vectors are made with the bkv library from fixed inputs; rejected ones are valid ones
@@ -8,7 +10,7 @@ use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bkv_client::backup::{Compression, Content, EncryptWriter, Header};
-use bkv_client::protectors::{Manifest, PasskeyParams, RecoveryKey, SlotKind, SlotSecret};
+use bkv_client::slots::{Manifest, PasskeyParams, RecoveryKey, SlotKind, SlotSecret};
 use bkv_client::BackupKey;
 use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index};
 use bkv_transparency::bundle::{self, Bundle, BundleFleet, BundlePackage, FleetKey, KeyRole};

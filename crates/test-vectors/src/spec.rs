@@ -1,3 +1,5 @@
+// One file on purpose: the specification of every vector (what each file must decode to, or why
+// it must be rejected) is one table, checked against the files and the docs.
 //! Independent readers of bkv's formats, written from `docs/formats.md` and
 //! `docs/auditor-api.md` only: they parse the bytes field by field as documented and use the
 //! primitives directly, never the bkv library. Errors are short descriptions of the first rule

@@ -3,7 +3,7 @@
 //! the vector's index records, and valid vectors must decode to the recorded values.
 
 use bkv_client::backup::{format_error, DecryptReader};
-use bkv_client::protectors::{Manifest, RecoveryKey};
+use bkv_client::slots::{Manifest, RecoveryKey};
 use bkv_client::BackupKey;
 use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index, FORMATS};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};

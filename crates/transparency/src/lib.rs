@@ -2,6 +2,7 @@
 //! independent auditor and the operator, the auditor's append-only Merkle log
 //! (RFC 9162 hashing), C2SP signed-note checkpoints, and the client-side checks
 //! that make a forked or rewritten log detectable.
+#![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod evidence;

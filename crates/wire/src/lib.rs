@@ -5,6 +5,7 @@
 //! enforces a size limit before parsing and rejects trailing bytes, so every
 //! value has exactly one accepted encoding. Layouts are documented in
 //! `docs/formats.md`.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod node;

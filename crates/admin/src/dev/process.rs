@@ -1,4 +1,7 @@
 //! Starting, finding and stopping the service processes of a dev deployment.
+// Signals and reaping by pid go through libc (`kill`, `waitpid`): plain system calls on
+// integers, with no memory-safety preconditions.
+#![allow(unsafe_code)]
 
 use super::*;
 use anyhow::{anyhow, bail, Context};

@@ -1,3 +1,5 @@
+// One file on purpose: the chaos harness — schedule generator, fault injector, history recorder
+// and linearizability checker — is one experiment whose parts only make sense together.
 //! Jepsen-style chaos: a 5-node fleet (real `bkv-hsm` processes under
 //! `bkv-admin dev up`) under randomized schedules of partitions (symmetric and
 //! asymmetric), SIGKILLs with restarts, SIGSTOP pauses and wall-clock jumps,

@@ -1,3 +1,5 @@
+// One file on purpose: the end-to-end user journeys share one dev deployment helper and read as
+// one suite; each test is independent.
 //! End-to-end: `bkv-admin dev up` (a real `bkv-hsm` process and the frontend) driven
 //! through the `bkv` CLI exactly as a user would.
 

@@ -1,6 +1,10 @@
-//! The CLI's integration tests: real `bkv`, `bkv-hsm` and `bkv-auditor`
+//! System tests: real `bkv-admin`, `bkv`, `bkv-hsm`, `bkv-frontend` and `bkv-auditor`
 //! processes on 127.0.0.1, driven as a user and an operator would. One test
 //! binary (modules, not files under `tests/`) so CI links it once.
+
+// The tests signal the processes they start (SIGKILL, SIGSTOP, SIGCONT) through libc::kill:
+// a system call on integers, with no memory-safety preconditions.
+#![allow(unsafe_code)]
 
 mod common;
 
