@@ -29,6 +29,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditorError {
     #[error("database: {0}")]
     Db(String),

@@ -1,6 +1,7 @@
 use bkv_wire::vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error(
         "wrong password: {guesses_remaining} guesses remaining before the backup key is destroyed"
@@ -36,8 +37,15 @@ pub enum ClientError {
     PasswordNeeded,
     #[error("{0}")]
     Protectors(String),
+    /// Storage holds something bkv did not write (a malformed or oversized object).
     #[error("storage: {0}")]
     Storage(String),
+    /// The object store failed (network, permissions, a missing object).
+    #[error("storage: {0}")]
+    Store(#[from] object_store::Error),
+    /// Another device switched `latest.json` while this one was switching it: run again.
+    #[error("latest.json changed while this backup was being switched to (another device backing up at the same time?); the new backup is stored but not current: run the command again")]
+    LatestChanged,
     #[error("the saved checkpoint of the auditor's log ({path}) is missing, though this client trusted the log before: it cannot tell whether the log it sees now is the same one. If the file was deleted on purpose, run again with --trust-new-log (recorded in the client config)")]
     CheckpointLost { path: String },
     #[error("io: {0}")]

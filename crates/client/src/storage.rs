@@ -43,7 +43,7 @@ const PIPE_PIECE: usize = 1024 * 1024;
 const MAX_LATEST_JSON: usize = 4096;
 
 fn storage_err(e: object_store::Error) -> ClientError {
-    ClientError::Storage(e.to_string())
+    ClientError::Store(e)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,12 +185,7 @@ impl BackupStore {
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
-            ) => Err(ClientError::Storage(
-                "latest.json changed while this backup was being switched to (another device \
-                 backing up at the same time?); the new backup is stored but not current: run \
-                 the command again"
-                    .into(),
-            )),
+            ) => Err(ClientError::LatestChanged),
             Err(e) => Err(storage_err(e)),
         }
     }

@@ -66,6 +66,7 @@ pub struct PasskeyConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PasskeyStoreError {
     #[error("relying party settings: {0}")]
     Config(String),

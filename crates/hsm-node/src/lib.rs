@@ -38,6 +38,7 @@ use std::time::Duration;
 use store::Store;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeStartError {
     #[error(transparent)]
     Platform(#[from] bkv_hsm_platform::PlatformOpenError),

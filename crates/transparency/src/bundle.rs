@@ -211,6 +211,7 @@ mod hex_hash {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BundleError {
     #[error("bundle bytes are malformed")]
     Malformed,

@@ -112,6 +112,7 @@ pub struct Witness {
 
 /// Why evidence is rejected; each names the failed check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EvidenceError {
     #[error("evidence is not valid JSON of version {EVIDENCE_VERSION}: {0}")]
     Malformed(String),

@@ -70,6 +70,7 @@ impl MembershipRecord {
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MembershipError {
     #[error("membership record is malformed: {0}")]
     Malformed(String),

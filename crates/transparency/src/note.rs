@@ -22,6 +22,7 @@ const MAX_SIGNATURES: usize = 100;
 const ED25519_ALG: u8 = 0x01;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NoteError {
     #[error("note is too large")]
     TooLarge,

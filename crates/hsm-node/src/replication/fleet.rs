@@ -58,6 +58,7 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PEER_IDLE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FleetError {
     #[error(transparent)]
     Store(#[from] ReplicationStoreError),
