@@ -255,13 +255,15 @@ pub fn read_backup<R: Read>(
             match header.content {
                 Content::File => {
                     use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = fs::OpenOptions::new()
+                    let f = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .mode(0o600)
                         .open(&inner)?;
-                    io::copy(&mut plain, &mut f)?;
-                    f.sync_all()?;
+                    // io::copy fills a BufWriter's own buffer: 1 MiB reads and writes, not 8 KiB.
+                    let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                    io::copy(&mut plain, &mut w)?;
+                    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 }
                 Content::Tar => {
                     fs::create_dir(&inner)?;

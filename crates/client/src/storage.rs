@@ -70,6 +70,18 @@ pub struct BackupObject {
 pub struct BackupStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
+    /// The directory of a local store: restores read backups straight from the file (the
+    /// object store's stream would hand over 8 KiB pieces between threads).
+    local_root: Option<PathBuf>,
+}
+
+/// The directory a local `location` names (a plain path or `file://`), if it is local.
+fn local_dir(location: &str) -> Option<&str> {
+    match location.strip_prefix("file://") {
+        Some(p) => Some(p),
+        None if location.contains("://") => None,
+        None => Some(location),
+    }
 }
 
 /// Opens the object store at `location`: `s3://bucket[/prefix]` (AWS environment variables:
@@ -95,14 +107,10 @@ pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
         });
     }
-    let dir = match location.strip_prefix("file://") {
-        Some(p) => p,
-        None if location.contains("://") => {
-            return Err(ClientError::Storage(format!(
-                "{location}: storage must be a directory, file:// or s3://"
-            )))
-        }
-        None => location,
+    let Some(dir) = local_dir(location) else {
+        return Err(ClientError::Storage(format!(
+            "{location}: storage must be a directory, file:// or s3://"
+        )));
     };
     std::fs::create_dir_all(dir)?;
     Ok(Arc::new(
@@ -113,14 +121,18 @@ pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
 impl BackupStore {
     /// Opens the store for `user_id` at `location` (see [`open_store`]).
     pub fn open(location: &str, user_id: &str) -> Result<Self> {
-        Ok(Self::with_store(open_store(location)?, user_id))
+        let mut s = Self::with_store(open_store(location)?, user_id);
+        s.local_root = local_dir(location).map(PathBuf::from);
+        Ok(s)
     }
 
     /// Opens the store for `user_id` in a local directory.
     pub fn local(dir: &Path, user_id: &str) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let fs = LocalFileSystem::new_with_prefix(dir).map_err(storage_err)?;
-        Ok(Self::with_store(Arc::new(fs), user_id))
+        let mut s = Self::with_store(Arc::new(fs), user_id);
+        s.local_root = Some(dir.to_owned());
+        Ok(s)
     }
 
     pub fn with_store(store: Arc<dyn ObjectStore>, user_id: &str) -> Self {
@@ -129,7 +141,11 @@ impl BackupStore {
         h.update(user_id.as_bytes());
         let digest = hex::encode(h.finalize());
         let prefix = ObjPath::from(format!("users/{}", &digest[..32]));
-        BackupStore { store, prefix }
+        BackupStore {
+            store,
+            prefix,
+            local_root: None,
+        }
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -380,17 +396,8 @@ impl BackupStore {
             .get(&self.path(&format!("backups/{}", src.object)))
             .await
             .map_err(storage_err)?;
-        let mut stream = get.into_stream();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH * 16);
-        let pump = tokio::spawn(async move {
-            while let Some(chunk) = stream.next().await {
-                let b = chunk.map_err(storage_err)?;
-                if tx.send(b).await.is_err() {
-                    break; // the re-encryptor stopped (it reports why)
-                }
-            }
-            Ok::<(), ClientError>(())
-        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
+        let pump = tokio::spawn(pump(get.into_stream(), tx));
         let (old_copy, new_copy) = (
             BackupKey::from_bytes(*old.expose()),
             BackupKey::from_bytes(*new.expose()),
@@ -487,13 +494,22 @@ impl BackupStore {
             ));
         }
         let latest = self.backup_for(key).await?;
-        let get = self
-            .store
-            .get(&self.path(&format!("backups/{}", latest.object)))
+        let object = self.path(&format!("backups/{}", latest.object));
+        if let Some(root) = &self.local_root {
+            // Local: the blocking thread reads, decrypts and writes in 1 MiB pieces.
+            let file = root.join(object.as_ref());
+            let key_copy = BackupKey::from_bytes(*key.expose());
+            let restored = tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&file)?;
+                let r = io::BufReader::with_capacity(PIPE_PIECE, f);
+                archive::read_backup(r, &key_copy, &out, report)
+            })
             .await
-            .map_err(storage_err)?;
-        let mut stream = get.into_stream();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH * 16);
+            .map_err(|e| ClientError::Io(io::Error::other(format!("restore task: {e}"))))??;
+            return Ok((latest, restored));
+        }
+        let get = self.store.get(&object).await.map_err(storage_err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
         let key_copy = BackupKey::from_bytes(*key.expose());
         let consumer = tokio::task::spawn_blocking(move || {
             let r = ChannelReader {
@@ -502,29 +518,44 @@ impl BackupStore {
             };
             archive::read_backup(r, &key_copy, &out, report)
         });
-        let mut download_err = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
-                    if tx.send(b).await.is_err() {
-                        break; // the consumer stopped (it reports why)
-                    }
-                }
-                Err(e) => {
-                    download_err = Some(storage_err(e));
-                    break;
-                }
-            }
-        }
-        drop(tx);
+        // Downloading here while the blocking thread decrypts and writes: two cores busy.
+        let downloaded = pump(get.into_stream(), tx).await;
         let restored = consumer
             .await
             .map_err(|e| ClientError::Io(io::Error::other(format!("restore task: {e}"))))?;
-        if let Some(e) = download_err {
-            return Err(e);
-        }
+        downloaded?;
         Ok((latest, restored?))
     }
+}
+
+/// Feeds a download to a blocking consumer in pieces of at least [`PIPE_PIECE`]: a store's
+/// stream yields small chunks (8 KiB from a local directory), and a thread hand-off per chunk
+/// cost more than decrypting it (a restore was mostly futex calls). Returns the download's
+/// error; stops quietly when the consumer stops (it reports why).
+async fn pump(
+    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<()> {
+    let mut piece = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let b = chunk.map_err(storage_err)?;
+        let ready = if piece.is_empty() && b.len() >= PIPE_PIECE {
+            b
+        } else {
+            piece.extend_from_slice(&b);
+            if piece.len() < PIPE_PIECE {
+                continue;
+            }
+            piece.split().freeze()
+        };
+        if tx.send(ready).await.is_err() {
+            return Ok(());
+        }
+    }
+    if !piece.is_empty() {
+        let _ = tx.send(piece.freeze()).await;
+    }
+    Ok(())
 }
 
 fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
