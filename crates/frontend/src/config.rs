@@ -1,3 +1,5 @@
+// One file on purpose: the frontend's whole config schema — every field's doc, default and check
+// together, mirrored field by field in docs/operations.md.
 //! The frontend's config file (`bkv-frontend --config FILE`), documented field by field in
 //! `docs/operations.md`. Every field has a default and can be overridden by an environment
 //! variable `BKV_FRONTEND__SECTION__FIELD`; keys come from files, never from the command line.
