@@ -58,17 +58,7 @@ enum Command {
 enum ConfigCommand {
     /// Validate a config file (and read the key and certificate files it names): say which
     /// field is wrong and how to fix it. Exit 0 if it is good.
-    Check {
-        /// The file to check.
-        file: PathBuf,
-        /// Which kind it is; guessed from its sections when not given.
-        #[arg(long, value_enum)]
-        kind: Option<ConfigKind>,
-        /// Check the fields only, without reading the key, certificate and JWKS files they
-        /// name (a sample, on a machine that does not hold the deployment's keys).
-        #[arg(long)]
-        skip_files: bool,
-    },
+    Check(bkv_cli::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -171,29 +161,14 @@ enum DevCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bkv-admin: error: start runtime: {e}");
-            std::process::exit(1);
+    bkv_cli::main_with("bkv-admin", run(cli), |e| {
+        if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+            2
+        } else {
+            1
         }
-    };
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("bkv-admin: error: {e:#}");
-        let usage = e.chain().any(|c| c.downcast_ref::<UsageError>().is_some());
-        std::process::exit(if usage { 2 } else { 1 });
-    }
+    });
 }
 
 /// `bkv-admin config check FILE`: parses the file as its kind (with the environment's overrides for
@@ -292,13 +267,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Config {
-            command:
-                ConfigCommand::Check {
-                    file,
-                    kind,
-                    skip_files,
-                },
-        } => config_check(file, *kind, *skip_files),
+            command: ConfigCommand::Check(a),
+        } => config_check(&a.file, a.kind, a.skip_files),
         Command::Fleet {
             command: FleetCommand::AddNode { dir, fleet },
         } => dev::add_node(dir, *fleet).await,

@@ -318,3 +318,17 @@ impl ConfigKind {
         })
     }
 }
+
+/// `config check`'s arguments (the same in `bkv` and `bkv-admin`).
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The file to check.
+    pub file: PathBuf,
+    /// Which kind it is; guessed from its sections when not given.
+    #[arg(long, value_enum)]
+    pub kind: Option<ConfigKind>,
+    /// Check the fields only, without reading the key, certificate and JWKS files they
+    /// name (a sample, on a machine that does not hold the deployment's keys).
+    #[arg(long)]
+    pub skip_files: bool,
+}

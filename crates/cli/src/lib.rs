@@ -13,6 +13,36 @@ mod connect;
 pub mod ops;
 mod sibling;
 
-pub use config::{ClientConfig, ConfigKind};
+pub use config::{CheckArgs, ClientConfig, ConfigKind};
 pub use connect::{connect, storage_location, Global, UsageError};
 pub use sibling::find_bin;
+
+/// Runs a command-line tool's `run` on a multi-threaded runtime, with `RUST_LOG` (default
+/// `warn`) logging to stderr; on error prints `NAME: error: …` with its causes and exits with
+/// `exit_code(&error)`.
+pub fn main_with<F>(name: &str, run: F, exit_code: fn(&anyhow::Error) -> i32)
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: error: start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run) {
+        eprintln!("{name}: error: {e:#}");
+        std::process::exit(exit_code(&e));
+    }
+}

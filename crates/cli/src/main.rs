@@ -62,17 +62,7 @@ enum ConfigCommand {
     /// Validate a config file (and read the key and certificate files it names): say which
     /// field is wrong and how to fix it. Exit 0 if it is good. Service configs are checked by
     /// `bkv-admin config check`.
-    Check {
-        /// The file to check.
-        file: PathBuf,
-        /// Which kind it is; guessed from its sections when not given.
-        #[arg(long, value_enum)]
-        kind: Option<ConfigKind>,
-        /// Check the fields only, without reading the key, certificate and JWKS files they
-        /// name (a sample, on a machine that does not hold the deployment's keys).
-        #[arg(long)]
-        skip_files: bool,
-    },
+    Check(bkv_cli::CheckArgs),
 }
 
 /// Exit codes (documented in the README).
@@ -106,28 +96,8 @@ fn main() {
     unsafe {
         libc::umask(0o077);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bkv: error: start runtime: {e}");
-            std::process::exit(EXIT_ERROR);
-        }
-    };
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("bkv: error: {e:#}");
-        std::process::exit(exit_code(&e));
-    }
+    bkv_cli::main_with("bkv", run(cli), exit_code);
 }
 
 /// `bkv config check FILE`: a client config here; a service's by `bkv-admin`.
@@ -179,12 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => cmd::audit::run(command).await,
         Command::Backup { command } => cmd::backup::run(&global, command).await,
         Command::Config {
-            command:
-                ConfigCommand::Check {
-                    file,
-                    kind,
-                    skip_files,
-                },
-        } => config_check(file, *kind, *skip_files),
+            command: ConfigCommand::Check(a),
+        } => config_check(&a.file, a.kind, a.skip_files),
     }
 }

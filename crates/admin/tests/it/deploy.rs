@@ -319,6 +319,22 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
     env.push(("BKV_TOKEN", token));
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bkv = |args: &[&str], stdin: &str| bkv_with(&client, args, stdin, &refs);
+    // `bkv backup restore` of ada's latest backup with a password, into `d/out`.
+    let restore_pw = |out: &str, password: &str| {
+        let out = d.join(out);
+        bkv(
+            &[
+                "backup",
+                "restore",
+                "--user",
+                "ada",
+                "--password-stdin",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &format!("{password}\n"),
+        )
+    };
     let data = d.join("history");
     std::fs::create_dir_all(&data).unwrap();
     write(&data.join("chat.txt"), "hello from the other side\n");
@@ -334,31 +350,9 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         "pw-ada-1\n",
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = bkv(
-        &[
-            "backup",
-            "restore",
-            "--user",
-            "ada",
-            "--password-stdin",
-            "--out",
-            d.join("wrong").to_str().unwrap(),
-        ],
-        "not-the-password\n",
-    );
+    let o = restore_pw("wrong", "not-the-password");
     assert_eq!(o.status.code(), Some(3), "a wrong guess: {}", text(&o));
-    let o = bkv(
-        &[
-            "backup",
-            "restore",
-            "--user",
-            "ada",
-            "--password-stdin",
-            "--out",
-            d.join("r1").to_str().unwrap(),
-        ],
-        "pw-ada-1\n",
-    );
+    let o = restore_pw("r1", "pw-ada-1");
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         std::fs::read_to_string(d.join("r1/chat.txt")).unwrap(),
@@ -461,17 +455,6 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         200,
         "frontend with a majority",
     );
-    let o = bkv(
-        &[
-            "backup",
-            "restore",
-            "--user",
-            "ada",
-            "--password-stdin",
-            "--out",
-            d.join("r3").to_str().unwrap(),
-        ],
-        "pw-ada-1\n",
-    );
+    let o = restore_pw("r3", "pw-ada-1");
     assert!(o.status.success(), "{}", text(&o));
 }
