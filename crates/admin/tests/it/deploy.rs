@@ -276,6 +276,40 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         std::fs::read_to_string(d.join("form.log")).unwrap_or_default()
     );
     let fleet_id = fleet_id.expect("form printed no done line");
+    // The evidence and the log verify as an independent auditor checks them, over TLS.
+    let audit = |args: &[&str]| {
+        Command::new(bkv_bin())
+            .args(args)
+            .arg("--ca-file")
+            .arg(d.join("ca.pem"))
+            .output()
+            .unwrap()
+    };
+    let evidence = d.join("form/evidence.json");
+    let o = audit(&[
+        "audit",
+        "fleet",
+        evidence.to_str().unwrap(),
+        "--auditor",
+        &auditor_url,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = audit(&[
+        "audit",
+        "log",
+        "--auditor",
+        &auditor_url,
+        "--namespace",
+        "app",
+        "--operator-key",
+        &op_hex,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("evidence at index"),
+        "{}",
+        text(&o)
+    );
 
     // The frontend: TLS, tokens from the identity provider's JWKS, the auditor's bundle.
     write(&d.join("jwks.json"), &idp_jwks());

@@ -44,6 +44,8 @@ pub struct FleetReport {
 
 pub struct FleetAudit<'a> {
     pub evidence: &'a Path,
+    /// For the auditor (see [`super::http_client`]).
+    pub http: reqwest::Client,
     pub auditor: Option<&'a str>,
     /// The operator key (default: the one the auditor reports for the namespace).
     pub operator_key: Option<VerifyingKey>,
@@ -105,10 +107,10 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
         checks: Vec::new(),
     };
     if let Some(url) = a.auditor {
-        let snap = fetch_snapshot(url, &e.namespace).await?;
+        let snap = fetch_snapshot(&a.http, url, &e.namespace).await?;
         let operator = match a.operator_key {
             Some(k) => k,
-            None => reported_operator(url, &e.namespace).await?,
+            None => reported_operator(&a.http, url, &e.namespace).await?,
         };
         verify_snapshot(&snap, &e.namespace, &operator, a.auditor_key).context("auditor log")?;
         checks.push(format!(
@@ -195,11 +197,14 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
     Ok(report)
 }
 
-async fn reported_operator(url: &str, namespace: &str) -> anyhow::Result<VerifyingKey> {
+async fn reported_operator(
+    http: &reqwest::Client,
+    url: &str,
+    namespace: &str,
+) -> anyhow::Result<VerifyingKey> {
     let u = format!("{}/v1/logs/{namespace}", url.trim_end_matches('/'));
-    let r = reqwest::Client::new()
+    let r = http
         .get(&u)
-        .timeout(std::time::Duration::from_secs(30))
         .send()
         .await
         .with_context(|| format!("GET {u}"))?;

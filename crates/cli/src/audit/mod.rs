@@ -151,11 +151,26 @@ pub struct Snapshot {
     pub consistency: Vec<Vec<Hash>>,
 }
 
+/// The HTTP client of an audit: the system's roots, or only the CA in `ca_file` (an auditor
+/// behind a private PKI).
+pub fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let ca = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
+    }
+    Ok(b.build()?)
+}
+
 /// Fetches the whole log of `namespace` (checkpoint, entries, proofs).
-pub async fn fetch_snapshot(auditor_url: &str, namespace: &str) -> anyhow::Result<Snapshot> {
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+pub async fn fetch_snapshot(
+    http: &reqwest::Client,
+    auditor_url: &str,
+    namespace: &str,
+) -> anyhow::Result<Snapshot> {
+    let http = http.clone();
     let root_url = auditor_url.trim_end_matches('/');
     let info: KeyInfo = get_json(&http, &format!("{root_url}/v1/key")).await?;
     let auditor_key = VerifyingKey::from_bytes(
@@ -200,12 +215,13 @@ pub async fn fetch_snapshot(auditor_url: &str, namespace: &str) -> anyhow::Resul
 }
 
 pub async fn audit_log(
+    http: &reqwest::Client,
     auditor_url: &str,
     namespace: &str,
     operator_key: &VerifyingKey,
     pinned_auditor_key: Option<VerifyingKey>,
 ) -> anyhow::Result<LogReport> {
-    let snap = fetch_snapshot(auditor_url, namespace).await?;
+    let snap = fetch_snapshot(http, auditor_url, namespace).await?;
     verify_snapshot(&snap, namespace, operator_key, pinned_auditor_key)
 }
 

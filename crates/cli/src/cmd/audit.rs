@@ -35,6 +35,9 @@ pub enum AuditCommand {
         /// The rebuild script (default scripts/build-hsm-reproducible.sh).
         #[arg(long, default_value = "scripts/build-hsm-reproducible.sh")]
         rebuild_script: PathBuf,
+        /// Trust only this CA (PEM) for the auditor's HTTPS certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -53,6 +56,9 @@ pub enum AuditCommand {
         /// Pin the auditor's Ed25519 public key (hex) instead of trusting the one it presents.
         #[arg(long)]
         auditor_key: Option<String>,
+        /// Trust only this CA (PEM) for the auditor's HTTPS certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -68,10 +74,12 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
             witnesses,
             rebuild,
             rebuild_script,
+            ca_file,
             json,
         } => {
             let a = audit::fleet::FleetAudit {
                 evidence,
+                http: audit::http_client(ca_file.as_deref())?,
                 auditor: auditor.as_deref(),
                 operator_key: operator_key
                     .as_deref()
@@ -99,15 +107,17 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
             namespace,
             operator_key,
             auditor_key,
+            ca_file,
             json,
         } => {
+            let http = audit::http_client(ca_file.as_deref())?;
             let op = vk("--operator-key", operator_key)?;
             let ak = auditor_key
                 .as_deref()
                 .map(|k| vk("--auditor-key", k))
                 .transpose()?;
             report(
-                audit::audit_log(auditor, namespace, &op, ak).await,
+                audit::audit_log(&http, auditor, namespace, &op, ak).await,
                 *json,
                 audit::print_table,
                 "audit failed",
