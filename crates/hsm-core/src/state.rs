@@ -99,6 +99,11 @@ pub enum Mutation {
     /// An operator command; every member's core verifies the signature, the
     /// sequence number and the auditor's log proof when it applies it.
     Admin(SignedAdminCommand),
+    /// Record mutations proposed concurrently and committed as one log entry (group commit:
+    /// one append, one fsync and one counter advance on every node for the lot). Applied in
+    /// order, each exactly as if alone; anything but a record mutation inside is refused
+    /// ([`Outcome::NotBatchable`]). Appended last so earlier entries keep their encoding.
+    Batch(Vec<Mutation>),
 }
 
 impl Mutation {
@@ -111,7 +116,7 @@ impl Mutation {
             | Mutation::ResetGuesses { record_id, .. }
             | Mutation::Destroy { record_id, .. }
             | Mutation::Delete { record_id, .. } => Some(record_id),
-            Mutation::Found { .. } | Mutation::Admin(_) => None,
+            Mutation::Found { .. } | Mutation::Admin(_) | Mutation::Batch(_) => None,
         }
     }
 }
@@ -149,6 +154,10 @@ pub enum Outcome {
     },
     /// An admin command was refused; nothing changed.
     AdminRefused(AdminError),
+    /// One outcome per mutation of a [`Mutation::Batch`], in order.
+    Batch(Vec<Outcome>),
+    /// A fleet mutation or a nested batch inside a batch: nothing changed.
+    NotBatchable,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,13 +224,21 @@ impl State {
                     addr,
                     statement,
                 } => self.members.found(*node_id, addr, statement),
+                Mutation::Batch(ms) => Outcome::Batch(
+                    ms.iter()
+                        .map(|m| match m.record_id() {
+                            Some(_) => self.apply(m),
+                            None => Outcome::NotBatchable,
+                        })
+                        .collect(),
+                ),
                 _ => Outcome::AdminRefused(AdminError::Refused(
                     "this replica holds no trust anchors".into(),
                 )),
             };
         };
         match m {
-            Mutation::Found { .. } | Mutation::Admin(_) => Outcome::Stale,
+            Mutation::Found { .. } | Mutation::Admin(_) | Mutation::Batch(_) => Outcome::Stale,
             Mutation::StorePending { pending, .. } => {
                 let gen = self.fresh_generation();
                 let rec = self.records.entry(id).or_insert(Record {
@@ -534,6 +551,39 @@ mod tests {
                 prop_assert_eq!(&bkv_wire::decode::<Mutation>(&enc, 1 << 16).unwrap(), m);
             }
             prop_assert_eq!(a, b);
+        }
+
+        /// Group commit changes nothing: any split of a sequence into batches gives the same
+        /// outcomes and the same state as applying the mutations one by one, and a fleet
+        /// mutation or a nested batch inside a batch is refused without effect.
+        #[test]
+        fn a_batch_applies_like_its_mutations_in_order(
+            ms in proptest::collection::vec(arb_mutation(), 0..60),
+            cuts in proptest::collection::vec(1usize..8, 1..20),
+        ) {
+            let mut one_by_one = State::default();
+            let expected: Vec<Outcome> = ms.iter().map(|m| one_by_one.apply(m)).collect();
+            let mut batched = State::default();
+            let mut got = Vec::new();
+            let (mut rest, mut i) = (ms.as_slice(), 0);
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                let (head, tail) = rest.split_at(n);
+                let mut batch = head.to_vec();
+                // Intruders are refused and change nothing.
+                batch.insert(0, Mutation::Batch(vec![head[0].clone()]));
+                match batched.apply(&Mutation::Batch(batch)) {
+                    Outcome::Batch(outs) => {
+                        prop_assert_eq!(outs.first(), Some(&Outcome::NotBatchable));
+                        got.extend(outs.into_iter().skip(1));
+                    }
+                    other => prop_assert!(false, "not a batch outcome: {:?}", other),
+                }
+                rest = tail;
+                i += 1;
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(batched, one_by_one);
         }
     }
 }

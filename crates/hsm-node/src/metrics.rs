@@ -35,6 +35,10 @@ impl NodeMetrics {
             Outcome::Counted { .. } => &self.guesses_counted,
             Outcome::Exhausted => &self.guesses_refused,
             Outcome::Destroyed => &self.records_destroyed,
+            Outcome::Batch(outs) => {
+                outs.iter().for_each(|o| self.applied(o));
+                return;
+            }
             _ => return,
         };
         c.fetch_add(1, Ordering::Relaxed);

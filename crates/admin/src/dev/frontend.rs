@@ -25,6 +25,19 @@ pub(crate) fn write_frontend_config(
             .filter(|s| *s > 0)
             .context("BKV_FRONTEND_IDLE_TIMEOUT must be a positive number of seconds")?;
     }
+    // A load generator is one address with many users: benchmarks (scripts/bench-fleet.sh)
+    // lift the abuse limits, which would otherwise measure the limiter, not the fleet.
+    if std::env::var("BKV_FRONTEND_LOAD_TEST").is_ok_and(|v| v == "1") {
+        let lifted = fc::Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        limits.address_rate = lifted;
+        limits.address_open_rate = lifted;
+        limits.user_open_rate = lifted;
+        limits.user_message_rate = lifted;
+        limits.max_connections_per_address = limits.max_connections;
+    }
     let max_ceremonies = match std::env::var("BKV_FRONTEND_MAX_CEREMONIES") {
         Ok(v) => v
             .parse()

@@ -3,10 +3,12 @@
 //! majority (forwarding to the leader when this node is not it) and returns
 //! the outcome only once this node's own state machine has applied it.
 
+use super::group_commit::GroupCommit;
 use super::log_store::LogStore;
 use super::network::{
     CallError, Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse, ProposeError,
 };
+use super::reads::ReadRounds;
 use super::state_machine::{Replica, StateMachine};
 use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
@@ -20,30 +22,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// The index a linearizable read must wait for, asked of this node as the
-/// leader: the leadership confirmed by a quorum (openraft's
-/// `ensure_linearizable`), and at least this leader's last log index.
-///
-/// openraft's read index alone is max(committed, the leader's first entry
-/// of its term). A leader restarted without losing its term (openraft then
-/// resumes as leader at once) knows only the committed index it last
-/// persisted — which lags (it is written lazily) — and its term's first
-/// entry from before the crash: writes it committed and acknowledged just
-/// before the crash may lie above both, and a read would miss them (the
-/// chaos checker saw "1 attempt after 2 acknowledged guesses"). Every
-/// committed entry is in the leader's log, so its last index bounds them
-/// all; waiting for it costs at most the commit of what is in flight.
-async fn read_index(raft: &Raft<TypeConfig>, ttl: Duration) -> Result<Option<u64>, String> {
-    match tokio::time::timeout(ttl, raft.ensure_linearizable()).await {
-        Ok(Ok(log_id)) => {
-            let last = raft.metrics().borrow().last_log_index;
-            Ok(log_id.map(|l| l.index).max(last))
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("leadership check timed out".into()),
-    }
-}
 
 /// One proposal attempt's failure: whether the mutation was certainly not
 /// appended (safe to try again) or may still commit.
@@ -102,6 +80,8 @@ pub struct Fleet {
     pub id: u64,
     pub raft: Raft<TypeConfig>,
     net: PeerNetwork,
+    commits: GroupCommit,
+    reads: ReadRounds,
     server: tokio::task::JoinHandle<()>,
     leader_watch: tokio::task::JoinHandle<()>,
     metrics: Arc<NodeMetrics>,
@@ -163,9 +143,13 @@ impl Fleet {
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
             .map_err(|e| FleetError::Raft(e.to_string()))?;
+        let commits = GroupCommit::start(raft.clone(), net.clone());
+        let reads = ReadRounds::default();
         let server = tokio::spawn(serve_peers(
             listener,
             raft.clone(),
+            commits.clone(),
+            reads.clone(),
             identity,
             Arc::new(bootstrap),
             replica,
@@ -175,6 +159,8 @@ impl Fleet {
             id,
             raft,
             net,
+            commits,
+            reads,
             server,
             leader_watch,
             metrics,
@@ -217,11 +203,10 @@ impl Fleet {
             let result = if leader == Some(self.id) {
                 // Even a ForwardToLeader here is no proof the entry was not
                 // appended (see the Propose handler), so no error retries.
-                match tokio::time::timeout(left, self.raft.client_write(m.clone())).await {
-                    Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                    Ok(Err(e)) => Err(Attempt::Unknown(e.to_string())),
-                    Err(_) => Err(Attempt::Unknown("commit timed out".into())),
-                }
+                self.commits
+                    .commit(m.clone(), left)
+                    .await
+                    .map_err(Attempt::Unknown)
             } else if let Some(leader) = leader {
                 self.forward(leader, m.clone(), left).await
             } else {
@@ -271,7 +256,7 @@ impl Fleet {
         while tokio::time::Instant::now() < deadline {
             let left = deadline - tokio::time::Instant::now();
             let index = match self.raft.current_leader().await {
-                Some(l) if l == self.id => read_index(&self.raft, left).await,
+                Some(l) if l == self.id => self.reads.read_index(&self.raft, left).await,
                 Some(l) => match self.leader_node(l) {
                     Ok(node) => {
                         match self.net.call(l, &node, &PeerRequest::ReadIndex, left).await {
@@ -516,6 +501,8 @@ pub async fn fetch_secrets(me: &LinkIdentity, members: &[PeerNode]) -> Result<Ve
 async fn serve_peers<R: Replica>(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
+    commits: GroupCommit,
+    reads: ReadRounds,
     identity: LinkIdentity,
     bootstrap: Arc<BTreeSet<[u8; 32]>>,
     replica: Arc<Mutex<R>>,
@@ -532,8 +519,10 @@ async fn serve_peers<R: Replica>(
         let Ok((stream, from)) = accepted else {
             continue;
         };
-        let (raft, identity, bootstrap, replica) = (
+        let (raft, commits, reads, identity, bootstrap, replica) = (
             raft.clone(),
+            commits.clone(),
+            reads.clone(),
             identity.clone(),
             bootstrap.clone(),
             replica.clone(),
@@ -555,7 +544,7 @@ async fn serve_peers<R: Replica>(
                     Ok(Ok(r)) => r,
                     _ => return,
                 };
-                let resp = dispatch(&raft, &*replica, &remote, req).await;
+                let resp = dispatch(&raft, &commits, &reads, &*replica, &remote, req).await;
                 if link.send(&resp).await.is_err() {
                     return;
                 }
@@ -566,6 +555,8 @@ async fn serve_peers<R: Replica>(
 
 async fn dispatch<R: Replica>(
     raft: &Raft<TypeConfig>,
+    commits: &GroupCommit,
+    reads: &ReadRounds,
     replica: &Mutex<R>,
     remote: &[u8; 32],
     req: PeerRequest,
@@ -587,14 +578,17 @@ async fn dispatch<R: Replica>(
             if leader != Some(me) {
                 return PeerResponse::Proposed(Err(ProposeError::NotLeader(leader)));
             }
-            let r = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(m)).await;
-            PeerResponse::Proposed(match r {
-                Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-                Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
-                Err(_) => Err(ProposeError::TimedOut),
-            })
+            PeerResponse::Proposed(
+                commits
+                    .commit(m, PROPOSE_TIMEOUT)
+                    .await
+                    .map_err(ProposeError::Failed),
+            )
         }
-        PeerRequest::ReadIndex => PeerResponse::ReadIndex(read_index(raft, PROPOSE_TIMEOUT).await),
+        PeerRequest::ReadIndex => {
+            PeerResponse::ReadIndex(reads.read_index(raft, PROPOSE_TIMEOUT).await)
+        }
+        PeerRequest::Features => PeerResponse::Features(super::network::FEATURES),
         PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(match replica.lock() {
             Ok(r) => r.export_secrets_to(remote),
             Err(_) => Err("replica lock poisoned".into()),

@@ -1,6 +1,7 @@
 //! Replication of vault mutations with openraft.
 //!
-//! Every [`Mutation`] the core yields becomes one Raft log entry; each node's
+//! Every [`Mutation`] the core yields becomes one Raft log entry (or shares one with concurrent
+//! mutations, see [`group_commit`]); each node's
 //! state machine applies committed entries in log order with the same
 //! deterministic [`Core::apply`](bkv_hsm_core::Core::apply): the sealed log
 //! store ([`log_store::LogStore`]) and the state machine with snapshots
@@ -9,8 +10,10 @@
 //! links ([`network`]); and one member's place in the fleet ([`fleet`]).
 
 pub mod fleet;
+pub mod group_commit;
 pub mod log_store;
 pub mod network;
+mod reads;
 pub mod state_machine;
 
 use bkv_hsm_core::state::{Mutation, Outcome};

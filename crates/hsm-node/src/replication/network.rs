@@ -69,7 +69,16 @@ pub enum PeerRequest {
     /// A member without the fleet secrets (a new node) asks for them; the
     /// answer is encrypted to the identity key this link authenticated.
     FleetSecrets,
+    /// The leader asks which optional log-entry kinds a member decodes (appended last: a
+    /// member of an earlier release fails to decode it and drops the link, which the leader
+    /// reads as "none").
+    Features,
 }
+
+/// [`PeerResponse::Features`] bit: this member applies [`Mutation::Batch`] entries.
+pub const FEATURE_BATCH: u32 = 1;
+/// What this build decodes.
+pub const FEATURES: u32 = FEATURE_BATCH;
 
 #[derive(Serialize, Deserialize)]
 pub enum PeerResponse {
@@ -83,6 +92,8 @@ pub enum PeerResponse {
     /// The fleet secrets encrypted (by the core) to the asking node's
     /// identity key, or why the core refused.
     FleetSecrets(Result<Vec<u8>, String>),
+    /// The [`FEATURES`] bits of the answering member.
+    Features(u32),
 }
 
 /// Why a forwarded proposal has no outcome. Only [`ProposeError::NotLeader`]
