@@ -222,6 +222,69 @@ fn create_staging(out: &Path) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// A file writer that has the disk write back what it was given while decryption goes on: after
+/// every [`WRITE_BEHIND`] bytes a second thread flushes the file so far (`fdatasync` on a clone of
+/// the handle), so the final `fsync` waits for the last piece only instead of the whole file.
+/// Without it the disk sits idle until the end and then writes everything.
+struct WriteBehind {
+    file: fs::File,
+    since_flush: u64,
+    flush: Option<std::sync::mpsc::SyncSender<()>>,
+    flusher: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+const WRITE_BEHIND: u64 = 32 << 20;
+
+impl WriteBehind {
+    fn new(file: fs::File) -> io::Result<Self> {
+        let clone = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let flusher = std::thread::Builder::new()
+            .name("restore-flush".into())
+            .spawn(move || {
+                for () in rx {
+                    clone.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(WriteBehind {
+            file,
+            since_flush: 0,
+            flush: Some(tx),
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Stops the flusher (reporting its error, if any) and makes the whole file durable.
+    fn finish(mut self) -> io::Result<()> {
+        drop(self.flush.take());
+        if let Some(t) = self.flusher.take() {
+            t.join()
+                .map_err(|_| io::Error::other("restore flush thread panicked"))??;
+        }
+        self.file.sync_all()
+    }
+}
+
+impl io::Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since_flush += n as u64;
+        if self.since_flush >= WRITE_BEHIND {
+            self.since_flush = 0;
+            if let Some(tx) = &self.flush {
+                // A flush still running covers this too; never wait for it here.
+                let _ = tx.try_send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Restores a backup stream into `out` (which must not exist yet). Trees
 /// get the modes recorded in the backup (without set-id bits); a single
 /// file is `0600`.
@@ -261,9 +324,9 @@ pub fn read_backup<R: Read>(
                         .mode(0o600)
                         .open(&inner)?;
                     // io::copy fills a BufWriter's own buffer: 1 MiB reads and writes, not 8 KiB.
-                    let mut w = io::BufWriter::with_capacity(1 << 20, f);
+                    let mut w = io::BufWriter::with_capacity(1 << 20, WriteBehind::new(f)?);
                     io::copy(&mut plain, &mut w)?;
-                    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    w.into_inner().map_err(|e| e.into_error())?.finish()?;
                 }
                 Content::Tar => {
                     fs::create_dir(&inner)?;

@@ -128,6 +128,11 @@ impl GroupCommit {
     /// `ttl`. Record mutations share entries with concurrent ones; fleet mutations (founding,
     /// operator commands) always get an entry of their own.
     pub async fn commit(&self, m: Mutation, ttl: Duration) -> Committed {
+        if matches!(m, Mutation::Batch(_)) {
+            // Only the gatherer forms batches (bounded in count and bytes); a forwarded one
+            // is refused before anything is appended.
+            return Err("a batch is formed by the leader, never proposed".into());
+        }
         if m.record_id().is_none() {
             return write(&self.raft, m, ttl).await;
         }

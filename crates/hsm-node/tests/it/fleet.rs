@@ -500,6 +500,14 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(shared, "concurrent proposals never shared an entry");
+    // Only the leader's gatherer forms batches: a proposed one is refused, nothing appended.
+    let before = lead.raft.metrics().borrow().last_log_index;
+    let forged = lead.propose(Mutation::Batch(vec![])).await;
+    assert!(
+        matches!(forged, Err(FleetError::Unavailable(_))),
+        "{forged:?}"
+    );
+    assert_eq!(lead.raft.metrics().borrow().last_log_index, before);
     // Every member, the one that was cut off included, applied the same state.
     let want = lead_state(&members, l);
     for (i, m) in members.iter().enumerate() {
@@ -518,6 +526,109 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
 
 fn lead_state(members: &[Member], l: usize) -> State {
     members[l].state.lock().unwrap().clone()
+}
+
+/// The small version of `scripts/bench-scale.sh`: 10,000 users registered through the leader,
+/// the leader snapshots and purges its log, and a new, empty member joins as a learner and
+/// catches up from the snapshot alone (the log it would need is gone) to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
+    const USERS: u32 = 10_000;
+    let t = tempfile::tempdir().unwrap();
+    let mut members: Vec<Member> = (0..4u64).map(|i| new_member(t.path(), i)).collect();
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
+    for (i, m) in members.iter_mut().enumerate().take(3) {
+        start(i as u64, m, &bootstrap).await;
+    }
+    let peer = |m: &Member| PeerNode {
+        addr: m.addr.clone(),
+        identity: m.identity.public(),
+    };
+    let nodes: BTreeMap<u64, PeerNode> = (0..3).map(|i| (i as u64, peer(&members[i]))).collect();
+    members[0]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .initialize(nodes)
+        .await
+        .unwrap();
+    let l = leader(&members).await as usize;
+    let lead = Arc::new(members[l].fleet.take().unwrap());
+    let mut tasks = Vec::new();
+    for w in 0..64u32 {
+        let lead = lead.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in (w..USERS).step_by(64) {
+                let mut record_id = [0u8; 32];
+                record_id[..4].copy_from_slice(&n.to_be_bytes());
+                let pending = Pending {
+                    credential: Credential {
+                        opaque_record: vec![1; 192],
+                        wrapped_key: vec![2; 80],
+                        guess_limit: 10,
+                        confirm_hash: [3; 32],
+                    },
+                    replaces: None,
+                };
+                let o = lead
+                    .propose(Mutation::StorePending { record_id, pending })
+                    .await;
+                assert_eq!(o.unwrap(), Outcome::Stored);
+                let o = lead
+                    .propose(Mutation::Activate {
+                        record_id,
+                        confirm_hash: [3; 32],
+                    })
+                    .await;
+                assert!(matches!(o.unwrap(), Outcome::Activated { .. }));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
+    lead.raft.trigger().snapshot().await.unwrap();
+    lead.raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
+        .await
+        .unwrap();
+    lead.raft.trigger().purge_log(last).await.unwrap();
+    lead.raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
+        .await
+        .unwrap();
+    // The newcomer: empty disk, empty state.
+    start(3, &mut members[3], &bootstrap).await;
+    lead.raft
+        .add_learner(3, peer(&members[3]), true)
+        .await
+        .unwrap();
+    members[3]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .applied_index_at_least(Some(last), "caught up")
+        .await
+        .unwrap();
+    // It came from the snapshot: the log before it is gone everywhere.
+    let installed = members[3]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .snapshot;
+    assert!(installed.is_some_and(|s| s.index >= last), "{installed:?}");
+    let newcomer = members[3].state.lock().unwrap().clone();
+    assert_eq!(newcomer.records.len(), USERS as usize);
+    assert_eq!(newcomer, lead_state(&members, l));
+    drop(lead);
 }
 
 /// A peer call its caller abandons half-way (openraft drops an RPC future on
