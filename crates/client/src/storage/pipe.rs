@@ -44,7 +44,7 @@ pub(crate) struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    pub(super) fn flush_piece(&mut self) -> io::Result<()> {
+    fn flush_piece(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -66,6 +66,38 @@ impl Write for ChannelWriter {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Where a backup being written goes: the uploader's channel, or — for a local store — the
+/// file itself, written behind and made durable at the end.
+pub(crate) enum Sink {
+    Channel(ChannelWriter),
+    File(io::BufWriter<crate::archive::WriteBehind>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Channel(c) => c.write(data),
+            Sink::File(f) => f.write(data),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Channel(c) => c.flush(),
+            Sink::File(f) => f.flush(),
+        }
+    }
+}
+
+impl Sink {
+    /// Hands over the last piece, or makes the file durable (`fsync`).
+    pub(crate) fn finish(self) -> io::Result<()> {
+        match self {
+            Sink::Channel(mut c) => c.flush_piece(),
+            Sink::File(f) => f.into_inner().map_err(|e| e.into_error())?.finish(),
+        }
     }
 }
 
