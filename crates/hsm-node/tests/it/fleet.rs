@@ -46,17 +46,23 @@ fn new_member(root: &std::path::Path, i: u64) -> Member {
     }
 }
 
-/// Registers and activates the test record through `f`; returns its generation.
-async fn register(f: &Fleet) -> u64 {
-    let pending = Pending {
+/// A new record's pending registration: an OPAQUE record and a wrapped key of these sizes,
+/// guess limit 10, confirmation hash `[3; 32]`.
+fn pending(opaque_record: usize, wrapped_key: usize) -> Pending {
+    Pending {
         credential: Credential {
-            opaque_record: vec![1; 8],
-            wrapped_key: vec![2; 8],
+            opaque_record: vec![1; opaque_record],
+            wrapped_key: vec![2; wrapped_key],
             guess_limit: 10,
             confirm_hash: [3; 32],
         },
         replaces: None,
-    };
+    }
+}
+
+/// Registers and activates the test record through `f`; returns its generation.
+async fn register(f: &Fleet) -> u64 {
+    let pending = pending(8, 8);
     let stored = f
         .propose(Mutation::StorePending {
             record_id: RID,
@@ -310,17 +316,13 @@ async fn proxy(to: String) -> Proxy {
     Proxy { addr, cut, task }
 }
 
-/// Survives: one member cut off from the others (every link to it dropped
-/// and refused) while the rest keep committing, then the cut healing: the
-/// member catches up, and every guess was counted exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
-    use std::sync::atomic::Ordering;
-    let t = tempfile::tempdir().unwrap();
+/// Three members, each reached through its own fault-injecting proxy (the membership names
+/// the proxies), started and formed into a fleet.
+async fn proxied_fleet(root: &std::path::Path) -> (Vec<Member>, Vec<Proxy>) {
     let mut members = Vec::new();
     let mut proxies = Vec::new();
     for i in 0..3u64 {
-        let m = new_member(t.path(), i);
+        let m = new_member(root, i);
         proxies.push(proxy(m.addr.clone()).await);
         members.push(m);
     }
@@ -346,6 +348,17 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
         .initialize(nodes)
         .await
         .unwrap();
+    (members, proxies)
+}
+
+/// Survives: one member cut off from the others (every link to it dropped
+/// and refused) while the rest keep committing, then the cut healing: the
+/// member catches up, and every guess was counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
+    use std::sync::atomic::Ordering;
+    let t = tempfile::tempdir().unwrap();
+    let (members, proxies) = proxied_fleet(t.path()).await;
     let l = leader(&members).await as usize;
     let generation = register(members[l].fleet.as_ref().unwrap()).await;
     let count = Mutation::CountGuess {
@@ -421,15 +434,7 @@ async fn store_concurrently(f: &Arc<Fleet>, leader: &Fleet, wave: u8, n: u8) -> 
         tasks.push(tokio::spawn(async move {
             let mut record_id = [wave; 32];
             record_id[0] = i;
-            let pending = Pending {
-                credential: Credential {
-                    opaque_record: vec![1; 8],
-                    wrapped_key: vec![2; 8],
-                    guess_limit: 10,
-                    confirm_hash: [3; 32],
-                },
-                replaces: None,
-            };
+            let pending = pending(8, 8);
             f.propose(Mutation::StorePending { record_id, pending })
                 .await
         }));
@@ -447,35 +452,7 @@ async fn store_concurrently(f: &Arc<Fleet>, leader: &Fleet, wave: u8, n: u8) -> 
 async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() {
     use std::sync::atomic::Ordering;
     let t = tempfile::tempdir().unwrap();
-    let mut members = Vec::new();
-    let mut proxies = Vec::new();
-    for i in 0..3u64 {
-        let m = new_member(t.path(), i);
-        proxies.push(proxy(m.addr.clone()).await);
-        members.push(m);
-    }
-    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
-    for (i, m) in members.iter_mut().enumerate() {
-        start(i as u64, m, &bootstrap).await;
-    }
-    let nodes: BTreeMap<u64, PeerNode> = (0..3)
-        .map(|i| {
-            (
-                i as u64,
-                PeerNode {
-                    addr: proxies[i].addr.clone(),
-                    identity: members[i].identity.public(),
-                },
-            )
-        })
-        .collect();
-    members[0]
-        .fleet
-        .as_ref()
-        .unwrap()
-        .initialize(nodes)
-        .await
-        .unwrap();
+    let (mut members, proxies) = proxied_fleet(t.path()).await;
     let l = leader(&members).await as usize;
     // A member that cannot be asked (here: cut off; in an upgrade: an earlier release that
     // drops the link on the question) keeps the leader at one entry per mutation.
@@ -561,15 +538,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
             for n in (w..USERS).step_by(64) {
                 let mut record_id = [0u8; 32];
                 record_id[..4].copy_from_slice(&n.to_be_bytes());
-                let pending = Pending {
-                    credential: Credential {
-                        opaque_record: vec![1; 192],
-                        wrapped_key: vec![2; 80],
-                        guess_limit: 10,
-                        confirm_hash: [3; 32],
-                    },
-                    replaces: None,
-                };
+                let pending = pending(192, 80);
                 let o = lead
                     .propose(Mutation::StorePending { record_id, pending })
                     .await;
