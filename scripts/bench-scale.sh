@@ -37,7 +37,11 @@ s, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 du = (b["leader_disk_bytes"] - s["leader_disk_bytes"]) / (b["users"] - s["users"])
 print(f"registration: {b['users_per_second']:,.0f} users/s")
 print(f"commit p99 at {b['users']:,} users: {b['p99_ms']:.2f} ms = {b['p99_ms'] / s['p99_ms']:.2f}x the {s['users']:,}-user figure")
-print(f"leader disk: {b['leader_disk_bytes'] / 2**20:,.0f} MiB, {du:,.0f} B per added user")
+print(f"leader disk: {b['leader_disk_bytes'] / 2**20:,.0f} MiB, {du:,.0f} B per added user; files: "
+      + ", ".join(f"{n} {v / 2**20:,.0f} MiB" for n, v in b.get("leader_files", {}).items()))
+if "newcomer_disk_bytes" in b:
+    print(f"the new member's disk after catching up: {b['newcomer_disk_bytes'] / 2**20:,.0f} MiB "
+          f"({b['newcomer_disk_bytes'] / b['users']:,.0f} B per user)")
 if b.get("rejoin_secs") is None:
     print(f"snapshot: {b['snapshot_secs']:.1f} s; the new member did NOT catch up: {b.get('rejoin_error')}")
 else:

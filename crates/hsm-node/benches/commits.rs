@@ -239,6 +239,23 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Sizes of the files directly in `dir`, as a JSON object (where a node's disk goes).
+fn file_sizes(dir: &Path) -> String {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?)))
+                .filter(|(_, m)| m.is_file())
+                .map(|(n, m)| (n, m.len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let fields: Vec<String> = files.iter().map(|(n, l)| format!("{n:?}:{l}")).collect();
+    format!("{{{}}}", fields.join(","))
+}
+
 /// Prints registration progress to stderr every 10 s, and gives up (returns the reason) once
 /// node 0's directory passes `max_disk_gib` — a run must not fill the machine's disk.
 async fn progress(
@@ -446,7 +463,10 @@ async fn rejoin(
         .wait(Some(Duration::from_secs(60)))
         .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "log purged")
         .await?;
-    let leader_dir = dir_bytes(&late.dir.with_file_name(format!("n{}", leader.id)));
+    let leader_path = late.dir.with_file_name(format!("n{}", leader.id));
+    let leader_dir = dir_bytes(&leader_path);
+    let leader_files = file_sizes(&leader_path);
+    let newcomer_path = late.dir.clone();
     let node = late.node.clone();
     let newcomer = start(id, late, bootstrap).await?;
     let t = Instant::now();
@@ -471,8 +491,10 @@ async fn rejoin(
         ),
     };
     Ok(format!(
-        ",\"snapshot_secs\":{snapshot_secs:.2},\"leader_disk_bytes\":{leader_dir},{rejoin},\
+        ",\"snapshot_secs\":{snapshot_secs:.2},\"leader_disk_bytes\":{leader_dir},\
+         \"leader_files\":{leader_files},\"newcomer_disk_bytes\":{},{rejoin},\
          \"peak_rss_mib_all_members\":{:.0}",
+        dir_bytes(&newcomer_path),
         peak_rss_mib()
     ))
 }

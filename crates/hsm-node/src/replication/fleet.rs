@@ -9,7 +9,7 @@ use super::network::{
     CallError, Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse, ProposeError,
 };
 use super::reads::ReadRounds;
-use super::state_machine::{Replica, StateMachine};
+use super::state_machine::{Replica, StateMachine, MAX_SNAPSHOT};
 use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use bkv_hsm_core::members::Members;
@@ -133,12 +133,7 @@ impl Fleet {
         let dir = dir.as_path();
         let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
         let metrics = Arc::new(NodeMetrics::default());
-        let sm = StateMachine::open(
-            &dir.join("raft-snapshot.redb"),
-            platform,
-            replica.clone(),
-            metrics.clone(),
-        )?;
+        let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
@@ -511,6 +506,7 @@ async fn serve_peers<R: Replica>(
     // aborted) they are aborted too, so peers see the link close instead of
     // talking to a stopped Raft instance.
     let mut conns = tokio::task::JoinSet::new();
+    let snapshot_stream = Arc::new(SnapshotStream::default());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -527,6 +523,7 @@ async fn serve_peers<R: Replica>(
             bootstrap.clone(),
             replica.clone(),
         );
+        let snapshot_stream = snapshot_stream.clone();
         conns.spawn(async move {
             let (mut link, remote) = match Link::accept(stream, &identity).await {
                 Ok(x) => x,
@@ -544,7 +541,8 @@ async fn serve_peers<R: Replica>(
                     Ok(Ok(r)) => r,
                     _ => return,
                 };
-                let resp = dispatch(&raft, &commits, &reads, &*replica, &remote, req).await;
+                let resp =
+                    dispatch(&raft, &commits, &reads, &snapshot_stream, &*replica, &remote, req).await;
                 if link.send(&resp).await.is_err() {
                     return;
                 }
@@ -553,10 +551,45 @@ async fn serve_peers<R: Replica>(
     }
 }
 
+/// Longest snapshot id accepted from a peer (ours are `term-index-n`).
+const MAX_SNAPSHOT_ID: usize = 128;
+
+/// The snapshot stream a member is receiving, as far as it has been sent: openraft writes each
+/// piece at the offset it names, so a piece beyond what was sent would make the receiver
+/// allocate the gap. A piece is admitted only if it starts within what the stream already holds
+/// and ends within [`MAX_SNAPSHOT`], so a stream grows only by bytes actually sent.
+#[derive(Default)]
+struct SnapshotStream(Mutex<Option<(String, u64)>>);
+
+impl SnapshotStream {
+    /// `Err(offset the sender should resume from)` for a piece that is refused.
+    fn admit(&self, r: &openraft::raft::InstallSnapshotRequest<TypeConfig>) -> Result<(), u64> {
+        let end = r.offset.saturating_add(r.data.len() as u64);
+        if end > MAX_SNAPSHOT as u64 || r.meta.snapshot_id.len() > MAX_SNAPSHOT_ID {
+            return Err(0);
+        }
+        let mut current = self.0.lock().map_err(|_| 0u64)?;
+        let held = match current.as_ref() {
+            Some((id, held)) if *id == r.meta.snapshot_id => *held,
+            _ => 0,
+        };
+        if r.offset > held {
+            return Err(held);
+        }
+        *current = if r.done {
+            None
+        } else {
+            Some((r.meta.snapshot_id.clone(), held.max(end)))
+        };
+        Ok(())
+    }
+}
+
 async fn dispatch<R: Replica>(
     raft: &Raft<TypeConfig>,
     commits: &GroupCommit,
     reads: &ReadRounds,
+    stream: &SnapshotStream,
     replica: &Mutex<R>,
     remote: &[u8; 32],
     req: PeerRequest,
@@ -564,9 +597,22 @@ async fn dispatch<R: Replica>(
     match req {
         PeerRequest::AppendEntries(r) => PeerResponse::AppendEntries(raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-        PeerRequest::InstallSnapshot(r) => {
-            PeerResponse::InstallSnapshot(raft.install_snapshot(r).await)
-        }
+        PeerRequest::InstallSnapshot(r) => match stream.admit(&r) {
+            Ok(()) => PeerResponse::InstallSnapshot(raft.install_snapshot(r).await),
+            Err(expect) => {
+                let segment = |offset| openraft::SnapshotSegmentId {
+                    id: r.meta.snapshot_id.clone(),
+                    offset,
+                };
+                PeerResponse::InstallSnapshot(Err(RaftError::APIError(
+                    openraft::error::SnapshotMismatch {
+                        expect: segment(expect),
+                        got: segment(r.offset),
+                    }
+                    .into(),
+                )))
+            }
+        },
         PeerRequest::Propose(m) => {
             // "Not the leader" must mean "not appended" (the follower then
             // tries elsewhere), so it is decided before client_write: a

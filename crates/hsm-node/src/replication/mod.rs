@@ -14,6 +14,7 @@ pub mod group_commit;
 pub mod log_store;
 pub mod network;
 mod reads;
+pub mod snapshot_file;
 pub mod state_machine;
 
 use bkv_hsm_core::state::{Mutation, Outcome};
@@ -66,6 +67,8 @@ pub enum ReplicationStoreError {
          and add the node back to the fleet as a new member."
     )]
     Rollback { db: u64, counter: u64 },
+    #[error("raft snapshot file: {0}")]
+    SnapshotFile(String),
     #[error("platform: {0}")]
     Platform(#[from] bkv_hsm_core::PlatformError),
 }

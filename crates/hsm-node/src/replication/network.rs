@@ -262,9 +262,23 @@ impl Link {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(PeerNode, Link)>>>;
+/// Links to one target: idle ones ready for reuse, and a bound on how many calls run at once.
+/// Several links rather than one, so that concurrent calls — above all proposals a follower
+/// forwards to the leader, which the leader commits together — do not wait for each other's
+/// commit round trip (one link measured ~190 forwarded registrations/s at 10⁶ users).
+struct Pool {
+    idle: std::sync::Mutex<Vec<(PeerNode, Link)>>,
+    calls: tokio::sync::Semaphore,
+}
 
-/// openraft's network: one cached link per target node.
+/// Most calls in flight to one target (and so most links to it).
+const LINKS_PER_TARGET: usize = 32;
+/// Most idle links kept per target.
+const IDLE_LINKS_PER_TARGET: usize = 16;
+
+type Slot = Arc<Pool>;
+
+/// openraft's network: a small pool of cached links per target node.
 #[derive(Clone)]
 pub struct PeerNetwork {
     me: LinkIdentity,
@@ -280,9 +294,15 @@ impl PeerNetwork {
     }
 
     fn slot(&self, target: u64) -> Slot {
+        let fresh = || {
+            Arc::new(Pool {
+                idle: std::sync::Mutex::new(Vec::new()),
+                calls: tokio::sync::Semaphore::new(LINKS_PER_TARGET),
+            })
+        };
         match self.links.lock() {
-            Ok(mut m) => m.entry(target).or_default().clone(),
-            Err(_) => Arc::new(tokio::sync::Mutex::new(None)),
+            Ok(mut m) => m.entry(target).or_insert_with(fresh).clone(),
+            Err(_) => fresh(),
         }
     }
 
@@ -306,17 +326,35 @@ impl PeerNetwork {
         req: &PeerRequest,
         ttl: Duration,
     ) -> Result<PeerResponse, CallError> {
-        let slot = self.slot(target);
-        let mut guard = slot.lock().await;
-        // The link leaves the cache for the exchange and goes back only
+        let pool = self.slot(target);
+        // Waiting for a free slot counts against `ttl`; a request still waiting was never sent.
+        let _permit = match tokio::time::timeout(ttl, pool.calls.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return Err(CallError::NotSent(io::Error::other(
+                    "peer link pool closed",
+                )))
+            }
+            Err(_) => {
+                return Err(CallError::NotSent(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "every link to the peer is busy",
+                )))
+            }
+        };
+        // A link leaves the pool for the exchange and goes back only
         // after a whole request/response. If the caller gives up half-way
         // (openraft drops an RPC future on its own timeout), the link is
         // dropped with the future: a later request must never read the
         // answer to an earlier one from a reused link.
-        let cached = guard
-            .take()
-            .filter(|(n, link)| n == node && !link.is_closed())
-            .map(|(_, link)| link);
+        let cached = match pool.idle.lock() {
+            Ok(mut idle) => {
+                // Links to an address the target no longer has, or closed ones, are dropped.
+                idle.retain(|(n, link)| n == node && !link.is_closed());
+                idle.pop().map(|(_, link)| link)
+            }
+            Err(_) => None,
+        };
         let attempt = async {
             let mut link = match cached {
                 Some(link) => link,
@@ -333,7 +371,11 @@ impl PeerNetwork {
         };
         match tokio::time::timeout(ttl, attempt).await {
             Ok(Ok((link, resp))) => {
-                *guard = Some((node.clone(), link));
+                if let Ok(mut idle) = pool.idle.lock() {
+                    if idle.len() < IDLE_LINKS_PER_TARGET {
+                        idle.push((node.clone(), link));
+                    }
+                }
                 Ok(resp)
             }
             Ok(Err(e)) => Err(e),

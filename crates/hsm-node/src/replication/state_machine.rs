@@ -1,11 +1,13 @@
 //! The replicated state machine: applies committed log entries to the vault
-//! state and takes and installs snapshots (sealed on disk).
+//! state and takes and installs snapshots (sealed pieces on disk, see
+//! [`super::snapshot_file`]).
 //!
 //! The vault state itself lives with the host (the core also reads it to run
 //! sessions); the state machine reaches it through [`Replica`]. Between
 //! snapshots the state is only in memory: after a restart openraft re-applies
 //! the committed log on top of the last snapshot.
 
+use super::snapshot_file::SnapshotFile;
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use bkv_hsm_core::state::State;
@@ -15,15 +17,11 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use redb::{Database, TableDefinition};
-use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-snapshot");
-/// Largest snapshot accepted (from disk or a peer).
-pub const MAX_SNAPSHOT: usize = 256 * 1024 * 1024;
+pub use super::snapshot_file::{MAX_SNAPSHOT, SNAPSHOT_CHUNK};
 
 /// What the state machine applies mutations to.
 pub trait Replica: Send + 'static {
@@ -66,21 +64,35 @@ impl Replica for bkv_hsm_core::Core {
     }
 }
 
-/// A snapshot as stored and sent: openraft's metadata and the vault state.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, PeerNode>,
-    data: Vec<u8>,
+/// Runs a blocking store operation off the async runtime (sealing and writing a large snapshot
+/// takes seconds).
+async fn blocking<T: Send + 'static>(
+    verb: ErrorVerb,
+    f: impl FnOnce() -> Result<T, ReplicationStoreError> + Send + 'static,
+) -> Result<T, StorageError<u64>> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| sm_err(verb, db_err(e)))?
+        .map_err(|e| sm_err(verb, e))
 }
 
 pub struct StateMachine<R: Replica> {
     replica: Arc<Mutex<R>>,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, PeerNode>,
-    db: Arc<Database>,
-    platform: SharedPlatform,
+    /// A copy of `last_applied` and `membership`, updated while the replica lock is held, so
+    /// a snapshot built on another thread pairs the state with the position it belongs to.
+    position: Arc<Mutex<Position>>,
+    snapshots: Arc<SnapshotFile>,
     snapshots_built: u64,
     metrics: Arc<NodeMetrics>,
+}
+
+/// How far the state has applied the log (see [`StateMachine::position`]).
+#[derive(Clone, Default)]
+struct Position {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, PeerNode>,
 }
 
 fn sm_err(verb: ErrorVerb, e: ReplicationStoreError) -> StorageError<u64> {
@@ -92,117 +104,90 @@ fn poisoned() -> ReplicationStoreError {
 }
 
 impl<R: Replica> StateMachine<R> {
-    /// Opens the snapshot store at `path` and restores `replica` from the
+    /// Opens the snapshot store in the data directory `dir` and restores `replica` from the
     /// newest snapshot, if there is one.
     pub fn open(
-        path: &Path,
+        dir: &Path,
         platform: SharedPlatform,
         replica: Arc<Mutex<R>>,
         metrics: Arc<NodeMetrics>,
     ) -> Result<Self, ReplicationStoreError> {
-        let db = Database::create(path).map_err(db_err)?;
-        let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(SNAPSHOT).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
         let mut sm = StateMachine {
             replica,
             last_applied: None,
             membership: StoredMembership::default(),
-            db: Arc::new(db),
-            platform,
+            position: Default::default(),
+            snapshots: Arc::new(SnapshotFile::new(dir, platform)),
             snapshots_built: 0,
             metrics,
         };
-        if let Some(s) = sm.load()? {
-            let state: State = bkv_wire::decode(&s.data, MAX_SNAPSHOT)
+        if let Some((meta, data)) = sm.snapshots.read()? {
+            let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT)
                 .map_err(|_| ReplicationStoreError::Malformed("snapshot state".into()))?;
             sm.replica
                 .lock()
                 .map_err(|_| poisoned())?
                 .replace_state(state);
-            sm.last_applied = s.meta.last_log_id;
-            sm.membership = s.meta.last_membership.clone();
+            sm.last_applied = meta.last_log_id;
+            sm.membership = meta.last_membership;
+            sm.publish_position()?;
         }
         Ok(sm)
     }
 
-    fn load(&self) -> Result<Option<StoredSnapshot>, ReplicationStoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(SNAPSHOT).map_err(db_err)?;
-        let Some(v) = t.get("current").map_err(db_err)? else {
-            return Ok(None);
+    /// Copies the applied position for snapshot builders (callers hold the replica lock).
+    fn publish_position(&self) -> Result<(), ReplicationStoreError> {
+        *self.position.lock().map_err(|_| poisoned())? = Position {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
         };
-        let plain = self
-            .platform
-            .unseal("raft-snapshot", b"current", v.value())
-            .map_err(|_| ReplicationStoreError::Unseal("raft-snapshot".into()))?;
-        bkv_wire::decode(&plain, MAX_SNAPSHOT + 64 * 1024)
-            .map(Some)
-            .map_err(|_| ReplicationStoreError::Malformed("raft-snapshot".into()))
-    }
-
-    fn save(&self, s: &StoredSnapshot) -> Result<(), ReplicationStoreError> {
-        let sealed = self.platform.seal(
-            "raft-snapshot",
-            b"current",
-            &zeroize::Zeroizing::new(bkv_wire::encode(s)),
-        )?;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = tx.open_table(SNAPSHOT).map_err(db_err)?;
-            t.insert("current", sealed.as_slice()).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        Ok(())
     }
 }
 
-fn snapshot_of(s: StoredSnapshot) -> Snapshot<TypeConfig> {
-    Snapshot {
-        meta: s.meta,
-        snapshot: Box::new(Cursor::new(s.data)),
-    }
+/// Builds a snapshot on a blocking thread: the state is encoded under the replica lock together
+/// with the position it has applied (at 10⁶ users the encoding takes a few hundred
+/// milliseconds, which on an async worker delayed heartbeats enough to change leaders).
+pub struct SnapshotBuilder<R: Replica> {
+    replica: Arc<Mutex<R>>,
+    position: Arc<Mutex<Position>>,
+    snapshots: Arc<SnapshotFile>,
+    id: u64,
 }
 
-/// Builds snapshots from a copy of the state taken under the lock.
-pub struct SnapshotBuilder {
-    state: Vec<u8>,
-    meta: SnapshotMeta<u64, PeerNode>,
-    db: Arc<Database>,
-    platform: SharedPlatform,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+impl<R: Replica> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<R> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let s = StoredSnapshot {
-            meta: self.meta.clone(),
-            data: std::mem::take(&mut self.state),
-        };
-        let sealed = self
-            .platform
-            .seal(
-                "raft-snapshot",
-                b"current",
-                &zeroize::Zeroizing::new(bkv_wire::encode(&s)),
-            )
-            .map_err(|e| sm_err(ErrorVerb::Write, e.into()))?;
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut t = tx.open_table(SNAPSHOT).map_err(db_err)?;
-                t.insert("current", sealed.as_slice()).map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)
+        let (replica, position) = (self.replica.clone(), self.position.clone());
+        let (store, id) = (self.snapshots.clone(), self.id);
+        let (meta, data) = blocking(ErrorVerb::Write, move || {
+            // A poisoned lock is an error, never an empty snapshot.
+            let r = replica.lock().map_err(|_| poisoned())?;
+            let p = position.lock().map_err(|_| poisoned())?.clone();
+            let data = bkv_wire::encode(r.state());
+            drop(r);
+            let last = p.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: p.membership,
+                snapshot_id: format!(
+                    "{}-{}-{id}",
+                    last.map(|l| l.leader_id.term).unwrap_or(0),
+                    last.map(|l| l.index).unwrap_or(0)
+                ),
+            };
+            store.write(&meta, &data)?;
+            Ok((meta, data))
         })
-        .await
-        .map_err(|e| sm_err(ErrorVerb::Write, db_err(e)))?
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        Ok(snapshot_of(s))
+        .await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
-    type SnapshotBuilder = SnapshotBuilder;
+    type SnapshotBuilder = SnapshotBuilder<R>;
 
     async fn applied_state(
         &mut self,
@@ -235,29 +220,19 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 }
             });
         }
+        self.publish_position()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(replica);
         Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshots_built += 1;
-        let (state, id) = match self.replica.lock() {
-            Ok(r) => (bkv_wire::encode(r.state()), self.snapshots_built),
-            Err(_) => (Vec::new(), 0),
-        };
-        let last = self.last_applied;
         SnapshotBuilder {
-            state,
-            meta: SnapshotMeta {
-                last_log_id: last,
-                last_membership: self.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}-{id}",
-                    last.map(|l| l.leader_id.term).unwrap_or(0),
-                    last.map(|l| l.index).unwrap_or(0)
-                ),
-            },
-            db: self.db.clone(),
-            platform: self.platform.clone(),
+            replica: self.replica.clone(),
+            position: self.position.clone(),
+            snapshots: self.snapshots.clone(),
+            id: self.snapshots_built,
         }
     }
 
@@ -273,33 +248,37 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
-        let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT).map_err(|_| {
-            sm_err(
-                ErrorVerb::Read,
-                ReplicationStoreError::Malformed("received snapshot".into()),
-            )
-        })?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save(&stored)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.replica
+        let (store, m) = (self.snapshots.clone(), meta.clone());
+        // Decoding and storing a large state take seconds: off the async workers.
+        let state = blocking(ErrorVerb::Write, move || {
+            let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT)
+                .map_err(|_| ReplicationStoreError::Malformed("received snapshot".into()))?;
+            store.write(&m, &data)?;
+            Ok(state)
+        })
+        .await?;
+        let mut replica = self
+            .replica
             .lock()
-            .map_err(|_| sm_err(ErrorVerb::Write, poisoned()))?
-            .replace_state(state);
+            .map_err(|_| sm_err(ErrorVerb::Write, poisoned()))?;
+        replica.replace_state(state);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.publish_position()
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(replica);
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(self
-            .load()
-            .map_err(|e| sm_err(ErrorVerb::Read, e))?
-            .map(snapshot_of))
+        let store = self.snapshots.clone();
+        Ok(blocking(ErrorVerb::Read, move || store.read())
+            .await?
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
     }
 }

@@ -5,7 +5,7 @@
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
 use bkv_hsm_core::{MemoryPlatform, NodeIdentity, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
-use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest};
+use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest, PeerResponse};
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -85,7 +85,17 @@ async fn register(f: &Fleet) -> u64 {
 }
 
 async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
-    let listener = tokio::net::TcpListener::bind(&m.addr).await.unwrap();
+    // A member restarted in place rebinds its port; the aborted server task of its previous
+    // run releases it on the runtime's next turn.
+    let mut bound = tokio::net::TcpListener::bind(&m.addr).await;
+    for _ in 0..50 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bound = tokio::net::TcpListener::bind(&m.addr).await;
+    }
+    let listener = bound.unwrap();
     let fleet = Fleet::start(
         FleetOptions {
             id,
@@ -477,6 +487,20 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(shared, "concurrent proposals never shared an entry");
+    // Proposals a follower forwards travel on several links at once, so they share entries
+    // too (over one link per peer each waited for the one before it to commit).
+    let follower = Arc::new(members[(l + 2) % 3].fleet.take().unwrap());
+    let mut forwarded_shared = false;
+    for wave in 40..80u8 {
+        if store_concurrently(&follower, &lead, wave, 16).await < 16 {
+            forwarded_shared = true;
+            break;
+        }
+    }
+    assert!(
+        forwarded_shared,
+        "proposals forwarded by a follower never shared an entry"
+    );
     // Only the leader's gatherer forms batches: a proposed one is refused, nothing appended.
     let before = lead.raft.metrics().borrow().last_log_index;
     let forged = lead.propose(Mutation::Batch(vec![])).await;
@@ -498,6 +522,7 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
         }
         assert!(same, "member {i} did not reach the leader's state");
     }
+    drop(follower);
     drop(lead);
 }
 
@@ -507,7 +532,8 @@ fn lead_state(members: &[Member], l: usize) -> State {
 
 /// The small version of `scripts/bench-scale.sh`: 10,000 users registered through the leader,
 /// the leader snapshots and purges its log, and a new, empty member joins as a learner and
-/// catches up from the snapshot alone (the log it would need is gone) to the same state.
+/// catches up from the snapshot alone (the log it would need is gone) to the same state, and
+/// restarts from the snapshot it stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     const USERS: u32 = 10_000;
@@ -597,6 +623,120 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     let newcomer = members[3].state.lock().unwrap().clone();
     assert_eq!(newcomer.records.len(), USERS as usize);
     assert_eq!(newcomer, lead_state(&members, l));
+    // A snapshot piece that would take the receiving buffer past MAX_SNAPSHOT is refused
+    // before openraft writes it (a member must not make another allocate without bound).
+    let mut link = Link::connect(
+        &members[3].addr,
+        &members[(l + 1) % 3].identity,
+        &members[3].identity.public(),
+    )
+    .await
+    .unwrap();
+    let vote = lead.raft.metrics().borrow().vote;
+    let piece = |offset| openraft::raft::InstallSnapshotRequest {
+        vote,
+        meta: openraft::SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: "huge".into(),
+        },
+        offset,
+        data: vec![0; 16],
+        done: false,
+    };
+    // openraft seeks to whatever offset a piece names within a stream it has begun.
+    match link
+        .call(&PeerRequest::InstallSnapshot(piece(0)))
+        .await
+        .unwrap()
+    {
+        PeerResponse::InstallSnapshot(r) => assert!(r.is_ok(), "{r:?}"),
+        _ => panic!("another kind of answer"),
+    }
+    // A piece past what the stream holds (a gap openraft would fill with zeros: 1 GiB here)
+    // or past the size limit is refused, and the sender is told where to resume.
+    let past = bkv_hsm_node::replication::state_machine::MAX_SNAPSHOT as u64;
+    for offset in [1u64 << 30, past] {
+        match link
+            .call(&PeerRequest::InstallSnapshot(piece(offset)))
+            .await
+            .unwrap()
+        {
+            PeerResponse::InstallSnapshot(Err(openraft::error::RaftError::APIError(
+                openraft::error::InstallSnapshotError::SnapshotMismatch(m),
+            ))) => assert!(m.expect.offset <= 16, "{m:?}"),
+            PeerResponse::InstallSnapshot(other) => {
+                panic!("a piece at {offset} was not refused: {other:?}")
+            }
+            _ => panic!("a piece at {offset} got another kind of answer"),
+        }
+    }
+    drop(link);
+    assert_eq!(*members[3].state.lock().unwrap(), newcomer);
+
+    // Restarted with empty memory, it starts from the snapshot it stored (several sealed
+    // pieces: 10,000 records are over 3 MiB) before hearing from anyone.
+    let fl = members[3].fleet.take().unwrap();
+    fl.raft.shutdown().await.unwrap();
+    drop(fl);
+    members[3].state = Arc::new(Mutex::new(State::default()));
+    start(3, &mut members[3], &bootstrap).await;
+    assert_eq!(*members[3].state.lock().unwrap(), newcomer);
+
+    // The snapshot file carries no epoch of its own. An older copy put back after the log was
+    // purged past it cannot bring old counters back: the node would have to re-apply entries
+    // that are gone, so it refuses to start.
+    let file = members[3].dir.join("raft-snapshot.sealed");
+    let older = std::fs::read(&file).unwrap();
+    for n in 0..5u32 {
+        let mut record_id = [0u8; 32];
+        record_id[..4].copy_from_slice(&n.to_be_bytes());
+        let generation = newcomer.records[&record_id].generation;
+        let o = lead.propose(Mutation::CountGuess {
+            record_id,
+            generation,
+        });
+        assert!(matches!(o.await.unwrap(), Outcome::Counted { .. }));
+    }
+    let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
+    let raft = members[3].fleet.as_ref().unwrap().raft.clone();
+    raft.wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(Some(last), "counted")
+        .await
+        .unwrap();
+    raft.trigger().snapshot().await.unwrap();
+    raft.wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
+        .await
+        .unwrap();
+    raft.trigger().purge_log(last).await.unwrap();
+    raft.wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
+        .await
+        .unwrap();
+    raft.shutdown().await.unwrap();
+    drop(raft);
+    drop(members[3].fleet.take());
+    std::fs::write(&file, &older).unwrap();
+    members[3].state = Arc::new(Mutex::new(State::default()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let restarted = Fleet::start(
+        FleetOptions {
+            id: 3,
+            dir: members[3].dir.clone(),
+            platform: members[3].identity.platform.clone(),
+            identity: members[3].identity.clone(),
+            bootstrap: bootstrap.clone(),
+        },
+        listener,
+        members[3].state.clone(),
+    )
+    .await;
+    let err = restarted
+        .err()
+        .expect("a node with an old snapshot file must not start");
+    assert!(err.to_string().contains("log"), "{err}");
     drop(lead);
 }
 
@@ -607,7 +747,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
 /// AppendEntries answer taken for a new one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_peer_call_never_hands_its_answer_to_the_next_one() {
-    use bkv_hsm_node::replication::network::{PeerNetwork, PeerResponse};
+    use bkv_hsm_node::replication::network::PeerNetwork;
     let server_id = identity(40);
     let client_id = identity(41);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

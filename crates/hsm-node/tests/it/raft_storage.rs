@@ -22,7 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> 
         let log =
             LogStore::open(&dir.path().join("raft.redb"), platform.clone()).expect("log store");
         let sm = StateMachine::open(
-            &dir.path().join("snapshot.redb"),
+            dir.path(),
             platform,
             Arc::new(Mutex::new(State::default())),
             Default::default(),
