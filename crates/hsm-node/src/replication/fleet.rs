@@ -641,3 +641,50 @@ async fn dispatch<R: Replica>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(
+        id: &str,
+        offset: u64,
+        len: usize,
+        done: bool,
+    ) -> openraft::raft::InstallSnapshotRequest<TypeConfig> {
+        openraft::raft::InstallSnapshotRequest {
+            vote: Default::default(),
+            meta: openraft::SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: id.into(),
+            },
+            offset,
+            data: vec![0; len],
+            done,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_stream_grows_only_by_what_was_sent() {
+        let s = SnapshotStream::default();
+        // A stream starts at 0; a piece past what it holds is told where to resume.
+        assert_eq!(s.admit(&piece("a", 10, 5, false)), Err(0));
+        assert_eq!(s.admit(&piece("a", 0, 10, false)), Ok(()));
+        assert_eq!(s.admit(&piece("a", 11, 5, false)), Err(10));
+        assert_eq!(s.admit(&piece("a", 10, 10, false)), Ok(()));
+        // Resending an earlier piece is fine; another stream starts over.
+        assert_eq!(s.admit(&piece("a", 0, 10, false)), Ok(()));
+        assert_eq!(s.admit(&piece("b", 20, 1, false)), Err(0));
+        assert_eq!(s.admit(&piece("a", 20, 1, true)), Ok(()));
+        // A finished stream is forgotten.
+        assert_eq!(s.admit(&piece("a", 21, 1, false)), Err(0));
+        // Past the size limit, or an absurd id: refused.
+        let max = MAX_SNAPSHOT as u64;
+        assert_eq!(s.admit(&piece("c", max, 0, false)), Err(0));
+        assert_eq!(s.admit(&piece("d", 0, 1, false)), Ok(()));
+        assert_eq!(s.admit(&piece("d", max, 1, false)), Err(0));
+        let long = "x".repeat(MAX_SNAPSHOT_ID + 1);
+        assert_eq!(s.admit(&piece(&long, 0, 1, false)), Err(0));
+    }
+}
