@@ -89,11 +89,14 @@ impl Deployment {
             },
             DevPlatform::Softhsm => init_softhsm_token(&ndir, i)?,
         };
+        // Every port below the kernel's ephemeral range (`free_port`), not just the peer port
+        // admission names: a restarted node rebinds its ports, and a port the kernel handed
+        // out (port 0) can meanwhile be the local end of some outgoing connection — seen in CI
+        // as "Address already in use" when a killed node came back.
         let port = |offset: u16| -> anyhow::Result<u16> {
             Ok(match self.port_base {
                 Some(b) => b + 3 + 3 * i as u16 + offset,
-                None if offset == 1 => free_port()?,
-                None => 0,
+                None => free_port()?,
             })
         };
         Ok(NodeRecord {
