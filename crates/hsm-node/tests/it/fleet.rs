@@ -84,6 +84,25 @@ async fn register(f: &Fleet) -> u64 {
     }
 }
 
+/// How the Raft membership records a member reached directly.
+fn peer(m: &Member) -> PeerNode {
+    PeerNode {
+        addr: m.addr.clone(),
+        identity: m.identity.public(),
+    }
+}
+
+/// Forms the fleet `nodes` through the first member.
+async fn form(members: &[Member], nodes: BTreeMap<u64, PeerNode>) {
+    members[0]
+        .fleet
+        .as_ref()
+        .unwrap()
+        .initialize(nodes)
+        .await
+        .unwrap();
+}
+
 async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
     // A member restarted in place rebinds its port; the aborted server task of its previous
     // run releases it on the runtime's next turn.
@@ -147,23 +166,9 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     let nodes: BTreeMap<u64, PeerNode> = members
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            (
-                i as u64,
-                PeerNode {
-                    addr: m.addr.clone(),
-                    identity: m.identity.public(),
-                },
-            )
-        })
+        .map(|(i, m)| (i as u64, peer(m)))
         .collect();
-    members[0]
-        .fleet
-        .as_ref()
-        .unwrap()
-        .initialize(nodes)
-        .await
-        .unwrap();
+    form(&members, nodes).await;
     let l = leader(&members).await;
     let follower = (l + 1) % 3;
 
@@ -351,13 +356,7 @@ async fn proxied_fleet(root: &std::path::Path) -> (Vec<Member>, Vec<Proxy>) {
             )
         })
         .collect();
-    members[0]
-        .fleet
-        .as_ref()
-        .unwrap()
-        .initialize(nodes)
-        .await
-        .unwrap();
+    form(&members, nodes).await;
     (members, proxies)
 }
 
@@ -543,18 +542,8 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     for (i, m) in members.iter_mut().enumerate().take(3) {
         start(i as u64, m, &bootstrap).await;
     }
-    let peer = |m: &Member| PeerNode {
-        addr: m.addr.clone(),
-        identity: m.identity.public(),
-    };
     let nodes: BTreeMap<u64, PeerNode> = (0..3).map(|i| (i as u64, peer(&members[i]))).collect();
-    members[0]
-        .fleet
-        .as_ref()
-        .unwrap()
-        .initialize(nodes)
-        .await
-        .unwrap();
+    form(&members, nodes).await;
     let l = leader(&members).await as usize;
     let lead = Arc::new(members[l].fleet.take().unwrap());
     let mut tasks = Vec::new();
