@@ -117,7 +117,8 @@ impl Session {
             version: 1,
             user_id: user_id.to_owned(),
         });
-        let mut msg1 = vec![0u8; MAX_NOISE_MESSAGE];
+        // NK's first message: an ephemeral key, the payload and a tag.
+        let mut msg1 = vec![0u8; hello.len() + 128];
         let n = hs
             .write_message(&hello, &mut msg1)
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
@@ -142,7 +143,7 @@ impl Session {
             .map(str::to_owned)
             .ok_or_else(|| ClientError::Protocol("frontend sent no session id".into()))?;
         let msg2 = read_limited(resp, MAX_NOISE_MESSAGE).await?;
-        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut payload = vec![0u8; msg2.len()];
         // A responder without the pinned key's private half cannot produce a
         // message that decrypts here.
         hs.read_message(&msg2, &mut payload)
@@ -177,7 +178,9 @@ impl Session {
             return Err(error_of(resp).await);
         }
         let body = read_limited(resp, MAX_NOISE_MESSAGE).await?;
-        let mut out = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        // Sized to the message: zeroizing 64 KiB per call cost more than
+        // the decryption.
+        let mut out = Zeroizing::new(vec![0u8; body.len()]);
         let n = self
             .transport
             .read_message(&body, &mut out)

@@ -165,6 +165,7 @@ fn drive(
                 let o = core.apply(&m);
                 step = core.resume(sid, o);
             }
+            Ok(Step::ReadFresh) => step = core.resume_fresh(sid),
             Err(_) => return None,
         }
     }

@@ -86,13 +86,26 @@ pub enum Step {
     /// Make this mutation durable (majority commit), then call
     /// [`Core::apply`] with it and [`Core::resume`] with the outcome.
     Commit(Mutation),
+    /// The request reads replicated state: bring this replica up to date
+    /// with everything committed before now (a read barrier), then call
+    /// [`Core::resume_fresh`]. Requests that read nothing but their
+    /// session and their own commit's outcome (`LoginFinish`, the
+    /// registration's finish and confirm, `Close`) never ask, which spares
+    /// a recovery one leadership round.
+    ReadFresh,
 }
 
 /// What a session waits for after proposing a mutation.
 enum Awaiting {
+    /// A request that reads state, decoded and held until the host says
+    /// the replica is fresh. Nothing is committed yet: the session may be
+    /// forgotten meanwhile, and a resent request asks again.
+    Fresh(VaultRequest),
     Stored,
     Confirmed,
-    Counted { credential_request: Vec<u8> },
+    Counted {
+        credential_request: Vec<u8>,
+    },
     LoginReset,
     DestroyedThenFail,
     Deleted,
@@ -133,6 +146,10 @@ pub struct Core {
     sessions: HashMap<SessionId, Session>,
     max_sessions: usize,
     session_idle_secs: u64,
+    /// The platform second sessions were last expired in: expiry scans the
+    /// whole table (up to `max_sessions`), so it runs once per second, not
+    /// once per message.
+    expired_at: Option<u64>,
 }
 
 impl Core {
@@ -150,12 +167,14 @@ impl Core {
             sessions: HashMap::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
             session_idle_secs: DEFAULT_SESSION_IDLE_SECS,
+            expired_at: None,
         })
     }
 
     pub fn set_session_limits(&mut self, max_sessions: usize, idle_secs: u64) {
         self.max_sessions = max_sessions;
         self.session_idle_secs = idle_secs;
+        self.expired_at = None;
     }
 
     pub fn platform(&self) -> &SharedPlatform {
@@ -265,10 +284,18 @@ impl Core {
     /// Forgets idle sessions (a session waiting for a commit stays: its
     /// reply is on the way).
     fn expire_sessions(&mut self, now: u64) {
+        if self.expired_at == Some(now) {
+            return;
+        }
+        self.expired_at = Some(now);
         let idle = self.session_idle_secs;
         self.sessions.retain(|_, s| {
             let age = now.saturating_sub(s.last_used);
-            s.awaiting.is_some() || age < if s.used { idle } else { UNUSED_SESSION_SECS }
+            let committing = s
+                .awaiting
+                .as_ref()
+                .is_some_and(|a| !matches!(a, Awaiting::Fresh(_)));
+            committing || age < if s.used { idle } else { UNUSED_SESSION_SECS }
         });
     }
 
@@ -340,7 +367,9 @@ impl Core {
             .and_then(|b| b.prologue(NOISE_PROLOGUE))
             .and_then(|b| b.build_responder())
             .map_err(|_| NodeError::Handshake)?;
-        let mut payload = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        // Buffers sized to the message, not the maximum: zeroizing 64 KiB
+        // per message was a visible share of a recovery's CPU.
+        let mut payload = Zeroizing::new(vec![0u8; handshake.len()]);
         let n = hs
             .read_message(handshake, &mut payload)
             .map_err(|_| NodeError::Handshake)?;
@@ -354,7 +383,8 @@ impl Core {
         if hello.user_id != user_id {
             return Err(NodeError::WrongUser);
         }
-        let mut reply = vec![0u8; MAX_NOISE_MESSAGE];
+        // NK's second message with no payload: an ephemeral key and a tag.
+        let mut reply = vec![0u8; 128];
         let n = hs
             .write_message(&[], &mut reply)
             .map_err(|_| NodeError::Handshake)?;
@@ -434,13 +464,20 @@ impl Core {
             }
         }
         if session.awaiting.is_some() {
+            // The host gave up on a read barrier (no leader): the same
+            // request resent may try again.
+            if matches!(session.awaiting, Some(Awaiting::Fresh(_)))
+                && session.current == Some(digest)
+            {
+                return Ok(Step::ReadFresh);
+            }
             return Err(if session.current == Some(digest) {
                 NodeError::InProgress
             } else {
                 NodeError::BadRequest("previous request still in progress".into())
             });
         }
-        let mut plain = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        let mut plain = Zeroizing::new(vec![0u8; ciphertext.len()]);
         let n = match session.transport.read_message(ciphertext, &mut plain) {
             Ok(n) => n,
             Err(_) => {
@@ -466,7 +503,30 @@ impl Core {
                     )
                 }
             };
+        if reads_state(&request) {
+            session.awaiting = Some(Awaiting::Fresh(request));
+            return Ok(Step::ReadFresh);
+        }
         self.handle(session_id, request)
+    }
+
+    /// Continues a request that asked for [`Step::ReadFresh`], once the
+    /// host made this replica at least as new as everything committed
+    /// before the request arrived.
+    pub fn resume_fresh(&mut self, session_id: &SessionId) -> Result<Step, NodeError> {
+        let session = self
+            .sessions
+            .get_mut(session_id)
+            .ok_or(NodeError::UnknownSession)?;
+        match session.awaiting.take() {
+            Some(Awaiting::Fresh(request)) => self.handle(session_id, request),
+            other => {
+                session.awaiting = other;
+                Err(NodeError::BadRequest(
+                    "no request waits for a fresh read".into(),
+                ))
+            }
+        }
     }
 
     fn reply(&mut self, session_id: &SessionId, resp: VaultResponse) -> Result<Step, NodeError> {
@@ -512,6 +572,8 @@ impl Core {
         }
     }
 
+    /// Handles a decoded request; one that [`reads_state`] only on a fresh
+    /// replica (after [`Step::ReadFresh`]).
     fn handle(&mut self, sid: &SessionId, request: VaultRequest) -> Result<Step, NodeError> {
         let (rid, authenticated, registering) = {
             let s = self.sessions.get(sid).ok_or(NodeError::UnknownSession)?;
@@ -684,8 +746,13 @@ impl Core {
             .get_mut(sid)
             .ok_or(NodeError::UnknownSession)?;
         let rid = session.record_id;
-        let Some(awaiting) = session.awaiting.take() else {
-            return Err(NodeError::BadRequest("nothing to resume".into()));
+        let awaiting = match session.awaiting.take() {
+            None => return Err(NodeError::BadRequest("nothing to resume".into())),
+            Some(Awaiting::Fresh(r)) => {
+                session.awaiting = Some(Awaiting::Fresh(r));
+                return Err(NodeError::BadRequest("nothing to resume".into()));
+            }
+            Some(a) => a,
         };
         match (awaiting, outcome) {
             (Awaiting::Stored, Outcome::Stored) => self.reply(sid, VaultResponse::RegisterStored),
@@ -796,6 +863,24 @@ fn login_params() -> ServerLoginParameters<'static, 'static> {
     ServerLoginParameters {
         context: Some(OPAQUE_CONTEXT),
         identifiers: Default::default(),
+    }
+}
+
+/// Whether answering `request` reads the replicated record state (so the
+/// replica must first be fresh). The others read only their session and the
+/// outcome of their own commit, which is applied here before the reply, and
+/// every mutation re-checks the record's generation when applied, so a
+/// stale replica cannot make them count, reset or destroy the wrong thing.
+fn reads_state(request: &VaultRequest) -> bool {
+    match request {
+        VaultRequest::Status
+        | VaultRequest::RegisterStart { .. }
+        | VaultRequest::LoginStart { .. }
+        | VaultRequest::Delete => true,
+        VaultRequest::Close
+        | VaultRequest::RegisterFinish { .. }
+        | VaultRequest::RegisterConfirm { .. }
+        | VaultRequest::LoginFinish { .. } => false,
     }
 }
 

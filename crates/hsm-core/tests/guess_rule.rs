@@ -36,6 +36,8 @@ fn drive(core: &mut Core, sid: &SessionId, user: &str, ct: &[u8]) -> Result<Vec<
                 let o = core.apply(&m);
                 step = core.resume(sid, o);
             }
+            // One replica: always fresh.
+            Step::ReadFresh => step = core.resume_fresh(sid),
         }
     }
 }
@@ -44,6 +46,8 @@ struct Client {
     sid: SessionId,
     user: String,
     t: snow::TransportState,
+    /// The last LoginStarted credential response (for [`Replicas`]).
+    pending_response: Vec<u8>,
 }
 
 fn open_with_key(core: &mut Core, user: &str, key: &[u8; 32]) -> Result<Client, NodeError> {
@@ -67,6 +71,7 @@ fn open_with_key(core: &mut Core, user: &str, key: &[u8; 32]) -> Result<Client, 
         sid,
         user: user.into(),
         t: hs.into_transport_mode().unwrap(),
+        pending_response: Vec::new(),
     })
 }
 
@@ -543,9 +548,19 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
     let ct = s.seal(&VaultRequest::LoginStart {
         credential_request: start.message.serialize().to_vec(),
     });
-    // The relay sends it; the commit is under way when the link breaks and
-    // the relay resends: "in progress", nothing processed twice.
-    let Ok(Step::Commit(m)) = c.session_message(&s.sid, "kim", &ct) else {
+    // It reads the record, so the host first makes the replica fresh; a
+    // resend while that read barrier runs (or after it failed) asks again.
+    assert!(matches!(
+        c.session_message(&s.sid, "kim", &ct),
+        Ok(Step::ReadFresh)
+    ));
+    assert!(matches!(
+        c.session_message(&s.sid, "kim", &ct),
+        Ok(Step::ReadFresh)
+    ));
+    // The commit is under way when the link breaks and the relay resends:
+    // "in progress", nothing processed twice.
+    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid) else {
         panic!("expected a commit")
     };
     assert_eq!(
@@ -572,7 +587,7 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
     let ct2 = t.seal(&VaultRequest::Status);
     assert!(matches!(
         c.session_message(&t.sid, "kim", &ct1),
-        Ok(Step::Commit(_))
+        Ok(Step::ReadFresh)
     ));
     assert!(matches!(
         c.session_message(&t.sid, "kim", &ct2),
@@ -695,4 +710,264 @@ fn sealed_secrets_roundtrip_and_reject_other_platforms() {
     assert!(FleetSecrets::unseal(&MemoryPlatform::new([2; 32]), &sealed).is_err());
     // Sealing goes through the platform: the sealed bytes are not the key.
     assert!(a.describe().token.contains("memory"));
+}
+
+/// Two replicas of one fleet and the committed log between them, driven as
+/// the fleet host drives a core: a commit is applied on the proposing
+/// replica together with everything before it in the log, and a request
+/// that asks for a fresh read is continued only after the replica applied
+/// the whole log. Otherwise a replica lags.
+struct Replicas {
+    cores: [Core; 2],
+    log: Vec<bkv_hsm_core::Mutation>,
+    applied: [usize; 2],
+    /// Every step each request took, in order (to check which asked for a
+    /// fresh read).
+    steps: Vec<&'static str>,
+}
+
+impl Replicas {
+    fn new() -> Self {
+        let p = Arc::new(MemoryPlatform::new([5; 32]));
+        let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
+        let copy = FleetSecrets::unseal(&*p, &secrets.seal(&*p).unwrap()).unwrap();
+        Replicas {
+            cores: [
+                Core::new(p.clone(), secrets, State::default()).unwrap(),
+                Core::new(p, copy, State::default()).unwrap(),
+            ],
+            log: Vec::new(),
+            applied: [0, 0],
+            steps: Vec::new(),
+        }
+    }
+
+    /// Applies the log on replica `i` up to and including entry `upto`,
+    /// returning the last entry's outcome.
+    fn catch_up(&mut self, i: usize, upto: usize) -> Option<bkv_hsm_core::Outcome> {
+        let mut last = None;
+        while self.applied[i] < upto {
+            last = Some(self.cores[i].apply(&self.log[self.applied[i]]));
+            self.applied[i] += 1;
+        }
+        last
+    }
+
+    fn call(&mut self, i: usize, c: &mut Client, req: &VaultRequest) -> VaultResponse {
+        let plain = bkv_wire::encode(req);
+        let mut ct = vec![0u8; plain.len() + 64];
+        let n = c.t.write_message(&plain, &mut ct).unwrap();
+        let mut step = self.cores[i].session_message(&c.sid, &c.user, &ct[..n]);
+        let reply = loop {
+            match step.unwrap() {
+                Step::Reply(r) => break r,
+                Step::Commit(m) => {
+                    self.steps.push("commit");
+                    self.log.push(m);
+                    let o = self.catch_up(i, self.log.len()).unwrap();
+                    step = self.cores[i].resume(&c.sid, o);
+                }
+                Step::ReadFresh => {
+                    self.steps.push("fresh");
+                    self.catch_up(i, self.log.len());
+                    step = self.cores[i].resume_fresh(&c.sid);
+                }
+            }
+        };
+        let mut out = vec![0u8; 65535];
+        let n = c.t.read_message(&reply, &mut out).unwrap();
+        bkv_wire::decode(&out[..n], 1 << 16).unwrap()
+    }
+
+    fn open(&mut self, i: usize, user: &str) -> Client {
+        let key = self.cores[i].noise_public_key();
+        open_with_key(&mut self.cores[i], user, &key).unwrap()
+    }
+
+    fn register(&mut self, i: usize, c: &mut Client, pw: &str) -> VaultResponse {
+        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
+        let VaultResponse::RegisterStarted {
+            registration_response,
+        } = self.call(
+            i,
+            c,
+            &VaultRequest::RegisterStart {
+                registration_request: start.message.serialize().to_vec(),
+            },
+        )
+        else {
+            panic!("registration refused")
+        };
+        let fin = start
+            .state
+            .finish(
+                &mut OsRng,
+                pw.as_bytes(),
+                RegistrationResponse::deserialize(&registration_response).unwrap(),
+                ClientRegistrationFinishParameters::new(
+                    Identifiers::default(),
+                    Some(&Argon2::default()),
+                ),
+            )
+            .unwrap();
+        let secret = [pw.len() as u8; 32];
+        let stored = self.call(
+            i,
+            c,
+            &VaultRequest::RegisterFinish {
+                upload: fin.message.serialize().to_vec(),
+                wrapped_key: pw.as_bytes().to_vec(),
+                guess_limit: 5,
+                confirm_hash: Sha256::digest(secret).into(),
+            },
+        );
+        assert_eq!(stored, VaultResponse::RegisterStored);
+        self.call(
+            i,
+            c,
+            &VaultRequest::RegisterConfirm {
+                confirm_secret: secret,
+            },
+        )
+    }
+
+    /// LoginStart; the client's state for the finish.
+    fn login_start(&mut self, i: usize, c: &mut Client, pw: &str) -> ClientLogin<OpaqueSuite> {
+        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
+        let r = self.call(
+            i,
+            c,
+            &VaultRequest::LoginStart {
+                credential_request: start.message.serialize().to_vec(),
+            },
+        );
+        let VaultResponse::LoginStarted {
+            credential_response,
+            ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        c.pending_response = credential_response;
+        start.state
+    }
+
+    fn login_finish(
+        &mut self,
+        i: usize,
+        c: &mut Client,
+        pw: &str,
+        state: ClientLogin<OpaqueSuite>,
+    ) -> VaultResponse {
+        let fin = state
+            .finish(
+                &mut OsRng,
+                pw.as_bytes(),
+                CredentialResponse::deserialize(&c.pending_response).unwrap(),
+                ClientLoginFinishParameters::new(
+                    Some(OPAQUE_CONTEXT),
+                    Identifiers::default(),
+                    Some(&Argon2::default()),
+                ),
+            )
+            .map(|f| f.message.serialize().to_vec())
+            .unwrap_or_default();
+        self.call(
+            i,
+            c,
+            &VaultRequest::LoginFinish {
+                credential_finalization: fin,
+            },
+        )
+    }
+}
+
+#[test]
+fn only_requests_that_read_state_wait_for_a_fresh_replica() {
+    let mut r = Replicas::new();
+    let mut c = r.open(0, "ana");
+    assert_eq!(
+        r.register(0, &mut c, "pw"),
+        VaultResponse::RegisterConfirmed
+    );
+    // RegisterStart reads whether a record is live; finish and confirm
+    // only commit (their apply re-checks the record).
+    assert_eq!(r.steps, ["fresh", "commit", "commit"]);
+    r.steps.clear();
+    let mut s = r.open(1, "ana");
+    let state = r.login_start(1, &mut s, "pw");
+    assert_eq!(r.steps, ["fresh", "commit"]);
+    r.steps.clear();
+    let ok = r.login_finish(1, &mut s, "pw", state);
+    assert!(matches!(ok, VaultResponse::LoginOk { .. }), "{ok:?}");
+    // The finish reads only its session and its own commit's outcome.
+    assert_eq!(r.steps, ["commit"]);
+    r.steps.clear();
+    assert!(matches!(
+        r.call(1, &mut s, &VaultRequest::Status),
+        VaultResponse::Status { .. }
+    ));
+    assert_eq!(r.steps, ["fresh"]);
+    r.steps.clear();
+    assert_eq!(
+        r.call(1, &mut s, &VaultRequest::Delete),
+        VaultResponse::Deleted
+    );
+    assert_eq!(r.steps, ["fresh", "commit"]);
+    r.steps.clear();
+    assert_eq!(
+        r.call(1, &mut s, &VaultRequest::Close),
+        VaultResponse::Closed
+    );
+    assert!(r.steps.is_empty());
+}
+
+#[test]
+fn a_lagging_replica_answers_from_the_log_not_its_stale_state() {
+    let mut r = Replicas::new();
+    let mut c = r.open(0, "bo");
+    assert_eq!(
+        r.register(0, &mut c, "old"),
+        VaultResponse::RegisterConfirmed
+    );
+    // Replica 1 has applied nothing: the record exists only in the log.
+    assert_eq!(r.applied[1], 0);
+    let mut s = r.open(1, "bo");
+    assert!(matches!(
+        r.call(1, &mut s, &VaultRequest::Status),
+        VaultResponse::Status {
+            state: RecordState::Active { attempts: 0, .. }
+        }
+    ));
+    // A login begun on replica 1 ...
+    let state = r.login_start(1, &mut s, "old");
+    // ... while the user, on replica 0, logs in and replaces the record:
+    // a new generation replica 1 has not applied when the finish arrives.
+    let mut u = r.open(0, "bo");
+    let st = r.login_start(0, &mut u, "old");
+    assert!(matches!(
+        r.login_finish(0, &mut u, "old", st),
+        VaultResponse::LoginOk { .. }
+    ));
+    assert_eq!(
+        r.register(0, &mut u, "new"),
+        VaultResponse::RegisterConfirmed
+    );
+    assert!(r.applied[1] < r.log.len());
+    // The finish does not wait for a fresh read, yet it cannot release the
+    // replaced record's key: its reset names the old generation and is
+    // applied after the replacement, so it is refused.
+    r.steps.clear();
+    let late = r.login_finish(1, &mut s, "old", state);
+    assert_eq!(r.steps, ["commit"]);
+    assert_eq!(late, VaultResponse::Error(VaultError::Conflict));
+    // And the new password works there, counted from zero.
+    let mut v = r.open(1, "bo");
+    let st = r.login_start(1, &mut v, "new");
+    assert_eq!(
+        r.login_finish(1, &mut v, "new", st),
+        VaultResponse::LoginOk {
+            wrapped_key: b"new".to_vec()
+        }
+    );
 }

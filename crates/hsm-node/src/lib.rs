@@ -403,12 +403,6 @@ impl Node {
                 user_id,
                 ciphertext,
             } => {
-                // Everything this message reads must be at least as new as
-                // anything committed before it arrived (linearizable).
-                if let Err(e) = self.rt.block_on(self.fleet.read_barrier()) {
-                    tracing::warn!(error = %e, "read barrier failed");
-                    return unavailable;
-                }
                 let mut step = match self.core() {
                     Some(mut core) => core.session_message(&session_id, &user_id, &ciphertext),
                     None => return unavailable,
@@ -419,6 +413,21 @@ impl Node {
                             return NodeResponse::SessionMessage { ciphertext }
                         }
                         Err(e) => return NodeResponse::Error(e),
+                        Ok(Step::ReadFresh) => {
+                            // What the request reads must be at least as new
+                            // as anything committed before it arrived
+                            // (linearizable). The core asks only for requests
+                            // that read state: the rest read their own
+                            // commit's outcome.
+                            if let Err(e) = self.rt.block_on(self.fleet.read_barrier()) {
+                                tracing::warn!(error = %e, "read barrier failed");
+                                return unavailable;
+                            }
+                            step = match self.core() {
+                                Some(mut core) => core.resume_fresh(&session_id),
+                                None => return unavailable,
+                            };
+                        }
                         Ok(Step::Commit(m)) => {
                             // The core lock is released while the mutation
                             // commits: every replica's state machine applies
