@@ -7,7 +7,9 @@
 #     aimed at the leader, the strongest etcd load we know on this machine; and the threaded
 #     scripts/etcd_put_load.py), at concurrency 1, 8 and 64;
 #   - full recoveries (`bkv-admin dev loadgen`: OPAQUE login through the frontend, two commits
-#     and two linearizable reads each) on a 3-node `bkv-admin dev up` deployment.
+#     and one linearizable read each) on a 3-node `bkv-admin dev up` deployment, closed loop at
+#     each concurrency, then open loop at half the round's best rate (the latency target's
+#     load; row "bkv-recoveries-half-rate", concurrency = the in-flight cap).
 # Prints one JSON line per measurement and, at the end, the table of medians and ratios.
 # Usage: scripts/bench-fleet.sh   (SECS=5 ROUNDS=3 CONC="1 8 64"; installs etcd from Debian)
 # BASE_COMMITS=path/to/an/older/commits-bench and BASE_ADMIN=path/to/an/older/bkv-admin (with
@@ -75,6 +77,15 @@ recoveries() { # label bkv-admin
   for c in $CONC; do
     row "$1" "$c" "$("$2" --config "$d/client.toml" dev loadgen --users 200 --concurrency "$c" --seconds "$SECS" | tr -d '\n ')"
   done
+  if [ "$1" = bkv-recoveries ]; then
+    # The latency target is at half the best rate: offer exactly that (open loop, latency from
+    # each recovery's scheduled start), half of this round's best closed-loop figure.
+    local half
+    half=$(grep "^$1 " "$OUT" | tail -n "$(wc -w <<< "$CONC")" | python3 -c '
+import json, sys
+print(max(1, round(max(json.loads(l.split(" ", 2)[2])["per_second"] for l in sys.stdin) / 2)))')
+    row "$1-half-rate" 64 "$("$2" --config "$d/client.toml" dev loadgen --users 200 --concurrency 64 --rate "$half" --seconds "$SECS" | tr -d '\n ')"
+  fi
   kill -TERM $up; wait $up || true; pids=()
   rm -rf "$d"
 }
@@ -114,7 +125,7 @@ conc = sorted({c for _, c in rows})
 print("| system | concurrency | ops/s (median) | p50 ms | p99 ms | errors |")
 print("|---|---|---|---|---|---|")
 for system in ["bkv-commits", "bkv-commits-before", "etcd-lean", "etcd-threaded",
-               "bkv-recoveries", "bkv-recoveries-before"]:
+               "bkv-recoveries", "bkv-recoveries-half-rate", "bkv-recoveries-before"]:
     for c in conc:
         if (system, c) not in rows: continue
         ops = med(system, c, "per_second")

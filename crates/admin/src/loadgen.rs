@@ -14,6 +14,8 @@ pub struct Args {
     pub users: usize,
     pub concurrency: usize,
     pub seconds: u64,
+    /// Open loop: recoveries offered per second on a fixed schedule.
+    pub rate: Option<f64>,
 }
 
 fn cheap_ksf() -> argon2::Params {
@@ -25,6 +27,8 @@ fn cheap_ksf() -> argon2::Params {
 pub struct Report {
     pub users: usize,
     pub concurrency: usize,
+    /// The offered rate (open loop), if one was set.
+    pub offered_per_second: Option<f64>,
     pub seconds: f64,
     pub recoveries: usize,
     pub errors: usize,
@@ -40,6 +44,9 @@ pub async fn run(
     make_ctx: impl Fn(String) -> futures_like::BoxCtx,
     args: Args,
 ) -> anyhow::Result<Report> {
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        anyhow::bail!("--rate must be a positive number of recoveries per second");
+    }
     let password = SecretString::from("loadgen-password".to_owned());
     let mut clients = Vec::new();
     for i in 0..args.users {
@@ -53,10 +60,16 @@ pub async fn run(
     }
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
+    // Open loop: ticket n starts at start + n / rate, whichever worker is free; a recovery that
+    // waited for a free worker counts its wait (no coordinated omission).
+    let tickets = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
         let clients = clients.clone();
         let password = password.clone();
+        let tickets = tickets.clone();
+        let rate = args.rate;
+        let args_seconds = args.seconds as f64;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors: Vec<String> = Vec::new();
@@ -64,8 +77,22 @@ pub async fn run(
             // workers per user (a device does not run many at once; a node keeps at most 4
             // sessions per user and ends the oldest for a fifth).
             let c = &clients[w % clients.len()];
-            while Instant::now() < deadline {
-                let t = Instant::now();
+            // Open loop: every recovery scheduled within the run starts, however late (a
+            // saturated fleet shows as latency and a longer run, not as dropped work).
+            while rate.is_some() || Instant::now() < deadline {
+                let t = match rate {
+                    Some(r) => {
+                        let n = tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let offset = n as f64 / r;
+                        if offset >= args_seconds {
+                            break;
+                        }
+                        let at = start + Duration::from_secs_f64(offset);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
                 match c.login(&password).await {
                     Ok(l) => {
                         l.session.close().await;
@@ -101,6 +128,7 @@ pub async fn run(
     Ok(Report {
         users: args.users,
         concurrency: args.concurrency,
+        offered_per_second: args.rate,
         seconds: secs,
         recoveries: all.len(),
         errors,

@@ -151,6 +151,11 @@ enum DevCommand {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Offer this many recoveries per second on a fixed schedule (open loop; at most
+        /// --concurrency in flight), latency counted from each one's scheduled start.
+        /// Without it, every worker starts its next recovery when the last one ends.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Start node I of a `dev up` deployment again (after it died or was killed).
     RestartNode {
@@ -248,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 users,
                 concurrency,
                 seconds,
+                rate,
             } => {
                 let global = std::sync::Arc::new(global);
                 let report = loadgen::run(
@@ -259,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         users: *users,
                         concurrency: *concurrency,
                         seconds: *seconds,
+                        rate: *rate,
                     },
                 )
                 .await?;

@@ -165,7 +165,7 @@ fn drive(
                 let o = core.apply(&m);
                 step = core.resume(sid, o);
             }
-            Ok(Step::ReadFresh) => step = core.resume_fresh(sid),
+            Ok(Step::ReadFresh) => step = core.resume_fresh(sid, ct),
             Err(_) => return None,
         }
     }

@@ -49,7 +49,7 @@ fn call(core: &mut Core, sid: &[u8; 16], t: &mut snow::TransportState, req: &Vau
                 let o = core.apply(&m);
                 step = core.resume(sid, o);
             }
-            Step::ReadFresh => step = core.resume_fresh(sid),
+            Step::ReadFresh => step = core.resume_fresh(sid, &ct[..n]),
         }
     };
     let mut out = vec![0u8; 65535];

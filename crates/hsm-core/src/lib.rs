@@ -103,10 +103,15 @@ enum Awaiting {
     Fresh(VaultRequest),
     Stored,
     Confirmed,
+    /// The guess was counted on this generation of the record: the login
+    /// runs against it or not at all (a replacement may land in between).
     Counted {
         credential_request: Vec<u8>,
+        generation: u64,
     },
-    LoginReset,
+    LoginReset {
+        generation: u64,
+    },
     DestroyedThenFail,
     Deleted,
 }
@@ -136,6 +141,17 @@ struct Session {
     /// the same reply instead of a second processing.
     current: Option<[u8; 32]>,
     last: Option<([u8; 32], Vec<u8>)>,
+}
+
+impl Session {
+    /// Waiting for a mutation to commit: its reply is on the way, so the
+    /// session must stay (a session waiting for a fresh read has committed
+    /// nothing and may go).
+    fn committing(&self) -> bool {
+        self.awaiting
+            .as_ref()
+            .is_some_and(|a| !matches!(a, Awaiting::Fresh(_)))
+    }
 }
 
 pub struct Core {
@@ -291,23 +307,20 @@ impl Core {
         let idle = self.session_idle_secs;
         self.sessions.retain(|_, s| {
             let age = now.saturating_sub(s.last_used);
-            let committing = s
-                .awaiting
-                .as_ref()
-                .is_some_and(|a| !matches!(a, Awaiting::Fresh(_)));
-            committing || age < if s.used { idle } else { UNUSED_SESSION_SECS }
+            s.committing() || age < if s.used { idle } else { UNUSED_SESSION_SECS }
         });
     }
 
     /// Makes room for one more session of `record_id`: ends the user's least
     /// recently used session at their cap, and when the table is full ends an
     /// unused session, else the least recently used one of the user holding
-    /// the most. Sessions waiting for a commit are never ended.
+    /// the most. Sessions waiting for a commit are never ended (one waiting
+    /// for a fresh read may be: nothing of it is committed).
     fn make_room(&mut self, record_id: &RecordId) -> Result<(), NodeError> {
         let lru_of = |sessions: &HashMap<SessionId, Session>, rid: Option<&RecordId>| {
             sessions
                 .iter()
-                .filter(|(_, s)| s.awaiting.is_none() && rid.is_none_or(|r| s.record_id == *r))
+                .filter(|(_, s)| !s.committing() && rid.is_none_or(|r| s.record_id == *r))
                 .min_by_key(|(_, s)| (s.used, s.last_used))
                 .map(|(id, _)| *id)
         };
@@ -327,7 +340,7 @@ impl Core {
         let unused = self
             .sessions
             .iter()
-            .filter(|(_, s)| !s.used && s.awaiting.is_none())
+            .filter(|(_, s)| !s.used && !s.committing())
             .min_by_key(|(_, s)| s.last_used)
             .map(|(id, _)| *id);
         let victim = match unused {
@@ -510,23 +523,37 @@ impl Core {
         self.handle(session_id, request)
     }
 
-    /// Continues a request that asked for [`Step::ReadFresh`], once the
-    /// host made this replica at least as new as everything committed
-    /// before the request arrived.
-    pub fn resume_fresh(&mut self, session_id: &SessionId) -> Result<Step, NodeError> {
+    /// Continues the request `ciphertext` that asked for
+    /// [`Step::ReadFresh`], once the host made this replica at least as new
+    /// as everything committed before the request arrived. A resend of it
+    /// (a relay's second delivery, running beside the first) that finds the
+    /// request already taken on gets what any resend gets: the reply, or
+    /// "in progress".
+    pub fn resume_fresh(
+        &mut self,
+        session_id: &SessionId,
+        ciphertext: &[u8],
+    ) -> Result<Step, NodeError> {
+        let digest: [u8; 32] = Sha256::digest(ciphertext).into();
         let session = self
             .sessions
             .get_mut(session_id)
             .ok_or(NodeError::UnknownSession)?;
-        match session.awaiting.take() {
-            Some(Awaiting::Fresh(request)) => self.handle(session_id, request),
-            other => {
-                session.awaiting = other;
-                Err(NodeError::BadRequest(
-                    "no request waits for a fresh read".into(),
-                ))
+        if session.current == Some(digest) && matches!(session.awaiting, Some(Awaiting::Fresh(_))) {
+            if let Some(Awaiting::Fresh(request)) = session.awaiting.take() {
+                return self.handle(session_id, request);
             }
         }
+        if let Some((d, reply)) = &session.last {
+            if *d == digest {
+                return Ok(Step::Reply(reply.clone()));
+            }
+        }
+        Err(if session.current == Some(digest) {
+            NodeError::InProgress
+        } else {
+            NodeError::BadRequest("no such request waits for a fresh read".into())
+        })
     }
 
     fn reply(&mut self, session_id: &SessionId, resp: VaultResponse) -> Result<Step, NodeError> {
@@ -683,7 +710,14 @@ impl Core {
                     record_id: rid,
                     generation,
                 };
-                self.commit(sid, m, Awaiting::Counted { credential_request })
+                self.commit(
+                    sid,
+                    m,
+                    Awaiting::Counted {
+                        credential_request,
+                        generation,
+                    },
+                )
             }
             VaultRequest::LoginFinish {
                 credential_finalization,
@@ -704,7 +738,13 @@ impl Core {
                     if let Some(s) = self.sessions.get_mut(sid) {
                         s.authenticated = Some(login.generation);
                     }
-                    return self.commit(sid, m, Awaiting::LoginReset);
+                    return self.commit(
+                        sid,
+                        m,
+                        Awaiting::LoginReset {
+                            generation: login.generation,
+                        },
+                    );
                 }
                 if login.attempts >= login.guess_limit {
                     let m = Mutation::Destroy {
@@ -767,40 +807,59 @@ impl Core {
                 self.error(sid, VaultError::NoPendingRegistration)
             }
             (
-                Awaiting::Counted { credential_request },
+                Awaiting::Counted {
+                    credential_request,
+                    generation,
+                },
                 Outcome::Counted {
                     attempts,
                     guess_limit,
                 },
-            ) => self.start_login(sid, rid, &credential_request, attempts, guess_limit),
-            (Awaiting::Counted { .. }, Outcome::Exhausted) => match self.state.active(&rid) {
-                Some((_, _, generation)) => self.commit(
-                    sid,
-                    Mutation::Destroy {
-                        record_id: rid,
-                        generation,
-                    },
-                    Awaiting::DestroyedThenFail,
-                ),
-                None => self.error(sid, VaultError::Destroyed),
-            },
-            (Awaiting::LoginReset, Outcome::Reset) => match self.state.active(&rid) {
-                Some((cred, _, _)) => {
-                    let wrapped_key = cred.wrapped_key.clone();
-                    self.reply(sid, VaultResponse::LoginOk { wrapped_key })
+            ) => self.start_login(
+                sid,
+                rid,
+                &credential_request,
+                generation,
+                attempts,
+                guess_limit,
+            ),
+            // Destroy names the generation that reached its limit: if the
+            // record was replaced meanwhile, applying it changes nothing.
+            (Awaiting::Counted { generation, .. }, Outcome::Exhausted) => self.commit(
+                sid,
+                Mutation::Destroy {
+                    record_id: rid,
+                    generation,
+                },
+                Awaiting::DestroyedThenFail,
+            ),
+            (Awaiting::LoginReset { generation }, Outcome::Reset) => {
+                match self.state.active(&rid) {
+                    // Only the key of the generation this login proved the
+                    // password of (a replacement may have landed since the reset).
+                    Some((cred, _, g)) if g == generation => {
+                        let wrapped_key = cred.wrapped_key.clone();
+                        self.reply(sid, VaultResponse::LoginOk { wrapped_key })
+                    }
+                    Some(_) => {
+                        if let Some(s) = self.sessions.get_mut(sid) {
+                            s.authenticated = None;
+                        }
+                        self.error(sid, VaultError::Conflict)
+                    }
+                    None => {
+                        let e = self.absent_error(&rid);
+                        self.error(sid, e)
+                    }
                 }
-                None => {
-                    let e = self.absent_error(&rid);
-                    self.error(sid, e)
-                }
-            },
+            }
             (Awaiting::DestroyedThenFail, _) => self.error(sid, VaultError::Destroyed),
             (Awaiting::Deleted, Outcome::Deleted) => self.reply(sid, VaultResponse::Deleted),
             (_, Outcome::NoRecord) => {
                 let e = self.absent_error(&rid);
                 self.error(sid, e)
             }
-            (Awaiting::LoginReset, _) => {
+            (Awaiting::LoginReset { .. }, _) => {
                 if let Some(s) = self.sessions.get_mut(sid) {
                     s.authenticated = None;
                 }
@@ -815,6 +874,7 @@ impl Core {
         sid: &SessionId,
         rid: RecordId,
         credential_request: &[u8],
+        counted: u64,
         attempts: u32,
         guess_limit: u32,
     ) -> Result<Step, NodeError> {
@@ -822,6 +882,11 @@ impl Core {
             let e = self.absent_error(&rid);
             return self.error(sid, e);
         };
+        // The guess was counted on `counted`; a record replaced since then
+        // must not be tried with it (that guess would go uncounted).
+        if generation != counted {
+            return self.error(sid, VaultError::Conflict);
+        }
         let record = ServerRegistration::<OpaqueSuite>::deserialize(&cred.opaque_record);
         let request = CredentialRequest::<OpaqueSuite>::deserialize(credential_request);
         let (Ok(record), Ok(request)) = (record, request) else {

@@ -37,7 +37,7 @@ fn drive(core: &mut Core, sid: &SessionId, user: &str, ct: &[u8]) -> Result<Vec<
                 step = core.resume(sid, o);
             }
             // One replica: always fresh.
-            Step::ReadFresh => step = core.resume_fresh(sid),
+            Step::ReadFresh => step = core.resume_fresh(sid, ct),
         }
     }
 }
@@ -560,7 +560,7 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
     ));
     // The commit is under way when the link breaks and the relay resends:
     // "in progress", nothing processed twice.
-    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid) else {
+    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
         panic!("expected a commit")
     };
     assert_eq!(
@@ -770,7 +770,7 @@ impl Replicas {
                 Step::ReadFresh => {
                     self.steps.push("fresh");
                     self.catch_up(i, self.log.len());
-                    step = self.cores[i].resume_fresh(&c.sid);
+                    step = self.cores[i].resume_fresh(&c.sid, &ct[..n]);
                 }
             }
         };
@@ -970,4 +970,98 @@ fn a_lagging_replica_answers_from_the_log_not_its_stale_state() {
             wrapped_key: b"new".to_vec()
         }
     );
+}
+
+/// Two deliveries of one request (a relay resent it on a fresh link) run side by side, both
+/// waiting for a fresh read: the first goes on, the second gets "in progress" and then the
+/// first's reply, and a late one never takes over the session's next request.
+#[test]
+fn two_deliveries_of_a_request_waiting_for_a_fresh_read_count_once() {
+    let mut c = core();
+    open(&mut c, "lu").register(&mut c, "pw", 5).unwrap();
+    let mut s = open(&mut c, "lu");
+    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"pw").unwrap();
+    let ct = s.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    assert!(matches!(
+        c.session_message(&s.sid, "lu", &ct),
+        Ok(Step::ReadFresh)
+    ));
+    assert!(matches!(
+        c.session_message(&s.sid, "lu", &ct),
+        Ok(Step::ReadFresh)
+    ));
+    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
+        panic!("expected a commit")
+    };
+    assert_eq!(
+        c.resume_fresh(&s.sid, &ct).err(),
+        Some(NodeError::InProgress)
+    );
+    let o = c.apply(&m);
+    let Ok(Step::Reply(first)) = c.resume(&s.sid, o) else {
+        panic!("expected a reply")
+    };
+    let Ok(Step::Reply(again)) = c.resume_fresh(&s.sid, &ct) else {
+        panic!("expected the same reply")
+    };
+    assert_eq!(again, first);
+    assert_eq!(attempts(&mut c, "lu"), 1);
+    assert!(matches!(
+        s.open_reply(&first),
+        VaultResponse::LoginStarted { .. }
+    ));
+    // The session's next request waits for its own fresh read; a late second delivery of the
+    // first gets the first's reply and leaves the next one alone.
+    let next = s.seal(&VaultRequest::Status);
+    assert!(matches!(
+        c.session_message(&s.sid, "lu", &next),
+        Ok(Step::ReadFresh)
+    ));
+    let Ok(Step::Reply(late)) = c.resume_fresh(&s.sid, &ct) else {
+        panic!("expected the first reply")
+    };
+    assert_eq!(late, first);
+    let Ok(Step::Reply(status)) = c.resume_fresh(&s.sid, &next) else {
+        panic!("expected the status")
+    };
+    assert!(matches!(
+        s.open_reply(&status),
+        VaultResponse::Status {
+            state: RecordState::Active { attempts: 1, .. }
+        }
+    ));
+}
+
+/// A guess counted on one generation of a record is never tried against the record that
+/// replaced it between the count and the answer (that guess would go uncounted).
+#[test]
+fn a_guess_counted_before_a_password_change_is_not_tried_on_the_new_record() {
+    let mut c = core();
+    open(&mut c, "mo").register(&mut c, "old", 5).unwrap();
+    let mut s = open(&mut c, "mo");
+    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"new").unwrap();
+    let ct = s.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    assert!(matches!(
+        c.session_message(&s.sid, "mo", &ct),
+        Ok(Step::ReadFresh)
+    ));
+    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
+        panic!("expected a commit")
+    };
+    let counted = c.apply(&m);
+    // The owner changes the password before this session's answer goes out.
+    let mut owner = open(&mut c, "mo");
+    owner.login(&mut c, "old").unwrap();
+    owner.register(&mut c, "new", 5).unwrap();
+    let Ok(Step::Reply(r)) = c.resume(&s.sid, counted) else {
+        panic!("expected a reply")
+    };
+    assert_eq!(s.open_reply(&r), VaultResponse::Error(VaultError::Conflict));
+    // The new record's count is untouched and its password works.
+    assert_eq!(attempts(&mut c, "mo"), 0);
+    open(&mut c, "mo").login(&mut c, "new").unwrap();
 }

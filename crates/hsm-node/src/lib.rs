@@ -424,7 +424,7 @@ impl Node {
                                 return unavailable;
                             }
                             step = match self.core() {
-                                Some(mut core) => core.resume_fresh(&session_id),
+                                Some(mut core) => core.resume_fresh(&session_id, &ciphertext),
                                 None => return unavailable,
                             };
                         }

@@ -628,6 +628,27 @@ fn concurrent_correct_recoveries_all_succeed() {
         assert!(kind.contains("429"), "unexpected failure {kind}: {r}");
     }
     assert!(r["recoveries"].as_u64().unwrap() > 0, "{r}");
+    // Open loop: recoveries start on a schedule of 10 per second, not faster.
+    let o = dev.admin(&[
+        "dev",
+        "loadgen",
+        "--users",
+        "3",
+        "--concurrency",
+        "3",
+        "--seconds",
+        "2",
+        "--rate",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["offered_per_second"].as_f64(), Some(10.0), "{r}");
+    let n = r["recoveries"].as_u64().unwrap() + r["errors"].as_u64().unwrap();
+    assert!(
+        (1..=20).contains(&n),
+        "{n} recoveries started in 2 s at 10/s: {r}"
+    );
 }
 
 #[test]

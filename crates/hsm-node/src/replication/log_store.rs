@@ -27,6 +27,8 @@ struct Inner {
     platform: SharedPlatform,
     /// Epoch of the last durable write (the counter follows it).
     epoch: std::sync::Mutex<u64>,
+    /// Sealed entry bytes appended since open (the snapshot policy's measure of log growth).
+    appended: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -77,6 +79,7 @@ impl LogStore {
             db,
             platform,
             epoch: std::sync::Mutex::new(0),
+            appended: Arc::default(),
         };
         let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
         let now = inner.platform.counter_read()?;
@@ -92,6 +95,11 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Sealed entry bytes appended since this store was opened (grows only).
+    pub fn appended_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inner.appended.clone()
     }
 
     /// Commits `tx` together with a new epoch, then advances the platform
@@ -317,6 +325,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let r = self
             .blocking(move |inner| {
                 let tx = inner.db.begin_write().map_err(db_err)?;
+                let mut bytes = 0u64;
                 {
                     let mut t = tx.open_table(LOG).map_err(db_err)?;
                     for e in &entries {
@@ -324,8 +333,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         let sealed =
                             seal_value(&inner.platform, "raft-entry", &index.to_be_bytes(), e)?;
                         t.insert(index, sealed.as_slice()).map_err(db_err)?;
+                        bytes += sealed.len() as u64;
                     }
                 }
+                inner
+                    .appended
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                 // redb's default durability fsyncs before commit returns.
                 LogStore::commit_epoch(inner, tx)
             })

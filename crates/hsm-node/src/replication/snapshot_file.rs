@@ -85,6 +85,11 @@ pub struct SnapshotFile {
 impl SnapshotFile {
     /// The snapshot file of `dir`; staging files a crashed write left behind are removed (the
     /// directory belongs to this process: it holds the data directory's lock).
+    /// Where a data directory's snapshot lives.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join(FILE)
+    }
+
     pub fn new(dir: &Path, platform: SharedPlatform) -> Self {
         if let Ok(entries) = std::fs::read_dir(dir) {
             let prefix = format!("{FILE}.");
