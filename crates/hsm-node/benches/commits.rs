@@ -130,6 +130,7 @@ async fn start(id: u64, p: Parts, bootstrap: &BTreeSet<[u8; 32]>) -> anyhow::Res
                 platform: p.platform,
                 identity: p.identity,
                 bootstrap: bootstrap.clone(),
+                snapshot_log_min: bkv_hsm_node::replication::fleet::SNAPSHOT_LOG_MIN,
             },
             p.listener,
             Arc::new(Mutex::new(State::default())),

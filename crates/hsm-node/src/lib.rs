@@ -273,6 +273,7 @@ impl Node {
                     platform,
                     identity: link,
                     bootstrap,
+                    snapshot_log_min: replication::fleet::SNAPSHOT_LOG_MIN,
                 },
                 listener,
                 core.clone(),

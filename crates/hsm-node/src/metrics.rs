@@ -23,6 +23,7 @@ pub struct NodeMetrics {
     guesses_refused: AtomicU64,
     records_destroyed: AtomicU64,
     leader_changes: AtomicU64,
+    log_snapshots: AtomicU64,
     commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
     commit_count: AtomicU64,
     commit_sum_micros: AtomicU64,
@@ -47,6 +48,16 @@ impl NodeMetrics {
     /// This node saw a new leader.
     pub fn leader_changed(&self) {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This node started a snapshot because its log grew by a quarter of its state.
+    pub fn log_snapshot(&self) {
+        self.log_snapshots.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshots started because the log grew by a quarter of the state.
+    pub fn log_snapshots(&self) -> u64 {
+        self.log_snapshots.load(Ordering::Relaxed)
     }
 
     /// One proposal of this node, from the call to its outcome applied here.
@@ -95,6 +106,12 @@ impl NodeMetrics {
             "counter",
             "Times this node saw a new leader (the first included).",
             get(&self.leader_changes).to_string(),
+        );
+        metric(
+            "bkv_node_log_snapshots_total",
+            "counter",
+            "Snapshots started because the log grew by a quarter of the state (at least 16 MiB).",
+            get(&self.log_snapshots).to_string(),
         );
         metric(
             "bkv_node_raft_term",

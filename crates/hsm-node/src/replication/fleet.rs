@@ -73,6 +73,8 @@ pub struct FleetOptions {
     /// peers of a replication test with bare states. Once the state names
     /// members, exactly the admitted members are accepted.
     pub bootstrap: BTreeSet<[u8; 32]>,
+    /// The log growth that always starts a snapshot ([`SNAPSHOT_LOG_MIN`]; tests lower it).
+    pub snapshot_log_min: u64,
 }
 
 /// A running fleet member.
@@ -102,10 +104,10 @@ const QUORUM_FRESH_MS: u64 = 1_000;
 
 /// Counts the leaders this node sees.
 /// Log bytes that always justify a snapshot, however small the state.
-const SNAPSHOT_LOG_MIN: u64 = 16 << 20;
+pub const SNAPSHOT_LOG_MIN: u64 = 16 << 20;
 
 /// Snapshots when the log grew by a quarter of the last snapshot's size (at least
-/// [`SNAPSHOT_LOG_MIN`]) since the last snapshot, besides openraft's every-5,000-entries
+/// `log_min`, normally [`SNAPSHOT_LOG_MIN`]) since the last snapshot, besides openraft's every-5,000-entries
 /// policy. Entries carry up to 64 mutations since group commit, so a count of entries does not
 /// bound the log's bytes: at 10⁶ registrations the log between snapshots reached 131–174 MiB, a
 /// third of the disk. With this rule the log stays within about a quarter of the state, and
@@ -115,6 +117,8 @@ async fn watch_log_growth(
     raft: Raft<TypeConfig>,
     appended: Arc<std::sync::atomic::AtomicU64>,
     snapshot_file: PathBuf,
+    log_min: u64,
+    metrics: Arc<NodeMetrics>,
 ) {
     use std::sync::atomic::Ordering;
     let mut since = appended.load(Ordering::Relaxed);
@@ -133,15 +137,16 @@ async fn watch_log_growth(
         let state = std::fs::metadata(&snapshot_file)
             .map(|m| m.len())
             .unwrap_or(0);
-        if now.saturating_sub(since) >= SNAPSHOT_LOG_MIN.max(state / 4) {
+        if now.saturating_sub(since) >= log_min.max(state / 4) {
             tracing::info!(
                 log_bytes = now - since,
                 snapshot_bytes = state,
                 "the log grew by a quarter of the state: snapshot"
             );
             since = now;
-            if let Err(e) = raft.trigger().snapshot().await {
-                tracing::warn!(error = %e, "could not trigger a snapshot");
+            match raft.trigger().snapshot().await {
+                Ok(()) => metrics.log_snapshot(),
+                Err(e) => tracing::warn!(error = %e, "could not trigger a snapshot"),
             }
         }
     }
@@ -177,6 +182,7 @@ impl Fleet {
             platform,
             identity,
             bootstrap,
+            snapshot_log_min,
         } = opts;
         let dir = dir.as_path();
         let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
@@ -203,6 +209,8 @@ impl Fleet {
             raft.clone(),
             appended,
             super::snapshot_file::SnapshotFile::path_in(dir),
+            snapshot_log_min,
+            metrics.clone(),
         ));
         Ok(Fleet {
             id,

@@ -30,6 +30,9 @@ fn identity(seed: u8) -> LinkIdentity {
 }
 
 const RID: [u8; 32] = [9u8; 32];
+/// The log growth that starts a snapshot: 1 MiB here (16 MiB in a node), so the 10,000-user
+/// test exercises the policy.
+const SNAPSHOT_LOG_MIN: u64 = 1 << 20;
 
 /// A member with its own directory and a free port (checked, then released; the member
 /// rebinds it on every (re)start).
@@ -122,6 +125,7 @@ async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
             platform: m.identity.platform.clone(),
             identity: m.identity.clone(),
             bootstrap: bootstrap.clone(),
+            snapshot_log_min: SNAPSHOT_LOG_MIN,
         },
         listener,
         m.state.clone(),
@@ -571,6 +575,18 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     for t in tasks {
         t.await.unwrap();
     }
+    // 20,000 mutations are over 8 MiB of log: the log-growth policy (1 MiB here) snapshots on
+    // its own.
+    let mut grown = 0;
+    for _ in 0..100 {
+        grown = lead.metrics().log_snapshots();
+        if grown >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(grown >= 1, "log-growth snapshots: {grown}");
+    assert!(lead.raft.metrics().borrow().snapshot.is_some());
     let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
     lead.raft.trigger().snapshot().await.unwrap();
     lead.raft
@@ -717,6 +733,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
             platform: members[3].identity.platform.clone(),
             identity: members[3].identity.clone(),
             bootstrap: bootstrap.clone(),
+            snapshot_log_min: SNAPSHOT_LOG_MIN,
         },
         listener,
         members[3].state.clone(),
