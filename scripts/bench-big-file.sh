@@ -7,8 +7,8 @@
 set -euo pipefail
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time (apt-get install time)"; exit 1; }
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bins >/dev/null
-B=target/release
+cargo build --profile production --locked --bins >/dev/null
+B=target/production
 W=$(mktemp -d)
 $B/bkv-admin dev up --dir $W/d > $W/up.log 2>&1 &
 up=$!

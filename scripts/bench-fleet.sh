@@ -25,13 +25,13 @@ if ! command -v etcd >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server etcd-client
 fi
-cargo build --release --locked --bins >/dev/null
-COMMITS=$(cargo bench --locked -p bkv-hsm-node --bench commits --no-run --message-format=json 2>/dev/null \
+cargo build --profile production --locked --bins >/dev/null
+COMMITS=$(cargo bench --locked --profile production -p bkv-hsm-node --bench commits --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="commits" and m.get("executable"): print(m["executable"])' | tail -1)
-ADMIN=target/release/bkv-admin
+ADMIN=target/production/bkv-admin
 OUT=$(mktemp)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -13,8 +13,8 @@ if ! command -v softhsm2-util >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq softhsm2
 fi
 cargo bench -p bkv-hsm-platform --bench platform
-cargo build --release --locked --bins >/dev/null
-BKV=target/release/bkv
+cargo build --profile production --locked --bins >/dev/null
+BKV=target/production/bkv
 for round in $(seq "$ROUNDS"); do
   for platform in software softhsm; do
     d=$(mktemp -d)

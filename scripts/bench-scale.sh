@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 USERS=${USERS:-1000000}
 SMALL=${SMALL:-1000}
 SECS=${SECS:-5}
-BENCH=$(cargo bench --locked -p bkv-hsm-node --bench commits --no-run --message-format=json 2>/dev/null \
+BENCH=$(cargo bench --locked --profile production -p bkv-hsm-node --bench commits --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)

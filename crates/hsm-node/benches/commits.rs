@@ -448,14 +448,8 @@ async fn rejoin(
         .map(|l| l.index)
         .unwrap_or(0);
     let t = Instant::now();
-    leader.raft.trigger().snapshot().await?;
     leader
-        .raft
-        .wait(Some(Duration::from_secs(600)))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= last),
-            "snapshot built",
-        )
+        .snapshot_through(last, Duration::from_secs(600))
         .await?;
     let snapshot_secs = t.elapsed().as_secs_f64();
     leader.raft.trigger().purge_log(last).await?;

@@ -145,9 +145,10 @@ impl<R: Replica> StateMachine<R> {
     }
 }
 
-/// Builds a snapshot on a blocking thread: the state is encoded under the replica lock together
-/// with the position it has applied (at 10⁶ users the encoding takes a few hundred
-/// milliseconds, which on an async worker delayed heartbeats enough to change leaders).
+/// Builds a snapshot on a blocking thread: the state is copied under the replica lock together
+/// with the position it has applied, then encoded outside it (at 10⁶ users the encoding takes a
+/// few hundred milliseconds, which on an async worker delayed heartbeats enough to change
+/// leaders, and under the lock stalled every request on the node).
 pub struct SnapshotBuilder<R: Replica> {
     replica: Arc<Mutex<R>>,
     position: Arc<Mutex<Position>>,
@@ -160,11 +161,16 @@ impl<R: Replica> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<R> {
         let (replica, position) = (self.replica.clone(), self.position.clone());
         let (store, id) = (self.snapshots.clone(), self.id);
         let (meta, data) = blocking(ErrorVerb::Write, move || {
-            // A poisoned lock is an error, never an empty snapshot.
-            let r = replica.lock().map_err(|_| poisoned())?;
-            let p = position.lock().map_err(|_| poisoned())?.clone();
-            let data = bkv_wire::encode(r.state());
-            drop(r);
+            // A poisoned lock is an error, never an empty snapshot. Under the lock only the
+            // record map is copied (records are shared, see `State::records`); the encoding
+            // runs after it is released, so requests and applies do not wait for it.
+            let (state, p) = {
+                let r = replica.lock().map_err(|_| poisoned())?;
+                let p = position.lock().map_err(|_| poisoned())?.clone();
+                (r.state().clone(), p)
+            };
+            let data = bkv_wire::encode(&state);
+            drop(state);
             let last = p.last_applied;
             let meta = SnapshotMeta {
                 last_log_id: last,

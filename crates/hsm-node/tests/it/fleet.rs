@@ -588,10 +588,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     assert!(grown >= 1, "log-growth snapshots: {grown}");
     assert!(lead.raft.metrics().borrow().snapshot.is_some());
     let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
-    lead.raft.trigger().snapshot().await.unwrap();
-    lead.raft
-        .wait(Some(Duration::from_secs(60)))
-        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
+    lead.snapshot_through(last, Duration::from_secs(60))
         .await
         .unwrap();
     lead.raft.trigger().purge_log(last).await.unwrap();
@@ -704,14 +701,14 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
         assert!(matches!(o.await.unwrap(), Outcome::Counted { .. }));
     }
     let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
-    let raft = members[3].fleet.as_ref().unwrap().raft.clone();
+    let member = members[3].fleet.as_ref().unwrap();
+    let raft = member.raft.clone();
     raft.wait(Some(Duration::from_secs(30)))
         .applied_index_at_least(Some(last), "counted")
         .await
         .unwrap();
-    raft.trigger().snapshot().await.unwrap();
-    raft.wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
+    member
+        .snapshot_through(last, Duration::from_secs(30))
         .await
         .unwrap();
     raft.trigger().purge_log(last).await.unwrap();
