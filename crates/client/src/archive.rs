@@ -322,16 +322,19 @@ impl io::Write for WriteBehind {
 /// Plaintext pieces decrypted ahead of the writer, and their size.
 const READ_AHEAD: usize = 3;
 const PIECE: usize = 1 << 20;
+type Piece = zeroize::Zeroizing<Vec<u8>>;
 
 /// The restore's second core: a scoped thread reads and decrypts (authenticates) the backup
 /// in 1 MiB pieces while this thread decompresses and writes. Plaintext crosses only once
 /// authenticated, as from [`DecryptReader`] itself; an empty piece is the end of the stream
 /// (its last chunk authenticated), so a thread that stopped early is never taken for the end.
+/// Pieces are zeroized when dropped (whole capacity), wherever that happens: here, in the
+/// channels, or on the decrypting thread.
 struct ReadAhead {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: std::sync::mpsc::Receiver<io::Result<Piece>>,
     /// Emptied pieces go back to the decrypting thread to be refilled.
-    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
+    spent: std::sync::mpsc::SyncSender<Piece>,
+    cur: Piece,
     pos: usize,
     end: bool,
 }
@@ -342,13 +345,13 @@ impl ReadAhead {
         mut dec: DecryptReader<R>,
     ) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
-        let (spent, refill) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD + 1);
+        let (spent, refill) = std::sync::mpsc::sync_channel::<Piece>(READ_AHEAD + 1);
         std::thread::Builder::new()
             .name("restore-decrypt".into())
             .spawn_scoped(scope, move || loop {
                 let mut piece = refill.try_recv().unwrap_or_default();
                 piece.resize(PIECE, 0);
-                let r = crate::backup::read_full(&mut dec, &mut piece).map(|n| {
+                let r = crate::backup::read_full(&mut dec, &mut piece[..]).map(|n| {
                     piece.truncate(n);
                     piece
                 });
@@ -361,7 +364,7 @@ impl ReadAhead {
         Ok(ReadAhead {
             rx,
             spent,
-            cur: Vec::new(),
+            cur: Piece::default(),
             pos: 0,
             end: false,
         })

@@ -508,6 +508,29 @@ fn wrong_pinned_fleet_key_is_rejected() {
 }
 
 impl Client {
+    /// A sealed `LoginStart` delivered twice before its read barrier ran (both deliveries are
+    /// told to wait for a fresh read), then resumed: its ciphertext and the guess-count commit.
+    fn login_start_delivered_twice(
+        &mut self,
+        c: &mut Core,
+        pw: &[u8],
+    ) -> (Vec<u8>, bkv_hsm_core::Mutation) {
+        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw).unwrap();
+        let ct = self.seal(&VaultRequest::LoginStart {
+            credential_request: start.message.serialize().to_vec(),
+        });
+        for _ in 0..2 {
+            assert!(matches!(
+                c.session_message(&self.sid, &self.user, &ct),
+                Ok(Step::ReadFresh)
+            ));
+        }
+        let Ok(Step::Commit(m)) = c.resume_fresh(&self.sid, &ct) else {
+            panic!("expected a commit")
+        };
+        (ct, m)
+    }
+
     /// Encrypts a request without sending it (to resend the same bytes).
     fn seal(&mut self, req: &VaultRequest) -> Vec<u8> {
         let plain = bkv_wire::encode(req);
@@ -544,25 +567,11 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
     let mut c = core();
     open(&mut c, "kim").register(&mut c, "pw", 5).unwrap();
     let mut s = open(&mut c, "kim");
-    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"wrong").unwrap();
-    let ct = s.seal(&VaultRequest::LoginStart {
-        credential_request: start.message.serialize().to_vec(),
-    });
     // It reads the record, so the host first makes the replica fresh; a
     // resend while that read barrier runs (or after it failed) asks again.
-    assert!(matches!(
-        c.session_message(&s.sid, "kim", &ct),
-        Ok(Step::ReadFresh)
-    ));
-    assert!(matches!(
-        c.session_message(&s.sid, "kim", &ct),
-        Ok(Step::ReadFresh)
-    ));
+    let (ct, m) = s.login_start_delivered_twice(&mut c, b"wrong");
     // The commit is under way when the link breaks and the relay resends:
     // "in progress", nothing processed twice.
-    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
-        panic!("expected a commit")
-    };
     assert_eq!(
         c.session_message(&s.sid, "kim", &ct).err(),
         Some(NodeError::InProgress)
@@ -581,6 +590,7 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
     ));
     // A different request while one is committing is still refused.
     let mut t = open(&mut c, "kim");
+    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"wrong").unwrap();
     let ct1 = t.seal(&VaultRequest::LoginStart {
         credential_request: start.message.serialize().to_vec(),
     });
@@ -980,21 +990,7 @@ fn two_deliveries_of_a_request_waiting_for_a_fresh_read_count_once() {
     let mut c = core();
     open(&mut c, "lu").register(&mut c, "pw", 5).unwrap();
     let mut s = open(&mut c, "lu");
-    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"pw").unwrap();
-    let ct = s.seal(&VaultRequest::LoginStart {
-        credential_request: start.message.serialize().to_vec(),
-    });
-    assert!(matches!(
-        c.session_message(&s.sid, "lu", &ct),
-        Ok(Step::ReadFresh)
-    ));
-    assert!(matches!(
-        c.session_message(&s.sid, "lu", &ct),
-        Ok(Step::ReadFresh)
-    ));
-    let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
-        panic!("expected a commit")
-    };
+    let (ct, m) = s.login_start_delivered_twice(&mut c, b"pw");
     assert_eq!(
         c.resume_fresh(&s.sid, &ct).err(),
         Some(NodeError::InProgress)
