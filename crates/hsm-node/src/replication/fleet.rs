@@ -123,7 +123,8 @@ async fn watch_log_growth(
     metrics: Arc<NodeMetrics>,
 ) {
     use std::sync::atomic::Ordering;
-    let mut since = appended.load(Ordering::Relaxed);
+    // From zero: the log bytes a restart found on disk count as growth since the last snapshot.
+    let mut since = 0;
     let mut last_snapshot = raft.metrics().borrow().snapshot;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

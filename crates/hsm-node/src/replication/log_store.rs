@@ -27,7 +27,9 @@ struct Inner {
     platform: SharedPlatform,
     /// Epoch of the last durable write (the counter follows it).
     epoch: std::sync::Mutex<u64>,
-    /// Sealed entry bytes appended since open (the snapshot policy's measure of log growth).
+    /// Sealed entry bytes in the log when it was opened plus those appended since (the
+    /// snapshot policy's measure of log growth; it must count what a restart found on disk, or
+    /// a node restarted before each threshold would never snapshot).
     appended: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -75,11 +77,21 @@ impl LogStore {
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(LOG).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
+        let on_disk = {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(LOG).map_err(db_err)?;
+            let mut bytes = 0u64;
+            for item in t.iter().map_err(db_err)? {
+                let (_, v) = item.map_err(db_err)?;
+                bytes += v.value().len() as u64;
+            }
+            bytes
+        };
         let mut inner = Inner {
             db,
             platform,
             epoch: std::sync::Mutex::new(0),
-            appended: Arc::default(),
+            appended: Arc::new(std::sync::atomic::AtomicU64::new(on_disk)),
         };
         let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
         let now = inner.platform.counter_read()?;
@@ -97,7 +109,8 @@ impl LogStore {
         })
     }
 
-    /// Sealed entry bytes appended since this store was opened (grows only).
+    /// Sealed entry bytes found in the log at open plus those appended since (grows only; the
+    /// entries kept after a purge count too, so a restart may snapshot a little early).
     pub fn appended_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.inner.appended.clone()
     }

@@ -107,6 +107,11 @@ async fn form(members: &[Member], nodes: BTreeMap<u64, PeerNode>) {
 }
 
 async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
+    start_with(id, m, bootstrap, SNAPSHOT_LOG_MIN).await
+}
+
+/// [`start`] with the log growth that starts a snapshot.
+async fn start_with(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>, log_min: u64) {
     // A member restarted in place rebinds its port; the aborted server task of its previous
     // run releases it on the runtime's next turn.
     let mut bound = tokio::net::TcpListener::bind(&m.addr).await;
@@ -125,7 +130,7 @@ async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
             platform: m.identity.platform.clone(),
             identity: m.identity.clone(),
             bootstrap: bootstrap.clone(),
-            snapshot_log_min: SNAPSHOT_LOG_MIN,
+            snapshot_log_min: log_min,
         },
         listener,
         m.state.clone(),
@@ -537,6 +542,46 @@ fn lead_state(members: &[Member], l: usize) -> State {
 /// the leader snapshots and purges its log, and a new, empty member joins as a learner and
 /// catches up from the snapshot alone (the log it would need is gone) to the same state, and
 /// restarts from the snapshot it stored.
+/// openraft's entry-count policy is off, so the log-growth policy is the only automatic
+/// snapshot: it must count the log a restart finds on disk, or a node restarted before each
+/// threshold (a crash loop, rolling upgrades) would never snapshot and its log would grow
+/// without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_counts_the_log_it_found_towards_its_next_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let mut members = vec![new_member(t.path(), 0)];
+    let bootstrap: BTreeSet<[u8; 32]> = [members[0].identity.public()].into();
+    // First run: no snapshot whatever the growth; ~2.4 MiB of log.
+    start_with(0, &mut members[0], &bootstrap, u64::MAX).await;
+    form(&members, [(0, peer(&members[0]))].into()).await;
+    leader(&members).await;
+    let f = members[0].fleet.as_ref().unwrap();
+    for n in 0..40u32 {
+        let mut record_id = [0u8; 32];
+        record_id[..4].copy_from_slice(&n.to_be_bytes());
+        let stored = f.propose(Mutation::StorePending {
+            record_id,
+            pending: pending(60_000, 80),
+        });
+        assert_eq!(stored.await.unwrap(), Outcome::Stored);
+    }
+    assert!(f.raft.metrics().borrow().snapshot.is_none());
+    let raft = f.raft.clone();
+    raft.shutdown().await.unwrap();
+    drop(raft);
+    drop(members[0].fleet.take());
+    // Restarted with a 1 MiB threshold and no new writes: the 2.4 MiB it found start one.
+    start(0, &mut members[0], &bootstrap).await;
+    let f = members[0].fleet.as_ref().unwrap();
+    f.raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.snapshot.is_some(), "a snapshot after the restart")
+        .await
+        .unwrap();
+    assert!(f.metrics().log_snapshots() >= 1);
+    assert_eq!(members[0].state.lock().unwrap().records.len(), 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     const USERS: u32 = 10_000;
