@@ -126,15 +126,21 @@ async fn watch_log_growth(
     // From zero: the log bytes a restart found on disk count as growth since the last snapshot.
     let mut since = 0;
     let mut last_snapshot = raft.metrics().borrow().snapshot;
+    // Set while a snapshot this watcher started is being built.
+    let mut ours_building = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = appended.load(Ordering::Relaxed);
         let snapshot = raft.metrics().borrow().snapshot;
         if snapshot != last_snapshot {
-            // A snapshot (ours or openraft's own) covers what was appended before it.
+            // Ours covers what was appended up to its trigger (`since` is already there; what
+            // came during the build, ~1 s at 10⁶ users, still counts). Any other (an explicit
+            // trigger, or one installed from the leader) is taken to cover everything so far.
             last_snapshot = snapshot;
-            since = now;
+            if !std::mem::take(&mut ours_building) {
+                since = now;
+            }
             continue;
         }
         let state = std::fs::metadata(&snapshot_file)
@@ -148,7 +154,10 @@ async fn watch_log_growth(
             );
             since = now;
             match raft.trigger().snapshot().await {
-                Ok(()) => metrics.log_snapshot(),
+                Ok(()) => {
+                    ours_building = true;
+                    metrics.log_snapshot()
+                }
                 Err(e) => tracing::warn!(error = %e, "could not trigger a snapshot"),
             }
         }
