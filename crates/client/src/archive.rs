@@ -484,6 +484,15 @@ mod tests {
         Box::new(|_| {})
     }
 
+    /// `src` backed up in the smallest chunks (many chunks from little data).
+    fn small_chunk_backup(src: &Path, k: &BackupKey, compress: bool) -> Vec<u8> {
+        let opts = Options {
+            compress,
+            chunk_size: crate::backup::MIN_CHUNK_SIZE,
+        };
+        write_backup(src, k, opts, Vec::new(), noop()).unwrap().1
+    }
+
     #[test]
     fn directory_roundtrip_and_tamper_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
@@ -495,11 +504,7 @@ mod tests {
         fs::write(src.join("top"), b"x").unwrap();
         let k = BackupKey::generate();
         for compress in [true, false] {
-            let opts = Options {
-                compress,
-                chunk_size: crate::backup::MIN_CHUNK_SIZE,
-            };
-            let (_, ct) = write_backup(&src, &k, opts, Vec::new(), noop()).unwrap();
+            let ct = small_chunk_backup(&src, &k, compress);
             let out = d.path().join(format!("out-{compress}"));
             read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
             for i in 0..50 {
@@ -528,11 +533,7 @@ mod tests {
         let src = d.path().join("f");
         fs::write(&src, vec![9u8; 100_000]).unwrap();
         let k = BackupKey::generate();
-        let opts = Options {
-            compress: false,
-            chunk_size: crate::backup::MIN_CHUNK_SIZE,
-        };
-        let (_, ct) = write_backup(&src, &k, opts, Vec::new(), noop()).unwrap();
+        let ct = small_chunk_backup(&src, &k, false);
         let out = d.path().join("out");
         let err = read_backup(&ct[..ct.len() - 5000], &k, &out, noop()).unwrap_err();
         assert!(matches!(err, ClientError::Format(_)), "{err}");
@@ -554,11 +555,7 @@ mod tests {
         fs::write(&src, &data).unwrap();
         let k = BackupKey::generate();
         for compress in [false, true] {
-            let opts = Options {
-                compress,
-                chunk_size: crate::backup::MIN_CHUNK_SIZE,
-            };
-            let (_, ct) = write_backup(&src, &k, opts, Vec::new(), noop()).unwrap();
+            let ct = small_chunk_backup(&src, &k, compress);
             let out = d.path().join(format!("out-{compress}"));
             read_backup(ct.as_slice(), &k, &out, noop()).unwrap();
             assert!(fs::read(&out).unwrap() == data);

@@ -610,18 +610,12 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
 fn concurrent_correct_recoveries_all_succeed() {
     let t = tempfile::tempdir().unwrap();
     let dev = DevUp::start(&t.path().join("dev"));
-    let o = dev.admin(&[
-        "dev",
-        "loadgen",
-        "--users",
-        "3",
-        "--concurrency",
-        "6",
-        "--seconds",
-        "2",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let loadgen = |args: &[&str]| -> serde_json::Value {
+        let o = dev.admin(&[&["dev", "loadgen", "--users", "3", "--seconds", "2"], args].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let r = loadgen(&["--concurrency", "6"]);
     // Session opens beyond the per-user budget are refused (before anything
     // is counted); nothing else may fail, and no record may be destroyed.
     for (kind, _) in r["error_kinds"].as_object().unwrap() {
@@ -629,20 +623,7 @@ fn concurrent_correct_recoveries_all_succeed() {
     }
     assert!(r["recoveries"].as_u64().unwrap() > 0, "{r}");
     // Open loop: recoveries start on a schedule of 10 per second, not faster.
-    let o = dev.admin(&[
-        "dev",
-        "loadgen",
-        "--users",
-        "3",
-        "--concurrency",
-        "3",
-        "--seconds",
-        "2",
-        "--rate",
-        "10",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = loadgen(&["--concurrency", "3", "--rate", "10"]);
     assert_eq!(r["offered_per_second"].as_f64(), Some(10.0), "{r}");
     let n = r["recoveries"].as_u64().unwrap() + r["errors"].as_u64().unwrap();
     assert!(
