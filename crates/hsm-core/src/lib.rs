@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commitment;
 mod keys;
 pub mod members;
 pub mod platform;

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod records;
 pub mod replication;
 pub mod store;
 
