@@ -1,39 +1,40 @@
-//! The core's commitment to the current record set, so records can live on the untrusted host's
-//! disk (per-record sealed values) while the core keeps only a fixed amount of memory.
+//! The core's commitment to the current records, so records can live on the untrusted host's
+//! disk while the core keeps a fixed amount of memory (issue 13, part 4; docs/scaling.md
+//! "Per-record state").
 //!
-//! Sealing stops the host from reading, forging or swapping records, but not from handing back an
-//! *older* sealed copy of the same record: a guess counter rolled back one record at a time. The
-//! core therefore keeps this commitment and checks every record the host hands it against it.
+//! Sealing stops the host from reading, forging or moving records, but not from handing back an
+//! *older* sealed copy: a guess counter rolled back one record at a time. The core therefore keeps
+//! this commitment and checks everything the host hands it against it before unsealing it.
 //!
 //! # Shape (version 1)
 //!
 //! Records fall into `2^16` buckets by a keyed hash of their id ([`RecordCommitment::bucket`]; the
-//! key is per fleet, so nobody can aim many ids at one bucket). A bucket's digest covers the
-//! sorted list of its records, each as `(id, SHA-256 of its sealed value)`:
+//! key is per fleet, so nobody can aim many ids at one bucket). A bucket's records are encoded
+//! together ([`Bucket`]: `bkv_wire` encoding of the `(id, Record)` list in increasing id order)
+//! and sealed as one value, bound to the bucket's number (slot [`BUCKET_SLOT`], label the bucket
+//! as u16 BE). The leaves of a complete binary Merkle tree are the buckets' sealed values:
 //!
 //! ```text
-//! entry hash  = SHA-256("bkv/record-entry/v1\0" || sealed value)
-//! bucket leaf = SHA-256(0x00 || "bkv/bucket/v1\0" || bucket u16 BE || count u32 BE
-//!                       || (id 32 || entry hash 32) for each record, ids strictly increasing)
-//! inner node  = SHA-256(0x01 || left || right)
+//! leaf  = SHA-256(0x00 || "bkv/bucket/v1\0" || bucket u16 BE || present u8 || sealed value)
+//!         (present = 0 and no value for an empty bucket, which the host stores nothing for)
+//! inner = SHA-256(0x01 || left || right)
 //! ```
 //!
-//! The leaves form a complete binary Merkle tree whose root ([`RecordCommitment::root`]) names the
-//! whole record set; the core holds the tree itself (`2 × 2^16` nodes, 4 MiB, whatever the user
-//! count), updates a path of 16 nodes per change, and never holds a record it is not working on.
-//! To read or change a record the host hands over the record's whole bucket listing (about 15
-//! entries, ~1 KiB, at 10⁶ users; at most [`MAX_BUCKET_ENTRIES`]): a listing that leaves a record
-//! out, adds one, or names an older value of any of them does not hash to the leaf and is refused,
-//! so an absent record cannot be faked either.
+//! The core holds the whole tree (`2 × 2^16` hashes, 4 MiB, whatever the user count) and updates
+//! a path of 16 nodes per change. Every seal draws a fresh nonce, so every version of a bucket
+//! has its own leaf: an older copy, a missing bucket or another bucket's value does not hash to
+//! the leaf and is refused before it is unsealed.
 //!
-//! Why buckets rather than a sparse Merkle tree over the ids: a proof is then the bucket listing
-//! itself, which the host reads with one range scan of a table keyed `(bucket, id)` and needs no
-//! stored inner nodes, and the core's tree has a fixed size; the price is a listing that grows with
-//! the users per bucket (linearly: ~150 entries, 10 KiB, at 10⁷ users per fleet), which
-//! docs/scaling.md's group size keeps small.
+//! Why a sealed value per bucket rather than per record (measured, BENCHMARKS.md "Records on
+//! disk"): at 10⁶ records redb needed 590–703 B of pages per per-record value (the file
+//! 1,078 B), against 481 B per record for the buckets; reads and guess-count updates cost the
+//! same; and a bucket's sealed value is its own proof, where per-record values needed the
+//! bucket's listing sent along. The price is a whole bucket (about 16 records, 5 KiB, at 10⁶
+//! users) unsealed per read and resealed per write.
 
 use crate::platform::{Platform, PlatformError};
 use crate::state::{Record, RecordId};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -41,90 +42,79 @@ use subtle::ConstantTimeEq;
 pub const BUCKET_BITS: u32 = 16;
 /// Most records one bucket holds: `2^16 × 4096` ≈ 2.7 × 10⁸ records per fleet, far above a
 /// group's size, and it bounds the work any one access costs.
-pub const MAX_BUCKET_ENTRIES: usize = 4096;
+pub const MAX_BUCKET_RECORDS: usize = 4096;
+/// Largest encoded bucket accepted (4096 records of up to 1 KiB, the most a record with a live
+/// and a pending credential encodes to).
+pub const MAX_BUCKET_BYTES: usize = MAX_BUCKET_RECORDS * 1024;
+/// The platform slot a bucket's sealed value is bound to (its label is the bucket number).
+pub const BUCKET_SLOT: &str = "vault-bucket";
 
-/// The platform slot a record's sealed value is bound to (its label is the record id, so the
-/// host cannot move a record under another id).
-pub const RECORD_SLOT: &str = "vault-record";
-/// Largest encoded record accepted (a live and a pending credential with the largest wrapped key
-/// fit in well under half of it).
-pub const MAX_RECORD: usize = 4096;
-
-const ENTRY_TAG: &[u8] = b"bkv/record-entry/v1\0";
-const BUCKET_TAG: &[u8] = b"bkv/bucket/v1\0";
+const LEAF_TAG: &[u8] = b"bkv/bucket/v1\0";
 const BUCKET_OF_TAG: &[u8] = b"bkv/bucket-of/v1\0";
 
 pub type Hash = [u8; 32];
 
-/// One record of a bucket listing: its id and the [`entry_hash`] of its sealed value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketEntry {
-    pub id: RecordId,
-    pub hash: Hash,
-}
-
-/// The hash a bucket listing names a record's sealed value by.
-pub fn entry_hash(sealed: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update(ENTRY_TAG);
-    h.update(sealed);
-    h.finalize().into()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommitmentError {
-    #[error("bucket listing has {0} entries, over the limit")]
-    TooLarge(usize),
-    #[error("bucket listing is not in strictly increasing id order")]
-    Unsorted,
-    #[error("bucket listing holds a record of another bucket")]
-    WrongBucket,
-    #[error("bucket listing does not match the committed records (stale, missing or extra)")]
-    Mismatch,
-    #[error("the record's value is not the one the committed listing names")]
-    RecordMismatch,
-    #[error("the record's bucket is full")]
-    BucketFull,
-}
-
-/// Why a record the host handed over was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error(transparent)]
-    Commitment(#[from] CommitmentError),
-    #[error("sealed record: {0}")]
+pub enum CommitmentError {
+    #[error("bucket {0} is not the committed one (stale, missing or altered)")]
+    Stale(u16),
+    #[error("bucket {0} is out of range")]
+    NoSuchBucket(u16),
+    #[error("bucket {0} was loaded twice")]
+    LoadedTwice(u16),
+    #[error("bucket {0} is full")]
+    BucketFull(u16),
+    #[error("sealed bucket: {0}")]
     Platform(#[from] PlatformError),
-    #[error("sealed record does not decode: {0}")]
-    Malformed(bkv_wire::CodecError),
+    #[error("sealed bucket does not decode: {0}")]
+    Malformed(String),
 }
 
-/// Seals a record for the host's store (encoding: [`bkv_wire::encode`] of [`Record`]).
-pub fn seal_record(p: &dyn Platform, id: &RecordId, r: &Record) -> Result<Vec<u8>, PlatformError> {
-    let plain = zeroize::Zeroizing::new(bkv_wire::encode(r));
-    p.seal(RECORD_SLOT, id, &plain)
+/// One bucket's records, in increasing id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    records: Vec<(RecordId, Record)>,
 }
 
-/// Opens a record the host read from its store: `sealed` must be the current value of `id` by
-/// `c` (checked against the bucket's `listing` first, so a stale, swapped or hidden record is
-/// refused before it is unsealed), and it must unseal under `id` and decode.
-pub fn open_record(
-    c: &RecordCommitment,
-    p: &dyn Platform,
-    id: &RecordId,
-    listing: &[BucketEntry],
-    sealed: Option<&[u8]>,
-) -> Result<Option<Record>, RecordError> {
-    c.verify(id, listing, sealed)?;
-    let Some(sealed) = sealed else {
-        return Ok(None);
-    };
-    let plain = p.unseal(RECORD_SLOT, id, sealed)?;
-    bkv_wire::decode(&plain, MAX_RECORD)
-        .map(Some)
-        .map_err(RecordError::Malformed)
+impl Bucket {
+    pub fn get(&self, id: &RecordId) -> Option<&Record> {
+        self.records
+            .binary_search_by(|(k, _)| k.cmp(id))
+            .ok()
+            .and_then(|i| self.records.get(i))
+            .map(|(_, r)| r)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a record.
+    pub fn set(&mut self, id: RecordId, record: Option<Record>) {
+        match (self.records.binary_search_by(|(k, _)| k.cmp(&id)), record) {
+            (Ok(i), Some(r)) => {
+                if let Some(slot) = self.records.get_mut(i) {
+                    slot.1 = r;
+                }
+            }
+            (Ok(i), None) => {
+                self.records.remove(i);
+            }
+            (Err(i), Some(r)) => self.records.insert(i, (id, r)),
+            (Err(_), None) => {}
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(RecordId, Record)> {
+        self.records.iter()
+    }
 }
 
-/// The commitment: a fixed-size Merkle tree over the buckets' digests (see the module docs).
+/// The commitment: a fixed-size Merkle tree over the buckets' sealed values (module docs).
 #[derive(Clone)]
 pub struct RecordCommitment {
     key: [u8; 32],
@@ -149,45 +139,17 @@ impl RecordCommitment {
     fn with_bits(key: [u8; 32], bits: u32) -> Self {
         let leaves = 1usize << bits;
         let mut nodes = vec![[0u8; 32]; 2 * leaves];
-        for b in 0..leaves {
-            nodes[leaves + b] = bucket_digest(b as u16, &[]);
+        for (b, n) in (0..=u16::MAX).zip(nodes.iter_mut().skip(leaves)) {
+            *n = leaf(b, None);
         }
         for i in (1..leaves).rev() {
-            nodes[i] = inner(&nodes[2 * i], &nodes[2 * i + 1]);
+            let (l, r) = (nodes[2 * i], nodes[2 * i + 1]);
+            nodes[i] = inner(&l, &r);
         }
         RecordCommitment { key, bits, nodes }
     }
 
-    /// Rebuilds the commitment from every non-empty bucket's listing (a restart reading its
-    /// store); the caller compares [`Self::root`] with the root it sealed.
-    pub fn rebuild(
-        key: [u8; 32],
-        buckets: impl IntoIterator<Item = (u16, Vec<BucketEntry>)>,
-    ) -> Result<Self, CommitmentError> {
-        let mut c = Self::new(key);
-        for (b, listing) in buckets {
-            c.load_bucket(b, &listing)?;
-        }
-        Ok(c)
-    }
-
-    /// Loads one bucket's listing into a commitment being rebuilt, one bucket at a time (so a
-    /// restart holds one listing, not the store). A bucket loaded twice, or a listing that is
-    /// invalid, is refused.
-    pub fn load_bucket(&mut self, b: u16, listing: &[BucketEntry]) -> Result<(), CommitmentError> {
-        let leaf = self.leaf_index(b)?;
-        let empty = bucket_digest(b, &[]);
-        if self.nodes.get(leaf) != Some(&empty) {
-            return Err(CommitmentError::Mismatch);
-        }
-        self.check_listing(b, listing)?;
-        if !listing.is_empty() {
-            self.set_leaf(leaf, bucket_digest(b, listing));
-        }
-        Ok(())
-    }
-
-    /// The root naming the whole record set.
+    /// The root naming every record.
     pub fn root(&self) -> Hash {
         self.nodes.get(1).copied().unwrap_or_default()
     }
@@ -203,58 +165,82 @@ impl RecordCommitment {
         (u32::from(u16::from_be_bytes([d[0], d[1]])) >> (16 - self.bits)) as u16
     }
 
-    /// Checks that `listing` is the current listing of `id`'s bucket and that `sealed` is the
-    /// record's current sealed value (`None`: the record does not exist).
-    pub fn verify(
-        &self,
-        id: &RecordId,
-        listing: &[BucketEntry],
-        sealed: Option<&[u8]>,
-    ) -> Result<(), CommitmentError> {
-        let b = self.bucket(id);
-        self.check_listing(b, listing)?;
-        let leaf = self.leaf_index(b)?;
-        let committed = self.nodes.get(leaf).ok_or(CommitmentError::WrongBucket)?;
-        if !bool::from(bucket_digest(b, listing).ct_eq(committed)) {
-            return Err(CommitmentError::Mismatch);
-        }
-        let found = listing.iter().find(|e| e.id == *id);
-        match (found, sealed) {
-            (None, None) => Ok(()),
-            (Some(e), Some(s)) if bool::from(e.hash.ct_eq(&entry_hash(s))) => Ok(()),
-            _ => Err(CommitmentError::RecordMismatch),
+    /// Checks that `sealed` is bucket `b`'s current sealed value (`None`: the bucket is empty).
+    pub fn verify(&self, b: u16, sealed: Option<&[u8]>) -> Result<(), CommitmentError> {
+        let committed = self
+            .nodes
+            .get(self.leaf_index(b)?)
+            .ok_or(CommitmentError::NoSuchBucket(b))?;
+        if bool::from(leaf(b, sealed).ct_eq(committed)) {
+            Ok(())
+        } else {
+            Err(CommitmentError::Stale(b))
         }
     }
 
-    /// Replaces `id`'s value `old` (as [`Self::verify`] checks it against `listing`) with `new`
-    /// (`None` removes the record) and returns the bucket's new listing, which the host stores
-    /// with the new value. Nothing changes on an error.
+    /// Opens bucket `b` as the host read it: checked against the commitment first, then
+    /// unsealed and decoded, and every record in it must belong to `b`.
+    pub fn open(
+        &self,
+        p: &dyn Platform,
+        b: u16,
+        sealed: Option<&[u8]>,
+    ) -> Result<Bucket, CommitmentError> {
+        self.verify(b, sealed)?;
+        let Some(sealed) = sealed else {
+            return Ok(Bucket::default());
+        };
+        let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
+        let bucket: Bucket = bkv_wire::decode(&plain, MAX_BUCKET_BYTES)
+            .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
+        let sorted = bucket.records.windows(2).all(|w| w[0].0 < w[1].0);
+        if !sorted
+            || bucket.is_empty()
+            || bucket.len() > MAX_BUCKET_RECORDS
+            || bucket.iter().any(|(id, _)| self.bucket(id) != b)
+        {
+            return Err(CommitmentError::Malformed(
+                "bucket records out of order, empty, too many or misplaced".into(),
+            ));
+        }
+        Ok(bucket)
+    }
+
+    /// Seals `bucket` as bucket `b`'s new value and commits to it, replacing `old` (which must be
+    /// the current value, as [`Self::verify`] checks). Returns what the host stores (`None`: the
+    /// bucket is empty, store nothing). Nothing changes on an error.
     pub fn update(
         &mut self,
-        id: &RecordId,
-        listing: &[BucketEntry],
+        p: &dyn Platform,
+        b: u16,
         old: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Vec<BucketEntry>, CommitmentError> {
-        self.verify(id, listing, old)?;
-        let mut next: Vec<BucketEntry> = listing.iter().filter(|e| e.id != *id).copied().collect();
-        if let Some(v) = new {
-            if next.len() >= MAX_BUCKET_ENTRIES {
-                return Err(CommitmentError::BucketFull);
-            }
-            let at = next.partition_point(|e| e.id < *id);
-            next.insert(
-                at,
-                BucketEntry {
-                    id: *id,
-                    hash: entry_hash(v),
-                },
-            );
+        bucket: &Bucket,
+    ) -> Result<Option<Vec<u8>>, CommitmentError> {
+        self.verify(b, old)?;
+        if bucket.len() > MAX_BUCKET_RECORDS {
+            return Err(CommitmentError::BucketFull(b));
         }
-        let b = self.bucket(id);
-        let leaf = self.leaf_index(b)?;
-        self.set_leaf(leaf, bucket_digest(b, &next));
-        Ok(next)
+        let sealed = if bucket.is_empty() {
+            None
+        } else {
+            let plain = zeroize::Zeroizing::new(bkv_wire::encode(bucket));
+            Some(p.seal(BUCKET_SLOT, &b.to_be_bytes(), &plain)?)
+        };
+        let i = self.leaf_index(b)?;
+        self.set_leaf(i, leaf(b, sealed.as_deref()));
+        Ok(sealed)
+    }
+
+    /// Loads one bucket's stored value into a commitment being rebuilt (a restart reading its
+    /// store, one bucket at a time); the caller then compares [`Self::root`] with the root it
+    /// sealed. A bucket loaded twice is refused.
+    pub fn load(&mut self, b: u16, sealed: &[u8]) -> Result<(), CommitmentError> {
+        let i = self.leaf_index(b)?;
+        if self.nodes.get(i) != Some(&leaf(b, None)) {
+            return Err(CommitmentError::LoadedTwice(b));
+        }
+        self.set_leaf(i, leaf(b, Some(sealed)));
+        Ok(())
     }
 
     /// Bytes of memory the commitment holds: fixed by [`BUCKET_BITS`], whatever the record count.
@@ -264,31 +250,18 @@ impl RecordCommitment {
 
     fn leaf_index(&self, b: u16) -> Result<usize, CommitmentError> {
         let leaves = 1usize << self.bits;
-        let b = usize::from(b);
-        if b >= leaves {
-            return Err(CommitmentError::WrongBucket);
+        let i = usize::from(b);
+        if i >= leaves {
+            return Err(CommitmentError::NoSuchBucket(b));
         }
-        Ok(leaves + b)
+        Ok(leaves + i)
     }
 
-    fn check_listing(&self, b: u16, listing: &[BucketEntry]) -> Result<(), CommitmentError> {
-        if listing.len() > MAX_BUCKET_ENTRIES {
-            return Err(CommitmentError::TooLarge(listing.len()));
-        }
-        if listing.windows(2).any(|w| w[0].id >= w[1].id) {
-            return Err(CommitmentError::Unsorted);
-        }
-        if listing.iter().any(|e| self.bucket(&e.id) != b) {
-            return Err(CommitmentError::WrongBucket);
-        }
-        Ok(())
-    }
-
-    fn set_leaf(&mut self, leaf: usize, digest: Hash) {
-        if let Some(n) = self.nodes.get_mut(leaf) {
+    fn set_leaf(&mut self, i: usize, digest: Hash) {
+        if let Some(n) = self.nodes.get_mut(i) {
             *n = digest;
         }
-        let mut i = leaf / 2;
+        let mut i = i / 2;
         while i >= 1 {
             let (Some(l), Some(r)) = (self.nodes.get(2 * i), self.nodes.get(2 * i + 1)) else {
                 return;
@@ -302,16 +275,14 @@ impl RecordCommitment {
     }
 }
 
-fn bucket_digest(b: u16, listing: &[BucketEntry]) -> Hash {
+fn leaf(b: u16, sealed: Option<&[u8]>) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
-    h.update(BUCKET_TAG);
+    h.update(LEAF_TAG);
     h.update(b.to_be_bytes());
-    // The listing is at most MAX_BUCKET_ENTRIES long, so the count fits.
-    h.update((listing.len() as u32).to_be_bytes());
-    for e in listing {
-        h.update(e.id);
-        h.update(e.hash);
+    h.update([u8::from(sealed.is_some())]);
+    if let Some(s) = sealed {
+        h.update(s);
     }
     h.finalize().into()
 }
@@ -327,147 +298,142 @@ fn inner(l: &Hash, r: &Hash) -> Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Live;
+    use crate::MemoryPlatform;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-
-    /// What an honest host keeps: each record's current sealed value.
-    #[derive(Default)]
-    struct Host(BTreeMap<RecordId, Vec<u8>>);
-
-    impl Host {
-        fn listing(&self, c: &RecordCommitment, id: &RecordId) -> Vec<BucketEntry> {
-            let b = c.bucket(id);
-            self.0
-                .iter()
-                .filter(|(k, _)| c.bucket(k) == b)
-                .map(|(k, v)| BucketEntry {
-                    id: *k,
-                    hash: entry_hash(v),
-                })
-                .collect()
-        }
-
-        fn set(&mut self, c: &mut RecordCommitment, id: RecordId, v: Option<Vec<u8>>) {
-            let listing = self.listing(c, &id);
-            let old = self.0.get(&id).cloned();
-            let next = c
-                .update(&id, &listing, old.as_deref(), v.as_deref())
-                .unwrap();
-            match v {
-                Some(v) => self.0.insert(id, v),
-                None => self.0.remove(&id),
-            };
-            assert_eq!(next, self.listing(c, &id));
-        }
-
-        fn buckets(&self, c: &RecordCommitment) -> Vec<(u16, Vec<BucketEntry>)> {
-            let mut by: BTreeMap<u16, Vec<BucketEntry>> = BTreeMap::new();
-            for (k, v) in &self.0 {
-                by.entry(c.bucket(k)).or_default().push(BucketEntry {
-                    id: *k,
-                    hash: entry_hash(v),
-                });
-            }
-            by.into_iter().collect()
-        }
-    }
 
     fn id(n: u8) -> RecordId {
         [n; 32]
     }
 
+    fn record(generation: u64) -> Record {
+        Record {
+            generation,
+            live: Some(Live::Destroyed),
+            pending: None,
+        }
+    }
+
+    /// An honest host: each bucket's current sealed value.
+    #[derive(Default)]
+    struct Host(BTreeMap<u16, Vec<u8>>);
+
+    impl Host {
+        /// Reads, changes and writes back one record, as the state machine will; returns the
+        /// bucket's new sealed value.
+        fn set(
+            &mut self,
+            c: &mut RecordCommitment,
+            p: &MemoryPlatform,
+            rid: RecordId,
+            r: Option<Record>,
+        ) -> Option<Vec<u8>> {
+            let b = c.bucket(&rid);
+            let old = self.0.get(&b).cloned();
+            let mut bucket = c.open(p, b, old.as_deref()).unwrap();
+            bucket.set(rid, r);
+            let new = c.update(p, b, old.as_deref(), &bucket).unwrap();
+            match &new {
+                Some(v) => self.0.insert(b, v.clone()),
+                None => self.0.remove(&b),
+            };
+            new
+        }
+
+        fn get(&self, c: &RecordCommitment, p: &MemoryPlatform, rid: &RecordId) -> Option<Record> {
+            let b = c.bucket(rid);
+            let bucket = c.open(p, b, self.0.get(&b).map(Vec::as_slice)).unwrap();
+            bucket.get(rid).cloned()
+        }
+    }
+
     #[test]
-    fn a_stale_copy_of_a_record_is_refused() {
+    fn a_stale_copy_of_a_bucket_is_refused_and_changes_nothing() {
+        let p = MemoryPlatform::new([5; 32]);
         let mut c = RecordCommitment::with_bits([7; 32], 2);
         let mut host = Host::default();
-        host.set(&mut c, id(1), Some(b"attempts=0".to_vec()));
-        host.set(&mut c, id(1), Some(b"attempts=1".to_vec()));
-        let listing = host.listing(&c, &id(1));
-        c.verify(&id(1), &listing, Some(b"attempts=1")).unwrap();
-        // The old value with the current listing, and the old value with its own old listing.
-        assert_eq!(
-            c.verify(&id(1), &listing, Some(b"attempts=0")),
-            Err(CommitmentError::RecordMismatch)
-        );
-        let stale = vec![BucketEntry {
-            id: id(1),
-            hash: entry_hash(b"attempts=0"),
-        }];
-        assert_eq!(
-            c.verify(&id(1), &stale, Some(b"attempts=0")),
-            Err(CommitmentError::Mismatch)
-        );
-        // A refused update changes nothing.
+        let old = host.set(&mut c, &p, id(1), Some(record(1))).unwrap();
+        host.set(&mut c, &p, id(1), Some(record(2)));
+        assert_eq!(host.get(&c, &p, &id(1)), Some(record(2)));
+        let b = c.bucket(&id(1));
+        assert!(matches!(
+            c.open(&p, b, Some(&old)),
+            Err(CommitmentError::Stale(x)) if x == b
+        ));
         let root = c.root();
-        assert!(c
-            .update(&id(1), &stale, Some(b"attempts=0"), Some(b"x"))
-            .is_err());
+        let mut bucket = Bucket::default();
+        bucket.set(id(1), Some(record(0)));
+        assert!(c.update(&p, b, Some(&old), &bucket).is_err());
         assert_eq!(c.root(), root);
     }
 
     #[test]
-    fn a_hidden_record_cannot_be_passed_off_as_absent() {
-        let mut c = RecordCommitment::with_bits([7; 32], 0);
+    fn a_hidden_or_moved_bucket_is_refused() {
+        let p = MemoryPlatform::new([5; 32]);
+        let mut c = RecordCommitment::new([7; 32]);
         let mut host = Host::default();
-        host.set(&mut c, id(1), Some(b"live".to_vec()));
-        assert_eq!(c.verify(&id(1), &[], None), Err(CommitmentError::Mismatch));
-        let listing = host.listing(&c, &id(1));
-        assert_eq!(
-            c.verify(&id(1), &listing, None),
-            Err(CommitmentError::RecordMismatch)
-        );
-        // Another id of the same bucket is absent, and the listing proves it.
-        c.verify(&id(2), &listing, None).unwrap();
+        let sealed = host.set(&mut c, &p, id(1), Some(record(1))).unwrap();
+        let b = c.bucket(&id(1));
+        // Passed off as empty, so the user would look never registered.
+        assert!(matches!(
+            c.open(&p, b, None),
+            Err(CommitmentError::Stale(_))
+        ));
+        // Served as another bucket's value: not that bucket's leaf.
+        let other = b.wrapping_add(1);
+        assert!(matches!(
+            c.open(&p, other, Some(&sealed)),
+            Err(CommitmentError::Stale(_))
+        ));
+        // Even committed under another bucket's number, it unseals only as its own.
+        let mut c2 = RecordCommitment::new([7; 32]);
+        c2.load(other, &sealed).unwrap();
+        assert!(matches!(
+            c2.open(&p, other, Some(&sealed)),
+            Err(CommitmentError::Platform(PlatformError::Auth))
+        ));
     }
 
     #[test]
-    fn listings_are_checked_for_order_bucket_and_size() {
-        let mut c = RecordCommitment::with_bits([7; 32], 0);
-        let mut host = Host::default();
-        host.set(&mut c, id(1), Some(b"a".to_vec()));
-        host.set(&mut c, id(2), Some(b"b".to_vec()));
-        let mut listing = host.listing(&c, &id(1));
-        listing.reverse();
-        assert_eq!(
-            c.verify(&id(1), &listing, Some(b"a")),
-            Err(CommitmentError::Unsorted)
-        );
-        let dup = vec![listing[1], listing[1]];
-        assert_eq!(
-            c.verify(&id(1), &dup, Some(b"a")),
-            Err(CommitmentError::Unsorted)
-        );
-        let big = vec![listing[0]; MAX_BUCKET_ENTRIES + 1];
-        assert_eq!(
-            c.verify(&id(1), &big, Some(b"a")),
-            Err(CommitmentError::TooLarge(MAX_BUCKET_ENTRIES + 1))
-        );
-        let wide = RecordCommitment::new([7; 32]);
-        let other = (0..=255u8)
+    fn a_bucket_holding_a_record_of_another_bucket_is_refused() {
+        let p = MemoryPlatform::new([5; 32]);
+        let mut c = RecordCommitment::new([7; 32]);
+        let stranger = (0..=255u8)
             .map(id)
-            .find(|i| wide.bucket(i) != wide.bucket(&id(1)))
+            .find(|i| c.bucket(i) != c.bucket(&id(1)))
             .unwrap();
-        let foreign = vec![BucketEntry {
-            id: other,
-            hash: entry_hash(b"z"),
-        }];
-        assert_eq!(
-            wide.verify(&id(1), &foreign, None),
-            Err(CommitmentError::WrongBucket)
-        );
+        let b = c.bucket(&id(1));
+        let mut bucket = Bucket::default();
+        bucket.set(id(1), Some(record(1)));
+        bucket.set(stranger, Some(record(2)));
+        let sealed = c.update(&p, b, None, &bucket).unwrap();
+        assert!(matches!(
+            c.open(&p, b, sealed.as_deref()),
+            Err(CommitmentError::Malformed(_))
+        ));
     }
 
     #[test]
-    fn memory_does_not_grow_with_records() {
-        let mut c = RecordCommitment::with_bits([1; 32], 8);
+    fn memory_does_not_grow_with_records_and_a_full_bucket_refuses_more() {
+        let p = MemoryPlatform::new([5; 32]);
+        // No bucket bits: every record shares the one bucket.
+        let mut c = RecordCommitment::with_bits([3; 32], 0);
         let before = c.memory_bytes();
-        let mut host = Host::default();
-        for n in 0..2000u32 {
+        let mut bucket = Bucket::default();
+        for n in 0..MAX_BUCKET_RECORDS as u32 {
             let mut i = [0u8; 32];
             i[..4].copy_from_slice(&n.to_be_bytes());
-            host.set(&mut c, i, Some(n.to_be_bytes().to_vec()));
+            bucket.set(i, Some(record(u64::from(n))));
         }
+        let sealed = c.update(&p, 0, None, &bucket).unwrap();
         assert_eq!(c.memory_bytes(), before);
+        assert_eq!(c.open(&p, 0, sealed.as_deref()).unwrap().len(), 4096);
+        bucket.set([0xff; 32], Some(record(0)));
+        assert!(matches!(
+            c.update(&p, 0, sealed.as_deref(), &bucket),
+            Err(CommitmentError::BucketFull(0))
+        ));
         assert_eq!(
             RecordCommitment::new([0; 32]).memory_bytes(),
             2 << BUCKET_BITS << 5
@@ -482,124 +448,61 @@ mod tests {
         assert!(moved.count() > 200);
     }
 
-    #[test]
-    fn a_full_bucket_refuses_new_records_but_not_changes() {
-        // No bucket bits: every record shares the one bucket.
-        let mut c = RecordCommitment::with_bits([3; 32], 0);
-        let mut host = Host::default();
-        for n in 0..MAX_BUCKET_ENTRIES as u32 {
-            let mut i = [0u8; 32];
-            i[..4].copy_from_slice(&n.to_be_bytes());
-            host.0.insert(i, vec![1]);
-        }
-        for (b, listing) in host.buckets(&c) {
-            c.load_bucket(b, &listing).unwrap();
-        }
-        let listing = host.listing(&c, &id(0xff));
-        assert_eq!(
-            c.update(&id(0xff), &listing, None, Some(b"new")),
-            Err(CommitmentError::BucketFull)
-        );
-        let first = listing[0].id;
-        c.update(&first, &listing, Some(&[1]), Some(b"changed"))
-            .unwrap();
-    }
-
-    #[test]
-    fn a_sealed_record_opens_only_as_its_current_value_under_its_id() {
-        use crate::state::Live;
-        let p = crate::MemoryPlatform::new([5; 32]);
-        let mut c = RecordCommitment::new([8; 32]);
-        let record = |generation| Record {
-            generation,
-            live: Some(Live::Destroyed),
-            pending: None,
-        };
-        let v0 = seal_record(&p, &id(1), &record(0)).unwrap();
-        let listing = c.update(&id(1), &[], None, Some(&v0)).unwrap();
-        let v1 = seal_record(&p, &id(1), &record(1)).unwrap();
-        let listing = c.update(&id(1), &listing, Some(&v0), Some(&v1)).unwrap();
-        let opened = open_record(&c, &p, &id(1), &listing, Some(&v1)).unwrap();
-        assert_eq!(opened, Some(record(1)));
-        // The previous sealed value is refused before it is unsealed.
-        assert!(matches!(
-            open_record(&c, &p, &id(1), &listing, Some(&v0)),
-            Err(RecordError::Commitment(CommitmentError::RecordMismatch))
-        ));
-        // A value sealed under another id does not unseal, even once committed under this one.
-        let mut c2 = RecordCommitment::new([8; 32]);
-        let listing2 = c2.update(&id(2), &[], None, Some(&v1)).unwrap();
-        assert!(matches!(
-            open_record(&c2, &p, &id(2), &listing2, Some(&v1)),
-            Err(RecordError::Platform(PlatformError::Auth))
-        ));
-        assert_eq!(open_record(&c, &p, &id(9), &[], None).unwrap(), None);
-    }
-
     #[derive(Debug, Clone)]
     enum Op {
-        Set(u8, u8),
+        Set(u8, u64),
         Remove(u8),
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         prop::collection::vec(
             prop_oneof![
-                (0u8..24, any::<u8>()).prop_map(|(i, v)| Op::Set(i, v)),
+                (0u8..24, any::<u64>()).prop_map(|(i, g)| Op::Set(i, g)),
                 (0u8..24).prop_map(Op::Remove),
             ],
-            0..80,
+            0..60,
         )
     }
 
     proptest! {
-        /// After any history: the honest host's values verify, every value a record ever had
-        /// before its current one is refused, and the root depends only on the final set.
+        /// After any history the honest host's buckets open to exactly the model's records,
+        /// every earlier sealed value of a bucket is refused, and a restart that loads the
+        /// stored buckets reaches the same root.
         #[test]
-        fn honest_values_verify_and_every_older_value_is_refused(ops in ops()) {
+        fn honest_buckets_open_and_every_older_one_is_refused(ops in ops()) {
+            let p = MemoryPlatform::new([5; 32]);
             let mut c = RecordCommitment::with_bits([9; 32], 2);
             let mut host = Host::default();
-            let mut history: BTreeMap<RecordId, Vec<Vec<u8>>> = BTreeMap::new();
+            let mut model: BTreeMap<RecordId, Record> = BTreeMap::new();
+            let mut history: Vec<(u16, Vec<u8>)> = Vec::new();
             for op in ops {
-                match op {
-                    Op::Set(i, v) => {
-                        // A version byte makes every value a record takes distinct.
-                        let n = history.get(&id(i)).map_or(0, Vec::len) as u8;
-                        let value = vec![i, v, n];
-                        history.entry(id(i)).or_default().push(value.clone());
-                        host.set(&mut c, id(i), Some(value));
-                    }
-                    Op::Remove(i) => {
-                        if host.0.contains_key(&id(i)) {
-                            host.set(&mut c, id(i), None);
-                        }
-                    }
+                let (i, r) = match op {
+                    Op::Set(i, g) => (i, Some(record(g))),
+                    Op::Remove(i) => (i, None),
+                };
+                match &r {
+                    Some(r) => model.insert(id(i), r.clone()),
+                    None => model.remove(&id(i)),
+                };
+                if let Some(v) = host.set(&mut c, &p, id(i), r) {
+                    history.push((c.bucket(&id(i)), v));
                 }
             }
             for i in 0..24u8 {
-                let listing = host.listing(&c, &id(i));
-                let current = host.0.get(&id(i)).cloned();
-                prop_assert!(c.verify(&id(i), &listing, current.as_deref()).is_ok());
-                for old in history.get(&id(i)).into_iter().flatten() {
-                    if Some(old) != current.as_ref() {
-                        prop_assert!(c.verify(&id(i), &listing, Some(old)).is_err());
-                        // The old value with a listing that names it, as a host would build one.
-                        let mut forged: Vec<BucketEntry> =
-                            listing.iter().filter(|e| e.id != id(i)).copied().collect();
-                        forged.push(BucketEntry { id: id(i), hash: entry_hash(old) });
-                        forged.sort_by_key(|e| e.id);
-                        prop_assert!(c.verify(&id(i), &forged, Some(old)).is_err());
-                    }
+                prop_assert_eq!(host.get(&c, &p, &id(i)), model.get(&id(i)).cloned());
+            }
+            for (b, v) in &history {
+                if host.0.get(b) != Some(v) {
+                    prop_assert!(c.open(&p, *b, Some(v)).is_err());
                 }
             }
             let mut rebuilt = RecordCommitment::with_bits([9; 32], 2);
-            for (b, listing) in host.buckets(&c) {
-                prop_assert!(rebuilt.load_bucket(b, &listing).is_ok());
+            for (b, v) in &host.0 {
+                prop_assert!(rebuilt.load(*b, v).is_ok());
             }
             prop_assert_eq!(rebuilt.root(), c.root());
-            // A bucket loaded twice is refused (unless it is empty: nothing to double).
-            if let Some((b, listing)) = host.buckets(&c).into_iter().next() {
-                prop_assert_eq!(rebuilt.load_bucket(b, &listing), Err(CommitmentError::Mismatch));
+            if let Some((b, v)) = host.0.iter().next() {
+                prop_assert!(matches!(rebuilt.load(*b, v), Err(CommitmentError::LoadedTwice(_))));
             }
         }
     }

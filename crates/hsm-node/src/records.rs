@@ -1,73 +1,31 @@
-//! Vault records as per-record sealed values in redb: the host's half of records that live on
-//! disk instead of in memory (issue 13, part 4; docs/scaling.md "Per-record state").
+//! Vault records on disk: the host's half of records that live in redb instead of in memory
+//! (issue 13, part 4; docs/scaling.md "Per-record state").
 //!
-//! The table holds sealed bytes only, keyed `bucket (u16 BE) || record id (32)`, so one range scan
-//! reads a bucket's listing in the order [`RecordCommitment`] hashes it. Nothing here is trusted:
-//! whatever the table returns, the core checks against its commitment before it unseals it
-//! ([`bkv_hsm_core::commitment::open_record`]), so a value put back from an older copy of the
-//! file, or removed from it, is refused. Not wired into the replicated state machine yet: the
-//! state is still whole in the core's memory, and this table and the commitment are the pieces
-//! that change will stand on.
+//! One redb value per bucket of records, keyed by the bucket's number, holding the bucket's
+//! sealed value as [`RecordCommitment`] made it. Nothing here is trusted: whatever the table
+//! returns, the core checks against its commitment before it unseals it
+//! ([`RecordCommitment::open`]), so a bucket put back from an older copy of the file, or removed
+//! from it, is refused. Not wired into the replicated state machine yet: the state is still whole
+//! in the core's memory; this table and the commitment are the pieces that change stands on.
 
-use bkv_hsm_core::commitment::{entry_hash, BucketEntry, MAX_BUCKET_ENTRIES, MAX_RECORD};
-use bkv_hsm_core::RecordId;
+use bkv_hsm_core::commitment::MAX_BUCKET_BYTES;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-
-/// Page cache for tests.
-#[cfg(test)]
-const TEST_CACHE: usize = 4 << 20;
 use std::path::Path;
 
-const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("vault-records");
-const KEY_LEN: usize = 2 + 32;
-/// A sealed record: the record's size limit plus the sealing format's overhead, with room.
-pub const MAX_SEALED_RECORD: usize = MAX_RECORD + 256;
+const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-buckets");
+/// A sealed bucket: the encoded bucket's limit plus the sealing format's overhead, with room.
+pub const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordTableError {
     #[error("record table: {0}")]
     Db(String),
-    #[error("record table entry is malformed: {0}")]
-    Malformed(&'static str),
+    #[error("record table: bucket {0} holds a value over the size limit")]
+    TooLarge(u16),
 }
 
 fn db_err<E: std::fmt::Display>(e: E) -> RecordTableError {
     RecordTableError::Db(e.to_string())
-}
-
-fn key(bucket: u16, id: &RecordId) -> [u8; KEY_LEN] {
-    let mut k = [0u8; KEY_LEN];
-    let (b, i) = k.split_at_mut(2);
-    b.copy_from_slice(&bucket.to_be_bytes());
-    i.copy_from_slice(id);
-    k
-}
-
-/// One entry of the table, checked: a key of the right length and a value within the limit.
-fn entry(k: &[u8], v: &[u8]) -> Result<(u16, BucketEntry), RecordTableError> {
-    let (Some(b), Some(id)) = (k.get(..2), k.get(2..)) else {
-        return Err(RecordTableError::Malformed("key length"));
-    };
-    let (Ok(b), Ok(id)) = (<[u8; 2]>::try_from(b), RecordId::try_from(id)) else {
-        return Err(RecordTableError::Malformed("key length"));
-    };
-    if v.len() > MAX_SEALED_RECORD {
-        return Err(RecordTableError::Malformed("sealed record too large"));
-    }
-    Ok((
-        u16::from_be_bytes(b),
-        BucketEntry {
-            id,
-            hash: entry_hash(v),
-        },
-    ))
-}
-
-/// A change to one record: its new sealed value, or `None` to remove it.
-pub struct Change {
-    pub bucket: u16,
-    pub id: RecordId,
-    pub sealed: Option<Vec<u8>>,
 }
 
 pub struct RecordTable {
@@ -83,53 +41,49 @@ impl RecordTable {
             .create(path)
             .map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(RECORDS).map_err(db_err)?;
+        tx.open_table(BUCKETS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(RecordTable { db })
     }
 
-    /// A bucket's listing and the sealed value of `id` in it, read in one transaction (so the
-    /// two agree).
-    pub fn read(
-        &self,
-        bucket: u16,
-        id: &RecordId,
-    ) -> Result<(Vec<BucketEntry>, Option<Vec<u8>>), RecordTableError> {
+    /// Bucket `b`'s sealed value (`None`: nothing stored, an empty bucket).
+    pub fn read(&self, b: u16) -> Result<Option<Vec<u8>>, RecordTableError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(RECORDS).map_err(db_err)?;
-        let (lo, hi) = (key(bucket, &[0; 32]), key(bucket, &[0xff; 32]));
-        let mut listing = Vec::new();
-        let mut value = None;
-        for item in t.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            if listing.len() >= MAX_BUCKET_ENTRIES {
-                return Err(RecordTableError::Malformed("bucket over its entry limit"));
-            }
-            let (_, e) = entry(k.value(), v.value())?;
-            if e.id == *id {
-                value = Some(v.value().to_vec());
-            }
-            listing.push(e);
+        let t = tx.open_table(BUCKETS).map_err(db_err)?;
+        let Some(v) = t.get(b).map_err(db_err)? else {
+            return Ok(None);
+        };
+        if v.value().len() > MAX_SEALED_BUCKET {
+            return Err(RecordTableError::TooLarge(b));
         }
-        Ok((listing, value))
+        Ok(Some(v.value().to_vec()))
     }
 
-    /// Applies `changes` in one transaction: all or nothing.
-    pub fn write(&self, changes: &[Change]) -> Result<(), RecordTableError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+    /// Stores each bucket's new sealed value (`None`: remove it) in one transaction: all or
+    /// nothing. `durable: false` skips the fsync: a crash may then lose the transaction but
+    /// never tear it (redb reopens at the last durable one), which is enough for state the
+    /// replicated log can re-apply.
+    pub fn write(
+        &self,
+        changes: &[(u16, Option<Vec<u8>>)],
+        durable: bool,
+    ) -> Result<(), RecordTableError> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None);
+        }
         {
-            let mut t = tx.open_table(RECORDS).map_err(db_err)?;
-            for c in changes {
-                let k = key(c.bucket, &c.id);
-                match &c.sealed {
+            let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            for (b, sealed) in changes {
+                match sealed {
+                    Some(v) if v.len() > MAX_SEALED_BUCKET => {
+                        return Err(RecordTableError::TooLarge(*b));
+                    }
                     Some(v) => {
-                        if v.len() > MAX_SEALED_RECORD {
-                            return Err(RecordTableError::Malformed("sealed record too large"));
-                        }
-                        t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+                        t.insert(*b, v.as_slice()).map_err(db_err)?;
                     }
                     None => {
-                        t.remove(k.as_slice()).map_err(db_err)?;
+                        t.remove(*b).map_err(db_err)?;
                     }
                 }
             }
@@ -137,41 +91,22 @@ impl RecordTable {
         tx.commit().map_err(db_err)
     }
 
-    /// Calls `f` with every non-empty bucket's listing in bucket order, holding one listing at
-    /// a time (a restart rebuilding the commitment reads the whole table in bounded memory).
-    pub fn for_each_bucket<E: From<RecordTableError>>(
+    /// Calls `f` with every stored bucket in bucket order, one value at a time (a restart
+    /// rebuilding the commitment reads the whole table in bounded memory).
+    pub fn for_each<E: From<RecordTableError>>(
         &self,
-        mut f: impl FnMut(u16, &[BucketEntry]) -> Result<(), E>,
+        mut f: impl FnMut(u16, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(RECORDS).map_err(db_err)?;
-        let mut current: Option<u16> = None;
-        let mut listing = Vec::new();
+        let t = tx.open_table(BUCKETS).map_err(db_err)?;
         for item in t.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
-            let (b, e) = entry(k.value(), v.value())?;
-            if current != Some(b) {
-                if let Some(prev) = current {
-                    f(prev, &listing)?;
-                }
-                listing.clear();
-                current = Some(b);
+            if v.value().len() > MAX_SEALED_BUCKET {
+                return Err(RecordTableError::TooLarge(k.value()).into());
             }
-            if listing.len() >= MAX_BUCKET_ENTRIES {
-                return Err(RecordTableError::Malformed("bucket over its entry limit").into());
-            }
-            listing.push(e);
-        }
-        if let Some(b) = current {
-            f(b, &listing)?;
+            f(k.value(), v.value())?;
         }
         Ok(())
-    }
-
-    /// Rewrites the file without its free pages (no transaction may be open). Records written
-    /// in id order fill redb's pages; written in arrival order they leave them partly empty.
-    pub fn compact(&mut self) -> Result<bool, RecordTableError> {
-        self.db.compact().map_err(db_err)
     }
 
     /// Bytes of pages in use and bytes of keys and values stored in them (the file itself grows
@@ -186,10 +121,10 @@ impl RecordTable {
         ))
     }
 
-    /// Records in the table.
+    /// Buckets stored (non-empty buckets).
     pub fn len(&self) -> Result<u64, RecordTableError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(RECORDS).map_err(db_err)?;
+        let t = tx.open_table(BUCKETS).map_err(db_err)?;
         t.len().map_err(db_err)
     }
 
@@ -201,11 +136,11 @@ impl RecordTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bkv_hsm_core::commitment::{
-        open_record, seal_record, CommitmentError, RecordCommitment, RecordError,
-    };
+    use bkv_hsm_core::commitment::{Bucket, CommitmentError, RecordCommitment};
     use bkv_hsm_core::state::{Live, Record};
-    use bkv_hsm_core::MemoryPlatform;
+    use bkv_hsm_core::{MemoryPlatform, RecordId};
+
+    const TEST_CACHE: usize = 4 << 20;
 
     #[derive(Debug, thiserror::Error)]
     enum TestError {
@@ -227,28 +162,22 @@ mod tests {
         bkv_wire::record_id(&format!("user-{n}"))
     }
 
-    /// Sets `id` to `r` the way the state machine will: read, check and update the commitment,
-    /// write the sealed value.
+    /// Sets a record the way the state machine will: read the bucket, open it against the
+    /// commitment, change it, seal and commit, write. Returns the bucket's new sealed value.
     fn set(
         table: &RecordTable,
         c: &mut RecordCommitment,
         p: &MemoryPlatform,
         id: &RecordId,
-        r: &Record,
+        r: Record,
     ) -> Vec<u8> {
         let b = c.bucket(id);
-        let (listing, old) = table.read(b, id).unwrap();
-        let sealed = seal_record(p, id, r).unwrap();
-        c.update(id, &listing, old.as_deref(), Some(&sealed))
-            .unwrap();
-        table
-            .write(&[Change {
-                bucket: b,
-                id: *id,
-                sealed: Some(sealed.clone()),
-            }])
-            .unwrap();
-        sealed
+        let old = table.read(b).unwrap();
+        let mut bucket = c.open(p, b, old.as_deref()).unwrap();
+        bucket.set(*id, Some(r));
+        let new = c.update(p, b, old.as_deref(), &bucket).unwrap();
+        table.write(&[(b, new.clone())], true).unwrap();
+        new.unwrap()
     }
 
     fn load(
@@ -256,53 +185,43 @@ mod tests {
         c: &RecordCommitment,
         p: &MemoryPlatform,
         id: &RecordId,
-    ) -> Result<Option<Record>, RecordError> {
-        let (listing, sealed) = table.read(c.bucket(id), id).unwrap();
-        open_record(c, p, id, &listing, sealed.as_deref())
+    ) -> Result<Option<Record>, CommitmentError> {
+        let b = c.bucket(id);
+        let bucket: Bucket = c.open(p, b, table.read(b).unwrap().as_deref())?;
+        Ok(bucket.get(id).cloned())
     }
 
-    /// The fault the commitment exists for: the host's disk hands back an older sealed copy of a
-    /// record (a guess counter rolled back one record at a time), or hides a record; the core
-    /// refuses both, and an honest read still works.
+    /// The fault the commitment exists for: the host's disk hands back an older copy of a
+    /// record's bucket (a guess counter rolled back one record at a time), or hides it; the core
+    /// refuses both, and the other buckets still open.
     #[test]
-    fn a_record_put_back_at_an_older_value_on_disk_is_refused() {
+    fn a_bucket_put_back_at_an_older_value_on_disk_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
         let p = MemoryPlatform::new([4; 32]);
         let mut c = RecordCommitment::new([6; 32]);
-        let (a, neighbour) = (rid(1), rid(2));
-        let old = set(&table, &mut c, &p, &a, &record(1));
-        set(&table, &mut c, &p, &a, &record(2));
-        set(&table, &mut c, &p, &neighbour, &record(7));
+        let a = rid(1);
+        let neighbour = (2..)
+            .map(rid)
+            .find(|n| c.bucket(n) != c.bucket(&a))
+            .unwrap();
+        let old = set(&table, &mut c, &p, &a, record(1));
+        set(&table, &mut c, &p, &a, record(2));
+        set(&table, &mut c, &p, &neighbour, record(7));
         assert_eq!(load(&table, &c, &p, &a).unwrap(), Some(record(2)));
 
-        // The attacker writes the old sealed value back into the file.
         let b = c.bucket(&a);
-        table
-            .write(&[Change {
-                bucket: b,
-                id: a,
-                sealed: Some(old),
-            }])
-            .unwrap();
+        table.write(&[(b, Some(old))], true).unwrap();
         assert!(matches!(
             load(&table, &c, &p, &a),
-            Err(RecordError::Commitment(CommitmentError::Mismatch))
+            Err(CommitmentError::Stale(x)) if x == b
         ));
-        // ... or removes the record, so it would look never registered.
-        table
-            .write(&[Change {
-                bucket: b,
-                id: a,
-                sealed: None,
-            }])
-            .unwrap();
-        assert!(load(&table, &c, &p, &a).is_err());
-        // The other record is untouched and still opens (unless it shares the bucket, whose
-        // listing the tampering changed: then it is refused too, which is as safe).
-        if c.bucket(&neighbour) != b {
-            assert_eq!(load(&table, &c, &p, &neighbour).unwrap(), Some(record(7)));
-        }
+        table.write(&[(b, None)], false).unwrap();
+        assert!(matches!(
+            load(&table, &c, &p, &a),
+            Err(CommitmentError::Stale(_))
+        ));
+        assert_eq!(load(&table, &c, &p, &neighbour).unwrap(), Some(record(7)));
     }
 
     #[test]
@@ -311,65 +230,51 @@ mod tests {
         let path = dir.path().join("records.redb");
         let p = MemoryPlatform::new([4; 32]);
         let mut c = RecordCommitment::new([6; 32]);
-        let mut first = None;
+        let first;
         {
             let table = RecordTable::open(&path, TEST_CACHE).unwrap();
-            for n in 0..3000 {
-                let sealed = set(&table, &mut c, &p, &rid(n), &record(u64::from(n)));
-                first.get_or_insert(sealed);
+            first = set(&table, &mut c, &p, &rid(0), record(0));
+            for n in 1..3000 {
+                set(&table, &mut c, &p, &rid(n), record(u64::from(n)));
             }
-            set(&table, &mut c, &p, &rid(0), &record(9999));
-            assert_eq!(table.len().unwrap(), 3000);
+            set(&table, &mut c, &p, &rid(0), record(9999));
         }
         let table = RecordTable::open(&path, TEST_CACHE).unwrap();
         let rebuild = |table: &RecordTable| -> Result<RecordCommitment, TestError> {
             let mut r = RecordCommitment::new([6; 32]);
-            table
-                .for_each_bucket(|b, listing| r.load_bucket(b, listing).map_err(TestError::from))?;
+            table.for_each(|b, sealed| r.load(b, sealed).map_err(TestError::from))?;
             Ok(r)
         };
         assert_eq!(rebuild(&table).unwrap().root(), c.root());
         assert_eq!(load(&table, &c, &p, &rid(0)).unwrap(), Some(record(9999)));
 
-        // Record 0 put back at its first value: the rebuilt root no longer matches the one the
-        // node sealed, so the restart refuses the store.
+        // Record 0's bucket put back at its first value: the rebuilt root no longer matches the
+        // one the node committed to, so a restart refuses the store.
         table
-            .write(&[Change {
-                bucket: c.bucket(&rid(0)),
-                id: rid(0),
-                sealed: first,
-            }])
+            .write(&[(c.bucket(&rid(0)), Some(first))], true)
             .unwrap();
         assert_ne!(rebuild(&table).unwrap().root(), c.root());
     }
 
     #[test]
-    fn malformed_entries_are_errors_not_panics() {
+    fn oversized_values_are_errors_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("records.redb");
-        let table = RecordTable::open(&path, TEST_CACHE).unwrap();
-        let big = Change {
-            bucket: 1,
-            id: [1; 32],
-            sealed: Some(vec![0; MAX_SEALED_RECORD + 1]),
-        };
+        let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
+        let big = vec![0; MAX_SEALED_BUCKET + 1];
         assert!(matches!(
-            table.write(&[big]),
-            Err(RecordTableError::Malformed(_))
+            table.write(&[(1, Some(vec![1])), (2, Some(big.clone()))], true),
+            Err(RecordTableError::TooLarge(2))
         ));
         assert!(table.is_empty().unwrap());
-        // A key of the wrong length, written past this module.
+        // Written past this module's checks, it is refused on the way back.
         let tx = table.db.begin_write().unwrap();
-        tx.open_table(RECORDS)
+        tx.open_table(BUCKETS)
             .unwrap()
-            .insert([0u8, 1, 2].as_slice(), [9u8].as_slice())
+            .insert(3, big.as_slice())
             .unwrap();
         tx.commit().unwrap();
-        let r: Result<(), RecordTableError> = table.for_each_bucket(|_, _| Ok(()));
-        assert!(matches!(r, Err(RecordTableError::Malformed("key length"))));
-        assert!(matches!(
-            table.read(1, &[0; 32]),
-            Err(RecordTableError::Malformed("key length"))
-        ));
+        assert!(matches!(table.read(3), Err(RecordTableError::TooLarge(3))));
+        let r: Result<(), RecordTableError> = table.for_each(|_, _| Ok(()));
+        assert!(matches!(r, Err(RecordTableError::TooLarge(3))));
     }
 }
