@@ -40,24 +40,64 @@ pub struct Report {
     pub max_ms: f64,
 }
 
+/// Registers `users` users, `concurrency` at a time on the runtime's threads (at 10⁶ users one at
+/// a time would take hours), and returns clients for the first `concurrency` of them: each
+/// recovery worker logs in as one user, so the rest are only there to make the vault that large.
+async fn register_users(
+    make_ctx: impl Fn(String) -> futures_like::BoxCtx + Clone + Send + Sync + 'static,
+    password: &SecretString,
+    users: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<std::sync::Arc<VaultClient>>> {
+    let kept = users.min(concurrency.max(1));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (make_ctx, password, next) = (make_ctx.clone(), password.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= users {
+                    return anyhow::Ok(mine);
+                }
+                let user = format!("loadgen-{i}-{}", std::process::id());
+                let ctx: Ctx = make_ctx(user.clone()).await?;
+                let mut v = VaultClient::new(ctx.endpoint.clone(), &user);
+                v.ksf_params = cheap_ksf();
+                v.register(&password, &BackupKey::generate(), 10, None)
+                    .await?;
+                if i < kept {
+                    mine.push((i, std::sync::Arc::new(v)));
+                }
+                if users >= 100_000 && (i + 1) % 50_000 == 0 {
+                    eprintln!(
+                        "registered {} users ({:.0}/s)",
+                        i + 1,
+                        (i + 1) as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, v)| v).collect())
+}
+
 pub async fn run(
-    make_ctx: impl Fn(String) -> futures_like::BoxCtx,
+    make_ctx: impl Fn(String) -> futures_like::BoxCtx + Clone + Send + Sync + 'static,
     args: Args,
 ) -> anyhow::Result<Report> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         anyhow::bail!("--rate must be a positive number of recoveries per second");
     }
     let password = SecretString::from("loadgen-password".to_owned());
-    let mut clients = Vec::new();
-    for i in 0..args.users {
-        let user = format!("loadgen-{i}-{}", std::process::id());
-        let ctx: Ctx = make_ctx(user.clone()).await?;
-        let mut v = VaultClient::new(ctx.endpoint.clone(), &user);
-        v.ksf_params = cheap_ksf();
-        v.register(&password, &BackupKey::generate(), 10, None)
-            .await?;
-        clients.push(std::sync::Arc::new(v));
-    }
+    let clients = register_users(make_ctx, &password, args.users, args.concurrency).await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
     // Open loop: ticket n starts at start + n / rate, whichever worker is free; a recovery that

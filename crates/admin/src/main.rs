@@ -256,10 +256,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rate,
             } => {
                 let global = std::sync::Arc::new(global);
+                // The first user connects fully (bundle fetched and checked, log state saved);
+                // the others reuse that fleet with their own token.
+                let first = std::sync::Arc::new(tokio::sync::OnceCell::new());
                 let report = loadgen::run(
                     move |user| {
-                        let global = global.clone();
-                        Box::pin(async move { bkv_cli::connect(&global, &user).await })
+                        let (global, first) = (global.clone(), first.clone());
+                        Box::pin(async move {
+                            let verified = first
+                                .get_or_try_init(|| bkv_cli::connect(&global, &user))
+                                .await?;
+                            bkv_cli::connect_reusing(&global, verified, &user).await
+                        })
                     },
                     loadgen::Args {
                         users: *users,

@@ -38,27 +38,7 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
     let http = cfg.http_client(Duration::from_secs(60))?;
     let token = match &cli.token {
         Some(t) => t.clone(),
-        None => {
-            let url = cfg.auth.dev_token_url.clone().ok_or_else(|| {
-                UsageError("no --token given and the config has no dev token endpoint".into())
-            })?;
-            let resp = http
-                .post(&url)
-                .json(&serde_json::json!({ "user": user }))
-                .send()
-                .await
-                .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
-            if !resp.status().is_success() {
-                return Err(anyhow!("token endpoint refused: {}", resp.status()));
-            }
-            let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).context("token endpoint answer")?;
-            v.get("token")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| anyhow!("token endpoint sent no token"))?
-                .to_owned()
-        }
+        None => dev_token(&cfg, &http, user).await?,
     };
     let mut fleets = match cfg.fleet.mode.as_str() {
         "ota" => {
@@ -107,6 +87,54 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
         storage: cfg.storage_location(),
         guess_limit: cfg.guess_limit,
         passkey_origin: cfg.passkeys.origin.clone(),
+    })
+}
+
+/// Asks the config's development token endpoint for a token for `user`.
+async fn dev_token(
+    cfg: &ClientConfig,
+    http: &reqwest::Client,
+    user: &str,
+) -> anyhow::Result<String> {
+    let url = cfg.auth.dev_token_url.clone().ok_or_else(|| {
+        UsageError("no --token given and the config has no dev token endpoint".into())
+    })?;
+    let resp = http
+        .post(&url)
+        .json(&serde_json::json!({ "user": user }))
+        .send()
+        .await
+        .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(anyhow!("token endpoint refused: {}", resp.status()));
+    }
+    let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).context("token endpoint answer")?;
+    Ok(v.get("token")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| anyhow!("token endpoint sent no token"))?
+        .to_owned())
+}
+
+/// Connects `user` to the fleet `verified` already reached for another user of the same config
+/// (checked by [`connect`]): only a development token is fetched. For the load generator, whose
+/// many users would otherwise each fetch and check the bundle and save the log state.
+pub async fn connect_reusing(cli: &Global, verified: &Ctx, user: &str) -> anyhow::Result<Ctx> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError(
+            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
+        )
+    })?;
+    let cfg = ClientConfig::load(&path)?;
+    let token = dev_token(&cfg, &verified.endpoint.http, user).await?;
+    Ok(Ctx {
+        endpoint: Endpoint {
+            token: SecretString::from(token),
+            ..verified.endpoint.clone()
+        },
+        storage: verified.storage.clone(),
+        guess_limit: verified.guess_limit,
+        passkey_origin: verified.passkey_origin.clone(),
     })
 }
 

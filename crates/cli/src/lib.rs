@@ -14,7 +14,7 @@ pub mod ops;
 mod sibling;
 
 pub use config::{CheckArgs, ClientConfig, ConfigKind};
-pub use connect::{connect, storage_location, Global, UsageError};
+pub use connect::{connect, connect_reusing, storage_location, Global, UsageError};
 pub use sibling::find_bin;
 
 /// Runs a command-line tool's `run` on a multi-threaded runtime, with `RUST_LOG` (default

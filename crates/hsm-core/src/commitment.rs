@@ -64,6 +64,8 @@ pub enum CommitmentError {
     LoadedTwice(u16),
     #[error("bucket {0} is full")]
     BucketFull(u16),
+    #[error("a record does not belong in bucket {0}")]
+    Misplaced(u16),
     #[error("sealed bucket: {0}")]
     Platform(#[from] PlatformError),
     #[error("sealed bucket does not decode: {0}")]
@@ -219,6 +221,9 @@ impl RecordCommitment {
         self.verify(b, old)?;
         if bucket.len() > MAX_BUCKET_RECORDS {
             return Err(CommitmentError::BucketFull(b));
+        }
+        if bucket.iter().any(|(id, _)| self.bucket(id) != b) {
+            return Err(CommitmentError::Misplaced(b));
         }
         let sealed = if bucket.is_empty() {
             None
@@ -407,9 +412,19 @@ mod tests {
         let mut bucket = Bucket::default();
         bucket.set(id(1), Some(record(1)));
         bucket.set(stranger, Some(record(2)));
-        let sealed = c.update(&p, b, None, &bucket).unwrap();
+        let root = c.root();
         assert!(matches!(
-            c.open(&p, b, sealed.as_deref()),
+            c.update(&p, b, None, &bucket),
+            Err(CommitmentError::Misplaced(x)) if x == b
+        ));
+        assert_eq!(c.root(), root);
+        // Sealed past `update` (a bug, or a value from another fleet's layout), it does not open.
+        let sealed = p
+            .seal(BUCKET_SLOT, &b.to_be_bytes(), &bkv_wire::encode(&bucket))
+            .unwrap();
+        c.load(b, &sealed).unwrap();
+        assert!(matches!(
+            c.open(&p, b, Some(&sealed)),
             Err(CommitmentError::Malformed(_))
         ));
     }
