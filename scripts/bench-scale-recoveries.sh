@@ -21,16 +21,23 @@ export BKV_FRONTEND_LOAD_TEST=1
 cargo build --profile production --locked --bins >/dev/null
 ADMIN=target/production/bkv-admin
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-up_pid=""
-cleanup() { [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null || true; }
-trap cleanup EXIT
+up_pid="" dir=""
+# `dev up` runs in its own process group: stopping the group also stops the nodes, frontend and
+# auditor if it failed before it installed its own SIGTERM handling.
+stop() {
+  [ -n "$up_pid" ] && { kill -TERM -- "-$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; }
+  [ -n "$dir" ] && rm -rf "$dir"
+  up_pid="" dir=""
+}
+trap stop EXIT
 
 size() { # users
-  local d; d=$(mktemp -d)
-  "$ADMIN" dev up --dir "$d" --nodes 3 > "$d/up.log" 2>&1 &
+  dir=$(mktemp -d)
+  local d=$dir
+  setsid "$ADMIN" dev up --dir "$d" --nodes 3 > "$d/up.log" 2>&1 &
   up_pid=$!
-  for _ in $(seq 150); do grep -q ready "$d/up.log" 2>/dev/null && break; sleep 0.2; done
-  grep -q ready "$d/up.log" || { cat "$d/up.log" >&2; exit 1; }
+  for _ in $(seq 150); do grep -q "bkv-admin dev: ready" "$d/up.log" 2>/dev/null && break; sleep 0.2; done
+  grep -q "bkv-admin dev: ready" "$d/up.log" || { cat "$d/up.log" >&2; exit 1; }
   local r p99s=() rates=()
   for r in $(seq "$ROUNDS"); do
     # Round 1 registers the fleet's users; later rounds add only their own CONC users.
@@ -53,12 +60,11 @@ print(f"users={users} median p99 {statistics.median(p99s):.2f} ms, median rate {
 EOF
   local i pid
   for i in 0 1 2; do
-    pid=$(pgrep -f "bkv-hsm --data-dir $d/nodes/$i/data" | head -1)
+    pid=$(pgrep -f "bkv-hsm --data-dir $d/nodes/$i/data" | head -1 || true)
+    [ -n "$pid" ] || { echo "node $i is not running" >&2; exit 1; }
     echo "users=$1 node$i $(grep -E 'VmHWM|VmRSS' /proc/"$pid"/status | tr -s ' \n' ' ') disk $(du -sm "$d/nodes/$i/data" | cut -f1) MiB"
   done
-  kill "$up_pid"; wait "$up_pid" 2>/dev/null || true
-  up_pid=""
-  rm -rf "$d"
+  stop
 }
 
 size "$SMALL"

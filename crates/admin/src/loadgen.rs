@@ -41,34 +41,49 @@ pub struct Report {
 }
 
 /// Registers `users` users, `concurrency` at a time on the runtime's threads (at 10⁶ users one at
-/// a time would take hours), and returns clients for the first `concurrency` of them: each
-/// recovery worker logs in as one user, so the rest are only there to make the vault that large.
+/// a time would take hours), and returns clients for the last `concurrency` of them: each
+/// recovery worker logs in as one user, so the rest are only there to make the vault that large
+/// (the last ones, whose tokens are the newest when a long registration ends). The first failed
+/// registration stops the others and is the error.
 async fn register_users(
     make_ctx: impl Fn(String) -> futures_like::BoxCtx + Clone + Send + Sync + 'static,
     password: &SecretString,
     users: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<std::sync::Arc<VaultClient>>> {
-    let kept = users.min(concurrency.max(1));
+    use anyhow::Context as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let first_kept = users.saturating_sub(concurrency.max(1));
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
+    // Dropped (on an error) it aborts the registrations still running.
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (make_ctx, password, next) = (make_ctx.clone(), password.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let i = next.fetch_add(1, Relaxed);
                 if i >= users {
                     return anyhow::Ok(mine);
                 }
                 let user = format!("loadgen-{i}-{}", std::process::id());
-                let ctx: Ctx = make_ctx(user.clone()).await?;
-                let mut v = VaultClient::new(ctx.endpoint.clone(), &user);
-                v.ksf_params = cheap_ksf();
-                v.register(&password, &BackupKey::generate(), 10, None)
-                    .await?;
-                if i < kept {
+                let registered = async {
+                    let ctx: Ctx = make_ctx(user.clone()).await?;
+                    let mut v = VaultClient::new(ctx.endpoint.clone(), &user);
+                    v.ksf_params = cheap_ksf();
+                    v.register(&password, &BackupKey::generate(), 10, None)
+                        .await?;
+                    anyhow::Ok(v)
+                };
+                let v = match registered.await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        next.store(users, Relaxed);
+                        return Err(e).with_context(|| format!("registering {user}"));
+                    }
+                };
+                if i >= first_kept {
                     mine.push((i, std::sync::Arc::new(v)));
                 }
                 if users >= 100_000 && (i + 1) % 50_000 == 0 {
@@ -79,11 +94,11 @@ async fn register_users(
                     );
                 }
             }
-        }));
+        });
     }
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done??);
     }
     all.sort_by_key(|(i, _)| *i);
     Ok(all.into_iter().map(|(_, v)| v).collect())
@@ -95,6 +110,9 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         anyhow::bail!("--rate must be a positive number of recoveries per second");
+    }
+    if args.users == 0 || args.concurrency == 0 {
+        anyhow::bail!("--users and --concurrency must be at least 1");
     }
     let password = SecretString::from("loadgen-password".to_owned());
     let clients = register_users(make_ctx, &password, args.users, args.concurrency).await?;

@@ -43,9 +43,9 @@ pub const BUCKET_BITS: u32 = 16;
 /// Most records one bucket holds: `2^16 × 4096` ≈ 2.7 × 10⁸ records per fleet, far above a
 /// group's size, and it bounds the work any one access costs.
 pub const MAX_BUCKET_RECORDS: usize = 4096;
-/// Largest encoded bucket accepted (4096 records of up to 1 KiB, the most a record with a live
-/// and a pending credential encodes to).
-pub const MAX_BUCKET_BYTES: usize = MAX_BUCKET_RECORDS * 1024;
+/// Largest encoded bucket accepted: 4096 entries of up to 1,280 bytes (a 32-byte id and a record
+/// with a live and a pending credential, each with the largest wrapped key, encode to ~1 KiB).
+pub const MAX_BUCKET_BYTES: usize = MAX_BUCKET_RECORDS * 1280;
 /// The platform slot a bucket's sealed value is bound to (its label is the bucket number).
 pub const BUCKET_SLOT: &str = "vault-bucket";
 
@@ -119,7 +119,8 @@ impl Bucket {
 /// The commitment: a fixed-size Merkle tree over the buckets' sealed values (module docs).
 #[derive(Clone)]
 pub struct RecordCommitment {
-    key: [u8; 32],
+    /// Keys the bucket placement; wiped when dropped (derived from fleet secrets once wired).
+    key: zeroize::Zeroizing<[u8; 32]>,
     bits: u32,
     /// Heap order: node 1 is the root, node `i` has children `2i` and `2i + 1`, and bucket `b`'s
     /// leaf is node `2^bits + b` (node 0 is unused).
@@ -148,7 +149,11 @@ impl RecordCommitment {
             let (l, r) = (nodes[2 * i], nodes[2 * i + 1]);
             nodes[i] = inner(&l, &r);
         }
-        RecordCommitment { key, bits, nodes }
+        RecordCommitment {
+            key: zeroize::Zeroizing::new(key),
+            bits,
+            nodes,
+        }
     }
 
     /// The root naming every record.
@@ -160,7 +165,7 @@ impl RecordCommitment {
     pub fn bucket(&self, id: &RecordId) -> u16 {
         let mut h = Sha256::new();
         h.update(BUCKET_OF_TAG);
-        h.update(self.key);
+        h.update(*self.key);
         h.update(id);
         let d: Hash = h.finalize().into();
         // In u32: a shift by 16 (no bucket bits, tests only) would overflow a u16.
@@ -195,16 +200,13 @@ impl RecordCommitment {
         let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
         let bucket: Bucket = bkv_wire::decode(&plain, MAX_BUCKET_BYTES)
             .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
-        let sorted = bucket.records.windows(2).all(|w| w[0].0 < w[1].0);
-        if !sorted
-            || bucket.is_empty()
-            || bucket.len() > MAX_BUCKET_RECORDS
-            || bucket.iter().any(|(id, _)| self.bucket(id) != b)
-        {
+        if bucket.is_empty() {
             return Err(CommitmentError::Malformed(
-                "bucket records out of order, empty, too many or misplaced".into(),
+                "a stored bucket is empty".into(),
             ));
         }
+        self.check(b, &bucket)
+            .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
         Ok(bucket)
     }
 
@@ -219,21 +221,38 @@ impl RecordCommitment {
         bucket: &Bucket,
     ) -> Result<Option<Vec<u8>>, CommitmentError> {
         self.verify(b, old)?;
-        if bucket.len() > MAX_BUCKET_RECORDS {
-            return Err(CommitmentError::BucketFull(b));
-        }
-        if bucket.iter().any(|(id, _)| self.bucket(id) != b) {
-            return Err(CommitmentError::Misplaced(b));
-        }
+        self.check(b, bucket)?;
         let sealed = if bucket.is_empty() {
             None
         } else {
             let plain = zeroize::Zeroizing::new(bkv_wire::encode(bucket));
+            // What `open` would refuse is never committed to (the table would refuse it too,
+            // after the commitment had moved on, leaving the bucket's users unreadable).
+            if plain.len() > MAX_BUCKET_BYTES {
+                return Err(CommitmentError::BucketFull(b));
+            }
             Some(p.seal(BUCKET_SLOT, &b.to_be_bytes(), &plain)?)
         };
         let i = self.leaf_index(b)?;
         self.set_leaf(i, leaf(b, sealed.as_deref()));
         Ok(sealed)
+    }
+
+    /// What every bucket must be, on the way in (`update`) and out (`open`): at most
+    /// [`MAX_BUCKET_RECORDS`] records, ids strictly increasing, each placed in `b`.
+    fn check(&self, b: u16, bucket: &Bucket) -> Result<(), CommitmentError> {
+        if bucket.len() > MAX_BUCKET_RECORDS {
+            return Err(CommitmentError::BucketFull(b));
+        }
+        if !bucket.records.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(CommitmentError::Malformed(
+                "bucket records out of order or repeated".into(),
+            ));
+        }
+        if bucket.iter().any(|(id, _)| self.bucket(id) != b) {
+            return Err(CommitmentError::Misplaced(b));
+        }
+        Ok(())
     }
 
     /// Loads one bucket's stored value into a commitment being rebuilt (a restart reading its
@@ -430,11 +449,29 @@ mod tests {
     }
 
     #[test]
-    fn memory_does_not_grow_with_records_and_a_full_bucket_refuses_more() {
+    fn an_unordered_or_repeated_bucket_is_never_committed() {
+        let p = MemoryPlatform::new([5; 32]);
+        let mut c = RecordCommitment::with_bits([3; 32], 0);
+        let root = c.root();
+        for records in [
+            vec![(id(2), record(1)), (id(1), record(1))],
+            vec![(id(1), record(1)), (id(1), record(2))],
+        ] {
+            // Only a decoded bucket can be built this way; `set` keeps the order.
+            let bucket = Bucket { records };
+            assert!(matches!(
+                c.update(&p, 0, None, &bucket),
+                Err(CommitmentError::Malformed(_))
+            ));
+            assert_eq!(c.root(), root);
+        }
+    }
+
+    #[test]
+    fn a_full_bucket_refuses_more_and_the_commitment_has_a_fixed_size() {
         let p = MemoryPlatform::new([5; 32]);
         // No bucket bits: every record shares the one bucket.
         let mut c = RecordCommitment::with_bits([3; 32], 0);
-        let before = c.memory_bytes();
         let mut bucket = Bucket::default();
         for n in 0..MAX_BUCKET_RECORDS as u32 {
             let mut i = [0u8; 32];
@@ -442,7 +479,6 @@ mod tests {
             bucket.set(i, Some(record(u64::from(n))));
         }
         let sealed = c.update(&p, 0, None, &bucket).unwrap();
-        assert_eq!(c.memory_bytes(), before);
         assert_eq!(c.open(&p, 0, sealed.as_deref()).unwrap().len(), 4096);
         bucket.set([0xff; 32], Some(record(0)));
         assert!(matches!(

@@ -60,9 +60,12 @@ impl RecordTable {
     }
 
     /// Stores each bucket's new sealed value (`None`: remove it) in one transaction: all or
-    /// nothing. `durable: false` skips the fsync: a crash may then lose the transaction but
-    /// never tear it (redb reopens at the last durable one), which is enough for state the
-    /// replicated log can re-apply.
+    /// nothing. `durable: false` skips the fsync: a crash may lose the transaction but never
+    /// tear it. In redb such a commit reaches the disk only with the next durable one, and
+    /// freed pages are reused only after it, so a caller that skips fsyncs (state the log can
+    /// re-apply) must still commit durably often enough — at least before the log it would
+    /// re-apply from is purged — or a crash takes it back before the log's first index and the
+    /// file keeps growing.
     pub fn write(
         &self,
         changes: &[(u16, Option<Vec<u8>>)],
@@ -222,6 +225,36 @@ mod tests {
             Err(CommitmentError::Stale(_))
         ));
         assert_eq!(load(&table, &c, &p, &neighbour).unwrap(), Some(record(7)));
+    }
+
+    /// The same, the way an attacker with the disk would do it: the whole file put back from a
+    /// copy taken before the last change.
+    #[test]
+    fn a_table_file_restored_from_an_older_copy_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, copy) = (
+            dir.path().join("records.redb"),
+            dir.path().join("copy.redb"),
+        );
+        let p = MemoryPlatform::new([4; 32]);
+        let mut c = RecordCommitment::new([6; 32]);
+        let a = rid(1);
+        {
+            let table = RecordTable::open(&path, TEST_CACHE).unwrap();
+            set(&table, &mut c, &p, &a, record(1));
+        }
+        std::fs::copy(&path, &copy).unwrap();
+        {
+            let table = RecordTable::open(&path, TEST_CACHE).unwrap();
+            set(&table, &mut c, &p, &a, record(2));
+            assert_eq!(load(&table, &c, &p, &a).unwrap(), Some(record(2)));
+        }
+        std::fs::copy(&copy, &path).unwrap();
+        let table = RecordTable::open(&path, TEST_CACHE).unwrap();
+        assert!(matches!(
+            load(&table, &c, &p, &a),
+            Err(CommitmentError::Stale(_))
+        ));
     }
 
     #[test]
