@@ -29,12 +29,7 @@ pub struct UsageError(pub String);
 /// Connects `user` to the deployment `cli.config` describes: a token, the bundle's (or the
 /// pinned) fleet keys, the storage location.
 pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
-    let path = cli.config.clone().ok_or_else(|| {
-        UsageError(
-            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
-        )
-    })?;
-    let cfg = ClientConfig::load(&path)?;
+    let (path, cfg) = load_config(cli)?;
     let http = cfg.http_client(Duration::from_secs(60))?;
     let token = match &cli.token {
         Some(t) => t.clone(),
@@ -90,6 +85,17 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
     })
 }
 
+/// The `--config` file's path and contents.
+fn load_config(cli: &Global) -> anyhow::Result<(std::path::PathBuf, ClientConfig)> {
+    let path = cli.config.clone().ok_or_else(|| {
+        UsageError(
+            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
+        )
+    })?;
+    let cfg = ClientConfig::load(&path)?;
+    Ok((path, cfg))
+}
+
 /// Asks the config's development token endpoint for a token for `user`.
 async fn dev_token(
     cfg: &ClientConfig,
@@ -120,12 +126,7 @@ async fn dev_token(
 /// (checked by [`connect`]): only a development token is fetched. For the load generator, whose
 /// many users would otherwise each fetch and check the bundle and save the log state.
 pub async fn connect_reusing(cli: &Global, verified: &Ctx, user: &str) -> anyhow::Result<Ctx> {
-    let path = cli.config.clone().ok_or_else(|| {
-        UsageError(
-            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
-        )
-    })?;
-    let cfg = ClientConfig::load(&path)?;
+    let (_, cfg) = load_config(cli)?;
     // The verified endpoint's HTTP client (and its connection pool) is shared: building a
     // client per user (root certificates, TLS setup) made registering users three times slower.
     let token = match &cli.token {
@@ -145,10 +146,5 @@ pub async fn connect_reusing(cli: &Global, verified: &Ctx, user: &str) -> anyhow
 
 /// Only what a vault-free operation needs: the storage location.
 pub fn storage_location(cli: &Global) -> anyhow::Result<String> {
-    let path = cli.config.clone().ok_or_else(|| {
-        UsageError(
-            "--config FILE is required (e.g. DIR/client.toml from `bkv-admin dev up`)".into(),
-        )
-    })?;
-    Ok(ClientConfig::load(&path)?.storage_location())
+    Ok(load_config(cli)?.1.storage_location())
 }
