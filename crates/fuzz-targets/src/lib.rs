@@ -162,7 +162,8 @@ fn drive(
         match step {
             Ok(Step::Reply(r)) => return Some(r),
             Ok(Step::Commit(m)) => {
-                let o = core.apply(&m);
+                // The core keeps its buckets itself here: a failure is a bug to report.
+                let o = core.apply(&m).expect("a store in memory never fails");
                 step = core.resume(sid, o);
             }
             Ok(Step::ReadFresh) => step = core.resume_fresh(sid, ct),

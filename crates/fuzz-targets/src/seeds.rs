@@ -492,18 +492,15 @@ mod tests {
     fn vault_seeds_reach_the_guess_rule() {
         let seeds = super::vault_session();
         let id = bkv_wire::record_id("alice");
-        let registered = crate::run_vault_session(&seeds[0]);
+        let mut registered = crate::run_vault_session(&seeds[0]);
+        let status = registered.records().status(&id).unwrap();
         assert!(
-            matches!(
-                registered.state().status(&id),
-                RecordState::Active { attempts: 0, .. }
-            ),
-            "{:?}",
-            registered.state().status(&id)
+            matches!(status, RecordState::Active { attempts: 0, .. }),
+            "{status:?}"
         );
-        let wrong = crate::run_vault_session(&seeds[1]);
+        let mut wrong = crate::run_vault_session(&seeds[1]);
         assert_eq!(
-            wrong.state().status(&id),
+            wrong.records().status(&id).unwrap(),
             RecordState::Active {
                 attempts: 1,
                 guess_limit: 3

@@ -46,7 +46,7 @@ fn call(core: &mut Core, sid: &[u8; 16], t: &mut snow::TransportState, req: &Vau
         match step.unwrap() {
             Step::Reply(r) => break r,
             Step::Commit(m) => {
-                let o = core.apply(&m);
+                let o = core.apply(&m).unwrap();
                 step = core.resume(sid, o);
             }
             Step::ReadFresh => step = core.resume_fresh(sid, &ct[..n]),
@@ -110,7 +110,9 @@ fn bench(c: &mut Criterion) {
             confirm_secret: [5; 32],
         },
     );
-    let rec = core.state().records.values().next().unwrap();
+    let id = bkv_wire::record_id("bench");
+    let rec = core.records().record(&id).unwrap().unwrap();
+    let rec = &rec;
     println!(
         "encoded record: {} bytes (sealed: {} bytes)",
         bkv_wire::encode(rec).len(),
@@ -139,12 +141,12 @@ fn bench(c: &mut Criterion) {
                 },
             );
             // Keep the counter below the limit; resets are part of real logins too.
-            let gen = core.state().records.values().next().unwrap().generation;
-            let id = *core.state().records.keys().next().unwrap();
+            let gen = core.records().record(&id).unwrap().unwrap().generation;
             core.apply(&bkv_hsm_core::Mutation::ResetGuesses {
                 record_id: id,
                 generation: gen,
-            });
+            })
+            .unwrap();
         })
     });
 }

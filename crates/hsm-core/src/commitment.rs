@@ -114,6 +114,10 @@ impl Bucket {
     pub fn iter(&self) -> impl Iterator<Item = &(RecordId, Record)> {
         self.records.iter()
     }
+
+    pub fn into_records(self) -> Vec<(RecordId, Record)> {
+        self.records
+    }
 }
 
 /// The commitment: a fixed-size Merkle tree over the buckets' sealed values (module docs).
@@ -139,7 +143,8 @@ impl RecordCommitment {
         Self::with_bits(key, BUCKET_BITS)
     }
 
-    fn with_bits(key: [u8; 32], bits: u32) -> Self {
+    /// With `2^bits` buckets (tests use few, so buckets hold several records).
+    pub(crate) fn with_bits(key: [u8; 32], bits: u32) -> Self {
         let leaves = 1usize << bits;
         let mut nodes = vec![[0u8; 32]; 2 * leaves];
         for (b, n) in (0..=u16::MAX).zip(nodes.iter_mut().skip(leaves)) {
@@ -154,6 +159,16 @@ impl RecordCommitment {
             bits,
             nodes,
         }
+    }
+
+    /// The commitment to no records, with the same placement.
+    pub fn cleared(&self) -> Self {
+        Self::with_bits(*self.key, self.bits)
+    }
+
+    /// How many buckets records are placed in.
+    pub fn bucket_count(&self) -> usize {
+        1 << self.bits
     }
 
     /// The root naming every record.
@@ -197,14 +212,7 @@ impl RecordCommitment {
         let Some(sealed) = sealed else {
             return Ok(Bucket::default());
         };
-        let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
-        let bucket: Bucket = bkv_wire::decode(&plain, MAX_BUCKET_BYTES)
-            .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
-        if bucket.is_empty() {
-            return Err(CommitmentError::Malformed(
-                "a stored bucket is empty".into(),
-            ));
-        }
+        let bucket = unseal_bucket(p, b, sealed)?;
         self.check(b, &bucket)
             .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
         Ok(bucket)
@@ -221,6 +229,19 @@ impl RecordCommitment {
         bucket: &Bucket,
     ) -> Result<Option<Vec<u8>>, CommitmentError> {
         self.verify(b, old)?;
+        self.reseal(p, b, bucket)
+    }
+
+    /// Seals `bucket` as bucket `b`'s new value, for a caller that holds the bucket's current
+    /// contents in trusted memory (opened through [`Self::open`] or written by this commitment
+    /// since): the same checks as [`Self::update`] without re-reading the old sealed value.
+    pub fn reseal(
+        &mut self,
+        p: &dyn Platform,
+        b: u16,
+        bucket: &Bucket,
+    ) -> Result<Option<Vec<u8>>, CommitmentError> {
+        let i = self.leaf_index(b)?;
         self.check(b, bucket)?;
         let sealed = if bucket.is_empty() {
             None
@@ -233,7 +254,6 @@ impl RecordCommitment {
             }
             Some(p.seal(BUCKET_SLOT, &b.to_be_bytes(), &plain)?)
         };
-        let i = self.leaf_index(b)?;
         self.set_leaf(i, leaf(b, sealed.as_deref()));
         Ok(sealed)
     }
@@ -297,6 +317,21 @@ impl RecordCommitment {
             i /= 2;
         }
     }
+}
+
+/// Unseals and decodes a stored bucket *without* checking it against a commitment: for a reader
+/// that loads every bucket into a fresh commitment and compares the root at the end
+/// (a snapshot read from a consistent view of the table), never for a single access.
+pub fn unseal_bucket(p: &dyn Platform, b: u16, sealed: &[u8]) -> Result<Bucket, CommitmentError> {
+    let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
+    let bucket: Bucket = bkv_wire::decode(&plain, MAX_BUCKET_BYTES)
+        .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
+    if bucket.is_empty() {
+        return Err(CommitmentError::Malformed(
+            "a stored bucket is empty".into(),
+        ));
+    }
+    Ok(bucket)
 }
 
 fn leaf(b: u16, sealed: Option<&[u8]>) -> Hash {

@@ -165,6 +165,17 @@ impl FleetSecrets {
         &self.trust
     }
 
+    /// The key placing records in buckets (`commitment::RecordCommitment::bucket`): derived
+    /// from the OPAQUE setup (secret, the same on every member), so members place records
+    /// alike and nobody outside the fleet can aim record ids at one bucket.
+    pub(crate) fn bucket_key(&self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA-256's output limit: expand cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"bkv/bucket-key/v1"), &self.opaque_setup)
+            .expand(b"record placement", &mut key);
+        key
+    }
+
     pub(crate) fn noise_private(&self) -> &[u8; 32] {
         &self.noise_private
     }

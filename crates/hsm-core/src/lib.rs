@@ -30,6 +30,7 @@ mod keys;
 pub mod members;
 pub mod platform;
 pub mod seal;
+pub mod sealed_state;
 pub mod state;
 
 use bkv_wire::admin::{AdminError, SignedAdminCommand};
@@ -49,6 +50,7 @@ use opaque_ke::{
 #[cfg(any(test, feature = "testing"))]
 pub use platform::MemoryPlatform;
 pub use platform::{Platform, PlatformError, SharedPlatform};
+pub use sealed_state::{BucketHost, SealedError, SealedState};
 use sha2::{Digest, Sha256};
 pub use state::{Mutation, Outcome, RecordId, State};
 use std::collections::HashMap;
@@ -77,6 +79,8 @@ pub enum CoreError {
     Handshake,
     #[error("refusing to send fleet secrets: {0}")]
     NotAdmitted(&'static str),
+    #[error(transparent)]
+    Records(#[from] SealedError),
 }
 
 /// What the host must do next for a request.
@@ -159,7 +163,7 @@ pub struct Core {
     platform: SharedPlatform,
     secrets: FleetSecrets,
     setup: ServerSetup<OpaqueSuite>,
-    state: State,
+    state: SealedState,
     sessions: HashMap<SessionId, Session>,
     max_sessions: usize,
     session_idle_secs: u64,
@@ -170,12 +174,15 @@ pub struct Core {
 }
 
 impl Core {
+    /// A core over `state`, its records sealed into buckets it keeps until a host takes them
+    /// ([`Core::records`]: a host with a disk restores its store there).
     pub fn new(
         platform: SharedPlatform,
         secrets: FleetSecrets,
         state: State,
     ) -> Result<Self, CoreError> {
         let setup = secrets.opaque_setup()?;
+        let state = SealedState::from_state(platform.clone(), secrets.bucket_key(), state)?;
         Ok(Core {
             platform,
             secrets,
@@ -210,14 +217,22 @@ impl Core {
         self.secrets.trust()
     }
 
+    /// The fleet part of the state (members, generations); records are reached through
+    /// [`Core::records`].
     pub fn state(&self) -> &State {
-        &self.state
+        self.state.fleet()
     }
 
-    /// Replaces the whole state (a replica installing a snapshot). Open
-    /// sessions stay; every later mutation re-checks its record's generation.
-    pub fn replace_state(&mut self, state: State) {
-        self.state = state;
+    /// The records and their store: the host restores, installs and persists through it. A
+    /// snapshot installed there leaves open sessions standing; every later mutation re-checks
+    /// its record's generation.
+    pub fn records(&mut self) -> &mut SealedState {
+        &mut self.state
+    }
+
+    /// Records that are active or pending.
+    pub fn live_records(&self) -> u64 {
+        self.state.live_records()
     }
 
     pub fn session_count(&self) -> usize {
@@ -228,29 +243,30 @@ impl Core {
     /// with the same mutations in the same order. Admin commands are
     /// verified here, on every member, against the trust anchors pinned in
     /// the fleet secrets.
-    pub fn apply(&mut self, m: &Mutation) -> Outcome {
-        match m {
+    ///
+    /// An error means the record store failed or was tampered with (a bucket the commitment
+    /// refuses): the mutation's effect is unknown and the host must stop, not go on.
+    pub fn apply(&mut self, m: &Mutation) -> Result<Outcome, CoreError> {
+        Ok(match m {
             Mutation::Admin(signed) => {
-                match self.state.members.check(
-                    self.secrets.trust(),
-                    self.secrets.fleet_id(),
-                    signed,
-                ) {
-                    Ok((cmd, effect)) => self.state.members.execute(cmd.seq, effect),
+                let members = &mut self.state.fleet_mut().members;
+                match members.check(self.secrets.trust(), self.secrets.fleet_id(), signed) {
+                    Ok((cmd, effect)) => members.execute(cmd.seq, effect),
                     Err(e) => Outcome::AdminRefused(e),
                 }
             }
-            _ => self.state.apply(m),
-        }
+            _ => self.state.apply(m)?,
+        })
     }
 
     /// Checks a signed command before the leader proposes it (the same
     /// checks every member repeats when applying it, plus its expiry).
     pub fn check_admin(&self, signed: &SignedAdminCommand) -> Result<(), AdminError> {
-        let (cmd, _) =
-            self.state
-                .members
-                .check(self.secrets.trust(), self.secrets.fleet_id(), signed)?;
+        let (cmd, _) = self.state.fleet().members.check(
+            self.secrets.trust(),
+            self.secrets.fleet_id(),
+            signed,
+        )?;
         let now = self.platform.now_unix_secs();
         if cmd.not_after < now {
             return Err(AdminError::Expired {
@@ -290,7 +306,7 @@ impl Core {
     /// identity key of an admitted member (verified operator command and
     /// auditor log proof, or the founder). The host only relays the result.
     pub fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, CoreError> {
-        if !self.state.members.admits(identity) {
+        if !self.state.fleet().members.admits(identity) {
             return Err(CoreError::NotAdmitted(
                 "that identity key is not an admitted member of this fleet",
             ));
@@ -434,7 +450,7 @@ impl Core {
     /// user's live record: proof, for the frontend, that the user holds the
     /// password protector right now (passkey deletion needs it).
     pub fn session_logged_in(
-        &self,
+        &mut self,
         session_id: &SessionId,
         user_id: &str,
     ) -> Result<bool, NodeError> {
@@ -445,10 +461,13 @@ impl Core {
         if s.user_id != user_id {
             return Err(NodeError::WrongUser);
         }
-        Ok(match (s.authenticated, self.state.active(&s.record_id)) {
-            (Some(a), Some((_, _, generation))) => a == generation,
-            _ => false,
-        })
+        let (authenticated, rid) = (s.authenticated, s.record_id);
+        Ok(
+            match (authenticated, self.state.active(&rid).map_err(unavailable)?) {
+                (Some(a), Some((_, _, generation))) => a == generation,
+                _ => false,
+            },
+        )
     }
 
     /// Handles one encrypted request of an open session.
@@ -593,10 +612,11 @@ impl Core {
         Ok(Step::Commit(m))
     }
 
-    fn absent_error(&self, rid: &RecordId) -> VaultError {
+    fn absent_error(&mut self, rid: &RecordId) -> VaultError {
         match self.state.status(rid) {
-            RecordState::Destroyed => VaultError::Destroyed,
-            _ => VaultError::NoRecord,
+            Ok(RecordState::Destroyed) => VaultError::Destroyed,
+            Ok(_) => VaultError::NoRecord,
+            Err(_) => VaultError::Unavailable,
         }
     }
 
@@ -616,13 +636,13 @@ impl Core {
                 step
             }
             VaultRequest::Status => {
-                let state = self.state.status(&rid);
+                let state = self.state.status(&rid).map_err(unavailable)?;
                 self.reply(sid, VaultResponse::Status { state })
             }
             VaultRequest::RegisterStart {
                 registration_request,
             } => {
-                let replaces = match self.state.active(&rid) {
+                let replaces = match self.state.active(&rid).map_err(unavailable)? {
                     Some((_, _, gen)) if authenticated == Some(gen) => Some(gen),
                     Some(_) => return self.error(sid, VaultError::RecordExists),
                     None => None,
@@ -695,7 +715,9 @@ impl Core {
                 if CredentialRequest::<OpaqueSuite>::deserialize(&credential_request).is_err() {
                     return self.error(sid, bad("malformed CredentialRequest"));
                 }
-                let Some((cred, attempts, generation)) = self.state.active(&rid) else {
+                let Some((cred, attempts, generation)) =
+                    self.state.active(&rid).map_err(unavailable)?
+                else {
                     let e = self.absent_error(&rid);
                     return self.error(sid, e);
                 };
@@ -762,7 +784,8 @@ impl Core {
                 )
             }
             VaultRequest::Delete => {
-                let generation = self.state.records.get(&rid).map(|r| r.generation);
+                let record = self.state.record(&rid).map_err(unavailable)?;
+                let generation = record.map(|r| r.generation);
                 match (generation, authenticated) {
                     (None, _) => self.error(sid, VaultError::NoRecord),
                     (Some(g), Some(a)) if g == a => {
@@ -835,7 +858,7 @@ impl Core {
                 Awaiting::DestroyedThenFail,
             ),
             (Awaiting::LoginReset { generation }, Outcome::Reset) => {
-                match self.state.active(&rid) {
+                match self.state.active(&rid).map_err(unavailable)? {
                     // Only the key of the generation this login proved the
                     // password of (a replacement may have landed since the reset).
                     Some((cred, _, g)) if g == generation => {
@@ -879,7 +902,7 @@ impl Core {
         attempts: u32,
         guess_limit: u32,
     ) -> Result<Step, NodeError> {
-        let Some((cred, _, generation)) = self.state.active(&rid) else {
+        let Some((cred, _, generation)) = self.state.active(&rid).map_err(unavailable)? else {
             let e = self.absent_error(&rid);
             return self.error(sid, e);
         };
@@ -923,6 +946,12 @@ impl Core {
             },
         )
     }
+}
+
+/// A record store that fails or is refused: the client is told the vault is unavailable (the
+/// host stops on the same failure when it next applies a mutation).
+fn unavailable(_: SealedError) -> NodeError {
+    NodeError::Unavailable
 }
 
 fn login_params() -> ServerLoginParameters<'static, 'static> {

@@ -295,9 +295,12 @@ mod tests {
             let mut core = Core::new(p.clone(), secrets, State::default()).unwrap();
             let me = NodeIdentity::generate(&*p).unwrap();
             let found = core.found_mutation(0, "127.0.0.1:1", &me, [0; 32]).unwrap();
-            assert_eq!(core.apply(&found), Outcome::Founded);
+            assert_eq!(core.apply(&found).unwrap(), Outcome::Founded);
             // A second Found is refused once the fleet has a member.
-            assert!(matches!(core.apply(&found), Outcome::AdminRefused(_)));
+            assert!(matches!(
+                core.apply(&found).unwrap(),
+                Outcome::AdminRefused(_)
+            ));
             World {
                 operator,
                 auditor,
@@ -392,7 +395,7 @@ mod tests {
         assert!(w.core.export_secrets_to(&id.public_key()).is_err());
         w.core.check_admin(&cmd).unwrap();
         assert_eq!(
-            w.core.apply(&Mutation::Admin(cmd.clone())),
+            w.core.apply(&Mutation::Admin(cmd.clone())).unwrap(),
             Outcome::AdminApplied { seq: 1 }
         );
         let env = w.core.export_secrets_to(&id.public_key()).unwrap();
@@ -402,7 +405,7 @@ mod tests {
         // Replaying the same captured command is refused and changes nothing.
         let before = w.core.state().clone();
         assert_eq!(
-            refused(w.core.apply(&Mutation::Admin(cmd))),
+            refused(w.core.apply(&Mutation::Admin(cmd)).unwrap()),
             AdminError::Replayed {
                 expected: 2,
                 found: 1
@@ -412,7 +415,7 @@ mod tests {
         // Promote, then remove with a logged record.
         let promote = w.sign(&w.operator, 2, AdminAction::Promote { node_id: 1 });
         assert_eq!(
-            w.core.apply(&Mutation::Admin(promote)),
+            w.core.apply(&Mutation::Admin(promote)).unwrap(),
             Outcome::AdminApplied { seq: 2 }
         );
         assert!(w.core.state().members.nodes[&1].voter);
@@ -434,7 +437,7 @@ mod tests {
             },
         );
         assert_eq!(
-            w.core.apply(&Mutation::Admin(remove)),
+            w.core.apply(&Mutation::Admin(remove)).unwrap(),
             Outcome::AdminApplied { seq: 3 }
         );
         assert!(w.core.export_secrets_to(&id.public_key()).is_err());
@@ -447,7 +450,7 @@ mod tests {
         let (id, good) = w.add_command(1);
         let check = |w: &mut World, cmd: SignedAdminCommand| {
             let pre = w.core.check_admin(&cmd).unwrap_err();
-            let applied = refused(w.core.apply(&Mutation::Admin(cmd)));
+            let applied = refused(w.core.apply(&Mutation::Admin(cmd)).unwrap());
             assert_eq!(pre, applied);
             assert_eq!(w.core.state(), &before);
             assert!(w.core.export_secrets_to(&id.public_key()).is_err());

@@ -159,6 +159,9 @@ pub enum Outcome {
     Batch(Vec<Outcome>),
     /// A fleet mutation or a nested batch inside a batch: nothing changed.
     NotBatchable,
+    /// The record's bucket is full (records on disk, `crate::sealed_state`): nothing changed.
+    /// Appended last so earlier outcomes keep their encoding.
+    StoreFull,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +180,12 @@ pub struct State {
 
 impl State {
     pub fn status(&self, id: &RecordId) -> RecordState {
-        match self.records.get(id) {
+        Self::status_of(self.records.get(id).map(|r| &**r))
+    }
+
+    /// What a client is told of a record (absent, pending, active, destroyed).
+    pub fn status_of(r: Option<&Record>) -> RecordState {
+        match r {
             None => RecordState::Absent,
             Some(r) => match &r.live {
                 Some(Live::Active {
@@ -204,7 +212,11 @@ impl State {
 
     /// The live credential and its generation, if the record is active.
     pub fn active(&self, id: &RecordId) -> Option<(&Credential, u32, u64)> {
-        let r = self.records.get(id)?;
+        Self::active_of(self.records.get(id)?)
+    }
+
+    /// The record's live credential, attempts and generation, if it is active.
+    pub fn active_of(r: &Record) -> Option<(&Credential, u32, u64)> {
         match &r.live {
             Some(Live::Active {
                 credential,

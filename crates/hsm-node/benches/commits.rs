@@ -19,7 +19,7 @@
 //! (registration progress goes to stderr; the run stops once a node's directory passes G GiB,
 //! default 4).
 
-use bkv_hsm_core::state::{Credential, Mutation, Outcome, Pending, State};
+use bkv_hsm_core::state::{Credential, Mutation, Outcome, Pending};
 use bkv_hsm_core::{NodeIdentity, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetOptions};
 use bkv_hsm_node::replication::network::LinkIdentity;
@@ -127,13 +127,15 @@ async fn start(id: u64, p: Parts, bootstrap: &BTreeSet<[u8; 32]>) -> anyhow::Res
             FleetOptions {
                 id,
                 dir: p.dir,
-                platform: p.platform,
+                platform: p.platform.clone(),
                 identity: p.identity,
                 bootstrap: bootstrap.clone(),
                 snapshot_log_min: bkv_hsm_node::replication::fleet::SNAPSHOT_LOG_MIN,
             },
             p.listener,
-            Arc::new(Mutex::new(State::default())),
+            Arc::new(Mutex::new(bkv_hsm_core::SealedState::new(
+                p.platform, [7; 32],
+            ))),
         )
         .await?,
     ))

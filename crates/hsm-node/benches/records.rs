@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         pending.push((b, c.update(&platform, b, None, &bucket)?));
         start = end;
         if pending.len() == 1024 || start == order.len() {
-            table.write(&pending, true)?;
+            table.write(&pending, None, true)?;
             pending.clear();
             eprint!("\r{start} records");
         }
@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             for (b, (old, bucket)) in changed {
                 writes.push((b, c.update(&platform, b, old.as_deref(), &bucket)?));
             }
-            table.write(&writes, durable)?;
+            table.write(&writes, None, durable)?;
         }
         *out = t.elapsed().as_secs_f64() * 1e6 / (rounds * 64) as f64;
     }

@@ -392,7 +392,7 @@ impl Node {
                 session_id,
                 user_id,
             } => {
-                let Some(core) = self.core() else {
+                let Some(mut core) = self.core() else {
                     return unavailable;
                 };
                 match core.session_logged_in(&session_id, &user_id) {
@@ -463,7 +463,7 @@ impl Node {
             next_seq: members.admin_seq.saturating_add(1),
             members: members.info(),
             status: self.fleet.status(),
-            records: core.state().live_records(),
+            records: core.live_records(),
         })
     }
 

@@ -50,12 +50,12 @@ impl NodeMetrics {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// This node started a snapshot because its log grew by a quarter of its state.
+    /// This node started a snapshot because its log grew by the threshold (16 MiB).
     pub fn log_snapshot(&self) {
         self.log_snapshots.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Snapshots started because the log grew by a quarter of the state.
+    /// Snapshots started because the log grew by the threshold.
     pub fn log_snapshots(&self) -> u64 {
         self.log_snapshots.load(Ordering::Relaxed)
     }
@@ -110,7 +110,7 @@ impl NodeMetrics {
         metric(
             "bkv_node_log_snapshots_total",
             "counter",
-            "Snapshots started because the log grew by a quarter of the state (at least 16 MiB).",
+            "Snapshots started because the log grew by 16 MiB since the last one.",
             get(&self.log_snapshots).to_string(),
         );
         metric(

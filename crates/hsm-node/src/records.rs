@@ -2,17 +2,22 @@
 //! (issue 13, part 4; docs/scaling.md "Per-record state").
 //!
 //! One redb value per bucket of records, keyed by the bucket's number, holding the bucket's
-//! sealed value as [`RecordCommitment`] made it. Nothing here is trusted: whatever the table
-//! returns, the core checks against its commitment before it unseals it
-//! ([`RecordCommitment::open`]), so a bucket put back from an older copy of the file, or removed
-//! from it, is refused. Not wired into the replicated state machine yet: the state is still whole
-//! in the core's memory; this table and the commitment are the pieces that change stands on.
+//! sealed value as the core's [`RecordCommitment`](bkv_hsm_core::commitment::RecordCommitment)
+//! made it, and beside them the core's sealed summary (the fleet part of the state, the
+//! commitment's root and the log position applied), always written in the same transaction as
+//! the buckets it describes. Nothing here is trusted: the core checks every bucket against its
+//! commitment before it unseals it, and at a restart the whole table against the summary, so a
+//! bucket put back from an older copy of the file, or removed from it, is refused.
 
 use bkv_hsm_core::commitment::MAX_BUCKET_BYTES;
+use bkv_hsm_core::sealed_state::{BucketHost, BucketVisitor, SealedError, MAX_SUMMARY};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
+use std::sync::Arc;
 
 const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-buckets");
+const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("vault-summary");
+const SUMMARY_KEY: &str = "current";
 /// A sealed bucket: the encoded bucket's limit plus the sealing format's overhead, with room.
 pub const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
 
@@ -22,6 +27,14 @@ pub enum RecordTableError {
     Db(String),
     #[error("record table: bucket {0} holds a value over the size limit")]
     TooLarge(u16),
+    #[error("record table: the summary is over the size limit")]
+    SummaryTooLarge,
+}
+
+impl From<RecordTableError> for SealedError {
+    fn from(e: RecordTableError) -> Self {
+        SealedError::Host(e.to_string())
+    }
 }
 
 fn db_err<E: std::fmt::Display>(e: E) -> RecordTableError {
@@ -42,8 +55,53 @@ impl RecordTable {
             .map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(BUCKETS).map_err(db_err)?;
+        tx.open_table(SUMMARY).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(RecordTable { db })
+    }
+
+    /// The stored summary (`None`: nothing was ever applied).
+    pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        read_summary(&tx.open_table(SUMMARY).map_err(db_err)?)
+    }
+
+    /// Makes everything committed so far durable (redb persists a commit without fsync only
+    /// with the next durable one) and returns the summary that is now on disk: read inside the
+    /// same transaction, so no later commit can slip in between (a snapshot's position must be
+    /// durable before the log behind it is purged).
+    pub fn sync(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let summary = read_summary(&tx.open_table(SUMMARY).map_err(db_err)?)?;
+        tx.commit().map_err(db_err)?;
+        Ok(summary)
+    }
+
+    /// A consistent view of the table as it is now (a snapshot being read while applies go on).
+    pub fn view(&self) -> Result<TableView, RecordTableError> {
+        Ok(TableView(self.db.begin_read().map_err(db_err)?))
+    }
+
+    /// Replaces every bucket with `buckets` and the summary with `summary`, durably, in one
+    /// transaction (a snapshot installed).
+    pub fn replace_all(
+        &self,
+        buckets: &[(u16, Vec<u8>)],
+        summary: &[u8],
+    ) -> Result<(), RecordTableError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.delete_table(BUCKETS).map_err(db_err)?;
+        {
+            let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            for (b, v) in buckets {
+                if v.len() > MAX_SEALED_BUCKET {
+                    return Err(RecordTableError::TooLarge(*b));
+                }
+                t.insert(*b, v.as_slice()).map_err(db_err)?;
+            }
+            write_summary(&tx, summary)?;
+        }
+        tx.commit().map_err(db_err)
     }
 
     /// Bucket `b`'s sealed value (`None`: nothing stored, an empty bucket).
@@ -69,6 +127,7 @@ impl RecordTable {
     pub fn write(
         &self,
         changes: &[(u16, Option<Vec<u8>>)],
+        summary: Option<&[u8]>,
         durable: bool,
     ) -> Result<(), RecordTableError> {
         let mut tx = self.db.begin_write().map_err(db_err)?;
@@ -91,6 +150,9 @@ impl RecordTable {
                 }
             }
         }
+        if let Some(summary) = summary {
+            write_summary(&tx, summary)?;
+        }
         tx.commit().map_err(db_err)
     }
 
@@ -98,18 +160,9 @@ impl RecordTable {
     /// rebuilding the commitment reads the whole table in bounded memory).
     pub fn for_each<E: From<RecordTableError>>(
         &self,
-        mut f: impl FnMut(u16, &[u8]) -> Result<(), E>,
+        f: impl FnMut(u16, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(BUCKETS).map_err(db_err)?;
-        for item in t.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            if v.value().len() > MAX_SEALED_BUCKET {
-                return Err(RecordTableError::TooLarge(k.value()).into());
-            }
-            f(k.value(), v.value())?;
-        }
-        Ok(())
+        self.view()?.for_each(f)
     }
 
     /// Bytes of pages in use and bytes of keys and values stored in them (the file itself grows
@@ -133,6 +186,65 @@ impl RecordTable {
 
     pub fn is_empty(&self) -> Result<bool, RecordTableError> {
         Ok(self.len()? == 0)
+    }
+}
+
+fn read_summary(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Vec<u8>>, RecordTableError> {
+    let Some(v) = t.get(SUMMARY_KEY).map_err(db_err)? else {
+        return Ok(None);
+    };
+    if v.value().len() > MAX_SUMMARY {
+        return Err(RecordTableError::SummaryTooLarge);
+    }
+    Ok(Some(v.value().to_vec()))
+}
+
+fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), RecordTableError> {
+    if summary.len() > MAX_SUMMARY {
+        return Err(RecordTableError::SummaryTooLarge);
+    }
+    let mut t = tx.open_table(SUMMARY).map_err(db_err)?;
+    t.insert(SUMMARY_KEY, summary).map_err(db_err)?;
+    Ok(())
+}
+
+/// One read transaction over the table: the summary and the buckets as of one commit.
+pub struct TableView(redb::ReadTransaction);
+
+impl TableView {
+    pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
+        read_summary(&self.0.open_table(SUMMARY).map_err(db_err)?)
+    }
+
+    /// Calls `f` with every stored bucket in bucket order, one value at a time.
+    pub fn for_each<E: From<RecordTableError>>(
+        &self,
+        mut f: impl FnMut(u16, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let t = self.0.open_table(BUCKETS).map_err(db_err)?;
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            if v.value().len() > MAX_SEALED_BUCKET {
+                return Err(RecordTableError::TooLarge(k.value()).into());
+            }
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+}
+
+/// The table as the core's [`BucketHost`].
+pub struct TableHost(pub Arc<RecordTable>);
+
+impl BucketHost for TableHost {
+    fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {
+        self.0.read(b).map_err(|e| e.to_string())
+    }
+
+    fn for_each(&self, f: &mut BucketVisitor<'_>) -> Result<(), SealedError> {
+        self.0.for_each(f)
     }
 }
 
@@ -179,7 +291,7 @@ mod tests {
         let mut bucket = c.open(p, b, old.as_deref()).unwrap();
         bucket.set(*id, Some(r));
         let new = c.update(p, b, old.as_deref(), &bucket).unwrap();
-        table.write(&[(b, new.clone())], true).unwrap();
+        table.write(&[(b, new.clone())], None, true).unwrap();
         new.unwrap()
     }
 
@@ -214,12 +326,12 @@ mod tests {
         assert_eq!(load(&table, &c, &p, &a).unwrap(), Some(record(2)));
 
         let b = c.bucket(&a);
-        table.write(&[(b, Some(old))], true).unwrap();
+        table.write(&[(b, Some(old))], None, true).unwrap();
         assert!(matches!(
             load(&table, &c, &p, &a),
             Err(CommitmentError::Stale(x)) if x == b
         ));
-        table.write(&[(b, None)], false).unwrap();
+        table.write(&[(b, None)], None, false).unwrap();
         assert!(matches!(
             load(&table, &c, &p, &a),
             Err(CommitmentError::Stale(_))
@@ -284,7 +396,7 @@ mod tests {
         // Record 0's bucket put back at its first value: the rebuilt root no longer matches the
         // one the node committed to, so a restart refuses the store.
         table
-            .write(&[(c.bucket(&rid(0)), Some(first))], true)
+            .write(&[(c.bucket(&rid(0)), Some(first))], None, true)
             .unwrap();
         assert_ne!(rebuild(&table).unwrap().root(), c.root());
     }
@@ -295,7 +407,7 @@ mod tests {
         let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
         let big = vec![0; MAX_SEALED_BUCKET + 1];
         assert!(matches!(
-            table.write(&[(1, Some(vec![1])), (2, Some(big.clone()))], true),
+            table.write(&[(1, Some(vec![1])), (2, Some(big.clone()))], None, true),
             Err(RecordTableError::TooLarge(2))
         ));
         assert!(table.is_empty().unwrap());

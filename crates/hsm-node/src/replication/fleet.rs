@@ -108,17 +108,15 @@ const QUORUM_FRESH_MS: u64 = 1_000;
 /// Log bytes that always justify a snapshot, however small the state.
 pub const SNAPSHOT_LOG_MIN: u64 = 16 << 20;
 
-/// The snapshot policy (openraft's own is off): a snapshot when the log grew by a quarter of the
-/// last snapshot's size (at least `log_min`, normally [`SNAPSHOT_LOG_MIN`]). openraft's
-/// default, every 5,000 entries, fits neither end: since group commit an entry holds 1 to 64
-/// mutations, so 5,000 entries were ~105 MB of log during registrations and, under steady
-/// guess-count load at 10⁶ users, a whole-state snapshot (~1 s of a core per node) every ~5 s,
-/// which tripled the commit p99. With bytes as the measure the log stays within about a quarter
-/// of the state and a snapshot costs at most about four times the log bytes that started it.
+/// The snapshot policy (openraft's own is off): a snapshot whenever the log grew by `log_min`
+/// bytes (normally [`SNAPSHOT_LOG_MIN`]). With the records in the table a snapshot is one durable
+/// commit, after which the log behind it is purged, so the log on disk stays within about
+/// `log_min` whatever the state's size. (While a snapshot was a whole-state copy the threshold
+/// grew with the state; openraft's default, every 5,000 entries of 1 to 64 mutations each since
+/// group commit, fits neither.)
 async fn watch_log_growth(
     raft: Raft<TypeConfig>,
     appended: Arc<std::sync::atomic::AtomicU64>,
-    snapshot_file: PathBuf,
     log_min: u64,
     metrics: Arc<NodeMetrics>,
 ) {
@@ -143,15 +141,8 @@ async fn watch_log_growth(
             }
             continue;
         }
-        let state = std::fs::metadata(&snapshot_file)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if now.saturating_sub(since) >= log_min.max(state / 4) {
-            tracing::info!(
-                log_bytes = now - since,
-                snapshot_bytes = state,
-                "the log grew by a quarter of the state: snapshot"
-            );
+        if now.saturating_sub(since) >= log_min {
+            tracing::info!(log_bytes = now - since, "the log grew: snapshot");
             since = now;
             match raft.trigger().snapshot().await {
                 Ok(()) => {
@@ -200,7 +191,24 @@ impl Fleet {
         let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
         let appended = log.appended_bytes();
         let metrics = Arc::new(NodeMetrics::default());
+        let mut log = log;
         let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
+        // The records must reach the log: a table rolled back (or replaced) behind the log's
+        // first entry cannot be brought up to date from it.
+        let purged = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+            .await
+            .map_err(|e| FleetError::Raft(e.to_string()))?
+            .last_purged_log_id;
+        if let Some(purged) = purged {
+            let applied = sm.last_applied().map(|l| l.index);
+            if applied.is_none_or(|a| a < purged.index) {
+                return Err(ReplicationStoreError::RecordsBehindLog {
+                    applied: applied.unwrap_or(0),
+                    purged: purged.index,
+                }
+                .into());
+            }
+        }
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
@@ -220,7 +228,6 @@ impl Fleet {
         let log_watch = tokio::spawn(watch_log_growth(
             raft.clone(),
             appended,
-            super::snapshot_file::SnapshotFile::path_in(dir),
             snapshot_log_min,
             metrics.clone(),
         ));

@@ -4,9 +4,9 @@
 //! mutations, see [`group_commit`]); each node's
 //! state machine applies committed entries in log order with the same
 //! deterministic [`Core::apply`](bkv_hsm_core::Core::apply): the sealed log
-//! store ([`log_store::LogStore`]) and the state machine with snapshots
-//! ([`state_machine::StateMachine`]), both passing openraft's storage test
-//! suite and sealing everything through the node's platform; Noise `IK` peer
+//! store ([`log_store::LogStore`]) and the state machine over the node's table of sealed
+//! records ([`state_machine::StateMachine`], [`crate::records`]), both passing openraft's
+//! storage test suite and sealing everything through the node's platform; Noise `IK` peer
 //! links ([`network`]); and one member's place in the fleet ([`fleet`]).
 
 pub mod fleet;
@@ -69,12 +69,33 @@ pub enum ReplicationStoreError {
     Rollback { db: u64, counter: u64 },
     #[error("raft snapshot file: {0}")]
     SnapshotFile(String),
+    #[error("vault records: {0}")]
+    Records(String),
+    #[error(
+        "the vault records were applied up to log index {applied} but the log now starts after \
+         index {purged}: the record store was rolled back behind the log (or replaced). \
+         Refusing to start. Restore the newest data directory, or wipe it and add the node \
+         back to the fleet as a new member."
+    )]
+    RecordsBehindLog { applied: u64, purged: u64 },
     #[error("platform: {0}")]
     Platform(#[from] bkv_hsm_core::PlatformError),
 }
 
 pub(crate) fn db_err<E: std::fmt::Display>(e: E) -> ReplicationStoreError {
     ReplicationStoreError::Db(e.to_string())
+}
+
+impl From<bkv_hsm_core::SealedError> for ReplicationStoreError {
+    fn from(e: bkv_hsm_core::SealedError) -> Self {
+        ReplicationStoreError::Records(e.to_string())
+    }
+}
+
+impl From<crate::records::RecordTableError> for ReplicationStoreError {
+    fn from(e: crate::records::RecordTableError) -> Self {
+        ReplicationStoreError::Records(e.to_string())
+    }
 }
 
 /// Converts a storage failure into openraft's error for `subject`.

@@ -1,5 +1,8 @@
-//! The node's latest snapshot on disk: one file of sealed pieces, written beside the old one and
-//! renamed over it (`DATA/raft-snapshot.sealed`, format in docs/formats.md).
+//! The snapshot file earlier releases kept (`DATA/raft-snapshot.sealed`, format in
+//! docs/formats.md): one file of sealed pieces, written beside the old one and renamed over it.
+//! The state now lives in the record table ([`crate::records`]); a node upgraded from such a
+//! release reads its file once, moves the state into the table and removes the file
+//! ([`super::state_machine::StateMachine::open`]).
 //!
 //! A plain file rather than a redb value: a snapshot is written and read whole and in order, so
 //! a file costs its size on disk, where a redb database holding it kept the previous copy's
@@ -178,6 +181,18 @@ impl SnapshotFile {
         // The new file takes precedence; the earlier format's database is no longer needed.
         let _ = std::fs::remove_file(self.dir.join(LEGACY_FILE));
         Ok(())
+    }
+
+    /// Removes the stored snapshot (either format) once its state moved into the record table.
+    pub fn remove(&self) -> Result<(), ReplicationStoreError> {
+        for f in [FILE, LEGACY_FILE] {
+            match std::fs::remove_file(self.dir.join(f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
     /// The stored snapshot's metadata and encoded state, every piece unsealed and checked.

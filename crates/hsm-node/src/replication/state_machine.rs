@@ -1,71 +1,90 @@
-//! The replicated state machine: applies committed log entries to the vault
-//! state and takes and installs snapshots (sealed pieces on disk, see
-//! [`super::snapshot_file`]).
+//! The replicated state machine: applies committed log entries to the vault state, whose
+//! records live in the node's table of sealed buckets ([`crate::records`]), and takes and
+//! installs snapshots.
 //!
-//! The vault state itself lives with the host (the core also reads it to run
-//! sessions); the state machine reaches it through [`Replica`]. Between
-//! snapshots the state is only in memory: after a restart openraft re-applies
-//! the committed log on top of the last snapshot.
+//! Each `apply` writes the buckets its entries changed, the core's sealed summary and the log
+//! position in one redb transaction, without fsync: the log is the durable copy, and after a
+//! crash the table reopens at an earlier whole transaction from which openraft re-applies the
+//! log. A snapshot is therefore a position of the table, not a copy of it: building one makes the
+//! table durable up to its position (so the log behind it may be purged), and a snapshot sent to
+//! another member is read from one consistent view of the table. The state is whole in memory
+//! only while a snapshot is being sent or installed (openraft 0.9 moves snapshot data as one
+//! `Cursor<Vec<u8>>`; docs/scaling.md).
 
 use super::snapshot_file::SnapshotFile;
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
-use bkv_hsm_core::state::State;
-use bkv_hsm_core::SharedPlatform;
+use crate::records::{RecordTable, TableHost};
+use bkv_hsm_core::sealed_state::{collect_state, summary_position, NoBuckets, SealedState};
+use bkv_hsm_core::state::{Mutation, Outcome, State};
+use bkv_hsm_core::{Core, SharedPlatform};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
+use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use super::snapshot_file::{MAX_SNAPSHOT, SNAPSHOT_CHUNK};
 
+/// The record table's file in a data directory.
+pub const RECORDS_FILE: &str = "vault-records.redb";
+/// The record table's page cache: with the records on disk, this is what a node's memory grows
+/// to as users grow (BENCHMARKS.md "Records on disk").
+pub const RECORDS_CACHE_BYTES: usize = 64 << 20;
+/// Largest encoded log position accepted from a summary (a membership of a few dozen members).
+const MAX_POSITION: usize = 1 << 20;
+
 /// What the state machine applies mutations to.
 pub trait Replica: Send + 'static {
-    fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome;
+    /// Applies a committed mutation; an error (the record store failed or was tampered with)
+    /// stops the node.
+    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String>;
+    /// The fleet part of the state (members, generations).
     fn state(&self) -> &State;
-    fn replace_state(&mut self, state: State);
+    /// The records and their store.
+    fn records(&mut self) -> &mut SealedState;
     /// The fleet secrets encrypted to an admitted member's identity key
     /// (the core checks admission), or why not.
     fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
 }
 
 /// A bare state (tests of the replication layer): no keys, no secrets.
-impl Replica for State {
-    fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome {
-        State::apply(self, m)
+impl Replica for SealedState {
+    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String> {
+        SealedState::apply(self, m).map_err(|e| e.to_string())
     }
     fn state(&self) -> &State {
-        self
+        self.fleet()
     }
-    fn replace_state(&mut self, state: State) {
-        *self = state;
+    fn records(&mut self) -> &mut SealedState {
+        self
     }
     fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
         Err("this replica holds no fleet secrets".into())
     }
 }
 
-impl Replica for bkv_hsm_core::Core {
-    fn apply(&mut self, m: &bkv_hsm_core::state::Mutation) -> bkv_hsm_core::state::Outcome {
-        bkv_hsm_core::Core::apply(self, m)
+impl Replica for Core {
+    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String> {
+        Core::apply(self, m).map_err(|e| e.to_string())
     }
     fn state(&self) -> &State {
-        bkv_hsm_core::Core::state(self)
+        Core::state(self)
     }
-    fn replace_state(&mut self, state: State) {
-        bkv_hsm_core::Core::replace_state(self, state)
+    fn records(&mut self) -> &mut SealedState {
+        Core::records(self)
     }
     fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
-        bkv_hsm_core::Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
+        Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
     }
 }
 
-/// Runs a blocking store operation off the async runtime (sealing and writing a large snapshot
-/// takes seconds).
+/// Runs a blocking store operation off the async runtime (reading or installing a large
+/// snapshot takes seconds).
 async fn blocking<T: Send + 'static>(
     verb: ErrorVerb,
     f: impl FnOnce() -> Result<T, ReplicationStoreError> + Send + 'static,
@@ -76,23 +95,45 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| sm_err(verb, e))
 }
 
-pub struct StateMachine<R: Replica> {
-    replica: Arc<Mutex<R>>,
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, PeerNode>,
-    /// A copy of `last_applied` and `membership`, updated while the replica lock is held, so
-    /// a snapshot built on another thread pairs the state with the position it belongs to.
-    position: Arc<Mutex<Position>>,
-    snapshots: Arc<SnapshotFile>,
-    snapshots_built: u64,
-    metrics: Arc<NodeMetrics>,
-}
-
-/// How far the state has applied the log (see [`StateMachine::position`]).
-#[derive(Clone, Default)]
+/// How far the records have applied the log: sealed in the core's summary, so it always
+/// describes the buckets stored with it (docs/formats.md "Records on disk").
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Position {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, PeerNode>,
+}
+
+impl Position {
+    fn decode(bytes: &[u8]) -> Result<Self, ReplicationStoreError> {
+        bkv_wire::decode(bytes, MAX_POSITION)
+            .map_err(|_| ReplicationStoreError::Malformed("records' log position".into()))
+    }
+
+    /// The position sealed in a stored summary (`None`: nothing applied yet).
+    fn of_summary(
+        platform: &SharedPlatform,
+        summary: Option<&[u8]>,
+    ) -> Result<Self, ReplicationStoreError> {
+        match summary {
+            Some(s) => Self::decode(&summary_position(platform, s)?),
+            None => Ok(Position::default()),
+        }
+    }
+
+    /// The snapshot this position is. Its id names the position alone: the state at a log
+    /// position is the same on every member and at every reading.
+    fn meta(&self) -> SnapshotMeta<u64, PeerNode> {
+        let last = self.last_applied;
+        SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                last.map(|l| l.leader_id.term).unwrap_or(0),
+                last.map(|l| l.index).unwrap_or(0)
+            ),
+        }
+    }
 }
 
 fn sm_err(verb: ErrorVerb, e: ReplicationStoreError) -> StorageError<u64> {
@@ -103,102 +144,123 @@ fn poisoned() -> ReplicationStoreError {
     ReplicationStoreError::Db("replica lock poisoned".into())
 }
 
+/// Replaces everything `r` and `table` hold with `state` at `position`, in one durable
+/// transaction.
+fn install_state<R: Replica>(
+    r: &mut R,
+    table: &RecordTable,
+    state: State,
+    position: &Position,
+) -> Result<(), ReplicationStoreError> {
+    let buckets = r.records().install(state)?;
+    let summary = r.records().seal_summary(&bkv_wire::encode(position))?;
+    table.replace_all(&buckets, &summary)?;
+    Ok(())
+}
+
+pub struct StateMachine<R: Replica> {
+    replica: Arc<Mutex<R>>,
+    table: Arc<RecordTable>,
+    platform: SharedPlatform,
+    position: Position,
+    metrics: Arc<NodeMetrics>,
+}
+
 impl<R: Replica> StateMachine<R> {
-    /// Opens the snapshot store in the data directory `dir` and restores `replica` from the
-    /// newest snapshot, if there is one.
+    /// Opens the record table in the data directory `dir` and restores `replica` from it (the
+    /// core checks every stored bucket against the sealed summary's root). A directory of an
+    /// earlier release, with a snapshot file and no table, moves its snapshot into the table.
     pub fn open(
         dir: &Path,
         platform: SharedPlatform,
         replica: Arc<Mutex<R>>,
         metrics: Arc<NodeMetrics>,
     ) -> Result<Self, ReplicationStoreError> {
-        let mut sm = StateMachine {
-            replica,
-            last_applied: None,
-            membership: StoredMembership::default(),
-            position: Default::default(),
-            snapshots: Arc::new(SnapshotFile::new(dir, platform)),
-            snapshots_built: 0,
-            metrics,
-        };
-        if let Some((meta, data)) = sm.snapshots.read()? {
-            let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT)
-                .map_err(|_| ReplicationStoreError::Malformed("snapshot state".into()))?;
-            sm.replica
-                .lock()
-                .map_err(|_| poisoned())?
-                .replace_state(state);
-            sm.last_applied = meta.last_log_id;
-            sm.membership = meta.last_membership;
-            sm.publish_position()?;
+        // A replica reused in one process (tests restarting a member) lets go of the table it
+        // held first: redb admits one open database per file.
+        replica
+            .lock()
+            .map_err(|_| poisoned())?
+            .records()
+            .restore(Box::new(NoBuckets), None)?;
+        let table = Arc::new(RecordTable::open(
+            &dir.join(RECORDS_FILE),
+            RECORDS_CACHE_BYTES,
+        )?);
+        // What a restart read may include commits redb has not made durable yet (after a clean
+        // exit); a snapshot position named from it must be on disk before the log is purged.
+        let summary = table.sync()?;
+        let mut position = Position::default();
+        {
+            let mut r = replica.lock().map_err(|_| poisoned())?;
+            let host = Box::new(TableHost(table.clone()));
+            match r.records().restore(host, summary.as_deref())? {
+                Some(p) => position = Position::decode(&p)?,
+                None => {
+                    let legacy = SnapshotFile::new(dir, platform.clone());
+                    if let Some((meta, data)) = legacy.read()? {
+                        let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT).map_err(|_| {
+                            ReplicationStoreError::Malformed("snapshot state".into())
+                        })?;
+                        position = Position {
+                            last_applied: meta.last_log_id,
+                            membership: meta.last_membership,
+                        };
+                        install_state(&mut *r, &table, state, &position)?;
+                        legacy.remove()?;
+                        tracing::info!(
+                            "moved the snapshot of an earlier release into the record table"
+                        );
+                    }
+                }
+            }
         }
-        Ok(sm)
+        Ok(StateMachine {
+            replica,
+            table,
+            platform,
+            position,
+            metrics,
+        })
     }
 
-    /// Copies the applied position for snapshot builders (callers hold the replica lock).
-    fn publish_position(&self) -> Result<(), ReplicationStoreError> {
-        *self.position.lock().map_err(|_| poisoned())? = Position {
-            last_applied: self.last_applied,
-            membership: self.membership.clone(),
-        };
-        Ok(())
+    /// Where the records stand in the log (checked against the log's first entry at start).
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        self.position.last_applied
     }
 }
 
-/// Builds a snapshot on a blocking thread: the state is copied under the replica lock together
-/// with the position it has applied, then encoded outside it (at 10⁶ users the encoding takes a
-/// few hundred milliseconds, which on an async worker delayed heartbeats enough to change
-/// leaders, and under the lock stalled every request on the node).
-pub struct SnapshotBuilder<R: Replica> {
-    replica: Arc<Mutex<R>>,
-    position: Arc<Mutex<Position>>,
-    snapshots: Arc<SnapshotFile>,
-    id: u64,
+/// Builds a snapshot: makes the record table durable and names the position it reached. The
+/// state itself stays in the table; openraft 0.9 keeps only a built snapshot's metadata
+/// (`core/sm/worker.rs`), and a snapshot sent to a member is read from the table then
+/// ([`RaftStateMachine::get_current_snapshot`]).
+pub struct SnapshotBuilder {
+    table: Arc<RecordTable>,
+    platform: SharedPlatform,
 }
 
-impl<R: Replica> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<R> {
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (replica, position) = (self.replica.clone(), self.position.clone());
-        let (store, id) = (self.snapshots.clone(), self.id);
-        let (meta, data) = blocking(ErrorVerb::Write, move || {
-            // A poisoned lock is an error, never an empty snapshot. Under the lock only the
-            // record map is copied (records are shared, see `State::records`); the encoding
-            // runs after it is released, so requests and applies do not wait for it.
-            let (state, p) = {
-                let r = replica.lock().map_err(|_| poisoned())?;
-                let p = position.lock().map_err(|_| poisoned())?.clone();
-                (r.state().clone(), p)
-            };
-            let data = bkv_wire::encode(&state);
-            drop(state);
-            let last = p.last_applied;
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: p.membership,
-                snapshot_id: format!(
-                    "{}-{}-{id}",
-                    last.map(|l| l.leader_id.term).unwrap_or(0),
-                    last.map(|l| l.index).unwrap_or(0)
-                ),
-            };
-            store.write(&meta, &data)?;
-            Ok((meta, data))
+        let (table, platform) = (self.table.clone(), self.platform.clone());
+        let meta = blocking(ErrorVerb::Write, move || {
+            let summary = table.sync()?;
+            Ok(Position::of_summary(&platform, summary.as_deref())?.meta())
         })
         .await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
 
 impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
-    type SnapshotBuilder = SnapshotBuilder<R>;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, PeerNode>), StorageError<u64>> {
-        Ok((self.last_applied, self.membership.clone()))
+        Ok((self.position.last_applied, self.position.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
@@ -206,39 +268,45 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut replica = self
-            .replica
-            .lock()
-            .map_err(|_| sm_err(ErrorVerb::Write, poisoned()))?;
+        let write_err = |e: ReplicationStoreError| sm_err(ErrorVerb::Write, e);
+        let mut replica = self.replica.lock().map_err(|_| write_err(poisoned()))?;
         let mut out = Vec::new();
+        let mut position = self.position.clone();
         for e in entries {
-            self.last_applied = Some(e.log_id);
+            position.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::Blank,
                 EntryPayload::Normal(m) => {
-                    let outcome = replica.apply(&m);
+                    let outcome = replica
+                        .apply(&m)
+                        .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
                     self.metrics.applied(&outcome);
                     Applied::Mutation(outcome)
                 }
                 EntryPayload::Membership(mem) => {
-                    self.membership = StoredMembership::new(Some(e.log_id), mem);
+                    position.membership = StoredMembership::new(Some(e.log_id), mem);
                     Applied::Membership
                 }
             });
         }
-        self.publish_position()
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // One transaction for the lot, without fsync (module docs).
+        let writes = replica.records().take_writes();
+        let summary = replica
+            .records()
+            .seal_summary(&bkv_wire::encode(&position))
+            .map_err(|e| write_err(e.into()))?;
+        self.table
+            .write(&writes, Some(&summary), false)
+            .map_err(|e| write_err(e.into()))?;
         drop(replica);
+        self.position = position;
         Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.snapshots_built += 1;
         SnapshotBuilder {
-            replica: self.replica.clone(),
-            position: self.position.clone(),
-            snapshots: self.snapshots.clone(),
-            id: self.snapshots_built,
+            table: self.table.clone(),
+            platform: self.platform.clone(),
         }
     }
 
@@ -254,37 +322,46 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
-        let (store, m) = (self.snapshots.clone(), meta.clone());
-        // Decoding and storing a large state take seconds: off the async workers.
+        // Decoding a large state takes seconds: off the async workers.
         let state = blocking(ErrorVerb::Write, move || {
-            let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT)
-                .map_err(|_| ReplicationStoreError::Malformed("received snapshot".into()))?;
-            store.write(&m, &data)?;
-            Ok(state)
+            bkv_wire::decode::<State>(&data, MAX_SNAPSHOT)
+                .map_err(|_| ReplicationStoreError::Malformed("received snapshot".into()))
         })
         .await?;
+        let position = Position {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
         let mut replica = self
             .replica
             .lock()
             .map_err(|_| sm_err(ErrorVerb::Write, poisoned()))?;
-        replica.replace_state(state);
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.publish_position()
+        install_state(&mut *replica, &self.table, state, &position)
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(replica);
+        self.position = position;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let store = self.snapshots.clone();
-        Ok(blocking(ErrorVerb::Read, move || store.read())
-            .await?
-            .map(|(meta, data)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
+        let (table, platform) = (self.table.clone(), self.platform.clone());
+        Ok(blocking(ErrorVerb::Read, move || {
+            // One read transaction: the summary and the buckets of one commit, whatever is
+            // applied meanwhile.
+            let view = table.view()?;
+            let Some(summary) = view.summary()? else {
+                return Ok(None);
+            };
+            let (state, position) = collect_state(&platform, &summary, |f| view.for_each(f))?;
+            let meta = Position::decode(&position)?.meta();
+            Ok(Some((meta, bkv_wire::encode(&state))))
+        })
+        .await?
+        .map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

@@ -2,8 +2,7 @@
 //! state machine: log state, vote, append/truncate/purge, apply, snapshots
 //! (the conformance checks openraft requires of any storage).
 
-use bkv_hsm_core::state::State;
-use bkv_hsm_core::MemoryPlatform;
+use bkv_hsm_core::{MemoryPlatform, SealedState};
 use bkv_hsm_node::replication::log_store::LogStore;
 use bkv_hsm_node::replication::state_machine::StateMachine;
 use bkv_hsm_node::replication::TypeConfig;
@@ -13,18 +12,18 @@ use std::sync::{Arc, Mutex};
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine<State>, tempfile::TempDir> for Builder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine<SealedState>, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine<State>), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine<SealedState>), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let platform = MemoryPlatform::shared([7u8; 32]);
         let log =
             LogStore::open(&dir.path().join("raft.redb"), platform.clone()).expect("log store");
         let sm = StateMachine::open(
             dir.path(),
-            platform,
-            Arc::new(Mutex::new(State::default())),
+            platform.clone(),
+            Arc::new(Mutex::new(SealedState::new(platform, [7; 32]))),
             Default::default(),
         )
         .expect("state machine");

@@ -1,0 +1,721 @@
+//! The replicated state with its records on the host's disk (issue 13, part 4; docs/scaling.md
+//! "Per-record state").
+//!
+//! [`SealedState`] holds only what is small and fixed — the fleet part of the [`State`]
+//! (members, the generation counter), the [`RecordCommitment`] (4 MiB) and a bounded cache of
+//! opened buckets — and reaches every record through the host's table of sealed buckets
+//! ([`BucketHost`]). Each mutation opens its record's bucket (checked against the commitment
+//! before it is unsealed), applies the mutation exactly as [`State::apply`] does, and reseals the
+//! bucket; the new sealed values wait in [`SealedState::take_writes`] until the host stores them,
+//! together with [`SealedState::seal_summary`], in one transaction. A state whose host never takes
+//! its writes simply keeps them (tests and the single-process tools use it so).
+//!
+//! The summary binds the fleet part, the live-record count, the commitment's root and the host's
+//! position in the log under the platform's sealing key (slot [`SUMMARY_SLOT`], label `v1`): at a
+//! restart [`SealedState::restore`] rebuilds the commitment from every stored bucket and refuses a
+//! table whose root differs from the summary's — buckets from different times. A table rolled
+//! back *as a whole* to an older summary is consistent; the host re-applies the log from the
+//! position it names (and refuses to start if the log no longer reaches back that far).
+
+use crate::commitment::{unseal_bucket, Bucket, CommitmentError, Hash, RecordCommitment};
+use crate::platform::{PlatformError, SharedPlatform};
+use crate::state::{Credential, Live, Mutation, Outcome, Record, RecordId, State};
+use bkv_wire::vault::RecordState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The platform slot the summary is sealed to.
+pub const SUMMARY_SLOT: &str = "vault-summary";
+const SUMMARY_LABEL: &[u8] = b"v1";
+const SUMMARY_VERSION: u16 = 1;
+/// Largest sealed summary accepted: the fleet part holds the members' statements (a few KiB
+/// each, at most a few dozen members) and the host's position.
+pub const MAX_SUMMARY: usize = 4 << 20;
+/// Opened buckets kept in the core's memory (about 16 records each at 10⁶ users, ~5 MiB in
+/// all): a recovery reads and writes its record's bucket five times within a few milliseconds,
+/// and each open costs an unseal and a decode (~23 µs at 10⁶ users, BENCHMARKS.md).
+pub const CACHED_BUCKETS: usize = 1024;
+
+/// Called with each stored bucket's number and sealed value.
+pub type BucketVisitor<'a> = dyn FnMut(u16, &[u8]) -> Result<(), SealedError> + 'a;
+
+/// The host's table of sealed buckets, as the core sees it: untrusted, every value checked.
+pub trait BucketHost: Send {
+    /// Bucket `b`'s stored value (`None`: nothing stored).
+    fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String>;
+    /// Every stored bucket, in bucket order (a restart rebuilding the commitment).
+    fn for_each(&self, f: &mut BucketVisitor<'_>) -> Result<(), SealedError>;
+}
+
+/// A host that stores nothing: every bucket stays in the state's pending writes.
+pub struct NoBuckets;
+
+impl BucketHost for NoBuckets {
+    fn read(&self, _: u16) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+    fn for_each(&self, _: &mut BucketVisitor<'_>) -> Result<(), SealedError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealedError {
+    #[error("record store: {0}")]
+    Host(String),
+    #[error(transparent)]
+    Commitment(#[from] CommitmentError),
+    #[error("sealed summary: {0}")]
+    Platform(#[from] PlatformError),
+    #[error("sealed state does not decode: {0}")]
+    Malformed(&'static str),
+    #[error("the stored buckets do not match their sealed summary (root differs)")]
+    RootMismatch,
+    #[error("sealed summary version {0} is not supported")]
+    Version(u16),
+}
+
+/// The sealed summary's plaintext (docs/formats.md "Records on disk").
+#[derive(Serialize, Deserialize)]
+struct SummaryV1 {
+    version: u16,
+    /// The fleet part; `records` is always empty here.
+    state: State,
+    live: u64,
+    root: Hash,
+    /// The host's position in its log, opaque to the core.
+    position: Vec<u8>,
+}
+
+fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV1, SealedError> {
+    if sealed.len() > MAX_SUMMARY {
+        return Err(SealedError::Malformed("summary too large"));
+    }
+    let plain = p.unseal(SUMMARY_SLOT, SUMMARY_LABEL, sealed)?;
+    let s: SummaryV1 =
+        bkv_wire::decode(&plain, MAX_SUMMARY).map_err(|_| SealedError::Malformed("summary"))?;
+    if s.version != SUMMARY_VERSION {
+        return Err(SealedError::Version(s.version));
+    }
+    if !s.state.records.is_empty() {
+        return Err(SealedError::Malformed("summary holds records"));
+    }
+    Ok(s)
+}
+
+/// The host's position sealed in a summary (what the log was applied up to), without reading
+/// any bucket.
+pub fn summary_position(p: &SharedPlatform, sealed: &[u8]) -> Result<Vec<u8>, SealedError> {
+    Ok(open_summary(p, sealed)?.position)
+}
+
+/// The whole state (records included) of one consistent view of a host's table: its summary and
+/// every bucket, in bucket order, from the same read transaction. Every bucket is loaded into a
+/// fresh commitment and the root compared with the summary's before anything is returned, so a
+/// view mixing buckets of different times is refused. Memory grows with the records: this is
+/// what a snapshot sent whole costs (docs/scaling.md).
+pub fn collect_state(
+    p: &SharedPlatform,
+    summary: &[u8],
+    for_each: impl FnOnce(&mut BucketVisitor<'_>) -> Result<(), SealedError>,
+) -> Result<(State, Vec<u8>), SealedError> {
+    let s = open_summary(p, summary)?;
+    // The placement key does not enter the root: a zero key serves to rebuild it.
+    let mut c = RecordCommitment::new([0; 32]);
+    let mut state = s.state;
+    for_each(&mut |b, sealed| {
+        c.load(b, sealed)?;
+        for (id, r) in unseal_bucket(&**p, b, sealed)?.into_records() {
+            if state.records.insert(id, Arc::new(r)).is_some() {
+                return Err(SealedError::Malformed("a record is stored twice"));
+            }
+        }
+        Ok(())
+    })?;
+    if !bool::from(c.root().ct_eq(&s.root)) {
+        return Err(SealedError::RootMismatch);
+    }
+    Ok((state, s.position))
+}
+
+fn is_live(r: Option<&Record>) -> bool {
+    r.is_some_and(|r| r.pending.is_some() || matches!(r.live, Some(Live::Active { .. })))
+}
+
+/// The replicated state, records sealed on the host (module docs).
+pub struct SealedState {
+    platform: SharedPlatform,
+    /// Members and the generation counter; `records` stays empty (each mutation borrows it for
+    /// the one record it changes).
+    state: State,
+    commitment: RecordCommitment,
+    host: Box<dyn BucketHost>,
+    /// Sealed values not yet taken by the host (`None`: the bucket is now empty); reads see them.
+    written: BTreeMap<u16, Option<Vec<u8>>>,
+    /// Opened buckets: always the committed contents (filled by a checked open, changed only
+    /// together with the commitment), evicted oldest first.
+    cache: HashMap<u16, Bucket>,
+    cache_order: VecDeque<u16>,
+    live: u64,
+}
+
+impl std::fmt::Debug for SealedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedState(live={}, {:?})", self.live, self.commitment)
+    }
+}
+
+impl SealedState {
+    /// No records, no members; buckets placed with `key`.
+    pub fn new(platform: SharedPlatform, key: [u8; 32]) -> Self {
+        Self::with_commitment(platform, RecordCommitment::new(key))
+    }
+
+    fn with_commitment(platform: SharedPlatform, commitment: RecordCommitment) -> Self {
+        SealedState {
+            platform,
+            state: State::default(),
+            commitment,
+            host: Box::new(NoBuckets),
+            written: BTreeMap::new(),
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            live: 0,
+        }
+    }
+
+    /// `state`'s records sealed into buckets that stay pending (a host that never takes them
+    /// keeps the state in memory).
+    pub fn from_state(
+        platform: SharedPlatform,
+        key: [u8; 32],
+        state: State,
+    ) -> Result<Self, SealedError> {
+        let mut s = Self::new(platform, key);
+        let buckets = s.install(state)?;
+        s.written = buckets.into_iter().map(|(b, v)| (b, Some(v))).collect();
+        Ok(s)
+    }
+
+    /// The fleet part of the state (members, generations); its `records` map is empty.
+    pub fn fleet(&self) -> &State {
+        &self.state
+    }
+
+    pub(crate) fn fleet_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Records that are active or pending.
+    pub fn live_records(&self) -> u64 {
+        self.live
+    }
+
+    pub fn root(&self) -> Hash {
+        self.commitment.root()
+    }
+
+    /// Bytes the commitment and the cached buckets' records hold (the first fixed, the second
+    /// bounded by [`CACHED_BUCKETS`]).
+    pub fn cached_buckets(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Bucket `b`, opened (and checked) once, then kept in the cache.
+    fn bucket(&mut self, b: u16) -> Result<&mut Bucket, SealedError> {
+        if !self.cache.contains_key(&b) {
+            let bucket = match self.written.get(&b) {
+                Some(v) => self.commitment.open(&*self.platform, b, v.as_deref())?,
+                None => {
+                    let v = self.host.read(b).map_err(SealedError::Host)?;
+                    self.commitment.open(&*self.platform, b, v.as_deref())?
+                }
+            };
+            if self.cache.len() >= CACHED_BUCKETS {
+                if let Some(old) = self.cache_order.pop_front() {
+                    self.cache.remove(&old);
+                }
+            }
+            self.cache_order.push_back(b);
+            self.cache.insert(b, bucket);
+        }
+        self.cache
+            .get_mut(&b)
+            .ok_or(SealedError::Malformed("bucket cache"))
+    }
+
+    /// The whole state, every record included, each bucket checked (tests and tools: memory
+    /// grows with the records; the cache is left as it was).
+    pub fn export(&self) -> Result<State, SealedError> {
+        let mut state = self.state.clone();
+        for b in (0..=u16::MAX).take(self.commitment.bucket_count()) {
+            let bucket = match (self.cache.get(&b), self.written.get(&b)) {
+                (Some(bucket), _) => bucket.clone(),
+                (None, Some(v)) => self.commitment.open(&*self.platform, b, v.as_deref())?,
+                (None, None) => {
+                    let v = self.host.read(b).map_err(SealedError::Host)?;
+                    self.commitment.open(&*self.platform, b, v.as_deref())?
+                }
+            };
+            for (id, r) in bucket.into_records() {
+                state.records.insert(id, Arc::new(r));
+            }
+        }
+        Ok(state)
+    }
+
+    /// The record `id`, read from its bucket.
+    pub fn record(&mut self, id: &RecordId) -> Result<Option<Record>, SealedError> {
+        let b = self.commitment.bucket(id);
+        Ok(self.bucket(b)?.get(id).cloned())
+    }
+
+    /// What [`State::status`] says of the record.
+    pub fn status(&mut self, id: &RecordId) -> Result<RecordState, SealedError> {
+        let r = self.record(id)?;
+        Ok(State::status_of(r.as_ref()))
+    }
+
+    /// The live credential, its attempts and generation, if the record is active.
+    pub fn active(&mut self, id: &RecordId) -> Result<Option<(Credential, u32, u64)>, SealedError> {
+        Ok(self.record(id)?.and_then(|r| {
+            State::active_of(&r).map(|(c, attempts, generation)| (c.clone(), attempts, generation))
+        }))
+    }
+
+    /// Applies a committed mutation (admin commands need a core's trust anchors: refused here,
+    /// as by [`State::apply`]). An error means the host's store failed or was tampered with:
+    /// nothing is known about the mutation and the host must stop.
+    pub fn apply(&mut self, m: &Mutation) -> Result<Outcome, SealedError> {
+        match m {
+            Mutation::Batch(ms) => Ok(Outcome::Batch(
+                ms.iter()
+                    .map(|m| match m.record_id() {
+                        Some(_) => self.apply_record(m),
+                        None => Ok(Outcome::NotBatchable),
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+            m if m.record_id().is_some() => self.apply_record(m),
+            m => Ok(self.state.apply(m)),
+        }
+    }
+
+    /// One record mutation: the record is lent to [`State::apply`] (so the rule is written
+    /// once), then its bucket is resealed if it changed.
+    fn apply_record(&mut self, m: &Mutation) -> Result<Outcome, SealedError> {
+        let Some(id) = m.record_id().copied() else {
+            return Ok(Outcome::NotBatchable);
+        };
+        let b = self.commitment.bucket(&id);
+        let before = self.bucket(b)?.get(&id).cloned();
+        let generation = self.state.next_generation;
+        self.state.records.clear();
+        if let Some(r) = &before {
+            self.state.records.insert(id, Arc::new(r.clone()));
+        }
+        let outcome = self.state.apply(m);
+        let after = self.state.records.remove(&id).map(Arc::unwrap_or_clone);
+        self.state.records.clear();
+        if after == before {
+            return Ok(outcome);
+        }
+        let (live_before, live_after) = (is_live(before.as_ref()), is_live(after.as_ref()));
+        let bucket = self
+            .cache
+            .get_mut(&b)
+            .ok_or(SealedError::Malformed("bucket cache"))?;
+        bucket.set(id, after);
+        match self.commitment.reseal(&*self.platform, b, bucket) {
+            Ok(sealed) => {
+                self.written.insert(b, sealed);
+                self.live = self.live + u64::from(live_after) - u64::from(live_before);
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Nothing changes: the bucket and the generation counter go back.
+                bucket.set(id, before);
+                self.state.next_generation = generation;
+                match e {
+                    // Every member places records alike and holds the same buckets, so every
+                    // member refuses the same mutation: deterministic.
+                    CommitmentError::BucketFull(_) => Ok(Outcome::StoreFull),
+                    e => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The sealed values written since the host last asked, for it to store (with
+    /// [`Self::seal_summary`]) in one transaction.
+    pub fn take_writes(&mut self) -> Vec<(u16, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.written).into_iter().collect()
+    }
+
+    /// The sealed summary of the state as it is now, naming the host's `position`.
+    pub fn seal_summary(&self, position: &[u8]) -> Result<Vec<u8>, SealedError> {
+        let s = SummaryV1 {
+            version: SUMMARY_VERSION,
+            state: self.state.clone(),
+            live: self.live,
+            root: self.commitment.root(),
+            position: position.to_vec(),
+        };
+        Ok(self
+            .platform
+            .seal(SUMMARY_SLOT, SUMMARY_LABEL, &bkv_wire::encode(&s))?)
+    }
+
+    /// Takes `host` as the store and restores the state it holds: `summary` is the sealed
+    /// summary stored with the buckets (`None`: a new store, which must hold no bucket).
+    /// Returns the position the summary names. On an error nothing changes.
+    pub fn restore(
+        &mut self,
+        host: Box<dyn BucketHost>,
+        summary: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, SealedError> {
+        let mut c = self.commitment.cleared();
+        let Some(summary) = summary else {
+            host.for_each(&mut |_, _| {
+                Err(SealedError::Malformed("buckets stored without a summary"))
+            })?;
+            self.reset(host, State::default(), c, 0);
+            return Ok(None);
+        };
+        let s = open_summary(&self.platform, summary)?;
+        host.for_each(&mut |b, sealed| Ok(c.load(b, sealed)?))?;
+        if !bool::from(c.root().ct_eq(&s.root)) {
+            return Err(SealedError::RootMismatch);
+        }
+        self.reset(host, s.state, c, s.live);
+        Ok(Some(s.position))
+    }
+
+    fn reset(&mut self, host: Box<dyn BucketHost>, state: State, c: RecordCommitment, live: u64) {
+        self.host = host;
+        self.state = state;
+        self.commitment = c;
+        self.live = live;
+        self.written.clear();
+        self.cache.clear();
+        self.cache_order.clear();
+    }
+
+    /// Replaces the whole state with `state` (a snapshot received): every bucket is sealed anew.
+    /// Returns every non-empty bucket; the host must store exactly these in place of all it
+    /// holds, with a new summary, in one transaction. On an error nothing changes.
+    pub fn install(&mut self, state: State) -> Result<Vec<(u16, Vec<u8>)>, SealedError> {
+        let State {
+            records,
+            next_generation,
+            members,
+        } = state;
+        let mut c = self.commitment.cleared();
+        let mut live = 0;
+        let mut buckets: BTreeMap<u16, Bucket> = BTreeMap::new();
+        for (id, r) in records {
+            let r = Arc::unwrap_or_clone(r);
+            live += u64::from(is_live(Some(&r)));
+            buckets.entry(c.bucket(&id)).or_default().set(id, Some(r));
+        }
+        let mut out = Vec::with_capacity(buckets.len());
+        for (b, bucket) in buckets {
+            if let Some(sealed) = c.reseal(&*self.platform, b, &bucket)? {
+                out.push((b, sealed));
+            }
+        }
+        let host = std::mem::replace(&mut self.host, Box::new(NoBuckets));
+        let fleet = State {
+            records: BTreeMap::new(),
+            next_generation,
+            members,
+        };
+        self.reset(host, fleet, c, live);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::MemoryPlatform;
+    use crate::state::Pending;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
+
+    /// A host keeping buckets in a map the test can tamper with.
+    #[derive(Clone, Default)]
+    struct MapHost(Arc<Mutex<BTreeMap<u16, Vec<u8>>>>);
+
+    impl BucketHost for MapHost {
+        fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.lock().unwrap().get(&b).cloned())
+        }
+        fn for_each(&self, f: &mut BucketVisitor<'_>) -> Result<(), SealedError> {
+            for (b, v) in self.0.lock().unwrap().iter() {
+                f(*b, v)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl MapHost {
+        fn store(&self, writes: Vec<(u16, Option<Vec<u8>>)>) {
+            let mut m = self.0.lock().unwrap();
+            for (b, v) in writes {
+                match v {
+                    Some(v) => m.insert(b, v),
+                    None => m.remove(&b),
+                };
+            }
+        }
+    }
+
+    fn platform() -> SharedPlatform {
+        Arc::new(MemoryPlatform::new([5; 32]))
+    }
+
+    fn store(id: u8, tag: u8) -> Mutation {
+        Mutation::StorePending {
+            record_id: [id; 32],
+            pending: Pending {
+                credential: Credential {
+                    opaque_record: vec![tag; 8],
+                    wrapped_key: vec![tag; 4],
+                    guess_limit: 3,
+                    confirm_hash: [tag; 32],
+                },
+                replaces: None,
+            },
+        }
+    }
+
+    fn activate(id: u8, tag: u8) -> Mutation {
+        Mutation::Activate {
+            record_id: [id; 32],
+            confirm_hash: [tag; 32],
+        }
+    }
+
+    /// A store with one host-held, active record; returns its generation.
+    fn one_record(p: &SharedPlatform) -> (SealedState, MapHost, u64) {
+        let host = MapHost::default();
+        let mut s = SealedState::new(p.clone(), [1; 32]);
+        s.restore(Box::new(host.clone()), None).unwrap();
+        s.apply(&store(7, 1)).unwrap();
+        let Outcome::Activated { generation } = s.apply(&activate(7, 1)).unwrap() else {
+            panic!("not activated")
+        };
+        host.store(s.take_writes());
+        (s, host, generation)
+    }
+
+    #[test]
+    fn a_restart_restores_records_and_refuses_a_bucket_from_another_time() {
+        let p = platform();
+        let (mut s, host, generation) = one_record(&p);
+        let count = Mutation::CountGuess {
+            record_id: [7; 32],
+            generation,
+        };
+        let old = host.0.lock().unwrap().clone();
+        let summary_old = s.seal_summary(b"old").unwrap();
+        assert!(matches!(
+            s.apply(&count).unwrap(),
+            Outcome::Counted { attempts: 1, .. }
+        ));
+        host.store(s.take_writes());
+        let summary = s.seal_summary(b"at-2").unwrap();
+
+        let mut again = SealedState::new(p.clone(), [1; 32]);
+        let pos = again
+            .restore(Box::new(host.clone()), Some(&summary))
+            .unwrap();
+        assert_eq!(pos.as_deref(), Some(&b"at-2"[..]));
+        assert_eq!(again.live_records(), 1);
+        assert!(matches!(
+            again.status(&[7; 32]).unwrap(),
+            RecordState::Active { attempts: 1, .. }
+        ));
+
+        // The buckets put back from before the guess, with the newer summary: refused.
+        let rolled = MapHost(Arc::new(Mutex::new(old.clone())));
+        let mut third = SealedState::new(p.clone(), [1; 32]);
+        assert!(matches!(
+            third.restore(Box::new(rolled.clone()), Some(&summary)),
+            Err(SealedError::RootMismatch)
+        ));
+        // Rolled back as a whole (buckets and summary of one time): consistent, and the
+        // position tells the host to re-apply the log from there.
+        let pos = third.restore(Box::new(rolled), Some(&summary_old)).unwrap();
+        assert_eq!(pos.as_deref(), Some(&b"old"[..]));
+        // A store with buckets but no summary is refused.
+        assert!(SealedState::new(p, [1; 32])
+            .restore(Box::new(host), None)
+            .is_err());
+    }
+
+    #[test]
+    fn a_bucket_swapped_under_a_running_state_is_refused() {
+        let p = platform();
+        let (mut s, host, generation) = one_record(&p);
+        let old = host.0.lock().unwrap().clone();
+        let count = Mutation::CountGuess {
+            record_id: [7; 32],
+            generation,
+        };
+        s.apply(&count).unwrap();
+        host.store(s.take_writes());
+        // A fresh state over the same store (the cache emptied), then the host swaps the old
+        // bucket back: the next access is refused, and no guess goes uncounted.
+        let summary = s.seal_summary(b"").unwrap();
+        let mut s = SealedState::new(p, [1; 32]);
+        s.restore(Box::new(host.clone()), Some(&summary)).unwrap();
+        *host.0.lock().unwrap() = old;
+        assert!(s.record(&[7; 32]).is_err());
+        assert!(s.apply(&count).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_view_collects_every_record_and_installs_elsewhere() {
+        let p = platform();
+        let host = MapHost::default();
+        let mut s = SealedState::new(p.clone(), [1; 32]);
+        s.restore(Box::new(host.clone()), None).unwrap();
+        for i in 0..50u8 {
+            s.apply(&store(i, i)).unwrap();
+            s.apply(&activate(i, i)).unwrap();
+        }
+        host.store(s.take_writes());
+        let summary = s.seal_summary(b"pos").unwrap();
+        let (state, pos) = collect_state(&p, &summary, |f| host.for_each(f)).unwrap();
+        assert_eq!(pos, b"pos");
+        assert_eq!(state.records.len(), 50);
+        assert_eq!(state.live_records(), 50);
+        // A view with a bucket missing does not collect.
+        let mut partial = host.0.lock().unwrap().clone();
+        let first = *partial.keys().next().unwrap();
+        partial.remove(&first);
+        let partial = MapHost(Arc::new(Mutex::new(partial)));
+        assert!(collect_state(&p, &summary, |f| partial.for_each(f)).is_err());
+
+        // Installed on another node (its own sealing key): the same records and counts.
+        let q: SharedPlatform = Arc::new(MemoryPlatform::new([6; 32]));
+        let mut other = SealedState::new(q, [1; 32]);
+        let buckets = other.install(state.clone()).unwrap();
+        assert_eq!(other.live_records(), 50);
+        let other_host = MapHost::default();
+        other_host.store(buckets.into_iter().map(|(b, v)| (b, Some(v))).collect());
+        let summary = other.seal_summary(b"").unwrap();
+        other.restore(Box::new(other_host), Some(&summary)).unwrap();
+        for i in 0..50u8 {
+            assert_eq!(
+                other.record(&[i; 32]).unwrap(),
+                state.records.get(&[i; 32]).map(|r| (**r).clone())
+            );
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Store(u8, u8),
+        Activate(u8, u8),
+        Count(u8),
+        Reset(u8),
+        Destroy(u8),
+        Delete(u8),
+        Batch(Vec<(u8, u8)>),
+        /// The host stores what was written and the state restarts from it.
+        Restart,
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let id = 0u8..24;
+        let op = prop_oneof![
+            (id.clone(), 0u8..3).prop_map(|(i, t)| Op::Store(i, t)),
+            (id.clone(), 0u8..3).prop_map(|(i, t)| Op::Activate(i, t)),
+            id.clone().prop_map(Op::Count),
+            id.clone().prop_map(Op::Reset),
+            id.clone().prop_map(Op::Destroy),
+            id.clone().prop_map(Op::Delete),
+            proptest::collection::vec((id, 0u8..3), 1..6).prop_map(Op::Batch),
+            Just(Op::Restart),
+        ];
+        proptest::collection::vec(op, 1..80)
+    }
+
+    fn mutation(model: &State, op: &Op) -> Option<Mutation> {
+        let generation = |i: u8| {
+            model
+                .records
+                .get(&[i; 32])
+                .map(|r| r.generation)
+                .unwrap_or(0)
+        };
+        Some(match *op {
+            Op::Store(i, t) => store(i, t),
+            Op::Activate(i, t) => activate(i, t),
+            Op::Count(i) => Mutation::CountGuess {
+                record_id: [i; 32],
+                generation: generation(i),
+            },
+            Op::Reset(i) => Mutation::ResetGuesses {
+                record_id: [i; 32],
+                generation: generation(i),
+            },
+            Op::Destroy(i) => Mutation::Destroy {
+                record_id: [i; 32],
+                generation: generation(i),
+            },
+            Op::Delete(i) => Mutation::Delete {
+                record_id: [i; 32],
+                generation: generation(i),
+            },
+            Op::Batch(ref v) => Mutation::Batch(
+                v.iter()
+                    .map(|&(i, t)| if t == 0 { store(i, 1) } else { activate(i, 1) })
+                    .collect(),
+            ),
+            Op::Restart => return None,
+        })
+    }
+
+    proptest! {
+        /// The sealed state answers exactly as the in-memory model (`State`) does, through
+        /// restarts from the host's store; four buckets, so each holds several records.
+        #[test]
+        fn sealed_state_matches_the_model(ops in ops()) {
+            let p = platform();
+            let host = MapHost::default();
+            let fresh = || SealedState::with_commitment(p.clone(), RecordCommitment::with_bits([3; 32], 2));
+            let mut s = fresh();
+            s.restore(Box::new(host.clone()), None).unwrap();
+            let mut model = State::default();
+            for op in &ops {
+                match mutation(&model, op) {
+                    Some(m) => {
+                        let want = model.apply(&m);
+                        prop_assert_eq!(s.apply(&m).unwrap(), want);
+                    }
+                    None => {
+                        host.store(s.take_writes());
+                        let summary = s.seal_summary(b"").unwrap();
+                        s = fresh();
+                        s.restore(Box::new(host.clone()), Some(&summary)).unwrap();
+                    }
+                }
+                prop_assert_eq!(s.live_records(), model.live_records());
+                prop_assert_eq!(s.fleet().next_generation, model.next_generation);
+            }
+            for i in 0..24u8 {
+                prop_assert_eq!(
+                    s.record(&[i; 32]).unwrap(),
+                    model.records.get(&[i; 32]).map(|r| (**r).clone())
+                );
+            }
+            prop_assert_eq!(s.export().unwrap(), model);
+        }
+    }
+}
