@@ -166,6 +166,11 @@ impl RecordCommitment {
         Self::with_bits(*self.key, self.bits)
     }
 
+    /// Whether the root is `root` (compared in constant time).
+    pub fn root_is(&self, root: &Hash) -> bool {
+        bool::from(self.root().ct_eq(root))
+    }
+
     /// How many buckets records are placed in.
     pub fn bucket_count(&self) -> usize {
         1 << self.bits

@@ -89,6 +89,26 @@ struct SummaryV1 {
     position: Vec<u8>,
 }
 
+/// What a stored summary says (for a host streaming a snapshot from its table).
+pub struct Summary {
+    /// The fleet part; `records` is empty.
+    pub state: State,
+    pub live: u64,
+    pub root: Hash,
+    pub position: Vec<u8>,
+}
+
+/// Unseals and checks a stored summary.
+pub fn read_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<Summary, SealedError> {
+    let s = open_summary(p, sealed)?;
+    Ok(Summary {
+        state: s.state,
+        live: s.live,
+        root: s.root,
+        position: s.position,
+    })
+}
+
 fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV1, SealedError> {
     if sealed.len() > MAX_SUMMARY {
         return Err(SealedError::Malformed("summary too large"));
@@ -142,6 +162,65 @@ pub fn collect_state(
 
 fn is_live(r: Option<&Record>) -> bool {
     r.is_some_and(|r| r.pending.is_some() || matches!(r.live, Some(Live::Active { .. })))
+}
+
+/// A snapshot being installed bucket by bucket, in increasing bucket order, without touching the
+/// running state until [`SealedState::finish_install`]: memory stays at one bucket and a
+/// commitment whatever the record count.
+pub struct Installer {
+    platform: SharedPlatform,
+    commitment: RecordCommitment,
+    state: State,
+    live: u64,
+    last: Option<u16>,
+}
+
+impl Installer {
+    /// Seals bucket `b` as received (its plain encoding): buckets must come in increasing order,
+    /// non-empty, every record placed in `b` by this fleet's key. Returns what the host stores.
+    pub fn add(&mut self, b: u16, plain: &[u8]) -> Result<Vec<u8>, SealedError> {
+        if self.last.is_some_and(|l| l >= b) {
+            return Err(SealedError::Malformed("snapshot buckets out of order"));
+        }
+        let bucket: Bucket = bkv_wire::decode(plain, crate::commitment::MAX_BUCKET_BYTES)
+            .map_err(|_| SealedError::Malformed("snapshot bucket"))?;
+        let live = bucket.iter().filter(|(_, r)| is_live(Some(r))).count() as u64;
+        let sealed = self
+            .commitment
+            .reseal(&*self.platform, b, &bucket)?
+            .ok_or(SealedError::Malformed("an empty bucket in a snapshot"))?;
+        self.last = Some(b);
+        self.live += live;
+        Ok(sealed)
+    }
+
+    /// The summary of the state being installed, naming `position`.
+    pub fn seal_summary(&self, position: &[u8]) -> Result<Vec<u8>, SealedError> {
+        seal_summary(
+            &self.platform,
+            &self.state,
+            self.live,
+            self.commitment.root(),
+            position,
+        )
+    }
+}
+
+fn seal_summary(
+    p: &SharedPlatform,
+    state: &State,
+    live: u64,
+    root: Hash,
+    position: &[u8],
+) -> Result<Vec<u8>, SealedError> {
+    let s = SummaryV1 {
+        version: SUMMARY_VERSION,
+        state: state.clone(),
+        live,
+        root,
+        position: position.to_vec(),
+    };
+    Ok(p.seal(SUMMARY_SLOT, SUMMARY_LABEL, &bkv_wire::encode(&s))?)
 }
 
 /// The replicated state, records sealed on the host (module docs).
@@ -356,16 +435,36 @@ impl SealedState {
 
     /// The sealed summary of the state as it is now, naming the host's `position`.
     pub fn seal_summary(&self, position: &[u8]) -> Result<Vec<u8>, SealedError> {
-        let s = SummaryV1 {
-            version: SUMMARY_VERSION,
-            state: self.state.clone(),
-            live: self.live,
-            root: self.commitment.root(),
-            position: position.to_vec(),
-        };
-        Ok(self
-            .platform
-            .seal(SUMMARY_SLOT, SUMMARY_LABEL, &bkv_wire::encode(&s))?)
+        seal_summary(
+            &self.platform,
+            &self.state,
+            self.live,
+            self.commitment.root(),
+            position,
+        )
+    }
+
+    /// Starts installing a snapshot whose fleet part is `fleet` (module docs of [`Installer`]).
+    pub fn installer(&self, fleet: State) -> Result<Installer, SealedError> {
+        if !fleet.records.is_empty() {
+            return Err(SealedError::Malformed(
+                "a snapshot's fleet part holds records",
+            ));
+        }
+        Ok(Installer {
+            platform: self.platform.clone(),
+            commitment: self.commitment.cleared(),
+            state: fleet,
+            live: 0,
+            last: None,
+        })
+    }
+
+    /// Switches to the installed state, once the host has stored every bucket
+    /// [`Installer::add`] returned (and nothing else) with [`Installer::seal_summary`].
+    pub fn finish_install(&mut self, installed: Installer) {
+        let host = std::mem::replace(&mut self.host, Box::new(NoBuckets));
+        self.reset(host, installed.state, installed.commitment, installed.live);
     }
 
     /// Takes `host` as the store and restores the state it holds: `summary` is the sealed

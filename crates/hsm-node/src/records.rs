@@ -82,6 +82,14 @@ impl RecordTable {
         Ok(TableView(self.db.begin_read().map_err(db_err)?))
     }
 
+    /// Starts replacing the whole table (a snapshot installed piece by piece): nothing is visible
+    /// to readers until [`Replacement::commit`].
+    pub fn begin_replace(&self) -> Result<Replacement, RecordTableError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.delete_table(BUCKETS).map_err(db_err)?;
+        Ok(Replacement(tx))
+    }
+
     /// Replaces every bucket with `buckets` and the summary with `summary`, durably, in one
     /// transaction (a snapshot installed).
     pub fn replace_all(
@@ -210,12 +218,45 @@ fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), Reco
     Ok(())
 }
 
+/// A replacement of the whole table in one write transaction ([`RecordTable::begin_replace`]).
+pub struct Replacement(redb::WriteTransaction);
+
+impl Replacement {
+    pub fn put(&self, b: u16, sealed: &[u8]) -> Result<(), RecordTableError> {
+        if sealed.len() > MAX_SEALED_BUCKET {
+            return Err(RecordTableError::TooLarge(b));
+        }
+        let mut t = self.0.open_table(BUCKETS).map_err(db_err)?;
+        t.insert(b, sealed).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Stores `summary` and commits, durably; dropped without this, nothing changes.
+    pub fn commit(self, summary: &[u8]) -> Result<(), RecordTableError> {
+        write_summary(&self.0, summary)?;
+        self.0.commit().map_err(db_err)
+    }
+}
+
 /// One read transaction over the table: the summary and the buckets as of one commit.
 pub struct TableView(redb::ReadTransaction);
 
 impl TableView {
     pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
         read_summary(&self.0.open_table(SUMMARY).map_err(db_err)?)
+    }
+
+    /// The first stored bucket numbered `from` or more, with its value.
+    pub fn next_from(&self, from: u16) -> Result<Option<(u16, Vec<u8>)>, RecordTableError> {
+        let t = self.0.open_table(BUCKETS).map_err(db_err)?;
+        let Some(item) = t.range(from..).map_err(db_err)?.next() else {
+            return Ok(None);
+        };
+        let (k, v) = item.map_err(db_err)?;
+        if v.value().len() > MAX_SEALED_BUCKET {
+            return Err(RecordTableError::TooLarge(k.value()));
+        }
+        Ok(Some((k.value(), v.value().to_vec())))
     }
 
     /// Calls `f` with every stored bucket in bucket order, one value at a time.

@@ -55,6 +55,10 @@ pub fn raft_config() -> Result<Arc<Config>, FleetError> {
         election_timeout_max: 800,
         // Snapshots follow the log's bytes, not its entry count (see `watch_log_growth`).
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Per snapshot piece; the last one waits for the receiver to install the whole
+        // snapshot into its table (~10 s at 10⁶ users), which openraft's 200 ms would cut off
+        // and send again from the start, forever.
+        install_snapshot_timeout: 300_000,
         ..Default::default()
     };
     Ok(Arc::new(
@@ -117,13 +121,16 @@ pub const SNAPSHOT_LOG_MIN: u64 = 16 << 20;
 async fn watch_log_growth(
     raft: Raft<TypeConfig>,
     appended: Arc<std::sync::atomic::AtomicU64>,
+    started_at: Option<openraft::LogId<u64>>,
     log_min: u64,
     metrics: Arc<NodeMetrics>,
 ) {
     use std::sync::atomic::Ordering;
     // From zero: the log bytes a restart found on disk count as growth since the last snapshot.
     let mut since = 0;
-    let mut last_snapshot = raft.metrics().borrow().snapshot;
+    // The snapshot openraft starts with is the record table's position at start (it may reach
+    // the metrics only after this task starts): not a new snapshot, the log found still counts.
+    let mut last_snapshot = started_at;
     // Set while a snapshot this watcher started is being built.
     let mut ours_building = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -193,6 +200,7 @@ impl Fleet {
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
         let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
+        let started_at = sm.last_applied();
         // The records must reach the log: a table rolled back (or replaced) behind the log's
         // first entry cannot be brought up to date from it.
         let purged = openraft::storage::RaftLogStorage::get_log_state(&mut log)
@@ -228,6 +236,7 @@ impl Fleet {
         let log_watch = tokio::spawn(watch_log_growth(
             raft.clone(),
             appended,
+            started_at,
             snapshot_log_min,
             metrics.clone(),
         ));

@@ -15,11 +15,11 @@ pub mod log_store;
 pub mod network;
 mod reads;
 pub mod snapshot_file;
+pub mod snapshot_stream;
 pub mod state_machine;
 
 use bkv_hsm_core::state::{Mutation, Outcome};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// openraft types of a bkv fleet.
@@ -29,7 +29,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot_stream::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

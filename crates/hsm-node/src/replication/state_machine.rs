@@ -7,15 +7,18 @@
 //! crash the table reopens at an earlier whole transaction from which openraft re-applies the
 //! log. A snapshot is therefore a position of the table, not a copy of it: building one makes the
 //! table durable up to its position (so the log behind it may be purged), and a snapshot sent to
-//! another member is read from one consistent view of the table. The state is whole in memory
-//! only while a snapshot is being sent or installed (openraft 0.9 moves snapshot data as one
-//! `Cursor<Vec<u8>>`; docs/scaling.md).
+//! another member is streamed from one consistent view of the table and installed from a sealed
+//! spool into a replacement of the receiver's table ([`super::snapshot_stream`]): neither side
+//! holds more than a bucket and a megabyte of it in memory.
 
 use super::snapshot_file::SnapshotFile;
+use super::snapshot_stream::{Frame, Sender, SnapshotData, Spool, StreamReader};
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use crate::records::{RecordTable, TableHost};
-use bkv_hsm_core::sealed_state::{collect_state, summary_position, NoBuckets, SealedState};
+use bkv_hsm_core::sealed_state::{
+    read_summary, summary_position, NoBuckets, SealedState, MAX_SUMMARY,
+};
 use bkv_hsm_core::state::{Mutation, Outcome, State};
 use bkv_hsm_core::{Core, SharedPlatform};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -24,8 +27,7 @@ use openraft::{
     SnapshotMeta, StorageError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use super::snapshot_file::{MAX_SNAPSHOT, SNAPSHOT_CHUNK};
@@ -159,6 +161,7 @@ fn install_state<R: Replica>(
 }
 
 pub struct StateMachine<R: Replica> {
+    dir: PathBuf,
     replica: Arc<Mutex<R>>,
     table: Arc<RecordTable>,
     platform: SharedPlatform,
@@ -215,7 +218,9 @@ impl<R: Replica> StateMachine<R> {
                 }
             }
         }
+        Spool::remove_stale(dir);
         Ok(StateMachine {
+            dir: dir.to_path_buf(),
             replica,
             table,
             platform,
@@ -249,7 +254,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: Box::new(SnapshotData::Marker),
         })
     }
 }
@@ -310,35 +315,62 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        let spool = Spool::create(&self.dir, self.platform.clone()).map_err(|e| {
+            sm_err(
+                ErrorVerb::Write,
+                ReplicationStoreError::SnapshotFile(e.to_string()),
+            )
+        })?;
+        Ok(Box::new(SnapshotData::Receiving(Box::new(spool))))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, PeerNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        // Decoding a large state takes seconds: off the async workers.
-        let state = blocking(ErrorVerb::Write, move || {
-            bkv_wire::decode::<State>(&data, MAX_SNAPSHOT)
-                .map_err(|_| ReplicationStoreError::Malformed("received snapshot".into()))
-        })
-        .await?;
         let position = Position {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let mut replica = self
-            .replica
-            .lock()
-            .map_err(|_| sm_err(ErrorVerb::Write, poisoned()))?;
-        install_state(&mut *replica, &self.table, state, &position)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        drop(replica);
+        let (replica, table, p) = (self.replica.clone(), self.table.clone(), position.clone());
+        // Reading the spool, sealing buckets and writing them take seconds at 10⁶ users: off
+        // the async workers, and without the replica lock until the switch.
+        blocking(ErrorVerb::Write, move || {
+            let io_err = |e: std::io::Error| ReplicationStoreError::SnapshotFile(e.to_string());
+            let reader: Box<dyn std::io::Read> = match *snapshot {
+                SnapshotData::Receiving(spool) => Box::new(spool.into_reader().map_err(io_err)?),
+                // A stream handed over whole (openraft's storage tests do).
+                SnapshotData::Sending(mut sender) => {
+                    sender.rewind().map_err(io_err)?;
+                    Box::new(sender)
+                }
+                SnapshotData::Marker => {
+                    return Err(ReplicationStoreError::Malformed(
+                        "a snapshot without data".into(),
+                    ))
+                }
+            };
+            let (fleet, mut frames) = StreamReader::open(std::io::BufReader::new(reader))?;
+            let fleet: State = bkv_wire::decode(&fleet, MAX_SUMMARY)
+                .map_err(|_| ReplicationStoreError::Malformed("snapshot fleet part".into()))?;
+            let mut installer = replica
+                .lock()
+                .map_err(|_| poisoned())?
+                .records()
+                .installer(fleet)?;
+            let replacement = table.begin_replace()?;
+            while let Frame::Bucket(b, plain) = frames.next_frame()? {
+                replacement.put(b, &installer.add(b, &plain)?)?;
+            }
+            let summary = installer.seal_summary(&bkv_wire::encode(&p))?;
+            let mut r = replica.lock().map_err(|_| poisoned())?;
+            replacement.commit(&summary)?;
+            r.records().finish_install(installer);
+            Ok(())
+        })
+        .await?;
         self.position = position;
         Ok(())
     }
@@ -347,21 +379,21 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let (table, platform) = (self.table.clone(), self.platform.clone());
-        Ok(blocking(ErrorVerb::Read, move || {
+        blocking(ErrorVerb::Read, move || {
             // One read transaction: the summary and the buckets of one commit, whatever is
-            // applied meanwhile.
+            // applied meanwhile; the buckets are read only as the stream is.
             let view = table.view()?;
             let Some(summary) = view.summary()? else {
                 return Ok(None);
             };
-            let (state, position) = collect_state(&platform, &summary, |f| view.for_each(f))?;
-            let meta = Position::decode(&position)?.meta();
-            Ok(Some((meta, bkv_wire::encode(&state))))
+            let s = read_summary(&platform, &summary)?;
+            let meta = Position::decode(&s.position)?.meta();
+            let sender = Sender::new(platform, view, &bkv_wire::encode(&s.state), s.root);
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotData::Sending(Box::new(sender))),
+            }))
         })
-        .await?
-        .map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        .await
     }
 }
