@@ -18,6 +18,10 @@ use std::sync::Arc;
 const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-buckets");
 const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("vault-summary");
 const SUMMARY_KEY: &str = "current";
+/// Host-side bookkeeping beside the summary: the sum of the stored buckets' sizes (u64 BE), so a
+/// snapshot's length is known without reading every bucket. Unchecked: a wrong figure can only
+/// make a snapshot fail to send.
+const SEALED_BYTES_KEY: &str = "sealed-bytes";
 /// A sealed bucket: the encoded bucket's limit plus the sealing format's overhead, with room.
 pub const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
 
@@ -87,7 +91,10 @@ impl RecordTable {
     pub fn begin_replace(&self) -> Result<Replacement, RecordTableError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         tx.delete_table(BUCKETS).map_err(db_err)?;
-        Ok(Replacement(tx))
+        // Created again at once: a snapshot with no bucket must leave an empty table, not none
+        // (readers would fail to open it).
+        tx.open_table(BUCKETS).map_err(db_err)?;
+        Ok(Replacement(tx, std::cell::Cell::new(0)))
     }
 
     /// Replaces every bucket with `buckets` and the summary with `summary`, durably, in one
@@ -101,13 +108,16 @@ impl RecordTable {
         tx.delete_table(BUCKETS).map_err(db_err)?;
         {
             let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            let mut bytes = 0u64;
             for (b, v) in buckets {
                 if v.len() > MAX_SEALED_BUCKET {
                     return Err(RecordTableError::TooLarge(*b));
                 }
                 t.insert(*b, v.as_slice()).map_err(db_err)?;
+                bytes += v.len() as u64;
             }
             write_summary(&tx, summary)?;
+            write_u64(&tx, SEALED_BYTES_KEY, bytes)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -144,19 +154,23 @@ impl RecordTable {
         }
         {
             let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            let mut meta = tx.open_table(SUMMARY).map_err(db_err)?;
+            let mut bytes = read_u64(&meta, SEALED_BYTES_KEY)?;
             for (b, sealed) in changes {
-                match sealed {
+                let old = match sealed {
                     Some(v) if v.len() > MAX_SEALED_BUCKET => {
                         return Err(RecordTableError::TooLarge(*b));
                     }
                     Some(v) => {
-                        t.insert(*b, v.as_slice()).map_err(db_err)?;
+                        bytes += v.len() as u64;
+                        t.insert(*b, v.as_slice()).map_err(db_err)?
                     }
-                    None => {
-                        t.remove(*b).map_err(db_err)?;
-                    }
-                }
+                    None => t.remove(*b).map_err(db_err)?,
+                };
+                bytes = bytes.saturating_sub(old.map(|o| o.value().len() as u64).unwrap_or(0));
             }
+            meta.insert(SEALED_BYTES_KEY, bytes.to_be_bytes().as_slice())
+                .map_err(db_err)?;
         }
         if let Some(summary) = summary {
             write_summary(&tx, summary)?;
@@ -209,6 +223,23 @@ fn read_summary(
     Ok(Some(v.value().to_vec()))
 }
 
+fn read_u64(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, RecordTableError> {
+    Ok(t.get(key)
+        .map_err(db_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn write_u64(tx: &redb::WriteTransaction, key: &str, v: u64) -> Result<(), RecordTableError> {
+    let mut t = tx.open_table(SUMMARY).map_err(db_err)?;
+    t.insert(key, v.to_be_bytes().as_slice()).map_err(db_err)?;
+    Ok(())
+}
+
 fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), RecordTableError> {
     if summary.len() > MAX_SUMMARY {
         return Err(RecordTableError::SummaryTooLarge);
@@ -219,7 +250,7 @@ fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), Reco
 }
 
 /// A replacement of the whole table in one write transaction ([`RecordTable::begin_replace`]).
-pub struct Replacement(redb::WriteTransaction);
+pub struct Replacement(redb::WriteTransaction, std::cell::Cell<u64>);
 
 impl Replacement {
     pub fn put(&self, b: u16, sealed: &[u8]) -> Result<(), RecordTableError> {
@@ -228,12 +259,14 @@ impl Replacement {
         }
         let mut t = self.0.open_table(BUCKETS).map_err(db_err)?;
         t.insert(b, sealed).map_err(db_err)?;
+        self.1.set(self.1.get() + sealed.len() as u64);
         Ok(())
     }
 
     /// Stores `summary` and commits, durably; dropped without this, nothing changes.
     pub fn commit(self, summary: &[u8]) -> Result<(), RecordTableError> {
         write_summary(&self.0, summary)?;
+        write_u64(&self.0, SEALED_BYTES_KEY, self.1.get())?;
         self.0.commit().map_err(db_err)
     }
 }
@@ -244,6 +277,21 @@ pub struct TableView(redb::ReadTransaction);
 impl TableView {
     pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
         read_summary(&self.0.open_table(SUMMARY).map_err(db_err)?)
+    }
+
+    /// The stored buckets' count and the sum of their sizes (host bookkeeping, unchecked).
+    pub fn sizes(&self) -> Result<(u64, u64), RecordTableError> {
+        let count = self
+            .0
+            .open_table(BUCKETS)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        let bytes = read_u64(
+            &self.0.open_table(SUMMARY).map_err(db_err)?,
+            SEALED_BYTES_KEY,
+        )?;
+        Ok((count, bytes))
     }
 
     /// The first stored bucket numbered `from` or more, with its value.

@@ -121,41 +121,24 @@ pub const SNAPSHOT_LOG_MIN: u64 = 16 << 20;
 async fn watch_log_growth(
     raft: Raft<TypeConfig>,
     appended: Arc<std::sync::atomic::AtomicU64>,
-    started_at: Option<openraft::LogId<u64>>,
     log_min: u64,
     metrics: Arc<NodeMetrics>,
 ) {
     use std::sync::atomic::Ordering;
     // From zero: the log bytes a restart found on disk count as growth since the last snapshot.
+    // Other snapshots (an explicit trigger, one installed from the leader) do not reset the
+    // count: a snapshot is a durable commit now, and one more is cheaper than a log that grows
+    // past the threshold because a snapshot position moved at start.
     let mut since = 0;
-    // The snapshot openraft starts with is the record table's position at start (it may reach
-    // the metrics only after this task starts): not a new snapshot, the log found still counts.
-    let mut last_snapshot = started_at;
-    // Set while a snapshot this watcher started is being built.
-    let mut ours_building = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = appended.load(Ordering::Relaxed);
-        let snapshot = raft.metrics().borrow().snapshot;
-        if snapshot != last_snapshot {
-            // Ours covers what was appended up to its trigger (`since` is already there; what
-            // came during the build, ~1 s at 10⁶ users, still counts). Any other (an explicit
-            // trigger, or one installed from the leader) is taken to cover everything so far.
-            last_snapshot = snapshot;
-            if !std::mem::take(&mut ours_building) {
-                since = now;
-            }
-            continue;
-        }
         if now.saturating_sub(since) >= log_min {
             tracing::info!(log_bytes = now - since, "the log grew: snapshot");
             since = now;
             match raft.trigger().snapshot().await {
-                Ok(()) => {
-                    ours_building = true;
-                    metrics.log_snapshot()
-                }
+                Ok(()) => metrics.log_snapshot(),
                 Err(e) => tracing::warn!(error = %e, "could not trigger a snapshot"),
             }
         }
@@ -200,7 +183,7 @@ impl Fleet {
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
         let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
-        let started_at = sm.last_applied();
+        log.limit_purges_to(sm.durable_position());
         // The records must reach the log: a table rolled back (or replaced) behind the log's
         // first entry cannot be brought up to date from it.
         let purged = openraft::storage::RaftLogStorage::get_log_state(&mut log)
@@ -236,7 +219,6 @@ impl Fleet {
         let log_watch = tokio::spawn(watch_log_growth(
             raft.clone(),
             appended,
-            started_at,
             snapshot_log_min,
             metrics.clone(),
         ));

@@ -68,8 +68,8 @@ pub struct Sender {
     view: TableView,
     root: Hash,
     head: Vec<u8>,
-    /// The announced length, computed when first asked.
-    len: Option<u64>,
+    /// The announced length (module docs).
+    len: u64,
     /// The frame being served and where it starts in the stream.
     frame: Vec<u8>,
     frame_start: u64,
@@ -80,21 +80,39 @@ pub struct Sender {
     check: RecordCommitment,
     ended: bool,
     seek: Option<u64>,
+    /// Where the last piece started: openraft sends a piece again from its start when its
+    /// answer is lost, and starting over from the first bucket would cost the whole stream.
+    checkpoint: Option<Box<Checkpoint>>,
+}
+
+struct Checkpoint {
+    frame: Vec<u8>,
+    frame_start: u64,
+    next: Option<u16>,
+    check: RecordCommitment,
+    ended: bool,
 }
 
 impl Sender {
     /// A stream of the state `view` holds, whose summary says `fleet` (encoded) and `root`.
-    pub fn new(platform: SharedPlatform, view: TableView, fleet: &[u8], root: Hash) -> Self {
+    pub fn new(
+        platform: SharedPlatform,
+        view: TableView,
+        fleet: &[u8],
+        root: Hash,
+    ) -> Result<Self, crate::records::RecordTableError> {
         let mut head = STREAM_MAGIC.to_vec();
         head.extend_from_slice(&(fleet.len() as u32).to_be_bytes());
         head.extend_from_slice(fleet);
-        Sender {
+        let (count, bytes) = view.sizes()?;
+        let len = head.len() as u64 + 1 + count * FRAME_HEAD + bytes;
+        Ok(Sender {
             platform,
             view,
             root,
             frame: head.clone(),
             head,
-            len: None,
+            len,
             frame_start: 0,
             pos: 0,
             next: Some(0),
@@ -102,7 +120,8 @@ impl Sender {
             check: RecordCommitment::new([0; 32]),
             ended: false,
             seek: None,
-        }
+            checkpoint: None,
+        })
     }
 
     fn restart(&mut self) {
@@ -113,22 +132,30 @@ impl Sender {
         self.ended = false;
     }
 
-    /// The announced length: what the content can at most take (module docs).
-    fn len(&mut self) -> io::Result<u64> {
-        if let Some(l) = self.len {
-            return Ok(l);
+    /// Remembers where the frame being served starts, for a piece sent again.
+    fn save_checkpoint(&mut self) {
+        self.checkpoint = Some(Box::new(Checkpoint {
+            frame: self.frame.clone(),
+            frame_start: self.frame_start,
+            next: self.next,
+            check: self.check.clone(),
+            ended: self.ended,
+        }));
+    }
+
+    /// Goes back to the checkpoint if it is at or before `pos`, else to the start.
+    fn rewind_to(&mut self, pos: u64) {
+        match self.checkpoint.take() {
+            Some(c) if c.frame_start <= pos => {
+                self.frame = c.frame.clone();
+                self.frame_start = c.frame_start;
+                self.next = c.next;
+                self.check = c.check.clone();
+                self.ended = c.ended;
+                self.checkpoint = Some(c);
+            }
+            _ => self.restart(),
         }
-        let mut len = self.head.len() as u64 + 1;
-        self.view
-            .for_each(
-                |_, sealed| -> Result<(), crate::records::RecordTableError> {
-                    len += FRAME_HEAD + sealed.len() as u64;
-                    Ok(())
-                },
-            )
-            .map_err(other)?;
-        self.len = Some(len);
-        Ok(len)
     }
 
     /// Moves to the next frame; `false` once past the end mark (the padding).
@@ -167,38 +194,52 @@ impl Sender {
         Ok(true)
     }
 
+    /// Fills as much of `out` as the stream has from the position on (a whole piece per call:
+    /// openraft's reader hands a fresh buffer each time).
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        // A position before the frame being served (a piece sent again) starts over.
+        // A position before the frame being served: a piece sent again.
         if self.pos < self.frame_start {
-            self.restart();
+            self.rewind_to(self.pos);
         }
-        loop {
+        let mut filled = 0;
+        while filled < out.len() {
             let end = self.frame_start + self.frame.len() as u64;
             if self.pos < end {
                 let at = (self.pos - self.frame_start) as usize;
                 let src = self.frame.get(at..).unwrap_or_default();
-                let n = src.len().min(out.len());
-                out.get_mut(..n)
+                let dst = out.get_mut(filled..).unwrap_or_default();
+                let n = src.len().min(dst.len());
+                dst.get_mut(..n)
                     .unwrap_or_default()
                     .copy_from_slice(src.get(..n).unwrap_or_default());
                 self.pos += n as u64;
-                return Ok(n);
+                filled += n;
+                continue;
             }
             if !self.advance()? {
+                // Padding up to the announced length.
+                let dst = out.get_mut(filled..).unwrap_or_default();
+                let n = (self.len.saturating_sub(self.pos)).min(dst.len() as u64) as usize;
+                dst.get_mut(..n).unwrap_or_default().fill(0);
+                self.pos += n as u64;
+                filled += n;
                 break;
             }
         }
-        // Padding up to the announced length.
-        let len = self.len()?;
-        let n = (len.saturating_sub(self.pos)).min(out.len() as u64) as usize;
-        out.get_mut(..n).unwrap_or_default().fill(0);
-        self.pos += n as u64;
-        Ok(n)
+        if self.pos > self.len {
+            return Err(other(
+                "the snapshot is longer than announced (the table's size bookkeeping is wrong)",
+            ));
+        }
+        Ok(filled)
     }
 
-    /// Only moves the position: the next read catches up (so asking for the length costs no
-    /// pass over the buckets).
+    /// Only moves the position: the next read catches up. A piece starting within the frame
+    /// being served is remembered as the place a resend goes back to.
     fn seek(&mut self, to: u64) -> io::Result<u64> {
+        if to >= self.frame_start && to < self.frame_start + self.frame.len() as u64 {
+            self.save_checkpoint();
+        }
         self.pos = to;
         Ok(to)
     }
@@ -551,7 +592,7 @@ impl tokio::io::AsyncSeek for SnapshotData {
             Self::Sending(s) => {
                 let to = match pos {
                     SeekFrom::Start(x) => x,
-                    SeekFrom::End(d) => s.len()?.saturating_add_signed(d),
+                    SeekFrom::End(d) => s.len.saturating_add_signed(d),
                     SeekFrom::Current(d) => s.pos.saturating_add_signed(d),
                 };
                 s.seek = Some(s.seek(to)?);
@@ -614,6 +655,130 @@ mod tests {
         s.into_reader().unwrap().read_to_end(&mut back).unwrap();
         assert!(back == data);
         assert!(!path.exists(), "the spool is removed once read");
+    }
+
+    /// A table of `n` sealed records, as a node's state machine leaves it.
+    fn table_with(
+        dir: &Path,
+        p: &SharedPlatform,
+        n: u32,
+    ) -> (
+        std::sync::Arc<crate::records::RecordTable>,
+        bkv_hsm_core::SealedState,
+    ) {
+        use bkv_hsm_core::state::{Credential, Mutation, Pending};
+        let table = std::sync::Arc::new(
+            crate::records::RecordTable::open(&dir.join("records.redb"), 4 << 20).unwrap(),
+        );
+        let mut s = bkv_hsm_core::SealedState::new(p.clone(), [7; 32]);
+        s.restore(Box::new(crate::records::TableHost(table.clone())), None)
+            .unwrap();
+        for i in 0..n {
+            let record_id = bkv_wire::record_id(&format!("user-{i}"));
+            let pending = Pending {
+                credential: Credential {
+                    opaque_record: vec![1; 192],
+                    wrapped_key: vec![2; 80],
+                    guess_limit: 10,
+                    confirm_hash: [3; 32],
+                },
+                replaces: None,
+            };
+            s.apply(&Mutation::StorePending { record_id, pending })
+                .unwrap();
+        }
+        let summary = s.seal_summary(b"position").unwrap();
+        table.write(&s.take_writes(), Some(&summary), true).unwrap();
+        (table, s)
+    }
+
+    fn sender(table: &crate::records::RecordTable, p: &SharedPlatform) -> Sender {
+        let view = table.view().unwrap();
+        let s =
+            bkv_hsm_core::sealed_state::read_summary(p, &view.summary().unwrap().unwrap()).unwrap();
+        Sender::new(p.clone(), view, &bkv_wire::encode(&s.state), s.root).unwrap()
+    }
+
+    /// What openraft does with a snapshot, with pieces sent again (their answers lost): the
+    /// stream read in pieces, rewinds included, is the stream read straight, as long as it
+    /// announced; spooled on another node and installed there, it gives the same records.
+    #[test]
+    fn a_streamed_snapshot_survives_resent_pieces_and_installs_the_same_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = platform();
+        let (table, mut source) = table_with(dir.path(), &p, 3000);
+        let mut straight = Vec::new();
+        sender(&table, &p).read_to_end(&mut straight).unwrap();
+        let mut s = sender(&table, &p);
+        assert_eq!(straight.len() as u64, s.len);
+
+        let (chunk, mut off, mut pieces) = (40_000usize, 0usize, Vec::new());
+        let mut resent = 0;
+        while off < straight.len() {
+            let mut buf = vec![0u8; chunk.min(straight.len() - off)];
+            s.seek(off as u64).unwrap();
+            let n = s.read(&mut buf).unwrap();
+            // Every third piece goes again, from its start.
+            if (off / chunk) % 3 == 1 && resent < 20 {
+                resent += 1;
+                s.seek(off as u64).unwrap();
+                let again = s.read(&mut buf).unwrap();
+                assert_eq!(again, n);
+            }
+            pieces.extend_from_slice(&buf[..n]);
+            off += n;
+        }
+        assert!(pieces == straight);
+
+        // Received on another node: spooled, then installed bucket by bucket.
+        let other_dir = tempfile::tempdir().unwrap();
+        let q = MemoryPlatform::shared([4; 32]);
+        let mut spool = Spool::create(other_dir.path(), q.clone()).unwrap();
+        for piece in straight.chunks(SPOOL_PIECE / 3 + 7) {
+            spool.write(piece).unwrap();
+        }
+        let (fleet, mut frames) = StreamReader::open(spool.into_reader().unwrap()).unwrap();
+        let fleet: bkv_hsm_core::State = bkv_wire::decode(&fleet, MAX_SUMMARY).unwrap();
+        let target_table = std::sync::Arc::new(
+            crate::records::RecordTable::open(&other_dir.path().join("t.redb"), 4 << 20).unwrap(),
+        );
+        let mut target = bkv_hsm_core::SealedState::new(q, [7; 32]);
+        target
+            .restore(
+                Box::new(crate::records::TableHost(target_table.clone())),
+                None,
+            )
+            .unwrap();
+        let mut installer = target.installer(fleet).unwrap();
+        let replacement = target_table.begin_replace().unwrap();
+        let mut n = 0;
+        while let Frame::Bucket(b, plain) = frames.next_frame().unwrap() {
+            replacement
+                .put(b, &installer.add(b, &plain).unwrap())
+                .unwrap();
+            n += 1;
+        }
+        assert!(n > 2000, "{n} buckets");
+        replacement
+            .commit(&installer.seal_summary(b"position").unwrap())
+            .unwrap();
+        target.finish_install(installer);
+        assert_eq!(target.live_records(), 3000);
+        assert_eq!(target.export().unwrap(), source.export().unwrap());
+        let _ = source.take_writes();
+    }
+
+    /// A table whose buckets do not add up to its summary's root yields no complete stream.
+    #[test]
+    fn a_table_mixing_buckets_of_different_times_sends_no_end_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = platform();
+        let (table, _) = table_with(dir.path(), &p, 50);
+        let first = table.view().unwrap().next_from(0).unwrap().unwrap();
+        // One bucket removed behind the summary's back.
+        table.write(&[(first.0, None)], None, true).unwrap();
+        let mut out = Vec::new();
+        assert!(sender(&table, &p).read_to_end(&mut out).is_err());
     }
 
     #[test]
