@@ -324,15 +324,67 @@ impl TableView {
     }
 }
 
-/// The table as the core's [`BucketHost`].
-pub struct TableHost(pub Arc<RecordTable>);
+/// Bucket values the core has handed over that are not committed to the table yet (each with
+/// the number of the write that carries it). The state machine writes the table after releasing
+/// the core's lock, so sessions are not held up by redb (or, every 100 ms, its fsync); until the
+/// write lands, reads must see these.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<std::sync::Mutex<InFlightMap>>);
+
+type InFlightMap = std::collections::HashMap<u16, (u64, Option<Vec<u8>>)>;
+
+impl InFlight {
+    /// Records `writes` as carried by write number `seq`.
+    pub fn add(&self, seq: u64, writes: &[(u16, Option<Vec<u8>>)]) -> Result<(), RecordTableError> {
+        let mut m = self
+            .0
+            .lock()
+            .map_err(|_| db_err("in-flight lock poisoned"))?;
+        for (b, v) in writes {
+            m.insert(*b, (seq, v.clone()));
+        }
+        Ok(())
+    }
+
+    /// Forgets what write number `seq` (and earlier ones) carried, now in the table.
+    pub fn landed(&self, seq: u64) -> Result<(), RecordTableError> {
+        let mut m = self
+            .0
+            .lock()
+            .map_err(|_| db_err("in-flight lock poisoned"))?;
+        m.retain(|_, (s, _)| *s > seq);
+        Ok(())
+    }
+
+    fn get(&self, b: u16) -> Result<Option<Option<Vec<u8>>>, RecordTableError> {
+        let m = self
+            .0
+            .lock()
+            .map_err(|_| db_err("in-flight lock poisoned"))?;
+        Ok(m.get(&b).map(|(_, v)| v.clone()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().map(|m| m.is_empty()).unwrap_or(false)
+    }
+}
+
+/// The table as the core's [`BucketHost`], with the writes still on their way to it.
+pub struct TableHost(pub Arc<RecordTable>, pub InFlight);
 
 impl BucketHost for TableHost {
     fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {
+        if let Some(v) = self.1.get(b).map_err(|e| e.to_string())? {
+            return Ok(v);
+        }
         self.0.read(b).map_err(|e| e.to_string())
     }
 
     fn for_each(&self, f: &mut BucketVisitor<'_>) -> Result<(), SealedError> {
+        // Only a restart walks the table, before any write is in flight.
+        if !self.1.is_empty() {
+            return Err(SealedError::Host("bucket writes still in flight".into()));
+        }
         self.0.for_each(f)
     }
 }

@@ -183,7 +183,6 @@ impl Fleet {
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
         let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
-        log.limit_purges_to(sm.durable_position());
         // The records must reach the log: a table rolled back (or replaced) behind the log's
         // first entry cannot be brought up to date from it.
         let purged = openraft::storage::RaftLogStorage::get_log_state(&mut log)

@@ -31,8 +31,6 @@ struct Inner {
     /// snapshot policy's measure of log growth; it must count what a restart found on disk, or
     /// a node restarted before each threshold would never snapshot).
     appended: Arc<std::sync::atomic::AtomicU64>,
-    /// The record table's durable position, if a state machine shares it: purges stop there.
-    purge_limit: std::sync::OnceLock<super::state_machine::DurablePosition>,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -94,7 +92,6 @@ impl LogStore {
             platform,
             epoch: std::sync::Mutex::new(0),
             appended: Arc::new(std::sync::atomic::AtomicU64::new(on_disk)),
-            purge_limit: std::sync::OnceLock::new(),
         };
         let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
         let now = inner.platform.counter_read()?;
@@ -110,13 +107,6 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(inner),
         })
-    }
-
-    /// Purges only as far as the record table is durable (`StateMachine::durable_position`).
-    /// openraft purges a follower's log as soon as it starts installing a snapshot, before the
-    /// install is on disk; a crash then would leave the table behind the log for good.
-    pub fn limit_purges_to(&self, durable: super::state_machine::DurablePosition) {
-        let _ = self.inner.purge_limit.set(durable);
     }
 
     /// Sealed entry bytes found in the log at open plus those appended since (grows only; the
@@ -393,14 +383,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let log_id = match self.inner.purge_limit.get().map(|d| d.lock().map(|d| *d)) {
-            None => log_id,
-            Some(Err(_)) => return Err(write_err(db_err("purge limit lock poisoned"))),
-            // Nothing durable in the table yet: keep the whole log.
-            Some(Ok(None)) => return Ok(()),
-            Some(Ok(Some(d))) if d.index < log_id.index => d,
-            Some(Ok(Some(_))) => log_id,
-        };
         self.blocking(move |inner| {
             let sealed = seal_value(&inner.platform, "raft-purged", b"raft-purged", &log_id)?;
             let tx = inner.db.begin_write().map_err(db_err)?;

@@ -671,8 +671,11 @@ mod tests {
             crate::records::RecordTable::open(&dir.join("records.redb"), 4 << 20).unwrap(),
         );
         let mut s = bkv_hsm_core::SealedState::new(p.clone(), [7; 32]);
-        s.restore(Box::new(crate::records::TableHost(table.clone())), None)
-            .unwrap();
+        s.restore(
+            Box::new(crate::records::TableHost(table.clone(), Default::default())),
+            None,
+        )
+        .unwrap();
         for i in 0..n {
             let record_id = bkv_wire::record_id(&format!("user-{i}"));
             let pending = Pending {
@@ -745,7 +748,10 @@ mod tests {
         let mut target = bkv_hsm_core::SealedState::new(q, [7; 32]);
         target
             .restore(
-                Box::new(crate::records::TableHost(target_table.clone())),
+                Box::new(crate::records::TableHost(
+                    target_table.clone(),
+                    Default::default(),
+                )),
                 None,
             )
             .unwrap();

@@ -2,10 +2,12 @@
 //! records live in the node's table of sealed buckets ([`crate::records`]), and takes and
 //! installs snapshots.
 //!
-//! Each `apply` writes the buckets its entries changed, the core's sealed summary and the log
-//! position in one redb transaction, without fsync: the log is the durable copy, and after a
-//! crash the table reopens at an earlier whole transaction from which openraft re-applies the
-//! log. A snapshot is therefore a position of the table, not a copy of it: building one makes the
+//! Each `apply` hands the buckets its entries changed, the core's sealed summary and the log
+//! position to a writer thread, which commits them together in one redb transaction, fsynced
+//! only every 25 ms: the log is the durable copy, and after a crash the table reopens at an
+//! earlier whole transaction from which openraft re-applies the log. A crash while a snapshot is
+//! being installed leaves the table behind the log openraft already purged: the node then refuses
+//! to start and is wiped and added back (it fails closed; no counter goes back). A snapshot is therefore a position of the table, not a copy of it: building one makes the
 //! table durable up to its position (so the log behind it may be purged), and a snapshot sent to
 //! another member is streamed from one consistent view of the table and installed from a sealed
 //! spool into a replacement of the receiver's table ([`super::snapshot_stream`]): neither side
@@ -15,7 +17,7 @@ use super::snapshot_file::SnapshotFile;
 use super::snapshot_stream::{Frame, Sender, SnapshotData, Spool, StreamReader};
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
-use crate::records::{RecordTable, TableHost};
+use crate::records::{InFlight, RecordTable, TableHost};
 use bkv_hsm_core::sealed_state::{
     read_summary, summary_position, NoBuckets, SealedState, MAX_SUMMARY,
 };
@@ -39,19 +41,131 @@ pub const RECORDS_FILE: &str = "vault-records.redb";
 pub const RECORDS_CACHE_BYTES: usize = 64 << 20;
 /// Largest encoded log position accepted from a summary (a membership of a few dozen members).
 const MAX_POSITION: usize = 1 << 20;
-/// How often an apply commits the table durably. redb frees the pages a commit without fsync
+/// How often the table is committed durably. redb frees the pages a commit without fsync
 /// replaced only at the next durable commit, so the file grows by everything written between
-/// two of them (measured: 4 GB at 764,000 users with durable commits only at snapshots).
-const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// two of them (measured: 4 GB at 764,000 users with durable commits only at snapshots); each
+/// durable commit costs an fsync on the writer thread.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// The last log position the record table holds durably: the log store purges no further (a
-/// purge past it followed by a crash would leave the table behind the log, which it refuses).
-pub type DurablePosition = Arc<Mutex<Option<LogId<u64>>>>;
+/// Writes the record table on its own thread, so an apply never waits for redb: each apply hands
+/// over the buckets it changed with the new summary and returns; the thread commits whatever has
+/// queued up in one transaction (the last summary wins, later values of a bucket replace earlier
+/// ones), durably every [`DURABLE_EVERY`]. Until a write lands, reads see it through
+/// [`InFlight`]. A crash loses only queued writes, which the log re-applies.
+struct TableWriter {
+    tx: Option<std::sync::mpsc::SyncSender<WriterJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Set when a write failed: the state machine stops at its next call.
+    failed: Arc<Mutex<Option<String>>>,
+}
 
-fn advance_durable(d: &DurablePosition, to: Option<LogId<u64>>) {
-    if let Ok(mut d) = d.lock() {
-        if to > *d {
-            *d = to;
+enum WriterJob {
+    Write {
+        seq: u64,
+        writes: Vec<(u16, Option<Vec<u8>>)>,
+        summary: Vec<u8>,
+    },
+    /// Answered once everything queued before it is in the table.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Applies queued before the writer pushes back (each holds one apply's buckets).
+const WRITER_QUEUE: usize = 256;
+
+impl TableWriter {
+    fn start(table: Arc<RecordTable>, inflight: InFlight) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriterJob>(WRITER_QUEUE);
+        let failed = Arc::new(Mutex::new(None));
+        let f = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("bkv-record-table".into())
+            .spawn(move || {
+                let mut last_durable = std::time::Instant::now();
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    let mut changes: std::collections::BTreeMap<u16, Option<Vec<u8>>> =
+                        Default::default();
+                    let (mut summary, mut seq) = (None, 0);
+                    let mut flushes = Vec::new();
+                    for j in jobs {
+                        match j {
+                            WriterJob::Write {
+                                seq: s,
+                                writes,
+                                summary: sum,
+                            } => {
+                                changes.extend(writes);
+                                (summary, seq) = (Some(sum), s);
+                            }
+                            WriterJob::Flush(done) => flushes.push(done),
+                        }
+                    }
+                    if let Some(summary) = summary {
+                        let changes: Vec<_> = changes.into_iter().collect();
+                        let durable_now = last_durable.elapsed() >= DURABLE_EVERY;
+                        let r = table
+                            .write(&changes, Some(&summary), durable_now)
+                            .and_then(|()| inflight.landed(seq));
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "record table write failed");
+                            if let Ok(mut f) = f.lock() {
+                                *f = Some(e.to_string());
+                            }
+                            return;
+                        }
+                        if durable_now {
+                            last_durable = std::time::Instant::now();
+                        }
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .ok();
+        TableWriter {
+            tx: Some(tx),
+            thread,
+            failed,
+        }
+    }
+
+    fn check(&self) -> Result<(), ReplicationStoreError> {
+        match self.failed.lock().map_err(|_| poisoned())?.as_ref() {
+            Some(e) => Err(ReplicationStoreError::Records(e.clone())),
+            None if self.thread.is_none() => Err(ReplicationStoreError::Records(
+                "the record table writer did not start".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, job: WriterJob) -> Result<(), ReplicationStoreError> {
+        self.check()?;
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| ReplicationStoreError::Records("the record table writer stopped".into()))
+    }
+
+    /// Waits until everything handed over is in the table (blocking).
+    fn flush(&self) -> Result<(), ReplicationStoreError> {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        self.send(WriterJob::Flush(done))?;
+        wait.recv().map_err(|_| {
+            ReplicationStoreError::Records("the record table writer stopped".into())
+        })?;
+        self.check()
+    }
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after it wrote what was queued.
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -183,8 +297,10 @@ pub struct StateMachine<R: Replica> {
     platform: SharedPlatform,
     position: Position,
     metrics: Arc<NodeMetrics>,
-    durable: DurablePosition,
-    last_durable: std::time::Instant,
+    /// Bucket writes handed to the writer, visible to reads until they land ([`InFlight`]).
+    inflight: InFlight,
+    writes: u64,
+    writer: Arc<TableWriter>,
 }
 
 impl<R: Replica> StateMachine<R> {
@@ -211,10 +327,11 @@ impl<R: Replica> StateMachine<R> {
         // What a restart read may include commits redb has not made durable yet (after a clean
         // exit); a snapshot position named from it must be on disk before the log is purged.
         let summary = table.sync()?;
+        let inflight = InFlight::default();
         let mut position = Position::default();
         {
             let mut r = replica.lock().map_err(|_| poisoned())?;
-            let host = Box::new(TableHost(table.clone()));
+            let host = Box::new(TableHost(table.clone(), inflight.clone()));
             match r.records().restore(host, summary.as_deref())? {
                 Some(p) => position = Position::decode(&p)?,
                 None => {
@@ -237,21 +354,19 @@ impl<R: Replica> StateMachine<R> {
             }
         }
         Spool::remove_stale(dir);
+        let writer = Arc::new(TableWriter::start(table.clone(), inflight.clone()));
+        writer.check()?;
         Ok(StateMachine {
             dir: dir.to_path_buf(),
             replica,
             table,
             platform,
-            durable: Arc::new(Mutex::new(position.last_applied)),
             position,
             metrics,
-            last_durable: std::time::Instant::now(),
+            inflight,
+            writes: 0,
+            writer,
         })
-    }
-
-    /// Where the table is durable up to, for the log store's purges.
-    pub fn durable_position(&self) -> DurablePosition {
-        self.durable.clone()
     }
 
     /// Where the records stand in the log (checked against the log's first entry at start).
@@ -267,18 +382,18 @@ impl<R: Replica> StateMachine<R> {
 pub struct SnapshotBuilder {
     table: Arc<RecordTable>,
     platform: SharedPlatform,
-    durable: DurablePosition,
+    writer: Arc<TableWriter>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (table, platform) = (self.table.clone(), self.platform.clone());
-        let durable = self.durable.clone();
+        let writer = self.writer.clone();
         let meta = blocking(ErrorVerb::Write, move || {
+            // What was applied before the trigger is in the table, then on disk.
+            writer.flush()?;
             let summary = table.sync()?;
-            let meta = Position::of_summary(&platform, summary.as_deref())?.meta();
-            advance_durable(&durable, meta.last_log_id);
-            Ok(meta)
+            Ok(Position::of_summary(&platform, summary.as_deref())?.meta())
         })
         .await?;
         Ok(Snapshot {
@@ -329,15 +444,20 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             .records()
             .seal_summary(&bkv_wire::encode(&position))
             .map_err(|e| write_err(e.into()))?;
-        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
-        self.table
-            .write(&writes, Some(&summary), durable)
+        // Handed to the writer thread (module docs of `TableWriter`): visible to reads at once,
+        // in the table shortly.
+        self.writes += 1;
+        self.inflight
+            .add(self.writes, &writes)
             .map_err(|e| write_err(e.into()))?;
         drop(replica);
-        if durable {
-            self.last_durable = std::time::Instant::now();
-            advance_durable(&self.durable, position.last_applied);
-        }
+        self.writer
+            .send(WriterJob::Write {
+                seq: self.writes,
+                writes,
+                summary,
+            })
+            .map_err(write_err)?;
         self.position = position;
         Ok(out)
     }
@@ -346,7 +466,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         SnapshotBuilder {
             table: self.table.clone(),
             platform: self.platform.clone(),
-            durable: self.durable.clone(),
+            writer: self.writer.clone(),
         }
     }
 
@@ -370,9 +490,12 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             membership: meta.last_membership.clone(),
         };
         let (replica, table, p) = (self.replica.clone(), self.table.clone(), position.clone());
+        let writer = self.writer.clone();
         // Reading the spool, sealing buckets and writing them take seconds at 10⁶ users: off
         // the async workers, and without the replica lock until the switch.
         blocking(ErrorVerb::Write, move || {
+            // No earlier write may land on top of the installed table.
+            writer.flush()?;
             let io_err = |e: std::io::Error| ReplicationStoreError::SnapshotFile(e.to_string());
             let reader: Box<dyn std::io::Read> = match *snapshot {
                 SnapshotData::Receiving(spool) => Box::new(spool.into_reader().map_err(io_err)?),
@@ -406,7 +529,6 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             Ok(())
         })
         .await?;
-        advance_durable(&self.durable, position.last_applied);
         self.position = position;
         Ok(())
     }
