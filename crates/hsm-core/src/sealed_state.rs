@@ -17,7 +17,7 @@
 //! back *as a whole* to an older summary is consistent; the host re-applies the log from the
 //! position it names (and refuses to start if the log no longer reaches back that far).
 
-use crate::commitment::{unseal_bucket, Bucket, CommitmentError, Hash, RecordCommitment};
+use crate::commitment::{Bucket, CommitmentError, Hash, RecordCommitment};
 use crate::platform::{PlatformError, SharedPlatform};
 use crate::state::{Credential, Live, Mutation, Outcome, Record, RecordId, State};
 use bkv_wire::vault::RecordState;
@@ -135,7 +135,9 @@ pub fn summary_position(p: &SharedPlatform, sealed: &[u8]) -> Result<Vec<u8>, Se
 /// every bucket, in bucket order, from the same read transaction. Every bucket is loaded into a
 /// fresh commitment and the root compared with the summary's before anything is returned, so a
 /// view mixing buckets of different times is refused. Memory grows with the records: this is
-/// what a snapshot sent whole costs (docs/scaling.md).
+/// what a snapshot sent whole costs (tests compare whole states with it; nodes stream snapshots
+/// instead, `bkv-hsm-node`'s `snapshot_stream`).
+#[cfg(test)]
 pub fn collect_state(
     p: &SharedPlatform,
     summary: &[u8],
@@ -147,7 +149,7 @@ pub fn collect_state(
     let mut state = s.state;
     for_each(&mut |b, sealed| {
         c.load(b, sealed)?;
-        for (id, r) in unseal_bucket(&**p, b, sealed)?.into_records() {
+        for (id, r) in crate::commitment::unseal_bucket(&**p, b, sealed)?.into_records() {
             if state.records.insert(id, Arc::new(r)).is_some() {
                 return Err(SealedError::Malformed("a record is stored twice"));
             }

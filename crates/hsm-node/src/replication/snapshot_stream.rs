@@ -85,6 +85,15 @@ pub struct Sender {
     checkpoint: Option<Box<Checkpoint>>,
 }
 
+impl Drop for Sender {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.frame);
+        if let Some(c) = self.checkpoint.as_mut() {
+            zeroize::Zeroize::zeroize(&mut c.frame);
+        }
+    }
+}
+
 struct Checkpoint {
     frame: Vec<u8>,
     frame_start: u64,
@@ -161,7 +170,8 @@ impl Sender {
     /// Moves to the next frame; `false` once past the end mark (the padding).
     fn advance(&mut self) -> io::Result<bool> {
         self.frame_start += self.frame.len() as u64;
-        self.frame.clear();
+        // Frames hold plain records: wiped, not just dropped.
+        zeroize::Zeroize::zeroize(&mut self.frame);
         if let Some(from) = self.next {
             match self.view.next_from(from).map_err(other)? {
                 Some((b, sealed)) => {
@@ -357,9 +367,11 @@ impl Spool {
         self.buf.extend_from_slice(data);
         while self.buf.len() >= SPOOL_PIECE {
             let rest = self.buf.split_off(SPOOL_PIECE);
-            let piece = std::mem::replace(&mut self.buf, rest);
-            self.seal_piece(&piece)?;
+            let mut piece = std::mem::replace(&mut self.buf, rest);
+            let sealed = self.seal_piece(&piece);
             self.buf_start += piece.len() as u64;
+            zeroize::Zeroize::zeroize(&mut piece);
+            sealed?;
         }
         Ok(data.len())
     }
@@ -423,6 +435,7 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
         let _ = std::fs::remove_file(&self.path);
     }
 }
