@@ -3,7 +3,8 @@
 # activation each, through the leader, 64 at a time), measures guess-count commits at concurrency
 # 8 on top, then has the leader snapshot and purge its log and a new, empty member join and catch
 # up from the snapshot. The same run at SMALL users gives the baseline the ratios use.
-# Reported: registration rate, commit p99 at USERS against SMALL, disk per user on the leader,
+# Reported: registration rate, commit p99 at USERS against SMALL, disk per user on the leader
+# (the files' size and the blocks allocated to them),
 # snapshot time, the newcomer's catch-up time, and peak memory (all members are in one process,
 # so per node is about a quarter of it).
 # Usage: scripts/bench-scale.sh   (USERS=1000000 SMALL=1000 SECS=5)
@@ -39,9 +40,13 @@ print(f"registration: {b['users_per_second']:,.0f} users/s")
 print(f"commit p99 at {b['users']:,} users: {b['p99_ms']:.2f} ms = {b['p99_ms'] / s['p99_ms']:.2f}x the {s['users']:,}-user figure")
 print(f"leader disk: {b['leader_disk_bytes'] / 2**20:,.0f} MiB, {du:,.0f} B per added user; files: "
       + ", ".join(f"{n} {v / 2**20:,.0f} MiB" for n, v in b.get("leader_files", {}).items()))
+if "leader_disk_allocated_bytes" in b:
+    da = (b["leader_disk_allocated_bytes"] - s["leader_disk_allocated_bytes"]) / (b["users"] - s["users"])
+    print(f"leader disk allocated (du): {b['leader_disk_allocated_bytes'] / 2**20:,.0f} MiB, {da:,.0f} B per added user")
 if "newcomer_disk_bytes" in b:
     print(f"the new member's disk after catching up: {b['newcomer_disk_bytes'] / 2**20:,.0f} MiB "
-          f"({b['newcomer_disk_bytes'] / b['users']:,.0f} B per user)")
+          f"({b['newcomer_disk_bytes'] / b['users']:,.0f} B per user; allocated "
+          f"{b.get('newcomer_disk_allocated_bytes', 0) / b['users']:,.0f} B per user)")
 if b.get("rejoin_secs") is None:
     print(f"snapshot: {b['snapshot_secs']:.1f} s; the new member did NOT catch up: {b.get('rejoin_error')}")
 else:

@@ -228,15 +228,27 @@ async fn register(
     Ok(all.into_iter().map(|(_, g)| g).collect())
 }
 
+/// Apparent size of the files under `dir` (what `ls` shows).
 fn dir_bytes(dir: &Path) -> u64 {
+    dir_sum(dir, &|m| m.len())
+}
+
+/// Disk blocks allocated to the files under `dir` (what `du` shows): redb grows a file by
+/// doubling it and the part not yet written is a hole, so this is the disk actually taken.
+fn dir_allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    dir_sum(dir, &|m| m.blocks() * 512)
+}
+
+fn dir_sum(dir: &Path, size: &dyn Fn(&std::fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) if m.is_dir() => dir_sum(&e.path(), size),
+            Ok(m) => size(&m),
             Err(_) => 0,
         })
         .sum()
@@ -462,6 +474,7 @@ async fn rejoin(
         .await?;
     let leader_path = late.dir.with_file_name(format!("n{}", leader.id));
     let leader_dir = dir_bytes(&leader_path);
+    let leader_allocated = dir_allocated_bytes(&leader_path);
     let leader_files = file_sizes(&leader_path);
     let newcomer_path = late.dir.clone();
     let node = late.node.clone();
@@ -489,9 +502,12 @@ async fn rejoin(
     };
     Ok(format!(
         ",\"snapshot_secs\":{snapshot_secs:.2},\"leader_disk_bytes\":{leader_dir},\
-         \"leader_files\":{leader_files},\"newcomer_disk_bytes\":{},{rejoin},\
+         \"leader_disk_allocated_bytes\":{leader_allocated},\
+         \"leader_files\":{leader_files},\"newcomer_disk_bytes\":{},\
+         \"newcomer_disk_allocated_bytes\":{},{rejoin},\
          \"peak_rss_mib_all_members\":{:.0}",
         dir_bytes(&newcomer_path),
+        dir_allocated_bytes(&newcomer_path),
         peak_rss_mib()
     ))
 }

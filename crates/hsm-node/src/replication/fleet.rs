@@ -183,6 +183,8 @@ impl Fleet {
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
         let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
+        // The log goes only behind what the table holds on disk (a crash mid-install).
+        log.set_records_durable(sm.durable());
         // The records must reach the log: a table rolled back (or replaced) behind the log's
         // first entry cannot be brought up to date from it.
         let purged = openraft::storage::RaftLogStorage::get_log_state(&mut log)

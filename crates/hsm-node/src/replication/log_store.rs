@@ -37,7 +37,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+    /// The log index up to which the record table is durable (`set_records_durable`): a purge
+    /// waits for it, so the log never starts past what the table holds on disk.
+    records_durable: Option<tokio::sync::watch::Receiver<u64>>,
 }
+
+/// How long a purge waits for the record table to reach its index (a follower's snapshot install
+/// at 10⁶ users takes seconds); past it the purge fails and the node stops.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn seal_value<T: serde::Serialize>(
     p: &SharedPlatform,
@@ -106,7 +113,16 @@ impl LogStore {
         inner.epoch = std::sync::Mutex::new(db_epoch);
         Ok(LogStore {
             inner: Arc::new(inner),
+            records_durable: None,
         })
+    }
+
+    /// Ties purges to the record table: a purge through index `i` first waits until the table
+    /// is durable through `i`. openraft 0.9 purges a follower's log as soon as it has handed
+    /// the state machine a snapshot to install, so without this a crash mid-install left a log
+    /// starting past the table, and a node that could not start.
+    pub fn set_records_durable(&mut self, durable: tokio::sync::watch::Receiver<u64>) {
+        self.records_durable = Some(durable);
     }
 
     /// Sealed entry bytes found in the log at open plus those appended since (grows only; the
@@ -383,6 +399,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        if let Some(durable) = &mut self.records_durable {
+            let reached =
+                tokio::time::timeout(PURGE_WAIT, durable.wait_for(|d| *d >= log_id.index));
+            match reached.await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    return Err(write_err(ReplicationStoreError::Records(format!(
+                        "the record table did not become durable through log index {} \
+                         (purge refused)",
+                        log_id.index
+                    ))))
+                }
+            }
+        }
         self.blocking(move |inner| {
             let sealed = seal_value(&inner.platform, "raft-purged", b"raft-purged", &log_id)?;
             let tx = inner.db.begin_write().map_err(db_err)?;
@@ -397,5 +427,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bkv_hsm_core::MemoryPlatform;
+    use openraft::CommittedLeaderId;
+
+    async fn purged(log: &mut LogStore) -> Option<u64> {
+        log.get_log_state()
+            .await
+            .ok()
+            .and_then(|s| s.last_purged_log_id)
+            .map(|l| l.index)
+    }
+
+    /// A purge waits for the record table to be durable through its index (a snapshot being
+    /// installed), then purges exactly what was asked.
+    #[tokio::test]
+    async fn a_purge_waits_for_the_record_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let platform = MemoryPlatform::shared([7u8; 32]);
+        let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
+        let (durable, rx) = tokio::sync::watch::channel(3u64);
+        log.set_records_durable(rx);
+        let mut purging = log.clone();
+        let id = LogId::new(CommittedLeaderId::new(1, 0), 5);
+        let mut purge = tokio::spawn(async move { purging.purge(id).await });
+        durable.send_replace(4);
+        // Bounds a negative only: with the tie the purge cannot finish however long this is.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut purge).await;
+        assert!(early.is_err(), "purged while the table was behind");
+        assert_eq!(purged(&mut log).await, None);
+        durable.send_replace(5);
+        purge.await.expect("join").expect("purge");
+        assert_eq!(purged(&mut log).await, Some(5));
+    }
+
+    /// Without the tie (openraft's storage suite, tools) a purge does not wait.
+    #[tokio::test]
+    async fn an_untied_log_purges_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let platform = MemoryPlatform::shared([7u8; 32]);
+        let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
+        log.purge(LogId::new(CommittedLeaderId::new(1, 0), 2))
+            .await
+            .expect("purge");
+        assert_eq!(purged(&mut log).await, Some(2));
     }
 }

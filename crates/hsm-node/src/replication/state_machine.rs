@@ -6,8 +6,10 @@
 //! position to a writer thread, which commits them together in one redb transaction, fsynced
 //! only every 25 ms: the log is the durable copy, and after a crash the table reopens at an
 //! earlier whole transaction from which openraft re-applies the log. A crash while a snapshot is
-//! being installed leaves the table behind the log openraft already purged: the node then refuses
-//! to start and is wiped and added back (it fails closed; no counter goes back). A snapshot is therefore a position of the table, not a copy of it: building one makes the
+//! being installed leaves the table where it was: the log store purges the log behind a snapshot
+//! only once the table is durable past it ([`StateMachine::durable`]), so the node restarts from
+//! its old table and log and catches up again. A snapshot is therefore a position of the table,
+//! not a copy of it: building one makes the
 //! table durable up to its position (so the log behind it may be purged), and a snapshot sent to
 //! another member is streamed from one consistent view of the table and installed from a sealed
 //! spool into a replacement of the receiver's table ([`super::snapshot_stream`]): neither side
@@ -64,6 +66,8 @@ enum WriterJob {
         seq: u64,
         writes: Vec<(u16, Option<Vec<u8>>)>,
         summary: Vec<u8>,
+        /// The log index the summary names (published once durable).
+        applied: u64,
     },
     /// Answered once everything queued before it is in the table.
     Flush(std::sync::mpsc::SyncSender<()>),
@@ -73,7 +77,7 @@ enum WriterJob {
 const WRITER_QUEUE: usize = 256;
 
 impl TableWriter {
-    fn start(table: Arc<RecordTable>, inflight: InFlight) -> Self {
+    fn start(table: Arc<RecordTable>, inflight: InFlight, durable: Durable) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<WriterJob>(WRITER_QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let f = failed.clone();
@@ -86,7 +90,7 @@ impl TableWriter {
                     jobs.extend(rx.try_iter());
                     let mut changes: std::collections::BTreeMap<u16, Option<Vec<u8>>> =
                         Default::default();
-                    let (mut summary, mut seq) = (None, 0);
+                    let (mut summary, mut seq, mut applied) = (None, 0, 0);
                     let mut flushes = Vec::new();
                     for j in jobs {
                         match j {
@@ -94,9 +98,10 @@ impl TableWriter {
                                 seq: s,
                                 writes,
                                 summary: sum,
+                                applied: a,
                             } => {
                                 changes.extend(writes);
-                                (summary, seq) = (Some(sum), s);
+                                (summary, seq, applied) = (Some(sum), s, a);
                             }
                             WriterJob::Flush(done) => flushes.push(done),
                         }
@@ -116,6 +121,7 @@ impl TableWriter {
                         }
                         if durable_now {
                             last_durable = std::time::Instant::now();
+                            durable.reached(applied);
                         }
                     }
                     for done in flushes {
@@ -166,6 +172,27 @@ impl Drop for TableWriter {
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The log index through which the record table is on disk, for the log store's purges
+/// ([`super::log_store::LogStore::set_records_durable`]). Only moves forward.
+#[derive(Clone)]
+struct Durable(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Durable {
+    fn reached(&self, index: u64) {
+        self.0.send_if_modified(|d| {
+            let moved = index > *d;
+            *d = (*d).max(index);
+            moved
+        });
+    }
+
+    fn reached_position(&self, p: &Position) {
+        if let Some(l) = p.last_applied {
+            self.reached(l.index);
         }
     }
 }
@@ -301,6 +328,7 @@ pub struct StateMachine<R: Replica> {
     inflight: InFlight,
     writes: u64,
     writer: Arc<TableWriter>,
+    durable: Durable,
 }
 
 impl<R: Replica> StateMachine<R> {
@@ -354,7 +382,14 @@ impl<R: Replica> StateMachine<R> {
             }
         }
         Spool::remove_stale(dir);
-        let writer = Arc::new(TableWriter::start(table.clone(), inflight.clone()));
+        // Everything read at open was made durable above (or installed durably).
+        let durable = Durable(Arc::new(tokio::sync::watch::channel(0).0));
+        durable.reached_position(&position);
+        let writer = Arc::new(TableWriter::start(
+            table.clone(),
+            inflight.clone(),
+            durable.clone(),
+        ));
         writer.check()?;
         Ok(StateMachine {
             dir: dir.to_path_buf(),
@@ -366,12 +401,18 @@ impl<R: Replica> StateMachine<R> {
             inflight,
             writes: 0,
             writer,
+            durable,
         })
     }
 
     /// Where the records stand in the log (checked against the log's first entry at start).
     pub fn last_applied(&self) -> Option<LogId<u64>> {
         self.position.last_applied
+    }
+
+    /// The log index through which the record table is on disk (moves forward only).
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.0.subscribe()
     }
 }
 
@@ -383,17 +424,20 @@ pub struct SnapshotBuilder {
     table: Arc<RecordTable>,
     platform: SharedPlatform,
     writer: Arc<TableWriter>,
+    durable: Durable,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (table, platform) = (self.table.clone(), self.platform.clone());
-        let writer = self.writer.clone();
+        let (writer, durable) = (self.writer.clone(), self.durable.clone());
         let meta = blocking(ErrorVerb::Write, move || {
             // What was applied before the trigger is in the table, then on disk.
             writer.flush()?;
             let summary = table.sync()?;
-            Ok(Position::of_summary(&platform, summary.as_deref())?.meta())
+            let position = Position::of_summary(&platform, summary.as_deref())?;
+            durable.reached_position(&position);
+            Ok(position.meta())
         })
         .await?;
         Ok(Snapshot {
@@ -456,6 +500,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 seq: self.writes,
                 writes,
                 summary,
+                applied: position.last_applied.map(|l| l.index).unwrap_or(0),
             })
             .map_err(write_err)?;
         self.position = position;
@@ -467,6 +512,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             table: self.table.clone(),
             platform: self.platform.clone(),
             writer: self.writer.clone(),
+            durable: self.durable.clone(),
         }
     }
 
@@ -490,7 +536,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             membership: meta.last_membership.clone(),
         };
         let (replica, table, p) = (self.replica.clone(), self.table.clone(), position.clone());
-        let writer = self.writer.clone();
+        let (writer, durable) = (self.writer.clone(), self.durable.clone());
         // Reading the spool, sealing buckets and writing them take seconds at 10⁶ users: off
         // the async workers, and without the replica lock until the switch.
         blocking(ErrorVerb::Write, move || {
@@ -526,6 +572,8 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             let mut r = replica.lock().map_err(|_| poisoned())?;
             replacement.commit(&summary)?;
             r.records().finish_install(installer);
+            // Only now may the log behind the snapshot go (`LogStore::set_records_durable`).
+            durable.reached_position(&p);
             Ok(())
         })
         .await?;
