@@ -396,10 +396,16 @@ pub async fn shutdown_signal() {
 
 /// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a process that binds it
 /// later (a dev deployment's or a test's fixed addresses). Unlike a port from `bind(:0)`, no
-/// outgoing connection can be given it between this check and that bind. Probes from a
-/// per-process starting point, so parallel callers rarely try the same ports.
+/// outgoing connection can be given it between this check and that bind. Each process walks
+/// its own sequence from a random starting point, so one process never hands out a port twice
+/// (a probe releases the port at once: with a fresh random start per call, two nodes of one
+/// deployment were given the same port about once in 300 deployments) and parallel processes
+/// rarely try the same ports.
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
+    const UNSET: u32 = u32::MAX;
+    static NEXT: AtomicU32 = AtomicU32::new(UNSET);
     let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
@@ -411,8 +417,12 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
-        for k in 0..span.min(4_096) {
-            let port = u16::try_from(LOW + (start + k * 13) % span).unwrap_or(0);
+        let _ = NEXT.compare_exchange(UNSET, start, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..span.min(4_096) {
+            // The sequence wraps within the span; a whole lap comes back to ports handed out
+            // long ago, by then bound by their owner (so the probe skips them) or released.
+            let k = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            let port = u16::try_from(LOW + k).unwrap_or(0);
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);
             }
@@ -437,6 +447,17 @@ mod tests {
             .unwrap_or(32_768);
         assert!(port >= 10_000 && port < low, "{port}");
         std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    }
+
+    /// Ports handed out but not yet bound (a deployment picks all its ports before any node
+    /// starts) are never handed out again by the same process.
+    #[test]
+    fn one_process_never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..500)
+            .map(|_| super::free_loopback_port().unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
