@@ -396,42 +396,117 @@ pub async fn shutdown_signal() {
 
 /// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a process that binds it
 /// later (a dev deployment's or a test's fixed addresses). Unlike a port from `bind(:0)`, no
-/// outgoing connection can be given it between this check and that bind. Each process walks
-/// its own sequence from a random starting point, so one process never hands out a port twice
-/// (a probe releases the port at once: with a fresh random start per call, two nodes of one
-/// deployment were given the same port about once in 300 deployments) and parallel processes
-/// rarely try the same ports.
+/// outgoing connection can be given it between this check and that bind.
+///
+/// A probe releases the port at once, so what keeps two callers from being handed the same port
+/// before either binds it is the order ports are handed out in: every process of this user on
+/// the machine walks one sequence, kept in a cursor file under a lock (see [`port_cursor`]). With
+/// a random start per call, two nodes of one deployment got the same port about once in 300
+/// deployments; with one sequence per process, the parallel test processes of one CI run (four
+/// at a time, each deployment taking ~10 ports) collided about once in a few runs.
 pub fn free_loopback_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
-    const UNSET: u32 = u32::MAX;
-    static NEXT: AtomicU32 = AtomicU32::new(UNSET);
     let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
         .unwrap_or(32_768);
     if ephemeral_low > LOW + 1_000 {
         let span = ephemeral_low - LOW;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
-        let _ = NEXT.compare_exchange(UNSET, start, Ordering::Relaxed, Ordering::Relaxed);
-        for _ in 0..span.min(4_096) {
-            // The sequence wraps within the span; a whole lap comes back to ports handed out
-            // long ago, by then bound by their owner (so the probe skips them) or released.
-            let k = NEXT.fetch_add(1, Ordering::Relaxed) % span;
-            let port = u16::try_from(LOW + k).unwrap_or(0);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
+        let probe = |k: u32| {
+            let port = u16::try_from(LOW + k % span).unwrap_or(0);
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .is_ok()
+                .then_some(port)
+        };
+        // The sequence wraps within the span; a whole lap comes back to ports handed out long
+        // ago, by then bound by their owner (so the probe skips them) or released.
+        let tries = span.min(4_096);
+        let found = match port_cursor() {
+            Some(mut cursor) => cursor.take(span, tries, probe),
+            None => process_cursor(span, tries, probe),
+        };
+        if let Some(port) = found {
+            return Ok(port);
         }
     }
     // A kernel without a usable low range: the ephemeral port the kernel picks.
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A random offset into `0..span`, where a fresh sequence starts.
+fn random_offset(span: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span.max(1)
+}
+
+/// This process's own sequence: the fallback when the shared cursor cannot be used.
+fn process_cursor(span: u32, tries: u32, probe: impl Fn(u32) -> Option<u16>) -> Option<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const UNSET: u32 = u32::MAX;
+    static NEXT: AtomicU32 = AtomicU32::new(UNSET);
+    let _ = NEXT.compare_exchange(
+        UNSET,
+        random_offset(span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    (0..tries).find_map(|_| probe(NEXT.fetch_add(1, Ordering::Relaxed) % span))
+}
+
+/// The machine-wide port sequence of this user: a locked file holding the next offset.
+struct PortCursor {
+    file: std::fs::File,
+}
+
+/// Opens and locks the cursor file (`bkv-ports-<uid>/cursor` in the temp directory; the
+/// directory is created private and must be this user's, not a link, so no one else can point
+/// the writes elsewhere). `None` when any of that fails.
+fn port_cursor() -> Option<PortCursor> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = std::env::temp_dir().join(format!("bkv-ports-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("cursor"))
+        .ok()?;
+    // Held until `file` drops: one caller at a time reads, probes and advances the cursor.
+    file.lock().ok()?;
+    Some(PortCursor { file })
+}
+
+impl PortCursor {
+    /// Probes from the stored offset on and stores the offset after the port handed out.
+    fn take(&mut self, span: u32, tries: u32, probe: impl Fn(u32) -> Option<u16>) -> Option<u16> {
+        use std::io::{Read, Seek, Write};
+        let mut text = String::new();
+        let stored = (&self.file)
+            .take(32)
+            .read_to_string(&mut text)
+            .ok()
+            .and_then(|_| text.trim().parse::<u32>().ok())
+            .filter(|k| *k < span);
+        let start = stored.unwrap_or_else(|| random_offset(span));
+        let (k, port) = (start..start + tries).find_map(|k| probe(k).map(|p| (k, p)))?;
+        let next = (k + 1) % span;
+        // A failed write only loses the shared order (the next caller starts at random).
+        let _ = self.file.seek(std::io::SeekFrom::Start(0));
+        let _ = self.file.set_len(0);
+        let _ = self.file.write_all(next.to_string().as_bytes());
+        Some(port)
+    }
 }
 
 #[cfg(test)]
@@ -458,6 +533,50 @@ mod tests {
             .collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
+    }
+
+    /// Parallel test processes (nextest runs four at a time, each picking a deployment's ports
+    /// before any node binds them) are never handed the same port: they share one sequence.
+    /// Four processes taking 2,000 ports each from per-process random starts overlap with
+    /// probability ~70 %.
+    #[test]
+    fn parallel_processes_never_hand_out_the_same_port() {
+        const CHILD: &str = "BKV_TEST_PORT_CHILD";
+        const NAME: &str = "tests::parallel_processes_never_hand_out_the_same_port";
+        if std::env::var_os(CHILD).is_some() {
+            let ports: Vec<String> = (0..2_000)
+                .map(|_| super::free_loopback_port().unwrap().to_string())
+                .collect();
+            println!("ports {}", ports.join(" "));
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+                    .env(CHILD, "1")
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut all = Vec::new();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8(out.stdout).unwrap();
+            // libtest prints the test's name on the same line, before the test's own output.
+            let line = text.lines().find_map(|l| l.split_once("ports ")).unwrap().1;
+            let ports: Vec<u16> = line
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
+            assert_eq!(ports.len(), 2_000);
+            all.extend(ports);
+        }
+        let distinct: std::collections::BTreeSet<u16> = all.iter().copied().collect();
+        assert_eq!(distinct.len(), all.len());
     }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
