@@ -1,9 +1,9 @@
 //! Vault records on disk: the host's half of records that live in redb instead of in memory
 //! (issue 13, part 4; docs/scaling.md "Per-record state").
 //!
-//! One redb value per bucket of records, keyed by the bucket's number, holding the bucket's
-//! sealed value as the core's [`RecordCommitment`](bkv_hsm_core::commitment::RecordCommitment)
-//! made it, and beside them the core's sealed summary (the fleet part of the state, the
+//! Each bucket of records is stored under the bucket's number as the sealed value the core's
+//! [`RecordCommitment`](bkv_hsm_core::commitment::RecordCommitment) made it, split in two (see
+//! [`HEAD_BYTES`]), and beside them the core's sealed summary (the fleet part of the state, the
 //! commitment's root and the log position applied), always written in the same transaction as
 //! the buckets it describes. Nothing here is trusted: the core checks every bucket against its
 //! commitment before it unseals it, and at a restart the whole table against the summary, so a
@@ -15,7 +15,22 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The first [`HEAD_BYTES`] of each bucket's sealed value (all of it, if shorter).
 const BUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-buckets");
+/// The rest of each sealed value longer than [`HEAD_BYTES`].
+const TAILS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-bucket-tails");
+/// Where a sealed bucket value is split (stored layout 2): a head of at most this many bytes in
+/// `vault-buckets` and the rest, if any, in `vault-bucket-tails`, both under the bucket's
+/// number; a value is its head followed, when the head is exactly this long, by its tail.
+///
+/// Why: redb gives a leaf the smallest power-of-two run of 4 KiB pages it fits in, so at 10⁶
+/// users a bucket of ~16 records (~4.9 KB sealed) took 8 KiB whole. Split, the head fills one
+/// page (a leaf of one 4,000-byte value: 4,010 bytes with redb's header) and the tails (~900 B)
+/// share leaves: 411 against 497 bytes per record allocated (10⁶ records grown in random order;
+/// BENCHMARKS.md). Layout 1 stored the whole value in `vault-buckets`; it reads the same way (a
+/// head longer than this is a whole value, and layout 1 wrote no tails), and every bucket moves
+/// to layout 2 when it is next written.
+pub const HEAD_BYTES: usize = 4_000;
 const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("vault-summary");
 const SUMMARY_KEY: &str = "current";
 /// Host-side bookkeeping beside the summary: the sum of the stored buckets' sizes (u64 BE), so a
@@ -59,6 +74,7 @@ impl RecordTable {
             .map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(BUCKETS).map_err(db_err)?;
+        tx.open_table(TAILS).map_err(db_err)?;
         tx.open_table(SUMMARY).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(RecordTable { db })
@@ -90,10 +106,7 @@ impl RecordTable {
     /// to readers until [`Replacement::commit`].
     pub fn begin_replace(&self) -> Result<Replacement, RecordTableError> {
         let tx = self.db.begin_write().map_err(db_err)?;
-        tx.delete_table(BUCKETS).map_err(db_err)?;
-        // Created again at once: a snapshot with no bucket must leave an empty table, not none
-        // (readers would fail to open it).
-        tx.open_table(BUCKETS).map_err(db_err)?;
+        clear_buckets(&tx)?;
         Ok(Replacement(tx, std::cell::Cell::new(0)))
     }
 
@@ -105,15 +118,12 @@ impl RecordTable {
         summary: &[u8],
     ) -> Result<(), RecordTableError> {
         let tx = self.db.begin_write().map_err(db_err)?;
-        tx.delete_table(BUCKETS).map_err(db_err)?;
+        clear_buckets(&tx)?;
         {
-            let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            let mut t = Buckets::open(&tx)?;
             let mut bytes = 0u64;
             for (b, v) in buckets {
-                if v.len() > MAX_SEALED_BUCKET {
-                    return Err(RecordTableError::TooLarge(*b));
-                }
-                t.insert(*b, v.as_slice()).map_err(db_err)?;
+                t.put(*b, v)?;
                 bytes += v.len() as u64;
             }
             write_summary(&tx, summary)?;
@@ -125,14 +135,12 @@ impl RecordTable {
     /// Bucket `b`'s sealed value (`None`: nothing stored, an empty bucket).
     pub fn read(&self, b: u16) -> Result<Option<Vec<u8>>, RecordTableError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(BUCKETS).map_err(db_err)?;
-        let Some(v) = t.get(b).map_err(db_err)? else {
+        let heads = tx.open_table(BUCKETS).map_err(db_err)?;
+        let Some(head) = heads.get(b).map_err(db_err)? else {
             return Ok(None);
         };
-        if v.value().len() > MAX_SEALED_BUCKET {
-            return Err(RecordTableError::TooLarge(b));
-        }
-        Ok(Some(v.value().to_vec()))
+        let tails = tx.open_table(TAILS).map_err(db_err)?;
+        joined(b, head.value(), &tails).map(Some)
     }
 
     /// Stores each bucket's new sealed value (`None`: remove it) in one transaction: all or
@@ -153,21 +161,18 @@ impl RecordTable {
             tx.set_durability(redb::Durability::None);
         }
         {
-            let mut t = tx.open_table(BUCKETS).map_err(db_err)?;
+            let mut t = Buckets::open(&tx)?;
             let mut meta = tx.open_table(SUMMARY).map_err(db_err)?;
             let mut bytes = read_u64(&meta, SEALED_BYTES_KEY)?;
             for (b, sealed) in changes {
                 let old = match sealed {
-                    Some(v) if v.len() > MAX_SEALED_BUCKET => {
-                        return Err(RecordTableError::TooLarge(*b));
-                    }
                     Some(v) => {
                         bytes += v.len() as u64;
-                        t.insert(*b, v.as_slice()).map_err(db_err)?
+                        t.put(*b, v)?
                     }
-                    None => t.remove(*b).map_err(db_err)?,
+                    None => t.remove(*b)?,
                 };
-                bytes = bytes.saturating_sub(old.map(|o| o.value().len() as u64).unwrap_or(0));
+                bytes = bytes.saturating_sub(old);
             }
             meta.insert(SEALED_BYTES_KEY, bytes.to_be_bytes().as_slice())
                 .map_err(db_err)?;
@@ -240,6 +245,89 @@ fn write_u64(tx: &redb::WriteTransaction, key: &str, v: u64) -> Result<(), Recor
     Ok(())
 }
 
+/// Empties both halves' tables (they are created again at once: a snapshot with no bucket must
+/// leave empty tables, not none, which readers would fail to open).
+fn clear_buckets(tx: &redb::WriteTransaction) -> Result<(), RecordTableError> {
+    for t in [BUCKETS, TAILS] {
+        tx.delete_table(t).map_err(db_err)?;
+        tx.open_table(t).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// A bucket's sealed value from its stored head and, when the head is [`HEAD_BYTES`] long, its
+/// tail.
+fn joined(
+    b: u16,
+    head: &[u8],
+    tails: &impl ReadableTable<u16, &'static [u8]>,
+) -> Result<Vec<u8>, RecordTableError> {
+    if head.len() > MAX_SEALED_BUCKET {
+        return Err(RecordTableError::TooLarge(b));
+    }
+    let mut v = head.to_vec();
+    if head.len() == HEAD_BYTES {
+        if let Some(tail) = tails.get(b).map_err(db_err)? {
+            if head.len() + tail.value().len() > MAX_SEALED_BUCKET {
+                return Err(RecordTableError::TooLarge(b));
+            }
+            v.extend_from_slice(tail.value());
+        }
+    }
+    Ok(v)
+}
+
+/// Both halves' tables, open in one write transaction.
+struct Buckets<'t> {
+    heads: redb::Table<'t, u16, &'static [u8]>,
+    tails: redb::Table<'t, u16, &'static [u8]>,
+}
+
+impl<'t> Buckets<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, RecordTableError> {
+        Ok(Buckets {
+            heads: tx.open_table(BUCKETS).map_err(db_err)?,
+            tails: tx.open_table(TAILS).map_err(db_err)?,
+        })
+    }
+
+    /// Stores bucket `b`'s sealed value; returns the length of the value it replaced (0: none).
+    fn put(&mut self, b: u16, sealed: &[u8]) -> Result<u64, RecordTableError> {
+        if sealed.len() > MAX_SEALED_BUCKET {
+            return Err(RecordTableError::TooLarge(b));
+        }
+        let (head, tail) = sealed.split_at(sealed.len().min(HEAD_BYTES));
+        let old_head = self.heads.insert(b, head).map_err(db_err)?;
+        let old_tail = if tail.is_empty() {
+            self.tails.remove(b).map_err(db_err)?
+        } else {
+            self.tails.insert(b, tail).map_err(db_err)?
+        };
+        Ok(Self::stored_len(old_head, old_tail))
+    }
+
+    /// Removes bucket `b`; returns the length of the value it held (0: none).
+    fn remove(&mut self, b: u16) -> Result<u64, RecordTableError> {
+        let old_head = self.heads.remove(b).map_err(db_err)?;
+        let old_tail = self.tails.remove(b).map_err(db_err)?;
+        Ok(Self::stored_len(old_head, old_tail))
+    }
+
+    /// What a head and a tail just replaced held, as [`joined`] would have read it: a tail
+    /// counts only behind a full head.
+    fn stored_len(
+        head: Option<redb::AccessGuard<'_, &'static [u8]>>,
+        tail: Option<redb::AccessGuard<'_, &'static [u8]>>,
+    ) -> u64 {
+        let head = head.map(|h| h.value().len()).unwrap_or(0);
+        let tail = match tail {
+            Some(t) if head == HEAD_BYTES => t.value().len(),
+            _ => 0,
+        };
+        (head + tail) as u64
+    }
+}
+
 fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), RecordTableError> {
     if summary.len() > MAX_SUMMARY {
         return Err(RecordTableError::SummaryTooLarge);
@@ -254,11 +342,7 @@ pub struct Replacement(redb::WriteTransaction, std::cell::Cell<u64>);
 
 impl Replacement {
     pub fn put(&self, b: u16, sealed: &[u8]) -> Result<(), RecordTableError> {
-        if sealed.len() > MAX_SEALED_BUCKET {
-            return Err(RecordTableError::TooLarge(b));
-        }
-        let mut t = self.0.open_table(BUCKETS).map_err(db_err)?;
-        t.insert(b, sealed).map_err(db_err)?;
+        Buckets::open(&self.0)?.put(b, sealed)?;
         self.1.set(self.1.get() + sealed.len() as u64);
         Ok(())
     }
@@ -296,15 +380,13 @@ impl TableView {
 
     /// The first stored bucket numbered `from` or more, with its value.
     pub fn next_from(&self, from: u16) -> Result<Option<(u16, Vec<u8>)>, RecordTableError> {
-        let t = self.0.open_table(BUCKETS).map_err(db_err)?;
-        let Some(item) = t.range(from..).map_err(db_err)?.next() else {
+        let heads = self.0.open_table(BUCKETS).map_err(db_err)?;
+        let Some(item) = heads.range(from..).map_err(db_err)?.next() else {
             return Ok(None);
         };
-        let (k, v) = item.map_err(db_err)?;
-        if v.value().len() > MAX_SEALED_BUCKET {
-            return Err(RecordTableError::TooLarge(k.value()));
-        }
-        Ok(Some((k.value(), v.value().to_vec())))
+        let (k, head) = item.map_err(db_err)?;
+        let tails = self.0.open_table(TAILS).map_err(db_err)?;
+        Ok(Some((k.value(), joined(k.value(), head.value(), &tails)?)))
     }
 
     /// Calls `f` with every stored bucket in bucket order, one value at a time.
@@ -312,13 +394,11 @@ impl TableView {
         &self,
         mut f: impl FnMut(u16, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let t = self.0.open_table(BUCKETS).map_err(db_err)?;
-        for item in t.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            if v.value().len() > MAX_SEALED_BUCKET {
-                return Err(RecordTableError::TooLarge(k.value()).into());
-            }
-            f(k.value(), v.value())?;
+        let heads = self.0.open_table(BUCKETS).map_err(db_err)?;
+        let tails = self.0.open_table(TAILS).map_err(db_err)?;
+        for item in heads.iter().map_err(db_err)? {
+            let (k, head) = item.map_err(db_err)?;
+            f(k.value(), &joined(k.value(), head.value(), &tails)?)?;
         }
         Ok(())
     }
@@ -542,6 +622,207 @@ mod tests {
         assert_ne!(rebuild(&table).unwrap().root(), c.root());
     }
 
+    fn active(generation: u64) -> Record {
+        Record {
+            generation,
+            live: Some(Live::Active {
+                credential: bkv_hsm_core::state::Credential {
+                    opaque_record: vec![7; 192],
+                    wrapped_key: vec![8; 60],
+                    guess_limit: 10,
+                    confirm_hash: [9; 32],
+                },
+                attempts: 0,
+            }),
+            pending: None,
+        }
+    }
+
+    /// A bucket that outgrows [`HEAD_BYTES`] is stored in two halves; the core opens it whole,
+    /// and refuses it when its tail is missing or is an older value's.
+    #[test]
+    fn a_split_bucket_opens_whole_and_a_missing_or_older_tail_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
+        let p = MemoryPlatform::new([4; 32]);
+        let mut c = RecordCommitment::new([6; 32]);
+        let b = c.bucket(&rid(0));
+        let ids: Vec<RecordId> = (0..)
+            .map(rid)
+            .filter(|n| c.bucket(n) == b)
+            .take(16)
+            .collect();
+        let sealed: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| set(&table, &mut c, &p, id, active(1)))
+            .collect();
+        let last = sealed.last().unwrap();
+        assert!(last.len() > HEAD_BYTES + 300, "{}", last.len());
+        for id in &ids {
+            assert_eq!(load(&table, &c, &p, id).unwrap(), Some(active(1)));
+        }
+        let raw = |t: TableDefinition<u16, &[u8]>| {
+            let tx = table.db.begin_read().unwrap();
+            let v = tx.open_table(t).unwrap().get(b).unwrap();
+            v.map(|v| v.value().to_vec())
+        };
+        assert_eq!(raw(BUCKETS).unwrap(), last[..HEAD_BYTES]);
+        assert_eq!(raw(TAILS).unwrap(), last[HEAD_BYTES..]);
+        assert_eq!(
+            table.view().unwrap().sizes().unwrap(),
+            (1, last.len() as u64)
+        );
+
+        let put_tail = |tail: Option<&[u8]>| {
+            let tx = table.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(TAILS).unwrap();
+                match tail {
+                    Some(v) => t.insert(b, v).unwrap(),
+                    None => t.remove(b).unwrap(),
+                };
+            }
+            tx.commit().unwrap();
+        };
+        let older = sealed.iter().rev().nth(1).unwrap();
+        assert!(older.len() > HEAD_BYTES);
+        put_tail(Some(&older[HEAD_BYTES..]));
+        assert!(matches!(
+            load(&table, &c, &p, &ids[0]),
+            Err(CommitmentError::Stale(x)) if x == b
+        ));
+        put_tail(None);
+        assert!(matches!(
+            load(&table, &c, &p, &ids[0]),
+            Err(CommitmentError::Stale(x)) if x == b
+        ));
+        put_tail(Some(&last[HEAD_BYTES..]));
+        assert_eq!(load(&table, &c, &p, &ids[0]).unwrap(), Some(active(1)));
+    }
+
+    /// Every way in and out of the table gives back the exact value, on either side of the
+    /// split and across it (a bucket that grows into two halves, or shrinks back into one,
+    /// leaves no stale tail), and the size bookkeeping follows.
+    #[test]
+    fn values_on_either_side_of_the_split_read_back_whole_every_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
+        let lengths = [
+            1,
+            HEAD_BYTES - 1,
+            HEAD_BYTES,
+            HEAD_BYTES + 1,
+            2 * HEAD_BYTES + 7,
+            MAX_SEALED_BUCKET,
+        ];
+        let value = |len: usize, salt: u8| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i % 251) as u8 ^ salt)
+                .collect::<Vec<u8>>()
+        };
+        let check = |want: &[(u16, Vec<u8>)]| {
+            for (b, v) in want {
+                assert_eq!(table.read(*b).unwrap().as_deref(), Some(v.as_slice()));
+            }
+            let mut seen = Vec::new();
+            table
+                .for_each(|b, v| {
+                    seen.push((b, v.to_vec()));
+                    Ok::<(), RecordTableError>(())
+                })
+                .unwrap();
+            assert_eq!(seen, want);
+            let view = table.view().unwrap();
+            let mut walked = Vec::new();
+            let mut from = 0u16;
+            while let Some((b, v)) = view.next_from(from).unwrap() {
+                walked.push((b, v));
+                from = b + 1;
+            }
+            assert_eq!(walked, want);
+            let bytes: usize = want.iter().map(|(_, v)| v.len()).sum();
+            assert_eq!(view.sizes().unwrap(), (want.len() as u64, bytes as u64));
+            // No tail without a full head in front of it.
+            let tx = table.db.begin_read().unwrap();
+            let tails = tx.open_table(TAILS).unwrap();
+            for item in tails.iter().unwrap() {
+                let (b, _) = item.unwrap();
+                let head = want.iter().find(|(x, _)| *x == b.value()).unwrap();
+                assert!(head.1.len() > HEAD_BYTES);
+            }
+        };
+        for shift in 0..lengths.len() {
+            let want: Vec<(u16, Vec<u8>)> = (0..lengths.len())
+                .map(|i| {
+                    let len = lengths[(i + shift) % lengths.len()];
+                    (i as u16 * 3, value(len, shift as u8))
+                })
+                .collect();
+            let changes: Vec<(u16, Option<Vec<u8>>)> =
+                want.iter().map(|(b, v)| (*b, Some(v.clone()))).collect();
+            table.write(&changes, None, shift % 2 == 0).unwrap();
+            check(&want);
+        }
+        let want: Vec<(u16, Vec<u8>)> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, len)| (i as u16 + 100, value(*len, 77)))
+            .collect();
+        table.replace_all(&want, b"summary").unwrap();
+        check(&want);
+        let want: Vec<(u16, Vec<u8>)> = lengths
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, len)| (i as u16 + 7, value(*len, 9)))
+            .collect();
+        let r = table.begin_replace().unwrap();
+        for (b, v) in &want {
+            r.put(*b, v).unwrap();
+        }
+        r.commit(b"summary").unwrap();
+        check(&want);
+        let gone: Vec<(u16, Option<Vec<u8>>)> = want.iter().map(|(b, _)| (*b, None)).collect();
+        table.write(&gone, None, true).unwrap();
+        check(&[]);
+    }
+
+    /// A table written by layout 1 (whole values in `vault-buckets`, no tails) reads the same,
+    /// and a bucket moves to layout 2 when it is next written.
+    #[test]
+    fn a_layout_1_table_reads_whole_and_moves_to_layout_2_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
+        let whole: Vec<u8> = (0..HEAD_BYTES + 900).map(|i| i as u8).collect();
+        let exact: Vec<u8> = vec![3; HEAD_BYTES];
+        let tx = table.db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(BUCKETS).unwrap();
+            t.insert(1, whole.as_slice()).unwrap();
+            t.insert(2, exact.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(table.read(1).unwrap(), Some(whole.clone()));
+        assert_eq!(table.read(2).unwrap(), Some(exact.clone()));
+        let mut seen = Vec::new();
+        table
+            .for_each(|b, v| {
+                seen.push((b, v.to_vec()));
+                Ok::<(), RecordTableError>(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![(1, whole.clone()), (2, exact)]);
+
+        let grown: Vec<u8> = (0..HEAD_BYTES + 1_200).map(|i| (i * 7) as u8).collect();
+        table
+            .write(&[(1, Some(grown.clone()))], None, true)
+            .unwrap();
+        assert_eq!(table.read(1).unwrap(), Some(grown.clone()));
+        let tx = table.db.begin_read().unwrap();
+        let head = tx.open_table(BUCKETS).unwrap().get(1).unwrap().unwrap();
+        assert_eq!(head.value(), &grown[..HEAD_BYTES]);
+    }
+
     #[test]
     fn oversized_values_are_errors_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -562,5 +843,23 @@ mod tests {
         assert!(matches!(table.read(3), Err(RecordTableError::TooLarge(3))));
         let r: Result<(), RecordTableError> = table.for_each(|_, _| Ok(()));
         assert!(matches!(r, Err(RecordTableError::TooLarge(3))));
+
+        // So is a tail that makes its bucket too large.
+        let tx = table.db.begin_write().unwrap();
+        {
+            tx.open_table(BUCKETS).unwrap().remove(3).unwrap();
+            tx.open_table(BUCKETS)
+                .unwrap()
+                .insert(4, vec![0; HEAD_BYTES].as_slice())
+                .unwrap();
+            tx.open_table(TAILS)
+                .unwrap()
+                .insert(4, vec![0; MAX_SEALED_BUCKET + 1 - HEAD_BYTES].as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        assert!(matches!(table.read(4), Err(RecordTableError::TooLarge(4))));
+        let r: Result<(), RecordTableError> = table.for_each(|_, _| Ok(()));
+        assert!(matches!(r, Err(RecordTableError::TooLarge(4))));
     }
 }
