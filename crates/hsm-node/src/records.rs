@@ -26,10 +26,10 @@ const TAILS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-bucket-ta
 /// Why: redb gives a leaf the smallest power-of-two run of 4 KiB pages it fits in, so at 10⁶
 /// users a bucket of ~16 records (~4.9 KB sealed) took 8 KiB whole. Split, the head fills one
 /// page (a leaf of one 4,000-byte value: 4,010 bytes with redb's header) and the tails (~900 B)
-/// share leaves: 411 against 497 bytes per record allocated (10⁶ records grown in random order;
-/// BENCHMARKS.md). Layout 1 stored the whole value in `vault-buckets`; it reads the same way (a
-/// head longer than this is a whole value, and layout 1 wrote no tails), and every bucket moves
-/// to layout 2 when it is next written.
+/// share leaves: at 10⁶ users the leader's table and log took 472 against 567 bytes per user
+/// allocated (BENCHMARKS.md, "Record table layout 2"). Layout 1 stored the whole value in
+/// `vault-buckets`; it reads the same way (a head longer than this is a whole value, and layout 1
+/// wrote no tails), and every bucket moves to layout 2 when it is next written.
 pub const HEAD_BYTES: usize = 4_000;
 const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("vault-summary");
 const SUMMARY_KEY: &str = "current";
@@ -124,7 +124,7 @@ impl RecordTable {
             let mut bytes = 0u64;
             for (b, v) in buckets {
                 t.put(*b, v)?;
-                bytes += v.len() as u64;
+                bytes = bytes.saturating_add(v.len() as u64);
             }
             write_summary(&tx, summary)?;
             write_u64(&tx, SEALED_BYTES_KEY, bytes)?;
@@ -167,7 +167,7 @@ impl RecordTable {
             for (b, sealed) in changes {
                 let old = match sealed {
                     Some(v) => {
-                        bytes += v.len() as u64;
+                        bytes = bytes.saturating_add(v.len() as u64);
                         t.put(*b, v)?
                     }
                     None => t.remove(*b)?,
@@ -343,7 +343,7 @@ pub struct Replacement(redb::WriteTransaction, std::cell::Cell<u64>);
 impl Replacement {
     pub fn put(&self, b: u16, sealed: &[u8]) -> Result<(), RecordTableError> {
         Buckets::open(&self.0)?.put(b, sealed)?;
-        self.1.set(self.1.get() + sealed.len() as u64);
+        self.1.set(self.1.get().saturating_add(sealed.len() as u64));
         Ok(())
     }
 
@@ -751,17 +751,22 @@ mod tests {
                 assert!(head.1.len() > HEAD_BYTES);
             }
         };
-        for shift in 0..lengths.len() {
-            let want: Vec<(u16, Vec<u8>)> = (0..lengths.len())
-                .map(|i| {
-                    let len = lengths[(i + shift) % lengths.len()];
-                    (i as u16 * 3, value(len, shift as u8))
-                })
-                .collect();
-            let changes: Vec<(u16, Option<Vec<u8>>)> =
-                want.iter().map(|(b, v)| (*b, Some(v.clone()))).collect();
-            table.write(&changes, None, shift % 2 == 0).unwrap();
-            check(&want);
+        // Each bucket steps through the lengths upwards, then downwards: every neighbouring
+        // pair is crossed both ways (a split value shrinking to exactly HEAD_BYTES included).
+        let down: Vec<usize> = lengths.iter().rev().copied().collect();
+        for (pass, order) in [lengths.to_vec(), down].iter().enumerate() {
+            for shift in 0..order.len() {
+                let want: Vec<(u16, Vec<u8>)> = (0..order.len())
+                    .map(|i| {
+                        let len = order[(i + shift) % order.len()];
+                        (i as u16 * 3, value(len, (pass * 16 + shift) as u8))
+                    })
+                    .collect();
+                let changes: Vec<(u16, Option<Vec<u8>>)> =
+                    want.iter().map(|(b, v)| (*b, Some(v.clone()))).collect();
+                table.write(&changes, None, shift % 2 == 0).unwrap();
+                check(&want);
+            }
         }
         let want: Vec<(u16, Vec<u8>)> = lengths
             .iter()
@@ -787,40 +792,74 @@ mod tests {
         check(&[]);
     }
 
-    /// A table written by layout 1 (whole values in `vault-buckets`, no tails) reads the same,
-    /// and a bucket moves to layout 2 when it is next written.
+    /// A file written by layout 1 (whole values in `vault-buckets`, no tails table) opens and
+    /// reads the same every way, and each bucket moves to layout 2 when it is next written.
     #[test]
-    fn a_layout_1_table_reads_whole_and_moves_to_layout_2_on_write() {
+    fn a_layout_1_file_reads_whole_and_moves_to_layout_2_on_write() {
         let dir = tempfile::tempdir().unwrap();
-        let table = RecordTable::open(&dir.path().join("records.redb"), TEST_CACHE).unwrap();
+        let path = dir.path().join("records.redb");
         let whole: Vec<u8> = (0..HEAD_BYTES + 900).map(|i| i as u8).collect();
         let exact: Vec<u8> = vec![3; HEAD_BYTES];
-        let tx = table.db.begin_write().unwrap();
         {
-            let mut t = tx.open_table(BUCKETS).unwrap();
-            t.insert(1, whole.as_slice()).unwrap();
-            t.insert(2, exact.as_slice()).unwrap();
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(BUCKETS).unwrap();
+                t.insert(1, whole.as_slice()).unwrap();
+                t.insert(2, exact.as_slice()).unwrap();
+                let mut meta = tx.open_table(SUMMARY).unwrap();
+                meta.insert(SUMMARY_KEY, b"summary".as_slice()).unwrap();
+                let bytes = (whole.len() + exact.len()) as u64;
+                meta.insert(SEALED_BYTES_KEY, bytes.to_be_bytes().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
         }
-        tx.commit().unwrap();
-        assert_eq!(table.read(1).unwrap(), Some(whole.clone()));
-        assert_eq!(table.read(2).unwrap(), Some(exact.clone()));
-        let mut seen = Vec::new();
-        table
-            .for_each(|b, v| {
-                seen.push((b, v.to_vec()));
-                Ok::<(), RecordTableError>(())
-            })
-            .unwrap();
-        assert_eq!(seen, vec![(1, whole.clone()), (2, exact)]);
+        let table = RecordTable::open(&path, TEST_CACHE).unwrap();
+        let everything = |table: &RecordTable| {
+            let mut seen = Vec::new();
+            table
+                .for_each(|b, v| {
+                    seen.push((b, v.to_vec()));
+                    Ok::<(), RecordTableError>(())
+                })
+                .unwrap();
+            let view = table.view().unwrap();
+            let mut walked = Vec::new();
+            let mut from = 0u16;
+            while let Some((b, v)) = view.next_from(from).unwrap() {
+                walked.push((b, v));
+                from = b + 1;
+            }
+            assert_eq!(seen, walked);
+            for (b, v) in &seen {
+                assert_eq!(table.read(*b).unwrap().as_ref(), Some(v));
+            }
+            let bytes: usize = seen.iter().map(|(_, v)| v.len()).sum();
+            assert_eq!(view.sizes().unwrap(), (seen.len() as u64, bytes as u64));
+            seen
+        };
+        assert_eq!(
+            everything(&table),
+            vec![(1, whole.clone()), (2, exact.clone())]
+        );
 
+        // Bucket 1 grows and bucket 2 shrinks to exactly HEAD_BYTES of new content.
         let grown: Vec<u8> = (0..HEAD_BYTES + 1_200).map(|i| (i * 7) as u8).collect();
+        let other: Vec<u8> = vec![5; HEAD_BYTES];
         table
-            .write(&[(1, Some(grown.clone()))], None, true)
+            .write(
+                &[(1, Some(grown.clone())), (2, Some(other.clone()))],
+                None,
+                true,
+            )
             .unwrap();
-        assert_eq!(table.read(1).unwrap(), Some(grown.clone()));
+        assert_eq!(everything(&table), vec![(1, grown.clone()), (2, other)]);
         let tx = table.db.begin_read().unwrap();
         let head = tx.open_table(BUCKETS).unwrap().get(1).unwrap().unwrap();
         assert_eq!(head.value(), &grown[..HEAD_BYTES]);
+        let tail = tx.open_table(TAILS).unwrap().get(1).unwrap().unwrap();
+        assert_eq!(tail.value(), &grown[HEAD_BYTES..]);
     }
 
     #[test]

@@ -114,7 +114,10 @@ impl Sender {
         head.extend_from_slice(&(fleet.len() as u32).to_be_bytes());
         head.extend_from_slice(fleet);
         let (count, bytes) = view.sizes()?;
-        let len = head.len() as u64 + 1 + count * FRAME_HEAD + bytes;
+        // The sizes are the host's unchecked bookkeeping, read from disk: saturate, never wrap.
+        let len = (head.len() as u64 + 1)
+            .saturating_add(count.saturating_mul(FRAME_HEAD))
+            .saturating_add(bytes);
         Ok(Sender {
             platform,
             view,
