@@ -700,6 +700,32 @@ mod tests {
         assert_eq!(load(&table, &c, &p, &ids[0]).unwrap(), Some(active(1)));
     }
 
+    /// The table's buckets as `for_each` gives them, after checking that a snapshot view's walk,
+    /// a read of each bucket and the size bookkeeping all agree with it.
+    fn read_every_way(table: &RecordTable) -> Vec<(u16, Vec<u8>)> {
+        let mut seen = Vec::new();
+        table
+            .for_each(|b, v| {
+                seen.push((b, v.to_vec()));
+                Ok::<(), RecordTableError>(())
+            })
+            .unwrap();
+        let view = table.view().unwrap();
+        let mut walked = Vec::new();
+        let mut from = 0u16;
+        while let Some((b, v)) = view.next_from(from).unwrap() {
+            walked.push((b, v));
+            from = b + 1;
+        }
+        assert_eq!(seen, walked);
+        for (b, v) in &seen {
+            assert_eq!(table.read(*b).unwrap().as_ref(), Some(v));
+        }
+        let bytes: usize = seen.iter().map(|(_, v)| v.len()).sum();
+        assert_eq!(view.sizes().unwrap(), (seen.len() as u64, bytes as u64));
+        seen
+    }
+
     /// Every way in and out of the table gives back the exact value, on either side of the
     /// split and across it (a bucket that grows into two halves, or shrinks back into one,
     /// leaves no stale tail), and the size bookkeeping follows.
@@ -721,27 +747,7 @@ mod tests {
                 .collect::<Vec<u8>>()
         };
         let check = |want: &[(u16, Vec<u8>)]| {
-            for (b, v) in want {
-                assert_eq!(table.read(*b).unwrap().as_deref(), Some(v.as_slice()));
-            }
-            let mut seen = Vec::new();
-            table
-                .for_each(|b, v| {
-                    seen.push((b, v.to_vec()));
-                    Ok::<(), RecordTableError>(())
-                })
-                .unwrap();
-            assert_eq!(seen, want);
-            let view = table.view().unwrap();
-            let mut walked = Vec::new();
-            let mut from = 0u16;
-            while let Some((b, v)) = view.next_from(from).unwrap() {
-                walked.push((b, v));
-                from = b + 1;
-            }
-            assert_eq!(walked, want);
-            let bytes: usize = want.iter().map(|(_, v)| v.len()).sum();
-            assert_eq!(view.sizes().unwrap(), (want.len() as u64, bytes as u64));
+            assert_eq!(read_every_way(&table), want);
             // No tail without a full head in front of it.
             let tx = table.db.begin_read().unwrap();
             let tails = tx.open_table(TAILS).unwrap();
@@ -816,31 +822,8 @@ mod tests {
             tx.commit().unwrap();
         }
         let table = RecordTable::open(&path, TEST_CACHE).unwrap();
-        let everything = |table: &RecordTable| {
-            let mut seen = Vec::new();
-            table
-                .for_each(|b, v| {
-                    seen.push((b, v.to_vec()));
-                    Ok::<(), RecordTableError>(())
-                })
-                .unwrap();
-            let view = table.view().unwrap();
-            let mut walked = Vec::new();
-            let mut from = 0u16;
-            while let Some((b, v)) = view.next_from(from).unwrap() {
-                walked.push((b, v));
-                from = b + 1;
-            }
-            assert_eq!(seen, walked);
-            for (b, v) in &seen {
-                assert_eq!(table.read(*b).unwrap().as_ref(), Some(v));
-            }
-            let bytes: usize = seen.iter().map(|(_, v)| v.len()).sum();
-            assert_eq!(view.sizes().unwrap(), (seen.len() as u64, bytes as u64));
-            seen
-        };
         assert_eq!(
-            everything(&table),
+            read_every_way(&table),
             vec![(1, whole.clone()), (2, exact.clone())]
         );
 
@@ -854,7 +837,7 @@ mod tests {
                 true,
             )
             .unwrap();
-        assert_eq!(everything(&table), vec![(1, grown.clone()), (2, other)]);
+        assert_eq!(read_every_way(&table), vec![(1, grown.clone()), (2, other)]);
         let tx = table.db.begin_read().unwrap();
         let head = tx.open_table(BUCKETS).unwrap().get(1).unwrap().unwrap();
         assert_eq!(head.value(), &grown[..HEAD_BYTES]);
