@@ -26,8 +26,8 @@ const TAILS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-bucket-ta
 /// Why: redb gives a leaf the smallest power-of-two run of 4 KiB pages it fits in, so at 10⁶
 /// users a bucket of ~16 records (~4.9 KB sealed) took 8 KiB whole. Split, the head fills one
 /// page (a leaf of one 4,000-byte value: 4,010 bytes with redb's header) and the tails (~900 B)
-/// share leaves: at 10⁶ users the leader's table and log took 472 against 567 bytes per user
-/// allocated (BENCHMARKS.md, "Record table layout 2"). Layout 1 stored the whole value in
+/// share leaves: at 10⁶ users the leader's table and log took 481 against 577 bytes per user
+/// allocated, measured in one sitting (BENCHMARKS.md, "Record table layout 2"). Layout 1 stored the whole value in
 /// `vault-buckets`; it reads the same way (a head longer than this is a whole value, and layout 1
 /// wrote no tails), and every bucket moves to layout 2 when it is next written.
 pub const HEAD_BYTES: usize = 4_000;
