@@ -143,6 +143,8 @@ pub async fn run() -> anyhow::Result<()> {
         auditor_name: "demo-auditor".into(),
         auditor_key: auditor_key.verifying_key().to_bytes(),
         operator_key: operator.verifying_key().to_bytes(),
+        max_guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
+        predecessors: Vec::new(),
     };
     let node = tokio::task::spawn_blocking(move || {
         bkv_hsm_node::Node::open(&bkv_hsm_node::NodeConfig {

@@ -51,7 +51,9 @@ pub async fn create(
         // The record may still live on an older fleet (rotation): a fresh
         // registration only when no fleet holds one.
         Unlock::Password(pw) => match account.record_state().await? {
-            RecordState::Active { .. } => (account.unlock(Unlock::Password(pw)).await?.key, false),
+            RecordState::Active { .. } | RecordState::Moved => {
+                (account.unlock(Unlock::Password(pw)).await?.key, false)
+            }
             RecordState::Absent | RecordState::Pending | RecordState::Destroyed => {
                 if !account.store.manifests().await?.is_empty() {
                     return Err(ClientError::Protectors(
@@ -118,6 +120,9 @@ pub fn describe_record(r: &RecordState) -> String {
             guess_limit.saturating_sub(*attempts)
         ),
         RecordState::Destroyed => "destroyed after too many wrong guesses".into(),
+        RecordState::Moved => {
+            "moved to a fleet this client does not serve yet (update the client config)".into()
+        }
     }
 }
 

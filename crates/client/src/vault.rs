@@ -4,7 +4,7 @@ use crate::error::{ClientError, Result};
 use crate::keys::{self, BackupKey};
 use crate::session::{Endpoint, Session};
 use argon2::Argon2;
-use bkv_wire::vault::{RecordState, VaultRequest, VaultResponse};
+use bkv_wire::vault::{RecordState, SignedMoveTicket, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, OPAQUE_CONTEXT};
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
@@ -39,6 +39,36 @@ fn ksf(params: &argon2::Params) -> Argon2<'static> {
         argon2::Version::V0x13,
         params.clone(),
     )
+}
+
+/// A registration finished on the client, ready to upload.
+pub struct Prepared {
+    pub upload: Vec<u8>,
+    pub wrapped_key: Vec<u8>,
+    pub guess_limit: u32,
+    confirm_secret: [u8; 32],
+}
+
+impl Prepared {
+    pub fn confirm_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.confirm_secret).into()
+    }
+
+    /// What the move tickets name this registration by.
+    pub fn digest(&self) -> [u8; 32] {
+        bkv_wire::vault::pending_digest(
+            &self.upload,
+            &self.wrapped_key,
+            self.guess_limit,
+            &self.confirm_hash(),
+        )
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.confirm_secret);
+    }
 }
 
 /// Result of a successful login: the backup key and the still-open session,
@@ -82,42 +112,14 @@ impl VaultClient {
             Some(s) => s,
             None => Session::open(&self.endpoint, &self.user_id).await?,
         };
-        let pw = password.expose_secret().as_bytes();
-        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw)
-            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
-        let resp = s
-            .call(&VaultRequest::RegisterStart {
-                registration_request: start.message.serialize().to_vec(),
-            })
-            .await?;
-        let VaultResponse::RegisterStarted {
-            registration_response,
-        } = resp
-        else {
-            return Err(unexpected(resp));
-        };
-        let response = RegistrationResponse::<OpaqueSuite>::deserialize(&registration_response)
-            .map_err(|_| ClientError::Protocol("malformed RegistrationResponse".into()))?;
-        let ksf = ksf(&self.ksf_params);
-        let finish = start
-            .state
-            .finish(
-                &mut OsRng,
-                pw,
-                response,
-                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
-            )
-            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
-        let wrapped_key = keys::wrap(&finish.export_key, &self.user_id, key);
-        let mut confirm_secret = [0u8; 32];
-        OsRng.fill_bytes(&mut confirm_secret);
-        let confirm_hash: [u8; 32] = Sha256::digest(confirm_secret).into();
+        let p = self.prepare(&mut s, password, key, guess_limit).await?;
         let req = VaultRequest::RegisterFinish {
-            upload: finish.message.serialize().to_vec(),
-            wrapped_key,
+            upload: p.upload.clone(),
+            wrapped_key: p.wrapped_key.clone(),
             guess_limit,
-            confirm_hash,
+            confirm_hash: p.confirm_hash(),
         };
+        let confirm_secret = p.confirm_secret;
         // Phase 1 may be retried freely: a pending record is not usable.
         match s.call(&req).await? {
             VaultResponse::RegisterStored => {}
@@ -149,6 +151,98 @@ impl VaultClient {
             }
         }
         Err(last_err.unwrap_or_else(|| ClientError::Unavailable("confirm failed".into())))
+    }
+
+    /// Runs OPAQUE registration up to the upload in session `s` (`RegisterStart`, then the
+    /// client's finish: Argon2id and the envelope), wrapping `key` under the export key.
+    pub async fn prepare(
+        &self,
+        s: &mut Session,
+        password: &SecretString,
+        key: &BackupKey,
+        guess_limit: u32,
+    ) -> Result<Prepared> {
+        let pw = password.expose_secret().as_bytes();
+        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw)
+            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
+        let resp = s
+            .call(&VaultRequest::RegisterStart {
+                registration_request: start.message.serialize().to_vec(),
+            })
+            .await?;
+        let VaultResponse::RegisterStarted {
+            registration_response,
+        } = resp
+        else {
+            return Err(unexpected(resp));
+        };
+        let response = RegistrationResponse::<OpaqueSuite>::deserialize(&registration_response)
+            .map_err(|_| ClientError::Protocol("malformed RegistrationResponse".into()))?;
+        let ksf = ksf(&self.ksf_params);
+        let finish = start
+            .state
+            .finish(
+                &mut OsRng,
+                pw,
+                response,
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
+            )
+            .map_err(|e| ClientError::Protocol(format!("opaque: {e:?}")))?;
+        let mut confirm_secret = [0u8; 32];
+        OsRng.fill_bytes(&mut confirm_secret);
+        Ok(Prepared {
+            upload: finish.message.serialize().to_vec(),
+            wrapped_key: keys::wrap(&finish.export_key, &self.user_id, key),
+            guess_limit,
+            confirm_secret,
+        })
+    }
+
+    /// Stores a move's registration (prepared in `s`) with the old fleet's intent ticket.
+    pub async fn store_move(
+        &self,
+        mut s: Session,
+        p: &Prepared,
+        intent: SignedMoveTicket,
+    ) -> Result<()> {
+        let r = s
+            .call(&VaultRequest::RegisterFinishMove {
+                upload: p.upload.clone(),
+                wrapped_key: p.wrapped_key.clone(),
+                guess_limit: p.guess_limit,
+                confirm_hash: p.confirm_hash(),
+                intent,
+            })
+            .await;
+        s.close().await;
+        match r? {
+            VaultResponse::MoveStored => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes a moved record live here with the old fleet's move ticket. A record already
+    /// moved in (a retry after a dropped answer) finds no move waiting: also done.
+    pub async fn move_in(&self, ticket: SignedMoveTicket) -> Result<()> {
+        let mut s = Session::open(&self.endpoint, &self.user_id).await?;
+        let r = s.call(&VaultRequest::MoveIn { ticket }).await;
+        s.close().await;
+        match r? {
+            VaultResponse::MovedIn
+            | VaultResponse::Error(bkv_wire::vault::VaultError::NoPendingRegistration) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The move ticket of a record that moved away from this fleet (public: no login).
+    pub async fn move_ticket(&self) -> Result<SignedMoveTicket> {
+        let mut s = Session::open(&self.endpoint, &self.user_id).await?;
+        let r = s.call(&VaultRequest::GetMoveTicket).await;
+        s.close().await;
+        match r? {
+            VaultResponse::MoveTicket { ticket } => Ok(ticket),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// OPAQUE login; returns K on success. Each call costs one guess until it

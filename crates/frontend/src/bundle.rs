@@ -164,8 +164,10 @@ pub(crate) async fn bundle(
     } else {
         Vec::new()
     };
+    let bundle = b64("bundle")?;
+    let previous_proofs = previous_proofs(&state, &bundle, index, cp.size).await?;
     Ok(Json(bkv_transparency::bundle::BundlePackage {
-        bundle: b64("bundle")?,
+        bundle,
         auditor_signature: b64("auditor_signature")?,
         operator_signature: b64("operator_signature")?,
         leaf_index: index,
@@ -173,5 +175,83 @@ pub(crate) async fn bundle(
         inclusion_proof: inclusion.proof,
         consistency_from: q.known_size,
         consistency_proof: consistency,
+        previous_proofs,
     }))
+}
+
+/// Epochs the frontend looks back for the bundle in which a previous fleet was preferred.
+const PROOF_LOOKBACK: u64 = 64;
+
+/// For each fleet the bundle lists besides the preferred one, the newest earlier logged bundle
+/// in which it was the preferred fleet, with its inclusion in the checkpoint of size `size`
+/// (clients that never accepted such an epoch need it; the client checks all of it). Kept
+/// for as long as the bundle and checkpoint stay the same.
+async fn previous_proofs(
+    state: &AppState,
+    bundle_bytes: &[u8],
+    index: u64,
+    size: u64,
+) -> Result<Vec<bkv_transparency::bundle::EarlierBundle>, ApiError> {
+    use bkv_transparency::bundle::{Bundle, EarlierBundle};
+    if let Ok(cache) = state.previous_proofs.lock() {
+        if let Some((key, proofs)) = cache.as_ref() {
+            if *key == (index, size) {
+                return Ok(proofs.clone());
+            }
+        }
+    }
+    let bad_gateway = |m: &str| ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", m.to_owned());
+    let bundle =
+        Bundle::decode(bundle_bytes).map_err(|_| bad_gateway("auditor bundle is malformed"))?;
+    let mut out = Vec::new();
+    for p in &bundle.previous {
+        let lowest = bundle.epoch.saturating_sub(PROOF_LOOKBACK).max(1);
+        for epoch in (lowest..bundle.epoch).rev() {
+            let entry: serde_json::Value =
+                match auditor_json(state, &format!("/epochs/{epoch}")).await {
+                    Err(e) if e.code == "auditor_not_found" => continue,
+                    r => r?,
+                };
+            let bytes = |k: &str| {
+                use base64::Engine;
+                entry
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            };
+            let (Some(b), Some(a), Some(o), Some(i)) = (
+                bytes("bundle"),
+                bytes("auditor_signature"),
+                bytes("operator_signature"),
+                entry.get("index").and_then(|v| v.as_u64()),
+            ) else {
+                continue;
+            };
+            let Ok(earlier) = Bundle::decode(&b) else {
+                continue;
+            };
+            if earlier.fleet_id != p.fleet_id || earlier.noise_key() != p.noise_key() {
+                continue;
+            }
+            #[derive(Deserialize)]
+            struct Proof {
+                #[serde(with = "bkv_transparency::b64::hashes")]
+                proof: Vec<[u8; 32]>,
+            }
+            let inclusion: Proof =
+                auditor_json(state, &format!("/proof/inclusion?index={i}&size={size}")).await?;
+            out.push(EarlierBundle {
+                bundle: b,
+                auditor_signature: a,
+                operator_signature: o,
+                leaf_index: i,
+                inclusion_proof: inclusion.proof,
+            });
+            break;
+        }
+    }
+    if let Ok(mut cache) = state.previous_proofs.lock() {
+        *cache = Some(((index, size), out.clone()));
+    }
+    Ok(out)
 }

@@ -189,7 +189,12 @@ struct AppState {
     preferred: std::sync::atomic::AtomicUsize,
     /// Fleets of the latest bundle, and when they were fetched.
     bundle_fleets: Mutex<Option<(Instant, Vec<String>)>>,
+    /// The proofs of the latest bundle's previous fleets, for (bundle index, checkpoint size).
+    previous_proofs: Mutex<Option<PreviousProofs>>,
 }
+
+/// Proofs of a bundle's previous fleets, for (bundle index, checkpoint size).
+type PreviousProofs = ((u64, u64), Vec<bkv_transparency::bundle::EarlierBundle>);
 
 /// Header naming the fleet a session is for (`POST /v1/sessions`).
 pub const FLEET_HEADER: &str = "bkv-fleet";
@@ -216,6 +221,7 @@ pub fn router(config: FrontendConfig) -> Router {
         pools,
         preferred: std::sync::atomic::AtomicUsize::new(0),
         bundle_fleets: Mutex::new(None),
+        previous_proofs: Mutex::new(None),
     });
     let router = Router::new()
         .route("/v1/health", get(health))

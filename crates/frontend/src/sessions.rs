@@ -136,8 +136,11 @@ pub(crate) async fn open_session(
                 resp.headers_mut().insert(SESSION_HEADER, sid);
                 return Ok(resp);
             }
-            Ok(NodeResponse::Error(NodeError::Unavailable)) => {
-                last = NodeError::Unavailable.into();
+            // A node whose session table is full (or that has no leader) is not the fleet:
+            // another node may open the session.
+            Ok(NodeResponse::Error(e @ (NodeError::Unavailable | NodeError::Busy))) => {
+                tracing::info!(user = %user, node, error = %e, "session refused; trying another node");
+                last = e.into();
             }
             Ok(NodeResponse::Error(e)) => {
                 tracing::info!(user = %user, node, error = %e, "session refused");

@@ -410,3 +410,75 @@ fn readiness_falls_back_to_fleet_status_for_nodes_of_the_previous_release() {
         );
     }
 }
+
+/// A node that answers every `OpenSession` with `answer` (a node with a full session table
+/// answers `Busy`).
+fn node_answering(answer: bkv_wire::node::NodeResponse) -> String {
+    use bkv_wire::node::{read_frame, write_frame, NodeRequest};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut w = conn.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(conn);
+            while let Ok(Some(req)) = read_frame::<NodeRequest>(&mut r) {
+                let resp = match req {
+                    NodeRequest::OpenSession { .. } => answer.clone(),
+                    _ => {
+                        bkv_wire::node::NodeResponse::Error(bkv_wire::node::NodeError::Unavailable)
+                    }
+                };
+                if write_frame(&mut w, &resp).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Issue 27, item 4: a node that answers busy (its session table is full) is not the fleet: the
+/// frontend opens the session on another node.
+#[test]
+fn a_busy_node_sends_the_session_to_another_node() {
+    use bkv_wire::node::{NodeError, NodeResponse};
+    let busy = node_answering(NodeResponse::Error(NodeError::Busy));
+    let free = node_answering(NodeResponse::SessionOpened {
+        session_id: [7; 16],
+        handshake: vec![1, 2, 3],
+    });
+    let (_dir, config) = config_dir(&[busy, free]);
+    let f = start(&config, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, session) = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let t: serde_json::Value = http
+            .post(format!("{}/v1/dev/token", f.url))
+            .json(&serde_json::json!({ "user": "ann" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = http
+            .post(format!("{}/v1/sessions", f.url))
+            .bearer_auth(t["token"].as_str().unwrap())
+            .body(vec![0u8; 48])
+            .send()
+            .await
+            .unwrap();
+        let session = r
+            .headers()
+            .get(bkv_frontend::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (r.status().as_u16(), session)
+    });
+    assert_eq!(status, 200, "the frontend gave up on the busy node");
+    assert!(
+        session.is_some_and(|s| s.starts_with("1.")),
+        "not opened on node 1"
+    );
+}

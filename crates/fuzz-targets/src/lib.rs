@@ -422,6 +422,7 @@ fn signed_bundle(input: &mut Input<'_>) {
             checkpoint_size: seen_size as u64,
             checkpoint_root: merkle::root(leaves.get(..seen_size).unwrap_or_default()),
             accepted_epoch: input.u64() % 8,
+            preferred_fleets: Vec::new(),
         }
     };
     let mut pkg = BundlePackage {
@@ -433,6 +434,7 @@ fn signed_bundle(input: &mut Input<'_>) {
         inclusion_proof: merkle::inclusion_proof(index, &leaves),
         consistency_from: seen_size as u64,
         consistency_proof: merkle::consistency_proof(seen_size, &leaves),
+        previous_proofs: Vec::new(),
     };
     let kind = tamper % 8;
     let honest = kind == 0;
@@ -677,7 +679,7 @@ pub fn node_storage(data: &[u8]) {
     // A decoded state must be usable: applying a decoded mutation to it
     // never panics.
     if selector.is_multiple_of(7) {
-        if let Ok(mut s) = bkv_wire::decode::<State>(rest, 1 << 20) {
+        if let Ok(mut s) = State::decode(rest, 1 << 20) {
             let m = bkv_wire::decode::<Mutation>(
                 rest.get(rest.len() / 2..).unwrap_or_default(),
                 1 << 20,

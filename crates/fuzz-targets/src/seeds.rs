@@ -393,6 +393,7 @@ origin = "https://bkv.local"
                 checkpoint_size: 3,
                 checkpoint_root: [7; 32],
                 accepted_epoch: 2,
+                preferred_fleets: Vec::new(),
             })
             .unwrap_or_default()
             .as_slice(),
@@ -463,10 +464,10 @@ fn node_storage() -> Vec<Vec<u8>> {
         record_id: id,
         generation: 1,
     };
-    let mut with_state = framed(0, &bkv_wire::encode(&state));
+    let mut with_state = framed(0, &state.encode());
     with_state.extend_from_slice(&bkv_wire::encode(&count));
     vec![
-        framed(0, &bkv_wire::encode(&State::default())),
+        framed(0, &State::default().encode()),
         with_state,
         framed(1, &bkv_wire::encode(&store)),
         framed(1, &bkv_wire::encode(&count)),

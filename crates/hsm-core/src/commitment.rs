@@ -118,6 +118,34 @@ impl Bucket {
     pub fn into_records(self) -> Vec<(RecordId, Record)> {
         self.records
     }
+
+    /// The bucket's plain encoding (record encoding 2: `0x02 || postcard(Bucket)`).
+    pub fn encode(&self) -> Vec<u8> {
+        bkv_wire::encode_as(crate::state::STATE_ENCODING, self)
+    }
+
+    /// Decodes a bucket's plain encoding, 2 or (an earlier release's) 1.
+    pub fn decode(plain: &[u8]) -> Result<Bucket, CommitmentError> {
+        let malformed = |e: bkv_wire::CodecError| CommitmentError::Malformed(e.to_string());
+        match bkv_wire::encoding_version(plain, MAX_BUCKET_BYTES).map_err(malformed)? {
+            1 => {
+                let v1: crate::legacy::BucketV1 =
+                    bkv_wire::decode(plain, MAX_BUCKET_BYTES).map_err(malformed)?;
+                Ok(Bucket {
+                    records: v1
+                        .records
+                        .into_iter()
+                        .map(|(id, r)| (id, r.into()))
+                        .collect(),
+                })
+            }
+            crate::state::STATE_ENCODING => {
+                bkv_wire::decode_as(plain, MAX_BUCKET_BYTES, crate::state::STATE_ENCODING)
+                    .map_err(malformed)
+            }
+            v => Err(malformed(bkv_wire::CodecError::Version(v))),
+        }
+    }
 }
 
 /// The commitment: a fixed-size Merkle tree over the buckets' sealed values (module docs).
@@ -251,7 +279,7 @@ impl RecordCommitment {
         let sealed = if bucket.is_empty() {
             None
         } else {
-            let plain = zeroize::Zeroizing::new(bkv_wire::encode(bucket));
+            let plain = zeroize::Zeroizing::new(bucket.encode());
             // What `open` would refuse is never committed to (the table would refuse it too,
             // after the commitment had moved on, leaving the bucket's users unreadable).
             if plain.len() > MAX_BUCKET_BYTES {
@@ -329,8 +357,7 @@ impl RecordCommitment {
 /// (a snapshot read from a consistent view of the table), never for a single access.
 pub fn unseal_bucket(p: &dyn Platform, b: u16, sealed: &[u8]) -> Result<Bucket, CommitmentError> {
     let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
-    let bucket: Bucket = bkv_wire::decode(&plain, MAX_BUCKET_BYTES)
-        .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
+    let bucket = Bucket::decode(&plain)?;
     if bucket.is_empty() {
         return Err(CommitmentError::Malformed(
             "a stored bucket is empty".into(),
@@ -376,6 +403,8 @@ mod tests {
             generation,
             live: Some(Live::Destroyed),
             pending: None,
+            register_starts: Default::default(),
+            moving_in: None,
         }
     }
 
@@ -479,7 +508,7 @@ mod tests {
         assert_eq!(c.root(), root);
         // Sealed past `update` (a bug, or a value from another fleet's layout), it does not open.
         let sealed = p
-            .seal(BUCKET_SLOT, &b.to_be_bytes(), &bkv_wire::encode(&bucket))
+            .seal(BUCKET_SLOT, &b.to_be_bytes(), &bucket.encode())
             .unwrap();
         c.load(b, &sealed).unwrap();
         assert!(matches!(

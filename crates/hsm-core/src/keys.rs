@@ -17,8 +17,9 @@ use crate::platform::{noise_builder, operation_rng, Platform, PlatformError, Sha
 use crate::CoreError;
 use bkv_wire::admin::{
     FleetPublicKeys, FleetStatement, KeyOrigin, PlatformStatement, SignedFleetStatement,
-    SignedStatement, FLEET_STATEMENT_CONTEXT, FLEET_STATEMENT_VERSION, STATEMENT_VERSION,
+    SignedStatement, FLEET_STATEMENT_CONTEXT, FLEET_STATEMENT_VERSION, MAX_TEXT, STATEMENT_VERSION,
 };
+use bkv_wire::vault::{MAX_GUESS_LIMIT, MIN_GUESS_LIMIT};
 use bkv_wire::OpaqueSuite;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -32,13 +33,20 @@ const TRANSFER_VERSION: u8 = 1;
 const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
 /// Largest encoded fleet secrets.
 const MAX_SECRETS: usize = 16 * 1024;
+/// Most predecessor fleets a fleet pins (one per earlier rotation still draining).
+pub const MAX_PREDECESSORS: usize = 8;
+/// Encoding version of the secrets' plaintext: 2 holds trust version 2 ([`SecretsV3`]); 1 (an
+/// earlier release, [`SecretsV2`]) held trust version 1.
+const SECRETS_ENCODING: u8 = 2;
 
 /// Noise pattern of the peer links between fleet nodes.
 pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
 
-/// What the fleet pins when it is formed: who may command it and whose log
-/// must record its membership. Public values.
+/// What the fleet pins when it is formed: who may command it, whose log must record its
+/// membership, the guess-limit policy every core enforces, and the fleets whose records may move
+/// here. Public values (trust version 2; version 1 had the first four fields, and reads as the
+/// policy [`MAX_GUESS_LIMIT`] with no predecessor).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
 pub struct FleetTrust {
     /// The log namespace bundles and membership records go to.
@@ -48,6 +56,37 @@ pub struct FleetTrust {
     pub auditor_key: [u8; 32],
     /// The operator's Ed25519 key (admin commands).
     pub operator_key: [u8; 32],
+    /// The largest guess limit a record of this fleet may carry (stated in the evidence).
+    pub max_guess_limit: u32,
+    /// Earlier fleets whose move tickets this fleet accepts, with their move keys (public).
+    #[zeroize(skip)]
+    pub predecessors: Vec<Predecessor>,
+}
+
+/// An earlier fleet whose records may move to this one: its id and the Ed25519 key its cores
+/// sign move tickets with ([`FleetSecrets::move_public_key`]).
+pub type Predecessor = bkv_wire::admin::PredecessorFleet;
+
+/// Trust version 1 (fleets formed by an earlier release).
+#[derive(Deserialize)]
+struct TrustV1 {
+    namespace: String,
+    auditor_name: String,
+    auditor_key: [u8; 32],
+    operator_key: [u8; 32],
+}
+
+impl From<TrustV1> for FleetTrust {
+    fn from(t: TrustV1) -> Self {
+        FleetTrust {
+            namespace: t.namespace,
+            auditor_name: t.auditor_name,
+            auditor_key: t.auditor_key,
+            operator_key: t.operator_key,
+            max_guess_limit: MAX_GUESS_LIMIT,
+            predecessors: Vec::new(),
+        }
+    }
 }
 
 impl FleetTrust {
@@ -62,12 +101,41 @@ impl FleetTrust {
             auditor_name: "test-auditor".into(),
             auditor_key: k,
             operator_key: k,
+            max_guess_limit: MAX_GUESS_LIMIT,
+            predecessors: Vec::new(),
         }
     }
 
     /// The checkpoint origin of the fleet's log.
     pub fn origin(&self) -> String {
         format!("{}/{}", self.auditor_name, self.namespace)
+    }
+
+    /// Checks what a core must refuse to pin: a policy outside the wire's range, too many or
+    /// malformed predecessors.
+    pub fn check(&self) -> Result<(), CoreError> {
+        self.anchors()?;
+        if !(MIN_GUESS_LIMIT..=MAX_GUESS_LIMIT).contains(&self.max_guess_limit) {
+            return Err(CoreError::Secrets("the guess-limit policy is out of range"));
+        }
+        if self.predecessors.len() > MAX_PREDECESSORS
+            || self
+                .predecessors
+                .iter()
+                .any(|p| p.fleet_id.is_empty() || p.fleet_id.len() > MAX_TEXT)
+        {
+            return Err(CoreError::Secrets("malformed predecessor fleets"));
+        }
+        if self
+            .predecessors
+            .iter()
+            .any(|p| ed25519_dalek::VerifyingKey::from_bytes(&p.move_key).is_err())
+        {
+            return Err(CoreError::Secrets(
+                "a predecessor's move key is not an Ed25519 key",
+            ));
+        }
+        Ok(())
     }
 
     pub fn anchors(&self) -> Result<bkv_transparency::bundle::TrustAnchors, CoreError> {
@@ -97,13 +165,23 @@ pub struct FleetSecrets {
     origin: KeyOrigin,
 }
 
+/// The secrets' plaintext, encoding version 2.
 #[derive(Serialize, Deserialize, Zeroize)]
 #[zeroize(drop)]
-struct SecretsV2 {
+struct SecretsV3 {
     fleet_id: String,
     noise_private: [u8; 32],
     opaque_setup: Vec<u8>,
     trust: FleetTrust,
+}
+
+/// Encoding version 1 (an earlier release): trust version 1.
+#[derive(Deserialize)]
+struct SecretsV2 {
+    fleet_id: String,
+    noise_private: [u8; 32],
+    opaque_setup: Vec<u8>,
+    trust: TrustV1,
 }
 
 /// The node's sealed copy: the secrets and how this core obtained them.
@@ -123,7 +201,7 @@ impl std::fmt::Debug for FleetSecrets {
 impl FleetSecrets {
     /// New fleet keys, from the platform's randomness, pinning `trust`.
     pub fn generate(platform: &dyn Platform, trust: FleetTrust) -> Result<Self, CoreError> {
-        trust.anchors()?;
+        trust.check()?;
         let mut rng = operation_rng(platform)?;
         let mut noise_private = Zeroizing::new([0u8; 32]);
         rand_core::RngCore::fill_bytes(&mut rng, noise_private.as_mut());
@@ -176,6 +254,22 @@ impl FleetSecrets {
         key
     }
 
+    /// The Ed25519 key this fleet's cores sign move tickets with: derived from the OPAQUE
+    /// setup, so every member (and a fleet formed by an earlier release) holds the same one
+    /// without a new secret.
+    pub(crate) fn move_signing_key(&self) -> ed25519_dalek::SigningKey {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA-256's output limit: expand cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"bkv/move-key/v1"), &self.opaque_setup)
+            .expand(b"move tickets", seed.as_mut());
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    }
+
+    /// The public key of [`Self::move_signing_key`]: a successor fleet pins it.
+    pub fn move_public_key(&self) -> [u8; 32] {
+        self.move_signing_key().verifying_key().to_bytes()
+    }
+
     pub(crate) fn noise_private(&self) -> &[u8; 32] {
         &self.noise_private
     }
@@ -186,21 +280,44 @@ impl FleetSecrets {
     }
 
     fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let v = SecretsV2 {
+        let v = SecretsV3 {
             fleet_id: self.fleet_id.clone(),
             noise_private: *self.noise_private,
             opaque_setup: self.opaque_setup.to_vec(),
             trust: self.trust.clone(),
         };
-        Zeroizing::new(bkv_wire::encode(&v))
+        Zeroizing::new(bkv_wire::encode_as(SECRETS_ENCODING, &v))
     }
 
     fn decode(plain: &[u8], origin: KeyOrigin) -> Result<Self, CoreError> {
-        let v: SecretsV2 =
-            bkv_wire::decode(plain, MAX_SECRETS).map_err(|_| CoreError::Secrets("malformed"))?;
+        let malformed = |_| CoreError::Secrets("malformed");
+        let v: SecretsV3 = match bkv_wire::encoding_version(plain, MAX_SECRETS)
+            .map_err(malformed)?
+        {
+            1 => {
+                let mut old: SecretsV2 = bkv_wire::decode(plain, MAX_SECRETS).map_err(malformed)?;
+                let v = SecretsV3 {
+                    fleet_id: std::mem::take(&mut old.fleet_id),
+                    noise_private: old.noise_private,
+                    opaque_setup: std::mem::take(&mut old.opaque_setup),
+                    trust: FleetTrust::from(TrustV1 {
+                        namespace: std::mem::take(&mut old.trust.namespace),
+                        auditor_name: std::mem::take(&mut old.trust.auditor_name),
+                        auditor_key: old.trust.auditor_key,
+                        operator_key: old.trust.operator_key,
+                    }),
+                };
+                old.noise_private.zeroize();
+                v
+            }
+            SECRETS_ENCODING => {
+                bkv_wire::decode_as(plain, MAX_SECRETS, SECRETS_ENCODING).map_err(malformed)?
+            }
+            _ => return Err(CoreError::Secrets("unsupported secrets encoding")),
+        };
         ServerSetup::<OpaqueSuite>::deserialize(&v.opaque_setup)
             .map_err(|_| CoreError::Secrets("bad OPAQUE server setup"))?;
-        v.trust.anchors()?;
+        v.trust.check()?;
         Ok(FleetSecrets {
             fleet_id: v.fleet_id.clone(),
             noise_private: Zeroizing::new(v.noise_private),
@@ -369,6 +486,11 @@ impl NodeIdentity {
             platform: platform.describe(),
             binary_sha256,
             origin: secrets.origin,
+            policy: Some(bkv_wire::admin::FleetPolicy {
+                max_guess_limit: secrets.trust.max_guess_limit,
+                move_key: secrets.move_public_key(),
+                predecessors: secrets.trust.predecessors.clone(),
+            }),
         };
         let statement = bkv_wire::encode(&s);
         let mut msg = FLEET_STATEMENT_CONTEXT.to_vec();

@@ -26,9 +26,13 @@
 #![forbid(unsafe_code)]
 
 pub mod commitment;
+mod credential;
 mod keys;
+mod legacy;
 pub mod members;
+mod moves;
 pub mod platform;
+mod requests;
 pub mod seal;
 pub mod sealed_state;
 pub mod state;
@@ -36,12 +40,13 @@ pub mod state;
 use bkv_wire::admin::{AdminError, SignedAdminCommand};
 use bkv_wire::node::{NodeError, SessionId};
 use bkv_wire::vault::{
-    RecordState, SessionHello, VaultError, VaultRequest, VaultResponse, MAX_GUESS_LIMIT,
+    MoveStep, SessionHello, VaultError, VaultRequest, VaultResponse, MAX_GUESS_LIMIT,
     MAX_VAULT_MESSAGE, MAX_WRAPPED_KEY, MIN_GUESS_LIMIT,
 };
 use bkv_wire::{OpaqueSuite, MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
 pub use keys::{
-    FleetSecrets, FleetTrust, NodeIdentity, PeerHandshake, PEER_PATTERN, PEER_PROLOGUE,
+    FleetSecrets, FleetTrust, NodeIdentity, PeerHandshake, Predecessor, MAX_PREDECESSORS,
+    PEER_PATTERN, PEER_PROLOGUE,
 };
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
@@ -52,7 +57,7 @@ pub use platform::MemoryPlatform;
 pub use platform::{Platform, PlatformError, SharedPlatform};
 pub use sealed_state::{BucketHost, SealedError, SealedState};
 use sha2::{Digest, Sha256};
-pub use state::{Mutation, Outcome, RecordId, State};
+pub use state::{Mutation, Outcome, RecordId, State, MAX_REGISTER_STARTS_PER_DAY};
 use std::collections::HashMap;
 use zeroize::Zeroizing;
 
@@ -63,10 +68,17 @@ pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 /// Sessions one user holds at once; opening another ends that user's least
 /// recently used one (a user can only crowd out their own sessions).
 pub const MAX_SESSIONS_PER_USER: usize = 4;
+/// `RegisterStart`s one session may make (a registration needs one; a retry after an error a
+/// second).
+pub const MAX_REGISTER_STARTS_PER_SESSION: u32 = 3;
 /// Idle seconds after which a session is forgotten.
 pub const DEFAULT_SESSION_IDLE_SECS: u64 = 300;
 /// Seconds a session that was opened but never carried a request is kept.
 pub const UNUSED_SESSION_SECS: u64 = 10;
+/// Seconds a session waiting for its commit is kept whatever else happens (a host proposes for
+/// at most a few seconds): past them, a commit that never came back (no leader, a host that
+/// never answers) leaves the session to expire and be evicted like any other.
+pub const COMMIT_WAIT_SECS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -119,6 +131,33 @@ enum Awaiting {
     },
     DestroyedThenFail,
     Deleted,
+    /// A `RegisterStart` waits for its count to commit; then the OPRF is evaluated.
+    RegisterCounted {
+        registration_request: Vec<u8>,
+        replaces: Replaces,
+    },
+    MoveStored,
+    MovedOut,
+    MovedIn,
+}
+
+/// What a registration started in a session may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replaces {
+    /// No live record.
+    Nothing,
+    /// The live record of this generation, which this session logged in to.
+    Live(u64),
+    /// A live record this session did not log in to: only a move's ticket replaces it.
+    OnlyByMove,
+}
+
+/// A registration between its `RegisterStart` and its finish.
+#[derive(Clone, Copy)]
+struct Registering {
+    replaces: Replaces,
+    /// The salt of this registration's OPRF key (`credential`).
+    oprf_salt: [u8; credential::SALT_LEN],
 }
 
 struct LoginState {
@@ -138,24 +177,41 @@ struct Session {
     login: Option<LoginState>,
     /// Generation of the record this session logged in to.
     authenticated: Option<u64>,
-    /// Set by RegisterStart: the live generation it may replace (if any).
-    registering: Option<Option<u64>>,
+    /// Set by a counted RegisterStart, taken by the finish.
+    registering: Option<Registering>,
+    /// `RegisterStart`s this session made ([`MAX_REGISTER_STARTS_PER_SESSION`]).
+    register_starts: u32,
     awaiting: Option<Awaiting>,
     /// SHA-256 of the request being answered, and of the last answered one
     /// with its reply: a relay that resends a request (its link broke) gets
     /// the same reply instead of a second processing.
     current: Option<[u8; 32]>,
     last: Option<([u8; 32], Vec<u8>)>,
+    /// When the session last proposed a mutation (platform seconds).
+    committed_at: u64,
 }
 
 impl Session {
-    /// Waiting for a mutation to commit: its reply is on the way, so the
-    /// session must stay (a session waiting for a fresh read has committed
-    /// nothing and may go).
-    fn committing(&self) -> bool {
+    /// Waiting for a mutation to commit: its reply is on the way, so the session stays for up
+    /// to [`COMMIT_WAIT_SECS`] (a session waiting for a fresh read has committed nothing and
+    /// may go; one whose commit never came back goes like an idle one).
+    fn committing(&self, now: u64) -> bool {
         self.awaiting
             .as_ref()
             .is_some_and(|a| !matches!(a, Awaiting::Fresh(_)))
+            && now.saturating_sub(self.committed_at) < COMMIT_WAIT_SECS
+    }
+
+    /// Holds a counted guess: its `LoginStart` committed the count (or is committing it) and
+    /// its `LoginFinish` has not come yet. Evicting it would burn the user's guess, so a full
+    /// table never does (it still expires when idle).
+    fn holds_login(&self) -> bool {
+        self.login.is_some() || matches!(self.awaiting, Some(Awaiting::Counted { .. }))
+    }
+
+    /// May go to make room for another session.
+    fn evictable(&self, now: u64) -> bool {
+        !self.committing(now) && !self.holds_login()
     }
 }
 
@@ -250,17 +306,109 @@ impl Core {
         Ok(match m {
             Mutation::Admin(signed) => {
                 let members = &mut self.state.fleet_mut().members;
+                // Unstamped commands are an earlier release's entries, replayed from its log;
+                // once a stamped one applied, an unstamped one would dodge the expiry check.
+                if members.clock > 0 {
+                    return Ok(Outcome::AdminRefused(AdminError::Refused(
+                        "an admin command without the time it was proposed at".into(),
+                    )));
+                }
                 match members.check(self.secrets.trust(), self.secrets.fleet_id(), signed) {
                     Ok((cmd, effect)) => members.execute(cmd.seq, effect),
                     Err(e) => Outcome::AdminRefused(e),
                 }
             }
+            Mutation::AdminAt {
+                command,
+                proposed_at,
+            } => {
+                let members = &mut self.state.fleet_mut().members;
+                match members.check(self.secrets.trust(), self.secrets.fleet_id(), command) {
+                    Ok((cmd, _)) if cmd.not_after < *proposed_at => {
+                        Outcome::AdminRefused(AdminError::Expired {
+                            not_after: cmd.not_after,
+                            now: *proposed_at,
+                        })
+                    }
+                    Ok(_) if *proposed_at < members.clock => {
+                        Outcome::AdminRefused(AdminError::Refused(format!(
+                            "proposed at {proposed_at}, before the fleet's last command ({})",
+                            members.clock
+                        )))
+                    }
+                    Ok((cmd, effect)) => {
+                        members.clock = *proposed_at;
+                        members.execute(cmd.seq, effect)
+                    }
+                    Err(e) => Outcome::AdminRefused(e),
+                }
+            }
+            Mutation::Batch(ms) => Outcome::Batch(
+                ms.iter()
+                    .map(|m| match m.record_id() {
+                        Some(_) => self.apply_record(m),
+                        None => Ok(Outcome::NotBatchable),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            m if m.record_id().is_some() => self.apply_record(m)?,
             _ => self.state.apply(m)?,
         })
     }
 
+    /// One record mutation, after the checks that need what only a core holds (the fleet's
+    /// policy and predecessors): the same on every core, so replicas never diverge.
+    fn apply_record(&mut self, m: &Mutation) -> Result<Outcome, CoreError> {
+        let (trust, fleet) = (self.secrets.trust(), self.secrets.fleet_id());
+        let limit = match m {
+            Mutation::StorePending { pending, .. } => Some(pending.credential.guess_limit),
+            Mutation::StorePendingMove { credential, .. } => Some(credential.guess_limit),
+            _ => None,
+        };
+        if limit.is_some_and(|l| l > trust.max_guess_limit) {
+            return Ok(Outcome::AbovePolicy {
+                max: trust.max_guess_limit,
+            });
+        }
+        let checked = match m {
+            Mutation::MoveIn { record_id, ticket } => {
+                moves::verify(trust, fleet, record_id, MoveStep::Moved, ticket).map(|_| ())
+            }
+            Mutation::StorePendingMove {
+                record_id,
+                credential,
+                intent,
+            } => moves::verify(trust, fleet, record_id, MoveStep::Intent, intent).and_then(|t| {
+                match moves::digest_of(record_id, credential) == t.pending_digest {
+                    true => Ok(()),
+                    false => Err("the intent names another registration".into()),
+                }
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            return Ok(Outcome::BadTicket(e));
+        }
+        Ok(self.state.apply(m)?)
+    }
+
     /// Checks a signed command before the leader proposes it (the same
     /// checks every member repeats when applying it, plus its expiry).
+    /// The public key this fleet's cores sign move tickets with (a successor fleet pins it).
+    pub fn move_public_key(&self) -> [u8; 32] {
+        self.secrets.move_public_key()
+    }
+
+    /// The entry that proposes a signed command: checked now, and stamped with this core's
+    /// time, which every member checks the command's expiry against when it applies the entry.
+    pub fn admin_mutation(&self, signed: SignedAdminCommand) -> Result<Mutation, AdminError> {
+        self.check_admin(&signed)?;
+        Ok(Mutation::AdminAt {
+            command: signed,
+            proposed_at: self.platform.now_unix_secs(),
+        })
+    }
+
     pub fn check_admin(&self, signed: &SignedAdminCommand) -> Result<(), AdminError> {
         let (cmd, _) = self.state.fleet().members.check(
             self.secrets.trust(),
@@ -324,20 +472,22 @@ impl Core {
         let idle = self.session_idle_secs;
         self.sessions.retain(|_, s| {
             let age = now.saturating_sub(s.last_used);
-            s.committing() || age < if s.used { idle } else { UNUSED_SESSION_SECS }
+            s.committing(now) || age < if s.used { idle } else { UNUSED_SESSION_SECS }
         });
     }
 
     /// Makes room for one more session of `record_id`: ends the user's least
     /// recently used session at their cap, and when the table is full ends an
     /// unused session, else the least recently used one of the user holding
-    /// the most. Sessions waiting for a commit are never ended (one waiting
-    /// for a fresh read may be: nothing of it is committed).
-    fn make_room(&mut self, record_id: &RecordId) -> Result<(), NodeError> {
+    /// the most (ties: the least recently used session among them). Sessions
+    /// waiting for a commit and sessions holding a counted login are never
+    /// ended: evicting one would burn its guess (a session waiting for a
+    /// fresh read has committed nothing and may go).
+    fn make_room(&mut self, record_id: &RecordId, now: u64) -> Result<(), NodeError> {
         let lru_of = |sessions: &HashMap<SessionId, Session>, rid: Option<&RecordId>| {
             sessions
                 .iter()
-                .filter(|(_, s)| !s.committing() && rid.is_none_or(|r| s.record_id == *r))
+                .filter(|(_, s)| s.evictable(now) && rid.is_none_or(|r| s.record_id == *r))
                 .min_by_key(|(_, s)| (s.used, s.last_used))
                 .map(|(id, _)| *id)
         };
@@ -357,24 +507,42 @@ impl Core {
         let unused = self
             .sessions
             .iter()
-            .filter(|(_, s)| !s.used && !s.committing())
+            .filter(|(_, s)| !s.used && s.evictable(now))
             .min_by_key(|(_, s)| s.last_used)
             .map(|(id, _)| *id);
         let victim = match unused {
             Some(v) => Some(v),
             None => {
-                let mut held: HashMap<RecordId, usize> = HashMap::new();
-                for s in self.sessions.values() {
-                    *held.entry(s.record_id).or_default() += 1;
+                // Per user: sessions held, and the least recently used evictable one.
+                let mut held: HashMap<RecordId, (usize, Option<(u64, SessionId)>)> = HashMap::new();
+                for (id, s) in &self.sessions {
+                    let e = held.entry(s.record_id).or_default();
+                    e.0 += 1;
+                    if s.evictable(now) && e.1.is_none_or(|(t, _)| s.last_used < t) {
+                        e.1 = Some((s.last_used, *id));
+                    }
                 }
-                let top = held.into_iter().max_by_key(|(_, n)| *n).map(|(r, _)| r);
-                top.and_then(|r| lru_of(&self.sessions, Some(&r)))
-                    .or_else(|| lru_of(&self.sessions, None))
+                held.into_values()
+                    .filter_map(|(n, lru)| lru.map(|(t, id)| (n, std::cmp::Reverse(t), id)))
+                    .max()
+                    .map(|(_, _, id)| id)
             }
         };
         let victim = victim.ok_or(NodeError::Busy)?;
         self.sessions.remove(&victim);
         Ok(())
+    }
+
+    /// The host could not commit the session's mutation (no leader, a timeout): the outcome is
+    /// unknown and the reply will not come, so the session ends (a client opens a new one).
+    pub fn commit_failed(&mut self, session_id: &SessionId) {
+        if self
+            .sessions
+            .get(session_id)
+            .is_some_and(|s| !matches!(s.awaiting, None | Some(Awaiting::Fresh(_))))
+        {
+            self.sessions.remove(session_id);
+        }
     }
 
     /// Answers the first Noise message of a session for `user_id`.
@@ -426,7 +594,7 @@ impl Core {
             .map_err(|_| NodeError::Unavailable)?;
         let record_id = bkv_wire::record_id(user_id);
         // Only a handshake that verified may take a place in the table.
-        self.make_room(&record_id)?;
+        self.make_room(&record_id, now)?;
         self.sessions.insert(
             session_id,
             Session {
@@ -438,9 +606,11 @@ impl Core {
                 login: None,
                 authenticated: None,
                 registering: None,
+                register_starts: 0,
                 awaiting: None,
                 current: None,
                 last: None,
+                committed_at: now,
             },
         );
         Ok((session_id, reply))
@@ -604,347 +774,26 @@ impl Core {
         m: Mutation,
         awaiting: Awaiting,
     ) -> Result<Step, NodeError> {
+        let now = self.platform.now_unix_secs();
         let session = self
             .sessions
             .get_mut(session_id)
             .ok_or(NodeError::UnknownSession)?;
         session.awaiting = Some(awaiting);
+        session.committed_at = now;
         Ok(Step::Commit(m))
     }
 
     fn absent_error(&mut self, rid: &RecordId) -> VaultError {
-        match self.state.status(rid) {
-            Ok(RecordState::Destroyed) => VaultError::Destroyed,
-            Ok(_) => VaultError::NoRecord,
+        match self.state.record(rid) {
+            Ok(Some(r)) => match r.live {
+                Some(state::Live::Destroyed) => VaultError::Destroyed,
+                Some(state::Live::Moved { to_fleet, .. }) => VaultError::Moved { to_fleet },
+                _ => VaultError::NoRecord,
+            },
+            Ok(None) => VaultError::NoRecord,
             Err(_) => VaultError::Unavailable,
         }
-    }
-
-    /// Handles a decoded request; one that [`reads_state`] only on a fresh
-    /// replica (after [`Step::ReadFresh`]).
-    fn handle(&mut self, sid: &SessionId, request: VaultRequest) -> Result<Step, NodeError> {
-        let (rid, authenticated, registering) = {
-            let s = self.sessions.get(sid).ok_or(NodeError::UnknownSession)?;
-            (s.record_id, s.authenticated, s.registering)
-        };
-        match request {
-            VaultRequest::Close => {
-                // Only the session's own key produces a request that
-                // decrypts here: nobody else can end it.
-                let step = self.reply(sid, VaultResponse::Closed);
-                self.sessions.remove(sid);
-                step
-            }
-            VaultRequest::Status => {
-                let state = self.state.status(&rid).map_err(unavailable)?;
-                self.reply(sid, VaultResponse::Status { state })
-            }
-            VaultRequest::RegisterStart {
-                registration_request,
-            } => {
-                let replaces = match self.state.active(&rid).map_err(unavailable)? {
-                    Some((_, _, gen)) if authenticated == Some(gen) => Some(gen),
-                    Some(_) => return self.error(sid, VaultError::RecordExists),
-                    None => None,
-                };
-                let Ok(req) =
-                    RegistrationRequest::<OpaqueSuite>::deserialize(&registration_request)
-                else {
-                    return self.error(sid, bad("malformed RegistrationRequest"));
-                };
-                let Ok(start) = ServerRegistration::<OpaqueSuite>::start(&self.setup, req, &rid)
-                else {
-                    return self.error(sid, bad("registration request rejected"));
-                };
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.registering = Some(replaces);
-                }
-                self.reply(
-                    sid,
-                    VaultResponse::RegisterStarted {
-                        registration_response: start.message.serialize().to_vec(),
-                    },
-                )
-            }
-            VaultRequest::RegisterFinish {
-                upload,
-                wrapped_key,
-                guess_limit,
-                confirm_hash,
-            } => {
-                let Some(replaces) = registering else {
-                    return self.error(sid, bad("send RegisterStart first"));
-                };
-                if wrapped_key.is_empty() || wrapped_key.len() > MAX_WRAPPED_KEY {
-                    return self.error(sid, bad("wrapped key size out of range"));
-                }
-                if !(MIN_GUESS_LIMIT..=MAX_GUESS_LIMIT).contains(&guess_limit) {
-                    return self.error(sid, bad("guess limit out of range"));
-                }
-                let Ok(upload) = RegistrationUpload::<OpaqueSuite>::deserialize(&upload) else {
-                    return self.error(sid, bad("malformed RegistrationUpload"));
-                };
-                let opaque_record = ServerRegistration::finish(upload).serialize().to_vec();
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.registering = None;
-                }
-                let m = Mutation::StorePending {
-                    record_id: rid,
-                    pending: state::Pending {
-                        credential: state::Credential {
-                            opaque_record,
-                            wrapped_key,
-                            guess_limit,
-                            confirm_hash,
-                        },
-                        replaces,
-                    },
-                };
-                self.commit(sid, m, Awaiting::Stored)
-            }
-            VaultRequest::RegisterConfirm { confirm_secret } => {
-                let confirm_hash: [u8; 32] = Sha256::digest(confirm_secret).into();
-                let m = Mutation::Activate {
-                    record_id: rid,
-                    confirm_hash,
-                };
-                self.commit(sid, m, Awaiting::Confirmed)
-            }
-            VaultRequest::LoginStart { credential_request } => {
-                // Parse first: malformed input must change nothing.
-                if CredentialRequest::<OpaqueSuite>::deserialize(&credential_request).is_err() {
-                    return self.error(sid, bad("malformed CredentialRequest"));
-                }
-                let Some((cred, attempts, generation)) =
-                    self.state.active(&rid).map_err(unavailable)?
-                else {
-                    let e = self.absent_error(&rid);
-                    return self.error(sid, e);
-                };
-                if attempts >= cred.guess_limit {
-                    // Left at the limit by an earlier session that never finished.
-                    let m = Mutation::Destroy {
-                        record_id: rid,
-                        generation,
-                    };
-                    return self.commit(sid, m, Awaiting::DestroyedThenFail);
-                }
-                let m = Mutation::CountGuess {
-                    record_id: rid,
-                    generation,
-                };
-                self.commit(
-                    sid,
-                    m,
-                    Awaiting::Counted {
-                        credential_request,
-                        generation,
-                    },
-                )
-            }
-            VaultRequest::LoginFinish {
-                credential_finalization,
-            } => {
-                let login = self.sessions.get_mut(sid).and_then(|s| s.login.take());
-                let Some(login) = login else {
-                    return self.error(sid, bad("send LoginStart first"));
-                };
-                let finished =
-                    CredentialFinalization::<OpaqueSuite>::deserialize(&credential_finalization)
-                        .ok()
-                        .and_then(|f| login.server_login.finish(f, login_params()).ok());
-                if finished.is_some() {
-                    let m = Mutation::ResetGuesses {
-                        record_id: rid,
-                        generation: login.generation,
-                    };
-                    if let Some(s) = self.sessions.get_mut(sid) {
-                        s.authenticated = Some(login.generation);
-                    }
-                    return self.commit(
-                        sid,
-                        m,
-                        Awaiting::LoginReset {
-                            generation: login.generation,
-                        },
-                    );
-                }
-                if login.attempts >= login.guess_limit {
-                    let m = Mutation::Destroy {
-                        record_id: rid,
-                        generation: login.generation,
-                    };
-                    return self.commit(sid, m, Awaiting::DestroyedThenFail);
-                }
-                self.error(
-                    sid,
-                    VaultError::WrongPassword {
-                        guesses_remaining: login.guess_limit - login.attempts,
-                    },
-                )
-            }
-            VaultRequest::Delete => {
-                let record = self.state.record(&rid).map_err(unavailable)?;
-                let generation = record.map(|r| r.generation);
-                match (generation, authenticated) {
-                    (None, _) => self.error(sid, VaultError::NoRecord),
-                    (Some(g), Some(a)) if g == a => {
-                        let m = Mutation::Delete {
-                            record_id: rid,
-                            generation: g,
-                        };
-                        self.commit(sid, m, Awaiting::Deleted)
-                    }
-                    _ => self.error(sid, VaultError::NotAuthenticated),
-                }
-            }
-        }
-    }
-
-    /// Continues a session after its mutation committed and was applied with
-    /// `outcome`. The session may be gone (expired, client vanished): the
-    /// mutation still stands, only the reply is lost.
-    pub fn resume(&mut self, sid: &SessionId, outcome: Outcome) -> Result<Step, NodeError> {
-        let session = self
-            .sessions
-            .get_mut(sid)
-            .ok_or(NodeError::UnknownSession)?;
-        let rid = session.record_id;
-        let awaiting = match session.awaiting.take() {
-            None => return Err(NodeError::BadRequest("nothing to resume".into())),
-            Some(Awaiting::Fresh(r)) => {
-                session.awaiting = Some(Awaiting::Fresh(r));
-                return Err(NodeError::BadRequest("nothing to resume".into()));
-            }
-            Some(a) => a,
-        };
-        match (awaiting, outcome) {
-            (Awaiting::Stored, Outcome::Stored) => self.reply(sid, VaultResponse::RegisterStored),
-            (Awaiting::Stored, Outcome::RecordExists) => self.error(sid, VaultError::RecordExists),
-            (Awaiting::Confirmed, Outcome::Activated { .. } | Outcome::AlreadyActive) => {
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.authenticated = None;
-                }
-                self.reply(sid, VaultResponse::RegisterConfirmed)
-            }
-            (Awaiting::Confirmed, Outcome::NoPending) => {
-                self.error(sid, VaultError::NoPendingRegistration)
-            }
-            (
-                Awaiting::Counted {
-                    credential_request,
-                    generation,
-                },
-                Outcome::Counted {
-                    attempts,
-                    guess_limit,
-                },
-            ) => self.start_login(
-                sid,
-                rid,
-                &credential_request,
-                generation,
-                attempts,
-                guess_limit,
-            ),
-            // Destroy names the generation that reached its limit: if the
-            // record was replaced meanwhile, applying it changes nothing.
-            (Awaiting::Counted { generation, .. }, Outcome::Exhausted) => self.commit(
-                sid,
-                Mutation::Destroy {
-                    record_id: rid,
-                    generation,
-                },
-                Awaiting::DestroyedThenFail,
-            ),
-            (Awaiting::LoginReset { generation }, Outcome::Reset) => {
-                match self.state.active(&rid).map_err(unavailable)? {
-                    // Only the key of the generation this login proved the
-                    // password of (a replacement may have landed since the reset).
-                    Some((cred, _, g)) if g == generation => {
-                        let wrapped_key = cred.wrapped_key.clone();
-                        self.reply(sid, VaultResponse::LoginOk { wrapped_key })
-                    }
-                    Some(_) => {
-                        if let Some(s) = self.sessions.get_mut(sid) {
-                            s.authenticated = None;
-                        }
-                        self.error(sid, VaultError::Conflict)
-                    }
-                    None => {
-                        let e = self.absent_error(&rid);
-                        self.error(sid, e)
-                    }
-                }
-            }
-            (Awaiting::DestroyedThenFail, _) => self.error(sid, VaultError::Destroyed),
-            (Awaiting::Deleted, Outcome::Deleted) => self.reply(sid, VaultResponse::Deleted),
-            (_, Outcome::NoRecord) => {
-                let e = self.absent_error(&rid);
-                self.error(sid, e)
-            }
-            (Awaiting::LoginReset { .. }, _) => {
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.authenticated = None;
-                }
-                self.error(sid, VaultError::Conflict)
-            }
-            _ => self.error(sid, VaultError::Conflict),
-        }
-    }
-
-    fn start_login(
-        &mut self,
-        sid: &SessionId,
-        rid: RecordId,
-        credential_request: &[u8],
-        counted: u64,
-        attempts: u32,
-        guess_limit: u32,
-    ) -> Result<Step, NodeError> {
-        let Some((cred, _, generation)) = self.state.active(&rid).map_err(unavailable)? else {
-            let e = self.absent_error(&rid);
-            return self.error(sid, e);
-        };
-        // The guess was counted on `counted`; a record replaced since then
-        // must not be tried with it (that guess would go uncounted).
-        if generation != counted {
-            return self.error(sid, VaultError::Conflict);
-        }
-        let record = ServerRegistration::<OpaqueSuite>::deserialize(&cred.opaque_record);
-        let request = CredentialRequest::<OpaqueSuite>::deserialize(credential_request);
-        let (Ok(record), Ok(request)) = (record, request) else {
-            return self.error(sid, bad("stored record or request is malformed"));
-        };
-        let Ok(mut rng) = platform::operation_rng(&*self.platform) else {
-            return self.error(sid, bad("platform randomness failed"));
-        };
-        let start = ServerLogin::start(
-            &mut rng,
-            &self.setup,
-            Some(record),
-            request,
-            &rid,
-            login_params(),
-        );
-        let Ok(start) = start else {
-            return self.error(sid, bad("login request rejected"));
-        };
-        if let Some(s) = self.sessions.get_mut(sid) {
-            s.login = Some(LoginState {
-                server_login: start.state,
-                generation,
-                attempts,
-                guess_limit,
-            });
-        }
-        self.reply(
-            sid,
-            VaultResponse::LoginStarted {
-                credential_response: start.message.serialize().to_vec(),
-                guesses_remaining: guess_limit.saturating_sub(attempts),
-            },
-        )
     }
 }
 
@@ -971,11 +820,16 @@ fn reads_state(request: &VaultRequest) -> bool {
         VaultRequest::Status
         | VaultRequest::RegisterStart { .. }
         | VaultRequest::LoginStart { .. }
-        | VaultRequest::Delete => true,
+        | VaultRequest::Delete
+        | VaultRequest::MoveOut { .. }
+        | VaultRequest::MoveIntent { .. }
+        | VaultRequest::GetMoveTicket => true,
         VaultRequest::Close
         | VaultRequest::RegisterFinish { .. }
+        | VaultRequest::RegisterFinishMove { .. }
         | VaultRequest::RegisterConfirm { .. }
-        | VaultRequest::LoginFinish { .. } => false,
+        | VaultRequest::LoginFinish { .. }
+        | VaultRequest::MoveIn { .. } => false,
     }
 }
 

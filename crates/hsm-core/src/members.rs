@@ -34,19 +34,26 @@ pub struct Member {
     pub log_index: Option<u64>,
 }
 
+/// The fleet's membership (state encoding 2; encoding 1 had only `admin_seq` and `nodes`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Members {
     /// Sequence number of the last executed admin command.
     pub admin_seq: u64,
     pub nodes: BTreeMap<u64, Member>,
+    /// Leaf index, in the auditor's log, of the last membership record an applied `Add` or
+    /// `Remove` named: each later one must sit higher, so a logged record is applied once.
+    pub last_record_leaf: Option<u64>,
+    /// The latest time an applied command was proposed at (unix seconds): a command's time may
+    /// not go back behind it.
+    pub clock: u64,
 }
 
-/// What a verified command does.
+/// What a verified command does (with the leaf index of the logged record it applies).
 #[derive(Debug)]
 pub(crate) enum Effect {
-    Add(u64, Member),
+    Add(u64, Member, u64),
     Promote(u64),
-    Remove(u64),
+    Remove(u64, u64),
 }
 
 impl Members {
@@ -134,6 +141,16 @@ impl Members {
                 found: cmd.seq,
             });
         }
+        // A logged record applies once: each applied one sits higher in the log than the last
+        // (else a removed node comes back with its original Add, while the log says removed).
+        let fresh = |proof: &bkv_wire::admin::LogProof| match self.last_record_leaf {
+            Some(last) if proof.leaf_index <= last => Err(AdminError::Refused(format!(
+                "the membership record at log index {} is not newer than the last one applied \
+                 ({last}): a logged record applies once",
+                proof.leaf_index
+            ))),
+            _ => Ok(()),
+        };
         let logged = |record: &[u8], proof| {
             let r = verify_logged_record(&anchors, record, proof)
                 .map_err(|e| AdminError::NotLogged(e.to_string()))?;
@@ -172,6 +189,7 @@ impl Members {
                         "the logged record is not an Add".into(),
                     ));
                 };
+                fresh(proof)?;
                 if logged_id != *node_id {
                     return Err(AdminError::NotLogged(format!(
                         "the logged record adds node {logged_id}, not {node_id}"
@@ -193,6 +211,7 @@ impl Members {
                         statement,
                         log_index: Some(proof.leaf_index),
                     },
+                    proof.leaf_index,
                 )
             }
             AdminAction::Promote { node_id } => match self.nodes.get(node_id) {
@@ -221,6 +240,7 @@ impl Members {
                         "the logged record is not a Remove".into(),
                     ));
                 };
+                fresh(proof)?;
                 if logged_id != *node_id || identity_key != m.identity_key {
                     return Err(AdminError::NotLogged(
                         "the logged record names another node".into(),
@@ -232,7 +252,7 @@ impl Members {
                         "cannot remove the fleet's last voter".into(),
                     ));
                 }
-                Effect::Remove(*node_id)
+                Effect::Remove(*node_id, proof.leaf_index)
             }
             _ => return Err(AdminError::Malformed("unknown action".into())),
         };
@@ -241,16 +261,18 @@ impl Members {
 
     pub(crate) fn execute(&mut self, seq: u64, effect: Effect) -> Outcome {
         match effect {
-            Effect::Add(id, m) => {
+            Effect::Add(id, m, leaf) => {
                 self.nodes.insert(id, m);
+                self.last_record_leaf = Some(leaf);
             }
             Effect::Promote(id) => {
                 if let Some(m) = self.nodes.get_mut(&id) {
                     m.voter = true;
                 }
             }
-            Effect::Remove(id) => {
+            Effect::Remove(id, leaf) => {
                 self.nodes.remove(&id);
+                self.last_record_leaf = Some(leaf);
             }
         }
         self.admin_seq = seq;
@@ -289,6 +311,8 @@ mod tests {
                 auditor_name: "aud".into(),
                 auditor_key: auditor.verifying_key().to_bytes(),
                 operator_key: operator.verifying_key().to_bytes(),
+                max_guess_limit: bkv_wire::vault::MAX_GUESS_LIMIT,
+                predecessors: Vec::new(),
             };
             let p = MemoryPlatform::shared([1; 32]);
             let secrets = FleetSecrets::generate(&*p, trust).unwrap();
@@ -546,5 +570,113 @@ mod tests {
             w.core.check_admin(&expired),
             Err(AdminError::Expired { .. })
         ));
+    }
+
+    /// Issue 27, item 3: a logged membership record applies once. A removed node is not
+    /// re-admitted with its original `Add` record and proof (the log shows it removed), even
+    /// under a fresh, correctly signed command.
+    #[test]
+    fn a_removed_node_is_not_readmitted_with_its_original_record() {
+        let mut w = World::new();
+        let (id, cmd) = w.add_command(1);
+        let AdminCommand { action: add, .. } =
+            bkv_wire::decode(&cmd.command, MAX_ADMIN_FRAME).unwrap();
+        assert_eq!(
+            w.core.apply(&Mutation::Admin(cmd)).unwrap(),
+            Outcome::AdminApplied { seq: 1 }
+        );
+        let fleet = w.core.fleet_id().to_owned();
+        let (record, proof) = w.log(
+            &fleet,
+            MembershipChange::Remove {
+                node_id: 1,
+                identity_key: id.public_key(),
+            },
+        );
+        let remove = w.sign(
+            &w.operator,
+            2,
+            AdminAction::RemoveMember {
+                node_id: 1,
+                record,
+                proof,
+            },
+        );
+        assert_eq!(
+            w.core.apply(&Mutation::Admin(remove)).unwrap(),
+            Outcome::AdminApplied { seq: 2 }
+        );
+        let before = w.core.state().clone();
+        let again = w.sign(&w.operator, 3, add);
+        let e = refused(w.core.apply(&Mutation::Admin(again)).unwrap());
+        assert!(
+            matches!(&e, AdminError::Refused(m) if m.contains("applies once")),
+            "{e:?}"
+        );
+        assert_eq!(w.core.state(), &before);
+        assert!(w.core.export_secrets_to(&id.public_key()).is_err());
+    }
+
+    /// Issue 27, item 3: every member checks a command's expiry when it applies it, against the
+    /// time the proposing core stamped on the entry (not only the leader's check before
+    /// proposing), and a stamp may not go back behind the fleet's last command; an unstamped
+    /// command is refused once stamped ones applied.
+    #[test]
+    fn every_member_checks_expiry_at_apply_against_the_entrys_time() {
+        let mut w = World::new();
+        let (_, cmd) = w.add_command(1);
+        let AdminCommand { action, .. } = bkv_wire::decode(&cmd.command, MAX_ADMIN_FRAME).unwrap();
+        let expiring = |w: &World, seq: u64, not_after: u64, action: AdminAction| {
+            let command = bkv_wire::encode(&AdminCommand {
+                version: ADMIN_COMMAND_VERSION,
+                fleet_id: w.core.fleet_id().into(),
+                seq,
+                not_after,
+                action,
+            });
+            let mut msg = ADMIN_CONTEXT.to_vec();
+            msg.extend_from_slice(&command);
+            SignedAdminCommand {
+                signature: w.operator.sign(&msg).to_bytes().to_vec(),
+                command,
+            }
+        };
+        let signed = expiring(&w, 1, 1_000, action.clone());
+        let late = Mutation::AdminAt {
+            command: signed.clone(),
+            proposed_at: 1_001,
+        };
+        assert!(matches!(
+            refused(w.core.apply(&late).unwrap()),
+            AdminError::Expired { .. }
+        ));
+        let in_time = Mutation::AdminAt {
+            command: signed,
+            proposed_at: 999,
+        };
+        assert_eq!(
+            w.core.apply(&in_time).unwrap(),
+            Outcome::AdminApplied { seq: 1 }
+        );
+        // The next command may not be stamped before the last one.
+        let promote = expiring(&w, 2, u64::MAX, AdminAction::Promote { node_id: 1 });
+        let earlier = Mutation::AdminAt {
+            command: promote.clone(),
+            proposed_at: 998,
+        };
+        assert!(matches!(
+            refused(w.core.apply(&earlier).unwrap()),
+            AdminError::Refused(_)
+        ));
+        // Nor go without a stamp.
+        assert!(matches!(
+            refused(w.core.apply(&Mutation::Admin(promote)).unwrap()),
+            AdminError::Refused(_)
+        ));
+        // What the node proposes is stamped with its core's time.
+        let next = expiring(&w, 2, u64::MAX, AdminAction::Promote { node_id: 1 });
+        let m = w.core.admin_mutation(next).unwrap();
+        assert!(matches!(m, Mutation::AdminAt { proposed_at, .. } if proposed_at > 999));
+        assert_eq!(w.core.apply(&m).unwrap(), Outcome::AdminApplied { seq: 2 });
     }
 }

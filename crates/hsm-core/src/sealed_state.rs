@@ -29,7 +29,8 @@ use subtle::ConstantTimeEq;
 /// The platform slot the summary is sealed to.
 pub const SUMMARY_SLOT: &str = "vault-summary";
 const SUMMARY_LABEL: &[u8] = b"v1";
-const SUMMARY_VERSION: u16 = 1;
+/// Summary version 2 holds state encoding 2; version 1 (an earlier release) is still read.
+const SUMMARY_VERSION: u16 = 2;
 /// Largest sealed summary accepted: the fleet part holds the members' statements (a few KiB
 /// each, at most a few dozen members) and the host's position.
 pub const MAX_SUMMARY: usize = 4 << 20;
@@ -77,15 +78,26 @@ pub enum SealedError {
     Version(u16),
 }
 
-/// The sealed summary's plaintext (docs/formats.md "Records on disk").
+/// The sealed summary's plaintext (docs/formats.md "Records on disk"): version 2, whose fleet
+/// part is state encoding 2.
 #[derive(Serialize, Deserialize)]
-struct SummaryV1 {
+struct SummaryV2 {
     version: u16,
     /// The fleet part; `records` is always empty here.
     state: State,
     live: u64,
     root: Hash,
     /// The host's position in its log, opaque to the core.
+    position: Vec<u8>,
+}
+
+/// Version 1: the same fields with state encoding 1.
+#[derive(Deserialize)]
+struct SummaryV1 {
+    _version: u16,
+    state: crate::legacy::StateV1,
+    live: u64,
+    root: Hash,
     position: Vec<u8>,
 }
 
@@ -109,16 +121,28 @@ pub fn read_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<Summary, Sealed
     })
 }
 
-fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV1, SealedError> {
+fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV2, SealedError> {
     if sealed.len() > MAX_SUMMARY {
         return Err(SealedError::Malformed("summary too large"));
     }
     let plain = p.unseal(SUMMARY_SLOT, SUMMARY_LABEL, sealed)?;
-    let s: SummaryV1 =
-        bkv_wire::decode(&plain, MAX_SUMMARY).map_err(|_| SealedError::Malformed("summary"))?;
-    if s.version != SUMMARY_VERSION {
-        return Err(SealedError::Version(s.version));
-    }
+    let malformed = |_| SealedError::Malformed("summary");
+    // Every version starts with its version number.
+    let version: u16 = bkv_wire::decode_prefix(&plain, MAX_SUMMARY).map_err(malformed)?;
+    let s = match version {
+        1 => {
+            let v1: SummaryV1 = bkv_wire::decode(&plain, MAX_SUMMARY).map_err(malformed)?;
+            SummaryV2 {
+                version: SUMMARY_VERSION,
+                state: v1.state.into(),
+                live: v1.live,
+                root: v1.root,
+                position: v1.position,
+            }
+        }
+        SUMMARY_VERSION => bkv_wire::decode(&plain, MAX_SUMMARY).map_err(malformed)?,
+        v => return Err(SealedError::Version(v)),
+    };
     if !s.state.records.is_empty() {
         return Err(SealedError::Malformed("summary holds records"));
     }
@@ -184,8 +208,8 @@ impl Installer {
         if self.last.is_some_and(|l| l >= b) {
             return Err(SealedError::Malformed("snapshot buckets out of order"));
         }
-        let bucket: Bucket = bkv_wire::decode(plain, crate::commitment::MAX_BUCKET_BYTES)
-            .map_err(|_| SealedError::Malformed("snapshot bucket"))?;
+        let bucket =
+            Bucket::decode(plain).map_err(|_| SealedError::Malformed("snapshot bucket"))?;
         let live = bucket.iter().filter(|(_, r)| is_live(Some(r))).count() as u64;
         let sealed = self
             .commitment
@@ -215,7 +239,7 @@ fn seal_summary(
     root: Hash,
     position: &[u8],
 ) -> Result<Vec<u8>, SealedError> {
-    let s = SummaryV1 {
+    let s = SummaryV2 {
         version: SUMMARY_VERSION,
         state: state.clone(),
         live,

@@ -8,7 +8,7 @@
 
 use crate::members::Members;
 use bkv_wire::admin::{AdminError, SignedAdminCommand, SignedStatement};
-use bkv_wire::vault::RecordState;
+use bkv_wire::vault::{RecordState, SignedMoveTicket};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,8 +51,29 @@ pub enum Live {
     },
     /// Tombstone: the credential and wrapped key are erased.
     Destroyed,
+    /// The record moved to `to_fleet` (its credential erased here): the pending registration
+    /// with `pending_digest` takes its place there, starting from `attempts`. Grants no guess.
+    /// Appended last (record encoding 2).
+    Moved {
+        to_fleet: String,
+        pending_digest: [u8; 32],
+        attempts: u32,
+    },
 }
 
+/// How many `RegisterStart`s a record had on one day (the fleet clock's day number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCount {
+    pub day: u32,
+    pub count: u32,
+}
+
+/// `RegisterStart`s one record id may have per day ([`Mutation::CountRegisterStart`]):
+/// registration, a password change, a key rotation and a fleet move each need one.
+pub const MAX_REGISTER_STARTS_PER_DAY: u32 = 12;
+
+/// One user's record (record encoding 2, docs/formats.md "Records on disk"; encoding 1 lacked
+/// `register_starts` and is read as a count of zero).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Changes whenever the live credential changes (activate, destroy);
@@ -60,6 +81,32 @@ pub struct Record {
     pub generation: u64,
     pub live: Option<Live>,
     pub pending: Option<Pending>,
+    /// `RegisterStart`s counted today: committed, so restarting a node does not reset them.
+    pub register_starts: DayCount,
+    /// A registration moving here from an earlier fleet, stored with the old fleet's intent
+    /// ticket: apart from `pending`, so nobody without that ticket can replace it, and made
+    /// live only by the old fleet's move ticket ([`Mutation::MoveIn`]).
+    pub moving_in: Option<MovingIn>,
+}
+
+/// A move's registration waiting for its move ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovingIn {
+    pub credential: Credential,
+    /// What the tickets name it by (`bkv_wire::vault::pending_digest`).
+    pub pending_digest: [u8; 32],
+}
+
+impl Record {
+    fn new(generation: u64) -> Self {
+        Record {
+            generation,
+            live: None,
+            pending: None,
+            register_starts: DayCount::default(),
+            moving_in: None,
+        }
+    }
 }
 
 /// A log entry: every change to a record is one of these, committed before any
@@ -105,6 +152,38 @@ pub enum Mutation {
     /// order, each exactly as if alone; anything but a record mutation inside is refused
     /// ([`Outcome::NotBatchable`]). Appended last so earlier entries keep their encoding.
     Batch(Vec<Mutation>),
+    // Appended (issue 27; earlier entries keep their encoding).
+    /// Counts a `RegisterStart` on `day` (the proposing core's clock; a day earlier than the
+    /// record's counts on the record's day) before the OPRF is evaluated.
+    CountRegisterStart { record_id: RecordId, day: u32 },
+    /// A move's registration, stored with the old fleet's intent ticket naming it (every core
+    /// verifies the ticket when it applies this), beside whatever record is here: only
+    /// [`Mutation::MoveIn`] with the move ticket naming it makes it live.
+    StorePendingMove {
+        record_id: RecordId,
+        credential: Credential,
+        intent: SignedMoveTicket,
+    },
+    /// The record moves to `to_fleet`: its credential is erased here and it grants no guess.
+    MoveOut {
+        record_id: RecordId,
+        generation: u64,
+        to_fleet: String,
+        pending_digest: [u8; 32],
+    },
+    /// Makes the pending registration a move ticket names live, with the old record's count.
+    /// Every core verifies the ticket when it applies this ([`crate::Core::apply`]).
+    MoveIn {
+        record_id: RecordId,
+        ticket: SignedMoveTicket,
+    },
+    /// An operator command with the time the proposing core read from its platform: every
+    /// member checks the command's expiry against it, and it may not go back behind the time
+    /// of the fleet's previous command ([`crate::members::Members::clock`]).
+    AdminAt {
+        command: SignedAdminCommand,
+        proposed_at: u64,
+    },
 }
 
 impl Mutation {
@@ -116,8 +195,15 @@ impl Mutation {
             | Mutation::CountGuess { record_id, .. }
             | Mutation::ResetGuesses { record_id, .. }
             | Mutation::Destroy { record_id, .. }
-            | Mutation::Delete { record_id, .. } => Some(record_id),
-            Mutation::Found { .. } | Mutation::Admin(_) | Mutation::Batch(_) => None,
+            | Mutation::Delete { record_id, .. }
+            | Mutation::CountRegisterStart { record_id, .. }
+            | Mutation::StorePendingMove { record_id, .. }
+            | Mutation::MoveOut { record_id, .. }
+            | Mutation::MoveIn { record_id, .. } => Some(record_id),
+            Mutation::Found { .. }
+            | Mutation::Admin(_)
+            | Mutation::AdminAt { .. }
+            | Mutation::Batch(_) => None,
         }
     }
 }
@@ -162,6 +248,23 @@ pub enum Outcome {
     /// The record's bucket is full (records on disk, `crate::sealed_state`): nothing changed.
     /// Appended last so earlier outcomes keep their encoding.
     StoreFull,
+    // Appended (issue 27).
+    /// The `RegisterStart` was counted: the OPRF may be evaluated.
+    RegisterStartCounted,
+    /// The record had its day's `RegisterStart`s: nothing changed.
+    TooManyRegisterStarts,
+    /// The record moved out with this count.
+    MovedOut {
+        attempts: u32,
+    },
+    /// The record moved to another fleet: nothing changed.
+    Moved,
+    /// A move ticket that does not verify or does not fit: nothing changed.
+    BadTicket(String),
+    /// A guess limit above the fleet's policy: nothing changed.
+    AbovePolicy {
+        max: u32,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +281,29 @@ pub struct State {
     pub members: Members,
 }
 
+/// A move ticket's body (its signature is a core's to check, `crate::moves`).
+fn ticket(signed: &SignedMoveTicket) -> Option<bkv_wire::vault::MoveTicket> {
+    bkv_wire::decode(&signed.ticket, bkv_wire::vault::MAX_MOVE_TICKET).ok()
+}
+
+/// Encoding version of [`State`] and [`Record`] written now (docs/formats.md "Records on disk").
+pub const STATE_ENCODING: u8 = 2;
+
 impl State {
+    /// The state's canonical bytes (state encoding 2).
+    pub fn encode(&self) -> Vec<u8> {
+        bkv_wire::encode_as(STATE_ENCODING, self)
+    }
+
+    /// Decodes encoding 2, or encoding 1 of an earlier release.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<State, bkv_wire::CodecError> {
+        match bkv_wire::encoding_version(bytes, limit)? {
+            1 => Ok(bkv_wire::decode::<crate::legacy::StateV1>(bytes, limit)?.into()),
+            STATE_ENCODING => bkv_wire::decode_as(bytes, limit, STATE_ENCODING),
+            v => Err(bkv_wire::CodecError::Version(v)),
+        }
+    }
+
     pub fn status(&self, id: &RecordId) -> RecordState {
         Self::status_of(self.records.get(id).map(|r| &**r))
     }
@@ -196,6 +321,7 @@ impl State {
                     guess_limit: credential.guess_limit,
                 },
                 Some(Live::Destroyed) => RecordState::Destroyed,
+                Some(Live::Moved { .. }) => RecordState::Moved,
                 None if r.pending.is_some() => RecordState::Pending,
                 None => RecordState::Absent,
             },
@@ -256,18 +382,15 @@ impl State {
             };
         };
         match m {
-            Mutation::Found { .. } | Mutation::Admin(_) | Mutation::Batch(_) => Outcome::Stale,
+            Mutation::Found { .. }
+            | Mutation::Admin(_)
+            | Mutation::AdminAt { .. }
+            | Mutation::Batch(_) => Outcome::Stale,
             Mutation::StorePending { pending, .. } => {
-                let gen = self.fresh_generation();
-                let rec = Arc::make_mut(self.records.entry(id).or_insert_with(|| {
-                    Arc::new(Record {
-                        generation: gen,
-                        live: None,
-                        pending: None,
-                    })
-                }));
+                let rec = self.record_or_new(id);
                 let live_gen = match &rec.live {
                     Some(Live::Active { .. }) => Some(rec.generation),
+                    Some(Live::Moved { .. }) => return Outcome::Moved,
                     _ => None,
                 };
                 if live_gen.is_some() && pending.replaces != live_gen {
@@ -377,7 +500,98 @@ impl State {
                 self.records.remove(&id);
                 Outcome::Deleted
             }
+            Mutation::CountRegisterStart { day, .. } => {
+                let rec = self.record_or_new(id);
+                let c = &mut rec.register_starts;
+                if *day > c.day {
+                    *c = DayCount {
+                        day: *day,
+                        count: 0,
+                    };
+                }
+                if c.count >= MAX_REGISTER_STARTS_PER_DAY {
+                    return Outcome::TooManyRegisterStarts;
+                }
+                c.count += 1;
+                Outcome::RegisterStartCounted
+            }
+            Mutation::StorePendingMove {
+                credential, intent, ..
+            } => {
+                let Some(t) = ticket(intent) else {
+                    return Outcome::BadTicket("the ticket does not decode".into());
+                };
+                let rec = self.record_or_new(id);
+                if matches!(rec.live, Some(Live::Moved { .. })) {
+                    return Outcome::Moved;
+                }
+                rec.moving_in = Some(MovingIn {
+                    credential: credential.clone(),
+                    pending_digest: t.pending_digest,
+                });
+                Outcome::Stored
+            }
+            Mutation::MoveOut {
+                generation,
+                to_fleet,
+                pending_digest,
+                ..
+            } => {
+                let gen = self.fresh_generation();
+                let Some(rec) = self.records.get_mut(&id).map(Arc::make_mut) else {
+                    return Outcome::NoRecord;
+                };
+                if rec.generation != *generation {
+                    return Outcome::Stale;
+                }
+                let Some(Live::Active { attempts, .. }) = &rec.live else {
+                    return Outcome::NoRecord;
+                };
+                let attempts = *attempts;
+                // Dropping the Live value zeroizes the credential.
+                rec.live = Some(Live::Moved {
+                    to_fleet: to_fleet.clone(),
+                    pending_digest: *pending_digest,
+                    attempts,
+                });
+                rec.pending = None;
+                rec.moving_in = None;
+                rec.generation = gen;
+                Outcome::MovedOut { attempts }
+            }
+            Mutation::MoveIn { ticket: signed, .. } => {
+                let Some(t) = ticket(signed) else {
+                    return Outcome::BadTicket("the ticket does not decode".into());
+                };
+                let gen = self.fresh_generation();
+                let Some(rec) = self.records.get_mut(&id).map(Arc::make_mut) else {
+                    return Outcome::NoPending;
+                };
+                let Some(m) = rec
+                    .moving_in
+                    .take_if(|m| m.pending_digest == t.pending_digest)
+                else {
+                    return Outcome::NoPending;
+                };
+                let attempts = t.attempts.min(m.credential.guess_limit);
+                rec.live = Some(Live::Active {
+                    credential: m.credential.clone(),
+                    attempts,
+                });
+                rec.generation = gen;
+                Outcome::Activated { generation: gen }
+            }
         }
+    }
+
+    /// The record `id`, created empty (with a fresh generation) if absent.
+    fn record_or_new(&mut self, id: RecordId) -> &mut Record {
+        let gen = self.fresh_generation();
+        Arc::make_mut(
+            self.records
+                .entry(id)
+                .or_insert_with(|| Arc::new(Record::new(gen))),
+        )
     }
 }
 
@@ -453,7 +667,7 @@ mod tests {
         );
         assert_eq!(copy.records.len(), 2);
         // The encoding is that of the records themselves: a decoded copy equals the original.
-        let decoded: State = bkv_wire::decode(&bkv_wire::encode(&s), 1 << 20).unwrap();
+        let decoded = State::decode(&s.encode(), 1 << 20).unwrap();
         assert_eq!(decoded, s);
     }
 

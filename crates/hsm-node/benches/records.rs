@@ -29,7 +29,7 @@ fn record(n: u64) -> Record {
         generation: n,
         live: Some(Live::Active {
             credential: Credential {
-                opaque_record: vec![(n % 251) as u8; 192],
+                opaque_record: vec![(n % 251) as u8; 225],
                 wrapped_key: vec![7; 60],
                 guess_limit: 10,
                 confirm_hash: [3; 32],
@@ -37,6 +37,8 @@ fn record(n: u64) -> Record {
             attempts: 0,
         }),
         pending: None,
+        register_starts: Default::default(),
+        moving_in: None,
     }
 }
 

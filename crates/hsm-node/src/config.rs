@@ -104,7 +104,7 @@ impl Default for NodePlatformFile {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetStart {
     /// Form a new fleet (its first node's first start), pinning these keys and namespace.
@@ -117,9 +117,28 @@ pub struct FleetStart {
     pub auditor_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The fleet's guess-limit policy when founding it (the largest limit a record may carry).
+    pub max_guess_limit: u32,
+    /// When founding: earlier fleets whose records may move here, `FLEET_ID=MOVE_KEY_HEX`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub predecessors: Vec<String>,
     /// Join an existing fleet: a members file (`[{"id","addr","identity"}]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<PathBuf>,
+}
+
+impl Default for FleetStart {
+    fn default() -> Self {
+        FleetStart {
+            found: false,
+            operator_key: None,
+            auditor_key: None,
+            namespace: None,
+            max_guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,
+            predecessors: Vec::new(),
+            join: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +195,18 @@ impl NodeFile {
                 "platform.token_label",
                 "the pkcs11 platform needs platform.token_label and platform.pin_file",
             ));
+        }
+        let limits = bkv_wire::vault::MIN_GUESS_LIMIT..=bkv_wire::vault::MAX_GUESS_LIMIT;
+        if !limits.contains(&f.max_guess_limit) {
+            return Err(invalid(
+                "fleet.max_guess_limit",
+                &format!("must be within {limits:?}"),
+            ));
+        }
+        for p in &f.predecessors {
+            if let Err(e) = crate::parse_predecessor(p) {
+                return Err(invalid("fleet.predecessors", &e.to_string()));
+            }
         }
         if self.limits.idle_timeout_secs == 0 {
             return Err(invalid("limits.idle_timeout_secs", "must be at least 1"));

@@ -24,7 +24,7 @@ mod links;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 use bkv_hsm_core::state::State;
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, Mutation, Outcome, SharedPlatform, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, Outcome, SharedPlatform, Step};
 use bkv_hsm_platform::PlatformConfig;
 use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
 use bkv_wire::node::{NodeError, NodeInfo, NodeRequest, NodeResponse};
@@ -112,6 +112,23 @@ impl Member {
             identity,
         })
     }
+}
+
+/// Parses a predecessor fleet as given on the command line or in a config file:
+/// `FLEET_ID=MOVE_KEY_HEX`.
+pub fn parse_predecessor(text: &str) -> Result<bkv_hsm_core::Predecessor, NodeStartError> {
+    let bad = |why: &str| NodeStartError::Config(format!("predecessor {text:?}: {why}"));
+    let (fleet_id, key) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected FLEET_ID=MOVE_KEY_HEX"))?;
+    let move_key = bkv_wire::key_from_hex(key).map_err(bad)?;
+    if fleet_id.is_empty() {
+        return Err(bad("empty fleet id"));
+    }
+    Ok(bkv_hsm_core::Predecessor {
+        fleet_id: fleet_id.to_owned(),
+        move_key,
+    })
 }
 
 /// SHA-256 of the running executable (what a platform statement measures).
@@ -324,6 +341,12 @@ impl Node {
         &self.info
     }
 
+    /// The key this fleet's cores sign move tickets with: a successor fleet pins it
+    /// (`--predecessor FLEET_ID=KEY` when founding it).
+    pub fn move_public_key(&self) -> [u8; 32] {
+        self.core().map(|c| c.move_public_key()).unwrap_or_default()
+    }
+
     /// Bounds the session table (see [`bkv_hsm_core::DEFAULT_MAX_SESSIONS`]).
     pub fn set_max_sessions(&self, max: usize) {
         if let Some(mut core) = self.core() {
@@ -438,6 +461,11 @@ impl Node {
                                 Ok(o) => o,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "commit failed");
+                                    // The reply will not come: the session ends rather than
+                                    // wait for a commit forever.
+                                    if let Some(mut core) = self.core() {
+                                        core.commit_failed(&session_id);
+                                    }
                                     return unavailable;
                                 }
                             };
@@ -505,10 +533,11 @@ impl Node {
             .read_barrier()
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        self.core()
+        let m = self
+            .core()
             .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?
-            .check_admin(&signed)?;
-        match self.fleet.propose(Mutation::Admin(signed)).await {
+            .admin_mutation(signed)?;
+        match self.fleet.propose(m).await {
             Ok(Outcome::AdminApplied { seq }) => {
                 tracing::info!(seq, "operator command committed");
             }

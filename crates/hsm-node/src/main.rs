@@ -82,6 +82,14 @@ struct Args {
     /// The log namespace of the fleet's bundles and membership records.
     #[arg(long)]
     namespace: Option<String>,
+    /// The fleet's guess-limit policy when founding it: the largest guess limit a record may
+    /// carry. Every core enforces it; the deployment evidence states it.
+    #[arg(long, default_value_t = bkv_wire::vault::DEFAULT_GUESS_LIMIT)]
+    max_guess_limit: u32,
+    /// When founding a fleet: an earlier fleet whose records may move to it, as
+    /// `FLEET_ID=MOVE_KEY_HEX` (its nodes print the move key in their ready line). Repeatable.
+    #[arg(long = "predecessor")]
+    predecessors: Vec<String>,
     /// Join an existing fleet: a JSON list of members `[{"id","addr","identity"}]`
     /// to ask for the fleet secrets once the operator admitted this node.
     #[arg(long)]
@@ -161,6 +169,8 @@ impl Args {
             operator_key: f.fleet.operator_key,
             auditor_key: f.fleet.auditor_key,
             namespace: f.fleet.namespace,
+            max_guess_limit: f.fleet.max_guess_limit,
+            predecessors: f.fleet.predecessors,
             join: f.fleet.join,
             print_statement: self.print_statement,
             idle_timeout: f.limits.idle_timeout_secs,
@@ -210,11 +220,18 @@ fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
             .map_err(|_| anyhow::anyhow!("--operator-key is not an Ed25519 public key"))?;
         let (auditor_name, auditor) = bkv_transparency::note::parse_verifier_key(aud)
             .map_err(|e| anyhow::anyhow!("--auditor-key: {e}"))?;
+        let predecessors = args
+            .predecessors
+            .iter()
+            .map(|p| bkv_hsm_node::parse_predecessor(p))
+            .collect::<Result<Vec<_>, _>>()?;
         return Ok(StartMode::Found(bkv_hsm_core::FleetTrust {
             namespace: ns.clone(),
             auditor_name,
             auditor_key: auditor.to_bytes(),
             operator_key,
+            max_guess_limit: args.max_guess_limit,
+            predecessors,
         }));
     }
     if let Some(path) = &args.join {
@@ -271,13 +288,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(relay = %relay.addr, admin = %admin.addr, fleet = %node.info().fleet_id, "serving");
     println!(
-        "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={}{metrics}",
+        "bkv-hsm ready listen={} admin={} peer={} node_id={} fleet={} noise_public_key={} move_key={}{metrics}",
         relay.addr,
         admin.addr,
         node.peer_addr,
         args.node_id,
         node.info().fleet_id,
-        bkv_wire::key_to_hex(&node.info().noise_public_key)
+        bkv_wire::key_to_hex(&node.info().noise_public_key),
+        bkv_wire::key_to_hex(&node.move_public_key()),
     );
     // Every commit is already durable, so the process may be killed at any
     // moment; it simply serves until then.

@@ -491,6 +491,8 @@ mod tests {
             generation,
             live: Some(Live::Destroyed),
             pending: None,
+            register_starts: Default::default(),
+            moving_in: None,
         }
     }
 
@@ -627,7 +629,7 @@ mod tests {
             generation,
             live: Some(Live::Active {
                 credential: bkv_hsm_core::state::Credential {
-                    opaque_record: vec![7; 192],
+                    opaque_record: vec![7; 225],
                     wrapped_key: vec![8; 60],
                     guess_limit: 10,
                     confirm_hash: [9; 32],
@@ -635,6 +637,8 @@ mod tests {
                 attempts: 0,
             }),
             pending: None,
+            register_starts: Default::default(),
+            moving_in: None,
         }
     }
 

@@ -185,3 +185,28 @@ impl<'a> Ceremony<'a> {
         Ok(bytes)
     }
 }
+
+/// The predecessor entry for fleet `fleet_id`, from one of its nodes' signed fleet statement:
+/// the move key its cores sign move tickets with. Refused when the statement is not that
+/// fleet's, does not verify, or (a node of an earlier release) states no policy.
+pub fn predecessor(
+    statement: &SignedFleetStatement,
+    fleet_id: &str,
+) -> std::result::Result<bkv_wire::admin::PredecessorFleet, String> {
+    let st = bkv_transparency::evidence::verify_fleet_statement(statement)?;
+    if st.fleet_id != fleet_id {
+        return Err(format!(
+            "asked for fleet {fleet_id}'s move key, a node of {} answered",
+            st.fleet_id
+        ));
+    }
+    let policy = st.policy.ok_or_else(|| {
+        format!(
+            "fleet {fleet_id} runs an earlier release with no move key: upgrade its nodes first"
+        )
+    })?;
+    Ok(bkv_wire::admin::PredecessorFleet {
+        fleet_id: fleet_id.to_owned(),
+        move_key: policy.move_key,
+    })
+}

@@ -13,7 +13,9 @@ use bkv_client::backup::{Compression, Content, EncryptWriter, Header};
 use bkv_client::slots::{Manifest, PasskeyParams, RecoveryKey, SlotKind, SlotSecret};
 use bkv_client::BackupKey;
 use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index};
-use bkv_transparency::bundle::{self, Bundle, BundleFleet, BundlePackage, FleetKey, KeyRole};
+use bkv_transparency::bundle::{
+    self, Bundle, BundleFleet, BundlePackage, EarlierBundle, FleetKey, KeyRole,
+};
 use bkv_transparency::merkle;
 use bkv_transparency::note::{self, Checkpoint};
 use bkv_wire::admin::{PlatformDescription, PlatformKind, PlatformStatement, SignedStatement};
@@ -920,7 +922,34 @@ impl Log {
             } else {
                 merkle::consistency_proof(known, &self.leaves)
             },
+            previous_proofs: self.previous_proofs(index),
         })
+    }
+
+    /// For each previous fleet of bundle `index`, the newest earlier bundle that names it as the
+    /// preferred fleet, with its inclusion proof in the whole log.
+    fn previous_proofs(&self, index: usize) -> Vec<EarlierBundle> {
+        let Ok(b) = Bundle::decode(&self.bundles[index].0) else {
+            return Vec::new();
+        };
+        b.previous
+            .iter()
+            .filter_map(|p| {
+                (0..index).rev().find_map(|i| {
+                    let (bytes, a, o) = &self.bundles[i];
+                    let e = Bundle::decode(bytes).ok()?;
+                    (e.fleet_id == p.fleet_id && e.noise_key() == p.noise_key()).then(|| {
+                        EarlierBundle {
+                            bundle: bytes.clone(),
+                            auditor_signature: a.to_vec(),
+                            operator_signature: o.to_vec(),
+                            leaf_index: i as u64,
+                            inclusion_proof: merkle::inclusion_proof(i, &self.leaves),
+                        }
+                    })
+                })
+            })
+            .collect()
     }
 }
 
@@ -948,6 +977,7 @@ fn bundle(log: &Log) -> Result<()> {
             ("seen_size", "0".into()),
             ("seen_root", hex::encode([0u8; 32])),
             ("seen_epoch", "0".into()),
+            ("seen_fleets", String::new()),
         ],
     )?;
     let expect = || {
@@ -1167,6 +1197,57 @@ fn bundle(log: &Log) -> Result<()> {
         "five-previous-fleets.json",
         &bad_bundle(&b)?,
         bad("more than 4 previous fleets", "Malformed"),
+    )?;
+    // A previous fleet is one clients used before (issue 27): the log must prove it was the
+    // preferred fleet of an earlier epoch, unless the client accepted such an epoch itself.
+    let mut p = pkg.clone();
+    p.previous_proofs.clear();
+    let unproven = json(&p)?;
+    w.case(
+        "previous-fleet-unproven.json",
+        &unproven,
+        bad(
+            "a previous fleet without the logged bundle in which it was preferred",
+            "UnprovenPreviousFleet",
+        ),
+    )?;
+    w.case(
+        "previous-fleet-unproven.json",
+        &unproven,
+        CaseSpec {
+            spec_valid: Some(false),
+            params: vec![("seen_fleets", format!("fleet-1={}", hex::encode(seq(0x60))))],
+            ..ok(
+                "the same for a client that accepted an epoch with fleet-1 preferred",
+                expect(),
+            )
+        },
+    )?;
+    let mut p = pkg.clone();
+    if let Some(e) = p.previous_proofs.first_mut() {
+        e.leaf_index = 0;
+    }
+    w.case(
+        "previous-proof-not-in-log.json",
+        &json(&p)?,
+        bad(
+            "the earlier bundle's inclusion proof names another leaf",
+            "UnprovenPreviousFleet",
+        ),
+    )?;
+    let mut p = pkg.clone();
+    let mut forged = Bundle::decode(&log.bundles[0].0)?;
+    forged.epoch = 3;
+    if let Some(e) = p.previous_proofs.first_mut() {
+        e.bundle = forged.encode();
+    }
+    w.case(
+        "previous-proof-altered.json",
+        &json(&p)?,
+        bad(
+            "an earlier bundle altered after signing (its epoch)",
+            "UnprovenPreviousFleet",
+        ),
     )?;
     w.finish()
 }

@@ -609,16 +609,23 @@ fn json_b64(v: &serde_json::Value, field: &str) -> SpecResult<Vec<u8>> {
         .ok_or("package field")
 }
 
-/// `docs/formats.md`, "Validation bundle", and `docs/auditor-api.md`: checks a bundle package
-/// (as the frontend serves it) against the pinned keys at time `now`, without any remembered
-/// state: decoding, both signatures, the checkpoint, inclusion and the validity window.
-pub fn bundle_verify(package: &[u8], anchors: &Anchors<'_>, now: u64) -> SpecResult<BundleView> {
-    let v: serde_json::Value = serde_json::from_slice(package).map_err(|_| "package JSON")?;
-    let bundle = json_b64(&v, "bundle")?;
+/// A decoded bundle (version 2).
+struct ParsedBundle {
+    namespace: String,
+    epoch: u64,
+    fleet_id: String,
+    noise_key: [u8; 32],
+    not_before: u64,
+    not_after: u64,
+    /// Previous fleets: id and Noise key.
+    previous: Vec<(String, [u8; 32])>,
+}
+
+fn parse_bundle(bundle: &[u8]) -> SpecResult<ParsedBundle> {
     if bundle.len() > 16 * 1024 {
         return Err("bundle over 16 KiB");
     }
-    let mut r = Reader::encoded(&bundle)?;
+    let mut r = Reader::encoded(bundle)?;
     if r.u8()? != 2 {
         return Err("bundle version");
     }
@@ -633,38 +640,85 @@ pub fn bundle_verify(package: &[u8], anchors: &Anchors<'_>, now: u64) -> SpecRes
     if n_prev > 4 {
         return Err("more than 4 previous fleets");
     }
-    let mut previous_fleets = Vec::new();
+    let mut previous = Vec::new();
     for _ in 0..n_prev {
         let id = r.string()?;
         if id == fleet_id {
             return Err("previous fleet repeats the preferred one");
         }
-        fleet_keys(&mut r)?.ok_or("previous fleet without a Noise key")?;
+        let key = fleet_keys(&mut r)?.ok_or("previous fleet without a Noise key")?;
         let _evidence: [u8; 32] = r.fixed()?;
-        previous_fleets.push(id);
+        previous.push((id, key));
     }
     r.end()?;
-    if namespace != anchors.namespace {
+    Ok(ParsedBundle {
+        namespace,
+        epoch,
+        fleet_id,
+        noise_key,
+        not_before,
+        not_after,
+        previous,
+    })
+}
+
+/// Whether the auditor signed `encode((namespace, epoch, SHA-256(bundle)))` (codec byte, string,
+/// varint, raw 32 bytes) under its context.
+fn auditor_signed(anchors: &Anchors<'_>, bundle: &[u8], b: &ParsedBundle, sig: &[u8]) -> bool {
+    let mut msg = b"bkv bundle auditor signature v1\0\x01".to_vec();
+    push_varint(&mut msg, b.namespace.len() as u64);
+    msg.extend_from_slice(b.namespace.as_bytes());
+    push_varint(&mut msg, b.epoch);
+    msg.extend_from_slice(&Sha256::digest(bundle));
+    ed25519_ok(anchors.auditor_key, &msg, sig)
+}
+
+/// Whether the operator counter-signed the auditor's signature bytes.
+fn operator_signed(anchors: &Anchors<'_>, auditor_sig: &[u8], sig: &[u8]) -> bool {
+    let mut msg = b"bkv bundle operator countersignature v1\0".to_vec();
+    msg.extend_from_slice(auditor_sig);
+    ed25519_ok(anchors.operator_key, &msg, sig)
+}
+
+/// The bundle's leaf hash: `0x00 || "bkv-leaf-v1\0" || epoch (u64 BE) || SHA-256(bundle)`.
+fn bundle_leaf(bundle: &[u8], epoch: u64) -> [u8; 32] {
+    let mut leaf = b"bkv-leaf-v1\0".to_vec();
+    leaf.extend_from_slice(&epoch.to_be_bytes());
+    leaf.extend_from_slice(&Sha256::digest(bundle));
+    leaf_hash(&leaf)
+}
+
+fn json_proof(v: &serde_json::Value) -> SpecResult<Vec<[u8; 32]>> {
+    v.get("inclusion_proof")
+        .and_then(|p| p.as_array())
+        .ok_or("package field")?
+        .iter()
+        .map(|h| {
+            h.as_str()
+                .and_then(|s| B64.decode(s).ok())
+                .and_then(|b| b.try_into().ok())
+                .ok_or("proof hash")
+        })
+        .collect()
+}
+
+/// `docs/formats.md`, "Validation bundle", and `docs/auditor-api.md`: checks a bundle package
+/// (as the frontend serves it) against the pinned keys at time `now`, without any remembered
+/// state: decoding, both signatures, the checkpoint, inclusion, the validity window, and for
+/// every previous fleet a logged earlier bundle naming it as the preferred fleet.
+pub fn bundle_verify(package: &[u8], anchors: &Anchors<'_>, now: u64) -> SpecResult<BundleView> {
+    let v: serde_json::Value = serde_json::from_slice(package).map_err(|_| "package JSON")?;
+    let bundle = json_b64(&v, "bundle")?;
+    let b = parse_bundle(&bundle)?;
+    if b.namespace != anchors.namespace {
         return Err("namespace");
     }
-    let digest: [u8; 32] = Sha256::digest(&bundle).into();
-    // encode((namespace, epoch, digest)): codec byte, string, varint, raw 32 bytes.
-    let mut msg = b"bkv bundle auditor signature v1\0\x01".to_vec();
-    push_varint(&mut msg, namespace.len() as u64);
-    msg.extend_from_slice(namespace.as_bytes());
-    push_varint(&mut msg, epoch);
-    msg.extend_from_slice(&digest);
     let auditor_sig = json_b64(&v, "auditor_signature")?;
-    if !ed25519_ok(anchors.auditor_key, &msg, &auditor_sig) {
+    let operator_sig = json_b64(&v, "operator_signature")?;
+    if !auditor_signed(anchors, &bundle, &b, &auditor_sig) {
         return Err("auditor signature");
     }
-    let mut msg = b"bkv bundle operator countersignature v1\0".to_vec();
-    msg.extend_from_slice(&auditor_sig);
-    if !ed25519_ok(
-        anchors.operator_key,
-        &msg,
-        &json_b64(&v, "operator_signature")?,
-    ) {
+    if !operator_signed(anchors, &auditor_sig, &operator_sig) {
         return Err("operator signature");
     }
     let note = v
@@ -675,37 +729,67 @@ pub fn bundle_verify(package: &[u8], anchors: &Anchors<'_>, now: u64) -> SpecRes
     if cp.origin != anchors.origin {
         return Err("checkpoint origin");
     }
-    let mut leaf = b"bkv-leaf-v1\0".to_vec();
-    leaf.extend_from_slice(&epoch.to_be_bytes());
-    leaf.extend_from_slice(&digest);
-    let proof: Vec<[u8; 32]> = v
-        .get("inclusion_proof")
-        .and_then(|p| p.as_array())
-        .ok_or("package field")?
-        .iter()
-        .map(|h| {
-            h.as_str()
-                .and_then(|s| B64.decode(s).ok())
-                .and_then(|b| b.try_into().ok())
-                .ok_or("proof hash")
-        })
-        .collect::<SpecResult<_>>()?;
     let index = v
         .get("leaf_index")
         .and_then(|i| i.as_u64())
         .ok_or("package field")?;
-    if !verify_inclusion(index, cp.size, &leaf_hash(&leaf), &proof, &cp.root) {
+    if !verify_inclusion(
+        index,
+        cp.size,
+        &bundle_leaf(&bundle, b.epoch),
+        &json_proof(&v)?,
+        &cp.root,
+    ) {
         return Err("inclusion proof");
     }
-    if now < not_before || now >= not_after {
+    if now < b.not_before || now >= b.not_after {
         return Err("outside the validity window");
     }
+    let proofs = v
+        .get("previous_proofs")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for (id, key) in &b.previous {
+        let proven = proofs.iter().any(|e| {
+            let (Ok(earlier), Ok(a), Ok(o)) = (
+                json_b64(e, "bundle"),
+                json_b64(e, "auditor_signature"),
+                json_b64(e, "operator_signature"),
+            ) else {
+                return false;
+            };
+            let (Ok(p), Ok(proof), Some(i)) = (
+                parse_bundle(&earlier),
+                json_proof(e),
+                e.get("leaf_index").and_then(|i| i.as_u64()),
+            ) else {
+                return false;
+            };
+            p.namespace == b.namespace
+                && p.epoch < b.epoch
+                && p.fleet_id == *id
+                && p.noise_key == *key
+                && auditor_signed(anchors, &earlier, &p, &a)
+                && operator_signed(anchors, &a, &o)
+                && verify_inclusion(
+                    i,
+                    cp.size,
+                    &bundle_leaf(&earlier, p.epoch),
+                    &proof,
+                    &cp.root,
+                )
+        });
+        if !proven {
+            return Err("a previous fleet the log does not prove was preferred");
+        }
+    }
     Ok(BundleView {
-        namespace,
-        epoch,
-        fleet_id,
-        noise_key,
-        previous_fleets,
+        namespace: b.namespace,
+        epoch: b.epoch,
+        fleet_id: b.fleet_id,
+        noise_key: b.noise_key,
+        previous_fleets: b.previous.into_iter().map(|(id, _)| id).collect(),
     })
 }
 

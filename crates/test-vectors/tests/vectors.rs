@@ -298,6 +298,21 @@ fn bundle() {
             checkpoint_size: input(&index, case, "seen_size").parse().expect("size"),
             checkpoint_root: hex32(&index, case, "seen_root"),
             accepted_epoch: input(&index, case, "seen_epoch").parse().expect("epoch"),
+            // `id=noise key hex`, comma-separated: fleets the client accepted as preferred.
+            preferred_fleets: input(&index, case, "seen_fleets")
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    let (id, key) = f.split_once('=').expect("id=key");
+                    bundle::KnownFleet {
+                        fleet_id: id.to_owned(),
+                        noise_key: hex::decode(key)
+                            .ok()
+                            .and_then(|k| k.try_into().ok())
+                            .expect("32 hex bytes"),
+                    }
+                })
+                .collect(),
         };
         let now: u64 = input(&index, case, "now").parse().expect("now");
         let library = serde_json::from_slice::<BundlePackage>(&file)

@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
         inclusion_proof: merkle::inclusion_proof(n - 1, &leaves),
         consistency_from: known,
         consistency_proof: merkle::consistency_proof(known as usize, &leaves),
+        previous_proofs: Vec::new(),
     };
     let anchors = TrustAnchors {
         namespace: "ns".into(),
@@ -74,6 +75,7 @@ fn bench(c: &mut Criterion) {
         checkpoint_size: known,
         checkpoint_root: merkle::root(&leaves[..known as usize]),
         accepted_epoch: 1,
+        preferred_fleets: Vec::new(),
     };
     verify(&anchors, &seen, &pkg, 1).unwrap();
     c.bench_function("verify_bundle (10k-entry log)", |b| {

@@ -174,6 +174,25 @@ pub struct BundlePackage {
     pub consistency_from: u64,
     #[serde(with = "crate::b64::hashes")]
     pub consistency_proof: Vec<Hash>,
+    /// For each fleet the bundle lists besides the preferred one: a logged bundle of an earlier
+    /// epoch in which that fleet, with the same keys, was the preferred one, included in the
+    /// same checkpoint. A client that accepted such an epoch itself needs none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_proofs: Vec<EarlierBundle>,
+}
+
+/// A logged bundle of an earlier epoch and its inclusion in the package's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierBundle {
+    #[serde(with = "crate::b64")]
+    pub bundle: Vec<u8>,
+    #[serde(with = "crate::b64")]
+    pub auditor_signature: Vec<u8>,
+    #[serde(with = "crate::b64")]
+    pub operator_signature: Vec<u8>,
+    pub leaf_index: u64,
+    #[serde(with = "crate::b64::hashes")]
+    pub inclusion_proof: Vec<Hash>,
 }
 
 /// What the client pins in `ota` mode.
@@ -194,6 +213,21 @@ pub struct ClientLogState {
     #[serde(with = "hex_hash")]
     pub checkpoint_root: Hash,
     pub accepted_epoch: u64,
+    /// Fleets this client accepted as the preferred fleet of an epoch (or saw proven so by the
+    /// log), newest last, at most [`MAX_KNOWN_FLEETS`]: the only ones it uses as a previous fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_fleets: Vec<KnownFleet>,
+}
+
+/// Most preferred fleets a client remembers.
+pub const MAX_KNOWN_FLEETS: usize = 16;
+
+/// A fleet that was the preferred one of an accepted epoch: its id and Noise key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownFleet {
+    pub fleet_id: String,
+    #[serde(with = "hex_hash")]
+    pub noise_key: [u8; 32],
 }
 
 mod hex_hash {
@@ -239,6 +273,8 @@ pub enum BundleError {
     Expired { not_after: u64, now: u64 },
     #[error("bundle names no Noise static key")]
     NoNoiseKey,
+    #[error("the bundle lists fleet {0} as a previous fleet, but it was never the preferred fleet of an epoch this client accepted or the log proves")]
+    UnprovenPreviousFleet(String),
 }
 
 /// Checks a delivered bundle against the pinned anchors and what this client
@@ -332,15 +368,84 @@ pub fn verify(
             now,
         });
     }
-    if bundle.noise_key().is_none() || bundle.previous.iter().any(|p| p.noise_key().is_none()) {
+    let Some(preferred_key) = bundle.noise_key() else {
         return Err(BundleError::NoNoiseKey);
+    };
+    let mut known = seen.preferred_fleets.clone();
+    // A previous fleet is one clients used before: the preferred fleet of an epoch this client
+    // accepted, or of an earlier logged epoch the package proves (a client new to the log).
+    for p in &bundle.previous {
+        let key = p.noise_key().ok_or(BundleError::NoNoiseKey)?;
+        let this = KnownFleet {
+            fleet_id: p.fleet_id.clone(),
+            noise_key: key,
+        };
+        if known.contains(&this) {
+            continue;
+        }
+        let proven = pkg
+            .previous_proofs
+            .iter()
+            .any(|e| proves_preferred(anchors, &cp, bundle.epoch, e, &this));
+        if !proven {
+            return Err(BundleError::UnprovenPreviousFleet(p.fleet_id.clone()));
+        }
+        known.push(this);
     }
+    let preferred = KnownFleet {
+        fleet_id: bundle.fleet_id.clone(),
+        noise_key: preferred_key,
+    };
+    known.retain(|k| *k != preferred);
+    known.push(preferred);
+    let excess = known.len().saturating_sub(MAX_KNOWN_FLEETS);
+    known.drain(..excess);
     let next = ClientLogState {
         checkpoint_size: cp.size,
         checkpoint_root: cp.root,
         accepted_epoch: bundle.epoch.max(seen.accepted_epoch),
+        preferred_fleets: known,
     };
     Ok((bundle, next))
+}
+
+/// Whether `e` is a bundle of an epoch before `epoch`, signed by the auditor and the operator and
+/// included in `cp`, whose preferred fleet is `fleet`.
+fn proves_preferred(
+    anchors: &TrustAnchors,
+    cp: &Checkpoint,
+    epoch: u64,
+    e: &EarlierBundle,
+    fleet: &KnownFleet,
+) -> bool {
+    let Ok(b) = Bundle::decode(&e.bundle) else {
+        return false;
+    };
+    let d = digest(&e.bundle);
+    let Ok(auditor_sig) = <[u8; 64]>::try_from(e.auditor_signature.as_slice()) else {
+        return false;
+    };
+    b.namespace == anchors.namespace
+        && b.epoch < epoch
+        && b.fleet_id == fleet.fleet_id
+        && b.noise_key() == Some(fleet.noise_key)
+        && verify_sig(
+            &anchors.auditor_key,
+            &auditor_message(&b.namespace, b.epoch, &d),
+            &auditor_sig,
+        )
+        && verify_sig(
+            &anchors.operator_key,
+            &operator_message(&auditor_sig),
+            &e.operator_signature,
+        )
+        && merkle::verify_inclusion(
+            e.leaf_index,
+            cp.size,
+            &merkle::leaf_hash(&leaf_data(b.epoch, &d)),
+            &e.inclusion_proof,
+            &cp.root,
+        )
 }
 
 #[cfg(test)]
@@ -375,8 +480,9 @@ mod fuzz {
                 inclusion_proof: vec![[0; 32]; (idx % 70) as usize],
                 consistency_from: from,
                 consistency_proof: vec![[1; 32]; (from % 70) as usize],
+                previous_proofs: Vec::new(),
             };
-            let seen = ClientLogState { checkpoint_size: from, checkpoint_root: [0; 32], accepted_epoch: idx };
+            let seen = ClientLogState { checkpoint_size: from, checkpoint_root: [0; 32], accepted_epoch: idx, preferred_fleets: Vec::new() };
             prop_assert!(verify(&anchors, &seen, &pkg, idx).is_err());
             let _ = serde_json::from_slice::<BundlePackage>(&bytes);
         }

@@ -220,10 +220,15 @@ impl TranscriptBuilder {
 /// Decodes a signed fleet statement and checks its signature by the
 /// platform key it names.
 pub fn verify_fleet_statement(s: &SignedFleetStatement) -> Result<FleetStatement, String> {
-    let st: FleetStatement = bkv_wire::decode(&s.statement, crate::membership::MAX_RECORD)
+    let st = FleetStatement::decode(&s.statement, crate::membership::MAX_RECORD)
         .map_err(|e| format!("fleet statement is malformed: {e}"))?;
-    if st.version != FLEET_STATEMENT_VERSION {
-        return Err(format!("fleet statement version {}", st.version));
+    let policy_ok = match st.version {
+        1 => st.policy.is_none(),
+        FLEET_STATEMENT_VERSION => st.policy.is_some(),
+        v => return Err(format!("fleet statement version {v}")),
+    };
+    if !policy_ok {
+        return Err("fleet statement's policy does not match its version".into());
     }
     let key = VerifyingKey::from_bytes(&st.signing_key)
         .map_err(|_| "fleet statement names no valid signing key".to_string())?;

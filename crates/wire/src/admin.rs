@@ -20,8 +20,8 @@ pub const ADMIN_COMMAND_VERSION: u8 = 1;
 pub const STATEMENT_CONTEXT: &[u8] = b"bkv platform statement v1\0";
 /// Domain separation for the operator's signature over an admin command.
 pub const ADMIN_CONTEXT: &[u8] = b"bkv admin command v1\0";
-/// Version of [`FleetStatement`].
-pub const FLEET_STATEMENT_VERSION: u8 = 1;
+/// Version of [`FleetStatement`] (2 added the policy; version 1 is still read).
+pub const FLEET_STATEMENT_VERSION: u8 = 2;
 /// Domain separation for the platform key's signature over a fleet statement.
 pub const FLEET_STATEMENT_CONTEXT: &[u8] = b"bkv fleet statement v1\0";
 /// Longest token description or address carried in a statement or command.
@@ -116,6 +116,69 @@ pub struct FleetStatement {
     pub platform: PlatformDescription,
     pub binary_sha256: [u8; 32],
     pub origin: KeyOrigin,
+    /// What the fleet pinned besides its trust anchors (version 2; `None` only when read from
+    /// a version-1 statement).
+    pub policy: Option<FleetPolicy>,
+}
+
+/// What a fleet's cores enforce and sign with beyond its keys: stated in every node's fleet
+/// statement, so the deployment evidence shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPolicy {
+    /// The largest guess limit a record of the fleet may carry.
+    pub max_guess_limit: u32,
+    /// The Ed25519 key the fleet's cores sign move tickets with (a successor pins it).
+    pub move_key: [u8; 32],
+    /// Earlier fleets whose records may move to this one.
+    pub predecessors: Vec<PredecessorFleet>,
+}
+
+/// An earlier fleet whose records may move here: its id and the move key its cores sign
+/// move tickets with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PredecessorFleet {
+    pub fleet_id: String,
+    pub move_key: [u8; 32],
+}
+
+/// A version-1 fleet statement (an earlier release): no policy.
+#[derive(Deserialize)]
+struct FleetStatementV1 {
+    version: u8,
+    namespace: String,
+    fleet_id: String,
+    node_id: u64,
+    fleet_keys: FleetPublicKeys,
+    identity_key: [u8; 32],
+    signing_key: [u8; 32],
+    platform: PlatformDescription,
+    binary_sha256: [u8; 32],
+    origin: KeyOrigin,
+}
+
+impl FleetStatement {
+    /// Decodes version 2, or version 1 (read with no policy).
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Self, crate::CodecError> {
+        match crate::decode_prefix::<u8>(bytes, limit)? {
+            1 => {
+                let v: FleetStatementV1 = crate::decode(bytes, limit)?;
+                Ok(FleetStatement {
+                    version: v.version,
+                    namespace: v.namespace,
+                    fleet_id: v.fleet_id,
+                    node_id: v.node_id,
+                    fleet_keys: v.fleet_keys,
+                    identity_key: v.identity_key,
+                    signing_key: v.signing_key,
+                    platform: v.platform,
+                    binary_sha256: v.binary_sha256,
+                    origin: v.origin,
+                    policy: None,
+                })
+            }
+            _ => crate::decode(bytes, limit),
+        }
+    }
 }
 
 /// A fleet statement's canonical bytes and the platform key's signature over

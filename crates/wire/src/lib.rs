@@ -89,6 +89,55 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
     Ok(value)
 }
 
+/// Encoding version `version` of a value whose layout changed: `version || postcard(value)`.
+/// Readers of such a value look at [`encoding_version`] first and decode each version with its
+/// own type ([`decode_as`]); version 1 is [`encode`].
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    match postcard::to_extend(value, vec![version]) {
+        Ok(v) => v,
+        Err(e) => unreachable!("postcard encoding failed: {e}"),
+    }
+}
+
+/// The version byte of an encoded value (size limit checked first).
+pub fn encoding_version(bytes: &[u8], limit: usize) -> Result<u8, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    bytes.first().copied().ok_or(CodecError::Empty)
+}
+
+/// Decodes a value of encoding version `version` ([`encode_as`]), with [`decode`]'s checks.
+pub fn decode_as<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+    version: u8,
+) -> Result<T, CodecError> {
+    let found = encoding_version(bytes, limit)?;
+    if found != version {
+        return Err(CodecError::Version(found));
+    }
+    let body = bytes.get(1..).unwrap_or_default();
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|_| CodecError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(CodecError::Trailing);
+    }
+    Ok(value)
+}
+
+/// The value at the start of an encoded value (after its version byte), whatever follows: a
+/// layout whose first field is its version reads it here before choosing the type to decode.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+    encoding_version(bytes, limit)?;
+    let body = bytes.get(1..).unwrap_or_default();
+    postcard::take_from_bytes(body)
+        .map(|(v, _)| v)
+        .map_err(|_| CodecError::Malformed)
+}
+
 /// Record id: the vault key of a user's record, bound to the authenticated
 /// user id. Domain-separated SHA-256 so ids of other purposes never collide.
 pub fn record_id(user_id: &str) -> [u8; 32] {

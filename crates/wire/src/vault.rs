@@ -49,6 +49,37 @@ pub enum VaultRequest {
     /// Ends this session. Only its own key can send it, so only the session's
     /// owner can end it.
     Close,
+    // Appended (older encodings unchanged): moving a record to the next fleet (docs/formats.md
+    // "Moving a record").
+    /// On the new fleet, after `RegisterStart`, instead of `RegisterFinish`: stores the move's
+    /// registration beside whatever record is there (someone may have registered first). Only
+    /// the old fleet's intent ticket for exactly this registration ([`pending_digest`]) lets it
+    /// be stored, and only its move ticket makes it live.
+    RegisterFinishMove {
+        upload: Vec<u8>,
+        wrapped_key: Vec<u8>,
+        guess_limit: u32,
+        confirm_hash: [u8; 32],
+        intent: SignedMoveTicket,
+    },
+    /// On the old fleet, after a successful login in this session: the record moves to
+    /// `to_fleet`, where the registration with `pending_digest` takes its place. The old record
+    /// keeps no key and grants no further guess; the answer is the move ticket.
+    MoveOut {
+        to_fleet: String,
+        pending_digest: [u8; 32],
+    },
+    /// On the old fleet: the ticket of a record that moved (no login needed: it is public).
+    GetMoveTicket,
+    /// On the new fleet: makes the pending registration the ticket names live, with the
+    /// attempts the old record had counted.
+    MoveIn { ticket: SignedMoveTicket },
+    /// On the old fleet, after a successful login in this session: an intent ticket for moving
+    /// the record to `to_fleet` as the registration with `pending_digest` (nothing changes).
+    MoveIntent {
+        to_fleet: String,
+        pending_digest: [u8; 32],
+    },
 }
 
 // Requests carry OPAQUE messages; keep them out of Debug output regardless.
@@ -63,6 +94,11 @@ impl std::fmt::Debug for VaultRequest {
             VaultRequest::LoginFinish { .. } => "LoginFinish",
             VaultRequest::Delete => "Delete",
             VaultRequest::Close => "Close",
+            VaultRequest::RegisterFinishMove { .. } => "RegisterFinishMove",
+            VaultRequest::MoveOut { .. } => "MoveOut",
+            VaultRequest::GetMoveTicket => "GetMoveTicket",
+            VaultRequest::MoveIn { .. } => "MoveIn",
+            VaultRequest::MoveIntent { .. } => "MoveIntent",
         };
         f.write_str(name)
     }
@@ -78,6 +114,8 @@ pub enum RecordState {
     Active { attempts: u32, guess_limit: u32 },
     /// Destroyed after too many wrong guesses; the wrapped key is erased.
     Destroyed,
+    /// Appended: moved to another fleet (its key erased here; `GetMoveTicket` names where).
+    Moved,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +140,14 @@ pub enum VaultResponse {
     Error(VaultError),
     /// The session is ended.
     Closed,
+    /// Appended: a move's registration is stored.
+    MoveStored,
+    /// Appended: the record moved; this ticket makes it live on the new fleet.
+    MoveTicket {
+        ticket: SignedMoveTicket,
+    },
+    /// Appended: the moved record is live here.
+    MovedIn,
 }
 
 impl std::fmt::Debug for VaultResponse {
@@ -118,6 +164,9 @@ impl std::fmt::Debug for VaultResponse {
             VaultResponse::Deleted => f.write_str("Deleted"),
             VaultResponse::Error(e) => write!(f, "Error({e:?})"),
             VaultResponse::Closed => f.write_str("Closed"),
+            VaultResponse::MoveStored => f.write_str("MoveStored"),
+            VaultResponse::MoveTicket { .. } => f.write_str("MoveTicket"),
+            VaultResponse::MovedIn => f.write_str("MovedIn"),
         }
     }
 }
@@ -142,4 +191,79 @@ pub enum VaultError {
     BadRequest(String),
     #[error("the vault is unavailable")]
     Unavailable,
+    /// Appended last (older encodings unchanged): too many registrations were started for
+    /// this user in this session or today.
+    #[error("too many registrations started for this user; try again later")]
+    TooManyRegistrations,
+    /// Appended: the record moved to another fleet.
+    #[error("the backup record moved to fleet {to_fleet}")]
+    Moved { to_fleet: String },
+    /// Appended: a move ticket that does not verify or does not fit this record.
+    #[error("move ticket refused: {0}")]
+    BadTicket(String),
+}
+
+/// Version of [`MoveTicket`].
+pub const MOVE_TICKET_VERSION: u8 = 1;
+/// Domain separation of a move ticket's signature.
+pub const MOVE_TICKET_CONTEXT: &[u8] = b"bkv move ticket v1\0";
+/// Domain separation of a pending registration's digest ([`MoveTicket::pending_digest`]).
+pub const PENDING_DIGEST_CONTEXT: &[u8] = b"bkv move pending v1\0";
+/// Largest encoded ticket.
+pub const MAX_MOVE_TICKET: usize = 1024;
+
+/// Which step of a move a ticket allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveStep {
+    /// The user logged in on the old fleet and means to move: the new fleet may store the
+    /// named registration (nothing changed on the old fleet).
+    Intent,
+    /// The old record moved (erased there): the new fleet makes the named registration live.
+    Moved,
+}
+
+/// What the old fleet's cores say when a record moves (docs/formats.md "Moving a record"),
+/// signed with the old fleet's move key. The new fleet pins that key; it stores a move's
+/// registration only with an `Intent` ticket naming it, and makes it live only with a `Moved`
+/// ticket, starting from `attempts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveTicket {
+    pub version: u8,
+    pub step: MoveStep,
+    pub from_fleet: String,
+    pub to_fleet: String,
+    pub record_id: [u8; 32],
+    /// The registration on the new fleet ([`pending_digest`]).
+    pub pending_digest: [u8; 32],
+    /// The guesses the old record had counted when it moved.
+    pub attempts: u32,
+}
+
+/// What a move ticket names of the registration it moves to:
+/// `SHA-256(PENDING_DIGEST_CONTEXT || encode((upload, wrapped_key, guess_limit, confirm_hash)))`
+/// of a `RegisterFinishMove` (the client computes it before the new fleet stores anything).
+pub fn pending_digest(
+    upload: &[u8],
+    wrapped_key: &[u8],
+    guess_limit: u32,
+    confirm_hash: &[u8; 32],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(PENDING_DIGEST_CONTEXT);
+    h.update(crate::encode(&(
+        upload,
+        wrapped_key,
+        guess_limit,
+        confirm_hash,
+    )));
+    h.finalize().into()
+}
+
+/// A ticket's canonical bytes and the old fleet's Ed25519 signature over
+/// `MOVE_TICKET_CONTEXT || ticket`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedMoveTicket {
+    pub ticket: Vec<u8>,
+    pub signature: Vec<u8>,
 }

@@ -76,7 +76,22 @@ pub async fn ceremony(dir: &Path, n: usize) -> anyhow::Result<()> {
     let verifier = key_info["verifier_key"]
         .as_str()
         .ok_or_else(|| anyhow!("the auditor sent no verifier key"))?;
-    let (started, evidence) = d.ceremony(&dirs, verifier).await?;
+    // Records of the active fleets may move to the new one: it pins their move keys, which
+    // their nodes state in their signed fleet statements.
+    let mut predecessors = Vec::new();
+    for f in fleets.iter().filter(|f| !f.retired) {
+        let old = Deployment::load(dir, f.index)?;
+        let predecessor = old
+            .admins()
+            .values()
+            .find_map(|a| fleet_admin::fleet_statement(*a).ok())
+            .ok_or_else(|| anyhow!("no node of fleet {} answers", f.index))
+            .and_then(|s| {
+                bkv_operator::ceremony::predecessor(&s, &f.fleet_id).map_err(|e| anyhow!(e))
+            })?;
+        predecessors.push(predecessor);
+    }
+    let (started, evidence) = d.ceremony(&dirs, verifier, &predecessors).await?;
     let node = started.first().ok_or_else(|| anyhow!("no node"))?;
     fleets.push(FleetEntry {
         index: k,

@@ -198,6 +198,7 @@ impl Deployment {
         &self,
         dirs: &[usize],
         auditor_verifier_key: &str,
+        predecessors: &[bkv_wire::admin::PredecessorFleet],
     ) -> anyhow::Result<(Vec<StartedNode>, Vec<u8>)> {
         let mut records = Vec::new();
         let mut statements = Vec::new();
@@ -209,7 +210,7 @@ impl Deployment {
         let mut c = bkv_operator::ceremony::Ceremony::begin(&self.operator, &statements)?;
         let mut records = records.into_iter();
         let (dir0, mut rec) = records.next().ok_or_else(|| anyhow!("no node"))?;
-        let found = vec![
+        let mut found = vec![
             "--found".to_owned(),
             "--operator-key".to_owned(),
             hex::encode(self.operator.key.verifying_key().as_bytes()),
@@ -218,6 +219,10 @@ impl Deployment {
             "--namespace".to_owned(),
             self.operator.namespace.clone(),
         ];
+        for p in predecessors {
+            found.push("--predecessor".to_owned());
+            found.push(format!("{}={}", p.fleet_id, hex::encode(p.move_key)));
+        }
         let ndir = node_dir(&self.dir, dir0);
         let node = start_node_with(&rec, &ndir, &found)?;
         rec.listen = node.listen;
@@ -382,6 +387,6 @@ pub(crate) async fn start_fleet(
         return Ok((started, None));
     }
     let dirs: Vec<usize> = (0..n).collect();
-    let (started, evidence) = d.ceremony(&dirs, &auditor.verifier_key).await?;
+    let (started, evidence) = d.ceremony(&dirs, &auditor.verifier_key, &[]).await?;
     Ok((started, Some(evidence)))
 }

@@ -428,7 +428,8 @@ fn check(user: &str, h: &History, last: RecordState) -> Vec<String> {
     }
     if h.registered == Some(true) {
         match last {
-            RecordState::Absent | RecordState::Pending => {
+            // No record moves in a chaos run: a moved record is as lost as an absent one.
+            RecordState::Absent | RecordState::Pending | RecordState::Moved => {
                 v.push(format!(
                     "{user}: acknowledged registration lost (final read {last:?})"
                 ));

@@ -1,7 +1,7 @@
 //! Fleet rotation end to end, with real processes: a second fleet formed by
 //! the ceremony next to the first; records move only when their user
 //! recovers with the right password (crashing at every step of the move
-//! loses nothing and leaves no record live on both fleets); wrong guesses
+//! loses nothing, and the old fleet's record grants nothing once moved); wrong guesses
 //! keep counting on the old fleet; the old fleet is retired, after which a
 //! client that pinned it is told to update.
 
@@ -99,7 +99,8 @@ fn a_rotation_moves_records_only_with_the_right_password_and_retires_the_old_fle
     let steps = [
         "migrate-logged-in-old",
         "migrate-registered-new",
-        "migrate-deleted-old",
+        "migrate-moved-out",
+        "migrate-moved-in",
     ];
     for step in steps {
         create(&pinned1, step, &file);
@@ -119,12 +120,12 @@ fn a_rotation_moves_records_only_with_the_right_password_and_retires_the_old_fle
     );
     assert_eq!(record(&pinned2, "una"), "Absent");
     // The right password moves it: afterwards it lives on fleet 2 only, with
-    // a fresh counter, and restores from there.
+    // a fresh counter, and restores from there; fleet 1 keeps only the note that it moved.
     let out = t.path().join("una-1");
     let o = restore(&ota, "una", PW, &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"rotate me");
-    assert_eq!(record(&pinned1, "una"), "Absent");
+    assert_eq!(record(&pinned1, "una"), "Moved");
     assert_eq!(record(&pinned2, "una")["Active"]["attempts"], 0);
     let out = t.path().join("una-2");
     let o = restore(&pinned2, "una", PW, &out, &[]);
@@ -156,7 +157,7 @@ fn a_rotation_moves_records_only_with_the_right_password_and_retires_the_old_fle
         assert_eq!(std::fs::read(&out).unwrap(), b"rotate me");
         assert_eq!(
             record(&pinned1, step),
-            "Absent",
+            "Moved",
             "{step}: still live on fleet 1"
         );
         assert_eq!(record(&pinned2, step)["Active"]["attempts"], 0, "{step}");

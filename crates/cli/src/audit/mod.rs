@@ -270,6 +270,10 @@ pub fn verify_snapshot(
     let mut warnings = Vec::new();
     let mut digests = std::collections::HashSet::new();
     let mut prev: Option<Bundle> = None;
+    // Fleet id → Noise key of every fleet an epoch named as preferred so far, and the previous
+    // fleets every bundle named (checked against the evidence once it is all read).
+    let mut preferred: std::collections::HashMap<String, [u8; 32]> = Default::default();
+    let mut previous_fleets: Vec<(u64, u64, bundle::BundleFleet)> = Vec::new();
     for (i, e) in (0u64..).zip(&snap.entries) {
         if e.index != i {
             bail!("entry {i}: auditor returned index {}", e.index);
@@ -363,6 +367,25 @@ pub fn verify_snapshot(
                 }
             ));
         }
+        // A previous fleet is one clients used before: the preferred fleet, with the same keys,
+        // of an earlier epoch. Anything else introduces keys no epoch vouched for.
+        for p in &b.previous {
+            match (preferred.get(&p.fleet_id), p.noise_key()) {
+                (Some(k), Some(n)) if *k == n => {}
+                (Some(_), _) => warnings.push(format!(
+                    "epoch {}: previous fleet {} with other keys than when it was preferred",
+                    b.epoch, p.fleet_id
+                )),
+                (None, _) => warnings.push(format!(
+                    "epoch {}: previous fleet {} was never the preferred fleet of an earlier epoch (keys no epoch vouched for)",
+                    b.epoch, p.fleet_id
+                )),
+            }
+            previous_fleets.push((i, b.epoch, p.clone()));
+        }
+        if let Some(k) = b.noise_key() {
+            preferred.insert(b.fleet_id.clone(), k);
+        }
         rows.push(EpochRow {
             index: i,
             epoch: b.epoch,
@@ -392,6 +415,16 @@ pub fn verify_snapshot(
         &evidence_by_digest,
         &mut warnings,
     )?;
+    // Every fleet of every bundle comes with its evidence, logged before the bundle.
+    for (index, epoch, p) in &previous_fleets {
+        match evidence_by_digest.get(&p.evidence_digest) {
+            Some(l) if l.index < *index && Some(l.noise_key) == p.noise_key() => {}
+            _ => warnings.push(format!(
+                "epoch {epoch}: previous fleet {} without matching deployment evidence logged before it",
+                p.fleet_id
+            )),
+        }
+    }
     Ok(LogReport {
         auditor: hex::encode(akey.as_bytes()),
         namespace: namespace.to_owned(),
@@ -544,5 +577,52 @@ mod tests {
         let mut s = snapshot(&a, &o, &bundles);
         s.consistency[1] = vec![[7; 32]];
         assert!(check(&s, &o).unwrap_err().contains("not consistent"));
+    }
+
+    /// Issue 27: every fleet of every bundle is checked. A previous fleet that was the preferred
+    /// fleet of an earlier epoch, with the same keys, is fine; one no epoch named as preferred,
+    /// or one whose keys changed, is flagged, as is a previous fleet without evidence.
+    #[test]
+    fn previous_fleets_must_have_been_preferred_with_the_same_keys() {
+        let a = SigningKey::from_bytes(&[1; 32]);
+        let o = SigningKey::from_bytes(&[2; 32]);
+        let rotated = |epoch: u64, old_id: &str, old_key: u8| {
+            let mut b = bundle_for(epoch);
+            b.fleet_id = "g".into();
+            b.previous = vec![bundle::BundleFleet {
+                fleet_id: old_id.into(),
+                keys: vec![FleetKey {
+                    role: KeyRole::NoiseStatic,
+                    key: [old_key; 32],
+                }],
+                evidence_digest: [0; 32],
+            }];
+            b
+        };
+        let flagged = |bundles: &[Bundle]| -> Vec<String> {
+            let r = check(&snapshot(&a, &o, bundles), &o).unwrap();
+            r.warnings
+                .into_iter()
+                .filter(|w| w.contains("previous fleet"))
+                .collect()
+        };
+        // Fleet f preferred at epoch 2 (key [2; 32]), then listed as previous: only its missing
+        // evidence is flagged.
+        let w = flagged(&[bundle_for(1), bundle_for(2), rotated(3, "f", 2)]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("without matching deployment evidence"),
+            "{w:?}"
+        );
+        // A previous fleet never preferred before.
+        let w = flagged(&[bundle_for(1), rotated(2, "stranger", 9)]);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("was never the preferred fleet")),
+            "{w:?}"
+        );
+        // A previous fleet whose keys changed since it was preferred.
+        let w = flagged(&[bundle_for(1), bundle_for(2), rotated(3, "f", 7)]);
+        assert!(w.iter().any(|w| w.contains("other keys")), "{w:?}");
     }
 }

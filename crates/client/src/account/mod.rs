@@ -22,15 +22,20 @@
 //! manifest first, so every intermediate state restores.
 //!
 //! Fleet rotation: the password record lives on one fleet. While a bundle
-//! lists older fleets besides the preferred one, a password login that finds
-//! the record only on an older fleet moves it (crash points named in parentheses):
-//! log in there (counted like any guess) (`migrate-logged-in-old`), register
-//! the same K with the same guess limit on the preferred fleet (pending,
-//! then confirmed) (`migrate-registered-new`), delete the old record in the
-//! authenticated session (`migrate-deleted-old`). Only the right password
-//! moves a record; until then it keeps its attempts on the old fleet. A
-//! crash after the registration leaves the record live on both until the next
-//! successful login, which deletes the old one.
+//! lists older fleets besides the preferred one, a record still live on an older
+//! fleet is the user's, whatever the preferred fleet holds (a token holder may
+//! have registered there first), and a password login moves it (docs/formats.md
+//! "Moving a record"; crash points named in parentheses): log in on the old fleet
+//! (counted like any guess) (`migrate-logged-in-old`); on the preferred fleet
+//! start a registration of the same K with the same limit; the old fleet signs
+//! an intent naming it, with which the new fleet stores it
+//! (`migrate-registered-new`); the old record moves out — erased there, it grants
+//! no further guess — and the old fleet signs a move ticket
+//! (`migrate-moved-out`); the ticket makes the registration live on the new fleet
+//! with the old record's count (`migrate-moved-in`). A crash after the move-out
+//! is finished by the next login, which fetches the ticket again (it is public).
+//! So the two fleets together never grant more than the limit, whatever the
+//! operator drops, and only the right password moves a record.
 
 use crate::error::{ClientError, Result};
 use crate::keys::BackupKey;
@@ -41,7 +46,7 @@ use crate::slots::{
 };
 use crate::storage::{BackupStore, Latest};
 use crate::vault::VaultClient;
-use bkv_wire::vault::RecordState;
+use bkv_wire::vault::{MoveTicket, RecordState, SignedMoveTicket, VaultRequest, VaultResponse};
 use rand::RngCore;
 use secrecy::SecretString;
 use serde::Serialize;
@@ -130,17 +135,23 @@ impl Account {
         Ok(VaultClient::new(self.endpoint()?.on(fleet), &self.user))
     }
 
-    /// The password record's state, on the fleet that holds it: the
-    /// preferred fleet, or an older one the record has not moved from.
+    /// The password record's state, on the fleet that holds it: an older fleet the record has
+    /// not moved from (it holds the user's record whatever the preferred fleet holds), else the
+    /// preferred fleet.
     pub async fn record_state(&self) -> Result<RecordState> {
+        for f in &self.endpoint()?.previous {
+            let s = self.vault_on(f)?.status().await?;
+            if matches!(s, RecordState::Active { .. }) {
+                return Ok(s);
+            }
+        }
         let state = self.vault()?.status().await?;
         if !matches!(state, RecordState::Absent | RecordState::Pending) {
             return Ok(state);
         }
         for f in &self.endpoint()?.previous {
-            let s = self.vault_on(f)?.status().await?;
-            if matches!(s, RecordState::Active { .. } | RecordState::Destroyed) {
-                return Ok(s);
+            if self.vault_on(f)?.status().await? == RecordState::Destroyed {
+                return Ok(RecordState::Destroyed);
             }
         }
         Ok(state)
@@ -150,48 +161,78 @@ impl Account {
     /// first if it still lives on an older fleet (see the module docs).
     pub async fn login(&self, password: &SecretString) -> Result<crate::vault::LoggedIn> {
         let vault = self.vault()?;
-        match vault.status().await? {
-            RecordState::Active { .. } => {
-                let li = vault.login(password).await?;
-                self.delete_left_behind(password).await;
-                return Ok(li);
-            }
-            RecordState::Destroyed => return Err(ClientError::Destroyed),
-            RecordState::Absent | RecordState::Pending => {}
-        }
         for f in &self.endpoint()?.previous {
             let old = self.vault_on(f)?;
-            let guess_limit = match old.status().await? {
-                RecordState::Active { guess_limit, .. } => guess_limit,
-                RecordState::Destroyed => return Err(ClientError::Destroyed),
-                RecordState::Absent | RecordState::Pending => continue,
-            };
-            let li = old.login(password).await?;
-            crate::crash_point("migrate-logged-in-old");
-            vault.register(password, &li.key, guess_limit, None).await?;
-            crate::crash_point("migrate-registered-new");
-            old.delete_in(li.session).await?;
-            crate::crash_point("migrate-deleted-old");
-            return vault.login(password).await;
-        }
-        Err(ClientError::NoRecord)
-    }
-
-    /// After a login on the preferred fleet: deletes a record an interrupted
-    /// move left live on an older fleet (the same password opens it). Best
-    /// effort: the login already succeeded.
-    async fn delete_left_behind(&self, password: &SecretString) {
-        let Ok(endpoint) = self.endpoint() else {
-            return;
-        };
-        for f in &endpoint.previous {
-            let Ok(old) = self.vault_on(f) else { continue };
-            if matches!(old.status().await, Ok(RecordState::Active { .. })) {
-                if let Err(e) = old.delete(password).await {
-                    tracing::warn!(fleet = %f.fleet_id, error = %e, "could not delete the record left on an older fleet");
+            match old.status().await? {
+                RecordState::Active { guess_limit, .. } => {
+                    self.move_record(&old, &vault, password, guess_limit)
+                        .await?;
+                    break;
                 }
+                RecordState::Moved => {
+                    // A move interrupted after the old record moved out: finish it, if it
+                    // moved here (else the fleet it moved to is further along the list).
+                    let ticket = old.move_ticket().await?;
+                    if moved_to(&ticket).as_ref() == Some(&vault.endpoint.fleet.fleet_id) {
+                        vault.move_in(ticket).await?;
+                        break;
+                    }
+                }
+                RecordState::Destroyed | RecordState::Absent | RecordState::Pending => {}
             }
         }
+        match vault.status().await? {
+            RecordState::Active { .. } => vault.login(password).await,
+            RecordState::Destroyed => Err(ClientError::Destroyed),
+            _ => {
+                for f in &self.endpoint()?.previous {
+                    if self.vault_on(f)?.status().await? == RecordState::Destroyed {
+                        return Err(ClientError::Destroyed);
+                    }
+                }
+                Err(ClientError::NoRecord)
+            }
+        }
+    }
+
+    /// Moves the record from `old` to `new` (module docs): a login on `old`, the registration
+    /// on `new` stored with `old`'s intent ticket, the move-out on `old`, the move-in on `new`.
+    async fn move_record(
+        &self,
+        old: &VaultClient,
+        new: &VaultClient,
+        password: &SecretString,
+        guess_limit: u32,
+    ) -> Result<()> {
+        let mut li = old.login(password).await?;
+        crate::crash_point("migrate-logged-in-old");
+        let to_fleet = new.endpoint.fleet.fleet_id.clone();
+        let mut s = crate::session::Session::open(&new.endpoint, &new.user_id).await?;
+        let prepared = new.prepare(&mut s, password, &li.key, guess_limit).await?;
+        let pending_digest = prepared.digest();
+        let intent = ticket_from(
+            li.session
+                .call(&VaultRequest::MoveIntent {
+                    to_fleet: to_fleet.clone(),
+                    pending_digest,
+                })
+                .await?,
+        )?;
+        new.store_move(s, &prepared, intent).await?;
+        crate::crash_point("migrate-registered-new");
+        let moved = li
+            .session
+            .call(&VaultRequest::MoveOut {
+                to_fleet,
+                pending_digest,
+            })
+            .await;
+        li.session.close().await;
+        let ticket = ticket_from(moved?)?;
+        crate::crash_point("migrate-moved-out");
+        new.move_in(ticket).await?;
+        crate::crash_point("migrate-moved-in");
+        Ok(())
     }
 
     /// Every manifest in storage, decoded but not yet authenticated, newest
@@ -273,6 +314,25 @@ impl Account {
         }
         Ok(out)
     }
+}
+
+/// The ticket in a vault's answer.
+fn ticket_from(r: VaultResponse) -> Result<SignedMoveTicket> {
+    match r {
+        VaultResponse::MoveTicket { ticket } => Ok(ticket),
+        VaultResponse::Error(e) => Err(e.into()),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected response {other:?}"
+        ))),
+    }
+}
+
+/// The fleet a move ticket moves its record to (read, not verified: the fleet it names verifies
+/// it).
+fn moved_to(ticket: &SignedMoveTicket) -> Option<String> {
+    bkv_wire::decode::<MoveTicket>(&ticket.ticket, bkv_wire::vault::MAX_MOVE_TICKET)
+        .ok()
+        .map(|t| t.to_fleet)
 }
 
 fn key_id_of(m: &Option<Manifest>) -> [u8; 16] {

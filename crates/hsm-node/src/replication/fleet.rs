@@ -640,11 +640,27 @@ async fn serve_peers<R: Replica>(
                 tracing::warn!(%from, "refused a peer link from an identity key that is not a fleet member");
                 return;
             }
+            let mut membership = raft.server_metrics();
             loop {
-                let req = match tokio::time::timeout(PEER_IDLE, link.recv::<PeerRequest>()).await {
-                    Ok(Ok(r)) => r,
-                    _ => return,
+                // A member removed while its link is open loses it at once: the link is
+                // checked again whenever the membership changes, and before every request.
+                let req = tokio::select! {
+                    r = tokio::time::timeout(PEER_IDLE, link.recv::<PeerRequest>()) => match r {
+                        Ok(Ok(r)) => r,
+                        _ => return,
+                    },
+                    changed = membership.changed() => {
+                        if changed.is_err() || !allowed(&raft, &bootstrap, &replica, &remote) {
+                            tracing::warn!(%from, "closed the peer link of a node that is no longer a member");
+                            return;
+                        }
+                        continue;
+                    }
                 };
+                if !allowed(&raft, &bootstrap, &replica, &remote) {
+                    tracing::warn!(%from, "dropped a request from a node that is no longer a member");
+                    return;
+                }
                 let resp =
                     dispatch(&raft, &commits, &reads, &snapshot_stream, &*replica, &remote, req).await;
                 if link.send(&resp).await.is_err() {

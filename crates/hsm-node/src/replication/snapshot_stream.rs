@@ -715,7 +715,7 @@ mod tests {
         let view = table.view().unwrap();
         let s =
             bkv_hsm_core::sealed_state::read_summary(p, &view.summary().unwrap().unwrap()).unwrap();
-        Sender::new(p.clone(), view, &bkv_wire::encode(&s.state), s.root).unwrap()
+        Sender::new(p.clone(), view, &s.state.encode(), s.root).unwrap()
     }
 
     /// What openraft does with a snapshot, with pieces sent again (their answers lost): the
@@ -757,7 +757,7 @@ mod tests {
             spool.write(piece).unwrap();
         }
         let (fleet, mut frames) = StreamReader::open(spool.into_reader().unwrap()).unwrap();
-        let fleet: bkv_hsm_core::State = bkv_wire::decode(&fleet, MAX_SUMMARY).unwrap();
+        let fleet = bkv_hsm_core::State::decode(&fleet, MAX_SUMMARY).unwrap();
         let target_table = std::sync::Arc::new(
             crate::records::RecordTable::open(&other_dir.path().join("t.redb"), 4 << 20).unwrap(),
         );

@@ -365,7 +365,7 @@ impl<R: Replica> StateMachine<R> {
                 None => {
                     let legacy = SnapshotFile::new(dir, platform.clone());
                     if let Some((meta, data)) = legacy.read()? {
-                        let state: State = bkv_wire::decode(&data, MAX_SNAPSHOT).map_err(|_| {
+                        let state = State::decode(&data, MAX_SNAPSHOT).map_err(|_| {
                             ReplicationStoreError::Malformed("snapshot state".into())
                         })?;
                         position = Position {
@@ -557,7 +557,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 }
             };
             let (fleet, mut frames) = StreamReader::open(std::io::BufReader::new(reader))?;
-            let fleet: State = bkv_wire::decode(&fleet, MAX_SUMMARY)
+            let fleet = State::decode(&fleet, MAX_SUMMARY)
                 .map_err(|_| ReplicationStoreError::Malformed("snapshot fleet part".into()))?;
             let mut installer = replica
                 .lock()
@@ -594,7 +594,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             };
             let s = read_summary(&platform, &summary)?;
             let meta = Position::decode(&s.position)?.meta();
-            let sender = Sender::new(platform, view, &bkv_wire::encode(&s.state), s.root)?;
+            let sender = Sender::new(platform, view, &s.state.encode(), s.root)?;
             Ok(Some(Snapshot {
                 meta,
                 snapshot: Box::new(SnapshotData::Sending(Box::new(sender))),

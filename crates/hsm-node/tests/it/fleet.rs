@@ -13,16 +13,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-struct Member {
-    fleet: Option<Fleet>,
-    state: Arc<Mutex<SealedState>>,
-    dir: PathBuf,
-    addr: String,
-    identity: LinkIdentity,
+pub(crate) struct Member {
+    pub(crate) fleet: Option<Fleet>,
+    pub(crate) state: Arc<Mutex<SealedState>>,
+    pub(crate) dir: PathBuf,
+    pub(crate) addr: String,
+    pub(crate) identity: LinkIdentity,
 }
 
 /// A fresh identity on its own in-memory platform.
-fn identity(seed: u8) -> LinkIdentity {
+pub(crate) fn identity(seed: u8) -> LinkIdentity {
     let platform: SharedPlatform = MemoryPlatform::shared([seed; 32]);
     LinkIdentity {
         identity: Arc::new(NodeIdentity::generate(&*platform).unwrap()),
@@ -30,14 +30,14 @@ fn identity(seed: u8) -> LinkIdentity {
     }
 }
 
-const RID: [u8; 32] = [9u8; 32];
+pub(crate) const RID: [u8; 32] = [9u8; 32];
 /// The log growth that starts a snapshot: 1 MiB here (16 MiB in a node), so the 10,000-user
 /// test exercises the policy.
 const SNAPSHOT_LOG_MIN: u64 = 1 << 20;
 
 /// A member with its own directory and a free port (checked, then released; the member
 /// rebinds it on every (re)start).
-fn new_member(root: &std::path::Path, i: u64) -> Member {
+pub(crate) fn new_member(root: &std::path::Path, i: u64) -> Member {
     let addr = format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap());
     let dir = root.join(format!("n{i}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -52,7 +52,7 @@ fn new_member(root: &std::path::Path, i: u64) -> Member {
 }
 
 /// A bare replica (no keys), empty as a new process's, sealing with the member's platform.
-fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<SealedState>> {
+pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<SealedState>> {
     Arc::new(Mutex::new(SealedState::new(
         identity.platform.clone(),
         [7; 32],
@@ -61,7 +61,7 @@ fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<SealedState>> {
 
 /// A new record's pending registration: an OPAQUE record and a wrapped key of these sizes,
 /// guess limit 10, confirmation hash `[3; 32]`.
-fn pending(opaque_record: usize, wrapped_key: usize) -> Pending {
+pub(crate) fn pending(opaque_record: usize, wrapped_key: usize) -> Pending {
     Pending {
         credential: Credential {
             opaque_record: vec![1; opaque_record],
@@ -74,7 +74,7 @@ fn pending(opaque_record: usize, wrapped_key: usize) -> Pending {
 }
 
 /// Registers and activates the test record through `f`; returns its generation.
-async fn register(f: &Fleet) -> u64 {
+pub(crate) async fn register(f: &Fleet) -> u64 {
     let pending = pending(8, 8);
     let stored = f
         .propose(Mutation::StorePending {
@@ -98,7 +98,7 @@ async fn register(f: &Fleet) -> u64 {
 }
 
 /// How the Raft membership records a member reached directly.
-fn peer(m: &Member) -> PeerNode {
+pub(crate) fn peer(m: &Member) -> PeerNode {
     PeerNode {
         addr: m.addr.clone(),
         identity: m.identity.public(),
@@ -106,7 +106,7 @@ fn peer(m: &Member) -> PeerNode {
 }
 
 /// Forms the fleet `nodes` through the first member.
-async fn form(members: &[Member], nodes: BTreeMap<u64, PeerNode>) {
+pub(crate) async fn form(members: &[Member], nodes: BTreeMap<u64, PeerNode>) {
     members[0]
         .fleet
         .as_ref()
@@ -116,7 +116,7 @@ async fn form(members: &[Member], nodes: BTreeMap<u64, PeerNode>) {
         .unwrap();
 }
 
-async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
+pub(crate) async fn start(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>) {
     start_with(id, m, bootstrap, SNAPSHOT_LOG_MIN).await
 }
 
@@ -150,7 +150,7 @@ async fn start_with(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>, log
     m.fleet = Some(fleet);
 }
 
-async fn leader(members: &[Member]) -> u64 {
+pub(crate) async fn leader(members: &[Member]) -> u64 {
     for _ in 0..100 {
         for m in members.iter().filter_map(|m| m.fleet.as_ref()) {
             if let Some(l) = m.raft.current_leader().await {
@@ -164,10 +164,10 @@ async fn leader(members: &[Member]) -> u64 {
     panic!("no leader elected");
 }
 
-fn attempts(state: &Arc<Mutex<SealedState>>) -> Option<u32> {
+pub(crate) fn attempts(state: &Arc<Mutex<SealedState>>) -> Option<u32> {
     match state.lock().unwrap().record(&RID).ok()??.live? {
         Live::Active { attempts, .. } => Some(attempts),
-        Live::Destroyed => None,
+        Live::Destroyed | Live::Moved { .. } => None,
     }
 }
 

@@ -3,4 +3,5 @@
 //! loopback TCP.
 
 mod fleet;
+mod operator;
 mod raft_storage;

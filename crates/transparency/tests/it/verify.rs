@@ -50,6 +50,7 @@ impl Log {
             inclusion_proof: merkle::inclusion_proof(idx, &self.leaves),
             consistency_from: known,
             consistency_proof: merkle::consistency_proof(known as usize, &self.leaves),
+            previous_proofs: Vec::new(),
         }
     }
 }

@@ -1,0 +1,4 @@
+//! bkv's test kit: code that tests of several crates share and that no binary links.
+#![forbid(unsafe_code)]
+
+pub mod oprf_oracle;
