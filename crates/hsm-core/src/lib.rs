@@ -480,24 +480,25 @@ impl Core {
     /// recently used session at their cap, and when the table is full ends an
     /// unused session, else the least recently used one of the user holding
     /// the most (ties: the least recently used session among them). Sessions
-    /// waiting for a commit and sessions holding a counted login are never
-    /// ended: evicting one would burn its guess (a session waiting for a
-    /// fresh read has committed nothing and may go).
+    /// waiting for a commit are never ended, and other users never end a
+    /// session holding a counted login: that would burn its guess (a session
+    /// waiting for a fresh read has committed nothing and may go).
     fn make_room(&mut self, record_id: &RecordId, now: u64) -> Result<(), NodeError> {
-        let lru_of = |sessions: &HashMap<SessionId, Session>, rid: Option<&RecordId>| {
-            sessions
-                .iter()
-                .filter(|(_, s)| s.evictable(now) && rid.is_none_or(|r| s.record_id == *r))
-                .min_by_key(|(_, s)| (s.used, s.last_used))
-                .map(|(id, _)| *id)
-        };
+        // The user's own cap may end the user's own sessions, even one holding a counted login
+        // (last): whoever can open sessions as the user can spend the user's guesses anyway.
         let mine = self
             .sessions
             .values()
             .filter(|s| s.record_id == *record_id)
             .count();
         if mine >= MAX_SESSIONS_PER_USER {
-            let victim = lru_of(&self.sessions, Some(record_id)).ok_or(NodeError::Busy)?;
+            let victim = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| !s.committing(now) && s.record_id == *record_id)
+                .min_by_key(|(_, s)| (s.holds_login(), s.used, s.last_used))
+                .map(|(id, _)| *id)
+                .ok_or(NodeError::Busy)?;
             self.sessions.remove(&victim);
             return Ok(());
         }

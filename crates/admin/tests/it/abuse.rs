@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -31,7 +31,7 @@ fn http_from(from: Ipv4Addr) -> reqwest::Client {
         .unwrap()
 }
 
-async fn dev_token(http: &reqwest::Client, url: &str, user: &str) -> String {
+pub(crate) async fn dev_token(http: &reqwest::Client, url: &str, user: &str) -> String {
     let v: serde_json::Value = http
         .post(format!("{url}/v1/dev/token"))
         .json(&serde_json::json!({ "user": user }))

@@ -9,6 +9,7 @@
 mod common;
 
 mod abuse;
+mod attacks;
 mod auditor;
 mod chaos;
 mod deploy;

@@ -9,11 +9,11 @@ use crate::common::{admin_bin, bkv_bin, bkv_with, text, DevUp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const PW: &str = "rotation password\n";
-const WRONG: &str = "not the password\n";
+pub(crate) const PW: &str = "rotation password\n";
+pub(crate) const WRONG: &str = "not the password\n";
 
 /// A client config pinned to one fleet (what an app without OTA updates has).
-fn pinned_config(dev: &DevUp, fleet: usize, path: &Path) -> PathBuf {
+pub(crate) fn pinned_config(dev: &DevUp, fleet: usize, path: &Path) -> PathBuf {
     let fleets: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dev.dir.join("fleets.json")).unwrap()).unwrap();
     let f = fleets
@@ -40,28 +40,34 @@ fn pinned_config(dev: &DevUp, fleet: usize, path: &Path) -> PathBuf {
     path.to_owned()
 }
 
-fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
+pub(crate) fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
     bkv_with(config, args, stdin, &[])
 }
 
-fn create(config: &Path, user: &str, file: &Path) {
+pub(crate) fn create(config: &Path, user: &str, file: &Path) {
     crate::common::create_backup(config, user, PW, file);
 }
 
-fn restore(config: &Path, user: &str, pw: &str, out: &Path, env: &[(&str, &str)]) -> Output {
+pub(crate) fn restore(
+    config: &Path,
+    user: &str,
+    pw: &str,
+    out: &Path,
+    env: &[(&str, &str)],
+) -> Output {
     crate::common::restore_backup(config, user, pw, out, env)
 }
 
 /// The record's state as seen through `config`: `Absent`, `Destroyed`, or
 /// the attempts of an active record.
-fn record(config: &Path, user: &str) -> serde_json::Value {
+pub(crate) fn record(config: &Path, user: &str) -> serde_json::Value {
     let o = run(config, &["backup", "status", "--user", user, "--json"], "");
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["record"].clone()
 }
 
-fn fleet(dev: &DevUp, args: &[&str]) -> Output {
+pub(crate) fn fleet(dev: &DevUp, args: &[&str]) -> Output {
     Command::new(admin_bin())
         .arg("fleet")
         .args(args)

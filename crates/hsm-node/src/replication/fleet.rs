@@ -201,6 +201,34 @@ impl Fleet {
                 .into());
             }
         }
+        // The record table must be at least as new as it was on disk when the log last wrote
+        // (the counter-bound state records that), and from the log's own history.
+        let durable = log.records_durable_at();
+        let applied = sm.last_applied();
+        let table = |detail: String| ReplicationStoreError::RolledBack {
+            part: "record table",
+            detail,
+        };
+        if applied.map(|l| l.index).unwrap_or(0) < durable {
+            return Err(table(format!(
+                "it was applied through log index {}, but it was on disk through index \
+                 {durable} before (an older copy of the table)",
+                applied.map(|l| l.index).unwrap_or(0)
+            ))
+            .into());
+        }
+        if let Some(a) = applied {
+            match log.log_id_at(a.index)? {
+                Some(id) if id != a => {
+                    return Err(table(format!(
+                        "it was applied through entry {a}, but the log holds {id} there (a table \
+                         of another history)"
+                    ))
+                    .into())
+                }
+                _ => {}
+            }
+        }
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
@@ -553,11 +581,27 @@ pub async fn reconcile(raft: &Raft<TypeConfig>, members: &Members) -> Result<(),
     Ok(())
 }
 
-/// Identity keys this node accepts peer links from: members of the current
-/// Raft membership that the replicated state admitted (verified operator
-/// commands, or the founder). Only while the state records no member at all
-/// (a node that just joined, a replication test with bare states) does the
-/// bootstrap set stand in.
+/// Whether `key` is in the current Raft membership (or, before there is one, in the bootstrap
+/// set): what a peer needs for its link and for Raft's own requests, so that a member being
+/// removed (even the leader) can still carry the membership change through.
+fn in_raft_membership(
+    raft: &Raft<TypeConfig>,
+    bootstrap: &BTreeSet<[u8; 32]>,
+    key: &[u8; 32],
+) -> bool {
+    let m = raft.metrics().borrow().membership_config.clone();
+    let mut nodes = m.membership().nodes().peekable();
+    if nodes.peek().is_none() {
+        return bootstrap.contains(key);
+    }
+    nodes.any(|(_, n)| &n.identity == key)
+}
+
+/// Identity keys a node takes member requests from (proposals, read indexes, the fleet
+/// secrets): members of the current Raft membership that the replicated state admitted
+/// (verified operator commands, or the founder). Only while the state records no member at all
+/// (a node that just joined, a replication test with bare states) does the bootstrap set stand
+/// in. A node the state removed is refused at once, before the Raft membership follows.
 fn allowed<R: Replica>(
     raft: &Raft<TypeConfig>,
     bootstrap: &BTreeSet<[u8; 32]>,
@@ -569,12 +613,7 @@ fn allowed<R: Replica>(
         Ok(r) => r.state().members.admits(key),
         Err(_) => false,
     };
-    let m = raft.metrics().borrow().membership_config.clone();
-    let mut nodes = m.membership().nodes().peekable();
-    if nodes.peek().is_none() {
-        return admitted;
-    }
-    admitted && nodes.any(|(_, n)| &n.identity == key)
+    admitted && in_raft_membership(raft, bootstrap, key)
 }
 
 /// Asks the given members for the fleet secrets over authenticated peer
@@ -636,28 +675,40 @@ async fn serve_peers<R: Replica>(
                     return;
                 }
             };
-            if !allowed(&raft, &bootstrap, &replica, &remote) {
+            if !in_raft_membership(&raft, &bootstrap, &remote) {
                 tracing::warn!(%from, "refused a peer link from an identity key that is not a fleet member");
                 return;
             }
             let mut membership = raft.server_metrics();
             loop {
-                // A member removed while its link is open loses it at once: the link is
-                // checked again whenever the membership changes, and before every request.
+                // A member removed while its link is open loses it at once: its member requests
+                // are refused as soon as the replicated state removed it, and the link closes
+                // when the Raft membership follows (checked whenever it changes).
                 let req = tokio::select! {
                     r = tokio::time::timeout(PEER_IDLE, link.recv::<PeerRequest>()) => match r {
                         Ok(Ok(r)) => r,
                         _ => return,
                     },
                     changed = membership.changed() => {
-                        if changed.is_err() || !allowed(&raft, &bootstrap, &replica, &remote) {
+                        if changed.is_err() || !in_raft_membership(&raft, &bootstrap, &remote) {
                             tracing::warn!(%from, "closed the peer link of a node that is no longer a member");
                             return;
                         }
                         continue;
                     }
                 };
-                if !allowed(&raft, &bootstrap, &replica, &remote) {
+                let raft_rpc = matches!(
+                    req,
+                    PeerRequest::AppendEntries(_)
+                        | PeerRequest::Vote(_)
+                        | PeerRequest::InstallSnapshot(_)
+                );
+                let ok = if raft_rpc {
+                    in_raft_membership(&raft, &bootstrap, &remote)
+                } else {
+                    allowed(&raft, &bootstrap, &replica, &remote)
+                };
+                if !ok {
                     tracing::warn!(%from, "dropped a request from a node that is no longer a member");
                     return;
                 }

@@ -1,8 +1,19 @@
 //! The Raft log, vote and committed index in redb, every value sealed by the
 //! platform and bound to its slot (so the host can neither read, forge nor
-//! move entries). Each write is one durable redb transaction, after which the
-//! platform's monotonic counter advances to the write's epoch (rollback
-//! detection).
+//! move entries).
+//!
+//! Rollback protection (docs/formats.md "Replication"; issue 27, item 2): one sealed value,
+//! `raft-state`, holds the vote, the committed and purged positions, and what the log holds — its
+//! last index and the head of a hash chain over every stored entry
+//! (`h(i) = SHA-256("bkv/raft-chain/v1\0" || h(i-1) || i (u64 BE) || sealed entry i)`, from the
+//! purged entry's chain value) — with the index through which the record table was on disk.
+//! Every write commits it with a new epoch in the same redb transaction, after which the
+//! platform's monotonic counter advances to that epoch. At start the counter must not be ahead
+//! of the epoch (an older copy of the state), and the log must be exactly what the state names:
+//! contiguous from the purged position and chaining to the same head through the same last
+//! index. So neither an older copy of the log, nor the newest state copied into one, nor a log
+//! with entries deleted, replaced or reordered starts; [`super::fleet::Fleet::start`] then checks
+//! the record table against the state.
 
 use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
 use bkv_hsm_core::SharedPlatform;
@@ -11,6 +22,9 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
 };
 use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -20,17 +34,100 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log");
 /// Largest sealed entry accepted back from disk.
 const MAX_ENTRY: usize = 1024 * 1024;
+/// The sealed state's key, slot and label (version 2).
+const STATE_KEY: &str = "raft-state";
+const STATE_LABEL: &[u8] = b"raft-state/v2";
+const STATE_VERSION: u16 = 2;
+/// Keys of an earlier release's META values (read once, then replaced by `raft-state`).
+const LEGACY_KEYS: [&str; 4] = ["raft-epoch", "raft-vote", "raft-committed", "raft-purged"];
+
+type Hash = [u8; 32];
+
+/// The log's chain value after entry `index` whose sealed bytes are `sealed`.
+fn chain_step(prev: &Hash, index: u64, sealed: &[u8]) -> Hash {
+    sha2::Sha256::new()
+        .chain_update(b"bkv/raft-chain/v1\0")
+        .chain_update(prev)
+        .chain_update(index.to_be_bytes())
+        .chain_update(sealed)
+        .finalize()
+        .into()
+}
+
+/// The chain value of a purged position whose entry this node never stored (a snapshot
+/// installed past its log, or a log of an earlier release).
+fn chain_anchor(id: &LogId<u64>) -> Hash {
+    sha2::Sha256::new()
+        .chain_update(b"bkv/raft-chain-anchor/v1\0")
+        .chain_update(bkv_wire::encode(id))
+        .finalize()
+        .into()
+}
+
+/// The sealed `raft-state` value (docs/formats.md "Replication").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RaftStateV2 {
+    version: u16,
+    /// Counts this node's durable writes; the platform counter follows it.
+    epoch: u64,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    purged: Option<LogId<u64>>,
+    /// The chain value at `purged` (zeros with nothing purged).
+    purged_chain: Hash,
+    /// The last stored entry's index (`None`: no entry stored).
+    last: Option<u64>,
+    /// The chain value at `last` (`purged_chain` for an empty log).
+    head: Hash,
+    /// The log index through which the record table was on disk.
+    records_durable: u64,
+}
+
+/// What the store keeps in memory: the state as last written and the chain value of every
+/// stored entry.
+struct Persisted {
+    state: RaftStateV2,
+    chain: BTreeMap<u64, Hash>,
+}
+
+impl Persisted {
+    /// The chain value entry `index` continues from (`None`: no entry or purge point right
+    /// before it).
+    fn before(&self, index: u64) -> Option<Hash> {
+        let prev = index.checked_sub(1)?;
+        if let Some(h) = self.chain.get(&prev) {
+            return Some(*h);
+        }
+        match self.state.purged {
+            Some(p) if p.index == prev => Some(self.state.purged_chain),
+            _ => None,
+        }
+    }
+
+    /// Drops the chain at and after `index`, leaving the state's last entry and head behind it.
+    fn cut_from(&mut self, index: u64) {
+        self.chain.split_off(&index);
+        match self.chain.last_key_value() {
+            Some((i, h)) => (self.state.last, self.state.head) = (Some(*i), *h),
+            None => (self.state.last, self.state.head) = (None, self.state.purged_chain),
+        }
+    }
+}
 
 struct Inner {
     db: Database,
     /// Seals every value and holds the monotonic counter.
     platform: SharedPlatform,
-    /// Epoch of the last durable write (the counter follows it).
-    epoch: std::sync::Mutex<u64>,
+    persisted: std::sync::Mutex<Persisted>,
+    /// The record table's durable index ([`LogStore::set_records_durable`]), recorded with
+    /// every write.
+    records_durable: std::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// Sealed entry bytes in the log when it was opened plus those appended since (the
     /// snapshot policy's measure of log growth; it must count what a restart found on disk, or
     /// a node restarted before each threshold would never snapshot).
     appended: Arc<std::sync::atomic::AtomicU64>,
+    /// A write failed: the memory may be ahead of the disk ([`LogStore::commit_state`]).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -75,42 +172,149 @@ fn open_value<T: serde::de::DeserializeOwned>(
         .map_err(|_| ReplicationStoreError::Malformed(purpose.into()))
 }
 
+fn log_behind(detail: String) -> ReplicationStoreError {
+    ReplicationStoreError::RolledBack {
+        part: "raft log",
+        detail,
+    }
+}
+
+/// An earlier release's META value (sealed under its own name as slot and label).
+fn legacy_meta<T: serde::de::DeserializeOwned>(
+    platform: &SharedPlatform,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+) -> Result<Option<T>, ReplicationStoreError> {
+    match meta.get(name).map_err(db_err)? {
+        Some(v) => Ok(Some(open_value(
+            platform,
+            name,
+            name.as_bytes(),
+            v.value(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
 impl LogStore {
-    /// Opens the log; refuses a data directory whose epoch is behind the
-    /// platform's counter (a rolled-back disk).
+    /// Opens the log; refuses a data directory whose log or state is behind the platform's
+    /// counter, or does not match what the counter-bound state names (module docs).
     pub fn open(path: &Path, platform: SharedPlatform) -> Result<Self, ReplicationStoreError> {
         let db = Database::create(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(LOG).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        let on_disk = {
+        let (mut state, legacy) = {
             let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(LOG).map_err(db_err)?;
-            let mut bytes = 0u64;
-            for item in t.iter().map_err(db_err)? {
-                let (_, v) = item.map_err(db_err)?;
-                bytes += v.value().len() as u64;
+            let meta = tx.open_table(META).map_err(db_err)?;
+            match meta.get(STATE_KEY).map_err(db_err)? {
+                Some(v) => {
+                    let s: RaftStateV2 = open_value(&platform, STATE_KEY, STATE_LABEL, v.value())?;
+                    if s.version != STATE_VERSION {
+                        return Err(ReplicationStoreError::Malformed(format!(
+                            "raft state version {}",
+                            s.version
+                        )));
+                    }
+                    (s, false)
+                }
+                None => {
+                    let purged: Option<LogId<u64>> = legacy_meta(&platform, &meta, "raft-purged")?;
+                    let s = RaftStateV2 {
+                        version: STATE_VERSION,
+                        epoch: legacy_meta(&platform, &meta, "raft-epoch")?.unwrap_or(0),
+                        vote: legacy_meta(&platform, &meta, "raft-vote")?,
+                        committed: legacy_meta::<Option<LogId<u64>>>(
+                            &platform,
+                            &meta,
+                            "raft-committed",
+                        )?
+                        .flatten(),
+                        purged,
+                        purged_chain: purged.as_ref().map(chain_anchor).unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    let legacy = meta.get("raft-epoch").map_err(db_err)?.is_some();
+                    (s, legacy)
+                }
             }
-            bytes
         };
-        let mut inner = Inner {
-            db,
-            platform,
-            epoch: std::sync::Mutex::new(0),
-            appended: Arc::new(std::sync::atomic::AtomicU64::new(on_disk)),
-        };
-        let db_epoch: u64 = LogStore::get_meta(&inner, "raft-epoch")?.unwrap_or(0);
-        let now = inner.platform.counter_read()?;
-        if db_epoch < now {
+        let now = platform.counter_read()?;
+        if state.epoch < now {
             return Err(ReplicationStoreError::Rollback {
-                db: db_epoch,
+                db: state.epoch,
                 counter: now,
             });
         }
-        // A crash between a write and the counter advance.
-        inner.platform.counter_advance_to(db_epoch)?;
-        inner.epoch = std::sync::Mutex::new(db_epoch);
+        // Walk the stored log: contiguous from the purged position, chained from its anchor.
+        let (chain, bytes, head, last) = {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(LOG).map_err(db_err)?;
+            let mut chain = BTreeMap::new();
+            let mut bytes = 0u64;
+            let mut head = state.purged_chain;
+            let mut last = None;
+            // The chain binds every stored (index, entry) in order: a deleted, added, replaced
+            // or reordered entry anywhere changes the head.
+            for item in t.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let (index, sealed) = (k.value(), v.value());
+                head = chain_step(&head, index, sealed);
+                chain.insert(index, head);
+                bytes += sealed.len() as u64;
+                last = Some(index);
+            }
+            (chain, bytes, head, last)
+        };
+        if legacy {
+            // An earlier release's log: bound to the counter from here on.
+            state.last = last;
+            state.head = head;
+        } else if last != state.last {
+            return Err(log_behind(match (last, state.last) {
+                (Some(l), Some(s)) if l < s => format!(
+                    "it ends at entry {l}, but the counter-bound state names entries through {s} \
+                     (entries deleted, or an older copy of the log)"
+                ),
+                (None, Some(s)) => format!(
+                    "it holds no entry, but the counter-bound state names entries through {s}"
+                ),
+                (l, s) => format!(
+                    "it ends at entry {l:?}, the counter-bound state names {s:?} (an older or \
+                     altered copy)"
+                ),
+            }));
+        } else if head != state.head {
+            return Err(log_behind(
+                "its entries are not the ones the counter-bound state chains (deleted, \
+                 replaced, reordered or from an older copy)"
+                    .into(),
+            ));
+        }
+        let inner = Inner {
+            db,
+            platform,
+            persisted: std::sync::Mutex::new(Persisted { state, chain }),
+            records_durable: std::sync::Mutex::new(None),
+            appended: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        };
+        if legacy {
+            let tx = inner.db.begin_write().map_err(db_err)?;
+            {
+                let mut meta = tx.open_table(META).map_err(db_err)?;
+                for k in LEGACY_KEYS {
+                    meta.remove(k).map_err(db_err)?;
+                }
+            }
+            let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
+            LogStore::commit_state(&inner, tx, &mut p, |_| Ok(()))?;
+        } else {
+            // A crash between a write and the counter advance.
+            let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
+            inner.platform.counter_advance_to(epoch)?;
+        }
         Ok(LogStore {
             inner: Arc::new(inner),
             records_durable: None,
@@ -120,9 +324,44 @@ impl LogStore {
     /// Ties purges to the record table: a purge through index `i` first waits until the table
     /// is durable through `i`. openraft 0.9 purges a follower's log as soon as it has handed
     /// the state machine a snapshot to install, so without this a crash mid-install left a log
-    /// starting past the table, and a node that could not start.
+    /// starting past the table, and a node that could not start. Every write also records how
+    /// far the table is durable, which [`super::fleet::Fleet::start`] holds the table to.
     pub fn set_records_durable(&mut self, durable: tokio::sync::watch::Receiver<u64>) {
+        if let Ok(mut d) = self.inner.records_durable.lock() {
+            *d = Some(durable.clone());
+        }
         self.records_durable = Some(durable);
+    }
+
+    /// The index through which the record table was on disk, as the state last written says.
+    pub fn records_durable_at(&self) -> u64 {
+        self.inner
+            .persisted
+            .lock()
+            .map(|p| p.state.records_durable)
+            .unwrap_or(0)
+    }
+
+    /// The id of the stored entry at `index` (`Ok(None)`: none stored there), or the purged
+    /// position if it is `index`.
+    pub fn log_id_at(&self, index: u64) -> Result<Option<LogId<u64>>, ReplicationStoreError> {
+        if let Some(p) = self
+            .inner
+            .persisted
+            .lock()
+            .map_err(|_| poisoned())?
+            .state
+            .purged
+        {
+            if p.index == index {
+                return Ok(Some(p));
+            }
+        }
+        Ok(
+            LogStore::read_range(&self.inner, Bound::Included(index), Bound::Included(index))?
+                .first()
+                .map(|e| e.log_id),
+        )
     }
 
     /// Sealed entry bytes found in the log at open plus those appended since (grows only; the
@@ -131,27 +370,47 @@ impl LogStore {
         self.inner.appended.clone()
     }
 
-    /// Commits `tx` together with a new epoch, then advances the platform
-    /// counter to it (write first: a crash in between leaves the disk ahead
-    /// of the counter, which `open` repairs; never behind).
-    fn commit_epoch(
+    /// Commits `tx` together with the state `change` makes (under a new epoch), then advances
+    /// the platform counter to it (write first: a crash in between leaves the disk ahead of the
+    /// counter, which `open` repairs; never behind). After a failed write the memory may be ahead
+    /// of the disk, so the store refuses every later write (openraft stops the node on the
+    /// error anyway; a restart reads the disk again).
+    fn commit_state(
         inner: &Inner,
         tx: redb::WriteTransaction,
+        p: &mut Persisted,
+        change: impl FnOnce(&mut Persisted) -> Result<(), ReplicationStoreError>,
     ) -> Result<(), ReplicationStoreError> {
-        let mut epoch = inner
-            .epoch
-            .lock()
-            .map_err(|_| ReplicationStoreError::Db("epoch lock poisoned".into()))?;
-        let next = *epoch + 1;
-        {
-            let sealed = seal_value(&inner.platform, "raft-epoch", b"raft-epoch", &next)?;
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            meta.insert("raft-epoch", sealed.as_slice())
-                .map_err(db_err)?;
+        use std::sync::atomic::Ordering;
+        if inner.failed.load(Ordering::SeqCst) {
+            return Err(ReplicationStoreError::Db(
+                "an earlier write of the raft log failed; restart the node".into(),
+            ));
         }
-        tx.commit().map_err(db_err)?;
-        *epoch = next;
-        inner.platform.counter_advance_to(next)?;
+        let written = (|| {
+            change(p)?;
+            p.state.version = STATE_VERSION;
+            p.state.epoch += 1;
+            if let Some(d) = inner
+                .records_durable
+                .lock()
+                .ok()
+                .and_then(|d| d.as_ref().map(|d| *d.borrow()))
+            {
+                p.state.records_durable = p.state.records_durable.max(d);
+            }
+            let sealed = seal_value(&inner.platform, STATE_KEY, STATE_LABEL, &p.state)?;
+            {
+                let mut meta = tx.open_table(META).map_err(db_err)?;
+                meta.insert(STATE_KEY, sealed.as_slice()).map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })();
+        if let Err(e) = written {
+            inner.failed.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        inner.platform.counter_advance_to(p.state.epoch)?;
         Ok(())
     }
 
@@ -165,37 +424,6 @@ impl LogStore {
         tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(db_err)?
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        inner: &Inner,
-        name: &'static str,
-    ) -> Result<Option<T>, ReplicationStoreError> {
-        let tx = inner.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(META).map_err(db_err)?;
-        match t.get(name).map_err(db_err)? {
-            Some(v) => Ok(Some(open_value(
-                &inner.platform,
-                name,
-                name.as_bytes(),
-                v.value(),
-            )?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_meta<T: serde::Serialize>(
-        inner: &Inner,
-        name: &'static str,
-        v: &T,
-    ) -> Result<(), ReplicationStoreError> {
-        let sealed = seal_value(&inner.platform, name, name.as_bytes(), v)?;
-        let tx = inner.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = tx.open_table(META).map_err(db_err)?;
-            t.insert(name, sealed.as_slice()).map_err(db_err)?;
-        }
-        LogStore::commit_epoch(inner, tx)
     }
 
     fn read_range(
@@ -222,6 +450,10 @@ impl LogStore {
         }
         Ok(out)
     }
+}
+
+fn poisoned() -> ReplicationStoreError {
+    ReplicationStoreError::Db("raft state lock poisoned".into())
 }
 
 /// Deletes the log entries whose index is in `range`.
@@ -265,25 +497,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         self.blocking(|inner| {
-            let last_purged: Option<LogId<u64>> = LogStore::get_meta(inner, "raft-purged")?;
-            let tx = inner.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(LOG).map_err(db_err)?;
-            let last = match t.last().map_err(db_err)? {
-                Some((k, v)) => {
-                    let index = k.value();
-                    let e: Entry<TypeConfig> = open_value(
-                        &inner.platform,
-                        "raft-entry",
-                        &index.to_be_bytes(),
-                        v.value(),
-                    )?;
-                    Some(e.log_id)
-                }
-                None => last_purged,
+            let (last, purged) = {
+                let p = inner.persisted.lock().map_err(|_| poisoned())?;
+                (p.state.last, p.state.purged)
+            };
+            let last_log_id = match last {
+                Some(i) => LogStore::read_range(inner, Bound::Included(i), Bound::Included(i))?
+                    .first()
+                    .map(|e| e.log_id),
+                None => purged,
             };
             Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last,
+                last_purged_log_id: purged,
+                last_log_id,
             })
         })
         .await
@@ -296,13 +522,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
         let vote = *vote;
-        self.blocking(move |i| LogStore::put_meta(i, "raft-vote", &vote))
-            .await
-            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write().map_err(db_err)?;
+            let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
+            LogStore::commit_state(inner, tx, &mut p, |n| {
+                n.state.vote = Some(vote);
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.blocking(|i| LogStore::get_meta(i, "raft-vote"))
+        self.blocking(|i| Ok(i.persisted.lock().map_err(|_| poisoned())?.state.vote))
             .await
             .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
@@ -311,34 +544,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        // Only speeds up applying after a restart, so it rides along with the
-        // next durable write instead of costing an fsync of its own.
-        self.blocking(move |inner| {
-            let sealed = seal_value(
-                &inner.platform,
-                "raft-committed",
-                b"raft-committed",
-                &committed,
-            )?;
-            let mut tx = inner.db.begin_write().map_err(db_err)?;
-            tx.set_durability(redb::Durability::None);
-            {
-                let mut t = tx.open_table(META).map_err(db_err)?;
-                t.insert("raft-committed", sealed.as_slice())
-                    .map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)
-        })
-        .await
-        .map_err(write_err)
+        // Only speeds up applying after a restart, so it rides along with the next durable
+        // write instead of costing one of its own.
+        if let Ok(mut p) = self.inner.persisted.lock() {
+            p.state.committed = committed;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        self.blocking(|i| {
-            Ok(LogStore::get_meta::<Option<LogId<u64>>>(i, "raft-committed")?.flatten())
-        })
-        .await
-        .map_err(read_err)
+        self.blocking(|i| Ok(i.persisted.lock().map_err(|_| poisoned())?.state.committed))
+            .await
+            .map_err(read_err)
     }
 
     async fn append<I>(
@@ -355,21 +572,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .blocking(move |inner| {
                 let tx = inner.db.begin_write().map_err(db_err)?;
                 let mut bytes = 0u64;
+                let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
+                let mut sealed_entries = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    let index = e.log_id.index;
+                    let sealed =
+                        seal_value(&inner.platform, "raft-entry", &index.to_be_bytes(), e)?;
+                    bytes += sealed.len() as u64;
+                    sealed_entries.push((index, sealed));
+                }
                 {
                     let mut t = tx.open_table(LOG).map_err(db_err)?;
-                    for e in &entries {
-                        let index = e.log_id.index;
-                        let sealed =
-                            seal_value(&inner.platform, "raft-entry", &index.to_be_bytes(), e)?;
-                        t.insert(index, sealed.as_slice()).map_err(db_err)?;
-                        bytes += sealed.len() as u64;
+                    for (index, sealed) in &sealed_entries {
+                        t.insert(*index, sealed.as_slice()).map_err(db_err)?;
                     }
                 }
+                LogStore::commit_state(inner, tx, &mut p, |n| {
+                    for (index, sealed) in &sealed_entries {
+                        // An entry replacing a stored one (openraft truncates first; kept
+                        // exact either way): the chain continues from the entry before it.
+                        n.cut_from(*index);
+                        // openraft appends right after the last entry or the purge point;
+                        // anything else chains after whatever is stored, as `open` reads it.
+                        let prev = n.before(*index).unwrap_or(n.state.head);
+                        let h = chain_step(&prev, *index, sealed);
+                        n.chain.insert(*index, h);
+                        (n.state.last, n.state.head) = (Some(*index), h);
+                    }
+                    Ok(())
+                })?;
                 inner
                     .appended
                     .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                // redb's default durability fsyncs before commit returns.
-                LogStore::commit_epoch(inner, tx)
+                Ok(())
             })
             .await;
         match r {
@@ -392,7 +627,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut t = tx.open_table(LOG).map_err(db_err)?;
                 remove_range(&mut t, log_id.index..)?;
             }
-            LogStore::commit_epoch(inner, tx)
+            let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
+            LogStore::commit_state(inner, tx, &mut p, |n| {
+                n.cut_from(log_id.index);
+                Ok(())
+            })
         })
         .await
         .map_err(write_err)
@@ -414,16 +653,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.blocking(move |inner| {
-            let sealed = seal_value(&inner.platform, "raft-purged", b"raft-purged", &log_id)?;
+            // The purged position's chain value: its stored entry's, when this node stored
+            // that very entry; else (a snapshot installed past the log) its anchor.
+            let stored = LogStore::read_range(
+                inner,
+                Bound::Included(log_id.index),
+                Bound::Included(log_id.index),
+            )?;
             let tx = inner.db.begin_write().map_err(db_err)?;
             {
-                let mut meta = tx.open_table(META).map_err(db_err)?;
-                meta.insert("raft-purged", sealed.as_slice())
-                    .map_err(db_err)?;
                 let mut t = tx.open_table(LOG).map_err(db_err)?;
                 remove_range(&mut t, ..=log_id.index)?;
             }
-            LogStore::commit_epoch(inner, tx)
+            let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
+            LogStore::commit_state(inner, tx, &mut p, |n| {
+                let anchor = match (stored.first(), n.chain.get(&log_id.index)) {
+                    (Some(e), Some(h)) if e.log_id == log_id => *h,
+                    _ => chain_anchor(&log_id),
+                };
+                let kept = n.chain.split_off(&(log_id.index + 1));
+                n.chain = kept;
+                n.state.purged = Some(log_id);
+                n.state.purged_chain = anchor;
+                if n.chain.is_empty() {
+                    (n.state.last, n.state.head) = (None, anchor);
+                }
+                Ok(())
+            })
         })
         .await
         .map_err(write_err)
@@ -476,5 +732,88 @@ mod tests {
             .await
             .expect("purge");
         assert_eq!(purged(&mut log).await, Some(2));
+    }
+
+    /// A log of an earlier release (a bare sealed `raft-epoch` number, vote, committed and
+    /// purged values of their own) is read once, bound to the counter in `raft-state`, and
+    /// reopens as the new format; behind the counter it is refused as before.
+    #[tokio::test]
+    async fn an_earlier_releases_log_is_read_and_bound_to_the_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        let platform = MemoryPlatform::shared([7u8; 32]);
+        let leader = CommittedLeaderId::new(1, 0);
+        {
+            let db = Database::create(&path).expect("db");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut meta = tx.open_table(META).expect("meta");
+                let mut put = |name: &'static str, sealed: Vec<u8>| {
+                    meta.insert(name, sealed.as_slice()).expect("insert");
+                };
+                put(
+                    "raft-epoch",
+                    seal_value(&platform, "raft-epoch", b"raft-epoch", &3u64).expect("seal"),
+                );
+                let vote = Vote::new(1, 0);
+                put(
+                    "raft-vote",
+                    seal_value(&platform, "raft-vote", b"raft-vote", &vote).expect("seal"),
+                );
+            }
+            {
+                let mut log = tx.open_table(LOG).expect("log");
+                for i in 1..=3u64 {
+                    let e = Entry::<TypeConfig> {
+                        log_id: LogId::new(leader, i),
+                        payload: openraft::EntryPayload::Blank,
+                    };
+                    let sealed =
+                        seal_value(&platform, "raft-entry", &i.to_be_bytes(), &e).expect("seal");
+                    log.insert(i, sealed.as_slice()).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        platform.counter_advance_to(3).expect("counter");
+        {
+            let mut log = LogStore::open(&path, platform.clone()).expect("legacy log opens");
+            assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 0)));
+            let state = log.get_log_state().await.expect("state");
+            assert_eq!(state.last_log_id, Some(LogId::new(leader, 3)));
+        }
+        assert_eq!(platform.counter_read().expect("counter"), 4);
+        let db = Database::open(&path).expect("db");
+        {
+            let tx = db.begin_read().expect("tx");
+            let meta = tx.open_table(META).expect("meta");
+            assert!(meta.get(STATE_KEY).expect("get").is_some());
+            assert!(meta.get("raft-epoch").expect("get").is_none());
+        }
+        drop(db);
+        let mut log = LogStore::open(&path, platform.clone()).expect("reopens");
+        assert_eq!(
+            log.get_log_state().await.expect("state").last_log_id,
+            Some(LogId::new(leader, 3))
+        );
+        drop(log);
+        // An earlier release's log behind the counter is still a rollback.
+        let other = dir.path().join("behind.redb");
+        {
+            let db = Database::create(&other).expect("db");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut meta = tx.open_table(META).expect("meta");
+                let sealed =
+                    seal_value(&platform, "raft-epoch", b"raft-epoch", &2u64).expect("seal");
+                meta.insert("raft-epoch", sealed.as_slice())
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        assert!(matches!(
+            LogStore::open(&other, platform),
+            Err(ReplicationStoreError::Rollback { .. })
+        ));
     }
 }

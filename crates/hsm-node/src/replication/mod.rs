@@ -67,6 +67,13 @@ pub enum ReplicationStoreError {
          and add the node back to the fleet as a new member."
     )]
     Rollback { db: u64, counter: u64 },
+    #[error(
+        "rollback detected: the {part} on disk is not what this node's platform counter \
+         commits to: {detail}. Refusing to start: a rolled-back node could vote again or lose \
+         committed guesses. Restore the newest data directory, or wipe it and add the node back \
+         to the fleet as a new member."
+    )]
+    RolledBack { part: &'static str, detail: String },
     #[error("raft snapshot file: {0}")]
     SnapshotFile(String),
     #[error("vault records: {0}")]

@@ -5,3 +5,4 @@
 mod fleet;
 mod operator;
 mod raft_storage;
+mod rollback;
