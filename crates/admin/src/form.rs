@@ -4,9 +4,11 @@
 //! --print-statement > node-N.statement.json` on its host), writes a plan naming them, and runs
 //! this tool; it says when to start each node and waits for it: the first founds the fleet, each
 //! further one is admitted (membership record logged with the auditor, a command signed with the
-//! operator key), started with `[fleet] join = members.json`, caught up and promoted. The
-//! witnesses sign the transcript; the evidence is written, logged with the auditor, and a bundle
-//! naming the fleet is published. `deploy/form.toml` is a sample plan.
+//! operator key), started with `[fleet] join = members.json`, caught up and promoted. The draft
+//! evidence goes to the witnesses, who check it and sign its transcript head with their own tool
+//! and keys (`bkv witness ceremony`); this tool waits for their signature files and imports them.
+//! The evidence is written, logged with the auditor, and a bundle naming the fleet is published.
+//! `deploy/form.toml` is a sample plan.
 
 use anyhow::{anyhow, bail, Context};
 use bkv_operator::ceremony::Ceremony;
@@ -34,8 +36,15 @@ pub struct Plan {
     pub ca_file: Option<PathBuf>,
     /// The operator's Ed25519 signing key (32 bytes, raw or hex; mode 0600).
     pub operator_key_file: PathBuf,
-    /// Who signs the ceremony transcript.
+    /// Who signs the ceremony transcript (with their own tool and keys).
     pub witnesses: Vec<WitnessPlan>,
+    /// The fleet's guess-limit policy, for the founder's config (`[fleet] max_guess_limit`).
+    #[serde(default = "default_guess_limit")]
+    pub max_guess_limit: u32,
+    /// Earlier fleets whose records may move here, `FLEET_ID=MOVE_KEY_HEX`, for the founder's
+    /// config (`[fleet] predecessors`; their nodes print the move key in their ready line).
+    #[serde(default)]
+    pub predecessors: Vec<String>,
     /// Where `members.json` (what joining nodes read) and `evidence.json` go.
     pub out_dir: PathBuf,
     /// How long to wait for each node to answer on its admin link.
@@ -55,12 +64,17 @@ fn default_wait() -> u64 {
     600
 }
 
+fn default_guess_limit() -> u32 {
+    bkv_wire::vault::DEFAULT_GUESS_LIMIT
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessPlan {
     pub name: String,
-    /// Ed25519 signing key (32 bytes, raw or hex; mode 0600).
-    pub key_file: PathBuf,
+    /// The witness's Ed25519 public key (hex; `bkv witness key` prints it): its signature
+    /// must verify under it.
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +117,14 @@ impl Plan {
                 "plan {}: a ceremony needs at least one witness",
                 path.display()
             );
+        }
+        for w in &plan.witnesses {
+            bkv_wire::key_from_hex(&w.key)
+                .map_err(|e| anyhow!("plan {}: witness {}: key: {e}", path.display(), w.name))?;
+        }
+        for p in &plan.predecessors {
+            bkv_hsm_node::parse_predecessor(p)
+                .map_err(|e| anyhow!("plan {}: {e}", path.display()))?;
         }
         // Relative paths are relative to the plan.
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
@@ -177,6 +199,25 @@ async fn wait_caught_up(
     bail!("node at {admin} did not catch up within {wait:?}")
 }
 
+/// Waits for a witness's signature file (written by `bkv witness ceremony`) and reads it.
+async fn wait_for_signature(
+    file: &Path,
+    wait: Duration,
+) -> anyhow::Result<bkv_transparency::evidence::Witness> {
+    let started = Instant::now();
+    loop {
+        if let Ok(b) = bkv_service::read_limited(file, MAX_FILE) {
+            if let Ok(w) = serde_json::from_slice(&b) {
+                return Ok(w);
+            }
+        }
+        if started.elapsed() > wait {
+            bail!("no witness signature in {} after {wait:?}", file.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn write_members(path: &Path, members: &[bkv_hsm_node::Member]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(members)?)?;
@@ -192,9 +233,6 @@ pub fn check(plan_path: &Path, skip_files: bool) -> anyhow::Result<()> {
     }
     let at = |p: &Path| base.join(p);
     key(&at(&plan.operator_key_file))?;
-    for w in &plan.witnesses {
-        key(&at(&w.key_file))?;
-    }
     for n in &plan.nodes {
         statement(&at(&n.statement_file))?;
     }
@@ -221,10 +259,10 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         namespace: plan.namespace.clone(),
         http: http.build()?,
     };
-    let witnesses = plan
+    let witness_keys = plan
         .witnesses
         .iter()
-        .map(|w| Ok((w.name.clone(), key(&at(&w.key_file))?)))
+        .map(|w| bkv_wire::key_from_hex(&w.key).map_err(|e| anyhow!("witness {}: {e}", w.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let statements = plan
         .nodes
@@ -243,9 +281,15 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
     let mut c = Ceremony::begin(&op, &statements)?;
     let mut nodes = plan.nodes.iter().zip(&statements);
     let (first, (_, first_statement)) = nodes.next().ok_or_else(|| anyhow!("no nodes"))?;
+    let predecessors = plan
+        .predecessors
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     say(&format!(
-        "start node {} to found the fleet ([fleet] found = true, namespace = \"{}\"); waiting for its admin link {}",
-        first.id, plan.namespace, first.admin
+        "start node {} to found the fleet ([fleet] found = true, namespace = \"{}\", max_guess_limit = {}, predecessors = [{predecessors}]); waiting for its admin link {}",
+        first.id, plan.namespace, plan.max_guess_limit, first.admin
     ));
     let fs = wait_for_node(first.admin, wait).await?;
     c.formed(first.id, first_statement.clone(), fs).await?;
@@ -283,7 +327,22 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(crate::dev::source_commit);
     let toolchain = plan.toolchain.clone().unwrap_or_else(crate::dev::toolchain);
-    let evidence = c.finish(&witnesses, &commit, &toolchain)?;
+    let draft = c.draft(&commit, &toolchain)?;
+    let draft_path = out.join("evidence.draft.json");
+    std::fs::write(&draft_path, &draft)?;
+    let mut signatures = Vec::new();
+    for w in &plan.witnesses {
+        let file = out.join(format!("witness-{}.json", w.name));
+        say(&format!(
+            "witness {}: check and sign the draft with `bkv witness ceremony --key KEY --name {} {}` and put its output in {}; waiting",
+            w.name,
+            w.name,
+            draft_path.display(),
+            file.display()
+        ));
+        signatures.push(wait_for_signature(&file, wait).await?);
+    }
+    let evidence = bkv_operator::ceremony::finish(&draft, signatures, &witness_keys)?;
     let parsed = bkv_transparency::evidence::parse(&evidence).map_err(|e| anyhow!("{e}"))?;
     let evidence_path = out.join("evidence.json");
     std::fs::write(&evidence_path, &evidence)?;

@@ -50,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: cmd::backup::BackupCommand,
     },
+    /// An independent witness's own tool and key: check and sign a ceremony's evidence,
+    /// cosign the auditor's checkpoints.
+    Witness {
+        #[command(subcommand)]
+        command: cmd::witness::WitnessCommand,
+    },
     /// Config files.
     Config {
         #[command(subcommand)]
@@ -148,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => admin::run(&["demo".into()]),
         Command::Audit { command } => cmd::audit::run(command).await,
         Command::Backup { command } => cmd::backup::run(&global, command).await,
+        Command::Witness { command } => cmd::witness::run(command).await,
         Command::Config {
             command: ConfigCommand::Check(a),
         } => config_check(&a.file, a.kind, a.skip_files),

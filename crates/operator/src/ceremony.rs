@@ -17,7 +17,6 @@ use bkv_transparency::evidence::{
     self as ev, Evidence, FleetKeysHex, Measurement, StepKind, TranscriptBuilder, Witness,
 };
 use bkv_wire::admin::{MembersView, SignedFleetStatement, SignedStatement};
-use ed25519_dalek::{Signer, SigningKey};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -121,19 +120,16 @@ impl<'a> Ceremony<'a> {
         self.transcript.head()
     }
 
-    /// Closes the transcript with the witnesses' signatures and returns the
-    /// evidence file's bytes (pretty JSON, the published artifact).
-    pub fn finish(
-        self,
-        witnesses: &[(String, SigningKey)],
-        source_commit: &str,
-        toolchain: &str,
-    ) -> Result<Vec<u8>> {
+    /// The evidence before any witness signed it (`witnesses: []`), for the witnesses to check
+    /// and sign with their own tool (`bkv witness ceremony`): pretty JSON.
+    pub fn draft(&self, source_commit: &str, toolchain: &str) -> Result<Vec<u8>> {
         let fleet_id = self
             .fleet_id
+            .clone()
             .ok_or_else(|| OperatorError::Fleet("the fleet was never formed".into()))?;
         let keys = self
             .fleet_keys
+            .clone()
             .ok_or_else(|| OperatorError::Fleet("the fleet was never formed".into()))?;
         let mut binaries = self.binaries.values();
         let binary = *binaries
@@ -144,11 +140,6 @@ impl<'a> Ceremony<'a> {
                 "the nodes run different bkv-hsm binaries".into(),
             ));
         }
-        if witnesses.is_empty() {
-            return Err(OperatorError::Fleet("a ceremony needs a witness".into()));
-        }
-        let head = self.transcript.head();
-        let msg = ev::witness_message(&self.op.namespace, &fleet_id, &head);
         let e = Evidence {
             version: ev::EVIDENCE_VERSION,
             namespace: self.op.namespace.clone(),
@@ -163,27 +154,36 @@ impl<'a> Ceremony<'a> {
                 toolchain: toolchain.to_owned(),
                 recipe: "scripts/build-hsm-reproducible.sh".into(),
             },
-            transcript: self.transcript.steps(),
-            witnesses: witnesses
-                .iter()
-                .map(|(name, k)| Witness {
-                    name: name.clone(),
-                    key: hex::encode(k.verifying_key().as_bytes()),
-                    signature: hex::encode(k.sign(&msg).to_bytes()),
-                })
-                .collect(),
+            transcript: self.transcript.clone().steps(),
+            witnesses: Vec::new(),
         };
-        let mut bytes = serde_json::to_vec_pretty(&e)
-            .map_err(|e| OperatorError::Fleet(format!("encode evidence: {e}")))?;
-        bytes.push(b'\n');
-        // What the auditor will check, checked here first.
-        ev::verify(
-            &ev::parse(&bytes).map_err(|e| OperatorError::Fleet(e.to_string()))?,
-            &[],
-        )
-        .map_err(|e| OperatorError::Fleet(format!("the evidence does not verify: {e}")))?;
-        Ok(bytes)
+        // What the witnesses and the auditor will check, checked here first.
+        ev::verify_transcript(&e)
+            .map_err(|e| OperatorError::Fleet(format!("the evidence does not verify: {e}")))?;
+        json(&e)
     }
+}
+
+/// Closes a ceremony: `draft` ([`Ceremony::draft`]) with the signatures its witnesses made with
+/// their own tool and keys. Every signature must verify over the draft's transcript head, and
+/// every key in `expected` must have signed (the witnesses the operator named). Returns the
+/// evidence file's bytes (pretty JSON, the published artifact).
+pub fn finish(draft: &[u8], signatures: Vec<Witness>, expected: &[[u8; 32]]) -> Result<Vec<u8>> {
+    let mut e = ev::parse(draft).map_err(|e| OperatorError::Fleet(e.to_string()))?;
+    if signatures.is_empty() {
+        return Err(OperatorError::Fleet("a ceremony needs a witness".into()));
+    }
+    e.witnesses = signatures;
+    ev::verify(&e, expected)
+        .map_err(|e| OperatorError::Fleet(format!("the evidence does not verify: {e}")))?;
+    json(&e)
+}
+
+fn json(e: &Evidence) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(e)
+        .map_err(|e| OperatorError::Fleet(format!("encode evidence: {e}")))?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// The predecessor entry for fleet `fleet_id`, from one of its nodes' signed fleet statement:

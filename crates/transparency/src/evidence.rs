@@ -189,7 +189,7 @@ pub fn witness_message(namespace: &str, fleet_id: &str, head: &[u8; 32]) -> Vec<
 }
 
 /// Builds a transcript step by step (the ceremony tool).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TranscriptBuilder {
     steps: Vec<Step>,
     head: [u8; 32],
@@ -258,6 +258,9 @@ pub struct Verified {
     pub fleet_keys: FleetPublicKeys,
     pub binary_sha256: [u8; 32],
     pub nodes: Vec<EvidenceNode>,
+    /// What every node's fleet statement says the fleet enforces (all agree); `None` for a fleet
+    /// formed by an earlier release, whose statements state none.
+    pub policy: Option<bkv_wire::admin::FleetPolicy>,
     /// (name, key) of every witness whose signature verified.
     pub witnesses: Vec<(String, [u8; 32])>,
 }
@@ -298,6 +301,32 @@ struct Partial {
 /// fleet keys and measurement, the logged records' contents, and the
 /// witnesses' signatures (at least one, and every one in `required`).
 pub fn verify(e: &Evidence, required: &[[u8; 32]]) -> Result<Verified, EvidenceError> {
+    let mut v = verify_transcript(e)?;
+    if e.witnesses.is_empty() {
+        return Err(EvidenceError::NoWitness);
+    }
+    let msg = witness_message(&e.namespace, &e.fleet_id, &v.head);
+    for w in &e.witnesses {
+        let key = unhex32("witness key", &w.key)?;
+        let sig = unhex("witness signature", &w.signature)?;
+        let vk = VerifyingKey::from_bytes(&key)
+            .map_err(|_| EvidenceError::WitnessSignature(w.name.clone()))?;
+        if !verify_sig(&vk, &msg, &sig) {
+            return Err(EvidenceError::WitnessSignature(w.name.clone()));
+        }
+        v.witnesses.push((w.name.clone(), key));
+    }
+    for r in required {
+        if !v.witnesses.iter().any(|(_, k)| k == r) {
+            return Err(EvidenceError::MissingWitness(hex::encode(r)));
+        }
+    }
+    Ok(v)
+}
+
+/// Everything [`verify`] checks but the witnesses (whatever signatures the file carries): what a
+/// witness checks of a draft before it signs the head ([`Verified::head`]).
+pub fn verify_transcript(e: &Evidence) -> Result<Verified, EvidenceError> {
     let fleet_keys = FleetPublicKeys {
         noise_static: unhex32("fleet_keys.noise_static", &e.fleet_keys.noise_static)?,
         opaque_server: unhex("fleet_keys.opaque_server", &e.fleet_keys.opaque_server)?,
@@ -362,6 +391,7 @@ pub fn verify(e: &Evidence, required: &[[u8; 32]]) -> Result<Verified, EvidenceE
         return Err(EvidenceError::Generators(generators));
     }
     let mut out = Vec::new();
+    let mut policies = Vec::new();
     for (id, p) in nodes {
         let err = |what: String| EvidenceError::Node { node: id, what };
         let st = p
@@ -423,6 +453,7 @@ pub fn verify(e: &Evidence, required: &[[u8; 32]]) -> Result<Verified, EvidenceE
                 "its membership record names another fleet, node or statement".into(),
             ));
         }
+        policies.push((id, fs.policy.clone()));
         out.push(EvidenceNode {
             node_id: id,
             statement: st,
@@ -431,31 +462,37 @@ pub fn verify(e: &Evidence, required: &[[u8; 32]]) -> Result<Verified, EvidenceE
             record,
         });
     }
-    if e.witnesses.is_empty() {
-        return Err(EvidenceError::NoWitness);
-    }
-    let msg = witness_message(&e.namespace, &e.fleet_id, &head);
-    let mut witnesses = Vec::new();
-    for w in &e.witnesses {
-        let key = unhex32("witness key", &w.key)?;
-        let sig = unhex("witness signature", &w.signature)?;
-        let vk = VerifyingKey::from_bytes(&key)
-            .map_err(|_| EvidenceError::WitnessSignature(w.name.clone()))?;
-        if !verify_sig(&vk, &msg, &sig) {
-            return Err(EvidenceError::WitnessSignature(w.name.clone()));
-        }
-        witnesses.push((w.name.clone(), key));
-    }
-    for r in required {
-        if !witnesses.iter().any(|(_, k)| k == r) {
-            return Err(EvidenceError::MissingWitness(hex::encode(r)));
-        }
+    // Every node states the same policy (the cores of one fleet enforce one policy).
+    let policy = policies.first().and_then(|(_, p)| p.clone());
+    if let Some((id, _)) = policies.iter().find(|(_, p)| *p != policy) {
+        return Err(EvidenceError::Node {
+            node: *id,
+            what: "its fleet statement states another policy than the other nodes'".into(),
+        });
     }
     Ok(Verified {
         head,
         fleet_keys,
         binary_sha256,
         nodes: out,
-        witnesses,
+        policy,
+        witnesses: Vec::new(),
+    })
+}
+
+/// A witness's signature over the transcript head of `e` (checked first, all but witnesses):
+/// what `bkv witness ceremony` makes.
+pub fn witness(
+    e: &Evidence,
+    name: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<Witness, EvidenceError> {
+    use ed25519_dalek::Signer;
+    let v = verify_transcript(e)?;
+    let msg = witness_message(&e.namespace, &e.fleet_id, &v.head);
+    Ok(Witness {
+        name: name.to_owned(),
+        key: hex::encode(key.verifying_key().as_bytes()),
+        signature: hex::encode(key.sign(&msg).to_bytes()),
     })
 }

@@ -150,6 +150,80 @@ pub fn open<'a>(note: &'a str, name: &str, key: &VerifyingKey) -> Result<&'a str
     Err(NoteError::Unsigned(name.to_owned()))
 }
 
+/// Algorithm byte of a C2SP `tlog-cosignature` (`cosignature/v1`) key id.
+const COSIGNATURE_ALG: u8 = 0x04;
+
+/// A witness's C2SP `cosignature/v1` key id: `SHA-256(name || "\n" || 0x04 || key)[0..4]`.
+pub fn cosignature_key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([COSIGNATURE_ALG]);
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+fn cosigned_message(text: &str, time: u64) -> Vec<u8> {
+    let mut m = format!("cosignature/v1\ntime {time}\n").into_bytes();
+    m.extend_from_slice(text.as_bytes());
+    m
+}
+
+/// A witness's C2SP `tlog-cosignature` line over checkpoint `text` at unix time `time`:
+/// `— <name> base64(key id[4] || time (u64 BE) || Ed25519(key, "cosignature/v1\ntime <time>\n"
+/// || text)[64])`. Appended to the note's signature block, it leaves the auditor's signature
+/// as it was.
+pub fn cosign(text: &str, name: &str, key: &SigningKey, time: u64) -> Result<String, NoteError> {
+    if !text.ends_with('\n') || text.contains("\n\n") || !valid_name(name) {
+        return Err(NoteError::Malformed("checkpoint text or witness name"));
+    }
+    let sig = key.sign(&cosigned_message(text, time));
+    let mut blob = cosignature_key_id(name, &key.verifying_key()).to_vec();
+    blob.extend_from_slice(&time.to_be_bytes());
+    blob.extend_from_slice(&sig.to_bytes());
+    Ok(format!("\u{2014} {name} {}\n", B64.encode(blob)))
+}
+
+/// The time of `note`'s `cosignature/v1` by (`name`, `key`), if it carries a valid one.
+pub fn cosigned_at(note: &str, name: &str, key: &VerifyingKey) -> Result<u64, NoteError> {
+    if note.len() > MAX_NOTE {
+        return Err(NoteError::TooLarge);
+    }
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no signature block"))?;
+    let text = note.get(..=split).ok_or(NoteError::Malformed("note"))?;
+    let sigs = note.get(split + 2..).ok_or(NoteError::Malformed("note"))?;
+    let want = cosignature_key_id(name, key);
+    for line in sigs.lines().take(MAX_SIGNATURES) {
+        let Some((n, b)) = line
+            .strip_prefix("\u{2014} ")
+            .and_then(|r| r.split_once(' '))
+        else {
+            continue;
+        };
+        let Ok(blob) = B64.decode(b) else { continue };
+        if n != name || blob.len() != 76 || blob.get(..4) != Some(&want[..]) {
+            continue;
+        }
+        let (Some(t), Some(sig)) = (blob.get(4..12), blob.get(12..76)) else {
+            continue;
+        };
+        let time = u64::from_be_bytes(t.try_into().map_err(|_| NoteError::Malformed("time"))?);
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| NoteError::Malformed("signature"))?;
+        if key
+            .verify_strict(&cosigned_message(text, time), &Signature::from_bytes(&sig))
+            .is_ok()
+        {
+            return Ok(time);
+        }
+    }
+    Err(NoteError::Unsigned(name.to_owned()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     pub origin: String,

@@ -252,11 +252,22 @@ impl Deployment {
             c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;
             started.push(node);
         }
-        let witnesses = dev_witnesses(&self.dir)?;
-        let evidence = c.finish(&witnesses, &source_commit(), &toolchain())?;
+        // The witnesses check the draft and sign it with their own tool and keys (`bkv
+        // witness`); the operator's side only imports what they signed.
+        let draft = c.draft(&source_commit(), &toolchain())?;
         let fleet_id = &started.first().ok_or_else(|| anyhow!("no node"))?.fleet_id;
         let edir = self.dir.join("evidence");
         std::fs::create_dir_all(&edir)?;
+        let draft_path = edir.join(format!("{fleet_id}.draft.json"));
+        std::fs::write(&draft_path, &draft)?;
+        let witnesses = dev_witnesses(&self.dir)?;
+        let mut signatures = Vec::new();
+        for w in &witnesses {
+            signatures.push(witness_signs(w, &draft_path)?);
+        }
+        let expected: Vec<[u8; 32]> = witnesses.iter().map(|w| w.public).collect();
+        let evidence = bkv_operator::ceremony::finish(&draft, signatures, &expected)?;
+        let _ = std::fs::remove_file(&draft_path);
         std::fs::write(edir.join(format!("{fleet_id}.json")), &evidence)?;
         self.operator
             .auditor()
@@ -266,22 +277,75 @@ impl Deployment {
     }
 }
 
-/// The two witness keys of a dev deployment (`DIR/witnesses/witness-N.key`,
-/// with the public key in hex beside it as `witness-N.pub`), made on first
-/// use. A real ceremony names its witnesses' keys.
-pub(crate) fn dev_witnesses(dir: &Path) -> anyhow::Result<Vec<(String, SigningKey)>> {
+/// A dev deployment's witness: its name, its key file (kept by its own tool) and public key.
+pub(crate) struct DevWitness {
+    pub(crate) name: String,
+    pub(crate) key_file: PathBuf,
+    pub(crate) public: [u8; 32],
+}
+
+/// The two witnesses of a dev deployment (`DIR/witnesses/witness-N.key`, with the public key in
+/// hex beside it as `witness-N.pub`). Their keys are made and used by the witness's own tool
+/// (`bkv witness`), never by the operator's: a real ceremony's witnesses run it on their own
+/// machines.
+pub(crate) fn dev_witnesses(dir: &Path) -> anyhow::Result<Vec<DevWitness>> {
     let wdir = dir.join("witnesses");
     std::fs::create_dir_all(&wdir)?;
     (1..=2)
         .map(|i| {
-            let key = load_or_create_key(&wdir.join(format!("witness-{i}.key")))?;
+            let key_file = wdir.join(format!("witness-{i}.key"));
+            let out = Command::new(bkv_bin()?)
+                .args(["witness", "key", "--key"])
+                .arg(&key_file)
+                .output()
+                .context("run bkv witness key")?;
+            if !out.status.success() {
+                bail!(
+                    "bkv witness key: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let hex_key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let public = bkv_wire::key_from_hex(&hex_key)
+                .map_err(|e| anyhow!("bkv witness key printed {hex_key:?}: {e}"))?;
             std::fs::write(
                 wdir.join(format!("witness-{i}.pub")),
-                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+                format!("{hex_key}\n"),
             )?;
-            Ok((format!("dev-witness-{i}"), key))
+            Ok(DevWitness {
+                name: format!("dev-witness-{i}"),
+                key_file,
+                public,
+            })
         })
         .collect()
+}
+
+/// `bkv witness ceremony`: the witness checks the draft and signs its head.
+fn witness_signs(
+    w: &DevWitness,
+    draft: &Path,
+) -> anyhow::Result<bkv_transparency::evidence::Witness> {
+    let out = Command::new(bkv_bin()?)
+        .args(["witness", "ceremony", "--key"])
+        .arg(&w.key_file)
+        .args(["--name", &w.name])
+        .arg(draft)
+        .output()
+        .context("run bkv witness ceremony")?;
+    if !out.status.success() {
+        bail!(
+            "witness {} refused the draft: {}",
+            w.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("witness {}'s signature", w.name))
+}
+
+/// The user's `bkv` (the witness tool), next to this executable.
+fn bkv_bin() -> anyhow::Result<PathBuf> {
+    bkv_cli::find_bin("bkv", "BKV_BIN", None)
 }
 
 /// The source commit of the running build, when run from a git checkout.

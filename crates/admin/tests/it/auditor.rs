@@ -136,21 +136,26 @@ fn free_addr() -> String {
     format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap())
 }
 
+/// `bkv audit log`, pinning the auditor's key as served by `GET /v1/key` (what an app pins)
+/// unless `extra` pins one.
 fn audit(url: &str, op: &SigningKey, extra: &[&str]) -> std::process::Output {
-    Command::new(bkv_bin())
-        .args([
-            "audit",
-            "log",
-            "--auditor",
-            url,
-            "--namespace",
-            "ns",
-            "--operator-key",
-        ])
-        .arg(hex::encode(op.verifying_key().as_bytes()))
-        .args(extra)
-        .output()
-        .unwrap()
+    let key: serde_json::Value = serde_json::from_str(&http(url, "GET", "/v1/key", "").1).unwrap();
+    let pinned = key["public_key"].as_str().unwrap().to_owned();
+    let mut cmd = Command::new(bkv_bin());
+    cmd.args([
+        "audit",
+        "log",
+        "--auditor",
+        url,
+        "--namespace",
+        "ns",
+        "--operator-key",
+    ])
+    .arg(hex::encode(op.verifying_key().as_bytes()));
+    if !extra.contains(&"--auditor-key") {
+        cmd.args(["--auditor-key", &pinned]);
+    }
+    cmd.args(extra).output().unwrap()
 }
 
 #[test]
@@ -215,6 +220,21 @@ fn append_rules_are_enforced() {
     assert!(note.contains("\n\n\u{2014} bkv-auditor "), "{note}");
     let out = audit(&a.url, &op, &[]);
     assert!(out.status.success(), "{}", text(&out));
+    // Without a pinned auditor key the audit fails closed, saying what it did not check.
+    let out = Command::new(bkv_bin())
+        .args(["audit", "log", "--auditor", &a.url, "--namespace", "ns"])
+        .args([
+            "--operator-key",
+            &hex::encode(op.verifying_key().as_bytes()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOT CHECKED: the auditor's key"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -222,6 +222,34 @@ impl DevUp {
     }
 
     /// `bkv-admin fleet status` as JSON.
+    /// What an auditor of this deployment pins: `--auditor-key` and `--operator-key` (from the
+    /// client config, as an app pins them) and every dev witness's `--witness`.
+    pub fn audit_keys(&self) -> Vec<String> {
+        let cfg: toml::Value = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ota = &cfg["fleet"]["ota"];
+        let mut args = vec![
+            "--auditor-key".to_owned(),
+            ota["auditor_key"].as_str().unwrap().to_owned(),
+            "--operator-key".to_owned(),
+            ota["operator_key"].as_str().unwrap().to_owned(),
+        ];
+        for i in 1..=2 {
+            let w = std::fs::read_to_string(self.dir.join(format!("witnesses/witness-{i}.pub")))
+                .unwrap();
+            args.push("--witness".to_owned());
+            args.push(w.trim().to_owned());
+        }
+        args
+    }
+
+    /// The pinned keys `bkv audit log` takes (no witnesses).
+    pub fn log_keys(&self) -> Vec<String> {
+        self.audit_keys().into_iter().take(4).collect()
+    }
+
     pub fn fleet_status(&self) -> serde_json::Value {
         let o = self.admin(&["fleet", "status"]);
         assert!(o.status.success(), "{}", text(&o));

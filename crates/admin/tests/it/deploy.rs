@@ -227,13 +227,22 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         })
         .collect();
 
-    // The ceremony: bkv-admin says when to start each node.
-    write_key(&d.join("witness-1.key"), 41);
-    write_key(&d.join("witness-2.key"), 42);
+    // The ceremony: bkv-admin says when to start each node, and when each witness signs the
+    // draft with its own tool and key.
+    let witness_key = |i: u32| {
+        let o = Command::new(bkv_bin())
+            .args(["witness", "key", "--key"])
+            .arg(d.join(format!("witness-{i}.key")))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let (w1, w2) = (witness_key(1), witness_key(2));
     let mut plan = format!(
         "namespace = \"app\"\nauditor_url = \"{auditor_url}\"\nca_file = \"ca.pem\"\n\
          operator_key_file = \"operator.key\"\nout_dir = \"form\"\nwait_secs = 60\n\
-         witnesses = [{{ name = \"w1\", key_file = \"witness-1.key\" }}, {{ name = \"w2\", key_file = \"witness-2.key\" }}]\n"
+         witnesses = [{{ name = \"w1\", key = \"{w1}\" }}, {{ name = \"w2\", key = \"{w2}\" }}]\n"
     );
     for (i, n) in nodes.iter().enumerate() {
         plan += &format!(
@@ -265,6 +274,19 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
                 metrics_urls.push(format!("http://{}", field(&ready, "metrics").unwrap()));
             }
         }
+        for (i, name) in [(1, "w1"), (2, "w2")] {
+            if line.contains(&format!("witness {name}: check and sign")) {
+                let o = Command::new(bkv_bin())
+                    .args(["witness", "ceremony", "--key"])
+                    .arg(d.join(format!("witness-{i}.key")))
+                    .args(["--name", name])
+                    .arg(d.join("form/evidence.draft.json"))
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", text(&o));
+                std::fs::write(d.join(format!("form/witness-{name}.json")), &o.stdout).unwrap();
+            }
+        }
         if line.contains("form: done") {
             fleet_id = field(&line, "fleet");
         }
@@ -292,6 +314,14 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         evidence.to_str().unwrap(),
         "--auditor",
         &auditor_url,
+        "--auditor-key",
+        &verifier,
+        "--operator-key",
+        &op_hex,
+        "--witness",
+        &w1,
+        "--witness",
+        &w2,
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = audit(&[
@@ -303,6 +333,8 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
         "app",
         "--operator-key",
         &op_hex,
+        "--auditor-key",
+        &verifier,
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(

@@ -12,11 +12,13 @@ use std::process::{Command, Output};
 
 const PW: &str = "evidence password\n";
 
+/// `bkv audit fleet` as an auditor runs it: every key pinned.
 fn audit_fleet(dev: &DevUp, evidence: &Path, extra: &[&str]) -> Output {
     Command::new(bkv_bin())
         .args(["audit", "fleet"])
         .arg(evidence)
         .args(["--auditor", &dev.auditor_url])
+        .args(dev.audit_keys())
         .args(extra)
         .output()
         .unwrap()
@@ -91,9 +93,46 @@ fn a_ceremony_fleet_on_softhsm_has_evidence_that_passes_and_every_tampering_is_n
     let o = audit_fleet(&dev, &dev.evidence, &["--witness", &w1, "--witness", &w2]);
     assert!(o.status.success(), "{}", text(&o));
     let report = String::from_utf8_lossy(&o.stdout);
-    for needle in ["keys generated", "keys received", "ok: bundle", "pkcs11"] {
+    for needle in [
+        "keys generated",
+        "keys received",
+        "ok: bundle",
+        "pkcs11",
+        "policy: at most 10 guesses",
+    ] {
         assert!(report.contains(needle), "{report}");
     }
+    // Every audit fails closed: without the auditor, or without pinned keys and witnesses, the
+    // checks it could not make are named and the exit is non-zero.
+    for args in [
+        vec![],
+        vec!["--auditor".to_owned(), dev.auditor_url.clone()],
+    ] {
+        let o = Command::new(bkv_bin())
+            .args(["audit", "fleet"])
+            .arg(&dev.evidence)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("NOT CHECKED: witnesses"), "{}", text(&o));
+        assert!(out.contains("NOT CHECKED: auditor log"), "{}", text(&o));
+    }
+    // A node the log admits after the ceremony holds the keys too: the audit lists it.
+    let o = std::process::Command::new(crate::common::admin_bin())
+        .args(["fleet", "add-node", "--dir"])
+        .arg(&dev.dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = audit_fleet(&dev, &dev.evidence, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("later: log #") && report.contains(" add node 3 "),
+        "{report}"
+    );
     let bytes = std::fs::read(&dev.evidence).unwrap();
     let e: Evidence = serde_json::from_slice(&bytes).unwrap();
     let bad = t.path().join("bad.json");
@@ -254,12 +293,9 @@ fn bkv_hsm_is_reproducible_and_the_rebuild_check_tells_the_measured_binary_apart
         Command::new(bkv_bin())
             .args(["audit", "fleet"])
             .arg(&dev.evidence)
-            .args([
-                "--auditor",
-                &dev.auditor_url,
-                "--rebuild",
-                "--rebuild-script",
-            ])
+            .args(["--auditor", &dev.auditor_url])
+            .args(dev.audit_keys())
+            .args(["--rebuild", "--rebuild-script"])
             .arg(&script)
             .env("BKV_REPRO_TARGET", &target)
             .env_remove("RUSTC_WORKSPACE_WRAPPER")

@@ -170,13 +170,6 @@ fn a_rotation_moves_records_only_with_the_right_password_and_retires_the_old_fle
     }
 
     // The auditor's log shows both fleets, each with its evidence.
-    let cfg = std::fs::read_to_string(&dev.config).unwrap();
-    let operator = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("operator_key = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
     let o = Command::new(bkv_bin())
         .args([
             "audit",
@@ -186,7 +179,7 @@ fn a_rotation_moves_records_only_with_the_right_password_and_retires_the_old_fle
             "--namespace",
             "dev",
         ])
-        .args(["--operator-key", &operator])
+        .args(dev.log_keys())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));

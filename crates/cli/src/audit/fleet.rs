@@ -23,6 +23,27 @@ pub struct NodeRow {
     pub log_index: u64,
 }
 
+/// A membership change the log shows for the fleet after its ceremony: a node added later holds
+/// the fleet keys too.
+#[derive(Debug, Serialize)]
+pub struct LaterMember {
+    pub log_index: u64,
+    pub change: String,
+    pub node_id: u64,
+    pub identity_key: String,
+    pub platform: Option<String>,
+    pub binary_sha256: Option<String>,
+}
+
+/// What the fleet's cores enforce, as every node's fleet statement states it.
+#[derive(Debug, Serialize)]
+pub struct PolicyRow {
+    pub max_guess_limit: u32,
+    pub move_key: String,
+    /// `fleet id=move key` of every fleet whose records may move here.
+    pub predecessors: Vec<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct FleetReport {
     pub namespace: String,
@@ -39,7 +60,13 @@ pub struct FleetReport {
     pub bundle_epochs: Vec<u64>,
     /// The hash a local reproducible build gave (with --rebuild).
     pub rebuilt_sha256: Option<String>,
+    /// The fleet's policy (`None`: its nodes, of an earlier release, state none).
+    pub policy: Option<PolicyRow>,
+    /// Members the log admitted (or removed) after the ceremony.
+    pub later_members: Vec<LaterMember>,
     pub checks: Vec<String>,
+    /// Checks that could not be made for want of a pinned key or the auditor: the audit fails.
+    pub not_checked: Vec<String>,
 }
 
 pub struct FleetAudit<'a> {
@@ -104,15 +131,54 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
         evidence_index: None,
         bundle_epochs: Vec::new(),
         rebuilt_sha256: None,
+        policy: v.policy.as_ref().map(|p| PolicyRow {
+            max_guess_limit: p.max_guess_limit,
+            move_key: hex::encode(p.move_key),
+            predecessors: p
+                .predecessors
+                .iter()
+                .map(|q| format!("{}={}", q.fleet_id, hex::encode(q.move_key)))
+                .collect(),
+        }),
+        later_members: Vec::new(),
         checks: Vec::new(),
+        not_checked: Vec::new(),
     };
-    if let Some(url) = a.auditor {
+    // Every audit fails closed: a check that needs a pinned key it was not given is reported as
+    // not made, and the audit fails.
+    if a.witnesses.is_empty() {
+        report.not_checked.push(
+            "witnesses: no --witness key pinned, so who signed the transcript is unknown".into(),
+        );
+    }
+    if let Some(p) = &v.policy {
+        checks.push(format!(
+            "policy: every node states the same (at most {} guesses per record, {} predecessor fleets)",
+            p.max_guess_limit,
+            p.predecessors.len()
+        ));
+    } else {
+        report
+            .not_checked
+            .push("policy: the nodes (of an earlier release) state no guess-limit policy".into());
+    }
+    match a.auditor {
+        None => report.not_checked.push(
+            "auditor log: no --auditor, so nothing shows the evidence, its members and bundles were logged".into(),
+        ),
+        Some(_) if a.auditor_key.is_none() || a.operator_key.is_none() => {
+            report.not_checked.push(
+                "auditor log: --auditor-key and --operator-key must both be pinned (keys the auditor presents prove nothing)".into(),
+            )
+        }
+        Some(_) => {}
+    }
+    if let (Some(url), Some(operator), Some(auditor_key)) =
+        (a.auditor, a.operator_key, a.auditor_key)
+    {
         let snap = fetch_snapshot(&a.http, url, &e.namespace).await?;
-        let operator = match a.operator_key {
-            Some(k) => k,
-            None => reported_operator(&a.http, url, &e.namespace).await?,
-        };
-        verify_snapshot(&snap, &e.namespace, &operator, a.auditor_key).context("auditor log")?;
+        verify_snapshot(&snap, &e.namespace, &operator, Some(auditor_key))
+            .context("auditor log")?;
         checks.push(format!(
             "auditor log: {} entries, every signature, inclusion and consistency proof verifies",
             snap.entries.len()
@@ -142,6 +208,47 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
             }
         }
         checks.push("auditor log: the evidence and every member's record are in it".into());
+        // A node admitted to this fleet after the ceremony holds the keys too: every later
+        // membership change of the fleet is listed.
+        let ceremony: std::collections::BTreeSet<u64> =
+            v.nodes.iter().map(|n| n.log_index).collect();
+        for x in &snap.entries {
+            let Some(record) = &x.record else { continue };
+            let Ok(r) = bkv_transparency::membership::MembershipRecord::decode(record) else {
+                continue;
+            };
+            if r.fleet_id != e.fleet_id || ceremony.contains(&x.index) {
+                continue;
+            }
+            use bkv_transparency::membership::{verify_statement, MembershipChange};
+            let (change, node_id, identity, st) = match &r.change {
+                MembershipChange::Found { node_id, statement } => {
+                    let st = verify_statement(statement).ok();
+                    ("found", *node_id, st.as_ref().map(|s| s.identity_key), st)
+                }
+                MembershipChange::Add { node_id, statement } => {
+                    let st = verify_statement(statement).ok();
+                    ("add", *node_id, st.as_ref().map(|s| s.identity_key), st)
+                }
+                MembershipChange::Remove {
+                    node_id,
+                    identity_key,
+                } => ("remove", *node_id, Some(*identity_key), None),
+                _ => ("unknown change", 0, None, None),
+            };
+            report.later_members.push(LaterMember {
+                log_index: x.index,
+                change: change.into(),
+                node_id,
+                identity_key: identity.map(hex::encode).unwrap_or_default(),
+                platform: st.as_ref().map(|s| s.platform.kind.name().to_owned()),
+                binary_sha256: st.as_ref().map(|s| hex::encode(s.binary_sha256)),
+            });
+        }
+        checks.push(format!(
+            "auditor log: {} membership changes of this fleet after the ceremony (listed)",
+            report.later_members.len()
+        ));
         for x in &snap.entries {
             let Some(bytes) = &x.bundle else { continue };
             let b = Bundle::decode(bytes).map_err(|err| anyhow!("bundle {}: {err}", x.index))?;
@@ -197,24 +304,6 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
     Ok(report)
 }
 
-async fn reported_operator(
-    http: &reqwest::Client,
-    url: &str,
-    namespace: &str,
-) -> anyhow::Result<VerifyingKey> {
-    let u = format!("{}/v1/logs/{namespace}", url.trim_end_matches('/'));
-    let r = http
-        .get(&u)
-        .send()
-        .await
-        .with_context(|| format!("GET {u}"))?;
-    let b = bkv_client::session::read_limited(r, 64 * 1024).await?;
-    let v: serde_json::Value = serde_json::from_slice(&b).with_context(|| format!("GET {u}"))?;
-    let k = bkv_wire::key_from_hex(v["operator_key"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow!("operator key: {e}"))?;
-    Ok(VerifyingKey::from_bytes(&k)?)
-}
-
 pub fn print_report(r: &FleetReport) {
     println!(
         "fleet {}  namespace {}  evidence digest {}",
@@ -237,10 +326,29 @@ pub fn print_report(r: &FleetReport) {
         );
     }
     println!("witnesses: {}", r.witnesses.join(", "));
+    if let Some(p) = &r.policy {
+        println!(
+            "policy: at most {} guesses per record; move key {}; records may move here from [{}]",
+            p.max_guess_limit,
+            p.move_key,
+            p.predecessors.join(", ")
+        );
+    }
+    for m in &r.later_members {
+        println!(
+            "  later: log #{} {} node {} identity {}… {} bkv-hsm {}",
+            m.log_index,
+            m.change,
+            m.node_id,
+            m.identity_key.get(..16).unwrap_or(&m.identity_key),
+            m.platform.as_deref().unwrap_or("-"),
+            m.binary_sha256.as_deref().unwrap_or("-"),
+        );
+    }
     for c in &r.checks {
         println!("ok: {c}");
     }
     if r.rebuilt_sha256.is_none() {
-        println!("not checked: that a reproducible build of the named commit gives this hash (use --rebuild)");
+        println!("not requested: that a reproducible build of the named commit gives this hash (use --rebuild)");
     }
 }

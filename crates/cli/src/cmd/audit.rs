@@ -8,21 +8,24 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Verify a fleet's deployment evidence: transcript, every node and
-    /// witness signature, the fleet keys, and (with --auditor) that the
-    /// evidence, every member's record and a bundle naming it are in the
-    /// auditor's log; with --rebuild, that a local reproducible build of
-    /// bkv-hsm has the measured hash. Exits non-zero naming the failed check.
+    /// witness signature, the fleet keys and policy, and that the evidence,
+    /// every member's record and a bundle naming it are in the auditor's log
+    /// (listing members admitted later); with --rebuild, that a local
+    /// reproducible build of bkv-hsm has the measured hash. Exits non-zero
+    /// naming the failed check, and also when a check could not be made for
+    /// want of --auditor, a pinned --auditor-key and --operator-key, or a
+    /// pinned --witness ("NOT CHECKED").
     Fleet {
         /// The evidence file (`evidence.json`).
         evidence: PathBuf,
         /// Auditor base URL.
         #[arg(long)]
         auditor: Option<String>,
-        /// Operator's Ed25519 public key (hex); default: the key the auditor
-        /// reports for the namespace.
+        /// Operator's Ed25519 public key (hex).
         #[arg(long)]
         operator_key: Option<String>,
-        /// Pin the auditor's Ed25519 public key (hex).
+        /// Pin the auditor's Ed25519 public key (hex, or its note verifier key
+        /// `name+id+base64` as a client config's `fleet.ota.auditor_key` holds it).
         #[arg(long)]
         auditor_key: Option<String>,
         /// Require this witness's Ed25519 public key (hex) among the signers.
@@ -43,7 +46,8 @@ pub enum AuditCommand {
     },
     /// Walk every epoch of a namespace: verify digests, auditor signatures,
     /// operator counter-signatures, inclusion and consistency proofs, and show
-    /// how the fleet keys changed. Exits non-zero on any failure.
+    /// how the fleet keys changed. Exits non-zero on any failure, and without a
+    /// pinned --auditor-key ("NOT CHECKED").
     Log {
         /// Auditor base URL.
         #[arg(long)]
@@ -53,7 +57,8 @@ pub enum AuditCommand {
         /// Operator's Ed25519 public key (hex).
         #[arg(long)]
         operator_key: String,
-        /// Pin the auditor's Ed25519 public key (hex) instead of trusting the one it presents.
+        /// Pin the auditor's Ed25519 public key (hex, or its note verifier key
+        /// `name+id+base64`) instead of trusting the one it presents.
         #[arg(long)]
         auditor_key: Option<String>,
         /// Trust only this CA (PEM) for the auditor's HTTPS certificate.
@@ -85,18 +90,21 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
                     .as_deref()
                     .map(|k| vk("--operator-key", k))
                     .transpose()?,
-                auditor_key: auditor_key
-                    .as_deref()
-                    .map(|k| vk("--auditor-key", k))
-                    .transpose()?,
+                auditor_key: auditor_key.as_deref().map(auditor_vk).transpose()?,
                 witnesses: witnesses
                     .iter()
                     .map(|w| Ok(vk("--witness", w)?.to_bytes()))
                     .collect::<anyhow::Result<_>>()?,
                 rebuild: rebuild.then_some(rebuild_script.as_path()),
             };
+            let r = audit::fleet::audit_fleet(&a).await;
+            let unchecked = r
+                .as_ref()
+                .map(|r| r.not_checked.clone())
+                .unwrap_or_default();
             report(
-                audit::fleet::audit_fleet(&a).await,
+                r,
+                unchecked,
                 *json,
                 audit::fleet::print_report,
                 "fleet audit failed",
@@ -112,18 +120,32 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
         } => {
             let http = audit::http_client(ca_file.as_deref())?;
             let op = vk("--operator-key", operator_key)?;
-            let ak = auditor_key
-                .as_deref()
-                .map(|k| vk("--auditor-key", k))
-                .transpose()?;
+            let ak = auditor_key.as_deref().map(auditor_vk).transpose()?;
+            let unchecked = match ak {
+                Some(_) => Vec::new(),
+                None => vec![
+                    "the auditor's key: not pinned (--auditor-key), so the log was checked against the key the auditor presents".to_owned(),
+                ],
+            };
             report(
                 audit::audit_log(&http, auditor, namespace, &op, ak).await,
+                unchecked,
                 *json,
                 audit::print_table,
                 "audit failed",
             )
         }
     }
+}
+
+/// The auditor's key as given: hex, or a note verifier key (`name+id+base64`).
+fn auditor_vk(k: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    if k.contains('+') {
+        return bkv_transparency::note::parse_verifier_key(k)
+            .map(|(_, key)| key)
+            .map_err(|e| UsageError(format!("--auditor-key: {e}")).into());
+    }
+    vk("--auditor-key", k)
 }
 
 /// An Ed25519 public key given as hex on the command line.
@@ -133,23 +155,40 @@ fn vk(name: &str, h: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
         .map_err(|_| UsageError(format!("{name}: not an Ed25519 key")).into())
 }
 
-/// Prints an audit's result: `{"ok", "report"|"error"}` with `--json`, the
-/// table otherwise; a failed audit exits non-zero either way.
+/// Prints an audit's result: `{"ok", "report"|"error", "not_checked"}` with `--json`, the
+/// table otherwise; a failed audit exits non-zero either way, and so does one with checks that
+/// could not be made (`unchecked`): every audit fails closed.
 fn report<R: serde::Serialize>(
     result: anyhow::Result<R>,
+    unchecked: Vec<String>,
     json: bool,
     table: fn(&R),
     failed: &'static str,
 ) -> anyhow::Result<()> {
+    let closed = |unchecked: &[String]| {
+        anyhow::anyhow!(
+            "{failed}: NOT CHECKED: {} (pin the keys and name the auditor to make these checks)",
+            unchecked.join("; ")
+        )
+    };
     match (result, json) {
         (Ok(r), true) => {
-            let v = serde_json::json!({"ok": true, "report": r});
+            let v = serde_json::json!({"ok": unchecked.is_empty(), "report": r, "not_checked": unchecked});
             println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+            match unchecked.is_empty() {
+                true => Ok(()),
+                false => Err(closed(&unchecked)),
+            }
         }
         (Ok(r), false) => {
             table(&r);
-            Ok(())
+            for n in &unchecked {
+                println!("NOT CHECKED: {n}");
+            }
+            match unchecked.is_empty() {
+                true => Ok(()),
+                false => Err(closed(&unchecked)),
+            }
         }
         (Err(e), true) => {
             let v = serde_json::json!({"ok": false, "error": format!("{e:#}")});

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod protectors;
+pub mod witness;
 
 use bkv_cli::UsageError;
 
