@@ -253,11 +253,15 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
     }
+    // The operator's record of the commands it signs, beside its key.
+    let mut ledger_path = at(&plan.operator_key_file).into_os_string();
+    ledger_path.push(".ledger.json");
     let op = Operator {
         key: key(&at(&plan.operator_key_file))?,
         auditor_url: plan.auditor_url.trim_end_matches('/').to_owned(),
         namespace: plan.namespace.clone(),
         http: http.build()?,
+        ledger: Some(bkv_operator::ledger::Ledger::at(Path::new(&ledger_path))),
     };
     let witness_keys = plan
         .witnesses
@@ -292,6 +296,9 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         first.id, plan.namespace, plan.max_guess_limit, first.admin
     ));
     let fs = wait_for_node(first.admin, wait).await?;
+    let fleet_id = bkv_transparency::evidence::verify_fleet_statement(&fs)
+        .map_err(|e| anyhow!("node {}'s fleet statement: {e}", first.id))?
+        .fleet_id;
     c.formed(first.id, first_statement.clone(), fs).await?;
     let mut members = vec![bkv_hsm_node::Member {
         id: first.id,
@@ -318,7 +325,7 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         let fs = wait_for_node(n.admin, wait).await?;
         admins.insert(n.id, n.admin);
         wait_caught_up(&admins, n.admin, wait).await?;
-        fleet_admin::promote(&op, &admins, n.id)?;
+        fleet_admin::promote(&op, &admins, &fleet_id, n.id)?;
         c.joined(n.id, fs)?;
         say(&format!("node {} joined as a voter", n.id));
     }

@@ -87,8 +87,11 @@ impl<'a> Ceremony<'a> {
         peer_addr: &str,
         statement: SignedStatement,
     ) -> Result<MembersView> {
-        let (_, view) = fleet::members(admins)?;
-        let action = fleet::admission(self.op, &view, node_id, peer_addr, statement).await?;
+        let fleet_id = self
+            .fleet_id
+            .clone()
+            .ok_or_else(|| OperatorError::Fleet("the fleet was never formed".into()))?;
+        let action = fleet::admission(self.op, &fleet_id, node_id, peer_addr, statement).await?;
         if let bkv_wire::admin::AdminAction::AddMember { record, proof, .. } = &action {
             self.transcript.push(
                 StepKind::MemberLogged,
@@ -96,7 +99,7 @@ impl<'a> Ceremony<'a> {
                 &bkv_wire::encode(&(proof.leaf_index, record.clone())),
             );
         }
-        fleet::execute(self.op, admins, action)
+        fleet::execute(self.op, admins, &fleet_id, action)
     }
 
     /// A further node holds the fleet keys: its fleet statement.

@@ -26,6 +26,9 @@ pub struct Operator {
     pub auditor_url: String,
     pub namespace: String,
     pub http: reqwest::Client,
+    /// The operator's record of the commands it signed ([`crate::ledger`]); without one it
+    /// signs no command.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 impl Operator {
@@ -112,22 +115,32 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Signs and executes `action` on the leader, following leadership changes.
+/// Signs and executes `action` on fleet `fleet_id`'s leader, following leadership changes. The
+/// command is signed only for `fleet_id` and the sequence number the operator's ledger allows,
+/// whatever the (unauthenticated) admin link answers.
 pub fn execute(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
+    fleet_id: &str,
     action: AdminAction,
 ) -> Result<MembersView> {
+    let ledger = op.ledger.as_ref().ok_or_else(|| {
+        OperatorError::Fleet(
+            "this operator keeps no ledger of its commands: refusing to sign".into(),
+        )
+    })?;
     let mut last = String::new();
     for _ in 0..20 {
         let (leader, view) = members(admins)?;
-        let signed = sign_command(
-            &op.key,
-            &view.fleet_id,
-            view.next_seq,
-            unix_now(),
-            action.clone(),
-        );
+        if view.fleet_id != fleet_id {
+            return Err(OperatorError::Fleet(format!(
+                "the admin link answers for fleet {}, not {fleet_id}: refusing to sign",
+                view.fleet_id
+            )));
+        }
+        let seq = ledger.check(fleet_id, view.next_seq)?;
+        ledger.record(fleet_id, seq)?;
+        let signed = sign_command(&op.key, fleet_id, seq, unix_now(), action.clone());
         match admin_request(leader, &AdminRequest::Execute(signed))? {
             AdminResponse::Executed(v) => return Ok(v),
             AdminResponse::Error(AdminError::NotLeader { .. } | AdminError::Unavailable(_)) => {
@@ -165,20 +178,16 @@ pub async fn log_founder(
     Ok((r, proof))
 }
 
-/// The signed `AddMember` for a node, after logging its membership record
-/// (with its platform statement) with the auditor. Not yet sent.
+/// The `AddMember` for a node of fleet `fleet_id`, after logging its membership record (with its
+/// platform statement) with the auditor. Not yet signed or sent.
 pub async fn admission(
     op: &Operator,
-    view: &MembersView,
+    fleet_id: &str,
     node_id: u64,
     peer_addr: &str,
     statement: SignedStatement,
 ) -> Result<AdminAction> {
-    let r = record(
-        &view.fleet_id,
-        op,
-        MembershipChange::Add { node_id, statement },
-    );
+    let r = record(fleet_id, op, MembershipChange::Add { node_id, statement });
     let proof = op.auditor().log_record(&r).await?;
     Ok(AdminAction::AddMember {
         node_id,
@@ -188,18 +197,18 @@ pub async fn admission(
     })
 }
 
-/// Admits a node as a learner: logs its membership record with the
+/// Admits a node to fleet `fleet_id` as a learner: logs its membership record with the
 /// auditor, then executes a signed `AddMember` carrying the log proof.
 pub async fn admit(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
+    fleet_id: &str,
     node_id: u64,
     peer_addr: &str,
     statement: SignedStatement,
 ) -> Result<MembersView> {
-    let (_, view) = members(admins)?;
-    let action = admission(op, &view, node_id, peer_addr, statement).await?;
-    execute(op, admins, action)
+    let action = admission(op, fleet_id, node_id, peer_addr, statement).await?;
+    execute(op, admins, fleet_id, action)
 }
 
 /// A node's signed fleet statement (from its admin link).
@@ -211,23 +220,31 @@ pub fn fleet_statement(addr: SocketAddr) -> Result<bkv_wire::admin::SignedFleetS
     }
 }
 
-/// Makes an admitted learner a voter.
+/// Makes an admitted learner of fleet `fleet_id` a voter.
 pub fn promote(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
+    fleet_id: &str,
     node_id: u64,
 ) -> Result<MembersView> {
-    execute(op, admins, AdminAction::Promote { node_id })
+    execute(op, admins, fleet_id, AdminAction::Promote { node_id })
 }
 
-/// Removes a member: logs the removal with the auditor, then executes a
+/// Removes a member of fleet `fleet_id`: logs the removal with the auditor, then executes a
 /// signed `RemoveMember`.
 pub async fn remove(
     op: &Operator,
     admins: &BTreeMap<u64, SocketAddr>,
+    fleet_id: &str,
     node_id: u64,
 ) -> Result<MembersView> {
     let (_, view) = members(admins)?;
+    if view.fleet_id != fleet_id {
+        return Err(OperatorError::Fleet(format!(
+            "the admin link answers for fleet {}, not {fleet_id}",
+            view.fleet_id
+        )));
+    }
     let m = view
         .members
         .iter()
@@ -239,7 +256,7 @@ pub async fn remove(
             ))
         })?;
     let r = record(
-        &view.fleet_id,
+        fleet_id,
         op,
         MembershipChange::Remove {
             node_id,
@@ -250,6 +267,7 @@ pub async fn remove(
     execute(
         op,
         admins,
+        fleet_id,
         AdminAction::RemoveMember {
             node_id,
             record: r.encode(),

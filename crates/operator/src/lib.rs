@@ -16,6 +16,7 @@
 pub mod auditor;
 pub mod ceremony;
 pub mod fleet;
+pub mod ledger;
 
 use std::net::SocketAddr;
 

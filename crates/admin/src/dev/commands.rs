@@ -34,7 +34,7 @@ pub async fn remove_node(dir: &Path, fleet: usize, id: u64) -> anyhow::Result<()
     let i = d
         .dir_of(id)
         .ok_or_else(|| anyhow!("fleet {fleet} of {} has no node {id}", dir.display()))?;
-    fleet_admin::remove(&d.operator, &d.admins(), id).await?;
+    fleet_admin::remove(&d.operator, &d.admins(), &d.fleet_id()?, id).await?;
     let ndir = node_dir(dir, i);
     if let Some(pid) = read_pid(&ndir) {
         if pid_alive(pid) {

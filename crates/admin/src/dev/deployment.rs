@@ -45,9 +45,20 @@ impl Deployment {
                 auditor_url: format!("http://{}", auditor.trim()),
                 namespace: DEV_NAMESPACE.into(),
                 http: reqwest::Client::new(),
+                ledger: Some(operator_ledger(dir)),
             },
             fleet,
         })
+    }
+
+    /// The id of the fleet this administers, as its nodes' records name it (what the operator
+    /// signs commands for, whatever an admin link answers).
+    pub(crate) fn fleet_id(&self) -> anyhow::Result<String> {
+        node_records(&self.dir)
+            .into_iter()
+            .filter(|(_, r)| r.fleet == self.fleet)
+            .find_map(|(_, r)| r.fleet_id)
+            .ok_or_else(|| anyhow!("no node of fleet {} names its fleet id", self.fleet))
     }
 
     /// The next unused node directory index.
@@ -140,6 +151,7 @@ impl Deployment {
         fleet_admin::admit(
             &self.operator,
             &self.admins(),
+            &self.fleet_id()?,
             rec.node_id,
             rec.peer_addr(),
             statement.clone(),
@@ -183,7 +195,7 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        fleet_admin::promote(&self.operator, &admins, id)?;
+        fleet_admin::promote(&self.operator, &admins, &node.fleet_id, id)?;
         Ok(node)
     }
 
@@ -348,6 +360,11 @@ fn bkv_bin() -> anyhow::Result<PathBuf> {
     bkv_cli::find_bin("bkv", "BKV_BIN", None)
 }
 
+/// The dev operator's record of the admin commands it signed.
+pub(crate) fn operator_ledger(dir: &Path) -> bkv_operator::ledger::Ledger {
+    bkv_operator::ledger::Ledger::at(&dir.join("operator/operator-ledger.json"))
+}
+
 /// The source commit of the running build, when run from a git checkout.
 pub(crate) fn source_commit() -> String {
     Command::new("git")
@@ -415,6 +432,7 @@ pub(crate) async fn start_fleet(
             auditor_url: auditor.url.clone(),
             namespace: DEV_NAMESPACE.into(),
             http: reqwest::Client::new(),
+            ledger: Some(operator_ledger(dir)),
         },
         fleet: 1,
     };

@@ -114,6 +114,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         auditor_url: auditor.url.clone(),
         namespace: DEV_NAMESPACE.into(),
         http: reqwest::Client::new(),
+        ledger: Some(operator_ledger(&dir)),
     };
     if let Err(e) = publish_fleets(&op, &fleets).await {
         stop_deployment(&dir);

@@ -44,6 +44,7 @@ fn operator(dev: &DevUp) -> Operator {
         auditor_url: format!("http://{}", listen.trim()),
         namespace: "dev".into(),
         http: reqwest::Client::new(),
+        ledger: None,
     }
 }
 
@@ -139,7 +140,7 @@ fn membership_changes_need_the_admin_link_a_valid_signature_and_a_fresh_sequence
     let action = rt()
         .block_on(fleet_admin::admission(
             &op,
-            &before,
+            &before.fleet_id,
             9,
             "127.0.0.1:9",
             statement,
@@ -228,7 +229,7 @@ fn a_node_missing_from_the_auditors_log_is_not_admitted_and_gets_no_secrets() {
     let AdminAction::AddMember { record, proof, .. } = rt()
         .block_on(fleet_admin::admission(
             &op,
-            &before,
+            &before.fleet_id,
             5,
             "127.0.0.1:1",
             statement.clone(),
