@@ -658,8 +658,37 @@ pub fn node_storage(data: &[u8]) {
     let mut input = Input(data);
     let selector = input.u8();
     let rest = input.rest();
-    match selector % 7 {
-        0 => decode_only::<State>(rest, 1 << 20),
+    match selector % 10 {
+        0 => {
+            let _ = State::decode(rest, 1 << 20);
+        }
+        // A bucket's plain encoding (2, or 1 of an earlier release), as a snapshot carries it.
+        7 => {
+            let _ = bkv_hsm_core::commitment::Bucket::decode(rest);
+        }
+        // A move ticket as a new fleet's core checks it.
+        8 => {
+            if let Ok(t) = bkv_wire::decode::<bkv_wire::vault::SignedMoveTicket>(rest, 4096) {
+                let trust = bkv_hsm_core::FleetTrust {
+                    predecessors: vec![bkv_hsm_core::Predecessor {
+                        fleet_id: "fleet-old".into(),
+                        move_key: [9; 32],
+                    }],
+                    ..FleetTrust::for_tests()
+                };
+                for step in [
+                    bkv_wire::vault::MoveStep::Intent,
+                    bkv_wire::vault::MoveStep::Moved,
+                ] {
+                    let _ =
+                        bkv_hsm_core::verify_move_ticket(&trust, "fleet-new", &[7; 32], step, &t);
+                }
+            }
+        }
+        // A fleet statement of either version.
+        9 => {
+            let _ = bkv_wire::admin::FleetStatement::decode(rest, 1 << 16);
+        }
         1 => decode_only::<Mutation>(rest, 1 << 20),
         2 => decode_only::<openraft::Entry<TypeConfig>>(rest, 1 << 20),
         3 => decode_only::<PeerRequest>(rest, MAX_PEER_MESSAGE),

@@ -31,6 +31,7 @@ mod keys;
 mod legacy;
 pub mod members;
 mod moves;
+pub use moves::MoveTicketError;
 pub mod platform;
 mod requests;
 pub mod seal;
@@ -372,18 +373,19 @@ impl Core {
         }
         let checked = match m {
             Mutation::MoveIn { record_id, ticket } => {
-                moves::verify(trust, fleet, record_id, MoveStep::Moved, ticket).map(|_| ())
+                moves::verify(trust, fleet, record_id, MoveStep::Moved, ticket)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
             Mutation::StorePendingMove {
                 record_id,
                 credential,
                 intent,
-            } => moves::verify(trust, fleet, record_id, MoveStep::Intent, intent).and_then(|t| {
-                match moves::digest_of(record_id, credential) == t.pending_digest {
-                    true => Ok(()),
-                    false => Err("the intent names another registration".into()),
-                }
-            }),
+            } => match moves::verify(trust, fleet, record_id, MoveStep::Intent, intent) {
+                Ok(t) if moves::digest_of(record_id, credential) == t.pending_digest => Ok(()),
+                Ok(_) => Err("the intent names another registration".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
             _ => Ok(()),
         };
         if let Err(e) = checked {
@@ -796,6 +798,18 @@ impl Core {
             Err(_) => VaultError::Unavailable,
         }
     }
+}
+
+/// Checks a move ticket for `step` presented to fleet `fleet_id` (whose trust anchors are `trust`)
+/// for `record_id`, as every core of that fleet does (docs/formats.md "Moving a record").
+pub fn verify_move_ticket(
+    trust: &FleetTrust,
+    fleet_id: &str,
+    record_id: &RecordId,
+    step: MoveStep,
+    signed: &bkv_wire::vault::SignedMoveTicket,
+) -> Result<bkv_wire::vault::MoveTicket, MoveTicketError> {
+    moves::verify(trust, fleet_id, record_id, step, signed)
 }
 
 /// A record store that fails or is refused: the client is told the vault is unavailable (the

@@ -32,6 +32,26 @@ pub(crate) fn sign(secrets: &FleetSecrets, t: &MoveTicket) -> SignedMoveTicket {
     SignedMoveTicket { ticket, signature }
 }
 
+/// Why a move ticket is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MoveTicketError {
+    #[error("the ticket does not decode: {0}")]
+    Malformed(String),
+    #[error("unsupported ticket version {0}")]
+    Version(u8),
+    #[error("a {found:?} ticket where a {needed:?} ticket is needed")]
+    WrongStep { found: MoveStep, needed: MoveStep },
+    #[error("the ticket moves the record to {0:?}")]
+    OtherFleet(String),
+    #[error("the ticket names another record")]
+    OtherRecord,
+    #[error("{0:?} is not a fleet whose records may move here")]
+    UnknownPredecessor(String),
+    #[error("not signed by the predecessor's move key")]
+    BadSignature,
+}
+
 /// Checks a ticket for `step` presented to fleet `fleet_id` for `record_id`: signed by the move
 /// key of a predecessor the fleet pinned, naming that predecessor, this fleet and this record.
 pub(crate) fn verify(
@@ -40,40 +60,37 @@ pub(crate) fn verify(
     record_id: &RecordId,
     step: MoveStep,
     signed: &SignedMoveTicket,
-) -> Result<MoveTicket, String> {
+) -> Result<MoveTicket, MoveTicketError> {
     let t: MoveTicket = bkv_wire::decode(&signed.ticket, MAX_MOVE_TICKET)
-        .map_err(|e| format!("the ticket does not decode: {e}"))?;
+        .map_err(|e| MoveTicketError::Malformed(e.to_string()))?;
     if t.version != MOVE_TICKET_VERSION {
-        return Err(format!("unsupported ticket version {}", t.version));
+        return Err(MoveTicketError::Version(t.version));
     }
     if t.step != step {
-        return Err(format!(
-            "a {:?} ticket where a {step:?} ticket is needed",
-            t.step
-        ));
+        return Err(MoveTicketError::WrongStep {
+            found: t.step,
+            needed: step,
+        });
     }
     if t.to_fleet != fleet_id {
-        return Err(format!("the ticket moves the record to {:?}", t.to_fleet));
+        return Err(MoveTicketError::OtherFleet(t.to_fleet));
     }
     if &t.record_id != record_id {
-        return Err("the ticket names another record".into());
+        return Err(MoveTicketError::OtherRecord);
     }
     let Some(from) = trust
         .predecessors
         .iter()
         .find(|p| p.fleet_id == t.from_fleet)
     else {
-        return Err(format!(
-            "{:?} is not a fleet whose records may move here",
-            t.from_fleet
-        ));
+        return Err(MoveTicketError::UnknownPredecessor(t.from_fleet));
     };
     let key = ed25519_dalek::VerifyingKey::from_bytes(&from.move_key)
-        .map_err(|_| "the predecessor's move key is invalid".to_string())?;
+        .map_err(|_| MoveTicketError::BadSignature)?;
     let sig = ed25519_dalek::Signature::from_slice(&signed.signature)
-        .map_err(|_| "malformed signature".to_string())?;
+        .map_err(|_| MoveTicketError::BadSignature)?;
     key.verify_strict(&message(&signed.ticket), &sig)
-        .map_err(|_| "not signed by the predecessor's move key".to_string())?;
+        .map_err(|_| MoveTicketError::BadSignature)?;
     Ok(t)
 }
 

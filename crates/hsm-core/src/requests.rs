@@ -142,7 +142,7 @@ impl Core {
                             VaultError::BadTicket("the intent names another registration".into());
                         return self.error(sid, e);
                     }
-                    Err(e) => return self.error(sid, VaultError::BadTicket(e)),
+                    Err(e) => return self.error(sid, VaultError::BadTicket(e.to_string())),
                 }
                 if let Some(s) = self.sessions.get_mut(sid) {
                     s.registering = None;
@@ -213,7 +213,7 @@ impl Core {
                 // Checked here to answer early; every core checks it again when applying.
                 let (trust, fleet) = (self.secrets.trust(), self.fleet_id());
                 if let Err(e) = moves::verify(trust, fleet, &rid, MoveStep::Moved, &ticket) {
-                    return self.error(sid, VaultError::BadTicket(e));
+                    return self.error(sid, VaultError::BadTicket(e.to_string()));
                 }
                 let m = Mutation::MoveIn {
                     record_id: rid,

@@ -780,11 +780,44 @@ mod tests {
                 record_id,
                 generation
             }),
-            (id, gen).prop_map(|(record_id, generation)| Mutation::Delete {
+            (id.clone(), gen.clone()).prop_map(|(record_id, generation)| Mutation::Delete {
                 record_id,
                 generation
             }),
+            (id.clone(), 0u32..3)
+                .prop_map(|(record_id, day)| Mutation::CountRegisterStart { record_id, day }),
+            (id.clone(), gen, 1u8..4).prop_map(|(record_id, generation, t)| Mutation::MoveOut {
+                record_id,
+                generation,
+                to_fleet: "next".into(),
+                pending_digest: [t; 32],
+            }),
+            (id.clone(), 1u8..4).prop_map(|(record_id, t)| Mutation::StorePendingMove {
+                record_id,
+                credential: cred(t, 3),
+                intent: ticket(bkv_wire::vault::MoveStep::Intent, t, 0),
+            }),
+            (id, 1u8..4, 0u32..5).prop_map(|(record_id, t, attempts)| Mutation::MoveIn {
+                record_id,
+                ticket: ticket(bkv_wire::vault::MoveStep::Moved, t, attempts),
+            }),
         ]
+    }
+
+    /// An (unsigned: the bare state does not check signatures) ticket naming digest `[t; 32]`.
+    fn ticket(step: bkv_wire::vault::MoveStep, t: u8, attempts: u32) -> SignedMoveTicket {
+        SignedMoveTicket {
+            ticket: bkv_wire::encode(&bkv_wire::vault::MoveTicket {
+                version: 1,
+                step,
+                from_fleet: "old".into(),
+                to_fleet: "next".into(),
+                record_id: [0; 32],
+                pending_digest: [t; 32],
+                attempts,
+            }),
+            signature: Vec::new(),
+        }
     }
 
     proptest! {
@@ -822,6 +855,17 @@ mod tests {
                 }
                 if let RecordState::Active { attempts, guess_limit } = a.status(&rid) {
                     prop_assert!(attempts <= guess_limit);
+                }
+                // A record that moved away stays moved (only a delete removes it), and grants
+                // nothing here.
+                if before == RecordState::Moved {
+                    let after = a.status(&rid);
+                    let deleted = matches!(m, Mutation::Delete { .. }) && after == RecordState::Absent;
+                    prop_assert!(after == RecordState::Moved || deleted, "moved record left by {:?}", m);
+                }
+                // The day's registration budget holds.
+                if let Some(r) = a.records.get(&rid) {
+                    prop_assert!(r.register_starts.count <= MAX_REGISTER_STARTS_PER_DAY);
                 }
                 let enc = bkv_wire::encode(m);
                 prop_assert_eq!(&bkv_wire::decode::<Mutation>(&enc, 1 << 16).unwrap(), m);

@@ -144,6 +144,7 @@ fn main() -> Result<()> {
     let log = Log::new()?;
     bundle(&log)?;
     checkpoint(&log)?;
+    move_ticket()?;
     println!("wrote {}", vectors_dir().display());
     Ok(())
 }
@@ -1370,6 +1371,143 @@ fn checkpoint(log: &Log) -> Result<()> {
         "oversize.note",
         big.as_bytes(),
         bad("over 16 KiB", "TooLarge"),
+    )?;
+    w.finish()
+}
+
+// ---------------------------------------------------------------- move ticket
+
+/// The registration a ticket names: the `RegisterFinishMove` fields (test values).
+fn moved_registration() -> (Vec<u8>, Vec<u8>, u32, [u8; 32]) {
+    (vec![0x5a; 192], vec![0x6b; 73], 10, seq(0x7c))
+}
+
+fn move_ticket() -> Result<()> {
+    use bkv_wire::vault::{MoveStep, MoveTicket, SignedMoveTicket, MOVE_TICKET_CONTEXT};
+    let old_fleet = SigningKey::from_bytes(&seq(0x90));
+    let (upload, wrapped, limit, confirm) = moved_registration();
+    let digest = bkv_wire::vault::pending_digest(&upload, &wrapped, limit, &confirm);
+    let record_id = bkv_wire::record_id("mover@example.org");
+    let ticket = |version: u8, step: MoveStep, to_fleet: &str| MoveTicket {
+        version,
+        step,
+        from_fleet: "fleet-old".into(),
+        to_fleet: to_fleet.into(),
+        record_id,
+        pending_digest: digest,
+        attempts: 3,
+    };
+    let sign = |t: &MoveTicket, key: &SigningKey| {
+        let ticket = bkv_wire::encode(t);
+        let mut m = MOVE_TICKET_CONTEXT.to_vec();
+        m.extend_from_slice(&ticket);
+        bkv_wire::encode(&SignedMoveTicket {
+            signature: key.sign(&m).to_bytes().to_vec(),
+            ticket,
+        })
+    };
+    let mut w = Writer::new(
+        "move-ticket",
+        "docs/formats.md#moving-a-record-fleet-rotation",
+        &[
+            (
+                "move_key",
+                hex::encode(old_fleet.verifying_key().to_bytes()),
+            ),
+            ("from_fleet", "fleet-old".into()),
+            ("fleet_id", "fleet-new".into()),
+            ("record_id", hex::encode(record_id)),
+            ("step", "Moved".into()),
+            ("upload", hex::encode(&upload)),
+            ("wrapped_key", hex::encode(&wrapped)),
+            ("guess_limit", limit.to_string()),
+            ("confirm_hash", hex::encode(confirm)),
+        ],
+    )?;
+    let expect = |step: &str| {
+        vec![
+            ("step", step.to_owned()),
+            ("pending_digest", hex::encode(digest)),
+            ("attempts", "3".to_owned()),
+        ]
+    };
+    let moved = sign(&ticket(1, MoveStep::Moved, "fleet-new"), &old_fleet);
+    w.case(
+        "moved.ticket",
+        &moved,
+        ok(
+            "the old fleet's move ticket, naming the registration",
+            expect("Moved"),
+        ),
+    )?;
+    let intent = sign(&ticket(1, MoveStep::Intent, "fleet-new"), &old_fleet);
+    w.case(
+        "intent.ticket",
+        &intent,
+        ok_with(
+            "an intent ticket, where the new fleet stores the registration",
+            expect("Intent"),
+            vec![("step", "Intent".into())],
+        ),
+    )?;
+    w.case(
+        "intent.ticket",
+        &intent,
+        bad("an intent where a move ticket is needed", "WrongStep"),
+    )?;
+    w.case(
+        "signature-flipped.ticket",
+        &flip(&moved, moved.len() - 1),
+        bad("a signature bit flipped", "BadSignature"),
+    )?;
+    w.case(
+        "by-another-key.ticket",
+        &sign(
+            &ticket(1, MoveStep::Moved, "fleet-new"),
+            &SigningKey::from_bytes(&seq(0x91)),
+        ),
+        bad(
+            "signed by a key the new fleet did not pin for the old fleet",
+            "BadSignature",
+        ),
+    )?;
+    w.case(
+        "to-another-fleet.ticket",
+        &sign(&ticket(1, MoveStep::Moved, "fleet-other"), &old_fleet),
+        bad("a ticket moving the record to another fleet", "OtherFleet"),
+    )?;
+    w.case(
+        "moved.ticket",
+        &moved,
+        bad_with(
+            "presented for another record",
+            "OtherRecord",
+            vec![(
+                "record_id",
+                hex::encode(bkv_wire::record_id("someone-else")),
+            )],
+        ),
+    )?;
+    w.case(
+        "moved.ticket",
+        &moved,
+        bad_with(
+            "at a fleet that pinned no such predecessor",
+            "UnknownPredecessor",
+            vec![("from_fleet", "fleet-unknown".into())],
+        ),
+    )?;
+    w.case(
+        "version-2.ticket",
+        &sign(&ticket(2, MoveStep::Moved, "fleet-new"), &old_fleet),
+        bad("ticket version 2 is not defined", "Version"),
+    )?;
+    let mut trailing = moved.clone();
+    trailing.push(0);
+    w.case(
+        "trailing-byte.ticket",
+        &trailing,
+        bad("a byte after the signed ticket", "Trailing"),
     )?;
     w.finish()
 }

@@ -26,6 +26,7 @@ pub const FORMATS: &[&str] = &[
     "bundle",
     "checkpoint",
     "recovery-key",
+    "move-ticket",
 ];
 
 /// `tests/vectors/` in the repository.

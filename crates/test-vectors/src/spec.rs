@@ -800,3 +800,93 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     }
     out.push(v as u8);
 }
+
+/// What a move ticket says.
+pub struct MoveTicketView {
+    /// 0 Intent, 1 Moved.
+    pub step: u64,
+    pub pending_digest: [u8; 32],
+    pub attempts: u64,
+}
+
+/// The pinned side of a move-ticket check: the new fleet, its predecessor's move key, the
+/// record, the step expected.
+pub struct MoveAnchors<'a> {
+    pub move_key: &'a [u8; 32],
+    pub from_fleet: &'a str,
+    pub fleet_id: &'a str,
+    pub record_id: &'a [u8; 32],
+    /// 0 Intent, 1 Moved.
+    pub step: u64,
+}
+
+/// `docs/formats.md`, "Moving a record": decodes `encode(SignedMoveTicket)`, then the ticket
+/// (version 1), and checks it names the expected step, predecessor, fleet and record and is
+/// signed by the predecessor's move key over `"bkv move ticket v1\0" || ticket`.
+pub fn move_ticket_verify(file: &[u8], a: &MoveAnchors<'_>) -> SpecResult<MoveTicketView> {
+    let mut outer = Reader::encoded(file)?;
+    if file.len() > 2048 {
+        return Err("signed ticket too large");
+    }
+    let ticket = outer.bytes()?;
+    let signature = outer.bytes()?;
+    outer.end()?;
+    let mut r = Reader::encoded(ticket)?;
+    if r.u8()? != 1 {
+        return Err("ticket version");
+    }
+    let step = r.varint()?;
+    let from_fleet = r.string()?;
+    let to_fleet = r.string()?;
+    let record_id: [u8; 32] = r.fixed()?;
+    let pending_digest: [u8; 32] = r.fixed()?;
+    let attempts = r.varint()?;
+    r.end()?;
+    if step > 1 {
+        return Err("ticket step");
+    }
+    if step != a.step {
+        return Err("a ticket of another step");
+    }
+    if to_fleet != a.fleet_id {
+        return Err("the ticket moves the record elsewhere");
+    }
+    if &record_id != a.record_id {
+        return Err("the ticket names another record");
+    }
+    if from_fleet != a.from_fleet {
+        return Err("the ticket comes from an unpinned fleet");
+    }
+    let mut msg = b"bkv move ticket v1\0".to_vec();
+    msg.extend_from_slice(ticket);
+    if !ed25519_ok(a.move_key, &msg, signature) {
+        return Err("move ticket signature");
+    }
+    Ok(MoveTicketView {
+        step,
+        pending_digest,
+        attempts,
+    })
+}
+
+/// `docs/formats.md`, "Moving a record": the digest of a `RegisterFinishMove`'s fields,
+/// `SHA-256("bkv move pending v1\0" || encode((upload, wrapped_key, guess_limit, confirm_hash)))`.
+pub fn pending_digest(
+    upload: &[u8],
+    wrapped_key: &[u8],
+    guess_limit: u64,
+    confirm_hash: &[u8; 32],
+) -> [u8; 32] {
+    let mut e = vec![1u8];
+    push_varint(&mut e, upload.len() as u64);
+    e.extend_from_slice(upload);
+    push_varint(&mut e, wrapped_key.len() as u64);
+    e.extend_from_slice(wrapped_key);
+    push_varint(&mut e, guess_limit);
+    e.extend_from_slice(confirm_hash);
+    Sha256::new()
+        .chain_update(b"bkv move pending v1\0")
+        .chain_update(&e)
+        .finalize()
+        .into()
+}

@@ -373,3 +373,75 @@ fn checkpoint() {
         }
     }
 }
+
+#[test]
+fn move_ticket() {
+    use bkv_wire::vault::{MoveStep, SignedMoveTicket};
+    let index = load("move-ticket");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let step = match input(&index, case, "step") {
+            "Intent" => MoveStep::Intent,
+            _ => MoveStep::Moved,
+        };
+        let trust = bkv_hsm_core::FleetTrust {
+            namespace: "vectors".into(),
+            auditor_name: "a".into(),
+            auditor_key: [0; 32],
+            operator_key: [0; 32],
+            max_guess_limit: 10,
+            predecessors: vec![bkv_hsm_core::Predecessor {
+                fleet_id: input(&index, case, "from_fleet").to_owned(),
+                move_key: hex32(&index, case, "move_key"),
+            }],
+        };
+        let record_id = hex32(&index, case, "record_id");
+        let fleet_id = input(&index, case, "fleet_id");
+        let library =
+            bkv_wire::decode::<SignedMoveTicket>(&file, bkv_wire::vault::MAX_MOVE_TICKET * 2)
+                .map_err(|e| Raw(format!("{e:?}")))
+                .and_then(|t| {
+                    bkv_hsm_core::verify_move_ticket(&trust, fleet_id, &record_id, step, &t)
+                        .map_err(|e| Raw(format!("{e:?}")))
+                });
+        let anchors = spec::MoveAnchors {
+            move_key: &hex32(&index, case, "move_key"),
+            from_fleet: input(&index, case, "from_fleet"),
+            fleet_id,
+            record_id: &record_id,
+            step: u64::from(step == MoveStep::Moved),
+        };
+        if let Some((t, view)) = verdict(case, library, spec::move_ticket_verify(&file, &anchors)) {
+            assert_eq!(format!("{:?}", t.step), expect(case, "step"));
+            assert_eq!(
+                hex::encode(t.pending_digest),
+                expect(case, "pending_digest")
+            );
+            assert_eq!(t.attempts.to_string(), expect(case, "attempts"));
+            assert_eq!(
+                (view.pending_digest, view.attempts),
+                (t.pending_digest, u64::from(t.attempts))
+            );
+            // The digest is the documented one of the registration's fields, both ways.
+            let field = |n: &str| hex::decode(input(&index, case, n)).expect("hex");
+            let limit: u32 = input(&index, case, "guess_limit").parse().expect("limit");
+            let confirm = hex32(&index, case, "confirm_hash");
+            let d = bkv_wire::vault::pending_digest(
+                &field("upload"),
+                &field("wrapped_key"),
+                limit,
+                &confirm,
+            );
+            assert_eq!(d, t.pending_digest);
+            assert_eq!(
+                spec::pending_digest(
+                    &field("upload"),
+                    &field("wrapped_key"),
+                    u64::from(limit),
+                    &confirm
+                ),
+                d
+            );
+        }
+    }
+}

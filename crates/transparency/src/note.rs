@@ -313,6 +313,44 @@ mod tests {
         assert_eq!((cp.origin.as_str(), cp.size), ("bkv-auditor/dev", 1));
     }
 
+    /// A witness's `cosignature/v1` line verifies under its key only, over the checkpoint text
+    /// and the time it names, and leaves the auditor's signature valid.
+    #[test]
+    fn a_cosignature_verifies_and_names_its_time() {
+        let auditor = SigningKey::from_bytes(&[1; 32]);
+        let witness = SigningKey::from_bytes(&[2; 32]);
+        let cp = Checkpoint {
+            origin: "aud/ns".into(),
+            size: 3,
+            root: [7; 32],
+        };
+        let note = cp.sign("aud", &auditor).unwrap();
+        let line = cosign(&cp.text(), "w", &witness, 1_800_000_000).unwrap();
+        let cosigned = format!("{note}{line}");
+        assert_eq!(
+            cosigned_at(&cosigned, "w", &witness.verifying_key()),
+            Ok(1_800_000_000)
+        );
+        assert_eq!(
+            Checkpoint::open(&cosigned, "aud", &auditor.verifying_key()).unwrap(),
+            cp
+        );
+        // Another key, another name, or another checkpoint: no valid cosignature.
+        let other = SigningKey::from_bytes(&[3; 32]).verifying_key();
+        assert!(cosigned_at(&cosigned, "w", &other).is_err());
+        assert!(cosigned_at(&cosigned, "x", &witness.verifying_key()).is_err());
+        let moved = Checkpoint {
+            size: 4,
+            ..cp.clone()
+        }
+        .sign("aud", &auditor)
+        .unwrap();
+        assert!(cosigned_at(&format!("{moved}{line}"), "w", &witness.verifying_key()).is_err());
+        // An ordinary note signature by the witness key is not a cosignature.
+        let plain = cp.sign("w", &witness).unwrap();
+        assert!(cosigned_at(&plain, "w", &witness.verifying_key()).is_err());
+    }
+
     #[test]
     fn sign_open_and_reject() {
         let k = SigningKey::from_bytes(&[3; 32]);

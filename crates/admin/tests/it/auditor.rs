@@ -326,3 +326,97 @@ fn sigkill_during_a_burst_of_appends_loses_nothing_acknowledged() {
     );
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// `bkv witness checkpoint`: a witness cosigns the auditor's checkpoint with its own key once it
+/// checked it (the pinned auditor key, consistency with the last one it cosigned), and refuses a
+/// log that shrank or forked since.
+#[test]
+fn a_witness_cosigns_consistent_checkpoints_only() {
+    let t = tempfile::tempdir().unwrap();
+    let op = SigningKey::from_bytes(&[4; 32]);
+    let a = start_auditor(t.path(), "127.0.0.1:0", &op);
+    let key: serde_json::Value =
+        serde_json::from_str(&http(&a.url, "GET", "/v1/key", "").1).unwrap();
+    let verifier = key["verifier_key"].as_str().unwrap().to_owned();
+    let (wkey, state) = (t.path().join("w.key"), t.path().join("w-state.json"));
+    let o = Command::new(bkv_bin())
+        .args(["witness", "key", "--key"])
+        .arg(&wkey)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let wpub = bkv_wire::key_from_hex(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let wpub = ed25519_dalek::VerifyingKey::from_bytes(&wpub).unwrap();
+    let cosign = || {
+        Command::new(bkv_bin())
+            .args(["witness", "checkpoint", "--key"])
+            .arg(&wkey)
+            .args([
+                "--name",
+                "w.example",
+                "--auditor",
+                &a.url,
+                "--namespace",
+                "ns",
+            ])
+            .args(["--auditor-key", &verifier, "--state"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    for epoch in 1..=3 {
+        let (s, body) = append(&a.url, &op, &bundle_for(epoch));
+        assert_eq!(s, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let idx = v["index"].as_u64().unwrap();
+        assert_eq!(
+            countersign(&a.url, &op, idx, v["auditor_signature"].as_str().unwrap()),
+            204
+        );
+        let o = cosign();
+        assert!(o.status.success(), "{}", text(&o));
+        let note = String::from_utf8_lossy(&o.stdout).into_owned();
+        bkv_transparency::note::cosigned_at(&note, "w.example", &wpub).unwrap();
+        assert!(
+            note.starts_with(&format!("bkv-auditor/ns\n{epoch}\n")),
+            "{note}"
+        );
+    }
+    // A state from a longer log (this one shrank), or of another tree: refused.
+    std::fs::write(
+        &state,
+        format!(r#"{{"size":9,"root":"{}"}}"#, hex::encode([9u8; 32])),
+    )
+    .unwrap();
+    let o = cosign();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("shrank"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(
+        &state,
+        format!(r#"{{"size":2,"root":"{}"}}"#, hex::encode([9u8; 32])),
+    )
+    .unwrap();
+    let o = cosign();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not consistent"),
+        "{}",
+        text(&o)
+    );
+    // A key file that exists but cannot be read is never replaced.
+    use std::os::unix::fs::PermissionsExt;
+    let before = std::fs::read(&wkey).unwrap();
+    std::fs::set_permissions(&wkey, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let o = Command::new(bkv_bin())
+        .args(["witness", "key", "--key"])
+        .arg(&wkey)
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&wkey, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // (root reads anything: then the key reads back unchanged, which is what matters)
+    assert_eq!(std::fs::read(&wkey).unwrap(), before, "{}", text(&o));
+}
