@@ -848,9 +848,13 @@ mod tests {
                     _ => {}
                 }
                 if before == RecordState::Destroyed {
-                    // Only a fresh confirmed registration or a delete leaves the tombstone.
+                    // Only a fresh confirmed registration (here or moved in, carrying the old
+                    // fleet's count) or a delete leaves the tombstone.
                     let after = a.status(&rid);
-                    let leaves = matches!(m, Mutation::Activate { .. } | Mutation::Delete { .. });
+                    let leaves = matches!(
+                        m,
+                        Mutation::Activate { .. } | Mutation::Delete { .. } | Mutation::MoveIn { .. }
+                    );
                     prop_assert!(after == RecordState::Destroyed || leaves, "tombstone left by {:?}", m);
                 }
                 if let RecordState::Active { attempts, guess_limit } = a.status(&rid) {
