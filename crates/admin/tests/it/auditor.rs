@@ -338,6 +338,8 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
     let key: serde_json::Value =
         serde_json::from_str(&http(&a.url, "GET", "/v1/key", "").1).unwrap();
     let verifier = key["verifier_key"].as_str().unwrap().to_owned();
+    // The bare hex key (as client.toml pins it) works as well as the verifier key.
+    let hex_key = key["public_key"].as_str().unwrap().to_owned();
     let (wkey, state) = (t.path().join("w.key"), t.path().join("w-state.json"));
     let o = Command::new(bkv_bin())
         .args(["witness", "key", "--key"])
@@ -347,7 +349,7 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
     assert!(o.status.success(), "{}", text(&o));
     let wpub = bkv_wire::key_from_hex(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let wpub = ed25519_dalek::VerifyingKey::from_bytes(&wpub).unwrap();
-    let cosign = || {
+    let cosign_with = |auditor_key: &str| {
         Command::new(bkv_bin())
             .args(["witness", "checkpoint", "--key"])
             .arg(&wkey)
@@ -359,11 +361,12 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
                 "--namespace",
                 "ns",
             ])
-            .args(["--auditor-key", &verifier, "--state"])
+            .args(["--auditor-key", auditor_key, "--state"])
             .arg(&state)
             .output()
             .unwrap()
     };
+    let cosign = || cosign_with(&verifier);
     for epoch in 1..=3 {
         let (s, body) = append(&a.url, &op, &bundle_for(epoch));
         assert_eq!(s, 200, "{body}");
@@ -373,7 +376,7 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
             countersign(&a.url, &op, idx, v["auditor_signature"].as_str().unwrap()),
             204
         );
-        let o = cosign();
+        let o = cosign_with(if epoch == 2 { &hex_key } else { &verifier });
         assert!(o.status.success(), "{}", text(&o));
         let note = String::from_utf8_lossy(&o.stdout).into_owned();
         bkv_transparency::note::cosigned_at(&note, "w.example", &wpub).unwrap();

@@ -139,7 +139,7 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
 }
 
 /// The auditor's key as given: hex, or a note verifier key (`name+id+base64`).
-fn auditor_vk(k: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+pub(crate) fn auditor_vk(k: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     if k.contains('+') {
         return bkv_transparency::note::parse_verifier_key(k)
             .map(|(_, key)| key)

@@ -12,7 +12,6 @@
 //!   cosigns it (C2SP `tlog-cosignature`, `cosignature/v1`); prints the cosigned note.
 
 use anyhow::{anyhow, bail, Context};
-use bkv_cli::UsageError;
 use bkv_transparency::{evidence as ev, merkle, note};
 use clap::Subcommand;
 use ed25519_dalek::SigningKey;
@@ -49,7 +48,8 @@ pub enum WitnessCommand {
         auditor: String,
         #[arg(long)]
         namespace: String,
-        /// The auditor's note verifier key (`name+id+base64`, as its `GET /v1/key` serves it).
+        /// The auditor's key: its note verifier key (`name+id+base64`, as `GET /v1/key` serves it)
+        /// or the bare Ed25519 key in hex (as `client.toml` pins it).
         #[arg(long)]
         auditor_key: String,
         /// Where this witness keeps the last checkpoint it cosigned (created on first use).
@@ -118,11 +118,21 @@ async fn cosign_checkpoint(
     name: &str,
     key: &SigningKey,
 ) -> anyhow::Result<String> {
-    let (aname, akey) = note::parse_verifier_key(auditor_key)
-        .map_err(|e| UsageError(format!("--auditor-key: {e}")))?;
+    let akey = super::audit::auditor_vk(auditor_key)?;
     let base = format!("{}/v1/logs/{namespace}", auditor.trim_end_matches('/'));
     let note_text = get(http, &format!("{base}/checkpoint")).await?;
     let note_text = String::from_utf8(note_text).context("checkpoint is not UTF-8")?;
+    // The key's name in a note verifier key; with a bare hex key, the log's origin names it
+    // (`<name>/<namespace>`): the key bytes are what is pinned, the name only labels them.
+    let aname = match note::parse_verifier_key(auditor_key) {
+        Ok((name, _)) => name,
+        Err(_) => note_text
+            .lines()
+            .next()
+            .and_then(|origin| origin.strip_suffix(&format!("/{namespace}")))
+            .ok_or_else(|| anyhow!("checkpoint: its origin is not <name>/{namespace}"))?
+            .to_string(),
+    };
     let cp = note::Checkpoint::open(&note_text, &aname, &akey)
         .map_err(|e| anyhow!("checkpoint: {e}"))?;
     if cp.origin != format!("{aname}/{namespace}") {
