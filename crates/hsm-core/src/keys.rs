@@ -17,9 +17,8 @@ use crate::platform::{noise_builder, operation_rng, Platform, PlatformError, Sha
 use crate::CoreError;
 use bkv_wire::admin::{
     FleetPublicKeys, FleetStatement, KeyOrigin, PlatformStatement, SignedFleetStatement,
-    SignedStatement, FLEET_STATEMENT_CONTEXT, FLEET_STATEMENT_VERSION, MAX_TEXT, STATEMENT_VERSION,
+    SignedStatement, FLEET_STATEMENT_CONTEXT, FLEET_STATEMENT_VERSION, STATEMENT_VERSION,
 };
-use bkv_wire::vault::{MAX_GUESS_LIMIT, MIN_GUESS_LIMIT};
 use bkv_wire::OpaqueSuite;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -33,8 +32,6 @@ const TRANSFER_VERSION: u8 = 1;
 const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
 /// Largest encoded fleet secrets.
 const MAX_SECRETS: usize = 16 * 1024;
-/// Most predecessor fleets a fleet pins (one per earlier rotation still draining).
-pub const MAX_PREDECESSORS: usize = 8;
 /// Encoding version of the secrets' plaintext: 2 holds trust version 2 ([`SecretsV3`]); 1 (an
 /// earlier release, [`SecretsV2`]) held trust version 1.
 const SECRETS_ENCODING: u8 = 2;
@@ -43,115 +40,9 @@ const SECRETS_ENCODING: u8 = 2;
 pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
 
-/// What the fleet pins when it is formed: who may command it, whose log must record its
-/// membership, the guess-limit policy every core enforces, and the fleets whose records may move
-/// here. Public values (trust version 2; version 1 had the first four fields, and reads as the
-/// policy [`MAX_GUESS_LIMIT`] with no predecessor).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
-pub struct FleetTrust {
-    /// The log namespace bundles and membership records go to.
-    pub namespace: String,
-    pub auditor_name: String,
-    /// The auditor's Ed25519 key (checkpoints, record signatures).
-    pub auditor_key: [u8; 32],
-    /// The operator's Ed25519 key (admin commands).
-    pub operator_key: [u8; 32],
-    /// The largest guess limit a record of this fleet may carry (stated in the evidence).
-    pub max_guess_limit: u32,
-    /// Earlier fleets whose move tickets this fleet accepts, with their move keys (public).
-    #[zeroize(skip)]
-    pub predecessors: Vec<Predecessor>,
-}
-
-/// An earlier fleet whose records may move to this one: its id and the Ed25519 key its cores
-/// sign move tickets with ([`FleetSecrets::move_public_key`]).
-pub type Predecessor = bkv_wire::admin::PredecessorFleet;
-
-/// Trust version 1 (fleets formed by an earlier release).
-#[derive(Deserialize)]
-struct TrustV1 {
-    namespace: String,
-    auditor_name: String,
-    auditor_key: [u8; 32],
-    operator_key: [u8; 32],
-}
-
-impl From<TrustV1> for FleetTrust {
-    fn from(t: TrustV1) -> Self {
-        FleetTrust {
-            namespace: t.namespace,
-            auditor_name: t.auditor_name,
-            auditor_key: t.auditor_key,
-            operator_key: t.operator_key,
-            max_guess_limit: MAX_GUESS_LIMIT,
-            predecessors: Vec::new(),
-        }
-    }
-}
-
-impl FleetTrust {
-    /// Anchors with fixed, well-known keys: tests only.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn for_tests() -> Self {
-        let k = ed25519_dalek::SigningKey::from_bytes(&[3; 32])
-            .verifying_key()
-            .to_bytes();
-        FleetTrust {
-            namespace: "test".into(),
-            auditor_name: "test-auditor".into(),
-            auditor_key: k,
-            operator_key: k,
-            max_guess_limit: MAX_GUESS_LIMIT,
-            predecessors: Vec::new(),
-        }
-    }
-
-    /// The checkpoint origin of the fleet's log.
-    pub fn origin(&self) -> String {
-        format!("{}/{}", self.auditor_name, self.namespace)
-    }
-
-    /// Checks what a core must refuse to pin: a policy outside the wire's range, too many or
-    /// malformed predecessors.
-    pub fn check(&self) -> Result<(), CoreError> {
-        self.anchors()?;
-        if !(MIN_GUESS_LIMIT..=MAX_GUESS_LIMIT).contains(&self.max_guess_limit) {
-            return Err(CoreError::Secrets("the guess-limit policy is out of range"));
-        }
-        if self.predecessors.len() > MAX_PREDECESSORS
-            || self
-                .predecessors
-                .iter()
-                .any(|p| p.fleet_id.is_empty() || p.fleet_id.len() > MAX_TEXT)
-        {
-            return Err(CoreError::Secrets("malformed predecessor fleets"));
-        }
-        if self
-            .predecessors
-            .iter()
-            .any(|p| ed25519_dalek::VerifyingKey::from_bytes(&p.move_key).is_err())
-        {
-            return Err(CoreError::Secrets(
-                "a predecessor's move key is not an Ed25519 key",
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn anchors(&self) -> Result<bkv_transparency::bundle::TrustAnchors, CoreError> {
-        let key = |k: &[u8; 32]| {
-            ed25519_dalek::VerifyingKey::from_bytes(k)
-                .map_err(|_| CoreError::Secrets("a pinned trust key is not a valid Ed25519 key"))
-        };
-        Ok(bkv_transparency::bundle::TrustAnchors {
-            namespace: self.namespace.clone(),
-            origin: self.origin(),
-            auditor_name: self.auditor_name.clone(),
-            auditor_key: key(&self.auditor_key)?,
-            operator_key: key(&self.operator_key)?,
-        })
-    }
-}
+mod trust;
+use trust::TrustV1;
+pub use trust::{FleetTrust, Predecessor, MAX_PREDECESSORS};
 
 /// The fleet's long-term secrets: generated inside a core, sealed by its
 /// platform, and sent only to another core's verified identity key.
@@ -618,102 +509,4 @@ impl From<PlatformError> for CoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::platform::MemoryPlatform;
-
-    /// Frozen (docs/formats.md): nodes of different versions transfer fleet secrets under it.
-    /// Hex, so a text search-and-replace cannot change the expectation along with the constant.
-    #[test]
-    fn the_transfer_salt_is_frozen() {
-        let hex: String = TRANSFER_SALT.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "626b7620666c6565742073656372657473207472616e73666572207631"
-        );
-    }
-
-    fn trust() -> FleetTrust {
-        FleetTrust::for_tests()
-    }
-
-    #[test]
-    fn secrets_travel_only_to_the_identity_they_were_encrypted_to() {
-        let a = MemoryPlatform::new([1; 32]);
-        let b = MemoryPlatform::new([2; 32]);
-        let s = FleetSecrets::generate(&a, trust()).unwrap();
-        let bob = NodeIdentity::generate(&b).unwrap();
-        let eve = NodeIdentity::generate(&b).unwrap();
-        let env = s.encrypt_to(&a, &bob.public_key()).unwrap();
-        let got = bob.open_secrets(&env).unwrap();
-        assert_eq!(got.fleet_id(), s.fleet_id());
-        assert_eq!(got.noise_public_key(), s.noise_public_key());
-        assert_eq!(got.trust(), s.trust());
-        assert!(eve.open_secrets(&env).is_err());
-        let mut t = env.clone();
-        t[40] ^= 1;
-        assert!(bob.open_secrets(&t).is_err());
-        assert!(bob.open_secrets(&env[..20]).is_err());
-        // A low-order recipient key is refused.
-        assert!(s.encrypt_to(&a, &[0; 32]).is_err());
-        // Debug never shows key material.
-        assert!(!format!("{s:?} {bob:?}").contains(&hex_lower(bob.private.as_ref())));
-    }
-
-    #[test]
-    fn sealed_keys_open_only_on_their_platform() {
-        let a = MemoryPlatform::new([1; 32]);
-        let b = MemoryPlatform::new([2; 32]);
-        let s = FleetSecrets::generate(&a, trust()).unwrap();
-        let sealed = s.seal(&a).unwrap();
-        assert_eq!(
-            FleetSecrets::unseal(&a, &sealed).unwrap().fleet_id(),
-            s.fleet_id()
-        );
-        assert!(FleetSecrets::unseal(&b, &sealed).is_err());
-        let id = NodeIdentity::generate(&a).unwrap();
-        let sealed = id.seal(&a).unwrap();
-        assert_eq!(
-            NodeIdentity::unseal(&a, &sealed).unwrap().public_key(),
-            id.public_key()
-        );
-        assert!(NodeIdentity::unseal(&b, &sealed).is_err());
-        // A sealed identity is not a sealed secret (slots are bound).
-        assert!(FleetSecrets::unseal(&a, &sealed).is_err());
-    }
-
-    #[test]
-    fn a_statement_names_the_identity_and_verifies() {
-        let p = MemoryPlatform::new([1; 32]);
-        let id = NodeIdentity::generate(&p).unwrap();
-        let st = id.statement(&p, [5; 32]).unwrap();
-        let s = bkv_transparency::membership::verify_statement(&st).unwrap();
-        assert_eq!(s.identity_key, id.public_key());
-        assert_eq!(s.signing_key, p.signing_public_key());
-        assert_eq!(s.binary_sha256, [5; 32]);
-    }
-
-    #[test]
-    fn peer_handshake_authenticates_both_sides() {
-        let p: SharedPlatform = MemoryPlatform::shared([1; 32]);
-        let a = NodeIdentity::generate(&*p).unwrap();
-        let b = NodeIdentity::generate(&*p).unwrap();
-        let mut i = a.initiate(&p, &b.public_key()).unwrap();
-        let mut r = b.respond(&p).unwrap();
-        let mut m1 = [0u8; 256];
-        let mut m2 = [0u8; 256];
-        let mut scratch = [0u8; 256];
-        let n = i.write_message(&[], &mut m1).unwrap();
-        r.read_message(&m1[..n], &mut scratch).unwrap();
-        assert_eq!(r.remote_static(), Some(a.public_key()));
-        let n = r.write_message(&[], &mut m2).unwrap();
-        i.read_message(&m2[..n], &mut scratch).unwrap();
-        assert!(i.into_transport().is_ok() && r.into_transport().is_ok());
-        // An initiator pinning the wrong responder key fails.
-        let c = NodeIdentity::generate(&*p).unwrap();
-        let mut i = a.initiate(&p, &c.public_key()).unwrap();
-        let mut r = b.respond(&p).unwrap();
-        let n = i.write_message(&[], &mut m1).unwrap();
-        assert!(r.read_message(&m1[..n], &mut scratch).is_err());
-    }
-}
+mod tests;

@@ -31,6 +31,7 @@ mod keys;
 mod legacy;
 pub mod members;
 mod moves;
+mod outcomes;
 pub use moves::MoveTicketError;
 pub mod platform;
 mod requests;

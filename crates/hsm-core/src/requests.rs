@@ -320,155 +320,7 @@ impl Core {
         }
     }
 
-    /// Continues a session after its mutation committed and was applied with
-    /// `outcome`. The session may be gone (expired, client vanished): the
-    /// mutation still stands, only the reply is lost.
-    pub fn resume(&mut self, sid: &SessionId, outcome: Outcome) -> Result<Step, NodeError> {
-        let session = self
-            .sessions
-            .get_mut(sid)
-            .ok_or(NodeError::UnknownSession)?;
-        let rid = session.record_id;
-        let awaiting = match session.awaiting.take() {
-            None => return Err(NodeError::BadRequest("nothing to resume".into())),
-            Some(Awaiting::Fresh(r)) => {
-                session.awaiting = Some(Awaiting::Fresh(r));
-                return Err(NodeError::BadRequest("nothing to resume".into()));
-            }
-            Some(a) => a,
-        };
-        match (awaiting, outcome) {
-            (
-                Awaiting::RegisterCounted {
-                    registration_request,
-                    replaces,
-                },
-                Outcome::RegisterStartCounted,
-            ) => self.start_registration(sid, rid, &registration_request, replaces),
-            (Awaiting::RegisterCounted { .. }, Outcome::TooManyRegisterStarts) => {
-                self.error(sid, VaultError::TooManyRegistrations)
-            }
-            (Awaiting::MoveStored, Outcome::Stored) => self.reply(sid, VaultResponse::MoveStored),
-            (Awaiting::MoveStored, Outcome::BadTicket(e)) => {
-                self.error(sid, VaultError::BadTicket(e))
-            }
-            (Awaiting::MovedOut, Outcome::MovedOut { attempts }) => {
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.authenticated = None;
-                }
-                match self
-                    .state
-                    .record(&rid)
-                    .map_err(unavailable)?
-                    .and_then(|r| r.live)
-                {
-                    Some(state::Live::Moved {
-                        to_fleet,
-                        pending_digest,
-                        ..
-                    }) => {
-                        let ticket = self.move_ticket(
-                            MoveStep::Moved,
-                            rid,
-                            to_fleet,
-                            pending_digest,
-                            attempts,
-                        );
-                        self.reply(sid, VaultResponse::MoveTicket { ticket })
-                    }
-                    _ => self.error(sid, VaultError::Conflict),
-                }
-            }
-            (Awaiting::MovedIn, Outcome::Activated { .. } | Outcome::AlreadyActive) => {
-                self.reply(sid, VaultResponse::MovedIn)
-            }
-            (Awaiting::MovedIn, Outcome::BadTicket(e)) => self.error(sid, VaultError::BadTicket(e)),
-            (Awaiting::MovedIn, Outcome::NoPending) => {
-                self.error(sid, VaultError::NoPendingRegistration)
-            }
-            (_, Outcome::Moved) => {
-                let e = self.absent_error(&rid);
-                self.error(sid, e)
-            }
-            (_, Outcome::AbovePolicy { max }) => self.error(
-                sid,
-                VaultError::BadRequest(format!("guess limit above the fleet's policy ({max})")),
-            ),
-            (Awaiting::Stored, Outcome::Stored) => self.reply(sid, VaultResponse::RegisterStored),
-            (Awaiting::Stored, Outcome::RecordExists) => self.error(sid, VaultError::RecordExists),
-            (Awaiting::Confirmed, Outcome::Activated { .. } | Outcome::AlreadyActive) => {
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.authenticated = None;
-                }
-                self.reply(sid, VaultResponse::RegisterConfirmed)
-            }
-            (Awaiting::Confirmed, Outcome::NoPending) => {
-                self.error(sid, VaultError::NoPendingRegistration)
-            }
-            (
-                Awaiting::Counted {
-                    credential_request,
-                    generation,
-                },
-                Outcome::Counted {
-                    attempts,
-                    guess_limit,
-                },
-            ) => self.start_login(
-                sid,
-                rid,
-                &credential_request,
-                generation,
-                attempts,
-                guess_limit,
-            ),
-            // Destroy names the generation that reached its limit: if the
-            // record was replaced meanwhile, applying it changes nothing.
-            (Awaiting::Counted { generation, .. }, Outcome::Exhausted) => self.commit(
-                sid,
-                Mutation::Destroy {
-                    record_id: rid,
-                    generation,
-                },
-                Awaiting::DestroyedThenFail,
-            ),
-            (Awaiting::LoginReset { generation }, Outcome::Reset) => {
-                match self.state.active(&rid).map_err(unavailable)? {
-                    // Only the key of the generation this login proved the
-                    // password of (a replacement may have landed since the reset).
-                    Some((cred, _, g)) if g == generation => {
-                        let wrapped_key = cred.wrapped_key.clone();
-                        self.reply(sid, VaultResponse::LoginOk { wrapped_key })
-                    }
-                    Some(_) => {
-                        if let Some(s) = self.sessions.get_mut(sid) {
-                            s.authenticated = None;
-                        }
-                        self.error(sid, VaultError::Conflict)
-                    }
-                    None => {
-                        let e = self.absent_error(&rid);
-                        self.error(sid, e)
-                    }
-                }
-            }
-            (Awaiting::DestroyedThenFail, _) => self.error(sid, VaultError::Destroyed),
-            (Awaiting::Deleted, Outcome::Deleted) => self.reply(sid, VaultResponse::Deleted),
-            (_, Outcome::NoRecord) => {
-                let e = self.absent_error(&rid);
-                self.error(sid, e)
-            }
-            (Awaiting::LoginReset { .. }, _) => {
-                if let Some(s) = self.sessions.get_mut(sid) {
-                    s.authenticated = None;
-                }
-                self.error(sid, VaultError::Conflict)
-            }
-            _ => self.error(sid, VaultError::Conflict),
-        }
-    }
-
-    fn start_login(
+    pub(crate) fn start_login(
         &mut self,
         sid: &SessionId,
         rid: RecordId,
@@ -526,7 +378,7 @@ impl Core {
     /// Evaluates the OPRF for a counted `RegisterStart` under a key of its own: a fresh salt
     /// joins the record id in the credential identifier, so the evaluation says nothing about
     /// any other registration's password (issue 27, item 1).
-    fn start_registration(
+    pub(crate) fn start_registration(
         &mut self,
         sid: &SessionId,
         rid: RecordId,
@@ -618,7 +470,7 @@ impl Core {
     }
 
     /// A signed ticket for `step` of moving `record_id` to `to_fleet`.
-    fn move_ticket(
+    pub(crate) fn move_ticket(
         &self,
         step: MoveStep,
         record_id: RecordId,

@@ -22,8 +22,6 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
 };
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -41,78 +39,11 @@ const STATE_VERSION: u16 = 2;
 /// Keys of an earlier release's META values (read once, then replaced by `raft-state`).
 const LEGACY_KEYS: [&str; 4] = ["raft-epoch", "raft-vote", "raft-committed", "raft-purged"];
 
-type Hash = [u8; 32];
-
-/// The log's chain value after entry `index` whose sealed bytes are `sealed`.
-fn chain_step(prev: &Hash, index: u64, sealed: &[u8]) -> Hash {
-    sha2::Sha256::new()
-        .chain_update(b"bkv/raft-chain/v1\0")
-        .chain_update(prev)
-        .chain_update(index.to_be_bytes())
-        .chain_update(sealed)
-        .finalize()
-        .into()
-}
-
-/// The chain value of a purged position whose entry this node never stored (a snapshot
-/// installed past its log, or a log of an earlier release).
-fn chain_anchor(id: &LogId<u64>) -> Hash {
-    sha2::Sha256::new()
-        .chain_update(b"bkv/raft-chain-anchor/v1\0")
-        .chain_update(bkv_wire::encode(id))
-        .finalize()
-        .into()
-}
-
-/// The sealed `raft-state` value (docs/formats.md "Replication").
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct RaftStateV2 {
-    version: u16,
-    /// Counts this node's durable writes; the platform counter follows it.
-    epoch: u64,
-    vote: Option<Vote<u64>>,
-    committed: Option<LogId<u64>>,
-    purged: Option<LogId<u64>>,
-    /// The chain value at `purged` (zeros with nothing purged).
-    purged_chain: Hash,
-    /// The last stored entry's index (`None`: no entry stored).
-    last: Option<u64>,
-    /// The chain value at `last` (`purged_chain` for an empty log).
-    head: Hash,
-    /// The log index through which the record table was on disk.
-    records_durable: u64,
-}
-
-/// What the store keeps in memory: the state as last written and the chain value of every
-/// stored entry.
-struct Persisted {
-    state: RaftStateV2,
-    chain: BTreeMap<u64, Hash>,
-}
-
-impl Persisted {
-    /// The chain value entry `index` continues from (`None`: no entry or purge point right
-    /// before it).
-    fn before(&self, index: u64) -> Option<Hash> {
-        let prev = index.checked_sub(1)?;
-        if let Some(h) = self.chain.get(&prev) {
-            return Some(*h);
-        }
-        match self.state.purged {
-            Some(p) if p.index == prev => Some(self.state.purged_chain),
-            _ => None,
-        }
-    }
-
-    /// Drops the chain at and after `index`, leaving the state's last entry and head behind it.
-    fn cut_from(&mut self, index: u64) {
-        self.chain.split_off(&index);
-        match self.chain.last_key_value() {
-            Some((i, h)) => (self.state.last, self.state.head) = (Some(*i), *h),
-            None => (self.state.last, self.state.head) = (None, self.state.purged_chain),
-        }
-    }
-}
+mod sealed;
+use sealed::{
+    chain_anchor, chain_step, legacy_meta, log_behind, open_value, seal_value, Persisted,
+    RaftStateV2,
+};
 
 struct Inner {
     db: Database,
@@ -142,59 +73,6 @@ pub struct LogStore {
 /// How long a purge waits for the record table to reach its index (a follower's snapshot install
 /// at 10⁶ users takes seconds); past it the purge fails and the node stops.
 const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
-
-fn seal_value<T: serde::Serialize>(
-    p: &SharedPlatform,
-    purpose: &str,
-    label: &[u8],
-    v: &T,
-) -> Result<Vec<u8>, ReplicationStoreError> {
-    Ok(p.seal(
-        purpose,
-        label,
-        &zeroize::Zeroizing::new(bkv_wire::encode(v)),
-    )?)
-}
-
-fn open_value<T: serde::de::DeserializeOwned>(
-    p: &SharedPlatform,
-    purpose: &str,
-    label: &[u8],
-    sealed: &[u8],
-) -> Result<T, ReplicationStoreError> {
-    if sealed.len() > MAX_ENTRY {
-        return Err(ReplicationStoreError::Malformed(purpose.into()));
-    }
-    let plain = p
-        .unseal(purpose, label, sealed)
-        .map_err(|_| ReplicationStoreError::Unseal(purpose.into()))?;
-    bkv_wire::decode(&plain, MAX_ENTRY)
-        .map_err(|_| ReplicationStoreError::Malformed(purpose.into()))
-}
-
-fn log_behind(detail: String) -> ReplicationStoreError {
-    ReplicationStoreError::RolledBack {
-        part: "raft log",
-        detail,
-    }
-}
-
-/// An earlier release's META value (sealed under its own name as slot and label).
-fn legacy_meta<T: serde::de::DeserializeOwned>(
-    platform: &SharedPlatform,
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-    name: &'static str,
-) -> Result<Option<T>, ReplicationStoreError> {
-    match meta.get(name).map_err(db_err)? {
-        Some(v) => Ok(Some(open_value(
-            platform,
-            name,
-            name.as_bytes(),
-            v.value(),
-        )?)),
-        None => Ok(None),
-    }
-}
 
 impl LogStore {
     /// Opens the log; refuses a data directory whose log or state is behind the platform's
@@ -687,133 +565,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bkv_hsm_core::MemoryPlatform;
-    use openraft::CommittedLeaderId;
-
-    async fn purged(log: &mut LogStore) -> Option<u64> {
-        log.get_log_state()
-            .await
-            .ok()
-            .and_then(|s| s.last_purged_log_id)
-            .map(|l| l.index)
-    }
-
-    /// A purge waits for the record table to be durable through its index (a snapshot being
-    /// installed), then purges exactly what was asked.
-    #[tokio::test]
-    async fn a_purge_waits_for_the_record_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let platform = MemoryPlatform::shared([7u8; 32]);
-        let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
-        let (durable, rx) = tokio::sync::watch::channel(3u64);
-        log.set_records_durable(rx);
-        let mut purging = log.clone();
-        let id = LogId::new(CommittedLeaderId::new(1, 0), 5);
-        let mut purge = tokio::spawn(async move { purging.purge(id).await });
-        durable.send_replace(4);
-        // Bounds a negative only: with the tie the purge cannot finish however long this is.
-        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut purge).await;
-        assert!(early.is_err(), "purged while the table was behind");
-        assert_eq!(purged(&mut log).await, None);
-        durable.send_replace(5);
-        purge.await.expect("join").expect("purge");
-        assert_eq!(purged(&mut log).await, Some(5));
-    }
-
-    /// Without the tie (openraft's storage suite, tools) a purge does not wait.
-    #[tokio::test]
-    async fn an_untied_log_purges_at_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let platform = MemoryPlatform::shared([7u8; 32]);
-        let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
-        log.purge(LogId::new(CommittedLeaderId::new(1, 0), 2))
-            .await
-            .expect("purge");
-        assert_eq!(purged(&mut log).await, Some(2));
-    }
-
-    /// A log of an earlier release (a bare sealed `raft-epoch` number, vote, committed and
-    /// purged values of their own) is read once, bound to the counter in `raft-state`, and
-    /// reopens as the new format; behind the counter it is refused as before.
-    #[tokio::test]
-    async fn an_earlier_releases_log_is_read_and_bound_to_the_counter() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("raft.redb");
-        let platform = MemoryPlatform::shared([7u8; 32]);
-        let leader = CommittedLeaderId::new(1, 0);
-        {
-            let db = Database::create(&path).expect("db");
-            let tx = db.begin_write().expect("tx");
-            {
-                let mut meta = tx.open_table(META).expect("meta");
-                let mut put = |name: &'static str, sealed: Vec<u8>| {
-                    meta.insert(name, sealed.as_slice()).expect("insert");
-                };
-                put(
-                    "raft-epoch",
-                    seal_value(&platform, "raft-epoch", b"raft-epoch", &3u64).expect("seal"),
-                );
-                let vote = Vote::new(1, 0);
-                put(
-                    "raft-vote",
-                    seal_value(&platform, "raft-vote", b"raft-vote", &vote).expect("seal"),
-                );
-            }
-            {
-                let mut log = tx.open_table(LOG).expect("log");
-                for i in 1..=3u64 {
-                    let e = Entry::<TypeConfig> {
-                        log_id: LogId::new(leader, i),
-                        payload: openraft::EntryPayload::Blank,
-                    };
-                    let sealed =
-                        seal_value(&platform, "raft-entry", &i.to_be_bytes(), &e).expect("seal");
-                    log.insert(i, sealed.as_slice()).expect("insert");
-                }
-            }
-            tx.commit().expect("commit");
-        }
-        platform.counter_advance_to(3).expect("counter");
-        {
-            let mut log = LogStore::open(&path, platform.clone()).expect("legacy log opens");
-            assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 0)));
-            let state = log.get_log_state().await.expect("state");
-            assert_eq!(state.last_log_id, Some(LogId::new(leader, 3)));
-        }
-        assert_eq!(platform.counter_read().expect("counter"), 4);
-        let db = Database::open(&path).expect("db");
-        {
-            let tx = db.begin_read().expect("tx");
-            let meta = tx.open_table(META).expect("meta");
-            assert!(meta.get(STATE_KEY).expect("get").is_some());
-            assert!(meta.get("raft-epoch").expect("get").is_none());
-        }
-        drop(db);
-        let mut log = LogStore::open(&path, platform.clone()).expect("reopens");
-        assert_eq!(
-            log.get_log_state().await.expect("state").last_log_id,
-            Some(LogId::new(leader, 3))
-        );
-        drop(log);
-        // An earlier release's log behind the counter is still a rollback.
-        let other = dir.path().join("behind.redb");
-        {
-            let db = Database::create(&other).expect("db");
-            let tx = db.begin_write().expect("tx");
-            {
-                let mut meta = tx.open_table(META).expect("meta");
-                let sealed =
-                    seal_value(&platform, "raft-epoch", b"raft-epoch", &2u64).expect("seal");
-                meta.insert("raft-epoch", sealed.as_slice())
-                    .expect("insert");
-            }
-            tx.commit().expect("commit");
-        }
-        assert!(matches!(
-            LogStore::open(&other, platform),
-            Err(ReplicationStoreError::Rollback { .. })
-        ));
-    }
-}
+mod tests;

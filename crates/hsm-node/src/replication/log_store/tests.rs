@@ -1,0 +1,127 @@
+use super::*;
+use bkv_hsm_core::MemoryPlatform;
+use openraft::CommittedLeaderId;
+
+async fn purged(log: &mut LogStore) -> Option<u64> {
+    log.get_log_state()
+        .await
+        .ok()
+        .and_then(|s| s.last_purged_log_id)
+        .map(|l| l.index)
+}
+
+/// A purge waits for the record table to be durable through its index (a snapshot being
+/// installed), then purges exactly what was asked.
+#[tokio::test]
+async fn a_purge_waits_for_the_record_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let platform = MemoryPlatform::shared([7u8; 32]);
+    let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
+    let (durable, rx) = tokio::sync::watch::channel(3u64);
+    log.set_records_durable(rx);
+    let mut purging = log.clone();
+    let id = LogId::new(CommittedLeaderId::new(1, 0), 5);
+    let mut purge = tokio::spawn(async move { purging.purge(id).await });
+    durable.send_replace(4);
+    // Bounds a negative only: with the tie the purge cannot finish however long this is.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut purge).await;
+    assert!(early.is_err(), "purged while the table was behind");
+    assert_eq!(purged(&mut log).await, None);
+    durable.send_replace(5);
+    purge.await.expect("join").expect("purge");
+    assert_eq!(purged(&mut log).await, Some(5));
+}
+
+/// Without the tie (openraft's storage suite, tools) a purge does not wait.
+#[tokio::test]
+async fn an_untied_log_purges_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let platform = MemoryPlatform::shared([7u8; 32]);
+    let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
+    log.purge(LogId::new(CommittedLeaderId::new(1, 0), 2))
+        .await
+        .expect("purge");
+    assert_eq!(purged(&mut log).await, Some(2));
+}
+
+/// A log of an earlier release (a bare sealed `raft-epoch` number, vote, committed and
+/// purged values of their own) is read once, bound to the counter in `raft-state`, and
+/// reopens as the new format; behind the counter it is refused as before.
+#[tokio::test]
+async fn an_earlier_releases_log_is_read_and_bound_to_the_counter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raft.redb");
+    let platform = MemoryPlatform::shared([7u8; 32]);
+    let leader = CommittedLeaderId::new(1, 0);
+    {
+        let db = Database::create(&path).expect("db");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut meta = tx.open_table(META).expect("meta");
+            let mut put = |name: &'static str, sealed: Vec<u8>| {
+                meta.insert(name, sealed.as_slice()).expect("insert");
+            };
+            put(
+                "raft-epoch",
+                seal_value(&platform, "raft-epoch", b"raft-epoch", &3u64).expect("seal"),
+            );
+            let vote = Vote::new(1, 0);
+            put(
+                "raft-vote",
+                seal_value(&platform, "raft-vote", b"raft-vote", &vote).expect("seal"),
+            );
+        }
+        {
+            let mut log = tx.open_table(LOG).expect("log");
+            for i in 1..=3u64 {
+                let e = Entry::<TypeConfig> {
+                    log_id: LogId::new(leader, i),
+                    payload: openraft::EntryPayload::Blank,
+                };
+                let sealed =
+                    seal_value(&platform, "raft-entry", &i.to_be_bytes(), &e).expect("seal");
+                log.insert(i, sealed.as_slice()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    platform.counter_advance_to(3).expect("counter");
+    {
+        let mut log = LogStore::open(&path, platform.clone()).expect("legacy log opens");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 0)));
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(LogId::new(leader, 3)));
+    }
+    assert_eq!(platform.counter_read().expect("counter"), 4);
+    let db = Database::open(&path).expect("db");
+    {
+        let tx = db.begin_read().expect("tx");
+        let meta = tx.open_table(META).expect("meta");
+        assert!(meta.get(STATE_KEY).expect("get").is_some());
+        assert!(meta.get("raft-epoch").expect("get").is_none());
+    }
+    drop(db);
+    let mut log = LogStore::open(&path, platform.clone()).expect("reopens");
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_log_id,
+        Some(LogId::new(leader, 3))
+    );
+    drop(log);
+    // An earlier release's log behind the counter is still a rollback.
+    let other = dir.path().join("behind.redb");
+    {
+        let db = Database::create(&other).expect("db");
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut meta = tx.open_table(META).expect("meta");
+            let sealed = seal_value(&platform, "raft-epoch", b"raft-epoch", &2u64).expect("seal");
+            meta.insert("raft-epoch", sealed.as_slice())
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    assert!(matches!(
+        LogStore::open(&other, platform),
+        Err(ReplicationStoreError::Rollback { .. })
+    ));
+}
