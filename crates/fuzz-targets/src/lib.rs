@@ -142,8 +142,15 @@ thread_local! {
 fn test_core() -> Core {
     VAULT.with(|(p, sealed)| {
         let secrets = FleetSecrets::unseal(&**p, sealed).unwrap_or_else(|e| panic!("unseal: {e}"));
-        let mut core = Core::new(p.clone(), secrets, bkv_hsm_core::State::default())
-            .unwrap_or_else(|e| panic!("core: {e}"));
+        let identity =
+            bkv_hsm_core::NodeIdentity::generate(&**p).unwrap_or_else(|e| panic!("identity: {e}"));
+        let mut core = Core::new(
+            p.clone(),
+            secrets,
+            &identity,
+            bkv_hsm_core::State::default(),
+        )
+        .unwrap_or_else(|e| panic!("core: {e}"));
         core.set_session_limits(8, 10);
         core
     })
@@ -161,10 +168,10 @@ fn drive(
     for _ in 0..8 {
         match step {
             Ok(Step::Reply(r)) => return Some(r),
-            Ok(Step::Commit(m)) => {
+            Ok(Step::Commit(e)) => {
                 // The core keeps its buckets itself here: a failure is a bug to report.
-                let o = core.apply(&m).expect("a store in memory never fails");
-                step = core.resume(sid, o);
+                core.apply(&e).expect("a store in memory never fails");
+                step = core.resume(sid);
             }
             Ok(Step::ReadFresh) => step = core.resume_fresh(sid, ct),
             Err(_) => return None,

@@ -1,5 +1,6 @@
 //! Encodings of earlier releases that nodes still read (and never write): record and state
-//! encoding 1 (docs/formats.md "Records on disk"), upgraded to the current types on read.
+//! encoding 1 and state encoding 2 (docs/formats.md "Records on disk"), upgraded to the
+//! current types on read.
 
 use crate::members::{Member, Members};
 use crate::state::{DayCount, Live, Pending, Record, RecordId, State};
@@ -62,6 +63,30 @@ impl From<StateV1> for State {
                 .collect(),
             next_generation: s.next_generation,
             members: s.members.into(),
+            proposers: BTreeMap::new(),
+            chain: [0; 32],
+            entries: 0,
+        }
+    }
+}
+
+/// State encoding 2: encoding 3 without the proposers and the entry chain.
+#[derive(Deserialize)]
+pub(crate) struct StateV2 {
+    records: BTreeMap<RecordId, Arc<Record>>,
+    next_generation: u64,
+    members: Members,
+}
+
+impl From<StateV2> for State {
+    fn from(s: StateV2) -> Self {
+        State {
+            records: s.records,
+            next_generation: s.next_generation,
+            members: s.members,
+            proposers: BTreeMap::new(),
+            chain: [0; 32],
+            entries: 0,
         }
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod commitment;
 mod credential;
+pub mod entry;
 mod keys;
 mod legacy;
 pub mod members;
@@ -46,6 +47,7 @@ use bkv_wire::vault::{
     MAX_VAULT_MESSAGE, MAX_WRAPPED_KEY, MIN_GUESS_LIMIT,
 };
 use bkv_wire::{OpaqueSuite, MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
+pub use entry::{Entries, EntryKey, LogEntry, Refusal};
 pub use keys::{
     FleetSecrets, FleetTrust, NodeIdentity, PeerHandshake, Predecessor, MAX_PREDECESSORS,
     PEER_PATTERN, PEER_PROLOGUE,
@@ -102,9 +104,9 @@ pub enum CoreError {
 pub enum Step {
     /// Send this Noise ciphertext back to the client.
     Reply(Vec<u8>),
-    /// Make this mutation durable (majority commit), then call
-    /// [`Core::apply`] with it and [`Core::resume`] with the outcome.
-    Commit(Mutation),
+    /// Make this log entry durable (majority commit) as it is; once this node's core applied
+    /// it ([`Core::apply`], which keeps the outcome for the session), call [`Core::resume`].
+    Commit(LogEntry),
     /// The request reads replicated state: bring this replica up to date
     /// with everything committed before now (a read barrier), then call
     /// [`Core::resume_fresh`]. Requests that read nothing but their
@@ -191,6 +193,11 @@ struct Session {
     last: Option<([u8; 32], Vec<u8>)>,
     /// When the session last proposed a mutation (platform seconds).
     committed_at: u64,
+    /// The sequence number of the entry the session waits for, and that entry's outcome once
+    /// this core applied it: the outcome the session continues with is always the one this
+    /// core computed, never one a host hands in.
+    awaiting_seq: Option<u64>,
+    applied: Option<Outcome>,
 }
 
 impl Session {
@@ -220,6 +227,15 @@ impl Session {
 pub struct Core {
     platform: SharedPlatform,
     secrets: FleetSecrets,
+    /// This node's identity key: the proposer named in the entries this core makes.
+    identity: [u8; 32],
+    entry_key: EntryKey,
+    /// Nonces of the entries this core makes (seeded from the platform).
+    rng: rand_chacha::ChaCha20Rng,
+    /// The sequence number of the last entry this core made.
+    last_seq: u64,
+    /// Entries this core made that a session waits for, by sequence number.
+    pending: HashMap<u64, SessionId>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
     sessions: HashMap<SessionId, Session>,
@@ -237,11 +253,18 @@ impl Core {
     pub fn new(
         platform: SharedPlatform,
         secrets: FleetSecrets,
+        identity: &NodeIdentity,
         state: State,
     ) -> Result<Self, CoreError> {
         let setup = secrets.opaque_setup()?;
         let state = SealedState::from_state(platform.clone(), secrets.bucket_key(), state)?;
+        let rng = platform::operation_rng(&*platform).map_err(CoreError::Platform)?;
         Ok(Core {
+            entry_key: secrets.entry_key(),
+            identity: identity.public_key(),
+            rng,
+            last_seq: 0,
+            pending: HashMap::new(),
             platform,
             secrets,
             setup,
@@ -297,14 +320,35 @@ impl Core {
         self.sessions.len()
     }
 
-    /// Applies a committed mutation. Deterministic: every replica calls this
-    /// with the same mutations in the same order. Admin commands are
-    /// verified here, on every member, against the trust anchors pinned in
-    /// the fleet secrets.
+    /// Applies a committed log entry. Deterministic: every replica calls this with the same
+    /// entries in the same order. The entry is checked first (`crate::entry`: made by a core
+    /// of this fleet, proposed by a member, in its proposer's order) and refused otherwise;
+    /// admin commands are then verified here, on every member, against the trust anchors
+    /// pinned in the fleet secrets. The outcome of an entry this core made is kept for the
+    /// session that waits for it ([`Core::resume`]).
     ///
     /// An error means the record store failed or was tampered with (a bucket the commitment
-    /// refuses): the mutation's effect is unknown and the host must stop, not go on.
-    pub fn apply(&mut self, m: &Mutation) -> Result<Outcome, CoreError> {
+    /// refuses): the entry's effect is unknown and the host must stop, not go on.
+    pub fn apply(&mut self, e: &LogEntry) -> Result<Outcome, CoreError> {
+        // While the fleet has no member, only its founder holds the entry key.
+        let admitted = |s: &State, p: &[u8; 32]| s.members.nodes.is_empty() || s.members.admits(p);
+        let outcome = match self.state.admit_entry(&self.entry_key, e, admitted) {
+            Ok(m) => self.apply_mutation(&m)?,
+            Err(r) => Outcome::Refused(r),
+        };
+        if e.proposer == self.identity {
+            if let Some(sid) = self.pending.remove(&e.seq) {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if s.awaiting_seq == Some(e.seq) {
+                        s.applied = Some(outcome.clone());
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn apply_mutation(&mut self, m: &Mutation) -> Result<Outcome, CoreError> {
         Ok(match m {
             Mutation::Admin(signed) => {
                 let members = &mut self.state.fleet_mut().members;
@@ -345,14 +389,9 @@ impl Core {
                     Err(e) => Outcome::AdminRefused(e),
                 }
             }
-            Mutation::Batch(ms) => Outcome::Batch(
-                ms.iter()
-                    .map(|m| match m.record_id() {
-                        Some(_) => self.apply_record(m),
-                        None => Ok(Outcome::NotBatchable),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+            // Entries are batched by the log (`Entries`); a batch mutation in an entry is an
+            // earlier release's form.
+            Mutation::Batch(_) => Outcome::NotBatchable,
             m if m.record_id().is_some() => self.apply_record(m)?,
             _ => self.state.apply(m)?,
         })
@@ -404,12 +443,56 @@ impl Core {
 
     /// The entry that proposes a signed command: checked now, and stamped with this core's
     /// time, which every member checks the command's expiry against when it applies the entry.
-    pub fn admin_mutation(&self, signed: SignedAdminCommand) -> Result<Mutation, AdminError> {
+    pub fn admin_entry(&mut self, signed: SignedAdminCommand) -> Result<LogEntry, AdminError> {
         self.check_admin(&signed)?;
-        Ok(Mutation::AdminAt {
+        let m = Mutation::AdminAt {
             command: signed,
             proposed_at: self.platform.now_unix_secs(),
-        })
+        };
+        Ok(self.make_entry(&m))
+    }
+
+    /// The next sequence number for an entry of this core: above its last one and above its
+    /// last applied one, and from the platform's clock (seconds × 2²⁰), so that a restarted
+    /// core does not reuse the numbers of entries it made before and that may still commit.
+    fn next_seq(&mut self) -> u64 {
+        let applied = self
+            .state
+            .fleet()
+            .proposers
+            .get(&self.identity)
+            .copied()
+            .unwrap_or(0);
+        let clock = self.platform.now_unix_secs().saturating_mul(1 << 20);
+        self.last_seq = self
+            .last_seq
+            .saturating_add(1)
+            .max(applied.saturating_add(1))
+            .max(clock);
+        self.last_seq
+    }
+
+    /// Seals `m` into this core's next entry.
+    fn make_entry(&mut self, m: &Mutation) -> LogEntry {
+        let seq = self.next_seq();
+        self.entry_key.seal(self.identity, seq, &mut self.rng, m)
+    }
+
+    /// An entry of this core carrying `m` as it is: tests and benchmarks that drive the state
+    /// machine directly.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn entry_for_tests(&mut self, m: &Mutation) -> LogEntry {
+        self.make_entry(m)
+    }
+
+    /// Makes an entry of `m` and applies it at once (a one-node log, in tests).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn apply_for_tests(&mut self, m: Mutation) -> Outcome {
+        let e = self.make_entry(&m);
+        match self.apply(&e) {
+            Ok(o) => o,
+            Err(e) => panic!("applying in memory failed: {e}"),
+        }
     }
 
     pub fn check_admin(&self, signed: &SignedAdminCommand) -> Result<(), AdminError> {
@@ -428,19 +511,20 @@ impl Core {
         Ok(())
     }
 
-    /// The mutation that records this node as the fleet's founding member.
-    pub fn found_mutation(
-        &self,
+    /// The entry that records this node as the fleet's founding member.
+    pub fn found_entry(
+        &mut self,
         node_id: u64,
         addr: &str,
         identity: &NodeIdentity,
         binary_sha256: [u8; 32],
-    ) -> Result<Mutation, CoreError> {
-        Ok(Mutation::Found {
+    ) -> Result<LogEntry, CoreError> {
+        let m = Mutation::Found {
             node_id,
             addr: addr.to_owned(),
             statement: identity.statement(&*self.platform, binary_sha256)?,
-        })
+        };
+        Ok(self.make_entry(&m))
     }
 
     /// This node's signed fleet statement (see [`NodeIdentity::fleet_statement`]).
@@ -615,6 +699,8 @@ impl Core {
                 current: None,
                 last: None,
                 committed_at: now,
+                awaiting_seq: None,
+                applied: None,
             },
         );
         Ok((session_id, reply))
@@ -779,13 +865,30 @@ impl Core {
         awaiting: Awaiting,
     ) -> Result<Step, NodeError> {
         let now = self.platform.now_unix_secs();
+        if !self.sessions.contains_key(session_id) {
+            return Err(NodeError::UnknownSession);
+        }
+        let entry = self.make_entry(&m);
         let session = self
             .sessions
             .get_mut(session_id)
             .ok_or(NodeError::UnknownSession)?;
         session.awaiting = Some(awaiting);
         session.committed_at = now;
-        Ok(Step::Commit(m))
+        session.awaiting_seq = Some(entry.seq);
+        session.applied = None;
+        // Entries whose session went (evicted, expired, its commit failed) are forgotten once
+        // they outnumber the sessions.
+        if self.pending.len() >= 2 * self.max_sessions.max(1) {
+            let sessions = &self.sessions;
+            self.pending.retain(|seq, sid| {
+                sessions
+                    .get(sid)
+                    .is_some_and(|s| s.awaiting_seq == Some(*seq))
+            });
+        }
+        self.pending.insert(entry.seq, *session_id);
+        Ok(Step::Commit(entry))
     }
 
     fn absent_error(&mut self, rid: &RecordId) -> VaultError {

@@ -5,23 +5,28 @@
 use super::*;
 
 impl Core {
-    /// Continues a session after its mutation committed and was applied with
-    /// `outcome`. The session may be gone (expired, client vanished): the
-    /// mutation still stands, only the reply is lost.
-    pub fn resume(&mut self, sid: &SessionId, outcome: Outcome) -> Result<Step, NodeError> {
+    /// Continues a session once this core applied the entry it waits for, with the outcome
+    /// this core computed then ([`Core::apply`]). The session may be gone (expired, client
+    /// vanished): the entry still stands, only the reply is lost. Called before the entry
+    /// applied, it changes nothing and says so ([`NodeError::InProgress`]).
+    pub fn resume(&mut self, sid: &SessionId) -> Result<Step, NodeError> {
         let session = self
             .sessions
             .get_mut(sid)
             .ok_or(NodeError::UnknownSession)?;
         let rid = session.record_id;
-        let awaiting = match session.awaiting.take() {
-            None => return Err(NodeError::BadRequest("nothing to resume".into())),
-            Some(Awaiting::Fresh(r)) => {
-                session.awaiting = Some(Awaiting::Fresh(r));
-                return Err(NodeError::BadRequest("nothing to resume".into()));
+        match &session.awaiting {
+            None | Some(Awaiting::Fresh(_)) => {
+                return Err(NodeError::BadRequest("nothing to resume".into()))
             }
-            Some(a) => a,
+            Some(_) if session.applied.is_none() => return Err(NodeError::InProgress),
+            Some(_) => {}
+        }
+        let (Some(awaiting), Some(outcome)) = (session.awaiting.take(), session.applied.take())
+        else {
+            return Err(NodeError::BadRequest("nothing to resume".into()));
         };
+        session.awaiting_seq = None;
         match (awaiting, outcome) {
             (
                 Awaiting::RegisterCounted {

@@ -390,19 +390,35 @@ impl SealedState {
         }))
     }
 
+    /// Takes a committed log entry in its place and opens it: chains it (applied or refused),
+    /// then checks that `key` opens it, that its proposer is `admitted` (when the caller checks
+    /// membership: a core; the replication layer's bare states do not) and that it comes after
+    /// its proposer's last applied entry. The mutation is then the caller's to apply; on a
+    /// refusal nothing but the chain changed (`crate::entry`).
+    pub fn admit_entry(
+        &mut self,
+        key: &crate::entry::EntryKey,
+        e: &crate::entry::LogEntry,
+        admitted: impl FnOnce(&State, &[u8; 32]) -> bool,
+    ) -> Result<Mutation, crate::entry::Refusal> {
+        self.state.chain = crate::entry::chain_step(&self.state.chain, e);
+        self.state.entries += 1;
+        let m = key.open(e)?;
+        if !admitted(&self.state, &e.proposer) {
+            return Err(crate::entry::Refusal::NotAMember);
+        }
+        self.state.take_seq(&e.proposer, e.seq)?;
+        Ok(m)
+    }
+
     /// Applies a committed mutation (admin commands need a core's trust anchors: refused here,
     /// as by [`State::apply`]). An error means the host's store failed or was tampered with:
     /// nothing is known about the mutation and the host must stop.
     pub fn apply(&mut self, m: &Mutation) -> Result<Outcome, SealedError> {
         match m {
-            Mutation::Batch(ms) => Ok(Outcome::Batch(
-                ms.iter()
-                    .map(|m| match m.record_id() {
-                        Some(_) => self.apply_record(m),
-                        None => Ok(Outcome::NotBatchable),
-                    })
-                    .collect::<Result<_, _>>()?,
-            )),
+            // Entries are batched by the log (`crate::entry::Entries`); a batch mutation is an
+            // earlier release's form, refused like [`crate::Core::apply`] refuses it.
+            Mutation::Batch(_) => Ok(Outcome::NotBatchable),
             m if m.record_id().is_some() => self.apply_record(m),
             m => Ok(self.state.apply(m)),
         }
@@ -536,6 +552,9 @@ impl SealedState {
             records,
             next_generation,
             members,
+            proposers,
+            chain,
+            entries,
         } = state;
         let mut c = self.commitment.cleared();
         let mut live = 0;
@@ -556,6 +575,9 @@ impl SealedState {
             records: BTreeMap::new(),
             next_generation,
             members,
+            proposers,
+            chain,
+            entries,
         };
         self.reset(host, fleet, c, live);
         Ok(out)

@@ -147,10 +147,9 @@ pub enum Mutation {
     /// An operator command; every member's core verifies the signature, the
     /// sequence number and the auditor's log proof when it applies it.
     Admin(SignedAdminCommand),
-    /// Record mutations proposed concurrently and committed as one log entry (group commit:
-    /// one append, one fsync and one counter advance on every node for the lot). Applied in
-    /// order, each exactly as if alone; anything but a record mutation inside is refused
-    /// ([`Outcome::NotBatchable`]). Appended last so earlier entries keep their encoding.
+    /// An earlier release's group commit (record mutations in one log entry). Log entries are
+    /// batched by the log now ([`crate::entry::Entries`]): refused without effect
+    /// ([`Outcome::NotBatchable`]). Kept so that later variants keep their encoding.
     Batch(Vec<Mutation>),
     // Appended (issue 27; earlier entries keep their encoding).
     /// Counts a `RegisterStart` on `day` (the proposing core's clock; a day earlier than the
@@ -241,9 +240,9 @@ pub enum Outcome {
     },
     /// An admin command was refused; nothing changed.
     AdminRefused(AdminError),
-    /// One outcome per mutation of a [`Mutation::Batch`], in order.
+    /// An earlier release's outcome of a batch (kept for the encoding of later variants).
     Batch(Vec<Outcome>),
-    /// A fleet mutation or a nested batch inside a batch: nothing changed.
+    /// A [`Mutation::Batch`]: refused, nothing changed.
     NotBatchable,
     /// The record's bucket is full (records on disk, `crate::sealed_state`): nothing changed.
     /// Appended last so earlier outcomes keep their encoding.
@@ -265,6 +264,10 @@ pub enum Outcome {
     AbovePolicy {
         max: u32,
     },
+    // Appended (issue 28).
+    /// The log entry was refused before its mutation was looked at (`crate::entry`): nothing
+    /// changed.
+    Refused(crate::entry::Refusal),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +282,14 @@ pub struct State {
     pub next_generation: u64,
     /// The fleet's admitted members and the admin sequence number.
     pub members: Members,
+    /// Per proposing core (its identity key): the sequence number of its last applied log
+    /// entry (`crate::entry`). An entry numbered at or below it is refused.
+    pub proposers: BTreeMap<[u8; 32], u64>,
+    /// Hash chain over every log entry this state processed, applied or refused
+    /// ([`crate::entry::chain_step`]; zeros before the first).
+    pub chain: [u8; 32],
+    /// How many log entries the chain covers.
+    pub entries: u64,
 }
 
 /// A move ticket's body (its signature is a core's to check, `crate::moves`).
@@ -286,22 +297,40 @@ fn ticket(signed: &SignedMoveTicket) -> Option<bkv_wire::vault::MoveTicket> {
     bkv_wire::decode(&signed.ticket, bkv_wire::vault::MAX_MOVE_TICKET).ok()
 }
 
-/// Encoding version of [`State`] and [`Record`] written now (docs/formats.md "Records on disk").
-pub const STATE_ENCODING: u8 = 2;
+/// Encoding version of [`State`] written now (docs/formats.md "Records on disk"): 3 adds the
+/// proposers' sequence numbers and the entry chain to encoding 2. Records keep encoding 2.
+pub const STATE_ENCODING: u8 = 3;
 
 impl State {
-    /// The state's canonical bytes (state encoding 2).
+    /// The state's canonical bytes (state encoding 3).
     pub fn encode(&self) -> Vec<u8> {
         bkv_wire::encode_as(STATE_ENCODING, self)
     }
 
-    /// Decodes encoding 2, or encoding 1 of an earlier release.
+    /// Decodes encoding 3, or encodings 1 and 2 of earlier releases (read with no proposer and
+    /// an empty chain).
     pub fn decode(bytes: &[u8], limit: usize) -> Result<State, bkv_wire::CodecError> {
         match bkv_wire::encoding_version(bytes, limit)? {
             1 => Ok(bkv_wire::decode::<crate::legacy::StateV1>(bytes, limit)?.into()),
+            2 => Ok(bkv_wire::decode_as::<crate::legacy::StateV2>(bytes, limit, 2)?.into()),
             STATE_ENCODING => bkv_wire::decode_as(bytes, limit, STATE_ENCODING),
             v => Err(bkv_wire::CodecError::Version(v)),
         }
+    }
+
+    /// Takes a log entry of `proposer` numbered `seq` in its place, or says why not: it must be
+    /// numbered above the proposer's last applied entry.
+    pub(crate) fn take_seq(
+        &mut self,
+        proposer: &[u8; 32],
+        seq: u64,
+    ) -> Result<(), crate::entry::Refusal> {
+        let last = self.proposers.get(proposer).copied().unwrap_or(0);
+        if seq <= last {
+            return Err(crate::entry::Refusal::OutOfOrder { seq, last });
+        }
+        self.proposers.insert(*proposer, seq);
+        Ok(())
     }
 
     pub fn status(&self, id: &RecordId) -> RecordState {
@@ -368,14 +397,9 @@ impl State {
                     addr,
                     statement,
                 } => self.members.found(*node_id, addr, statement),
-                Mutation::Batch(ms) => Outcome::Batch(
-                    ms.iter()
-                        .map(|m| match m.record_id() {
-                            Some(_) => self.apply(m),
-                            None => Outcome::NotBatchable,
-                        })
-                        .collect(),
-                ),
+                // Entries are batched by the log (`crate::entry::Entries`): a batch mutation is
+                // an earlier release's form, refused without effect.
+                Mutation::Batch(_) => Outcome::NotBatchable,
                 _ => Outcome::AdminRefused(AdminError::Refused(
                     "this replica holds no trust anchors".into(),
                 )),

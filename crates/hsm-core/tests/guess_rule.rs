@@ -7,7 +7,9 @@ mod support;
 use support::*;
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Platform, State, Step};
+use bkv_hsm_core::{
+    Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, Platform, State, Step,
+};
 use bkv_wire::node::NodeError;
 use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
@@ -339,8 +341,8 @@ fn a_resent_request_gets_the_same_reply_and_is_counted_once() {
         c.session_message(&s.sid, "kim", &ct).err(),
         Some(NodeError::InProgress)
     );
-    let o = c.apply(&m).unwrap();
-    let Ok(Step::Reply(first)) = c.resume(&s.sid, o) else {
+    c.apply(&m).unwrap();
+    let Ok(Step::Reply(first)) = c.resume(&s.sid) else {
         panic!("expected a reply")
     };
     // Resent after the answer was lost: the same bytes again, not a new count.
@@ -492,7 +494,7 @@ fn sealed_secrets_roundtrip_and_reject_other_platforms() {
 /// the whole log. Otherwise a replica lags.
 struct Replicas {
     cores: [Core; 2],
-    log: Vec<bkv_hsm_core::Mutation>,
+    log: Vec<bkv_hsm_core::LogEntry>,
     applied: [usize; 2],
     /// Every step each request took, in order (to check which asked for a
     /// fresh read).
@@ -506,8 +508,20 @@ impl Replicas {
         let copy = FleetSecrets::unseal(&*p, &secrets.seal(&*p).unwrap()).unwrap();
         Replicas {
             cores: [
-                Core::new(p.clone(), secrets, State::default()).unwrap(),
-                Core::new(p, copy, State::default()).unwrap(),
+                Core::new(
+                    p.clone(),
+                    secrets,
+                    &NodeIdentity::generate(&*p).unwrap(),
+                    State::default(),
+                )
+                .unwrap(),
+                Core::new(
+                    p.clone(),
+                    copy,
+                    &NodeIdentity::generate(&*p).unwrap(),
+                    State::default(),
+                )
+                .unwrap(),
             ],
             log: Vec::new(),
             applied: [0, 0],
@@ -537,8 +551,8 @@ impl Replicas {
                 Step::Commit(m) => {
                     self.steps.push("commit");
                     self.log.push(m);
-                    let o = self.catch_up(i, self.log.len()).unwrap();
-                    step = self.cores[i].resume(&c.sid, o);
+                    self.catch_up(i, self.log.len());
+                    step = self.cores[i].resume(&c.sid);
                 }
                 Step::ReadFresh => {
                     self.steps.push("fresh");
@@ -758,8 +772,8 @@ fn two_deliveries_of_a_request_waiting_for_a_fresh_read_count_once() {
         c.resume_fresh(&s.sid, &ct).err(),
         Some(NodeError::InProgress)
     );
-    let o = c.apply(&m).unwrap();
-    let Ok(Step::Reply(first)) = c.resume(&s.sid, o) else {
+    c.apply(&m).unwrap();
+    let Ok(Step::Reply(first)) = c.resume(&s.sid) else {
         panic!("expected a reply")
     };
     let Ok(Step::Reply(again)) = c.resume_fresh(&s.sid, &ct) else {
@@ -811,12 +825,12 @@ fn a_guess_counted_before_a_password_change_is_not_tried_on_the_new_record() {
     let Ok(Step::Commit(m)) = c.resume_fresh(&s.sid, &ct) else {
         panic!("expected a commit")
     };
-    let counted = c.apply(&m).unwrap();
+    c.apply(&m).unwrap();
     // The owner changes the password before this session's answer goes out.
     let mut owner = open(&mut c, "mo");
     owner.login(&mut c, "old").unwrap();
     owner.register(&mut c, "new", 5).unwrap();
-    let Ok(Step::Reply(r)) = c.resume(&s.sid, counted) else {
+    let Ok(Step::Reply(r)) = c.resume(&s.sid) else {
         panic!("expected a reply")
     };
     assert_eq!(s.open_reply(&r), VaultResponse::Error(VaultError::Conflict));

@@ -141,7 +141,8 @@ fn register_starts_are_budgeted_and_a_restart_does_not_reset_the_budget() {
     let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
     let sealed = secrets.seal(&*p).unwrap();
     let secrets_copy = |sealed: &[u8]| FleetSecrets::unseal(&*p, sealed).unwrap();
-    let mut c = Core::new(p.clone(), secrets, State::default()).unwrap();
+    let identity = bkv_hsm_core::NodeIdentity::generate(&*p).unwrap();
+    let mut c = Core::new(p.clone(), secrets, &identity, State::default()).unwrap();
     let request = oprf_oracle::blind(b"x").request;
     let start = |c: &mut Core, s: &mut Client| {
         s.call(
@@ -169,7 +170,7 @@ fn register_starts_are_budgeted_and_a_restart_does_not_reset_the_budget() {
         used += 1;
     }
     let state = c.records().export().unwrap();
-    let mut restarted = Core::new(p.clone(), secrets_copy(&sealed), state).unwrap();
+    let mut restarted = Core::new(p.clone(), secrets_copy(&sealed), &identity, state).unwrap();
     let mut s = open(&mut restarted, "budget");
     assert_eq!(
         start(&mut restarted, &mut s),

@@ -23,6 +23,7 @@ use bkv_hsm_core::state::{Credential, Mutation, Outcome, Pending};
 use bkv_hsm_core::{NodeIdentity, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetOptions};
 use bkv_hsm_node::replication::network::LinkIdentity;
+use bkv_hsm_node::replication::state_machine::BareReplica;
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -133,12 +134,37 @@ async fn start(id: u64, p: Parts, bootstrap: &BTreeSet<[u8; 32]>) -> anyhow::Res
                 snapshot_log_min: bkv_hsm_node::replication::fleet::SNAPSHOT_LOG_MIN,
             },
             p.listener,
-            Arc::new(Mutex::new(bkv_hsm_core::SealedState::new(
-                p.platform, [7; 32],
-            ))),
+            Arc::new(Mutex::new(BareReplica {
+                state: bkv_hsm_core::SealedState::new(p.platform, [7; 32]),
+                key: entry_key(),
+            })),
         )
         .await?,
     ))
+}
+
+/// The bench's entry key (a fleet's comes from its secrets; the bench has bare replicas).
+fn entry_key() -> bkv_hsm_core::EntryKey {
+    bkv_hsm_core::EntryKey::from_bytes([5; 32], "bench")
+}
+
+/// Numbers entries and hands them over together, as the core lock does in a node: entries of
+/// one proposer must reach the log in their order.
+static SEQ: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// Proposes `m` as the leader's core would: sealed into the leader's next entry (the sealing is
+/// part of what a commit costs).
+async fn propose(
+    leader: &Fleet,
+    m: Mutation,
+) -> Result<Outcome, bkv_hsm_node::replication::fleet::FleetError> {
+    let submitted = {
+        let mut seq = SEQ.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        let e = entry_key().seal(leader.identity_key, *seq, &mut rand::rngs::OsRng, &m);
+        leader.submit(e)
+    };
+    leader.wait(submitted).await
 }
 
 fn record_id(n: u64) -> [u8; 32] {
@@ -181,18 +207,22 @@ async fn register(
                 let mut generation = None;
                 for attempt in 0..RETRIES {
                     let r = async {
-                        let stored = leader
-                            .propose(Mutation::StorePending {
+                        let stored = propose(
+                            &leader,
+                            Mutation::StorePending {
                                 record_id,
                                 pending: pending.clone(),
-                            })
-                            .await?;
-                        let activated = leader
-                            .propose(Mutation::Activate {
+                            },
+                        )
+                        .await?;
+                        let activated = propose(
+                            &leader,
+                            Mutation::Activate {
                                 record_id,
                                 confirm_hash: [3; 32],
-                            })
-                            .await?;
+                            },
+                        )
+                        .await?;
                         anyhow::Ok((stored, activated))
                     }
                     .await;
@@ -397,7 +427,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 };
                 count = !count;
                 let t = Instant::now();
-                match leader.propose(m).await {
+                match propose(&leader, m).await {
                     Ok(Outcome::Counted { .. } | Outcome::Reset) => lat.push(t.elapsed()),
                     _ => errors += 1,
                 }

@@ -192,6 +192,13 @@ fn private_dir(dir: &Path) -> Result<(), NodeStartError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
+/// What a request does next, after one step of the core.
+enum Next {
+    Reply(Vec<u8>),
+    ReadFresh,
+    Committing(replication::fleet::Submitted),
+}
+
 /// A running vault node: the core, and its membership in the fleet.
 pub struct Node {
     core: Arc<Mutex<Core>>,
@@ -272,6 +279,7 @@ impl Node {
         let core = Arc::new(Mutex::new(Core::new(
             platform.clone(),
             secrets,
+            &identity,
             State::default(),
         )?));
         // A joining node has no log yet: until the replicated state names
@@ -428,17 +436,15 @@ impl Node {
                 user_id,
                 ciphertext,
             } => {
-                let mut step = match self.core() {
-                    Some(mut core) => core.session_message(&session_id, &user_id, &ciphertext),
-                    None => return unavailable,
-                };
+                let mut next =
+                    self.core_step(|core| core.session_message(&session_id, &user_id, &ciphertext));
                 loop {
-                    match step {
-                        Ok(Step::Reply(ciphertext)) => {
+                    match next {
+                        Ok(Next::Reply(ciphertext)) => {
                             return NodeResponse::SessionMessage { ciphertext }
                         }
                         Err(e) => return NodeResponse::Error(e),
-                        Ok(Step::ReadFresh) => {
+                        Ok(Next::ReadFresh) => {
                             // What the request reads must be at least as new
                             // as anything committed before it arrived
                             // (linearizable). The core asks only for requests
@@ -448,37 +454,43 @@ impl Node {
                                 tracing::warn!(error = %e, "read barrier failed");
                                 return unavailable;
                             }
-                            step = match self.core() {
-                                Some(mut core) => core.resume_fresh(&session_id, &ciphertext),
-                                None => return unavailable,
-                            };
+                            next =
+                                self.core_step(|core| core.resume_fresh(&session_id, &ciphertext));
                         }
-                        Ok(Step::Commit(m)) => {
-                            // The core lock is released while the mutation
-                            // commits: every replica's state machine applies
-                            // it through the same lock.
-                            let outcome = match self.rt.block_on(self.fleet.propose(m)) {
-                                Ok(o) => o,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "commit failed");
-                                    // The reply will not come: the session ends rather than
-                                    // wait for a commit forever.
-                                    if let Some(mut core) = self.core() {
-                                        core.commit_failed(&session_id);
-                                    }
-                                    return unavailable;
+                        Ok(Next::Committing(submitted)) => {
+                            // The core lock is released while the entry commits: every
+                            // replica's state machine applies it through the same lock, and
+                            // this core keeps the outcome it computed for the session.
+                            if let Err(e) = self.rt.block_on(self.fleet.wait(submitted)) {
+                                tracing::warn!(error = %e, "commit failed");
+                                // The reply will not come: the session ends rather than
+                                // wait for a commit forever.
+                                if let Some(mut core) = self.core() {
+                                    core.commit_failed(&session_id);
                                 }
-                            };
-                            tracing::debug!(?outcome, "committed");
-                            step = match self.core() {
-                                Some(mut core) => core.resume(&session_id, outcome),
-                                None => return unavailable,
-                            };
+                                return unavailable;
+                            }
+                            next = self.core_step(|core| core.resume(&session_id));
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Runs one step of the core under its lock. An entry the core made is handed to the
+    /// fleet before the lock is released, so entries reach the log in the order the core
+    /// numbered them.
+    fn core_step(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<Step, NodeError>,
+    ) -> Result<Next, NodeError> {
+        let mut core = self.core().ok_or(NodeError::Unavailable)?;
+        Ok(match f(&mut core)? {
+            Step::Reply(r) => Next::Reply(r),
+            Step::ReadFresh => Next::ReadFresh,
+            Step::Commit(entry) => Next::Committing(self.fleet.submit(entry)),
+        })
     }
 
     fn members_view(&self) -> Result<MembersView, AdminError> {
@@ -533,11 +545,14 @@ impl Node {
             .read_barrier()
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let m = self
-            .core()
-            .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?
-            .admin_mutation(signed)?;
-        match self.fleet.propose(m).await {
+        let submitted = {
+            let mut core = self
+                .core()
+                .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
+            let entry = core.admin_entry(signed)?;
+            self.fleet.submit(entry)
+        };
+        match self.fleet.wait(submitted).await {
             Ok(Outcome::AdminApplied { seq }) => {
                 tracing::info!(seq, "operator command committed");
             }
@@ -593,16 +608,17 @@ async fn found(
         .read_barrier()
         .await
         .map_err(|e| cfg_err(e.to_string()))?;
-    let m = {
-        let core = core
+    let submitted = {
+        let mut core = core
             .lock()
             .map_err(|_| cfg_err("core lock poisoned".into()))?;
         if !core.state().members.nodes.is_empty() {
             return Ok(());
         }
-        core.found_mutation(node_id, peer_addr, identity, binary_sha256()?)?
+        let entry = core.found_entry(node_id, peer_addr, identity, binary_sha256()?)?;
+        fleet.submit(entry)
     };
-    match fleet.propose(m).await {
+    match fleet.wait(submitted).await {
         Ok(Outcome::Founded) => Ok(()),
         Ok(o) => Err(cfg_err(format!("recording the founding member: {o:?}"))),
         Err(e) => Err(cfg_err(e.to_string())),

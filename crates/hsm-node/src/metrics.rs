@@ -22,6 +22,7 @@ pub struct NodeMetrics {
     guesses_counted: AtomicU64,
     guesses_refused: AtomicU64,
     records_destroyed: AtomicU64,
+    entries_refused: AtomicU64,
     leader_changes: AtomicU64,
     log_snapshots: AtomicU64,
     commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
@@ -36,10 +37,7 @@ impl NodeMetrics {
             Outcome::Counted { .. } => &self.guesses_counted,
             Outcome::Exhausted => &self.guesses_refused,
             Outcome::Destroyed => &self.records_destroyed,
-            Outcome::Batch(outs) => {
-                outs.iter().for_each(|o| self.applied(o));
-                return;
-            }
+            Outcome::Refused(_) => &self.entries_refused,
             _ => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -100,6 +98,14 @@ impl NodeMetrics {
             "counter",
             "Records this node applied as destroyed.",
             get(&self.records_destroyed).to_string(),
+        );
+        metric(
+            "bkv_node_entries_refused_total",
+            "counter",
+            "Log entries this node's core refused (forged, replayed, reordered, or of a \
+             non-member): an honest fleet refuses none but the rare entry overtaken at a \
+             leader change.",
+            get(&self.entries_refused).to_string(),
         );
         metric(
             "bkv_node_leader_changes_total",
@@ -287,6 +293,7 @@ mod tests {
         });
         m.applied(&Outcome::Destroyed);
         m.applied(&Outcome::Reset);
+        m.applied(&Outcome::Refused(bkv_hsm_core::Refusal::Forged));
         m.committed(Duration::from_millis(3));
         m.committed(Duration::from_secs(9));
         let text = m.render(&status(), true, 4);
@@ -295,6 +302,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bkv_node_records_destroyed_total 1\n"));
+        assert!(text.contains("bkv_node_entries_refused_total 1\n"));
         assert!(text.contains("bkv_node_raft_term 7\n"));
         assert!(text.contains("bkv_node_sessions_open 4\n"));
         // 3 ms falls in every bucket from 5 ms up; 9 s only in +Inf.

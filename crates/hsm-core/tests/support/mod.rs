@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, State, Step};
 use bkv_wire::node::{NodeError, SessionId};
 use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 pub fn core_on(p: Arc<MemoryPlatform>) -> Core {
     let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
-    Core::new(p, secrets, State::default()).unwrap()
+    let identity = NodeIdentity::generate(&*p).unwrap();
+    Core::new(p, secrets, &identity, State::default()).unwrap()
 }
 
 pub fn core() -> Core {
@@ -36,9 +37,9 @@ pub fn drive(
     loop {
         match step? {
             Step::Reply(r) => return Ok(r),
-            Step::Commit(m) => {
-                let o = core.apply(&m).unwrap();
-                step = core.resume(sid, o);
+            Step::Commit(e) => {
+                core.apply(&e).unwrap();
+                step = core.resume(sid);
             }
             // One replica: always fresh.
             Step::ReadFresh => step = core.resume_fresh(sid, ct),
@@ -178,6 +179,34 @@ impl Client {
         }
     }
 
+    /// The sealed `LoginFinish` a client sends after `login_start` with password `pw` (an
+    /// empty finalization when the password was wrong, as a client that cannot finish sends).
+    pub fn finish_message(
+        &mut self,
+        pw: &str,
+        credential_response: &[u8],
+        state: ClientLogin<OpaqueSuite>,
+    ) -> Vec<u8> {
+        let ksf = Argon2::default();
+        let fin = state.finish(
+            &mut OsRng,
+            pw.as_bytes(),
+            CredentialResponse::deserialize(credential_response).unwrap(),
+            ClientLoginFinishParameters::new(
+                Some(OPAQUE_CONTEXT),
+                Identifiers::default(),
+                Some(&ksf),
+            ),
+        );
+        let credential_finalization = match fin {
+            Ok(f) => f.message.serialize().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        self.seal(&VaultRequest::LoginFinish {
+            credential_finalization,
+        })
+    }
+
     pub fn login_start(
         &mut self,
         core: &mut Core,
@@ -220,7 +249,7 @@ impl Client {
         &mut self,
         c: &mut Core,
         pw: &[u8],
-    ) -> (Vec<u8>, bkv_hsm_core::Mutation) {
+    ) -> (Vec<u8>, bkv_hsm_core::LogEntry) {
         let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw).unwrap();
         let ct = self.seal(&VaultRequest::LoginStart {
             credential_request: start.message.serialize().to_vec(),

@@ -10,11 +10,11 @@ use super::network::{
 };
 use super::reads::ReadRounds;
 use super::state_machine::{Replica, StateMachine, MAX_SNAPSHOT};
-use super::{Applied, PeerNode, ReplicationStoreError, TypeConfig};
+use super::{PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use bkv_hsm_core::members::Members;
-use bkv_hsm_core::state::{Mutation, Outcome};
-use bkv_hsm_core::SharedPlatform;
+use bkv_hsm_core::state::Outcome;
+use bkv_hsm_core::{Entries, LogEntry, SharedPlatform};
 use openraft::error::RaftError;
 use openraft::{Config, Raft};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// One proposal attempt's failure: whether the mutation was certainly not
+/// One forwarding attempt's failure: whether the entries were certainly not
 /// appended (safe to try again) or may still commit.
 enum Attempt {
     NotDone(String),
@@ -86,9 +86,13 @@ pub struct FleetOptions {
 /// A running fleet member.
 pub struct Fleet {
     pub id: u64,
+    /// This node's identity key (the proposer its core names in its entries).
+    pub identity_key: [u8; 32],
     pub raft: Raft<TypeConfig>,
     net: PeerNetwork,
-    commits: GroupCommit,
+    /// This node's proposals, in the order its core made them ([`Fleet::submit`]).
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    pipeline: tokio::task::JoinHandle<()>,
     reads: ReadRounds,
     server: tokio::task::JoinHandle<()>,
     leader_watch: tokio::task::JoinHandle<()>,
@@ -99,6 +103,7 @@ pub struct Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.server.abort();
+        self.pipeline.abort();
         self.leader_watch.abort();
         self.log_watch.abort();
     }
@@ -229,11 +234,19 @@ impl Fleet {
                 _ => {}
             }
         }
+        let identity_key = identity.public();
         let net = PeerNetwork::new(identity.clone());
         let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
             .await
             .map_err(|e| FleetError::Raft(e.to_string()))?;
-        let commits = GroupCommit::start(raft.clone(), net.clone());
+        let commits = GroupCommit::start(raft.clone());
+        let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
+        let pipeline = tokio::spawn(propose_in_order(
+            raft.clone(),
+            net.clone(),
+            commits.clone(),
+            queued,
+        ));
         let reads = ReadRounds::default();
         let server = tokio::spawn(serve_peers(
             listener,
@@ -253,9 +266,11 @@ impl Fleet {
         ));
         Ok(Fleet {
             id,
+            identity_key,
             raft,
             net,
-            commits,
+            proposals,
+            pipeline,
             reads,
             server,
             leader_watch,
@@ -273,74 +288,64 @@ impl Fleet {
         }
     }
 
-    /// Commits `m` on a majority and returns its outcome once this node has
-    /// applied it too. Fails with `Unavailable` when no leader with a
-    /// majority answers in time.
-    ///
-    /// A failed attempt is tried again only when the mutation was certainly
-    /// not appended (no leader, a leader that said it is not one, no link to
-    /// it). Once it may have been appended, it may still commit: trying
-    /// again could apply it twice — a guess counted twice — so the caller
-    /// is told `Unavailable` (the outcome is unknown) instead.
-    pub async fn propose(&self, m: Mutation) -> Result<Outcome, FleetError> {
+    /// Queues an entry this node's core made for commit, behind every entry queued before it,
+    /// and returns at once: call it in the order the core made the entries (under the core's
+    /// lock), since each core's entries must reach the log in the order it numbered them
+    /// ([`bkv_hsm_core::entry`]). [`Fleet::wait`] then waits for the outcome.
+    pub fn submit(&self, entry: LogEntry) -> Submitted {
         let started = std::time::Instant::now();
-        let r = self.propose_inner(m).await;
-        if r.is_ok() {
-            self.metrics.committed(started.elapsed());
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.proposals.send(Proposal {
+            entry,
+            deadline,
+            tx,
+        }) {
+            let _ = e.0.tx.send(Err("the proposal pipeline stopped".into()));
         }
-        r
+        Submitted {
+            rx,
+            deadline,
+            started,
+        }
     }
 
-    async fn propose_inner(&self, m: Mutation) -> Result<Outcome, FleetError> {
-        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
-        let mut last = String::from("no leader");
-        while tokio::time::Instant::now() < deadline {
-            let left = deadline - tokio::time::Instant::now();
-            let leader = self.raft.current_leader().await;
-            let result = if leader == Some(self.id) {
-                // Even a ForwardToLeader here is no proof the entry was not
-                // appended (see the Propose handler), so no error retries.
-                self.commits
-                    .commit(m.clone(), left)
-                    .await
-                    .map_err(Attempt::Unknown)
-            } else if let Some(leader) = leader {
-                self.forward(leader, m.clone(), left).await
-            } else {
-                Err(Attempt::NotDone("no leader".into()))
-            };
-            let result = match result {
-                Ok(r) => Ok(r),
-                Err(Attempt::NotDone(e)) => Err(e),
-                Err(Attempt::Unknown(e)) => {
-                    return Err(FleetError::Unavailable(format!(
-                        "{e} (the change may still commit; not retried)"
-                    )))
-                }
-            };
-            match result {
-                Ok((Applied::Mutation(outcome), index)) => {
-                    // This node's state must include the entry before the
-                    // session continues on it.
-                    self.raft
-                        .wait(Some(deadline - tokio::time::Instant::now()))
-                        .applied_index_at_least(Some(index), "propose")
-                        .await
-                        .map_err(|e| FleetError::Unavailable(e.to_string()))?;
-                    return Ok(outcome);
-                }
-                Ok(_) => {
-                    return Err(FleetError::Raft(
-                        "mutation applied as a non-mutation".into(),
-                    ))
-                }
-                Err(e) => {
-                    last = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+    /// Waits until the submitted entry committed on a majority and this node applied it, and
+    /// returns its outcome. Fails with `Unavailable` when no leader with a majority took it in
+    /// time: then its outcome is unknown (it may still commit, and is never proposed twice).
+    pub async fn wait(&self, s: Submitted) -> Result<Outcome, FleetError> {
+        let r = tokio::time::timeout_at(s.deadline, s.rx).await;
+        let (outcome, index) = match r {
+            Ok(Ok(Ok(x))) => x,
+            Ok(Ok(Err(e))) => return Err(FleetError::Unavailable(e)),
+            Ok(Err(_)) => {
+                return Err(FleetError::Unavailable(
+                    "the proposal pipeline dropped the entry".into(),
+                ))
             }
-        }
-        Err(FleetError::Unavailable(last))
+            Err(_) => {
+                return Err(FleetError::Unavailable(
+                    "commit timed out (the change may still commit; not retried)".into(),
+                ))
+            }
+        };
+        // This node's state must include the entry before the session continues on it.
+        let left = s
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "propose")
+            .await
+            .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+        self.metrics.committed(s.started.elapsed());
+        Ok(outcome)
+    }
+
+    /// [`Fleet::submit`] then [`Fleet::wait`].
+    pub async fn propose(&self, entry: LogEntry) -> Result<Outcome, FleetError> {
+        let s = self.submit(entry);
+        self.wait(s).await
     }
 
     /// Makes this node's state at least as new as anything committed before
@@ -477,44 +482,160 @@ impl Fleet {
     }
 
     fn leader_node(&self, leader: u64) -> Result<PeerNode, String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
-            .ok_or_else(|| "leader is not in the membership".to_string())
+        leader_node(&self.raft, leader)
     }
+}
 
-    async fn forward(
-        &self,
-        leader: u64,
-        m: Mutation,
-        ttl: Duration,
-    ) -> Result<(Applied, u64), Attempt> {
-        let node = self.leader_node(leader).map_err(Attempt::NotDone)?;
-        match self
-            .net
-            .call_checked(leader, &node, &PeerRequest::Propose(m), ttl)
-            .await
-        {
-            Ok(PeerResponse::Proposed(Ok(r))) => Ok(r),
-            Ok(PeerResponse::Proposed(Err(e @ ProposeError::NotLeader(_)))) => {
-                Err(Attempt::NotDone(format!("leader {leader}: {e}")))
+/// An entry on its way to the log.
+struct Proposal {
+    entry: LogEntry,
+    deadline: tokio::time::Instant,
+    tx: tokio::sync::oneshot::Sender<Result<(Outcome, u64), String>>,
+}
+
+/// What [`Fleet::wait`] waits for.
+pub struct Submitted {
+    rx: tokio::sync::oneshot::Receiver<Result<(Outcome, u64), String>>,
+    deadline: tokio::time::Instant,
+    started: std::time::Instant,
+}
+
+fn leader_node(raft: &Raft<TypeConfig>, leader: u64) -> Result<PeerNode, String> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+        .ok_or_else(|| "leader is not in the membership".to_string())
+}
+
+/// Takes this node's proposals in their order to the log: as the leader, into the group commit
+/// (which keeps the order); as a follower, forwarded to the leader one batch at a time (the next
+/// batch leaves only once the leader answered the last, so batches cannot overtake each other
+/// on the way). A batch the leader certainly did not append (no leader, not the leader, no link)
+/// is tried again, with what queued up behind it, until its entries' deadlines; once it may have
+/// been appended it is never sent again (an entry applied twice would be refused, but the
+/// proposer could not tell).
+async fn propose_in_order(
+    raft: Raft<TypeConfig>,
+    net: PeerNetwork,
+    commits: GroupCommit,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+) {
+    let me = raft.metrics().borrow().id;
+    let mut held: std::collections::VecDeque<Proposal> = Default::default();
+    let mut last = String::from("no leader");
+    loop {
+        if held.is_empty() {
+            match rx.recv().await {
+                Some(p) => held.push_back(p),
+                None => return,
             }
-            Ok(PeerResponse::Proposed(Err(e))) => {
-                Err(Attempt::Unknown(format!("leader {leader}: {e}")))
+        }
+        while held.len() < super::group_commit::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => held.push_back(p),
+                Err(_) => break,
             }
-            Ok(_) => Err(Attempt::Unknown(
-                "unexpected response to a forwarded proposal".into(),
-            )),
-            Err(CallError::NotSent(e)) => {
-                Err(Attempt::NotDone(format!("no link to leader {leader}: {e}")))
+        }
+        let now = tokio::time::Instant::now();
+        held.retain_mut(|p| {
+            if p.deadline > now {
+                return true;
             }
-            Err(CallError::Unanswered(e)) => {
-                Err(Attempt::Unknown(format!("forward to leader {leader}: {e}")))
+            let (tx, _) = tokio::sync::oneshot::channel();
+            let tx = std::mem::replace(&mut p.tx, tx);
+            let _ = tx.send(Err(last.clone()));
+            false
+        });
+        if held.is_empty() {
+            continue;
+        }
+        match raft.current_leader().await {
+            Some(l) if l == me => {
+                for p in held.drain(..) {
+                    let done = commits.submit(vec![p.entry]);
+                    tokio::spawn(async move {
+                        let r = match done.await {
+                            Ok(Ok((mut outs, index))) if outs.len() == 1 => {
+                                Ok((outs.remove(0), index))
+                            }
+                            Ok(Ok(_)) => Err("one entry applied as several".to_string()),
+                            Ok(Err(e)) => Err(format!("{e} (the change may still commit)")),
+                            Err(_) => Err("group commit dropped the entry".to_string()),
+                        };
+                        let _ = p.tx.send(r);
+                    });
+                }
             }
+            Some(leader) => {
+                let ttl = held
+                    .iter()
+                    .map(|p| p.deadline)
+                    .max()
+                    .map(|d| d.saturating_duration_since(now))
+                    .unwrap_or(PROPOSE_TIMEOUT);
+                let entries = Entries(held.iter().map(|p| p.entry.clone()).collect());
+                match forward(&raft, &net, leader, entries, ttl).await {
+                    Ok((outs, index)) if outs.len() == held.len() => {
+                        for (p, o) in held.drain(..).zip(outs) {
+                            let _ = p.tx.send(Ok((o, index)));
+                        }
+                    }
+                    Ok(_) => {
+                        for p in held.drain(..) {
+                            let _ =
+                                p.tx.send(Err("the leader answered for other entries".into()));
+                        }
+                    }
+                    Err(Attempt::NotDone(e)) => {
+                        last = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(Attempt::Unknown(e)) => {
+                        let e = format!("{e} (the change may still commit; not retried)");
+                        for p in held.drain(..) {
+                            let _ = p.tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            None => {
+                last = "no leader".into();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn forward(
+    raft: &Raft<TypeConfig>,
+    net: &PeerNetwork,
+    leader: u64,
+    entries: Entries,
+    ttl: Duration,
+) -> Result<(Vec<Outcome>, u64), Attempt> {
+    let node = leader_node(raft, leader).map_err(Attempt::NotDone)?;
+    match net
+        .call_checked(leader, &node, &PeerRequest::Propose(entries), ttl)
+        .await
+    {
+        Ok(PeerResponse::Proposed(Ok(r))) => Ok(r),
+        Ok(PeerResponse::Proposed(Err(e @ ProposeError::NotLeader(_)))) => {
+            Err(Attempt::NotDone(format!("leader {leader}: {e}")))
+        }
+        Ok(PeerResponse::Proposed(Err(e))) => {
+            Err(Attempt::Unknown(format!("leader {leader}: {e}")))
+        }
+        Ok(_) => Err(Attempt::Unknown(
+            "unexpected response to a forwarded proposal".into(),
+        )),
+        Err(CallError::NotSent(e)) => {
+            Err(Attempt::NotDone(format!("no link to leader {leader}: {e}")))
+        }
+        Err(CallError::Unanswered(e)) => {
+            Err(Attempt::Unknown(format!("forward to leader {leader}: {e}")))
         }
     }
 }
@@ -784,7 +905,7 @@ async fn dispatch<R: Replica>(
                 )))
             }
         },
-        PeerRequest::Propose(m) => {
+        PeerRequest::Propose(entries) => {
             // "Not the leader" must mean "not appended" (the follower then
             // tries elsewhere), so it is decided before client_write: a
             // ForwardToLeader from client_write itself may also come from a
@@ -795,17 +916,29 @@ async fn dispatch<R: Replica>(
             if leader != Some(me) {
                 return PeerResponse::Proposed(Err(ProposeError::NotLeader(leader)));
             }
-            PeerResponse::Proposed(
-                commits
-                    .commit(m, PROPOSE_TIMEOUT)
-                    .await
-                    .map_err(ProposeError::Failed),
-            )
+            // A member forwards what its own core made, a bounded batch at a time (every core
+            // checks each entry anyway; this keeps one host from queueing others' entries).
+            if entries.0.is_empty()
+                || entries.0.len() > super::group_commit::MAX_BATCH
+                || entries.0.iter().any(|e| e.proposer != *remote)
+            {
+                return PeerResponse::Proposed(Err(ProposeError::Failed(
+                    "a forwarded batch must hold 1 to 64 entries of the forwarding member's core"
+                        .into(),
+                )));
+            }
+            let done = commits.submit(entries.0);
+            PeerResponse::Proposed(match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
+                Ok(Ok(r)) => r.map_err(ProposeError::Failed),
+                Ok(Err(_)) => Err(ProposeError::Failed(
+                    "group commit dropped the entries".into(),
+                )),
+                Err(_) => Err(ProposeError::TimedOut),
+            })
         }
         PeerRequest::ReadIndex => {
             PeerResponse::ReadIndex(reads.read_index(raft, PROPOSE_TIMEOUT).await)
         }
-        PeerRequest::Features => PeerResponse::Features(super::network::FEATURES),
         PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(match replica.lock() {
             Ok(r) => r.export_secrets_to(remote),
             Err(_) => Err("replica lock poisoned".into()),

@@ -1,35 +1,29 @@
-//! Group commit on the leader: record mutations proposed concurrently (sessions on this node,
-//! proposals forwarded by followers) are gathered into one [`Mutation::Batch`] log entry, so
-//! the lot costs one append, one fsync and one monotonic-counter advance on every node instead
-//! of one each. openraft 0.9 appends every `client_write` separately and waits for its flush
-//! before the next, so batching has to happen above it.
+//! Group commit on the leader: entries proposed concurrently (by this node's core, and batches
+//! forwarded by followers) are gathered into one Raft log entry, so the lot costs one append, one
+//! fsync and one monotonic-counter advance on every node instead of one each. openraft 0.9
+//! appends every `client_write` separately and waits for its flush before the next, so batching
+//! has to happen above it.
 //!
-//! While a batch commits, the next one gathers. A batch of one is proposed as the plain
-//! mutation. (Pipelining batches — several handed to openraft at once — measured slower: see
-//! [`BATCHES_IN_FLIGHT`].) Nothing about
-//! the outcome changes: the state machine applies a batch's mutations in order, each exactly as
-//! if alone (see the core's property test), and every proposer gets its own mutation's outcome.
-//! A batch that fails or crashes before its fsync on a majority acknowledges none of its
-//! mutations: each proposer is told the outcome is unknown, as for a single mutation.
-//!
-//! A member of an earlier release cannot decode a batch entry, and a fleet is upgraded one
-//! node at a time. So the leader asks every member of the Raft membership which entry kinds
-//! it decodes ([`PeerRequest::Features`]) and proposes batches only once all of them said
-//! they apply them; until then each mutation gets its own entry, as before.
+//! While a batch commits, the next one gathers. (Pipelining batches — several handed to openraft
+//! at once — measured slower: see [`BATCHES_IN_FLIGHT`].) Nothing about the outcome changes: the
+//! state machine applies a batch's entries in order, each exactly as if alone, and every proposer
+//! gets its own entries' outcomes. Proposals keep their order (a queue, and a proposal's entries
+//! are never split or reordered): each core's entries must apply in the order it numbered them
+//! (`bkv_hsm_core::entry`). A batch that fails or crashes before its fsync on a majority
+//! acknowledges none of its entries: each proposer is told the outcome is unknown.
 
-use super::network::{PeerNetwork, PeerRequest, PeerResponse, FEATURE_BATCH};
-use super::{Applied, PeerNode, TypeConfig};
-use bkv_hsm_core::state::{Mutation, Outcome};
+use super::{Applied, TypeConfig};
+use bkv_hsm_core::state::Outcome;
+use bkv_hsm_core::{Entries, LogEntry};
 use openraft::Raft;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Most mutations in one entry.
+/// Most core-made entries gathered into one Raft entry (a proposal of more goes alone).
 pub const MAX_BATCH: usize = 64;
 /// Stop gathering once a batch's encoding reaches this (the log store accepts entries up to
-/// 1 MiB; one mutation more than this still fits).
+/// 1 MiB; one proposal more than this still fits).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Batches handed to openraft at once. One: openraft 0.9 appends and replicates one
 /// `client_write` after another anyway, and measured with the commit benchmark, 2, 4 and 8 in
@@ -39,133 +33,52 @@ pub const BATCHES_IN_FLIGHT: usize = 1;
 /// Scheduler turns the gatherer gives proposers before closing a batch (measured: none → 2,200
 /// commits/s at concurrency 8, one → 3,900, two or more → 4,100–4,200).
 const GATHER_YIELDS: usize = 3;
-/// Proposals waiting to be gathered before callers wait to submit.
-const QUEUE: usize = 4096;
 
-/// A proposal's committed result (applied outcome and log index), or why its outcome is
-/// unknown.
-pub type Committed = Result<(Applied, u64), String>;
+/// A proposal's committed result (its entries' outcomes and the log index), or why its
+/// outcome is unknown.
+pub type Committed = Result<(Vec<Outcome>, u64), String>;
 type Waiter = oneshot::Sender<Committed>;
 
-/// Hands mutations to the gathering task. Clones share it.
+/// Hands proposals to the gathering task. Clones share it.
 #[derive(Clone)]
 pub struct GroupCommit {
-    raft: Raft<TypeConfig>,
-    tx: mpsc::Sender<(Mutation, Waiter)>,
-}
-
-/// Wait this long before asking a member again whose answer is missing.
-const PROBE_AGAIN: Duration = Duration::from_secs(2);
-
-/// What each member said it decodes, for the identity key it answered with.
-#[derive(Default)]
-struct Known {
-    members: BTreeMap<u64, Answer>,
-}
-
-enum Answer {
-    Batches([u8; 32]),
-    NoBatches([u8; 32]),
-    Asked(Instant),
-}
-
-/// Whether every member of the current Raft membership said it applies batch entries; asks
-/// (in the background) those it has not heard from.
-fn batches_understood(
-    raft: &Raft<TypeConfig>,
-    net: &PeerNetwork,
-    known: &Arc<Mutex<Known>>,
-) -> bool {
-    let m = raft.metrics().borrow().clone();
-    let Ok(mut k) = known.lock() else {
-        return false;
-    };
-    let mut all = true;
-    for (id, node) in m.membership_config.membership().nodes() {
-        if *id == m.id {
-            continue;
-        }
-        match k.members.get(id) {
-            Some(Answer::Batches(key)) if *key == node.identity => continue,
-            Some(Answer::NoBatches(key)) if *key == node.identity => {}
-            Some(Answer::Asked(at)) if at.elapsed() < PROBE_AGAIN => {}
-            _ => {
-                k.members.insert(*id, Answer::Asked(Instant::now()));
-                tokio::spawn(probe(net.clone(), *id, node.clone(), known.clone()));
-            }
-        }
-        all = false;
-    }
-    all
-}
-
-async fn probe(net: PeerNetwork, id: u64, node: PeerNode, known: Arc<Mutex<Known>>) {
-    let answer = match net
-        .call(id, &node, &PeerRequest::Features, PROBE_AGAIN)
-        .await
-    {
-        Ok(PeerResponse::Features(bits)) if bits & FEATURE_BATCH != 0 => {
-            Some(Answer::Batches(node.identity))
-        }
-        Ok(PeerResponse::Features(_)) => Some(Answer::NoBatches(node.identity)),
-        // Unreachable now, or an earlier release that dropped the link: ask again later.
-        _ => None,
-    };
-    if let (Some(a), Ok(mut k)) = (answer, known.lock()) {
-        k.members.insert(id, a);
-    }
+    tx: mpsc::UnboundedSender<(Vec<LogEntry>, Waiter)>,
 }
 
 impl GroupCommit {
     /// Starts the gathering task (it stops when every handle is dropped).
-    pub fn start(raft: Raft<TypeConfig>, net: PeerNetwork) -> GroupCommit {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(raft.clone(), net, rx));
-        GroupCommit { raft, tx }
+    pub fn start(raft: Raft<TypeConfig>) -> GroupCommit {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(raft, rx));
+        GroupCommit { tx }
     }
 
-    /// Commits `m` through this node's Raft (the caller checked it is the leader) within
-    /// `ttl`. Record mutations share entries with concurrent ones; fleet mutations (founding,
-    /// operator commands) always get an entry of their own.
-    pub async fn commit(&self, m: Mutation, ttl: Duration) -> Committed {
-        if matches!(m, Mutation::Batch(_)) {
-            // Only the gatherer forms batches (bounded in count and bytes); a forwarded one
-            // is refused before anything is appended.
-            return Err("a batch is formed by the leader, never proposed".into());
-        }
-        if m.record_id().is_none() {
-            return write(&self.raft, m, ttl).await;
-        }
+    /// Queues `entries` (one proposer's, in its order) behind everything queued before, without
+    /// waiting: the order of calls is their order in the log.
+    pub fn submit(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Committed> {
         let (tx, rx) = oneshot::channel();
-        let wait = async {
-            self.tx
-                .send((m, tx))
-                .await
-                .map_err(|_| "group commit stopped".to_string())?;
-            rx.await
-                .map_err(|_| "group commit dropped the proposal".to_string())?
-        };
-        tokio::time::timeout(ttl, wait)
-            .await
-            .map_err(|_| "commit timed out".to_string())?
+        if let Err(e) = self.tx.send((entries, tx)) {
+            let (_, tx) = e.0;
+            let _ = tx.send(Err("group commit stopped".into()));
+        }
+        rx
     }
 }
 
-async fn write(raft: &Raft<TypeConfig>, m: Mutation, ttl: Duration) -> Committed {
-    match tokio::time::timeout(ttl, raft.client_write(m)).await {
-        Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+async fn write(raft: &Raft<TypeConfig>, entries: Entries, ttl: Duration) -> Committed {
+    let n = entries.0.len();
+    match tokio::time::timeout(ttl, raft.client_write(entries)).await {
+        Ok(Ok(resp)) => match resp.data {
+            Applied::Entries(outs) if outs.len() == n => Ok((outs, resp.log_id.index)),
+            other => Err(format!("{n} entries applied as {other:?}")),
+        },
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("commit timed out".into()),
     }
 }
 
-async fn gather(
-    raft: Raft<TypeConfig>,
-    net: PeerNetwork,
-    mut rx: mpsc::Receiver<(Mutation, Waiter)>,
-) {
+async fn gather(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Vec<LogEntry>, Waiter)>) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let known = Arc::new(Mutex::new(Known::default()));
     loop {
         // Waiting for a free slot first lets proposals pile up meanwhile: that is the batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -179,28 +92,22 @@ async fn gather(
         for _ in 0..GATHER_YIELDS {
             tokio::task::yield_now().await;
         }
-        let mut bytes = bkv_wire::encode(&first.0).len();
+        let size = |p: &(Vec<LogEntry>, Waiter)| -> usize {
+            p.0.iter().map(|e| e.sealed.len() + 64).sum()
+        };
+        let (mut count, mut bytes) = (first.0.len(), size(&first));
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        while count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += bkv_wire::encode(&p.0).len();
+                    count += p.0.len();
+                    bytes += size(&p);
                     batch.push(p);
                 }
                 Err(_) => break,
             }
         }
         let raft = raft.clone();
-        if batch.len() > 1 && !batches_understood(&raft, &net, &known) {
-            // One entry each, committed one after another as before group commit.
-            tokio::spawn(async move {
-                for p in batch {
-                    commit_batch(&raft, vec![p]).await;
-                }
-                drop(slot);
-            });
-            continue;
-        }
         tokio::spawn(async move {
             commit_batch(&raft, batch).await;
             drop(slot);
@@ -208,33 +115,24 @@ async fn gather(
     }
 }
 
-async fn commit_batch(raft: &Raft<TypeConfig>, batch: Vec<(Mutation, Waiter)>) {
-    let (mut ms, waiters): (Vec<Mutation>, Vec<Waiter>) = batch.into_iter().unzip();
-    let n = ms.len();
-    let entry = match ms.pop() {
-        Some(m) if n == 1 => m,
-        Some(m) => {
-            ms.push(m);
-            Mutation::Batch(ms)
-        }
-        None => return,
-    };
+async fn commit_batch(raft: &Raft<TypeConfig>, batch: Vec<(Vec<LogEntry>, Waiter)>) {
+    let sizes: Vec<usize> = batch.iter().map(|(e, _)| e.len()).collect();
+    let (units, waiters): (Vec<Vec<LogEntry>>, Vec<Waiter>) = batch.into_iter().unzip();
+    let entries = Entries(units.into_iter().flatten().collect());
     // The proposers' own deadlines bound how long they wait; this one only frees the slot.
-    let r = write(raft, entry, super::fleet::PROPOSE_TIMEOUT).await;
-    let results: Vec<Committed> = match r {
-        Ok((applied, index)) if n == 1 => vec![Ok((applied, index))],
-        Ok((Applied::Mutation(Outcome::Batch(outs)), index)) if outs.len() == n => outs
-            .into_iter()
-            .map(|o| Ok((Applied::Mutation(o), index)))
-            .collect(),
-        Ok((other, _)) => {
-            let e = format!("a batch of {n} applied as {other:?}");
-            vec![Err(e); n]
+    match write(raft, entries, super::fleet::PROPOSE_TIMEOUT).await {
+        Ok((outs, index)) => {
+            let mut outs = outs.into_iter();
+            for (w, n) in waiters.into_iter().zip(sizes) {
+                let mine: Vec<Outcome> = outs.by_ref().take(n).collect();
+                // A proposer that gave up is gone; nothing to tell it.
+                let _ = w.send(Ok((mine, index)));
+            }
         }
-        Err(e) => vec![Err(e); n],
-    };
-    for (w, r) in waiters.into_iter().zip(results) {
-        // A proposer that gave up is gone; nothing to tell it.
-        let _ = w.send(r);
+        Err(e) => {
+            for w in waiters {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
     }
 }

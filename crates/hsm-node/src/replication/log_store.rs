@@ -1,11 +1,13 @@
-//! The Raft log, vote and committed index in redb, every value sealed by the
-//! platform and bound to its slot (so the host can neither read, forge nor
-//! move entries).
+//! The Raft log, vote and committed index in redb. Entries are stored as they came: their
+//! payload is log entries cores made, encrypted and authenticated under the fleet's entry key
+//! (`bkv_hsm_core::entry`), and the rest of a Raft entry (its log id, a Raft membership) is
+//! public. What the host could still do with a log — put back an older one, or delete, replace
+//! or reorder entries — the counter-bound state below refuses at start.
 //!
-//! Rollback protection (docs/formats.md "Replication"; issue 27, item 2): one sealed value,
-//! `raft-state`, holds the vote, the committed and purged positions, and what the log holds — its
-//! last index and the head of a hash chain over every stored entry
-//! (`h(i) = SHA-256("bkv/raft-chain/v1\0" || h(i-1) || i (u64 BE) || sealed entry i)`, from the
+//! Rollback protection (docs/formats.md "Replication"; issue 27, item 2): one value sealed by the
+//! platform, `raft-state` (version 3), holds the vote, the committed and purged positions, and
+//! what the log holds — its last index and the head of a hash chain over every stored entry
+//! (`h(i) = SHA-256("bkv/raft-chain/v1\0" || h(i-1) || i (u64 BE) || stored entry i)`, from the
 //! purged entry's chain value) — with the index through which the record table was on disk.
 //! Every write commits it with a new epoch in the same redb transaction, after which the
 //! platform's monotonic counter advances to that epoch. At start the counter must not be ahead
@@ -13,7 +15,9 @@
 //! contiguous from the purged position and chaining to the same head through the same last
 //! index. So neither an older copy of the log, nor the newest state copied into one, nor a log
 //! with entries deleted, replaced or reordered starts; [`super::fleet::Fleet::start`] then checks
-//! the record table against the state.
+//! the record table against the state. A log of an earlier release (raft state version 2 or
+//! older, whose entries carried plain mutations) is refused with
+//! [`ReplicationStoreError::EarlierRelease`].
 
 use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
 use bkv_hsm_core::SharedPlatform;
@@ -30,20 +34,19 @@ use std::sync::Arc;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log");
-/// Largest sealed entry accepted back from disk.
+/// Largest stored entry accepted back from disk.
 const MAX_ENTRY: usize = 1024 * 1024;
-/// The sealed state's key, slot and label (version 2).
+/// The sealed state's key, slot and label (version 3).
 const STATE_KEY: &str = "raft-state";
-const STATE_LABEL: &[u8] = b"raft-state/v2";
-const STATE_VERSION: u16 = 2;
-/// Keys of an earlier release's META values (read once, then replaced by `raft-state`).
+const STATE_LABEL: &[u8] = b"raft-state/v3";
+const STATE_VERSION: u16 = 3;
+/// The label of version 2 (an earlier release, whose entries carried plain mutations).
+const STATE_LABEL_V2: &[u8] = b"raft-state/v2";
+/// Keys of the META values of the release before that.
 const LEGACY_KEYS: [&str; 4] = ["raft-epoch", "raft-vote", "raft-committed", "raft-purged"];
 
 mod sealed;
-use sealed::{
-    chain_anchor, chain_step, legacy_meta, log_behind, open_value, seal_value, Persisted,
-    RaftStateV2,
-};
+use sealed::{chain_anchor, chain_step, log_behind, open_value, seal_value, Persisted, RaftState};
 
 struct Inner {
     db: Database,
@@ -83,38 +86,44 @@ impl LogStore {
         tx.open_table(META).map_err(db_err)?;
         tx.open_table(LOG).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        let (mut state, legacy) = {
+        let state = {
             let tx = db.begin_read().map_err(db_err)?;
             let meta = tx.open_table(META).map_err(db_err)?;
             match meta.get(STATE_KEY).map_err(db_err)? {
                 Some(v) => {
-                    let s: RaftStateV2 = open_value(&platform, STATE_KEY, STATE_LABEL, v.value())?;
-                    if s.version != STATE_VERSION {
-                        return Err(ReplicationStoreError::Malformed(format!(
-                            "raft state version {}",
-                            s.version
-                        )));
+                    match open_value::<RaftState>(&platform, STATE_KEY, STATE_LABEL, v.value()) {
+                        Ok(s) if s.version == STATE_VERSION => s,
+                        Ok(s) => {
+                            return Err(ReplicationStoreError::Malformed(format!(
+                                "raft state version {}",
+                                s.version
+                            )))
+                        }
+                        Err(e) => {
+                            if platform
+                                .unseal(STATE_KEY, STATE_LABEL_V2, v.value())
+                                .is_ok()
+                            {
+                                return Err(ReplicationStoreError::EarlierRelease(
+                                    "raft state version 2".into(),
+                                ));
+                            }
+                            return Err(e);
+                        }
                     }
-                    (s, false)
                 }
                 None => {
-                    let purged: Option<LogId<u64>> = legacy_meta(&platform, &meta, "raft-purged")?;
-                    let s = RaftStateV2 {
+                    for k in LEGACY_KEYS {
+                        if meta.get(k).map_err(db_err)?.is_some() {
+                            return Err(ReplicationStoreError::EarlierRelease(format!(
+                                "raft value {k}"
+                            )));
+                        }
+                    }
+                    RaftState {
                         version: STATE_VERSION,
-                        epoch: legacy_meta(&platform, &meta, "raft-epoch")?.unwrap_or(0),
-                        vote: legacy_meta(&platform, &meta, "raft-vote")?,
-                        committed: legacy_meta::<Option<LogId<u64>>>(
-                            &platform,
-                            &meta,
-                            "raft-committed",
-                        )?
-                        .flatten(),
-                        purged,
-                        purged_chain: purged.as_ref().map(chain_anchor).unwrap_or_default(),
                         ..Default::default()
-                    };
-                    let legacy = meta.get("raft-epoch").map_err(db_err)?.is_some();
-                    (s, legacy)
+                    }
                 }
             }
         };
@@ -145,11 +154,7 @@ impl LogStore {
             }
             (chain, bytes, head, last)
         };
-        if legacy {
-            // An earlier release's log: bound to the counter from here on.
-            state.last = last;
-            state.head = head;
-        } else if last != state.last {
+        if last != state.last {
             return Err(log_behind(match (last, state.last) {
                 (Some(l), Some(s)) if l < s => format!(
                     "it ends at entry {l}, but the counter-bound state names entries through {s} \
@@ -178,21 +183,9 @@ impl LogStore {
             appended: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
             failed: std::sync::atomic::AtomicBool::new(false),
         };
-        if legacy {
-            let tx = inner.db.begin_write().map_err(db_err)?;
-            {
-                let mut meta = tx.open_table(META).map_err(db_err)?;
-                for k in LEGACY_KEYS {
-                    meta.remove(k).map_err(db_err)?;
-                }
-            }
-            let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
-            LogStore::commit_state(&inner, tx, &mut p, |_| Ok(()))?;
-        } else {
-            // A crash between a write and the counter advance.
-            let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
-            inner.platform.counter_advance_to(epoch)?;
-        }
+        // A crash between a write and the counter advance.
+        let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
+        inner.platform.counter_advance_to(epoch)?;
         Ok(LogStore {
             inner: Arc::new(inner),
             records_durable: None,
@@ -315,12 +308,11 @@ impl LogStore {
         for item in t.range::<u64>((start, end)).map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             let index = k.value();
-            let e: Entry<TypeConfig> = open_value(
-                &inner.platform,
-                "raft-entry",
-                &index.to_be_bytes(),
-                v.value(),
-            )?;
+            // Stored as they came: the payload is entries cores made and check
+            // (`bkv_hsm_core::entry`); the rest (log ids, Raft memberships) is public, and the
+            // counter-bound chain covers every byte.
+            let e: Entry<TypeConfig> = bkv_wire::decode(v.value(), MAX_ENTRY)
+                .map_err(|_| ReplicationStoreError::Malformed("raft entry".into()))?;
             if e.log_id.index != index {
                 return Err(ReplicationStoreError::Malformed("raft-entry index".into()));
             }
@@ -453,11 +445,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut p = inner.persisted.lock().map_err(|_| poisoned())?;
                 let mut sealed_entries = Vec::with_capacity(entries.len());
                 for e in &entries {
-                    let index = e.log_id.index;
-                    let sealed =
-                        seal_value(&inner.platform, "raft-entry", &index.to_be_bytes(), e)?;
-                    bytes += sealed.len() as u64;
-                    sealed_entries.push((index, sealed));
+                    let stored = bkv_wire::encode(e);
+                    if stored.len() > MAX_ENTRY {
+                        return Err(ReplicationStoreError::Malformed(
+                            "raft entry too large".into(),
+                        ));
+                    }
+                    bytes += stored.len() as u64;
+                    sealed_entries.push((e.log_id.index, stored));
                 }
                 {
                     let mut t = tx.open_table(LOG).map_err(db_err)?;

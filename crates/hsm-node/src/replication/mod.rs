@@ -1,9 +1,10 @@
-//! Replication of vault mutations with openraft.
+//! Replication of vault changes with openraft.
 //!
-//! Every [`Mutation`] the core yields becomes one Raft log entry (or shares one with concurrent
-//! mutations, see [`group_commit`]); each node's
+//! Every [`LogEntry`](bkv_hsm_core::LogEntry) a core makes becomes one Raft log entry (or shares one with concurrent
+//! entries, see [`group_commit`]); each node's
 //! state machine applies committed entries in log order with the same
-//! deterministic [`Core::apply`](bkv_hsm_core::Core::apply): the sealed log
+//! deterministic [`Core::apply`](bkv_hsm_core::Core::apply), which checks each entry first
+//! (made by a core of the fleet, proposed by a member, in its proposer's order): the log
 //! store ([`log_store::LogStore`]) and the state machine over the node's table of sealed
 //! records ([`state_machine::StateMachine`], [`crate::records`]), both passing openraft's
 //! storage test suite and sealing everything through the node's platform; Noise `IK` peer
@@ -18,13 +19,14 @@ pub mod snapshot_file;
 pub mod snapshot_stream;
 pub mod state_machine;
 
-use bkv_hsm_core::state::{Mutation, Outcome};
+use bkv_hsm_core::state::Outcome;
+use bkv_hsm_core::Entries;
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
     /// openraft types of a bkv fleet.
     pub TypeConfig:
-        D = Mutation,
+        D = Entries,
         R = Applied,
         NodeId = u64,
         Node = PeerNode,
@@ -42,11 +44,12 @@ pub struct PeerNode {
     pub identity: [u8; 32],
 }
 
-/// What applying one log entry produced: the mutation's outcome, or nothing
-/// for openraft's own entries (blank, membership).
+/// What applying one Raft log entry produced: each of its core-made entries' outcome (the
+/// outcomes are public; a core continues its sessions with the outcome it computed itself), or
+/// nothing for openraft's own entries (blank, membership).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
-    Mutation(Outcome),
+    Entries(Vec<Outcome>),
     Blank,
     Membership,
 }
@@ -74,6 +77,13 @@ pub enum ReplicationStoreError {
          to the fleet as a new member."
     )]
     RolledBack { part: &'static str, detail: String },
+    #[error(
+        "this data directory holds the log of an earlier release of bkv-hsm ({0}), whose \
+         entries the host could forge; this release applies only entries its cores made and \
+         cannot continue that fleet. Form a new fleet with this release and rotate to it \
+         (docs/operations.md, \"Upgrades\")"
+    )]
+    EarlierRelease(String),
     #[error("raft snapshot file: {0}")]
     SnapshotFile(String),
     #[error("vault records: {0}")]

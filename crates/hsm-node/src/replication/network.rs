@@ -11,9 +11,9 @@
 //! [`PIECE`] plaintext bytes; the plaintext is `bkv_wire::encode` of a
 //! [`PeerRequest`] or [`PeerResponse`], at most [`MAX_PEER_MESSAGE`] bytes.
 
-use super::{Applied, PeerNode, TypeConfig};
-use bkv_hsm_core::state::Mutation;
-use bkv_hsm_core::{NodeIdentity, SharedPlatform};
+use super::{PeerNode, TypeConfig};
+use bkv_hsm_core::state::Outcome;
+use bkv_hsm_core::{Entries, NodeIdentity, SharedPlatform};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -62,38 +62,28 @@ pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A follower forwards a client's mutation to the leader.
-    Propose(Mutation),
+    /// A follower forwards entries its core made, in the core's order, to the leader (one
+    /// batch at a time, so that they reach the log in that order).
+    Propose(Entries),
     /// A follower asks the leader for a linearizable read index.
     ReadIndex,
     /// A member without the fleet secrets (a new node) asks for them; the
     /// answer is encrypted to the identity key this link authenticated.
     FleetSecrets,
-    /// The leader asks which optional log-entry kinds a member decodes (appended last: a
-    /// member of an earlier release fails to decode it and drops the link, which the leader
-    /// reads as "none").
-    Features,
 }
-
-/// [`PeerResponse::Features`] bit: this member applies [`Mutation::Batch`] entries.
-pub const FEATURE_BATCH: u32 = 1;
-/// What this build decodes.
-pub const FEATURES: u32 = FEATURE_BATCH;
 
 #[derive(Serialize, Deserialize)]
 pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    /// The applied outcome and its log index, or why not.
-    Proposed(Result<(Applied, u64), ProposeError>),
+    /// The entries' applied outcomes and their log index, or why not.
+    Proposed(Result<(Vec<Outcome>, u64), ProposeError>),
     /// The index a read must wait for, or why not.
     ReadIndex(Result<Option<u64>, String>),
     /// The fleet secrets encrypted (by the core) to the asking node's
     /// identity key, or why the core refused.
     FleetSecrets(Result<Vec<u8>, String>),
-    /// The [`FEATURES`] bits of the answering member.
-    Features(u32),
 }
 
 /// Why a forwarded proposal has no outcome. Only [`ProposeError::NotLeader`]

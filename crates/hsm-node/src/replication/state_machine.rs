@@ -23,8 +23,8 @@ use crate::records::{InFlight, RecordTable, TableHost};
 use bkv_hsm_core::sealed_state::{
     read_summary, summary_position, NoBuckets, SealedState, MAX_SUMMARY,
 };
-use bkv_hsm_core::state::{Mutation, Outcome, State};
-use bkv_hsm_core::{Core, SharedPlatform};
+use bkv_hsm_core::state::{Outcome, State};
+use bkv_hsm_core::{Core, EntryKey, LogEntry, SharedPlatform};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
@@ -197,11 +197,12 @@ impl Durable {
     }
 }
 
-/// What the state machine applies mutations to.
+/// What the state machine applies entries to.
 pub trait Replica: Send + 'static {
-    /// Applies a committed mutation; an error (the record store failed or was tampered with)
-    /// stops the node.
-    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String>;
+    /// Applies a committed log entry (checking it first: a refused entry changes nothing and
+    /// says so in its outcome); an error (the record store failed or was tampered with) stops
+    /// the node.
+    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String>;
     /// The fleet part of the state (members, generations).
     fn state(&self) -> &State;
     /// The records and their store.
@@ -211,16 +212,25 @@ pub trait Replica: Send + 'static {
     fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
 }
 
-/// A bare state (tests of the replication layer): no keys, no secrets.
-impl Replica for SealedState {
-    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String> {
-        SealedState::apply(self, m).map_err(|e| e.to_string())
+/// A bare state (the replication layer's tests and benchmarks): no fleet secrets, an entry key
+/// given outright, and no membership check (`SealedState::admit_entry`).
+pub struct BareReplica {
+    pub state: SealedState,
+    pub key: EntryKey,
+}
+
+impl Replica for BareReplica {
+    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
+        match self.state.admit_entry(&self.key, e, |_, _| true) {
+            Ok(m) => SealedState::apply(&mut self.state, &m).map_err(|e| e.to_string()),
+            Err(r) => Ok(Outcome::Refused(r)),
+        }
     }
     fn state(&self) -> &State {
-        self.fleet()
+        self.state.fleet()
     }
     fn records(&mut self) -> &mut SealedState {
-        self
+        &mut self.state
     }
     fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
         Err("this replica holds no fleet secrets".into())
@@ -228,8 +238,8 @@ impl Replica for SealedState {
 }
 
 impl Replica for Core {
-    fn apply(&mut self, m: &Mutation) -> Result<Outcome, String> {
-        Core::apply(self, m).map_err(|e| e.to_string())
+    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
+        Core::apply(self, e).map_err(|e| e.to_string())
     }
     fn state(&self) -> &State {
         Core::state(self)
@@ -469,12 +479,16 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             position.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::Blank,
-                EntryPayload::Normal(m) => {
-                    let outcome = replica
-                        .apply(&m)
-                        .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
-                    self.metrics.applied(&outcome);
-                    Applied::Mutation(outcome)
+                EntryPayload::Normal(entries) => {
+                    let mut outcomes = Vec::with_capacity(entries.0.len());
+                    for entry in &entries.0 {
+                        let outcome = replica
+                            .apply(entry)
+                            .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
+                        self.metrics.applied(&outcome);
+                        outcomes.push(outcome);
+                    }
+                    Applied::Entries(outcomes)
                 }
                 EntryPayload::Membership(mem) => {
                     position.membership = StoredMembership::new(Some(e.log_id), mem);

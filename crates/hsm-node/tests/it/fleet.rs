@@ -4,9 +4,10 @@
 
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
 use bkv_hsm_core::SealedState;
-use bkv_hsm_core::{MemoryPlatform, NodeIdentity, SharedPlatform};
+use bkv_hsm_core::{EntryKey, LogEntry, MemoryPlatform, NodeIdentity, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest, PeerResponse};
+use bkv_hsm_node::replication::state_machine::BareReplica;
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 pub(crate) struct Member {
     pub(crate) fleet: Option<Fleet>,
-    pub(crate) state: Arc<Mutex<SealedState>>,
+    pub(crate) state: Arc<Mutex<BareReplica>>,
     pub(crate) dir: PathBuf,
     pub(crate) addr: String,
     pub(crate) identity: LinkIdentity,
@@ -51,12 +52,47 @@ pub(crate) fn new_member(root: &std::path::Path, i: u64) -> Member {
     }
 }
 
-/// A bare replica (no keys), empty as a new process's, sealing with the member's platform.
-pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<SealedState>> {
-    Arc::new(Mutex::new(SealedState::new(
-        identity.platform.clone(),
-        [7; 32],
-    )))
+/// The entry key of the tests' bare replicas (a real fleet's comes from its secrets).
+pub(crate) fn test_key() -> EntryKey {
+    EntryKey::from_bytes([5; 32], "test-fleet")
+}
+
+/// A bare replica (no fleet secrets), empty as a new process's, sealing with the member's
+/// platform.
+pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<BareReplica>> {
+    Arc::new(Mutex::new(BareReplica {
+        state: SealedState::new(identity.platform.clone(), [7; 32]),
+        key: test_key(),
+    }))
+}
+
+/// Proposes mutations as the member's core would: each sealed into the next entry of the
+/// member's identity, under the tests' entry key.
+pub(crate) trait ProposeMutation {
+    /// The entry the member's core would make for `m`, handed to the fleet in numbering order.
+    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::fleet::Submitted;
+    async fn propose_mutation(&self, m: Mutation) -> Result<Outcome, FleetError>;
+}
+
+/// Numbers entries across the test process (numbers only need to grow per proposer); the lock
+/// also keeps numbering and submitting together, as the core lock does in a node.
+static SEQ: Mutex<u64> = Mutex::new(0);
+
+pub(crate) fn sealed_entry(proposer: [u8; 32], m: &Mutation, seq: u64) -> LogEntry {
+    test_key().seal(proposer, seq, &mut rand::rngs::OsRng, m)
+}
+
+impl ProposeMutation for Fleet {
+    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::fleet::Submitted {
+        let mut seq = SEQ.lock().unwrap();
+        *seq += 1;
+        self.submit(sealed_entry(self.identity_key, m, *seq))
+    }
+
+    async fn propose_mutation(&self, m: Mutation) -> Result<Outcome, FleetError> {
+        let s = self.submit_mutation(&m);
+        self.wait(s).await
+    }
 }
 
 /// A new record's pending registration: an OPAQUE record and a wrapped key of these sizes,
@@ -77,7 +113,7 @@ pub(crate) fn pending(opaque_record: usize, wrapped_key: usize) -> Pending {
 pub(crate) async fn register(f: &Fleet) -> u64 {
     let pending = pending(8, 8);
     let stored = f
-        .propose(Mutation::StorePending {
+        .propose_mutation(Mutation::StorePending {
             record_id: RID,
             pending,
         })
@@ -85,7 +121,7 @@ pub(crate) async fn register(f: &Fleet) -> u64 {
         .unwrap();
     assert_eq!(stored, Outcome::Stored);
     match f
-        .propose(Mutation::Activate {
+        .propose_mutation(Mutation::Activate {
             record_id: RID,
             confirm_hash: [3; 32],
         })
@@ -164,8 +200,8 @@ pub(crate) async fn leader(members: &[Member]) -> u64 {
     panic!("no leader elected");
 }
 
-pub(crate) fn attempts(state: &Arc<Mutex<SealedState>>) -> Option<u32> {
-    match state.lock().unwrap().record(&RID).ok()??.live? {
+pub(crate) fn attempts(state: &Arc<Mutex<BareReplica>>) -> Option<u32> {
+    match state.lock().unwrap().state.record(&RID).ok()??.live? {
         Live::Active { attempts, .. } => Some(attempts),
         Live::Destroyed | Live::Moved { .. } => None,
     }
@@ -198,7 +234,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     for i in 0..9u32 {
         let m = members[(i % 3) as usize].fleet.as_ref().unwrap();
         let o = m
-            .propose(Mutation::CountGuess {
+            .propose_mutation(Mutation::CountGuess {
                 record_id: RID,
                 generation,
             })
@@ -230,7 +266,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
         .fleet
         .as_ref()
         .unwrap()
-        .propose(Mutation::CountGuess {
+        .propose_mutation(Mutation::CountGuess {
             record_id: RID,
             generation,
         })
@@ -291,7 +327,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
         .fleet
         .as_ref()
         .unwrap()
-        .propose(Mutation::CountGuess {
+        .propose_mutation(Mutation::CountGuess {
             record_id: RID,
             generation,
         })
@@ -405,7 +441,7 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
             .fleet
             .as_ref()
             .unwrap()
-            .propose(count.clone())
+            .propose_mutation(count.clone())
             .await;
         assert_eq!(
             o.unwrap(),
@@ -431,7 +467,7 @@ async fn a_member_cut_off_by_a_proxy_catches_up_after_the_cut_heals() {
         .fleet
         .as_ref()
         .unwrap()
-        .propose(count)
+        .propose_mutation(count)
         .await
         .unwrap();
     assert_eq!(
@@ -463,7 +499,7 @@ async fn store_concurrently(f: &Arc<Fleet>, leader: &Fleet, wave: u8, n: u8) -> 
             let mut record_id = [wave; 32];
             record_id[0] = i;
             let pending = pending(8, 8);
-            f.propose(Mutation::StorePending { record_id, pending })
+            f.propose_mutation(Mutation::StorePending { record_id, pending })
                 .await
         }));
     }
@@ -473,28 +509,16 @@ async fn store_concurrently(f: &Arc<Fleet>, leader: &Fleet, wave: u8, n: u8) -> 
     leader.raft.metrics().borrow().last_log_index.unwrap_or(0) - before
 }
 
-/// Group commit: concurrent proposals share log entries only once every member said it
-/// decodes batch entries (a member of an earlier release would not), each proposer still gets
-/// its own outcome, and every member applies the batches to the same state.
+/// Group commit: concurrent proposals share log entries, each proposer still gets its own
+/// outcome (none is refused as out of order: a node's entries reach the log in the order its
+/// core numbered them, forwarded or not), and every member applies the batches to the same
+/// state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() {
-    use std::sync::atomic::Ordering;
+async fn concurrent_proposals_share_entries_and_keep_each_proposers_order() {
     let t = tempfile::tempdir().unwrap();
-    let (mut members, proxies) = proxied_fleet(t.path()).await;
+    let (mut members, _proxies) = proxied_fleet(t.path()).await;
     let l = leader(&members).await as usize;
-    // A member that cannot be asked (here: cut off; in an upgrade: an earlier release that
-    // drops the link on the question) keeps the leader at one entry per mutation.
-    let cut = (l + 1) % 3;
-    proxies[cut].cut.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let lead = Arc::new(members[l].fleet.take().unwrap());
-    let entries = store_concurrently(&lead, &lead, 1, 24).await;
-    assert!(
-        entries >= 24,
-        "{entries} entries for 24 mutations before every member answered"
-    );
-    // Once it answers, concurrent proposals share entries.
-    proxies[cut].cut.store(false, Ordering::SeqCst);
     let mut shared = false;
     for wave in 2..40u8 {
         let entries = store_concurrently(&lead, &lead, wave, 24).await;
@@ -505,8 +529,8 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(shared, "concurrent proposals never shared an entry");
-    // Proposals a follower forwards travel on several links at once, so they share entries
-    // too (over one link per peer each waited for the one before it to commit).
+    // A follower forwards what queued up while its previous batch committed as one batch, so
+    // its proposals share entries too.
     let follower = Arc::new(members[(l + 2) % 3].fleet.take().unwrap());
     let mut forwarded_shared = false;
     for wave in 40..80u8 {
@@ -519,20 +543,30 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
         forwarded_shared,
         "proposals forwarded by a follower never shared an entry"
     );
-    // Only the leader's gatherer forms batches: a proposed one is refused, nothing appended.
-    let before = lead.raft.metrics().borrow().last_log_index;
-    let forged = lead.propose(Mutation::Batch(vec![])).await;
-    assert!(
-        matches!(forged, Err(FleetError::Unavailable(_))),
-        "{forged:?}"
+    // An entry made under another key (not by a core of this fleet) is refused by every
+    // replica and changes nothing; so is a batch mutation inside an entry.
+    let forged = bkv_hsm_core::EntryKey::from_bytes([6; 32], "test-fleet").seal(
+        lead.identity_key,
+        u64::MAX / 4,
+        &mut rand::rngs::OsRng,
+        &Mutation::Batch(vec![]),
     );
-    assert_eq!(lead.raft.metrics().borrow().last_log_index, before);
+    assert_eq!(
+        lead.propose(forged).await.unwrap(),
+        Outcome::Refused(bkv_hsm_core::Refusal::Forged)
+    );
+    assert_eq!(
+        lead.propose_mutation(Mutation::Batch(vec![]))
+            .await
+            .unwrap(),
+        Outcome::NotBatchable
+    );
     // Every member, the one that was cut off included, applied the same state.
     let want = lead_state(&members, l);
     for (i, m) in members.iter().enumerate() {
         let mut same = false;
         for _ in 0..200 {
-            if m.state.lock().unwrap().export().unwrap() == want {
+            if m.state.lock().unwrap().state.export().unwrap() == want {
                 same = true;
                 break;
             }
@@ -546,7 +580,7 @@ async fn concurrent_proposals_share_entries_once_every_member_decodes_batches() 
 
 /// A member's whole state, every record included.
 fn whole_state(members: &[Member], i: usize) -> State {
-    members[i].state.lock().unwrap().export().unwrap()
+    members[i].state.lock().unwrap().state.export().unwrap()
 }
 
 fn lead_state(members: &[Member], l: usize) -> State {
@@ -574,7 +608,7 @@ async fn a_restarted_node_counts_the_log_it_found_towards_its_next_snapshot() {
     for n in 0..40u32 {
         let mut record_id = [0u8; 32];
         record_id[..4].copy_from_slice(&n.to_be_bytes());
-        let stored = f.propose(Mutation::StorePending {
+        let stored = f.propose_mutation(Mutation::StorePending {
             record_id,
             pending: pending(60_000, 80),
         });
@@ -624,11 +658,11 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
                 record_id[..4].copy_from_slice(&n.to_be_bytes());
                 let pending = pending(192, 80);
                 let o = lead
-                    .propose(Mutation::StorePending { record_id, pending })
+                    .propose_mutation(Mutation::StorePending { record_id, pending })
                     .await;
                 assert_eq!(o.unwrap(), Outcome::Stored);
                 let o = lead
-                    .propose(Mutation::Activate {
+                    .propose_mutation(Mutation::Activate {
                         record_id,
                         confirm_hash: [3; 32],
                     })
@@ -761,7 +795,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
         let mut record_id = [0u8; 32];
         record_id[..4].copy_from_slice(&n.to_be_bytes());
         let generation = newcomer.records[&record_id].generation;
-        let o = lead.propose(Mutation::CountGuess {
+        let o = lead.propose_mutation(Mutation::CountGuess {
             record_id,
             generation,
         });

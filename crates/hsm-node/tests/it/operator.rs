@@ -3,6 +3,7 @@
 
 use crate::fleet::*;
 use bkv_hsm_core::state::{Mutation, Outcome};
+use bkv_hsm_core::Entries;
 use bkv_hsm_node::replication::network::{Link, PeerRequest, PeerResponse};
 use bkv_hsm_node::replication::PeerNode;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +30,7 @@ async fn a_removed_member_cannot_propose_over_a_link_it_opened_before() {
     let lf = members[l].fleet.as_ref().unwrap();
     let generation = register(lf).await;
     for _ in 0..3 {
-        lf.propose(Mutation::CountGuess {
+        lf.propose_mutation(Mutation::CountGuess {
             record_id: RID,
             generation,
         })
@@ -67,10 +68,15 @@ async fn a_removed_member_cannot_propose_over_a_link_it_opened_before() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The link it kept carries nothing any more.
-    let reset = PeerRequest::Propose(Mutation::ResetGuesses {
-        record_id: RID,
-        generation,
-    });
+    // An entry its own core made (the test numbers it well past anything proposed so far).
+    let reset = PeerRequest::Propose(Entries(vec![sealed_entry(
+        members[removed].identity.public(),
+        &Mutation::ResetGuesses {
+            record_id: RID,
+            generation,
+        },
+        u64::MAX / 2,
+    )]));
     let r = link.call(&reset).await;
     assert!(
         !matches!(r, Ok(PeerResponse::Proposed(Ok(_)))),
@@ -91,7 +97,7 @@ async fn a_removed_member_cannot_propose_over_a_link_it_opened_before() {
     assert_eq!(attempts(&members[l].state), Some(3));
     // The honest majority keeps counting.
     let o = lf
-        .propose(Mutation::CountGuess {
+        .propose_mutation(Mutation::CountGuess {
             record_id: RID,
             generation,
         })

@@ -4,6 +4,7 @@
 
 use bkv_hsm_core::{MemoryPlatform, SealedState};
 use bkv_hsm_node::replication::log_store::LogStore;
+use bkv_hsm_node::replication::state_machine::BareReplica;
 use bkv_hsm_node::replication::state_machine::StateMachine;
 use bkv_hsm_node::replication::TypeConfig;
 use openraft::testing::{StoreBuilder, Suite};
@@ -12,10 +13,10 @@ use std::sync::{Arc, Mutex};
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine<SealedState>, tempfile::TempDir> for Builder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine<BareReplica>, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine<SealedState>), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine<BareReplica>), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let platform = MemoryPlatform::shared([7u8; 32]);
         let log =
@@ -23,7 +24,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<SealedState>, tempfile::Tem
         let sm = StateMachine::open(
             dir.path(),
             platform.clone(),
-            Arc::new(Mutex::new(SealedState::new(platform, [7; 32]))),
+            Arc::new(Mutex::new(BareReplica {
+                state: SealedState::new(platform, [7; 32]),
+                key: crate::fleet::test_key(),
+            })),
             Default::default(),
         )
         .expect("state machine");

@@ -4,11 +4,12 @@
 //! outside the data directory with the software platform. Each transplant is refused at start,
 //! naming what is rolled back, on both platforms.
 
-use crate::fleet::{pending, RID};
+use crate::fleet::{pending, test_key, ProposeMutation, RID};
 use bkv_hsm_core::state::{Live, Mutation, Outcome};
 use bkv_hsm_core::{NodeIdentity, SealedState, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_node::replication::network::LinkIdentity;
+use bkv_hsm_node::replication::state_machine::BareReplica;
 use bkv_hsm_node::replication::PeerNode;
 use bkv_hsm_platform::PlatformConfig;
 use redb::{ReadableTable, TableDefinition};
@@ -40,12 +41,12 @@ impl Node {
         }
     }
 
-    async fn start(&self, dir: &Path) -> Result<(Fleet, Arc<Mutex<SealedState>>), FleetError> {
+    async fn start(&self, dir: &Path) -> Result<(Fleet, Arc<Mutex<BareReplica>>), FleetError> {
         std::fs::create_dir_all(dir).unwrap();
-        let state = Arc::new(Mutex::new(SealedState::new(
-            self.identity.platform.clone(),
-            [7; 32],
-        )));
+        let state = Arc::new(Mutex::new(BareReplica {
+            state: SealedState::new(self.identity.platform.clone(), [7; 32]),
+            key: test_key(),
+        }));
         let mut listener = tokio::net::TcpListener::bind(&self.addr).await;
         for _ in 0..50 {
             if listener.is_ok() {
@@ -83,8 +84,8 @@ impl Node {
     }
 }
 
-fn attempts(state: &Arc<Mutex<SealedState>>) -> Option<u32> {
-    match state.lock().unwrap().record(&RID).ok()??.live? {
+fn attempts(state: &Arc<Mutex<BareReplica>>) -> Option<u32> {
+    match state.lock().unwrap().state.record(&RID).ok()??.live? {
         Live::Active { attempts, .. } => Some(attempts),
         _ => None,
     }
@@ -92,7 +93,7 @@ fn attempts(state: &Arc<Mutex<SealedState>>) -> Option<u32> {
 
 async fn guess(f: &Fleet, generation: u64) {
     let o = f
-        .propose(Mutation::CountGuess {
+        .propose_mutation(Mutation::CountGuess {
             record_id: RID,
             generation,
         })
@@ -102,12 +103,13 @@ async fn guess(f: &Fleet, generation: u64) {
 }
 
 /// Stops the node and lets go of its record table (redb admits one open database per file).
-async fn stop(f: Fleet, state: Arc<Mutex<SealedState>>) {
+async fn stop(f: Fleet, state: Arc<Mutex<BareReplica>>) {
     f.raft.shutdown().await.unwrap();
     drop(f);
     state
         .lock()
         .unwrap()
+        .state
         .restore(Box::new(bkv_hsm_core::sealed_state::NoBuckets), None)
         .unwrap();
     drop(state);
@@ -138,7 +140,7 @@ async fn transplants_are_refused(platform: SharedPlatform) {
     // Two guesses counted, then a copy (the node stopped, as an operator copying files would).
     let (f, state) = node.start(&live).await.unwrap();
     let stored = f
-        .propose(Mutation::StorePending {
+        .propose_mutation(Mutation::StorePending {
             record_id: RID,
             pending: pending(8, 8),
         })
@@ -146,7 +148,7 @@ async fn transplants_are_refused(platform: SharedPlatform) {
         .unwrap();
     assert_eq!(stored, Outcome::Stored);
     let Outcome::Activated { generation } = f
-        .propose(Mutation::Activate {
+        .propose_mutation(Mutation::Activate {
             record_id: RID,
             confirm_hash: [3; 32],
         })
@@ -172,7 +174,7 @@ async fn transplants_are_refused(platform: SharedPlatform) {
     let new = t.path().join("new");
     copy(&live, &new);
 
-    async fn refused(r: Result<(Fleet, Arc<Mutex<SealedState>>), FleetError>, part: &str) {
+    async fn refused(r: Result<(Fleet, Arc<Mutex<BareReplica>>), FleetError>, part: &str) {
         match r {
             Ok((f, s)) => {
                 let a = attempts(&s);

@@ -3,10 +3,9 @@
 //! "Replication"; why: the parent module's comment).
 
 use super::MAX_ENTRY;
-use crate::replication::{db_err, ReplicationStoreError};
+use crate::replication::ReplicationStoreError;
 use bkv_hsm_core::SharedPlatform;
 use openraft::{LogId, Vote};
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -36,7 +35,7 @@ pub(super) fn chain_anchor(id: &LogId<u64>) -> Hash {
 
 /// The sealed `raft-state` value (docs/formats.md "Replication").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct RaftStateV2 {
+pub(super) struct RaftState {
     pub(super) version: u16,
     /// Counts this node's durable writes; the platform counter follows it.
     pub(super) epoch: u64,
@@ -56,7 +55,7 @@ pub(super) struct RaftStateV2 {
 /// What the store keeps in memory: the state as last written and the chain value of every
 /// stored entry.
 pub(super) struct Persisted {
-    pub(super) state: RaftStateV2,
+    pub(super) state: RaftState,
     pub(super) chain: BTreeMap<u64, Hash>,
 }
 
@@ -117,22 +116,5 @@ pub(super) fn log_behind(detail: String) -> ReplicationStoreError {
     ReplicationStoreError::RolledBack {
         part: "raft log",
         detail,
-    }
-}
-
-/// An earlier release's META value (sealed under its own name as slot and label).
-pub(super) fn legacy_meta<T: serde::de::DeserializeOwned>(
-    platform: &SharedPlatform,
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-    name: &'static str,
-) -> Result<Option<T>, ReplicationStoreError> {
-    match meta.get(name).map_err(db_err)? {
-        Some(v) => Ok(Some(open_value(
-            platform,
-            name,
-            name.as_bytes(),
-            v.value(),
-        )?)),
-        None => Ok(None),
     }
 }

@@ -44,11 +44,11 @@ async fn an_untied_log_purges_at_once() {
     assert_eq!(purged(&mut log).await, Some(2));
 }
 
-/// A log of an earlier release (a bare sealed `raft-epoch` number, vote, committed and
-/// purged values of their own) is read once, bound to the counter in `raft-state`, and
-/// reopens as the new format; behind the counter it is refused as before.
+/// A log of an earlier release (a bare sealed `raft-epoch` number and values of their own, or
+/// raft state version 2), whose entries carried plain mutations, is refused with a clear error
+/// that says how to upgrade.
 #[tokio::test]
-async fn an_earlier_releases_log_is_read_and_bound_to_the_counter() {
+async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("raft.redb");
     let platform = MemoryPlatform::shared([7u8; 32]);
@@ -86,42 +86,26 @@ async fn an_earlier_releases_log_is_read_and_bound_to_the_counter() {
         tx.commit().expect("commit");
     }
     platform.counter_advance_to(3).expect("counter");
+    // Its entries carried plain mutations the host could forge: this release does not continue
+    // that log (a fleet upgrades by rotation), and says so.
+    assert!(matches!(
+        LogStore::open(&path, platform.clone()),
+        Err(ReplicationStoreError::EarlierRelease(_))
+    ));
+    // Nor the release before (raft state version 2).
+    let v2 = dir.path().join("v2.redb");
     {
-        let mut log = LogStore::open(&path, platform.clone()).expect("legacy log opens");
-        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 0)));
-        let state = log.get_log_state().await.expect("state");
-        assert_eq!(state.last_log_id, Some(LogId::new(leader, 3)));
-    }
-    assert_eq!(platform.counter_read().expect("counter"), 4);
-    let db = Database::open(&path).expect("db");
-    {
-        let tx = db.begin_read().expect("tx");
-        let meta = tx.open_table(META).expect("meta");
-        assert!(meta.get(STATE_KEY).expect("get").is_some());
-        assert!(meta.get("raft-epoch").expect("get").is_none());
-    }
-    drop(db);
-    let mut log = LogStore::open(&path, platform.clone()).expect("reopens");
-    assert_eq!(
-        log.get_log_state().await.expect("state").last_log_id,
-        Some(LogId::new(leader, 3))
-    );
-    drop(log);
-    // An earlier release's log behind the counter is still a rollback.
-    let other = dir.path().join("behind.redb");
-    {
-        let db = Database::create(&other).expect("db");
+        let db = Database::create(&v2).expect("db");
         let tx = db.begin_write().expect("tx");
         {
             let mut meta = tx.open_table(META).expect("meta");
-            let sealed = seal_value(&platform, "raft-epoch", b"raft-epoch", &2u64).expect("seal");
-            meta.insert("raft-epoch", sealed.as_slice())
-                .expect("insert");
+            let sealed = seal_value(&platform, STATE_KEY, STATE_LABEL_V2, &RaftState::default())
+                .expect("seal");
+            meta.insert(STATE_KEY, sealed.as_slice()).expect("insert");
         }
         tx.commit().expect("commit");
     }
-    assert!(matches!(
-        LogStore::open(&other, platform),
-        Err(ReplicationStoreError::Rollback { .. })
-    ));
+    let e = LogStore::open(&v2, platform).err().expect("refused");
+    assert!(matches!(e, ReplicationStoreError::EarlierRelease(_)), "{e}");
+    assert!(e.to_string().contains("rotate"), "{e}");
 }

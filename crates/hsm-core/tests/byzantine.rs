@@ -1,0 +1,206 @@
+//! The host is untrusted for integrity (issue 28): whatever entries it hands a core — forged,
+//! replayed, reordered, of another fleet — the core refuses them the same way every core does,
+//! no counter moves down, and a session continues only with the outcome the core itself
+//! computed. (A removed member's entries: `members::tests` in the crate.)
+
+mod support;
+use support::*;
+
+use bkv_hsm_core::{
+    Core, EntryKey, FleetSecrets, FleetTrust, LogEntry, MemoryPlatform, NodeIdentity, Outcome,
+    Refusal, State, Step,
+};
+use bkv_wire::node::NodeError;
+use bkv_wire::vault::{VaultError, VaultRequest, VaultResponse};
+use opaque_ke::ClientLogin;
+use rand::rngs::OsRng;
+use std::sync::Arc;
+
+/// `LoginStart` with `pw` in session `s`, stopped where the core asks for the guess to be
+/// committed: the entry it made, not yet applied.
+fn login_start_entry(c: &mut Core, s: &mut Client, pw: &str) -> (LogEntry, Vec<u8>) {
+    let start = ClientLogin::<bkv_wire::OpaqueSuite>::start(&mut OsRng, pw.as_bytes()).unwrap();
+    let ct = s.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    assert!(matches!(
+        c.session_message(&s.sid, &s.user, &ct),
+        Ok(Step::ReadFresh)
+    ));
+    let Ok(Step::Commit(e)) = c.resume_fresh(&s.sid, &ct) else {
+        panic!("expected the guess to be committed first")
+    };
+    (e, ct)
+}
+
+/// A forged entry, or one of another fleet, is refused and changes nothing but the chain.
+#[test]
+fn entries_not_made_by_a_core_of_this_fleet_are_refused() {
+    let mut c = core();
+    open(&mut c, "ann").register(&mut c, "right", 5).unwrap();
+    let rid = bkv_wire::record_id("ann");
+    let generation = c.records().record(&rid).unwrap().unwrap().generation;
+    let reset = bkv_hsm_core::Mutation::ResetGuesses {
+        record_id: rid,
+        generation,
+    };
+    assert!(open(&mut c, "ann").login(&mut c, "wrong").is_err());
+    assert_eq!(attempts(&mut c, "ann"), 1);
+    // Made up by a host: any key but the fleet's.
+    let forged = EntryKey::from_bytes([1; 32], c.fleet_id()).seal([2; 32], 1, &mut OsRng, &reset);
+    assert_eq!(c.apply(&forged).unwrap(), Outcome::Refused(Refusal::Forged));
+    // Made by a core of another fleet.
+    let mut other = core_on(Arc::new(MemoryPlatform::new([3; 32])));
+    let theirs = other.entry_for_tests(&reset);
+    assert_eq!(c.apply(&theirs).unwrap(), Outcome::Refused(Refusal::Forged));
+    // Made by this fleet's core and changed on the way (its proposer, number or bytes).
+    let mine = c.entry_for_tests(&reset);
+    for change in [
+        |e: &mut LogEntry| e.seq += 1,
+        |e: &mut LogEntry| e.proposer = [9; 32],
+        |e: &mut LogEntry| e.sealed[3] ^= 0x40,
+    ] {
+        let mut e = mine.clone();
+        change(&mut e);
+        assert_eq!(c.apply(&e).unwrap(), Outcome::Refused(Refusal::Forged));
+    }
+    assert_eq!(attempts(&mut c, "ann"), 1);
+}
+
+/// Issue 28's replay: the host keeps the `ResetGuesses` a right password made, lets an attacker
+/// guess, and hands the old entry in again. Refused: the counter stays where the guesses put it.
+#[test]
+fn a_replayed_reset_is_refused_and_the_count_stands() {
+    let mut c = core();
+    open(&mut c, "bo").register(&mut c, "right", 10).unwrap();
+    assert!(open(&mut c, "bo").login(&mut c, "wrong").is_err());
+    // The owner logs in: the host keeps the entry that resets the count.
+    let mut s = open(&mut c, "bo");
+    let (cr, state) = s.login_start(&mut c, "right").unwrap();
+    let finish = s.finish_message("right", &cr, state);
+    let Ok(Step::Commit(reset)) = c.session_message(&s.sid, "bo", &finish) else {
+        panic!("expected the reset to be committed")
+    };
+    assert_eq!(c.apply(&reset).unwrap(), Outcome::Reset);
+    let Ok(Step::Reply(r)) = c.resume(&s.sid) else {
+        panic!("expected the login's reply")
+    };
+    assert!(matches!(s.open_reply(&r), VaultResponse::LoginOk { .. }));
+    // Someone guesses three times.
+    for _ in 0..3 {
+        assert!(open(&mut c, "bo").login(&mut c, "guess").is_err());
+    }
+    assert_eq!(attempts(&mut c, "bo"), 3);
+    // The old reset again, as it was.
+    assert!(matches!(
+        c.apply(&reset).unwrap(),
+        Outcome::Refused(Refusal::OutOfOrder { .. })
+    ));
+    assert_eq!(attempts(&mut c, "bo"), 3);
+}
+
+/// Two entries the core made, applied in the other order: the one now out of order is refused
+/// on every core alike, its session is told (no answer without a counted guess), the other
+/// goes through.
+#[test]
+fn reordered_entries_are_refused_and_their_sessions_told() {
+    let mut c = core();
+    open(&mut c, "cy").register(&mut c, "right", 10).unwrap();
+    let (mut s1, mut s2) = (open(&mut c, "cy"), open(&mut c, "cy"));
+    let (first, _) = login_start_entry(&mut c, &mut s1, "a");
+    let (second, _) = login_start_entry(&mut c, &mut s2, "b");
+    assert!(second.seq > first.seq);
+    assert!(matches!(
+        c.apply(&second).unwrap(),
+        Outcome::Counted { attempts: 1, .. }
+    ));
+    assert!(matches!(
+        c.apply(&first).unwrap(),
+        Outcome::Refused(Refusal::OutOfOrder { .. })
+    ));
+    let Ok(Step::Reply(r1)) = c.resume(&s1.sid) else {
+        panic!("the refused entry's session is answered")
+    };
+    assert_eq!(
+        s1.open_reply(&r1),
+        VaultResponse::Error(VaultError::Conflict)
+    );
+    let Ok(Step::Reply(r2)) = c.resume(&s2.sid) else {
+        panic!("the applied entry's session goes on")
+    };
+    assert!(matches!(
+        s2.open_reply(&r2),
+        VaultResponse::LoginStarted { .. }
+    ));
+    assert_eq!(attempts(&mut c, "cy"), 1);
+}
+
+/// The host cannot make a session go on before (or without) its entry applying: there is no
+/// outcome to hand in, and resuming early changes nothing.
+#[test]
+fn a_session_goes_on_only_with_the_outcome_its_core_computed() {
+    let mut c = core();
+    open(&mut c, "di").register(&mut c, "right", 10).unwrap();
+    let mut other = open(&mut c, "di");
+    let (e2, _) = login_start_entry(&mut c, &mut other, "x");
+    let mut s = open(&mut c, "di");
+    let (e, _) = login_start_entry(&mut c, &mut s, "guess");
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::InProgress));
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::InProgress));
+    assert_eq!(attempts(&mut c, "di"), 0);
+    // An entry of another session applied meanwhile does not answer this one.
+    assert!(matches!(c.apply(&e2).unwrap(), Outcome::Counted { .. }));
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::InProgress));
+    assert!(matches!(c.apply(&e).unwrap(), Outcome::Counted { .. }));
+    assert!(matches!(c.resume(&s.sid), Ok(Step::Reply(_))));
+    assert!(matches!(c.resume(&other.sid), Ok(Step::Reply(_))));
+    assert_eq!(attempts(&mut c, "di"), 2);
+}
+
+/// Entries of one core apply on every replica of the fleet, in the core's order; a core's own
+/// numbers restart above what it made before a restart.
+#[test]
+fn replicas_apply_each_others_entries_in_order_and_numbers_survive_a_restart() {
+    let p = Arc::new(MemoryPlatform::new([4; 32]));
+    let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
+    let sealed = secrets.seal(&*p).unwrap();
+    let (ia, ib) = (
+        NodeIdentity::generate(&*p).unwrap(),
+        NodeIdentity::generate(&*p).unwrap(),
+    );
+    let mut a = Core::new(p.clone(), secrets, &ia, State::default()).unwrap();
+    let mut b = Core::new(
+        p.clone(),
+        FleetSecrets::unseal(&*p, &sealed).unwrap(),
+        &ib,
+        State::default(),
+    )
+    .unwrap();
+    let m = |n: u8| bkv_hsm_core::Mutation::CountRegisterStart {
+        record_id: [n; 32],
+        day: 0,
+    };
+    let (a1, b1, a2) = (
+        a.entry_for_tests(&m(1)),
+        b.entry_for_tests(&m(2)),
+        a.entry_for_tests(&m(3)),
+    );
+    for core in [&mut a, &mut b] {
+        for e in [&a1, &b1, &a2] {
+            assert_eq!(core.apply(e).unwrap(), Outcome::RegisterStartCounted);
+        }
+    }
+    assert_eq!(a.state().chain, b.state().chain);
+    // Core a restarts from its state: its next entry still comes after the ones it made.
+    let state = a.records().export().unwrap();
+    let mut a = Core::new(
+        p.clone(),
+        FleetSecrets::unseal(&*p, &sealed).unwrap(),
+        &ia,
+        state,
+    )
+    .unwrap();
+    let a3 = a.entry_for_tests(&m(4));
+    assert!(a3.seq > a2.seq);
+    assert_eq!(b.apply(&a3).unwrap(), Outcome::RegisterStartCounted);
+}
