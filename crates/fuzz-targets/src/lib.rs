@@ -665,9 +665,22 @@ pub fn node_storage(data: &[u8]) {
     let mut input = Input(data);
     let selector = input.u8();
     let rest = input.rest();
-    match selector % 10 {
+    match selector % 12 {
         0 => {
             let _ = State::decode(rest, 1 << 20);
+        }
+        // A log entry as a core opens it (issue 28), with the fleet's key and with another.
+        10 => {
+            if let Ok(e) = bkv_hsm_core::LogEntry::decode(rest) {
+                for k in [[5u8; 32], [6; 32]] {
+                    let _ = bkv_hsm_core::EntryKey::from_bytes(k, "fleet").open(&e);
+                }
+            }
+        }
+        // A snapshot stream's header as a receiving core opens it.
+        11 => {
+            let _ =
+                bkv_hsm_core::snapshot::SnapshotKey::from_bytes([5; 32], "fleet").open_header(rest);
         }
         // A bucket's plain encoding (2, or 1 of an earlier release), as a snapshot carries it.
         7 => {

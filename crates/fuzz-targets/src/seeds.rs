@@ -466,8 +466,15 @@ fn node_storage() -> Vec<Vec<u8>> {
     };
     let mut with_state = framed(0, &state.encode());
     with_state.extend_from_slice(&bkv_wire::encode(&count));
+    let entry = bkv_hsm_core::EntryKey::from_bytes([5; 32], "fleet").seal(
+        [4; 32],
+        9,
+        &mut rand_core::OsRng,
+        &count,
+    );
     vec![
         framed(0, &State::default().encode()),
+        framed(10, &bkv_wire::encode(&entry)),
         with_state,
         framed(1, &bkv_wire::encode(&store)),
         framed(1, &bkv_wire::encode(&count)),

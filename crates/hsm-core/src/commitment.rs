@@ -12,18 +12,24 @@
 //! key is per fleet, so nobody can aim many ids at one bucket). A bucket's records are encoded
 //! together ([`Bucket`]: `bkv_wire` encoding of the `(id, Record)` list in increasing id order)
 //! and sealed as one value, bound to the bucket's number (slot [`BUCKET_SLOT`], label the bucket
-//! as u16 BE). The leaves of a complete binary Merkle tree are the buckets' sealed values:
+//! as u16 BE). The leaves of a complete binary Merkle tree are the buckets' plain encodings
+//! (commitment version 2):
 //!
 //! ```text
-//! leaf  = SHA-256(0x00 || "bkv/bucket/v1\0" || bucket u16 BE || present u8 || sealed value)
+//! leaf  = SHA-256(0x00 || "bkv/bucket/v2\0" || bucket u16 BE || present u8 || bucket encoding)
 //!         (present = 0 and no value for an empty bucket, which the host stores nothing for)
 //! inner = SHA-256(0x01 || left || right)
 //! ```
 //!
 //! The core holds the whole tree (`2 × 2^16` hashes, 4 MiB, whatever the user count) and updates
-//! a path of 16 nodes per change. Every seal draws a fresh nonce, so every version of a bucket
-//! has its own leaf: an older copy, a missing bucket or another bucket's value does not hash to
-//! the leaf and is refused before it is unsealed.
+//! a path of 16 nodes per change. A bucket the host hands back is unsealed (which only this
+//! node's platform can, for this bucket's number) and its contents must hash to the committed
+//! leaf: an older copy, a missing bucket or another bucket's value is refused before it is
+//! decoded. The leaves cover contents, not sealed bytes, so the root names the records alone:
+//! every member holding the same records has the same root, and a snapshot received from
+//! another member is checked against the root the sender's core authenticated
+//! (`crate::snapshot`). (Version 1 hashed the sealed values: an older copy with the very same
+//! contents now opens, which changes nothing.)
 //!
 //! Why a sealed value per bucket rather than per record (measured, BENCHMARKS.md "Records on
 //! disk"): at 10⁶ records redb needed 590–703 B of pages per per-record value (the file
@@ -49,7 +55,7 @@ pub const MAX_BUCKET_BYTES: usize = MAX_BUCKET_RECORDS * 1280;
 /// The platform slot a bucket's sealed value is bound to (its label is the bucket number).
 pub const BUCKET_SLOT: &str = "vault-bucket";
 
-const LEAF_TAG: &[u8] = b"bkv/bucket/v1\0";
+const LEAF_TAG: &[u8] = b"bkv/bucket/v2\0";
 const BUCKET_OF_TAG: &[u8] = b"bkv/bucket-of/v1\0";
 
 pub type Hash = [u8; 32];
@@ -148,7 +154,7 @@ impl Bucket {
     }
 }
 
-/// The commitment: a fixed-size Merkle tree over the buckets' sealed values (module docs).
+/// The commitment: a fixed-size Merkle tree over the buckets' contents (module docs).
 #[derive(Clone)]
 pub struct RecordCommitment {
     /// Keys the bucket placement; wiped when dropped (derived from fleet secrets once wired).
@@ -220,39 +226,44 @@ impl RecordCommitment {
         (u32::from(u16::from_be_bytes([d[0], d[1]])) >> (16 - self.bits)) as u16
     }
 
-    /// Checks that `sealed` is bucket `b`'s current sealed value (`None`: the bucket is empty).
-    pub fn verify(&self, b: u16, sealed: Option<&[u8]>) -> Result<(), CommitmentError> {
-        let committed = self
-            .nodes
+    /// The committed leaf of bucket `b`.
+    fn committed(&self, b: u16) -> Result<&Hash, CommitmentError> {
+        self.nodes
             .get(self.leaf_index(b)?)
-            .ok_or(CommitmentError::NoSuchBucket(b))?;
-        if bool::from(leaf(b, sealed).ct_eq(committed)) {
+            .ok_or(CommitmentError::NoSuchBucket(b))
+    }
+
+    /// Checks that `plain` (`None`: the bucket is empty) is bucket `b`'s committed contents.
+    pub fn verify_plain(&self, b: u16, plain: Option<&[u8]>) -> Result<(), CommitmentError> {
+        if bool::from(leaf(b, plain).ct_eq(self.committed(b)?)) {
             Ok(())
         } else {
             Err(CommitmentError::Stale(b))
         }
     }
 
-    /// Opens bucket `b` as the host read it: checked against the commitment first, then
-    /// unsealed and decoded, and every record in it must belong to `b`.
+    /// Opens bucket `b` as the host read it: unsealed (bound to `b`), checked against the
+    /// commitment, then decoded, and every record in it must belong to `b`.
     pub fn open(
         &self,
         p: &dyn Platform,
         b: u16,
         sealed: Option<&[u8]>,
     ) -> Result<Bucket, CommitmentError> {
-        self.verify(b, sealed)?;
         let Some(sealed) = sealed else {
+            self.verify_plain(b, None)?;
             return Ok(Bucket::default());
         };
-        let bucket = unseal_bucket(p, b, sealed)?;
+        let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
+        self.verify_plain(b, Some(&plain))?;
+        let bucket = Bucket::decode(&plain)?;
         self.check(b, &bucket)
             .map_err(|e| CommitmentError::Malformed(e.to_string()))?;
         Ok(bucket)
     }
 
     /// Seals `bucket` as bucket `b`'s new value and commits to it, replacing `old` (which must be
-    /// the current value, as [`Self::verify`] checks). Returns what the host stores (`None`: the
+    /// the current value, as [`Self::open`] checks). Returns what the host stores (`None`: the
     /// bucket is empty, store nothing). Nothing changes on an error.
     pub fn update(
         &mut self,
@@ -261,7 +272,7 @@ impl RecordCommitment {
         old: Option<&[u8]>,
         bucket: &Bucket,
     ) -> Result<Option<Vec<u8>>, CommitmentError> {
-        self.verify(b, old)?;
+        self.open(p, b, old)?;
         self.reseal(p, b, bucket)
     }
 
@@ -276,19 +287,19 @@ impl RecordCommitment {
     ) -> Result<Option<Vec<u8>>, CommitmentError> {
         let i = self.leaf_index(b)?;
         self.check(b, bucket)?;
-        let sealed = if bucket.is_empty() {
-            None
-        } else {
-            let plain = zeroize::Zeroizing::new(bucket.encode());
-            // What `open` would refuse is never committed to (the table would refuse it too,
-            // after the commitment had moved on, leaving the bucket's users unreadable).
-            if plain.len() > MAX_BUCKET_BYTES {
-                return Err(CommitmentError::BucketFull(b));
-            }
-            Some(p.seal(BUCKET_SLOT, &b.to_be_bytes(), &plain)?)
-        };
-        self.set_leaf(i, leaf(b, sealed.as_deref()));
-        Ok(sealed)
+        if bucket.is_empty() {
+            self.set_leaf(i, leaf(b, None));
+            return Ok(None);
+        }
+        let plain = zeroize::Zeroizing::new(bucket.encode());
+        // What `open` would refuse is never committed to (the table would refuse it too,
+        // after the commitment had moved on, leaving the bucket's users unreadable).
+        if plain.len() > MAX_BUCKET_BYTES {
+            return Err(CommitmentError::BucketFull(b));
+        }
+        let sealed = p.seal(BUCKET_SLOT, &b.to_be_bytes(), &plain)?;
+        self.set_leaf(i, leaf(b, Some(&plain)));
+        Ok(Some(sealed))
     }
 
     /// What every bucket must be, on the way in (`update`) and out (`open`): at most
@@ -309,14 +320,20 @@ impl RecordCommitment {
     }
 
     /// Loads one bucket's stored value into a commitment being rebuilt (a restart reading its
-    /// store, one bucket at a time); the caller then compares [`Self::root`] with the root it
-    /// sealed. A bucket loaded twice is refused.
-    pub fn load(&mut self, b: u16, sealed: &[u8]) -> Result<(), CommitmentError> {
+    /// store, one bucket at a time): unsealed, its contents hashed; the caller then compares
+    /// [`Self::root`] with the root it sealed. A bucket loaded twice is refused.
+    pub fn load(&mut self, p: &dyn Platform, b: u16, sealed: &[u8]) -> Result<(), CommitmentError> {
+        let plain = p.unseal(BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
+        self.load_plain(b, &plain)
+    }
+
+    /// [`Self::load`] for contents already in the clear.
+    pub fn load_plain(&mut self, b: u16, plain: &[u8]) -> Result<(), CommitmentError> {
         let i = self.leaf_index(b)?;
         if self.nodes.get(i) != Some(&leaf(b, None)) {
             return Err(CommitmentError::LoadedTwice(b));
         }
-        self.set_leaf(i, leaf(b, Some(sealed)));
+        self.set_leaf(i, leaf(b, Some(plain)));
         Ok(())
     }
 
@@ -366,13 +383,13 @@ pub fn unseal_bucket(p: &dyn Platform, b: u16, sealed: &[u8]) -> Result<Bucket, 
     Ok(bucket)
 }
 
-fn leaf(b: u16, sealed: Option<&[u8]>) -> Hash {
+fn leaf(b: u16, plain: Option<&[u8]>) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
     h.update(LEAF_TAG);
     h.update(b.to_be_bytes());
-    h.update([u8::from(sealed.is_some())]);
-    if let Some(s) = sealed {
+    h.update([u8::from(plain.is_some())]);
+    if let Some(s) = plain {
         h.update(s);
     }
     h.finalize().into()

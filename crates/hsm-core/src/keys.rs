@@ -137,6 +137,11 @@ impl FleetSecrets {
     /// The key placing records in buckets (`commitment::RecordCommitment::bucket`): derived
     /// from the OPAQUE setup (secret, the same on every member), so members place records
     /// alike and nobody outside the fleet can aim record ids at one bucket.
+    /// The fleet's snapshot key (`crate::snapshot::SnapshotKey`).
+    pub(crate) fn snapshot_key(&self) -> crate::snapshot::SnapshotKey {
+        crate::snapshot::SnapshotKey::derive(&self.opaque_setup, &self.fleet_id)
+    }
+
     /// The fleet's log entry key (`crate::entry::EntryKey`).
     pub(crate) fn entry_key(&self) -> crate::entry::EntryKey {
         crate::entry::EntryKey::derive(&self.opaque_setup, &self.fleet_id)

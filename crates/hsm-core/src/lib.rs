@@ -38,6 +38,7 @@ pub mod platform;
 mod requests;
 pub mod seal;
 pub mod sealed_state;
+pub mod snapshot;
 pub mod state;
 
 use bkv_wire::admin::{AdminError, SignedAdminCommand};
@@ -230,6 +231,7 @@ pub struct Core {
     /// This node's identity key: the proposer named in the entries this core makes.
     identity: [u8; 32],
     entry_key: EntryKey,
+    snapshot_key: snapshot::SnapshotKey,
     /// Nonces of the entries this core makes (seeded from the platform).
     rng: rand_chacha::ChaCha20Rng,
     /// The sequence number of the last entry this core made.
@@ -261,6 +263,7 @@ impl Core {
         let rng = platform::operation_rng(&*platform).map_err(CoreError::Platform)?;
         Ok(Core {
             entry_key: secrets.entry_key(),
+            snapshot_key: secrets.snapshot_key(),
             identity: identity.public_key(),
             rng,
             last_seq: 0,
@@ -535,6 +538,42 @@ impl Core {
         binary_sha256: [u8; 32],
     ) -> Result<bkv_wire::admin::SignedFleetStatement, CoreError> {
         identity.fleet_statement(&*self.platform, &self.secrets, node_id, binary_sha256)
+    }
+
+    /// The header of a snapshot of the state the stored summary `summary` describes, with a
+    /// fresh stream nonce (`crate::snapshot`): returns the header, the position the summary
+    /// names and the nonce the stream's frames are made with ([`Core::snapshot_frame`]).
+    pub fn snapshot_header(&mut self, summary: &[u8]) -> Result<snapshot::StreamStart, CoreError> {
+        let mut nonce = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut self.rng, &mut nonce);
+        let (header, position) = self
+            .state
+            .snapshot_header(&self.snapshot_key, nonce, summary)?;
+        Ok(snapshot::StreamStart {
+            header,
+            position,
+            nonce,
+        })
+    }
+
+    /// The frame of bucket `b` (its sealed value from the host's table) in the snapshot stream
+    /// with `nonce`.
+    pub fn snapshot_frame(
+        &self,
+        nonce: [u8; 32],
+        b: u16,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CoreError> {
+        Ok(self
+            .state
+            .snapshot_frame(&self.snapshot_key, nonce, b, sealed)?)
+    }
+
+    /// Starts installing a snapshot a member's core sent (`crate::snapshot`): refused unless a
+    /// core of this fleet made its header, and unless it is at least as new as this core's
+    /// state and of the same history.
+    pub fn open_snapshot(&self, header: &[u8]) -> Result<sealed_state::Installer, CoreError> {
+        Ok(self.state.open_snapshot(&self.snapshot_key, header)?)
     }
 
     /// The fleet secrets encrypted to `identity`, which must be the

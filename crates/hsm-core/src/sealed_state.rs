@@ -29,8 +29,10 @@ use subtle::ConstantTimeEq;
 /// The platform slot the summary is sealed to.
 pub const SUMMARY_SLOT: &str = "vault-summary";
 const SUMMARY_LABEL: &[u8] = b"v1";
-/// Summary version 2 holds state encoding 2; version 1 (an earlier release) is still read.
-const SUMMARY_VERSION: u16 = 2;
+/// Summary version 3: the fleet part in state encoding 3 and a root over the buckets' contents
+/// (commitment version 2). Versions 1 and 2 (earlier releases, roots over sealed values) are
+/// refused: those releases' fleets upgrade by rotation.
+const SUMMARY_VERSION: u16 = 3;
 /// Largest sealed summary accepted: the fleet part holds the members' statements (a few KiB
 /// each, at most a few dozen members) and the host's position.
 pub const MAX_SUMMARY: usize = 4 << 20;
@@ -76,28 +78,19 @@ pub enum SealedError {
     RootMismatch,
     #[error("sealed summary version {0} is not supported")]
     Version(u16),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
-/// The sealed summary's plaintext (docs/formats.md "Records on disk"): version 2, whose fleet
-/// part is state encoding 2.
+/// The sealed summary's plaintext (docs/formats.md "Records on disk"), version 3.
 #[derive(Serialize, Deserialize)]
-struct SummaryV2 {
+struct SummaryV3 {
     version: u16,
     /// The fleet part; `records` is always empty here.
     state: State,
     live: u64,
     root: Hash,
     /// The host's position in its log, opaque to the core.
-    position: Vec<u8>,
-}
-
-/// Version 1: the same fields with state encoding 1.
-#[derive(Deserialize)]
-struct SummaryV1 {
-    _version: u16,
-    state: crate::legacy::StateV1,
-    live: u64,
-    root: Hash,
     position: Vec<u8>,
 }
 
@@ -121,7 +114,7 @@ pub fn read_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<Summary, Sealed
     })
 }
 
-fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV2, SealedError> {
+fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV3, SealedError> {
     if sealed.len() > MAX_SUMMARY {
         return Err(SealedError::Malformed("summary too large"));
     }
@@ -129,17 +122,7 @@ fn open_summary(p: &SharedPlatform, sealed: &[u8]) -> Result<SummaryV2, SealedEr
     let malformed = |_| SealedError::Malformed("summary");
     // Every version starts with its version number.
     let version: u16 = bkv_wire::decode_prefix(&plain, MAX_SUMMARY).map_err(malformed)?;
-    let s = match version {
-        1 => {
-            let v1: SummaryV1 = bkv_wire::decode(&plain, MAX_SUMMARY).map_err(malformed)?;
-            SummaryV2 {
-                version: SUMMARY_VERSION,
-                state: v1.state.into(),
-                live: v1.live,
-                root: v1.root,
-                position: v1.position,
-            }
-        }
+    let s: SummaryV3 = match version {
         SUMMARY_VERSION => bkv_wire::decode(&plain, MAX_SUMMARY).map_err(malformed)?,
         v => return Err(SealedError::Version(v)),
     };
@@ -172,7 +155,7 @@ pub fn collect_state(
     let mut c = RecordCommitment::new([0; 32]);
     let mut state = s.state;
     for_each(&mut |b, sealed| {
-        c.load(b, sealed)?;
+        c.load(&**p, b, sealed)?;
         for (id, r) in crate::commitment::unseal_bucket(&**p, b, sealed)?.into_records() {
             if state.records.insert(id, Arc::new(r)).is_some() {
                 return Err(SealedError::Malformed("a record is stored twice"));
@@ -192,24 +175,31 @@ fn is_live(r: Option<&Record>) -> bool {
 
 /// A snapshot being installed bucket by bucket, in increasing bucket order, without touching the
 /// running state until [`SealedState::finish_install`]: memory stays at one bucket and a
-/// commitment whatever the record count.
+/// commitment whatever the record count. Made from a header a core of the fleet sealed
+/// ([`SealedState::open_snapshot`]); holds the stream's frame key, so it stays with the core.
 pub struct Installer {
     platform: SharedPlatform,
     commitment: RecordCommitment,
     state: State,
     live: u64,
     last: Option<u16>,
+    /// What the header names: the root the buckets must hash to, and the host's position.
+    root: Hash,
+    position: Vec<u8>,
+    frames: crate::snapshot::FrameKey,
 }
 
 impl Installer {
-    /// Seals bucket `b` as received (its plain encoding): buckets must come in increasing order,
-    /// non-empty, every record placed in `b` by this fleet's key. Returns what the host stores.
-    pub fn add(&mut self, b: u16, plain: &[u8]) -> Result<Vec<u8>, SealedError> {
+    /// Opens the frame of bucket `b` and seals the bucket with this node's platform: buckets
+    /// must come in increasing order, non-empty, every record placed in `b` by this fleet's key.
+    /// Returns what the host stores.
+    pub fn add_frame(&mut self, b: u16, frame: &[u8]) -> Result<Vec<u8>, SealedError> {
         if self.last.is_some_and(|l| l >= b) {
             return Err(SealedError::Malformed("snapshot buckets out of order"));
         }
+        let plain = self.frames.open(b, frame)?;
         let bucket =
-            Bucket::decode(plain).map_err(|_| SealedError::Malformed("snapshot bucket"))?;
+            Bucket::decode(&plain).map_err(|_| SealedError::Malformed("snapshot bucket"))?;
         let live = bucket.iter().filter(|(_, r)| is_live(Some(r))).count() as u64;
         let sealed = self
             .commitment
@@ -220,14 +210,23 @@ impl Installer {
         Ok(sealed)
     }
 
-    /// The summary of the state being installed, naming `position`.
-    pub fn seal_summary(&self, position: &[u8]) -> Result<Vec<u8>, SealedError> {
+    /// The host's log position the snapshot's header names.
+    pub fn position(&self) -> &[u8] {
+        &self.position
+    }
+
+    /// The summary of the installed state, once every bucket came: the buckets must hash to the
+    /// root the header names (a bucket dropped, added, replaced or stale is refused here).
+    pub fn seal_summary(&self) -> Result<Vec<u8>, SealedError> {
+        if !self.commitment.root_is(&self.root) {
+            return Err(SealedError::RootMismatch);
+        }
         seal_summary(
             &self.platform,
             &self.state,
             self.live,
             self.commitment.root(),
-            position,
+            &self.position,
         )
     }
 }
@@ -239,7 +238,7 @@ fn seal_summary(
     root: Hash,
     position: &[u8],
 ) -> Result<Vec<u8>, SealedError> {
-    let s = SummaryV2 {
+    let s = SummaryV3 {
         version: SUMMARY_VERSION,
         state: state.clone(),
         live,
@@ -302,6 +301,11 @@ impl SealedState {
         let buckets = s.install(state)?;
         s.written = buckets.into_iter().map(|(b, v)| (b, Some(v))).collect();
         Ok(s)
+    }
+
+    /// The platform this state seals with.
+    pub fn platform(&self) -> &SharedPlatform {
+        &self.platform
     }
 
     /// The fleet part of the state (members, generations); its `records` map is empty.
@@ -486,19 +490,60 @@ impl SealedState {
         )
     }
 
-    /// Starts installing a snapshot whose fleet part is `fleet` (module docs of [`Installer`]).
-    pub fn installer(&self, fleet: State) -> Result<Installer, SealedError> {
-        if !fleet.records.is_empty() {
-            return Err(SealedError::Malformed(
-                "a snapshot's fleet part holds records",
-            ));
+    /// The header of a snapshot of the state a stored summary describes (`crate::snapshot`),
+    /// with a fresh stream `nonce`; returns it with the position the summary names.
+    pub fn snapshot_header(
+        &self,
+        key: &crate::snapshot::SnapshotKey,
+        nonce: [u8; 32],
+        summary: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), SealedError> {
+        let s = open_summary(&self.platform, summary)?;
+        let header = key.seal_header(nonce, s.state.encode(), s.root, s.position.clone());
+        Ok((header, s.position))
+    }
+
+    /// The frame of bucket `b` for the stream with `nonce`, from the bucket's sealed value in the
+    /// host's table (unchecked here: the receiving core checks every bucket against the root).
+    pub fn snapshot_frame(
+        &self,
+        key: &crate::snapshot::SnapshotKey,
+        nonce: [u8; 32],
+        b: u16,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, SealedError> {
+        let plain =
+            self.platform
+                .unseal(crate::commitment::BUCKET_SLOT, &b.to_be_bytes(), sealed)?;
+        Ok(key.frames(nonce).seal(b, &plain))
+    }
+
+    /// Starts installing the snapshot whose header is `header` (module docs of [`Installer`]):
+    /// refused unless a core of the fleet sealed it, and unless it is at least as new as this
+    /// state and of the same history.
+    pub fn open_snapshot(
+        &self,
+        key: &crate::snapshot::SnapshotKey,
+        header: &[u8],
+    ) -> Result<Installer, SealedError> {
+        use crate::snapshot::SnapshotError;
+        let h = key.open_header(header)?;
+        let (theirs, ours) = (h.state.entries, self.state.entries);
+        if theirs < ours {
+            return Err(SnapshotError::Stale { theirs, ours }.into());
+        }
+        if theirs == ours && h.state.chain != self.state.chain {
+            return Err(SnapshotError::OtherHistory.into());
         }
         Ok(Installer {
             platform: self.platform.clone(),
             commitment: self.commitment.cleared(),
-            state: fleet,
+            state: h.state,
             live: 0,
             last: None,
+            root: h.root,
+            position: h.position,
+            frames: h.frames,
         })
     }
 
@@ -526,7 +571,7 @@ impl SealedState {
             return Ok(None);
         };
         let s = open_summary(&self.platform, summary)?;
-        host.for_each(&mut |b, sealed| Ok(c.load(b, sealed)?))?;
+        host.for_each(&mut |b, sealed| Ok(c.load(&*self.platform, b, sealed)?))?;
         if !bool::from(c.root().ct_eq(&s.root)) {
             return Err(SealedError::RootMismatch);
         }

@@ -134,10 +134,11 @@ async fn start(id: u64, p: Parts, bootstrap: &BTreeSet<[u8; 32]>) -> anyhow::Res
                 snapshot_log_min: bkv_hsm_node::replication::fleet::SNAPSHOT_LOG_MIN,
             },
             p.listener,
-            Arc::new(Mutex::new(BareReplica {
-                state: bkv_hsm_core::SealedState::new(p.platform, [7; 32]),
-                key: entry_key(),
-            })),
+            Arc::new(Mutex::new(BareReplica::new(
+                bkv_hsm_core::SealedState::new(p.platform, [7; 32]),
+                [5; 32],
+                "bench",
+            ))),
         )
         .await?,
     ))

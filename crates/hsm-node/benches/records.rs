@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     // A restart: the commitment rebuilt from the table.
     let t = Instant::now();
     let mut rebuilt = RecordCommitment::new(key);
-    table.for_each(|b, sealed| rebuilt.load(b, sealed).map_err(LoadError::from))?;
+    table.for_each(|b, sealed| rebuilt.load(&platform, b, sealed).map_err(LoadError::from))?;
     let rebuild_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(rebuilt.root() == c.root(), "rebuilt root differs");
 

@@ -145,6 +145,7 @@ fn main() -> Result<()> {
     bundle(&log)?;
     checkpoint(&log)?;
     move_ticket()?;
+    log_entry()?;
     println!("wrote {}", vectors_dir().display());
     Ok(())
 }
@@ -1508,6 +1509,151 @@ fn move_ticket() -> Result<()> {
         "trailing-byte.ticket",
         &trailing,
         bad("a byte after the signed ticket", "Trailing"),
+    )?;
+    w.finish()
+}
+
+// ---------------------------------------------------------------- log entry
+
+/// A deterministic "random" source for the vectors' nonces.
+struct Counter(u8);
+
+impl rand_core::RngCore for Counter {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for d in dest {
+            self.0 = self.0.wrapping_add(1);
+            *d = self.0;
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for Counter {}
+
+fn log_entry() -> Result<()> {
+    use bkv_hsm_core::state::Mutation;
+    use bkv_hsm_core::{EntryKey, LogEntry};
+    let (k, fleet, proposer) = (seq(0xa0), "fleet-vectors", seq(0xc0));
+    let key = EntryKey::from_bytes(k, fleet);
+    let record_id = bkv_wire::record_id("guesser@example.org");
+    let mut rng = Counter(0);
+    let count = key.seal(
+        proposer,
+        1_800_000_000 << 20,
+        &mut rng,
+        &Mutation::CountGuess {
+            record_id,
+            generation: 7,
+        },
+    );
+    let reset = key.seal(
+        proposer,
+        (1_800_000_000 << 20) + 1,
+        &mut rng,
+        &Mutation::ResetGuesses {
+            record_id,
+            generation: 7,
+        },
+    );
+    let enc = |e: &LogEntry| bkv_wire::encode(e);
+    let mut w = Writer::new(
+        "log-entry",
+        "docs/formats.md#log-entries",
+        &[
+            ("entry_key", hex::encode(k)),
+            ("fleet_id", fleet.into()),
+            ("proposer", hex::encode(proposer)),
+        ],
+    )?;
+    let expect = |e: &LogEntry, kind: &str| {
+        vec![
+            ("seq", e.seq.to_string()),
+            ("mutation", kind.to_owned()),
+            ("record_id", hex::encode(record_id)),
+            ("generation", "7".to_owned()),
+        ]
+    };
+    w.case(
+        "count-guess.entry",
+        &enc(&count),
+        ok(
+            "a core's entry counting a guess",
+            expect(&count, "CountGuess"),
+        ),
+    )?;
+    w.case(
+        "reset-guesses.entry",
+        &enc(&reset),
+        ok(
+            "the same core's next entry, resetting the count",
+            expect(&reset, "ResetGuesses"),
+        ),
+    )?;
+    let last = enc(&count).len() - 1;
+    w.case(
+        "tag-flipped.entry",
+        &flip(&enc(&count), last),
+        bad("a bit of the authentication tag flipped", "Forged"),
+    )?;
+    w.case(
+        "count-guess.entry",
+        &enc(&count),
+        bad_with(
+            "opened as another fleet's entry",
+            "Forged",
+            vec![("fleet_id", "fleet-other".into())],
+        ),
+    )?;
+    let mut renumbered = count.clone();
+    renumbered.seq += 1;
+    w.case(
+        "renumbered.entry",
+        &enc(&renumbered),
+        bad("its sequence number changed by the host", "Forged"),
+    )?;
+    let mut reassigned = count.clone();
+    reassigned.proposer = seq(0xd0);
+    w.case(
+        "other-proposer.entry",
+        &enc(&reassigned),
+        bad("passed off as another core's", "Forged"),
+    )?;
+    let forged = EntryKey::from_bytes(seq(0xa1), fleet).seal(
+        proposer,
+        count.seq,
+        &mut Counter(0),
+        &Mutation::ResetGuesses {
+            record_id,
+            generation: 7,
+        },
+    );
+    w.case(
+        "by-another-key.entry",
+        &enc(&forged),
+        bad("made under a key that is not the fleet's", "Forged"),
+    )?;
+    let mut v2 = count.clone();
+    v2.version = 2;
+    w.case(
+        "version-2.entry",
+        &enc(&v2),
+        bad("entry format 2 is not defined", "Version"),
+    )?;
+    let mut trailing = enc(&count);
+    trailing.push(0);
+    w.case(
+        "trailing-byte.entry",
+        &trailing,
+        bad("a byte after the entry", "Trailing"),
     )?;
     w.finish()
 }

@@ -27,6 +27,7 @@ pub const FORMATS: &[&str] = &[
     "checkpoint",
     "recovery-key",
     "move-ticket",
+    "log-entry",
 ];
 
 /// `tests/vectors/` in the repository.

@@ -890,3 +890,65 @@ pub fn pending_digest(
         .finalize()
         .into()
 }
+
+// ---------------------------------------------------------------- log entry
+
+/// What a log entry says.
+pub struct LogEntryView {
+    pub seq: u64,
+    /// The mutation's variant index (`docs/formats.md`, "Log entries": 2 CountGuess,
+    /// 3 ResetGuesses, ...).
+    pub mutation: u64,
+    pub record_id: [u8; 32],
+    pub generation: u64,
+}
+
+/// `docs/formats.md`, "Log entries", format 1: decodes `encode(LogEntry)` (version u8, proposer
+/// [32], seq varint, nonce [24], sealed bytes), opens `sealed` with XChaCha20-Poly1305 under the
+/// entry key with associated data `"bkv/log-entry/v1\0" || u16 BE len || fleet id || proposer ||
+/// seq (u64 BE)`, and reads a record mutation that names a record and a generation (variants 2
+/// to 5).
+pub fn log_entry_open(file: &[u8], key: &[u8; 32], fleet_id: &str) -> SpecResult<LogEntryView> {
+    let mut r = Reader::encoded(file)?;
+    let version = r.u8()?;
+    let proposer: [u8; 32] = r.fixed()?;
+    let seq = r.varint()?;
+    let nonce: [u8; 24] = r.fixed()?;
+    let sealed = r.bytes()?;
+    r.end()?;
+    if version != 1 {
+        return Err("entry format");
+    }
+    let mut aad = b"bkv/log-entry/v1\0".to_vec();
+    aad.extend_from_slice(
+        &u16::try_from(fleet_id.len())
+            .map_err(|_| "fleet id")?
+            .to_be_bytes(),
+    );
+    aad.extend_from_slice(fleet_id.as_bytes());
+    aad.extend_from_slice(&proposer);
+    aad.extend_from_slice(&seq.to_be_bytes());
+    let plain = XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| "authentication")?;
+    let mut m = Reader::encoded(&plain)?;
+    let mutation = m.varint()?;
+    if !(2..=5).contains(&mutation) {
+        return Err("not a mutation this reader decodes");
+    }
+    let record_id: [u8; 32] = m.fixed()?;
+    let generation = m.varint()?;
+    m.end()?;
+    Ok(LogEntryView {
+        seq,
+        mutation,
+        record_id,
+        generation,
+    })
+}

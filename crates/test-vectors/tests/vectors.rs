@@ -445,3 +445,46 @@ fn move_ticket() {
         }
     }
 }
+
+#[test]
+fn log_entry() {
+    use bkv_hsm_core::state::Mutation;
+    let index = load("log-entry");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let key = hex32(&index, case, "entry_key");
+        let fleet = input(&index, case, "fleet_id");
+        let library = bkv_hsm_core::LogEntry::decode(&file)
+            .map_err(|e| Raw(format!("{e:?}")))
+            .and_then(|e| {
+                bkv_hsm_core::EntryKey::from_bytes(key, fleet)
+                    .open(&e)
+                    .map(|m| (e.seq, m))
+                    .map_err(|r| Raw(format!("{r:?}")))
+            });
+        if let Some(((seq, m), view)) =
+            verdict(case, library, spec::log_entry_open(&file, &key, fleet))
+        {
+            let (kind, record_id, generation) = match m {
+                Mutation::CountGuess {
+                    record_id,
+                    generation,
+                } => ("CountGuess", record_id, generation),
+                Mutation::ResetGuesses {
+                    record_id,
+                    generation,
+                } => ("ResetGuesses", record_id, generation),
+                other => panic!("{}: unexpected {other:?}", case.file),
+            };
+            assert_eq!(kind, expect(case, "mutation"));
+            assert_eq!(seq.to_string(), expect(case, "seq"));
+            assert_eq!(hex::encode(record_id), expect(case, "record_id"));
+            assert_eq!(generation.to_string(), expect(case, "generation"));
+            assert_eq!(
+                (view.seq, view.record_id, view.generation),
+                (seq, record_id, generation)
+            );
+            assert_eq!(view.mutation, if kind == "CountGuess" { 2 } else { 3 });
+        }
+    }
+}

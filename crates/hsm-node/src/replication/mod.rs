@@ -84,6 +84,8 @@ pub enum ReplicationStoreError {
          (docs/operations.md, \"Upgrades\")"
     )]
     EarlierRelease(String),
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
     #[error("raft snapshot file: {0}")]
     SnapshotFile(String),
     #[error("vault records: {0}")]

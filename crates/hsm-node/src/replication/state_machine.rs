@@ -16,13 +16,12 @@
 //! holds more than a bucket and a megabyte of it in memory.
 
 use super::snapshot_file::SnapshotFile;
-use super::snapshot_stream::{Frame, Sender, SnapshotData, Spool, StreamReader};
+use super::snapshot_stream::{Frame, FrameSource, Sender, SnapshotData, Spool, StreamReader};
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use crate::records::{InFlight, RecordTable, TableHost};
-use bkv_hsm_core::sealed_state::{
-    read_summary, summary_position, NoBuckets, SealedState, MAX_SUMMARY,
-};
+use bkv_hsm_core::sealed_state::{summary_position, Installer, NoBuckets, SealedState};
+use bkv_hsm_core::snapshot::{SnapshotKey, StreamStart};
 use bkv_hsm_core::state::{Outcome, State};
 use bkv_hsm_core::{Core, EntryKey, LogEntry, SharedPlatform};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -210,13 +209,45 @@ pub trait Replica: Send + 'static {
     /// The fleet secrets encrypted to an admitted member's identity key
     /// (the core checks admission), or why not.
     fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
+    /// A snapshot header of the state a stored summary describes: the header, the position the
+    /// summary names and the stream nonce (`bkv_hsm_core::snapshot`).
+    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String>;
+    /// A bucket's frame in the stream with `nonce`.
+    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String>;
+    /// Starts installing the snapshot with `header` (refused unless a core of the fleet sealed
+    /// it and it is not behind this state).
+    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String>;
 }
 
-/// A bare state (the replication layer's tests and benchmarks): no fleet secrets, an entry key
-/// given outright, and no membership check (`SealedState::admit_entry`).
+/// A replica as the snapshot sender's frame source: its core makes every frame.
+struct Frames<R: Replica>(Arc<Mutex<R>>);
+
+impl<R: Replica> FrameSource for Frames<R> {
+    fn frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        self.0
+            .lock()
+            .map_err(|_| "replica lock poisoned".to_string())?
+            .snapshot_frame(nonce, b, sealed)
+    }
+}
+
+/// A bare state (the replication layer's tests and benchmarks): no fleet secrets, keys given
+/// outright, and no membership check (`SealedState::admit_entry`).
 pub struct BareReplica {
     pub state: SealedState,
     pub key: EntryKey,
+    pub snapshots: SnapshotKey,
+}
+
+impl BareReplica {
+    /// A bare replica of `state` whose entry and snapshot keys are `key` for fleet `fleet_id`.
+    pub fn new(state: SealedState, key: [u8; 32], fleet_id: &str) -> Self {
+        BareReplica {
+            state,
+            key: EntryKey::from_bytes(key, fleet_id),
+            snapshots: SnapshotKey::from_bytes(key, fleet_id),
+        }
+    }
 }
 
 impl Replica for BareReplica {
@@ -235,6 +266,32 @@ impl Replica for BareReplica {
     fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
         Err("this replica holds no fleet secrets".into())
     }
+    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
+        let mut nonce = [0u8; 32];
+        self.state
+            .platform()
+            .fill_random(&mut nonce)
+            .map_err(|e| e.to_string())?;
+        let (header, position) = self
+            .state
+            .snapshot_header(&self.snapshots, nonce, summary)
+            .map_err(|e| e.to_string())?;
+        Ok(StreamStart {
+            header,
+            position,
+            nonce,
+        })
+    }
+    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        self.state
+            .snapshot_frame(&self.snapshots, nonce, b, sealed)
+            .map_err(|e| e.to_string())
+    }
+    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
+        self.state
+            .open_snapshot(&self.snapshots, header)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Replica for Core {
@@ -249,6 +306,15 @@ impl Replica for Core {
     }
     fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
         Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
+    }
+    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
+        Core::snapshot_header(self, summary).map_err(|e| e.to_string())
+    }
+    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        Core::snapshot_frame(self, nonce, b, sealed).map_err(|e| e.to_string())
+    }
+    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
+        Core::open_snapshot(self, header).map_err(|e| e.to_string())
     }
 }
 
@@ -531,7 +597,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
-        let spool = Spool::create(&self.dir, self.platform.clone()).map_err(|e| {
+        let spool = Spool::create(&self.dir).map_err(|e| {
             sm_err(
                 ErrorVerb::Write,
                 ReplicationStoreError::SnapshotFile(e.to_string()),
@@ -570,19 +636,30 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                     ))
                 }
             };
-            let (fleet, mut frames) = StreamReader::open(std::io::BufReader::new(reader))?;
-            let fleet = State::decode(&fleet, MAX_SUMMARY)
-                .map_err(|_| ReplicationStoreError::Malformed("snapshot fleet part".into()))?;
+            let (header, mut frames) = StreamReader::open(std::io::BufReader::new(reader))?;
             let mut installer = replica
                 .lock()
                 .map_err(|_| poisoned())?
-                .records()
-                .installer(fleet)?;
-            let replacement = table.begin_replace()?;
-            while let Frame::Bucket(b, plain) = frames.next_frame()? {
-                replacement.put(b, &installer.add(b, &plain)?)?;
+                .open_snapshot(&header)
+                .map_err(ReplicationStoreError::Snapshot)?;
+            // The position the sending core sealed must be the one openraft installs at: a
+            // snapshot of one state passed off as another position would skip or repeat entries.
+            let named = Position::decode(installer.position())?;
+            if named.last_applied != p.last_applied || named.membership != p.membership {
+                return Err(ReplicationStoreError::Snapshot(
+                    "the snapshot's sealed position is not the one it was sent as".into(),
+                ));
             }
-            let summary = installer.seal_summary(&bkv_wire::encode(&p))?;
+            let replacement = table.begin_replace()?;
+            while let Frame::Bucket(b, frame) = frames.next_frame()? {
+                let sealed = installer
+                    .add_frame(b, &frame)
+                    .map_err(|e| ReplicationStoreError::Snapshot(e.to_string()))?;
+                replacement.put(b, &sealed)?;
+            }
+            let summary = installer
+                .seal_summary()
+                .map_err(|e| ReplicationStoreError::Snapshot(e.to_string()))?;
             let mut r = replica.lock().map_err(|_| poisoned())?;
             replacement.commit(&summary)?;
             r.records().finish_install(installer);
@@ -598,7 +675,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let (table, platform) = (self.table.clone(), self.platform.clone());
+        let (table, replica) = (self.table.clone(), self.replica.clone());
         blocking(ErrorVerb::Read, move || {
             // One read transaction: the summary and the buckets of one commit, whatever is
             // applied meanwhile; the buckets are read only as the stream is.
@@ -606,9 +683,17 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             let Some(summary) = view.summary()? else {
                 return Ok(None);
             };
-            let s = read_summary(&platform, &summary)?;
-            let meta = Position::decode(&s.position)?.meta();
-            let sender = Sender::new(platform, view, &s.state.encode(), s.root)?;
+            let StreamStart {
+                header,
+                position,
+                nonce,
+            } = replica
+                .lock()
+                .map_err(|_| poisoned())?
+                .snapshot_header(&summary)
+                .map_err(ReplicationStoreError::Snapshot)?;
+            let meta = Position::decode(&position)?.meta();
+            let sender = Sender::new(Arc::new(Frames(replica)), view, &header, nonce)?;
             Ok(Some(Snapshot {
                 meta,
                 snapshot: Box::new(SnapshotData::Sending(Box::new(sender))),

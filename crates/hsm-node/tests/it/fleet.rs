@@ -60,10 +60,11 @@ pub(crate) fn test_key() -> EntryKey {
 /// A bare replica (no fleet secrets), empty as a new process's, sealing with the member's
 /// platform.
 pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<BareReplica>> {
-    Arc::new(Mutex::new(BareReplica {
-        state: SealedState::new(identity.platform.clone(), [7; 32]),
-        key: test_key(),
-    }))
+    Arc::new(Mutex::new(BareReplica::new(
+        SealedState::new(identity.platform.clone(), [7; 32]),
+        [5; 32],
+        "test-fleet",
+    )))
 }
 
 /// Proposes mutations as the member's core would: each sealed into the next entry of the

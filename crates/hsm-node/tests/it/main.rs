@@ -2,6 +2,7 @@
 //! storage suite against the sealed stores, and in-process fleets over
 //! loopback TCP.
 
+mod byzantine;
 mod fleet;
 mod operator;
 mod raft_storage;

@@ -24,10 +24,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<BareReplica>, tempfile::Tem
         let sm = StateMachine::open(
             dir.path(),
             platform.clone(),
-            Arc::new(Mutex::new(BareReplica {
-                state: SealedState::new(platform, [7; 32]),
-                key: crate::fleet::test_key(),
-            })),
+            Arc::new(Mutex::new(BareReplica::new(
+                SealedState::new(platform, [7; 32]),
+                [5; 32],
+                "test-fleet",
+            ))),
             Default::default(),
         )
         .expect("state machine");

@@ -4,7 +4,7 @@
 //! outside the data directory with the software platform. Each transplant is refused at start,
 //! naming what is rolled back, on both platforms.
 
-use crate::fleet::{pending, test_key, ProposeMutation, RID};
+use crate::fleet::{pending, ProposeMutation, RID};
 use bkv_hsm_core::state::{Live, Mutation, Outcome};
 use bkv_hsm_core::{NodeIdentity, SealedState, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
@@ -43,10 +43,11 @@ impl Node {
 
     async fn start(&self, dir: &Path) -> Result<(Fleet, Arc<Mutex<BareReplica>>), FleetError> {
         std::fs::create_dir_all(dir).unwrap();
-        let state = Arc::new(Mutex::new(BareReplica {
-            state: SealedState::new(self.identity.platform.clone(), [7; 32]),
-            key: test_key(),
-        }));
+        let state = Arc::new(Mutex::new(BareReplica::new(
+            SealedState::new(self.identity.platform.clone(), [7; 32]),
+            [5; 32],
+            "test-fleet",
+        )));
         let mut listener = tokio::net::TcpListener::bind(&self.addr).await;
         for _ in 0..50 {
             if listener.is_ok() {
