@@ -144,13 +144,8 @@ fn test_core() -> Core {
         let secrets = FleetSecrets::unseal(&**p, sealed).unwrap_or_else(|e| panic!("unseal: {e}"));
         let identity =
             bkv_hsm_core::NodeIdentity::generate(&**p).unwrap_or_else(|e| panic!("identity: {e}"));
-        let mut core = Core::new(
-            p.clone(),
-            secrets,
-            &identity,
-            bkv_hsm_core::State::default(),
-        )
-        .unwrap_or_else(|e| panic!("core: {e}"));
+        let mut core =
+            Core::new(p.clone(), secrets, &identity).unwrap_or_else(|e| panic!("core: {e}"));
         core.set_session_limits(8, 10);
         core
     })

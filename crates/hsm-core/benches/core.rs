@@ -5,7 +5,7 @@
 //! Run: `cargo bench -p bkv-hsm-core --bench core`
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Step};
 use bkv_wire::vault::{SessionHello, VaultRequest};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     let platform = Arc::new(MemoryPlatform::new([1; 32]));
     let secrets = FleetSecrets::generate(&*platform, FleetTrust::for_tests()).unwrap();
     let identity = bkv_hsm_core::NodeIdentity::generate(&*platform).unwrap();
-    let mut core = Core::new(platform, secrets, &identity, State::default()).unwrap();
+    let mut core = Core::new(platform, secrets, &identity).unwrap();
     core.set_session_limits(1_000_000, 3600);
     // Register "bench" with a high guess limit.
     let (sid, mut t) = handshake(&mut core, "bench");

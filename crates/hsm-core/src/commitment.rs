@@ -11,7 +11,7 @@
 //! Records fall into `2^16` buckets by a keyed hash of their id ([`RecordCommitment::bucket`]; the
 //! key is per fleet, so nobody can aim many ids at one bucket). A bucket's records are encoded
 //! together ([`Bucket`]: `bkv_wire` encoding of the `(id, Record)` list in increasing id order)
-//! and sealed as one value, bound to the bucket's number (slot [`BUCKET_SLOT`], label the bucket
+//! and sealed as one value, bound to the bucket's number (slot `vault-bucket`, label the bucket
 //! as u16 BE). The leaves of a complete binary Merkle tree are the buckets' plain encodings
 //! (commitment version 2):
 //!
@@ -53,7 +53,7 @@ pub const MAX_BUCKET_RECORDS: usize = 4096;
 /// with a live and a pending credential, each with the largest wrapped key, encode to ~1 KiB).
 pub const MAX_BUCKET_BYTES: usize = MAX_BUCKET_RECORDS * 1280;
 /// The platform slot a bucket's sealed value is bound to (its label is the bucket number).
-pub const BUCKET_SLOT: &str = "vault-bucket";
+pub(crate) const BUCKET_SLOT: crate::platform::SealSlot = crate::platform::SealSlot::VAULT_BUCKET;
 
 const LEAF_TAG: &[u8] = b"bkv/bucket/v2\0";
 const BUCKET_OF_TAG: &[u8] = b"bkv/bucket-of/v1\0";

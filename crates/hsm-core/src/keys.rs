@@ -26,8 +26,8 @@ use opaque_ke::ServerSetup;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-const SECRETS_SLOT: &str = "fleet-secrets";
-const IDENTITY_SLOT: &str = "node-identity";
+const SECRETS_SLOT: crate::platform::SealSlot = crate::platform::SealSlot::FLEET_SECRETS;
+const IDENTITY_SLOT: crate::platform::SealSlot = crate::platform::SealSlot::NODE_IDENTITY;
 const TRANSFER_VERSION: u8 = 1;
 const TRANSFER_SALT: &[u8] = b"bkv fleet secrets transfer v1";
 /// Largest encoded fleet secrets.

@@ -59,7 +59,7 @@ use opaque_ke::{
 };
 #[cfg(any(test, feature = "testing"))]
 pub use platform::MemoryPlatform;
-pub use platform::{Platform, PlatformError, SharedPlatform};
+pub use platform::{CoreSlot, Platform, PlatformError, SealSlot, SharedPlatform};
 pub use sealed_state::{BucketHost, SealedError, SealedState};
 use sha2::{Digest, Sha256};
 pub use state::{Mutation, Outcome, RecordId, State, MAX_REGISTER_STARTS_PER_DAY};
@@ -250,16 +250,38 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over `state`, its records sealed into buckets it keeps until a host takes them
-    /// ([`Core::records`]: a host with a disk restores its store there).
+    /// A core with an empty state: a host restores what it stored through [`Core::records`]
+    /// (`SealedState::restore`, which checks it), or the state arrives through the log and
+    /// authenticated snapshots. A core never takes a plain state from its host.
     pub fn new(
+        platform: SharedPlatform,
+        secrets: FleetSecrets,
+        identity: &NodeIdentity,
+    ) -> Result<Self, CoreError> {
+        let state = SealedState::new(platform.clone(), secrets.bucket_key());
+        Self::over(platform, secrets, identity, state)
+    }
+
+    /// A core over `state`, its records sealed into buckets it keeps until a host takes them
+    /// (tests that restart a core from its exported state).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn from_state_for_tests(
         platform: SharedPlatform,
         secrets: FleetSecrets,
         identity: &NodeIdentity,
         state: State,
     ) -> Result<Self, CoreError> {
-        let setup = secrets.opaque_setup()?;
         let state = SealedState::from_state(platform.clone(), secrets.bucket_key(), state)?;
+        Self::over(platform, secrets, identity, state)
+    }
+
+    fn over(
+        platform: SharedPlatform,
+        secrets: FleetSecrets,
+        identity: &NodeIdentity,
+        state: SealedState,
+    ) -> Result<Self, CoreError> {
+        let setup = secrets.opaque_setup()?;
         let rng = platform::operation_rng(&*platform).map_err(CoreError::Platform)?;
         Ok(Core {
             entry_key: secrets.entry_key(),

@@ -37,11 +37,16 @@ pub trait Platform: Send + Sync {
     /// Authenticated encryption under the platform's sealing key, bound to
     /// `slot` (what kind of value) and `label` (where it is stored), so the
     /// host can neither read nor move a sealed value.
-    fn seal(&self, slot: &str, label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PlatformError>;
+    fn seal(
+        &self,
+        slot: SealSlot,
+        label: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, PlatformError>;
     /// The inverse of [`Platform::seal`] for the same slot and label.
     fn unseal(
         &self,
-        slot: &str,
+        slot: SealSlot,
         label: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, PlatformError>;
@@ -53,6 +58,51 @@ pub trait Platform: Send + Sync {
     fn counter_read(&self) -> Result<u64, PlatformError>;
     /// Raises the counter to `value` (never lowers it).
     fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError>;
+}
+
+/// What a sealed value is (docs/formats.md "Sealed values"): its name is part of the
+/// associated data, so a value sealed as one kind never opens as another. The core's own values
+/// (fleet secrets, identity key, record buckets, the records' summary) are [`CoreSlot`]s, which
+/// only this crate can name: a host holding the platform can seal and open its own values
+/// (`RaftState`) and nothing of the core's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealSlot {
+    /// The raft log's counter-bound state (`raft-state`): the host's.
+    RaftState,
+    /// One of the core's values.
+    Core(CoreSlot),
+}
+
+/// A slot only the core seals and opens (constructed only inside `bkv-hsm-core`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreSlot(CoreValue);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CoreValue {
+    FleetSecrets,
+    NodeIdentity,
+    VaultBucket,
+    VaultSummary,
+}
+
+impl SealSlot {
+    pub(crate) const FLEET_SECRETS: SealSlot = SealSlot::Core(CoreSlot(CoreValue::FleetSecrets));
+    pub(crate) const NODE_IDENTITY: SealSlot = SealSlot::Core(CoreSlot(CoreValue::NodeIdentity));
+    pub(crate) const VAULT_BUCKET: SealSlot = SealSlot::Core(CoreSlot(CoreValue::VaultBucket));
+    pub(crate) const VAULT_SUMMARY: SealSlot = SealSlot::Core(CoreSlot(CoreValue::VaultSummary));
+
+    /// The slot's name in the associated data ([`seal_aad`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            SealSlot::RaftState => "raft-state",
+            SealSlot::Core(CoreSlot(v)) => match v {
+                CoreValue::FleetSecrets => "fleet-secrets",
+                CoreValue::NodeIdentity => "node-identity",
+                CoreValue::VaultBucket => "vault-bucket",
+                CoreValue::VaultSummary => "vault-summary",
+            },
+        }
+    }
 }
 
 /// A platform shared by the core and its host.
@@ -179,23 +229,27 @@ mod memory {
         }
         fn seal(
             &self,
-            slot: &str,
+            slot: SealSlot,
             label: &[u8],
             plaintext: &[u8],
         ) -> Result<Vec<u8>, PlatformError> {
             let mut nonce = [0u8; crate::seal::XNONCE_LEN];
             self.fill_random(&mut nonce)?;
             Ok(crate::seal::seal_xchacha(
-                &self.key, nonce, slot, label, plaintext,
+                &self.key,
+                nonce,
+                slot.name(),
+                label,
+                plaintext,
             ))
         }
         fn unseal(
             &self,
-            slot: &str,
+            slot: SealSlot,
             label: &[u8],
             sealed: &[u8],
         ) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
-            crate::seal::unseal_xchacha(&self.key, slot, label, sealed)
+            crate::seal::unseal_xchacha(&self.key, slot.name(), label, sealed)
         }
         fn signing_public_key(&self) -> [u8; 32] {
             self.signing.verifying_key().to_bytes()
@@ -209,6 +263,32 @@ mod memory {
         fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
             self.counter.fetch_max(value, Ordering::SeqCst);
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slot names are part of every sealed value's associated data (docs/formats.md "Sealed
+    /// values"): they must not change, and a value sealed in one slot opens in no other.
+    #[test]
+    fn slots_keep_their_names_and_values_stay_in_their_slot() {
+        let slots = [
+            (SealSlot::RaftState, "raft-state"),
+            (SealSlot::FLEET_SECRETS, "fleet-secrets"),
+            (SealSlot::NODE_IDENTITY, "node-identity"),
+            (SealSlot::VAULT_BUCKET, "vault-bucket"),
+            (SealSlot::VAULT_SUMMARY, "vault-summary"),
+        ];
+        let p = MemoryPlatform::new([1; 32]);
+        for (slot, name) in slots {
+            assert_eq!(slot.name(), name);
+            let sealed = p.seal(slot, b"label", b"value").unwrap();
+            for (other, _) in slots {
+                assert_eq!(p.unseal(other, b"label", &sealed).is_ok(), other == slot);
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 //! its writes simply keeps them (tests and the single-process tools use it so).
 //!
 //! The summary binds the fleet part, the live-record count, the commitment's root and the host's
-//! position in the log under the platform's sealing key (slot [`SUMMARY_SLOT`], label `v1`): at a
+//! position in the log under the platform's sealing key (slot `vault-summary`, label `v1`): at a
 //! restart [`SealedState::restore`] rebuilds the commitment from every stored bucket and refuses a
 //! table whose root differs from the summary's — buckets from different times. A table rolled
 //! back *as a whole* to an older summary is consistent; the host re-applies the log from the
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The platform slot the summary is sealed to.
-pub const SUMMARY_SLOT: &str = "vault-summary";
+pub(crate) const SUMMARY_SLOT: crate::platform::SealSlot = crate::platform::SealSlot::VAULT_SUMMARY;
 const SUMMARY_LABEL: &[u8] = b"v1";
 /// Summary version 3: the fleet part in state encoding 3 and a root over the buckets' contents
 /// (commitment version 2). Versions 1 and 2 (earlier releases, roots over sealed values) are
@@ -291,7 +291,8 @@ impl SealedState {
     }
 
     /// `state`'s records sealed into buckets that stay pending (a host that never takes them
-    /// keeps the state in memory).
+    /// keeps the state in memory). Tests only: a core takes no plain state from its host.
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_state(
         platform: SharedPlatform,
         key: [u8; 32],
@@ -589,9 +590,11 @@ impl SealedState {
         self.cache_order.clear();
     }
 
-    /// Replaces the whole state with `state` (a snapshot received): every bucket is sealed anew.
-    /// Returns every non-empty bucket; the host must store exactly these in place of all it
-    /// holds, with a new summary, in one transaction. On an error nothing changes.
+    /// Replaces the whole state with `state`: every bucket is sealed anew. Returns every
+    /// non-empty bucket; the host must store exactly these in place of all it holds, with a new
+    /// summary, in one transaction. On an error nothing changes. Tests only: a running core
+    /// takes a state only from an authenticated snapshot ([`SealedState::open_snapshot`]).
+    #[cfg(any(test, feature = "testing"))]
     pub fn install(&mut self, state: State) -> Result<Vec<(u16, Vec<u8>)>, SealedError> {
         let State {
             records,

@@ -8,7 +8,7 @@ use support::*;
 
 use bkv_hsm_core::{
     Core, EntryKey, FleetSecrets, FleetTrust, LogEntry, MemoryPlatform, NodeIdentity, Outcome,
-    Refusal, State, Step,
+    Refusal, Step,
 };
 use bkv_wire::node::NodeError;
 use bkv_wire::vault::{VaultError, VaultRequest, VaultResponse};
@@ -168,14 +168,8 @@ fn replicas_apply_each_others_entries_in_order_and_numbers_survive_a_restart() {
         NodeIdentity::generate(&*p).unwrap(),
         NodeIdentity::generate(&*p).unwrap(),
     );
-    let mut a = Core::new(p.clone(), secrets, &ia, State::default()).unwrap();
-    let mut b = Core::new(
-        p.clone(),
-        FleetSecrets::unseal(&*p, &sealed).unwrap(),
-        &ib,
-        State::default(),
-    )
-    .unwrap();
+    let mut a = Core::new(p.clone(), secrets, &ia).unwrap();
+    let mut b = Core::new(p.clone(), FleetSecrets::unseal(&*p, &sealed).unwrap(), &ib).unwrap();
     let m = |n: u8| bkv_hsm_core::Mutation::CountRegisterStart {
         record_id: [n; 32],
         day: 0,
@@ -193,7 +187,7 @@ fn replicas_apply_each_others_entries_in_order_and_numbers_survive_a_restart() {
     assert_eq!(a.state().chain, b.state().chain);
     // Core a restarts from its state: its next entry still comes after the ones it made.
     let state = a.records().export().unwrap();
-    let mut a = Core::new(
+    let mut a = Core::from_state_for_tests(
         p.clone(),
         FleetSecrets::unseal(&*p, &sealed).unwrap(),
         &ia,

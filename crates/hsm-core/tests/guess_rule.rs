@@ -7,9 +7,7 @@ mod support;
 use support::*;
 
 use argon2::Argon2;
-use bkv_hsm_core::{
-    Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, Platform, State, Step,
-};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, Platform, Step};
 use bkv_wire::node::NodeError;
 use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
@@ -508,20 +506,8 @@ impl Replicas {
         let copy = FleetSecrets::unseal(&*p, &secrets.seal(&*p).unwrap()).unwrap();
         Replicas {
             cores: [
-                Core::new(
-                    p.clone(),
-                    secrets,
-                    &NodeIdentity::generate(&*p).unwrap(),
-                    State::default(),
-                )
-                .unwrap(),
-                Core::new(
-                    p.clone(),
-                    copy,
-                    &NodeIdentity::generate(&*p).unwrap(),
-                    State::default(),
-                )
-                .unwrap(),
+                Core::new(p.clone(), secrets, &NodeIdentity::generate(&*p).unwrap()).unwrap(),
+                Core::new(p.clone(), copy, &NodeIdentity::generate(&*p).unwrap()).unwrap(),
             ],
             log: Vec::new(),
             applied: [0, 0],

@@ -6,7 +6,7 @@
 mod support;
 use support::*;
 
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Step};
 use bkv_testkit::oprf_oracle;
 use bkv_wire::node::NodeError;
 use bkv_wire::vault::{RecordState, VaultError, VaultRequest, VaultResponse};
@@ -142,7 +142,7 @@ fn register_starts_are_budgeted_and_a_restart_does_not_reset_the_budget() {
     let sealed = secrets.seal(&*p).unwrap();
     let secrets_copy = |sealed: &[u8]| FleetSecrets::unseal(&*p, sealed).unwrap();
     let identity = bkv_hsm_core::NodeIdentity::generate(&*p).unwrap();
-    let mut c = Core::new(p.clone(), secrets, &identity, State::default()).unwrap();
+    let mut c = Core::new(p.clone(), secrets, &identity).unwrap();
     let request = oprf_oracle::blind(b"x").request;
     let start = |c: &mut Core, s: &mut Client| {
         s.call(
@@ -170,7 +170,8 @@ fn register_starts_are_budgeted_and_a_restart_does_not_reset_the_budget() {
         used += 1;
     }
     let state = c.records().export().unwrap();
-    let mut restarted = Core::new(p.clone(), secrets_copy(&sealed), &identity, state).unwrap();
+    let mut restarted =
+        Core::from_state_for_tests(p.clone(), secrets_copy(&sealed), &identity, state).unwrap();
     let mut s = open(&mut restarted, "budget");
     assert_eq!(
         start(&mut restarted, &mut s),

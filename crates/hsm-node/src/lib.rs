@@ -23,7 +23,6 @@ pub mod store;
 mod links;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
 
-use bkv_hsm_core::state::State;
 use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, Outcome, SharedPlatform, Step};
 use bkv_hsm_platform::PlatformConfig;
 use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
@@ -276,12 +275,7 @@ impl Node {
             fleet_id: secrets.fleet_id().to_owned(),
             noise_public_key: secrets.noise_public_key(),
         };
-        let core = Arc::new(Mutex::new(Core::new(
-            platform.clone(),
-            secrets,
-            &identity,
-            State::default(),
-        )?));
+        let core = Arc::new(Mutex::new(Core::new(platform.clone(), secrets, &identity)?));
         // A joining node has no log yet: until the replicated state names
         // the members, it accepts peer links from the members it joined.
         let bootstrap = match &cfg.start {

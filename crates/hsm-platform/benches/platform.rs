@@ -3,7 +3,7 @@
 //! the software platform and on a SoftHSM2 token, side by side.
 //! Run: `cargo bench -p bkv-hsm-platform --bench platform` (needs softhsm2).
 
-use bkv_hsm_core::Platform;
+use bkv_hsm_core::{Platform, SealSlot};
 use bkv_hsm_platform::pkcs11::Pkcs11Platform;
 use bkv_hsm_platform::software::SoftwarePlatform;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -25,12 +25,17 @@ fn bench(c: &mut Criterion) {
     for (name, p) in platforms {
         let mut g = c.benchmark_group(format!("platform/{name}"));
         g.bench_function("seal 256 B", |b| {
-            b.iter(|| p.seal("raft-entry", &1u64.to_be_bytes(), &entry).unwrap())
+            b.iter(|| {
+                p.seal(SealSlot::RaftState, &1u64.to_be_bytes(), &entry)
+                    .unwrap()
+            })
         });
-        let sealed = p.seal("raft-entry", &1u64.to_be_bytes(), &entry).unwrap();
+        let sealed = p
+            .seal(SealSlot::RaftState, &1u64.to_be_bytes(), &entry)
+            .unwrap();
         g.bench_function("unseal 256 B", |b| {
             b.iter(|| {
-                p.unseal("raft-entry", &1u64.to_be_bytes(), &sealed)
+                p.unseal(SealSlot::RaftState, &1u64.to_be_bytes(), &sealed)
                     .unwrap()
             })
         });
@@ -44,8 +49,9 @@ fn bench(c: &mut Criterion) {
         g.bench_function("sealed write (seal entry + epoch, advance counter)", |b| {
             b.iter(|| {
                 v += 1;
-                p.seal("raft-entry", &v.to_be_bytes(), &entry).unwrap();
-                p.seal("raft-epoch", b"raft-epoch", &v.to_be_bytes())
+                p.seal(SealSlot::RaftState, &v.to_be_bytes(), &entry)
+                    .unwrap();
+                p.seal(SealSlot::RaftState, b"raft-epoch", &v.to_be_bytes())
                     .unwrap();
                 p.counter_advance_to(v).unwrap()
             })

@@ -25,7 +25,7 @@
 
 use crate::PlatformOpenError;
 use bkv_hsm_core::platform::seal_aad;
-use bkv_hsm_core::{Platform, PlatformError};
+use bkv_hsm_core::{Platform, PlatformError, SealSlot};
 use bkv_wire::admin::{PlatformDescription, PlatformKind};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -414,8 +414,13 @@ impl Platform for Pkcs11Platform {
         crate::unix_now()
     }
 
-    fn seal(&self, slot: &str, label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PlatformError> {
-        let aad = seal_aad(slot, label);
+    fn seal(
+        &self,
+        slot: SealSlot,
+        label: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, PlatformError> {
+        let aad = seal_aad(slot.name(), label);
         let mut inner = self.inner()?;
         let mut iv = self.next_iv(&mut inner)?;
         let iv_copy = iv;
@@ -433,7 +438,7 @@ impl Platform for Pkcs11Platform {
 
     fn unseal(
         &self,
-        slot: &str,
+        slot: SealSlot,
         label: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
@@ -443,7 +448,7 @@ impl Platform for Pkcs11Platform {
         }
         let (iv, ct) = rest.split_at(IV_LEN);
         let mut iv: [u8; IV_LEN] = iv.try_into().map_err(|_| PlatformError::Malformed)?;
-        let aad = seal_aad(slot, label);
+        let aad = seal_aad(slot.name(), label);
         let params = GcmParams::new(&mut iv, &aad, (TAG_LEN as u64 * 8).into()).map_err(token)?;
         let inner = self.inner()?;
         match inner

@@ -8,7 +8,7 @@
 
 use crate::{write_private_file, PlatformOpenError};
 use bkv_hsm_core::seal::{seal_xchacha, unseal_xchacha, XNONCE_LEN};
-use bkv_hsm_core::{Platform, PlatformError};
+use bkv_hsm_core::{Platform, PlatformError, SealSlot};
 use bkv_wire::admin::{PlatformDescription, PlatformKind};
 use ed25519_dalek::Signer;
 use rand_core::{OsRng, RngCore};
@@ -112,19 +112,30 @@ impl Platform for SoftwarePlatform {
         crate::unix_now()
     }
 
-    fn seal(&self, slot: &str, label: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, PlatformError> {
+    fn seal(
+        &self,
+        slot: SealSlot,
+        label: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, PlatformError> {
         let mut nonce = [0u8; XNONCE_LEN];
         self.fill_random(&mut nonce)?;
-        Ok(seal_xchacha(&self.sealing, nonce, slot, label, plaintext))
+        Ok(seal_xchacha(
+            &self.sealing,
+            nonce,
+            slot.name(),
+            label,
+            plaintext,
+        ))
     }
 
     fn unseal(
         &self,
-        slot: &str,
+        slot: SealSlot,
         label: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, PlatformError> {
-        unseal_xchacha(&self.sealing, slot, label, sealed)
+        unseal_xchacha(&self.sealing, slot.name(), label, sealed)
     }
 
     fn signing_public_key(&self) -> [u8; 32] {
@@ -180,11 +191,14 @@ mod tests {
         p.counter_advance_to(5).unwrap();
         p.counter_advance_to(3).unwrap();
         assert_eq!(p.counter_read().unwrap(), 5);
-        let s = p.seal("t", b"", b"x").unwrap();
+        let s = p.seal(SealSlot::RaftState, b"", b"x").unwrap();
         let sig = p.sign(b"m").unwrap();
         let p2 = SoftwarePlatform::open(d.path(), false).unwrap();
         assert_eq!(p2.counter_read().unwrap(), 5);
-        assert_eq!(p2.unseal("t", b"", &s).unwrap().as_slice(), b"x");
+        assert_eq!(
+            p2.unseal(SealSlot::RaftState, b"", &s).unwrap().as_slice(),
+            b"x"
+        );
         assert_eq!(p2.signing_public_key(), p.signing_public_key());
         assert_eq!(p2.sign(b"m").unwrap(), sig);
         std::fs::remove_file(d.path().join("sealing.key")).unwrap();

@@ -5,7 +5,7 @@
 //!
 //! One test function: a process can hold one initialised PKCS#11 module.
 
-use bkv_hsm_core::{Platform, PlatformError};
+use bkv_hsm_core::{Platform, PlatformError, SealSlot};
 use bkv_hsm_platform::pkcs11::{Pkcs11Config, Pkcs11Platform, SEALING_LABEL, SIGNING_LABEL};
 use bkv_hsm_platform::PlatformOpenError;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -112,27 +112,36 @@ fn keys_live_in_the_token_and_a_lost_token_is_a_clear_error() {
     );
 
     // Sealing in the token: round trip, binding, tamper detection.
-    let sealed = p.seal("slot", b"label", b"secret record").unwrap();
+    let sealed = p
+        .seal(SealSlot::RaftState, b"label", b"secret record")
+        .unwrap();
     assert_eq!(sealed[0], 2);
     assert!(!sealed.windows(13).any(|w| w == b"secret record"));
     assert_eq!(
-        p.unseal("slot", b"label", &sealed).unwrap().as_slice(),
+        p.unseal(SealSlot::RaftState, b"label", &sealed)
+            .unwrap()
+            .as_slice(),
         b"secret record"
     );
     assert_eq!(
-        p.unseal("slot", b"other", &sealed),
+        p.unseal(SealSlot::RaftState, b"other", &sealed),
         Err(PlatformError::Auth)
     );
     let mut bad = sealed.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert_eq!(p.unseal("slot", b"label", &bad), Err(PlatformError::Auth));
     assert_eq!(
-        p.unseal("slot", b"label", &sealed[..10]),
+        p.unseal(SealSlot::RaftState, b"label", &bad),
+        Err(PlatformError::Auth)
+    );
+    assert_eq!(
+        p.unseal(SealSlot::RaftState, b"label", &sealed[..10]),
         Err(PlatformError::Malformed)
     );
     // IVs never repeat within a process.
-    let again = p.seal("slot", b"label", b"secret record").unwrap();
+    let again = p
+        .seal(SealSlot::RaftState, b"label", b"secret record")
+        .unwrap();
     assert_ne!(sealed[1..13], again[1..13]);
 
     // Signing in the token verifies with the public key it reports.
@@ -163,10 +172,12 @@ fn keys_live_in_the_token_and_a_lost_token_is_a_clear_error() {
     assert_eq!(p.signing_public_key(), public);
     assert_eq!(p.counter_read().unwrap(), 7);
     assert_eq!(
-        p.unseal("slot", b"label", &sealed).unwrap().as_slice(),
+        p.unseal(SealSlot::RaftState, b"label", &sealed)
+            .unwrap()
+            .as_slice(),
         b"secret record"
     );
-    let later = p.seal("slot", b"label", b"x").unwrap();
+    let later = p.seal(SealSlot::RaftState, b"label", b"x").unwrap();
     assert!(later[1..9] > sealed[1..9], "IV epoch must advance");
     drop(p);
 

@@ -122,8 +122,10 @@ impl DevUp {
                 let _ = tx.send(line);
             }
         });
+        // A bound on a hang, not a timing check: on 2 cores beside the reproducible-build test
+        // (two release builds) a five-node dev up once took over a minute to be ready.
         let line = loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
+            match rx.recv_timeout(Duration::from_secs(180)) {
                 Ok(l) if l.contains("ready") => break l,
                 Ok(_) => continue,
                 Err(_) => {

@@ -48,7 +48,7 @@ impl World {
         let secrets = FleetSecrets::generate(&*p, trust).unwrap();
         let sealed = secrets.seal(&*p).unwrap();
         let me = NodeIdentity::generate(&*p).unwrap();
-        let mut core = Core::new(p.clone(), secrets, &me, State::default()).unwrap();
+        let mut core = Core::new(p.clone(), secrets, &me).unwrap();
         let found = core.found_entry(0, "127.0.0.1:1", &me, [0; 32]).unwrap();
         assert_eq!(core.apply(&found).unwrap(), Outcome::Founded);
         // The same entry again is a replay; a second Found is refused once the fleet has a
@@ -429,7 +429,7 @@ fn a_removed_members_entries_are_refused() {
         Outcome::AdminApplied { seq: 1 }
     );
     let secrets = FleetSecrets::unseal(&*w.platform, &w.sealed).unwrap();
-    let mut theirs = Core::new(w.platform.clone(), secrets, &id, State::default()).unwrap();
+    let mut theirs = Core::new(w.platform.clone(), secrets, &id).unwrap();
     let m = Mutation::CountRegisterStart {
         record_id: [5; 32],
         day: 0,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use argon2::Argon2;
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, State, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, NodeIdentity, Step};
 use bkv_wire::node::{NodeError, SessionId};
 use bkv_wire::vault::{RecordState, SessionHello, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, NOISE_PATTERN, NOISE_PROLOGUE, OPAQUE_CONTEXT};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub fn core_on(p: Arc<MemoryPlatform>) -> Core {
     let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
     let identity = NodeIdentity::generate(&*p).unwrap();
-    Core::new(p, secrets, &identity, State::default()).unwrap()
+    Core::new(p, secrets, &identity).unwrap()
 }
 
 pub fn core() -> Core {

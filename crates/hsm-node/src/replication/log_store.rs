@@ -20,7 +20,7 @@
 //! [`ReplicationStoreError::EarlierRelease`].
 
 use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
-use bkv_hsm_core::SharedPlatform;
+use bkv_hsm_core::{SealSlot, SharedPlatform};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
@@ -90,28 +90,26 @@ impl LogStore {
             let tx = db.begin_read().map_err(db_err)?;
             let meta = tx.open_table(META).map_err(db_err)?;
             match meta.get(STATE_KEY).map_err(db_err)? {
-                Some(v) => {
-                    match open_value::<RaftState>(&platform, STATE_KEY, STATE_LABEL, v.value()) {
-                        Ok(s) if s.version == STATE_VERSION => s,
-                        Ok(s) => {
-                            return Err(ReplicationStoreError::Malformed(format!(
-                                "raft state version {}",
-                                s.version
-                            )))
-                        }
-                        Err(e) => {
-                            if platform
-                                .unseal(STATE_KEY, STATE_LABEL_V2, v.value())
-                                .is_ok()
-                            {
-                                return Err(ReplicationStoreError::EarlierRelease(
-                                    "raft state version 2".into(),
-                                ));
-                            }
-                            return Err(e);
-                        }
+                Some(v) => match open_value::<RaftState>(&platform, STATE_LABEL, v.value()) {
+                    Ok(s) if s.version == STATE_VERSION => s,
+                    Ok(s) => {
+                        return Err(ReplicationStoreError::Malformed(format!(
+                            "raft state version {}",
+                            s.version
+                        )))
                     }
-                }
+                    Err(e) => {
+                        if platform
+                            .unseal(SealSlot::RaftState, STATE_LABEL_V2, v.value())
+                            .is_ok()
+                        {
+                            return Err(ReplicationStoreError::EarlierRelease(
+                                "raft state version 2".into(),
+                            ));
+                        }
+                        return Err(e);
+                    }
+                },
                 None => {
                     for k in LEGACY_KEYS {
                         if meta.get(k).map_err(db_err)?.is_some() {
@@ -270,7 +268,7 @@ impl LogStore {
             {
                 p.state.records_durable = p.state.records_durable.max(d);
             }
-            let sealed = seal_value(&inner.platform, STATE_KEY, STATE_LABEL, &p.state)?;
+            let sealed = seal_value(&inner.platform, STATE_LABEL, &p.state)?;
             {
                 let mut meta = tx.open_table(META).map_err(db_err)?;
                 meta.insert(STATE_KEY, sealed.as_slice()).map_err(db_err)?;

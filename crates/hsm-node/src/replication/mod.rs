@@ -15,7 +15,7 @@ pub mod group_commit;
 pub mod log_store;
 pub mod network;
 mod reads;
-pub mod snapshot_file;
+mod replica;
 pub mod snapshot_stream;
 pub mod state_machine;
 

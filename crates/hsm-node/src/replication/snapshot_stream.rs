@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::state_machine::MAX_SNAPSHOT;
-
+/// Largest snapshot stream accepted from a peer (about ten million users' records); checked
+/// before anything is allocated.
+pub const MAX_SNAPSHOT: usize = 4 << 30;
 /// First bytes of a snapshot stream (name and version).
 pub const STREAM_MAGIC: &[u8; 8] = b"bkvsnap2";
 const TAG_END: u8 = 0;

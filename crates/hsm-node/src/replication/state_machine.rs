@@ -15,15 +15,13 @@
 //! spool into a replacement of the receiver's table ([`super::snapshot_stream`]): neither side
 //! holds more than a bucket and a megabyte of it in memory.
 
-use super::snapshot_file::SnapshotFile;
 use super::snapshot_stream::{Frame, FrameSource, Sender, SnapshotData, Spool, StreamReader};
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use crate::records::{InFlight, RecordTable, TableHost};
-use bkv_hsm_core::sealed_state::{summary_position, Installer, NoBuckets, SealedState};
-use bkv_hsm_core::snapshot::{SnapshotKey, StreamStart};
-use bkv_hsm_core::state::{Outcome, State};
-use bkv_hsm_core::{Core, EntryKey, LogEntry, SharedPlatform};
+use bkv_hsm_core::sealed_state::{summary_position, NoBuckets};
+use bkv_hsm_core::snapshot::StreamStart;
+use bkv_hsm_core::SharedPlatform;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
@@ -33,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use super::snapshot_file::{MAX_SNAPSHOT, SNAPSHOT_CHUNK};
+pub use super::replica::{BareReplica, Replica};
+pub use super::snapshot_stream::MAX_SNAPSHOT;
 
 /// The record table's file in a data directory.
 pub const RECORDS_FILE: &str = "vault-records.redb";
@@ -196,29 +195,6 @@ impl Durable {
     }
 }
 
-/// What the state machine applies entries to.
-pub trait Replica: Send + 'static {
-    /// Applies a committed log entry (checking it first: a refused entry changes nothing and
-    /// says so in its outcome); an error (the record store failed or was tampered with) stops
-    /// the node.
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String>;
-    /// The fleet part of the state (members, generations).
-    fn state(&self) -> &State;
-    /// The records and their store.
-    fn records(&mut self) -> &mut SealedState;
-    /// The fleet secrets encrypted to an admitted member's identity key
-    /// (the core checks admission), or why not.
-    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
-    /// A snapshot header of the state a stored summary describes: the header, the position the
-    /// summary names and the stream nonce (`bkv_hsm_core::snapshot`).
-    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String>;
-    /// A bucket's frame in the stream with `nonce`.
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String>;
-    /// Starts installing the snapshot with `header` (refused unless a core of the fleet sealed
-    /// it and it is not behind this state).
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String>;
-}
-
 /// A replica as the snapshot sender's frame source: its core makes every frame.
 struct Frames<R: Replica>(Arc<Mutex<R>>);
 
@@ -228,93 +204,6 @@ impl<R: Replica> FrameSource for Frames<R> {
             .lock()
             .map_err(|_| "replica lock poisoned".to_string())?
             .snapshot_frame(nonce, b, sealed)
-    }
-}
-
-/// A bare state (the replication layer's tests and benchmarks): no fleet secrets, keys given
-/// outright, and no membership check (`SealedState::admit_entry`).
-pub struct BareReplica {
-    pub state: SealedState,
-    pub key: EntryKey,
-    pub snapshots: SnapshotKey,
-}
-
-impl BareReplica {
-    /// A bare replica of `state` whose entry and snapshot keys are `key` for fleet `fleet_id`.
-    pub fn new(state: SealedState, key: [u8; 32], fleet_id: &str) -> Self {
-        BareReplica {
-            state,
-            key: EntryKey::from_bytes(key, fleet_id),
-            snapshots: SnapshotKey::from_bytes(key, fleet_id),
-        }
-    }
-}
-
-impl Replica for BareReplica {
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
-        match self.state.admit_entry(&self.key, e, |_, _| true) {
-            Ok(m) => SealedState::apply(&mut self.state, &m).map_err(|e| e.to_string()),
-            Err(r) => Ok(Outcome::Refused(r)),
-        }
-    }
-    fn state(&self) -> &State {
-        self.state.fleet()
-    }
-    fn records(&mut self) -> &mut SealedState {
-        &mut self.state
-    }
-    fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
-        Err("this replica holds no fleet secrets".into())
-    }
-    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
-        let mut nonce = [0u8; 32];
-        self.state
-            .platform()
-            .fill_random(&mut nonce)
-            .map_err(|e| e.to_string())?;
-        let (header, position) = self
-            .state
-            .snapshot_header(&self.snapshots, nonce, summary)
-            .map_err(|e| e.to_string())?;
-        Ok(StreamStart {
-            header,
-            position,
-            nonce,
-        })
-    }
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        self.state
-            .snapshot_frame(&self.snapshots, nonce, b, sealed)
-            .map_err(|e| e.to_string())
-    }
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
-        self.state
-            .open_snapshot(&self.snapshots, header)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl Replica for Core {
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
-        Core::apply(self, e).map_err(|e| e.to_string())
-    }
-    fn state(&self) -> &State {
-        Core::state(self)
-    }
-    fn records(&mut self) -> &mut SealedState {
-        Core::records(self)
-    }
-    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
-        Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
-    }
-    fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
-        Core::snapshot_header(self, summary).map_err(|e| e.to_string())
-    }
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        Core::snapshot_frame(self, nonce, b, sealed).map_err(|e| e.to_string())
-    }
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
-        Core::open_snapshot(self, header).map_err(|e| e.to_string())
     }
 }
 
@@ -379,20 +268,6 @@ fn poisoned() -> ReplicationStoreError {
     ReplicationStoreError::Db("replica lock poisoned".into())
 }
 
-/// Replaces everything `r` and `table` hold with `state` at `position`, in one durable
-/// transaction.
-fn install_state<R: Replica>(
-    r: &mut R,
-    table: &RecordTable,
-    state: State,
-    position: &Position,
-) -> Result<(), ReplicationStoreError> {
-    let buckets = r.records().install(state)?;
-    let summary = r.records().seal_summary(&bkv_wire::encode(position))?;
-    table.replace_all(&buckets, &summary)?;
-    Ok(())
-}
-
 pub struct StateMachine<R: Replica> {
     dir: PathBuf,
     replica: Arc<Mutex<R>>,
@@ -409,8 +284,7 @@ pub struct StateMachine<R: Replica> {
 
 impl<R: Replica> StateMachine<R> {
     /// Opens the record table in the data directory `dir` and restores `replica` from it (the
-    /// core checks every stored bucket against the sealed summary's root). A directory of an
-    /// earlier release, with a snapshot file and no table, moves its snapshot into the table.
+    /// core checks every stored bucket against the sealed summary's root).
     pub fn open(
         dir: &Path,
         platform: SharedPlatform,
@@ -436,25 +310,8 @@ impl<R: Replica> StateMachine<R> {
         {
             let mut r = replica.lock().map_err(|_| poisoned())?;
             let host = Box::new(TableHost(table.clone(), inflight.clone()));
-            match r.records().restore(host, summary.as_deref())? {
-                Some(p) => position = Position::decode(&p)?,
-                None => {
-                    let legacy = SnapshotFile::new(dir, platform.clone());
-                    if let Some((meta, data)) = legacy.read()? {
-                        let state = State::decode(&data, MAX_SNAPSHOT).map_err(|_| {
-                            ReplicationStoreError::Malformed("snapshot state".into())
-                        })?;
-                        position = Position {
-                            last_applied: meta.last_log_id,
-                            membership: meta.last_membership,
-                        };
-                        install_state(&mut *r, &table, state, &position)?;
-                        legacy.remove()?;
-                        tracing::info!(
-                            "moved the snapshot of an earlier release into the record table"
-                        );
-                    }
-                }
+            if let Some(p) = r.records().restore(host, summary.as_deref())? {
+                position = Position::decode(&p)?;
             }
         }
         Spool::remove_stale(dir);

@@ -4,7 +4,7 @@
 
 use super::MAX_ENTRY;
 use crate::replication::ReplicationStoreError;
-use bkv_hsm_core::SharedPlatform;
+use bkv_hsm_core::{SealSlot, SharedPlatform};
 use openraft::{LogId, Vote};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -83,14 +83,14 @@ impl Persisted {
     }
 }
 
+/// Seals the host's value `v` (slot `raft-state`, the host's only slot) under `label`.
 pub(super) fn seal_value<T: serde::Serialize>(
     p: &SharedPlatform,
-    purpose: &str,
     label: &[u8],
     v: &T,
 ) -> Result<Vec<u8>, ReplicationStoreError> {
     Ok(p.seal(
-        purpose,
+        SealSlot::RaftState,
         label,
         &zeroize::Zeroizing::new(bkv_wire::encode(v)),
     )?)
@@ -98,15 +98,15 @@ pub(super) fn seal_value<T: serde::Serialize>(
 
 pub(super) fn open_value<T: serde::de::DeserializeOwned>(
     p: &SharedPlatform,
-    purpose: &str,
     label: &[u8],
     sealed: &[u8],
 ) -> Result<T, ReplicationStoreError> {
+    let purpose = SealSlot::RaftState.name();
     if sealed.len() > MAX_ENTRY {
         return Err(ReplicationStoreError::Malformed(purpose.into()));
     }
     let plain = p
-        .unseal(purpose, label, sealed)
+        .unseal(SealSlot::RaftState, label, sealed)
         .map_err(|_| ReplicationStoreError::Unseal(purpose.into()))?;
     bkv_wire::decode(&plain, MAX_ENTRY)
         .map_err(|_| ReplicationStoreError::Malformed(purpose.into()))

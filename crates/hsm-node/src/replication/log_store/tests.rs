@@ -63,12 +63,12 @@ async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
             };
             put(
                 "raft-epoch",
-                seal_value(&platform, "raft-epoch", b"raft-epoch", &3u64).expect("seal"),
+                seal_value(&platform, b"raft-epoch", &3u64).expect("seal"),
             );
             let vote = Vote::new(1, 0);
             put(
                 "raft-vote",
-                seal_value(&platform, "raft-vote", b"raft-vote", &vote).expect("seal"),
+                seal_value(&platform, b"raft-vote", &vote).expect("seal"),
             );
         }
         {
@@ -78,8 +78,7 @@ async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
                     log_id: LogId::new(leader, i),
                     payload: openraft::EntryPayload::Blank,
                 };
-                let sealed =
-                    seal_value(&platform, "raft-entry", &i.to_be_bytes(), &e).expect("seal");
+                let sealed = seal_value(&platform, &i.to_be_bytes(), &e).expect("seal");
                 log.insert(i, sealed.as_slice()).expect("insert");
             }
         }
@@ -99,8 +98,8 @@ async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
         let tx = db.begin_write().expect("tx");
         {
             let mut meta = tx.open_table(META).expect("meta");
-            let sealed = seal_value(&platform, STATE_KEY, STATE_LABEL_V2, &RaftState::default())
-                .expect("seal");
+            let sealed =
+                seal_value(&platform, STATE_LABEL_V2, &RaftState::default()).expect("seal");
             meta.insert(STATE_KEY, sealed.as_slice()).expect("insert");
         }
         tx.commit().expect("commit");
