@@ -13,15 +13,12 @@
 //! `a_removed_member_cannot_propose_over_a_link_it_opened_before`).
 
 use crate::fleet::{
-    attempts, form, leader, new_member, peer, register, sealed_entry, start, Member,
-    ProposeMutation, RID,
+    attempts, leader, register, sealed_entry, three_node_fleet, Member, ProposeMutation, RID,
 };
 use bkv_hsm_core::entry::Refusal;
 use bkv_hsm_core::state::{Mutation, Outcome, State};
 use bkv_hsm_core::{EntryKey, LogEntry};
 use bkv_hsm_node::replication::network::{Link, PeerRequest, PeerResponse, ProposeError};
-use bkv_hsm_node::replication::PeerNode;
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// What every member's state must agree on after each attack: the fleet part (proposers'
@@ -66,17 +63,7 @@ async fn agreed(members: &[Member]) -> (State, Option<u32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byzantine_host_gets_no_entry_past_the_cores() {
     let t = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (0..3).map(|i| new_member(t.path(), i)).collect();
-    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
-    for (i, m) in members.iter_mut().enumerate() {
-        start(i as u64, m, &bootstrap).await;
-    }
-    let nodes: BTreeMap<u64, PeerNode> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (i as u64, peer(m)))
-        .collect();
-    form(&members, nodes).await;
+    let members = three_node_fleet(t.path()).await;
     let l = leader(&members).await as usize;
     let follower = (l + 1) % 3;
     let lead = members[l].fleet.as_ref().unwrap();

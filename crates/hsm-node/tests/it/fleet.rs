@@ -187,6 +187,22 @@ async fn start_with(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>, log
     m.fleet = Some(fleet);
 }
 
+/// Three members started on loopback and formed into one fleet (ids 0, 1, 2).
+pub(crate) async fn three_node_fleet(root: &std::path::Path) -> Vec<Member> {
+    let mut members: Vec<Member> = (0..3u64).map(|i| new_member(root, i)).collect();
+    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        start(i as u64, m, &bootstrap).await;
+    }
+    let nodes: BTreeMap<u64, PeerNode> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i as u64, peer(m)))
+        .collect();
+    form(&members, nodes).await;
+    members
+}
+
 pub(crate) async fn leader(members: &[Member]) -> u64 {
     for _ in 0..100 {
         for m in members.iter().filter_map(|m| m.fleet.as_ref()) {

@@ -5,8 +5,6 @@ use crate::fleet::*;
 use bkv_hsm_core::state::{Mutation, Outcome};
 use bkv_hsm_core::Entries;
 use bkv_hsm_node::replication::network::{Link, PeerRequest, PeerResponse};
-use bkv_hsm_node::replication::PeerNode;
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Issue 27, item 3: removing a node cuts the peer links it holds open at once. Its host kept a
@@ -15,17 +13,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_cannot_propose_over_a_link_it_opened_before() {
     let t = tempfile::tempdir().unwrap();
-    let mut members: Vec<Member> = (0..3u64).map(|i| new_member(t.path(), i)).collect();
-    let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
-    for (i, m) in members.iter_mut().enumerate() {
-        start(i as u64, m, &bootstrap).await;
-    }
-    let nodes: BTreeMap<u64, PeerNode> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (i as u64, peer(m)))
-        .collect();
-    form(&members, nodes).await;
+    let members = three_node_fleet(t.path()).await;
     let l = leader(&members).await as usize;
     let lf = members[l].fleet.as_ref().unwrap();
     let generation = register(lf).await;

@@ -69,8 +69,30 @@ fn apply(s: &mut SealedState, m: &bkv_hsm_core::Mutation) {
     s.apply(&m).unwrap();
 }
 
-fn source(dir: &Path, p: &SharedPlatform, n: u32) -> Source {
+/// A registration of `user` waiting for its confirmation.
+fn store_pending(user: &str) -> bkv_hsm_core::Mutation {
     use bkv_hsm_core::state::{Credential, Mutation, Pending};
+    Mutation::StorePending {
+        record_id: bkv_wire::record_id(user),
+        pending: Pending {
+            credential: Credential {
+                opaque_record: vec![1; 192],
+                wrapped_key: vec![2; 80],
+                guess_limit: 10,
+                confirm_hash: [3; 32],
+            },
+            replaces: None,
+        },
+    }
+}
+
+/// Writes what `s` changed and its summary to `table`, durably.
+fn persist(s: &mut SealedState, table: &crate::records::RecordTable) {
+    let summary = s.seal_summary(b"position").unwrap();
+    table.write(&s.take_writes(), Some(&summary), true).unwrap();
+}
+
+fn source(dir: &Path, p: &SharedPlatform, n: u32) -> Source {
     let table =
         Arc::new(crate::records::RecordTable::open(&dir.join("records.redb"), 4 << 20).unwrap());
     let mut s = SealedState::new(p.clone(), [7; 32]);
@@ -80,20 +102,9 @@ fn source(dir: &Path, p: &SharedPlatform, n: u32) -> Source {
     )
     .unwrap();
     for i in 0..n {
-        let record_id = bkv_wire::record_id(&format!("user-{i}"));
-        let pending = Pending {
-            credential: Credential {
-                opaque_record: vec![1; 192],
-                wrapped_key: vec![2; 80],
-                guess_limit: 10,
-                confirm_hash: [3; 32],
-            },
-            replaces: None,
-        };
-        apply(&mut s, &Mutation::StorePending { record_id, pending });
+        apply(&mut s, &store_pending(&format!("user-{i}")));
     }
-    let summary = s.seal_summary(b"position").unwrap();
-    table.write(&s.take_writes(), Some(&summary), true).unwrap();
+    persist(&mut s, &table);
     Source {
         table,
         state: Arc::new(Mutex::new(s)),
@@ -278,7 +289,6 @@ fn a_stream_missing_altered_or_forged_installs_nothing() {
 /// records, by sending it a snapshot a core made earlier or elsewhere.
 #[test]
 fn a_stale_or_other_history_snapshot_installs_nothing() {
-    use bkv_hsm_core::state::{Credential, Mutation, Pending};
     let dir = tempfile::tempdir().unwrap();
     let p = MemoryPlatform::shared([3; 32]);
     let src = source(dir.path(), &p, 20);
@@ -288,23 +298,9 @@ fn a_stale_or_other_history_snapshot_installs_nothing() {
     let mut t = target(other.path());
     t.install(&old).unwrap();
     // The member applies one more entry; the snapshot it installed is now behind it.
-    let late = Mutation::StorePending {
-        record_id: bkv_wire::record_id("late-user"),
-        pending: Pending {
-            credential: Credential {
-                opaque_record: vec![1; 192],
-                wrapped_key: vec![2; 80],
-                guess_limit: 10,
-                confirm_hash: [3; 32],
-            },
-            replaces: None,
-        },
-    };
+    let late = store_pending("late-user");
     apply(&mut t.state, &late);
-    let summary = t.state.seal_summary(b"position").unwrap();
-    t.table
-        .write(&t.state.take_writes(), Some(&summary), true)
-        .unwrap();
+    persist(&mut t.state, &t.table);
     let before = t.state.export().unwrap();
     let e = t.install(&old).unwrap_err();
     assert!(e.contains("older"), "{e}");
@@ -318,28 +314,11 @@ fn a_stale_or_other_history_snapshot_installs_nothing() {
     assert!(e.contains("another history"), "{e}");
     assert_eq!(t.state.export().unwrap(), before);
     // A newer snapshot of the same history still installs.
-    apply(&mut src.state.lock().unwrap(), &late);
-    apply(
-        &mut src.state.lock().unwrap(),
-        &Mutation::StorePending {
-            record_id: bkv_wire::record_id("later-user"),
-            pending: Pending {
-                credential: Credential {
-                    opaque_record: vec![1; 192],
-                    wrapped_key: vec![2; 80],
-                    guess_limit: 10,
-                    confirm_hash: [3; 32],
-                },
-                replaces: None,
-            },
-        },
-    );
     {
         let mut s = src.state.lock().unwrap();
-        let summary = s.seal_summary(b"position").unwrap();
-        src.table
-            .write(&s.take_writes(), Some(&summary), true)
-            .unwrap();
+        apply(&mut s, &late);
+        apply(&mut s, &store_pending("later-user"));
+        persist(&mut s, &src.table);
     }
     let mut newer = Vec::new();
     src.sender().read_to_end(&mut newer).unwrap();
