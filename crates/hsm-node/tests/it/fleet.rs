@@ -227,20 +227,9 @@ pub(crate) fn attempts(state: &Arc<Mutex<BareReplica>>) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     let t = tempfile::tempdir().unwrap();
-    let mut members = Vec::new();
-    for i in 0..3u64 {
-        members.push(new_member(t.path(), i));
-    }
+    let mut members = three_node_fleet(t.path()).await;
+    // What a restarted member is started with again.
     let bootstrap: BTreeSet<[u8; 32]> = members.iter().map(|m| m.identity.public()).collect();
-    for (i, m) in members.iter_mut().enumerate() {
-        start(i as u64, m, &bootstrap).await;
-    }
-    let nodes: BTreeMap<u64, PeerNode> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (i as u64, peer(m)))
-        .collect();
-    form(&members, nodes).await;
     let l = leader(&members).await;
     let follower = (l + 1) % 3;
 
