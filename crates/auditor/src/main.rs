@@ -4,7 +4,6 @@
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rand::RngCore;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -111,27 +110,10 @@ fn main() {
     }
 }
 
+/// The auditor's signing key, created only when no file exists (a key that cannot be read is
+/// an error, never replaced: a new key would fork the log's identity).
 fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
-    if let Ok(b) = std::fs::read(path) {
-        let arr: [u8; 32] = b
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
-        return Ok(SigningKey::from_bytes(&arr));
-    }
-    let mut k = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut k);
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&k)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let k = bkv_private_files::load_or_create_key::<32>(path)?;
     Ok(SigningKey::from_bytes(&k))
 }
 

@@ -27,29 +27,9 @@ pub use session::{Endpoint, Session};
 pub use storage::BackupStore;
 pub use vault::VaultClient;
 
-/// Writes `bytes` to `path` whole or not at all (temporary file, fsync, rename), readable by
-/// the owner only; creates the parent directory. Other processes may read `path` meanwhile.
-pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
+/// Writes a private file whole or not at all, readable by the owner only, creating its parent
+/// directory (the one implementation, in `bkv-private-files`).
+pub use bkv_private_files::write_private_file;
 
 /// Test hook for crash-consistency tests: a process started with
 /// `BKV_CRASH_AT=<step>` kills itself with SIGKILL when it reaches `step`

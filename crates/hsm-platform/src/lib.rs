@@ -16,8 +16,7 @@ pub mod softhsm;
 pub mod software;
 
 use bkv_hsm_core::SharedPlatform;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Debian's SoftHSM2 module.
@@ -60,23 +59,9 @@ pub fn open(cfg: &PlatformConfig, create: bool) -> Result<SharedPlatform, Platfo
     })
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename), mode 0600.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
+/// Writes a private file whole, owner-only and durably (the one implementation, in
+/// `bkv-private-files`).
+pub use bkv_private_files::write_private_file;
 
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -33,33 +33,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformOpenError + '_ {
     }
 }
 
-/// Reads a 32-byte key file, or creates it with fresh randomness when
-/// `create` is set.
+/// Reads a 32-byte key file, or creates it with fresh randomness when `create` is set and no
+/// file exists (`bkv-private-files`: any other read error replaces nothing).
 fn key_file(path: &Path, create: bool) -> Result<Zeroizing<[u8; 32]>, PlatformOpenError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let bytes = Zeroizing::new(bytes);
-            let mut k = Zeroizing::new([0u8; 32]);
-            if bytes.len() != 32 {
-                return Err(PlatformOpenError::Corrupt(format!(
-                    "{} (expected 32 bytes)",
-                    path.display()
-                )));
-            }
-            k.copy_from_slice(&bytes);
-            Ok(k)
+    use bkv_private_files::KeyFileError;
+    let r = if create {
+        bkv_private_files::load_or_create_key(path)
+    } else {
+        bkv_private_files::read_key(path)
+    };
+    r.map_err(|e| match e {
+        KeyFileError::Missing { .. } => {
+            PlatformOpenError::Missing(format!("{} is missing", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let mut k = Zeroizing::new([0u8; 32]);
-            OsRng.fill_bytes(k.as_mut());
-            write_private_file(path, k.as_ref()).map_err(io(path))?;
-            Ok(k)
+        KeyFileError::Length { .. } | KeyFileError::Mode { .. } => {
+            PlatformOpenError::Corrupt(e.to_string())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PlatformOpenError::Missing(
-            format!("{} is missing", path.display()),
-        )),
-        Err(e) => Err(io(path)(e)),
-    }
+        KeyFileError::Read { source, .. } | KeyFileError::Write { source, .. } => io(path)(source),
+        KeyFileError::Random(r) => PlatformOpenError::Corrupt(format!("randomness: {r}")),
+    })
 }
 
 impl SoftwarePlatform {

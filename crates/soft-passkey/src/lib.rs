@@ -24,7 +24,6 @@ use passkey_types::webauthn::{CredentialCreationOptions, CredentialRequestOption
 use passkey_types::{CredentialExtensions, Passkey, StoredHmacSecret};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Largest credential file read.
@@ -193,23 +192,7 @@ impl SoftAuthenticator {
         })
         .map_err(|e| self.format_err(e.to_string()))?;
         let io = |e| StoreError::Io(self.path.clone(), e);
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&body).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        bkv_private_files::write_private_file(&self.path, &body).map_err(io)
     }
 
     fn authenticator(

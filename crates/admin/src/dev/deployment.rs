@@ -4,7 +4,6 @@ use super::*;
 use anyhow::{anyhow, bail, Context};
 use bkv_operator::fleet::{self as fleet_admin, Operator};
 use ed25519_dalek::SigningKey;
-use rand::RngCore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -388,25 +387,13 @@ pub(crate) fn toolchain() -> String {
 }
 
 pub(crate) fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let b = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let arr: [u8; 32] = b
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
-    Ok(SigningKey::from_bytes(&arr))
+    let k = bkv_private_files::read_key::<32>(path)?;
+    Ok(SigningKey::from_bytes(&k))
 }
 
+/// A dev deployment's key, created only when no file exists (never replaced on a read error).
 pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
-    if let Ok(b) = std::fs::read(path) {
-        let arr: [u8; 32] = b
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("{} is corrupt", path.display()))?;
-        return Ok(SigningKey::from_bytes(&arr));
-    }
-    let mut k = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut k);
-    bkv_hsm_platform::write_private_file(path, &k)?;
+    let k = bkv_private_files::load_or_create_key::<32>(path)?;
     Ok(SigningKey::from_bytes(&k))
 }
 

@@ -208,38 +208,13 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The witness key at `path`; an absent, unreadable or malformed file is an error.
 fn load(path: &Path) -> anyhow::Result<SigningKey> {
-    let b = std::fs::read(path).with_context(|| format!("read witness key {}", path.display()))?;
-    let k: [u8; 32] = b
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("{} is not a 32-byte key", path.display()))?;
+    let k = bkv_private_files::read_key::<32>(path).context("witness key")?;
     Ok(SigningKey::from_bytes(&k))
 }
 
 /// The witness key at `path`, created only when no file exists there: a key that is there but
 /// cannot be read (permissions, a disk error) is never replaced.
 fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
-    match std::fs::read(path) {
-        Ok(_) => load(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            getrandom(&mut k[..])?;
-            bkv_client::write_private_file(path, &k[..])
-                .with_context(|| format!("write {}", path.display()))?;
-            Ok(SigningKey::from_bytes(&k))
-        }
-        Err(e) => Err(e).with_context(|| {
-            format!(
-                "read witness key {} (not replaced: fix the file or its permissions)",
-                path.display()
-            )
-        }),
-    }
-}
-
-fn getrandom(out: &mut [u8]) -> anyhow::Result<()> {
-    use rand::RngCore;
-    rand::rngs::OsRng
-        .try_fill_bytes(out)
-        .map_err(|e| anyhow!("randomness: {e}"))
+    let k = bkv_private_files::load_or_create_key::<32>(path).context("witness key")?;
+    Ok(SigningKey::from_bytes(&k))
 }
