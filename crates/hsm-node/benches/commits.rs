@@ -150,8 +150,9 @@ fn entry_key() -> bkv_hsm_core::EntryKey {
 }
 
 /// Numbers entries and hands them over together, as the core lock does in a node: entries of
-/// one proposer must reach the log in their order.
-static SEQ: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+/// one proposer must reach the log in their order. Nonces come from a CSPRNG seeded once, as a
+/// core's do (`bkv_hsm_core::platform::operation_rng`), not from a system call per entry.
+static PROPOSER: std::sync::Mutex<Option<(u64, rand::rngs::StdRng)>> = std::sync::Mutex::new(None);
 
 /// Proposes `m` as the leader's core would: sealed into the leader's next entry (the sealing is
 /// part of what a commit costs).
@@ -160,9 +161,10 @@ async fn propose(
     m: Mutation,
 ) -> Result<Outcome, bkv_hsm_node::replication::fleet::FleetError> {
     let submitted = {
-        let mut seq = SEQ.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = PROPOSER.lock().unwrap_or_else(|e| e.into_inner());
+        let (seq, rng) = p.get_or_insert_with(|| (0, rand::SeedableRng::from_entropy()));
         *seq += 1;
-        let e = entry_key().seal(leader.identity_key, *seq, &mut rand::rngs::OsRng, &m);
+        let e = entry_key().seal(leader.identity_key, *seq, rng, &m);
         leader.submit(e)
     };
     leader.wait(submitted).await

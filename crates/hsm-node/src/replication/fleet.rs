@@ -92,6 +92,10 @@ pub struct Fleet {
     net: PeerNetwork,
     /// This node's proposals, in the order its core made them ([`Fleet::submit`]).
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    /// Proposals handed to the pipeline and not yet queued for commit or answered: while there
+    /// are none and this node leads, a proposal goes straight to the group commit.
+    in_pipeline: Arc<std::sync::atomic::AtomicUsize>,
+    commits: GroupCommit,
     pipeline: tokio::task::JoinHandle<()>,
     reads: ReadRounds,
     server: tokio::task::JoinHandle<()>,
@@ -241,6 +245,7 @@ impl Fleet {
             .map_err(|e| FleetError::Raft(e.to_string()))?;
         let commits = GroupCommit::start(raft.clone());
         let (proposals, queued) = tokio::sync::mpsc::unbounded_channel();
+        let in_pipeline = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let pipeline = tokio::spawn(propose_in_order(
             raft.clone(),
             net.clone(),
@@ -270,6 +275,8 @@ impl Fleet {
             raft,
             net,
             proposals,
+            in_pipeline,
+            commits: commits.clone(),
             pipeline,
             reads,
             server,
@@ -293,18 +300,31 @@ impl Fleet {
     /// lock), since each core's entries must reach the log in the order it numbered them
     /// ([`bkv_hsm_core::entry`]). [`Fleet::wait`] then waits for the outcome.
     pub fn submit(&self, entry: LogEntry) -> Submitted {
+        use std::sync::atomic::Ordering;
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        // The common case, this node leading with nothing of its own still in the pipeline:
+        // straight into the group commit (whose queue keeps the order), without the pipeline's
+        // extra hop, so the entry is there when the gatherer closes its next batch.
+        let leading = self.raft.metrics().borrow().current_leader == Some(self.id);
+        if leading && self.in_pipeline.load(Ordering::Acquire) == 0 {
+            return Submitted {
+                rx: Waiting::Direct(self.commits.submit(vec![entry])),
+                deadline,
+                started,
+            };
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(e) = self.proposals.send(Proposal {
             entry,
             deadline,
             tx,
+            _held: Held::new(&self.in_pipeline),
         }) {
             let _ = e.0.tx.send(Err("the proposal pipeline stopped".into()));
         }
         Submitted {
-            rx,
+            rx: Waiting::Pipeline(rx),
             deadline,
             started,
         }
@@ -314,7 +334,15 @@ impl Fleet {
     /// returns its outcome. Fails with `Unavailable` when no leader with a majority took it in
     /// time: then its outcome is unknown (it may still commit, and is never proposed twice).
     pub async fn wait(&self, s: Submitted) -> Result<Outcome, FleetError> {
-        let r = tokio::time::timeout_at(s.deadline, s.rx).await;
+        let r = match s.rx {
+            Waiting::Pipeline(rx) => tokio::time::timeout_at(s.deadline, rx).await,
+            Waiting::Direct(rx) => tokio::time::timeout_at(s.deadline, rx).await.map(|r| {
+                r.map(|r| {
+                    r.map_err(|e| format!("{e} (the change may still commit)"))
+                        .and_then(one_outcome)
+                })
+            }),
+        };
         let (outcome, index) = match r {
             Ok(Ok(Ok(x))) => x,
             Ok(Ok(Err(e))) => return Err(FleetError::Unavailable(e)),
@@ -491,13 +519,47 @@ struct Proposal {
     entry: LogEntry,
     deadline: tokio::time::Instant,
     tx: tokio::sync::oneshot::Sender<Result<(Outcome, u64), String>>,
+    /// Counts the proposal in [`Fleet::in_pipeline`] until it is dropped: once queued for
+    /// commit or answered.
+    _held: Held,
+}
+
+struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Held {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Held {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Held(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What [`Fleet::wait`] waits for.
 pub struct Submitted {
-    rx: tokio::sync::oneshot::Receiver<Result<(Outcome, u64), String>>,
+    rx: Waiting,
     deadline: tokio::time::Instant,
     started: std::time::Instant,
+}
+
+/// Where a submitted entry's outcome comes from.
+enum Waiting {
+    /// The proposal pipeline (forwarded, or queued behind earlier proposals).
+    Pipeline(tokio::sync::oneshot::Receiver<Result<(Outcome, u64), String>>),
+    /// The group commit, submitted to directly as the leader.
+    Direct(tokio::sync::oneshot::Receiver<super::group_commit::Committed>),
+}
+
+/// The outcome of a proposal of one entry.
+fn one_outcome((mut outs, index): (Vec<Outcome>, u64)) -> Result<(Outcome, u64), String> {
+    match outs.len() {
+        1 => Ok((outs.remove(0), index)),
+        _ => Err("one entry applied as several".to_string()),
+    }
 }
 
 fn leader_node(raft: &Raft<TypeConfig>, leader: u64) -> Result<PeerNode, String> {
@@ -555,17 +617,19 @@ async fn propose_in_order(
         match raft.current_leader().await {
             Some(l) if l == me => {
                 for p in held.drain(..) {
-                    let done = commits.submit(vec![p.entry]);
+                    let Proposal {
+                        entry, tx, _held, ..
+                    } = p;
+                    let done = commits.submit(vec![entry]);
+                    // Queued in order: later proposals may now skip the pipeline.
+                    drop(_held);
                     tokio::spawn(async move {
                         let r = match done.await {
-                            Ok(Ok((mut outs, index))) if outs.len() == 1 => {
-                                Ok((outs.remove(0), index))
-                            }
-                            Ok(Ok(_)) => Err("one entry applied as several".to_string()),
+                            Ok(Ok(r)) => one_outcome(r),
                             Ok(Err(e)) => Err(format!("{e} (the change may still commit)")),
                             Err(_) => Err("group commit dropped the entry".to_string()),
                         };
-                        let _ = p.tx.send(r);
+                        let _ = tx.send(r);
                     });
                 }
             }
