@@ -10,9 +10,10 @@ pub struct ClientConfig {
     pub version: u32,
     /// Base URL of the frontend.
     pub frontend_url: String,
-    /// Local directory holding encrypted backups (relative to this file), unless
-    /// `storage_url` is set.
-    pub storage_dir: PathBuf,
+    /// Local directory holding encrypted backups (relative to this file). One of `storage_dir`
+    /// and `storage_url` is required; `storage_url` wins when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<PathBuf>,
     /// Object storage for the encrypted backups instead: `s3://bucket/prefix` (credentials,
     /// region and endpoint from the standard AWS environment variables) or `file:///dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +178,16 @@ impl ClientConfig {
         }
         check_frontend_url(&cfg.frontend_url)?;
         let mut cfg = cfg;
+        match (&mut cfg.storage_dir, &cfg.storage_url) {
+            (None, None) => bail!(
+                "client config {} names no storage: set storage_dir or storage_url",
+                path.display()
+            ),
+            (Some(dir), _) if dir.is_relative() => {
+                *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+            }
+            _ => {}
+        }
         if let Some(ca) = &mut cfg.ca_file {
             if ca.is_relative() {
                 *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
@@ -204,9 +215,12 @@ impl ClientConfig {
 
     /// Where backups are stored: `storage_url`, else `storage_dir`.
     pub fn storage_location(&self) -> String {
-        self.storage_url
-            .clone()
-            .unwrap_or_else(|| self.storage_dir.display().to_string())
+        match (&self.storage_url, &self.storage_dir) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => dir.display().to_string(),
+            // `parse` refuses a config without either.
+            (None, None) => String::new(),
+        }
     }
 
     /// The HTTP client for the frontend: HTTPS verified against `ca_file` when set (else the
@@ -331,4 +345,33 @@ pub struct CheckArgs {
     /// name (a sample, on a machine that does not hold the deployment's keys).
     #[arg(long)]
     pub skip_files: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(storage: &str) -> String {
+        format!(
+            "version = 1\nfrontend_url = \"http://127.0.0.1:8080\"\n{storage}\n\n[fleet]\n\
+             mode = \"pinned\"\nfleet_id = \"f\"\nnoise_public_key = \"{}\"\n",
+            "11".repeat(32)
+        )
+    }
+
+    /// What docs/operations.md says: a directory (relative to the file) or a URL, one of them
+    /// required, the URL winning when both are set.
+    #[test]
+    fn storage_is_a_directory_beside_the_file_or_a_url_and_one_is_required() {
+        let at = Path::new("/etc/bkv/client.toml");
+        let c = ClientConfig::parse(&config("storage_dir = \"backups\""), at).unwrap();
+        assert_eq!(c.storage_location(), "/etc/bkv/backups");
+        let c = ClientConfig::parse(&config("storage_url = \"s3://b/p\""), at).unwrap();
+        assert_eq!(c.storage_location(), "s3://b/p");
+        let both = "storage_dir = \"d\"\nstorage_url = \"s3://b/p\"";
+        let c = ClientConfig::parse(&config(both), at).unwrap();
+        assert_eq!(c.storage_location(), "s3://b/p");
+        let e = ClientConfig::parse(&config(""), at).unwrap_err();
+        assert!(e.to_string().contains("storage_dir or storage_url"), "{e}");
+    }
 }

@@ -144,7 +144,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = ClientConfig {
         version: 1,
         frontend_url: frontend_url.clone(),
-        storage_dir,
+        storage_dir: Some(storage_dir),
         storage_url: args.storage_url.clone(),
         ca_file: None,
         guess_limit: bkv_wire::vault::DEFAULT_GUESS_LIMIT,

@@ -17,6 +17,7 @@ mod e2e;
 mod endpoints;
 mod evidence;
 mod fleet;
+mod maps;
 mod protectors;
 mod rotation;
 mod s3;
