@@ -14,6 +14,8 @@ pub mod fleet;
 pub mod group_commit;
 pub mod log_store;
 pub mod network;
+mod peer_server;
+mod proposals;
 mod reads;
 mod replica;
 pub mod snapshot_stream;
