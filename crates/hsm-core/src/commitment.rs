@@ -185,8 +185,12 @@ impl RecordCommitment {
             *n = leaf(b, None);
         }
         for i in (1..leaves).rev() {
-            let (l, r) = (nodes[2 * i], nodes[2 * i + 1]);
-            nodes[i] = inner(&l, &r);
+            // Children 2i and 2i+1 exist for every inner node i < leaves.
+            if let (Some(l), Some(r)) = (nodes.get(2 * i).copied(), nodes.get(2 * i + 1).copied()) {
+                if let Some(n) = nodes.get_mut(i) {
+                    *n = inner(&l, &r);
+                }
+            }
         }
         RecordCommitment {
             key: zeroize::Zeroizing::new(key),
@@ -308,7 +312,11 @@ impl RecordCommitment {
         if bucket.len() > MAX_BUCKET_RECORDS {
             return Err(CommitmentError::BucketFull(b));
         }
-        if !bucket.records.windows(2).all(|w| w[0].0 < w[1].0) {
+        if !bucket
+            .records
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.0 < b.0))
+        {
             return Err(CommitmentError::Malformed(
                 "bucket records out of order or repeated".into(),
             ));

@@ -13,6 +13,16 @@
 //! docs for how that is kept true).
 
 #![forbid(unsafe_code)]
+// No panics on what peers, the relay or the disk hand the node, enforced (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod config;
 pub mod metrics;

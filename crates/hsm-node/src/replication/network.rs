@@ -130,6 +130,12 @@ fn proto(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// The first `n` bytes Noise wrote into `buf` (it never reports more than the buffer holds).
+fn written(buf: &[u8], n: usize) -> io::Result<&[u8]> {
+    buf.get(..n)
+        .ok_or_else(|| proto("noise reported more bytes than its buffer holds"))
+}
+
 async fn write_u16_frame(s: &mut TcpStream, b: &[u8]) -> io::Result<()> {
     let n = u16::try_from(b.len()).map_err(proto)?;
     s.write_all(&n.to_be_bytes()).await?;
@@ -169,7 +175,7 @@ impl Link {
                 .map_err(proto)?;
             let mut buf = vec![0u8; 1024];
             let n = hs.write_message(&[], &mut buf).map_err(proto)?;
-            write_u16_frame(&mut stream, &buf[..n]).await?;
+            write_u16_frame(&mut stream, written(&buf, n)?).await?;
             let reply = read_u16_frame(&mut stream).await?;
             hs.read_message(&reply, &mut buf).map_err(proto)?;
             let noise = hs.into_transport().map_err(proto)?;
@@ -193,7 +199,7 @@ impl Link {
             let first = read_u16_frame(&mut stream).await?;
             hs.read_message(&first, &mut buf).map_err(proto)?;
             let n = hs.write_message(&[], &mut buf).map_err(proto)?;
-            write_u16_frame(&mut stream, &buf[..n]).await?;
+            write_u16_frame(&mut stream, written(&buf, n)?).await?;
             let remote = hs
                 .remote_static()
                 .ok_or_else(|| proto("peer sent no static key"))?;
@@ -222,7 +228,7 @@ impl Link {
                 .noise
                 .write_message(piece, &mut self.buf)
                 .map_err(proto)?;
-            let ct = self.buf[..n].to_vec();
+            let ct = written(&self.buf, n)?.to_vec();
             write_u16_frame(&mut self.stream, &ct).await?;
         }
         self.stream.flush().await
@@ -240,7 +246,7 @@ impl Link {
             if n == 0 || plain.len() + n > total {
                 return Err(proto("peer message framing"));
             }
-            plain.extend_from_slice(&self.buf[..n]);
+            plain.extend_from_slice(written(&self.buf, n)?);
         }
         bkv_wire::decode(&plain, MAX_PEER_MESSAGE).map_err(proto)
     }
