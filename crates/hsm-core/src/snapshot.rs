@@ -154,8 +154,10 @@ impl SnapshotKey {
         }
     }
 
-    /// A header for the fleet part `state` (encoded) with records `root` at `position`.
-    pub(crate) fn seal_header(
+    /// A header for the fleet part `state` (encoded) with records `root` at `position` (a core
+    /// makes it from its sealed summary, `SealedState::snapshot_header`; public for the test
+    /// vectors).
+    pub fn seal_header(
         &self,
         nonce: [u8; 32],
         state: Vec<u8>,

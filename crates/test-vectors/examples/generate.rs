@@ -146,6 +146,7 @@ fn main() -> Result<()> {
     checkpoint(&log)?;
     move_ticket()?;
     log_entry()?;
+    snapshot()?;
     println!("wrote {}", vectors_dir().display());
     Ok(())
 }
@@ -1654,6 +1655,100 @@ fn log_entry() -> Result<()> {
         "trailing-byte.entry",
         &trailing,
         bad("a byte after the entry", "Trailing"),
+    )?;
+    w.finish()
+}
+
+// --------------------------------------------------------------- snapshot stream
+
+fn snapshot() -> Result<()> {
+    use bkv_hsm_core::snapshot::SnapshotKey;
+    use bkv_hsm_core::state::State;
+    let (k, fleet, nonce) = (seq(0xb0), "fleet-vectors", seq(0xb8));
+    let key = SnapshotKey::from_bytes(k, fleet);
+    let state = State {
+        next_generation: 8,
+        chain: seq(0xcc),
+        entries: 42,
+        ..Default::default()
+    };
+    let root = seq(0xdd);
+    let position = b"log position".to_vec();
+    let header = key.seal_header(nonce, state.encode(), root, position.clone());
+    let bucket = 7u16;
+    let plain = b"the plain encoding of bucket 7".to_vec();
+    let frame = key.frames(nonce).seal(bucket, &plain);
+    let mut w = Writer::new(
+        "snapshot",
+        "docs/formats.md#replication-node-disk-and-peer-links",
+        &[("snapshot_key", hex::encode(k)), ("fleet_id", fleet.into())],
+    )?;
+    let header_expect = vec![
+        ("position", hex::encode(&position)),
+        ("root", hex::encode(root)),
+        ("next_generation", "8".to_owned()),
+        ("chain", hex::encode(seq(0xcc))),
+        ("entries", "42".to_owned()),
+    ];
+    w.case(
+        "stream.header",
+        &header,
+        ok(
+            "a sending core's header: the fleet part, the records' root and the log position",
+            header_expect,
+        ),
+    )?;
+    w.case(
+        "stream.header",
+        &header,
+        bad_with(
+            "opened as another fleet's header",
+            "Forged",
+            vec![("fleet_id", "fleet-other".into())],
+        ),
+    )?;
+    let last = header.len() - 1;
+    w.case(
+        "tag-flipped.header",
+        &flip(&header, last),
+        bad("a bit of the header's authentication tag flipped", "Forged"),
+    )?;
+    let mut v3 = header.clone();
+    // The version byte follows the codec's version byte.
+    v3[1] = 3;
+    w.case(
+        "version-3.header",
+        &v3,
+        bad("snapshot format 3 is not defined", "Version"),
+    )?;
+    let frame_params =
+        |b: u16, n: [u8; 32]| vec![("bucket", b.to_string()), ("stream_nonce", hex::encode(n))];
+    w.case(
+        "bucket-7.frame",
+        &frame,
+        ok_with(
+            "bucket 7's frame in the stream of the header above",
+            vec![("plain", hex::encode(&plain))],
+            frame_params(bucket, nonce),
+        ),
+    )?;
+    w.case(
+        "bucket-7.frame",
+        &frame,
+        bad_with(
+            "bucket 7's frame offered as bucket 8's",
+            "Frame",
+            frame_params(8, nonce),
+        ),
+    )?;
+    w.case(
+        "bucket-7.frame",
+        &frame,
+        bad_with(
+            "bucket 7's frame offered in another stream",
+            "Frame",
+            frame_params(bucket, seq(0xb9)),
+        ),
     )?;
     w.finish()
 }

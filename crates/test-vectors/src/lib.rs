@@ -28,6 +28,7 @@ pub const FORMATS: &[&str] = &[
     "recovery-key",
     "move-ticket",
     "log-entry",
+    "snapshot",
 ];
 
 /// `tests/vectors/` in the repository.

@@ -488,3 +488,63 @@ fn log_entry() {
         }
     }
 }
+
+#[test]
+fn snapshot() {
+    let index = load("snapshot");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let key = hex32(&index, case, "snapshot_key");
+        let fleet = input(&index, case, "fleet_id");
+        let keys = bkv_hsm_core::snapshot::SnapshotKey::from_bytes(key, fleet);
+        if case.file.ends_with(".header") {
+            let library = keys.open_header(&file).map_err(|e| Raw(format!("{e:?}")));
+            if let Some((h, view)) = verdict(
+                case,
+                library,
+                spec::snapshot_header_open(&file, &key, fleet),
+            ) {
+                assert_eq!(hex::encode(&h.position), expect(case, "position"));
+                assert_eq!(hex::encode(h.root), expect(case, "root"));
+                assert_eq!(
+                    h.state.next_generation.to_string(),
+                    expect(case, "next_generation")
+                );
+                assert_eq!(hex::encode(h.state.chain), expect(case, "chain"));
+                assert_eq!(h.state.entries.to_string(), expect(case, "entries"));
+                assert_eq!(
+                    (
+                        view.position,
+                        view.root,
+                        view.next_generation,
+                        view.chain,
+                        view.entries
+                    ),
+                    (
+                        h.position,
+                        h.root,
+                        h.state.next_generation,
+                        h.state.chain,
+                        h.state.entries
+                    )
+                );
+            }
+        } else {
+            let nonce = hex32(&index, case, "stream_nonce");
+            let bucket: u16 = input(&index, case, "bucket").parse().expect("bucket");
+            let library = keys
+                .frames(nonce)
+                .open(bucket, &file)
+                .map(|p| p.to_vec())
+                .map_err(|e| Raw(format!("{e:?}")));
+            if let Some((plain, view)) = verdict(
+                case,
+                library,
+                spec::snapshot_frame_open(&file, &key, &nonce, bucket),
+            ) {
+                assert_eq!(hex::encode(&plain), expect(case, "plain"));
+                assert_eq!(view, plain);
+            }
+        }
+    }
+}
