@@ -61,8 +61,23 @@ pub enum NodeStartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Config(String),
+    /// A member of the `--join` list whose identity key does not parse.
+    #[error("member {id} identity: {why}")]
+    MemberIdentity { id: u64, why: &'static str },
+    /// A `--predecessor` that is not `FLEET_ID=MOVE_KEY_HEX`.
+    #[error("predecessor {text:?}: {why}")]
+    Predecessor { text: String, why: &'static str },
+    /// The data directory holds no fleet and the node was not told to found or join one.
+    #[error("{} holds no fleet: start with --found or --join", dir.display())]
+    NoFleet { dir: PathBuf },
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Replication could not start, or the fleet could not be reached or founded.
+    #[error(transparent)]
+    Fleet(#[from] replication::fleet::FleetError),
+    /// Founding the fleet recorded something other than the founder.
+    #[error("recording the founding member: {0}")]
+    Founding(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -115,7 +130,7 @@ pub struct Member {
 impl Member {
     fn peer(&self) -> Result<PeerNode, NodeStartError> {
         let identity = bkv_wire::key_from_hex(&self.identity)
-            .map_err(|e| NodeStartError::Config(format!("member {} identity: {e}", self.id)))?;
+            .map_err(|why| NodeStartError::MemberIdentity { id: self.id, why })?;
         Ok(PeerNode {
             addr: self.addr.clone(),
             identity,
@@ -126,7 +141,10 @@ impl Member {
 /// Parses a predecessor fleet as given on the command line or in a config file:
 /// `FLEET_ID=MOVE_KEY_HEX`.
 pub fn parse_predecessor(text: &str) -> Result<bkv_hsm_core::Predecessor, NodeStartError> {
-    let bad = |why: &str| NodeStartError::Config(format!("predecessor {text:?}: {why}"));
+    let bad = |why: &'static str| NodeStartError::Predecessor {
+        text: text.to_owned(),
+        why,
+    };
     let (fleet_id, key) = text
         .split_once('=')
         .ok_or_else(|| bad("expected FLEET_ID=MOVE_KEY_HEX"))?;
@@ -231,7 +249,7 @@ impl Node {
             .enable_all()
             .thread_name("bkv-hsm-raft")
             .build()
-            .map_err(|e| NodeStartError::Config(format!("runtime: {e}")))?;
+            .map_err(NodeStartError::Runtime)?;
         let store = Store::open(&cfg.data_dir.join("vault.redb"))?;
         // Keys are made only with a fresh data directory: otherwise a
         // missing key means the token was lost, and the data is unreadable.
@@ -274,10 +292,9 @@ impl Node {
                     s
                 }
                 StartMode::Existing => {
-                    return Err(NodeStartError::Config(format!(
-                        "{} holds no fleet: start with --found or --join",
-                        cfg.data_dir.display()
-                    )))
+                    return Err(NodeStartError::NoFleet {
+                        dir: cfg.data_dir.clone(),
+                    })
                 }
             },
         };
@@ -295,20 +312,18 @@ impl Node {
                 .collect::<Result<_, _>>()?,
             _ => Default::default(),
         };
-        let fleet = rt
-            .block_on(Fleet::start(
-                FleetOptions {
-                    id: cfg.node_id,
-                    dir: cfg.data_dir.clone(),
-                    platform,
-                    identity: link,
-                    bootstrap,
-                    snapshot_log_min: replication::fleet::SNAPSHOT_LOG_MIN,
-                },
-                listener,
-                core.clone(),
-            ))
-            .map_err(|e| NodeStartError::Config(e.to_string()))?;
+        let fleet = rt.block_on(Fleet::start(
+            FleetOptions {
+                id: cfg.node_id,
+                dir: cfg.data_dir.clone(),
+                platform,
+                identity: link,
+                bootstrap,
+                snapshot_log_min: replication::fleet::SNAPSHOT_LOG_MIN,
+            },
+            listener,
+            core.clone(),
+        ))?;
         // Forming the fleet: on the founder's first start, or when its
         // first start crashed before the fleet was initialized.
         if matches!(cfg.start, StartMode::Found(_)) && (founding || !fleet.initialized()) {
@@ -597,7 +612,6 @@ async fn found(
     peer_addr: &str,
     identity: &bkv_hsm_core::NodeIdentity,
 ) -> Result<(), NodeStartError> {
-    let cfg_err = |e: String| NodeStartError::Config(e);
     if !fleet.initialized() {
         let me = PeerNode {
             addr: peer_addr.to_owned(),
@@ -605,17 +619,13 @@ async fn found(
         };
         fleet
             .initialize([(node_id, me)].into_iter().collect())
-            .await
-            .map_err(|e| cfg_err(e.to_string()))?;
+            .await?;
     }
-    fleet
-        .read_barrier()
-        .await
-        .map_err(|e| cfg_err(e.to_string()))?;
+    fleet.read_barrier().await?;
     let submitted = {
         let mut core = core
             .lock()
-            .map_err(|_| cfg_err("core lock poisoned".into()))?;
+            .map_err(|_| NodeStartError::Founding("core lock poisoned".into()))?;
         if !core.state().members.nodes.is_empty() {
             return Ok(());
         }
@@ -624,8 +634,8 @@ async fn found(
     };
     match fleet.wait(submitted).await {
         Ok(Outcome::Founded) => Ok(()),
-        Ok(o) => Err(cfg_err(format!("recording the founding member: {o:?}"))),
-        Err(e) => Err(cfg_err(e.to_string())),
+        Ok(o) => Err(NodeStartError::Founding(format!("{o:?}"))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -644,7 +654,7 @@ async fn join_secrets(
                 tracing::info!(error = %e, "waiting to be admitted and sent the fleet secrets");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(NodeStartError::Config(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
 }

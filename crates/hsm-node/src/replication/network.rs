@@ -96,8 +96,16 @@ pub enum ProposeError {
     NotLeader(Option<u64>),
     #[error("commit timed out")]
     TimedOut,
-    #[error("{0}")]
-    Failed(String),
+    /// Refused before anything was appended, and refused again if sent again: a forwarded
+    /// batch holds 1 to [`super::group_commit::MAX_BATCH`] entries, every one made by the
+    /// forwarding member's core (the identity its link authenticated).
+    #[error(
+        "refused: a forwarded batch must hold 1 to 64 entries of the forwarding member's core"
+    )]
+    BatchRefused,
+    /// The leader's commit failed: the entries may still commit.
+    #[error("commit failed (the entries may still commit): {0}")]
+    CommitFailed(String),
 }
 
 /// Whether a failed peer call reached the other side.

@@ -215,15 +215,12 @@ async fn dispatch<R: Replica>(
                 || entries.0.len() > super::group_commit::MAX_BATCH
                 || entries.0.iter().any(|e| e.proposer != *remote)
             {
-                return PeerResponse::Proposed(Err(ProposeError::Failed(
-                    "a forwarded batch must hold 1 to 64 entries of the forwarding member's core"
-                        .into(),
-                )));
+                return PeerResponse::Proposed(Err(ProposeError::BatchRefused));
             }
             let done = commits.submit(entries.0);
             PeerResponse::Proposed(match tokio::time::timeout(PROPOSE_TIMEOUT, done).await {
-                Ok(Ok(r)) => r.map_err(ProposeError::Failed),
-                Ok(Err(_)) => Err(ProposeError::Failed(
+                Ok(Ok(r)) => r.map_err(ProposeError::CommitFailed),
+                Ok(Err(_)) => Err(ProposeError::CommitFailed(
                     "group commit dropped the entries".into(),
                 )),
                 Err(_) => Err(ProposeError::TimedOut),
