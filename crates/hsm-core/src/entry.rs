@@ -108,6 +108,11 @@ pub fn entry_aad(fleet_id: &str, proposer: &[u8; 32], seq: u64) -> Vec<u8> {
     a
 }
 
+/// An entry's digest: SHA-256 of its encoding (which entry a session waits for).
+pub fn entry_digest(entry: &LogEntry) -> [u8; 32] {
+    Sha256::digest(bkv_wire::encode(entry)).into()
+}
+
 /// The applied-entries chain after `entry` (module docs).
 pub fn chain_step(chain: &[u8; 32], entry: &LogEntry) -> [u8; 32] {
     Sha256::new()

@@ -247,7 +247,11 @@ pub struct Core {
     /// The sequence number of the last entry this core made.
     last_seq: u64,
     /// Entries this core made that a session waits for, by sequence number.
-    pending: HashMap<u64, SessionId>,
+    /// This core's entries whose sessions wait for them: by sequence number, the session and
+    /// the entry's digest ([`entry::entry_digest`]). Only that very entry answers the session:
+    /// a number can come round again (a host that sets the platform clock back across a
+    /// restart), and another entry with it must not hand its outcome to this session.
+    pending: HashMap<u64, (SessionId, [u8; 32])>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
     sessions: HashMap<SessionId, Session>,
@@ -372,10 +376,14 @@ impl Core {
             Err(r) => Outcome::Refused(r),
         };
         if e.proposer == self.identity {
-            if let Some(sid) = self.pending.remove(&e.seq) {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    if s.awaiting_seq == Some(e.seq) {
-                        s.applied = Some(outcome.clone());
+            let waiting = self.pending.get(&e.seq).map(|(sid, d)| (*sid, *d));
+            if let Some((sid, digest)) = waiting {
+                if digest == entry::entry_digest(e) {
+                    self.pending.remove(&e.seq);
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        if s.awaiting_seq == Some(e.seq) {
+                            s.applied = Some(outcome.clone());
+                        }
                     }
                 }
             }
@@ -489,7 +497,10 @@ impl Core {
 
     /// The next sequence number for an entry of this core: above its last one and above its
     /// last applied one, and from the platform's clock (seconds × 2²⁰), so that a restarted
-    /// core does not reuse the numbers of entries it made before and that may still commit.
+    /// core does not normally reuse the numbers of entries it made before and that may still
+    /// commit. The clock is the host's: if it goes back across a restart, a number can come
+    /// again; then one of the two entries is refused as out of order, and neither hands its
+    /// outcome to the other's session (`pending` holds each entry's digest).
     fn next_seq(&mut self) -> u64 {
         let applied = self
             .state
@@ -498,7 +509,9 @@ impl Core {
             .get(&self.identity)
             .copied()
             .unwrap_or(0);
-        let clock = self.platform.now_unix_secs().saturating_mul(1 << 20);
+        // The clock is the host's: capped (year ~36,800) so that a far-future clock cannot push
+        // this core's numbers to the end of the range, where no later entry could follow.
+        let clock = self.platform.now_unix_secs().min(1 << 40) << 20;
         self.last_seq = self
             .last_seq
             .saturating_add(1)
@@ -953,13 +966,14 @@ impl Core {
         // they outnumber the sessions.
         if self.pending.len() >= 2 * self.max_sessions.max(1) {
             let sessions = &self.sessions;
-            self.pending.retain(|seq, sid| {
+            self.pending.retain(|seq, (sid, _)| {
                 sessions
                     .get(sid)
                     .is_some_and(|s| s.awaiting_seq == Some(*seq))
             });
         }
-        self.pending.insert(entry.seq, *session_id);
+        self.pending
+            .insert(entry.seq, (*session_id, entry::entry_digest(&entry)));
         Ok(Step::Commit(entry))
     }
 

@@ -10,6 +10,17 @@ impl Core {
     /// vanished): the entry still stands, only the reply is lost. Called before the entry
     /// applied, it changes nothing and says so ([`NodeError::InProgress`]).
     pub fn resume(&mut self, sid: &SessionId) -> Result<Step, NodeError> {
+        // An entry this core never applied itself but that its state has passed (it arrived
+        // inside a snapshot from another member): its outcome is unknown here, so the session
+        // ends as after a failed commit instead of waiting until it expires.
+        let last = self.state.fleet().proposers.get(&self.identity).copied();
+        let passed = self.sessions.get(sid).is_some_and(|s| {
+            s.applied.is_none() && s.awaiting_seq.is_some_and(|seq| last >= Some(seq))
+        });
+        if passed {
+            self.commit_failed(sid);
+            return Err(NodeError::Unavailable);
+        }
         let session = self
             .sessions
             .get_mut(sid)

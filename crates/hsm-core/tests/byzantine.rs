@@ -198,3 +198,51 @@ fn replicas_apply_each_others_entries_in_order_and_numbers_survive_a_restart() {
     assert!(a3.seq > a2.seq);
     assert_eq!(b.apply(&a3).unwrap(), Outcome::RegisterStartCounted);
 }
+
+/// A sequence number can come round again (the host sets the platform clock back across a
+/// restart); another entry with the session's number — a restarted twin's, applied in its
+/// place — never answers the session: the session ends unanswered, its own entry is then
+/// refused as out of order, the guess it asked for was never counted, and nothing was released.
+/// (The same path ends a session whose entry a snapshot carried past this core.)
+/// (Found by review: before, the session took whatever outcome came with its number.)
+#[test]
+fn a_session_never_takes_the_outcome_of_another_entry_with_its_number() {
+    let p = Arc::new(MemoryPlatform::new([6; 32]));
+    let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
+    let sealed = secrets.seal(&*p).unwrap();
+    let identity = NodeIdentity::generate(&*p).unwrap();
+    let mut c = Core::new(p.clone(), secrets, &identity).unwrap();
+    open(&mut c, "vic").register(&mut c, "right", 10).unwrap();
+    let mut s = open(&mut c, "vic");
+    let (mine, _) = login_start_entry(&mut c, &mut s, "guess");
+    // The same core restarted with its clock where it was, before the entries it made applied
+    // anywhere it can see: its numbers start over and reach this session's.
+    let mut twin = Core::new(
+        p.clone(),
+        FleetSecrets::unseal(&*p, &sealed).unwrap(),
+        &identity,
+    )
+    .unwrap();
+    let m = bkv_hsm_core::Mutation::CountRegisterStart {
+        record_id: [7; 32],
+        day: 0,
+    };
+    let mut other = twin.entry_for_tests(&m);
+    while other.seq < mine.seq {
+        other = twin.entry_for_tests(&m);
+    }
+    assert_eq!((other.seq, other.proposer), (mine.seq, mine.proposer));
+    assert!(matches!(
+        c.apply(&other).unwrap(),
+        Outcome::RegisterStartCounted
+    ));
+    // The session's number has passed without its entry: its outcome is unknown here, and the
+    // session ends unanswered (as after a failed commit), never with the other entry's outcome.
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::Unavailable));
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::UnknownSession));
+    assert!(matches!(
+        c.apply(&mine).unwrap(),
+        Outcome::Refused(Refusal::OutOfOrder { .. })
+    ));
+    assert_eq!(attempts(&mut c, "vic"), 0);
+}
