@@ -35,7 +35,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod local;
 mod pipe;
+use local::write_local;
 use pipe::{pump, ChannelReader, ChannelWriter, Sink};
 
 /// Upload part size (S3 needs at least 5 MiB per part).
@@ -544,50 +546,6 @@ impl BackupStore {
     }
 }
 
-/// Writes a new backup object of a local store at `dest`: into a staging file next to it (named
-/// like object_store's own staged uploads, `<name>#<digits>`, which listings skip), written
-/// behind and fsynced, then renamed into place and the directory fsynced — so a backup that
-/// `backup create` reported is on disk, and a crash leaves no partial object under its name.
-fn write_local<F>(dest: &Path, produce: F) -> Result<(Header, u64)>
-where
-    F: FnOnce(Sink) -> Result<(Header, Sink)>,
-{
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = dest
-        .parent()
-        .ok_or_else(|| ClientError::Storage("backup object path has no directory".into()))?;
-    std::fs::create_dir_all(dir)?;
-    let staging = dest.with_file_name(format!(
-        "{}#{}",
-        dest.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("backup"),
-        std::process::id()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&staging)?;
-    let written = (|| {
-        let sink = Sink::File(io::BufWriter::with_capacity(
-            PIPE_PIECE,
-            crate::archive::WriteBehind::new(file)?,
-        ));
-        let (header, sink) = produce(sink)?;
-        sink.finish()?;
-        // Tests kill the process here: every byte written, the object not in place.
-        crate::crash_point("upload-unfinished");
-        std::fs::rename(&staging, dest)?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok((header, std::fs::metadata(dest)?.len()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&staging);
-    }
-    written
-}
-
 fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
     let mut id = [0u8; 16];
     hex::decode_to_slice(hex_id, &mut id).ok()?;
@@ -610,56 +568,4 @@ fn valid_object_name(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn header() -> Header {
-        let mut h = Header::new(
-            crate::backup::Compression::None,
-            crate::backup::Content::File,
-            1 << 20,
-        );
-        h.created_unix = 7;
-        h
-    }
-
-    #[test]
-    fn a_local_object_appears_whole_with_private_mode_and_no_staging_left() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("users/u/backups/obj.bkv");
-        let data = vec![7u8; 3 << 20];
-        let body = data.clone();
-        let (h, size) = write_local(&dest, move |mut sink| {
-            sink.write_all(&body)?;
-            Ok((header(), sink))
-        })
-        .unwrap();
-        assert_eq!(h.created_unix, 7);
-        assert_eq!(size, data.len() as u64);
-        assert_eq!(std::fs::read(&dest).unwrap(), data);
-        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("obj.bkv")]);
-    }
-
-    #[test]
-    fn a_failed_local_write_leaves_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("backups/obj.bkv");
-        let r = write_local(&dest, |mut sink| {
-            sink.write_all(b"half a backup")?;
-            Err(ClientError::Storage("source vanished".into()))
-        });
-        assert!(r.is_err());
-        assert_eq!(
-            std::fs::read_dir(d.path().join("backups")).unwrap().count(),
-            0
-        );
-    }
-}
+mod tests;

@@ -31,9 +31,11 @@ pub mod replication;
 pub mod store;
 
 mod links;
+mod start;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
+pub use start::{parse_predecessor, Member, NodeConfig, NodeStartError, StartMode};
 
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, Outcome, SharedPlatform, Step};
+use bkv_hsm_core::{Core, FleetSecrets, Outcome, SharedPlatform, Step};
 use bkv_hsm_platform::PlatformConfig;
 use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
 use bkv_wire::node::{NodeError, NodeInfo, NodeRequest, NodeResponse};
@@ -46,117 +48,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeStartError {
-    #[error(transparent)]
-    Platform(#[from] bkv_hsm_platform::PlatformOpenError),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Core(#[from] bkv_hsm_core::CoreError),
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    /// A member of the `--join` list whose identity key does not parse.
-    #[error("member {id} identity: {why}")]
-    MemberIdentity { id: u64, why: &'static str },
-    /// A `--predecessor` that is not `FLEET_ID=MOVE_KEY_HEX`.
-    #[error("predecessor {text:?}: {why}")]
-    Predecessor { text: String, why: &'static str },
-    /// The data directory holds no fleet and the node was not told to found or join one.
-    #[error("{} holds no fleet: start with --found or --join", dir.display())]
-    NoFleet { dir: PathBuf },
-    #[error("runtime: {0}")]
-    Runtime(std::io::Error),
-    /// Replication could not start, or the fleet could not be reached or founded.
-    #[error(transparent)]
-    Fleet(#[from] replication::fleet::FleetError),
-    /// Founding the fleet recorded something other than the founder.
-    #[error("recording the founding member: {0}")]
-    Founding(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("another bkv-hsm holds {0}: one process per data directory (and per token)")]
-    Locked(PathBuf),
-}
-
-/// What a node does when its data directory holds no fleet secrets yet.
-#[derive(Debug, Clone)]
-pub enum StartMode {
-    /// Form a new fleet pinning these trust anchors (operator key, auditor
-    /// key, log namespace): the first start of the fleet's first node.
-    Found(FleetTrust),
-    /// Join an existing fleet: once the operator admitted this node, ask
-    /// these members for the fleet secrets (encrypted to this node's
-    /// identity key).
-    Join(Vec<Member>),
-    /// The data directory must already hold a fleet.
-    Existing,
-}
-
-/// How a node starts.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub data_dir: PathBuf,
-    pub platform: PlatformConfig,
-    /// This node's id in the fleet.
-    pub node_id: u64,
-    /// Where the peer link listens (port 0: any).
-    pub peer_listen: String,
-    /// The peer address the fleet records for a founder (default: the
-    /// bound `peer_listen` address).
-    pub peer_advertise: Option<String>,
-    pub start: StartMode,
-}
-
-/// A fleet member as listed in a members file (`fleet.json`): where to
-/// reach it on the peer link and its identity key.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Member {
-    pub id: u64,
-    /// Peer-link address.
-    pub addr: String,
-    /// Identity public key (hex).
-    pub identity: String,
-}
-
-impl Member {
-    fn peer(&self) -> Result<PeerNode, NodeStartError> {
-        let identity = bkv_wire::key_from_hex(&self.identity)
-            .map_err(|why| NodeStartError::MemberIdentity { id: self.id, why })?;
-        Ok(PeerNode {
-            addr: self.addr.clone(),
-            identity,
-        })
-    }
-}
-
-/// Parses a predecessor fleet as given on the command line or in a config file:
-/// `FLEET_ID=MOVE_KEY_HEX`.
-pub fn parse_predecessor(text: &str) -> Result<bkv_hsm_core::Predecessor, NodeStartError> {
-    let bad = |why: &'static str| NodeStartError::Predecessor {
-        text: text.to_owned(),
-        why,
-    };
-    let (fleet_id, key) = text
-        .split_once('=')
-        .ok_or_else(|| bad("expected FLEET_ID=MOVE_KEY_HEX"))?;
-    let move_key = bkv_wire::key_from_hex(key).map_err(bad)?;
-    if fleet_id.is_empty() {
-        return Err(bad("empty fleet id"));
-    }
-    Ok(bkv_hsm_core::Predecessor {
-        fleet_id: fleet_id.to_owned(),
-        move_key,
-    })
-}
 
 /// SHA-256 of the running executable (what a platform statement measures).
 pub fn binary_sha256() -> Result<[u8; 32], NodeStartError> {
