@@ -69,13 +69,57 @@ except Exception: pass' || true)
   [ -n "$ELEADER" ] || { echo "etcd did not elect a leader" >&2; exit 1; }
 }
 
+crossings() { # dev-dir: the core-boundary counters summed over the nodes (JSON; {} if none)
+  python3 - "$1" <<'PY'
+import glob, json, sys, urllib.request
+names = ["bkv_node_core_requests_total", "bkv_node_core_apply_requests_total",
+         "bkv_node_core_applied_entries_total", "bkv_node_core_bucket_reads_total"]
+tot = {}
+for f in glob.glob(sys.argv[1] + "/nodes/*/metrics"):
+    addr = open(f).read().strip()
+    try:
+        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    except Exception:
+        continue
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k in names:
+            tot[k] = tot.get(k, 0) + int(v)
+print(json.dumps(tot))
+PY
+}
+
+per_recovery() { # before-json after-json loadgen-json: crossings per recovery, fleet-wide
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+b, a, run = (json.loads(x) for x in sys.argv[1:4])
+n = max(1, run["recoveries"])
+d = {k: a.get(k, 0) - b.get(k, 0) for k in a}
+applies = max(1, d.get("bkv_node_core_apply_requests_total", 0))
+print(json.dumps({
+    "recoveries": run["recoveries"],
+    "per_second": run["per_second"],
+    "requests_per_recovery": d.get("bkv_node_core_requests_total", 0) / n,
+    "applies_per_recovery": d.get("bkv_node_core_apply_requests_total", 0) / n,
+    "entries_per_apply": d.get("bkv_node_core_applied_entries_total", 0) / applies,
+    "bucket_reads_per_recovery": d.get("bkv_node_core_bucket_reads_total", 0) / n,
+}))
+PY
+}
+
 recoveries() { # label bkv-admin
   local d; d=$(mktemp -d)
   "$2" dev up --dir "$d" --nodes 3 > "$d/up.log" 2>&1 &
   local up=$!; pids+=($up)
   for _ in $(seq 150); do grep -q ready "$d/up.log" 2>/dev/null && break; sleep 0.2; done
   for c in $CONC; do
-    row "$1" "$c" "$("$2" --config "$d/client.toml" dev loadgen --users 200 --concurrency "$c" --seconds "$SECS" | tr -d '\n ')"
+    local before run
+    before=$(crossings "$d")
+    run=$("$2" --config "$d/client.toml" dev loadgen --users 200 --concurrency "$c" --seconds "$SECS" | tr -d '\n ')
+    row "$1" "$c" "$run"
+    if [ "$before" != "{}" ]; then
+      row "$1-crossings" "$c" "$(per_recovery "$before" "$(crossings "$d")" "$run")"
+    fi
   done
   if [ "$1" = bkv-recoveries ]; then
     # The latency target is at half the best rate: offer exactly that (open loop, latency from
@@ -131,6 +175,14 @@ for system in ["bkv-commits", "bkv-commits-before", "etcd-lean", "etcd-threaded"
         ops = med(system, c, "per_second")
         err = sum(r.get("errors", 0) for r in rows[(system, c)])
         print(f"| {system} | {c} | {ops:,.0f} | {med(system, c, 'p50_ms'):.2f} | {med(system, c, 'p99_ms'):.2f} | {err} |")
+print()
+for system in ["bkv-recoveries-crossings"]:
+    for c in conc:
+        if (system, c) not in rows: continue
+        print(f"concurrency {c}: core-boundary crossings per recovery (3 nodes): "
+              f"{med(system, c, 'requests_per_recovery'):.1f} requests, of which "
+              f"{med(system, c, 'applies_per_recovery'):.2f} Apply ({med(system, c, 'entries_per_apply'):.1f} entries each), "
+              f"{med(system, c, 'bucket_reads_per_recovery'):.2f} bucket reads")
 print()
 for c in conc:
     b = med("bkv-commits", c, "per_second")

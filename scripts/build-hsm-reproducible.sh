@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds bkv-hsm reproducibly and prints `sha256 <hex>` of the binary: the
+# Builds the measured binary, the core service `bkv-core` (what would run
+# inside an HSM or TEE; `bkv-hsm` is the untrusted host agent beside it),
+# reproducibly and prints `sha256 <hex>` of it: the
 # toolchain pinned in rust-toolchain.toml, the dependency versions locked in
 # Cargo.lock, the `hsm` profile, and no host-specific path in the binary
 # (the workspace's paths are relative; the registry and target directories
@@ -19,7 +21,7 @@ export CARGO_TARGET_DIR="$target"
 export RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target"
 unset RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CARGO_ENCODED_RUSTFLAGS
 export CARGO_INCREMENTAL=0
-cargo build --locked --profile hsm -p bkv-hsm-node --bin bkv-hsm >&2
-bin="$target/hsm/bkv-hsm"
+cargo build --locked --profile hsm -p bkv-core-service --bin bkv-core >&2
+bin="$target/hsm/bkv-core"
 echo "binary $bin"
 echo "sha256 $(sha256sum "$bin" | cut -d' ' -f1)"

@@ -156,6 +156,8 @@ pub async fn run() -> anyhow::Result<()> {
             peer_listen: "127.0.0.1:0".into(),
             peer_advertise: None,
             start: bkv_hsm_node::StartMode::Found(trust),
+            // The demo is one process: its node's core runs in it too.
+            core: bkv_hsm_node::CoreMode::InProcess,
         })
     })
     .await?

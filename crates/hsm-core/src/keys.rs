@@ -90,6 +90,22 @@ impl std::fmt::Debug for FleetSecrets {
 }
 
 impl FleetSecrets {
+    /// The secret values a memory scan looks for (tests only): the OPRF seed (the first 64
+    /// bytes of the OPAQUE server setup, RFC 9807's `oprf_seed`), the OPAQUE server's private
+    /// key and the Noise static private key.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn secret_values_for_tests(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let setup = self.opaque_setup.as_slice();
+        vec![
+            ("OPRF seed", setup.get(..64).unwrap_or_default().to_vec()),
+            (
+                "OPAQUE server private key",
+                setup.get(64..96).unwrap_or_default().to_vec(),
+            ),
+            ("Noise static private key", self.noise_private.to_vec()),
+        ]
+    }
+
     /// New fleet keys, from the platform's randomness, pinning `trust`.
     pub fn generate(platform: &dyn Platform, trust: FleetTrust) -> Result<Self, CoreError> {
         trust.check()?;
@@ -342,6 +358,12 @@ impl NodeIdentity {
         self.public
     }
 
+    /// The identity private key (tests only: a memory scan looks for it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn private_key_for_tests(&self) -> [u8; 32] {
+        *self.private
+    }
+
     /// This node's platform statement, signed by the platform key:
     /// identity key, platform description and the running binary's hash.
     pub fn statement(
@@ -462,6 +484,9 @@ impl NodeIdentity {
     }
 }
 
+/// A link's session keys, `(send, recv)`.
+pub type LinkKeyPair = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
+
 /// A peer-link Noise handshake in progress (the identity key stays inside).
 pub struct PeerHandshake(snow::HandshakeState);
 
@@ -483,11 +508,19 @@ impl PeerHandshake {
         self.0.get_remote_static().and_then(|k| k.try_into().ok())
     }
 
-    /// The established link's transport keys (session keys, not identity).
-    pub fn into_transport(self) -> Result<snow::TransportState, CoreError> {
-        self.0
-            .into_transport_mode()
-            .map_err(|_| CoreError::Handshake)
+    /// The established link's session keys, `(send, recv)` for this side: the Noise split,
+    /// used as ChaCha20-Poly1305 cipher states by the host (a link's traffic is sealed or
+    /// authenticated already; the keys are not the identity key). Only after the handshake.
+    pub fn into_link_keys(mut self) -> Result<LinkKeyPair, CoreError> {
+        if !self.0.is_handshake_finished() {
+            return Err(CoreError::Handshake);
+        }
+        let (i2r, r2i) = self.0.dangerously_get_raw_split();
+        let (i2r, r2i) = (Zeroizing::new(i2r), Zeroizing::new(r2i));
+        Ok(match self.0.is_initiator() {
+            true => (i2r, r2i),
+            false => (r2i, i2r),
+        })
     }
 }
 

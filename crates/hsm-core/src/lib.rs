@@ -111,7 +111,7 @@ pub enum CoreError {
 }
 
 /// What the host must do next for a request.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// Send this Noise ciphertext back to the client.
     Reply(Vec<u8>),

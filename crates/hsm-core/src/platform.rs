@@ -9,7 +9,7 @@ use rand_core::SeedableRng;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum PlatformError {
     #[error("sealed value is malformed")]

@@ -20,7 +20,7 @@
 //! default 4).
 
 use bkv_hsm_core::state::{Credential, Mutation, Outcome, Pending};
-use bkv_hsm_core::{NodeIdentity, SharedPlatform};
+use bkv_hsm_core::SharedPlatform;
 use bkv_hsm_node::replication::fleet::{Fleet, FleetOptions};
 use bkv_hsm_node::replication::network::LinkIdentity;
 use bkv_hsm_node::replication::state_machine::BareReplica;
@@ -104,10 +104,7 @@ async fn parts(root: &Path, id: u64) -> anyhow::Result<Parts> {
         &dir.join("platform"),
         true,
     )?);
-    let identity = LinkIdentity {
-        identity: Arc::new(NodeIdentity::generate(&*platform)?),
-        platform: platform.clone(),
-    };
+    let identity = LinkIdentity::in_process(platform.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let node = PeerNode {
         addr: listener.local_addr()?.to_string(),

@@ -17,6 +17,8 @@ pub struct NodeFile {
     pub node_id: u64,
     pub listen: NodeListen,
     pub platform: NodePlatformFile,
+    /// Where the core runs (docs/architecture.md "The core's boundary").
+    pub core: NodeCoreFile,
     /// How the node starts the first time; ignored once its data directory holds a fleet.
     pub fleet: FleetStart,
     pub limits: NodeLimits,
@@ -29,10 +31,26 @@ impl Default for NodeFile {
             node_id: 0,
             listen: NodeListen::default(),
             platform: NodePlatformFile::default(),
+            core: NodeCoreFile::default(),
             fleet: FleetStart::default(),
             limits: NodeLimits::default(),
         }
     }
+}
+
+/// Where the core runs: by default a `bkv-core` child started from beside `bkv-hsm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeCoreFile {
+    /// The `bkv-core` binary to start as a child (default: beside `bkv-hsm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<PathBuf>,
+    /// Connect to a core service an operator runs on this socket instead of starting one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Run the core in the node's own process (one binary, no boundary).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_process: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

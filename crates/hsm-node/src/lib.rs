@@ -8,9 +8,12 @@
 //!   with the operator key pinned in the fleet and verified by every
 //!   member's core ([`AdminRequest`]).
 //!
-//! The host code here never holds a key: the platform seals and signs, the
-//! core holds the fleet secrets and the identity key (see the core's crate
-//! docs for how that is kept true).
+//! This crate is the **host agent**: it holds no key and no plain record. The
+//! core (fleet secrets, identity key, records) runs in a core service
+//! (`bkv-core`, crate `bkv-core-service`) that the node starts as a child or
+//! reaches on a socket ([`CoreMode`]), or, for a single-binary node, in this
+//! process; either way every call crosses the same request protocol
+//! ([`core_link`], docs/architecture.md "The core's boundary").
 
 #![forbid(unsafe_code)]
 // No panics on what peers, the relay or the disk hand the node, enforced (tests may unwrap).
@@ -25,6 +28,7 @@
 )]
 
 pub mod config;
+pub mod core_link;
 pub mod metrics;
 pub mod records;
 pub mod replication;
@@ -32,82 +36,43 @@ pub mod store;
 
 mod links;
 mod start;
+pub use core_link::CoreMode;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
+use start::{lock_data_dir, private_dir, DirLock};
 pub use start::{parse_predecessor, Member, NodeConfig, NodeStartError, StartMode};
 
-use bkv_hsm_core::{Core, FleetSecrets, Outcome, SharedPlatform, Step};
+use bkv_core_service::client::{unexpected, CoreHandle};
+use bkv_core_service::protocol::{Reply, Request};
+use bkv_core_service::CoreChild;
+use bkv_hsm_core::{Outcome, Step};
 use bkv_hsm_platform::PlatformConfig;
 use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
 use bkv_wire::node::{NodeError, NodeInfo, NodeRequest, NodeResponse};
 use replication::fleet::{fetch_secrets, Fleet, FleetOptions};
 use replication::network::LinkIdentity;
 use replication::PeerNode;
-use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
 
-/// SHA-256 of the running executable (what a platform statement measures).
-pub fn binary_sha256() -> Result<[u8; 32], NodeStartError> {
-    let exe = std::env::current_exe().map_err(|source| NodeStartError::Io {
-        path: PathBuf::from("/proc/self/exe"),
-        source,
-    })?;
-    let mut f = std::fs::File::open(&exe).map_err(|source| NodeStartError::Io {
-        path: exe.clone(),
-        source,
-    })?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|source| NodeStartError::Io { path: exe, source })?;
-    Ok(h.finalize().into())
-}
-
-/// Holds the data directory's lock file for the life of the process.
-struct DirLock(#[allow(dead_code)] std::fs::File);
-
-fn lock_data_dir(dir: &Path) -> Result<DirLock, NodeStartError> {
-    let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| NodeStartError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    f.try_lock()
-        .map_err(|_| NodeStartError::Locked(dir.to_owned()))?;
-    Ok(DirLock(f))
-}
-
-/// Opens the data directory and platform far enough to know the node's
-/// identity (creating platform keys and identity on a fresh directory) and
-/// returns its signed platform statement.
+/// Opens the data directory and the core far enough to know the node's identity (creating
+/// platform keys and identity on a fresh directory) and returns its signed platform statement,
+/// which names the binary the core runs in (the core service's, for a node with one).
 pub fn platform_statement(
     data_dir: &Path,
     platform: &PlatformConfig,
+    mode: &CoreMode,
 ) -> Result<bkv_wire::admin::SignedStatement, NodeStartError> {
     private_dir(data_dir)?;
     let _lock = lock_data_dir(data_dir)?;
     let store = Store::open(&data_dir.join("vault.redb"))?;
-    let platform = bkv_hsm_platform::open(platform, !store.has_identity()?)?;
-    let identity = store.load_or_create_identity(&*platform)?;
-    Ok(identity.statement(&*platform, binary_sha256()?)?)
-}
-
-/// Creates the data directory if needed and makes it `0700`: the sealed
-/// log, snapshots and identity in it are the node's alone.
-fn private_dir(dir: &Path) -> Result<(), NodeStartError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |source| NodeStartError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+    let mut parts = core_link::open_core(platform, mode, &store)?;
+    match parts.core.call(Request::Statement)? {
+        Reply::Statement(s) => Ok(s),
+        r => Err(unexpected(r).into()),
+    }
 }
 
 /// What a request does next, after one step of the core.
@@ -119,15 +84,17 @@ enum Next {
 
 /// A running vault node: the core, and its membership in the fleet.
 pub struct Node {
-    core: Arc<Mutex<Core>>,
+    core: Arc<Mutex<CoreHandle>>,
     fleet: Fleet,
     rt: tokio::runtime::Runtime,
     info: NodeInfo,
     id: u64,
-    identity: Arc<bkv_hsm_core::NodeIdentity>,
-    binary_sha256: [u8; 32],
+    move_key: [u8; 32],
+    core_pid: u32,
     pub peer_addr: SocketAddr,
     _lock: DirLock,
+    /// Dropped last: the core service outlives everything that calls it.
+    _child: Option<CoreChild>,
 }
 
 impl Node {
@@ -144,12 +111,17 @@ impl Node {
         let store = Store::open(&cfg.data_dir.join("vault.redb"))?;
         // Keys are made only with a fresh data directory: otherwise a
         // missing key means the token was lost, and the data is unreadable.
-        let platform: SharedPlatform =
-            bkv_hsm_platform::open(&cfg.platform, !store.has_identity()?)?;
-        let identity = Arc::new(store.load_or_create_identity(&*platform)?);
+        let parts = core_link::open_core(&cfg.platform, &cfg.core, &store)?;
+        let core_pid = parts.core_pid();
+        let core_link::CoreParts {
+            mut core,
+            host,
+            child,
+            identity,
+        } = parts;
         let link = LinkIdentity {
-            identity: identity.clone(),
-            platform: platform.clone(),
+            public: identity,
+            host: host.clone(),
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(&cfg.peer_listen))
@@ -164,23 +136,22 @@ impl Node {
                 source,
             })?;
         let mut founding = false;
-        let secrets = match store.load_secrets(&*platform)? {
-            Some(s) => s,
+        let req = match store.sealed_secrets()? {
+            Some(sealed) => Request::LoadSecrets { sealed },
             None => match &cfg.start {
                 StartMode::Found(trust) => {
-                    let s = FleetSecrets::generate(&*platform, trust.clone())?;
-                    store.save_secrets(&*platform, &s)?;
                     founding = true;
-                    s
+                    Request::FoundSecrets {
+                        trust: trust.clone(),
+                    }
                 }
                 StartMode::Join(members) => {
                     let peers = members
                         .iter()
                         .map(Member::peer)
                         .collect::<Result<Vec<_>, _>>()?;
-                    let s = rt.block_on(join_secrets(&link, &peers))?;
-                    store.save_secrets(&*platform, &s)?;
-                    s
+                    let envelope = rt.block_on(join_secrets(&link, &peers))?;
+                    Request::JoinSecrets { envelope }
                 }
                 StartMode::Existing => {
                     return Err(NodeStartError::NoFleet {
@@ -189,11 +160,12 @@ impl Node {
                 }
             },
         };
+        let (opened, move_key) = core_link::open_secrets(&mut core, &store, req)?;
         let info = NodeInfo {
-            fleet_id: secrets.fleet_id().to_owned(),
-            noise_public_key: secrets.noise_public_key(),
+            fleet_id: opened.fleet_id,
+            noise_public_key: opened.noise_public_key,
         };
-        let core = Arc::new(Mutex::new(Core::new(platform.clone(), secrets, &identity)?));
+        let core = Arc::new(Mutex::new(core));
         // A joining node has no log yet: until the replicated state names
         // the members, it accepts peer links from the members it joined.
         let bootstrap = match &cfg.start {
@@ -207,7 +179,7 @@ impl Node {
             FleetOptions {
                 id: cfg.node_id,
                 dir: cfg.data_dir.clone(),
-                platform,
+                platform: host,
                 identity: link,
                 bootstrap,
                 snapshot_log_min: replication::fleet::SNAPSHOT_LOG_MIN,
@@ -222,7 +194,7 @@ impl Node {
                 .peer_advertise
                 .clone()
                 .unwrap_or_else(|| peer_addr.to_string());
-            rt.block_on(found(&fleet, &core, cfg.node_id, &advertised, &identity))?;
+            rt.block_on(found(&fleet, &core, cfg.node_id, &advertised, identity))?;
         }
         // The leader keeps the Raft membership in step with the admitted
         // members (repairs a change interrupted by a crash or a new leader).
@@ -234,7 +206,13 @@ impl Node {
                     continue;
                 }
                 let members = match core2.lock() {
-                    Ok(c) => c.state().members.clone(),
+                    Ok(mut c) => match core_link::members(&mut c) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "membership reconcile");
+                            continue;
+                        }
+                    },
                     Err(_) => return,
                 };
                 if let Err(e) = replication::fleet::reconcile(&raft, &members).await {
@@ -248,11 +226,17 @@ impl Node {
             rt,
             info,
             id: cfg.node_id,
-            identity,
-            binary_sha256: binary_sha256()?,
+            move_key,
+            core_pid,
             peer_addr,
             _lock: lock,
+            _child: child,
         })
+    }
+
+    /// The process the core runs in (this one for an in-process core).
+    pub fn core_pid(&self) -> u32 {
+        self.core_pid
     }
 
     pub fn info(&self) -> &NodeInfo {
@@ -262,13 +246,19 @@ impl Node {
     /// The key this fleet's cores sign move tickets with: a successor fleet pins it
     /// (`--predecessor FLEET_ID=KEY` when founding it).
     pub fn move_public_key(&self) -> [u8; 32] {
-        self.core().map(|c| c.move_public_key()).unwrap_or_default()
+        self.move_key
     }
 
     /// Bounds the session table (see [`bkv_hsm_core::DEFAULT_MAX_SESSIONS`]).
     pub fn set_max_sessions(&self, max: usize) {
         if let Some(mut core) = self.core() {
-            core.set_session_limits(max, bkv_hsm_core::DEFAULT_SESSION_IDLE_SECS);
+            let req = Request::SetSessionLimits {
+                max_sessions: max as u64,
+                idle_secs: bkv_hsm_core::DEFAULT_SESSION_IDLE_SECS,
+            };
+            if let Err(e) = core.call(req) {
+                tracing::warn!(error = %e, "setting the session limit");
+            }
         }
     }
 
@@ -285,7 +275,11 @@ impl Node {
             "/readyz" => metrics::plain(503, "unready: no leader with a majority in sight\n"),
             "/metrics" => {
                 let status = self.fleet.status();
-                let sessions = self.core().map(|c| c.session_count()).unwrap_or(0);
+                let sessions = self
+                    .core()
+                    .and_then(|mut c| core_link::status(&mut c).ok())
+                    .map(|(sessions, _)| sessions as usize)
+                    .unwrap_or(0);
                 metrics::HttpAnswer {
                     status: 200,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -299,7 +293,7 @@ impl Node {
         }
     }
 
-    fn core(&self) -> Option<std::sync::MutexGuard<'_, Core>> {
+    fn core(&self) -> Option<std::sync::MutexGuard<'_, CoreHandle>> {
         // A poisoned lock means a thread panicked mid-request; stop serving
         // rather than guess.
         self.core.lock().ok()
@@ -321,12 +315,15 @@ impl Node {
                 let Some(mut core) = self.core() else {
                     return unavailable;
                 };
-                match core.open_session(&user_id, &handshake) {
-                    Ok((session_id, handshake)) => NodeResponse::SessionOpened {
-                        session_id,
-                        handshake,
-                    },
-                    Err(e) => NodeResponse::Error(e),
+                match core.call(Request::OpenSession { user_id, handshake }) {
+                    Ok(Reply::SessionOpened(Ok((session_id, handshake)))) => {
+                        NodeResponse::SessionOpened {
+                            session_id,
+                            handshake,
+                        }
+                    }
+                    Ok(Reply::SessionOpened(Err(e))) => NodeResponse::Error(e),
+                    _ => unavailable,
                 }
             }
             NodeRequest::CheckLogin {
@@ -336,9 +333,13 @@ impl Node {
                 let Some(mut core) = self.core() else {
                     return unavailable;
                 };
-                match core.session_logged_in(&session_id, &user_id) {
-                    Ok(logged_in) => NodeResponse::LoginChecked { logged_in },
-                    Err(e) => NodeResponse::Error(e),
+                match core.call(Request::CheckLogin {
+                    session_id,
+                    user_id,
+                }) {
+                    Ok(Reply::LoggedIn(Ok(logged_in))) => NodeResponse::LoginChecked { logged_in },
+                    Ok(Reply::LoggedIn(Err(e))) => NodeResponse::Error(e),
+                    _ => unavailable,
                 }
             }
             NodeRequest::SessionMessage {
@@ -346,8 +347,11 @@ impl Node {
                 user_id,
                 ciphertext,
             } => {
-                let mut next =
-                    self.core_step(|core| core.session_message(&session_id, &user_id, &ciphertext));
+                let mut next = self.core_step(Request::SessionMessage {
+                    session_id,
+                    user_id,
+                    ciphertext: ciphertext.clone(),
+                });
                 loop {
                     match next {
                         Ok(Next::Reply(ciphertext)) => {
@@ -364,8 +368,10 @@ impl Node {
                                 tracing::warn!(error = %e, "read barrier failed");
                                 return unavailable;
                             }
-                            next =
-                                self.core_step(|core| core.resume_fresh(&session_id, &ciphertext));
+                            next = self.core_step(Request::ResumeFresh {
+                                session_id,
+                                ciphertext: ciphertext.clone(),
+                            });
                         }
                         Ok(Next::Committing(submitted)) => {
                             // The core lock is released while the entry commits: every
@@ -376,11 +382,11 @@ impl Node {
                                 // The reply will not come: the session ends rather than
                                 // wait for a commit forever.
                                 if let Some(mut core) = self.core() {
-                                    core.commit_failed(&session_id);
+                                    let _ = core.call(Request::CommitFailed { session_id });
                                 }
                                 return unavailable;
                             }
-                            next = self.core_step(|core| core.resume(&session_id));
+                            next = self.core_step(Request::Resume { session_id });
                         }
                     }
                 }
@@ -391,12 +397,9 @@ impl Node {
     /// Runs one step of the core under its lock. An entry the core made is handed to the
     /// fleet before the lock is released, so entries reach the log in the order the core
     /// numbered them.
-    fn core_step(
-        &self,
-        f: impl FnOnce(&mut Core) -> Result<Step, NodeError>,
-    ) -> Result<Next, NodeError> {
+    fn core_step(&self, req: Request) -> Result<Next, NodeError> {
         let mut core = self.core().ok_or(NodeError::Unavailable)?;
-        Ok(match f(&mut core)? {
+        Ok(match core_link::step(&mut core, req)? {
             Step::Reply(r) => Next::Reply(r),
             Step::ReadFresh => Next::ReadFresh,
             Step::Commit(entry) => Next::Committing(self.fleet.submit(entry)),
@@ -404,16 +407,19 @@ impl Node {
     }
 
     fn members_view(&self) -> Result<MembersView, AdminError> {
-        let core = self
+        let mut core = self
             .core()
             .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
-        let members = &core.state().members;
+        let unavailable =
+            |e: bkv_core_service::client::BoundaryError| AdminError::Unavailable(e.to_string());
+        let members = core_link::members(&mut core).map_err(unavailable)?;
+        let (_, records) = core_link::status(&mut core).map_err(unavailable)?;
         Ok(MembersView {
-            fleet_id: core.fleet_id().to_owned(),
+            fleet_id: self.info.fleet_id.clone(),
             next_seq: members.admin_seq.saturating_add(1),
             members: members.info(),
             status: self.fleet.status(),
-            records: core.live_records(),
+            records,
         })
     }
 
@@ -433,9 +439,12 @@ impl Node {
             AdminRequest::FleetStatement => self
                 .core()
                 .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))
-                .and_then(|core| {
-                    core.fleet_statement(self.id, &self.identity, self.binary_sha256)
-                        .map_err(|e| AdminError::Refused(e.to_string()))
+                .and_then(|mut core| {
+                    match core.call(Request::FleetStatement { node_id: self.id }) {
+                        Ok(Reply::FleetStatement(s)) => Ok(s),
+                        Ok(r) => Err(AdminError::Refused(unexpected(r).to_string())),
+                        Err(e) => Err(AdminError::Unavailable(e.to_string())),
+                    }
                 })
                 .map(AdminResponse::FleetStatement),
             _ => Err(AdminError::Malformed("unknown admin request".into())),
@@ -459,7 +468,11 @@ impl Node {
             let mut core = self
                 .core()
                 .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
-            let entry = core.admin_entry(signed)?;
+            let entry = match core.call(Request::AdminEntry(signed)) {
+                Ok(Reply::AdminEntry(e)) => e?,
+                Ok(r) => return Err(AdminError::Unavailable(unexpected(r).to_string())),
+                Err(e) => return Err(AdminError::Unavailable(e.to_string())),
+            };
             self.fleet.submit(entry)
         };
         match self.fleet.wait(submitted).await {
@@ -474,12 +487,12 @@ impl Node {
         // same moment; retry until the membership matches.
         let mut last = String::new();
         for _ in 0..50 {
-            let members = self
-                .core()
-                .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?
-                .state()
-                .members
-                .clone();
+            let members = {
+                let mut core = self
+                    .core()
+                    .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
+                core_link::members(&mut core).map_err(|e| AdminError::Unavailable(e.to_string()))?
+            };
             match self.fleet.reconcile(&members).await {
                 Ok(()) => return self.members_view(),
                 Err(e) => last = e.to_string(),
@@ -498,15 +511,15 @@ impl Node {
 /// Idempotent, so a founder that crashed half-way finishes on restart.
 async fn found(
     fleet: &Fleet,
-    core: &Mutex<Core>,
+    core: &Mutex<CoreHandle>,
     node_id: u64,
     peer_addr: &str,
-    identity: &bkv_hsm_core::NodeIdentity,
+    identity: [u8; 32],
 ) -> Result<(), NodeStartError> {
     if !fleet.initialized() {
         let me = PeerNode {
             addr: peer_addr.to_owned(),
-            identity: identity.public_key(),
+            identity,
         };
         fleet
             .initialize([(node_id, me)].into_iter().collect())
@@ -517,10 +530,16 @@ async fn found(
         let mut core = core
             .lock()
             .map_err(|_| NodeStartError::Founding("core lock poisoned".into()))?;
-        if !core.state().members.nodes.is_empty() {
+        if !core_link::members(&mut core)?.nodes.is_empty() {
             return Ok(());
         }
-        let entry = core.found_entry(node_id, peer_addr, identity, binary_sha256()?)?;
+        let entry = match core.call(Request::FoundEntry {
+            node_id,
+            addr: peer_addr.to_owned(),
+        })? {
+            Reply::Entry(e) => e,
+            r => return Err(unexpected(r).into()),
+        };
         fleet.submit(entry)
     };
     match fleet.wait(submitted).await {
@@ -531,15 +550,13 @@ async fn found(
 }
 
 /// Asks members for the fleet secrets until one answers (the operator may
-/// still be admitting this node), then opens them with this node's identity.
-async fn join_secrets(
-    me: &LinkIdentity,
-    peers: &[PeerNode],
-) -> Result<FleetSecrets, NodeStartError> {
+/// still be admitting this node): they come encrypted to this node's identity, which only the
+/// core can open.
+async fn join_secrets(me: &LinkIdentity, peers: &[PeerNode]) -> Result<Vec<u8>, NodeStartError> {
     let mut tries = 0;
     loop {
         match fetch_secrets(me, peers).await {
-            Ok(envelope) => return Ok(me.identity.open_secrets(&envelope)?),
+            Ok(envelope) => return Ok(envelope),
             Err(e) if tries < 60 => {
                 tries += 1;
                 tracing::info!(error = %e, "waiting to be admitted and sent the fleet secrets");

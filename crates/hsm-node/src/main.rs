@@ -2,20 +2,11 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
+use bkv_core_service::flags::{PlatformFlags, PlatformKind};
 use bkv_hsm_node::{NodeConfig, StartMode};
-use bkv_hsm_platform::pkcs11::Pkcs11Config;
-use bkv_hsm_platform::PlatformConfig;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PlatformKind {
-    /// Keys in files under --platform-dir (INSECURE: development only).
-    Software,
-    /// Keys inside a PKCS#11 token (--pkcs11-module, --token-label, --pin-file).
-    Pkcs11,
-}
 
 #[derive(Parser)]
 #[command(name = "bkv-hsm", version, about = "bkv HSM vault node")]
@@ -51,22 +42,18 @@ struct Args {
     /// not given). Counts and Raft state only; keep it on the monitoring network.
     #[arg(long)]
     metrics_listen: Option<String>,
-    /// Where the node's keys live.
-    #[arg(long, value_enum, default_value = "software")]
-    platform: PlatformKind,
-    /// Software platform directory (default DATA_DIR/platform; put it
-    /// elsewhere so that a rolled-back data directory is detected).
+    #[command(flatten)]
+    platform: bkv_core_service::flags::PlatformFlags,
+    /// The core service binary this node starts as a child (default: `bkv-core` beside this
+    /// binary). The core and its keys run there; this process holds no key.
+    #[arg(long, conflicts_with_all = ["core_socket", "in_process_core"])]
+    core_service: Option<PathBuf>,
+    /// Connect to a core service already listening on this Unix socket instead of starting one.
+    #[arg(long, env = "BKV_HSM_CORE_SOCKET", conflicts_with = "in_process_core")]
+    core_socket: Option<PathBuf>,
+    /// Run the core inside this process (a single binary: no boundary between host and core).
     #[arg(long)]
-    platform_dir: Option<PathBuf>,
-    /// PKCS#11 module.
-    #[arg(long, default_value = bkv_hsm_platform::SOFTHSM_MODULE)]
-    pkcs11_module: PathBuf,
-    /// Label of this node's PKCS#11 token.
-    #[arg(long)]
-    token_label: Option<String>,
-    /// File with the token's user PIN.
-    #[arg(long)]
-    pin_file: Option<PathBuf>,
+    in_process_core: bool,
     /// Form a new fleet (first start of its first node), pinning the
     /// operator key, the auditor key and the log namespace below.
     #[arg(long, requires_all = ["operator_key", "auditor_key", "namespace"], conflicts_with = "join")]
@@ -157,14 +144,19 @@ impl Args {
             peer_listen: f.listen.peer,
             peer_advertise: f.listen.peer_advertise,
             metrics_listen: f.listen.metrics,
-            platform: match f.platform.kind {
-                bkv_hsm_node::config::PlatformChoice::Software => PlatformKind::Software,
-                bkv_hsm_node::config::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
+            platform: PlatformFlags {
+                platform: match f.platform.kind {
+                    bkv_hsm_node::config::PlatformChoice::Software => PlatformKind::Software,
+                    bkv_hsm_node::config::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
+                },
+                platform_dir: f.platform.dir,
+                pkcs11_module: f.platform.pkcs11_module,
+                token_label: f.platform.token_label,
+                pin_file: f.platform.pin_file,
             },
-            platform_dir: f.platform.dir,
-            pkcs11_module: f.platform.pkcs11_module,
-            token_label: f.platform.token_label,
-            pin_file: f.platform.pin_file,
+            core_service: f.core.service,
+            core_socket: f.core.socket,
+            in_process_core: f.core.in_process,
             found: f.fleet.found,
             operator_key: f.fleet.operator_key,
             auditor_key: f.fleet.auditor_key,
@@ -185,26 +177,22 @@ impl Args {
     }
 }
 
-fn platform_config(args: &Args) -> anyhow::Result<PlatformConfig> {
-    Ok(match args.platform {
-        PlatformKind::Software => PlatformConfig::Software {
-            dir: args
-                .platform_dir
-                .clone()
-                .unwrap_or_else(|| args.data_dir().join("platform")),
+fn platform_config(args: &Args) -> anyhow::Result<bkv_hsm_platform::PlatformConfig> {
+    Ok(args
+        .platform
+        .config(Some(args.data_dir().join("platform")))?)
+}
+
+fn core_mode(args: &Args) -> anyhow::Result<bkv_hsm_node::CoreMode> {
+    use bkv_hsm_node::CoreMode;
+    Ok(
+        match (&args.core_service, &args.core_socket, args.in_process_core) {
+            (_, _, true) => CoreMode::InProcess,
+            (_, Some(socket), false) => CoreMode::Socket(socket.clone()),
+            (Some(bin), None, false) => CoreMode::Child(bin.clone()),
+            (None, None, false) => CoreMode::child_beside_this_binary()?,
         },
-        PlatformKind::Pkcs11 => PlatformConfig::Pkcs11(Pkcs11Config {
-            module: args.pkcs11_module.clone(),
-            token_label: args
-                .token_label
-                .clone()
-                .context("--platform pkcs11 needs --token-label")?,
-            pin_file: args
-                .pin_file
-                .clone()
-                .context("--platform pkcs11 needs --pin-file")?,
-        }),
-    })
+    )
 }
 
 fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
@@ -246,8 +234,9 @@ fn start_mode(args: &Args) -> anyhow::Result<StartMode> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let platform = platform_config(&args)?;
+    let core = core_mode(&args)?;
     if args.print_statement {
-        let signed = bkv_hsm_node::platform_statement(&args.data_dir(), &platform)?;
+        let signed = bkv_hsm_node::platform_statement(&args.data_dir(), &platform, &core)?;
         let s = bkv_transparency::membership::verify_statement(&signed)
             .map_err(|e| anyhow::anyhow!("own statement: {e}"))?;
         let out = serde_json::json!({
@@ -269,6 +258,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             peer_listen: args.peer_listen.clone(),
             peer_advertise: args.peer_advertise.clone(),
             start: start_mode(&args)?,
+            core,
         })
         .with_context(|| format!("open node data in {}", args.data_dir().display()))?,
     );

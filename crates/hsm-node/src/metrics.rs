@@ -107,6 +107,31 @@ impl NodeMetrics {
              leader change.",
             get(&self.entries_refused).to_string(),
         );
+        let crossed = bkv_core_service::client::crossings();
+        for (name, help, value) in [
+            (
+                "bkv_node_core_requests_total",
+                "Requests this host agent sent its core across the core boundary (round trips).",
+                crossed.requests,
+            ),
+            (
+                "bkv_node_core_apply_requests_total",
+                "Of those, Apply requests (one per batch of committed entries applied).",
+                crossed.applies,
+            ),
+            (
+                "bkv_node_core_applied_entries_total",
+                "Log entries the Apply requests carried.",
+                crossed.applied_entries,
+            ),
+            (
+                "bkv_node_core_bucket_reads_total",
+                "Sealed buckets the core asked this agent for within a request (round trips).",
+                crossed.bucket_reads,
+            ),
+        ] {
+            metric(name, "counter", help, value.to_string());
+        }
         metric(
             "bkv_node_leader_changes_total",
             "counter",

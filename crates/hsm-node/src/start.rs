@@ -5,7 +5,7 @@ use crate::replication::{self, PeerNode};
 use crate::store;
 use bkv_hsm_core::FleetTrust;
 use bkv_hsm_platform::PlatformConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -16,6 +16,15 @@ pub enum NodeStartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Core(#[from] bkv_hsm_core::CoreError),
+    #[error("start the core service: {0}")]
+    CoreStart(std::io::Error),
+    #[error(transparent)]
+    CoreService(#[from] bkv_core_service::client::BoundaryError),
+    #[error(
+        "stored {what} could not be opened with this node's platform ({why}): \
+         the data directory was sealed by another token or key, or was tampered with"
+    )]
+    Unseal { what: &'static str, why: String },
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -74,6 +83,8 @@ pub struct NodeConfig {
     /// bound `peer_listen` address).
     pub peer_advertise: Option<String>,
     pub start: StartMode,
+    /// Where the core runs.
+    pub core: crate::CoreMode,
 }
 
 /// A fleet member as listed in a members file (`fleet.json`): where to
@@ -116,4 +127,35 @@ pub fn parse_predecessor(text: &str) -> Result<bkv_hsm_core::Predecessor, NodeSt
         fleet_id: fleet_id.to_owned(),
         move_key,
     })
+}
+
+/// Holds the data directory's lock file for the life of the process.
+pub(crate) struct DirLock(#[allow(dead_code)] std::fs::File);
+
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<DirLock, NodeStartError> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NodeStartError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    f.try_lock()
+        .map_err(|_| NodeStartError::Locked(dir.to_owned()))?;
+    Ok(DirLock(f))
+}
+
+/// Creates the data directory if needed and makes it `0700`: the sealed
+/// log, snapshots and identity in it are the node's alone.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), NodeStartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| NodeStartError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }

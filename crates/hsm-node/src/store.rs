@@ -1,9 +1,8 @@
 //! The node's own sealed values in redb: fleet secrets and its identity key.
 //! (Vault records live in the replicated log and snapshots, see
-//! [`crate::replication`].) Every value is sealed by the platform; this
-//! module only ever holds the sealed bytes.
+//! [`crate::replication`].) Every value is sealed by the core service's
+//! platform; this module only ever holds the sealed bytes.
 
-use bkv_hsm_core::{CoreError, FleetSecrets, NodeIdentity, Platform};
 use redb::{Database, TableDefinition};
 use std::path::Path;
 
@@ -13,16 +12,6 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub enum StoreError {
     #[error("node database: {0}")]
     Db(String),
-    #[error(
-        "stored {what} could not be opened with this node's platform ({source}): \
-         the data directory was sealed by another token or key, or was tampered with"
-    )]
-    Unseal {
-        what: &'static str,
-        source: CoreError,
-    },
-    #[error(transparent)]
-    Core(#[from] CoreError),
 }
 
 fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
@@ -63,33 +52,21 @@ impl Store {
         Ok(self.get_meta("node-identity")?.is_some())
     }
 
-    /// The fleet secrets, if this node has them yet.
-    pub fn load_secrets(&self, p: &dyn Platform) -> Result<Option<FleetSecrets>, StoreError> {
-        match self.get_meta("fleet-secrets")? {
-            Some(v) => Ok(Some(FleetSecrets::unseal(p, &v).map_err(|source| {
-                StoreError::Unseal {
-                    what: "fleet secrets",
-                    source,
-                }
-            })?)),
-            None => Ok(None),
-        }
+    /// The fleet secrets as the platform sealed them, if this node has them yet.
+    pub fn sealed_secrets(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta("fleet-secrets")
     }
 
-    pub fn save_secrets(&self, p: &dyn Platform, secrets: &FleetSecrets) -> Result<(), StoreError> {
-        self.put_meta("fleet-secrets", &secrets.seal(p)?)
+    pub fn save_sealed_secrets(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_meta("fleet-secrets", sealed)
     }
 
-    /// This node's identity key, created on first use.
-    pub fn load_or_create_identity(&self, p: &dyn Platform) -> Result<NodeIdentity, StoreError> {
-        if let Some(v) = self.get_meta("node-identity")? {
-            return NodeIdentity::unseal(p, &v).map_err(|source| StoreError::Unseal {
-                what: "node identity",
-                source,
-            });
-        }
-        let id = NodeIdentity::generate(p)?;
-        self.put_meta("node-identity", &id.seal(p)?)?;
-        Ok(id)
+    /// This node's identity key as the platform sealed it, if it has one yet.
+    pub fn sealed_identity(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta("node-identity")
+    }
+
+    pub fn save_sealed_identity(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_meta("node-identity", sealed)
     }
 }

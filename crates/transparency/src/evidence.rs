@@ -433,7 +433,7 @@ pub fn verify_transcript(e: &Evidence) -> Result<Verified, EvidenceError> {
         }
         if fs.binary_sha256 != binary_sha256 || st.binary_sha256 != binary_sha256 {
             return Err(err(format!(
-                "it ran bkv-hsm {}, not the measured {}",
+                "its core ran {}, not the measured {}",
                 hex::encode(fs.binary_sha256),
                 e.measurement.binary_sha256
             )));

@@ -112,6 +112,10 @@ impl NodeRecord {
             self.node_id.to_string(),
             "--peer-listen".to_owned(),
             self.peer_listen.clone(),
+            // Health and metrics on a port of the kernel's choosing (written to
+            // `nodes/<i>/metrics` at each start; benchmarks read the core-boundary counters there).
+            "--metrics-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
         ];
         if let Some(adv) = &self.peer_advertise {
             a.extend(["--peer-advertise".to_owned(), adv.clone()]);

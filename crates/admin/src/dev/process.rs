@@ -90,6 +90,9 @@ pub fn start_node_with(
     let mut args = rec.args();
     args.extend_from_slice(extra);
     let (pid, line) = spawn_ready(&rec.hsm_bin, &args, &rec.env(), dir, "node.log")?;
+    if let Ok(addr) = ready_field(&line, "metrics") {
+        std::fs::write(dir.join("metrics"), format!("{addr}\n"))?;
+    }
     Ok(StartedNode {
         pid,
         listen: ready_field(&line, "listen")?.parse()?,

@@ -256,7 +256,7 @@ fn build(copy: &Path, target: &Path) -> (String, PathBuf) {
 }
 
 #[test]
-fn bkv_hsm_is_reproducible_and_the_rebuild_check_tells_the_measured_binary_apart() {
+fn the_core_service_is_reproducible_and_the_rebuild_check_tells_the_measured_binary_apart() {
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (
         t.path().join("checkout-a"),
@@ -269,8 +269,12 @@ fn bkv_hsm_is_reproducible_and_the_rebuild_check_tells_the_measured_binary_apart
     let target = workspace().join("target/reproducible-test");
     let (hash_a, bin_a) = build(&a, &target);
     let bytes_a = std::fs::read(&bin_a).unwrap();
-    let measured = t.path().join("bkv-hsm");
-    std::fs::copy(&bin_a, &measured).unwrap();
+    // The measured binary is the core service; the host agent beside it is this test build's.
+    let measured_dir = t.path().join("measured-bin");
+    std::fs::create_dir_all(&measured_dir).unwrap();
+    std::fs::copy(&bin_a, measured_dir.join("bkv-core")).unwrap();
+    let measured = measured_dir.join("bkv-hsm");
+    std::fs::copy(crate::common::hsm_bin(), &measured).unwrap();
     let (hash_b, bin_b) = build(&b, &target);
     let bytes_b = std::fs::read(&bin_b).unwrap();
     assert_eq!(hash_a, hash_b, "the two builds differ");
@@ -285,9 +289,9 @@ fn bkv_hsm_is_reproducible_and_the_rebuild_check_tells_the_measured_binary_apart
         );
     }
 
-    // A fleet running the measured binary passes the rebuild check (the
+    // A fleet whose cores run the measured binary passes the rebuild check (the
     // rebuild in checkout A is up to date); a fleet running the test build
-    // of bkv-hsm names a measurement no rebuild reproduces.
+    // of bkv-core names a measurement no rebuild reproduces.
     let script = a.join("scripts/build-hsm-reproducible.sh");
     let rebuild = |dev: &DevUp| {
         Command::new(bkv_bin())

@@ -12,6 +12,7 @@ mod abuse;
 mod attacks;
 mod auditor;
 mod chaos;
+mod core_service;
 mod deploy;
 mod e2e;
 mod endpoints;

@@ -3,7 +3,7 @@
 //! of the statements, fleet keys, measurement), against the auditor's log
 //! (the evidence, every member's record and the bundle naming the evidence
 //! are in it, with inclusion and consistency proofs), and optionally against
-//! a local reproducible build of `bkv-hsm`. Every failure names its check.
+//! a local reproducible build of the core service `bkv-core`. Every failure names its check.
 
 use super::{fetch_snapshot, verify_snapshot};
 use anyhow::{anyhow, bail, Context};
@@ -292,7 +292,7 @@ pub async fn audit_fleet(a: &FleetAudit<'_>) -> anyhow::Result<FleetReport> {
         report.rebuilt_sha256 = Some(rebuilt.clone());
         if rebuilt != e.measurement.binary_sha256 {
             bail!(
-                "rebuild: the measured bkv-hsm {} is not reproduced by a local build ({rebuilt}); check out commit {} with {}",
+                "rebuild: the measured bkv-core {} is not reproduced by a local build ({rebuilt}); check out commit {} with {}",
                 e.measurement.binary_sha256,
                 e.measurement.source_commit,
                 e.measurement.toolchain
@@ -311,7 +311,7 @@ pub fn print_report(r: &FleetReport) {
     );
     println!("noise static key {}", r.noise_static);
     println!(
-        "bkv-hsm sha256 {}  (commit {}, {})",
+        "bkv-core sha256 {}  (commit {}, {})",
         r.binary_sha256, r.source_commit, r.toolchain
     );
     for n in &r.nodes {
@@ -336,7 +336,7 @@ pub fn print_report(r: &FleetReport) {
     }
     for m in &r.later_members {
         println!(
-            "  later: log #{} {} node {} identity {}… {} bkv-hsm {}",
+            "  later: log #{} {} node {} identity {}… {} bkv-core {}",
             m.log_index,
             m.change,
             m.node_id,

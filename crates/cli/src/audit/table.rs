@@ -35,7 +35,7 @@ pub fn print_table(r: &LogReport) {
     }
     for e in &r.evidence {
         println!(
-            "evidence at index {}: fleet {}  digest {}…  {} nodes  bkv-hsm {}…  commit {}  witnesses {}",
+            "evidence at index {}: fleet {}  digest {}…  {} nodes  bkv-core {}…  commit {}  witnesses {}",
             e.index,
             e.fleet_id,
             e.digest.get(..16).unwrap_or(&e.digest),
@@ -55,7 +55,7 @@ pub fn print_table(r: &LogReport) {
             "node",
             "identity key",
             "platform",
-            "bkv-hsm sha256",
+            "bkv-core sha256",
             "evidence"
         );
         for m in &r.members {

@@ -11,7 +11,7 @@ pub enum AuditCommand {
     /// witness signature, the fleet keys and policy, and that the evidence,
     /// every member's record and a bundle naming it are in the auditor's log
     /// (listing members admitted later); with --rebuild, that a local
-    /// reproducible build of bkv-hsm has the measured hash. Exits non-zero
+    /// reproducible build of the core service bkv-core has the measured hash. Exits non-zero
     /// naming the failed check, and also when a check could not be made for
     /// want of --auditor, a pinned --auditor-key and --operator-key, or a
     /// pinned --witness ("NOT CHECKED").
@@ -31,7 +31,7 @@ pub enum AuditCommand {
         /// Require this witness's Ed25519 public key (hex) among the signers.
         #[arg(long = "witness")]
         witnesses: Vec<String>,
-        /// Rebuild bkv-hsm with the reproducible recipe and compare hashes
+        /// Rebuild the core service bkv-core with the reproducible recipe and compare hashes
         /// (run from the source checkout; takes minutes).
         #[arg(long)]
         rebuild: bool,

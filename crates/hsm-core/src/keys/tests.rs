@@ -87,11 +87,19 @@ fn peer_handshake_authenticates_both_sides() {
     assert_eq!(r.remote_static(), Some(a.public_key()));
     let n = r.write_message(&[], &mut m2).unwrap();
     i.read_message(&m2[..n], &mut scratch).unwrap();
-    assert!(i.into_transport().is_ok() && r.into_transport().is_ok());
+    // Each side's send key is the other's receive key.
+    let (i_send, i_recv) = i.into_link_keys().unwrap();
+    let (r_send, r_recv) = r.into_link_keys().unwrap();
+    assert_eq!(*i_send, *r_recv);
+    assert_eq!(*i_recv, *r_send);
+    assert_ne!(*i_send, *i_recv);
     // An initiator pinning the wrong responder key fails.
     let c = NodeIdentity::generate(&*p).unwrap();
     let mut i = a.initiate(&p, &c.public_key()).unwrap();
     let mut r = b.respond(&p).unwrap();
     let n = i.write_message(&[], &mut m1).unwrap();
     assert!(r.read_message(&m1[..n], &mut scratch).is_err());
+    // No keys before the handshake is done.
+    let i = a.initiate(&p, &b.public_key()).unwrap();
+    assert!(i.into_link_keys().is_err());
 }

@@ -66,7 +66,8 @@ pub struct FleetOptions {
     pub id: u64,
     /// Where the sealed log and snapshots live.
     pub dir: PathBuf,
-    /// Seals the log and snapshots; its counter detects rollback.
+    /// Seals the log's counter-bound state (the host's own slot only); its counter detects
+    /// rollback.
     pub platform: SharedPlatform,
     pub identity: LinkIdentity,
     /// Identity keys accepted while the replicated state records no member
@@ -182,11 +183,11 @@ impl Fleet {
             snapshot_log_min,
         } = opts;
         let dir = dir.as_path();
-        let log = LogStore::open(&dir.join("raft-log.redb"), platform.clone())?;
+        let log = LogStore::open(&dir.join("raft-log.redb"), platform)?;
         let appended = log.appended_bytes();
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
-        let sm = StateMachine::open(dir, platform, replica.clone(), metrics.clone())?;
+        let sm = StateMachine::open(dir, replica.clone(), metrics.clone())?;
         // The log goes only behind what the table holds on disk (a crash mid-install).
         log.set_records_durable(sm.durable());
         // The records must reach the log: a table rolled back (or replaced) behind the log's

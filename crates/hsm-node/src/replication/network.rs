@@ -3,8 +3,12 @@
 //! responder's identity key from the membership; the responder accepts an
 //! initiator only if its static key belongs to a current, admitted member.
 //! Anything else is dropped after the handshake. The identity key never
-//! leaves the core: it runs the handshake ([`bkv_hsm_core::PeerHandshake`])
-//! and hands over only the link's transport keys.
+//! leaves the core: the core service runs the handshake
+//! ([`bkv_hsm_core::PeerHandshake`], through [`HostHandle`]) and hands the
+//! agent only the link's session keys, used here as Noise's transport cipher
+//! states (ChaCha20-Poly1305, nonce `0^32 || le64(n)`). What a link carries
+//! is sealed or authenticated by cores already; the link proves which
+//! member's core is at the other end.
 //!
 //! Framing: handshake messages are `u16 len || bytes`. After it, a message is
 //! `u32 plaintext len || (u16 len || Noise ciphertext)*` in pieces of at most
@@ -12,8 +16,13 @@
 //! [`PeerRequest`] or [`PeerResponse`], at most [`MAX_PEER_MESSAGE`] bytes.
 
 use super::{PeerNode, TypeConfig};
+use bkv_core_service::client::HostHandle;
+use bkv_core_service::protocol::LinkKeys;
+use bkv_core_service::service::HostService;
 use bkv_hsm_core::state::Outcome;
-use bkv_hsm_core::{Entries, NodeIdentity, SharedPlatform};
+use bkv_hsm_core::{Entries, SharedPlatform};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::ChaCha20Poly1305;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -36,23 +45,83 @@ pub const PIECE: usize = 60_000;
 /// Time allowed for connecting plus the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What a node opens and answers peer links with: its identity key (held
-/// by the core, which runs the handshake) and its platform (randomness).
+/// What a node opens and answers peer links with: its identity key, held by the core, which
+/// runs the handshakes.
 #[derive(Clone)]
 pub struct LinkIdentity {
-    pub identity: Arc<NodeIdentity>,
-    pub platform: SharedPlatform,
+    pub public: [u8; 32],
+    pub host: Arc<HostHandle>,
 }
 
 impl LinkIdentity {
     pub fn public(&self) -> [u8; 32] {
-        self.identity.public_key()
+        self.public
+    }
+
+    /// A new identity whose core runs in this process over `platform` (the replication
+    /// layer's tests and benchmarks, whose members have bare states).
+    pub fn in_process(platform: SharedPlatform) -> Result<Self, bkv_hsm_core::CoreError> {
+        let identity = Arc::new(bkv_hsm_core::NodeIdentity::generate(&*platform)?);
+        Ok(LinkIdentity {
+            public: identity.public_key(),
+            host: Arc::new(HostHandle::Local(HostService::new(platform, identity))),
+        })
+    }
+
+    /// The platform of an in-process core (`None` across a boundary).
+    pub fn in_process_platform(&self) -> Option<SharedPlatform> {
+        match &*self.host {
+            HostHandle::Local(s) => Some(s.platform().clone()),
+            HostHandle::Remote { .. } => None,
+        }
     }
 }
 
 impl std::fmt::Debug for LinkIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.identity.fmt(f)
+        write!(f, "LinkIdentity({})", hex::encode(&self.public[..6]))
+    }
+}
+
+/// One direction of a link: Noise's transport cipher state over a session key.
+struct CipherState {
+    cipher: ChaCha20Poly1305,
+    n: u64,
+}
+
+impl CipherState {
+    fn new(key: &[u8; 32]) -> Self {
+        CipherState {
+            cipher: ChaCha20Poly1305::new(key.into()),
+            n: 0,
+        }
+    }
+
+    fn nonce(&mut self) -> io::Result<chacha20poly1305::Nonce> {
+        let n = self.n;
+        // Noise reserves the last nonce; a link never gets near it.
+        self.n = n
+            .checked_add(1)
+            .filter(|n| *n < u64::MAX)
+            .ok_or_else(|| proto("link nonce exhausted"))?;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_le_bytes());
+        Ok(nonce.into())
+    }
+
+    fn seal(&mut self, plain: &[u8]) -> io::Result<Vec<u8>> {
+        let nonce = self.nonce()?;
+        self.cipher
+            .encrypt(&nonce, plain)
+            .map_err(|_| proto("link encryption failed"))
+    }
+
+    fn open(&mut self, ct: &[u8]) -> io::Result<Zeroizing<Vec<u8>>> {
+        let nonce = self.nonce()?;
+        self.cipher
+            .decrypt(&nonce, ct)
+            .map(Zeroizing::new)
+            .map_err(|_| proto("peer message failed authentication"))
     }
 }
 
@@ -130,18 +199,22 @@ impl From<CallError> for io::Error {
 /// An established, encrypted link.
 pub struct Link {
     stream: TcpStream,
-    noise: snow::TransportState,
-    buf: Vec<u8>,
+    send: CipherState,
+    recv: CipherState,
+}
+
+impl Link {
+    fn over(stream: TcpStream, keys: &LinkKeys) -> Link {
+        Link {
+            stream,
+            send: CipherState::new(&keys.send),
+            recv: CipherState::new(&keys.recv),
+        }
+    }
 }
 
 fn proto(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-}
-
-/// The first `n` bytes Noise wrote into `buf` (it never reports more than the buffer holds).
-fn written(buf: &[u8], n: usize) -> io::Result<&[u8]> {
-    buf.get(..n)
-        .ok_or_else(|| proto("noise reported more bytes than its buffer holds"))
 }
 
 async fn write_u16_frame(s: &mut TcpStream, b: &[u8]) -> io::Result<()> {
@@ -177,21 +250,14 @@ impl Link {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let mut hs = me
-                .identity
-                .initiate(&me.platform, peer_identity)
-                .map_err(proto)?;
-            let mut buf = vec![0u8; 1024];
-            let n = hs.write_message(&[], &mut buf).map_err(proto)?;
-            write_u16_frame(&mut stream, written(&buf, n)?).await?;
+            let (id, first) = me.host.link_initiate(peer_identity).map_err(proto)?;
+            write_u16_frame(&mut stream, &first).await?;
             let reply = read_u16_frame(&mut stream).await?;
-            hs.read_message(&reply, &mut buf).map_err(proto)?;
-            let noise = hs.into_transport().map_err(proto)?;
-            Ok(Link {
-                stream,
-                noise,
-                buf: vec![0u8; PIECE + 64],
-            })
+            let keys = me.host.link_finish(id, reply).map_err(proto)?;
+            if &keys.remote != peer_identity {
+                return Err(proto("the peer proved another identity key"));
+            }
+            Ok(Link::over(stream, &keys))
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
@@ -202,24 +268,11 @@ impl Link {
     pub async fn accept(mut stream: TcpStream, me: &LinkIdentity) -> io::Result<(Link, [u8; 32])> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             stream.set_nodelay(true)?;
-            let mut hs = me.identity.respond(&me.platform).map_err(proto)?;
-            let mut buf = vec![0u8; 1024];
             let first = read_u16_frame(&mut stream).await?;
-            hs.read_message(&first, &mut buf).map_err(proto)?;
-            let n = hs.write_message(&[], &mut buf).map_err(proto)?;
-            write_u16_frame(&mut stream, written(&buf, n)?).await?;
-            let remote = hs
-                .remote_static()
-                .ok_or_else(|| proto("peer sent no static key"))?;
-            let noise = hs.into_transport().map_err(proto)?;
-            Ok((
-                Link {
-                    stream,
-                    noise,
-                    buf: vec![0u8; PIECE + 64],
-                },
-                remote,
-            ))
+            let (answer, keys) = me.host.link_respond(first).map_err(proto)?;
+            write_u16_frame(&mut stream, &answer).await?;
+            let remote = keys.remote;
+            Ok((Link::over(stream, &keys), remote))
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
@@ -232,11 +285,7 @@ impl Link {
         }
         self.stream.write_u32(plain.len() as u32).await?;
         for piece in plain.chunks(PIECE) {
-            let n = self
-                .noise
-                .write_message(piece, &mut self.buf)
-                .map_err(proto)?;
-            let ct = written(&self.buf, n)?.to_vec();
+            let ct = self.send.seal(piece)?;
             write_u16_frame(&mut self.stream, &ct).await?;
         }
         self.stream.flush().await
@@ -250,11 +299,11 @@ impl Link {
         let mut plain = Zeroizing::new(Vec::with_capacity(total));
         while plain.len() < total {
             let ct = read_u16_frame(&mut self.stream).await?;
-            let n = self.noise.read_message(&ct, &mut self.buf).map_err(proto)?;
-            if n == 0 || plain.len() + n > total {
+            let piece = self.recv.open(&ct)?;
+            if piece.is_empty() || plain.len() + piece.len() > total {
                 return Err(proto("peer message framing"));
             }
-            plain.extend_from_slice(written(&self.buf, n)?);
+            plain.extend_from_slice(&piece);
         }
         bkv_wire::decode(&plain, MAX_PEER_MESSAGE).map_err(proto)
     }

@@ -42,10 +42,10 @@ fn allowed<R: Replica>(
     replica: &Mutex<R>,
     key: &[u8; 32],
 ) -> bool {
-    let admitted = match replica.lock() {
-        Ok(r) if r.state().members.nodes.is_empty() => bootstrap.contains(key),
-        Ok(r) => r.state().members.admits(key),
-        Err(_) => false,
+    let admitted = match replica.lock().map(|mut r| r.admits(key)) {
+        Ok(Ok(None)) => bootstrap.contains(key),
+        Ok(Ok(Some(admitted))) => admitted,
+        _ => false,
     };
     admitted && in_raft_membership(raft, bootstrap, key)
 }
@@ -230,7 +230,7 @@ async fn dispatch<R: Replica>(
             PeerResponse::ReadIndex(reads.read_index(raft, PROPOSE_TIMEOUT).await)
         }
         PeerRequest::FleetSecrets => PeerResponse::FleetSecrets(match replica.lock() {
-            Ok(r) => r.export_secrets_to(remote),
+            Ok(mut r) => r.export_secrets_to(remote),
             Err(_) => Err("replica lock poisoned".into()),
         }),
     }

@@ -1,34 +1,60 @@
-//! What the replicated state machine applies entries to: a node's [`Core`], or a
-//! [`BareReplica`] (the replication layer's tests and benchmarks). Every method crosses the
-//! core's boundary (docs/architecture.md "The core's boundary"): entries in, outcomes out;
-//! sealed buckets in, snapshot frames out.
+//! What the replicated state machine applies entries to: a node's core across the core boundary
+//! ([`CoreHandle`], in this process or a core service), or a [`BareReplica`] (the replication
+//! layer's tests and benchmarks). Every method is one request across the boundary
+//! (docs/architecture.md "The core's boundary"): entries in, outcomes and sealed buckets out;
+//! sealed buckets in, snapshot frames out. Nothing returns a reference into the core.
 
-use bkv_hsm_core::sealed_state::{Installer, SealedState};
+use bkv_core_service::client::{unexpected, CoreHandle};
+use bkv_core_service::protocol::{Reply, Request};
+use bkv_hsm_core::sealed_state::{summary_position, Installer, SealedState};
 use bkv_hsm_core::snapshot::{SnapshotKey, StreamStart};
-use bkv_hsm_core::state::{Outcome, State};
-use bkv_hsm_core::{Core, EntryKey, LogEntry};
+use bkv_hsm_core::state::Outcome;
+use bkv_hsm_core::{BucketHost, EntryKey, LogEntry};
+
+/// What one batch of applied entries hands the host: each entry's outcome, the sealed buckets
+/// they changed (`None`: emptied) and the records' sealed summary at the batch's position.
+pub struct AppliedBatch {
+    pub outcomes: Vec<Outcome>,
+    pub writes: Vec<(u16, Option<Vec<u8>>)>,
+    pub summary: Vec<u8>,
+}
 
 /// What the state machine applies entries to.
 pub trait Replica: Send + 'static {
-    /// Applies a committed log entry (checking it first: a refused entry changes nothing and
-    /// says so in its outcome); an error (the record store failed or was tampered with) stops
-    /// the node.
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String>;
-    /// The fleet part of the state (members, generations).
-    fn state(&self) -> &State;
-    /// The records and their store.
-    fn records(&mut self) -> &mut SealedState;
+    /// Applies committed log entries in order (each checked first: a refused entry changes
+    /// nothing and says so in its outcome) and seals the summary at `position`; an error (the
+    /// record store failed or was tampered with) stops the node.
+    fn apply(&mut self, entries: Vec<LogEntry>, position: &[u8]) -> Result<AppliedBatch, String>;
+    /// Whether the state admits the member with identity key `key` (`None`: the state names no
+    /// member yet).
+    fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String>;
+    /// Takes `host` as the record store and restores what it holds (checked against `summary`);
+    /// returns the position the summary names.
+    fn restore(
+        &mut self,
+        host: Box<dyn BucketHost>,
+        summary: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, String>;
+    /// The position a stored summary names.
+    fn summary_position(&mut self, summary: &[u8]) -> Result<Vec<u8>, String>;
     /// The fleet secrets encrypted to an admitted member's identity key
     /// (the core checks admission), or why not.
-    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
+    fn export_secrets_to(&mut self, identity: &[u8; 32]) -> Result<Vec<u8>, String>;
     /// A snapshot header of the state a stored summary describes: the header, the position the
     /// summary names and the stream nonce (`bkv_hsm_core::snapshot`).
     fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String>;
     /// A bucket's frame in the stream with `nonce`.
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String>;
+    fn snapshot_frame(&mut self, nonce: [u8; 32], b: u16, sealed: &[u8])
+        -> Result<Vec<u8>, String>;
     /// Starts installing the snapshot with `header` (refused unless a core of the fleet sealed
-    /// it and it is not behind this state).
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String>;
+    /// it and it is not behind this state); returns the position it names.
+    fn install_begin(&mut self, header: &[u8]) -> Result<Vec<u8>, String>;
+    /// The next bucket frame of the snapshot being installed, as the sealed bucket to store.
+    fn install_frame(&mut self, b: u16, frame: &[u8]) -> Result<Vec<u8>, String>;
+    /// The installed state's sealed summary (after the last frame).
+    fn install_summary(&mut self) -> Result<Vec<u8>, String>;
+    /// Switches to the installed state (its buckets and summary are stored).
+    fn install_finish(&mut self) -> Result<(), String>;
 }
 
 /// A bare state (the replication layer's tests and benchmarks): no fleet secrets, keys given
@@ -37,6 +63,7 @@ pub struct BareReplica {
     pub state: SealedState,
     pub key: EntryKey,
     pub snapshots: SnapshotKey,
+    installer: Option<Installer>,
 }
 
 impl BareReplica {
@@ -46,24 +73,51 @@ impl BareReplica {
             state,
             key: EntryKey::from_bytes(key, fleet_id),
             snapshots: SnapshotKey::from_bytes(key, fleet_id),
+            installer: None,
         }
+    }
+
+    fn installer(&mut self) -> Result<&mut Installer, String> {
+        self.installer
+            .as_mut()
+            .ok_or_else(|| "no snapshot is being installed".to_string())
     }
 }
 
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
 impl Replica for BareReplica {
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
-        match self.state.admit_entry(&self.key, e, |_, _| true) {
-            Ok(m) => SealedState::apply(&mut self.state, &m).map_err(|e| e.to_string()),
-            Err(r) => Ok(Outcome::Refused(r)),
+    fn apply(&mut self, entries: Vec<LogEntry>, position: &[u8]) -> Result<AppliedBatch, String> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for e in &entries {
+            outcomes.push(match self.state.admit_entry(&self.key, e, |_, _| true) {
+                Ok(m) => self.state.apply(&m).map_err(text)?,
+                Err(r) => Outcome::Refused(r),
+            });
         }
+        Ok(AppliedBatch {
+            outcomes,
+            writes: self.state.take_writes(),
+            summary: self.state.seal_summary(position).map_err(text)?,
+        })
     }
-    fn state(&self) -> &State {
-        self.state.fleet()
+    fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String> {
+        let members = &self.state.fleet().members;
+        Ok((!members.nodes.is_empty()).then(|| members.admits(key)))
     }
-    fn records(&mut self) -> &mut SealedState {
-        &mut self.state
+    fn restore(
+        &mut self,
+        host: Box<dyn BucketHost>,
+        summary: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        self.state.restore(host, summary).map_err(text)
     }
-    fn export_secrets_to(&self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
+    fn summary_position(&mut self, summary: &[u8]) -> Result<Vec<u8>, String> {
+        summary_position(self.state.platform(), summary).map_err(text)
+    }
+    fn export_secrets_to(&mut self, _: &[u8; 32]) -> Result<Vec<u8>, String> {
         Err("this replica holds no fleet secrets".into())
     }
     fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
@@ -71,49 +125,171 @@ impl Replica for BareReplica {
         self.state
             .platform()
             .fill_random(&mut nonce)
-            .map_err(|e| e.to_string())?;
+            .map_err(text)?;
         let (header, position) = self
             .state
             .snapshot_header(&self.snapshots, nonce, summary)
-            .map_err(|e| e.to_string())?;
+            .map_err(text)?;
         Ok(StreamStart {
             header,
             position,
             nonce,
         })
     }
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    fn snapshot_frame(
+        &mut self,
+        nonce: [u8; 32],
+        b: u16,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, String> {
         self.state
             .snapshot_frame(&self.snapshots, nonce, b, sealed)
-            .map_err(|e| e.to_string())
+            .map_err(text)
     }
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
-        self.state
+    fn install_begin(&mut self, header: &[u8]) -> Result<Vec<u8>, String> {
+        let installer = self
+            .state
             .open_snapshot(&self.snapshots, header)
-            .map_err(|e| e.to_string())
+            .map_err(text)?;
+        let position = installer.position().to_vec();
+        self.installer = Some(installer);
+        Ok(position)
+    }
+    fn install_frame(&mut self, b: u16, frame: &[u8]) -> Result<Vec<u8>, String> {
+        self.installer()?.add_frame(b, frame).map_err(text)
+    }
+    fn install_summary(&mut self) -> Result<Vec<u8>, String> {
+        self.installer()?.seal_summary().map_err(text)
+    }
+    fn install_finish(&mut self) -> Result<(), String> {
+        let installer = self
+            .installer
+            .take()
+            .ok_or_else(|| "no snapshot is being installed".to_string())?;
+        self.state.finish_install(installer);
+        Ok(())
     }
 }
 
-impl Replica for Core {
-    fn apply(&mut self, e: &LogEntry) -> Result<Outcome, String> {
-        Core::apply(self, e).map_err(|e| e.to_string())
+/// One request whose reply must be `Bytes`.
+fn bytes(core: &mut CoreHandle, req: Request) -> Result<Vec<u8>, String> {
+    match core.call(req).map_err(text)? {
+        Reply::Bytes(b) => Ok(b),
+        r => Err(unexpected(r).to_string()),
     }
-    fn state(&self) -> &State {
-        Core::state(self)
+}
+
+impl Replica for CoreHandle {
+    fn apply(&mut self, entries: Vec<LogEntry>, position: &[u8]) -> Result<AppliedBatch, String> {
+        match self
+            .call(Request::Apply {
+                entries,
+                position: position.to_vec(),
+            })
+            .map_err(text)?
+        {
+            Reply::Applied {
+                outcomes,
+                writes,
+                summary,
+            } => Ok(AppliedBatch {
+                outcomes,
+                writes,
+                summary,
+            }),
+            r => Err(unexpected(r).to_string()),
+        }
     }
-    fn records(&mut self) -> &mut SealedState {
-        Core::records(self)
+    fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String> {
+        match self
+            .call(Request::Admits { identity: *key })
+            .map_err(text)?
+        {
+            Reply::Admits(a) => Ok(a),
+            r => Err(unexpected(r).to_string()),
+        }
     }
-    fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
-        Core::export_secrets_to(self, identity).map_err(|e| e.to_string())
+    fn restore(
+        &mut self,
+        host: Box<dyn BucketHost>,
+        summary: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        CoreHandle::restore(self, host, summary).map_err(text)
+    }
+    fn summary_position(&mut self, summary: &[u8]) -> Result<Vec<u8>, String> {
+        bytes(
+            self,
+            Request::SummaryPosition {
+                summary: summary.to_vec(),
+            },
+        )
+    }
+    fn export_secrets_to(&mut self, identity: &[u8; 32]) -> Result<Vec<u8>, String> {
+        bytes(
+            self,
+            Request::ExportSecrets {
+                identity: *identity,
+            },
+        )
     }
     fn snapshot_header(&mut self, summary: &[u8]) -> Result<StreamStart, String> {
-        Core::snapshot_header(self, summary).map_err(|e| e.to_string())
+        match self
+            .call(Request::SnapshotHeader {
+                summary: summary.to_vec(),
+            })
+            .map_err(text)?
+        {
+            Reply::StreamStart {
+                header,
+                position,
+                nonce,
+            } => Ok(StreamStart {
+                header,
+                position,
+                nonce,
+            }),
+            r => Err(unexpected(r).to_string()),
+        }
     }
-    fn snapshot_frame(&self, nonce: [u8; 32], b: u16, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        Core::snapshot_frame(self, nonce, b, sealed).map_err(|e| e.to_string())
+    fn snapshot_frame(
+        &mut self,
+        nonce: [u8; 32],
+        b: u16,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        bytes(
+            self,
+            Request::SnapshotFrame {
+                nonce,
+                bucket: b,
+                sealed: sealed.to_vec(),
+            },
+        )
     }
-    fn open_snapshot(&self, header: &[u8]) -> Result<Installer, String> {
-        Core::open_snapshot(self, header).map_err(|e| e.to_string())
+    fn install_begin(&mut self, header: &[u8]) -> Result<Vec<u8>, String> {
+        bytes(
+            self,
+            Request::InstallBegin {
+                header: header.to_vec(),
+            },
+        )
+    }
+    fn install_frame(&mut self, b: u16, frame: &[u8]) -> Result<Vec<u8>, String> {
+        bytes(
+            self,
+            Request::InstallFrame {
+                bucket: b,
+                frame: frame.to_vec(),
+            },
+        )
+    }
+    fn install_summary(&mut self) -> Result<Vec<u8>, String> {
+        bytes(self, Request::InstallSummary)
+    }
+    fn install_finish(&mut self) -> Result<(), String> {
+        match self.call(Request::InstallFinish).map_err(text)? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r).to_string()),
+        }
     }
 }

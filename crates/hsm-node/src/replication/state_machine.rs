@@ -19,9 +19,9 @@ use super::snapshot_stream::{Frame, FrameSource, Sender, SnapshotData, Spool, St
 use super::{db_err, storage_error, Applied, PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use crate::records::{InFlight, RecordTable, TableHost};
-use bkv_hsm_core::sealed_state::{summary_position, NoBuckets};
+use bkv_hsm_core::sealed_state::NoBuckets;
 use bkv_hsm_core::snapshot::StreamStart;
-use bkv_hsm_core::SharedPlatform;
+use bkv_hsm_core::state::Outcome;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use super::replica::{BareReplica, Replica};
+pub use super::replica::{AppliedBatch, BareReplica, Replica};
 pub use super::snapshot_stream::MAX_SNAPSHOT;
 
 /// The record table's file in a data directory.
@@ -233,13 +233,20 @@ impl Position {
             .map_err(|_| ReplicationStoreError::Malformed("records' log position".into()))
     }
 
-    /// The position sealed in a stored summary (`None`: nothing applied yet).
-    fn of_summary(
-        platform: &SharedPlatform,
+    /// The position sealed in a stored summary (`None`: nothing applied yet), as the core reads
+    /// it.
+    fn of_summary<R: Replica>(
+        replica: &Mutex<R>,
         summary: Option<&[u8]>,
     ) -> Result<Self, ReplicationStoreError> {
         match summary {
-            Some(s) => Self::decode(&summary_position(platform, s)?),
+            Some(s) => Self::decode(
+                &replica
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .summary_position(s)
+                    .map_err(ReplicationStoreError::Records)?,
+            ),
             None => Ok(Position::default()),
         }
     }
@@ -272,7 +279,6 @@ pub struct StateMachine<R: Replica> {
     dir: PathBuf,
     replica: Arc<Mutex<R>>,
     table: Arc<RecordTable>,
-    platform: SharedPlatform,
     position: Position,
     metrics: Arc<NodeMetrics>,
     /// Bucket writes handed to the writer, visible to reads until they land ([`InFlight`]).
@@ -287,7 +293,6 @@ impl<R: Replica> StateMachine<R> {
     /// core checks every stored bucket against the sealed summary's root).
     pub fn open(
         dir: &Path,
-        platform: SharedPlatform,
         replica: Arc<Mutex<R>>,
         metrics: Arc<NodeMetrics>,
     ) -> Result<Self, ReplicationStoreError> {
@@ -296,8 +301,8 @@ impl<R: Replica> StateMachine<R> {
         replica
             .lock()
             .map_err(|_| poisoned())?
-            .records()
-            .restore(Box::new(NoBuckets), None)?;
+            .restore(Box::new(NoBuckets), None)
+            .map_err(ReplicationStoreError::Records)?;
         let table = Arc::new(RecordTable::open(
             &dir.join(RECORDS_FILE),
             RECORDS_CACHE_BYTES,
@@ -310,7 +315,10 @@ impl<R: Replica> StateMachine<R> {
         {
             let mut r = replica.lock().map_err(|_| poisoned())?;
             let host = Box::new(TableHost(table.clone(), inflight.clone()));
-            if let Some(p) = r.records().restore(host, summary.as_deref())? {
+            let restored = r
+                .restore(host, summary.as_deref())
+                .map_err(ReplicationStoreError::Records)?;
+            if let Some(p) = restored {
                 position = Position::decode(&p)?;
             }
         }
@@ -328,7 +336,6 @@ impl<R: Replica> StateMachine<R> {
             dir: dir.to_path_buf(),
             replica,
             table,
-            platform,
             position,
             metrics,
             inflight,
@@ -353,22 +360,22 @@ impl<R: Replica> StateMachine<R> {
 /// state itself stays in the table; openraft 0.9 keeps only a built snapshot's metadata
 /// (`core/sm/worker.rs`), and a snapshot sent to a member is read from the table then
 /// ([`RaftStateMachine::get_current_snapshot`]).
-pub struct SnapshotBuilder {
+pub struct SnapshotBuilder<R: Replica> {
     table: Arc<RecordTable>,
-    platform: SharedPlatform,
+    replica: Arc<Mutex<R>>,
     writer: Arc<TableWriter>,
     durable: Durable,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+impl<R: Replica> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<R> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (table, platform) = (self.table.clone(), self.platform.clone());
+        let (table, replica) = (self.table.clone(), self.replica.clone());
         let (writer, durable) = (self.writer.clone(), self.durable.clone());
         let meta = blocking(ErrorVerb::Write, move || {
             // What was applied before the trigger is in the table, then on disk.
             writer.flush()?;
             let summary = table.sync()?;
-            let position = Position::of_summary(&platform, summary.as_deref())?;
+            let position = Position::of_summary(&replica, summary.as_deref())?;
             durable.reached_position(&position);
             Ok(position.meta())
         })
@@ -381,7 +388,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
-    type SnapshotBuilder = SnapshotBuilder;
+    type SnapshotBuilder = SnapshotBuilder<R>;
 
     async fn applied_state(
         &mut self,
@@ -395,36 +402,50 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         I::IntoIter: OptionalSend,
     {
         let write_err = |e: ReplicationStoreError| sm_err(ErrorVerb::Write, e);
-        let mut replica = self.replica.lock().map_err(|_| write_err(poisoned()))?;
+        // The raft entries in order, with the core's entries of all of them applied in one
+        // request across the core boundary (BENCHMARKS.md counts the crossings).
         let mut out = Vec::new();
+        let mut counts = Vec::new();
+        let mut batch = Vec::new();
         let mut position = self.position.clone();
         for e in entries {
             position.last_applied = Some(e.log_id);
-            out.push(match e.payload {
-                EntryPayload::Blank => Applied::Blank,
+            match e.payload {
+                EntryPayload::Blank => out.push(Some(Applied::Blank)),
                 EntryPayload::Normal(entries) => {
-                    let mut outcomes = Vec::with_capacity(entries.0.len());
-                    for entry in &entries.0 {
-                        let outcome = replica
-                            .apply(entry)
-                            .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
-                        self.metrics.applied(&outcome);
-                        outcomes.push(outcome);
-                    }
-                    Applied::Entries(outcomes)
+                    counts.push(entries.0.len());
+                    batch.extend(entries.0);
+                    out.push(None);
                 }
                 EntryPayload::Membership(mem) => {
                     position.membership = StoredMembership::new(Some(e.log_id), mem);
-                    Applied::Membership
+                    out.push(Some(Applied::Membership));
                 }
-            });
+            }
         }
-        // One transaction for the lot, without fsync (module docs).
-        let writes = replica.records().take_writes();
-        let summary = replica
-            .records()
-            .seal_summary(&bkv_wire::encode(&position))
-            .map_err(|e| write_err(e.into()))?;
+        let mut replica = self.replica.lock().map_err(|_| write_err(poisoned()))?;
+        let AppliedBatch {
+            outcomes,
+            writes,
+            summary,
+        } = replica
+            .apply(batch, &bkv_wire::encode(&position))
+            .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
+        let mut outcomes = outcomes.into_iter();
+        let mut counts = counts.into_iter();
+        let out = out
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    let n = counts.next().unwrap_or(0);
+                    let mine: Vec<Outcome> = outcomes.by_ref().take(n).collect();
+                    for o in &mine {
+                        self.metrics.applied(o);
+                    }
+                    Applied::Entries(mine)
+                })
+            })
+            .collect::<Vec<_>>();
         // Handed to the writer thread (module docs of `TableWriter`): visible to reads at once,
         // in the table shortly.
         self.writes += 1;
@@ -447,7 +468,7 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             table: self.table.clone(),
-            platform: self.platform.clone(),
+            replica: self.replica.clone(),
             writer: self.writer.clone(),
             durable: self.durable.clone(),
         }
@@ -494,14 +515,13 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 }
             };
             let (header, mut frames) = StreamReader::open(std::io::BufReader::new(reader))?;
-            let mut installer = replica
-                .lock()
-                .map_err(|_| poisoned())?
-                .open_snapshot(&header)
+            let lock = || replica.lock().map_err(|_| poisoned());
+            let named = lock()?
+                .install_begin(&header)
                 .map_err(ReplicationStoreError::Snapshot)?;
             // The position the sending core sealed must be the one openraft installs at: a
             // snapshot of one state passed off as another position would skip or repeat entries.
-            let named = Position::decode(installer.position())?;
+            let named = Position::decode(&named)?;
             if named.last_applied != p.last_applied || named.membership != p.membership {
                 return Err(ReplicationStoreError::Snapshot(
                     "the snapshot's sealed position is not the one it was sent as".into(),
@@ -509,17 +529,18 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             }
             let replacement = table.begin_replace()?;
             while let Frame::Bucket(b, frame) = frames.next_frame()? {
-                let sealed = installer
-                    .add_frame(b, &frame)
-                    .map_err(|e| ReplicationStoreError::Snapshot(e.to_string()))?;
+                let sealed = lock()?
+                    .install_frame(b, &frame)
+                    .map_err(ReplicationStoreError::Snapshot)?;
                 replacement.put(b, &sealed)?;
             }
-            let summary = installer
-                .seal_summary()
-                .map_err(|e| ReplicationStoreError::Snapshot(e.to_string()))?;
-            let mut r = replica.lock().map_err(|_| poisoned())?;
+            let mut r = lock()?;
+            let summary = r
+                .install_summary()
+                .map_err(ReplicationStoreError::Snapshot)?;
             replacement.commit(&summary)?;
-            r.records().finish_install(installer);
+            r.install_finish()
+                .map_err(ReplicationStoreError::Snapshot)?;
             // Only now may the log behind the snapshot go (`LogStore::set_records_durable`).
             durable.reached_position(&p);
             Ok(())

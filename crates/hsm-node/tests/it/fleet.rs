@@ -4,7 +4,7 @@
 
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
 use bkv_hsm_core::SealedState;
-use bkv_hsm_core::{EntryKey, LogEntry, MemoryPlatform, NodeIdentity, SharedPlatform};
+use bkv_hsm_core::{EntryKey, LogEntry, MemoryPlatform, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest, PeerResponse};
 use bkv_hsm_node::replication::state_machine::BareReplica;
@@ -25,10 +25,7 @@ pub(crate) struct Member {
 /// A fresh identity on its own in-memory platform.
 pub(crate) fn identity(seed: u8) -> LinkIdentity {
     let platform: SharedPlatform = MemoryPlatform::shared([seed; 32]);
-    LinkIdentity {
-        identity: Arc::new(NodeIdentity::generate(&*platform).unwrap()),
-        platform,
-    }
+    LinkIdentity::in_process(platform).unwrap()
 }
 
 pub(crate) const RID: [u8; 32] = [9u8; 32];
@@ -61,7 +58,7 @@ pub(crate) fn test_key() -> EntryKey {
 /// platform.
 pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<BareReplica>> {
     Arc::new(Mutex::new(BareReplica::new(
-        SealedState::new(identity.platform.clone(), [7; 32]),
+        SealedState::new(identity.in_process_platform().unwrap(), [7; 32]),
         [5; 32],
         "test-fleet",
     )))
@@ -174,7 +171,7 @@ async fn start_with(id: u64, m: &mut Member, bootstrap: &BTreeSet<[u8; 32]>, log
         FleetOptions {
             id,
             dir: m.dir.clone(),
-            platform: m.identity.platform.clone(),
+            platform: m.identity.in_process_platform().unwrap(),
             identity: m.identity.clone(),
             bootstrap: bootstrap.clone(),
             snapshot_log_min: log_min,
@@ -835,7 +832,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
         FleetOptions {
             id: 3,
             dir: members[3].dir.clone(),
-            platform: members[3].identity.platform.clone(),
+            platform: members[3].identity.in_process_platform().unwrap(),
             identity: members[3].identity.clone(),
             bootstrap: bootstrap.clone(),
             snapshot_log_min: SNAPSHOT_LOG_MIN,

@@ -23,7 +23,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<BareReplica>, tempfile::Tem
             LogStore::open(&dir.path().join("raft.redb"), platform.clone()).expect("log store");
         let sm = StateMachine::open(
             dir.path(),
-            platform.clone(),
             Arc::new(Mutex::new(BareReplica::new(
                 SealedState::new(platform, [7; 32]),
                 [5; 32],

@@ -6,7 +6,7 @@
 
 use crate::fleet::{pending, ProposeMutation, RID};
 use bkv_hsm_core::state::{Live, Mutation, Outcome};
-use bkv_hsm_core::{NodeIdentity, SealedState, SharedPlatform};
+use bkv_hsm_core::{SealedState, SharedPlatform};
 use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_node::replication::network::LinkIdentity;
 use bkv_hsm_node::replication::state_machine::BareReplica;
@@ -33,10 +33,7 @@ struct Node {
 impl Node {
     fn new(platform: SharedPlatform) -> Node {
         Node {
-            identity: LinkIdentity {
-                identity: Arc::new(NodeIdentity::generate(&*platform).unwrap()),
-                platform,
-            },
+            identity: LinkIdentity::in_process(platform).unwrap(),
             addr: format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap()),
         }
     }
@@ -44,7 +41,7 @@ impl Node {
     async fn start(&self, dir: &Path) -> Result<(Fleet, Arc<Mutex<BareReplica>>), FleetError> {
         std::fs::create_dir_all(dir).unwrap();
         let state = Arc::new(Mutex::new(BareReplica::new(
-            SealedState::new(self.identity.platform.clone(), [7; 32]),
+            SealedState::new(self.identity.in_process_platform().unwrap(), [7; 32]),
             [5; 32],
             "test-fleet",
         )));
@@ -60,7 +57,7 @@ impl Node {
             FleetOptions {
                 id: 0,
                 dir: dir.to_owned(),
-                platform: self.identity.platform.clone(),
+                platform: self.identity.in_process_platform().unwrap(),
                 identity: self.identity.clone(),
                 bootstrap: BTreeSet::from([self.identity.public()]),
                 snapshot_log_min: 1 << 30,

@@ -1,0 +1,362 @@
+//! The agent's side of the boundary: the core as a [`CoreHandle`] and the host's own operations
+//! as a [`HostHandle`], each either in this process (a single-binary node, tests) or a core
+//! service process over a Unix-domain socket ([`crate::protocol`]). Both carry the same
+//! requests, so the agent's code is the same either way.
+
+use crate::protocol::{
+    read_message, write_message, FrameError, FromCore, LinkKeys, Reply, Request, Role, ToCore,
+    BUCKET_CHUNK_BYTES, PROTOCOL_VERSION,
+};
+use crate::service::{CoreService, HostService};
+use bkv_hsm_core::{BucketHost, Platform, PlatformError, SealSlot, SealedError};
+use bkv_wire::admin::PlatformDescription;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long the agent waits for one message of the core service.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static APPLIES: AtomicU64 = AtomicU64::new(0);
+static APPLIED_ENTRIES: AtomicU64 = AtomicU64::new(0);
+static CALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Core-boundary crossings so far in this process (BENCHMARKS.md "The core boundary").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Crossings {
+    /// Requests to the core (each a round trip), all kinds.
+    pub requests: u64,
+    /// Of those, `Apply` requests (one per batch of committed entries openraft applies).
+    pub applies: u64,
+    /// Log entries those `Apply` requests carried.
+    pub applied_entries: u64,
+    /// Bucket questions the core asked within requests (round trips too across processes).
+    pub bucket_reads: u64,
+}
+
+/// The crossings counted so far.
+pub fn crossings() -> Crossings {
+    Crossings {
+        requests: CALLS.load(Ordering::Relaxed),
+        applies: APPLIES.load(Ordering::Relaxed),
+        applied_entries: APPLIED_ENTRIES.load(Ordering::Relaxed),
+        bucket_reads: CALLBACKS.load(Ordering::Relaxed),
+    }
+}
+
+/// Why a request across the boundary failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundaryError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("core service speaks protocol version {0}, this agent {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("core service: unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("core service: {0}")]
+    Failed(String),
+    #[error("core service: {0}")]
+    Platform(PlatformError),
+}
+
+/// A reply of the wrong kind, or the service's failure, as an error.
+pub fn unexpected(r: Reply) -> BoundaryError {
+    match r {
+        Reply::Failed(e) => BoundaryError::Failed(e),
+        Reply::Platform(e) => BoundaryError::Platform(e),
+        _ => BoundaryError::Unexpected("reply"),
+    }
+}
+
+/// One connection to a core service.
+pub struct Conn {
+    stream: UnixStream,
+}
+
+impl Conn {
+    /// Connects to the core service at `socket` in `role` and checks its protocol version.
+    pub fn connect(socket: &Path, role: Role) -> Result<Conn, BoundaryError> {
+        let stream = UnixStream::connect(socket).map_err(FrameError::Io)?;
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(FrameError::Io)?;
+        let mut conn = Conn { stream };
+        conn.send(&ToCore::Hello {
+            version: PROTOCOL_VERSION,
+            role,
+        })?;
+        match conn.recv()? {
+            FromCore::Hello { version } if version == PROTOCOL_VERSION => Ok(conn),
+            FromCore::Hello { version } => Err(BoundaryError::Version(version)),
+            _ => Err(BoundaryError::Unexpected("greeting")),
+        }
+    }
+
+    fn send(&mut self, m: &ToCore) -> Result<(), BoundaryError> {
+        Ok(write_message(&mut self.stream, m)?)
+    }
+
+    fn recv(&mut self) -> Result<FromCore, BoundaryError> {
+        Ok(read_message(&mut self.stream)?)
+    }
+
+    /// One request; bucket questions on the way are answered from `buckets`.
+    fn call(
+        &mut self,
+        req: Request,
+        buckets: Option<&dyn BucketHost>,
+    ) -> Result<Reply, BoundaryError> {
+        self.send(&ToCore::Call(req))?;
+        loop {
+            match self.recv()? {
+                FromCore::Reply(r) => return Ok(r),
+                FromCore::ReadBucket(b) => {
+                    CALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    let answer = match buckets {
+                        Some(h) => h.read(b),
+                        None => Ok(None),
+                    };
+                    self.send(&ToCore::Bucket(answer))?;
+                }
+                FromCore::ListBuckets => {
+                    CALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    self.list_buckets(buckets)?;
+                }
+                FromCore::Hello { .. } => return Err(BoundaryError::Unexpected("greeting")),
+            }
+        }
+    }
+
+    fn list_buckets(&mut self, buckets: Option<&dyn BucketHost>) -> Result<(), BoundaryError> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        let mut sent: Result<(), BoundaryError> = Ok(());
+        let listed = match buckets {
+            None => Ok(()),
+            Some(h) => h.for_each(&mut |b, sealed| {
+                chunk.push((b, sealed.to_vec()));
+                bytes += sealed.len() + 8;
+                if bytes >= BUCKET_CHUNK_BYTES {
+                    bytes = 0;
+                    if let Err(e) = self.send(&ToCore::Buckets(std::mem::take(&mut chunk))) {
+                        sent = Err(e);
+                        return Err(SealedError::Malformed("the core service went away"));
+                    }
+                }
+                Ok(())
+            }),
+        };
+        sent?;
+        if !chunk.is_empty() {
+            self.send(&ToCore::Buckets(chunk))?;
+        }
+        self.send(&ToCore::BucketsEnd(listed.map_err(|e| e.to_string())))
+    }
+}
+
+/// The core, in this process or in a core service.
+pub enum CoreHandle {
+    Local(Box<CoreService>),
+    Remote {
+        conn: Conn,
+        /// The table the core reads buckets from (set by [`CoreHandle::restore`]).
+        buckets: Option<Box<dyn BucketHost>>,
+    },
+}
+
+impl CoreHandle {
+    /// A core service's core connection.
+    pub fn remote(socket: &Path) -> Result<Self, BoundaryError> {
+        Ok(CoreHandle::Remote {
+            conn: Conn::connect(socket, Role::Core)?,
+            buckets: None,
+        })
+    }
+
+    /// One request to the core.
+    pub fn call(&mut self, req: Request) -> Result<Reply, BoundaryError> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        if let Request::Apply { entries, .. } = &req {
+            APPLIES.fetch_add(1, Ordering::Relaxed);
+            APPLIED_ENTRIES.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        }
+        match self {
+            CoreHandle::Local(s) => Ok(s.handle(req)),
+            CoreHandle::Remote { conn, buckets } => conn.call(req, buckets.as_deref()),
+        }
+    }
+
+    /// Restores the core's records from `host` (the agent's table of sealed buckets) and its
+    /// sealed `summary`; returns the position the summary names.
+    pub fn restore(
+        &mut self,
+        host: Box<dyn BucketHost>,
+        summary: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, BoundaryError> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        let reply = match self {
+            CoreHandle::Local(s) => s.restore(host, summary),
+            CoreHandle::Remote { conn, buckets } => {
+                let r = conn.call(
+                    Request::Restore {
+                        summary: summary.map(<[u8]>::to_vec),
+                    },
+                    Some(&*host),
+                )?;
+                *buckets = Some(host);
+                r
+            }
+        };
+        match reply {
+            Reply::Restored(p) => Ok(p),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+/// The host's own operations: its counter-bound `raft-state` and the counter (as a
+/// [`Platform`] that can name no slot of the core's and sign nothing), and peer-link handshakes.
+pub enum HostHandle {
+    Local(HostService),
+    Remote {
+        conn: Mutex<Conn>,
+        description: PlatformDescription,
+        signing_key: [u8; 32],
+    },
+}
+
+impl HostHandle {
+    /// A core service's host connection.
+    pub fn remote(socket: &Path) -> Result<Self, BoundaryError> {
+        let mut conn = Conn::connect(socket, Role::Host)?;
+        match conn.call(Request::Describe, None)? {
+            Reply::Described {
+                description,
+                signing_key,
+            } => Ok(HostHandle::Remote {
+                conn: Mutex::new(conn),
+                description,
+                signing_key,
+            }),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn call(&self, req: Request) -> Result<Reply, BoundaryError> {
+        match self {
+            HostHandle::Local(s) => Ok(s.handle(req)),
+            HostHandle::Remote { conn, .. } => conn
+                .lock()
+                .map_err(|_| BoundaryError::Unexpected("poisoned connection"))?
+                .call(req, None),
+        }
+    }
+
+    /// Starts a peer-link handshake to `remote`: the handshake's id and first message.
+    pub fn link_initiate(&self, remote: &[u8; 32]) -> Result<(u64, Vec<u8>), BoundaryError> {
+        match self.call(Request::LinkInitiate { remote: *remote })? {
+            Reply::Handshake { id, message } => Ok((id, message)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Finishes handshake `id` with the responder's answer.
+    pub fn link_finish(&self, id: u64, message: Vec<u8>) -> Result<LinkKeys, BoundaryError> {
+        match self.call(Request::LinkFinish { id, message })? {
+            Reply::Link(keys) => Ok(keys),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Answers an initiator's first message: the answer and the link's keys.
+    pub fn link_respond(&self, message: Vec<u8>) -> Result<(Vec<u8>, LinkKeys), BoundaryError> {
+        match self.call(Request::LinkRespond { message })? {
+            Reply::Responded { message, keys } => Ok((message, keys)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn platform_call(&self, req: Request) -> Result<Reply, PlatformError> {
+        match self.call(req) {
+            Ok(Reply::Platform(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(e) => Err(PlatformError::KeyStore(e.to_string())),
+        }
+    }
+}
+
+fn not_the_agents(what: &str) -> PlatformError {
+    PlatformError::KeyStore(format!("the host agent cannot {what}"))
+}
+
+impl Platform for HostHandle {
+    fn describe(&self) -> PlatformDescription {
+        match self {
+            HostHandle::Local(s) => s.platform().describe(),
+            HostHandle::Remote { description, .. } => description.clone(),
+        }
+    }
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), PlatformError> {
+        rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, out)
+            .map_err(|e| PlatformError::Random(e.to_string()))
+    }
+    fn now_unix_secs(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+    fn seal(&self, slot: SealSlot, label: &[u8], plain: &[u8]) -> Result<Vec<u8>, PlatformError> {
+        if slot != SealSlot::RaftState {
+            return Err(not_the_agents("seal a value of the core's"));
+        }
+        match self.platform_call(Request::SealHost {
+            label: label.to_vec(),
+            plaintext: plain.to_vec(),
+        })? {
+            Reply::Bytes(b) => Ok(b),
+            _ => Err(PlatformError::Malformed),
+        }
+    }
+    fn unseal(
+        &self,
+        slot: SealSlot,
+        label: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, PlatformError> {
+        if slot != SealSlot::RaftState {
+            return Err(not_the_agents("open a value of the core's"));
+        }
+        match self.platform_call(Request::UnsealHost {
+            label: label.to_vec(),
+            sealed: sealed.to_vec(),
+        })? {
+            Reply::Bytes(b) => Ok(zeroize::Zeroizing::new(b)),
+            _ => Err(PlatformError::Malformed),
+        }
+    }
+    fn signing_public_key(&self) -> [u8; 32] {
+        match self {
+            HostHandle::Local(s) => s.platform().signing_public_key(),
+            HostHandle::Remote { signing_key, .. } => *signing_key,
+        }
+    }
+    fn sign(&self, _: &[u8]) -> Result<[u8; 64], PlatformError> {
+        Err(not_the_agents("sign"))
+    }
+    fn counter_read(&self) -> Result<u64, PlatformError> {
+        match self.platform_call(Request::CounterRead)? {
+            Reply::Counter(v) => Ok(v),
+            _ => Err(PlatformError::Malformed),
+        }
+    }
+    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
+        match self.platform_call(Request::CounterAdvance { value })? {
+            Reply::Done => Ok(()),
+            _ => Err(PlatformError::Malformed),
+        }
+    }
+}
