@@ -24,6 +24,21 @@ static APPLIES: AtomicU64 = AtomicU64::new(0);
 static APPLIED_ENTRIES: AtomicU64 = AtomicU64::new(0);
 static CALLBACKS: AtomicU64 = AtomicU64::new(0);
 
+static ON_BROKEN: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Sets what happens when the core is gone: a connection to it broke, or the child running it
+/// exited. A node's binary exits, so that its supervisor restarts agent and core together
+/// (nothing is lost: every answer waited for its commit). Without a hook, requests fail.
+pub fn on_core_gone(hook: fn(&str)) {
+    let _ = ON_BROKEN.set(hook);
+}
+
+pub(crate) fn core_gone(why: &str) {
+    if let Some(hook) = ON_BROKEN.get() {
+        hook(why);
+    }
+}
+
 /// Core-boundary crossings so far in this process (BENCHMARKS.md "The core boundary").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Crossings {
@@ -103,8 +118,21 @@ impl Conn {
         Ok(read_message(&mut self.stream)?)
     }
 
-    /// One request; bucket questions on the way are answered from `buckets`.
+    /// One request; bucket questions on the way are answered from `buckets`. A broken
+    /// connection is the core gone ([`on_core_gone`]).
     fn call(
+        &mut self,
+        req: Request,
+        buckets: Option<&dyn BucketHost>,
+    ) -> Result<Reply, BoundaryError> {
+        let r = self.exchange(req, buckets);
+        if let Err(BoundaryError::Frame(FrameError::Io(e))) = &r {
+            core_gone(&format!("the connection to the core service broke: {e}"));
+        }
+        r
+    }
+
+    fn exchange(
         &mut self,
         req: Request,
         buckets: Option<&dyn BucketHost>,

@@ -20,6 +20,8 @@ pub mod service;
 use bkv_hsm_platform::PlatformConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a started core service may take to listen.
@@ -28,7 +30,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A core service this agent started. It ends when the agent does: it exits when its standard
 /// input closes (also when the agent is killed), and is killed when this value is dropped.
 pub struct CoreChild {
-    child: Child,
+    child: Arc<Mutex<Child>>,
+    stopping: Arc<AtomicBool>,
+    pid: u32,
     socket: PathBuf,
     dir: PathBuf,
 }
@@ -81,13 +85,21 @@ impl CoreChild {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| std::io::Error::new(e.kind(), format!("start {}: {e}", bin.display())))?;
-        let mut me = CoreChild { child, socket, dir };
+        let pid = child.id();
+        let me = CoreChild {
+            child: Arc::new(Mutex::new(child)),
+            stopping: Arc::new(AtomicBool::new(false)),
+            pid,
+            socket,
+            dir,
+        };
         let started = Instant::now();
         loop {
             if std::os::unix::net::UnixStream::connect(&me.socket).is_ok() {
+                me.watch();
                 return Ok(me);
             }
-            if let Some(status) = me.child.try_wait()? {
+            if let Some(status) = me.try_wait()? {
                 return Err(std::io::Error::other(format!(
                     "the core service {} exited at start ({status})",
                     bin.display()
@@ -103,6 +115,40 @@ impl CoreChild {
         }
     }
 
+    fn try_wait(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self.child.lock() {
+            Ok(mut c) => c.try_wait(),
+            Err(_) => Err(std::io::Error::other("core child lock poisoned")),
+        }
+    }
+
+    /// Watches the child: if it exits before this value is dropped, the core is gone
+    /// ([`client::on_core_gone`]).
+    fn watch(&self) {
+        let (child, stopping) = (self.child.clone(), self.stopping.clone());
+        let spawned = std::thread::Builder::new()
+            .name("bkv-core-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let status = match child.lock() {
+                    Ok(mut c) => c.try_wait(),
+                    Err(_) => return,
+                };
+                if let Ok(Some(status)) = status {
+                    if !stopping.load(Ordering::SeqCst) {
+                        client::core_gone(&format!("the core service exited ({status})"));
+                    }
+                    return;
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to watch the core service");
+        }
+    }
+
     /// The socket it listens on.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -110,14 +156,17 @@ impl CoreChild {
 
     /// Its process id (tests read its memory).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 }
 
 impl Drop for CoreChild {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

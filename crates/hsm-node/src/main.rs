@@ -113,6 +113,13 @@ fn main() {
         )
         .with(filter)
         .init();
+    // The core service is gone (its child exited, or a connection to it broke): exit, so that
+    // the supervisor restarts the node with a fresh core; every answer already waited for its
+    // commit, so nothing is lost.
+    bkv_core_service::client::on_core_gone(|why| {
+        eprintln!("bkv-hsm: error: {why}; exiting");
+        std::process::exit(1);
+    });
     let args = match Args::parse().resolve() {
         Ok(a) => a,
         Err(e) => {

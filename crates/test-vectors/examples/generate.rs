@@ -147,6 +147,7 @@ fn main() -> Result<()> {
     move_ticket()?;
     log_entry()?;
     snapshot()?;
+    core_boundary()?;
     println!("wrote {}", vectors_dir().display());
     Ok(())
 }
@@ -1749,6 +1750,92 @@ fn snapshot() -> Result<()> {
             "Frame",
             frame_params(bucket, seq(0xb9)),
         ),
+    )?;
+    w.finish()
+}
+
+// --------------------------------------------------------------- core boundary
+
+fn core_boundary() -> Result<()> {
+    use bkv_core_service::protocol::{write_message, Request, Role, ToCore, PROTOCOL_VERSION};
+    let framed = |m: &ToCore| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        write_message(&mut out, m)?;
+        Ok(out)
+    };
+    let mut w = Writer::new(
+        "core-boundary",
+        "docs/formats.md#the-core-boundary-protocol-version-1-cratescore-servicesrcprotocolrs",
+        &[],
+    )?;
+    let hello = |role| ToCore::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+    };
+    w.case(
+        "hello-core.msg",
+        &framed(&hello(Role::Core))?,
+        ok(
+            "the agent's greeting on its core connection",
+            vec![
+                ("kind", "hello".into()),
+                ("version", "1".into()),
+                ("role", "0".into()),
+            ],
+        ),
+    )?;
+    let host = framed(&hello(Role::Host))?;
+    w.case(
+        "hello-host.msg",
+        &host,
+        ok(
+            "the agent's greeting on its host connection",
+            vec![
+                ("kind", "hello".into()),
+                ("version", "1".into()),
+                ("role", "1".into()),
+            ],
+        ),
+    )?;
+    w.case(
+        "counter-advance.msg",
+        &framed(&ToCore::Call(Request::CounterAdvance { value: 300 }))?,
+        ok(
+            "a host request: raise the platform counter to 300",
+            vec![("kind", "counter_advance".into()), ("value", "300".into())],
+        ),
+    )?;
+    let mut role2 = host.clone();
+    let last = role2.len() - 1;
+    role2[last] = 2;
+    w.case(
+        "role-2.msg",
+        &role2,
+        bad("role 2 is not defined", "Malformed"),
+    )?;
+    let mut codec2 = host.clone();
+    codec2[4] = 2;
+    w.case(
+        "codec-2.msg",
+        &codec2,
+        bad("codec version byte 2 is not defined", "Malformed"),
+    )?;
+    let mut huge = ((64u32 << 20) + 1).to_be_bytes().to_vec();
+    huge.extend_from_slice(&host[4..]);
+    w.case(
+        "over-64-mib.msg",
+        &huge,
+        bad(
+            "a length over 64 MiB is refused before anything is read",
+            "TooLarge",
+        ),
+    )?;
+    let mut short = host.clone();
+    short.pop();
+    w.case(
+        "truncated.msg",
+        &short,
+        bad("the length names one more byte than follows", "Io"),
     )?;
     w.finish()
 }

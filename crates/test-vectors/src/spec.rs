@@ -1065,3 +1065,45 @@ pub fn snapshot_frame_open(
         )
         .map_err(|_| "authentication")
 }
+
+/// A message from the host agent to its core service as docs/formats.md "The core boundary"
+/// describes it (the kinds the vectors hold).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BoundaryMessage {
+    /// `ToCore::Hello`: protocol version and role (0 core, 1 host).
+    Hello { version: u64, role: u8 },
+    /// `ToCore::Call(Request::CounterAdvance { value })`.
+    CounterAdvance(u64),
+}
+
+/// Reads one framed message from the agent: `u32 big-endian length || encode(ToCore)`, at most
+/// 64 MiB; `ToCore` variant 0 is `Hello { version, role }`, variant 1 `Call(Request)`, whose
+/// variant 33 is `CounterAdvance { value }`.
+pub fn core_boundary_to_core(file: &[u8]) -> SpecResult<BoundaryMessage> {
+    let (len, rest) = file.split_at_checked(4).ok_or("no length")?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| "no length")?) as usize;
+    if len > 64 << 20 {
+        return Err("message over 64 MiB");
+    }
+    if rest.len() != len {
+        return Err("length does not match the message");
+    }
+    let mut r = Reader::encoded(rest)?;
+    let m = match r.varint()? {
+        0 => {
+            let version = r.varint()?;
+            let role = r.u8()?;
+            if role > 1 {
+                return Err("role");
+            }
+            BoundaryMessage::Hello { version, role }
+        }
+        1 => match r.varint()? {
+            33 => BoundaryMessage::CounterAdvance(r.varint()?),
+            _ => return Err("a request the vectors do not hold"),
+        },
+        _ => return Err("message kind"),
+    };
+    r.end()?;
+    Ok(m)
+}

@@ -548,3 +548,44 @@ fn snapshot() {
         }
     }
 }
+
+#[test]
+fn core_boundary() {
+    use bkv_core_service::protocol::{read_message, Request, Role, ToCore};
+    let index = load("core-boundary");
+    for case in &index.cases {
+        let file = bytes(&index, case);
+        let library = read_message::<ToCore>(&mut file.as_slice());
+        let library = library.map_err(|e| Raw(format!("{e:?}")));
+        if let Some((m, view)) = verdict(case, library, spec::core_boundary_to_core(&file)) {
+            match (m, view) {
+                (
+                    ToCore::Hello { version, role },
+                    spec::BoundaryMessage::Hello {
+                        version: v,
+                        role: r,
+                    },
+                ) => {
+                    assert_eq!(expect(case, "kind"), "hello");
+                    assert_eq!(version.to_string(), expect(case, "version"));
+                    assert_eq!(u64::from(version), v);
+                    let role = match role {
+                        Role::Core => 0,
+                        Role::Host => 1,
+                    };
+                    assert_eq!(role.to_string(), expect(case, "role"));
+                    assert_eq!(role, r);
+                }
+                (
+                    ToCore::Call(Request::CounterAdvance { value }),
+                    spec::BoundaryMessage::CounterAdvance(v),
+                ) => {
+                    assert_eq!(expect(case, "kind"), "counter_advance");
+                    assert_eq!(value.to_string(), expect(case, "value"));
+                    assert_eq!(value, v);
+                }
+                (m, v) => panic!("{}: library {m:?}, spec {v:?}", case.file),
+            }
+        }
+    }
+}

@@ -7,6 +7,8 @@
 //!   core service must hold them (so the scan is known to work).
 //! - The agent restarts without losing a guess while a core service an operator runs keeps
 //!   running (`--core-socket`).
+//! - A node whose core service dies exits (rather than serve without it) and comes back with
+//!   every guess counted.
 
 use crate::common::*;
 use bkv_hsm_core::state::Live;
@@ -286,4 +288,75 @@ fn the_agent_restarts_against_a_running_core_service_and_no_guess_is_lost() {
     drop(dev);
     let _ = core.kill();
     let _ = core.wait();
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_node_whose_core_service_dies_exits_and_restarts_with_every_guess_counted() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let file = t.path().join("f");
+    write_noise(&file, 10_000, 9);
+    let out = t.path().join("out");
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "eve",
+            "--password-stdin",
+            file.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let restore = |pw: &str| {
+        dev.bkv(
+            &[
+                "backup",
+                "restore",
+                "--user",
+                "eve",
+                "--password-stdin",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            pw,
+        )
+    };
+    assert_eq!(restore("wrong\n").status.code(), Some(3));
+    let agent = dev.node_pid() as u32;
+    let core = core_child_of(agent);
+    std::process::Command::new("kill")
+        .args(["-KILL", &core.to_string()])
+        .status()
+        .unwrap();
+    // The agent notices and exits rather than serve without its core.
+    let mut waited = 0;
+    while !exited(agent) {
+        assert!(waited < 100, "the agent kept running without its core");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(
+        std::fs::read_to_string(dev.dir.join("nodes/0/node.log"))
+            .unwrap()
+            .contains("the core service exited"),
+        "{}",
+        dev.node_log_tail(0)
+    );
+    dev.restart_node(0);
+    assert_eq!(restore("wrong\n").status.code(), Some(3));
+    let o = dev.bkv(&["backup", "status", "--user", "eve", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["Active"]["attempts"], 2, "{v}");
 }
