@@ -11,8 +11,8 @@ log() { printf '\n== %s (%ss) ==\n' "$*" "$SECONDS"; }
 # System packages the tests need: SoftHSM2 (the PKCS#11 token the platform
 # tests and `dev up --platform softhsm` use) and OpenSC's pkcs11-tool (tests
 # list the tokens' keys with it), libfaketime (the chaos test jumps node
-# clocks with it).
-APT_PACKAGES=(softhsm2 opensc libfaketime)
+# clocks with it), procps (`kill`: the client's crash hook in test builds kills `bkv` with it).
+APT_PACKAGES=(softhsm2 opensc libfaketime procps)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -86,9 +86,11 @@ pub fn unexpected(r: Reply) -> BoundaryError {
     }
 }
 
-/// One connection to a core service.
+/// One connection to a core service. After any failed exchange it is broken for good: a late
+/// reply must never be read as the answer to the next request.
 pub struct Conn {
     stream: UnixStream,
+    broken: bool,
 }
 
 impl Conn {
@@ -98,7 +100,13 @@ impl Conn {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(FrameError::Io)?;
-        let mut conn = Conn { stream };
+        stream
+            .set_write_timeout(Some(READ_TIMEOUT))
+            .map_err(FrameError::Io)?;
+        let mut conn = Conn {
+            stream,
+            broken: false,
+        };
         conn.send(&ToCore::Hello {
             version: PROTOCOL_VERSION,
             role,
@@ -125,8 +133,12 @@ impl Conn {
         req: Request,
         buckets: Option<&dyn BucketHost>,
     ) -> Result<Reply, BoundaryError> {
+        if self.broken {
+            return Err(BoundaryError::Unexpected("request on a broken connection"));
+        }
         let r = self.exchange(req, buckets);
-        if let Err(BoundaryError::Frame(FrameError::Io(e))) = &r {
+        if let Err(e) = &r {
+            self.broken = true;
             core_gone(&format!("the connection to the core service broke: {e}"));
         }
         r

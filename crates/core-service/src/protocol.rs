@@ -319,8 +319,11 @@ pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Fr
         .ok()
         .filter(|l| *l as usize <= MAX_MESSAGE)
         .ok_or(FrameError::TooLarge(body.len()))?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&body)?;
+    // Length and body in one write: one system call per message.
+    let mut framed = Vec::with_capacity(4 + body.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&body);
+    w.write_all(&framed)?;
     w.flush()?;
     Ok(())
 }

@@ -8,23 +8,36 @@ use crate::protocol::{
 use crate::service::{CoreService, HostService};
 use bkv_hsm_core::{BucketHost, SealedError};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 type Shared = Arc<Mutex<CoreService>>;
 
+/// Connections served at once (an agent opens two).
+const MAX_CONNECTIONS: usize = 16;
+
 /// Serves connections from `listener` until the process ends.
 pub fn serve(listener: UnixListener, service: CoreService) {
     let service: Shared = Arc::new(Mutex::new(service));
+    let open = Arc::new(AtomicUsize::new(0));
+    let core_taken = Arc::new(AtomicBool::new(false));
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                let service = service.clone();
+                if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    tracing::warn!("refused a connection: {MAX_CONNECTIONS} are open");
+                    continue;
+                }
+                open.fetch_add(1, Ordering::SeqCst);
+                let (service, open, core_taken) =
+                    (service.clone(), open.clone(), core_taken.clone());
                 let spawned = std::thread::Builder::new()
                     .name("bkv-core-conn".into())
                     .spawn(move || {
-                        if let Err(e) = connection(stream, &service) {
+                        if let Err(e) = connection(stream, &service, &core_taken) {
                             tracing::debug!(error = %e, "agent connection ended");
                         }
+                        open.fetch_sub(1, Ordering::SeqCst);
                     });
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "no thread for an agent connection");
@@ -35,7 +48,20 @@ pub fn serve(listener: UnixListener, service: CoreService) {
     }
 }
 
-fn connection(stream: UnixStream, service: &Shared) -> Result<(), FrameError> {
+/// Holds the one core connection's claim until the connection ends.
+struct CoreClaim<'a>(&'a AtomicBool);
+
+impl Drop for CoreClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+fn connection(
+    stream: UnixStream,
+    service: &Shared,
+    core_taken: &AtomicBool,
+) -> Result<(), FrameError> {
     let stream = Arc::new(Mutex::new(stream));
     let role = {
         let mut s = lock(&stream)?;
@@ -60,6 +86,16 @@ fn connection(stream: UnixStream, service: &Shared) -> Result<(), FrameError> {
             },
         )?;
         role
+    };
+    // One core connection at a time: the core reads buckets through the connection that
+    // restored it, and requests are answered in the order one agent sends them.
+    let _claim = match role {
+        Role::Core if core_taken.swap(true, Ordering::SeqCst) => {
+            tracing::warn!("refused a second core connection");
+            return Ok(());
+        }
+        Role::Core => Some(CoreClaim(core_taken)),
+        Role::Host => None,
     };
     let mut host: Option<HostService> = None;
     loop {

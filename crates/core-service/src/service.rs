@@ -52,6 +52,7 @@ impl CoreService {
 
     /// Restores the records from `host` (the agent's table) and its sealed `summary`.
     pub fn restore(&mut self, host: Box<dyn BucketHost>, summary: Option<&[u8]>) -> Reply {
+        self.installer = None;
         match &mut self.core {
             Some(core) => match core.records().restore(host, summary) {
                 Ok(p) => Reply::Restored(p),
@@ -205,6 +206,8 @@ impl CoreService {
                 )
             }
             Request::Apply { entries, position } => {
+                // A snapshot opened before these entries must not be finished after them.
+                self.installer = None;
                 let core = self.core()?;
                 let mut outcomes = Vec::with_capacity(entries.len());
                 for e in &entries {
@@ -260,7 +263,10 @@ impl CoreService {
                     .installer
                     .take()
                     .ok_or_else(|| failed("no snapshot is being installed"))?;
-                self.core()?.records().finish_install(installer);
+                self.core()?
+                    .records()
+                    .finish_install(installer)
+                    .map_err(failed)?;
                 Reply::Done
             }
             host => failed(format!(
@@ -277,12 +283,18 @@ impl CoreService {
     }
 }
 
-fn request_name(r: &Request) -> String {
-    let d = format!("{r:?}");
-    d.split([' ', '(', '{'])
-        .next()
-        .unwrap_or("request")
-        .to_owned()
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Describe => "Describe",
+        Request::SealHost { .. } => "SealHost",
+        Request::UnsealHost { .. } => "UnsealHost",
+        Request::CounterRead => "CounterRead",
+        Request::CounterAdvance { .. } => "CounterAdvance",
+        Request::LinkInitiate { .. } => "LinkInitiate",
+        Request::LinkFinish { .. } => "LinkFinish",
+        Request::LinkRespond { .. } => "LinkRespond",
+        _ => "this request",
+    }
 }
 
 /// The host's own operations ([`crate::protocol::Role::Host`]): its counter-bound state and the
@@ -336,10 +348,7 @@ impl HostService {
             Request::LinkInitiate { remote } => self.initiate(&remote).unwrap_or_else(failed),
             Request::LinkFinish { id, message } => self.finish(id, &message).unwrap_or_else(failed),
             Request::LinkRespond { message } => self.respond(&message).unwrap_or_else(failed),
-            core => failed(format!(
-                "{} is a core request: send it on the core connection",
-                request_name(&core)
-            )),
+            _ => failed("a core request: send it on the core connection"),
         }
     }
 

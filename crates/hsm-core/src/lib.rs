@@ -108,7 +108,17 @@ pub enum CoreError {
     NotAdmitted(&'static str),
     #[error(transparent)]
     Records(#[from] SealedError),
+    #[error("snapshot stream: {0}")]
+    Stream(&'static str),
 }
+
+/// A snapshot stream a core opened: its nonce, and the digest of the sealed value each bucket was
+/// framed from.
+type SnapshotStream = ([u8; 32], HashMap<u16, [u8; 32]>);
+
+/// Snapshot streams a core keeps open at once (a member sends one at a time; a retry opens a
+/// new one).
+pub const MAX_SNAPSHOT_STREAMS: usize = 4;
 
 /// What the host must do next for a request.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -254,6 +264,11 @@ pub struct Core {
     pending: HashMap<u64, (SessionId, [u8; 32])>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
+    /// The snapshot streams this core opened, newest last: each stream's nonce and, for every
+    /// bucket framed in it, the digest of the sealed value framed. A frame's key and nonce
+    /// follow from the stream nonce and the bucket number, so framing one bucket twice with
+    /// different values would reuse a keystream: refused ([`Core::snapshot_frame`]).
+    streams: std::collections::VecDeque<SnapshotStream>,
     sessions: HashMap<SessionId, Session>,
     max_sessions: usize,
     session_idle_secs: u64,
@@ -308,6 +323,7 @@ impl Core {
             secrets,
             setup,
             state,
+            streams: Default::default(),
             sessions: HashMap::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
             session_idle_secs: DEFAULT_SESSION_IDLE_SECS,
@@ -595,6 +611,10 @@ impl Core {
         let (header, position) = self
             .state
             .snapshot_header(&self.snapshot_key, nonce, summary)?;
+        if self.streams.len() >= MAX_SNAPSHOT_STREAMS {
+            self.streams.pop_front();
+        }
+        self.streams.push_back((nonce, HashMap::new()));
         Ok(snapshot::StreamStart {
             header,
             position,
@@ -604,15 +624,33 @@ impl Core {
 
     /// The frame of bucket `b` (its sealed value from the host's table) in the snapshot stream
     /// with `nonce`.
+    /// Refused for a stream this core did not open (or has forgotten: it keeps the newest
+    /// [`MAX_SNAPSHOT_STREAMS`]), and for a bucket framed before in the stream with another
+    /// value: the host may ask again for a frame it lost, never for a second plaintext under the
+    /// same keystream.
     pub fn snapshot_frame(
-        &self,
+        &mut self,
         nonce: [u8; 32],
         b: u16,
         sealed: &[u8],
     ) -> Result<Vec<u8>, CoreError> {
-        Ok(self
+        let digest: [u8; 32] = Sha256::digest(sealed).into();
+        let framed = self
+            .streams
+            .iter_mut()
+            .find(|(n, _)| *n == nonce)
+            .map(|(_, framed)| framed)
+            .ok_or(CoreError::Stream("not a snapshot stream this core opened"))?;
+        if framed.get(&b).is_some_and(|d| *d != digest) {
+            return Err(CoreError::Stream(
+                "a bucket framed again with another value in one stream",
+            ));
+        }
+        let frame = self
             .state
-            .snapshot_frame(&self.snapshot_key, nonce, b, sealed)?)
+            .snapshot_frame(&self.snapshot_key, nonce, b, sealed)?;
+        framed.insert(b, digest);
+        Ok(frame)
     }
 
     /// Starts installing a snapshot a member's core sent (`crate::snapshot`): refused unless a

@@ -451,10 +451,25 @@ impl SealedState {
     }
 
     /// Switches to the installed state, once the host has stored every bucket
-    /// [`Installer::add`] returned (and nothing else) with [`Installer::seal_summary`].
-    pub fn finish_install(&mut self, installed: Installer) {
+    /// [`Installer::add`] returned (and nothing else) with [`Installer::seal_summary`]. Checked
+    /// again here, whatever the host did in between: every bucket came (the root the header
+    /// names), and the snapshot is still not behind this state (entries applied since it was
+    /// opened would otherwise be undone). On an error nothing changes.
+    pub fn finish_install(&mut self, installed: Installer) -> Result<(), SealedError> {
+        use crate::snapshot::SnapshotError;
+        if !installed.commitment.root_is(&installed.root) {
+            return Err(SealedError::RootMismatch);
+        }
+        let (theirs, ours) = (installed.state.entries, self.state.entries);
+        if theirs < ours {
+            return Err(SnapshotError::Stale { theirs, ours }.into());
+        }
+        if theirs == ours && installed.state.chain != self.state.chain {
+            return Err(SnapshotError::OtherHistory.into());
+        }
         let host = std::mem::replace(&mut self.host, Box::new(NoBuckets));
         self.reset(host, installed.state, installed.commitment, installed.live);
+        Ok(())
     }
 
     /// Takes `host` as the store and restores the state it holds: `summary` is the sealed

@@ -246,3 +246,41 @@ fn a_session_never_takes_the_outcome_of_another_entry_with_its_number() {
     ));
     assert_eq!(attempts(&mut c, "vic"), 0);
 }
+
+/// A frame's key and nonce follow from its stream's nonce and bucket number: a host that had the
+/// core frame one bucket of a stream twice, with the sealed values before and after a change,
+/// would get two plaintexts under one keystream (and their XOR). Found by review of the core
+/// service split, where the host names the stream nonce and the sealed value in each request.
+#[test]
+fn a_bucket_is_framed_once_per_stream_and_only_in_streams_the_core_opened() {
+    let mut c = core();
+    let mut victim = open(&mut c, "victim");
+    victim.register(&mut c, "right password", 10).unwrap();
+    let written = |c: &mut Core| {
+        c.records()
+            .take_writes()
+            .into_iter()
+            .find_map(|(b, v)| v.map(|v| (b, v)))
+            .unwrap()
+    };
+    let (b, before) = written(&mut c);
+    // A wrong guess rewrites the victim's bucket.
+    assert!(victim.login(&mut c, "wrong password").is_err());
+    let (b2, after) = written(&mut c);
+    assert_eq!(b, b2);
+    assert_ne!(before, after);
+    let summary = c.records().seal_summary(b"position").unwrap();
+    let stream = c.snapshot_header(&summary).unwrap();
+    let first = c.snapshot_frame(stream.nonce, b, &after).unwrap();
+    // Asked again for the same value (a piece resent): the same frame.
+    assert_eq!(c.snapshot_frame(stream.nonce, b, &after).unwrap(), first);
+    // Another value of that bucket in the same stream: refused.
+    let e = c.snapshot_frame(stream.nonce, b, &before).unwrap_err();
+    assert!(e.to_string().contains("another value"), "{e}");
+    // A stream the core never opened: refused.
+    assert!(c.snapshot_frame([7; 32], b, &before).is_err());
+    // A new stream (a new nonce, so a new keystream) may frame the other value.
+    let again = c.snapshot_header(&summary).unwrap();
+    assert_ne!(again.nonce, stream.nonce);
+    c.snapshot_frame(again.nonce, b, &before).unwrap();
+}

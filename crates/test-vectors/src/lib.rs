@@ -29,6 +29,7 @@ pub const FORMATS: &[&str] = &[
     "move-ticket",
     "log-entry",
     "snapshot",
+    "core-boundary",
 ];
 
 /// `tests/vectors/` in the repository.

@@ -217,6 +217,16 @@ fn proto(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// A call to the core service (a blocking round trip) off the async workers.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, bkv_core_service::client::BoundaryError> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(proto)?
+        .map_err(proto)
+}
+
 async fn write_u16_frame(s: &mut TcpStream, b: &[u8]) -> io::Result<()> {
     let n = u16::try_from(b.len()).map_err(proto)?;
     s.write_all(&n.to_be_bytes()).await?;
@@ -250,10 +260,12 @@ impl Link {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (id, first) = me.host.link_initiate(peer_identity).map_err(proto)?;
+            let (host, peer) = (me.host.clone(), *peer_identity);
+            let (id, first) = off_runtime(move || host.link_initiate(&peer)).await?;
             write_u16_frame(&mut stream, &first).await?;
             let reply = read_u16_frame(&mut stream).await?;
-            let keys = me.host.link_finish(id, reply).map_err(proto)?;
+            let host = me.host.clone();
+            let keys = off_runtime(move || host.link_finish(id, reply)).await?;
             if &keys.remote != peer_identity {
                 return Err(proto("the peer proved another identity key"));
             }
@@ -269,7 +281,8 @@ impl Link {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             stream.set_nodelay(true)?;
             let first = read_u16_frame(&mut stream).await?;
-            let (answer, keys) = me.host.link_respond(first).map_err(proto)?;
+            let host = me.host.clone();
+            let (answer, keys) = off_runtime(move || host.link_respond(first)).await?;
             write_u16_frame(&mut stream, &answer).await?;
             let remote = keys.remote;
             Ok((Link::over(stream, &keys), remote))

@@ -166,8 +166,7 @@ impl Replica for BareReplica {
             .installer
             .take()
             .ok_or_else(|| "no snapshot is being installed".to_string())?;
-        self.state.finish_install(installer);
-        Ok(())
+        self.state.finish_install(installer).map_err(text)
     }
 }
 

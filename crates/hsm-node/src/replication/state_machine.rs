@@ -354,7 +354,39 @@ impl<R: Replica> StateMachine<R> {
     pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
         self.durable.0.subscribe()
     }
+
+    /// Applies one chunk of core entries (one request across the core boundary) and hands the
+    /// buckets it changed with the summary at `position` to the writer thread (module docs of
+    /// `TableWriter`): visible to reads at once, in the table shortly.
+    fn apply_chunk(
+        &mut self,
+        replica: &mut R,
+        entries: Vec<bkv_hsm_core::LogEntry>,
+        position: &Position,
+    ) -> Result<Vec<Outcome>, ReplicationStoreError> {
+        let AppliedBatch {
+            outcomes,
+            writes,
+            summary,
+        } = replica
+            .apply(entries, &bkv_wire::encode(position))
+            .map_err(ReplicationStoreError::Records)?;
+        self.writes += 1;
+        self.inflight.add(self.writes, &writes)?;
+        self.writer.send(WriterJob::Write {
+            seq: self.writes,
+            writes,
+            summary,
+            applied: position.last_applied.map(|l| l.index).unwrap_or(0),
+        })?;
+        Ok(outcomes)
+    }
 }
+
+/// Most core entries in one `Apply` request. Its reply carries every bucket they changed: at 10⁶
+/// users a sealed bucket is ~5 KB, so 256 entries answer in ~1.3 MB, far below the boundary's
+/// 64 MiB message limit even at 10⁷ users (BENCHMARKS.md "Records on disk").
+const APPLY_CHUNK: usize = 256;
 
 /// Builds a snapshot: makes the record table durable and names the position it reached. The
 /// state itself stays in the table; openraft 0.9 keeps only a built snapshot's metadata
@@ -402,12 +434,16 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         I::IntoIter: OptionalSend,
     {
         let write_err = |e: ReplicationStoreError| sm_err(ErrorVerb::Write, e);
-        // The raft entries in order, with the core's entries of all of them applied in one
-        // request across the core boundary (BENCHMARKS.md counts the crossings).
+        // The raft entries in order, their core entries applied in requests of at most
+        // APPLY_CHUNK entries across the core boundary (a catch-up after a restart can hold tens
+        // of thousands; BENCHMARKS.md counts the crossings).
         let mut out = Vec::new();
         let mut counts = Vec::new();
         let mut batch = Vec::new();
+        let mut outcomes = Vec::new();
         let mut position = self.position.clone();
+        let replica = self.replica.clone();
+        let mut replica = replica.lock().map_err(|_| write_err(poisoned()))?;
         for e in entries {
             position.last_applied = Some(e.log_id);
             match e.payload {
@@ -422,15 +458,25 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                     out.push(Some(Applied::Membership));
                 }
             }
+            if batch.len() >= APPLY_CHUNK {
+                let chunk = std::mem::take(&mut batch);
+                outcomes.extend(
+                    self.apply_chunk(&mut *replica, chunk, &position)
+                        .map_err(write_err)?,
+                );
+            }
         }
-        let mut replica = self.replica.lock().map_err(|_| write_err(poisoned()))?;
-        let AppliedBatch {
-            outcomes,
-            writes,
-            summary,
-        } = replica
-            .apply(batch, &bkv_wire::encode(&position))
-            .map_err(|e| write_err(ReplicationStoreError::Records(e)))?;
+        // Always once more: the summary names the last position even when no core entry came.
+        outcomes.extend(
+            self.apply_chunk(&mut *replica, batch, &position)
+                .map_err(write_err)?,
+        );
+        drop(replica);
+        if outcomes.len() != counts.iter().sum::<usize>() {
+            return Err(write_err(ReplicationStoreError::Records(
+                "the core answered another number of outcomes than entries".into(),
+            )));
+        }
         let mut outcomes = outcomes.into_iter();
         let mut counts = counts.into_iter();
         let out = out
@@ -446,21 +492,6 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
                 })
             })
             .collect::<Vec<_>>();
-        // Handed to the writer thread (module docs of `TableWriter`): visible to reads at once,
-        // in the table shortly.
-        self.writes += 1;
-        self.inflight
-            .add(self.writes, &writes)
-            .map_err(|e| write_err(e.into()))?;
-        drop(replica);
-        self.writer
-            .send(WriterJob::Write {
-                seq: self.writes,
-                writes,
-                summary,
-                applied: position.last_applied.map(|l| l.index).unwrap_or(0),
-            })
-            .map_err(write_err)?;
         self.position = position;
         Ok(out)
     }

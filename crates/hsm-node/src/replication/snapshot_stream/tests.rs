@@ -173,7 +173,9 @@ impl Target {
         }
         let summary = installer.seal_summary().map_err(|e| e.to_string())?;
         replacement.commit(&summary).unwrap();
-        self.state.finish_install(installer);
+        self.state
+            .finish_install(installer)
+            .map_err(|e| e.to_string())?;
         Ok(n)
     }
 }
@@ -324,4 +326,49 @@ fn a_stale_or_other_history_snapshot_installs_nothing() {
     src.sender().read_to_end(&mut newer).unwrap();
     t.install(&newer).unwrap();
     assert_ne!(t.state.export().unwrap(), before);
+}
+
+/// The core checks a snapshot again when the host finishes installing it, whatever the host did
+/// since opening it: every bucket must have come (the header's root), and entries applied in
+/// between must not be undone. Found by review of the core service split, where the host sends
+/// `InstallFinish` on its own.
+#[test]
+fn an_install_finishes_only_complete_and_not_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = MemoryPlatform::shared([3; 32]);
+    let src = source(dir.path(), &p, 20);
+    let mut bytes = Vec::new();
+    src.sender().read_to_end(&mut bytes).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mut t = target(other.path());
+    let open = |t: &Target| {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::create(spool_dir.path()).unwrap();
+        spool.write(&bytes).unwrap();
+        let (header, frames) = StreamReader::open(spool.into_reader().unwrap()).unwrap();
+        let installer = t.state.open_snapshot(&keys().1, &header).unwrap();
+        (installer, frames)
+    };
+    let before = t.state.export().unwrap();
+    // Frames missing: the first one only.
+    let (mut installer, mut frames) = open(&t);
+    if let Frame::Bucket(b, frame) = frames.next_frame().unwrap() {
+        installer.add_frame(b, &frame).unwrap();
+    }
+    let e = t.state.finish_install(installer).unwrap_err();
+    assert!(matches!(e, bkv_hsm_core::SealedError::RootMismatch), "{e}");
+    assert_eq!(t.state.export().unwrap(), before);
+    // Complete, but the member applied more entries than the snapshot holds meanwhile.
+    let (mut installer, mut frames) = open(&t);
+    while let Frame::Bucket(b, frame) = frames.next_frame().unwrap() {
+        installer.add_frame(b, &frame).unwrap();
+    }
+    installer.seal_summary().unwrap();
+    for i in 0..21 {
+        apply(&mut t.state, &store_pending(&format!("meanwhile-{i}")));
+    }
+    let applied = t.state.export().unwrap();
+    let e = t.state.finish_install(installer).unwrap_err();
+    assert!(e.to_string().contains("older"), "{e}");
+    assert_eq!(t.state.export().unwrap(), applied);
 }
