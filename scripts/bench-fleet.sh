@@ -73,7 +73,8 @@ crossings() { # dev-dir: the core-boundary counters summed over the nodes (JSON;
   python3 - "$1" <<'PY'
 import glob, json, sys, urllib.request
 names = ["bkv_node_core_requests_total", "bkv_node_core_apply_requests_total",
-         "bkv_node_core_applied_entries_total", "bkv_node_core_bucket_reads_total"]
+         "bkv_node_core_applied_entries_total", "bkv_node_core_bucket_reads_total",
+         "bkv_node_core_host_requests_total"]
 tot = {}
 for f in glob.glob(sys.argv[1] + "/nodes/*/metrics"):
     addr = open(f).read().strip()
@@ -103,6 +104,12 @@ print(json.dumps({
     "applies_per_recovery": d.get("bkv_node_core_apply_requests_total", 0) / n,
     "entries_per_apply": d.get("bkv_node_core_applied_entries_total", 0) / applies,
     "bucket_reads_per_recovery": d.get("bkv_node_core_bucket_reads_total", 0) / n,
+    "host_requests_per_recovery": d.get("bkv_node_core_host_requests_total", 0) / n,
+    # Each committed entry is applied on all 3 nodes.
+    "host_requests_per_committed_entry": d.get("bkv_node_core_host_requests_total", 0)
+        / max(1, d.get("bkv_node_core_applied_entries_total", 0) / 3),
+    "applies_per_committed_entry": d.get("bkv_node_core_apply_requests_total", 0)
+        / max(1, d.get("bkv_node_core_applied_entries_total", 0) / 3),
 }))
 PY
 }
@@ -182,7 +189,10 @@ for system in ["bkv-recoveries-crossings"]:
         print(f"concurrency {c}: core-boundary crossings per recovery (3 nodes): "
               f"{med(system, c, 'requests_per_recovery'):.1f} requests, of which "
               f"{med(system, c, 'applies_per_recovery'):.2f} Apply ({med(system, c, 'entries_per_apply'):.1f} entries each), "
-              f"{med(system, c, 'bucket_reads_per_recovery'):.2f} bucket reads")
+              f"{med(system, c, 'bucket_reads_per_recovery'):.2f} bucket reads; host connection "
+              f"{med(system, c, 'host_requests_per_recovery'):.1f} per recovery; per committed entry "
+              f"{med(system, c, 'applies_per_committed_entry'):.2f} Apply and "
+              f"{med(system, c, 'host_requests_per_committed_entry'):.2f} host requests")
 print()
 for c in conc:
     b = med("bkv-commits", c, "per_second")

@@ -23,6 +23,7 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 static APPLIES: AtomicU64 = AtomicU64::new(0);
 static APPLIED_ENTRIES: AtomicU64 = AtomicU64::new(0);
 static CALLBACKS: AtomicU64 = AtomicU64::new(0);
+static HOST_CALLS: AtomicU64 = AtomicU64::new(0);
 
 static ON_BROKEN: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
 
@@ -50,6 +51,9 @@ pub struct Crossings {
     pub applied_entries: u64,
     /// Bucket questions the core asked within requests (round trips too across processes).
     pub bucket_reads: u64,
+    /// Requests on the host connection (the agent's `raft-state` seal and open, the counter,
+    /// peer-link handshakes): two per raft log write (seal, then advance the counter).
+    pub host_requests: u64,
 }
 
 /// The crossings counted so far.
@@ -59,6 +63,7 @@ pub fn crossings() -> Crossings {
         applies: APPLIES.load(Ordering::Relaxed),
         applied_entries: APPLIED_ENTRIES.load(Ordering::Relaxed),
         bucket_reads: CALLBACKS.load(Ordering::Relaxed),
+        host_requests: HOST_CALLS.load(Ordering::Relaxed),
     }
 }
 
@@ -286,6 +291,7 @@ impl HostHandle {
     }
 
     fn call(&self, req: Request) -> Result<Reply, BoundaryError> {
+        HOST_CALLS.fetch_add(1, Ordering::Relaxed);
         match self {
             HostHandle::Local(s) => Ok(s.handle(req)),
             HostHandle::Remote { conn, .. } => conn

@@ -129,6 +129,11 @@ impl NodeMetrics {
                 "Sealed buckets the core asked this agent for within a request (round trips).",
                 crossed.bucket_reads,
             ),
+            (
+                "bkv_node_core_host_requests_total",
+                "Requests on the host connection: raft-state seals and opens, counter, handshakes.",
+                crossed.host_requests,
+            ),
         ] {
             metric(name, "counter", help, value.to_string());
         }
