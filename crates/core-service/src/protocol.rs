@@ -312,33 +312,31 @@ pub enum FrameError {
     Malformed(#[from] bkv_wire::CodecError),
 }
 
-/// Writes one message.
-pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
-    let body = bkv_wire::encode(msg);
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|l| *l as usize <= MAX_MESSAGE)
-        .ok_or(FrameError::TooLarge(body.len()))?;
-    // Length and body in one write: one system call per message.
-    let mut framed = Vec::with_capacity(4 + body.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(&body);
-    w.write_all(&framed)?;
-    w.flush()?;
-    Ok(())
+impl From<bkv_wire::node::FrameError> for FrameError {
+    fn from(e: bkv_wire::node::FrameError) -> Self {
+        use bkv_wire::node::FrameError as Wire;
+        match e {
+            Wire::Io(e) => FrameError::Io(e),
+            Wire::TooLarge(n) => FrameError::TooLarge(n),
+            Wire::Codec(e) => FrameError::Malformed(e),
+        }
+    }
 }
 
-/// Reads one message (length checked before anything is allocated).
+/// Writes one message (`bkv_wire`'s frame encoder, with this protocol's limit).
+pub fn write_message<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    Ok(bkv_wire::node::write_frame_limited(w, msg, MAX_MESSAGE)?)
+}
+
+/// Reads one message (length checked before anything is allocated); the other side closing
+/// between messages is an `UnexpectedEof` error.
 pub fn read_message<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
-    r.read_exact(&mut body)?;
-    Ok(bkv_wire::decode(&body, MAX_MESSAGE)?)
+    bkv_wire::node::read_frame_limited(r, MAX_MESSAGE)?.ok_or_else(|| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the other side closed the connection",
+        ))
+    })
 }
 
 #[cfg(test)]

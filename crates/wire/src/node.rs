@@ -122,10 +122,27 @@ pub enum FrameError {
     Codec(#[from] crate::CodecError),
 }
 
-/// Writes one length-prefixed frame.
+/// Writes one length-prefixed frame of the relay link (at most [`crate::MAX_NODE_FRAME`]).
 pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), FrameError> {
+    write_frame_limited(w, value, crate::MAX_NODE_FRAME)
+}
+
+/// Reads one length-prefixed frame of the relay link; `Ok(None)` on a clean end of stream.
+pub fn read_frame<T: serde::de::DeserializeOwned>(
+    r: &mut impl Read,
+) -> Result<Option<T>, FrameError> {
+    read_frame_limited(r, crate::MAX_NODE_FRAME)
+}
+
+/// Writes one frame, `u32 big-endian length || encode(value)`, of at most `limit` bytes, in one
+/// write (the one frame encoder of bkv's stream links: the relay link and the core boundary).
+pub fn write_frame_limited<T: Serialize>(
+    w: &mut impl Write,
+    value: &T,
+    limit: usize,
+) -> Result<(), FrameError> {
     let body = crate::encode(value);
-    if body.len() > crate::MAX_NODE_FRAME {
+    if body.len() > limit {
         return Err(FrameError::TooLarge(body.len()));
     }
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(body.len()))?;
@@ -137,9 +154,11 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), Fr
     Ok(())
 }
 
-/// Reads one length-prefixed frame; `Ok(None)` on a clean end of stream.
-pub fn read_frame<T: serde::de::DeserializeOwned>(
+/// Reads one frame of at most `limit` bytes (checked before the body is read); `Ok(None)` on a
+/// clean end of stream.
+pub fn read_frame_limited<T: serde::de::DeserializeOwned>(
     r: &mut impl Read,
+    limit: usize,
 ) -> Result<Option<T>, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
@@ -148,12 +167,12 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > crate::MAX_NODE_FRAME {
+    if len > limit {
         return Err(FrameError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    Ok(Some(crate::decode(&body, crate::MAX_NODE_FRAME)?))
+    Ok(Some(crate::decode(&body, limit)?))
 }
 
 #[cfg(test)]
