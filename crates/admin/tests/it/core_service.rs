@@ -142,31 +142,9 @@ fn the_host_agent_holds_no_key_and_no_record_the_core_service_holds_them() {
     write_noise(&file, 50_000, 11);
     let out = t.path().join("out");
     for user in ["ana", "bo", "cy"] {
-        let o = dev.bkv(
-            &[
-                "backup",
-                "create",
-                "--user",
-                user,
-                "--password-stdin",
-                file.to_str().unwrap(),
-            ],
-            PW,
-        );
-        assert!(o.status.success(), "{}", text(&o));
+        create_backup(&dev.config, user, PW, &file);
         for pw in ["wrong\n", PW] {
-            dev.bkv(
-                &[
-                    "backup",
-                    "restore",
-                    "--user",
-                    user,
-                    "--password-stdin",
-                    "--out",
-                    out.to_str().unwrap(),
-                ],
-                pw,
-            );
+            restore_backup(&dev.config, user, pw, &out, &[]);
         }
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
     }
@@ -226,37 +204,8 @@ fn the_agent_restarts_against_a_running_core_service_and_no_guess_is_lost() {
     let file = t.path().join("f");
     write_noise(&file, 20_000, 5);
     let out = t.path().join("out");
-    let args = |user: &'static str| -> Vec<String> {
-        [
-            "backup",
-            "restore",
-            "--user",
-            user,
-            "--password-stdin",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.display().to_string()])
-        .collect()
-    };
-    let o = dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            "dee",
-            "--password-stdin",
-            file.to_str().unwrap(),
-        ],
-        PW,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let restore = |pw: &str| {
-        let a = args("dee");
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        dev.bkv(&a, pw)
-    };
+    create_backup(&dev.config, "dee", PW, &file);
+    let restore = |pw: &str| restore_backup(&dev.config, "dee", pw, &out, &[]);
     for _ in 0..2 {
         assert_eq!(restore("wrong\n").status.code(), Some(3));
     }
@@ -307,32 +256,8 @@ fn a_node_whose_core_service_dies_exits_and_restarts_with_every_guess_counted() 
     let file = t.path().join("f");
     write_noise(&file, 10_000, 9);
     let out = t.path().join("out");
-    let o = dev.bkv(
-        &[
-            "backup",
-            "create",
-            "--user",
-            "eve",
-            "--password-stdin",
-            file.to_str().unwrap(),
-        ],
-        PW,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let restore = |pw: &str| {
-        dev.bkv(
-            &[
-                "backup",
-                "restore",
-                "--user",
-                "eve",
-                "--password-stdin",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            pw,
-        )
-    };
+    create_backup(&dev.config, "eve", PW, &file);
+    let restore = |pw: &str| restore_backup(&dev.config, "eve", pw, &out, &[]);
     assert_eq!(restore("wrong\n").status.code(), Some(3));
     let agent = dev.node_pid() as u32;
     let core = core_child_of(agent);
