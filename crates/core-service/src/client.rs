@@ -8,7 +8,7 @@ use crate::protocol::{
     BUCKET_CHUNK_BYTES, PROTOCOL_VERSION,
 };
 use crate::service::{CoreService, HostService};
-use bkv_hsm_core::{BucketHost, Platform, PlatformError, SealSlot, SealedError};
+use bkv_hsm_core::{BucketHost, Counter, Platform, PlatformError, SealSlot, SealedError};
 use bkv_wire::admin::PlatformDescription;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -393,13 +393,19 @@ impl Platform for HostHandle {
     fn sign(&self, _: &[u8]) -> Result<[u8; 64], PlatformError> {
         Err(not_the_agents("sign"))
     }
-    fn counter_read(&self) -> Result<u64, PlatformError> {
+    fn counter_read(&self, c: Counter) -> Result<u64, PlatformError> {
+        if c != Counter::Raft {
+            return Err(not_the_agents("read the core's counter"));
+        }
         match self.platform_call(Request::CounterRead)? {
             Reply::Counter(v) => Ok(v),
             _ => Err(PlatformError::Malformed),
         }
     }
-    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
+    fn counter_advance_to(&self, c: Counter, value: u64) -> Result<(), PlatformError> {
+        if c != Counter::Raft {
+            return Err(not_the_agents("raise the core's counter"));
+        }
         match self.platform_call(Request::CounterAdvance { value })? {
             Reply::Done => Ok(()),
             _ => Err(PlatformError::Malformed),

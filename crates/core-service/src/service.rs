@@ -5,7 +5,7 @@
 use crate::protocol::{LinkKeys, Reply, Request};
 use bkv_hsm_core::sealed_state::{summary_position, Installer};
 use bkv_hsm_core::{
-    BucketHost, Core, FleetSecrets, NodeIdentity, PeerHandshake, SealSlot, SharedPlatform,
+    BucketHost, Core, Counter, FleetSecrets, NodeIdentity, PeerHandshake, SealSlot, SharedPlatform,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -341,10 +341,12 @@ impl HostService {
                 p.unseal(SealSlot::RaftState, &label, &sealed)
                     .map(|v| Reply::Bytes(v.to_vec())),
             ),
-            Request::CounterRead => platform(p.counter_read().map(Reply::Counter)),
-            Request::CounterAdvance { value } => {
-                platform(p.counter_advance_to(value).map(|()| Reply::Done))
-            }
+            // The host's connection names the raft log's counter only.
+            Request::CounterRead => platform(p.counter_read(Counter::Raft).map(Reply::Counter)),
+            Request::CounterAdvance { value } => platform(
+                p.counter_advance_to(Counter::Raft, value)
+                    .map(|()| Reply::Done),
+            ),
             Request::LinkInitiate { remote } => self.initiate(&remote).unwrap_or_else(failed),
             Request::LinkFinish { id, message } => self.finish(id, &message).unwrap_or_else(failed),
             Request::LinkRespond { message } => self.respond(&message).unwrap_or_else(failed),

@@ -5,7 +5,7 @@ use crate::client::{CoreHandle, HostHandle};
 use crate::protocol::{read_message, write_message, FromCore, Reply, Request, Role, ToCore};
 use crate::service::CoreService;
 use bkv_hsm_core::sealed_state::NoBuckets;
-use bkv_hsm_core::{FleetTrust, MemoryPlatform, NodeIdentity, Platform, SealSlot};
+use bkv_hsm_core::{Counter, FleetTrust, MemoryPlatform, NodeIdentity, Platform, SealSlot};
 use proptest::prelude::*;
 use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -121,7 +121,7 @@ fn a_founder_applies_its_entry_across_the_socket_and_gets_only_sealed_and_public
 }
 
 #[test]
-fn the_agent_cannot_name_a_slot_of_the_core_or_sign() {
+fn the_agent_cannot_name_a_slot_or_the_counter_of_the_core_or_sign() {
     let t = tempfile::tempdir().unwrap();
     let socket = service(t.path());
     let (mut core, host, _) = started(&socket);
@@ -131,10 +131,14 @@ fn the_agent_cannot_name_a_slot_of_the_core_or_sign() {
         &*host.unseal(SealSlot::RaftState, b"label", &sealed).unwrap(),
         b"state"
     );
-    host.counter_advance_to(5).unwrap();
-    host.counter_advance_to(3).unwrap();
-    assert_eq!(host.counter_read().unwrap(), 5);
+    host.counter_advance_to(Counter::Raft, 5).unwrap();
+    host.counter_advance_to(Counter::Raft, 3).unwrap();
+    assert_eq!(host.counter_read(Counter::Raft).unwrap(), 5);
     assert!(host.sign(b"anything").is_err());
+    // The core's counter is not the agent's to read or raise.
+    let core_counter = Counter::CORE_FOR_TESTS;
+    assert!(host.counter_read(core_counter).is_err());
+    assert!(host.counter_advance_to(core_counter, 9).is_err());
     // A value of the core's (the identity the core sealed) does not open as the host's.
     let id_sealed = match core.call(Request::OpenIdentity { sealed: None }).unwrap() {
         Reply::Identity {

@@ -128,24 +128,25 @@ pub fn node_frame(data: &[u8]) {
 }
 
 thread_local! {
-    static VAULT: (Arc<MemoryPlatform>, Vec<u8>) = {
-        let p = Arc::new(MemoryPlatform::new([9; 32]));
-        let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests())
+    /// The test fleet's secrets, sealed under the test platform's key.
+    static VAULT: Vec<u8> = {
+        let p = MemoryPlatform::new([9; 32]);
+        let secrets = FleetSecrets::generate(&p, FleetTrust::for_tests())
             .unwrap_or_else(|e| panic!("test fleet secrets: {e}"));
-        let sealed = secrets.seal(&*p).unwrap_or_else(|e| panic!("seal: {e}"));
-        (p, sealed)
+        secrets.seal(&p).unwrap_or_else(|e| panic!("seal: {e}"))
     };
 }
 
-/// A fresh core on the fixed test platform (same keys every input, so the
-/// fuzzer sees stable behaviour).
+/// A fresh core on the fixed test platform's sealing key (same keys every input, so the
+/// fuzzer sees stable behaviour) and fresh counters: each input is a new node, not one put
+/// back behind what an earlier input's core answered (`Core::serving`).
 fn test_core() -> Core {
-    VAULT.with(|(p, sealed)| {
-        let secrets = FleetSecrets::unseal(&**p, sealed).unwrap_or_else(|e| panic!("unseal: {e}"));
+    VAULT.with(|sealed| {
+        let p = Arc::new(MemoryPlatform::new([9; 32]));
+        let secrets = FleetSecrets::unseal(&*p, sealed).unwrap_or_else(|e| panic!("unseal: {e}"));
         let identity =
-            bkv_hsm_core::NodeIdentity::generate(&**p).unwrap_or_else(|e| panic!("identity: {e}"));
-        let mut core =
-            Core::new(p.clone(), secrets, &identity).unwrap_or_else(|e| panic!("core: {e}"));
+            bkv_hsm_core::NodeIdentity::generate(&*p).unwrap_or_else(|e| panic!("identity: {e}"));
+        let mut core = Core::new(p, secrets, &identity).unwrap_or_else(|e| panic!("core: {e}"));
         core.set_session_limits(8, 10);
         core
     })

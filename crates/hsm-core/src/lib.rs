@@ -69,7 +69,9 @@ use opaque_ke::{
 };
 #[cfg(any(test, feature = "testing"))]
 pub use platform::MemoryPlatform;
-pub use platform::{CoreSlot, Platform, PlatformError, SealSlot, SharedPlatform};
+pub use platform::{
+    CoreCounter, CoreSlot, Counter, Platform, PlatformError, SealSlot, SharedPlatform,
+};
 pub use sealed_state::{BucketHost, SealedError, SealedState};
 use sha2::{Digest, Sha256};
 pub use state::{Mutation, Outcome, RecordId, State, MAX_REGISTER_STARTS_PER_DAY};
@@ -264,6 +266,14 @@ pub struct Core {
     pending: HashMap<u64, (SessionId, [u8; 32])>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
+    /// The core's platform counter when this core started: how many log entries its state
+    /// covered when an earlier run last let an outcome out. A state behind it (a record table
+    /// and log put back by the host) serves nothing until the log brought it this far
+    /// ([`Core::serving`]).
+    floor: u64,
+    /// The entries the core's counter covers now: an outcome leaves ([`Core::resume`]) only
+    /// once the counter covers the entry that decided it ([`Core::release`]).
+    released: u64,
     /// The snapshot streams this core opened, newest last: each stream's nonce and, for every
     /// bucket framed in it, the digest of the sealed value framed. A frame's key and nonce
     /// follow from the stream nonce and the bucket number, so framing one bucket twice with
@@ -312,7 +322,12 @@ impl Core {
     ) -> Result<Self, CoreError> {
         let setup = secrets.opaque_setup()?;
         let rng = platform::operation_rng(&*platform).map_err(CoreError::Platform)?;
+        let floor = platform
+            .counter_read(Counter::CORE)
+            .map_err(CoreError::Platform)?;
         Ok(Core {
+            floor,
+            released: floor,
             entry_key: secrets.entry_key(),
             snapshot_key: secrets.snapshot_key(),
             identity: identity.public_key(),
@@ -860,6 +875,7 @@ impl Core {
         user_id: &str,
         ciphertext: &[u8],
     ) -> Result<Step, NodeError> {
+        self.serving()?;
         let now = self.platform.now_unix_secs();
         self.expire_sessions(now);
         let session = self
@@ -937,6 +953,7 @@ impl Core {
         session_id: &SessionId,
         ciphertext: &[u8],
     ) -> Result<Step, NodeError> {
+        self.serving()?;
         let digest: [u8; 32] = Sha256::digest(ciphertext).into();
         let session = self
             .sessions
@@ -957,6 +974,34 @@ impl Core {
         } else {
             NodeError::BadRequest("no such request waits for a fresh read".into())
         })
+    }
+
+    /// Whether this core may answer from its state: not while the state is behind what the
+    /// core's counter says an earlier run already answered from (docs/security: "Rollback of
+    /// one node's disk"). A host that put back an older record table and log gets
+    /// "unavailable" until the fleet's log brought the state past the counter again.
+    fn serving(&self) -> Result<(), NodeError> {
+        if self.state.fleet().entries < self.floor {
+            return Err(NodeError::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// Raises the core's counter to the entries the state covers, before an outcome decided
+    /// by one of them leaves the core: whatever the host later puts back under this core (or
+    /// a core restarted on the same platform), the state it answers from covers this one's
+    /// entries. Every entry the state covers is in this node's log already (applied entries
+    /// are committed), so an honest restart catches up at once. One counter write covers
+    /// every outcome applied before it.
+    fn release(&mut self) -> Result<(), NodeError> {
+        let entries = self.state.fleet().entries;
+        if entries > self.released {
+            self.platform
+                .counter_advance_to(Counter::CORE, entries)
+                .map_err(|_| NodeError::Unavailable)?;
+            self.released = entries;
+        }
+        Ok(())
     }
 
     fn reply(&mut self, session_id: &SessionId, resp: VaultResponse) -> Result<Step, NodeError> {

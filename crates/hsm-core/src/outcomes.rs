@@ -10,6 +10,7 @@ impl Core {
     /// vanished): the entry still stands, only the reply is lost. Called before the entry
     /// applied, it changes nothing and says so ([`NodeError::InProgress`]).
     pub fn resume(&mut self, sid: &SessionId) -> Result<Step, NodeError> {
+        self.serving()?;
         // An entry this core never applied itself but that its state has passed (it arrived
         // inside a snapshot from another member): its outcome is unknown here, so the session
         // ends as after a failed commit instead of waiting until it expires.
@@ -33,6 +34,12 @@ impl Core {
             Some(_) if session.applied.is_none() => return Err(NodeError::InProgress),
             Some(_) => {}
         }
+        // The outcome is about to leave: the counter first (nothing taken yet if it fails).
+        self.release()?;
+        let session = self
+            .sessions
+            .get_mut(sid)
+            .ok_or(NodeError::UnknownSession)?;
         let (Some(awaiting), Some(outcome)) = (session.awaiting.take(), session.applied.take())
         else {
             return Err(NodeError::BadRequest("nothing to resume".into()));

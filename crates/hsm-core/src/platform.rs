@@ -54,10 +54,42 @@ pub trait Platform: Send + Sync {
     fn signing_public_key(&self) -> [u8; 32];
     /// An Ed25519 signature by the platform signing key.
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], PlatformError>;
-    /// The monotonic counter's value.
-    fn counter_read(&self) -> Result<u64, PlatformError>;
-    /// Raises the counter to `value` (never lowers it).
-    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError>;
+    /// The value of monotonic counter `counter`.
+    fn counter_read(&self, counter: Counter) -> Result<u64, PlatformError>;
+    /// Raises counter `counter` to `value` (never lowers it).
+    fn counter_advance_to(&self, counter: Counter, value: u64) -> Result<(), PlatformError>;
+}
+
+/// Which of the platform's two monotonic counters (docs/formats.md "Monotonic counters"): the
+/// host's, which binds its raft log (`raft-state`), and the core's, which names how many log
+/// entries the core's state covered when it last let an outcome out (`Core::resume`). Only this
+/// crate can name the core's, as with [`SealSlot`]: a host that holds the platform can neither
+/// read nor raise it through bkv's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The raft log's counter-bound state: the host's.
+    Raft,
+    /// The core's counter.
+    Core(CoreCounter),
+}
+
+/// The core's counter (constructed only inside `bkv-hsm-core`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreCounter(());
+
+impl Counter {
+    pub(crate) const CORE: Counter = Counter::Core(CoreCounter(()));
+    /// The core's counter, for platform tests (feature `testing`; no binary links it).
+    #[cfg(any(test, feature = "testing"))]
+    pub const CORE_FOR_TESTS: Counter = Counter::CORE;
+
+    /// The counter's name (in errors and docs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Raft => "raft",
+            Counter::Core(_) => "core",
+        }
+    }
 }
 
 /// What a sealed value is (docs/formats.md "Sealed values"): its name is part of the
@@ -188,7 +220,8 @@ mod memory {
         key: Zeroizing<[u8; 32]>,
         signing: ed25519_dalek::SigningKey,
         now: AtomicU64,
-        counter: AtomicU64,
+        raft_counter: AtomicU64,
+        core_counter: AtomicU64,
     }
 
     impl MemoryPlatform {
@@ -199,12 +232,20 @@ mod memory {
                 key: Zeroizing::new(key),
                 signing: ed25519_dalek::SigningKey::from_bytes(&s),
                 now: AtomicU64::new(1_700_000_000),
-                counter: AtomicU64::new(0),
+                raft_counter: AtomicU64::new(0),
+                core_counter: AtomicU64::new(0),
             }
         }
 
         pub fn shared(key: [u8; 32]) -> SharedPlatform {
             Arc::new(Self::new(key))
+        }
+
+        fn counter(&self, c: Counter) -> &AtomicU64 {
+            match c {
+                Counter::Raft => &self.raft_counter,
+                Counter::Core(_) => &self.core_counter,
+            }
         }
 
         pub fn advance_clock(&self, secs: u64) {
@@ -257,11 +298,11 @@ mod memory {
         fn sign(&self, message: &[u8]) -> Result<[u8; 64], PlatformError> {
             Ok(self.signing.sign(message).to_bytes())
         }
-        fn counter_read(&self) -> Result<u64, PlatformError> {
-            Ok(self.counter.load(Ordering::SeqCst))
+        fn counter_read(&self, counter: Counter) -> Result<u64, PlatformError> {
+            Ok(self.counter(counter).load(Ordering::SeqCst))
         }
-        fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
-            self.counter.fetch_max(value, Ordering::SeqCst);
+        fn counter_advance_to(&self, counter: Counter, value: u64) -> Result<(), PlatformError> {
+            self.counter(counter).fetch_max(value, Ordering::SeqCst);
             Ok(())
         }
     }

@@ -8,7 +8,7 @@ use support::*;
 
 use bkv_hsm_core::{
     Core, EntryKey, FleetSecrets, FleetTrust, LogEntry, MemoryPlatform, NodeIdentity, Outcome,
-    Refusal, Step,
+    Platform, Refusal, Step,
 };
 use bkv_wire::node::NodeError;
 use bkv_wire::vault::{VaultError, VaultRequest, VaultResponse};
@@ -283,4 +283,102 @@ fn a_bucket_is_framed_once_per_stream_and_only_in_streams_the_core_opened() {
     let again = c.snapshot_header(&summary).unwrap();
     assert_ne!(again.nonce, stream.nonce);
     c.snapshot_frame(again.nonce, b, &before).unwrap();
+}
+
+/// The host's record table as a map (what it would hand a restarted core).
+struct Table(std::collections::BTreeMap<u16, Vec<u8>>);
+
+impl Table {
+    fn take(&mut self, c: &mut Core) {
+        for (b, v) in c.records().take_writes() {
+            match v {
+                Some(v) => self.0.insert(b, v),
+                None => self.0.remove(&b),
+            };
+        }
+    }
+}
+
+impl bkv_hsm_core::BucketHost for Table {
+    fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.get(&b).cloned())
+    }
+    fn for_each(
+        &self,
+        f: &mut bkv_hsm_core::sealed_state::BucketVisitor<'_>,
+    ) -> Result<(), bkv_hsm_core::SealedError> {
+        self.0.iter().try_for_each(|(b, v)| f(*b, v))
+    }
+}
+
+/// Issue 28, item 3: rollback protection is the core's own, not the host's start-up check. A
+/// host keeps a copy of its record table (summary and buckets), lets two guesses count, then
+/// restarts the core on that copy with the log cut before them (what `Fleet::start` would
+/// refuse, if the host ran it). The core's counter says its state covered those entries when it
+/// answered them: from the older state it answers nothing ("unavailable", however the host
+/// asks), and once the log's entries are applied again it serves, every guess counted.
+#[test]
+fn a_core_put_back_behind_its_counter_answers_nothing_until_the_log_brings_it_forward() {
+    let p = Arc::new(MemoryPlatform::new([8; 32]));
+    let secrets = FleetSecrets::generate(&*p, FleetTrust::for_tests()).unwrap();
+    let sealed = secrets.seal(&*p).unwrap();
+    let identity = NodeIdentity::generate(&*p).unwrap();
+    let mut c = Core::new(p.clone(), secrets, &identity).unwrap();
+    open(&mut c, "eve").register(&mut c, "right", 10).unwrap();
+    let mut table = Table(Default::default());
+    table.take(&mut c);
+    let old = Table(table.0.clone());
+    let old_summary = c.records().seal_summary(b"old").unwrap();
+    // Two guesses: each entry applied, and its answer (the OPRF evaluation) let out.
+    let mut cut = Vec::new();
+    for pw in ["guess 1", "guess 2"] {
+        let mut s = open(&mut c, "eve");
+        let (e, _) = login_start_entry(&mut c, &mut s, pw);
+        assert!(matches!(c.apply(&e).unwrap(), Outcome::Counted { .. }));
+        assert!(matches!(c.resume(&s.sid), Ok(Step::Reply(_))));
+        cut.push(e);
+    }
+    assert_eq!(attempts(&mut c, "eve"), 2);
+    let covered = c.state().entries;
+    assert_eq!(
+        p.counter_read(bkv_hsm_core::Counter::CORE_FOR_TESTS)
+            .unwrap(),
+        covered,
+        "the counter covered the state before its answers left"
+    );
+    drop(c);
+
+    // Restarted on the old copy: it restores (the copy is consistent), but serves nothing.
+    let mut c = Core::new(
+        p.clone(),
+        FleetSecrets::unseal(&*p, &sealed).unwrap(),
+        &identity,
+    )
+    .unwrap();
+    c.records()
+        .restore(Box::new(old), Some(&old_summary))
+        .unwrap();
+    assert!(c.state().entries < covered);
+    let mut s = open(&mut c, "eve");
+    let ct = s.seal(&VaultRequest::Status);
+    assert_eq!(
+        c.session_message(&s.sid, "eve", &ct).err(),
+        Some(NodeError::Unavailable)
+    );
+    assert_eq!(
+        c.resume_fresh(&s.sid, &ct).err(),
+        Some(NodeError::Unavailable)
+    );
+    assert_eq!(c.resume(&s.sid).err(), Some(NodeError::Unavailable));
+    // Half the cut log: still behind.
+    assert!(matches!(c.apply(&cut[0]).unwrap(), Outcome::Counted { .. }));
+    assert_eq!(
+        c.session_message(&s.sid, "eve", &ct).err(),
+        Some(NodeError::Unavailable)
+    );
+    // All of it: the state covers what was answered, and both guesses stand.
+    assert!(matches!(c.apply(&cut[1]).unwrap(), Outcome::Counted { .. }));
+    assert_eq!(attempts(&mut c, "eve"), 2);
+    assert!(open(&mut c, "eve").login(&mut c, "guess 3").is_err());
+    assert_eq!(attempts(&mut c, "eve"), 3);
 }

@@ -3,7 +3,7 @@
 //! the software platform and on a SoftHSM2 token, side by side.
 //! Run: `cargo bench -p bkv-hsm-platform --bench platform` (needs softhsm2).
 
-use bkv_hsm_core::{Platform, SealSlot};
+use bkv_hsm_core::{Counter, Platform, SealSlot};
 use bkv_hsm_platform::pkcs11::Pkcs11Platform;
 use bkv_hsm_platform::software::SoftwarePlatform;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -39,11 +39,11 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             })
         });
-        let mut v = p.counter_read().unwrap();
+        let mut v = p.counter_read(Counter::Raft).unwrap();
         g.bench_function("counter advance (durable)", |b| {
             b.iter(|| {
                 v += 1;
-                p.counter_advance_to(v).unwrap()
+                p.counter_advance_to(Counter::Raft, v).unwrap()
             })
         });
         g.bench_function("sealed write (seal entry + epoch, advance counter)", |b| {
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
                     .unwrap();
                 p.seal(SealSlot::RaftState, b"raft-epoch", &v.to_be_bytes())
                     .unwrap();
-                p.counter_advance_to(v).unwrap()
+                p.counter_advance_to(Counter::Raft, v).unwrap()
             })
         });
         g.bench_function("sign", |b| b.iter(|| p.sign(b"statement").unwrap()));

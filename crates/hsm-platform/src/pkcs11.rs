@@ -12,6 +12,8 @@
 //!   object's value change, so advancing creates an object with the new
 //!   value and then destroys the older ones; the counter is the largest
 //!   value present (a crash in between leaves two, never none).
+//! - `bkv-core-counter`: the same kind of counter, the core's (`Counter::Core`); created at
+//!   0 when the token opens without one (a token from the release before it has none).
 //! - `bkv-seal-iv-epoch`: the same kind of counter; each process that seals
 //!   reserves a fresh epoch from it (see the sealed format below).
 //!
@@ -25,7 +27,7 @@
 
 use crate::PlatformOpenError;
 use bkv_hsm_core::platform::seal_aad;
-use bkv_hsm_core::{Platform, PlatformError, SealSlot};
+use bkv_hsm_core::{Counter, Platform, PlatformError, SealSlot};
 use bkv_wire::admin::{PlatformDescription, PlatformKind};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -42,6 +44,7 @@ use zeroize::Zeroizing;
 pub const SEALING_LABEL: &str = "bkv-sealing";
 pub const SIGNING_LABEL: &str = "bkv-signing";
 pub const COUNTER_LABEL: &str = "bkv-counter";
+pub const CORE_COUNTER_LABEL: &str = "bkv-core-counter";
 pub const IV_EPOCH_LABEL: &str = "bkv-seal-iv-epoch";
 const SEAL_VERSION: u8 = 2;
 const IV_LEN: usize = 12;
@@ -113,9 +116,19 @@ impl TokenCounter {
 const COUNTER: TokenCounter = TokenCounter {
     label: COUNTER_LABEL,
 };
+const CORE_COUNTER: TokenCounter = TokenCounter {
+    label: CORE_COUNTER_LABEL,
+};
 const IV_EPOCH: TokenCounter = TokenCounter {
     label: IV_EPOCH_LABEL,
 };
+
+fn token_counter(c: Counter) -> &'static TokenCounter {
+    match c {
+        Counter::Raft => &COUNTER,
+        Counter::Core(_) => &CORE_COUNTER,
+    }
+}
 
 pub struct Pkcs11Platform {
     inner: Mutex<Inner>,
@@ -243,12 +256,16 @@ impl Pkcs11Platform {
             _ => return Err(missing("signing key")),
         };
         let signing_public = ed25519_public(&session, public)?;
-        for (counter, what) in [(&COUNTER, "counter"), (&IV_EPOCH, "IV epoch")] {
+        for (counter, what, required) in [
+            (&COUNTER, "counter", true),
+            (&IV_EPOCH, "IV epoch", true),
+            (&CORE_COUNTER, "core counter", false),
+        ] {
             if !counter
                 .exists(&session)
                 .map_err(open_err("find a counter"))?
             {
-                if !create {
+                if !create && required {
                     return Err(missing(what));
                 }
                 create_counter_object(&session, counter.label, 0)
@@ -486,14 +503,14 @@ impl Platform for Pkcs11Platform {
             .map_err(|_| PlatformError::KeyStore("the token's signature is not 64 bytes".into()))
     }
 
-    fn counter_read(&self) -> Result<u64, PlatformError> {
-        COUNTER
+    fn counter_read(&self, c: Counter) -> Result<u64, PlatformError> {
+        token_counter(c)
             .read(&self.inner()?.session)
             .map_err(|e| PlatformError::Counter(e.to_string()))
     }
 
-    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
-        COUNTER
+    fn counter_advance_to(&self, c: Counter, value: u64) -> Result<(), PlatformError> {
+        token_counter(c)
             .advance_to(&self.inner()?.session, value)
             .map_err(|e| PlatformError::Counter(e.to_string()))
     }

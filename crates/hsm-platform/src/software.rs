@@ -8,7 +8,7 @@
 
 use crate::{write_private_file, PlatformOpenError};
 use bkv_hsm_core::seal::{seal_xchacha, unseal_xchacha, XNONCE_LEN};
-use bkv_hsm_core::{Platform, PlatformError, SealSlot};
+use bkv_hsm_core::{Counter, Platform, PlatformError, SealSlot};
 use bkv_wire::admin::{PlatformDescription, PlatformKind};
 use ed25519_dalek::Signer;
 use rand_core::{OsRng, RngCore};
@@ -22,8 +22,9 @@ pub struct SoftwarePlatform {
     dir: PathBuf,
     sealing: Zeroizing<[u8; 32]>,
     signing: ed25519_dalek::SigningKey,
-    /// Serialises counter updates within the process.
-    counter: Mutex<PathBuf>,
+    /// The two counters' files (`counter`, the raft log's; `core-counter`, the core's), each
+    /// behind its own lock to serialise its updates within the process.
+    counters: [Mutex<PathBuf>; 2],
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlatformOpenError + '_ {
@@ -70,8 +71,23 @@ impl SoftwarePlatform {
             dir: dir.to_owned(),
             sealing,
             signing: ed25519_dalek::SigningKey::from_bytes(&signing_seed),
-            counter: Mutex::new(dir.join("counter")),
+            counters: [
+                Mutex::new(dir.join("counter")),
+                Mutex::new(dir.join("core-counter")),
+            ],
         })
+    }
+
+    fn counter(&self, c: Counter) -> Result<std::sync::MutexGuard<'_, PathBuf>, PlatformError> {
+        let i = match c {
+            Counter::Raft => 0,
+            Counter::Core(_) => 1,
+        };
+        self.counters
+            .get(i)
+            .ok_or_else(|| PlatformError::Counter("no such counter".into()))?
+            .lock()
+            .map_err(|_| PlatformError::Counter("lock poisoned".into()))
     }
 
     fn read_counter(path: &Path) -> Result<u64, PlatformError> {
@@ -138,19 +154,12 @@ impl Platform for SoftwarePlatform {
         Ok(self.signing.sign(message).to_bytes())
     }
 
-    fn counter_read(&self) -> Result<u64, PlatformError> {
-        let path = self
-            .counter
-            .lock()
-            .map_err(|_| PlatformError::Counter("lock poisoned".into()))?;
-        Self::read_counter(&path)
+    fn counter_read(&self, c: Counter) -> Result<u64, PlatformError> {
+        Self::read_counter(&self.counter(c)?)
     }
 
-    fn counter_advance_to(&self, value: u64) -> Result<(), PlatformError> {
-        let path = self
-            .counter
-            .lock()
-            .map_err(|_| PlatformError::Counter("lock poisoned".into()))?;
+    fn counter_advance_to(&self, c: Counter, value: u64) -> Result<(), PlatformError> {
+        let path = self.counter(c)?;
         if value <= Self::read_counter(&path)? {
             return Ok(());
         }
@@ -179,14 +188,20 @@ mod tests {
     fn keys_persist_counter_only_grows_and_a_missing_key_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         let p = SoftwarePlatform::open(d.path(), true).unwrap();
-        assert_eq!(p.counter_read().unwrap(), 0);
-        p.counter_advance_to(5).unwrap();
-        p.counter_advance_to(3).unwrap();
-        assert_eq!(p.counter_read().unwrap(), 5);
+        let core = Counter::CORE_FOR_TESTS;
+        assert_eq!(p.counter_read(Counter::Raft).unwrap(), 0);
+        p.counter_advance_to(Counter::Raft, 5).unwrap();
+        p.counter_advance_to(Counter::Raft, 3).unwrap();
+        assert_eq!(p.counter_read(Counter::Raft).unwrap(), 5);
+        // The two counters are apart.
+        assert_eq!(p.counter_read(core).unwrap(), 0);
+        p.counter_advance_to(core, 9).unwrap();
+        assert_eq!(p.counter_read(Counter::Raft).unwrap(), 5);
         let s = p.seal(SealSlot::RaftState, b"", b"x").unwrap();
         let sig = p.sign(b"m").unwrap();
         let p2 = SoftwarePlatform::open(d.path(), false).unwrap();
-        assert_eq!(p2.counter_read().unwrap(), 5);
+        assert_eq!(p2.counter_read(Counter::Raft).unwrap(), 5);
+        assert_eq!(p2.counter_read(core).unwrap(), 9);
         assert_eq!(
             p2.unseal(SealSlot::RaftState, b"", &s).unwrap().as_slice(),
             b"x"

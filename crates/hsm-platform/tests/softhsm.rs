@@ -5,7 +5,7 @@
 //!
 //! One test function: a process can hold one initialised PKCS#11 module.
 
-use bkv_hsm_core::{Platform, PlatformError, SealSlot};
+use bkv_hsm_core::{Counter, Platform, PlatformError, SealSlot};
 use bkv_hsm_platform::pkcs11::{Pkcs11Config, Pkcs11Platform, SEALING_LABEL, SIGNING_LABEL};
 use bkv_hsm_platform::PlatformOpenError;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -151,10 +151,15 @@ fn keys_live_in_the_token_and_a_lost_token_is_a_clear_error() {
         .unwrap();
 
     // The counter lives in the token and only grows.
-    assert_eq!(p.counter_read().unwrap(), 0);
-    p.counter_advance_to(7).unwrap();
-    p.counter_advance_to(3).unwrap();
-    assert_eq!(p.counter_read().unwrap(), 7);
+    let core = Counter::CORE_FOR_TESTS;
+    assert_eq!(p.counter_read(Counter::Raft).unwrap(), 0);
+    p.counter_advance_to(Counter::Raft, 7).unwrap();
+    p.counter_advance_to(Counter::Raft, 3).unwrap();
+    assert_eq!(p.counter_read(Counter::Raft).unwrap(), 7);
+    // The core's counter is another object.
+    assert_eq!(p.counter_read(core).unwrap(), 0);
+    p.counter_advance_to(core, 11).unwrap();
+    assert_eq!(p.counter_read(Counter::Raft).unwrap(), 7);
     let mut r = [0u8; 32];
     p.fill_random(&mut r).unwrap();
     assert_ne!(r, [0u8; 32]);
@@ -170,7 +175,8 @@ fn keys_live_in_the_token_and_a_lost_token_is_a_clear_error() {
     // and a new process reserves a fresh IV epoch.
     let p = Pkcs11Platform::open(&cfg, false).unwrap();
     assert_eq!(p.signing_public_key(), public);
-    assert_eq!(p.counter_read().unwrap(), 7);
+    assert_eq!(p.counter_read(Counter::Raft).unwrap(), 7);
+    assert_eq!(p.counter_read(core).unwrap(), 11);
     assert_eq!(
         p.unseal(SealSlot::RaftState, b"label", &sealed)
             .unwrap()

@@ -20,7 +20,7 @@
 //! [`ReplicationStoreError::EarlierRelease`].
 
 use super::{db_err, storage_error, ReplicationStoreError, TypeConfig};
-use bkv_hsm_core::{SealSlot, SharedPlatform};
+use bkv_hsm_core::{Counter, SealSlot, SharedPlatform};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
@@ -125,7 +125,7 @@ impl LogStore {
                 }
             }
         };
-        let now = platform.counter_read()?;
+        let now = platform.counter_read(Counter::Raft)?;
         if state.epoch < now {
             return Err(ReplicationStoreError::Rollback {
                 db: state.epoch,
@@ -183,7 +183,7 @@ impl LogStore {
         };
         // A crash between a write and the counter advance.
         let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
-        inner.platform.counter_advance_to(epoch)?;
+        inner.platform.counter_advance_to(Counter::Raft, epoch)?;
         Ok(LogStore {
             inner: Arc::new(inner),
             records_durable: None,
@@ -279,7 +279,9 @@ impl LogStore {
             inner.failed.store(true, Ordering::SeqCst);
             return Err(e);
         }
-        inner.platform.counter_advance_to(p.state.epoch)?;
+        inner
+            .platform
+            .counter_advance_to(Counter::Raft, p.state.epoch)?;
         Ok(())
     }
 

@@ -84,7 +84,9 @@ async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
         }
         tx.commit().expect("commit");
     }
-    platform.counter_advance_to(3).expect("counter");
+    platform
+        .counter_advance_to(bkv_hsm_core::Counter::Raft, 3)
+        .expect("counter");
     // Its entries carried plain mutations the host could forge: this release does not continue
     // that log (a fleet upgrades by rotation), and says so.
     assert!(matches!(
