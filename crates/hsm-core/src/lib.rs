@@ -247,6 +247,22 @@ impl Session {
     }
 }
 
+/// A raise of the core's counter to a value the core chose ([`Core::counter_raise_for`]), to
+/// run on another thread.
+pub struct CounterRaise {
+    platform: SharedPlatform,
+    target: u64,
+}
+
+impl CounterRaise {
+    /// Raises the counter; returns the value for [`Core::raised`].
+    pub fn run(self) -> Result<u64, PlatformError> {
+        self.platform
+            .counter_advance_to(Counter::CORE, self.target)
+            .map(|()| self.target)
+    }
+}
+
 pub struct Core {
     platform: SharedPlatform,
     secrets: FleetSecrets,
@@ -266,13 +282,12 @@ pub struct Core {
     pending: HashMap<u64, (SessionId, [u8; 32])>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
-    /// The core's platform counter when this core started: how many log entries its state
-    /// covered when an earlier run last let an outcome out. A state behind it (a record table
-    /// and log put back by the host) serves nothing until the log brought it this far
-    /// ([`Core::serving`]).
-    floor: u64,
-    /// The entries the core's counter covers now: an outcome leaves ([`Core::resume`]) only
-    /// once the counter covers the entry that decided it ([`Core::release`]).
+    /// The core's platform counter (read when the core starts, raised by [`Core::release`]):
+    /// how many log entries its state covered when an outcome last left this core or an
+    /// earlier run on the same platform. An outcome leaves ([`Core::resume`]) only once the
+    /// counter covers the entry that decided it, and a state behind it — a record table and
+    /// log put back by the host, at a restart or under the running core — serves nothing
+    /// until the log brought it this far again ([`Core::serving`]).
     released: u64,
     /// The snapshot streams this core opened, newest last: each stream's nonce and, for every
     /// bucket framed in it, the digest of the sealed value framed. A frame's key and nonce
@@ -322,12 +337,11 @@ impl Core {
     ) -> Result<Self, CoreError> {
         let setup = secrets.opaque_setup()?;
         let rng = platform::operation_rng(&*platform).map_err(CoreError::Platform)?;
-        let floor = platform
+        let released = platform
             .counter_read(Counter::CORE)
             .map_err(CoreError::Platform)?;
         Ok(Core {
-            floor,
-            released: floor,
+            released,
             entry_key: secrets.entry_key(),
             snapshot_key: secrets.snapshot_key(),
             identity: identity.public_key(),
@@ -679,6 +693,12 @@ impl Core {
     /// identity key of an admitted member (verified operator command and
     /// auditor log proof, or the founder). The host only relays the result.
     pub fn export_secrets_to(&self, identity: &[u8; 32]) -> Result<Vec<u8>, CoreError> {
+        // A state put back behind the counter may still list a member removed since.
+        if self.serving().is_err() {
+            return Err(CoreError::NotAdmitted(
+                "this core's state is behind its counter: it decides no admission until it caught up",
+            ));
+        }
         if !self.state.fleet().members.admits(identity) {
             return Err(CoreError::NotAdmitted(
                 "that identity key is not an admitted member of this fleet",
@@ -852,6 +872,7 @@ impl Core {
         session_id: &SessionId,
         user_id: &str,
     ) -> Result<bool, NodeError> {
+        self.serving()?;
         let s = self
             .sessions
             .get(session_id)
@@ -977,11 +998,13 @@ impl Core {
     }
 
     /// Whether this core may answer from its state: not while the state is behind what the
-    /// core's counter says an earlier run already answered from (docs/security: "Rollback of
-    /// one node's disk"). A host that put back an older record table and log gets
-    /// "unavailable" until the fleet's log brought the state past the counter again.
+    /// core's counter says this core, or an earlier run on its platform, already answered from
+    /// (SECURITY.md, "The core checks rollback itself"). A host that put back an older record
+    /// table and log (at a restart, or under the running core with `restore`, or an older
+    /// snapshot after an empty one) gets "unavailable" until applied entries bring the state
+    /// back to the counter.
     fn serving(&self) -> Result<(), NodeError> {
-        if self.state.fleet().entries < self.floor {
+        if self.state.fleet().entries < self.released {
             return Err(NodeError::Unavailable);
         }
         Ok(())
@@ -1002,6 +1025,36 @@ impl Core {
             self.released = entries;
         }
         Ok(())
+    }
+
+    /// The counter raise a batch of entries will need, if a session of this core waits for
+    /// one of them: to the entries the state will cover once the batch applied (every entry,
+    /// applied or refused, extends the chain by one). A host runs it beside the apply (it is
+    /// an NV write, milliseconds) and hands the result to [`Core::raised`], so that
+    /// [`Core::resume`] finds the counter raised already; raising it early is safe, since the
+    /// batch's entries are committed and in this node's log.
+    pub fn counter_raise_for(&self, entries: &[LogEntry]) -> Option<CounterRaise> {
+        let awaited = entries.iter().any(|e| {
+            e.proposer == self.identity
+                && self
+                    .pending
+                    .get(&e.seq)
+                    .is_some_and(|(_, d)| *d == entry::entry_digest(e))
+        });
+        let target = self
+            .state
+            .fleet()
+            .entries
+            .checked_add(entries.len() as u64)?;
+        (awaited && target > self.released).then(|| CounterRaise {
+            platform: self.platform.clone(),
+            target,
+        })
+    }
+
+    /// Takes a finished [`CounterRaise`] into account.
+    pub fn raised(&mut self, target: u64) {
+        self.released = self.released.max(target);
     }
 
     fn reply(&mut self, session_id: &SessionId, resp: VaultResponse) -> Result<Step, NodeError> {

@@ -340,6 +340,17 @@ fn a_core_put_back_behind_its_counter_answers_nothing_until_the_log_brings_it_fo
     }
     assert_eq!(attempts(&mut c, "eve"), 2);
     let covered = c.state().entries;
+    // Put back under the running core (no restart): it answers nothing either.
+    let mut s = open(&mut c, "eve");
+    let ct = s.seal(&VaultRequest::Status);
+    c.records()
+        .restore(Box::new(Table(old.0.clone())), Some(&old_summary))
+        .unwrap();
+    assert_eq!(
+        c.session_message(&s.sid, "eve", &ct).err(),
+        Some(NodeError::Unavailable)
+    );
+    assert!(c.export_secrets_to(&[5; 32]).is_err());
     assert_eq!(
         p.counter_read(bkv_hsm_core::Counter::CORE_FOR_TESTS)
             .unwrap(),

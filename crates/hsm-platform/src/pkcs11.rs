@@ -12,8 +12,9 @@
 //!   object's value change, so advancing creates an object with the new
 //!   value and then destroys the older ones; the counter is the largest
 //!   value present (a crash in between leaves two, never none).
-//! - `bkv-core-counter`: the same kind of counter, the core's (`Counter::Core`); created at
-//!   0 when the token opens without one (a token from the release before it has none).
+//! - `bkv-core-counter`: the same kind of counter, the core's (`Counter::Core`), made with
+//!   the keys (a token of the release before has none: it serves a new fleet's node only after
+//!   being set up anew, docs/operations.md).
 //! - `bkv-seal-iv-epoch`: the same kind of counter; each process that seals
 //!   reserves a fresh epoch from it (see the sealed format below).
 //!
@@ -256,16 +257,18 @@ impl Pkcs11Platform {
             _ => return Err(missing("signing key")),
         };
         let signing_public = ed25519_public(&session, public)?;
-        for (counter, what, required) in [
-            (&COUNTER, "counter", true),
-            (&IV_EPOCH, "IV epoch", true),
-            (&CORE_COUNTER, "core counter", false),
+        // Every counter is made with the keys: a missing one is a token that lost an object
+        // (or had it deleted, which would reset it), not one to start from 0 again.
+        for (counter, what) in [
+            (&COUNTER, "counter"),
+            (&IV_EPOCH, "IV epoch"),
+            (&CORE_COUNTER, "core counter"),
         ] {
             if !counter
                 .exists(&session)
                 .map_err(open_err("find a counter"))?
             {
-                if !create && required {
+                if !create {
                     return Err(missing(what));
                 }
                 create_counter_object(&session, counter.label, 0)
