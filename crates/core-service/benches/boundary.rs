@@ -55,10 +55,7 @@ fn start(mut core: CoreHandle) -> (CoreHandle, LogEntry) {
 }
 
 fn local() -> CoreHandle {
-    CoreHandle::Local(Box::new(CoreService::new(
-        MemoryPlatform::shared([3; 32]),
-        [0; 32],
-    )))
+    CoreHandle::local(CoreService::new(MemoryPlatform::shared([3; 32]), [0; 32]))
 }
 
 fn remote(dir: &std::path::Path) -> CoreHandle {

@@ -3,6 +3,7 @@
 //! service process over a Unix-domain socket ([`crate::protocol`]). Both carry the same
 //! requests, so the agent's code is the same either way.
 
+use crate::pipe::{carries_entry, Answer, Pending, Pipe, Sequencer};
 use crate::protocol::{
     read_message, write_message, FrameError, FromCore, LinkKeys, Reply, Request, Role, ToCore,
     BUCKET_CHUNK_BYTES, PROTOCOL_VERSION,
@@ -13,7 +14,7 @@ use bkv_wire::admin::PlatformDescription;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long the agent waits for one message of the core service.
@@ -22,7 +23,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static APPLIES: AtomicU64 = AtomicU64::new(0);
 static APPLIED_ENTRIES: AtomicU64 = AtomicU64::new(0);
-static CALLBACKS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static CALLBACKS: AtomicU64 = AtomicU64::new(0);
 static HOST_CALLS: AtomicU64 = AtomicU64::new(0);
 
 static ON_BROKEN: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
@@ -34,7 +35,18 @@ pub fn on_core_gone(hook: fn(&str)) {
     let _ = ON_BROKEN.set(hook);
 }
 
+/// Set once this process stops a core service child on purpose: connections to it breaking
+/// then are the stop, not the core gone.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn stopping_core() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
 pub(crate) fn core_gone(why: &str) {
+    if STOPPING.load(Ordering::SeqCst) {
+        return;
+    }
     if let Some(hook) = ON_BROKEN.get() {
         hook(why);
     }
@@ -127,6 +139,11 @@ impl Conn {
         Ok(write_message(&mut self.stream, m)?)
     }
 
+    /// The socket, for a [`Pipe`] to take over.
+    pub(crate) fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     fn recv(&mut self) -> Result<FromCore, BoundaryError> {
         Ok(read_message(&mut self.stream)?)
     }
@@ -204,34 +221,84 @@ impl Conn {
 
 /// The core, in this process or in a core service.
 pub enum CoreHandle {
-    Local(Box<CoreService>),
-    Remote {
-        conn: Conn,
-        /// The table the core reads buckets from (set by [`CoreHandle::restore`]).
-        buckets: Option<Box<dyn BucketHost>>,
+    Local {
+        service: Box<CoreService>,
+        order: Arc<Sequencer>,
     },
+    /// A core service's core connection, pipelined ([`crate::pipe`]).
+    Remote(Pipe),
+}
+
+/// A request sent: its answer is ready (in this process) or on its way ([`Pending`]).
+pub enum Sent {
+    Ready(Answer),
+    Waiting(Pending),
+}
+
+impl Sent {
+    /// The reply, and the turn of the entry it carries, if any ([`Turn`]: end it once the
+    /// entry is submitted).
+    pub fn wait(self) -> Result<Answer, BoundaryError> {
+        match self {
+            Sent::Ready(a) => Ok(a),
+            Sent::Waiting(p) => p.wait(),
+        }
+    }
 }
 
 impl CoreHandle {
-    /// A core service's core connection.
-    pub fn remote(socket: &Path) -> Result<Self, BoundaryError> {
-        Ok(CoreHandle::Remote {
-            conn: Conn::connect(socket, Role::Core)?,
-            buckets: None,
-        })
+    /// The core in this process.
+    pub fn local(service: CoreService) -> Self {
+        CoreHandle::Local {
+            service: Box::new(service),
+            order: Arc::default(),
+        }
     }
 
-    /// One request to the core.
-    pub fn call(&mut self, req: Request) -> Result<Reply, BoundaryError> {
+    /// A core service's core connection.
+    pub fn remote(socket: &Path) -> Result<Self, BoundaryError> {
+        Ok(CoreHandle::Remote(Pipe::start(
+            Conn::connect(socket, Role::Core)?,
+            READ_TIMEOUT,
+        )?))
+    }
+
+    /// The service, when it runs in this process.
+    pub fn local_service(&self) -> Option<&CoreService> {
+        match self {
+            CoreHandle::Local { service, .. } => Some(service),
+            CoreHandle::Remote(_) => None,
+        }
+    }
+
+    /// Sends one request to the core. A caller that holds the handle behind a lock lets go of
+    /// it before [`Sent::wait`], so other requests queue up behind this one meanwhile.
+    pub fn send(&mut self, req: Request) -> Result<Sent, BoundaryError> {
         CALLS.fetch_add(1, Ordering::Relaxed);
         if let Request::Apply { entries, .. } = &req {
             APPLIES.fetch_add(1, Ordering::Relaxed);
             APPLIED_ENTRIES.fetch_add(entries.len() as u64, Ordering::Relaxed);
         }
         match self {
-            CoreHandle::Local(s) => Ok(s.handle(req)),
-            CoreHandle::Remote { conn, buckets } => conn.call(req, buckets.as_deref()),
+            CoreHandle::Local { service, order } => {
+                let reply = service.handle(req);
+                let turn = carries_entry(&reply).then(|| order.turn());
+                Ok(Sent::Ready((reply, turn)))
+            }
+            CoreHandle::Remote(pipe) => Ok(Sent::Waiting(pipe.send(req)?)),
         }
+    }
+
+    /// One request and its reply, with the turn of the entry it carries (hold it until the
+    /// entry is submitted).
+    pub fn call_ordered(&mut self, req: Request) -> Result<Answer, BoundaryError> {
+        self.send(req)?.wait()
+    }
+
+    /// One request and its reply (an entry it carries is not submitted in the core's order:
+    /// see [`Self::call_ordered`]).
+    pub fn call(&mut self, req: Request) -> Result<Reply, BoundaryError> {
+        Ok(self.call_ordered(req)?.0)
     }
 
     /// Restores the core's records from `host` (the agent's table of sealed buckets) and its
@@ -241,18 +308,16 @@ impl CoreHandle {
         host: Box<dyn BucketHost>,
         summary: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, BoundaryError> {
-        CALLS.fetch_add(1, Ordering::Relaxed);
         let reply = match self {
-            CoreHandle::Local(s) => s.restore(host, summary),
-            CoreHandle::Remote { conn, buckets } => {
-                let r = conn.call(
-                    Request::Restore {
-                        summary: summary.map(<[u8]>::to_vec),
-                    },
-                    Some(&*host),
-                )?;
-                *buckets = Some(host);
-                r
+            CoreHandle::Local { service, .. } => {
+                CALLS.fetch_add(1, Ordering::Relaxed);
+                service.restore(host, summary)
+            }
+            CoreHandle::Remote(pipe) => {
+                pipe.set_buckets(host)?;
+                self.call(Request::Restore {
+                    summary: summary.map(<[u8]>::to_vec),
+                })?
             }
         };
         match reply {

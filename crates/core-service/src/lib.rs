@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod flags;
+pub mod pipe;
 pub mod protocol;
 pub mod server;
 pub mod service;
@@ -164,6 +165,7 @@ impl CoreChild {
 impl Drop for CoreChild {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
+        client::stopping_core();
         if let Ok(mut c) = self.child.lock() {
             let _ = c.kill();
             let _ = c.wait();

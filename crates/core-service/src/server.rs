@@ -98,8 +98,12 @@ fn connection(
         Role::Host => None,
     };
     let mut host: Option<HostService> = None;
+    let early = Early::default();
     loop {
-        let msg: ToCore = read_message(&mut *lock(&stream)?)?;
+        let msg: ToCore = match early.next()? {
+            Some(m) => m,
+            None => read_message(&mut *lock(&stream)?)?,
+        };
         let ToCore::Call(req) = msg else {
             return Err(FrameError::Io(std::io::Error::other(
                 "expected a request from the agent",
@@ -107,7 +111,7 @@ fn connection(
         };
         let reply = match (role, req) {
             (Role::Core, Request::Restore { summary }) => {
-                let buckets = Box::new(RemoteBuckets(stream.clone()));
+                let buckets = Box::new(RemoteBuckets(stream.clone(), early.clone()));
                 match service.lock() {
                     Ok(mut s) => s.restore(buckets, summary.as_deref()),
                     Err(_) => Reply::Failed("core service lock poisoned".into()),
@@ -127,6 +131,12 @@ fn connection(
                 }
             }
         };
+        // A read that failed inside the request: the stream is out of step, answer nothing.
+        if early.0.lock().map_or(true, |q| q.broken) {
+            return Err(FrameError::Io(std::io::Error::other(
+                "the agent's messages are out of step",
+            )));
+        }
         write_message(&mut *lock(&stream)?, &FromCore::Reply(reply))?;
     }
 }
@@ -136,14 +146,82 @@ fn lock(s: &Mutex<UnixStream>) -> Result<std::sync::MutexGuard<'_, UnixStream>, 
         .map_err(|_| FrameError::Io(std::io::Error::other("connection lock poisoned")))
 }
 
+/// Requests that arrived while the service waited for a bucket inside another request: the
+/// agent pipelines its requests (`crate::pipe`), so the next may already be on the socket. They
+/// are answered next, in the order they came.
+/// A failed read leaves the stream out of step (part of a message read, or a request dropped),
+/// so the connection ends after the current request instead of answering anything more.
+#[derive(Clone, Default)]
+struct Early(Arc<Mutex<EarlyQueue>>);
+
+#[derive(Default)]
+struct EarlyQueue {
+    calls: std::collections::VecDeque<(ToCore, usize)>,
+    bytes: usize,
+    broken: bool,
+}
+
+/// Requests one agent may have queued ahead of a bucket answer: about one per relay thread
+/// (256) and a few of its own; and their size, which bounds the memory an agent can make the
+/// service hold.
+const MAX_EARLY: usize = 1024;
+const MAX_EARLY_BYTES: usize = 256 << 20;
+
+impl Early {
+    /// Reads the next message that is not a request, queueing requests on the way.
+    fn read_answer(&self, s: &mut UnixStream) -> Result<ToCore, String> {
+        let r = self.read_answer_inner(s);
+        if r.is_err() {
+            if let Ok(mut q) = self.0.lock() {
+                q.broken = true;
+            }
+        }
+        r
+    }
+
+    fn read_answer_inner(&self, s: &mut UnixStream) -> Result<ToCore, String> {
+        loop {
+            match read_message::<ToCore>(s).map_err(|e| e.to_string())? {
+                call @ ToCore::Call(_) => {
+                    let size = bkv_wire::encode(&call).len();
+                    let mut q = self.0.lock().map_err(|_| "queue lock poisoned")?;
+                    if q.calls.len() >= MAX_EARLY || q.bytes + size > MAX_EARLY_BYTES {
+                        return Err("the agent queued too many requests".into());
+                    }
+                    q.bytes += size;
+                    q.calls.push_back((call, size));
+                }
+                m => return Ok(m),
+            }
+        }
+    }
+
+    /// The next queued request, or `Err` if the stream is out of step.
+    fn next(&self) -> Result<Option<ToCore>, FrameError> {
+        let mut q = self
+            .0
+            .lock()
+            .map_err(|_| FrameError::Io(std::io::Error::other("queue lock poisoned")))?;
+        if q.broken {
+            return Err(FrameError::Io(std::io::Error::other(
+                "the agent's messages are out of step",
+            )));
+        }
+        Ok(q.calls.pop_front().map(|(call, size)| {
+            q.bytes = q.bytes.saturating_sub(size);
+            call
+        }))
+    }
+}
+
 /// The agent's table of sealed buckets, read over the connection that restored the core.
-struct RemoteBuckets(Arc<Mutex<UnixStream>>);
+struct RemoteBuckets(Arc<Mutex<UnixStream>>, Early);
 
 impl BucketHost for RemoteBuckets {
     fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {
         let mut s = lock(&self.0).map_err(|e| e.to_string())?;
         write_message(&mut *s, &FromCore::ReadBucket(b)).map_err(|e| e.to_string())?;
-        match read_message::<ToCore>(&mut *s).map_err(|e| e.to_string())? {
+        match self.1.read_answer(&mut s)? {
             ToCore::Bucket(r) => r,
             _ => Err("the agent did not answer with a bucket".into()),
         }
@@ -159,7 +237,11 @@ impl BucketHost for RemoteBuckets {
         // Every chunk is read to the end even after a refusal, so the connection stays in step.
         let mut result = Ok(());
         loop {
-            match read_message::<ToCore>(&mut *s).map_err(gone)? {
+            let next = self
+                .1
+                .read_answer(&mut s)
+                .map_err(|_| SealedError::Malformed("the agent's bucket list broke off"))?;
+            match next {
                 ToCore::Buckets(chunk) => {
                     for (b, sealed) in chunk {
                         if result.is_ok() {

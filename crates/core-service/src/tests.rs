@@ -199,6 +199,115 @@ fn another_protocol_version_is_named_and_refused() {
     assert!(CoreHandle::remote(&socket).is_ok());
 }
 
+/// The agent pipelines (`crate::pipe`): a request can arrive while the service waits for a
+/// bucket answer inside another. It is queued and answered after that one, in order.
+#[test]
+fn a_request_that_arrives_during_a_bucket_question_is_answered_after_it() {
+    let t = tempfile::tempdir().unwrap();
+    let socket = service(t.path());
+    let mut s = UnixStream::connect(&socket).unwrap();
+    let call = |s: &mut UnixStream, r: Request| {
+        write_message(s, &ToCore::Call(r)).unwrap();
+    };
+    write_message(
+        &mut s,
+        &ToCore::Hello {
+            version: 1,
+            role: Role::Core,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        read_message::<FromCore>(&mut s).unwrap(),
+        FromCore::Hello { version: 1 }
+    ));
+    for r in [
+        Request::OpenIdentity { sealed: None },
+        Request::FoundSecrets { trust: trust() },
+        Request::StartCore,
+    ] {
+        call(&mut s, r);
+        assert!(matches!(
+            read_message::<FromCore>(&mut s).unwrap(),
+            FromCore::Reply(_)
+        ));
+    }
+    // A restore asks for the agent's buckets; a status request goes out before the answer.
+    call(&mut s, Request::Restore { summary: None });
+    assert!(matches!(
+        read_message::<FromCore>(&mut s).unwrap(),
+        FromCore::ListBuckets
+    ));
+    call(&mut s, Request::Status);
+    write_message(&mut s, &ToCore::BucketsEnd(Ok(()))).unwrap();
+    assert!(matches!(
+        read_message::<FromCore>(&mut s).unwrap(),
+        FromCore::Reply(Reply::Restored(None))
+    ));
+    assert!(matches!(
+        read_message::<FromCore>(&mut s).unwrap(),
+        FromCore::Reply(Reply::Status { .. })
+    ));
+}
+
+/// Many threads share one pipelined connection, each holding the handle only to send: every
+/// caller gets its own reply.
+#[test]
+fn concurrent_callers_on_one_connection_each_get_their_own_reply() {
+    let t = tempfile::tempdir().unwrap();
+    let socket = service(t.path());
+    let (core, _host, public) = started(&socket);
+    let core = std::sync::Arc::new(std::sync::Mutex::new(core));
+    let threads: Vec<_> = (0..8u8)
+        .map(|i| {
+            let core = core.clone();
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    // Two kinds of request, so a reply handed to the wrong caller shows.
+                    let (req, admits) = match (i + n) % 2 {
+                        0 => (Request::Status, false),
+                        _ => (Request::Admits { identity: public }, true),
+                    };
+                    let sent = core.lock().unwrap().send(req).unwrap();
+                    let (reply, turn) = sent.wait().unwrap();
+                    assert!(turn.is_none());
+                    match (reply, admits) {
+                        (Reply::Status { .. }, false) | (Reply::Admits(_), true) => {}
+                        (r, _) => panic!("{r:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Turns end in the order they were handed out, whichever thread ends its turn first.
+#[test]
+fn turns_end_in_order() {
+    let seq = std::sync::Arc::new(crate::pipe::Sequencer::default());
+    let turns: Vec<_> = (0..6).map(|_| seq.turn()).collect();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = turns
+        .into_iter()
+        .enumerate()
+        .rev()
+        .map(|(i, mut turn)| {
+            let order = order.clone();
+            std::thread::spawn(move || {
+                turn.reach();
+                order.lock().unwrap().push(i);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+}
+
 proptest! {
     #[test]
     fn any_bytes_from_the_agent_are_a_message_or_an_error_never_a_panic(

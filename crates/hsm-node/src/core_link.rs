@@ -74,7 +74,7 @@ pub(crate) fn open_core(
                     source,
                 })?;
             let service = CoreService::new(p, binary);
-            (CoreHandle::Local(Box::new(service)), None, None)
+            (CoreHandle::local(service), None, None)
         }
         CoreMode::Child(bin) => {
             let child =
@@ -93,8 +93,8 @@ pub(crate) fn open_core(
         }
         r => return Err(unsealing("node identity", r)),
     };
-    let host = match (&core, socket) {
-        (CoreHandle::Local(s), _) => HostHandle::Local(
+    let host = match (core.local_service(), socket) {
+        (Some(s), _) => HostHandle::Local(
             s.host_service()
                 .ok_or(BoundaryError::Unexpected("no identity after opening it"))?,
         ),
@@ -172,20 +172,19 @@ pub(crate) fn status(core: &mut CoreHandle) -> Result<(u64, u64), BoundaryError>
     }
 }
 
-/// A session request's next step.
-pub(crate) fn step(
-    core: &mut CoreHandle,
-    req: Request,
-) -> Result<bkv_hsm_core::Step, bkv_wire::node::NodeError> {
-    match core.call(req) {
-        Ok(Reply::Step(s)) => s,
-        Ok(r) => {
+/// A session request's reply as the core's step.
+pub(crate) fn step_reply(r: Reply) -> Result<bkv_hsm_core::Step, bkv_wire::node::NodeError> {
+    match r {
+        Reply::Step(s) => s,
+        r => {
             tracing::warn!(error = %unexpected(r), "core session request");
             Err(bkv_wire::node::NodeError::Unavailable)
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "core session request");
-            Err(bkv_wire::node::NodeError::Unavailable)
-        }
     }
+}
+
+/// A session request that did not cross the boundary.
+pub(crate) fn step_failed(e: BoundaryError) -> bkv_wire::node::NodeError {
+    tracing::warn!(error = %e, "core session request");
+    bkv_wire::node::NodeError::Unavailable
 }

@@ -394,15 +394,29 @@ impl Node {
         }
     }
 
-    /// Runs one step of the core under its lock. An entry the core made is handed to the
-    /// fleet before the lock is released, so entries reach the log in the order the core
-    /// numbered them.
+    /// Runs one step of the core. The core lock is held only while the request is sent, so
+    /// requests of other sessions queue up behind it at the core instead of behind the lock
+    /// (`bkv_core_service::pipe`). An entry the core made is handed to the fleet within its
+    /// turn, so entries reach the log in the order the core numbered them.
     fn core_step(&self, req: Request) -> Result<Next, NodeError> {
-        let mut core = self.core().ok_or(NodeError::Unavailable)?;
-        Ok(match core_link::step(&mut core, req)? {
+        let sent = self
+            .core()
+            .ok_or(NodeError::Unavailable)?
+            .send(req)
+            .map_err(core_link::step_failed)?;
+        let (reply, turn) = sent.wait().map_err(core_link::step_failed)?;
+        Ok(match core_link::step_reply(reply)? {
             Step::Reply(r) => Next::Reply(r),
             Step::ReadFresh => Next::ReadFresh,
-            Step::Commit(entry) => Next::Committing(self.fleet.submit(entry)),
+            Step::Commit(entry) => {
+                let mut turn = turn;
+                if let Some(t) = turn.as_mut() {
+                    t.reach();
+                }
+                let submitted = self.fleet.submit(entry);
+                drop(turn);
+                Next::Committing(submitted)
+            }
         })
     }
 
@@ -468,12 +482,18 @@ impl Node {
             let mut core = self
                 .core()
                 .ok_or_else(|| AdminError::Unavailable("core lock poisoned".into()))?;
-            let entry = match core.call(Request::AdminEntry(signed)) {
-                Ok(Reply::AdminEntry(e)) => e?,
-                Ok(r) => return Err(AdminError::Unavailable(unexpected(r).to_string())),
+            // The entry goes to the log within its turn (`core_step`).
+            let (entry, mut turn) = match core.call_ordered(Request::AdminEntry(signed)) {
+                Ok((Reply::AdminEntry(e), turn)) => (e?, turn),
+                Ok((r, _)) => return Err(AdminError::Unavailable(unexpected(r).to_string())),
                 Err(e) => return Err(AdminError::Unavailable(e.to_string())),
             };
-            self.fleet.submit(entry)
+            if let Some(t) = turn.as_mut() {
+                t.reach();
+            }
+            let submitted = self.fleet.submit(entry);
+            drop(turn);
+            submitted
         };
         match self.fleet.wait(submitted).await {
             Ok(Outcome::AdminApplied { seq }) => {
@@ -533,14 +553,19 @@ async fn found(
         if !core_link::members(&mut core)?.nodes.is_empty() {
             return Ok(());
         }
-        let entry = match core.call(Request::FoundEntry {
+        let (entry, mut turn) = match core.call_ordered(Request::FoundEntry {
             node_id,
             addr: peer_addr.to_owned(),
         })? {
-            Reply::Entry(e) => e,
-            r => return Err(unexpected(r).into()),
+            (Reply::Entry(e), turn) => (e, turn),
+            (r, _) => return Err(unexpected(r).into()),
         };
-        fleet.submit(entry)
+        if let Some(t) = turn.as_mut() {
+            t.reach();
+        }
+        let submitted = fleet.submit(entry);
+        drop(turn);
+        submitted
     };
     match fleet.wait(submitted).await {
         Ok(Outcome::Founded) => Ok(()),

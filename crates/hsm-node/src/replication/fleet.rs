@@ -292,8 +292,9 @@ impl Fleet {
     }
 
     /// Queues an entry this node's core made for commit, behind every entry queued before it,
-    /// and returns at once: call it in the order the core made the entries (under the core's
-    /// lock), since each core's entries must reach the log in the order it numbered them
+    /// and returns at once: call it in the order the core made the entries (within the entry's
+    /// turn, `bkv_core_service::pipe::Turn`), since each core's entries must reach the log in the
+    /// order it numbered them
     /// ([`bkv_hsm_core::entry`]). [`Fleet::wait`] then waits for the outcome.
     pub fn submit(&self, entry: LogEntry) -> Submitted {
         use std::sync::atomic::Ordering;
