@@ -26,14 +26,10 @@ pub async fn publish(op: &Operator, fleets: Vec<BundleFleet>) -> anyhow::Result<
     let mut epoch = 1;
     let latest = op.http.get(format!("{base}/bundles/latest")).send().await?;
     if latest.status() != reqwest::StatusCode::NOT_FOUND {
-        let e: serde_json::Value = latest.error_for_status()?.json().await?;
-        let bytes = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(e["bundle"].as_str().unwrap_or_default())?
-        };
+        let e: bkv_api::auditor::EntryResponse = latest.error_for_status()?.json().await?;
+        let bytes = e.bundle.unwrap_or_default();
         let last = Bundle::decode(&bytes).map_err(|e| anyhow!("latest bundle: {e}"))?;
-        let countersigned = e["operator_signature"].is_string();
+        let countersigned = e.operator_signature.is_some();
         let same = last.fleets().first() == Some(&preferred) && last.previous == previous;
         if same && last.not_after > now + 86_400 && countersigned {
             return Ok(None);

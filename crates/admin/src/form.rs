@@ -141,17 +141,15 @@ fn key(path: &Path) -> anyhow::Result<SigningKey> {
 /// `signed_statement` in hex).
 fn statement(path: &Path) -> anyhow::Result<SignedStatement> {
     let raw = bkv_service::read_limited(path, MAX_FILE)?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).with_context(|| {
-        format!(
-            "{} is not a bkv-hsm --print-statement output",
-            path.display()
-        )
-    })?;
-    let hex_text = v["signed_statement"]
-        .as_str()
-        .ok_or_else(|| anyhow!("{}: no signed_statement", path.display()))?;
-    let bytes =
-        hex::decode(hex_text).with_context(|| format!("{}: signed_statement", path.display()))?;
+    let printed: bkv_api::statement::PrintedStatement =
+        serde_json::from_slice(&raw).with_context(|| {
+            format!(
+                "{} is not a bkv-hsm --print-statement output",
+                path.display()
+            )
+        })?;
+    let bytes = hex::decode(&printed.signed_statement)
+        .with_context(|| format!("{}: signed_statement", path.display()))?;
     bkv_wire::decode(&bytes, 16 * 1024)
         .map_err(|e| anyhow!("{}: signed_statement: {e}", path.display()))
 }

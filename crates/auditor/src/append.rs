@@ -6,27 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use bkv_api::auditor::{
+    AppendEvidenceRequest, AppendRecordRequest, AppendRequest, AppendResponse, CountersignRequest,
+};
 use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::membership::{self, MembershipChange, MembershipRecord};
 use ed25519_dalek::Signer;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-#[derive(Serialize, Deserialize)]
-pub struct AppendRequest {
-    #[serde(with = "bkv_transparency::b64")]
-    pub bundle: Vec<u8>,
-    /// Operator's Ed25519 signature over `append_message(bundle)`.
-    #[serde(with = "bkv_transparency::b64")]
-    pub operator_signature: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct AppendResponse {
-    pub index: u64,
-    #[serde(with = "bkv_transparency::b64")]
-    pub auditor_signature: Vec<u8>,
-}
 
 pub(crate) async fn append(
     State(a): State<Arc<Auditor>>,
@@ -92,12 +78,6 @@ pub(crate) async fn append(
     }))
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct CountersignRequest {
-    #[serde(with = "bkv_transparency::b64")]
-    pub operator_signature: Vec<u8>,
-}
-
 pub(crate) async fn countersign(
     State(a): State<Arc<Auditor>>,
     Path((ns, index)): Path<(String, u64)>,
@@ -160,16 +140,6 @@ pub(crate) async fn countersign(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct AppendRecordRequest {
-    /// Canonical `MembershipRecord` bytes.
-    #[serde(with = "bkv_transparency::b64")]
-    pub record: Vec<u8>,
-    /// Operator's Ed25519 signature over `append_record_message(record)`.
-    #[serde(with = "bkv_transparency::b64")]
-    pub operator_signature: Vec<u8>,
-}
-
 /// Logs a fleet membership record (a node joining or leaving).
 pub(crate) async fn append_record(
     State(a): State<Arc<Auditor>>,
@@ -229,16 +199,6 @@ pub(crate) async fn append_record(
         index,
         auditor_signature: sig.to_vec(),
     }))
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct AppendEvidenceRequest {
-    /// The evidence file's exact bytes.
-    #[serde(with = "bkv_transparency::b64")]
-    pub evidence: Vec<u8>,
-    /// Operator's Ed25519 signature over `append_evidence_message(evidence)`.
-    #[serde(with = "bkv_transparency::b64")]
-    pub operator_signature: Vec<u8>,
 }
 
 /// Logs a fleet's deployment evidence. The auditor checks it offline first

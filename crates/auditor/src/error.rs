@@ -15,7 +15,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.0,
-            Json(serde_json::json!({ "error": self.1, "message": self.2 })),
+            Json(bkv_api::auditor::ErrorBody {
+                error: self.1.into(),
+                message: self.2,
+            }),
         )
             .into_response()
     }

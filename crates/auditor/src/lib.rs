@@ -17,10 +17,10 @@ mod error;
 mod log;
 mod read;
 
-pub use append::*;
+use append::*;
 pub use error::*;
 pub use log::*;
-pub use read::*;
+use read::*;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;

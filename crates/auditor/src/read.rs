@@ -5,18 +5,13 @@ use crate::*;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bkv_api::auditor::{
+    ConsistencyQuery, EntryKind, EntryResponse, InclusionQuery, KeyInfo, LogInfo, ProofResponse,
+};
 use bkv_transparency::bundle::Bundle;
-use bkv_transparency::merkle::{self, Hash};
+use bkv_transparency::merkle;
 use bkv_transparency::note::Checkpoint;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-#[derive(Serialize, Deserialize)]
-pub struct KeyInfo {
-    pub name: String,
-    pub public_key: String,
-    pub verifier_key: String,
-}
 
 pub(crate) async fn key_info(State(a): State<Arc<Auditor>>) -> Json<KeyInfo> {
     Json(KeyInfo {
@@ -24,14 +19,6 @@ pub(crate) async fn key_info(State(a): State<Arc<Auditor>>) -> Json<KeyInfo> {
         public_key: hex::encode(a.public_key().as_bytes()),
         verifier_key: bkv_transparency::note::verifier_key(&a.name, &a.public_key()),
     })
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct LogInfo {
-    pub namespace: String,
-    pub origin: String,
-    pub size: u64,
-    pub operator_key: String,
 }
 
 pub(crate) async fn log_info(
@@ -46,49 +33,6 @@ pub(crate) async fn log_info(
         operator_key: hex::encode(log.operator.as_bytes()),
         namespace: ns,
     }))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    Bundle,
-    Membership,
-    Evidence,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EntryResponse {
-    pub index: u64,
-    pub kind: EntryKind,
-    /// The bundle's epoch (bundles only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u64>,
-    #[serde(
-        default,
-        with = "bkv_transparency::b64::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bundle: Option<Vec<u8>>,
-    /// The membership record (membership entries only).
-    #[serde(
-        default,
-        with = "bkv_transparency::b64::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub record: Option<Vec<u8>>,
-    /// The evidence file (evidence entries only).
-    #[serde(
-        default,
-        with = "bkv_transparency::b64::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub evidence: Option<Vec<u8>>,
-    #[serde(with = "bkv_transparency::b64")]
-    pub auditor_signature: Vec<u8>,
-    /// Bundles: the operator's counter-signature (once given). Membership
-    /// records: the operator's signature over the append request.
-    #[serde(default, with = "bkv_transparency::b64::opt")]
-    pub operator_signature: Option<Vec<u8>>,
 }
 
 pub(crate) fn entry_response(a: &Auditor, ns: &str, index: u64) -> Result<EntryResponse, ApiError> {
@@ -213,18 +157,6 @@ pub(crate) async fn checkpoint(
         .into_response())
 }
 
-#[derive(Deserialize)]
-pub(crate) struct InclusionQuery {
-    pub(crate) index: u64,
-    pub(crate) size: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct ProofResponse {
-    #[serde(with = "bkv_transparency::b64::hashes")]
-    pub proof: Vec<Hash>,
-}
-
 pub(crate) fn query_err(e: axum::extract::rejection::QueryRejection) -> ApiError {
     bad("bad_query", e.body_text())
 }
@@ -243,12 +175,6 @@ pub(crate) async fn inclusion(
     Ok(Json(ProofResponse {
         proof: merkle::inclusion_proof(q.index as usize, &log.leaves[..q.size as usize]),
     }))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ConsistencyQuery {
-    pub(crate) from: u64,
-    pub(crate) to: u64,
 }
 
 pub(crate) async fn consistency(

@@ -107,7 +107,9 @@ async fn dev_token(
     })?;
     let resp = http
         .post(&url)
-        .json(&serde_json::json!({ "user": user }))
+        .json(&bkv_api::frontend::DevTokenRequest {
+            user: user.to_owned(),
+        })
         .send()
         .await
         .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
@@ -115,11 +117,9 @@ async fn dev_token(
         return Err(anyhow!("token endpoint refused: {}", resp.status()));
     }
     let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).context("token endpoint answer")?;
-    Ok(v.get("token")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| anyhow!("token endpoint sent no token"))?
-        .to_owned())
+    let t: bkv_api::frontend::DevTokenResponse =
+        serde_json::from_slice(&body).context("token endpoint answer")?;
+    Ok(t.token)
 }
 
 /// Connects `user` to the fleet `verified` already reached for another user of the same config

@@ -6,7 +6,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub(crate) fn authenticate(
@@ -33,16 +32,7 @@ pub(crate) fn authenticate(
     Ok(claims.sub)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DevTokenRequest {
-    pub user: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DevTokenResponse {
-    pub token: String,
-    pub expires_at: u64,
-}
+pub use bkv_api::frontend::{DevTokenRequest, DevTokenResponse};
 
 pub(crate) async fn dev_token(
     State(state): State<Arc<AppState>>,

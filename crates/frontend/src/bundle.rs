@@ -4,6 +4,7 @@ use crate::*;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use bkv_api::auditor::{EntryResponse, ProofResponse as Proof};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -106,7 +107,7 @@ pub(crate) async fn bundle(
     let bad_gateway = |m: &str| ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", m.to_owned());
     // The newest bundle first, then a checkpoint (which covers it: the log
     // only grows). Membership records share the log; they are not bundles.
-    let entry: serde_json::Value = match auditor_json(&state, "/bundles/latest").await {
+    let entry: EntryResponse = match auditor_json(&state, "/bundles/latest").await {
         Err(e) if e.code == "auditor_not_found" => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -116,10 +117,7 @@ pub(crate) async fn bundle(
         }
         r => r?,
     };
-    let index = entry
-        .get("index")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| bad_gateway("auditor entry has no index"))?;
+    let index = entry.index;
     let note = String::from_utf8(auditor_body(&state, "/checkpoint").await?)
         .map_err(|_| bad_gateway("auditor checkpoint is not UTF-8"))?;
     let text = note.split("\n\n").next().unwrap_or_default();
@@ -130,25 +128,13 @@ pub(crate) async fn bundle(
             "auditor checkpoint does not cover its newest bundle",
         ));
     }
-    let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let b64 = |k: &str| -> Result<Vec<u8>, ApiError> {
-        use base64::Engine;
-        let s = field(k).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_countersigned",
-                format!("latest bundle has no {k} yet"),
-            )
-        })?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|_| bad_gateway("auditor entry encoding"))
+    let not_countersigned = |k: &str| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_countersigned",
+            format!("latest bundle has no {k} yet"),
+        )
     };
-    #[derive(Deserialize)]
-    struct Proof {
-        #[serde(with = "bkv_transparency::b64::hashes")]
-        proof: Vec<[u8; 32]>,
-    }
     let inclusion: Proof = auditor_json(
         &state,
         &format!("/proof/inclusion?index={index}&size={}", cp.size),
@@ -164,12 +150,14 @@ pub(crate) async fn bundle(
     } else {
         Vec::new()
     };
-    let bundle = b64("bundle")?;
+    let bundle = entry.bundle.ok_or_else(|| not_countersigned("bundle"))?;
     let previous_proofs = previous_proofs(&state, &bundle, index, cp.size).await?;
     Ok(Json(bkv_transparency::bundle::BundlePackage {
         bundle,
-        auditor_signature: b64("auditor_signature")?,
-        operator_signature: b64("operator_signature")?,
+        auditor_signature: entry.auditor_signature,
+        operator_signature: entry
+            .operator_signature
+            .ok_or_else(|| not_countersigned("operator_signature"))?,
         leaf_index: index,
         checkpoint: note,
         inclusion_proof: inclusion.proof,
@@ -207,23 +195,16 @@ async fn previous_proofs(
     for p in &bundle.previous {
         let lowest = bundle.epoch.saturating_sub(PROOF_LOOKBACK).max(1);
         for epoch in (lowest..bundle.epoch).rev() {
-            let entry: serde_json::Value =
-                match auditor_json(state, &format!("/epochs/{epoch}")).await {
-                    Err(e) if e.code == "auditor_not_found" => continue,
-                    r => r?,
-                };
-            let bytes = |k: &str| {
-                use base64::Engine;
-                entry
-                    .get(k)
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            let entry: EntryResponse = match auditor_json(state, &format!("/epochs/{epoch}")).await
+            {
+                Err(e) if e.code == "auditor_not_found" => continue,
+                r => r?,
             };
-            let (Some(b), Some(a), Some(o), Some(i)) = (
-                bytes("bundle"),
-                bytes("auditor_signature"),
-                bytes("operator_signature"),
-                entry.get("index").and_then(|v| v.as_u64()),
+            let (Some(b), a, Some(o), i) = (
+                entry.bundle,
+                entry.auditor_signature,
+                entry.operator_signature,
+                entry.index,
             ) else {
                 continue;
             };
@@ -232,11 +213,6 @@ async fn previous_proofs(
             };
             if earlier.fleet_id != p.fleet_id || earlier.noise_key() != p.noise_key() {
                 continue;
-            }
-            #[derive(Deserialize)]
-            struct Proof {
-                #[serde(with = "bkv_transparency::b64::hashes")]
-                proof: Vec<[u8; 32]>,
             }
             let inclusion: Proof =
                 auditor_json(state, &format!("/proof/inclusion?index={i}&size={size}")).await?;

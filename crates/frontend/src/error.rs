@@ -4,13 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bkv_wire::node::NodeError;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
-}
+pub use bkv_api::auditor::ErrorBody;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -246,15 +246,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         let signed = bkv_hsm_node::platform_statement(&args.data_dir(), &platform, &core)?;
         let s = bkv_transparency::membership::verify_statement(&signed)
             .map_err(|e| anyhow::anyhow!("own statement: {e}"))?;
-        let out = serde_json::json!({
-            "identity_key": hex::encode(s.identity_key),
-            "signing_key": hex::encode(s.signing_key),
-            "platform": s.platform.kind.name(),
-            "token": s.platform.token,
-            "binary_sha256": hex::encode(s.binary_sha256),
-            "signed_statement": hex::encode(bkv_wire::encode(&signed)),
-        });
-        println!("{out}");
+        let out = bkv_api::statement::PrintedStatement {
+            identity_key: hex::encode(s.identity_key),
+            signing_key: hex::encode(s.signing_key),
+            platform: s.platform.kind.name().into(),
+            token: s.platform.token,
+            binary_sha256: hex::encode(s.binary_sha256),
+            signed_statement: hex::encode(bkv_wire::encode(&signed)),
+        };
+        println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     let node = Arc::new(

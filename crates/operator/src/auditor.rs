@@ -1,34 +1,17 @@
 //! Publishing to the independent auditor as a namespace's operator.
 
 use crate::{OperatorError, Result};
+use bkv_api::auditor::{
+    AppendEvidenceRequest, AppendRecordRequest, AppendRequest, AppendResponse as Appended,
+    CountersignRequest, KeyInfo, ProofResponse as Proof,
+};
 use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::membership::{self as m, MembershipRecord};
-use bkv_transparency::merkle::Hash;
 use bkv_transparency::note::Checkpoint;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use serde::Deserialize;
 
 /// Largest auditor answer read (entries and proofs are a few KiB).
 const MAX_AUDITOR_BODY: usize = 1024 * 1024;
-
-#[derive(Deserialize)]
-struct KeyInfo {
-    name: String,
-    public_key: String,
-}
-
-#[derive(Deserialize)]
-struct Proof {
-    #[serde(with = "bkv_transparency::b64::hashes")]
-    proof: Vec<Hash>,
-}
-
-#[derive(Deserialize)]
-struct Appended {
-    index: u64,
-    #[serde(with = "bkv_transparency::b64")]
-    auditor_signature: Vec<u8>,
-}
 
 fn err(url: &str, message: impl std::fmt::Display) -> OperatorError {
     OperatorError::Auditor {
@@ -86,10 +69,14 @@ impl AuditorClient<'_> {
         let bytes = b.encode();
         let base = format!("{}/v1/logs/{}", self.root(), b.namespace);
         let url = format!("{base}/entries");
-        let req = serde_json::json!({
-            "bundle": b64(&bytes),
-            "operator_signature": b64(&self.operator.sign(&bundle::append_message(&bytes)).to_bytes()),
-        });
+        let req = AppendRequest {
+            operator_signature: self
+                .operator
+                .sign(&bundle::append_message(&bytes))
+                .to_bytes()
+                .to_vec(),
+            bundle: bytes.clone(),
+        };
         let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
         let asig: [u8; 64] = a
             .auditor_signature
@@ -110,7 +97,9 @@ impl AuditorClient<'_> {
         let r = self
             .http
             .post(&url)
-            .json(&serde_json::json!({ "operator_signature": b64(&osig) }))
+            .json(&CountersignRequest {
+                operator_signature: osig.to_vec(),
+            })
             .send()
             .await
             .map_err(|e| err(&url, e))?;
@@ -125,10 +114,14 @@ impl AuditorClient<'_> {
         let bytes = record.encode();
         let base = format!("{}/v1/logs/{}", self.root(), record.namespace);
         let url = format!("{base}/records");
-        let req = serde_json::json!({
-            "record": b64(&bytes),
-            "operator_signature": b64(&self.operator.sign(&m::append_record_message(&bytes)).to_bytes()),
-        });
+        let req = AppendRecordRequest {
+            operator_signature: self
+                .operator
+                .sign(&m::append_record_message(&bytes))
+                .to_bytes()
+                .to_vec(),
+            record: bytes.clone(),
+        };
         let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
         let (name, akey) = self.key().await?;
         let d = m::record_digest(&bytes);
@@ -161,10 +154,14 @@ impl AuditorClient<'_> {
     pub async fn log_evidence(&self, namespace: &str, evidence: &[u8]) -> Result<u64> {
         use bkv_transparency::evidence as ev;
         let url = format!("{}/v1/logs/{namespace}/evidence", self.root());
-        let req = serde_json::json!({
-            "evidence": b64(evidence),
-            "operator_signature": b64(&self.operator.sign(&ev::append_message(evidence)).to_bytes()),
-        });
+        let req = AppendEvidenceRequest {
+            evidence: evidence.to_vec(),
+            operator_signature: self
+                .operator
+                .sign(&ev::append_message(evidence))
+                .to_bytes()
+                .to_vec(),
+        };
         let a: Appended = send_json(&url, self.http.post(&url).json(&req)).await?;
         let (_, akey) = self.key().await?;
         if !bundle::verify_sig(
@@ -176,9 +173,4 @@ impl AuditorClient<'_> {
         }
         Ok(a.index)
     }
-}
-
-fn b64(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 pub type Hash = [u8; 32];
 
 /// Largest proof accepted by verifiers: a tree of 2^64 leaves needs at most 64.
-pub const MAX_PROOF_LEN: usize = 64;
+pub const MAX_PROOF_LEN: usize = bkv_api::b64::MAX_PROOF_LEN;
 
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut h = Sha256::new();

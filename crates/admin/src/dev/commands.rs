@@ -64,7 +64,7 @@ pub async fn ceremony(dir: &Path, n: usize) -> anyhow::Result<()> {
     if dirs.iter().any(|i| *i >= 9) {
         bail!("a dev deployment holds at most 9 nodes in all");
     }
-    let key_info: serde_json::Value = d
+    let key_info: bkv_api::auditor::KeyInfo = d
         .operator
         .http
         .get(format!("{}/v1/key", d.operator.auditor_url))
@@ -73,9 +73,7 @@ pub async fn ceremony(dir: &Path, n: usize) -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    let verifier = key_info["verifier_key"]
-        .as_str()
-        .ok_or_else(|| anyhow!("the auditor sent no verifier key"))?;
+    let verifier = key_info.verifier_key.as_str();
     // Records of the active fleets may move to the new one: it pins their move keys, which
     // their nodes state in their signed fleet statements.
     let mut predecessors = Vec::new();

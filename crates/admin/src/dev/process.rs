@@ -251,7 +251,8 @@ pub(crate) fn print_statement(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let bytes = hex::decode(v["signed_statement"].as_str().unwrap_or_default())?;
+    let printed: bkv_api::statement::PrintedStatement = serde_json::from_slice(&out.stdout)
+        .context("bkv-hsm --print-statement printed something else")?;
+    let bytes = hex::decode(&printed.signed_statement)?;
     Ok(bkv_wire::decode(&bytes, bkv_wire::admin::MAX_ADMIN_FRAME)?)
 }

@@ -17,35 +17,12 @@ use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::merkle::{self, Hash};
 use bkv_transparency::note::Checkpoint;
 use ed25519_dalek::VerifyingKey;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Deserialize)]
-struct KeyInfo {
-    name: String,
-    public_key: String,
-}
+use bkv_api::auditor::{KeyInfo, ProofResponse as Proof};
 
-/// A log entry as the auditor serves it: a bundle or a membership record.
-#[derive(Clone, Deserialize)]
-pub struct Entry {
-    index: u64,
-    #[serde(default, with = "bkv_transparency::b64::opt")]
-    bundle: Option<Vec<u8>>,
-    #[serde(default, with = "bkv_transparency::b64::opt")]
-    record: Option<Vec<u8>>,
-    #[serde(default, with = "bkv_transparency::b64::opt")]
-    evidence: Option<Vec<u8>>,
-    #[serde(with = "bkv_transparency::b64")]
-    auditor_signature: Vec<u8>,
-    #[serde(default, with = "bkv_transparency::b64::opt")]
-    operator_signature: Option<Vec<u8>>,
-}
-
-#[derive(Deserialize)]
-struct Proof {
-    #[serde(with = "bkv_transparency::b64::hashes")]
-    proof: Vec<Hash>,
-}
+/// A log entry as the auditor serves it: a bundle, a membership record or evidence.
+pub type Entry = bkv_api::auditor::EntryResponse;
 
 /// Largest auditor answer read (entries and proofs are a few KiB).
 const MAX_AUDITOR_BODY: usize = 1024 * 1024;

@@ -32,6 +32,8 @@ fn snapshot(a: &SigningKey, o: &SigningKey, bundles: &[Bundle]) -> Snapshot {
         )));
         entries.push(Entry {
             index: i as u64,
+            kind: bkv_api::auditor::EntryKind::Bundle,
+            epoch: Some(b.epoch),
             bundle: Some(bytes),
             record: None,
             evidence: None,

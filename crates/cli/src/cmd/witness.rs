@@ -161,17 +161,13 @@ async fn cosign_checkpoint(
         );
     }
     if last.size > 0 {
-        #[derive(serde::Deserialize)]
-        struct Proof {
-            #[serde(with = "bkv_transparency::b64::hashes")]
-            proof: Vec<[u8; 32]>,
-        }
         let body = get(
             http,
             &format!("{base}/proof/consistency?from={}&to={}", last.size, cp.size),
         )
         .await?;
-        let p: Proof = serde_json::from_slice(&body).context("consistency proof")?;
+        let p: bkv_api::auditor::ProofResponse =
+            serde_json::from_slice(&body).context("consistency proof")?;
         if !merkle::verify_consistency(last.size, cp.size, &last_root, &cp.root, &p.proof) {
             bail!(
                 "the auditor's checkpoint of size {} is not consistent with the one of size {} this witness cosigned: a forked or rewritten log; refusing to cosign",
