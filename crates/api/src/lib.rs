@@ -8,6 +8,7 @@
 pub mod auditor;
 pub mod b64;
 pub mod frontend;
+pub mod passkeys;
 pub mod statement;
 
 #[cfg(test)]

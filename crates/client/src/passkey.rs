@@ -18,7 +18,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -87,34 +86,19 @@ pub async fn grant_from_session(endpoint: &Endpoint, session_id: &str) -> Result
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
-    #[derive(Deserialize)]
-    struct G {
-        grant: String,
-    }
-    let g: G = parse(&read_limited(resp, MAX_RP_BODY).await?, "grant")?;
+    let g: api::Grant = parse(&read_limited(resp, MAX_RP_BODY).await?, "grant")?;
     Ok(Some(Grant(SecretString::from(g.grant))))
 }
 
-#[derive(Deserialize)]
-struct Started {
-    ceremony: String,
-    options: Value,
-}
+use bkv_api::passkeys as api;
+type Started = api::Started<Value>;
 
-#[derive(Deserialize)]
-struct Finished {
-    credential_id: String,
-    rp_share: String,
-    #[serde(default)]
-    grant: Option<String>,
-}
-
-async fn rp_post(endpoint: &Endpoint, path: &str, body: Value) -> Result<Vec<u8>> {
+async fn rp_post(endpoint: &Endpoint, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>> {
     let resp = endpoint
         .http
         .post(url(endpoint, path))
         .bearer_auth(endpoint.token.expose_secret())
-        .json(&body)
+        .json(body)
         .send()
         .await
         .map_err(http_err)?;
@@ -129,7 +113,7 @@ fn parse<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
 }
 
 fn finished(b: &[u8]) -> Result<RpResult> {
-    let f: Finished = parse(b, "passkey ceremony result")?;
+    let f: api::Finished = parse(b, "passkey ceremony result")?;
     let credential_id = B64URL
         .decode(&f.credential_id)
         .map_err(|_| ClientError::Protocol("credential id is not base64url".into()))?;
@@ -195,12 +179,11 @@ pub async fn register(
     salt: &[u8; 32],
     grant: Option<&Grant>,
 ) -> Result<(RpResult, Zeroizing<[u8; 32]>)> {
-    let body = match grant {
-        Some(g) => json!({ "grant": g.expose() }),
-        None => json!({}),
+    let body = api::RegisterStartBody {
+        grant: grant.map(|g| g.expose().to_owned()),
     };
     let started: Started = parse(
-        &rp_post(endpoint, "/v1/passkeys/registrations", body).await?,
+        &rp_post(endpoint, "/v1/passkeys/registrations", &body).await?,
         "passkey registration options",
     )?;
     let options = with_prf(started.options, salt)?;
@@ -211,7 +194,7 @@ pub async fn register(
     let prf_at_create = prf_output(&credential);
     strip_prf(&mut credential);
     let path = format!("/v1/passkeys/registrations/{}", started.ceremony);
-    let rp = finished(&rp_post(endpoint, &path, json!({ "credential": credential })).await?)?;
+    let rp = finished(&rp_post(endpoint, &path, &api::CredentialBody { credential }).await?)?;
     // Authenticators without PRF-at-create answer on the first assertion.
     let prf = match prf_at_create {
         Some(p) => p,
@@ -236,7 +219,9 @@ pub async fn assert(
         &rp_post(
             endpoint,
             "/v1/passkeys/assertions",
-            json!({ "credential_id": B64URL.encode(credential_id) }),
+            &api::AssertStartBody {
+                credential_id: B64URL.encode(credential_id),
+            },
         )
         .await?,
         "passkey assertion options",
@@ -249,7 +234,7 @@ pub async fn assert(
     let prf = prf_output(&credential).ok_or(ClientError::Passkey(PasskeyError::NoPrf))?;
     strip_prf(&mut credential);
     let path = format!("/v1/passkeys/assertions/{}", started.ceremony);
-    let rp = finished(&rp_post(endpoint, &path, json!({ "credential": credential })).await?)?;
+    let rp = finished(&rp_post(endpoint, &path, &api::CredentialBody { credential }).await?)?;
     Ok((rp, prf))
 }
 
@@ -286,15 +271,7 @@ pub async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
-    #[derive(Deserialize)]
-    struct Entry {
-        credential_id: String,
-    }
-    #[derive(Deserialize)]
-    struct Listed {
-        passkeys: Vec<Entry>,
-    }
-    let l: Listed = parse(&read_limited(resp, MAX_RP_BODY).await?, "passkey list")?;
+    let l: api::PasskeyList = parse(&read_limited(resp, MAX_RP_BODY).await?, "passkey list")?;
     Ok(l.passkeys.into_iter().map(|e| e.credential_id).collect())
 }
 

@@ -78,19 +78,11 @@ pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
-    let code = parsed
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned();
-    let message = parsed
-        .as_ref()
-        .and_then(|v| v.get("message"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| body.chars().take(200).collect());
+    // A body that is not the error body (a proxy's page): its start as the message.
+    let (code, message) = match serde_json::from_str::<bkv_api::auditor::ErrorBody>(&body) {
+        Ok(e) => (e.error, e.message),
+        Err(_) => (String::new(), body.chars().take(200).collect()),
+    };
     match code.as_str() {
         "handshake_failed" => ClientError::FleetKeyRejected,
         "fleet_retired" => ClientError::FleetRetired,

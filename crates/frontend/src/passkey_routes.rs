@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bkv_wire::node::{NodeRequest, NodeResponse};
-use serde::Deserialize;
 use std::sync::Arc;
 
 pub(crate) fn relying_party(state: &AppState) -> Result<&passkeys::RelyingParty, ApiError> {
@@ -25,22 +24,7 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}")))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct CredentialBody<T> {
-    pub(crate) credential: T,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct AssertStartBody {
-    pub(crate) credential_id: String,
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct RegisterStartBody {
-    /// Needed once the user has a passkey (see [`passkeys`]).
-    #[serde(default)]
-    pub(crate) grant: Option<String>,
-}
+pub(crate) use bkv_api::passkeys::{AssertStartBody, CredentialBody, RegisterStartBody};
 
 pub(crate) fn grant_header(headers: &HeaderMap) -> Option<&str> {
     headers.get(GRANT_HEADER).and_then(|v| v.to_str().ok())
@@ -86,9 +70,10 @@ pub(crate) async fn passkeys_grant(
         user_id: user.clone(),
     };
     match node_call(&state, node, &req).await? {
-        NodeResponse::LoginChecked { logged_in: true } => Ok(Json(
-            serde_json::json!({ "grant": rp.issue_grant(&user)?, "expires_in": passkeys::GRANT_TTL.as_secs() }),
-        )
+        NodeResponse::LoginChecked { logged_in: true } => Ok(Json(bkv_api::passkeys::Grant {
+            grant: rp.issue_grant(&user)?,
+            expires_in: passkeys::GRANT_TTL.as_secs(),
+        })
         .into_response()),
         NodeResponse::LoginChecked { logged_in: false } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -140,7 +125,7 @@ pub(crate) async fn passkeys_list(
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Message)?;
     let list = relying_party(&state)?.list(&user)?;
-    Ok(Json(serde_json::json!({ "passkeys": list })).into_response())
+    Ok(Json(bkv_api::passkeys::PasskeyList { passkeys: list }).into_response())
 }
 
 pub(crate) async fn passkeys_delete(
@@ -166,5 +151,5 @@ pub(crate) async fn passkeys_delete_all(
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, Budget::Message)?;
     let n = relying_party(&state)?.delete(&user, None, grant_header(&headers))?;
-    Ok(Json(serde_json::json!({ "deleted": n })).into_response())
+    Ok(Json(bkv_api::passkeys::Deleted { deleted: n as u64 }).into_response())
 }

@@ -143,27 +143,7 @@ fn user_uuid(user: &str) -> Uuid {
     Uuid::from_bytes(b)
 }
 
-#[derive(Serialize)]
-pub struct Started<T> {
-    pub ceremony: String,
-    pub options: T,
-}
-
-#[derive(Serialize)]
-pub struct Finished {
-    pub credential_id: String,
-    pub rp_share: String,
-    /// Set after an assertion: proof of this protector for deletions and
-    /// further registrations (see [`GRANT_TTL`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct Listed {
-    pub credential_id: String,
-    pub created_unix: u64,
-}
+pub use bkv_api::passkeys::{Finished, PasskeyEntry as Listed, Started};
 
 impl RelyingParty {
     pub fn open(config: &PasskeyConfig) -> Result<Self, PasskeyStoreError> {
