@@ -314,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| ClientError::Unavailable(format!("frontend: {e}")))?;
             let body = bkv_client::session::read_limited(resp, 256 * 1024).await?;
-            let v: serde_json::Value =
+            let v: bkv_api::frontend::FleetStatusView =
                 serde_json::from_slice(&body).context("fleet status answer")?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())

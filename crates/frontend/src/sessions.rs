@@ -8,15 +8,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bkv_wire::node::{NodeError, NodeRequest, NodeResponse};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FleetInfo {
-    pub fleet_id: String,
-    pub noise_public_key: String,
-}
+pub use bkv_api::frontend::FleetInfo;
+use bkv_api::frontend::{FleetStatusView, NodeStatusRow, NodeView};
 
 /// Informational only: clients must pin the fleet key from their config (or a
 /// verified bundle), never from this answer.
@@ -37,7 +33,7 @@ pub(crate) async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<Fle
 }
 
 /// Each node's view of the replicated fleet (`bkv-admin fleet status`).
-pub(crate) async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+pub(crate) async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<FleetStatusView> {
     let mut nodes = Vec::new();
     let mut leader = None;
     let mut term = 0;
@@ -47,25 +43,38 @@ pub(crate) async fn fleet_status(State(state): State<Arc<AppState>>) -> Json<ser
             node_call(&state, i, &NodeRequest::FleetStatus),
         )
         .await;
-        match r {
+        let view = match r {
             Ok(Ok(NodeResponse::FleetStatus(s))) => {
                 if s.term >= term {
                     term = s.term;
                     leader = s.leader.or(leader);
                 }
-                nodes.push(serde_json::json!({
-                    "index": i, "fleet_id": fleet_id, "addr": addr.to_string(), "reachable": true,
-                    "node_id": s.node_id, "role": s.role, "leader": s.leader, "term": s.term,
-                    "last_log_index": s.last_log_index, "applied_index": s.applied_index,
-                    "voters": s.voters, "learners": s.learners,
-                }))
+                Some(NodeView {
+                    node_id: s.node_id,
+                    role: s.role,
+                    leader: s.leader,
+                    term: s.term,
+                    last_log_index: s.last_log_index,
+                    applied_index: s.applied_index,
+                    voters: s.voters,
+                    learners: s.learners,
+                })
             }
-            _ => nodes.push(serde_json::json!({
-                "index": i, "fleet_id": fleet_id, "addr": addr.to_string(), "reachable": false,
-            })),
-        }
+            _ => None,
+        };
+        nodes.push(NodeStatusRow {
+            index: i as u64,
+            fleet_id,
+            addr: addr.to_string(),
+            reachable: view.is_some(),
+            view,
+        });
     }
-    Json(serde_json::json!({ "nodes": nodes, "leader": leader, "term": term }))
+    Json(FleetStatusView {
+        nodes,
+        leader,
+        term,
+    })
 }
 
 pub(crate) async fn open_session(
