@@ -38,7 +38,7 @@ mod links;
 mod start;
 pub use core_link::CoreMode;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
-use start::{lock_data_dir, private_dir, DirLock};
+use start::{found, join_secrets, lock_data_dir, private_dir, DirLock};
 pub use start::{parse_predecessor, Member, NodeConfig, NodeStartError, StartMode};
 
 use bkv_core_service::client::{unexpected, CoreHandle};
@@ -48,9 +48,8 @@ use bkv_hsm_core::{Outcome, Step};
 use bkv_hsm_platform::PlatformConfig;
 use bkv_wire::admin::{AdminError, AdminRequest, AdminResponse, MembersView, SignedAdminCommand};
 use bkv_wire::node::{NodeError, NodeInfo, NodeRequest, NodeResponse};
-use replication::fleet::{fetch_secrets, Fleet, FleetOptions};
+use replication::fleet::{Fleet, FleetOptions};
 use replication::network::LinkIdentity;
-use replication::PeerNode;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -523,72 +522,6 @@ impl Node {
             "the command committed, but the Raft membership did not follow yet ({last}); \
              the leader keeps retrying"
         )))
-    }
-}
-
-/// Forms the fleet on its founding node: a one-member Raft membership and
-/// the founding member's record (its statement) in the replicated state.
-/// Idempotent, so a founder that crashed half-way finishes on restart.
-async fn found(
-    fleet: &Fleet,
-    core: &Mutex<CoreHandle>,
-    node_id: u64,
-    peer_addr: &str,
-    identity: [u8; 32],
-) -> Result<(), NodeStartError> {
-    if !fleet.initialized() {
-        let me = PeerNode {
-            addr: peer_addr.to_owned(),
-            identity,
-        };
-        fleet
-            .initialize([(node_id, me)].into_iter().collect())
-            .await?;
-    }
-    fleet.read_barrier().await?;
-    let submitted = {
-        let mut core = core
-            .lock()
-            .map_err(|_| NodeStartError::Founding("core lock poisoned".into()))?;
-        if !core_link::members(&mut core)?.nodes.is_empty() {
-            return Ok(());
-        }
-        let (entry, mut turn) = match core.call_ordered(Request::FoundEntry {
-            node_id,
-            addr: peer_addr.to_owned(),
-        })? {
-            (Reply::Entry(e), turn) => (e, turn),
-            (r, _) => return Err(unexpected(r).into()),
-        };
-        if let Some(t) = turn.as_mut() {
-            t.reach();
-        }
-        let submitted = fleet.submit(entry);
-        drop(turn);
-        submitted
-    };
-    match fleet.wait(submitted).await {
-        Ok(Outcome::Founded) => Ok(()),
-        Ok(o) => Err(NodeStartError::Founding(format!("{o:?}"))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Asks members for the fleet secrets until one answers (the operator may
-/// still be admitting this node): they come encrypted to this node's identity, which only the
-/// core can open.
-async fn join_secrets(me: &LinkIdentity, peers: &[PeerNode]) -> Result<Vec<u8>, NodeStartError> {
-    let mut tries = 0;
-    loop {
-        match fetch_secrets(me, peers).await {
-            Ok(envelope) => return Ok(envelope),
-            Err(e) if tries < 60 => {
-                tries += 1;
-                tracing::info!(error = %e, "waiting to be admitted and sent the fleet secrets");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 

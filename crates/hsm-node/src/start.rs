@@ -1,11 +1,20 @@
-//! What a node is started with ([`NodeConfig`], [`StartMode`], the members it joins) and why a
-//! start fails ([`NodeStartError`]); split from `lib.rs`.
+//! What a node is started with ([`NodeConfig`], [`StartMode`], the members it joins), why a
+//! start fails ([`NodeStartError`]), and the two start-up steps that talk to the fleet
+//! (founding it, and waiting for the fleet secrets); split from `lib.rs`.
 
+use crate::core_link;
+use crate::replication::fleet::{fetch_secrets, Fleet};
+use crate::replication::network::LinkIdentity;
 use crate::replication::{self, PeerNode};
 use crate::store;
+use bkv_core_service::client::{unexpected, CoreHandle};
+use bkv_core_service::protocol::{Reply, Request};
 use bkv_hsm_core::FleetTrust;
+use bkv_hsm_core::Outcome;
 use bkv_hsm_platform::PlatformConfig;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -158,4 +167,73 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), NodeStartError> {
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Forms the fleet on its founding node: a one-member Raft membership and
+/// the founding member's record (its statement) in the replicated state.
+/// Idempotent, so a founder that crashed half-way finishes on restart.
+pub(crate) async fn found(
+    fleet: &Fleet,
+    core: &Mutex<CoreHandle>,
+    node_id: u64,
+    peer_addr: &str,
+    identity: [u8; 32],
+) -> Result<(), NodeStartError> {
+    if !fleet.initialized() {
+        let me = PeerNode {
+            addr: peer_addr.to_owned(),
+            identity,
+        };
+        fleet
+            .initialize([(node_id, me)].into_iter().collect())
+            .await?;
+    }
+    fleet.read_barrier().await?;
+    let submitted = {
+        let mut core = core
+            .lock()
+            .map_err(|_| NodeStartError::Founding("core lock poisoned".into()))?;
+        if !core_link::members(&mut core)?.nodes.is_empty() {
+            return Ok(());
+        }
+        let (entry, mut turn) = match core.call_ordered(Request::FoundEntry {
+            node_id,
+            addr: peer_addr.to_owned(),
+        })? {
+            (Reply::Entry(e), turn) => (e, turn),
+            (r, _) => return Err(unexpected(r).into()),
+        };
+        if let Some(t) = turn.as_mut() {
+            t.reach();
+        }
+        let submitted = fleet.submit(entry);
+        drop(turn);
+        submitted
+    };
+    match fleet.wait(submitted).await {
+        Ok(Outcome::Founded) => Ok(()),
+        Ok(o) => Err(NodeStartError::Founding(format!("{o:?}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks members for the fleet secrets until one answers (the operator may
+/// still be admitting this node): they come encrypted to this node's identity, which only the
+/// core can open.
+pub(crate) async fn join_secrets(
+    me: &LinkIdentity,
+    peers: &[PeerNode],
+) -> Result<Vec<u8>, NodeStartError> {
+    let mut tries = 0;
+    loop {
+        match fetch_secrets(me, peers).await {
+            Ok(envelope) => return Ok(envelope),
+            Err(e) if tries < 60 => {
+                tries += 1;
+                tracing::info!(error = %e, "waiting to be admitted and sent the fleet secrets");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
