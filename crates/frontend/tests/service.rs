@@ -453,9 +453,9 @@ fn a_busy_node_sends_the_session_to_another_node() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (status, session) = rt.block_on(async {
         let http = reqwest::Client::new();
-        let t: serde_json::Value = http
+        let t: bkv_api::frontend::DevTokenResponse = http
             .post(format!("{}/v1/dev/token", f.url))
-            .json(&serde_json::json!({ "user": "ann" }))
+            .json(&bkv_api::frontend::DevTokenRequest { user: "ann".into() })
             .send()
             .await
             .unwrap()
@@ -464,7 +464,7 @@ fn a_busy_node_sends_the_session_to_another_node() {
             .unwrap();
         let r = http
             .post(format!("{}/v1/sessions", f.url))
-            .bearer_auth(t["token"].as_str().unwrap())
+            .bearer_auth(&t.token)
             .body(vec![0u8; 48])
             .send()
             .await

@@ -32,16 +32,18 @@ fn http_from(from: Ipv4Addr) -> reqwest::Client {
 }
 
 pub(crate) async fn dev_token(http: &reqwest::Client, url: &str, user: &str) -> String {
-    let v: serde_json::Value = http
+    let t: bkv_api::frontend::DevTokenResponse = http
         .post(format!("{url}/v1/dev/token"))
-        .json(&serde_json::json!({ "user": user }))
+        .json(&bkv_api::frontend::DevTokenRequest {
+            user: user.to_owned(),
+        })
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    v["token"].as_str().unwrap().to_owned()
+    t.token
 }
 
 /// An endpoint for `user` on the deployment's default fleet (key from

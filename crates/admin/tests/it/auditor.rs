@@ -139,8 +139,9 @@ fn free_addr() -> String {
 /// `bkv audit log`, pinning the auditor's key as served by `GET /v1/key` (what an app pins)
 /// unless `extra` pins one.
 fn audit(url: &str, op: &SigningKey, extra: &[&str]) -> std::process::Output {
-    let key: serde_json::Value = serde_json::from_str(&http(url, "GET", "/v1/key", "").1).unwrap();
-    let pinned = key["public_key"].as_str().unwrap().to_owned();
+    let key: bkv_api::auditor::KeyInfo =
+        serde_json::from_str(&http(url, "GET", "/v1/key", "").1).unwrap();
+    let pinned = key.public_key;
     let mut cmd = Command::new(bkv_bin());
     cmd.args([
         "audit",
@@ -335,11 +336,11 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
     let t = tempfile::tempdir().unwrap();
     let op = SigningKey::from_bytes(&[4; 32]);
     let a = start_auditor(t.path(), "127.0.0.1:0", &op);
-    let key: serde_json::Value =
+    let key: bkv_api::auditor::KeyInfo =
         serde_json::from_str(&http(&a.url, "GET", "/v1/key", "").1).unwrap();
-    let verifier = key["verifier_key"].as_str().unwrap().to_owned();
+    let verifier = key.verifier_key;
     // The bare hex key (as client.toml pins it) works as well as the verifier key.
-    let hex_key = key["public_key"].as_str().unwrap().to_owned();
+    let hex_key = key.public_key;
     let (wkey, state) = (t.path().join("w.key"), t.path().join("w-state.json"));
     let o = Command::new(bkv_bin())
         .args(["witness", "key", "--key"])

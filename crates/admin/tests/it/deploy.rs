@@ -181,9 +181,9 @@ fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_met
     let auditor_url = field(&line, "url").unwrap();
     let auditor_key = field(&line, "key").unwrap();
     assert!(auditor_url.starts_with("https://"), "{line}");
-    let key: serde_json::Value =
+    let key: bkv_api::auditor::KeyInfo =
         serde_json::from_str(&get(&format!("{auditor_url}/v1/key"), ca).1).unwrap();
-    let verifier = key["verifier_key"].as_str().unwrap().to_owned();
+    let verifier = key.verifier_key;
 
     // Three nodes: configs, then their platform statements.
     let nodes: Vec<Node> = (0..3)

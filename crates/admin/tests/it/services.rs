@@ -174,7 +174,7 @@ fn the_services_run_from_config_files_and_readiness_follows_the_fleet() {
     let (auditor, line) = start(bkv_bin().with_file_name("bkv-auditor"), "auditor.toml", &[]);
     procs.0.push(auditor);
     let auditor_url = field(&line, "url").unwrap();
-    let key: serde_json::Value =
+    let key: bkv_api::auditor::KeyInfo =
         serde_json::from_str(&get(&format!("{auditor_url}/v1/key"), None).unwrap().1).unwrap();
     std::fs::write(
         d.join("node.toml"),
@@ -182,7 +182,7 @@ fn the_services_run_from_config_files_and_readiness_follows_the_fleet() {
             "data_dir = \"node\"\n[listen]\nrelay = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
              peer = \"127.0.0.1:0\"\n[fleet]\nfound = true\noperator_key = \"{op_hex}\"\n\
              auditor_key = \"{}\"\nnamespace = \"app\"\n",
-            key["verifier_key"].as_str().unwrap()
+            key.verifier_key
         ),
     )
     .unwrap();
