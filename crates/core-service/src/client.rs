@@ -6,10 +6,10 @@
 use crate::pipe::{carries_entry, Answer, Pending, Pipe, Sequencer};
 use crate::protocol::{
     read_message, write_message, FrameError, FromCore, LinkKeys, Reply, Request, Role, ToCore,
-    BUCKET_CHUNK_BYTES, PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use crate::service::{CoreService, HostService};
-use bkv_hsm_core::{BucketHost, Counter, Platform, PlatformError, SealSlot, SealedError};
+use bkv_hsm_core::{BucketHost, Counter, Platform, PlatformError, SealSlot};
 use bkv_wire::admin::PlatformDescription;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -148,17 +148,14 @@ impl Conn {
         Ok(read_message(&mut self.stream)?)
     }
 
-    /// One request; bucket questions on the way are answered from `buckets`. A broken
-    /// connection is the core gone ([`on_core_gone`]).
-    fn call(
-        &mut self,
-        req: Request,
-        buckets: Option<&dyn BucketHost>,
-    ) -> Result<Reply, BoundaryError> {
+    /// One request of the host connection. A broken connection is the core gone
+    /// ([`on_core_gone`]). (The core connection is a [`Pipe`], which answers the core's bucket
+    /// questions; none comes on this one.)
+    fn call(&mut self, req: Request) -> Result<Reply, BoundaryError> {
         if self.broken {
             return Err(BoundaryError::Unexpected("request on a broken connection"));
         }
-        let r = self.exchange(req, buckets);
+        let r = self.exchange(req);
         if let Err(e) = &r {
             self.broken = true;
             core_gone(&format!("the connection to the core service broke: {e}"));
@@ -166,56 +163,15 @@ impl Conn {
         r
     }
 
-    fn exchange(
-        &mut self,
-        req: Request,
-        buckets: Option<&dyn BucketHost>,
-    ) -> Result<Reply, BoundaryError> {
+    fn exchange(&mut self, req: Request) -> Result<Reply, BoundaryError> {
         self.send(&ToCore::Call(req))?;
-        loop {
-            match self.recv()? {
-                FromCore::Reply(r) => return Ok(r),
-                FromCore::ReadBucket(b) => {
-                    CALLBACKS.fetch_add(1, Ordering::Relaxed);
-                    let answer = match buckets {
-                        Some(h) => h.read(b),
-                        None => Ok(None),
-                    };
-                    self.send(&ToCore::Bucket(answer))?;
-                }
-                FromCore::ListBuckets => {
-                    CALLBACKS.fetch_add(1, Ordering::Relaxed);
-                    self.list_buckets(buckets)?;
-                }
-                FromCore::Hello { .. } => return Err(BoundaryError::Unexpected("greeting")),
-            }
+        match self.recv()? {
+            FromCore::Reply(r) => Ok(r),
+            FromCore::ReadBucket(_) | FromCore::ListBuckets => Err(BoundaryError::Unexpected(
+                "a bucket question on the host connection",
+            )),
+            FromCore::Hello { .. } => Err(BoundaryError::Unexpected("greeting")),
         }
-    }
-
-    fn list_buckets(&mut self, buckets: Option<&dyn BucketHost>) -> Result<(), BoundaryError> {
-        let mut chunk = Vec::new();
-        let mut bytes = 0usize;
-        let mut sent: Result<(), BoundaryError> = Ok(());
-        let listed = match buckets {
-            None => Ok(()),
-            Some(h) => h.for_each(&mut |b, sealed| {
-                chunk.push((b, sealed.to_vec()));
-                bytes += sealed.len() + 8;
-                if bytes >= BUCKET_CHUNK_BYTES {
-                    bytes = 0;
-                    if let Err(e) = self.send(&ToCore::Buckets(std::mem::take(&mut chunk))) {
-                        sent = Err(e);
-                        return Err(SealedError::Malformed("the core service went away"));
-                    }
-                }
-                Ok(())
-            }),
-        };
-        sent?;
-        if !chunk.is_empty() {
-            self.send(&ToCore::Buckets(chunk))?;
-        }
-        self.send(&ToCore::BucketsEnd(listed.map_err(|e| e.to_string())))
     }
 }
 
@@ -342,7 +298,7 @@ impl HostHandle {
     /// A core service's host connection.
     pub fn remote(socket: &Path) -> Result<Self, BoundaryError> {
         let mut conn = Conn::connect(socket, Role::Host)?;
-        match conn.call(Request::Describe, None)? {
+        match conn.call(Request::Describe)? {
             Reply::Described {
                 description,
                 signing_key,
@@ -362,7 +318,7 @@ impl HostHandle {
             HostHandle::Remote { conn, .. } => conn
                 .lock()
                 .map_err(|_| BoundaryError::Unexpected("poisoned connection"))?
-                .call(req, None),
+                .call(req),
         }
     }
 
