@@ -108,6 +108,8 @@ pub fn unexpected(r: Reply) -> BoundaryError {
 pub struct Conn {
     stream: UnixStream,
     broken: bool,
+    /// Requests sent with [`Conn::call_deferred`] whose replies are still unread.
+    deferred: usize,
 }
 
 impl Conn {
@@ -123,6 +125,7 @@ impl Conn {
         let mut conn = Conn {
             stream,
             broken: false,
+            deferred: 0,
         };
         conn.send(&ToCore::Hello {
             version: PROTOCOL_VERSION,
@@ -152,10 +155,38 @@ impl Conn {
     /// ([`on_core_gone`]). (The core connection is a [`Pipe`], which answers the core's bucket
     /// questions; none comes on this one.)
     fn call(&mut self, req: Request) -> Result<Reply, BoundaryError> {
+        self.settle()?;
+        let r = self.exchange(req);
+        self.check(r)
+    }
+
+    /// Sends a request whose reply must be `Done` and reads that reply only before the next
+    /// request ([`Conn::settle`]): a deferred counter advance (`HostHandle::counter_advance_soon`).
+    fn call_deferred(&mut self, req: Request) -> Result<(), BoundaryError> {
+        self.settle()?;
+        let r = self.send(&ToCore::Call(req));
+        self.check(r)?;
+        self.deferred += 1;
+        Ok(())
+    }
+
+    /// Reads the replies of deferred requests; one that is not `Done` fails this call.
+    fn settle(&mut self) -> Result<(), BoundaryError> {
         if self.broken {
             return Err(BoundaryError::Unexpected("request on a broken connection"));
         }
-        let r = self.exchange(req);
+        while self.deferred > 0 {
+            self.deferred -= 1;
+            let r = self.reply();
+            match self.check(r)? {
+                Reply::Done => {}
+                r => return Err(unexpected(r)),
+            }
+        }
+        Ok(())
+    }
+
+    fn check<T>(&mut self, r: Result<T, BoundaryError>) -> Result<T, BoundaryError> {
         if let Err(e) = &r {
             self.broken = true;
             core_gone(&format!("the connection to the core service broke: {e}"));
@@ -165,6 +196,10 @@ impl Conn {
 
     fn exchange(&mut self, req: Request) -> Result<Reply, BoundaryError> {
         self.send(&ToCore::Call(req))?;
+        self.reply()
+    }
+
+    fn reply(&mut self) -> Result<Reply, BoundaryError> {
         match self.recv()? {
             FromCore::Reply(r) => Ok(r),
             FromCore::ReadBucket(_) | FromCore::ListBuckets => Err(BoundaryError::Unexpected(
@@ -431,5 +466,29 @@ impl Platform for HostHandle {
             Reply::Done => Ok(()),
             _ => Err(PlatformError::Malformed),
         }
+    }
+    /// Over the socket: the advance is written and its reply read before the next host
+    /// request, so the raft thread does not wait a round trip per log write (BENCHMARKS.md,
+    /// "Issue 28, item 4"). A failed advance fails that next request.
+    fn counter_advance_soon(&self, c: Counter, value: u64) -> Result<(), PlatformError> {
+        if c != Counter::Raft {
+            return Err(not_the_agents("raise the core's counter"));
+        }
+        HOST_CALLS.fetch_add(1, Ordering::Relaxed);
+        let req = Request::CounterAdvance { value };
+        let sent = match self {
+            HostHandle::Local(s) => match s.handle(req) {
+                Reply::Done => Ok(()),
+                r => Err(unexpected(r)),
+            },
+            HostHandle::Remote { conn, .. } => conn
+                .lock()
+                .map_err(|_| BoundaryError::Unexpected("poisoned connection"))
+                .and_then(|mut c| c.call_deferred(req)),
+        };
+        sent.map_err(|e| match e {
+            BoundaryError::Platform(p) => p,
+            e => PlatformError::KeyStore(e.to_string()),
+        })
     }
 }

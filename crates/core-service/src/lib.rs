@@ -39,6 +39,9 @@ pub struct CoreChild {
     dir: PathBuf,
 }
 
+/// How the directories for a child's socket begin (the service removes its own at exit).
+pub const RUNTIME_DIR_PREFIX: &str = "bkv-core-";
+
 /// A new directory only this user can enter, for a child's socket.
 fn private_runtime_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
@@ -48,7 +51,7 @@ fn private_runtime_dir() -> std::io::Result<PathBuf> {
         .unwrap_or(0);
     for attempt in 0u32..100 {
         let dir = std::env::temp_dir().join(format!(
-            "bkv-core-{}-{:x}",
+            "{RUNTIME_DIR_PREFIX}{}-{:x}",
             std::process::id(),
             nanos.wrapping_add(attempt)
         ));

@@ -42,10 +42,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))
         .context("make the socket owner-only")?;
     if args.exit_with_stdin {
-        std::thread::spawn(|| {
+        let socket = args.socket.clone();
+        std::thread::spawn(move || {
             let mut sink = [0u8; 64];
             // EOF or an error: the agent is gone.
             while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+            remove_runtime_dir(&socket);
             std::process::exit(0);
         });
     }
@@ -55,6 +57,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         bkv_core_service::service::CoreService::new(platform, binary),
     );
     Ok(())
+}
+
+/// Removes the socket and the directory the agent made for it (`CoreChild::start`): an agent
+/// killed outright never ran its own cleanup, and each start makes a new directory.
+fn remove_runtime_dir(socket: &std::path::Path) {
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        let ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(bkv_core_service::RUNTIME_DIR_PREFIX));
+        if ours {
+            // Only if empty: nothing else is removed.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn main() {

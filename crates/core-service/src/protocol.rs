@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 /// This protocol's version.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `SessionMessage` says whether the agent ran a read barrier first (`fresh`), and
+/// `Applied` carries the replies of the sessions the batch decided (`released`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest message either side accepts (a batch of applied entries, a bucket list chunk).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Buckets per [`ToCore::Buckets`] chunk are cut at about this many bytes.
@@ -114,10 +116,13 @@ pub enum Request {
         session_id: SessionId,
         user_id: String,
     },
+    /// A session's request; `fresh`: the agent brought its replica up to date after the
+    /// message arrived (a read barrier), so the core asks for none (`Core::session_message_at`).
     SessionMessage {
         session_id: SessionId,
         user_id: String,
         ciphertext: Vec<u8>,
+        fresh: bool,
     },
     ResumeFresh {
         session_id: SessionId,
@@ -274,10 +279,13 @@ pub enum Reply {
     AdminEntry(Result<LogEntry, AdminError>),
     FleetStatement(SignedFleetStatement),
     Entry(LogEntry),
+    /// What an `Apply` did, and the reply of every session of this core it decided
+    /// (`Core::release_ready`), so the agent needs no `Resume` for them.
     Applied {
         outcomes: Vec<Outcome>,
         writes: Vec<(u16, Option<Vec<u8>>)>,
         summary: Vec<u8>,
+        released: Vec<(SessionId, Result<Vec<u8>, NodeError>)>,
     },
     Restored(Option<Vec<u8>>),
     StreamStart {

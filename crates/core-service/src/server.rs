@@ -62,7 +62,7 @@ fn connection(
     service: &Shared,
     core_taken: &AtomicBool,
 ) -> Result<(), FrameError> {
-    let stream = Arc::new(Mutex::new(stream));
+    let stream = Arc::new(Mutex::new(Duplex::new(stream)?));
     let role = {
         let mut s = lock(&stream)?;
         let hello: ToCore = read_message(&mut *s)?;
@@ -141,7 +141,39 @@ fn connection(
     }
 }
 
-fn lock(s: &Mutex<UnixStream>) -> Result<std::sync::MutexGuard<'_, UnixStream>, FrameError> {
+/// The connection, its reads buffered: requests the agent pipelined arrive together, and are
+/// taken in one read instead of two (length, body) per request.
+struct Duplex {
+    r: std::io::BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Duplex {
+    fn new(stream: UnixStream) -> Result<Duplex, FrameError> {
+        let w = stream.try_clone()?;
+        Ok(Duplex {
+            r: std::io::BufReader::with_capacity(64 << 10, stream),
+            w,
+        })
+    }
+}
+
+impl std::io::Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl std::io::Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+fn lock(s: &Mutex<Duplex>) -> Result<std::sync::MutexGuard<'_, Duplex>, FrameError> {
     s.lock()
         .map_err(|_| FrameError::Io(std::io::Error::other("connection lock poisoned")))
 }
@@ -169,7 +201,7 @@ const MAX_EARLY_BYTES: usize = 256 << 20;
 
 impl Early {
     /// Reads the next message that is not a request, queueing requests on the way.
-    fn read_answer(&self, s: &mut UnixStream) -> Result<ToCore, String> {
+    fn read_answer(&self, s: &mut Duplex) -> Result<ToCore, String> {
         let r = self.read_answer_inner(s);
         if r.is_err() {
             if let Ok(mut q) = self.0.lock() {
@@ -179,7 +211,7 @@ impl Early {
         r
     }
 
-    fn read_answer_inner(&self, s: &mut UnixStream) -> Result<ToCore, String> {
+    fn read_answer_inner(&self, s: &mut Duplex) -> Result<ToCore, String> {
         loop {
             match read_message::<ToCore>(s).map_err(|e| e.to_string())? {
                 call @ ToCore::Call(_) => {
@@ -215,7 +247,7 @@ impl Early {
 }
 
 /// The agent's table of sealed buckets, read over the connection that restored the core.
-struct RemoteBuckets(Arc<Mutex<UnixStream>>, Early);
+struct RemoteBuckets(Arc<Mutex<Duplex>>, Early);
 
 impl BucketHost for RemoteBuckets {
     fn read(&self, b: u16) -> Result<Option<Vec<u8>>, String> {

@@ -178,10 +178,13 @@ impl CoreService {
                 session_id,
                 user_id,
                 ciphertext,
-            } => Reply::Step(
-                self.core()?
-                    .session_message(&session_id, &user_id, &ciphertext),
-            ),
+                fresh,
+            } => Reply::Step(self.core()?.session_message_at(
+                &session_id,
+                &user_id,
+                &ciphertext,
+                fresh,
+            )),
             Request::ResumeFresh {
                 session_id,
                 ciphertext,
@@ -231,10 +234,15 @@ impl CoreService {
                 }
                 let writes = core.records().take_writes();
                 let summary = core.records().seal_summary(&position).map_err(failed)?;
+                // The sessions the batch decided are answered with it; their outcomes leave
+                // once the counter write, run beside the apply, is done.
+                self.join_raise();
+                let released = self.core()?.release_ready();
                 Reply::Applied {
                     outcomes,
                     writes,
                     summary,
+                    released,
                 }
             }
             Request::Restore { .. } => failed("a restore needs the agent's table"),

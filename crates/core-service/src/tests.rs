@@ -2,7 +2,9 @@
 //! agent's handles, and what the agent can and cannot get through them.
 
 use crate::client::{CoreHandle, HostHandle};
-use crate::protocol::{read_message, write_message, FromCore, Reply, Request, Role, ToCore};
+use crate::protocol::{
+    read_message, write_message, FromCore, Reply, Request, Role, ToCore, PROTOCOL_VERSION,
+};
 use crate::service::CoreService;
 use bkv_hsm_core::sealed_state::NoBuckets;
 use bkv_hsm_core::{Counter, FleetTrust, MemoryPlatform, NodeIdentity, Platform, SealSlot};
@@ -162,7 +164,7 @@ fn the_agent_cannot_name_a_slot_or_the_counter_of_the_core_or_sign() {
     write_message(
         &mut s,
         &ToCore::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             role: Role::Host,
         },
     )
@@ -183,13 +185,13 @@ fn another_protocol_version_is_named_and_refused() {
     write_message(
         &mut s,
         &ToCore::Hello {
-            version: 2,
+            version: PROTOCOL_VERSION + 1,
             role: Role::Core,
         },
     )
     .unwrap();
     match read_message::<FromCore>(&mut s).unwrap() {
-        FromCore::Hello { version } => assert_eq!(version, 1),
+        FromCore::Hello { version } => assert_eq!(version, PROTOCOL_VERSION),
         r => panic!("{r:?}"),
     }
     // And closed: nothing more is read.
@@ -212,14 +214,16 @@ fn a_request_that_arrives_during_a_bucket_question_is_answered_after_it() {
     write_message(
         &mut s,
         &ToCore::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             role: Role::Core,
         },
     )
     .unwrap();
     assert!(matches!(
         read_message::<FromCore>(&mut s).unwrap(),
-        FromCore::Hello { version: 1 }
+        FromCore::Hello {
+            version: PROTOCOL_VERSION
+        }
     ));
     for r in [
         Request::OpenIdentity { sealed: None },
@@ -321,12 +325,13 @@ proptest! {
     }
 
     #[test]
-    fn requests_round_trip(user in "[a-z]{1,16}", ct in proptest::collection::vec(any::<u8>(), 0..256), sid in any::<[u8; 16]>()) {
-        let req = ToCore::Call(Request::SessionMessage { session_id: sid, user_id: user.clone(), ciphertext: ct.clone() });
+    fn requests_round_trip(user in "[a-z]{1,16}", ct in proptest::collection::vec(any::<u8>(), 0..256), sid in any::<[u8; 16]>(), fresh in any::<bool>()) {
+        let req = ToCore::Call(Request::SessionMessage { session_id: sid, user_id: user.clone(), ciphertext: ct.clone(), fresh });
         let mut buf = Vec::new();
         write_message(&mut buf, &req).unwrap();
         match read_message::<ToCore>(&mut buf.as_slice()).unwrap() {
-            ToCore::Call(Request::SessionMessage { session_id, user_id, ciphertext }) => {
+            ToCore::Call(Request::SessionMessage { session_id, user_id, ciphertext, fresh: f }) => {
+                prop_assert_eq!(f, fresh);
                 prop_assert_eq!(session_id, sid);
                 prop_assert_eq!(user_id, user);
                 prop_assert_eq!(ciphertext, ct);

@@ -280,6 +280,8 @@ pub struct Core {
     /// a number can come round again (a host that sets the platform clock back across a
     /// restart), and another entry with it must not hand its outcome to this session.
     pending: HashMap<u64, (SessionId, [u8; 32])>,
+    /// Sessions whose outcome [`Core::apply`] kept since [`Core::release_ready`] last ran.
+    ready: Vec<SessionId>,
     setup: ServerSetup<OpaqueSuite>,
     state: SealedState,
     /// The core's platform counter (read when the core starts, raised by [`Core::release`]):
@@ -348,6 +350,7 @@ impl Core {
             rng,
             last_seq: 0,
             pending: HashMap::new(),
+            ready: Vec::new(),
             platform,
             secrets,
             setup,
@@ -425,10 +428,22 @@ impl Core {
             if let Some((sid, digest)) = waiting {
                 if digest == entry::entry_digest(e) {
                     self.pending.remove(&e.seq);
+                    let mut kept = false;
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         if s.awaiting_seq == Some(e.seq) {
                             s.applied = Some(outcome.clone());
+                            kept = true;
                         }
+                    }
+                    if kept {
+                        // A host that never asks for them (it resumes one by one) must not
+                        // grow the list: it keeps only sessions still waiting.
+                        if self.ready.len() >= 2 * self.max_sessions.max(1) {
+                            let sessions = &self.sessions;
+                            self.ready
+                                .retain(|r| sessions.get(r).is_some_and(|s| s.applied.is_some()));
+                        }
+                        self.ready.push(sid);
                     }
                 }
             }
@@ -896,6 +911,22 @@ impl Core {
         user_id: &str,
         ciphertext: &[u8],
     ) -> Result<Step, NodeError> {
+        self.session_message_at(session_id, user_id, ciphertext, false)
+    }
+
+    /// [`Core::session_message`] for a host that made this replica at least as new as
+    /// everything committed before the message arrived (`fresh`: a read barrier ran first), so
+    /// a request that reads state goes on at once instead of asking for [`Step::ReadFresh`].
+    /// Freshness is the host's to provide either way (a host that skips the barrier could as
+    /// well call [`Core::resume_fresh`] at once): it keeps reads linearizable for an honest
+    /// host, and no guess count rests on it.
+    pub fn session_message_at(
+        &mut self,
+        session_id: &SessionId,
+        user_id: &str,
+        ciphertext: &[u8],
+        fresh: bool,
+    ) -> Result<Step, NodeError> {
         self.serving()?;
         let now = self.platform.now_unix_secs();
         self.expire_sessions(now);
@@ -956,7 +987,7 @@ impl Core {
                     )
                 }
             };
-        if reads_state(&request) {
+        if reads_state(&request) && !fresh {
             session.awaiting = Some(Awaiting::Fresh(request));
             return Ok(Step::ReadFresh);
         }

@@ -5,6 +5,30 @@
 use super::*;
 
 impl Core {
+    /// Resumes every session whose outcome an apply kept since the last call, in the order
+    /// their entries applied: what a host hands back with the batch instead of one
+    /// [`Core::resume`] per session (BENCHMARKS.md, "Issue 28, item 4": a round trip fewer per
+    /// commit). Each session's reply, or why it has none; the counter rule of `resume` holds
+    /// (it raises the counter first, or answers "unavailable").
+    pub fn release_ready(&mut self) -> Vec<(SessionId, Result<Vec<u8>, NodeError>)> {
+        let mut ready = std::mem::take(&mut self.ready);
+        // Resumed meanwhile by `resume` (a host that asked the old way) or gone: nothing left.
+        ready.retain(|sid| self.sessions.get(sid).is_some_and(|s| s.applied.is_some()));
+        ready
+            .into_iter()
+            .map(|sid| {
+                let reply = match self.resume(&sid) {
+                    Ok(Step::Reply(r)) => Ok(r),
+                    // `resume` only answers; a step that asks more of the host would be lost
+                    // here, so it is not possible by construction (tested).
+                    Ok(Step::Commit(_) | Step::ReadFresh) => Err(NodeError::Unavailable),
+                    Err(e) => Err(e),
+                };
+                (sid, reply)
+            })
+            .collect()
+    }
+
     /// Continues a session once this core applied the entry it waits for, with the outcome
     /// this core computed then ([`Core::apply`]). The session may be gone (expired, client
     /// vanished): the entry still stands, only the reply is lost. Called before the entry

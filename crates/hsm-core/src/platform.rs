@@ -58,6 +58,14 @@ pub trait Platform: Send + Sync {
     fn counter_read(&self, counter: Counter) -> Result<u64, PlatformError>;
     /// Raises counter `counter` to `value` (never lowers it).
     fn counter_advance_to(&self, counter: Counter, value: u64) -> Result<(), PlatformError>;
+    /// Raises counter `counter` to `value`, possibly after returning: a platform reached over a
+    /// connection sends the advance and reads its answer before its next request, which an
+    /// error then fails. For a caller that wrote what the value binds first, so a crash
+    /// before the advance leaves the stored value ahead of the counter, never behind
+    /// (SECURITY.md, "raft-state"). By default the same as [`Platform::counter_advance_to`].
+    fn counter_advance_soon(&self, counter: Counter, value: u64) -> Result<(), PlatformError> {
+        self.counter_advance_to(counter, value)
+    }
 }
 
 /// Which of the platform's two monotonic counters (docs/formats.md "Monotonic counters"): the

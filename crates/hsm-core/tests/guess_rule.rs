@@ -824,3 +824,73 @@ fn a_guess_counted_before_a_password_change_is_not_tried_on_the_new_record() {
     assert_eq!(attempts(&mut c, "mo"), 0);
     open(&mut c, "mo").login(&mut c, "new").unwrap();
 }
+
+/// The agent's fast path (BENCHMARKS.md, "Issue 28, item 4"): it runs the read barrier before a
+/// session's first request (`session_message_at(.., fresh: true)`, no `ReadFresh` asked) and takes
+/// the replies a batch decided from `release_ready` instead of one `resume` each. The guess is
+/// counted before the answer all the same, each reply leaves once, and the counter covers it.
+#[test]
+fn replies_released_with_their_batch_count_before_answering_and_leave_once() {
+    let p = Arc::new(MemoryPlatform::new([9; 32]));
+    let mut c = core_on(p.clone());
+    open(&mut c, "alice").register(&mut c, "right", 10).unwrap();
+    let mut s = open(&mut c, "alice");
+    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"right").unwrap();
+    let ct = s.seal(&VaultRequest::LoginStart {
+        credential_request: start.message.serialize().to_vec(),
+    });
+    let Ok(Step::Commit(count)) = c.session_message_at(&s.sid, "alice", &ct, true) else {
+        panic!("a fresh first request goes straight to its count")
+    };
+    assert!(c.release_ready().is_empty(), "nothing decided yet");
+    c.apply(&count).unwrap();
+    let released = c.release_ready();
+    assert_eq!(released.len(), 1);
+    let (sid, reply) = &released[0];
+    assert_eq!(*sid, s.sid);
+    let VaultResponse::LoginStarted {
+        credential_response,
+        ..
+    } = s.open_reply(reply.as_ref().unwrap())
+    else {
+        panic!("expected the credential response")
+    };
+    // The counter covers every entry the reply rests on.
+    let applied = c.state().entries;
+    assert!(
+        p.counter_read(bkv_hsm_core::Counter::CORE_FOR_TESTS)
+            .unwrap()
+            >= applied
+    );
+    // Released once: neither `resume` nor a second release hands it out again.
+    assert!(matches!(c.resume(&s.sid), Err(NodeError::BadRequest(_))));
+    assert!(c.release_ready().is_empty());
+    assert_eq!(attempts(&mut c, "alice"), 1);
+    // The finish, released the same way: the right password resets the count.
+    let fin = s.finish_message("right", &credential_response, start.state);
+    let Ok(Step::Commit(reset)) = c.session_message_at(&s.sid, "alice", &fin, false) else {
+        panic!("a successful finish commits the reset")
+    };
+    c.apply(&reset).unwrap();
+    let released = c.release_ready();
+    assert!(matches!(
+        s.open_reply(released[0].1.as_ref().unwrap()),
+        VaultResponse::LoginOk { .. }
+    ));
+    assert_eq!(attempts(&mut c, "alice"), 0);
+    // A host that resumed the old way first finds nothing left to release.
+    let mut t = open(&mut c, "alice");
+    let ct = t.seal(&VaultRequest::LoginStart {
+        credential_request: ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"x")
+            .unwrap()
+            .message
+            .serialize()
+            .to_vec(),
+    });
+    let Ok(Step::Commit(e)) = c.session_message_at(&t.sid, "alice", &ct, true) else {
+        panic!("expected a commit")
+    };
+    c.apply(&e).unwrap();
+    assert!(matches!(c.resume(&t.sid), Ok(Step::Reply(_))));
+    assert!(c.release_ready().is_empty());
+}

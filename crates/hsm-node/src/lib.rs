@@ -35,6 +35,7 @@ pub mod replication;
 pub mod store;
 
 mod links;
+mod opened;
 mod start;
 pub use core_link::CoreMode;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
@@ -92,6 +93,8 @@ pub struct Node {
     core_pid: u32,
     pub peer_addr: SocketAddr,
     _lock: DirLock,
+    /// Sessions opened here that sent no request yet (`opened`).
+    opened: opened::Opened,
     /// Dropped last: the core service outlives everything that calls it.
     _child: Option<CoreChild>,
 }
@@ -229,6 +232,7 @@ impl Node {
             core_pid,
             peer_addr,
             _lock: lock,
+            opened: opened::Opened::default(),
             _child: child,
         })
     }
@@ -292,6 +296,17 @@ impl Node {
         }
     }
 
+    /// One request to the core, the lock held only while it is sent (as in `core_step`), for
+    /// requests that carry no entry.
+    fn core_call(&self, req: Request) -> Result<Reply, NodeError> {
+        let sent = self
+            .core()
+            .ok_or(NodeError::Unavailable)?
+            .send(req)
+            .map_err(core_link::step_failed)?;
+        Ok(sent.wait().map_err(core_link::step_failed)?.0)
+    }
+
     fn core(&self) -> Option<std::sync::MutexGuard<'_, CoreHandle>> {
         // A poisoned lock means a thread panicked mid-request; stop serving
         // rather than guess.
@@ -311,11 +326,9 @@ impl Node {
                 ready: self.fleet.ready(),
             },
             NodeRequest::OpenSession { user_id, handshake } => {
-                let Some(mut core) = self.core() else {
-                    return unavailable;
-                };
-                match core.call(Request::OpenSession { user_id, handshake }) {
+                match self.core_call(Request::OpenSession { user_id, handshake }) {
                     Ok(Reply::SessionOpened(Ok((session_id, handshake)))) => {
+                        self.opened.add(session_id);
                         NodeResponse::SessionOpened {
                             session_id,
                             handshake,
@@ -329,10 +342,7 @@ impl Node {
                 session_id,
                 user_id,
             } => {
-                let Some(mut core) = self.core() else {
-                    return unavailable;
-                };
-                match core.call(Request::CheckLogin {
+                match self.core_call(Request::CheckLogin {
                     session_id,
                     user_id,
                 }) {
@@ -346,10 +356,21 @@ impl Node {
                 user_id,
                 ciphertext,
             } => {
+                // A session's first request reads state (a login's or registration's start):
+                // the read barrier runs before the core sees it, which spares the core's
+                // `ReadFresh` round trip (BENCHMARKS.md, "Issue 28, item 4").
+                let fresh = self.opened.take(&session_id);
+                if fresh {
+                    if let Err(e) = self.rt.block_on(self.fleet.read_barrier()) {
+                        tracing::warn!(error = %e, "read barrier failed");
+                        return unavailable;
+                    }
+                }
                 let mut next = self.core_step(Request::SessionMessage {
                     session_id,
                     user_id,
                     ciphertext: ciphertext.clone(),
+                    fresh,
                 });
                 loop {
                     match next {
@@ -380,12 +401,15 @@ impl Node {
                                 tracing::warn!(error = %e, "commit failed");
                                 // The reply will not come: the session ends rather than
                                 // wait for a commit forever.
-                                if let Some(mut core) = self.core() {
-                                    let _ = core.call(Request::CommitFailed { session_id });
-                                }
+                                let _ = self.core_call(Request::CommitFailed { session_id });
                                 return unavailable;
                             }
-                            next = self.core_step(Request::Resume { session_id });
+                            // The batch that applied the entry brought the reply along
+                            // (`Core::release_ready`); only without it is the core asked.
+                            next = match self.fleet.released.take(&session_id) {
+                                Some(reply) => reply.map(Next::Reply),
+                                None => self.core_step(Request::Resume { session_id }),
+                            };
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use super::peer_server::serve_peers;
 pub use super::proposals::Submitted;
 use super::proposals::{leader_node, one_outcome, propose_in_order, Held, Proposal, Waiting};
 use super::reads::ReadRounds;
-use super::state_machine::{Replica, StateMachine};
+use super::state_machine::{Released, Replica, StateMachine};
 use super::{PeerNode, ReplicationStoreError, TypeConfig};
 use crate::metrics::NodeMetrics;
 use bkv_hsm_core::members::Members;
@@ -98,6 +98,8 @@ pub struct Fleet {
     leader_watch: tokio::task::JoinHandle<()>,
     log_watch: tokio::task::JoinHandle<()>,
     metrics: Arc<NodeMetrics>,
+    /// Session replies the applied batches brought ([`Released`]).
+    pub released: Arc<Released>,
 }
 
 impl Drop for Fleet {
@@ -188,6 +190,7 @@ impl Fleet {
         let metrics = Arc::new(NodeMetrics::default());
         let mut log = log;
         let sm = StateMachine::open(dir, replica.clone(), metrics.clone())?;
+        let released = sm.released();
         // The log goes only behind what the table holds on disk (a crash mid-install).
         log.set_records_durable(sm.durable());
         // The records must reach the log: a table rolled back (or replaced) behind the log's
@@ -279,6 +282,7 @@ impl Fleet {
             leader_watch,
             log_watch,
             metrics,
+            released,
         })
     }
 

@@ -279,9 +279,11 @@ impl LogStore {
             inner.failed.store(true, Ordering::SeqCst);
             return Err(e);
         }
+        // Its answer is read with the next host request (`counter_advance_soon`): the write
+        // is durable already, so a crash before the advance leaves the disk ahead.
         inner
             .platform
-            .counter_advance_to(Counter::Raft, p.state.epoch)?;
+            .counter_advance_soon(Counter::Raft, p.state.epoch)?;
         Ok(())
     }
 

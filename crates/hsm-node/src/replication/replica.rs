@@ -10,13 +10,50 @@ use bkv_hsm_core::sealed_state::{summary_position, Installer, SealedState};
 use bkv_hsm_core::snapshot::{SnapshotKey, StreamStart};
 use bkv_hsm_core::state::Outcome;
 use bkv_hsm_core::{BucketHost, EntryKey, LogEntry};
+use bkv_wire::node::{NodeError, SessionId};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What one batch of applied entries hands the host: each entry's outcome, the sealed buckets
-/// they changed (`None`: emptied) and the records' sealed summary at the batch's position.
+/// they changed (`None`: emptied), the records' sealed summary at the batch's position, and
+/// the replies of this node's sessions the batch decided (`Core::release_ready`).
 pub struct AppliedBatch {
     pub outcomes: Vec<Outcome>,
     pub writes: Vec<(u16, Option<Vec<u8>>)>,
     pub summary: Vec<u8>,
+    pub released: Vec<(SessionId, Result<Vec<u8>, NodeError>)>,
+}
+
+/// Session replies an `Apply` brought, until the session's request takes its own
+/// ([`crate::Node`]: after its commit, instead of a `Resume` round trip). A reply nobody takes
+/// (the request gave up waiting) is dropped after [`Released::KEEP`].
+#[derive(Default)]
+pub struct Released(Mutex<HashMap<SessionId, (Instant, Result<Vec<u8>, NodeError>)>>);
+
+impl Released {
+    /// How long an untaken reply is kept: longer than any commit is waited for.
+    pub const KEEP: Duration = Duration::from_secs(120);
+
+    pub(crate) fn put(&self, replies: Vec<(SessionId, Result<Vec<u8>, NodeError>)>) {
+        if replies.is_empty() {
+            return;
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if m.len() >= 4096 {
+            m.retain(|_, (at, _)| now.duration_since(*at) < Self::KEEP);
+        }
+        for (sid, reply) in replies {
+            m.insert(sid, (now, reply));
+        }
+    }
+
+    /// The reply an `Apply` brought for session `sid`, if any.
+    pub fn take(&self, sid: &SessionId) -> Option<Result<Vec<u8>, NodeError>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(sid).map(|(_, r)| r)
+    }
 }
 
 /// What the state machine applies entries to.
@@ -25,6 +62,21 @@ pub trait Replica: Send + 'static {
     /// nothing and says so in its outcome) and seals the summary at `position`; an error (the
     /// record store failed or was tampered with) stops the node.
     fn apply(&mut self, entries: Vec<LogEntry>, position: &[u8]) -> Result<AppliedBatch, String>;
+    /// [`Replica::apply`] on a replica others share: one whose requests queue (a pipelined core
+    /// connection) lets go of the lock while the reply is on its way, so the sessions' requests
+    /// queue behind the `Apply` instead of behind the lock.
+    fn apply_shared(
+        this: &Mutex<Self>,
+        entries: Vec<LogEntry>,
+        position: &[u8],
+    ) -> Result<AppliedBatch, String>
+    where
+        Self: Sized,
+    {
+        this.lock()
+            .map_err(|_| "replica lock poisoned".to_string())?
+            .apply(entries, position)
+    }
     /// Whether the state admits the member with identity key `key` (`None`: the state names no
     /// member yet).
     fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String>;
@@ -101,6 +153,7 @@ impl Replica for BareReplica {
             outcomes,
             writes: self.state.take_writes(),
             summary: self.state.seal_summary(position).map_err(text)?,
+            released: Vec::new(),
         })
     }
     fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String> {
@@ -170,6 +223,23 @@ impl Replica for BareReplica {
     }
 }
 
+fn applied(reply: Reply) -> Result<AppliedBatch, String> {
+    match reply {
+        Reply::Applied {
+            outcomes,
+            writes,
+            summary,
+            released,
+        } => Ok(AppliedBatch {
+            outcomes,
+            writes,
+            summary,
+            released,
+        }),
+        r => Err(unexpected(r).to_string()),
+    }
+}
+
 /// One request whose reply must be `Bytes`.
 fn bytes(core: &mut CoreHandle, req: Request) -> Result<Vec<u8>, String> {
     match core.call(req).map_err(text)? {
@@ -180,24 +250,27 @@ fn bytes(core: &mut CoreHandle, req: Request) -> Result<Vec<u8>, String> {
 
 impl Replica for CoreHandle {
     fn apply(&mut self, entries: Vec<LogEntry>, position: &[u8]) -> Result<AppliedBatch, String> {
-        match self
-            .call(Request::Apply {
-                entries,
-                position: position.to_vec(),
-            })
-            .map_err(text)?
-        {
-            Reply::Applied {
-                outcomes,
-                writes,
-                summary,
-            } => Ok(AppliedBatch {
-                outcomes,
-                writes,
-                summary,
-            }),
-            r => Err(unexpected(r).to_string()),
-        }
+        let req = Request::Apply {
+            entries,
+            position: position.to_vec(),
+        };
+        applied(self.call(req).map_err(text)?)
+    }
+    fn apply_shared(
+        this: &Mutex<Self>,
+        entries: Vec<LogEntry>,
+        position: &[u8],
+    ) -> Result<AppliedBatch, String> {
+        let req = Request::Apply {
+            entries,
+            position: position.to_vec(),
+        };
+        let sent = this
+            .lock()
+            .map_err(|_| "replica lock poisoned".to_string())?
+            .send(req)
+            .map_err(text)?;
+        applied(sent.wait().map_err(text)?.0)
     }
     fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String> {
         match self

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use super::replica::{AppliedBatch, BareReplica, Replica};
+pub use super::replica::{AppliedBatch, BareReplica, Released, Replica};
 pub use super::snapshot_stream::MAX_SNAPSHOT;
 
 /// The record table's file in a data directory.
@@ -135,9 +135,15 @@ pub struct StateMachine<R: Replica> {
     writes: u64,
     writer: Arc<TableWriter>,
     durable: Durable,
+    released: Arc<Released>,
 }
 
 impl<R: Replica> StateMachine<R> {
+    /// Where the replies of this node's sessions that an apply decided wait to be taken.
+    pub fn released(&self) -> Arc<Released> {
+        self.released.clone()
+    }
+
     /// Opens the record table in the data directory `dir` and restores `replica` from it (the
     /// core checks every stored bucket against the sealed summary's root).
     pub fn open(
@@ -191,6 +197,7 @@ impl<R: Replica> StateMachine<R> {
             writes: 0,
             writer,
             durable,
+            released: Arc::default(),
         })
     }
 
@@ -209,7 +216,6 @@ impl<R: Replica> StateMachine<R> {
     /// `TableWriter`): visible to reads at once, in the table shortly.
     fn apply_chunk(
         &mut self,
-        replica: &mut R,
         entries: Vec<bkv_hsm_core::LogEntry>,
         position: &Position,
     ) -> Result<Vec<Outcome>, ReplicationStoreError> {
@@ -217,9 +223,11 @@ impl<R: Replica> StateMachine<R> {
             outcomes,
             writes,
             summary,
-        } = replica
-            .apply(entries, &bkv_wire::encode(position))
+            released,
+        } = R::apply_shared(&self.replica, entries, &bkv_wire::encode(position))
             .map_err(ReplicationStoreError::Records)?;
+        // Before the applied index moves on, which is what the sessions wait for.
+        self.released.put(released);
         self.writes += 1;
         self.inflight.add(self.writes, &writes)?;
         self.writer.send(WriterJob::Write {
@@ -291,8 +299,6 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
         let mut batch = Vec::new();
         let mut outcomes = Vec::new();
         let mut position = self.position.clone();
-        let replica = self.replica.clone();
-        let mut replica = replica.lock().map_err(|_| write_err(poisoned()))?;
         for e in entries {
             position.last_applied = Some(e.log_id);
             match e.payload {
@@ -309,18 +315,11 @@ impl<R: Replica> RaftStateMachine<TypeConfig> for StateMachine<R> {
             }
             if batch.len() >= APPLY_CHUNK {
                 let chunk = std::mem::take(&mut batch);
-                outcomes.extend(
-                    self.apply_chunk(&mut *replica, chunk, &position)
-                        .map_err(write_err)?,
-                );
+                outcomes.extend(self.apply_chunk(chunk, &position).map_err(write_err)?);
             }
         }
         // Always once more: the summary names the last position even when no core entry came.
-        outcomes.extend(
-            self.apply_chunk(&mut *replica, batch, &position)
-                .map_err(write_err)?,
-        );
-        drop(replica);
+        outcomes.extend(self.apply_chunk(batch, &position).map_err(write_err)?);
         if outcomes.len() != counts.iter().sum::<usize>() {
             return Err(write_err(ReplicationStoreError::Records(
                 "the core answered another number of outcomes than entries".into(),
