@@ -1,13 +1,17 @@
 //! The agent's core connection, pipelined (BENCHMARKS.md "Issue 28, item 4"): a caller writes
 //! its request and waits for its own reply without holding anything, so the core service finds
 //! the next request queued on the socket as soon as it answered one, instead of idling while the
-//! agent's threads are scheduled. One reader thread takes the service's messages in order: each
-//! reply goes to the oldest waiting caller (the service answers in the order it read), and the
-//! service's bucket questions inside a request are answered from the agent's table right there.
+//! agent's threads are scheduled.
+//!
+//! The service answers in the order it read, so the caller whose reply is next (the oldest
+//! waiting) reads the socket itself: it reads its own reply, answers the service's bucket
+//! questions that come before it from the agent's table, then hands the reading to the next
+//! caller. No reader thread stands between the socket and the caller (a thread wake-up fewer
+//! per request, which is most of a request's cost on a small machine).
 //!
 //! Entries the core makes must reach the log in the order the core numbered them (a later one
 //! applied first makes the earlier one out of order). Replies come back in the core's order, so
-//! the reader numbers every reply that carries an entry ([`Turn`]); whoever submits the entry
+//! each reply that carries an entry gets its [`Turn`] as it is read; whoever submits the entry
 //! holds its turn until it did, and turns end in order ([`Sequencer`]).
 
 use crate::client::{core_gone, BoundaryError, Conn, CALLBACKS};
@@ -26,7 +30,11 @@ use std::time::{Duration, Instant};
 /// A reply and, if it carries an entry to submit, its turn.
 pub type Answer = (Reply, Option<Turn>);
 
-type Waiter = SyncSender<Answer>;
+/// A waiting caller: its number, and how it is told that its reply is next.
+struct Waiter {
+    n: u64,
+    next: SyncSender<()>,
+}
 
 /// Hands out turns and lets them end in order.
 #[derive(Default)]
@@ -96,11 +104,14 @@ struct Shared {
     /// The writing half: a request, or an answer to a bucket question, is written whole under
     /// it.
     writer: Mutex<UnixStream>,
+    /// The reading half, used by the caller whose reply is next (the front of `waiters`). Its
+    /// reads time out now and then so that a reader sees a broken or stalled connection.
+    reader: Mutex<BufReader<UnixStream>>,
     /// The callers waiting, oldest first: pushed under `writer` before their request is
-    /// written (so the queue is in the socket's order), popped by the reader. A lock of its
-    /// own, so the reader never waits for a writer blocked on a full socket (which would wait
-    /// for the service, which would wait for the reader).
+    /// written (so the queue is in the socket's order); the front one reads.
     waiters: Mutex<VecDeque<Waiter>>,
+    /// Numbers the callers.
+    sent: AtomicU64,
     /// The table the core reads buckets from (set before `Restore` is sent).
     buckets: Mutex<Option<Box<dyn BucketHost>>>,
     /// For shutting the socket down without the writer lock.
@@ -108,7 +119,7 @@ struct Shared {
     broken: AtomicBool,
     /// Set when the handle is dropped: the connection ends, and the core is not "gone".
     closing: AtomicBool,
-    /// When the reader last took a message, in milliseconds since `started`.
+    /// When bytes last came from the service, in milliseconds since `started`.
     progress: AtomicU64,
     started: Instant,
     order: Arc<Sequencer>,
@@ -136,10 +147,31 @@ impl Shared {
         self.progress.store(ms, Ordering::Relaxed);
     }
 
-    /// How long since the reader last took a message.
+    /// How long since bytes last came from the service.
     fn idle(&self) -> Duration {
         let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+
+    fn front_is(&self, n: u64) -> Result<bool, BoundaryError> {
+        let w = self
+            .waiters
+            .lock()
+            .map_err(|_| BoundaryError::Unexpected("poisoned connection"))?;
+        Ok(w.front().is_some_and(|f| f.n == n))
+    }
+
+    /// Leaves the front of the queue to the next caller, and tells it.
+    fn pass_on(&self, n: u64) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.front().is_some_and(|f| f.n == n) {
+            w.pop_front();
+        }
+        if let Some(next) = w.front() {
+            // A full channel already holds the word; a closed one is a caller gone with the
+            // connection.
+            let _ = next.next.try_send(());
+        }
     }
 }
 
@@ -158,23 +190,35 @@ impl Drop for Pipe {
 
 /// A request written, its reply not yet read.
 pub struct Pending {
-    rx: Receiver<Answer>,
+    n: u64,
+    next: Receiver<()>,
     shared: Arc<Shared>,
     timeout: Duration,
+    done: bool,
 }
 
 impl Pending {
-    /// Waits for the reply. Gives up when the service sent nothing at all for the timeout
-    /// (as a read timeout would): a reply queued behind others, or a restore that streams the
-    /// whole table, is waited for as long as the connection moves.
-    pub fn wait(self) -> Result<Answer, BoundaryError> {
-        loop {
-            match self.rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(a) => return Ok(a),
-                Err(RecvTimeoutError::Timeout) if self.shared.idle() < self.timeout => {}
+    /// Waits for the reply: until this caller's reply is next, then reads it. Gives up when the
+    /// service sent nothing at all for the timeout (a reply queued behind others, or a restore
+    /// that streams the whole table, is waited for as long as the connection moves).
+    pub fn wait(mut self) -> Result<Answer, BoundaryError> {
+        self.done = true;
+        self.take()
+    }
+
+    fn take(&mut self) -> Result<Answer, BoundaryError> {
+        let s = self.shared.clone();
+        while !s.front_is(self.n)? {
+            if s.broken.load(Ordering::SeqCst) {
+                return Err(BoundaryError::Unexpected(
+                    "the connection to the core service broke",
+                ));
+            }
+            match self.next.recv_timeout(POLL) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) if s.idle() < self.timeout => {}
                 Err(RecvTimeoutError::Timeout) => {
-                    self.shared
-                        .break_off("no message from the core service in time");
+                    s.break_off("no message from the core service in time");
                     return Err(BoundaryError::Unexpected(
                         "no reply from the core service in time",
                     ));
@@ -186,21 +230,62 @@ impl Pending {
                 }
             }
         }
+        // Whatever ends the reading other than the reply — an error, or a panic in the table it
+        // reads — breaks the connection, so no later caller waits for a reply that cannot come.
+        let guard = BreakUnlessDone(&s, false);
+        let read = {
+            let mut r = s
+                .reader
+                .lock()
+                .map_err(|_| BoundaryError::Unexpected("poisoned connection"))?;
+            read_reply(&s, &mut r, self.timeout)
+        };
+        match read {
+            Ok(reply) => {
+                let turn = carries_entry(&reply).then(|| s.order.turn());
+                guard.done();
+                s.pass_on(self.n);
+                Ok((reply, turn))
+            }
+            Err(why) => {
+                s.break_off(&why);
+                drop(guard);
+                Err(BoundaryError::Unexpected(
+                    "the connection to the core service broke",
+                ))
+            }
+        }
     }
 }
 
+impl Drop for Pending {
+    /// A request whose caller never waited still has a reply on its way, which must be read
+    /// (and its turn ended) before the next caller's: read and dropped here.
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = self.take();
+        }
+    }
+}
+
+/// How often a waiting caller or the reading one looks at the connection's state.
+const POLL: Duration = Duration::from_millis(500);
+
 impl Pipe {
-    /// Takes over a connected core connection and starts its reader thread.
+    /// Takes over a connected core connection.
     pub fn start(conn: Conn, timeout: Duration) -> Result<Pipe, BoundaryError> {
         let stream = conn.into_stream();
         let io = |e: std::io::Error| BoundaryError::Frame(e.into());
-        // The reader waits for as long as the connection is idle; callers time out instead.
-        stream.set_read_timeout(None).map_err(io)?;
+        // Reads wake up now and then to look at the connection; callers time out instead.
+        stream.set_read_timeout(Some(POLL)).map_err(io)?;
         let reading = stream.try_clone().map_err(io)?;
         let control = stream.try_clone().map_err(io)?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(stream),
+            reader: Mutex::new(BufReader::with_capacity(64 << 10, reading)),
             waiters: Mutex::new(VecDeque::new()),
+            sent: AtomicU64::new(0),
             buckets: Mutex::new(None),
             control,
             broken: AtomicBool::new(false),
@@ -209,18 +294,6 @@ impl Pipe {
             started: Instant::now(),
             order: Arc::new(Sequencer::default()),
         });
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("bkv-core-reader".into())
-            .spawn(move || {
-                // Whatever ends the reader — an error, or a panic in the table it reads —
-                // breaks the connection, so no caller waits for a reply that cannot come.
-                let guard = BreakOnExit(&s);
-                let why = read_loop(&s, reading);
-                s.break_off(&why);
-                drop(guard);
-            })
-            .map_err(io)?;
         Ok(Pipe { shared, timeout })
     }
 
@@ -230,6 +303,7 @@ impl Pipe {
             return Err(BoundaryError::Unexpected("request on a broken connection"));
         }
         let (tx, rx) = sync_channel(1);
+        let n = self.shared.sent.fetch_add(1, Ordering::SeqCst);
         let written = {
             let mut w = self
                 .shared
@@ -240,7 +314,7 @@ impl Pipe {
                 .waiters
                 .lock()
                 .map_err(|_| BoundaryError::Unexpected("poisoned connection"))?
-                .push_back(tx);
+                .push_back(Waiter { n, next: tx });
             write_message(&mut *w, &ToCore::Call(req))
         };
         if let Err(e) = written {
@@ -248,9 +322,11 @@ impl Pipe {
             return Err(e.into());
         }
         Ok(Pending {
-            rx,
+            n,
+            next: rx,
             shared: self.shared.clone(),
             timeout: self.timeout,
+            done: false,
         })
     }
 
@@ -265,61 +341,88 @@ impl Pipe {
     }
 }
 
-struct BreakOnExit<'a>(&'a Shared);
+/// Breaks the connection when dropped before [`BreakUnlessDone::done`] (a panic while reading).
+struct BreakUnlessDone<'a>(&'a Shared, bool);
 
-impl Drop for BreakOnExit<'_> {
-    fn drop(&mut self) {
-        self.0.break_off("the reader stopped");
+impl BreakUnlessDone<'_> {
+    fn done(mut self) {
+        self.1 = true;
     }
 }
 
-/// The reader thread: until the connection breaks; returns why it did.
-fn read_loop(s: &Shared, stream: UnixStream) -> String {
-    let mut r = BufReader::with_capacity(64 << 10, stream);
-    loop {
-        let msg: FromCore = match read_message(&mut r) {
-            Ok(m) => m,
-            Err(e) => return e.to_string(),
-        };
-        s.touch();
-        let done = match msg {
-            FromCore::Reply(reply) => {
-                let turn = carries_entry(&reply).then(|| s.order.turn());
-                let waiter = match s.waiters.lock() {
-                    Ok(mut w) => w.pop_front(),
-                    Err(_) => return "poisoned connection".into(),
-                };
-                let undelivered = match waiter {
-                    Some(w) => w.send((reply, turn)).err().map(|e| e.0),
-                    None => return "a reply nobody asked for".into(),
-                };
-                // A caller that gave up: its turn ends on another thread, since ending a turn
-                // waits for the earlier ones and the reader must not wait.
-                if let Some(answer) = undelivered {
-                    if answer.1.is_some() {
-                        let _ = std::thread::Builder::new()
-                            .name("bkv-core-turn".into())
-                            .spawn(move || drop(answer));
+impl Drop for BreakUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.break_off("a reply could not be read");
+        }
+    }
+}
+
+/// The socket's reading half, patient: a read that times out is tried again while the
+/// connection is whole and bytes came within `timeout` (so a message is never cut where a read
+/// timed out).
+struct Patient<'a> {
+    r: &'a mut BufReader<UnixStream>,
+    s: &'a Shared,
+    timeout: Duration,
+}
+
+impl std::io::Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.s.broken.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("the connection is broken"));
+            }
+            match self.r.read(buf) {
+                Ok(n) => {
+                    self.s.touch();
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.s.idle() >= self.timeout {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no message from the core service in time",
+                        ));
                     }
                 }
-                Ok(())
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// Reads up to the next reply (the reading caller's), answering the service's bucket questions
+/// on the way.
+fn read_reply(
+    s: &Shared,
+    r: &mut BufReader<UnixStream>,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let mut patient = Patient { r, s, timeout };
+    loop {
+        let msg: FromCore = read_message(&mut patient).map_err(|e| e.to_string())?;
+        match msg {
+            FromCore::Reply(reply) => return Ok(reply),
             FromCore::ReadBucket(b) => {
                 CALLBACKS.fetch_add(1, Ordering::Relaxed);
                 let answer = match s.buckets.lock() {
                     Ok(h) => h.as_ref().map_or(Ok(None), |h| h.read(b)),
                     Err(_) => Err("poisoned bucket table".into()),
                 };
-                write(s, &ToCore::Bucket(answer))
+                write(s, &ToCore::Bucket(answer))?;
             }
             FromCore::ListBuckets => {
                 CALLBACKS.fetch_add(1, Ordering::Relaxed);
-                list_buckets(s)
+                list_buckets(s)?;
             }
-            FromCore::Hello { .. } => Err("a greeting in the middle".into()),
-        };
-        if let Err(e) = done {
-            return e;
+            FromCore::Hello { .. } => return Err("a greeting in the middle".into()),
         }
     }
 }

@@ -21,8 +21,6 @@ pub struct CoreService {
     secrets: Option<FleetSecrets>,
     core: Option<Core>,
     installer: Option<Installer>,
-    /// The core counter write the last `Apply` started, if it has not been joined yet.
-    raising: Option<std::thread::JoinHandle<Result<u64, bkv_hsm_core::PlatformError>>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> Reply {
@@ -40,7 +38,6 @@ impl CoreService {
             secrets: None,
             core: None,
             installer: None,
-            raising: None,
         }
     }
 
@@ -189,10 +186,7 @@ impl CoreService {
                 session_id,
                 ciphertext,
             } => Reply::Step(self.core()?.resume_fresh(&session_id, &ciphertext)),
-            Request::Resume { session_id } => {
-                self.join_raise();
-                Reply::Step(self.core()?.resume(&session_id))
-            }
+            Request::Resume { session_id } => Reply::Step(self.core()?.resume(&session_id)),
             Request::CommitFailed { session_id } => {
                 self.core()?.commit_failed(&session_id);
                 Reply::Done
@@ -217,16 +211,6 @@ impl CoreService {
             Request::Apply { entries, position } => {
                 // A snapshot opened before these entries must not be finished after them.
                 self.installer = None;
-                self.join_raise();
-                let core = self.core()?;
-                // The counter write a waiting session will need runs beside the apply and the
-                // agent's work after it; `Resume` waits for it ([`Self::join_raise`]).
-                if let Some(raise) = core.counter_raise_for(&entries) {
-                    self.raising = std::thread::Builder::new()
-                        .name("bkv-core-counter".into())
-                        .spawn(move || raise.run())
-                        .ok();
-                }
                 let core = self.core()?;
                 let mut outcomes = Vec::with_capacity(entries.len());
                 for e in &entries {
@@ -234,9 +218,8 @@ impl CoreService {
                 }
                 let writes = core.records().take_writes();
                 let summary = core.records().seal_summary(&position).map_err(failed)?;
-                // The sessions the batch decided are answered with it; their outcomes leave
-                // once the counter write, run beside the apply, is done.
-                self.join_raise();
+                // The sessions the batch decided are answered with it, after one counter write
+                // for all of them (`Core::release`): no `Resume` round trip each.
                 let released = self.core()?.release_ready();
                 Reply::Applied {
                     outcomes,
@@ -298,16 +281,6 @@ impl CoreService {
                 request_name(&host)
             )),
         })
-    }
-
-    /// Waits for the counter write an `Apply` started and tells the core. If it failed, the
-    /// core raises the counter itself when an outcome leaves (`Core::release`).
-    fn join_raise(&mut self) {
-        if let Some(raising) = self.raising.take() {
-            if let (Ok(Ok(target)), Some(core)) = (raising.join(), self.core.as_mut()) {
-                core.raised(target);
-            }
-        }
     }
 
     fn installer(&mut self) -> Result<&mut Installer, Reply> {

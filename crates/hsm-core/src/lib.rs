@@ -247,22 +247,6 @@ impl Session {
     }
 }
 
-/// A raise of the core's counter to a value the core chose ([`Core::counter_raise_for`]), to
-/// run on another thread.
-pub struct CounterRaise {
-    platform: SharedPlatform,
-    target: u64,
-}
-
-impl CounterRaise {
-    /// Raises the counter; returns the value for [`Core::raised`].
-    pub fn run(self) -> Result<u64, PlatformError> {
-        self.platform
-            .counter_advance_to(Counter::CORE, self.target)
-            .map(|()| self.target)
-    }
-}
-
 pub struct Core {
     platform: SharedPlatform,
     secrets: FleetSecrets,
@@ -1056,36 +1040,6 @@ impl Core {
             self.released = entries;
         }
         Ok(())
-    }
-
-    /// The counter raise a batch of entries will need, if a session of this core waits for
-    /// one of them: to the entries the state will cover once the batch applied (every entry,
-    /// applied or refused, extends the chain by one). A host runs it beside the apply (it is
-    /// an NV write, milliseconds) and hands the result to [`Core::raised`], so that
-    /// [`Core::resume`] finds the counter raised already; raising it early is safe, since the
-    /// batch's entries are committed and in this node's log.
-    pub fn counter_raise_for(&self, entries: &[LogEntry]) -> Option<CounterRaise> {
-        let awaited = entries.iter().any(|e| {
-            e.proposer == self.identity
-                && self
-                    .pending
-                    .get(&e.seq)
-                    .is_some_and(|(_, d)| *d == entry::entry_digest(e))
-        });
-        let target = self
-            .state
-            .fleet()
-            .entries
-            .checked_add(entries.len() as u64)?;
-        (awaited && target > self.released).then(|| CounterRaise {
-            platform: self.platform.clone(),
-            target,
-        })
-    }
-
-    /// Takes a finished [`CounterRaise`] into account.
-    pub fn raised(&mut self, target: u64) {
-        self.released = self.released.max(target);
     }
 
     fn reply(&mut self, session_id: &SessionId, resp: VaultResponse) -> Result<Step, NodeError> {

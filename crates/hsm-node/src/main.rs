@@ -51,8 +51,9 @@ struct Args {
     /// Connect to a core service already listening on this Unix socket instead of starting one.
     #[arg(long, env = "BKV_HSM_CORE_SOCKET", conflicts_with = "in_process_core")]
     core_socket: Option<PathBuf>,
-    /// Run the core inside this process (a single binary: no boundary between host and core).
-    #[arg(long)]
+    /// Run the core inside this process (a single binary: no boundary between host and core;
+    /// `scripts/bench-fleet.sh` measures the boundary's cost against it).
+    #[arg(long, env = "BKV_HSM_IN_PROCESS_CORE")]
     in_process_core: bool,
     /// Form a new fleet (first start of its first node), pinning the
     /// operator key, the auditor key and the log namespace below.

@@ -1765,7 +1765,7 @@ fn core_boundary() -> Result<()> {
     };
     let mut w = Writer::new(
         "core-boundary",
-        "docs/formats.md#the-core-boundary-protocol-version-1-cratescore-servicesrcprotocolrs",
+        "docs/formats.md#the-core-boundary-protocol-version-2-cratescore-servicesrcprotocolrs",
         &[],
     )?;
     let hello = |role| ToCore::Hello {
@@ -1779,7 +1779,7 @@ fn core_boundary() -> Result<()> {
             "the agent's greeting on its core connection",
             vec![
                 ("kind", "hello".into()),
-                ("version", "1".into()),
+                ("version", PROTOCOL_VERSION.to_string()),
                 ("role", "0".into()),
             ],
         ),
@@ -1792,7 +1792,7 @@ fn core_boundary() -> Result<()> {
             "the agent's greeting on its host connection",
             vec![
                 ("kind", "hello".into()),
-                ("version", "1".into()),
+                ("version", PROTOCOL_VERSION.to_string()),
                 ("role", "1".into()),
             ],
         ),

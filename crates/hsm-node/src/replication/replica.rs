@@ -22,20 +22,23 @@ pub struct AppliedBatch {
     pub outcomes: Vec<Outcome>,
     pub writes: Vec<(u16, Option<Vec<u8>>)>,
     pub summary: Vec<u8>,
-    pub released: Vec<(SessionId, Result<Vec<u8>, NodeError>)>,
+    pub released: Vec<(SessionId, SessionReply)>,
 }
 
 /// Session replies an `Apply` brought, until the session's request takes its own
 /// ([`crate::Node`]: after its commit, instead of a `Resume` round trip). A reply nobody takes
 /// (the request gave up waiting) is dropped after [`Released::KEEP`].
 #[derive(Default)]
-pub struct Released(Mutex<HashMap<SessionId, (Instant, Result<Vec<u8>, NodeError>)>>);
+pub struct Released(Mutex<HashMap<SessionId, (Instant, SessionReply)>>);
+
+/// A session's reply (Noise ciphertext), or why it has none.
+pub type SessionReply = Result<Vec<u8>, NodeError>;
 
 impl Released {
     /// How long an untaken reply is kept: longer than any commit is waited for.
     pub const KEEP: Duration = Duration::from_secs(120);
 
-    pub(crate) fn put(&self, replies: Vec<(SessionId, Result<Vec<u8>, NodeError>)>) {
+    pub(crate) fn put(&self, replies: Vec<(SessionId, SessionReply)>) {
         if replies.is_empty() {
             return;
         }
@@ -50,7 +53,7 @@ impl Released {
     }
 
     /// The reply an `Apply` brought for session `sid`, if any.
-    pub fn take(&self, sid: &SessionId) -> Option<Result<Vec<u8>, NodeError>> {
+    pub fn take(&self, sid: &SessionId) -> Option<SessionReply> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.remove(sid).map(|(_, r)| r)
     }
