@@ -170,7 +170,11 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads the replies of deferred requests; one that is not `Done` fails this call.
+    /// Reads the replies of deferred requests. One that is not `Done` (the raft counter did
+    /// not advance) ends the connection like a broken one: whichever request finds it (the
+    /// next raft write, or a link handshake of another thread) fails, and so does every later
+    /// one, and the node stops ([`on_core_gone`]) instead of going on with its counter behind
+    /// its disk.
     fn settle(&mut self) -> Result<(), BoundaryError> {
         if self.broken {
             return Err(BoundaryError::Unexpected("request on a broken connection"));
@@ -180,7 +184,12 @@ impl Conn {
             let r = self.reply();
             match self.check(r)? {
                 Reply::Done => {}
-                r => return Err(unexpected(r)),
+                r => {
+                    let e = unexpected(r);
+                    self.broken = true;
+                    core_gone(&format!("the raft counter did not advance: {e}"));
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -230,9 +239,18 @@ impl Sent {
     /// The reply, and the turn of the entry it carries, if any ([`Turn`]: end it once the
     /// entry is submitted).
     pub fn wait(self) -> Result<Answer, BoundaryError> {
+        self.wait_with(|_| {})
+    }
+
+    /// [`Sent::wait`], running `seen` on the reply before any later request's reply or bucket
+    /// question is read ([`Pending::wait_with`]).
+    pub fn wait_with(self, mut seen: impl FnMut(&Reply)) -> Result<Answer, BoundaryError> {
         match self {
-            Sent::Ready(a) => Ok(a),
-            Sent::Waiting(p) => p.wait(),
+            Sent::Ready(a) => {
+                seen(&a.0);
+                Ok(a)
+            }
+            Sent::Waiting(p) => p.wait_with(seen),
         }
     }
 }

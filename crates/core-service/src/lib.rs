@@ -39,7 +39,8 @@ pub struct CoreChild {
     dir: PathBuf,
 }
 
-/// How the directories for a child's socket begin (the service removes its own at exit).
+/// How the directories for a child's socket begin. The agent removes its child's when it stops
+/// it; a child whose agent went away without that (its standard input closed) removes its own.
 pub const RUNTIME_DIR_PREFIX: &str = "bkv-core-";
 
 /// A new directory only this user can enter, for a child's socket.

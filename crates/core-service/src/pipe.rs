@@ -119,7 +119,8 @@ struct Shared {
     broken: AtomicBool,
     /// Set when the handle is dropped: the connection ends, and the core is not "gone".
     closing: AtomicBool,
-    /// When bytes last came from the service, in milliseconds since `started`.
+    /// When a request was last written or bytes last came from the service, in milliseconds
+    /// since `started`.
     progress: AtomicU64,
     started: Instant,
     order: Arc<Sequencer>,
@@ -147,7 +148,7 @@ impl Shared {
         self.progress.store(ms, Ordering::Relaxed);
     }
 
-    /// How long since bytes last came from the service.
+    /// How long since a request was last written or bytes last came from the service.
     fn idle(&self) -> Duration {
         let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
@@ -191,7 +192,8 @@ impl Drop for Pipe {
 /// A request written, its reply not yet read.
 pub struct Pending {
     n: u64,
-    next: Receiver<()>,
+    /// `None` only once handed to the thread that reads an abandoned reply (`Drop`).
+    next: Option<Receiver<()>>,
     shared: Arc<Shared>,
     timeout: Duration,
     done: bool,
@@ -201,20 +203,31 @@ impl Pending {
     /// Waits for the reply: until this caller's reply is next, then reads it. Gives up when the
     /// service sent nothing at all for the timeout (a reply queued behind others, or a restore
     /// that streams the whole table, is waited for as long as the connection moves).
-    pub fn wait(mut self) -> Result<Answer, BoundaryError> {
-        self.done = true;
-        self.take()
+    pub fn wait(self) -> Result<Answer, BoundaryError> {
+        self.wait_with(|_| {})
     }
 
-    fn take(&mut self) -> Result<Answer, BoundaryError> {
+    /// [`Pending::wait`], running `seen` on the reply before the next caller may read the
+    /// connection (what must be visible to the table before the core's next bucket question:
+    /// the buckets an `Apply` wrote).
+    pub fn wait_with(mut self, mut seen: impl FnMut(&Reply)) -> Result<Answer, BoundaryError> {
+        self.done = true;
+        self.take(&mut seen)
+    }
+
+    fn take(&mut self, seen: &mut dyn FnMut(&Reply)) -> Result<Answer, BoundaryError> {
         let s = self.shared.clone();
+        let next = self
+            .next
+            .as_ref()
+            .ok_or(BoundaryError::Unexpected("a reply taken twice"))?;
         while !s.front_is(self.n)? {
             if s.broken.load(Ordering::SeqCst) {
                 return Err(BoundaryError::Unexpected(
                     "the connection to the core service broke",
                 ));
             }
-            match self.next.recv_timeout(POLL) {
+            match next.recv_timeout(POLL) {
                 Ok(()) => {}
                 Err(RecvTimeoutError::Timeout) if s.idle() < self.timeout => {}
                 Err(RecvTimeoutError::Timeout) => {
@@ -243,6 +256,7 @@ impl Pending {
         match read {
             Ok(reply) => {
                 let turn = carries_entry(&reply).then(|| s.order.turn());
+                seen(&reply);
                 guard.done();
                 s.pass_on(self.n);
                 Ok((reply, turn))
@@ -260,11 +274,28 @@ impl Pending {
 
 impl Drop for Pending {
     /// A request whose caller never waited still has a reply on its way, which must be read
-    /// (and its turn ended) before the next caller's: read and dropped here.
+    /// (and its turn ended) before the next caller's: read and dropped on a thread of its own,
+    /// since ending its turn waits for earlier turns, which the dropping thread may hold.
     fn drop(&mut self) {
-        if !self.done {
-            self.done = true;
-            let _ = self.take();
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut rest = Pending {
+            n: self.n,
+            next: self.next.take(),
+            shared: self.shared.clone(),
+            timeout: self.timeout,
+            done: true,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("bkv-core-abandoned".into())
+            .spawn(move || {
+                let _ = rest.take(&mut |_| {});
+            });
+        if spawned.is_err() {
+            self.shared
+                .break_off("no thread to read an abandoned request's reply");
         }
     }
 }
@@ -321,9 +352,11 @@ impl Pipe {
             self.shared.break_off(&e.to_string());
             return Err(e.into());
         }
+        // The wait for this reply counts from now, not from the last message of a quiet spell.
+        self.shared.touch();
         Ok(Pending {
             n,
-            next: rx,
+            next: Some(rx),
             shared: self.shared.clone(),
             timeout: self.timeout,
             done: false,

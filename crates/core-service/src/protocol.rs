@@ -285,7 +285,8 @@ pub enum Reply {
         outcomes: Vec<Outcome>,
         writes: Vec<(u16, Option<Vec<u8>>)>,
         summary: Vec<u8>,
-        released: Vec<(SessionId, Result<Vec<u8>, NodeError>)>,
+        /// (session, sequence number of the entry that decided it, reply or why none)
+        released: Vec<(SessionId, u64, Result<Vec<u8>, NodeError>)>,
     },
     Restored(Option<Vec<u8>>),
     StreamStart {

@@ -241,6 +241,13 @@ impl Session {
         self.login.is_some() || matches!(self.awaiting, Some(Awaiting::Counted { .. }))
     }
 
+    /// Whether resuming it makes another entry (a count that found the limit reached commits
+    /// the record's destruction, `Core::resume`) instead of answering.
+    fn resume_commits(&self) -> bool {
+        matches!(self.awaiting, Some(Awaiting::Counted { .. }))
+            && matches!(self.applied, Some(Outcome::Exhausted))
+    }
+
     /// May go to make room for another session.
     fn evictable(&self, now: u64) -> bool {
         !self.committing(now) && !self.holds_login()

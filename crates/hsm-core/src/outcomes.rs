@@ -7,24 +7,35 @@ use super::*;
 impl Core {
     /// Resumes every session whose outcome an apply kept since the last call, in the order
     /// their entries applied: what a host hands back with the batch instead of one
-    /// [`Core::resume`] per session (BENCHMARKS.md, "Issue 28, item 4": a round trip fewer per
-    /// commit). Each session's reply, or why it has none; the counter rule of `resume` holds
-    /// (it raises the counter first, or answers "unavailable").
-    pub fn release_ready(&mut self) -> Vec<(SessionId, Result<Vec<u8>, NodeError>)> {
+    /// [`Core::resume`] per session (BENCHMARKS.md, "Issue 28, item 4, finished": a round trip
+    /// fewer per commit). Each session's reply, or why it has none, with the sequence number of
+    /// the entry that decided it (so a host hands it only to the request that made that entry).
+    /// The counter rule of `resume` holds (it raises the counter first, or answers
+    /// "unavailable"). A session whose outcome asks for another entry (a count that found the
+    /// limit reached commits the record's destruction) is left for `resume`: its entry must go
+    /// to the log within its turn, which only a `resume` reply carries.
+    pub fn release_ready(&mut self) -> Vec<(SessionId, u64, Result<Vec<u8>, NodeError>)> {
         let mut ready = std::mem::take(&mut self.ready);
-        // Resumed meanwhile by `resume` (a host that asked the old way) or gone: nothing left.
-        ready.retain(|sid| self.sessions.get(sid).is_some_and(|s| s.applied.is_some()));
+        let mut seen = std::collections::HashSet::new();
+        // Resumed meanwhile by `resume` (a host that asked the old way), gone, or named twice:
+        // nothing (more) to release.
+        ready.retain(|sid| {
+            seen.insert(*sid)
+                && self.sessions.get(sid).is_some_and(|s| {
+                    s.applied.is_some() && s.awaiting_seq.is_some() && !s.resume_commits()
+                })
+        });
         ready
             .into_iter()
-            .map(|sid| {
+            .filter_map(|sid| {
+                let seq = self.sessions.get(&sid)?.awaiting_seq?;
                 let reply = match self.resume(&sid) {
                     Ok(Step::Reply(r)) => Ok(r),
-                    // `resume` only answers; a step that asks more of the host would be lost
-                    // here, so it is not possible by construction (tested).
+                    // Not reached: `resume_commits` kept such sessions out.
                     Ok(Step::Commit(_) | Step::ReadFresh) => Err(NodeError::Unavailable),
                     Err(e) => Err(e),
                 };
-                (sid, reply)
+                Some((sid, seq, reply))
             })
             .collect()
     }

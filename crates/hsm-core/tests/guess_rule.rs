@@ -846,8 +846,9 @@ fn replies_released_with_their_batch_count_before_answering_and_leave_once() {
     c.apply(&count).unwrap();
     let released = c.release_ready();
     assert_eq!(released.len(), 1);
-    let (sid, reply) = &released[0];
+    let (sid, seq, reply) = &released[0];
     assert_eq!(*sid, s.sid);
+    assert_eq!(*seq, count.seq, "named by the entry that decided it");
     let VaultResponse::LoginStarted {
         credential_response,
         ..
@@ -874,7 +875,7 @@ fn replies_released_with_their_batch_count_before_answering_and_leave_once() {
     c.apply(&reset).unwrap();
     let released = c.release_ready();
     assert!(matches!(
-        s.open_reply(released[0].1.as_ref().unwrap()),
+        s.open_reply(released[0].2.as_ref().unwrap()),
         VaultResponse::LoginOk { .. }
     ));
     assert_eq!(attempts(&mut c, "alice"), 0);
@@ -893,4 +894,46 @@ fn replies_released_with_their_batch_count_before_answering_and_leave_once() {
     c.apply(&e).unwrap();
     assert!(matches!(c.resume(&t.sid), Ok(Step::Reply(_))));
     assert!(c.release_ready().is_empty());
+}
+
+/// A count that finds the limit reached (two logins raced for the last guess) does not answer:
+/// it commits the record's destruction, an entry the host must submit in its turn. So the batch
+/// does not release it; the host's `resume` gets the entry, and the destruction's batch answers.
+#[test]
+fn a_count_that_destroys_is_left_to_resume_not_released_with_its_batch() {
+    let mut c = core();
+    open(&mut c, "bob").register(&mut c, "right", 2).unwrap();
+    open(&mut c, "bob").login(&mut c, "wrong").unwrap_err();
+    // One guess left; two sessions count at once, both before either count applied.
+    let (mut s1, mut s2) = (open(&mut c, "bob"), open(&mut c, "bob"));
+    let mut start = |s: &mut Client| {
+        let ct = s.seal(&VaultRequest::LoginStart {
+            credential_request: ClientLogin::<OpaqueSuite>::start(&mut OsRng, b"wrong")
+                .unwrap()
+                .message
+                .serialize()
+                .to_vec(),
+        });
+        let Ok(Step::Commit(e)) = c.session_message_at(&s.sid, "bob", &ct, true) else {
+            panic!("expected a count")
+        };
+        e
+    };
+    let (e1, e2) = (start(&mut s1), start(&mut s2));
+    c.apply(&e1).unwrap();
+    c.apply(&e2).unwrap();
+    let released = c.release_ready();
+    assert_eq!(released.len(), 1, "only the count that fit is released");
+    assert_eq!(released[0].0, s1.sid);
+    let Ok(Step::Commit(destroy)) = c.resume(&s2.sid) else {
+        panic!("the exhausted count commits the destruction")
+    };
+    c.apply(&destroy).unwrap();
+    // The destruction's batch answers the session, named by that entry.
+    let released = c.release_ready();
+    assert_eq!(released.len(), 1);
+    assert_eq!((released[0].0, released[0].1), (s2.sid, destroy.seq));
+    let r = released[0].2.as_ref().unwrap();
+    assert_eq!(err(s2.open_reply(r)), VaultError::Destroyed);
+    assert_eq!(status(&mut c, "bob"), RecordState::Destroyed);
 }

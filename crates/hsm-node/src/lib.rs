@@ -79,7 +79,9 @@ pub fn platform_statement(
 enum Next {
     Reply(Vec<u8>),
     ReadFresh,
-    Committing(replication::fleet::Submitted),
+    /// The entry is on its way to the log: its sequence number names the reply its `Apply`
+    /// may bring (`replication::Released`).
+    Committing(replication::fleet::Submitted, u64),
 }
 
 /// A running vault node: the core, and its membership in the fleet.
@@ -393,7 +395,7 @@ impl Node {
                                 ciphertext: ciphertext.clone(),
                             });
                         }
-                        Ok(Next::Committing(submitted)) => {
+                        Ok(Next::Committing(submitted, seq)) => {
                             // The core lock is released while the entry commits: every
                             // replica's state machine applies it through the same lock, and
                             // this core keeps the outcome it computed for the session.
@@ -406,7 +408,7 @@ impl Node {
                             }
                             // The batch that applied the entry brought the reply along
                             // (`Core::release_ready`); only without it is the core asked.
-                            next = match self.fleet.released.take(&session_id) {
+                            next = match self.fleet.released.take(&session_id, seq) {
                                 Some(reply) => reply.map(Next::Reply),
                                 None => self.core_step(Request::Resume { session_id }),
                             };
@@ -432,13 +434,14 @@ impl Node {
             Step::Reply(r) => Next::Reply(r),
             Step::ReadFresh => Next::ReadFresh,
             Step::Commit(entry) => {
+                let seq = entry.seq;
                 let mut turn = turn;
                 if let Some(t) = turn.as_mut() {
                     t.reach();
                 }
                 let submitted = self.fleet.submit(entry);
                 drop(turn);
-                Next::Committing(submitted)
+                Next::Committing(submitted, seq)
             }
         })
     }

@@ -405,9 +405,10 @@ impl TableView {
 }
 
 /// Bucket values the core has handed over that are not committed to the table yet (each with
-/// the number of the write that carries it). The state machine writes the table after releasing
-/// the core's lock, so sessions are not held up by redb (or, every 100 ms, its fsync); until the
-/// write lands, reads must see these.
+/// the number of the write that carries it). The state machine writes the table after the
+/// `Apply`'s reply, so sessions are not held up by redb (or, every 100 ms, its fsync); it adds
+/// them here before any later request's bucket question is read (`Replica::apply_shared`), and
+/// until the write lands, reads must see these.
 #[derive(Clone, Default)]
 pub struct InFlight(Arc<std::sync::Mutex<InFlightMap>>);
 

@@ -22,23 +22,26 @@ pub struct AppliedBatch {
     pub outcomes: Vec<Outcome>,
     pub writes: Vec<(u16, Option<Vec<u8>>)>,
     pub summary: Vec<u8>,
-    pub released: Vec<(SessionId, SessionReply)>,
+    pub released: Vec<(SessionId, u64, SessionReply)>,
 }
 
-/// Session replies an `Apply` brought, until the session's request takes its own
+/// Session replies an `Apply` brought, by session and entry, until the request takes its own
 /// ([`crate::Node`]: after its commit, instead of a `Resume` round trip). A reply nobody takes
 /// (the request gave up waiting) is dropped after [`Released::KEEP`].
 #[derive(Default)]
-pub struct Released(Mutex<HashMap<SessionId, (Instant, SessionReply)>>);
+pub struct Released(Mutex<HashMap<(SessionId, u64), (Instant, SessionReply)>>);
 
 /// A session's reply (Noise ciphertext), or why it has none.
 pub type SessionReply = Result<Vec<u8>, NodeError>;
+
+/// The sealed buckets a batch wrote (`None`: emptied).
+pub type BucketWrites = [(u16, Option<Vec<u8>>)];
 
 impl Released {
     /// How long an untaken reply is kept: longer than any commit is waited for.
     pub const KEEP: Duration = Duration::from_secs(120);
 
-    pub(crate) fn put(&self, replies: Vec<(SessionId, SessionReply)>) {
+    pub(crate) fn put(&self, replies: Vec<(SessionId, u64, SessionReply)>) {
         if replies.is_empty() {
             return;
         }
@@ -47,15 +50,16 @@ impl Released {
         if m.len() >= 4096 {
             m.retain(|_, (at, _)| now.duration_since(*at) < Self::KEEP);
         }
-        for (sid, reply) in replies {
-            m.insert(sid, (now, reply));
+        for (sid, seq, reply) in replies {
+            m.insert((sid, seq), (now, reply));
         }
     }
 
-    /// The reply an `Apply` brought for session `sid`, if any.
-    pub fn take(&self, sid: &SessionId) -> Option<SessionReply> {
+    /// The reply an `Apply` brought for session `sid`'s entry `seq`, if any (keyed by the
+    /// entry too: a reply left behind by a request that gave up never answers a later one).
+    pub fn take(&self, sid: &SessionId, seq: u64) -> Option<SessionReply> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.remove(sid).map(|(_, r)| r)
+        m.remove(&(*sid, seq)).map(|(_, r)| r)
     }
 }
 
@@ -68,17 +72,23 @@ pub trait Replica: Send + 'static {
     /// [`Replica::apply`] on a replica others share: one whose requests queue (a pipelined core
     /// connection) lets go of the lock while the reply is on its way, so the sessions' requests
     /// queue behind the `Apply` instead of behind the lock.
+    /// `visible` gets the buckets the batch wrote before any later request to the replica can
+    /// read a bucket (so it can make them visible to those reads first).
     fn apply_shared(
         this: &Mutex<Self>,
         entries: Vec<LogEntry>,
         position: &[u8],
+        visible: &mut dyn FnMut(&BucketWrites),
     ) -> Result<AppliedBatch, String>
     where
         Self: Sized,
     {
-        this.lock()
-            .map_err(|_| "replica lock poisoned".to_string())?
-            .apply(entries, position)
+        let mut replica = this
+            .lock()
+            .map_err(|_| "replica lock poisoned".to_string())?;
+        let batch = replica.apply(entries, position)?;
+        visible(&batch.writes);
+        Ok(batch)
     }
     /// Whether the state admits the member with identity key `key` (`None`: the state names no
     /// member yet).
@@ -263,6 +273,7 @@ impl Replica for CoreHandle {
         this: &Mutex<Self>,
         entries: Vec<LogEntry>,
         position: &[u8],
+        visible: &mut dyn FnMut(&BucketWrites),
     ) -> Result<AppliedBatch, String> {
         let req = Request::Apply {
             entries,
@@ -273,7 +284,12 @@ impl Replica for CoreHandle {
             .map_err(|_| "replica lock poisoned".to_string())?
             .send(req)
             .map_err(text)?;
-        applied(sent.wait().map_err(text)?.0)
+        let seen = |r: &Reply| {
+            if let Reply::Applied { writes, .. } = r {
+                visible(writes)
+            }
+        };
+        applied(sent.wait_with(seen).map_err(text)?.0)
     }
     fn admits(&mut self, key: &[u8; 32]) -> Result<Option<bool>, String> {
         match self

@@ -219,17 +219,26 @@ impl<R: Replica> StateMachine<R> {
         entries: Vec<bkv_hsm_core::LogEntry>,
         position: &Position,
     ) -> Result<Vec<Outcome>, ReplicationStoreError> {
+        // The buckets the batch wrote are visible to reads before the core can ask for one in
+        // a later request (the replica's lock is not held across the round trip).
+        let (seq, inflight) = (self.writes + 1, self.inflight.clone());
+        let mut added = Ok(());
         let AppliedBatch {
             outcomes,
             writes,
             summary,
             released,
-        } = R::apply_shared(&self.replica, entries, &bkv_wire::encode(position))
-            .map_err(ReplicationStoreError::Records)?;
+        } = R::apply_shared(
+            &self.replica,
+            entries,
+            &bkv_wire::encode(position),
+            &mut |w| added = inflight.add(seq, w),
+        )
+        .map_err(ReplicationStoreError::Records)?;
+        added?;
+        self.writes = seq;
         // Before the applied index moves on, which is what the sessions wait for.
         self.released.put(released);
-        self.writes += 1;
-        self.inflight.add(self.writes, &writes)?;
         self.writer.send(WriterJob::Write {
             seq: self.writes,
             writes,
