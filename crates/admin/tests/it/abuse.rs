@@ -49,7 +49,7 @@ pub(crate) async fn dev_token(http: &reqwest::Client, url: &str, user: &str) -> 
 /// An endpoint for `user` on the deployment's default fleet (key from
 /// `GET /v1/fleet`, as a pinned client would have it).
 pub(crate) async fn endpoint(http: &reqwest::Client, url: &str, user: &str) -> Endpoint {
-    let f: serde_json::Value = http
+    let f: bkv_api::frontend::FleetInfo = http
         .get(format!("{url}/v1/fleet"))
         .send()
         .await
@@ -62,8 +62,8 @@ pub(crate) async fn endpoint(http: &reqwest::Client, url: &str, user: &str) -> E
         frontend_url: url.to_owned(),
         token: SecretString::from(dev_token(http, url, user).await),
         fleet: FleetTarget {
-            fleet_id: f["fleet_id"].as_str().unwrap().to_owned(),
-            key: bkv_wire::key_from_hex(f["noise_public_key"].as_str().unwrap()).unwrap(),
+            key: bkv_wire::key_from_hex(&f.noise_public_key).unwrap(),
+            fleet_id: f.fleet_id,
         },
         previous: Vec::new(),
     }
@@ -306,19 +306,17 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
             };
         let code = |r: reqwest::Response| async move {
             let status = r.status().as_u16();
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            (status, v["error"].as_str().unwrap_or("").to_owned())
+            let v: Option<bkv_api::auditor::ErrorBody> = r.json().await.ok();
+            (status, v.map(|v| v.error).unwrap_or_default())
         };
-        let listed: serde_json::Value = call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let cred = listed["passkeys"][0]["credential_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let listed: bkv_api::passkeys::PasskeyList =
+            call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let cred = listed.passkeys[0].credential_id.clone();
         let forbidden = (403, "protector_required".to_owned());
         // Deleting with the token only, or with a made-up grant.
         let path = format!("/v1/passkeys/{cred}");
@@ -388,13 +386,14 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
         s.close().await;
         let r = post(&uma, vec![1; 40]).await.unwrap();
         assert_eq!(code(r).await, (404, "unknown_session".to_owned()));
-        let listed: serde_json::Value = call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(listed["passkeys"].as_array().unwrap().len(), 1);
+        let listed: bkv_api::passkeys::PasskeyList =
+            call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(listed.passkeys.len(), 1);
     });
     // The passkey still restores. Its assertion is proof for registering
     // another passkey; so is a password login; a recovery key is not.

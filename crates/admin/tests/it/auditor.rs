@@ -67,11 +67,6 @@ fn bundle_for(epoch: u64) -> Bundle {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 /// Raw append via HTTP/1.1 over std TcpStream; returns the status code and body.
 fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -103,33 +98,35 @@ fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 fn append(url: &str, op: &SigningKey, b: &Bundle) -> (u16, String) {
     let bytes = b.encode();
-    let body = serde_json::json!({
-        "bundle": b64(&bytes),
-        "operator_signature": b64(&op.sign(&bundle::append_message(&bytes)).to_bytes()),
-    });
+    let body = bkv_api::auditor::AppendRequest {
+        operator_signature: op.sign(&bundle::append_message(&bytes)).to_bytes().to_vec(),
+        bundle: bytes,
+    };
     http(
         url,
         "POST",
         &format!("/v1/logs/{}/entries", b.namespace),
-        &body.to_string(),
+        &serde_json::to_string(&body).unwrap(),
     )
 }
 
-fn countersign(url: &str, op: &SigningKey, index: u64, auditor_sig_b64: &str) -> u16 {
-    use base64::Engine;
-    let sig: [u8; 64] = base64::engine::general_purpose::STANDARD
-        .decode(auditor_sig_b64)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let body = serde_json::json!({ "operator_signature": b64(&bundle::sign_operator(op, &sig)) });
+fn countersign(url: &str, op: &SigningKey, index: u64, auditor_sig: &[u8]) -> u16 {
+    let sig: [u8; 64] = auditor_sig.try_into().unwrap();
+    let body = bkv_api::auditor::CountersignRequest {
+        operator_signature: bundle::sign_operator(op, &sig).to_vec(),
+    };
     http(
         url,
         "POST",
         &format!("/v1/logs/ns/entries/{index}/countersignature"),
-        &body.to_string(),
+        &serde_json::to_string(&body).unwrap(),
     )
     .0
+}
+
+/// The log's entry at `path` (`/v1/logs/ns/…`), read as the API's type.
+fn entry(url: &str, path: &str) -> bkv_api::auditor::EntryResponse {
+    serde_json::from_str(&http(url, "GET", path, "").1).unwrap()
 }
 
 fn free_addr() -> String {
@@ -205,9 +202,8 @@ fn append_rules_are_enforced() {
     let big = "x".repeat(400_000);
     assert_eq!(http(&a.url, "POST", "/v1/logs/ns/entries", &big).0, 413);
     // Counter-signature by another key is refused; the right one accepted once.
-    let e: serde_json::Value =
-        serde_json::from_str(&http(&a.url, "GET", "/v1/logs/ns/epochs/5", "").1).unwrap();
-    let asig = e["auditor_signature"].as_str().unwrap();
+    let e = entry(&a.url, "/v1/logs/ns/epochs/5");
+    let asig = &e.auditor_signature;
     assert_eq!(
         countersign(&a.url, &SigningKey::from_bytes(&[2; 32]), 0, asig),
         401
@@ -254,9 +250,9 @@ fn sigkill_during_a_burst_of_appends_loses_nothing_acknowledged() {
             if s != 200 {
                 break;
             }
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let idx = v["index"].as_u64().unwrap();
-            if countersign(&url, &op2, idx, v["auditor_signature"].as_str().unwrap()) != 204 {
+            let v: bkv_api::auditor::AppendResponse = serde_json::from_str(&body).unwrap();
+            let idx = v.index;
+            if countersign(&url, &op2, idx, &v.auditor_signature) != 204 {
                 acked.push((epoch, idx, false));
                 break;
             }
@@ -278,35 +274,25 @@ fn sigkill_during_a_burst_of_appends_loses_nothing_acknowledged() {
     for (epoch, idx, _) in &acked {
         let (s, body) = http(&a.url, "GET", &format!("/v1/logs/ns/entries/{idx}"), "");
         assert_eq!(s, 200, "entry {idx} lost");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["epoch"].as_u64(), Some(*epoch));
+        let v: bkv_api::auditor::EntryResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.epoch, Some(*epoch));
     }
     // An append the crash cut off before its counter-signature gets one now.
-    let info: serde_json::Value =
+    let info: bkv_api::auditor::LogInfo =
         serde_json::from_str(&http(&a.url, "GET", "/v1/logs/ns", "").1).unwrap();
-    let size = info["size"].as_u64().unwrap();
+    let size = info.size;
     assert!(size >= acked.len() as u64);
     for idx in 0..size {
-        let v: serde_json::Value =
-            serde_json::from_str(&http(&a.url, "GET", &format!("/v1/logs/ns/entries/{idx}"), "").1)
-                .unwrap();
-        if v["operator_signature"].is_null() {
-            assert_eq!(
-                countersign(&a.url, &op, idx, v["auditor_signature"].as_str().unwrap()),
-                204
-            );
+        let v = entry(&a.url, &format!("/v1/logs/ns/entries/{idx}"));
+        if v.operator_signature.is_none() {
+            assert_eq!(countersign(&a.url, &op, idx, &v.auditor_signature), 204);
         }
     }
     // The log continues, and every proof of the whole history verifies.
     let (s, _) = append(&a.url, &op, &bundle_for(10_000));
     assert_eq!(s, 200);
-    let v: serde_json::Value =
-        serde_json::from_str(&http(&a.url, "GET", &format!("/v1/logs/ns/entries/{size}"), "").1)
-            .unwrap();
-    assert_eq!(
-        countersign(&a.url, &op, size, v["auditor_signature"].as_str().unwrap()),
-        204
-    );
+    let v = entry(&a.url, &format!("/v1/logs/ns/entries/{size}"));
+    assert_eq!(countersign(&a.url, &op, size, &v.auditor_signature), 204);
     let out = audit(&a.url, &op, &["--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -371,12 +357,8 @@ fn a_witness_cosigns_consistent_checkpoints_only() {
     for epoch in 1..=3 {
         let (s, body) = append(&a.url, &op, &bundle_for(epoch));
         assert_eq!(s, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let idx = v["index"].as_u64().unwrap();
-        assert_eq!(
-            countersign(&a.url, &op, idx, v["auditor_signature"].as_str().unwrap()),
-            204
-        );
+        let v: bkv_api::auditor::AppendResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!(countersign(&a.url, &op, v.index, &v.auditor_signature), 204);
         let o = cosign_with(if epoch == 2 { &hex_key } else { &verifier });
         assert!(o.status.success(), "{}", text(&o));
         let note = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -252,7 +252,8 @@ impl DevUp {
         self.audit_keys().into_iter().take(4).collect()
     }
 
-    pub fn fleet_status(&self) -> serde_json::Value {
+    /// `bkv-admin fleet status`, read as the API's type.
+    pub fn fleet_status(&self) -> bkv_api::frontend::FleetStatusView {
         let o = self.admin(&["fleet", "status"]);
         assert!(o.status.success(), "{}", text(&o));
         serde_json::from_slice(&o.stdout).unwrap()
@@ -262,16 +263,16 @@ impl DevUp {
     pub fn leader(&self) -> usize {
         for _ in 0..100 {
             let v = self.fleet_status();
-            let nodes = v["nodes"].as_array().unwrap();
-            if let Some(n) = nodes
+            let leader = v
+                .nodes
                 .iter()
-                .find(|n| n["reachable"] == true && n["role"] == "leader")
-            {
-                return n["index"].as_u64().unwrap() as usize;
+                .find(|n| n.reachable && n.view.as_ref().is_some_and(|view| view.role == "leader"));
+            if let Some(n) = leader {
+                return n.index as usize;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("no leader: {}", self.fleet_status());
+        panic!("no leader: {:?}", self.fleet_status());
     }
 
     /// Node `i`'s recorded start (addresses, platform).

@@ -5,15 +5,15 @@ use crate::common::*;
 use std::io::{Read, Write};
 
 fn dev_token(client: &reqwest::blocking_like::Client, url: &str, user: &str) -> String {
-    client
-        .post_json(
-            &format!("{url}/v1/dev/token"),
-            &format!("{{\"user\":\"{user}\"}}"),
-        )
-        .1["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let req = bkv_api::frontend::DevTokenRequest {
+        user: user.to_owned(),
+    };
+    let (_, body) = client.post_json(
+        &format!("{url}/v1/dev/token"),
+        &serde_json::to_string(&req).unwrap(),
+    );
+    let t: bkv_api::frontend::DevTokenResponse = serde_json::from_value(body).unwrap();
+    t.token
 }
 
 /// A tiny blocking HTTP/1.1 client over std TcpStream, so the test controls
@@ -80,13 +80,10 @@ mod reqwest {
 }
 
 fn error_code(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
-    assert!(
-        v["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "no message in {v}"
-    );
-    v["error"].as_str().unwrap().to_owned()
+    let v: bkv_api::auditor::ErrorBody = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not an error body: {}", String::from_utf8_lossy(body)));
+    assert!(!v.message.is_empty(), "no message in {v:?}");
+    v.error
 }
 
 #[test]

@@ -194,14 +194,14 @@ fn a_ceremony_fleet_on_softhsm_has_evidence_that_passes_and_every_tampering_is_n
         .arg("--print-statement")
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: bkv_api::statement::PrintedStatement = serde_json::from_slice(&o.stdout).unwrap();
     let mut swapped = e.clone();
     let i = e
         .transcript
         .iter()
         .position(|s| s.kind == StepKind::NodeStatement && s.node_id == 1)
         .unwrap();
-    swapped.transcript[i].payload = v["signed_statement"].as_str().unwrap().to_owned();
+    swapped.transcript[i].payload = v.signed_statement;
     rechained(&swapped, &bad);
     fails_with(
         &audit_fleet(&dev, &bad, &[]),

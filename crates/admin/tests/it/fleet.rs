@@ -55,10 +55,11 @@ fn five_nodes_keep_restoring_through_two_kills_and_count_every_guess_once(platfo
     std::fs::write(&file, b"five node fleet").unwrap();
     create(&dev, "ada", &file);
     let status = dev.fleet_status();
-    let nodes = status["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 5, "{status}");
-    assert!(nodes.iter().all(|n| n["reachable"] == true), "{status}");
-    assert_eq!(nodes[0]["voters"].as_array().unwrap().len(), 5, "{status}");
+    let nodes = &status.nodes;
+    assert_eq!(nodes.len(), 5, "{status:?}");
+    assert!(nodes.iter().all(|n| n.reachable), "{status:?}");
+    let view = nodes[0].view.as_ref().unwrap();
+    assert_eq!(view.voters.len(), 5, "{status:?}");
 
     // Restores in a loop; two nodes die along the way.
     let mut longest_gap = Duration::ZERO;
@@ -199,14 +200,7 @@ fn a_paused_follower_and_a_rolling_restart_lose_nothing(platform: &str) {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"rolling");
     let status = dev.fleet_status();
-    assert!(
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["reachable"] == true),
-        "{status}"
-    );
+    assert!(status.nodes.iter().all(|n| n.reachable), "{status:?}");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -267,11 +261,10 @@ fn a_node_restored_from_an_old_copy_of_its_data_grants_no_extra_guess(platform: 
     // Wait until the follower has stored those guesses too.
     for _ in 0..50 {
         let s = dev.fleet_status();
-        let applied: Vec<_> = s["nodes"]
-            .as_array()
-            .unwrap()
+        let applied: Vec<_> = s
+            .nodes
             .iter()
-            .map(|n| n["applied_index"].clone())
+            .map(|n| n.view.as_ref().and_then(|v| v.applied_index))
             .collect();
         if applied.iter().all(|a| *a == applied[0]) {
             break;
@@ -361,14 +354,8 @@ fn a_node_can_be_added_and_removed_while_serving(platform: &str) {
     fleet(&["add-node"]);
     let voters = |dev: &DevUp| {
         let s = dev.fleet_status();
-        let n = s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["reachable"] == true)
-            .cloned()
-            .unwrap();
-        n["voters"].as_array().unwrap().len()
+        let n = s.nodes.iter().find(|n| n.reachable).unwrap();
+        n.view.as_ref().unwrap().voters.len()
     };
     assert_eq!(voters(&dev), 4);
     // Node 3 holds the data: with 4 voters, nodes 3 plus two originals are a

@@ -77,8 +77,8 @@ fn new_node_statement(dir: &Path) -> SignedStatement {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bytes = hex::decode(v["signed_statement"].as_str().unwrap()).unwrap();
+    let v: bkv_api::statement::PrintedStatement = serde_json::from_slice(&o.stdout).unwrap();
+    let bytes = hex::decode(&v.signed_statement).unwrap();
     bkv_wire::decode(&bytes, 1 << 16).unwrap()
 }
 
