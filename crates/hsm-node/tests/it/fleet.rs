@@ -1,3 +1,5 @@
+// One file on purpose: the in-process three-node fleet suite (replication, forwarding,
+// failover, restart, catch-up, snapshots) shares its fleet helpers and reads as one story.
 //! A three-node fleet in one process over real loopback TCP with Noise IK
 //! peer links: replication, forwarding to the leader, leader failover,
 //! restart and catch-up, majority loss, and refusal of unknown identities.
