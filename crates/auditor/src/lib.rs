@@ -9,6 +9,7 @@
 //! nothing is rewritten or removed. Each append is one fsynced redb
 //! transaction, acknowledged only after it committed. HTTP API: `docs/auditor-api.md`.
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod config;
 

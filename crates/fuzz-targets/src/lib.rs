@@ -17,6 +17,7 @@
 //! reached too (bundles, checkpoints, tokens, vault messages, backup chunks).
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Step};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};

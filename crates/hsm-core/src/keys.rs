@@ -485,7 +485,7 @@ impl NodeIdentity {
 }
 
 /// A link's session keys, `(send, recv)`.
-pub type LinkKeyPair = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
+pub(crate) type LinkKeyPair = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
 
 /// A peer-link Noise handshake in progress (the identity key stays inside).
 pub struct PeerHandshake(snow::HandshakeState);

@@ -48,7 +48,7 @@ pub(crate) struct CoreParts {
 
 impl CoreParts {
     /// The core service's pid (this process's for an in-process core).
-    pub fn core_pid(&self) -> u32 {
+    pub(crate) fn core_pid(&self) -> u32 {
         self.child
             .as_ref()
             .map(CoreChild::pid)

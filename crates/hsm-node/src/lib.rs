@@ -16,6 +16,7 @@
 //! ([`core_link`], docs/architecture.md "The core's boundary").
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 // No panics on what peers, the relay or the disk hand the node, enforced (tests may unwrap).
 #![cfg_attr(
     not(test),

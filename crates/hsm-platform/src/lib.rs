@@ -10,6 +10,7 @@
 //! Neither hands key bytes to its caller: the trait has no such method.
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod pkcs11;
 pub mod softhsm;

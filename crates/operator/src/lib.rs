@@ -12,6 +12,7 @@
 //! cannot reach users' keys (the fleet's cores refuse anything else).
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod auditor;
 pub mod ceremony;

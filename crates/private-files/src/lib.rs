@@ -9,6 +9,7 @@
 //! fsynced so the rename survives a crash. A key file readable by group or others is refused on
 //! read, as ssh refuses such a private key.
 
+#![deny(unreachable_pub)]
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};

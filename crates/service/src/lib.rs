@@ -6,6 +6,7 @@
 //! It must never hold a service's logic: each service keeps its own typed config and routes.
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 #[cfg(feature = "http")]
 pub mod http;

@@ -10,6 +10,7 @@
 //! This crate is for tests only: it must never be a dependency of a shipped binary.
 
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod spec;
 

@@ -3,6 +3,7 @@
 //! (RFC 9162 hashing), C2SP signed-note checkpoints, and the client-side checks
 //! that make a forked or rewritten log detectable.
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod bundle;
 pub mod evidence;

@@ -6,6 +6,7 @@
 //! value has exactly one accepted encoding. Layouts are documented in
 //! `docs/formats.md`.
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 pub mod admin;
 pub mod node;

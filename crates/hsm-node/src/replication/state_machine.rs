@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use super::replica::{AppliedBatch, BareReplica, Released, Replica};
+pub use super::replica::{
+    AppliedBatch, BareReplica, BucketWrites, Released, Replica, SessionReply,
+};
 pub use super::snapshot_stream::MAX_SNAPSHOT;
 
 /// The record table's file in a data directory.
