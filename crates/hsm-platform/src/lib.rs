@@ -10,7 +10,7 @@
 //! Neither hands key bytes to its caller: the trait has no such method.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod pkcs11;
 pub mod softhsm;
@@ -23,18 +23,26 @@ use std::sync::Arc;
 /// Debian's SoftHSM2 module.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// Why a platform could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlatformOpenError {
+    /// A file of the software platform could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
+    /// A key or counter file holds something else than the platform wrote.
     #[error("platform key store is corrupt: {0}")]
     Corrupt(String),
+    /// A key or counter is missing, and creating keys was not allowed (a node whose token or
+    /// key directory was lost).
     #[error("{0}")]
     Missing(String),
+    /// The PKCS#11 module or token refused.
     #[error("PKCS#11: {0}")]
     Token(String),
 }
@@ -44,8 +52,10 @@ pub enum PlatformOpenError {
 pub enum PlatformConfig {
     /// Keys in files in this directory (INSECURE).
     Software {
+        /// The key directory.
         dir: PathBuf,
     },
+    /// Keys in a PKCS#11 token.
     Pkcs11(pkcs11::Pkcs11Config),
 }
 

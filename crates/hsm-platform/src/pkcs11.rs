@@ -42,10 +42,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use zeroize::Zeroizing;
 
+/// The token object label of the sealing key (AES-256).
 pub const SEALING_LABEL: &str = "bkv-sealing";
+/// The token object label of the signing key pair (Ed25519).
 pub const SIGNING_LABEL: &str = "bkv-signing";
+/// The token object label of the host's (raft) counter.
 pub const COUNTER_LABEL: &str = "bkv-counter";
+/// The token object label of the core's counter.
 pub const CORE_COUNTER_LABEL: &str = "bkv-core-counter";
+/// The token object label of the sealing IV epoch.
 pub const IV_EPOCH_LABEL: &str = "bkv-seal-iv-epoch";
 const SEAL_VERSION: u8 = 2;
 const IV_LEN: usize = 12;
@@ -58,6 +63,7 @@ const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 pub struct Pkcs11Config {
     /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so` for SoftHSM2).
     pub module: PathBuf,
+    /// The token's label.
     pub token_label: String,
     /// File holding the user PIN (never on the command line).
     pub pin_file: PathBuf,
@@ -131,6 +137,7 @@ fn token_counter(c: Counter) -> &'static TokenCounter {
     }
 }
 
+/// A node's platform in a PKCS#11 token: keys that never leave it, counters as token objects.
 pub struct Pkcs11Platform {
     inner: Mutex<Inner>,
     sealing: ObjectHandle,

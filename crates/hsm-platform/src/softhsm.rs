@@ -13,6 +13,7 @@ pub struct SoftHsmToken {
     /// The configuration file; `SOFTHSM2_CONF` must name it in every
     /// process that opens the token.
     pub conf: PathBuf,
+    /// How to open the token.
     pub config: Pkcs11Config,
 }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use zeroize::Zeroizing;
 
+/// A node's platform in files of one directory (INSECURE: for development and tests).
 pub struct SoftwarePlatform {
     dir: PathBuf,
     sealing: Zeroizing<[u8; 32]>,

@@ -9,7 +9,7 @@
 //! fsynced so the rename survives a crash. A key file readable by group or others is refused on
 //! read, as ssh refuses such a private key.
 
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -18,26 +18,47 @@ use zeroize::Zeroizing;
 /// Why a key file could not be used. Every variant leaves the file as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// The file exists but could not be read.
     #[error("read {path} (not replaced: fix the file or its permissions): {source}")]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// What reading it said.
         source: std::io::Error,
     },
+    /// The file holds another number of bytes than a key of this kind.
     #[error("{path} is not a key file: expected {expected} bytes, found {found}")]
     Length {
+        /// The key file.
         path: PathBuf,
+        /// The key's length.
         expected: usize,
+        /// The file's length.
         found: u64,
     },
+    /// Group or others may read the file.
     #[error("{path} has mode {mode:o}: a key file must be readable by its owner only (chmod 600)")]
-    Mode { path: PathBuf, mode: u32 },
+    Mode {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// There is no file, and the caller did not ask for one to be made.
     #[error("{path} does not exist")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A new key could not be written.
     #[error("write {path}: {source}")]
     Write {
+        /// The key file.
         path: PathBuf,
+        /// What writing it said.
         source: std::io::Error,
     },
+    /// The system's randomness failed while making a new key.
     #[error("randomness for a new key: {0}")]
     Random(String),
 }

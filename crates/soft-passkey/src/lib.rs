@@ -9,7 +9,7 @@
 //! "counter","cose_key","hmac_with_uv","hmac_without_uv"}]}` with binary
 //! fields in unpadded base64url and `cose_key` the CBOR COSE_Key.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -30,10 +30,13 @@ use std::path::{Path, PathBuf};
 /// Largest credential file read.
 const MAX_FILE: u64 = 1024 * 1024;
 
+/// Why the passkey store file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Reading or writing the file failed.
     #[error("passkey store {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The file is not a store this crate wrote.
     #[error("passkey store {0} is not a valid store file: {1}")]
     Format(PathBuf, String),
 }

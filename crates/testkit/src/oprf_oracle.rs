@@ -32,6 +32,7 @@ const MASKED: usize = 32 + 32 + 64;
 
 /// One candidate password, blinded for one evaluation.
 pub struct Blinded {
+    /// The candidate password.
     pub password: Vec<u8>,
     client: OprfClient<Ristretto255>,
     /// A serialized blinded element: the body of a `RegistrationRequest`, or the first part of a
