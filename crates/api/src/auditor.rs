@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /v1/key`: the auditor's name and keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
+    /// The auditor's name (its signed-note key name).
     pub name: String,
     /// Ed25519 public key, hex.
     pub public_key: String,
@@ -16,8 +17,11 @@ pub struct KeyInfo {
 /// `GET /v1/logs/{ns}`: one log's head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogInfo {
+    /// The log's namespace (one per operator and fleet family).
     pub namespace: String,
+    /// The checkpoint origin line of the log.
     pub origin: String,
+    /// How many entries the log holds.
     pub size: u64,
     /// The operator key the namespace was created with, hex.
     pub operator_key: String,
@@ -27,15 +31,20 @@ pub struct LogInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
+    /// An OTA key bundle (`bundle`, `epoch`).
     Bundle,
+    /// A fleet membership record (`record`).
     Membership,
+    /// A fleet's deployment evidence (`evidence`).
     Evidence,
 }
 
 /// `GET /v1/logs/{ns}/entries/{i}`, `…/epochs/{e}`, `…/bundles/latest`: one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryResponse {
+    /// The entry's position in the log.
     pub index: u64,
+    /// What it holds.
     pub kind: EntryKind,
     /// The bundle's epoch (bundles only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +54,7 @@ pub struct EntryResponse {
         with = "crate::b64::opt",
         skip_serializing_if = "Option::is_none"
     )]
+    /// The canonical bundle bytes (bundles only).
     pub bundle: Option<Vec<u8>>,
     /// The membership record (membership entries only).
     #[serde(
@@ -60,6 +70,7 @@ pub struct EntryResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub evidence: Option<Vec<u8>>,
+    /// The auditor's Ed25519 signature over the entry's append message.
     #[serde(with = "crate::b64")]
     pub auditor_signature: Vec<u8>,
     /// Bundles: the operator's counter-signature (once given). Membership records: the
@@ -71,6 +82,7 @@ pub struct EntryResponse {
 /// `GET …/proof/inclusion` and `…/proof/consistency`: the proof's hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProofResponse {
+    /// The RFC 9162 proof's hashes, in order.
     #[serde(with = "crate::b64::hashes")]
     pub proof: Vec<[u8; 32]>,
 }
@@ -78,20 +90,25 @@ pub struct ProofResponse {
 /// `…/proof/inclusion?index=&size=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionQuery {
+    /// The entry to prove.
     pub index: u64,
+    /// The tree size to prove it in.
     pub size: u64,
 }
 
 /// `…/proof/consistency?from=&to=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsistencyQuery {
+    /// The older tree size.
     pub from: u64,
+    /// The newer tree size.
     pub to: u64,
 }
 
 /// `POST /v1/logs/{ns}/entries`: a bundle to log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendRequest {
+    /// The canonical bundle bytes.
     #[serde(with = "crate::b64")]
     pub bundle: Vec<u8>,
     /// The operator's Ed25519 signature over the append message of the bundle.
@@ -102,7 +119,9 @@ pub struct AppendRequest {
 /// What an append answers: the entry's index and the auditor's signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResponse {
+    /// The new entry's position in the log.
     pub index: u64,
+    /// The auditor's Ed25519 signature over the entry's append message.
     #[serde(with = "crate::b64")]
     pub auditor_signature: Vec<u8>,
 }
@@ -110,6 +129,7 @@ pub struct AppendResponse {
 /// `POST /v1/logs/{ns}/entries/{i}/countersignature`: the operator's counter-signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersignRequest {
+    /// The operator's Ed25519 signature over the auditor's signature.
     #[serde(with = "crate::b64")]
     pub operator_signature: Vec<u8>,
 }
@@ -139,6 +159,8 @@ pub struct AppendEvidenceRequest {
 /// Every error of the auditor and the frontend: a stable code and a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// The stable, machine-readable code (`unknown_session`, `protector_required`, …).
     pub error: String,
+    /// What went wrong, for people.
     pub message: String,
 }

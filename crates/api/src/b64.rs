@@ -7,10 +7,12 @@ use serde::{Deserialize, Deserializer, Serializer};
 /// The most hashes a Merkle proof holds (a tree of up to 2⁶⁴ leaves), checked before decoding.
 pub const MAX_PROOF_LEN: usize = 64;
 
+/// Writes bytes as one base64 string.
 pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&B64.encode(v))
 }
 
+/// Reads bytes from one base64 string.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let s = String::deserialize(d)?;
     B64.decode(s).map_err(serde::de::Error::custom)
@@ -20,6 +22,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error>
 pub mod opt {
     use super::*;
 
+    /// Writes the bytes as a base64 string, or `null`.
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(b) => s.serialize_some(&B64.encode(b)),
@@ -27,6 +30,7 @@ pub mod opt {
         }
     }
 
+    /// Reads a base64 string, or `null`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| B64.decode(s).map_err(serde::de::Error::custom))
@@ -38,10 +42,12 @@ pub mod opt {
 pub mod hashes {
     use super::*;
 
+    /// Writes each hash as a base64 string.
     pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(v.iter().map(|h| B64.encode(h)))
     }
 
+    /// Reads at most [`MAX_PROOF_LEN`] base64 strings of 32 bytes each.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
         let v = Vec::<String>::deserialize(d)?;
         if v.len() > MAX_PROOF_LEN {
