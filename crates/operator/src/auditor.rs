@@ -44,8 +44,11 @@ async fn send_json<T: serde::de::DeserializeOwned>(
 
 /// A client for one auditor, acting as one namespace's operator.
 pub struct AuditorClient<'a> {
+    /// The HTTP client to use.
     pub http: &'a reqwest::Client,
+    /// The auditor's base URL.
     pub url: &'a str,
+    /// The namespace's operator key, which signs every append.
     pub operator: &'a SigningKey,
 }
 

@@ -22,9 +22,13 @@ pub const COMMAND_LIFETIME_SECS: u64 = 300;
 
 /// Who administers a fleet, and where its membership is logged.
 pub struct Operator {
+    /// The operator's signing key (commands, log appends).
     pub key: SigningKey,
+    /// The auditor that logs the fleet's membership.
     pub auditor_url: String,
+    /// The auditor namespace of the fleet's family.
     pub namespace: String,
+    /// The HTTP client to use.
     pub http: reqwest::Client,
     /// The operator's record of the commands it signed ([`crate::ledger`]); without one it
     /// signs no command.
@@ -32,6 +36,7 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// A client for the fleet's auditor, as this operator.
     pub fn auditor(&self) -> AuditorClient<'_> {
         AuditorClient {
             http: &self.http,

@@ -19,6 +19,7 @@ const MAX_LEDGER: u64 = 1 << 20;
 pub struct Ledger(PathBuf);
 
 impl Ledger {
+    /// The ledger in file `path` (made at the first command signed).
     pub fn at(path: &Path) -> Self {
         Ledger(path.to_owned())
     }

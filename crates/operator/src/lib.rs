@@ -12,7 +12,7 @@
 //! cannot reach users' keys (the fleet's cores refuse anything else).
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod auditor;
 pub mod ceremony;
@@ -22,19 +22,36 @@ pub mod ledger;
 use std::net::SocketAddr;
 
 /// What went wrong talking to the auditor or the fleet.
+/// Why an operator action failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OperatorError {
+    /// The auditor could not be reached, or refused.
     #[error("auditor at {url}: {message}")]
-    Auditor { url: String, message: String },
+    Auditor {
+        /// The auditor's URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The auditor answered with a signature that does not verify.
     #[error("the auditor's signature over what we sent does not verify")]
     AuditorSignature,
+    /// A node's admin link could not be used.
     #[error("admin link {addr}: {message}")]
-    AdminLink { addr: SocketAddr, message: String },
+    AdminLink {
+        /// The node's admin address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The fleet's cores refused the signed command.
     #[error("the fleet refused the command: {0}")]
     Refused(bkv_wire::admin::AdminError),
+    /// The fleet is not in a state the action can work with.
     #[error("{0}")]
     Fleet(String),
 }
 
+/// An operator action's result.
 pub type Result<T> = std::result::Result<T, OperatorError>;

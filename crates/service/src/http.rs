@@ -22,7 +22,9 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Time for a whole request (answered `408`).
     pub request_timeout: Duration,
+    /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// Connections served at once from one client address.
     pub max_connections_per_address: usize,
 }
 

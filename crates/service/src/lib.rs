@@ -6,7 +6,7 @@
 //! It must never hold a service's logic: each service keeps its own typed config and routes.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -23,27 +23,53 @@ pub const MAX_CONFIG: u64 = 1 << 20;
 /// Largest secret file read.
 pub const MAX_SECRET: u64 = 64 * 1024;
 
+/// Why a service's configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The configuration file.
         path: PathBuf,
+        /// What reading it said.
         source: std::io::Error,
     },
+    /// The file is over the size limit.
     #[error("{path} is larger than {limit} bytes")]
-    TooLarge { path: PathBuf, limit: u64 },
+    TooLarge {
+        /// The configuration file.
+        path: PathBuf,
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// The file is not TOML.
     #[error("{path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
     /// A field is missing, unknown or of the wrong type; `field` names it as `section.field`.
     #[error("{origin}: field `{field}`: {message}")]
     Field {
+        /// The file or flag the value came from.
         origin: String,
+        /// `section.field`.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// An environment variable's value is not usable.
     #[error("environment variable {name}: {message}")]
-    Env { name: String, message: String },
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The values are each well-formed but do not fit together.
     #[error("{0}")]
     Invalid(String),
 }
@@ -337,11 +363,14 @@ impl TlsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// A service's `[log]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
