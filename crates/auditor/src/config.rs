@@ -9,6 +9,7 @@ use std::path::PathBuf;
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "BKV_AUDITOR";
 
+/// `bkv-auditor`'s configuration file (docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditorFile {
@@ -16,12 +17,15 @@ pub struct AuditorFile {
     pub data_dir: PathBuf,
     /// The key name in signed notes; also the prefix of each log's origin.
     pub name: String,
+    /// Where it listens.
     pub listen: AuditorListen,
+    /// Its certificate and key, when it ends TLS itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// The logs this auditor keeps: `[[namespaces]]` with `name` and the operator's Ed25519
     /// public key (hex), the only key that may append to it.
     pub namespaces: Vec<NamespaceConfig>,
+    /// How it logs.
     pub log: LogConfig,
 }
 
@@ -38,9 +42,11 @@ impl Default for AuditorFile {
     }
 }
 
+/// The `[listen]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditorListen {
+    /// The address to listen on.
     pub addr: String,
     /// Plain HTTP on a non-loopback address (TLS ends at a proxy on this host).
     pub plain_http_beyond_loopback: bool,
@@ -55,14 +61,18 @@ impl Default for AuditorListen {
     }
 }
 
+/// One `[[namespaces]]` entry: a log and the only key that may append to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
+    /// The namespace's name.
     pub name: String,
+    /// The operator's Ed25519 public key, hex.
     pub operator_key: String,
 }
 
 impl AuditorFile {
+    /// Reads the file at `path`, with `BKV_AUDITOR_*` environment overrides.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         bkv_service::load(path, ENV_PREFIX)
     }

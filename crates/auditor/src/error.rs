@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// An HTTP error answer: its status, stable code and message (`bkv_api::auditor::ErrorBody`).
 #[derive(Debug)]
 pub struct ApiError(
     pub(crate) StatusCode,

@@ -9,7 +9,7 @@
 //! nothing is rewritten or removed. Each append is one fsynced redb
 //! transaction, acknowledged only after it committed. HTTP API: `docs/auditor-api.md`.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod config;
 
@@ -29,15 +29,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 
+/// Why the auditor's log could not be opened or changed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditorError {
+    /// The log database failed.
     #[error("database: {0}")]
     Db(String),
+    /// A configured namespace names another operator key than the one it was created with.
     #[error("namespace {0:?} is registered with another operator key; refusing to change it")]
     OperatorMismatch(String),
+    /// The namespace's name is not allowed.
     #[error("invalid namespace name {0:?} (1-64 chars of [a-z0-9._-])")]
     BadNamespace(String),
+    /// A stored entry does not decode.
     #[error("stored entry is corrupt: {0}")]
     Corrupt(String),
 }
@@ -46,6 +51,7 @@ fn dberr<E: std::fmt::Display>(e: E) -> AuditorError {
     AuditorError::Db(e.to_string())
 }
 
+/// Whether `ns` is an allowed namespace name (1 to 64 of `[a-z0-9._-]`).
 pub fn valid_namespace(ns: &str) -> bool {
     !ns.is_empty()
         && ns.len() <= 64

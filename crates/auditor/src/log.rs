@@ -93,6 +93,7 @@ impl NsLog {
     }
 }
 
+/// The auditor's logs: one append-only Merkle log per namespace, and its signing key.
 pub struct Auditor {
     pub(crate) db: Database,
     pub(crate) key: SigningKey,
@@ -181,14 +182,17 @@ impl Auditor {
         })
     }
 
+    /// The auditor's Ed25519 public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
 
+    /// Its name in signed notes.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The checkpoint origin of namespace `ns`'s log.
     pub fn origin(&self, ns: &str) -> String {
         format!("{}/{ns}", self.name)
     }
