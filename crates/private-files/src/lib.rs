@@ -9,7 +9,9 @@
 //! fsynced so the rename survives a crash. A key file readable by group or others is refused on
 //! read, as ssh refuses such a private key.
 
+#![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
+
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
