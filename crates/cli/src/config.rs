@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A `client.toml` (docs/operations.md "Client configuration").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientConfig {
     /// Config format version (1).
@@ -21,9 +22,12 @@ pub struct ClientConfig {
     /// Guess limit for new registrations.
     #[serde(default = "default_guess_limit")]
     pub guess_limit: u32,
+    /// How the fleet's key is trusted (`[fleet]`).
     pub fleet: FleetConfig,
+    /// How the client gets its token (`[auth]`).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The passkey protector's relying party (`[passkeys]`).
     #[serde(default)]
     pub passkeys: PasskeysConfig,
     /// Trust only this CA (a PEM file) for the frontend's HTTPS certificate; without it, the
@@ -32,6 +36,7 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// The `[passkeys]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasskeysConfig {
     /// WebAuthn origin the app's passkeys are bound to (must match the
@@ -49,32 +54,39 @@ impl Default for PasskeysConfig {
 
 /// Relying-party id and origin of development deployments.
 pub const DEV_PASSKEY_RP_ID: &str = "localhost";
+/// The origin of development deployments' passkeys.
 pub const DEV_PASSKEY_ORIGIN: &str = "https://localhost";
 
 fn default_guess_limit() -> u32 {
     bkv_wire::vault::DEFAULT_GUESS_LIMIT
 }
 
+/// The `[fleet]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetConfig {
     /// How fleet keys are validated: `pinned` (the Noise key in this file, the
     /// hardcoded mode) or `ota` (a bundle from the frontend, verified against the
     /// auditor and operator keys in `[fleet.ota]`).
     pub mode: String,
+    /// `pinned` mode: the fleet's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_id: Option<String>,
     /// `pinned` mode: the fleet's Noise static public key (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_public_key: Option<String>,
+    /// `ota` mode: the pinned trust anchors (`[fleet.ota]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ota: Option<OtaConfig>,
 }
 
+/// The `[fleet.ota]` section: what a bundle is checked against.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OtaConfig {
+    /// The auditor namespace the fleet's bundles are logged in.
     pub namespace: String,
     /// Checkpoint origin of the namespace's log (`<auditor name>/<namespace>`).
     pub origin: String,
+    /// The auditor's name in signed notes.
     pub auditor_name: String,
     /// Auditor's Ed25519 public key (hex), pinned.
     pub auditor_key: String,
@@ -122,6 +134,7 @@ pub fn record_log_trust(path: &Path, saved_before: bool, retrusted: bool) -> any
     cfg.save(path)
 }
 
+/// The `[auth]` section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuthConfig {
     /// Development only: endpoint that issues a token for any user. In
@@ -157,6 +170,7 @@ fn check_frontend_url(url: &str) -> anyhow::Result<()> {
 }
 
 impl ClientConfig {
+    /// Reads and checks the config at `path` (relative paths in it become relative to it).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("read client config {}", path.display()))?;
@@ -247,6 +261,7 @@ impl ClientConfig {
         b.build().context("http client")
     }
 
+    /// `pinned` mode: the fleet's Noise key.
     pub fn pinned_key(&self) -> anyhow::Result<[u8; 32]> {
         let hex = self
             .fleet
@@ -256,6 +271,7 @@ impl ClientConfig {
         bkv_wire::key_from_hex(hex).map_err(|e| anyhow::anyhow!("fleet.noise_public_key: {e}"))
     }
 
+    /// `ota` mode: the trust anchors bundles are verified against.
     pub fn anchors(&self) -> anyhow::Result<bkv_transparency::bundle::TrustAnchors> {
         let ota = self
             .fleet
@@ -277,6 +293,7 @@ impl ClientConfig {
         })
     }
 
+    /// Writes the config to `path` (a private file).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = toml::to_string_pretty(self)?;
         let body = format!(

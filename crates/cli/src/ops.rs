@@ -7,22 +7,31 @@ use bkv_client::{BackupKey, BackupStore, ClientError, Endpoint, VaultClient};
 use bkv_wire::vault::RecordState;
 use std::path::PathBuf;
 
+/// Progress: called with the bytes done so far.
 pub type Report = Box<dyn FnMut(u64) + Send>;
 
+/// What every operation needs: where the vault and the backups are.
 pub struct Ctx {
+    /// The frontend and the trusted fleet.
     pub endpoint: Endpoint,
     /// Where backups are stored (`bkv_client::storage::open_store`).
     pub storage: String,
+    /// The guess limit of new registrations.
     pub guess_limit: u32,
+    /// The passkeys' WebAuthn origin.
     pub passkey_origin: String,
 }
 
+/// What a backup made.
 pub struct Created {
+    /// The new latest backup.
     pub latest: Latest,
+    /// Whether a new backup key was registered with the vault for it.
     pub registered: bool,
 }
 
 impl Ctx {
+    /// The account of `user`.
     pub fn account(&self, user: &str) -> Result<Account, ClientError> {
         Ok(Account {
             endpoint: Some(self.endpoint.clone()),
@@ -92,11 +101,15 @@ pub async fn restore(
     account.restore(&unlocked, out, report).await
 }
 
+/// What `backup status` shows.
 pub struct Status {
+    /// The vault record's state.
     pub record: RecordState,
+    /// The latest backup, if any.
     pub latest: Option<Latest>,
 }
 
+/// The vault record's state and the latest backup of `user`.
 pub async fn status(ctx: &Ctx, user: &str) -> Result<Status, ClientError> {
     let record = ctx.account(user)?.record_state().await?;
     let store = BackupStore::open(&ctx.storage, user)?;
@@ -106,6 +119,7 @@ pub async fn status(ctx: &Ctx, user: &str) -> Result<Status, ClientError> {
     })
 }
 
+/// A vault record's state in words.
 pub fn describe_record(r: &RecordState) -> String {
     match r {
         RecordState::Absent => "none (no backup set up)".into(),
