@@ -17,14 +17,18 @@ use std::time::Duration;
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "BKV_FRONTEND";
 
+/// `bkv-frontend`'s configuration file (docs/operations.md "The frontend").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontendFile {
+    /// Where it listens (`[listen]`).
     pub listen: ListenConfig,
     /// Serve HTTPS with this certificate and key (PEM files).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// How user tokens are verified (`[tokens]`).
     pub tokens: TokenConfig,
+    /// The fleets it routes to (`[fleets]`).
     pub fleets: FleetsConfig,
     /// Serve the validation bundle from this auditor log (`GET /v1/bundle`, "over the air").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,11 +36,15 @@ pub struct FrontendFile {
     /// The WebAuthn relying party for passkey protectors (`/v1/passkeys`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passkeys: Option<PasskeysConfig>,
+    /// Timeouts, connection limits and rates (`[limits]`).
     pub limits: LimitsConfig,
+    /// How it logs (`[log]`).
     pub log: LogConfig,
+    /// Its metrics endpoint (`[metrics]`).
     pub metrics: MetricsConfig,
 }
 
+/// The `[metrics]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -52,6 +60,7 @@ impl Default for MetricsConfig {
     }
 }
 
+/// The `[listen]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
@@ -72,6 +81,7 @@ impl Default for ListenConfig {
     }
 }
 
+/// The `[tokens]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
@@ -95,6 +105,8 @@ pub struct TokenConfig {
     /// `dev_signing_key_file` (which then is the only key that verifies tokens). Logged as a
     /// warning at start.
     pub dev_mode: bool,
+    /// Development only (`dev_mode`): the 32-byte Ed25519 seed (mode 0600) the dev token
+    /// endpoint signs with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_signing_key_file: Option<PathBuf>,
 }
@@ -122,6 +134,7 @@ pub fn read_jwks(path: &Path) -> Result<token::KeySet, ConfigError> {
         .map_err(|e| invalid("tokens.jwks_file", format!("{}: {e}", path.display())))
 }
 
+/// The `[fleets]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetsConfig {
@@ -134,10 +147,13 @@ pub struct FleetsConfig {
     pub routes_file: Option<PathBuf>,
 }
 
+/// The `[bundle]` section: the auditor log the validation bundle is served from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
+    /// The auditor's base URL.
     pub auditor_url: String,
+    /// The namespace the fleet's bundles are logged in.
     pub namespace: String,
     /// Trust only this CA (PEM) for the auditor's HTTPS certificate (default: the system's
     /// roots and Mozilla's).
@@ -145,6 +161,7 @@ pub struct BundleConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// The `[passkeys]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasskeysConfig {
@@ -167,7 +184,9 @@ fn default_max_ceremonies() -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
+    /// Requests per second, sustained.
     pub per_second: u32,
+    /// Requests at once beyond the rate.
     pub burst: u32,
 }
 
@@ -177,6 +196,7 @@ impl From<(u32, u32)> for Rate {
     }
 }
 
+/// The `[limits]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -184,11 +204,17 @@ pub struct LimitsConfig {
     pub idle_timeout_secs: u64,
     /// Time for a whole request.
     pub request_timeout_secs: u64,
+    /// Connections served at once.
     pub max_connections: usize,
+    /// Connections served at once from one client address.
     pub max_connections_per_address: usize,
+    /// Requests from one client address.
     pub address_rate: Rate,
+    /// Sessions opened from one client address.
     pub address_open_rate: Rate,
+    /// Sessions opened by one user.
     pub user_open_rate: Rate,
+    /// Session messages of one user.
     pub user_message_rate: Rate,
 }
 
@@ -255,13 +281,19 @@ impl LimitsConfig {
 
 /// A checked config, with its keys read.
 pub struct Loaded {
+    /// The address to listen on.
     pub addr: SocketAddr,
+    /// The TLS server settings, when it serves HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What to serve.
     pub config: FrontendConfig,
+    /// The routes file to re-read while serving.
     pub routes_file: Option<PathBuf>,
     /// The JWKS file to watch for key rotations.
     pub jwks_file: Option<PathBuf>,
+    /// How to log.
     pub log: LogConfig,
+    /// Whether `GET /metrics` is served.
     pub metrics_enabled: bool,
 }
 

@@ -7,6 +7,7 @@ use bkv_wire::node::NodeError;
 
 pub use bkv_api::auditor::ErrorBody;
 
+/// An HTTP error answer: its status, stable code and message ([`ErrorBody`]).
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,

@@ -4,7 +4,7 @@
 //! Noise messages to a node. It never holds a key that could open them: it
 //! sees ciphertext, sizes, timing and user ids only. HTTP API: `docs/api.md`.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod config;
 pub mod passkeys;
@@ -99,6 +99,7 @@ impl Default for Limits {
     }
 }
 
+/// What the frontend serves, and how.
 pub struct FrontendConfig {
     /// The fleets' node addresses (relay links), preferred fleet first.
     /// Shared so a deployment can add a fleet or a node while serving.
@@ -111,6 +112,7 @@ pub struct FrontendConfig {
     pub bundle_source: Option<BundleSource>,
     /// WebAuthn relying party for passkey protectors (`/v1/passkeys`).
     pub passkeys: Option<Arc<passkeys::RelyingParty>>,
+    /// Per-user and per-address limits.
     pub limits: Limits,
     /// Serves `GET /metrics` (Prometheus text) from this recorder when set.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -120,7 +122,9 @@ pub struct FrontendConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetRoute {
+    /// The fleet's id.
     pub fleet_id: String,
+    /// Its nodes' relay addresses.
     pub nodes: Vec<SocketAddr>,
 }
 
@@ -131,6 +135,7 @@ pub struct FleetRoute {
 pub struct Routes(Arc<std::sync::RwLock<Vec<(String, SocketAddr)>>>);
 
 impl Routes {
+    /// The routes of `fleets`.
     pub fn new(fleets: &[FleetRoute]) -> Self {
         let r = Routes::default();
         r.learn(fleets);
@@ -174,7 +179,9 @@ impl Routes {
 /// The auditor log the frontend serves the current bundle from.
 #[derive(Debug, Clone)]
 pub struct BundleSource {
+    /// The auditor's base URL.
     pub auditor_url: String,
+    /// The namespace the fleet's bundles are logged in.
     pub namespace: String,
     /// The only CA (PEM) trusted for the auditor's HTTPS certificate, if set.
     pub auditor_ca_pem: Option<Vec<u8>>,
@@ -202,6 +209,7 @@ pub const FLEET_HEADER: &str = "bkv-fleet";
 /// How long the frontend reuses the latest bundle's fleet list.
 const BUNDLE_FLEETS_TTL: Duration = Duration::from_secs(1);
 
+/// The frontend's HTTP routes (docs/api.md), serving `config`.
 pub fn router(config: FrontendConfig) -> Router {
     let pools = Mutex::new(HashMap::new());
     let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));

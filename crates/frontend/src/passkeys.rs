@@ -65,11 +65,14 @@ pub struct PasskeyConfig {
     pub db_path: PathBuf,
 }
 
+/// Why the passkey relying party could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PasskeyStoreError {
+    /// The relying party's id or origin is not usable.
     #[error("relying party settings: {0}")]
     Config(String),
+    /// The passkey database failed.
     #[error("passkey database: {0}")]
     Db(String),
 }
@@ -105,6 +108,8 @@ struct Pending {
 /// Per user: SHA-256 of each live grant and when it was issued.
 type Grants = HashMap<String, Vec<([u8; 32], Instant)>>;
 
+/// The WebAuthn relying party for passkey protectors: ceremonies, stored credentials and
+/// grants, and the relying party's share of each protector key.
 pub struct RelyingParty {
     webauthn: Webauthn,
     db: Database,
@@ -146,6 +151,7 @@ fn user_uuid(user: &str) -> Uuid {
 pub use bkv_api::passkeys::{Finished, PasskeyEntry as Listed, Started};
 
 impl RelyingParty {
+    /// Opens (or creates) the passkey database the config names.
     pub fn open(config: &PasskeyConfig) -> Result<Self, PasskeyStoreError> {
         let origin = Url::parse(&config.origin)
             .map_err(|e| PasskeyStoreError::Config(format!("origin: {e}")))?;
@@ -338,6 +344,7 @@ impl RelyingParty {
         Ok(Started { ceremony, options })
     }
 
+    /// Finishes a registration ceremony with the authenticator's credential.
     pub fn finish_registration(
         &self,
         user: &str,
@@ -378,6 +385,7 @@ impl RelyingParty {
         })
     }
 
+    /// Starts an assertion with the passkey `credential_id` names.
     pub fn start_assertion(
         &self,
         user: &str,
@@ -406,6 +414,7 @@ impl RelyingParty {
         Ok(Started { ceremony, options })
     }
 
+    /// Finishes an assertion: the share, and a grant for further changes.
     pub fn finish_assertion(
         &self,
         user: &str,
@@ -448,6 +457,7 @@ impl RelyingParty {
         Ok(out)
     }
 
+    /// The user's passkeys.
     pub fn list(&self, user: &str) -> Result<Vec<Listed>, ApiError> {
         Ok(self
             .load(user)?

@@ -21,33 +21,47 @@ pub const MAX_JWKS: usize = 256 * 1024;
 /// Most keys in one JWKS.
 pub const MAX_KEYS: usize = 64;
 
+/// Why a token was refused (or a key set could not be used).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenError {
+    /// Over the length limit.
     #[error("token too long")]
     TooLong,
+    /// Not three base64url parts.
     #[error("token is not a compact JWS")]
     Format,
+    /// Its `alg` is not its key's.
     #[error("token algorithm is not the one its key is for")]
     Algorithm,
+    /// Its `kid` names no key of the key set.
     #[error("token names no key this frontend knows (kid)")]
     UnknownKey,
+    /// The signature does not verify.
     #[error("token signature is invalid")]
     Signature,
+    /// The claims do not decode, or lack `sub` or `exp`.
     #[error("token claims are malformed or missing")]
     Claims,
+    /// `aud` is not the frontend's.
     #[error("token is for another audience")]
     Audience,
+    /// `iss` is not the one required.
     #[error("token is from another issuer")]
     Issuer,
+    /// `exp` has passed.
     #[error("token has expired")]
     Expired,
+    /// `nbf` is still ahead.
     #[error("token is not valid yet")]
     NotYetValid,
+    /// `exp` is further ahead than the policy allows.
     #[error("token lives longer than this frontend accepts")]
     TooLongLived,
+    /// `sub` is not a valid user id.
     #[error("token subject is not a valid user id: {0}")]
     Subject(&'static str),
+    /// The key set (JWKS) could not be read or used.
     #[error("key set: {0}")]
     KeySet(String),
 }
@@ -62,11 +76,16 @@ struct Header {
 /// The claims `mint` writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// The user id.
     pub sub: String,
+    /// The audience.
     pub aud: String,
+    /// Expiry, unix seconds.
     pub exp: u64,
+    /// Issued at, unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
 }
@@ -74,12 +93,17 @@ pub struct Claims {
 /// The claims a verified token carries (`aud` as a string or an array, `iss` optional).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Verified {
+    /// The user id.
     pub sub: String,
+    /// Expiry, unix seconds.
     pub exp: u64,
+    /// Not before, unix seconds.
     #[serde(default)]
     pub nbf: Option<u64>,
+    /// Issued at, unix seconds.
     #[serde(default)]
     pub iat: Option<u64>,
+    /// The issuer.
     #[serde(default)]
     pub iss: Option<String>,
 }
@@ -101,6 +125,7 @@ pub fn mint(key: &SigningKey, claims: &Claims) -> String {
 /// What a token must say besides its signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// The `aud` every token must name.
     pub audience: String,
     /// The `iss` every token must carry, if set.
     pub issuer: Option<String>,
@@ -241,6 +266,7 @@ impl FromStrChecked for Algorithm {
 /// (a JWKS file that changed).
 pub struct Verifier {
     keys: RwLock<Arc<KeySet>>,
+    /// What tokens must say.
     pub policy: Policy,
     /// Tokens that verified, by SHA-256 of the token: every request of a session presents the
     /// same token, and its signature check and JSON parsing were ~7 % of a 2-core recovery load.
@@ -256,6 +282,7 @@ type Remembered = (Arc<KeySet>, Verified);
 const RECENT_TOKENS: usize = 8192;
 
 impl Verifier {
+    /// A verifier of tokens signed by `keys`, held to `policy`.
     pub fn new(keys: KeySet, policy: Policy) -> Self {
         Verifier {
             keys: RwLock::new(Arc::new(keys)),
@@ -264,6 +291,7 @@ impl Verifier {
         }
     }
 
+    /// Swaps in a new key set (a JWKS refresh); tokens verified from now on use it.
     pub fn replace_keys(&self, keys: KeySet) {
         if let Ok(mut k) = self.keys.write() {
             *k = Arc::new(keys);
@@ -273,6 +301,7 @@ impl Verifier {
         }
     }
 
+    /// Checks `token` at unix time `now`: signature, then claims against the policy.
     pub fn verify(&self, now: u64, token: &str) -> Result<Verified, TokenError> {
         use sha2::Digest;
         let keys = self
