@@ -302,12 +302,17 @@ impl Node {
     /// One request to the core, the lock held only while it is sent (as in `core_step`), for
     /// requests that carry no entry.
     fn core_call(&self, req: Request) -> Result<Reply, NodeError> {
+        Ok(self.core_answer(req)?.0)
+    }
+
+    /// Sends `req` under the core lock, then waits for its answer without it.
+    fn core_answer(&self, req: Request) -> Result<bkv_core_service::pipe::Answer, NodeError> {
         let sent = self
             .core()
             .ok_or(NodeError::Unavailable)?
             .send(req)
             .map_err(core_link::step_failed)?;
-        Ok(sent.wait().map_err(core_link::step_failed)?.0)
+        sent.wait().map_err(core_link::step_failed)
     }
 
     fn core(&self) -> Option<std::sync::MutexGuard<'_, CoreHandle>> {
@@ -425,12 +430,7 @@ impl Node {
     /// (`bkv_core_service::pipe`). An entry the core made is handed to the fleet within its
     /// turn, so entries reach the log in the order the core numbered them.
     fn core_step(&self, req: Request) -> Result<Next, NodeError> {
-        let sent = self
-            .core()
-            .ok_or(NodeError::Unavailable)?
-            .send(req)
-            .map_err(core_link::step_failed)?;
-        let (reply, turn) = sent.wait().map_err(core_link::step_failed)?;
+        let (reply, turn) = self.core_answer(req)?;
         Ok(match core_link::step_reply(reply)? {
             Step::Reply(r) => Next::Reply(r),
             Step::ReadFresh => Next::ReadFresh,

@@ -309,14 +309,17 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
             let v: Option<bkv_api::auditor::ErrorBody> = r.json().await.ok();
             (status, v.map(|v| v.error).unwrap_or_default())
         };
-        let listed: bkv_api::passkeys::PasskeyList =
-            call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-        let cred = listed.passkeys[0].credential_id.clone();
+        let passkeys = || async {
+            let listed: bkv_api::passkeys::PasskeyList =
+                call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            listed.passkeys
+        };
+        let cred = passkeys().await[0].credential_id.clone();
         let forbidden = (403, "protector_required".to_owned());
         // Deleting with the token only, or with a made-up grant.
         let path = format!("/v1/passkeys/{cred}");
@@ -386,14 +389,7 @@ fn destructive_operations_need_a_protector_not_just_a_token() {
         s.close().await;
         let r = post(&uma, vec![1; 40]).await.unwrap();
         assert_eq!(code(r).await, (404, "unknown_session".to_owned()));
-        let listed: bkv_api::passkeys::PasskeyList =
-            call(reqwest::Method::GET, "/v1/passkeys", &uma, None)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-        assert_eq!(listed.passkeys.len(), 1);
+        assert_eq!(passkeys().await.len(), 1);
     });
     // The passkey still restores. Its assertion is proof for registering
     // another passkey; so is a password login; a recovery key is not.
