@@ -13,4 +13,4 @@ cargo bench -p bkv-hsm-core --bench core
 cargo bench -p bkv-core-service --bench boundary
 cargo bench -p bkv-transparency --bench verify
 # Peak memory of a 1 GiB backup and restore (the test suite runs 128 MiB).
-BKV_BIG_FILE_MIB=1024 cargo nextest run -p bkv-admin --no-capture -E 'test(memory_stays_bounded_for_a_large_file)'
+BKV_BIG_FILE_MIB=1024 cargo nextest run -p bkv-system-tests --no-capture -E 'test(memory_stays_bounded_for_a_large_file)'

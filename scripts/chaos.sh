@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Jepsen-style chaos runs against a 5-node fleet (crates/admin/tests/it/chaos.rs):
+# Jepsen-style chaos runs against a 5-node fleet (crates/system-tests/tests/it/chaos.rs):
 #
 #   scripts/chaos.sh N [SEED]
 #
@@ -21,5 +21,5 @@ fi
 cargo build --workspace --bins --locked
 echo "chaos: $n schedules, seed $seed"
 BKV_CHAOS_SCHEDULES="$n" BKV_CHAOS_SEED="$seed" \
-    cargo nextest run --locked -p bkv-admin --profile chaos --no-capture \
+    cargo nextest run --locked -p bkv-system-tests --profile chaos --no-capture \
     -E 'test(/^chaos::guess_limit/)'

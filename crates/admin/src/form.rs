@@ -10,13 +10,12 @@
 //! The evidence is written, logged with the auditor, and a bundle naming the fleet is published.
 //! `deploy/form.toml` is a sample plan.
 
+use crate::ceremony::{Formed, Hosts, PlannedNode, Terms};
 use anyhow::{anyhow, bail, Context};
-use bkv_operator::ceremony::Ceremony;
 use bkv_operator::fleet::{self as fleet_admin, Operator};
-use bkv_wire::admin::{AdminRequest, AdminResponse, SignedStatement};
+use bkv_wire::admin::SignedStatement;
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -176,27 +175,6 @@ async fn wait_for_node(
     }
 }
 
-/// Waits until the node at `admin` applied what the leader had applied.
-async fn wait_caught_up(
-    admins: &BTreeMap<u64, SocketAddr>,
-    admin: SocketAddr,
-    wait: Duration,
-) -> anyhow::Result<()> {
-    let (_, leader) = fleet_admin::members(admins)?;
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if let Ok(AdminResponse::Members(v)) =
-            fleet_admin::admin_request(admin, &AdminRequest::Members)
-        {
-            if v.status.applied_index >= leader.status.applied_index {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("node at {admin} did not catch up within {wait:?}")
-}
-
 /// Waits for a witness's signature file (written by `bkv witness ceremony`) and reads it.
 async fn wait_for_signature(
     file: &Path,
@@ -275,83 +253,45 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let members_path = out.join("members.json");
     let wait = Duration::from_secs(plan.wait_secs);
-    let identity = |s: &SignedStatement| -> anyhow::Result<String> {
-        let st = bkv_transparency::membership::verify_statement(s).map_err(|e| anyhow!(e))?;
-        Ok(hex::encode(st.identity_key))
-    };
-
-    let mut c = Ceremony::begin(&op, &statements)?;
-    let mut nodes = plan.nodes.iter().zip(&statements);
-    let (first, (_, first_statement)) = nodes.next().ok_or_else(|| anyhow!("no nodes"))?;
     let predecessors = plan
         .predecessors
         .iter()
         .map(|p| format!("{p:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    say(&format!(
-        "start node {} to found the fleet ([fleet] found = true, namespace = \"{}\", max_guess_limit = {}, predecessors = [{predecessors}]); waiting for its admin link {}",
-        first.id, plan.namespace, plan.max_guess_limit, first.admin
-    ));
-    let fs = wait_for_node(first.admin, wait).await?;
-    let fleet_id = bkv_transparency::evidence::verify_fleet_statement(&fs)
-        .map_err(|e| anyhow!("node {}'s fleet statement: {e}", first.id))?
-        .fleet_id;
-    c.formed(first.id, first_statement.clone(), fs).await?;
-    let mut members = vec![bkv_hsm_node::Member {
-        id: first.id,
-        addr: first.peer.clone(),
-        identity: identity(first_statement)?,
-    }];
-    write_members(&members_path, &members)?;
-    let mut admins = BTreeMap::from([(first.id, first.admin)]);
-    say(&format!("node {} founded the fleet", first.id));
-    for (n, (_, s)) in nodes {
-        c.admit(&admins, n.id, &n.peer, s.clone()).await?;
-        members.push(bkv_hsm_node::Member {
+    let nodes = plan
+        .nodes
+        .iter()
+        .zip(statements)
+        .map(|(n, (_, statement))| PlannedNode {
             id: n.id,
-            addr: n.peer.clone(),
-            identity: identity(s)?,
-        });
-        write_members(&members_path, &members)?;
-        say(&format!(
-            "node {} admitted; start it with [fleet] join = \"{}\"; waiting for its admin link {}",
-            n.id,
-            members_path.display(),
-            n.admin
-        ));
-        let fs = wait_for_node(n.admin, wait).await?;
-        admins.insert(n.id, n.admin);
-        wait_caught_up(&admins, n.admin, wait).await?;
-        fleet_admin::promote(&op, &admins, &fleet_id, n.id)?;
-        c.joined(n.id, fs)?;
-        say(&format!("node {} joined as a voter", n.id));
-    }
-    let commit = plan
-        .source_commit
-        .clone()
-        .unwrap_or_else(crate::dev::source_commit);
-    let toolchain = plan.toolchain.clone().unwrap_or_else(crate::dev::toolchain);
-    let draft = c.draft(&commit, &toolchain)?;
-    let draft_path = out.join("evidence.draft.json");
-    std::fs::write(&draft_path, &draft)?;
-    let mut signatures = Vec::new();
-    for w in &plan.witnesses {
-        let file = out.join(format!("witness-{}.json", w.name));
-        say(&format!(
-            "witness {}: check and sign the draft with `bkv witness ceremony --key KEY --name {} {}` and put its output in {}; waiting",
-            w.name,
-            w.name,
-            draft_path.display(),
-            file.display()
-        ));
-        signatures.push(wait_for_signature(&file, wait).await?);
-    }
-    let evidence = bkv_operator::ceremony::finish(&draft, signatures, &witness_keys)?;
-    let parsed = bkv_transparency::evidence::parse(&evidence).map_err(|e| anyhow!("{e}"))?;
+            peer: n.peer.clone(),
+            statement,
+        })
+        .collect::<Vec<_>>();
+    let terms = Terms {
+        operator: &op,
+        witness_keys: &witness_keys,
+        source_commit: plan
+            .source_commit
+            .clone()
+            .unwrap_or_else(crate::dev::source_commit),
+        toolchain: plan.toolchain.clone().unwrap_or_else(crate::dev::toolchain),
+        wait,
+    };
+    let mut prompt = Prompt {
+        plan: &plan,
+        founding: format!(
+            "[fleet] found = true, namespace = \"{}\", max_guess_limit = {}, predecessors = [{predecessors}]",
+            plan.namespace, plan.max_guess_limit
+        ),
+        members_path,
+        out: out.clone(),
+        wait,
+    };
+    let Formed { evidence, .. } = crate::ceremony::form(&terms, &nodes, &mut prompt).await?;
     let evidence_path = out.join("evidence.json");
-    std::fs::write(&evidence_path, &evidence)?;
-    op.auditor().log_evidence(&op.namespace, &evidence).await?;
+    let parsed = bkv_transparency::evidence::parse(&evidence).map_err(|e| anyhow!("{e}"))?;
     let fleet = bkv_transparency::bundle::BundleFleet {
         fleet_id: parsed.fleet_id.clone(),
         keys: vec![bkv_transparency::bundle::FleetKey {
@@ -369,4 +309,81 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         epoch.map_or_else(|| "unchanged".to_owned(), |e| e.to_string())
     ));
     Ok(())
+}
+
+/// The ceremony's hosts on real machines: the operator is told when to start each node and
+/// each witness when to sign, and this tool waits for them.
+struct Prompt<'a> {
+    plan: &'a Plan,
+    /// The founder's `[fleet]` settings, as the prompt names them.
+    founding: String,
+    members_path: PathBuf,
+    out: PathBuf,
+    wait: Duration,
+}
+
+impl Prompt<'_> {
+    fn admin_of(&self, id: u64) -> anyhow::Result<SocketAddr> {
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.admin)
+            .ok_or_else(|| anyhow!("node {id} is not in the plan"))
+    }
+}
+
+impl Hosts for Prompt<'_> {
+    async fn found(&mut self, node: &PlannedNode) -> anyhow::Result<SocketAddr> {
+        let admin = self.admin_of(node.id)?;
+        say(&format!(
+            "start node {} to found the fleet ({}); waiting for its admin link {admin}",
+            node.id, self.founding
+        ));
+        wait_for_node(admin, self.wait).await?;
+        say(&format!("node {} founded the fleet", node.id));
+        Ok(admin)
+    }
+
+    fn members(&mut self, members: &[bkv_hsm_node::Member]) -> anyhow::Result<()> {
+        write_members(&self.members_path, members)
+    }
+
+    async fn join(&mut self, node: &PlannedNode) -> anyhow::Result<SocketAddr> {
+        let admin = self.admin_of(node.id)?;
+        say(&format!(
+            "node {} admitted; start it with [fleet] join = \"{}\"; waiting for its admin link {admin}",
+            node.id,
+            self.members_path.display(),
+        ));
+        wait_for_node(admin, self.wait).await?;
+        Ok(admin)
+    }
+
+    async fn witness(
+        &mut self,
+        _fleet_id: &str,
+        draft: &[u8],
+    ) -> anyhow::Result<Vec<bkv_transparency::evidence::Witness>> {
+        let draft_path = self.out.join("evidence.draft.json");
+        std::fs::write(&draft_path, draft)?;
+        let mut signatures = Vec::new();
+        for w in &self.plan.witnesses {
+            let file = self.out.join(format!("witness-{}.json", w.name));
+            say(&format!(
+                "witness {}: check and sign the draft with `bkv witness ceremony --key KEY --name {} {}` and put its output in {}; waiting",
+                w.name,
+                w.name,
+                draft_path.display(),
+                file.display()
+            ));
+            signatures.push(wait_for_signature(&file, self.wait).await?);
+        }
+        Ok(signatures)
+    }
+
+    fn evidence(&mut self, _fleet_id: &str, evidence: &[u8]) -> anyhow::Result<()> {
+        let path = self.out.join("evidence.json");
+        std::fs::write(&path, evidence).with_context(|| format!("write {}", path.display()))
+    }
 }

@@ -3,6 +3,7 @@
 //! demo, load generation, and checking any of the four config files.
 
 mod bundle;
+mod ceremony;
 mod demo;
 mod dev;
 mod form;

@@ -1,7 +1,7 @@
 //! `bkv-auditor` as a service: HTTPS with configured certificates, health, readiness (the log
 //! takes writes), metrics, refusing plain HTTP beyond loopback, and a clean stop on SIGTERM.
 
-use bkv_service::testing::{field, get, spawn_ready};
+use bkv_testkit::services::{field, get, spawn_ready};
 use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bkv-auditor");
@@ -9,7 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bkv-auditor");
 #[test]
 fn serves_https_health_readiness_and_metrics_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = bkv_service::testing::pki(dir.path()).unwrap();
+    let ca = bkv_testkit::services::pki(dir.path()).unwrap();
     let (mut child, line) = spawn_ready(
         Command::new(BIN)
             .arg("--data-dir")
@@ -34,7 +34,7 @@ fn serves_https_health_readiness_and_metrics_and_stops_on_sigterm() {
         "{metrics}"
     );
     let plain = url.replace("https://", "http://");
-    assert!(bkv_service::testing::get(&format!("{plain}/healthz"), None).is_err());
+    assert!(bkv_testkit::services::get(&format!("{plain}/healthz"), None).is_err());
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

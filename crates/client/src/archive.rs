@@ -18,9 +18,13 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// zstd compression threads besides the caller's.
 const ZSTD_WORKERS: u32 = 2;
 
+/// How [`write_backup`] writes a backup.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
+    /// Compress with zstd: always a directory, a file only if a sample shrinks by at least 2 %.
     pub compress: bool,
+    /// Plaintext bytes per encrypted chunk (readers accept [`crate::backup::MIN_CHUNK_SIZE`] to
+    /// [`crate::backup::MAX_CHUNK_SIZE`]).
     pub chunk_size: u32,
 }
 
@@ -41,6 +45,7 @@ pub struct Progress<T> {
 }
 
 impl<T> Progress<T> {
+    /// Wraps `inner`; `report` gets the running byte total after every read or write.
     pub fn new(inner: T, report: Box<dyn FnMut(u64) + Send>) -> Self {
         Progress {
             inner,
@@ -202,7 +207,9 @@ pub fn reencrypt<R: Read, W: Write>(
 /// What a restore produced.
 #[derive(Debug, Clone)]
 pub struct Restored {
+    /// Whether one file or a directory tree was restored.
     pub content: Content,
+    /// Where it was restored: the requested output path.
     pub path: PathBuf,
 }
 

@@ -26,27 +26,40 @@ use sha2::Sha256;
 use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
+/// First 4 bytes of every backup.
 pub const MAGIC: [u8; 4] = *b"BKVB";
+/// The format version written, and the only one read.
 pub const FORMAT_VERSION: u8 = 1;
+/// Header size in bytes; the header is also every chunk's AAD.
 pub const HEADER_LEN: usize = 44;
+/// AES-256-GCM tag bytes at the end of every chunk.
 pub const TAG_LEN: usize = 16;
+/// Plaintext bytes per chunk unless the caller chooses (1 MiB).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Smallest chunk size readers accept (4 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 1 << 12;
 /// Readers refuse larger chunks, bounding their memory.
 pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
 
+/// Why a backup stream was refused; a reader releases no plaintext that failed a check.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
+    /// The stream does not start with [`MAGIC`]: not a bkv backup.
     #[error("not a bkv backup (bad magic)")]
     Magic,
+    /// A format version this reader does not know (the version byte).
     #[error("unsupported backup format version {0}")]
     Version(u8),
+    /// A header field holds a value this version does not allow (the field's name).
     #[error("unsupported header field {0}")]
     Field(&'static str),
+    /// The stream ends inside the header, or a chunk is shorter than its tag.
     #[error("backup is truncated")]
     Truncated,
+    /// This chunk (from 0) failed authentication: tampering, truncation, reordering or a wrong key.
     #[error("backup chunk {0} failed authentication: the backup was tampered with, truncated, reordered, or the key is wrong")]
     Auth(u32),
+    /// The chunk counter (a `u32`) would overflow.
     #[error("backup has too many chunks")]
     TooManyChunks,
 }
@@ -63,12 +76,16 @@ pub fn format_error(e: &io::Error) -> Option<&FormatError> {
         .and_then(|inner| inner.downcast_ref::<FormatError>())
 }
 
+/// How the plaintext is compressed before encryption (header byte 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// Not compressed.
     None = 0,
+    /// One zstd stream.
     Zstd = 1,
 }
 
+/// What the plaintext is (header byte 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Content {
     /// The plaintext is one file's bytes.
@@ -77,17 +94,25 @@ pub enum Content {
     Tar = 1,
 }
 
+/// A decoded backup header (the 44-byte layout is in the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// How the plaintext is compressed.
     pub compression: Compression,
+    /// Whether the plaintext is one file or a tar archive.
     pub content: Content,
+    /// Plaintext bytes per chunk; every chunk but the last is full.
     pub chunk_size: u32,
+    /// When the backup was made, in seconds since the Unix epoch (re-encryption keeps it).
     pub created_unix: u64,
+    /// Random per backup: the HKDF salt of the chunk key.
     pub backup_id: [u8; 16],
+    /// Random per backup: the first 7 bytes of every chunk nonce.
     pub nonce_prefix: [u8; 7],
 }
 
 impl Header {
+    /// A header for a new backup made now, with a fresh random id and nonce prefix.
     pub fn new(compression: Compression, content: Content, chunk_size: u32) -> Self {
         let mut backup_id = [0u8; 16];
         let mut nonce_prefix = [0u8; 7];
@@ -107,6 +132,7 @@ impl Header {
         }
     }
 
+    /// The 44 bytes that start the backup.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
@@ -122,6 +148,7 @@ impl Header {
         h
     }
 
+    /// Parses and checks a header: magic, version, field values, chunk size bounds, reserved byte.
     pub fn decode(h: &[u8; HEADER_LEN]) -> Result<Self, FormatError> {
         let (magic, rest) = h.split_at(4);
         if magic != MAGIC {
@@ -203,6 +230,7 @@ pub struct EncryptWriter<W: Write> {
 }
 
 impl<W: Write> EncryptWriter<W> {
+    /// Writes `header` to `inner` and derives the chunk key from `key` and the header.
     pub fn new(mut inner: W, key: &BackupKey, header: &Header) -> io::Result<Self> {
         let hb = header.encode();
         inner.write_all(&hb)?;
@@ -291,6 +319,7 @@ pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> 
 }
 
 impl<R: Read> DecryptReader<R> {
+    /// Reads and checks the header from `inner`; derives the chunk key from `key` and the header.
     pub fn new(mut inner: R, key: &BackupKey) -> io::Result<Self> {
         let mut hb = [0u8; HEADER_LEN];
         if read_full(&mut inner, &mut hb)? < HEADER_LEN {
@@ -311,6 +340,7 @@ impl<R: Read> DecryptReader<R> {
         })
     }
 
+    /// The backup's decoded header.
     pub fn header(&self) -> &Header {
         &self.header
     }

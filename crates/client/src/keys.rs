@@ -12,14 +12,17 @@ use zeroize::Zeroizing;
 pub struct BackupKey(SecretBox<[u8; 32]>);
 
 impl BackupKey {
+    /// A fresh random key from the OS RNG.
     pub fn generate() -> Self {
         let mut k = Box::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(k.as_mut());
         BackupKey(SecretBox::new(k))
     }
+    /// A key from its 32 bytes (as unwrapped or opened from a slot).
     pub fn from_bytes(b: [u8; 32]) -> Self {
         BackupKey(SecretBox::new(Box::new(b)))
     }
+    /// The raw key bytes, for key derivation and encryption; never to be logged or sent.
     pub fn expose(&self) -> &[u8; 32] {
         self.0.expose_secret()
     }
@@ -65,6 +68,7 @@ pub fn wrap(export_key: &[u8], user_id: &str, key: &BackupKey) -> Vec<u8> {
     out
 }
 
+/// Opens what [`wrap`] produced; `None` for a wrong export key or user id, or malformed input.
 pub fn unwrap(export_key: &[u8], user_id: &str, wrapped: &[u8]) -> Option<BackupKey> {
     let (v, rest) = wrapped.split_first()?;
     if *v != WRAP_VERSION || rest.len() != 24 + 32 + 16 {

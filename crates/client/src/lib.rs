@@ -8,7 +8,7 @@
 //! It must never send the backup key, the password or a slot secret anywhere: the vault sees
 //! OPAQUE messages only, storage sees ciphertext, the frontend sees neither.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod account;
 pub mod archive;

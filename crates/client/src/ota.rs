@@ -17,6 +17,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads the saved log state at `path`; no file means first contact (the empty state).
 pub fn load_state(path: &Path) -> Result<ClientLogState> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {

@@ -45,7 +45,9 @@ pub trait Authenticator: Send {
 
 /// What the RP returns after a registration or an assertion.
 pub struct RpResult {
+    /// The WebAuthn credential id (raw bytes).
     pub credential_id: Vec<u8>,
+    /// The relying party's random 32-byte share of the slot secret for this credential.
     pub rp_share: Zeroizing<[u8; 32]>,
     /// After an assertion: the RP's grant for deletions and registrations.
     pub grant: Option<Grant>,

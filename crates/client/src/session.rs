@@ -6,20 +6,25 @@ use bkv_wire::{MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-/// How to reach the vault: frontend URL, user token, pinned fleet key.
 /// A fleet a client talks to: its id (the frontend routes by it; empty: the
 /// frontend's default fleet) and its Noise static public key (pinned, or
 /// from a verified bundle).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetTarget {
+    /// The fleet's id, sent as `bkv-fleet`; empty for the frontend's default fleet.
     pub fleet_id: String,
+    /// The fleet's Noise static public key (X25519).
     pub key: [u8; 32],
 }
 
+/// How to reach the vault: frontend URL, user token, pinned fleet key.
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The HTTP client every request goes through.
     pub http: reqwest::Client,
+    /// Base URL of the frontend (a trailing `/` is ignored).
     pub frontend_url: String,
+    /// The user's bearer token for the frontend.
     pub token: SecretString,
     /// The fleet sessions go to; new records are registered here.
     pub fleet: FleetTarget,
@@ -39,6 +44,7 @@ impl Endpoint {
     }
 }
 
+/// An open Noise session with one vault fleet, relayed by the frontend under a session id.
 pub struct Session {
     endpoint: Endpoint,
     id: String,
@@ -96,6 +102,8 @@ pub(crate) fn http_err(e: reqwest::Error) -> ClientError {
 }
 
 impl Session {
+    /// Runs the Noise NK handshake with `endpoint`'s fleet for `user_id`;
+    /// [`ClientError::FleetKeyRejected`] if the responder lacks the pinned key.
     pub async fn open(endpoint: &Endpoint, user_id: &str) -> Result<Self> {
         let params = NOISE_PATTERN
             .parse()

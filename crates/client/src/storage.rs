@@ -51,11 +51,16 @@ fn storage_err(e: object_store::Error) -> ClientError {
     ClientError::Store(e)
 }
 
+/// The content of `latest.json`, naming the current backup; also how a found backup is described.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latest {
+    /// Format of `latest.json`; only 1 is accepted.
     pub version: u32,
+    /// Object name under `backups/`: `<created_ms>-<key_id>-<random>.bkv`.
     pub object: String,
+    /// Size of the stored (encrypted) object in bytes.
     pub size: u64,
+    /// Creation time (header), in seconds since the Unix epoch; 0 for a backup found by listing.
     pub created_unix: u64,
     /// Hex id of the backup key the object is encrypted under.
     pub key_id: String,
@@ -65,13 +70,18 @@ pub struct Latest {
 /// when rotations were interrupted).
 const MAX_MANIFESTS: usize = 16;
 
+/// A backup object as listed in storage.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupObject {
+    /// Object name under `backups/`.
     pub name: String,
+    /// Size of the stored object in bytes.
     pub size: u64,
+    /// When the store last modified it (RFC 3339).
     pub last_modified: String,
 }
 
+/// One user's area in an object store: backups, `latest.json`, manifests (see the module docs).
 pub struct BackupStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
@@ -140,6 +150,7 @@ impl BackupStore {
         Ok(s)
     }
 
+    /// The area of `user_id` in `store` (`users/<u>/`).
     pub fn with_store(store: Arc<dyn ObjectStore>, user_id: &str) -> Self {
         let mut h = Sha256::new();
         h.update(b"bkv/storage/v1\0");
@@ -157,6 +168,7 @@ impl BackupStore {
         ObjPath::from(format!("{}/{rel}", self.prefix))
     }
 
+    /// The backup `latest.json` names (`None`: no `latest.json`); an error if the name is invalid.
     pub async fn latest(&self) -> Result<Option<Latest>> {
         let Some(b) = self
             .get_limited(&self.path("latest.json"), MAX_LATEST_JSON)
@@ -324,6 +336,7 @@ impl BackupStore {
         Ok(n)
     }
 
+    /// Every backup object of this user, sorted by name (oldest first).
     pub async fn list(&self) -> Result<Vec<BackupObject>> {
         let prefix = self.path("backups");
         let mut out = Vec::new();

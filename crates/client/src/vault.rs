@@ -15,8 +15,11 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+/// The password protector: one user's OPAQUE record on one vault fleet.
 pub struct VaultClient {
+    /// The frontend and fleet the sessions go to.
     pub endpoint: Endpoint,
+    /// The user id the record is stored under.
     pub user_id: String,
     /// Argon2id parameters of the client-side key stretching. The vault never
     /// sees them; a record must be recovered with the parameters it was
@@ -43,13 +46,17 @@ fn ksf(params: &argon2::Params) -> Argon2<'static> {
 
 /// A registration finished on the client, ready to upload.
 pub struct Prepared {
+    /// The OPAQUE registration upload (serialized).
     pub upload: Vec<u8>,
+    /// K wrapped under the OPAQUE export key ([`crate::keys::wrap`], 73 bytes).
     pub wrapped_key: Vec<u8>,
+    /// Wrong guesses the record allows before the vault destroys it.
     pub guess_limit: u32,
     confirm_secret: [u8; 32],
 }
 
 impl Prepared {
+    /// SHA-256 of the confirm secret: stored with the pending record, which the secret makes live.
     pub fn confirm_hash(&self) -> [u8; 32] {
         Sha256::digest(self.confirm_secret).into()
     }
@@ -74,11 +81,14 @@ impl Drop for Prepared {
 /// Result of a successful login: the backup key and the still-open session,
 /// which is authenticated for follow-up operations (delete, re-register).
 pub struct LoggedIn {
+    /// The backup key K the password unwrapped.
     pub key: BackupKey,
+    /// The session the login authenticated (close it when done).
     pub session: Session,
 }
 
 impl VaultClient {
+    /// A client for `user_id` on `endpoint`'s fleet, with the default Argon2id parameters.
     pub fn new(endpoint: Endpoint, user_id: &str) -> Self {
         VaultClient {
             endpoint,
@@ -88,6 +98,7 @@ impl VaultClient {
         }
     }
 
+    /// The state of this user's record on the fleet (asked in a fresh session).
     pub async fn status(&self) -> Result<RecordState> {
         let mut s = Session::open(&self.endpoint, &self.user_id).await?;
         let r = s.call(&VaultRequest::Status).await?;

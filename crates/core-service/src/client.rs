@@ -82,14 +82,19 @@ pub fn crossings() -> Crossings {
 /// Why a request across the boundary failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BoundaryError {
+    /// The socket failed, or a message was too large or malformed.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The core service speaks another protocol version (the one given).
     #[error("core service speaks protocol version {0}, this agent {PROTOCOL_VERSION}")]
     Version(u16),
+    /// The service sent a message of the wrong kind, or the connection is broken already.
     #[error("core service: unexpected {0}")]
     Unexpected(&'static str),
+    /// The service failed or refused the request ([`Reply::Failed`]).
     #[error("core service: {0}")]
     Failed(String),
+    /// A host request's platform operation failed ([`Reply::Platform`]).
     #[error("core service: {0}")]
     Platform(PlatformError),
 }
@@ -221,8 +226,11 @@ impl Conn {
 
 /// The core, in this process or in a core service.
 pub enum CoreHandle {
+    /// The core service in this process.
     Local {
+        /// The service answering the core's requests.
         service: Box<CoreService>,
+        /// Hands out the turns of entry-carrying replies, in the order the core made them.
         order: Arc<Sequencer>,
     },
     /// A core service's core connection, pipelined ([`crate::pipe`]).
@@ -231,7 +239,9 @@ pub enum CoreHandle {
 
 /// A request sent: its answer is ready (in this process) or on its way ([`Pending`]).
 pub enum Sent {
+    /// Answered already (a core in this process).
     Ready(Answer),
+    /// Written to a core service; the reply is still to be read.
     Waiting(Pending),
 }
 
@@ -339,10 +349,15 @@ impl CoreHandle {
 /// The host's own operations: its counter-bound `raft-state` and the counter (as a
 /// [`Platform`] that can name no slot of the core's and sign nothing), and peer-link handshakes.
 pub enum HostHandle {
+    /// The host's operations of a core in this process.
     Local(HostService),
+    /// A core service's host connection.
     Remote {
+        /// The host connection, one request at a time.
         conn: Mutex<Conn>,
+        /// The platform's description, read once when connecting.
         description: PlatformDescription,
+        /// The platform signing key's Ed25519 public key, read once when connecting.
         signing_key: [u8; 32],
     },
 }

@@ -6,6 +6,7 @@ use bkv_hsm_platform::PlatformConfig;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// Which kind of platform holds a node's keys (`--platform`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlatformKind {
     /// Keys in files under --platform-dir (INSECURE: development only).

@@ -2,7 +2,7 @@
 //! health and readiness, environment overrides, refusals that name the field, and a graceful
 //! stop that finishes the request in flight.
 
-use bkv_service::testing::{field, spawn_ready};
+use bkv_testkit::services::{field, spawn_ready};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,7 +66,7 @@ fn silent_node() -> (std::net::TcpListener, String) {
 }
 
 fn get(url: &str) -> (u16, String) {
-    bkv_service::testing::get(url, None).unwrap()
+    bkv_testkit::services::get(url, None).unwrap()
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn send_signal(pid: i32, sig: &str) -> i32 {
 fn environment_overrides_any_field() {
     let (_node, addr) = silent_node();
     let (_dir, config) = config_dir(&[addr]);
-    let port = bkv_service::free_loopback_port().unwrap();
+    let port = bkv_testkit::services::free_port().unwrap();
     let f = start(
         &config,
         &[("BKV_FRONTEND__LISTEN__ADDR", &format!("127.0.0.1:{port}"))],
@@ -188,7 +188,7 @@ fn a_bad_config_is_refused_with_the_field_named() {
 fn serves_https_with_configured_certificates() {
     let (_node, addr) = silent_node();
     let (dir, config) = config_dir(&[addr]);
-    let ca_pem = bkv_service::testing::pki(dir.path()).unwrap();
+    let ca_pem = bkv_testkit::services::pki(dir.path()).unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n");
     std::fs::write(&config, text).unwrap();

@@ -19,7 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 
-use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform, Step};
+use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};
 use bkv_transparency::merkle;
 use bkv_transparency::note::{self, Checkpoint};
@@ -153,28 +153,15 @@ fn test_core() -> Core {
     })
 }
 
-/// Runs one message as a one-node host does: every proposed mutation is
-/// applied before the core may answer.
+/// Runs one message as a one-node host does (the test kit's loop): `None` when the core
+/// refused it.
 fn drive(
     core: &mut Core,
     sid: &bkv_wire::node::SessionId,
     user: &str,
     ct: &[u8],
 ) -> Option<Vec<u8>> {
-    let mut step = core.session_message(sid, user, ct);
-    for _ in 0..8 {
-        match step {
-            Ok(Step::Reply(r)) => return Some(r),
-            Ok(Step::Commit(e)) => {
-                // The core keeps its buckets itself here: a failure is a bug to report.
-                core.apply(&e).expect("a store in memory never fails");
-                step = core.resume(sid);
-            }
-            Ok(Step::ReadFresh) => step = core.resume_fresh(sid, ct),
-            Err(_) => return None,
-        }
-    }
-    panic!("a vault message needed more than 8 commits");
+    bkv_testkit::one_node::drive(core, sid, user, ct).ok()
 }
 
 /// The vault as the untrusted frontend (or anyone on the path) reaches it:

@@ -41,17 +41,7 @@ fn call(core: &mut Core, sid: &[u8; 16], t: &mut snow::TransportState, req: &Vau
     let plain = bkv_wire::encode(req);
     let mut ct = vec![0u8; plain.len() + 64];
     let n = t.write_message(&plain, &mut ct).unwrap();
-    let mut step = core.session_message(sid, "bench", &ct[..n]);
-    let reply = loop {
-        match step.unwrap() {
-            Step::Reply(r) => break r,
-            Step::Commit(e) => {
-                core.apply(&e).unwrap();
-                step = core.resume(sid);
-            }
-            Step::ReadFresh => step = core.resume_fresh(sid, &ct[..n]),
-        }
-    };
+    let reply = bkv_testkit::one_node::drive(core, sid, "bench", &ct[..n]).unwrap();
     let mut out = vec![0u8; 65535];
     t.read_message(&reply, &mut out).unwrap();
 }

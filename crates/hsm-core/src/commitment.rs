@@ -58,22 +58,32 @@ pub(crate) const BUCKET_SLOT: crate::platform::SealSlot = crate::platform::SealS
 const LEAF_TAG: &[u8] = b"bkv/bucket/v2\0";
 const BUCKET_OF_TAG: &[u8] = b"bkv/bucket-of/v1\0";
 
+/// A SHA-256 digest: a tree node, a leaf or the root.
 pub type Hash = [u8; 32];
 
+/// Why a bucket was refused or could not be committed to; a refusal changes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitmentError {
+    /// The bucket's contents are not the committed ones: the host handed back an older, missing
+    /// or altered value.
     #[error("bucket {0} is not the committed one (stale, missing or altered)")]
     Stale(u16),
+    /// The bucket number is beyond the commitment's bucket count.
     #[error("bucket {0} is out of range")]
     NoSuchBucket(u16),
+    /// A rebuild was handed the same bucket twice ([`RecordCommitment::load`]).
     #[error("bucket {0} was loaded twice")]
     LoadedTwice(u16),
+    /// The bucket would exceed [`MAX_BUCKET_RECORDS`] records or [`MAX_BUCKET_BYTES`] bytes.
     #[error("bucket {0} is full")]
     BucketFull(u16),
+    /// A record's id does not place it in this bucket.
     #[error("a record does not belong in bucket {0}")]
     Misplaced(u16),
+    /// The platform failed to seal, or refused to unseal, the bucket's value.
     #[error("sealed bucket: {0}")]
     Platform(#[from] PlatformError),
+    /// The bucket's value does not decode, or its records are out of order or repeated.
     #[error("sealed bucket does not decode: {0}")]
     Malformed(String),
 }
@@ -85,6 +95,7 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// The record with id `id`, if the bucket holds it.
     pub fn get(&self, id: &RecordId) -> Option<&Record> {
         self.records
             .binary_search_by(|(k, _)| k.cmp(id))
@@ -109,18 +120,22 @@ impl Bucket {
         }
     }
 
+    /// How many records the bucket holds.
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
+    /// Whether the bucket holds no record (the host stores nothing for it).
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
+    /// The bucket's records with their ids, in increasing id order.
     pub fn iter(&self) -> impl Iterator<Item = &(RecordId, Record)> {
         self.records.iter()
     }
 
+    /// The bucket's records with their ids, in increasing id order, taken out.
     pub fn into_records(self) -> Vec<(RecordId, Record)> {
         self.records
     }

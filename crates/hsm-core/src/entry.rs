@@ -41,12 +41,14 @@ const CHAIN_LABEL: &[u8] = b"bkv/applied-chain/v1\0";
 /// One state change as a core made it (format 1). The host stores and forwards it as it is.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// Entry format ([`ENTRY_VERSION`]); another is refused ([`Refusal::Version`]).
     pub version: u8,
     /// Identity key of the core that made the entry.
     pub proposer: [u8; 32],
     /// The proposer's sequence number for it: each entry of one proposer that applies must be
     /// numbered above the one before.
     pub seq: u64,
+    /// The random XChaCha20-Poly1305 nonce `sealed` was made with.
     pub nonce: [u8; NONCE_LEN],
     /// XChaCha20-Poly1305 under the entry key of the [`Mutation`]'s encoding, with the
     /// associated data [`entry_aad`].
@@ -86,14 +88,24 @@ pub struct Entries(pub Vec<LogEntry>);
 /// nothing but the state's hash chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
+    /// The entry does not open under the fleet's entry key (not made by a core of this fleet, or
+    /// changed since), or its authentic body does not decode.
     #[error("the entry does not open under the fleet's entry key: not made by a core of this fleet, or changed since")]
     Forged,
+    /// The entry's format is not [`ENTRY_VERSION`].
     #[error("entry format {0} is not supported")]
     Version(u8),
+    /// The proposer is not an admitted member at this point of the log.
     #[error("the entry's proposer is not a member of the fleet")]
     NotAMember,
+    /// Not numbered above its proposer's last applied entry: replayed, duplicated or reordered.
     #[error("entry {seq} of its proposer comes after its entry {last}: replayed, duplicated or reordered")]
-    OutOfOrder { seq: u64, last: u64 },
+    OutOfOrder {
+        /// The entry's sequence number.
+        seq: u64,
+        /// The sequence number of the proposer's last applied entry.
+        last: u64,
+    },
 }
 
 /// Associated data of an entry: `"bkv/log-entry/v1\0" || u16 BE len || fleet id || proposer ||

@@ -38,6 +38,7 @@ const SECRETS_ENCODING: u8 = 2;
 
 /// Noise pattern of the peer links between fleet nodes.
 pub const PEER_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
+/// Noise prologue of the peer links: both ends must use it or the handshake fails.
 pub const PEER_PROLOGUE: &[u8] = b"bkv peer link v1";
 
 mod trust;
@@ -138,14 +139,17 @@ impl FleetSecrets {
         })
     }
 
+    /// The fleet's id (`fleet-` and 16 hex digits, drawn when the fleet was generated).
     pub fn fleet_id(&self) -> &str {
         &self.fleet_id
     }
 
+    /// The fleet's Noise static public key, which clients open their `NK` sessions to.
     pub fn noise_public_key(&self) -> [u8; 32] {
         self.noise_public
     }
 
+    /// The trust anchors and policy pinned when the fleet was formed.
     pub fn trust(&self) -> &FleetTrust {
         &self.trust
     }
@@ -255,6 +259,8 @@ impl FleetSecrets {
         Ok(platform.seal(SECRETS_SLOT, b"", &plain)?)
     }
 
+    /// Opens secrets this node's platform sealed ([`FleetSecrets::seal`]); a value tampered with,
+    /// or sealed by another platform, is refused.
     pub fn unseal(platform: &dyn Platform, sealed: &[u8]) -> Result<Self, CoreError> {
         let plain = platform.unseal(SECRETS_SLOT, b"", sealed)?;
         let local: LocalSecretsV1 = bkv_wire::decode(&plain, MAX_SECRETS + 64)
@@ -328,6 +334,7 @@ impl std::fmt::Debug for NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// A new identity key from the platform's randomness.
     pub fn generate(platform: &dyn Platform) -> Result<Self, CoreError> {
         let mut private = Zeroizing::new([0u8; 32]);
         platform.fill_random(private.as_mut())?;
@@ -337,10 +344,12 @@ impl NodeIdentity {
         })
     }
 
+    /// The identity private key sealed by `platform` (for this node's disk).
     pub fn seal(&self, platform: &dyn Platform) -> Result<Vec<u8>, CoreError> {
         Ok(platform.seal(IDENTITY_SLOT, b"", self.private.as_ref())?)
     }
 
+    /// Opens an identity this node's platform sealed ([`NodeIdentity::seal`]).
     pub fn unseal(platform: &dyn Platform, sealed: &[u8]) -> Result<Self, CoreError> {
         let plain = platform.unseal(IDENTITY_SLOT, b"", sealed)?;
         let mut private = Zeroizing::new([0u8; 32]);
@@ -354,6 +363,7 @@ impl NodeIdentity {
         })
     }
 
+    /// The identity's X25519 public key: what peers and the fleet's membership know this node by.
     pub fn public_key(&self) -> [u8; 32] {
         self.public
     }
@@ -491,12 +501,14 @@ pub(crate) type LinkKeyPair = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
 pub struct PeerHandshake(snow::HandshakeState);
 
 impl PeerHandshake {
+    /// Writes the next handshake message, carrying `payload`, into `out`; returns its length.
     pub fn write_message(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
         self.0
             .write_message(payload, out)
             .map_err(|_| CoreError::Handshake)
     }
 
+    /// Reads the peer's next handshake message, its payload into `out`; returns the payload length.
     pub fn read_message(&mut self, msg: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
         self.0
             .read_message(msg, out)

@@ -24,7 +24,7 @@
 //! randomness from the platform, and `#![forbid(unsafe_code)]` holds.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 // The core's no-panic rule, enforced rather than kept by habit (tests may unwrap).
 #![cfg_attr(
     not(test),
@@ -98,19 +98,30 @@ pub const UNUSED_SESSION_SECS: u64 = 10;
 /// never answers) leaves the session to expire and be evicted like any other.
 pub const COMMIT_WAIT_SECS: u64 = 60;
 
+/// Why the core refused or failed an operation its host asked for (keys, peer links, records,
+/// snapshots). Client requests fail with [`NodeError`] instead.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoreError {
+    /// Fleet secrets, a node identity or the pinned trust are malformed, unsupported, not for this
+    /// node, or a key operation on them failed.
     #[error("fleet secrets are invalid: {0}")]
     Secrets(&'static str),
+    /// The platform failed (randomness, sealing, signing or its counter).
     #[error(transparent)]
     Platform(PlatformError),
+    /// A peer-link Noise handshake failed, or its keys were asked for before it finished.
     #[error("peer-link handshake failed")]
     Handshake,
+    /// [`Core::export_secrets_to`] refused: the recipient is not an admitted member, or this
+    /// core's state is behind its counter.
     #[error("refusing to send fleet secrets: {0}")]
     NotAdmitted(&'static str),
+    /// The sealed record store failed, or refused what the host handed it ([`SealedError`]).
     #[error(transparent)]
     Records(#[from] SealedError),
+    /// A snapshot frame was refused: a stream this core did not open (or forgot), or a bucket
+    /// framed again with another value.
     #[error("snapshot stream: {0}")]
     Stream(&'static str),
 }
@@ -255,6 +266,8 @@ impl Session {
     }
 }
 
+/// A vault node's trusted core: client sessions, the sealed record state and the fleet's keys.
+/// The host feeds it client messages and committed log entries and relays what it returns.
 pub struct Core {
     platform: SharedPlatform,
     secrets: FleetSecrets,
@@ -355,24 +368,30 @@ impl Core {
         })
     }
 
+    /// Sets the session table's size and the idle seconds after which a used session is forgotten
+    /// (defaults [`DEFAULT_MAX_SESSIONS`], [`DEFAULT_SESSION_IDLE_SECS`]).
     pub fn set_session_limits(&mut self, max_sessions: usize, idle_secs: u64) {
         self.max_sessions = max_sessions;
         self.session_idle_secs = idle_secs;
         self.expired_at = None;
     }
 
+    /// The platform this core runs on, shared with its host.
     pub fn platform(&self) -> &SharedPlatform {
         &self.platform
     }
 
+    /// The id of the fleet whose secrets this core holds.
     pub fn fleet_id(&self) -> &str {
         self.secrets.fleet_id()
     }
 
+    /// The fleet's Noise static public key, which clients open their `NK` sessions to.
     pub fn noise_public_key(&self) -> [u8; 32] {
         self.secrets.noise_public_key()
     }
 
+    /// The trust anchors and policy pinned in the fleet secrets.
     pub fn trust(&self) -> &FleetTrust {
         self.secrets.trust()
     }
@@ -395,6 +414,7 @@ impl Core {
         self.state.live_records()
     }
 
+    /// Sessions in the table now, idle ones not yet expired included.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -529,8 +549,6 @@ impl Core {
         Ok(self.state.apply(m)?)
     }
 
-    /// Checks a signed command before the leader proposes it (the same
-    /// checks every member repeats when applying it, plus its expiry).
     /// The public key this fleet's cores sign move tickets with (a successor fleet pins it).
     pub fn move_public_key(&self) -> [u8; 32] {
         self.secrets.move_public_key()
@@ -596,6 +614,8 @@ impl Core {
         }
     }
 
+    /// Checks a signed command before the leader proposes it (the same
+    /// checks every member repeats when applying it, plus its expiry).
     pub fn check_admin(&self, signed: &SignedAdminCommand) -> Result<(), AdminError> {
         let (cmd, _) = self.state.fleet().members.check(
             self.secrets.trust(),

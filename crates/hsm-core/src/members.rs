@@ -25,12 +25,19 @@ use std::collections::BTreeMap;
 /// being added).
 pub const MAX_MEMBERS: usize = 16;
 
+/// An admitted member node, as the replicated state records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The node's peer-link address.
     pub addr: String,
+    /// The node's X25519 identity key (from its verified platform statement): its peer links
+    /// and fleet-secret transfers are bound to it.
     pub identity_key: [u8; 32],
+    /// Whether the node votes in Raft; an added node starts as a learner until promoted.
     pub voter: bool,
+    /// The node's platform statement, signed by its platform key.
     pub statement: SignedStatement,
+    /// Leaf index of its membership record in the auditor's log (`None` for the founder).
     pub log_index: Option<u64>,
 }
 
@@ -39,6 +46,7 @@ pub struct Member {
 pub struct Members {
     /// Sequence number of the last executed admin command.
     pub admin_seq: u64,
+    /// The members by node id (at most [`MAX_MEMBERS`]).
     pub nodes: BTreeMap<u64, Member>,
     /// Leaf index, in the auditor's log, of the last membership record an applied `Add` or
     /// `Remove` named: each later one must sit higher, so a logged record is applied once.
@@ -62,6 +70,7 @@ impl Members {
         self.nodes.values().any(|m| &m.identity_key == identity)
     }
 
+    /// The members as the wire reports them ([`MemberInfo`]), in node-id order.
     pub fn info(&self) -> Vec<MemberInfo> {
         self.nodes
             .iter()

@@ -36,18 +36,31 @@ pub(crate) fn sign(secrets: &FleetSecrets, t: &MoveTicket) -> SignedMoveTicket {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MoveTicketError {
+    /// The ticket's body does not decode.
     #[error("the ticket does not decode: {0}")]
     Malformed(String),
+    /// The ticket's version is not the one this release reads.
     #[error("unsupported ticket version {0}")]
     Version(u8),
+    /// The ticket allows another step of the move (an intent where the move is needed, or the
+    /// reverse).
     #[error("a {found:?} ticket where a {needed:?} ticket is needed")]
-    WrongStep { found: MoveStep, needed: MoveStep },
+    WrongStep {
+        /// The step the ticket allows.
+        found: MoveStep,
+        /// The step it was presented for.
+        needed: MoveStep,
+    },
+    /// The ticket moves the record to another fleet (the one named).
     #[error("the ticket moves the record to {0:?}")]
     OtherFleet(String),
+    /// The ticket names another record.
     #[error("the ticket names another record")]
     OtherRecord,
+    /// The ticket comes from a fleet (the one named) this fleet did not pin as a predecessor.
     #[error("{0:?} is not a fleet whose records may move here")]
     UnknownPredecessor(String),
+    /// The signature is not the predecessor's move key's over the ticket.
     #[error("not signed by the predecessor's move key")]
     BadSignature,
 }

@@ -9,19 +9,25 @@ use rand_core::SeedableRng;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// Why a platform operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum PlatformError {
+    /// A sealed value, or a remote platform's answer, is malformed (truncated, unknown version).
     #[error("sealed value is malformed")]
     Malformed,
+    /// A sealed value failed authentication.
     #[error(
         "sealed value failed authentication (tampered, or sealed under another key, slot or label)"
     )]
     Auth,
+    /// A monotonic counter could not be read or raised (missing, corrupt, I/O).
     #[error("platform monotonic counter: {0}")]
     Counter(String),
+    /// The key store failed: the PKCS#11 token, key files, or the host agent relaying to it.
     #[error("platform key store: {0}")]
     KeyStore(String),
+    /// The platform could not supply randomness.
     #[error("platform randomness: {0}")]
     Random(String),
 }
@@ -233,6 +239,8 @@ mod memory {
     }
 
     impl MemoryPlatform {
+        /// A platform sealing under `key`, with a random signing key, its clock at 1,700,000,000
+        /// and both counters at 0.
         pub fn new(key: [u8; 32]) -> Self {
             let mut s = [0u8; 32];
             rand_core::OsRng.fill_bytes(&mut s);
@@ -245,6 +253,7 @@ mod memory {
             }
         }
 
+        /// [`MemoryPlatform::new`] as a [`SharedPlatform`].
         pub fn shared(key: [u8; 32]) -> SharedPlatform {
             Arc::new(Self::new(key))
         }
@@ -256,6 +265,7 @@ mod memory {
             }
         }
 
+        /// Moves the platform's clock forward by `secs` seconds.
         pub fn advance_clock(&self, secs: u64) {
             self.now.fetch_add(secs, Ordering::SeqCst);
         }

@@ -13,7 +13,9 @@ use chacha20poly1305::{
 };
 use zeroize::Zeroizing;
 
+/// First byte of a value sealed in the software format.
 pub const SOFTWARE_SEAL_VERSION: u8 = 1;
+/// Length in bytes of the XChaCha20-Poly1305 nonce that follows the version byte.
 pub const XNONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 

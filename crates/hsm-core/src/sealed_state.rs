@@ -64,20 +64,28 @@ impl BucketHost for NoBuckets {
     }
 }
 
+/// Why the sealed record store failed, or refused what the host handed it.
 #[derive(Debug, thiserror::Error)]
 pub enum SealedError {
+    /// The host's bucket table failed to read ([`BucketHost`]).
     #[error("record store: {0}")]
     Host(String),
+    /// A bucket was refused or could not be committed to (stale, altered, full, misplaced).
     #[error(transparent)]
     Commitment(#[from] CommitmentError),
+    /// The platform failed to seal, or refused to unseal, the summary.
     #[error("sealed summary: {0}")]
     Platform(#[from] PlatformError),
+    /// The summary, a snapshot bucket or the stored table does not decode or is inconsistent.
     #[error("sealed state does not decode: {0}")]
     Malformed(&'static str),
+    /// The stored or received buckets do not hash to the root the summary or snapshot names.
     #[error("the stored buckets do not match their sealed summary (root differs)")]
     RootMismatch,
+    /// The sealed summary's version is not the one this release reads.
     #[error("sealed summary version {0} is not supported")]
     Version(u16),
+    /// A snapshot's header or frame was refused.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
 }
@@ -225,12 +233,12 @@ impl SealedState {
         self.live
     }
 
+    /// The commitment's root over every record's bucket.
     pub fn root(&self) -> Hash {
         self.commitment.root()
     }
 
-    /// Bytes the commitment and the cached buckets' records hold (the first fixed, the second
-    /// bounded by [`CACHED_BUCKETS`]).
+    /// Opened buckets held in the cache now (at most [`CACHED_BUCKETS`]).
     pub fn cached_buckets(&self) -> usize {
         self.cache.len()
     }

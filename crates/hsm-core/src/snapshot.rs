@@ -40,18 +40,32 @@ pub const MAX_HEADER: usize = crate::sealed_state::MAX_SUMMARY + 4096;
 const HEADER_AAD: &[u8] = b"bkv/snapshot/v2\0";
 const FRAME_AAD: &[u8] = b"bkv/snapshot-frame/v2\0";
 
+/// Why a snapshot (its header or a frame) was refused; a refused snapshot installs nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The header does not open under the fleet's snapshot key: not sent by a core of this fleet,
+    /// or changed since.
     #[error("the snapshot header does not open under the fleet's snapshot key: not sent by a core of this fleet, or changed since")]
     Forged,
+    /// The header's format is not [`SNAPSHOT_VERSION`].
     #[error("snapshot format {0} is not supported")]
     Version(u8),
+    /// The header, or the state inside it, does not decode (or carries records).
     #[error("the snapshot header is malformed")]
     Malformed,
+    /// The snapshot applied fewer entries than this core's state: installing it would roll back.
     #[error("the snapshot is older than this core's state ({theirs} entries applied, this core {ours}): refused")]
-    Stale { theirs: u64, ours: u64 },
+    Stale {
+        /// Entries the snapshot's state applied.
+        theirs: u64,
+        /// Entries this core's state applied.
+        ours: u64,
+    },
+    /// The snapshot applied as many entries as this core's state, but another chain of them.
     #[error("the snapshot is of another history (as many entries as this core applied, another chain): refused")]
     OtherHistory,
+    /// The frame of this bucket does not open: of another stream, moved from another bucket, or
+    /// changed.
     #[error("frame of bucket {0} does not open: not of this stream, or changed")]
     Frame(u16),
 }
@@ -93,8 +107,11 @@ struct Body {
 /// A snapshot header as it travels (format 2).
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotHeader {
+    /// Header format ([`SNAPSHOT_VERSION`]).
     pub version: u8,
+    /// The stream nonce both stream keys are derived with (and bound to in the associated data).
     pub nonce: [u8; 32],
+    /// The encrypted body: log position, records root and the state's fleet part.
     pub sealed: Vec<u8>,
 }
 
@@ -106,9 +123,13 @@ pub struct FrameKey {
 
 /// What an opened header says.
 pub struct OpenedHeader {
+    /// The host's log position the state was summarised at (opaque to the core).
     pub position: Vec<u8>,
+    /// The records' commitment root the received buckets must hash to.
     pub root: crate::commitment::Hash,
+    /// The state's fleet part (members, generations, proposers, chain), without records.
     pub state: State,
+    /// The key that opens this stream's frames.
     pub frames: FrameKey,
 }
 

@@ -7,16 +7,19 @@
 //! `Rejected`/`Stale` outcome rather than a corruption.
 
 use crate::members::Members;
-use bkv_wire::admin::{AdminError, SignedAdminCommand, SignedStatement};
+use bkv_wire::admin::AdminError;
 use bkv_wire::vault::{RecordState, SignedMoveTicket};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+mod mutation;
 mod outcome;
+pub use mutation::Mutation;
 pub use outcome::Outcome;
 
+/// A record's id: domain-separated SHA-256 of the user id ([`bkv_wire::record_id`]).
 pub type RecordId = [u8; 32];
 
 /// A password credential: the OPAQUE record plus the key it protects.
@@ -27,6 +30,8 @@ pub struct Credential {
     /// The backup key K encrypted under a key derived from the OPAQUE export
     /// key: the HSM never sees K in the clear.
     pub wrapped_key: Vec<u8>,
+    /// Guesses the record allows: a failed login that uses the last one destroys the record
+    /// (chosen at registration, at most the fleet's policy).
     pub guess_limit: u32,
     /// SHA-256 of the client's confirmation secret for this registration.
     pub confirm_hash: [u8; 32],
@@ -38,18 +43,24 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// A registration stored but not yet confirmed: [`Mutation::Activate`] makes it live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
+    /// The credential it makes live.
     pub credential: Credential,
     /// Generation of the live record this registration replaces (password
     /// change after login), or `None` for a fresh registration.
     pub replaces: Option<u64>,
 }
 
+/// What a record holds for logins: an active credential, or what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Live {
+    /// A credential logins run against.
     Active {
+        /// The live credential.
         credential: Credential,
+        /// Guesses counted against the credential; a successful login sets it back to zero.
         attempts: u32,
     },
     /// Tombstone: the credential and wrapped key are erased.
@@ -58,8 +69,12 @@ pub enum Live {
     /// with `pending_digest` takes its place there, starting from `attempts`. Grants no guess.
     /// Appended last (record encoding 2).
     Moved {
+        /// The id of the fleet the record moved to.
         to_fleet: String,
+        /// The digest of the registration that takes its place there
+        /// ([`bkv_wire::vault::pending_digest`]).
         pending_digest: [u8; 32],
+        /// The guess count the record moved with (the new fleet starts from it).
         attempts: u32,
     },
 }
@@ -67,7 +82,9 @@ pub enum Live {
 /// How many `RegisterStart`s a record had on one day (the fleet clock's day number).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayCount {
+    /// Day number: Unix seconds / 86,400 on the proposing core's clock.
     pub day: u32,
+    /// `RegisterStart`s counted that day (at most [`MAX_REGISTER_STARTS_PER_DAY`]).
     pub count: u32,
 }
 
@@ -82,7 +99,10 @@ pub struct Record {
     /// Changes whenever the live credential changes (activate, destroy);
     /// unique across the whole state, never reused.
     pub generation: u64,
+    /// The live credential or what became of it; `None` until a registration is confirmed or
+    /// moved in.
     pub live: Option<Live>,
+    /// A registration waiting for its confirmation (a first one, or a password change).
     pub pending: Option<Pending>,
     /// `RegisterStart`s counted today: committed, so restarting a node does not reset them.
     pub register_starts: DayCount,
@@ -95,6 +115,7 @@ pub struct Record {
 /// A move's registration waiting for its move ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovingIn {
+    /// The moving registration's credential.
     pub credential: Credential,
     /// What the tickets name it by (`bkv_wire::vault::pending_digest`).
     pub pending_digest: [u8; 32],
@@ -112,104 +133,8 @@ impl Record {
     }
 }
 
-/// A log entry: every change to a record is one of these, committed before any
-/// response that depends on it is released.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mutation {
-    StorePending {
-        record_id: RecordId,
-        pending: Pending,
-    },
-    Activate {
-        record_id: RecordId,
-        confirm_hash: [u8; 32],
-    },
-    CountGuess {
-        record_id: RecordId,
-        generation: u64,
-    },
-    ResetGuesses {
-        record_id: RecordId,
-        generation: u64,
-    },
-    Destroy {
-        record_id: RecordId,
-        generation: u64,
-    },
-    Delete {
-        record_id: RecordId,
-        generation: u64,
-    },
-    /// The fleet's first member: the node that formed the fleet records its
-    /// own statement. Valid only while the fleet has no member.
-    Found {
-        node_id: u64,
-        addr: String,
-        statement: SignedStatement,
-    },
-    /// An operator command; every member's core verifies the signature, the
-    /// sequence number and the auditor's log proof when it applies it.
-    Admin(SignedAdminCommand),
-    /// An earlier release's group commit (record mutations in one log entry). Log entries are
-    /// batched by the log now ([`crate::entry::Entries`]): refused without effect
-    /// ([`Outcome::NotBatchable`]). Kept so that later variants keep their encoding.
-    Batch(Vec<Mutation>),
-    // Appended (issue 27; earlier entries keep their encoding).
-    /// Counts a `RegisterStart` on `day` (the proposing core's clock; a day earlier than the
-    /// record's counts on the record's day) before the OPRF is evaluated.
-    CountRegisterStart { record_id: RecordId, day: u32 },
-    /// A move's registration, stored with the old fleet's intent ticket naming it (every core
-    /// verifies the ticket when it applies this), beside whatever record is here: only
-    /// [`Mutation::MoveIn`] with the move ticket naming it makes it live.
-    StorePendingMove {
-        record_id: RecordId,
-        credential: Credential,
-        intent: SignedMoveTicket,
-    },
-    /// The record moves to `to_fleet`: its credential is erased here and it grants no guess.
-    MoveOut {
-        record_id: RecordId,
-        generation: u64,
-        to_fleet: String,
-        pending_digest: [u8; 32],
-    },
-    /// Makes the pending registration a move ticket names live, with the old record's count.
-    /// Every core verifies the ticket when it applies this ([`crate::Core::apply`]).
-    MoveIn {
-        record_id: RecordId,
-        ticket: SignedMoveTicket,
-    },
-    /// An operator command with the time the proposing core read from its platform: every
-    /// member checks the command's expiry against it, and it may not go back behind the time
-    /// of the fleet's previous command ([`crate::members::Members::clock`]).
-    AdminAt {
-        command: SignedAdminCommand,
-        proposed_at: u64,
-    },
-}
-
-impl Mutation {
-    /// The record a record mutation changes (`None` for fleet mutations).
-    pub fn record_id(&self) -> Option<&RecordId> {
-        match self {
-            Mutation::StorePending { record_id, .. }
-            | Mutation::Activate { record_id, .. }
-            | Mutation::CountGuess { record_id, .. }
-            | Mutation::ResetGuesses { record_id, .. }
-            | Mutation::Destroy { record_id, .. }
-            | Mutation::Delete { record_id, .. }
-            | Mutation::CountRegisterStart { record_id, .. }
-            | Mutation::StorePendingMove { record_id, .. }
-            | Mutation::MoveOut { record_id, .. }
-            | Mutation::MoveIn { record_id, .. } => Some(record_id),
-            Mutation::Found { .. }
-            | Mutation::Admin(_)
-            | Mutation::AdminAt { .. }
-            | Mutation::Batch(_) => None,
-        }
-    }
-}
-
+/// The replicated state every node reaches by applying the same committed entries: records,
+/// the fleet's members and the log's position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Each record behind an `Arc` so that cloning the state copies the map, not the records: a
@@ -273,6 +198,7 @@ impl State {
         Ok(())
     }
 
+    /// What a client is told of record `id` ([`State::status_of`]).
     pub fn status(&self, id: &RecordId) -> RecordState {
         Self::status_of(self.records.get(id).map(|r| &**r))
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "BKV_HSM";
 
+/// The node's whole config file (`bkv-hsm --config FILE`); an absent field takes its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeFile {
@@ -15,12 +16,15 @@ pub struct NodeFile {
     pub data_dir: PathBuf,
     /// This node's id in its fleet.
     pub node_id: u64,
+    /// The addresses the links and the metrics listener bind.
     pub listen: NodeListen,
+    /// The platform that holds the node's keys.
     pub platform: NodePlatformFile,
     /// Where the core runs (docs/architecture.md "The core's boundary").
     pub core: NodeCoreFile,
     /// How the node starts the first time; ignored once its data directory holds a fleet.
     pub fleet: FleetStart,
+    /// Bounds on link connections and on the session table.
     pub limits: NodeLimits,
 }
 
@@ -53,6 +57,7 @@ pub struct NodeCoreFile {
     pub in_process: bool,
 }
 
+/// The `[listen]` section: one address per listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeListen {
@@ -84,6 +89,7 @@ impl Default for NodeListen {
     }
 }
 
+/// Which platform holds the node's keys (`platform.kind`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PlatformChoice {
@@ -94,9 +100,11 @@ pub enum PlatformChoice {
     Pkcs11,
 }
 
+/// The `[platform]` section: where the node's keys live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodePlatformFile {
+    /// Software keys (development) or a PKCS#11 token (production).
     pub kind: PlatformChoice,
     /// Software platform: its key directory (default `DATA_DIR/platform`; put it elsewhere so a
     /// rolled-back data directory is detected).
@@ -104,8 +112,10 @@ pub struct NodePlatformFile {
     pub dir: Option<PathBuf>,
     /// PKCS#11: the module, the node's token label and the file holding its user PIN (0600).
     pub pkcs11_module: PathBuf,
+    /// PKCS#11: the label of this node's token (required with `pkcs11`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_label: Option<String>,
+    /// PKCS#11: the file holding the token's user PIN (`0600`; required with `pkcs11`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_file: Option<PathBuf>,
 }
@@ -122,6 +132,7 @@ impl Default for NodePlatformFile {
     }
 }
 
+/// The `[fleet]` section: found a fleet or join one on the first start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetStart {
@@ -133,6 +144,7 @@ pub struct FleetStart {
     /// The auditor's note verifier key (`name+id+base64`, as its `GET /v1/key` serves it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auditor_key: Option<String>,
+    /// When founding: the auditor log namespace the fleet's membership records are published in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The fleet's guess-limit policy when founding it (the largest limit a record may carry).
@@ -159,6 +171,7 @@ impl Default for FleetStart {
     }
 }
 
+/// The `[limits]` section: idle link connections and the session table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeLimits {
@@ -186,6 +199,8 @@ fn invalid(field: &str, message: &str) -> bkv_service::ConfigError {
 }
 
 impl NodeFile {
+    /// Reads the file at `path` with the `BKV_HSM__…` environment overrides applied;
+    /// [`NodeFile::check_fields`] should follow.
     pub fn load(path: &std::path::Path) -> Result<Self, bkv_service::ConfigError> {
         bkv_service::load(path, ENV_PREFIX)
     }

@@ -16,7 +16,7 @@
 //! ([`core_link`], docs/architecture.md "The core's boundary").
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 // No panics on what peers, the relay or the disk hand the node, enforced (tests may unwrap).
 #![cfg_attr(
     not(test),
@@ -94,6 +94,7 @@ pub struct Node {
     id: u64,
     move_key: [u8; 32],
     core_pid: u32,
+    /// The address the peer link is bound to (the real port when `peer_listen` asked for port 0).
     pub peer_addr: SocketAddr,
     _lock: DirLock,
     /// Sessions opened here that sent no request yet (`opened`).
@@ -245,6 +246,7 @@ impl Node {
         self.core_pid
     }
 
+    /// The fleet id and the Noise public key this node serves (what clients pin).
     pub fn info(&self) -> &NodeInfo {
         &self.info
     }
@@ -268,6 +270,7 @@ impl Node {
         }
     }
 
+    /// This node's view of the fleet: role, leader, term, log and applied index, voters, learners.
     pub fn fleet_status(&self) -> bkv_wire::node::FleetStatus {
         self.fleet.status()
     }

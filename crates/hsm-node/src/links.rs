@@ -18,11 +18,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A listener serving in background threads.
 pub struct Server {
+    /// The address the listener is bound to (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
 }
 
 impl Server {
+    /// Stops accepting connections; connections already open are served until they close.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop.

@@ -209,8 +209,11 @@ impl NodeMetrics {
 
 /// One answer of the listener.
 pub struct HttpAnswer {
+    /// HTTP status code (200, 404, 503, …).
     pub status: u16,
+    /// Value of the `Content-Type` header.
     pub content_type: &'static str,
+    /// Response body (plain text or the Prometheus exposition).
     pub body: String,
 }
 

@@ -40,12 +40,16 @@ const SEALED_BYTES_KEY: &str = "sealed-bytes";
 /// A sealed bucket: the encoded bucket's limit plus the sealing format's overhead, with room.
 pub const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
 
+/// A failure of the record table; replication reports it as a storage error.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordTableError {
+    /// redb failed (its message).
     #[error("record table: {0}")]
     Db(String),
+    /// The sealed value of this bucket, stored or to be stored, is over [`MAX_SEALED_BUCKET`].
     #[error("record table: bucket {0} holds a value over the size limit")]
     TooLarge(u16),
+    /// The sealed summary, stored or to be stored, is over the core's limit (`MAX_SUMMARY`).
     #[error("record table: the summary is over the size limit")]
     SummaryTooLarge,
 }
@@ -60,6 +64,7 @@ fn db_err<E: std::fmt::Display>(e: E) -> RecordTableError {
     RecordTableError::Db(e.to_string())
 }
 
+/// The node's table of sealed record buckets and their summary (`vault-records.redb`).
 pub struct RecordTable {
     db: Database,
 }
@@ -211,6 +216,7 @@ impl RecordTable {
         t.len().map_err(db_err)
     }
 
+    /// Whether no bucket is stored.
     pub fn is_empty(&self) -> Result<bool, RecordTableError> {
         Ok(self.len()? == 0)
     }
@@ -341,6 +347,7 @@ fn write_summary(tx: &redb::WriteTransaction, summary: &[u8]) -> Result<(), Reco
 pub struct Replacement(redb::WriteTransaction, std::cell::Cell<u64>);
 
 impl Replacement {
+    /// Stores bucket `b`'s sealed value in the replacement (refused over [`MAX_SEALED_BUCKET`]).
     pub fn put(&self, b: u16, sealed: &[u8]) -> Result<(), RecordTableError> {
         Buckets::open(&self.0)?.put(b, sealed)?;
         self.1.set(self.1.get().saturating_add(sealed.len() as u64));
@@ -359,6 +366,7 @@ impl Replacement {
 pub struct TableView(redb::ReadTransaction);
 
 impl TableView {
+    /// The summary as of this view (`None`: nothing was ever applied).
     pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
         read_summary(&self.0.open_table(SUMMARY).map_err(db_err)?)
     }

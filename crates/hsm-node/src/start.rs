@@ -16,38 +16,68 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Why a node could not start (or print its platform statement).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeStartError {
+    /// The platform (key directory or PKCS#11 token) could not be opened.
     #[error(transparent)]
     Platform(#[from] bkv_hsm_platform::PlatformOpenError),
+    /// The node's database (`vault.redb`) failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The core (in this process) refused or failed.
     #[error(transparent)]
     Core(#[from] bkv_hsm_core::CoreError),
+    /// The core service could not be started as a child.
     #[error("start the core service: {0}")]
     CoreStart(std::io::Error),
+    /// The core service across the boundary failed or answered unexpectedly.
     #[error(transparent)]
     CoreService(#[from] bkv_core_service::client::BoundaryError),
+    /// A stored sealed value did not open with this node's platform: another token or key sealed
+    /// it, or it was tampered with.
     #[error(
         "stored {what} could not be opened with this node's platform ({why}): \
          the data directory was sealed by another token or key, or was tampered with"
     )]
-    Unseal { what: &'static str, why: String },
+    Unseal {
+        /// Which value: `node identity` or `fleet secrets`.
+        what: &'static str,
+        /// The core's answer.
+        why: String,
+    },
+    /// A link (peer, relay or admin) could not listen on its address.
     #[error("listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: String,
+        /// Why binding it failed.
         source: std::io::Error,
     },
     /// A member of the `--join` list whose identity key does not parse.
     #[error("member {id} identity: {why}")]
-    MemberIdentity { id: u64, why: &'static str },
+    MemberIdentity {
+        /// The member's node id.
+        id: u64,
+        /// What is wrong with its key.
+        why: &'static str,
+    },
     /// A `--predecessor` that is not `FLEET_ID=MOVE_KEY_HEX`.
     #[error("predecessor {text:?}: {why}")]
-    Predecessor { text: String, why: &'static str },
+    Predecessor {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The data directory holds no fleet and the node was not told to found or join one.
     #[error("{} holds no fleet: start with --found or --join", dir.display())]
-    NoFleet { dir: PathBuf },
+    NoFleet {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The node's async runtime could not be built.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
     /// Replication could not start, or the fleet could not be reached or founded.
@@ -56,11 +86,15 @@ pub enum NodeStartError {
     /// Founding the fleet recorded something other than the founder.
     #[error("recording the founding member: {0}")]
     Founding(String),
+    /// A file operation failed (data directory, its lock, `public.json`, the node's own binary).
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Another process holds the data directory's lock (the directory).
     #[error("another bkv-hsm holds {0}: one process per data directory (and per token)")]
     Locked(PathBuf),
 }
@@ -82,7 +116,9 @@ pub enum StartMode {
 /// How a node starts.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's data directory (sealed log, record table, `vault.redb`); made `0700`.
     pub data_dir: PathBuf,
+    /// The platform that holds the node's keys.
     pub platform: PlatformConfig,
     /// This node's id in the fleet.
     pub node_id: u64,
@@ -91,6 +127,7 @@ pub struct NodeConfig {
     /// The peer address the fleet records for a founder (default: the
     /// bound `peer_listen` address).
     pub peer_advertise: Option<String>,
+    /// What to do when the data directory holds no fleet secrets yet.
     pub start: StartMode,
     /// Where the core runs.
     pub core: crate::CoreMode,
@@ -100,6 +137,7 @@ pub struct NodeConfig {
 /// reach it on the peer link and its identity key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
+    /// The member's node id in the fleet.
     pub id: u64,
     /// Peer-link address.
     pub addr: String,

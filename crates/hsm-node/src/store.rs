@@ -8,8 +8,10 @@ use std::path::Path;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// A failure of the node's database (`vault.redb`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// redb failed (its message).
     #[error("node database: {0}")]
     Db(String),
 }
@@ -18,11 +20,13 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// The node's `vault.redb`: its own sealed values (table `meta`).
 pub struct Store {
     db: Database,
 }
 
 impl Store {
+    /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(dberr)?;
         let tx = db.begin_write().map_err(dberr)?;
@@ -57,6 +61,7 @@ impl Store {
         self.get_meta("fleet-secrets")
     }
 
+    /// Stores the fleet secrets as the platform sealed them, replacing any.
     pub fn save_sealed_secrets(&self, sealed: &[u8]) -> Result<(), StoreError> {
         self.put_meta("fleet-secrets", sealed)
     }
@@ -66,6 +71,7 @@ impl Store {
         self.get_meta("node-identity")
     }
 
+    /// Stores this node's identity key as the platform sealed it, replacing any.
     pub fn save_sealed_identity(&self, sealed: &[u8]) -> Result<(), StoreError> {
         self.put_meta("node-identity", sealed)
     }

@@ -10,8 +10,6 @@
 
 #[cfg(feature = "http")]
 pub mod http;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

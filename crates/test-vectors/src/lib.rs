@@ -10,7 +10,7 @@
 //! This crate is for tests only: it must never be a dependency of a shipped binary.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod spec;
 
@@ -42,14 +42,17 @@ pub fn vectors_dir() -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
+    /// The format's name, one of [`FORMATS`] (its directory's name).
     pub format: String,
     /// Where the format is specified (a file and section in this repository).
     pub doc: String,
     /// Inputs every case shares (keys in hex, names, times), unless a case overrides them.
     pub inputs: BTreeMap<String, String>,
+    /// Every vector file of the format.
     pub cases: Vec<Case>,
 }
 
+/// One vector file in an [`Index`] and what must happen to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {

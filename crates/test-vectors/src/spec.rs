@@ -15,6 +15,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// A reader's result: the value, or a short description of the first rule the bytes break.
 pub type SpecResult<T> = Result<T, &'static str>;
 
 /// Reads the canonical codec (`docs/formats.md`, "Codec"): `0x01 || postcard(v)`, with postcard's
@@ -32,6 +33,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next `n` bytes as they are.
     pub fn raw(&mut self, n: usize) -> SpecResult<&'a [u8]> {
         if self.0.len() < n {
             return Err("truncated");
@@ -41,10 +43,12 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
+    /// The next `N` bytes: a fixed-size array, which postcard writes raw.
     pub fn fixed<const N: usize>(&mut self) -> SpecResult<[u8; N]> {
         self.raw(N)?.try_into().map_err(|_| "truncated")
     }
 
+    /// The next byte (a `u8` is one raw byte).
     pub fn u8(&mut self) -> SpecResult<u8> {
         Ok(self.fixed::<1>()?[0])
     }
@@ -67,15 +71,18 @@ impl<'a> Reader<'a> {
         Err("varint too long")
     }
 
+    /// A byte string: a varint length, then that many bytes.
     pub fn bytes(&mut self) -> SpecResult<&'a [u8]> {
         let n = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
         self.raw(n)
     }
 
+    /// A string: a byte string that must be UTF-8.
     pub fn string(&mut self) -> SpecResult<String> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "string is not UTF-8")
     }
 
+    /// Checks that no byte is left (trailing bytes are an error).
     pub fn end(&self) -> SpecResult<()> {
         if self.0.is_empty() {
             Ok(())
@@ -257,10 +264,15 @@ pub fn recovery_slot_public(rk: &[u8; 32], slot_id: &str) -> [u8; 32] {
 
 // --------------------------------------------------------- protector manifest
 
+/// What a protector manifest says.
 pub struct ManifestView {
+    /// The user the manifest belongs to.
     pub user_id: String,
+    /// Id of the backup key K: `SHA-256("bkv key id v1" || K)[0..16]`.
     pub key_id: [u8; 16],
+    /// The rotation generation (grows by one with every rotation).
     pub generation: u64,
+    /// Ids of the manifest's protector slots, in order.
     pub slot_ids: Vec<String>,
     /// K, as opened from the slot of the recovery key given (if any).
     pub opened_key: Option<[u8; 32]>,
@@ -407,12 +419,17 @@ pub fn unseal_v1(key: &[u8; 32], slot: &str, label: &[u8], sealed: &[u8]) -> Spe
 
 // --------------------------------------------------------- platform statement
 
+/// What a platform statement says.
 pub struct StatementView {
+    /// The node's peer-link identity key (X25519 public key).
     pub identity_key: [u8; 32],
+    /// The platform's Ed25519 signing key, which signed the statement.
     pub signing_key: [u8; 32],
     /// 0 Software, 1 Pkcs11, 2 Memory.
     pub kind: u64,
+    /// The platform's description, e.g. a token's maker, model, serial and label (≤ 256 bytes).
     pub token: String,
+    /// SHA-256 of the `bkv-hsm` executable.
     pub binary_sha256: [u8; 32],
 }
 
@@ -455,9 +472,13 @@ pub fn statement_verify(file: &[u8]) -> SpecResult<StatementView> {
 
 // -------------------------------------------------------- checkpoint (note)
 
+/// What a checkpoint says.
 pub struct CheckpointView {
+    /// The origin line, which names the log.
     pub origin: String,
+    /// The tree size.
     pub size: u64,
+    /// The tree's root hash.
     pub root: [u8; 32],
 }
 
@@ -571,19 +592,31 @@ fn leaf_hash(data: &[u8]) -> [u8; 32] {
         .into()
 }
 
+/// What a verified bundle says.
 pub struct BundleView {
+    /// The bundle's namespace.
     pub namespace: String,
+    /// The bundle's epoch.
     pub epoch: u64,
+    /// Id of the preferred fleet.
     pub fleet_id: String,
+    /// The preferred fleet's Noise static key.
     pub noise_key: [u8; 32],
+    /// Ids of the previous fleets, in the bundle's order.
     pub previous_fleets: Vec<String>,
 }
 
+/// What a client pins, for [`bundle_verify`].
 pub struct Anchors<'a> {
+    /// The namespace whose bundles are accepted.
     pub namespace: &'a str,
+    /// Checkpoint origin of the namespace's log.
     pub origin: &'a str,
+    /// The auditor's signed-note key name.
     pub auditor_name: &'a str,
+    /// The auditor's Ed25519 public key.
     pub auditor_key: &'a [u8; 32],
+    /// The operator's Ed25519 public key.
     pub operator_key: &'a [u8; 32],
 }
 
@@ -805,16 +838,22 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
 pub struct MoveTicketView {
     /// 0 Intent, 1 Moved.
     pub step: u64,
+    /// The registration on the new fleet it names ([`pending_digest`]).
     pub pending_digest: [u8; 32],
+    /// The guesses the old record had counted.
     pub attempts: u64,
 }
 
 /// The pinned side of a move-ticket check: the new fleet, its predecessor's move key, the
 /// record, the step expected.
 pub struct MoveAnchors<'a> {
+    /// The predecessor's Ed25519 move key (public).
     pub move_key: &'a [u8; 32],
+    /// Id of the predecessor fleet the ticket must come from.
     pub from_fleet: &'a str,
+    /// Id of the new fleet, which the ticket must name as `to_fleet`.
     pub fleet_id: &'a str,
+    /// The record the ticket must name.
     pub record_id: &'a [u8; 32],
     /// 0 Intent, 1 Moved.
     pub step: u64,
@@ -895,11 +934,14 @@ pub fn pending_digest(
 
 /// What a log entry says.
 pub struct LogEntryView {
+    /// The proposing core's sequence number of the entry.
     pub seq: u64,
     /// The mutation's variant index (`docs/formats.md`, "Log entries": 2 CountGuess,
     /// 3 ResetGuesses, ...).
     pub mutation: u64,
+    /// The record the mutation changes.
     pub record_id: [u8; 32],
+    /// The record generation the mutation names.
     pub generation: u64,
 }
 
@@ -955,10 +997,15 @@ pub fn log_entry_open(file: &[u8], key: &[u8; 32], fleet_id: &str) -> SpecResult
 
 /// What a snapshot header says (`docs/formats.md`, "Snapshot stream").
 pub struct SnapshotView {
+    /// The record table's position the snapshot is of (its encoded bytes).
     pub position: Vec<u8>,
+    /// The hash the snapshot's buckets must hash to.
     pub root: [u8; 32],
+    /// The state's next record generation counter.
     pub next_generation: u64,
+    /// The hash chain over every log entry the state processed.
     pub chain: [u8; 32],
+    /// How many log entries that chain covers.
     pub entries: u64,
 }
 
@@ -1071,7 +1118,12 @@ pub fn snapshot_frame_open(
 #[derive(Debug, PartialEq, Eq)]
 pub enum BoundaryMessage {
     /// `ToCore::Hello`: protocol version and role (0 core, 1 host).
-    Hello { version: u64, role: u8 },
+    Hello {
+        /// The boundary protocol version the agent speaks.
+        version: u64,
+        /// The connection's role: 0 core, 1 host.
+        role: u8,
+    },
     /// `ToCore::Call(Request::CounterAdvance { value })`.
     CounterAdvance(u64),
 }

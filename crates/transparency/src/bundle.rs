@@ -15,6 +15,7 @@ pub const BUNDLE_VERSION: u8 = 2;
 /// Most fleets a bundle lists besides the preferred one.
 pub const MAX_PREVIOUS_FLEETS: usize = 4;
 
+/// What a key a bundle lists is for (encoded by variant index: 0 NoiseStatic, 1 NodeIdentity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRole {
     /// The fleet's Noise static key, pinned by clients for sessions.
@@ -23,9 +24,12 @@ pub enum KeyRole {
     NodeIdentity,
 }
 
+/// One public key a bundle lists for a fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetKey {
+    /// What the key is for.
     pub role: KeyRole,
+    /// The X25519 public key.
     pub key: [u8; 32],
 }
 
@@ -33,12 +37,16 @@ pub struct FleetKey {
 /// records that have not moved yet during a rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleFleet {
+    /// Id of the fleet.
     pub fleet_id: String,
+    /// The fleet's public keys; verification needs its Noise static key.
     pub keys: Vec<FleetKey>,
+    /// SHA-256 of the fleet's `evidence.json` (zero if none).
     pub evidence_digest: [u8; 32],
 }
 
 impl BundleFleet {
+    /// The fleet's Noise static key, if the bundle lists one.
     pub fn noise_key(&self) -> Option<[u8; 32]> {
         noise_key_of(&self.keys)
     }
@@ -55,14 +63,19 @@ fn noise_key_of(keys: &[FleetKey]) -> Option<[u8; 32]> {
 /// serving records that have not moved yet (a rotation in progress).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
+    /// Layout version, [`BUNDLE_VERSION`] (decoding refuses any other).
     pub version: u8,
+    /// The auditor-log namespace the bundle is for.
     pub namespace: String,
     /// Strictly increasing per namespace.
     pub epoch: u64,
+    /// Id of the preferred fleet.
     pub fleet_id: String,
+    /// The preferred fleet's public keys.
     pub keys: Vec<FleetKey>,
     /// Validity window, Unix seconds, inclusive start, exclusive end.
     pub not_before: u64,
+    /// End of the validity window (Unix seconds, exclusive).
     pub not_after: u64,
     /// SHA-256 of the fleet's deployment evidence (zero if none).
     pub evidence_digest: [u8; 32],
@@ -71,10 +84,13 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// The canonical bytes, `bkv_wire::encode(self)`: what is signed, logged and served.
     pub fn encode(&self) -> Vec<u8> {
         bkv_wire::encode(self)
     }
 
+    /// Decodes canonical bytes (at most [`MAX_BUNDLE`]), refusing another version, more than
+    /// [`MAX_PREVIOUS_FLEETS`] previous fleets, or a previous fleet with the preferred fleet's id.
     pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
         let b: Bundle = bkv_wire::decode(bytes, MAX_BUNDLE).map_err(|_| BundleError::Malformed)?;
         if b.version != BUNDLE_VERSION
@@ -86,6 +102,7 @@ impl Bundle {
         Ok(b)
     }
 
+    /// The preferred fleet's Noise static key, if the bundle lists one.
     pub fn noise_key(&self) -> Option<[u8; 32]> {
         noise_key_of(&self.keys)
     }
@@ -102,6 +119,7 @@ impl Bundle {
     }
 }
 
+/// SHA-256 of a bundle's canonical bytes.
 pub fn digest(bundle_bytes: &[u8]) -> Hash {
     Sha256::digest(bundle_bytes).into()
 }
@@ -135,6 +153,7 @@ pub fn leaf_data(epoch: u64, digest: &Hash) -> Vec<u8> {
     m
 }
 
+/// The auditor's signature over [`auditor_message`] of `b` (`bundle_bytes`: its encoding).
 pub fn sign_auditor(key: &SigningKey, bundle_bytes: &[u8], b: &Bundle) -> [u8; 64] {
     key.sign(&auditor_message(
         &b.namespace,
@@ -144,10 +163,12 @@ pub fn sign_auditor(key: &SigningKey, bundle_bytes: &[u8], b: &Bundle) -> [u8; 6
     .to_bytes()
 }
 
+/// The operator's Ed25519 counter-signature over [`operator_message`].
 pub fn sign_operator(key: &SigningKey, auditor_signature: &[u8; 64]) -> [u8; 64] {
     key.sign(&operator_message(auditor_signature)).to_bytes()
 }
 
+/// Whether `sig` is a 64-byte Ed25519 signature by `key` over `msg` (strict verification).
 pub fn verify_sig(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
     let Ok(s) = <[u8; 64]>::try_from(sig) else {
         return false;
@@ -158,20 +179,26 @@ pub fn verify_sig(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
 /// Everything a client needs to accept a bundle, as served by the frontend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundlePackage {
+    /// The bundle's canonical bytes (base64 in JSON).
     #[serde(with = "crate::b64")]
     pub bundle: Vec<u8>,
+    /// The auditor's signature over [`auditor_message`] (base64).
     #[serde(with = "crate::b64")]
     pub auditor_signature: Vec<u8>,
+    /// The operator's counter-signature over [`operator_message`] (base64).
     #[serde(with = "crate::b64")]
     pub operator_signature: Vec<u8>,
+    /// Index of the bundle's leaf ([`leaf_data`]) in the auditor's log.
     pub leaf_index: u64,
     /// The auditor's signed checkpoint note.
     pub checkpoint: String,
+    /// RFC 9162 inclusion proof of the leaf in the checkpoint's tree (base64 hashes).
     #[serde(with = "crate::b64::hashes")]
     pub inclusion_proof: Vec<Hash>,
     /// Consistency proof from `consistency_from` (the size the client said it
     /// knows) to the checkpoint's size.
     pub consistency_from: u64,
+    /// RFC 9162 consistency proof from `consistency_from` to the checkpoint (base64 hashes).
     #[serde(with = "crate::b64::hashes")]
     pub consistency_proof: Vec<Hash>,
     /// For each fleet the bundle lists besides the preferred one: a logged bundle of an earlier
@@ -184,13 +211,18 @@ pub struct BundlePackage {
 /// A logged bundle of an earlier epoch and its inclusion in the package's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EarlierBundle {
+    /// The earlier bundle's canonical bytes (base64 in JSON).
     #[serde(with = "crate::b64")]
     pub bundle: Vec<u8>,
+    /// The auditor's signature over its [`auditor_message`] (base64).
     #[serde(with = "crate::b64")]
     pub auditor_signature: Vec<u8>,
+    /// The operator's counter-signature over [`operator_message`] (base64).
     #[serde(with = "crate::b64")]
     pub operator_signature: Vec<u8>,
+    /// Index of its leaf in the auditor's log.
     pub leaf_index: u64,
+    /// RFC 9162 inclusion proof of its leaf in the package's checkpoint (base64 hashes).
     #[serde(with = "crate::b64::hashes")]
     pub inclusion_proof: Vec<Hash>,
 }
@@ -198,20 +230,27 @@ pub struct EarlierBundle {
 /// What the client pins in `ota` mode.
 #[derive(Debug, Clone)]
 pub struct TrustAnchors {
+    /// The namespace whose bundles the client accepts.
     pub namespace: String,
     /// Checkpoint origin of the namespace's log.
     pub origin: String,
+    /// The auditor's signed-note key name (checkpoint signature lines).
     pub auditor_name: String,
+    /// The auditor's Ed25519 key: its bundle and record signatures and checkpoints.
     pub auditor_key: VerifyingKey,
+    /// The operator's Ed25519 key: bundle counter-signatures.
     pub operator_key: VerifyingKey,
 }
 
 /// What the client remembers between runs (persisted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLogState {
+    /// Tree size of the newest checkpoint this client accepted (0: none yet).
     pub checkpoint_size: u64,
+    /// That checkpoint's root hash (hex in JSON).
     #[serde(with = "hex_hash")]
     pub checkpoint_root: Hash,
+    /// Newest bundle epoch this client accepted.
     pub accepted_epoch: u64,
     /// Fleets this client accepted as the preferred fleet of an epoch (or saw proven so by the
     /// log), newest last, at most [`MAX_KNOWN_FLEETS`]: the only ones it uses as a previous fleet.
@@ -225,7 +264,9 @@ pub const MAX_KNOWN_FLEETS: usize = 16;
 /// A fleet that was the preferred one of an accepted epoch: its id and Noise key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownFleet {
+    /// Id of the fleet.
     pub fleet_id: String,
+    /// Its Noise static key (hex in JSON).
     #[serde(with = "hex_hash")]
     pub noise_key: [u8; 32],
 }
@@ -244,35 +285,83 @@ mod hex_hash {
     }
 }
 
+/// Why [`verify`] refused a bundle package; each names the failed check.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BundleError {
+    /// The bundle bytes do not decode as a valid bundle ([`Bundle::decode`]).
     #[error("bundle bytes are malformed")]
     Malformed,
+    /// The bundle is for another namespace than the pinned one.
     #[error("bundle is for namespace {found:?}, expected {expected:?}")]
-    Namespace { expected: String, found: String },
+    Namespace {
+        /// The pinned namespace.
+        expected: String,
+        /// The bundle's namespace.
+        found: String,
+    },
+    /// The auditor's signature is missing or does not verify under the pinned key.
     #[error("auditor signature over the bundle is missing or invalid")]
     AuditorSignature,
+    /// The operator's counter-signature is missing or does not verify under the pinned key.
     #[error("operator counter-signature is missing or invalid")]
     OperatorSignature,
+    /// The checkpoint is malformed or not signed by the pinned auditor key; the text says why.
     #[error("checkpoint is not signed by the pinned auditor key, or is malformed: {0}")]
     Checkpoint(String),
+    /// The checkpoint is for another log than the pinned origin names.
     #[error("checkpoint is for log {found:?}, expected {expected:?}")]
-    Origin { expected: String, found: String },
+    Origin {
+        /// The pinned origin.
+        expected: String,
+        /// The checkpoint's origin.
+        found: String,
+    },
+    /// The inclusion proof does not place the bundle's leaf in the checkpoint's tree.
     #[error("bundle is not included in the auditor's log (inclusion proof failed)")]
     NotInLog,
+    /// The checkpoint does not extend the one the client saw before: a forked or rewritten log.
     #[error("auditor log is inconsistent with the checkpoint this client saw before (size {seen}): the log was forked or rewritten")]
-    InconsistentLog { seen: u64 },
+    InconsistentLog {
+        /// Size of the checkpoint the client saw before.
+        seen: u64,
+    },
+    /// The checkpoint is smaller than the one the client saw before.
     #[error("auditor log shrank from size {seen} to {shown}: a rolled-back or forked log")]
-    LogRolledBack { seen: u64, shown: u64 },
+    LogRolledBack {
+        /// Size of the checkpoint the client saw before.
+        seen: u64,
+        /// Size of the checkpoint served now.
+        shown: u64,
+    },
+    /// The bundle's epoch is older than one the client already accepted.
     #[error("bundle epoch {epoch} is older than the already accepted epoch {accepted}")]
-    EpochRollback { epoch: u64, accepted: u64 },
+    EpochRollback {
+        /// The bundle's epoch.
+        epoch: u64,
+        /// The newest epoch the client accepted.
+        accepted: u64,
+    },
+    /// The client's clock is before the bundle's `not_before`.
     #[error("bundle is not valid yet (not before {not_before}, now {now})")]
-    NotYetValid { not_before: u64, now: u64 },
+    NotYetValid {
+        /// Start of the validity window (Unix seconds).
+        not_before: u64,
+        /// The client's clock (Unix seconds).
+        now: u64,
+    },
+    /// The client's clock is at or after the bundle's `not_after`.
     #[error("bundle expired (not after {not_after}, now {now})")]
-    Expired { not_after: u64, now: u64 },
+    Expired {
+        /// End of the validity window (Unix seconds, exclusive).
+        not_after: u64,
+        /// The client's clock (Unix seconds).
+        now: u64,
+    },
+    /// A fleet the bundle lists has no Noise static key.
     #[error("bundle names no Noise static key")]
     NoNoiseKey,
+    /// A previous fleet (its id) not known or proven to have been an epoch's preferred fleet.
     #[error("the bundle lists fleet {0} as a previous fleet, but it was never the preferred fleet of an epoch this client accepted or the log proves")]
     UnprovenPreviousFleet(String),
 }

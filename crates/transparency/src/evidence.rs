@@ -20,24 +20,35 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// Version of the evidence file format ([`Evidence::version`]).
 pub const EVIDENCE_VERSION: u8 = 1;
 /// Largest evidence file accepted.
 pub const MAX_EVIDENCE: usize = 256 * 1024;
 const STEP_CONTEXT: &[u8] = b"bkv ceremony transcript v1\0";
 const WITNESS_CONTEXT: &[u8] = b"bkv ceremony witness v1\0";
 
+/// A fleet's deployment evidence, `evidence.json`: JSON, unknown fields rejected, at most
+/// [`MAX_EVIDENCE`] bytes (docs/formats.md, "Deployment evidence").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evidence {
+    /// File format version, [`EVIDENCE_VERSION`].
     pub version: u8,
+    /// The auditor-log namespace of the fleet.
     pub namespace: String,
+    /// Id of the fleet the ceremony formed.
     pub fleet_id: String,
+    /// The fleet's public keys; every node's fleet statement must state them.
     pub fleet_keys: FleetKeysHex,
+    /// The `bkv-hsm` binary every node ran, and how to rebuild it.
     pub measurement: Measurement,
+    /// The ceremony's hash-chained steps, in order.
     pub transcript: Vec<Step>,
+    /// Witnesses' signatures over the transcript head.
     pub witnesses: Vec<Witness>,
 }
 
+/// The fleet's public keys as the evidence states them (hex strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetKeysHex {
@@ -61,6 +72,7 @@ pub struct Measurement {
     pub recipe: String,
 }
 
+/// What a transcript step records (its kebab-case name is in the JSON and the step hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
@@ -91,8 +103,11 @@ impl StepKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
+    /// Position in the transcript, from 0.
     pub index: u64,
+    /// What the step records.
     pub kind: StepKind,
+    /// The node the step is about.
     pub node_id: u64,
     /// Hex of the payload bytes (see [`StepKind`]).
     pub payload: String,
@@ -105,8 +120,11 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Witness {
+    /// The witness's name, for people (its key identifies it).
     pub name: String,
+    /// The witness's Ed25519 public key (hex).
     pub key: String,
+    /// Its Ed25519 signature over [`witness_message`] of the transcript head (hex).
     pub signature: String,
 }
 
@@ -114,24 +132,44 @@ pub struct Witness {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvidenceError {
+    /// The file is too large, not evidence JSON of [`EVIDENCE_VERSION`], or has a bad hex field.
     #[error("evidence is not valid JSON of version {EVIDENCE_VERSION}: {0}")]
     Malformed(String),
+    /// A step's index is not its position (the position given).
     #[error("transcript step {0}: index out of order")]
     StepIndex(u64),
+    /// The step's hash (its index given) does not chain from the previous one.
     #[error("transcript step {0}: hash does not chain (the transcript was changed)")]
     StepHash(u64),
+    /// A step's payload does not decode as its kind says.
     #[error("transcript step {index}: {what}")]
-    StepPayload { index: u64, what: String },
+    StepPayload {
+        /// The step's index.
+        index: u64,
+        /// What is wrong with the payload.
+        what: String,
+    },
+    /// A node's statements or record fail a check or disagree with the evidence.
     #[error("node {node}: {what}")]
-    Node { node: u64, what: String },
+    Node {
+        /// The node's id.
+        node: u64,
+        /// Which check failed.
+        what: String,
+    },
+    /// A node (its id) lacks a step it needs (named).
     #[error("node {0} is missing its {1}")]
     Incomplete(u64, &'static str),
+    /// Not exactly one node generated the fleet keys (the number that did).
     #[error("exactly one node must have generated the fleet keys, found {0}")]
     Generators(usize),
+    /// A witness's signature (its name given) does not verify.
     #[error("witness {0}: signature over the transcript does not verify")]
     WitnessSignature(String),
+    /// The evidence carries no witness signature.
     #[error("no witness signed the transcript")]
     NoWitness,
+    /// A required witness key (hex) did not sign.
     #[error("required witness {0} did not sign")]
     MissingWitness(String),
 }
@@ -196,6 +234,7 @@ pub struct TranscriptBuilder {
 }
 
 impl TranscriptBuilder {
+    /// Appends the next step, its hash chained from the current head.
     pub fn push(&mut self, kind: StepKind, node_id: u64, payload: &[u8]) {
         let index = self.steps.len() as u64;
         self.head = step_hash(&self.head, index, kind, node_id, payload);
@@ -208,10 +247,12 @@ impl TranscriptBuilder {
         });
     }
 
+    /// The current head: the last step's hash (zeros before the first).
     pub fn head(&self) -> [u8; 32] {
         self.head
     }
 
+    /// The steps pushed so far, for [`Evidence::transcript`].
     pub fn steps(self) -> Vec<Step> {
         self.steps
     }
@@ -243,20 +284,28 @@ pub fn verify_fleet_statement(s: &SignedFleetStatement) -> Result<FleetStatement
 /// One node as the evidence shows it.
 #[derive(Debug, Clone)]
 pub struct EvidenceNode {
+    /// The node's id.
     pub node_id: u64,
+    /// Its verified platform statement.
     pub statement: PlatformStatement,
+    /// Its verified fleet statement.
     pub fleet_statement: FleetStatement,
     /// Where its membership record is in the auditor's log, and the record.
     pub log_index: u64,
+    /// Canonical bytes of its membership record (a `Found` or `Add` naming it).
     pub record: Vec<u8>,
 }
 
 /// What offline verification established.
 #[derive(Debug, Clone)]
 pub struct Verified {
+    /// The transcript head (the last step's hash): what witnesses sign.
     pub head: [u8; 32],
+    /// The fleet's public keys, as the evidence and every node's fleet statement state them.
     pub fleet_keys: FleetPublicKeys,
+    /// SHA-256 of the measured `bkv-hsm`, which every node ran.
     pub binary_sha256: [u8; 32],
+    /// Every node of the transcript, by ascending node id.
     pub nodes: Vec<EvidenceNode>,
     /// What every node's fleet statement says the fleet enforces (all agree); `None` for a fleet
     /// formed by an earlier release, whose statements state none.

@@ -3,7 +3,7 @@
 //! (RFC 9162 hashing), C2SP signed-note checkpoints, and the client-side checks
 //! that make a forked or rewritten log detectable.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod bundle;
 pub mod evidence;

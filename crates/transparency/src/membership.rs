@@ -25,37 +25,50 @@ pub const MAX_RECORD: usize = 8 * 1024;
 /// One change to a fleet's membership, as logged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipRecord {
+    /// Layout version, [`RECORD_VERSION`].
     pub version: u8,
+    /// The auditor-log namespace of the fleet.
     pub namespace: String,
+    /// Id of the fleet whose membership changes.
     pub fleet_id: String,
+    /// Which node joins or leaves, and how.
     pub change: MembershipChange,
 }
 
+/// What a membership record changes (variant order is part of the format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum MembershipChange {
     /// The node that formed the fleet (and generated its keys).
     Found {
+        /// The founding node's id.
         node_id: u64,
+        /// Its signed platform statement.
         statement: SignedStatement,
     },
     /// A node admitted to the fleet.
     Add {
+        /// The admitted node's id.
         node_id: u64,
+        /// Its signed platform statement.
         statement: SignedStatement,
     },
     /// A node removed from the fleet.
     Remove {
+        /// The removed node's id.
         node_id: u64,
+        /// Its peer-link identity key (X25519 public key).
         identity_key: [u8; 32],
     },
 }
 
 impl MembershipRecord {
+    /// The canonical bytes, `bkv_wire::encode(self)`: what is logged and signed.
     pub fn encode(&self) -> Vec<u8> {
         bkv_wire::encode(self)
     }
 
+    /// Decodes canonical bytes (at most [`MAX_RECORD`]), refusing another record version.
     pub fn decode(bytes: &[u8]) -> Result<Self, MembershipError> {
         let r: MembershipRecord = bkv_wire::decode(bytes, MAX_RECORD)
             .map_err(|e| MembershipError::Malformed(e.to_string()))?;
@@ -69,27 +82,47 @@ impl MembershipRecord {
     }
 }
 
+/// Why a membership record, its log proof or a platform statement was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MembershipError {
+    /// The record does not decode or has another version; the text says why.
     #[error("membership record is malformed: {0}")]
     Malformed(String),
+    /// The record is for another namespace than the fleet logs in.
     #[error("record is for namespace {found:?}, the fleet logs in {expected:?}")]
-    Namespace { expected: String, found: String },
+    Namespace {
+        /// The fleet's pinned namespace.
+        expected: String,
+        /// The record's namespace.
+        found: String,
+    },
+    /// The auditor's signature over the record does not verify.
     #[error("the auditor's signature over the record is invalid")]
     AuditorSignature,
+    /// The checkpoint is malformed or not signed by the pinned auditor key; the text says why.
     #[error("checkpoint is not signed by the pinned auditor key, or is malformed: {0}")]
     Checkpoint(String),
+    /// The checkpoint is for another log than the pinned origin names.
     #[error("checkpoint is for log {found:?}, expected {expected:?}")]
-    Origin { expected: String, found: String },
+    Origin {
+        /// The pinned origin.
+        expected: String,
+        /// The checkpoint's origin.
+        found: String,
+    },
+    /// The inclusion proof does not place the record's leaf in the checkpoint's tree.
     #[error("record is not included in the auditor's checkpoint (inclusion proof failed)")]
     NotInLog,
+    /// The platform statement does not decode, has another version or too long a token text.
     #[error("platform statement is malformed: {0}")]
     StatementMalformed(String),
+    /// The platform statement is not signed by the signing key it names.
     #[error("platform statement is not signed by the platform key it names")]
     StatementSignature,
 }
 
+/// SHA-256 of a membership record's canonical bytes.
 pub fn record_digest(record_bytes: &[u8]) -> Hash {
     Sha256::digest(record_bytes).into()
 }

@@ -3,11 +3,13 @@
 
 use sha2::{Digest, Sha256};
 
+/// A SHA-256 hash: of a leaf, an interior node or a tree.
 pub type Hash = [u8; 32];
 
 /// Largest proof accepted by verifiers: a tree of 2^64 leaves needs at most 64.
 pub const MAX_PROOF_LEN: usize = bkv_api::b64::MAX_PROOF_LEN;
 
+/// RFC 9162 leaf hash: `SHA-256(0x00 || data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
@@ -15,6 +17,7 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
     h.finalize().into()
 }
 
+/// RFC 9162 interior node hash: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update([1u8]);
@@ -23,6 +26,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
+/// Root hash of the empty tree: `SHA-256("")`.
 pub fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }

@@ -21,19 +21,25 @@ pub const MAX_NOTE: usize = 16 * 1024;
 const MAX_SIGNATURES: usize = 100;
 const ED25519_ALG: u8 = 0x01;
 
+/// Why a note, verifier key or checkpoint was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NoteError {
+    /// The note is longer than [`MAX_NOTE`] bytes.
     #[error("note is too large")]
     TooLarge,
+    /// The note, a verifier key or a text to sign breaks the format; the message says what.
     #[error("note is malformed: {0}")]
     Malformed(&'static str),
+    /// No signature line of this key name (given) verifies under the key.
     #[error("note carries no valid signature by {0}")]
     Unsigned(String),
+    /// The checkpoint text is malformed; the text names the line (origin, size or root hash).
     #[error("checkpoint is malformed: {0}")]
     Checkpoint(&'static str),
 }
 
+/// The C2SP signed-note key id of an Ed25519 key: `SHA-256(name || "\n" || 0x01 || key)[0..4]`.
 pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
@@ -224,14 +230,19 @@ pub fn cosigned_at(note: &str, name: &str, key: &VerifyingKey) -> Result<u64, No
     Err(NoteError::Unsigned(name.to_owned()))
 }
 
+/// A C2SP `tlog-checkpoint`: the log's origin, tree size and root hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The origin line, which names the log.
     pub origin: String,
+    /// Number of leaves in the tree (decimal, no leading zero, in the text).
     pub size: u64,
+    /// RFC 9162 root hash of the tree (base64 in the text).
     pub root: Hash,
 }
 
 impl Checkpoint {
+    /// The checkpoint body: `<origin>\n<size>\n<base64 root>\n`.
     pub fn text(&self) -> String {
         format!(
             "{}\n{}\n{}\n",
@@ -268,6 +279,7 @@ impl Checkpoint {
         })
     }
 
+    /// Signs the checkpoint body as a note by (`name`, `key`).
     pub fn sign(&self, name: &str, key: &SigningKey) -> Result<String, NoteError> {
         sign(&self.text(), name, key)
     }

@@ -41,6 +41,7 @@ pub enum PlatformKind {
 }
 
 impl PlatformKind {
+    /// Lower-case name of the kind (`software`, `pkcs11`, `memory`), as tools print it.
     pub fn name(self) -> &'static str {
         match self {
             PlatformKind::Software => "software",
@@ -54,7 +55,10 @@ impl PlatformKind {
 /// manufacturer, model, serial number and label).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformDescription {
+    /// Which kind of key store it is.
     pub kind: PlatformKind,
+    /// Free text: a token's manufacturer, model, serial number and label, or the directory of
+    /// software keys (at most [`MAX_TEXT`] bytes).
     pub token: String,
 }
 
@@ -64,11 +68,13 @@ pub struct PlatformDescription {
 /// as the platform that signs it (see SECURITY.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformStatement {
+    /// Layout version, [`STATEMENT_VERSION`].
     pub version: u8,
     /// The node's peer-link identity key (X25519 public key).
     pub identity_key: [u8; 32],
     /// The platform's Ed25519 signing key (public), which signed this.
     pub signing_key: [u8; 32],
+    /// The platform the node's keys live on.
     pub platform: PlatformDescription,
     /// SHA-256 of the running `bkv-hsm` executable.
     pub binary_sha256: [u8; 32],
@@ -78,7 +84,9 @@ pub struct PlatformStatement {
 /// `STATEMENT_CONTEXT || statement`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedStatement {
+    /// `encode(PlatformStatement)`: the exact bytes signed.
     pub statement: Vec<u8>,
+    /// 64-byte Ed25519 signature by the statement's `signing_key`.
     pub signature: Vec<u8>,
 }
 
@@ -106,15 +114,25 @@ pub enum KeyOrigin {
 /// running binary's hash, and whether it generated the keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetStatement {
+    /// Layout version: [`FLEET_STATEMENT_VERSION`], or 1 when read from an earlier release.
     pub version: u8,
+    /// The auditor-log namespace of the fleet's bundles and membership records.
     pub namespace: String,
+    /// Id of the fleet the node belongs to.
     pub fleet_id: String,
+    /// The node's id in the fleet.
     pub node_id: u64,
+    /// The fleet's public keys, computed from the secrets the core holds.
     pub fleet_keys: FleetPublicKeys,
+    /// The node's peer-link identity key (X25519 public key).
     pub identity_key: [u8; 32],
+    /// The platform's Ed25519 signing key (public), which signed this.
     pub signing_key: [u8; 32],
+    /// The platform the node's keys live on.
     pub platform: PlatformDescription,
+    /// SHA-256 of the running `bkv-hsm` executable.
     pub binary_sha256: [u8; 32],
+    /// Whether this core generated the fleet keys or received them.
     pub origin: KeyOrigin,
     /// What the fleet pinned besides its trust anchors (version 2; `None` only when read from
     /// a version-1 statement).
@@ -137,7 +155,9 @@ pub struct FleetPolicy {
 /// move tickets with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PredecessorFleet {
+    /// Id of the earlier fleet.
     pub fleet_id: String,
+    /// The Ed25519 public key its cores sign move tickets with.
     pub move_key: [u8; 32],
 }
 
@@ -185,7 +205,9 @@ impl FleetStatement {
 /// `FLEET_STATEMENT_CONTEXT || statement`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedFleetStatement {
+    /// `encode(FleetStatement)`: the exact bytes signed.
     pub statement: Vec<u8>,
+    /// 64-byte Ed25519 signature by the statement's `signing_key`.
     pub signature: Vec<u8>,
 }
 
@@ -194,9 +216,13 @@ pub struct SignedFleetStatement {
 /// proof of the leaf in that checkpoint's tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogProof {
+    /// The auditor's Ed25519 signature over the record (docs/auditor-api.md).
     pub auditor_signature: Vec<u8>,
+    /// Index of the record's leaf in the auditor's log.
     pub leaf_index: u64,
+    /// The auditor's checkpoint, a C2SP signed note.
     pub checkpoint: String,
+    /// RFC 9162 inclusion proof of the leaf in the checkpoint's tree.
     pub inclusion_proof: Vec<[u8; 32]>,
 }
 
@@ -205,14 +231,19 @@ pub struct LogProof {
 /// fleet's last executed command, so a captured command never runs twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminCommand {
+    /// Layout version, [`ADMIN_COMMAND_VERSION`].
     pub version: u8,
+    /// Id of the fleet the command is for.
     pub fleet_id: String,
+    /// The command's sequence number: the fleet's last executed one plus 1.
     pub seq: u64,
     /// Unix seconds after which the node refuses to start executing it.
     pub not_after: u64,
+    /// The membership change the command makes.
     pub action: AdminAction,
 }
 
+/// The membership change an [`AdminCommand`] makes (variant order is part of the format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum AdminAction {
@@ -220,18 +251,27 @@ pub enum AdminAction {
     /// record (an `Add` naming `node_id` and the node's signed statement)
     /// and `proof` shows it is in the auditor's log.
     AddMember {
+        /// Id of the node to admit.
         node_id: u64,
         /// The node's peer-link address.
         addr: String,
+        /// Canonical bytes of the logged membership record (an `Add`).
         record: Vec<u8>,
+        /// Proof that `record` is in the auditor's log.
         proof: LogProof,
     },
     /// Make an admitted learner a voter.
-    Promote { node_id: u64 },
+    Promote {
+        /// Id of the learner to promote.
+        node_id: u64,
+    },
     /// Remove a member; `record` (a logged `Remove`) must name it.
     RemoveMember {
+        /// Id of the member to remove.
         node_id: u64,
+        /// Canonical bytes of the logged membership record (a `Remove`).
         record: Vec<u8>,
+        /// Proof that `record` is in the auditor's log.
         proof: LogProof,
     },
 }
@@ -240,7 +280,9 @@ pub enum AdminAction {
 /// `ADMIN_CONTEXT || command`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedAdminCommand {
+    /// `encode(AdminCommand)`: the exact bytes signed.
     pub command: Vec<u8>,
+    /// 64-byte Ed25519 signature by the operator key pinned in the fleet.
     pub signature: Vec<u8>,
 }
 
@@ -260,9 +302,13 @@ pub enum AdminRequest {
 /// One fleet member as the replicated state records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
+    /// The member's node id.
     pub node_id: u64,
+    /// The member's peer-link address (`host:port`).
     pub addr: String,
+    /// The member's peer-link identity key (X25519 public key).
     pub identity_key: [u8; 32],
+    /// Whether it votes (`false`: a learner).
     pub voter: bool,
     /// The member's signed platform statement.
     pub statement: SignedStatement,
@@ -275,23 +321,30 @@ pub struct MemberInfo {
 /// The fleet's membership as seen by one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembersView {
+    /// Id of the fleet.
     pub fleet_id: String,
     /// The `seq` the next admin command must carry.
     pub next_seq: u64,
+    /// Every admitted member, voters and learners.
     pub members: Vec<MemberInfo>,
+    /// The answering node's replication status.
     pub status: crate::node::FleetStatus,
     /// How many live records (active or pending) the fleet holds (the
     /// operator retires a fleet once its records moved).
     pub records: u64,
 }
 
+/// A node's answer to an [`AdminRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum AdminResponse {
+    /// The answer to [`AdminRequest::Members`].
     Members(MembersView),
     /// The command committed and the Raft membership follows it.
     Executed(MembersView),
+    /// This node's signed fleet statement (the answer to [`AdminRequest::FleetStatement`]).
     FleetStatement(SignedFleetStatement),
+    /// The request was refused; nothing changed.
     Error(AdminError),
 }
 
@@ -299,24 +352,52 @@ pub enum AdminResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
+    /// The signature does not verify under the fleet's pinned operator key.
     #[error("not signed by the fleet's operator key")]
     BadSignature,
+    /// The request or command is malformed, or of an unknown kind or version; the text says why.
     #[error("command is malformed: {0}")]
     Malformed(String),
+    /// The command is for another fleet.
     #[error("command is for fleet {found:?}, this is {expected:?}")]
-    WrongFleet { expected: String, found: String },
+    WrongFleet {
+        /// This node's fleet id.
+        expected: String,
+        /// The fleet id the command names.
+        found: String,
+    },
+    /// `seq` is not the next sequence number: replayed or out of order.
     #[error("command sequence {found} is not the next one ({expected}): replayed or out of order")]
-    Replayed { expected: u64, found: u64 },
+    Replayed {
+        /// The sequence number the next command must carry.
+        expected: u64,
+        /// The command's sequence number.
+        found: u64,
+    },
+    /// The command's `not_after` has passed.
     #[error("command expired at {not_after} (now {now})")]
-    Expired { not_after: u64, now: u64 },
+    Expired {
+        /// The command's deadline (Unix seconds).
+        not_after: u64,
+        /// The node's clock (Unix seconds).
+        now: u64,
+    },
+    /// The membership record is not proven to be in the auditor's log; the text says why.
     #[error("membership record is not proven to be in the auditor's log: {0}")]
     NotLogged(String),
+    /// The record's platform statement is invalid; the text says why.
     #[error("platform statement is invalid: {0}")]
     BadStatement(String),
+    /// The fleet cannot carry the request out in its current state; the text says why.
     #[error("refused: {0}")]
     Refused(String),
+    /// This node is not the leader: send the command to the leader.
     #[error("not the leader (leader: {leader:?}); send it there")]
-    NotLeader { leader: Option<u64> },
+    NotLeader {
+        /// The leader's node id, if this node knows one.
+        leader: Option<u64>,
+    },
+    /// No majority is reachable, or this node's core cannot answer; the text says why.
     #[error("no majority of the fleet is reachable: {0}")]
     Unavailable(String),
 }

@@ -6,7 +6,7 @@
 //! value has exactly one accepted encoding. Layouts are documented in
 //! `docs/formats.md`.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub)]
+#![deny(unreachable_pub, missing_docs)]
 
 pub mod admin;
 pub mod node;
@@ -45,16 +45,27 @@ pub const NOISE_PROLOGUE: &[u8] = b"bkv session v1";
 /// OPAQUE context string (RFC 9807 `context`), shared by client and server.
 pub const OPAQUE_CONTEXT: &[u8] = b"bkv opaque v1";
 
+/// Why [`decode`] (or another decoder of this crate) refused bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
+    /// The input is longer than the caller's limit (checked before parsing).
     #[error("message too large: {len} bytes (limit {limit})")]
-    TooLarge { len: usize, limit: usize },
+    TooLarge {
+        /// The input's length, in bytes.
+        len: usize,
+        /// The limit it exceeds, in bytes.
+        limit: usize,
+    },
+    /// The input has no bytes, not even the version byte.
     #[error("empty message")]
     Empty,
+    /// The first byte (given) is not the expected encoding version.
     #[error("unsupported encoding version {0}")]
     Version(u8),
+    /// The bytes after the version byte are not a valid postcard value of the type.
     #[error("malformed message")]
     Malformed,
+    /// Bytes remain after the value, so the input is not its canonical encoding.
     #[error("trailing bytes after message")]
     Trailing,
 }

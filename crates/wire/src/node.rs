@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
+/// A session's id: 16 random bytes the node's core draws when it opens the session.
 pub type SessionId = [u8; 16];
 
 /// A retired request: decoding it always fails (the frame is malformed).
@@ -19,14 +20,23 @@ impl<'de> Deserialize<'de> for Retired {
     }
 }
 
+/// A frame the frontend sends a node on the relay link (variant order is part of the format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// First Noise message of a session for `user_id` (as authenticated by the frontend).
-    OpenSession { user_id: String, handshake: Vec<u8> },
+    OpenSession {
+        /// The user the frontend authenticated; the session hello must name the same one.
+        user_id: String,
+        /// The client's first Noise NK message; its payload is the encrypted session hello.
+        handshake: Vec<u8>,
+    },
     /// A Noise transport message of an open session.
     SessionMessage {
+        /// The session, as [`NodeResponse::SessionOpened`] named it.
         session_id: SessionId,
+        /// The user the frontend authenticated; must be the session's.
         user_id: String,
+        /// A Noise transport message carrying an encoded [`crate::vault::VaultRequest`].
         ciphertext: Vec<u8>,
     },
     /// Whether `session_id` is `user_id`'s session and logged in to the
@@ -34,7 +44,9 @@ pub enum NodeRequest {
     /// Ending a session is an encrypted in-session request
     /// ([`crate::vault::VaultRequest::Close`]), never a relay-link frame.
     CheckLogin {
+        /// The session to check.
         session_id: SessionId,
+        /// The user the session must belong to.
         user_id: String,
     },
     /// Public node information.
@@ -51,23 +63,35 @@ pub enum NodeRequest {
     Health,
 }
 
+/// A node's answer to a [`NodeRequest`] (variant order is part of the format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeResponse {
+    /// The session is open (the answer to [`NodeRequest::OpenSession`]).
     SessionOpened {
+        /// The id later frames of the session name.
         session_id: SessionId,
+        /// The node's Noise NK reply message, relayed to the client.
         handshake: Vec<u8>,
     },
+    /// The node's encrypted answer to a [`NodeRequest::SessionMessage`].
     SessionMessage {
+        /// A Noise transport message carrying an encoded [`crate::vault::VaultResponse`].
         ciphertext: Vec<u8>,
     },
+    /// The answer to [`NodeRequest::CheckLogin`].
     LoginChecked {
+        /// Whether the session is the user's and logged in to the user's live record.
         logged_in: bool,
     },
+    /// The answer to [`NodeRequest::Info`].
     Info(NodeInfo),
+    /// The request was refused or failed (also the answer to a retired request).
     Error(NodeError),
+    /// The answer to [`NodeRequest::FleetStatus`].
     FleetStatus(FleetStatus),
     /// The answer to [`NodeRequest::Health`].
     Health {
+        /// Whether the node sees a leader with a majority of the fleet.
         ready: bool,
     },
 }
@@ -75,35 +99,52 @@ pub enum NodeResponse {
 /// One node's view of the replicated fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetStatus {
+    /// The answering node's id (its Raft node id).
     pub node_id: u64,
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
     pub role: String,
+    /// Node id of the current leader, if this node knows one.
     pub leader: Option<u64>,
+    /// The current Raft term.
     pub term: u64,
+    /// Index of the last entry in this node's Raft log (`None`: empty log).
     pub last_log_index: Option<u64>,
+    /// Index of the last entry this node's state machine applied (`None`: none yet).
     pub applied_index: Option<u64>,
+    /// Node ids of the voting members.
     pub voters: Vec<u64>,
+    /// Node ids of the learners (replicating, not voting).
     pub learners: Vec<u64>,
 }
 
+/// Public information about a node's fleet (the answer to [`NodeRequest::Info`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// Id of the fleet the node serves.
     pub fleet_id: String,
+    /// The fleet's Noise static public key (X25519), which clients pin.
     pub noise_public_key: [u8; 32],
 }
 
+/// Why a node refused a relay-link request (sent in [`NodeResponse::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum NodeError {
+    /// No open session has this id (never opened, expired, ended or evicted).
     #[error("unknown or expired session")]
     UnknownSession,
+    /// The session, or its session hello, is for another user than the frame names.
     #[error("session belongs to another user")]
     WrongUser,
+    /// The Noise handshake failed (e.g. the client pinned another fleet key).
     #[error("noise handshake failed (is the client pinning the right fleet key?)")]
     Handshake,
+    /// The request is malformed or not allowed; the text says why.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The session table, or the user's share of it, is full and no session may be ended.
     #[error("too many open sessions")]
     Busy,
+    /// No majority is reachable or the core cannot answer; nothing changed unless it committed.
     #[error("no majority of the vault fleet is reachable; nothing was counted or changed unless it committed")]
     Unavailable,
     /// The same request is still being committed; resend it shortly to get
@@ -112,12 +153,16 @@ pub enum NodeError {
     InProgress,
 }
 
+/// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// An I/O error on the stream (including an end inside a frame's body).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The frame's length (given, in bytes) is over the limit.
     #[error("frame too large: {0} bytes")]
     TooLarge(usize),
+    /// The frame's body is not a valid encoded value of the expected type.
     #[error(transparent)]
     Codec(#[from] crate::CodecError),
 }

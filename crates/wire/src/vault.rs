@@ -9,41 +9,62 @@ pub const MAX_VAULT_MESSAGE: usize = 16 * 1024;
 pub const MAX_WRAPPED_KEY: usize = 256;
 /// Guess limits a record may carry.
 pub const MIN_GUESS_LIMIT: u32 = 1;
+/// Largest guess limit a record may carry (a fleet's policy may allow fewer).
 pub const MAX_GUESS_LIMIT: u32 = 100;
+/// Guess limit used when none is configured: the CLI's registrations and a new fleet's policy.
 pub const DEFAULT_GUESS_LIMIT: u32 = 10;
 
 /// Payload of the first Noise handshake message: encrypted to the fleet key,
 /// so the frontend can neither read nor change which user the session is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionHello {
+    /// Hello layout version; the node accepts only 1.
     pub version: u8,
+    /// The user the session is for; must equal the user id the frontend relays.
     pub user_id: String,
 }
 
+/// A request from the client to the vault inside the Noise session (variant order is part of the
+/// format: docs/formats.md).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VaultRequest {
     /// Record state and guesses remaining. Needs no credential.
     Status,
     /// OPAQUE RegistrationRequest. Allowed when no usable record exists, or
     /// after a successful login in this session (password change).
-    RegisterStart { registration_request: Vec<u8> },
+    RegisterStart {
+        /// Serialized OPAQUE `RegistrationRequest` (RFC 9807).
+        registration_request: Vec<u8>,
+    },
     /// OPAQUE RegistrationUpload plus the wrapped key. Stored as *pending*:
     /// not usable until confirmed, so a retried registration can never reset
     /// the counter of a live record.
     RegisterFinish {
+        /// Serialized OPAQUE `RegistrationUpload`.
         upload: Vec<u8>,
+        /// The password-wrapped backup key (docs/formats.md), 1 to [`MAX_WRAPPED_KEY`] bytes.
         wrapped_key: Vec<u8>,
+        /// Counted logins that destroy the record ([`MIN_GUESS_LIMIT`] to the fleet's maximum).
         guess_limit: u32,
         /// SHA-256 of a secret only the client knows.
         confirm_hash: [u8; 32],
     },
     /// Makes the pending record live. Idempotent for the same secret.
-    RegisterConfirm { confirm_secret: [u8; 32] },
+    RegisterConfirm {
+        /// The secret whose SHA-256 is the pending registration's `confirm_hash`.
+        confirm_secret: [u8; 32],
+    },
     /// OPAQUE CredentialRequest. The HSM commits `attempts += 1` before it answers.
-    LoginStart { credential_request: Vec<u8> },
+    LoginStart {
+        /// Serialized OPAQUE `CredentialRequest`.
+        credential_request: Vec<u8>,
+    },
     /// OPAQUE CredentialFinalization. On success the HSM commits `attempts = 0`
     /// and returns the wrapped key.
-    LoginFinish { credential_finalization: Vec<u8> },
+    LoginFinish {
+        /// Serialized OPAQUE `CredentialFinalization`.
+        credential_finalization: Vec<u8>,
+    },
     /// Deletes the record. Needs a successful login in this session.
     Delete,
     /// Ends this session. Only its own key can send it, so only the session's
@@ -56,28 +77,40 @@ pub enum VaultRequest {
     /// the old fleet's intent ticket for exactly this registration ([`pending_digest`]) lets it
     /// be stored, and only its move ticket makes it live.
     RegisterFinishMove {
+        /// Serialized OPAQUE `RegistrationUpload` (as in `RegisterFinish`).
         upload: Vec<u8>,
+        /// The wrapped backup key (as in `RegisterFinish`).
         wrapped_key: Vec<u8>,
+        /// The record's guess limit (as in `RegisterFinish`).
         guess_limit: u32,
+        /// SHA-256 of a secret only the client knows (as in `RegisterFinish`).
         confirm_hash: [u8; 32],
+        /// The old fleet's `Intent` ticket naming this registration's [`pending_digest`].
         intent: SignedMoveTicket,
     },
     /// On the old fleet, after a successful login in this session: the record moves to
     /// `to_fleet`, where the registration with `pending_digest` takes its place. The old record
     /// keeps no key and grants no further guess; the answer is the move ticket.
     MoveOut {
+        /// Id of the fleet the record moves to.
         to_fleet: String,
+        /// The [`pending_digest`] of the registration stored there by `RegisterFinishMove`.
         pending_digest: [u8; 32],
     },
     /// On the old fleet: the ticket of a record that moved (no login needed: it is public).
     GetMoveTicket,
     /// On the new fleet: makes the pending registration the ticket names live, with the
     /// attempts the old record had counted.
-    MoveIn { ticket: SignedMoveTicket },
+    MoveIn {
+        /// The old fleet's `Moved` ticket for this record.
+        ticket: SignedMoveTicket,
+    },
     /// On the old fleet, after a successful login in this session: an intent ticket for moving
     /// the record to `to_fleet` as the registration with `pending_digest` (nothing changes).
     MoveIntent {
+        /// Id of the fleet the record is to move to.
         to_fleet: String,
+        /// The [`pending_digest`] of the registration the client will store there.
         pending_digest: [u8; 32],
     },
 }
@@ -104,6 +137,7 @@ impl std::fmt::Debug for VaultRequest {
     }
 }
 
+/// The state of a user's record, as [`VaultResponse::Status`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordState {
     /// No record for this user.
@@ -111,32 +145,51 @@ pub enum RecordState {
     /// Registered but not yet confirmed (not usable).
     Pending,
     /// Usable.
-    Active { attempts: u32, guess_limit: u32 },
+    Active {
+        /// Logins counted since the last successful one.
+        attempts: u32,
+        /// Counted logins at which a failed login destroys the record.
+        guess_limit: u32,
+    },
     /// Destroyed after too many wrong guesses; the wrapped key is erased.
     Destroyed,
     /// Appended: moved to another fleet (its key erased here; `GetMoveTicket` names where).
     Moved,
 }
 
+/// The vault's answer to a [`VaultRequest`] inside the Noise session (variant order is part of
+/// the format).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VaultResponse {
+    /// The answer to [`VaultRequest::Status`].
     Status {
+        /// The user's record state.
         state: RecordState,
     },
+    /// The answer to [`VaultRequest::RegisterStart`].
     RegisterStarted {
+        /// Serialized OPAQUE `RegistrationResponse`.
         registration_response: Vec<u8>,
     },
+    /// The registration is stored as pending (the answer to `RegisterFinish`).
     RegisterStored,
+    /// The pending record is live (the answer to `RegisterConfirm`).
     RegisterConfirmed,
     /// `guesses_remaining` counts this attempt as already used.
     LoginStarted {
+        /// Serialized OPAQUE `CredentialResponse`.
         credential_response: Vec<u8>,
+        /// Logins left before the record is destroyed, this one already counted.
         guesses_remaining: u32,
     },
+    /// The login succeeded: the counted attempts are reset to 0.
     LoginOk {
+        /// The wrapped backup key stored at registration.
         wrapped_key: Vec<u8>,
     },
+    /// The record is deleted (the answer to `Delete`).
     Deleted,
+    /// The request was refused.
     Error(VaultError),
     /// The session is ended.
     Closed,
@@ -144,6 +197,7 @@ pub enum VaultResponse {
     MoveStored,
     /// Appended: the record moved; this ticket makes it live on the new fleet.
     MoveTicket {
+        /// The old fleet's signed ticket (step `Moved`, or `Intent` for `MoveIntent`).
         ticket: SignedMoveTicket,
     },
     /// Appended: the moved record is live here.
@@ -171,24 +225,37 @@ impl std::fmt::Debug for VaultResponse {
     }
 }
 
+/// Why the vault refused a request (sent in [`VaultResponse::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum VaultError {
+    /// The user has no record.
     #[error("no backup record for this user")]
     NoRecord,
+    /// The record was destroyed when its guess limit was reached.
     #[error("the backup record was destroyed after too many wrong guesses")]
     Destroyed,
+    /// The login failed; the attempt stays counted.
     #[error("wrong password; {guesses_remaining} guesses remaining")]
-    WrongPassword { guesses_remaining: u32 },
+    WrongPassword {
+        /// Logins left before the record is destroyed.
+        guesses_remaining: u32,
+    },
+    /// The request needs a successful login in this session first.
     #[error("this operation needs a successful login in this session")]
     NotAuthenticated,
+    /// A live record exists and this request may not replace it.
     #[error("a live record exists; log in first to replace it")]
     RecordExists,
+    /// No pending registration matches the confirmation.
     #[error("no pending registration matches this confirmation")]
     NoPendingRegistration,
+    /// The record changed while the request was being served; retry.
     #[error("the record changed concurrently; retry")]
     Conflict,
+    /// The request is malformed, out of order or out of range; the text says why.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The vault could not read the user's record from its store.
     #[error("the vault is unavailable")]
     Unavailable,
     /// Appended last (older encodings unchanged): too many registrations were started for
@@ -197,7 +264,10 @@ pub enum VaultError {
     TooManyRegistrations,
     /// Appended: the record moved to another fleet.
     #[error("the backup record moved to fleet {to_fleet}")]
-    Moved { to_fleet: String },
+    Moved {
+        /// Id of the fleet the record moved to.
+        to_fleet: String,
+    },
     /// Appended: a move ticket that does not verify or does not fit this record.
     #[error("move ticket refused: {0}")]
     BadTicket(String),
@@ -228,10 +298,15 @@ pub enum MoveStep {
 /// ticket, starting from `attempts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveTicket {
+    /// Ticket layout version, [`MOVE_TICKET_VERSION`].
     pub version: u8,
+    /// The move step the ticket allows.
     pub step: MoveStep,
+    /// Id of the old fleet, whose move key signs the ticket.
     pub from_fleet: String,
+    /// Id of the new fleet the record moves to.
     pub to_fleet: String,
+    /// The moving record's id ([`crate::record_id`] of the user).
     pub record_id: [u8; 32],
     /// The registration on the new fleet ([`pending_digest`]).
     pub pending_digest: [u8; 32],
@@ -264,6 +339,8 @@ pub fn pending_digest(
 /// `MOVE_TICKET_CONTEXT || ticket`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedMoveTicket {
+    /// `encode(MoveTicket)`: the exact bytes signed (at most [`MAX_MOVE_TICKET`]).
     pub ticket: Vec<u8>,
+    /// 64-byte Ed25519 signature by the old fleet's move key.
     pub signature: Vec<u8>,
 }

@@ -1,6 +1,7 @@
 //! Forming and growing a dev deployment's fleets by the ceremony (keys, witnesses, evidence).
 
 use super::*;
+use crate::ceremony::{Hosts, PlannedNode, Terms};
 use anyhow::{anyhow, bail, Context};
 use bkv_operator::fleet::{self as fleet_admin, Operator};
 use ed25519_dalek::SigningKey;
@@ -147,28 +148,18 @@ impl Deployment {
     pub(crate) async fn add(&self, i: usize) -> anyhow::Result<StartedNode> {
         let rec = self.new_record(i, self.free_node_id())?;
         let statement = print_statement(&rec)?;
+        let fleet_id = self.fleet_id()?;
         fleet_admin::admit(
             &self.operator,
             &self.admins(),
-            &self.fleet_id()?,
+            &fleet_id,
             rec.node_id,
             rec.peer_addr(),
             statement.clone(),
         )
         .await?;
-        self.join(i, rec, &statement).await
-    }
-
-    /// Starts an admitted node (it fetches the fleet secrets encrypted to
-    /// its identity key), waits until it caught up, and promotes it.
-    pub(crate) async fn join(
-        &self,
-        i: usize,
-        mut rec: NodeRecord,
-        statement: &bkv_wire::admin::SignedStatement,
-    ) -> anyhow::Result<StartedNode> {
         let id = rec.node_id;
-        let st = bkv_transparency::membership::verify_statement(statement)
+        let st = bkv_transparency::membership::verify_statement(&statement)
             .map_err(|e| anyhow!("node {id}'s statement: {e}"))?;
         update_members(&self.dir, self.fleet, |m| {
             m.retain(|m| m.id != id);
@@ -178,23 +169,31 @@ impl Deployment {
                 identity: hex::encode(st.identity_key),
             });
         })?;
+        let node = self.start(i, rec, &[])?;
+        crate::ceremony::promote_when_caught_up(
+            &self.operator,
+            &self.admins(),
+            &fleet_id,
+            id,
+            CATCH_UP,
+        )
+        .await?;
+        Ok(node)
+    }
+
+    /// Starts node `i` as recorded (with `extra` arguments) and records its addresses.
+    fn start(
+        &self,
+        i: usize,
+        mut rec: NodeRecord,
+        extra: &[String],
+    ) -> anyhow::Result<StartedNode> {
         let ndir = node_dir(&self.dir, i);
-        let node = start_node(&rec, &ndir)?;
+        let node = start_node_with(&rec, &ndir, extra)?;
         rec.listen = node.listen;
         rec.admin = node.admin;
         rec.fleet_id = Some(node.fleet_id.clone());
         std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
-        // Promote once it has the leader's log.
-        let admins = self.admins();
-        let (_, view) = fleet_admin::members(&admins)?;
-        let leader_applied = view.status.applied_index;
-        for _ in 0..300 {
-            if status_of(node.listen).is_some_and(|s| s.applied_index >= leader_applied) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        fleet_admin::promote(&self.operator, &admins, &node.fleet_id, id)?;
         Ok(node)
     }
 
@@ -211,16 +210,17 @@ impl Deployment {
         auditor_verifier_key: &str,
         predecessors: &[bkv_wire::admin::PredecessorFleet],
     ) -> anyhow::Result<(Vec<StartedNode>, Vec<u8>)> {
-        let mut records = Vec::new();
-        let mut statements = Vec::new();
+        let mut records = BTreeMap::new();
+        let mut nodes = Vec::new();
         for (id, i) in dirs.iter().enumerate() {
             let rec = self.new_record(*i, id as u64)?;
-            statements.push((id as u64, print_statement(&rec)?));
-            records.push((*i, rec));
+            nodes.push(PlannedNode {
+                id: id as u64,
+                peer: rec.peer_addr().to_owned(),
+                statement: print_statement(&rec)?,
+            });
+            records.insert(id as u64, (*i, rec));
         }
-        let mut c = bkv_operator::ceremony::Ceremony::begin(&self.operator, &statements)?;
-        let mut records = records.into_iter();
-        let (dir0, mut rec) = records.next().ok_or_else(|| anyhow!("no node"))?;
         let mut found = vec![
             "--found".to_owned(),
             "--operator-key".to_owned(),
@@ -234,57 +234,94 @@ impl Deployment {
             found.push("--predecessor".to_owned());
             found.push(format!("{}={}", p.fleet_id, hex::encode(p.move_key)));
         }
-        let ndir = node_dir(&self.dir, dir0);
-        let node = start_node_with(&rec, &ndir, &found)?;
-        rec.listen = node.listen;
-        rec.admin = node.admin;
-        rec.fleet_id = Some(node.fleet_id.clone());
-        std::fs::write(ndir.join("node.json"), serde_json::to_vec_pretty(&rec)?)?;
-        let (_, statement0) = statements
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow!("no node"))?;
-        let st0 = bkv_transparency::membership::verify_statement(&statement0)
-            .map_err(|e| anyhow!("node 0's statement: {e}"))?;
-        update_members(&self.dir, self.fleet, |m| {
-            *m = vec![bkv_hsm_node::Member {
-                id: 0,
-                addr: rec.peer_addr().to_owned(),
-                identity: hex::encode(st0.identity_key),
-            }]
-        })?;
-        c.formed(0, statement0, fleet_admin::fleet_statement(node.admin)?)
-            .await?;
-        let mut started = vec![node];
-        for ((i, rec), (id, statement)) in records.zip(statements.iter().skip(1)) {
-            c.admit(&self.admins(), *id, rec.peer_addr(), statement.clone())
-                .await?;
-            let node = self.join(i, rec, statement).await?;
-            c.joined(*id, fleet_admin::fleet_statement(node.admin)?)?;
-            started.push(node);
-        }
-        // The witnesses check the draft and sign it with their own tool and keys (`bkv
-        // witness`); the operator's side only imports what they signed.
-        let draft = c.draft(&source_commit(), &toolchain())?;
-        let fleet_id = &started.first().ok_or_else(|| anyhow!("no node"))?.fleet_id;
-        let edir = self.dir.join("evidence");
-        std::fs::create_dir_all(&edir)?;
-        let draft_path = edir.join(format!("{fleet_id}.draft.json"));
-        std::fs::write(&draft_path, &draft)?;
         let witnesses = dev_witnesses(&self.dir)?;
-        let mut signatures = Vec::new();
-        for w in &witnesses {
-            signatures.push(witness_signs(w, &draft_path)?);
-        }
-        let expected: Vec<[u8; 32]> = witnesses.iter().map(|w| w.public).collect();
-        let evidence = bkv_operator::ceremony::finish(&draft, signatures, &expected)?;
+        let witness_keys: Vec<[u8; 32]> = witnesses.iter().map(|w| w.public).collect();
+        let terms = Terms {
+            operator: &self.operator,
+            witness_keys: &witness_keys,
+            source_commit: source_commit(),
+            toolchain: toolchain(),
+            wait: CATCH_UP,
+        };
+        let mut hosts = DevHosts {
+            d: self,
+            records,
+            found,
+            witnesses,
+            started: Vec::new(),
+        };
+        let formed = crate::ceremony::form(&terms, &nodes, &mut hosts).await?;
+        Ok((hosts.started, formed.evidence))
+    }
+}
+
+/// How long a dev node may take to catch up before it is promoted.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// The ceremony's hosts in a dev deployment: local `bkv-hsm` processes, and witnesses whose
+/// keys and tool (`bkv witness`) live under the deployment's directory.
+struct DevHosts<'a> {
+    d: &'a Deployment,
+    /// Node id → its directory index and record, until it starts.
+    records: BTreeMap<u64, (usize, NodeRecord)>,
+    /// The founder's arguments (`--found …`).
+    found: Vec<String>,
+    witnesses: Vec<DevWitness>,
+    started: Vec<StartedNode>,
+}
+
+impl DevHosts<'_> {
+    fn start(&mut self, id: u64, extra: &[String]) -> anyhow::Result<SocketAddr> {
+        let (i, rec) = self
+            .records
+            .remove(&id)
+            .ok_or_else(|| anyhow!("node {id} is not planned"))?;
+        let node = self.d.start(i, rec, extra)?;
+        let admin = node.admin;
+        self.started.push(node);
+        Ok(admin)
+    }
+
+    fn evidence_dir(&self) -> anyhow::Result<PathBuf> {
+        let edir = self.d.dir.join("evidence");
+        std::fs::create_dir_all(&edir)?;
+        Ok(edir)
+    }
+}
+
+impl Hosts for DevHosts<'_> {
+    async fn found(&mut self, node: &PlannedNode) -> anyhow::Result<SocketAddr> {
+        let found = std::mem::take(&mut self.found);
+        self.start(node.id, &found)
+    }
+
+    fn members(&mut self, members: &[bkv_hsm_node::Member]) -> anyhow::Result<()> {
+        update_members(&self.d.dir, self.d.fleet, |m| *m = members.to_vec())
+    }
+
+    async fn join(&mut self, node: &PlannedNode) -> anyhow::Result<SocketAddr> {
+        self.start(node.id, &[])
+    }
+
+    async fn witness(
+        &mut self,
+        fleet_id: &str,
+        draft: &[u8],
+    ) -> anyhow::Result<Vec<bkv_transparency::evidence::Witness>> {
+        let draft_path = self.evidence_dir()?.join(format!("{fleet_id}.draft.json"));
+        std::fs::write(&draft_path, draft)?;
+        let signatures = self
+            .witnesses
+            .iter()
+            .map(|w| witness_signs(w, &draft_path))
+            .collect();
         let _ = std::fs::remove_file(&draft_path);
-        std::fs::write(edir.join(format!("{fleet_id}.json")), &evidence)?;
-        self.operator
-            .auditor()
-            .log_evidence(&self.operator.namespace, &evidence)
-            .await?;
-        Ok((started, evidence))
+        signatures
+    }
+
+    fn evidence(&mut self, fleet_id: &str, evidence: &[u8]) -> anyhow::Result<()> {
+        let path = self.evidence_dir()?.join(format!("{fleet_id}.json"));
+        std::fs::write(&path, evidence).with_context(|| format!("write {}", path.display()))
     }
 }
 

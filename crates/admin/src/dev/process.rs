@@ -213,26 +213,6 @@ pub(crate) fn wait_unlocked(data_dir: &Path) -> anyhow::Result<()> {
     bail!("{} is still locked by another bkv-hsm", data_dir.display())
 }
 
-/// One request on a node's relay link (fleet status is public).
-pub(crate) fn node_request(
-    addr: SocketAddr,
-    req: &bkv_wire::node::NodeRequest,
-) -> anyhow::Result<bkv_wire::node::NodeResponse> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to node at {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    bkv_wire::node::write_frame(&mut s, req)?;
-    let mut r = BufReader::new(s);
-    bkv_wire::node::read_frame(&mut r)?.ok_or_else(|| anyhow!("node at {addr} closed the link"))
-}
-
-pub(crate) fn status_of(addr: SocketAddr) -> Option<bkv_wire::node::FleetStatus> {
-    match node_request(addr, &bkv_wire::node::NodeRequest::FleetStatus) {
-        Ok(bkv_wire::node::NodeResponse::FleetStatus(s)) => Some(s),
-        _ => None,
-    }
-}
-
 /// The node's signed platform statement (`bkv-hsm --print-statement`;
 /// creates its keys on a fresh data directory).
 pub(crate) fn print_statement(

@@ -60,8 +60,11 @@ pub struct Account {
     /// The frontend (vault and passkey relying party). Not needed to restore
     /// with a recovery key.
     pub endpoint: Option<Endpoint>,
+    /// Where this user's backups and protector manifests are stored.
     pub store: BackupStore,
+    /// The user's id at the vault and in the manifests (the id `store` was opened for).
     pub user: String,
+    /// Guesses a vault record registered from here allows before the vault destroys it.
     pub guess_limit: u32,
     /// WebAuthn origin the app's passkeys are bound to.
     pub passkey_origin: String,
@@ -69,14 +72,19 @@ pub struct Account {
 
 /// A protector presented to unlock K.
 pub enum Unlock<'a> {
+    /// The password: an OPAQUE login at the vault (each try counts as a guess until one succeeds).
     Password(&'a SecretString),
+    /// A recovery key: opens its slot in a manifest in storage, without the vault.
     RecoveryKey(&'a RecoveryKey),
+    /// A passkey, through the platform authenticator (PRF output plus the relying party's share).
     Passkey(&'a mut dyn Authenticator),
 }
 
 /// K, and the verified manifest for it (if any).
 pub struct Unlocked {
+    /// The backup key K.
     pub key: BackupKey,
+    /// K's authenticated slot manifest; `None` when storage has no manifest for K.
     pub manifest: Option<Manifest>,
     /// `password` or the slot id that opened K.
     pub via: String,
@@ -85,20 +93,29 @@ pub struct Unlocked {
     pub grant: Option<passkey::Grant>,
 }
 
+/// One protector of the current backup key, as [`Account::list`] reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProtectorInfo {
+    /// `password`, or the slot id (`rk-…`, `pk-…`).
     pub id: String,
+    /// `password`, `recovery-key` or `passkey`.
     pub kind: String,
+    /// For people: the guesses used of the limit, or when the slot was added.
     pub detail: String,
 }
 
 /// What a rotation did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotated {
+    /// Hex id of the new backup key.
     pub key_id: String,
+    /// Slots (recovery keys and passkeys) in the new key's manifest.
     pub slots: usize,
+    /// Whether a password protector remains (re-registered for the new key).
     pub password: bool,
+    /// The latest backup re-encrypted under the new key; `None` when there was no backup.
     pub backup: Option<Latest>,
+    /// Manifests and backups of other keys deleted from storage.
     pub deleted_objects: usize,
     /// Removed passkeys still registered at the RP: without the password or
     /// a passkey there was no grant to delete them. They open nothing made
@@ -109,6 +126,7 @@ pub struct Rotated {
 /// What `disable` deleted.
 #[derive(Debug, Clone, Serialize)]
 pub struct Disabled {
+    /// Objects deleted from the user's storage (backups, manifests, `latest.json`).
     pub deleted_objects: usize,
     /// Passkeys were left registered at the RP (no grant: unlocked with a
     /// recovery key). They open nothing: every manifest is gone.

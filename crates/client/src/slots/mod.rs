@@ -28,14 +28,19 @@ pub use recovery_key::{RecoveryKey, RecoveryKeyError};
 pub const MAX_MANIFEST: usize = 64 * 1024;
 const MAX_SLOTS: usize = 32;
 
+/// Why a protector manifest or one of its slots cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
+    /// The manifest or a slot envelope does not decode, or has an unknown version or over 32 slots.
     #[error("protector manifest is malformed")]
     Malformed,
+    /// The manifest fails authentication under K or names another key or user: storage changed it.
     #[error("protector manifest was modified (authentication failed)")]
     Tampered,
+    /// The protector opens no slot in the manifest.
     #[error("no protector of this kind opens the backup key")]
     NoMatch,
+    /// The manifest already holds the most slots allowed (32).
     #[error("too many protectors")]
     TooMany,
 }
@@ -67,18 +72,23 @@ impl SlotSecret {
         SlotSecret::derive(ikm.as_ref(), slot_id, b"bkv passkey slot v1")
     }
 
+    /// The X25519 public key of this secret (what the slot stores).
     pub fn public_key(&self) -> [u8; 32] {
         MontgomeryPoint::mul_base_clamped(*self.0).to_bytes()
     }
 }
 
+/// The kind of protector a slot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SlotKind {
+    /// A recovery key (slot ids `rk-…`).
     RecoveryKey,
+    /// A passkey with the PRF extension (slot ids `pk-…`).
     Passkey,
 }
 
 impl SlotKind {
+    /// The name users see: `recovery-key` or `passkey`.
     pub fn name(self) -> &'static str {
         match self {
             SlotKind::RecoveryKey => "recovery-key",
@@ -90,33 +100,44 @@ impl SlotKind {
 /// What a client needs to ask an authenticator for a passkey slot's PRF output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasskeyParams {
+    /// The relying party the passkey is registered with (the app's WebAuthn origin).
     pub rp_id: String,
+    /// The credential to ask the authenticator for (raw WebAuthn credential id).
     pub credential_id: Vec<u8>,
     /// PRF input (`eval.first`), random per slot.
     pub prf_salt: [u8; 32],
 }
 
+/// One protector's slot in a manifest: K sealed to the protector's public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
+    /// `rk-` or `pk-` and 16 random hex digits; envelopes and slot secrets are bound to it.
     pub id: String,
+    /// Which kind of protector opens the slot.
     pub kind: SlotKind,
+    /// When the slot was added, in seconds since the Unix epoch.
     pub created_unix: u64,
     /// The slot's X25519 public key: rotation re-seals a new K to it without
     /// needing the protector itself.
     pub public_key: [u8; 32],
     /// `ephemeral X25519 public (32) || nonce (24) || XChaCha20-Poly1305(K)`.
     pub envelope: Vec<u8>,
+    /// How to get a passkey slot's PRF output; `None` for a recovery key.
     pub passkey: Option<PasskeyParams>,
 }
 
+/// The slots of one backup key: `protectors/<key id>.bin`, authenticated under that key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Manifest format version; only 1 is accepted.
     pub version: u8,
+    /// The user the manifest belongs to; every envelope is bound to it.
     pub user_id: String,
     /// Identifies K without revealing it: SHA-256("bkv key id v1" || K), first 16 bytes.
     pub key_id: [u8; 16],
     /// Increases with every key rotation; the newest manifest is tried first.
     pub generation: u64,
+    /// The slots, at most 32.
     pub slots: Vec<Slot>,
 }
 
@@ -126,6 +147,7 @@ struct SignedManifest {
     mac: [u8; 32],
 }
 
+/// K's public id: the first 16 bytes of SHA-256("bkv key id v1" || K).
 pub fn key_id(key: &BackupKey) -> [u8; 16] {
     let d = Sha256::new()
         .chain_update(b"bkv key id v1")
@@ -225,6 +247,7 @@ pub fn new_slot_id(kind: SlotKind) -> String {
 }
 
 impl Manifest {
+    /// An empty manifest (generation 1) of `user_id` for `key`.
     pub fn new(user_id: &str, key: &BackupKey) -> Self {
         Manifest {
             version: 1,
@@ -332,6 +355,7 @@ impl Manifest {
             .ok_or(ManifestError::NoMatch)
     }
 
+    /// The slot with id `slot_id`, if any.
     pub fn slot(&self, slot_id: &str) -> Option<&Slot> {
         self.slots.iter().find(|s| s.id == slot_id)
     }

@@ -5,14 +5,18 @@ use super::SlotSecret;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+/// Why a typed recovery key was refused (before any slot is tried).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecoveryKeyError {
+    /// Wrong number of key characters, separators not counted (the count found).
     #[error("the recovery key has {0} characters; it should have 53 (13 groups of 4 and one check character)")]
     Length(usize),
+    /// A character outside the alphabet (the character, its 1-based position in the input).
     #[error(
         "the recovery key contains {0:?} at position {1}, which is not a recovery key character"
     )]
     Character(char, usize),
+    /// The check character does not match (a typo), or the key is not one this code issues.
     #[error("the recovery key has a typo: its check character does not match (look for a mistyped or swapped character)")]
     Checksum,
 }
@@ -55,6 +59,7 @@ fn check_symbol(digits: &[u8]) -> u8 {
 }
 
 impl RecoveryKey {
+    /// A fresh random recovery key from the OS RNG.
     pub fn generate() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(k.as_mut());

@@ -17,6 +17,8 @@ pub const MAX_PREDECESSORS: usize = 8;
 pub struct FleetTrust {
     /// The log namespace bundles and membership records go to.
     pub namespace: String,
+    /// The auditor's name: with the namespace, the origin of the log's checkpoints
+    /// ([`Self::origin`]).
     pub auditor_name: String,
     /// The auditor's Ed25519 key (checkpoints, record signatures).
     pub auditor_key: [u8; 32],
@@ -104,6 +106,8 @@ impl FleetTrust {
         Ok(())
     }
 
+    /// The pinned keys and names as transparency trust anchors (bundle and membership checks);
+    /// refused if a pinned key is not a valid Ed25519 key.
     pub fn anchors(&self) -> Result<bkv_transparency::bundle::TrustAnchors, CoreError> {
         let key = |k: &[u8; 32]| {
             ed25519_dalek::VerifyingKey::from_bytes(k)

@@ -19,8 +19,11 @@ pub(super) struct SummaryV3 {
 pub struct Summary {
     /// The fleet part; `records` is empty.
     pub state: State,
+    /// Records that are active or pending.
     pub live: u64,
+    /// The commitment root the stored buckets hash to.
     pub root: Hash,
+    /// The host's position in its log, opaque to the core.
     pub position: Vec<u8>,
 }
 

@@ -7,25 +7,35 @@ use serde::{Deserialize, Serialize};
 /// What applying a mutation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// A registration was stored (pending, or moving in).
     Stored,
+    /// A registration became live (a confirmation, or a move's ticket).
     Activated {
+        /// The live record's new generation.
         generation: u64,
     },
+    /// The confirmed registration was live already (a confirmation resent): nothing changed.
     AlreadyActive,
     /// The guess was counted: `attempts` now includes it.
     Counted {
+        /// The record's guess count now, this guess included.
         attempts: u32,
+        /// The record's guess limit.
         guess_limit: u32,
     },
     /// The record is at its limit: nothing was counted.
     Exhausted,
+    /// The guess count was set back to zero.
     Reset,
+    /// The live credential was erased; a tombstone remains.
     Destroyed,
+    /// The record was removed.
     Deleted,
     /// The record is absent or destroyed.
     NoRecord,
     /// A live record exists and the mutation was not authorised to replace it.
     RecordExists,
+    /// No pending or moving registration matches the confirmation hash or ticket: nothing changed.
     NoPending,
     /// The record's generation changed since the mutation was proposed.
     Stale,
@@ -33,6 +43,7 @@ pub enum Outcome {
     Founded,
     /// An admin command was verified and executed.
     AdminApplied {
+        /// The command's sequence number.
         seq: u64,
     },
     /// An admin command was refused; nothing changed.
@@ -51,6 +62,7 @@ pub enum Outcome {
     TooManyRegisterStarts,
     /// The record moved out with this count.
     MovedOut {
+        /// The record's guess count, which the move ticket carries to the new fleet.
         attempts: u32,
     },
     /// The record moved to another fleet: nothing changed.
@@ -59,6 +71,7 @@ pub enum Outcome {
     BadTicket(String),
     /// A guess limit above the fleet's policy: nothing changed.
     AbovePolicy {
+        /// The fleet's largest allowed guess limit ([`crate::FleetTrust::max_guess_limit`]).
         max: u32,
     },
     // Appended (issue 28).

@@ -25,27 +25,8 @@ pub fn core() -> Core {
     core_on(Arc::new(MemoryPlatform::new([9; 32])))
 }
 
-/// Runs a request through the core as a one-node host would: every proposed
-/// mutation is "committed" (applied) before the core may answer.
-pub fn drive(
-    core: &mut Core,
-    sid: &SessionId,
-    user: &str,
-    ct: &[u8],
-) -> Result<Vec<u8>, NodeError> {
-    let mut step = core.session_message(sid, user, ct);
-    loop {
-        match step? {
-            Step::Reply(r) => return Ok(r),
-            Step::Commit(e) => {
-                core.apply(&e).unwrap();
-                step = core.resume(sid);
-            }
-            // One replica: always fresh.
-            Step::ReadFresh => step = core.resume_fresh(sid, ct),
-        }
-    }
-}
+/// Runs a request through the core as a one-node host would (the test kit's loop).
+pub use bkv_testkit::one_node::drive;
 
 pub struct Client {
     pub sid: SessionId,

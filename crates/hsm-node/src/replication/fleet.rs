@@ -18,7 +18,7 @@ use bkv_hsm_core::members::Members;
 use bkv_hsm_core::state::Outcome;
 use bkv_hsm_core::{LogEntry, SharedPlatform};
 use openraft::error::RaftError;
-use openraft::{Config, Raft};
+use openraft::Raft;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,45 +30,31 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle peer connections are closed after this.
 pub const PEER_IDLE: Duration = Duration::from_secs(120);
 
+/// Why a fleet member could not start, or a proposal, read or membership change failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
+    /// The sealed log or the record table failed, or refused to open (rollback, tampering).
     #[error(transparent)]
     Store(#[from] ReplicationStoreError),
+    /// openraft reported an error (its message).
     #[error("raft: {0}")]
     Raft(String),
+    /// No leader with a majority answered in time (why); a proposal's outcome is then unknown.
     #[error("the fleet is unavailable (no leader reachable with a majority): {0}")]
     Unavailable(String),
 }
 
-/// Timing for loopback and LAN fleets (openraft defaults are 50/150/300 ms).
-pub fn raft_config() -> Result<Arc<Config>, FleetError> {
-    let c = Config {
-        cluster_name: "bkv".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
-        // Snapshots follow the log's bytes, not its entry count (see `watch_log_growth`).
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        // Per snapshot piece; the last one waits for the receiver to install the whole
-        // snapshot into its table (~10 s at 10⁶ users), which openraft's 200 ms would cut off
-        // and send again from the start, forever.
-        install_snapshot_timeout: 300_000,
-        ..Default::default()
-    };
-    Ok(Arc::new(
-        c.validate().map_err(|e| FleetError::Raft(e.to_string()))?,
-    ))
-}
-
 /// What a member needs to start.
 pub struct FleetOptions {
+    /// This node's id in the fleet.
     pub id: u64,
     /// Where the sealed log and snapshots live.
     pub dir: PathBuf,
     /// Seals the log's counter-bound state (the host's own slot only); its counter detects
     /// rollback.
     pub platform: SharedPlatform,
+    /// This node's identity key, through the core that holds it: opens and answers peer links.
     pub identity: LinkIdentity,
     /// Identity keys accepted while the replicated state records no member
     /// yet: the members a new node joined (its log is still empty), or the
@@ -81,9 +67,11 @@ pub struct FleetOptions {
 
 /// A running fleet member.
 pub struct Fleet {
+    /// This node's id in the fleet.
     pub id: u64,
     /// This node's identity key (the proposer its core names in its entries).
     pub identity_key: [u8; 32],
+    /// This node's openraft instance (metrics, leadership, membership changes).
     pub raft: Raft<TypeConfig>,
     net: PeerNetwork,
     /// This node's proposals, in the order its core made them ([`Fleet::submit`]).
@@ -239,7 +227,7 @@ impl Fleet {
         }
         let identity_key = identity.public();
         let net = PeerNetwork::new(identity.clone());
-        let raft = Raft::new(id, raft_config()?, net.clone(), log, sm)
+        let raft = Raft::new(id, super::raft_config()?, net.clone(), log, sm)
             .await
             .map_err(|e| FleetError::Raft(e.to_string()))?;
         let commits = GroupCommit::start(raft.clone());

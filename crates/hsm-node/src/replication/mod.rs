@@ -42,7 +42,9 @@ openraft::declare_raft_types!(
 /// therefore also change which identity keys a node accepts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerNode {
+    /// Where its peer link listens (`host:port`).
     pub addr: String,
+    /// Its identity public key (X25519): the static key its peer links must prove.
     pub identity: [u8; 32],
 }
 
@@ -51,34 +53,55 @@ pub struct PeerNode {
 /// nothing for openraft's own entries (blank, membership).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
+    /// A batch of core-made entries: one outcome per entry, in order.
     Entries(Vec<Outcome>),
+    /// openraft's blank entry (a new leader's first).
     Blank,
+    /// A Raft membership change.
     Membership,
 }
 
 /// Errors of the replication storage.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationStoreError {
+    /// redb failed (its message).
     #[error("raft database: {0}")]
     Db(String),
+    /// A sealed value (named) failed to open: wrong platform key or tampered disk.
     #[error("sealed raft value {0} failed to open: wrong platform key or tampered disk")]
     Unseal(String),
+    /// A value (named) that does not decode, is too large or has an unknown version.
     #[error("raft value {0} is malformed")]
     Malformed(String),
+    /// The sealed Raft state's epoch is behind the platform's counter: the data directory was
+    /// rolled back.
     #[error(
         "rollback detected: the data directory is older than this node's platform counter \
          (log epoch {db} < counter {counter}). Refusing to start: a rolled-back node could \
          vote again or lose committed guesses. Restore the newest data directory, or wipe it \
          and add the node back to the fleet as a new member."
     )]
-    Rollback { db: u64, counter: u64 },
+    Rollback {
+        /// The epoch in the Raft state on disk.
+        db: u64,
+        /// The platform's Raft counter.
+        counter: u64,
+    },
+    /// The log or the record table on disk is not what the counter-bound state names: an older
+    /// copy, or one of another history.
     #[error(
         "rollback detected: the {part} on disk is not what this node's platform counter \
          commits to: {detail}. Refusing to start: a rolled-back node could vote again or lose \
          committed guesses. Restore the newest data directory, or wipe it and add the node back \
          to the fleet as a new member."
     )]
-    RolledBack { part: &'static str, detail: String },
+    RolledBack {
+        /// Which part: `raft log` or `record table`.
+        part: &'static str,
+        /// What does not match.
+        detail: String,
+    },
+    /// The data directory holds an earlier release's log, which this release cannot continue.
     #[error(
         "this data directory holds the log of an earlier release of bkv-hsm ({0}), whose \
          entries the host could forge; this release applies only entries its cores made and \
@@ -86,19 +109,30 @@ pub enum ReplicationStoreError {
          (docs/operations.md, \"Upgrades\")"
     )]
     EarlierRelease(String),
+    /// The core refused to make or install a snapshot (its reason).
     #[error("snapshot refused: {0}")]
     Snapshot(String),
+    /// Creating, writing or reading a received snapshot's spool file failed.
     #[error("raft snapshot file: {0}")]
     SnapshotFile(String),
+    /// The record table, its writer thread or the core's sealed records failed (the reason).
     #[error("vault records: {0}")]
     Records(String),
+    /// The record table was applied only up to before the log's first entry: it was rolled back
+    /// behind the log, or replaced.
     #[error(
         "the vault records were applied up to log index {applied} but the log now starts after \
          index {purged}: the record store was rolled back behind the log (or replaced). \
          Refusing to start. Restore the newest data directory, or wipe it and add the node \
          back to the fleet as a new member."
     )]
-    RecordsBehindLog { applied: u64, purged: u64 },
+    RecordsBehindLog {
+        /// The last log index the record table applied (0: none).
+        applied: u64,
+        /// The last log index the log purged.
+        purged: u64,
+    },
+    /// The platform failed (its counters or sealing).
     #[error("platform: {0}")]
     Platform(#[from] bkv_hsm_core::PlatformError),
 }
@@ -126,4 +160,25 @@ pub(crate) fn storage_error(
     e: ReplicationStoreError,
 ) -> openraft::StorageError<u64> {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+/// Timing for loopback and LAN fleets (openraft defaults are 50/150/300 ms).
+pub fn raft_config() -> Result<std::sync::Arc<openraft::Config>, fleet::FleetError> {
+    let c = openraft::Config {
+        cluster_name: "bkv".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        // Snapshots follow the log's bytes, not its entry count (see `watch_log_growth`).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // Per snapshot piece; the last one waits for the receiver to install the whole
+        // snapshot into its table (~10 s at 10⁶ users), which openraft's 200 ms would cut off
+        // and send again from the start, forever.
+        install_snapshot_timeout: 300_000,
+        ..Default::default()
+    };
+    Ok(std::sync::Arc::new(
+        c.validate()
+            .map_err(|e| fleet::FleetError::Raft(e.to_string()))?,
+    ))
 }

@@ -49,11 +49,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// runs the handshakes.
 #[derive(Clone)]
 pub struct LinkIdentity {
+    /// The identity public key (X25519) peers know this node by.
     pub public: [u8; 32],
+    /// The core that holds the identity key and runs the handshakes.
     pub host: Arc<HostHandle>,
 }
 
 impl LinkIdentity {
+    /// The identity public key peers pin and accept this node by.
     pub fn public(&self) -> [u8; 32] {
         self.public
     }
@@ -128,8 +131,11 @@ impl CipherState {
 /// Messages on a peer link.
 #[derive(Serialize, Deserialize)]
 pub enum PeerRequest {
+    /// Raft log replication (or a heartbeat) from the leader.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// A candidate's request for a vote.
     Vote(VoteRequest<u64>),
+    /// One chunk of a snapshot the leader sends.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower forwards entries its core made, in the core's order, to the leader (one
     /// batch at a time, so that they reach the log in that order).
@@ -141,10 +147,14 @@ pub enum PeerRequest {
     FleetSecrets,
 }
 
+/// Answers on a peer link, one per [`PeerRequest`] of the same name.
 #[derive(Serialize, Deserialize)]
 pub enum PeerResponse {
+    /// openraft's answer to [`PeerRequest::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// openraft's answer to [`PeerRequest::Vote`].
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    /// openraft's answer to [`PeerRequest::InstallSnapshot`].
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// The entries' applied outcomes and their log index, or why not.
     Proposed(Result<(Vec<Outcome>, u64), ProposeError>),
@@ -161,8 +171,10 @@ pub enum PeerResponse {
 /// apply it twice (a guess counted twice).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ProposeError {
+    /// The asked node is not the leader (the leader it knows, if any): nothing was appended.
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<u64>),
+    /// No commit within the proposal timeout: the entries may still commit.
     #[error("commit timed out")]
     TimedOut,
     /// Refused before anything was appended, and refused again if sent again: a forwarded
@@ -291,6 +303,8 @@ impl Link {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer handshake timed out"))?
     }
 
+    /// Sends one message (at most [`MAX_PEER_MESSAGE`] bytes encoded), encrypted in pieces of
+    /// [`PIECE`] bytes.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
         let plain = bkv_wire::encode(msg);
         if plain.len() > MAX_PEER_MESSAGE {
@@ -304,6 +318,7 @@ impl Link {
         self.stream.flush().await
     }
 
+    /// Receives and decrypts one message (at most [`MAX_PEER_MESSAGE`] bytes).
     pub async fn recv<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<T> {
         let total = self.stream.read_u32().await? as usize;
         if total == 0 || total > MAX_PEER_MESSAGE {
@@ -352,6 +367,7 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// A network without links yet; each opens on first use, as `me`.
     pub fn new(me: LinkIdentity) -> Self {
         PeerNetwork {
             me,

@@ -19,9 +19,13 @@ use std::time::{Duration, Instant};
 /// they changed (`None`: emptied), the records' sealed summary at the batch's position, and
 /// the replies of this node's sessions the batch decided (`Core::release_ready`).
 pub struct AppliedBatch {
+    /// Each entry's outcome, in log order.
     pub outcomes: Vec<Outcome>,
+    /// The sealed buckets the batch changed, by bucket number (`None`: emptied).
     pub writes: Vec<(u16, Option<Vec<u8>>)>,
+    /// The records' sealed summary at the batch's log position.
     pub summary: Vec<u8>,
+    /// Replies to this node's sessions the batch decided, each with its deciding entry's `seq`.
     pub released: Vec<(SessionId, u64, SessionReply)>,
 }
 
@@ -125,8 +129,11 @@ pub trait Replica: Send + 'static {
 /// A bare state (the replication layer's tests and benchmarks): no fleet secrets, keys given
 /// outright, and no membership check (`SealedState::admit_entry`).
 pub struct BareReplica {
+    /// The sealed vault state the entries are applied to.
     pub state: SealedState,
+    /// The fleet's entry key: opens and checks the entries applied.
     pub key: EntryKey,
+    /// The fleet's snapshot key: seals and opens snapshot streams.
     pub snapshots: SnapshotKey,
     installer: Option<Installer>,
 }

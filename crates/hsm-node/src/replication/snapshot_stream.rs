@@ -373,7 +373,9 @@ pub struct StreamReader<R: Read> {
 
 /// One frame of a stream after its header: a bucket's frame (ciphertext), or the end.
 pub enum Frame {
+    /// A bucket's number and its frame (ciphertext for the core to open).
     Bucket(u16, Vec<u8>),
+    /// The end mark: the stream holds nothing more.
     End,
 }
 
@@ -401,6 +403,7 @@ impl<R: Read> StreamReader<R> {
         Ok((header, StreamReader { r }))
     }
 
+    /// Reads the next frame; a stream cut short or a frame over the size limit is malformed.
     pub fn next_frame(&mut self) -> Result<Frame, ReplicationStoreError> {
         let mut tag = [0u8; 1];
         self.r

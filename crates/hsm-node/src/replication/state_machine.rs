@@ -126,6 +126,8 @@ fn poisoned() -> ReplicationStoreError {
     ReplicationStoreError::Db("replica lock poisoned".into())
 }
 
+/// openraft's state machine of one node: applies committed entries through the replica `R` to the
+/// record table, makes and installs snapshots.
 pub struct StateMachine<R: Replica> {
     dir: PathBuf,
     replica: Arc<Mutex<R>>,

@@ -38,7 +38,7 @@ const SNAPSHOT_LOG_MIN: u64 = 1 << 20;
 /// A member with its own directory and a free port (checked, then released; the member
 /// rebinds it on every (re)start).
 pub(crate) fn new_member(root: &std::path::Path, i: u64) -> Member {
-    let addr = format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap());
+    let addr = format!("127.0.0.1:{}", bkv_testkit::services::free_port().unwrap());
     let dir = root.join(format!("n{i}"));
     std::fs::create_dir_all(&dir).unwrap();
     let identity = identity(i as u8 + 1);

@@ -34,7 +34,7 @@ impl Node {
     fn new(platform: SharedPlatform) -> Node {
         Node {
             identity: LinkIdentity::in_process(platform).unwrap(),
-            addr: format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap()),
+            addr: format!("127.0.0.1:{}", bkv_testkit::services::free_port().unwrap()),
         }
     }
 

@@ -6,9 +6,9 @@
 //! `/metrics` parses as Prometheus text; readiness follows the loss and return of the node
 //! majority.
 
-use crate::common::*;
 use crate::s3::Moto;
-use bkv_service::testing::{field, spawn_ready};
+use bkv_testkit::services::{field, spawn_ready};
+use bkv_testkit::system::*;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,7 +49,7 @@ fn write_key(path: &Path, seed: u8) {
 }
 
 fn free_port() -> u16 {
-    bkv_service::free_loopback_port().unwrap()
+    bkv_testkit::services::free_port().unwrap()
 }
 
 /// An Ed25519 JWT from the identity provider (key `seed`, `kid`) for `sub`, valid ten minutes.
@@ -86,7 +86,7 @@ fn idp_jwks() -> String {
 
 /// `GET url`: status and body (HTTPS trusting only `ca`).
 fn get(url: &str, ca: Option<&str>) -> (u16, String) {
-    bkv_service::testing::get(url, ca).unwrap_or((0, String::new()))
+    bkv_testkit::services::get(url, ca).unwrap_or((0, String::new()))
 }
 
 fn wait_status(url: &str, ca: Option<&str>, want: u16, what: &str) {
@@ -136,7 +136,7 @@ struct Node {
 fn the_services_run_from_config_files_over_tls_with_s3_and_report_health_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ca = bkv_service::testing::pki(d).unwrap();
+    let ca = bkv_testkit::services::pki(d).unwrap();
     write(&d.join("ca.pem"), &ca);
     let ca = Some(ca.as_str());
     let moto = Moto::start();

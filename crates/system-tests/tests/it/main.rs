@@ -2,11 +2,10 @@
 //! processes on 127.0.0.1, driven as a user and an operator would. One test
 //! binary (modules, not files under `tests/`) so CI links it once.
 
-// The tests signal the processes they start (SIGKILL, SIGSTOP, SIGCONT) through libc::kill:
-// a system call on integers, with no memory-safety preconditions.
+// One module measures a child's peak memory with wait4(2) (measure.rs): its only unsafe code.
 #![allow(unsafe_code)]
 
-mod common;
+mod measure;
 
 mod abuse;
 mod attacks;

@@ -2,11 +2,11 @@
 //! `bkv-frontend` process from the config file dev up wrote, answers health, readiness and
 //! metrics, and `bkv config check` validates that file and the client's.
 
-use crate::common::*;
+use bkv_testkit::system::*;
 use std::process::Command;
 
 fn get(url: &str) -> (u16, String) {
-    bkv_service::testing::get(url, None).unwrap()
+    bkv_testkit::services::get(url, None).unwrap()
 }
 
 fn check(file: &std::path::Path) -> (bool, String) {
@@ -144,7 +144,7 @@ fn the_deploy_samples_pass_config_check() {
 /// (with an environment override, as an operator's unit file would give one).
 #[test]
 fn the_services_run_from_config_files_and_readiness_follows_the_fleet() {
-    use bkv_service::testing::{field, get, spawn_ready};
+    use bkv_testkit::services::{field, get, spawn_ready};
     use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

@@ -1,7 +1,7 @@
 //! Every frontend endpoint and the node link answer malformed, oversized,
 //! unauthenticated and replayed input with a clear error, and keep serving.
 
-use crate::common::*;
+use bkv_testkit::system::*;
 use std::io::{Read, Write};
 
 fn dev_token(client: &reqwest::blocking_like::Client, url: &str, user: &str) -> String {

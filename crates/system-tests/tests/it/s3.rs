@@ -4,7 +4,7 @@
 //! `latest.json` relies on, and a killed multipart upload that leaves the previous backup
 //! restorable.
 
-use crate::common::*;
+use bkv_testkit::system::*;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutMode, PutPayload, UpdateVersion};
 use std::process::{Child, Command, Stdio};

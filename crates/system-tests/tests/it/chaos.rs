@@ -24,8 +24,8 @@
 //! the clock, printed) pick the run; `scripts/chaos.sh N [SEED]` runs N.
 
 use crate::abuse::endpoint;
-use crate::common::*;
 use bkv_client::session::{Endpoint, Session};
+use bkv_testkit::system::*;
 use bkv_wire::vault::{RecordState, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, OPAQUE_CONTEXT};
 use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse, Identifiers};
@@ -469,13 +469,6 @@ fn check(user: &str, h: &History, last: RecordState) -> Vec<String> {
     v
 }
 
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on a pid this test's deployment started.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 fn clock_file(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("nodes/{i}/clock"))
 }
@@ -643,7 +636,7 @@ fn guess_limit_and_acknowledged_changes_survive_partitions_kills_pauses_and_cloc
                     killed.push(*i);
                 }
                 Fault::Pause(i) if !killed.contains(i) && !paused.contains(i) => {
-                    signal(dev.pid_of(*i), libc::SIGSTOP);
+                    signal(dev.pid_of(*i), rustix::process::Signal::STOP);
                     paused.push(*i);
                 }
                 Fault::Clock(i, secs) => {
@@ -656,7 +649,7 @@ fn guess_limit_and_acknowledged_changes_survive_partitions_kills_pauses_and_cloc
         std::thread::sleep(s.window);
         net.heal();
         for &i in &paused {
-            signal(dev.pid_of(i), libc::SIGCONT);
+            signal(dev.pid_of(i), rustix::process::Signal::CONT);
         }
         for &i in &killed {
             dev.restart_node(i);

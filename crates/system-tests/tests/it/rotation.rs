@@ -5,7 +5,7 @@
 //! keep counting on the old fleet; the old fleet is retired, after which a
 //! client that pinned it is told to update.
 
-use crate::common::{admin_bin, bkv_bin, bkv_with, text, DevUp};
+use bkv_testkit::system::{admin_bin, bkv_bin, bkv_with, text, DevUp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -45,7 +45,7 @@ pub(crate) fn run(config: &Path, args: &[&str], stdin: &str) -> Output {
 }
 
 pub(crate) fn create(config: &Path, user: &str, file: &Path) {
-    crate::common::create_backup(config, user, PW, file);
+    bkv_testkit::system::create_backup(config, user, PW, file);
 }
 
 pub(crate) fn restore(
@@ -55,7 +55,7 @@ pub(crate) fn restore(
     out: &Path,
     env: &[(&str, &str)],
 ) -> Output {
-    crate::common::restore_backup(config, user, pw, out, env)
+    bkv_testkit::system::restore_backup(config, user, pw, out, env)
 }
 
 /// The record's state as seen through `config`: `Absent`, `Destroyed`, or

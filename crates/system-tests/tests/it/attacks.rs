@@ -3,10 +3,10 @@
 //! the hosts, and drops whatever messages it likes; real processes on 127.0.0.1.
 
 use crate::abuse::{dev_token, endpoint, rt};
-use crate::common::{text, DevUp};
 use crate::rotation::{create, fleet, pinned_config, record, restore, PW, WRONG};
 use bkv_client::session::{Endpoint, FleetTarget, Session};
 use bkv_testkit::oprf_oracle;
+use bkv_testkit::system::{text, DevUp};
 use bkv_wire::vault::{VaultError, VaultRequest, VaultResponse};
 use std::path::Path;
 
@@ -231,7 +231,7 @@ fn registering_first_on_the_next_fleet_does_not_lock_the_user_out() {
     wait_for_fleet(&squatter);
     let junk = t.path().join("junk");
     std::fs::write(&junk, b"the squatter's").unwrap();
-    crate::common::create_backup(&squatter, "owner", "squatter password\n", &junk);
+    bkv_testkit::system::create_backup(&squatter, "owner", "squatter password\n", &junk);
     assert_eq!(attempts(&pinned2, "owner"), 0);
     // The owner recovers with the right password.
     let out = t.path().join("out");

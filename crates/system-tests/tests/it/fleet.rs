@@ -4,7 +4,7 @@
 //! says which failure it proves the fleet survives, and runs twice: on the
 //! software platform and with a SoftHSM2 token per node.
 
-use crate::common::{text, DevUp};
+use bkv_testkit::system::{text, DevUp};
 use std::time::{Duration, Instant};
 
 /// Each fault test once per platform.
@@ -31,11 +31,11 @@ on_both_platforms!(
 const PW: &str = "fleet password\n";
 
 fn create(dev: &DevUp, user: &str, file: &std::path::Path) {
-    crate::common::create_backup(&dev.config, user, PW, file);
+    bkv_testkit::system::create_backup(&dev.config, user, PW, file);
 }
 
 fn restore(dev: &DevUp, user: &str, pw: &str, out: &std::path::Path) -> std::process::Output {
-    crate::common::restore_backup(&dev.config, user, pw, out, &[])
+    bkv_testkit::system::restore_backup(&dev.config, user, pw, out, &[])
 }
 
 fn record(dev: &DevUp, user: &str) -> serde_json::Value {
@@ -175,15 +175,11 @@ fn a_paused_follower_and_a_rolling_restart_lose_nothing(platform: &str) {
     let l = dev.leader();
     let f = (0..3).find(|i| *i != l).unwrap();
     let pid = dev.pid_of(f);
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    bkv_testkit::system::signal(pid, rustix::process::Signal::STOP);
     // Two of three still form a majority. (The frontend tries nodes in
     // order, so route around a paused node 0 by giving it a moment.)
     let o = restore(&dev, "cy", "wrong 2\n", &t.path().join("x2"));
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    bkv_testkit::system::signal(pid, rustix::process::Signal::CONT);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert_eq!(record(&dev, "cy")["Active"]["attempts"], 2);
 
@@ -217,7 +213,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 fn restart_output(dev: &DevUp, i: usize) -> std::process::Output {
-    std::process::Command::new(crate::common::admin_bin())
+    std::process::Command::new(bkv_testkit::system::admin_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg(i.to_string())
@@ -342,7 +338,7 @@ fn a_node_can_be_added_and_removed_while_serving(platform: &str) {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 
     let fleet = |args: &[&str]| {
-        let o = std::process::Command::new(crate::common::admin_bin())
+        let o = std::process::Command::new(bkv_testkit::system::admin_bin())
             .args(["fleet"])
             .args(args)
             .arg("--dir")

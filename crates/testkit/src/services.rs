@@ -1,6 +1,11 @@
-//! Test support (feature `testing`): a throwaway PKI for TLS tests.
+//! Services under test: a throwaway PKI for TLS tests, a ready-line reader, an HTTP(S) GET,
+//! and free loopback ports to start them on.
 
 use std::path::Path;
+
+/// A free port on 127.0.0.1 below the kernel's ephemeral range (the one implementation, which
+/// `bkv-admin dev up` also picks its ports with: see `bkv_service::free_loopback_port`).
+pub use bkv_service::free_loopback_port as free_port;
 
 /// Makes a CA and a certificate it issued for 127.0.0.1 and localhost; writes the certificate to
 /// `dir/cert.pem` and its key to `dir/key.pem` (mode 0600); returns the CA certificate (PEM).

@@ -10,9 +10,9 @@
 //! - A node whose core service dies exits (rather than serve without it) and comes back with
 //!   every guess counted.
 
-use crate::common::*;
 use bkv_hsm_core::state::Live;
 use bkv_hsm_core::{Core, FleetSecrets, NodeIdentity, SharedPlatform};
+use bkv_testkit::system::*;
 use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::sync::Arc;
 

@@ -4,8 +4,8 @@
 //! relay link (the frontend's) changes nothing; with SoftHSM2 the nodes'
 //! keys stay inside their tokens.
 
-use crate::common::{text, DevUp};
 use bkv_operator::fleet::{self as fleet_admin, admin_request, Operator};
+use bkv_testkit::system::{text, DevUp};
 use bkv_wire::admin::{
     AdminAction, AdminError, AdminRequest, AdminResponse, LogProof, MembersView,
     SignedAdminCommand, SignedStatement,
@@ -68,7 +68,7 @@ fn membership(v: &MembersView) -> Membership {
 
 /// A fresh node's signed platform statement (`bkv-hsm --print-statement`).
 fn new_node_statement(dir: &Path) -> SignedStatement {
-    let o = Command::new(crate::common::hsm_bin())
+    let o = Command::new(bkv_testkit::system::hsm_bin())
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--platform-dir")
@@ -287,7 +287,7 @@ fn a_node_missing_from_the_auditors_log_is_not_admitted_and_gets_no_secrets() {
 
     // The node itself asks the members for the fleet secrets: refused.
     let n5 = t.path().join("n5");
-    let mut child = Command::new(crate::common::hsm_bin())
+    let mut child = Command::new(bkv_testkit::system::hsm_bin())
         .arg("--data-dir")
         .arg(n5.join("data"))
         .arg("--platform-dir")
@@ -321,7 +321,7 @@ fn a_node_missing_from_the_auditors_log_is_not_admitted_and_gets_no_secrets() {
 }
 
 fn restore(dev: &DevUp, user: &str, out: &Path) -> std::process::Output {
-    crate::common::restore_backup(&dev.config, user, PW, out, &[])
+    bkv_testkit::system::restore_backup(&dev.config, user, PW, out, &[])
 }
 
 fn pkcs11_objects(dev: &DevUp, i: usize) -> String {
@@ -391,14 +391,10 @@ fn a_softhsm_fleet_admits_nodes_with_the_operator_key_and_keys_stay_in_the_token
     drop(dev);
     let dev = DevUp::start_on(&root, 3, "softhsm");
     let pid2 = dev.pid_of(2);
-    unsafe {
-        libc::kill(pid2, libc::SIGSTOP);
-    }
+    bkv_testkit::system::signal(pid2, rustix::process::Signal::STOP);
     let out = t.path().join("out");
     let o = restore(&dev, "hana", &out);
-    unsafe {
-        libc::kill(pid2, libc::SIGCONT);
-    }
+    bkv_testkit::system::signal(pid2, rustix::process::Signal::CONT);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"softhsm fleet");
 
@@ -407,7 +403,7 @@ fn a_softhsm_fleet_admits_nodes_with_the_operator_key_and_keys_stay_in_the_token
     let tokens = dev.dir.join("nodes/4/tokens");
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
-    let o = Command::new(crate::common::admin_bin())
+    let o = Command::new(bkv_testkit::system::admin_bin())
         .args(["dev", "restart-node", "--dir"])
         .arg(&dev.dir)
         .arg("4")

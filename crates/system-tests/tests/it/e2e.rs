@@ -3,7 +3,8 @@
 //! End-to-end: `bkv-admin dev up` (a real `bkv-hsm` process and the frontend) driven
 //! through the `bkv` CLI exactly as a user would.
 
-use crate::common::*;
+use crate::measure::run_measured;
+use bkv_testkit::system::*;
 use std::process::Command;
 
 const PW: &str = "Tr0ub4dor&3-horse\n";
@@ -236,9 +237,7 @@ fn killing_and_restarting_the_node_loses_no_record_and_no_counter() {
         assert_eq!(o.status.code(), Some(3));
     }
     let pid = dev.node_pid();
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    bkv_testkit::system::signal(pid, rustix::process::Signal::KILL);
     std::thread::sleep(std::time::Duration::from_millis(300));
     // While the node is down requests fail cleanly as "unavailable".
     let o = dev.bkv(
@@ -701,9 +700,7 @@ fn a_recovery_key_restores_without_the_vault_and_typos_are_caught() {
     );
     assert!(!out.exists());
     // The vault is down: the recovery key still restores (lower case, spaces instead of dashes).
-    unsafe {
-        libc::kill(dev.node_pid(), libc::SIGKILL);
-    }
+    bkv_testkit::system::signal(dev.node_pid(), rustix::process::Signal::KILL);
     let typed = key.to_lowercase().replace('-', " ");
     let o = dev.bkv(
         &[

@@ -5,7 +5,7 @@
 //! rebuild check passes for a fleet running it and fails for one that does
 //! not.
 
-use crate::common::{bkv_bin, text, DevUp};
+use bkv_testkit::system::{bkv_bin, text, DevUp};
 use bkv_transparency::evidence::{self as ev, Evidence, StepKind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -120,7 +120,7 @@ fn a_ceremony_fleet_on_softhsm_has_evidence_that_passes_and_every_tampering_is_n
         assert!(out.contains("NOT CHECKED: auditor log"), "{}", text(&o));
     }
     // A node the log admits after the ceremony holds the keys too: the audit lists it.
-    let o = std::process::Command::new(crate::common::admin_bin())
+    let o = std::process::Command::new(bkv_testkit::system::admin_bin())
         .args(["fleet", "add-node", "--dir"])
         .arg(&dev.dir)
         .output()
@@ -186,7 +186,7 @@ fn a_ceremony_fleet_on_softhsm_has_evidence_that_passes_and_every_tampering_is_n
     );
     // Node 1's platform statement replaced by a stranger's (another identity key).
     let stranger = t.path().join("stranger");
-    let o = Command::new(crate::common::hsm_bin())
+    let o = Command::new(bkv_testkit::system::hsm_bin())
         .arg("--data-dir")
         .arg(stranger.join("data"))
         .arg("--platform-dir")
@@ -274,7 +274,7 @@ fn the_core_service_is_reproducible_and_the_rebuild_check_tells_the_measured_bin
     std::fs::create_dir_all(&measured_dir).unwrap();
     std::fs::copy(&bin_a, measured_dir.join("bkv-core")).unwrap();
     let measured = measured_dir.join("bkv-hsm");
-    std::fs::copy(crate::common::hsm_bin(), &measured).unwrap();
+    std::fs::copy(bkv_testkit::system::hsm_bin(), &measured).unwrap();
     let (hash_b, bin_b) = build(&b, &target);
     let bytes_b = std::fs::read(&bin_b).unwrap();
     assert_eq!(hash_a, hash_b, "the two builds differ");

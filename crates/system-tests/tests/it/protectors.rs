@@ -3,7 +3,7 @@
 //! frontend), recovery key; change, remove, rotate, disable, and crashes at
 //! every step of a key rotation.
 
-use crate::common::{assert_same_tree, bkv_with, text, write_noise, DevUp};
+use bkv_testkit::system::{assert_same_tree, bkv_with, text, write_noise, DevUp};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

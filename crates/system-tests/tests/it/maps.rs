@@ -3,7 +3,7 @@
 //! (each subcommand named after `bkv`, `bkv-admin` or a service binary is listed by that
 //! binary's `--help`).
 
-use crate::common::{admin_bin, bkv_bin};
+use bkv_testkit::system::{admin_bin, bkv_bin};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The auditor as its own process: append rules, durability under SIGKILL
 //! during a burst of appends, and `bkv audit log` over the result.
 
-use crate::common::*;
+use bkv_testkit::system::*;
 use bkv_transparency::bundle::{self, Bundle, FleetKey, KeyRole};
 use ed25519_dalek::{Signer, SigningKey};
 use std::io::{BufRead, BufReader};
@@ -130,7 +130,7 @@ fn entry(url: &str, path: &str) -> bkv_api::auditor::EntryResponse {
 }
 
 fn free_addr() -> String {
-    format!("127.0.0.1:{}", bkv_service::free_loopback_port().unwrap())
+    format!("127.0.0.1:{}", bkv_testkit::services::free_port().unwrap())
 }
 
 /// `bkv audit log`, pinning the auditor's key as served by `GET /v1/key` (what an app pins)

@@ -1,21 +1,42 @@
-//! Helpers for end-to-end tests: real `bkv-admin dev up` / `bkv` / `bkv-hsm` processes on
-//! 127.0.0.1 with free ports, cleaned up by pid.
+//! The system-test harness: real `bkv-admin dev up`, `bkv` and `bkv-hsm` processes on
+//! 127.0.0.1 with free ports, driven as a user and an operator would, cleaned up by pid. The
+//! system tests (`crates/system-tests`) are written against it.
 
-#![allow(dead_code)]
-
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub fn admin_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bkv-admin"))
+/// Sends `sig` to process `pid`; a process that is already gone is not an error here.
+pub fn signal(pid: i32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, sig);
+    }
 }
 
-/// Another workspace binary, built next to bkv-admin by a workspace test run.
+/// Whether process `pid` still exists (a zombie does).
+pub fn exists(pid: i32) -> bool {
+    Pid::from_raw(pid).is_some_and(|p| test_kill_process(p).is_ok())
+}
+
+/// The directory of the workspace's binaries: the test executable runs from its `deps`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let deps = exe
+        .parent()
+        .unwrap_or_else(|| panic!("{} has no parent", exe.display()));
+    deps.parent().unwrap_or(deps).to_owned()
+}
+
+/// The operator's and developer's `bkv-admin`.
+pub fn admin_bin() -> PathBuf {
+    sibling("bkv-admin")
+}
+/// A workspace binary, built beside the tests' executable by a workspace test run.
 fn sibling(name: &str) -> PathBuf {
-    let p = admin_bin().with_file_name(name);
+    let p = bin_dir().join(name);
     assert!(
         p.exists(),
         "{} is missing: run the tests with `cargo nextest run --workspace` (or `cargo test --workspace`) so {name} is built",
@@ -29,26 +50,36 @@ pub fn bkv_bin() -> PathBuf {
     sibling("bkv")
 }
 
+/// The HSM node, `bkv-hsm`.
 pub fn hsm_bin() -> PathBuf {
     sibling("bkv-hsm")
 }
 
+/// A running `bkv-admin dev up`: stopped (and every process it started killed) when dropped.
 pub struct DevUp {
+    /// The `bkv-admin dev up` process.
     pub child: Child,
+    /// The deployment's directory (`--dir`).
     pub dir: PathBuf,
+    /// The client config it wrote for `bkv --config`.
     pub config: PathBuf,
+    /// The frontend's base URL.
     pub frontend_url: String,
+    /// The auditor's base URL.
     pub auditor_url: String,
     /// The fleet's deployment evidence (`evidence.json`).
     pub evidence: PathBuf,
+    /// Where its standard error goes.
     pub stderr_log: PathBuf,
 }
 
 impl DevUp {
+    /// `bkv-admin dev up` with one node.
     pub fn start(dir: &Path) -> DevUp {
         Self::start_with_env(dir, &[])
     }
 
+    /// The same with extra environment (passed on to the nodes).
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
         Self::start_full(dir, env, 1, "software", &hsm_bin())
     }
@@ -78,6 +109,7 @@ impl DevUp {
         Self::start_inner(dir, env, 1, "software", &hsm_bin(), args)
     }
 
+    /// `bkv-admin dev up --nodes nodes --platform platform --hsm-bin hsm` with environment `env`.
     pub fn start_full(
         dir: &Path,
         env: &[(&str, &str)],
@@ -164,10 +196,12 @@ impl DevUp {
         }
     }
 
+    /// Node 0's process id.
     pub fn node_pid(&self) -> i32 {
         self.pid_of(0)
     }
 
+    /// Node `i`'s process id, from its pid file.
     pub fn pid_of(&self, i: usize) -> i32 {
         std::fs::read_to_string(self.dir.join(format!("nodes/{i}/pid")))
             .unwrap()
@@ -179,11 +213,9 @@ impl DevUp {
     /// SIGKILLs node `i` and waits until it is gone.
     pub fn kill_node(&self, i: usize) {
         let pid = self.pid_of(i);
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        signal(pid, Signal::KILL);
         for _ in 0..100 {
-            if unsafe { libc::kill(pid, 0) } != 0 {
+            if !exists(pid) {
                 return;
             }
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -295,6 +327,7 @@ impl DevUp {
         assert!(o.status.success(), "{}", text(&o));
     }
 
+    /// Node 0's client listener address, from its record.
     pub fn node_addr(&self) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.dir.join("nodes/0/node.json")).unwrap())
@@ -320,9 +353,7 @@ impl DevUp {
 
 impl Drop for DevUp {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        signal(self.child.id() as i32, Signal::TERM);
         let _ = self.child.wait();
         // If dev up could not stop a node or the frontend (it was itself killed, or the node
         // was restarted by the test), do it here.
@@ -332,15 +363,14 @@ impl Drop for DevUp {
         for f in pid_files {
             if let Ok(pid) = std::fs::read_to_string(self.dir.join(f)) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
+                    signal(pid, Signal::KILL);
                 }
             }
         }
     }
 }
 
+/// Runs `bkv --config config ARGS` with `stdin` and extra environment.
 pub fn bkv_with(config: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bkv_bin());
     // What bkv hands to bkv-admin runs this build's bkv-admin (never a cargo build).
@@ -408,6 +438,7 @@ pub fn restore_backup(
     )
 }
 
+/// A process's exit code, stdout and stderr, for an assertion's message.
 pub fn text(o: &Output) -> String {
     format!(
         "exit={:?}\nstdout:\n{}\nstderr:\n{}",
@@ -472,46 +503,4 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             ra.consume(ba.len());
         }
     }
-}
-
-/// Runs a command and returns (output, peak RSS in KiB) measured by wait4.
-// The child is reaped by wait4 (which also reports its peak RSS), not Child::wait.
-#[allow(clippy::zombie_processes)]
-pub fn run_measured(cmd: &mut Command, stdin: &str) -> (std::process::ExitStatus, i64, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as i32;
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
-    use std::os::unix::process::ExitStatusExt;
-    (
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss,
-        text,
-    )
 }

@@ -2,9 +2,9 @@
 //! accounts, idle gaps longer than every timeout, destructive requests with
 //! a token alone, and a restore killed half-way.
 
-use crate::common::*;
 use crate::protectors::{add_passkey, ok, restore, slot_id, PW};
 use bkv_client::session::{Endpoint, FleetTarget, Session};
+use bkv_testkit::system::*;
 use bkv_wire::vault::{VaultRequest, VaultResponse};
 use secrecy::SecretString;
 use std::net::{IpAddr, Ipv4Addr};
