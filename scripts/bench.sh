@@ -12,5 +12,7 @@ cargo bench -p bkv-hsm-core --bench core
 # One crossing of the core boundary, in process and over the Unix socket.
 cargo bench -p bkv-core-service --bench boundary
 cargo bench -p bkv-transparency --bench verify
-# Peak memory of a 1 GiB backup and restore (the test suite runs 128 MiB).
+# Peak memory of a 1 GiB backup and restore (the test suite runs 128 MiB); the system test
+# starts the workspace's binaries, built first.
+cargo build --workspace --all-targets
 BKV_BIG_FILE_MIB=1024 cargo nextest run -p bkv-system-tests --no-capture -E 'test(memory_stays_bounded_for_a_large_file)'

@@ -17,8 +17,9 @@ if ! dpkg -s libfaketime >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libfaketime
 fi
-# The test starts the bkv and bkv-hsm binaries of the workspace build.
-cargo build --workspace --bins --locked
+# The test starts the bkv and bkv-hsm binaries of the workspace build (with the test-only
+# features, as the test suite builds them).
+cargo build --workspace --all-targets --locked
 echo "chaos: $n schedules, seed $seed"
 BKV_CHAOS_SCHEDULES="$n" BKV_CHAOS_SEED="$seed" \
     cargo nextest run --locked -p bkv-system-tests --profile chaos --no-capture \

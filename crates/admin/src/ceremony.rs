@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail};
 use bkv_operator::ceremony::Ceremony;
 use bkv_operator::fleet::{self as fleet_admin, Operator};
 use bkv_transparency::evidence::Witness;
-use bkv_wire::admin::{AdminRequest, AdminResponse, SignedStatement};
+use bkv_wire::admin::{AdminRequest, AdminResponse, SignedFleetStatement, SignedStatement};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -39,6 +39,10 @@ pub(crate) trait Hosts {
     async fn witness(&mut self, fleet_id: &str, draft: &[u8]) -> anyhow::Result<Vec<Witness>>;
     /// Stores the finished evidence (before it is logged).
     fn evidence(&mut self, fleet_id: &str, evidence: &[u8]) -> anyhow::Result<()>;
+    /// The founder's fleet is formed: its statement checked and its record logged.
+    fn founded(&mut self, _node: u64) {}
+    /// A further node is a voter and stated the fleet keys it holds.
+    fn joined(&mut self, _node: u64) {}
 }
 
 /// What the ceremony needs besides the nodes.
@@ -73,7 +77,7 @@ pub(crate) async fn form(
         .split_first()
         .ok_or_else(|| anyhow!("a ceremony needs a node"))?;
     let admin = hosts.found(first).await?;
-    let fs = fleet_admin::fleet_statement(admin)?;
+    let fs = fleet_statement(admin, terms.wait).await?;
     let fleet_id = bkv_transparency::evidence::verify_fleet_statement(&fs)
         .map_err(|e| anyhow!("node {}'s fleet statement: {e}", first.id))?
         .fleet_id;
@@ -81,6 +85,7 @@ pub(crate) async fn form(
     let mut members = vec![member(first)?];
     hosts.members(&members)?;
     let mut admins = BTreeMap::from([(first.id, admin)]);
+    hosts.founded(first.id);
     for n in rest {
         c.admit(&admins, n.id, &n.peer, n.statement.clone()).await?;
         members.push(member(n)?);
@@ -88,7 +93,8 @@ pub(crate) async fn form(
         let admin = hosts.join(n).await?;
         admins.insert(n.id, admin);
         promote_when_caught_up(op, &admins, &fleet_id, n.id, terms.wait).await?;
-        c.joined(n.id, fleet_admin::fleet_statement(admin)?)?;
+        c.joined(n.id, fleet_statement(admin, terms.wait).await?)?;
+        hosts.joined(n.id);
     }
     let draft = c.draft(&terms.source_commit, &terms.toolchain)?;
     let signatures = hosts.witness(&fleet_id, &draft).await?;
@@ -96,6 +102,24 @@ pub(crate) async fn form(
     hosts.evidence(&fleet_id, &evidence)?;
     op.auditor().log_evidence(&op.namespace, &evidence).await?;
     Ok(Formed { evidence })
+}
+
+/// The signed fleet statement of the node at `admin`, asked again until it answers (it may
+/// still be starting) or `wait` has passed.
+pub(crate) async fn fleet_statement(
+    admin: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<SignedFleetStatement> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match tokio::task::spawn_blocking(move || fleet_admin::fleet_statement(admin)).await? {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("node at {admin} did not answer within {wait:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// The members-file entry of a planned node: its identity key from its statement.

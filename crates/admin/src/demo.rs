@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use bkv_cli::ops;
-use bkv_client::account::Unlock;
-use bkv_client::archive::Options;
+use bkv_client::ArchiveOptions;
+use bkv_client::Unlock;
 use bkv_client::{ClientError, Endpoint};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, RngCore, SeedableRng};
@@ -240,7 +240,7 @@ pub async fn run() -> anyhow::Result<()> {
         operator_key: operator.verifying_key(),
     };
     let http = reqwest::Client::new();
-    let fleet = bkv_client::ota::fleets(
+    let fleet = bkv_client::fleets(
         &http,
         &frontend_url,
         &anchors,
@@ -296,7 +296,7 @@ pub async fn run() -> anyhow::Result<()> {
         USER,
         Unlock::Password(&password),
         history.clone(),
-        Options::default(),
+        ArchiveOptions::default(),
         quiet(),
     )
     .await?;

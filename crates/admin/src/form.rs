@@ -12,7 +12,7 @@
 
 use crate::ceremony::{Formed, Hosts, PlannedNode, Terms};
 use anyhow::{anyhow, bail, Context};
-use bkv_operator::fleet::{self as fleet_admin, Operator};
+use bkv_operator::fleet::Operator;
 use bkv_wire::admin::SignedStatement;
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
@@ -158,23 +158,6 @@ fn say(line: &str) {
     println!("form: {line}");
 }
 
-/// Waits until the node answers on its admin link with its fleet statement.
-async fn wait_for_node(
-    admin: SocketAddr,
-    wait: Duration,
-) -> anyhow::Result<bkv_wire::admin::SignedFleetStatement> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match tokio::task::spawn_blocking(move || fleet_admin::fleet_statement(admin)).await? {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
-                bail!("node at {admin} did not answer within {wait:?}: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 /// Waits for a witness's signature file (written by `bkv witness ceremony`) and reads it.
 async fn wait_for_signature(
     file: &Path,
@@ -290,7 +273,7 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
         wait,
     };
     let Formed { evidence, .. } = crate::ceremony::form(&terms, &nodes, &mut prompt).await?;
-    let evidence_path = out.join("evidence.json");
+    let evidence_path = prompt.evidence_path();
     let parsed = bkv_transparency::evidence::parse(&evidence).map_err(|e| anyhow!("{e}"))?;
     let fleet = bkv_transparency::bundle::BundleFleet {
         fleet_id: parsed.fleet_id.clone(),
@@ -323,6 +306,11 @@ struct Prompt<'a> {
 }
 
 impl Prompt<'_> {
+    /// Where the finished evidence goes.
+    fn evidence_path(&self) -> PathBuf {
+        self.out.join("evidence.json")
+    }
+
     fn admin_of(&self, id: u64) -> anyhow::Result<SocketAddr> {
         self.plan
             .nodes
@@ -340,8 +328,7 @@ impl Hosts for Prompt<'_> {
             "start node {} to found the fleet ({}); waiting for its admin link {admin}",
             node.id, self.founding
         ));
-        wait_for_node(admin, self.wait).await?;
-        say(&format!("node {} founded the fleet", node.id));
+        crate::ceremony::fleet_statement(admin, self.wait).await?;
         Ok(admin)
     }
 
@@ -356,7 +343,7 @@ impl Hosts for Prompt<'_> {
             node.id,
             self.members_path.display(),
         ));
-        wait_for_node(admin, self.wait).await?;
+        crate::ceremony::fleet_statement(admin, self.wait).await?;
         Ok(admin)
     }
 
@@ -383,7 +370,15 @@ impl Hosts for Prompt<'_> {
     }
 
     fn evidence(&mut self, _fleet_id: &str, evidence: &[u8]) -> anyhow::Result<()> {
-        let path = self.out.join("evidence.json");
+        let path = self.evidence_path();
         std::fs::write(&path, evidence).with_context(|| format!("write {}", path.display()))
+    }
+
+    fn founded(&mut self, node: u64) {
+        say(&format!("node {node} founded the fleet"));
+    }
+
+    fn joined(&mut self, node: u64) {
+        say(&format!("node {node} joined as a voter"));
     }
 }

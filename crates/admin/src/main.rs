@@ -196,7 +196,7 @@ fn config_check(
             }
         }
         ConfigKind::Node => {
-            bkv_hsm_node::config::NodeFile::load(file)?.check_fields()?;
+            bkv_hsm_node::NodeFile::load(file)?.check_fields()?;
         }
         ConfigKind::Auditor => {
             let f = bkv_auditor::config::AuditorFile::load(file)?;
@@ -314,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .send()
                 .await
                 .map_err(|e| ClientError::Unavailable(format!("frontend: {e}")))?;
-            let body = bkv_client::session::read_limited(resp, 256 * 1024).await?;
+            let body = bkv_client::read_limited(resp, 256 * 1024).await?;
             let v: bkv_api::frontend::FleetStatusView =
                 serde_json::from_slice(&body).context("fleet status answer")?;
             println!("{}", serde_json::to_string_pretty(&v)?);

@@ -46,7 +46,7 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
                 .ok_or_else(|| anyhow!("ota mode needs [fleet.ota]"))?;
             let ota = cfg.fleet.ota.as_ref();
             let saved_before = ota.is_some_and(|o| o.log_trusted_since.is_some());
-            let fleets = bkv_client::ota::fleets(
+            let fleets = bkv_client::fleets(
                 &http,
                 &cfg.frontend_url,
                 &anchors,
@@ -62,7 +62,7 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
             fleets
         }
         // Without a fleet id the frontend routes to its default fleet.
-        _ => vec![bkv_client::session::FleetTarget {
+        _ => vec![bkv_client::FleetTarget {
             fleet_id: cfg.fleet.fleet_id.clone().unwrap_or_default(),
             key: cfg.pinned_key()?,
         }],
@@ -116,7 +116,7 @@ async fn dev_token(
     if !resp.status().is_success() {
         return Err(anyhow!("token endpoint refused: {}", resp.status()));
     }
-    let body = bkv_client::session::read_limited(resp, 16 * 1024).await?;
+    let body = bkv_client::read_limited(resp, 16 * 1024).await?;
     let t: bkv_api::frontend::DevTokenResponse =
         serde_json::from_slice(&body).context("token endpoint answer")?;
     Ok(t.token)

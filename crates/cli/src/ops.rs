@@ -1,8 +1,8 @@
 //! User operations shared by the CLI commands and the demo.
 
-use bkv_client::account::{Account, Unlock};
-use bkv_client::archive::Options;
-use bkv_client::storage::Latest;
+use bkv_client::ArchiveOptions;
+use bkv_client::Latest;
+use bkv_client::{Account, Unlock};
 use bkv_client::{BackupKey, BackupStore, ClientError, Endpoint, VaultClient};
 use bkv_wire::vault::RecordState;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ pub type Report = Box<dyn FnMut(u64) + Send>;
 pub struct Ctx {
     /// The frontend and the trusted fleet.
     pub endpoint: Endpoint,
-    /// Where backups are stored (`bkv_client::storage::open_store`).
+    /// Where backups are stored (`bkv_client::open_store`).
     pub storage: String,
     /// The guess limit of new registrations.
     pub guess_limit: u32,
@@ -51,7 +51,7 @@ pub async fn create(
     user: &str,
     unlock: Unlock<'_>,
     source: PathBuf,
-    opts: Options,
+    opts: ArchiveOptions,
     report: Report,
 ) -> Result<Created, ClientError> {
     let account = ctx.account(user)?;
@@ -145,7 +145,7 @@ pub fn describe_record(r: &RecordState) -> String {
 pub async fn restore_with_recovery_key(
     storage: &str,
     user: &str,
-    rk: &bkv_client::slots::RecoveryKey,
+    rk: &bkv_client::RecoveryKey,
     out: PathBuf,
     report: Report,
 ) -> Result<Latest, ClientError> {

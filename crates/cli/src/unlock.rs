@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use bkv_cli::UsageError;
-use bkv_client::account::Unlock;
 use bkv_client::ClientError;
+use bkv_client::Unlock;
 use secrecy::SecretString;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub fn read_password(flag: bool) -> anyhow::Result<SecretString> {
 /// A protector given on the command line, ready to unlock K.
 pub enum Unlocker {
     Password(SecretString),
-    RecoveryKey(bkv_client::slots::RecoveryKey),
+    RecoveryKey(bkv_client::RecoveryKey),
     Passkey(bkv_soft_passkey::SoftAuthenticator),
 }
 
@@ -68,13 +68,13 @@ impl Unlocker {
     }
 }
 
-fn read_recovery_key() -> anyhow::Result<bkv_client::slots::RecoveryKey> {
+fn read_recovery_key() -> anyhow::Result<bkv_client::RecoveryKey> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut line)
         .context("read recovery key from stdin")?;
-    let rk = bkv_client::slots::RecoveryKey::parse(&line).map_err(ClientError::from);
+    let rk = bkv_client::RecoveryKey::parse(&line).map_err(ClientError::from);
     zeroize::Zeroize::zeroize(&mut line);
     Ok(rk?)
 }

@@ -2,8 +2,8 @@
 //! (ring sealing the same bytes in 1 MiB chunks with no framing).
 //! Run: `cargo bench -p bkv-client --bench backup`
 
-use bkv_client::backup::{Compression, Content, DecryptReader, EncryptWriter, Header};
 use bkv_client::BackupKey;
+use bkv_client::{Compression, Content, DecryptReader, EncryptWriter, Header};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::io::{Read, Write};

@@ -14,17 +14,17 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// zstd level: fast enough to stay far above storage speed on one core.
-pub const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 3;
 /// zstd compression threads besides the caller's.
 const ZSTD_WORKERS: u32 = 2;
 
-/// How [`write_backup`] writes a backup.
+/// How a backup is written (`BackupStore`'s uploads and the CLI's `backup create`).
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Compress with zstd: always a directory, a file only if a sample shrinks by at least 2 %.
     pub compress: bool,
     /// Plaintext bytes per encrypted chunk (readers accept [`crate::backup::MIN_CHUNK_SIZE`] to
-    /// [`crate::backup::MAX_CHUNK_SIZE`]).
+    /// [`crate::MAX_CHUNK_SIZE`]).
     pub chunk_size: u32,
 }
 
@@ -38,7 +38,7 @@ impl Default for Options {
 }
 
 /// Counts bytes passing through and reports them.
-pub struct Progress<T> {
+pub(crate) struct Progress<T> {
     inner: T,
     done: u64,
     report: Box<dyn FnMut(u64) + Send>,
@@ -46,7 +46,7 @@ pub struct Progress<T> {
 
 impl<T> Progress<T> {
     /// Wraps `inner`; `report` gets the running byte total after every read or write.
-    pub fn new(inner: T, report: Box<dyn FnMut(u64) + Send>) -> Self {
+    pub(crate) fn new(inner: T, report: Box<dyn FnMut(u64) + Send>) -> Self {
         Progress {
             inner,
             done: 0,
@@ -91,7 +91,7 @@ pub fn source_size(path: &Path) -> u64 {
 }
 
 /// Writes a backup of `source` (a file or a directory) into `out`.
-pub fn write_backup<W: Write>(
+pub(crate) fn write_backup<W: Write>(
     source: &Path,
     key: &BackupKey,
     opts: Options,
@@ -187,7 +187,7 @@ fn write_plain(
 /// Re-encrypts a backup stream from `old` to `new` without the plaintext
 /// touching disk (key rotation). The compressed payload is copied as is;
 /// the new backup gets a fresh id and nonce prefix but keeps its creation time.
-pub fn reencrypt<R: Read, W: Write>(
+pub(crate) fn reencrypt<R: Read, W: Write>(
     input: R,
     old: &BackupKey,
     new: &BackupKey,
@@ -224,7 +224,7 @@ fn partial_prefix(out: &Path) -> std::ffi::OsString {
 
 /// Removes what killed restores to `out` left behind (their staging
 /// directories); returns how many.
-pub fn remove_leftovers(out: &Path) -> usize {
+pub(crate) fn remove_leftovers(out: &Path) -> usize {
     use std::os::unix::ffi::OsStrExt;
     let prefix = partial_prefix(out);
     let dir = match out.parent() {
@@ -406,7 +406,7 @@ impl Read for ReadAhead {
 /// Restores a backup stream into `out` (which must not exist yet). Trees
 /// get the modes recorded in the backup (without set-id bits); a single
 /// file is `0600`.
-pub fn read_backup<R: Read + Send>(
+pub(crate) fn read_backup<R: Read + Send>(
     input: R,
     key: &BackupKey,
     out: &Path,

@@ -27,15 +27,15 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
 /// First 4 bytes of every backup.
-pub const MAGIC: [u8; 4] = *b"BKVB";
+pub(crate) const MAGIC: [u8; 4] = *b"BKVB";
 /// The format version written, and the only one read.
-pub const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 1;
 /// Header size in bytes; the header is also every chunk's AAD.
 pub const HEADER_LEN: usize = 44;
 /// AES-256-GCM tag bytes at the end of every chunk.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Plaintext bytes per chunk unless the caller chooses (1 MiB).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Smallest chunk size readers accept (4 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 1 << 12;
 /// Readers refuse larger chunks, bounding their memory.
@@ -44,7 +44,7 @@ pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
 /// Why a backup stream was refused; a reader releases no plaintext that failed a check.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
-    /// The stream does not start with [`MAGIC`]: not a bkv backup.
+    /// The stream does not start with `MAGIC`: not a bkv backup.
     #[error("not a bkv backup (bad magic)")]
     Magic,
     /// A format version this reader does not know (the version byte).

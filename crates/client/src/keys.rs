@@ -48,7 +48,7 @@ fn wrapping_key(export_key: &[u8], user_id: &str) -> Zeroizing<[u8; 32]> {
 
 /// Wraps K under a key derived from the OPAQUE export key.
 /// Layout: `0x01 || nonce(24) || XChaCha20-Poly1305(K)` (73 bytes), AAD = user id.
-pub fn wrap(export_key: &[u8], user_id: &str, key: &BackupKey) -> Vec<u8> {
+pub(crate) fn wrap(export_key: &[u8], user_id: &str, key: &BackupKey) -> Vec<u8> {
     let wk = wrapping_key(export_key, user_id);
     let cipher = XChaCha20Poly1305::new(wk.as_ref().into());
     let mut nonce = [0u8; 24];
@@ -69,7 +69,7 @@ pub fn wrap(export_key: &[u8], user_id: &str, key: &BackupKey) -> Vec<u8> {
 }
 
 /// Opens what [`wrap`] produced; `None` for a wrong export key or user id, or malformed input.
-pub fn unwrap(export_key: &[u8], user_id: &str, wrapped: &[u8]) -> Option<BackupKey> {
+pub(crate) fn unwrap(export_key: &[u8], user_id: &str, wrapped: &[u8]) -> Option<BackupKey> {
     let (v, rest) = wrapped.split_first()?;
     if *v != WRAP_VERSION || rest.len() != 24 + 32 + 16 {
         return None;

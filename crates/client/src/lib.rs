@@ -1,32 +1,43 @@
 //! bkv client SDK: what an app embeds to offer end-to-end encrypted backups. It validates the
-//! fleet key (pinned, or from an auditor-logged bundle: [`ota`]), opens Noise sessions with the
-//! vault through the frontend ([`session`]), registers and recovers the backup key with OPAQUE
-//! ([`vault`]), keeps the other protectors' key slots ([`slots`]), runs the account's
-//! operations on all of them — unlock, add, rotate, disable ([`account`]) — and writes and reads
-//! encrypted backups in storage ([`backup`], [`archive`], [`storage`]).
+//! fleet key (pinned, or from an auditor-logged bundle: [`fleets`]), opens Noise sessions with
+//! the vault through the frontend ([`Session`]), registers and recovers the backup key with
+//! OPAQUE ([`VaultClient`]), keeps the other protectors' key slots ([`Manifest`]), runs the
+//! account's operations on all of them — unlock, add, rotate, disable ([`Account`]) — and writes
+//! and reads encrypted backups in storage ([`EncryptWriter`], [`DecryptReader`],
+//! [`BackupStore`]). Everything it offers is re-exported here; its modules are private.
 //!
 //! It must never send the backup key, the password or a slot secret anywhere: the vault sees
 //! OPAQUE messages only, storage sees ciphertext, the frontend sees neither.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 
-pub mod account;
-pub mod archive;
-pub mod backup;
-pub mod error;
-pub mod keys;
-pub mod ota;
-pub mod passkey;
-pub mod session;
-pub mod slots;
-pub mod storage;
-pub mod vault;
+mod account;
+mod archive;
+mod backup;
+mod error;
+mod keys;
+mod ota;
+mod passkey;
+mod session;
+mod slots;
+mod storage;
+mod vault;
 
 pub use account::{Account, Unlock};
+pub use archive::{source_size, Options as ArchiveOptions};
+pub use backup::{
+    format_error, Compression, Content, DecryptReader, EncryptWriter, FormatError, Header,
+    HEADER_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};
 pub use error::{ClientError, Result};
 pub use keys::BackupKey;
-pub use session::{Endpoint, Session};
-pub use storage::BackupStore;
+pub use ota::fleets;
+pub use passkey::{Authenticator, PasskeyError};
+pub use session::{read_limited, Endpoint, FleetTarget, Session};
+pub use slots::{
+    key_id, Manifest, PasskeyParams, RecoveryKey, RecoveryKeyError, SlotKind, SlotSecret,
+};
+pub use storage::{open_store, BackupStore, Latest};
 pub use vault::VaultClient;
 
 /// Writes a private file whole or not at all, readable by the owner only, creating its parent

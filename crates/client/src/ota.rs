@@ -18,7 +18,7 @@ fn now() -> u64 {
 }
 
 /// Reads the saved log state at `path`; no file means first contact (the empty state).
-pub fn load_state(path: &Path) -> Result<ClientLogState> {
+pub(crate) fn load_state(path: &Path) -> Result<ClientLogState> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {
             ClientError::Protocol(format!("client log state {}: {e}", path.display()))

@@ -44,7 +44,7 @@ pub trait Authenticator: Send {
 }
 
 /// What the RP returns after a registration or an assertion.
-pub struct RpResult {
+pub(crate) struct RpResult {
     /// The WebAuthn credential id (raw bytes).
     pub credential_id: Vec<u8>,
     /// The relying party's random 32-byte share of the slot secret for this credential.
@@ -73,7 +73,10 @@ impl Grant {
 
 /// Exchanges a logged-in vault session for a grant. `None` when the
 /// frontend has no passkey support.
-pub async fn grant_from_session(endpoint: &Endpoint, session_id: &str) -> Result<Option<Grant>> {
+pub(crate) async fn grant_from_session(
+    endpoint: &Endpoint,
+    session_id: &str,
+) -> Result<Option<Grant>> {
     let resp = endpoint
         .http
         .post(url(endpoint, "/v1/passkeys/grants"))
@@ -174,7 +177,7 @@ fn strip_prf(credential: &mut Value) {
 
 /// Registers a new passkey for the token's user and evaluates its PRF at
 /// `salt`. Returns the RP result and the PRF output.
-pub async fn register(
+pub(crate) async fn register(
     endpoint: &Endpoint,
     authenticator: &mut dyn Authenticator,
     origin: &str,
@@ -210,7 +213,7 @@ pub async fn register(
 }
 
 /// Asserts with the passkey `credential_id` and evaluates its PRF at `salt`.
-pub async fn assert(
+pub(crate) async fn assert(
     endpoint: &Endpoint,
     authenticator: &mut dyn Authenticator,
     origin: &str,
@@ -241,7 +244,7 @@ pub async fn assert(
 }
 
 /// Deletes a passkey at the RP (its share is gone: the passkey opens nothing).
-pub async fn delete(endpoint: &Endpoint, credential_id: &[u8], grant: &Grant) -> Result<()> {
+pub(crate) async fn delete(endpoint: &Endpoint, credential_id: &[u8], grant: &Grant) -> Result<()> {
     let path = format!("/v1/passkeys/{}", B64URL.encode(credential_id));
     let resp = endpoint
         .http
@@ -259,7 +262,7 @@ pub async fn delete(endpoint: &Endpoint, credential_id: &[u8], grant: &Grant) ->
 
 /// The credential ids (base64url) of the token's user's passkeys at the RP;
 /// empty when the frontend has no passkey support.
-pub async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
+pub(crate) async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
     let resp = endpoint
         .http
         .get(url(endpoint, "/v1/passkeys"))
@@ -278,7 +281,7 @@ pub async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
 }
 
 /// Deletes every passkey of the token's user at the RP.
-pub async fn delete_all(endpoint: &Endpoint, grant: &Grant) -> Result<()> {
+pub(crate) async fn delete_all(endpoint: &Endpoint, grant: &Grant) -> Result<()> {
     let resp = endpoint
         .http
         .delete(url(endpoint, "/v1/passkeys"))

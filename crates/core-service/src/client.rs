@@ -93,7 +93,7 @@ pub enum BoundaryError {
     Unexpected(&'static str),
     /// The service failed or refused the request ([`Reply::Failed`]).
     #[error("core service: {0}")]
-    Failed(String),
+    Failed(crate::protocol::Failure),
     /// A host request's platform operation failed ([`Reply::Platform`]).
     #[error("core service: {0}")]
     Platform(PlatformError),

@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 /// This protocol's version.
 /// 2: `SessionMessage` says whether the agent ran a read barrier first (`fresh`), and
 /// `Applied` carries the replies of the sessions the batch decided (`released`).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest message either side accepts (a batch of applied entries, a bucket list chunk).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Buckets per [`ToCore::Buckets`] chunk are cut at about this many bytes.
@@ -326,13 +326,56 @@ impl Drop for LinkKeys {
     }
 }
 
+/// Why the core service did not carry out a request. Only [`Failure::Refused`] comes from the
+/// core's own checks; the others mean the agent asked out of order or on the wrong connection
+/// (a bug in the agent, or a host that is not following the protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Failure {
+    /// The request needs something the agent has not opened yet.
+    #[error("the {0} is not open yet")]
+    NotOpen(Opened),
+    /// A request of the other connection's role (named), sent on this one.
+    #[error("{0} belongs on the other connection")]
+    WrongConnection(String),
+    /// A snapshot install step with no install begun, or a restore asked as a plain request.
+    #[error("out of order: {0}")]
+    OutOfOrder(String),
+    /// The service's state is unusable (a thread failed while holding it): restart the service.
+    #[error("the core service's state is poisoned")]
+    Poisoned,
+    /// The core or its platform refused or failed the request: the reason, as the core gives it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the agent opens, in order, before the core answers vault requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Opened {
+    /// The node identity (`OpenIdentity`).
+    Identity,
+    /// The fleet secrets (`OpenSecrets`, `FoundFleet` or `JoinSecrets`).
+    Secrets,
+    /// The core (`StartCore`).
+    Core,
+}
+
+impl std::fmt::Display for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Opened::Identity => "node identity",
+            Opened::Secrets => "fleet secrets",
+            Opened::Core => "core",
+        })
+    }
+}
+
 /// The service's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     /// The request was carried out; nothing to return.
     Done,
     /// The request failed or was refused, and why.
-    Failed(String),
+    Failed(Failure),
     /// A host request's platform operation failed.
     Platform(PlatformError),
     /// The bytes the request asks for (a sealed value, a position, a frame, encrypted secrets).

@@ -2,8 +2,8 @@
 //! a time under one lock (as in a single-binary node), the host's beside them.
 
 use crate::protocol::{
-    read_message, write_message, FrameError, FromCore, Reply, Request, Role, ToCore,
-    PROTOCOL_VERSION,
+    read_message, write_message, Failure, FrameError, FromCore, Opened, Reply, Request, Role,
+    ToCore, PROTOCOL_VERSION,
 };
 use crate::service::{CoreService, HostService};
 use bkv_hsm_core::{BucketHost, SealedError};
@@ -114,12 +114,12 @@ fn connection(
                 let buckets = Box::new(RemoteBuckets(stream.clone(), early.clone()));
                 match service.lock() {
                     Ok(mut s) => s.restore(buckets, summary.as_deref()),
-                    Err(_) => Reply::Failed("core service lock poisoned".into()),
+                    Err(_) => Reply::Failed(Failure::Poisoned),
                 }
             }
             (Role::Core, req) => match service.lock() {
                 Ok(mut s) => s.handle(req),
-                Err(_) => Reply::Failed("core service lock poisoned".into()),
+                Err(_) => Reply::Failed(Failure::Poisoned),
             },
             (Role::Host, req) => {
                 if host.is_none() {
@@ -127,7 +127,7 @@ fn connection(
                 }
                 match &host {
                     Some(h) => h.handle(req),
-                    None => Reply::Failed("the node identity is not open yet".into()),
+                    None => Reply::Failed(Failure::NotOpen(Opened::Identity)),
                 }
             }
         };

@@ -2,7 +2,7 @@
 //! secret (the node identity key, the fleet secrets, plain records in the core's cache, a
 //! snapshot's frame key); the agent gets only what [`crate::protocol`] says crosses.
 
-use crate::protocol::{LinkKeys, Reply, Request};
+use crate::protocol::{Failure, LinkKeys, Opened, Reply, Request};
 use bkv_hsm_core::sealed_state::{summary_position, Installer};
 use bkv_hsm_core::{
     BucketHost, Core, Counter, FleetSecrets, NodeIdentity, PeerHandshake, SealSlot, SharedPlatform,
@@ -23,8 +23,17 @@ pub struct CoreService {
     installer: Option<Installer>,
 }
 
+/// The core's (or its platform's) refusal.
 fn failed(e: impl std::fmt::Display) -> Reply {
-    Reply::Failed(e.to_string())
+    Reply::Failed(Failure::Refused(e.to_string()))
+}
+
+fn not_open(what: Opened) -> Reply {
+    Reply::Failed(Failure::NotOpen(what))
+}
+
+fn out_of_order(what: &str) -> Reply {
+    Reply::Failed(Failure::OutOfOrder(what.to_owned()))
 }
 
 impl CoreService {
@@ -58,7 +67,7 @@ impl CoreService {
                 Ok(p) => Reply::Restored(p),
                 Err(e) => failed(e),
             },
-            None => failed("the core is not started"),
+            None => not_open(Opened::Core),
         }
     }
 
@@ -71,15 +80,13 @@ impl CoreService {
     }
 
     fn core(&mut self) -> Result<&mut Core, Reply> {
-        self.core
-            .as_mut()
-            .ok_or_else(|| failed("the core is not started"))
+        self.core.as_mut().ok_or_else(|| not_open(Opened::Core))
     }
 
     fn identity(&self) -> Result<Arc<NodeIdentity>, Reply> {
         self.identity
             .clone()
-            .ok_or_else(|| failed("the node identity is not open"))
+            .ok_or_else(|| not_open(Opened::Identity))
     }
 
     fn secrets_opened(&mut self, s: FleetSecrets, seal: bool) -> Result<Reply, Reply> {
@@ -134,7 +141,7 @@ impl CoreService {
                 let secrets = self
                     .secrets
                     .take()
-                    .ok_or_else(|| failed("the fleet secrets are not open"))?;
+                    .ok_or_else(|| not_open(Opened::Secrets))?;
                 let core = Core::new(p, secrets, &identity).map_err(failed)?;
                 let move_public_key = core.move_public_key();
                 self.core = Some(core);
@@ -228,7 +235,7 @@ impl CoreService {
                     released,
                 }
             }
-            Request::Restore { .. } => failed("a restore needs the agent's table"),
+            Request::Restore { .. } => out_of_order("a restore needs the agent's table"),
             Request::SummaryPosition { summary } => {
                 Reply::Bytes(summary_position(&p, &summary).map_err(failed)?)
             }
@@ -269,39 +276,32 @@ impl CoreService {
                 let installer = self
                     .installer
                     .take()
-                    .ok_or_else(|| failed("no snapshot is being installed"))?;
+                    .ok_or_else(|| out_of_order("no snapshot is being installed"))?;
                 self.core()?
                     .records()
                     .finish_install(installer)
                     .map_err(failed)?;
                 Reply::Done
             }
-            host => failed(format!(
-                "{} is a host request: send it on the host connection",
-                request_name(&host)
-            )),
+            host => Reply::Failed(Failure::WrongConnection(request_name(&host))),
         })
     }
 
     fn installer(&mut self) -> Result<&mut Installer, Reply> {
         self.installer
             .as_mut()
-            .ok_or_else(|| failed("no snapshot is being installed"))
+            .ok_or_else(|| out_of_order("no snapshot is being installed"))
     }
 }
 
-fn request_name(r: &Request) -> &'static str {
-    match r {
-        Request::Describe => "Describe",
-        Request::SealHost { .. } => "SealHost",
-        Request::UnsealHost { .. } => "UnsealHost",
-        Request::CounterRead => "CounterRead",
-        Request::CounterAdvance { .. } => "CounterAdvance",
-        Request::LinkInitiate { .. } => "LinkInitiate",
-        Request::LinkFinish { .. } => "LinkFinish",
-        Request::LinkRespond { .. } => "LinkRespond",
-        _ => "this request",
-    }
+/// A request's variant name, for a refusal (an error path only: it formats the request).
+fn request_name(r: &Request) -> String {
+    let debug = format!("{r:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The host's own operations ([`crate::protocol::Role::Host`]): its counter-bound state and the
@@ -357,7 +357,7 @@ impl HostService {
             Request::LinkInitiate { remote } => self.initiate(&remote).unwrap_or_else(failed),
             Request::LinkFinish { id, message } => self.finish(id, &message).unwrap_or_else(failed),
             Request::LinkRespond { message } => self.respond(&message).unwrap_or_else(failed),
-            _ => failed("a core request: send it on the core connection"),
+            _ => Reply::Failed(Failure::WrongConnection(request_name(&req))),
         }
     }
 

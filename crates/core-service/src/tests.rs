@@ -3,7 +3,7 @@
 
 use crate::client::{CoreHandle, HostHandle};
 use crate::protocol::{
-    read_message, write_message, FromCore, Reply, Request, Role, ToCore, PROTOCOL_VERSION,
+    read_message, write_message, Failure, FromCore, Reply, Request, Role, ToCore, PROTOCOL_VERSION,
 };
 use crate::service::CoreService;
 use bkv_hsm_core::sealed_state::NoBuckets;
@@ -118,7 +118,7 @@ fn a_founder_applies_its_entry_across_the_socket_and_gets_only_sealed_and_public
     assert!(matches!(
         core.call(Request::ExportSecrets { identity: [7; 32] })
             .unwrap(),
-        Reply::Failed(_)
+        Reply::Failed(Failure::Refused(_))
     ));
 }
 
@@ -158,7 +158,7 @@ fn the_agent_cannot_name_a_slot_or_the_counter_of_the_core_or_sign() {
     // Requests go on their own connection only.
     assert!(matches!(
         core.call(Request::CounterRead).unwrap(),
-        Reply::Failed(_)
+        Reply::Failed(Failure::WrongConnection(_))
     ));
     let mut s = UnixStream::connect(&socket).unwrap();
     write_message(
@@ -172,7 +172,7 @@ fn the_agent_cannot_name_a_slot_or_the_counter_of_the_core_or_sign() {
     let _: FromCore = read_message(&mut s).unwrap();
     write_message(&mut s, &ToCore::Call(Request::Members)).unwrap();
     match read_message::<FromCore>(&mut s).unwrap() {
-        FromCore::Reply(Reply::Failed(e)) => assert!(e.contains("core request"), "{e}"),
+        FromCore::Reply(Reply::Failed(Failure::WrongConnection(r))) => assert_eq!(r, "Members"),
         r => panic!("{r:?}"),
     }
 }

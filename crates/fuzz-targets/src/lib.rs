@@ -466,10 +466,10 @@ fn signed_bundle(input: &mut Input<'_>) {
 /// file at fuzzer-chosen places: an uncorrupted file must decrypt to the
 /// plaintext, a corrupted one must fail (never decrypt to something else).
 pub fn backup(data: &[u8]) {
-    use bkv_client::backup::{
+    use bkv_client::BackupKey;
+    use bkv_client::{
         Compression, Content, DecryptReader, EncryptWriter, Header, HEADER_LEN, MIN_CHUNK_SIZE,
     };
-    use bkv_client::keys::BackupKey;
     let key = BackupKey::from_bytes([5; 32]);
     let mut input = Input(data);
     let mode = input.u8();
@@ -557,15 +557,15 @@ pub fn client_files(data: &[u8]) {
     let rest = input.rest();
     match selector % 4 {
         0 => {
-            if let Ok((m, _tag)) = bkv_client::slots::Manifest::decode_unverified(rest) {
-                let key = bkv_client::keys::BackupKey::from_bytes([5; 32]);
+            if let Ok((m, _tag)) = bkv_client::Manifest::decode_unverified(rest) {
+                let key = bkv_client::BackupKey::from_bytes([5; 32]);
                 let _ = m.verify(&[0; 32], &key);
             }
         }
         1 => {
             let text = String::from_utf8_lossy(rest);
-            if let Ok(k) = bkv_client::slots::RecoveryKey::parse(&text) {
-                let again = bkv_client::slots::RecoveryKey::parse(&k.display());
+            if let Ok(k) = bkv_client::RecoveryKey::parse(&text) {
+                let again = bkv_client::RecoveryKey::parse(&k.display());
                 assert!(again.is_ok(), "a displayed recovery key did not parse");
             }
         }
@@ -644,8 +644,8 @@ thread_local! {
 /// over an authenticated link.
 pub fn node_storage(data: &[u8]) {
     use bkv_hsm_core::state::{Mutation, State};
-    use bkv_hsm_node::replication::network::{PeerRequest, PeerResponse, MAX_PEER_MESSAGE};
     use bkv_hsm_node::replication::TypeConfig;
+    use bkv_hsm_node::replication::{PeerRequest, PeerResponse, MAX_PEER_MESSAGE};
     let mut input = Input(data);
     let selector = input.u8();
     let rest = input.rest();

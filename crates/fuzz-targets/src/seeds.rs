@@ -318,9 +318,9 @@ fn transparency() -> Vec<Vec<u8>> {
 }
 
 fn backup() -> Vec<Vec<u8>> {
-    use bkv_client::backup::{Compression, Content, EncryptWriter, Header};
+    use bkv_client::{Compression, Content, EncryptWriter, Header};
     use std::io::Write;
-    let key = bkv_client::keys::BackupKey::from_bytes([5; 32]);
+    let key = bkv_client::BackupKey::from_bytes([5; 32]);
     let plain: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
     let mut out = Vec::new();
     for compression in [Compression::None, Compression::Zstd] {
@@ -347,12 +347,12 @@ fn backup() -> Vec<Vec<u8>> {
 }
 
 fn client_files() -> Vec<Vec<u8>> {
-    use bkv_client::slots::{Manifest, RecoveryKey};
-    let key = bkv_client::keys::BackupKey::from_bytes([5; 32]);
+    use bkv_client::{Manifest, RecoveryKey};
+    let key = bkv_client::BackupKey::from_bytes([5; 32]);
     let m = Manifest {
         version: 1,
         user_id: "alice".into(),
-        key_id: bkv_client::slots::key_id(&key),
+        key_id: bkv_client::key_id(&key),
         generation: 2,
         slots: Vec::new(),
     };

@@ -21,10 +21,10 @@
 
 use bkv_hsm_core::state::{Credential, Mutation, Outcome, Pending};
 use bkv_hsm_core::SharedPlatform;
-use bkv_hsm_node::replication::fleet::{Fleet, FleetOptions};
-use bkv_hsm_node::replication::network::LinkIdentity;
-use bkv_hsm_node::replication::state_machine::BareReplica;
+use bkv_hsm_node::replication::BareReplica;
+use bkv_hsm_node::replication::LinkIdentity;
 use bkv_hsm_node::replication::PeerNode;
+use bkv_hsm_node::replication::{Fleet, FleetOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -128,7 +128,7 @@ async fn start(id: u64, p: Parts, bootstrap: &BTreeSet<[u8; 32]>) -> anyhow::Res
                 platform: p.platform.clone(),
                 identity: p.identity,
                 bootstrap: bootstrap.clone(),
-                snapshot_log_min: bkv_hsm_node::replication::fleet::SNAPSHOT_LOG_MIN,
+                snapshot_log_min: bkv_hsm_node::replication::SNAPSHOT_LOG_MIN,
             },
             p.listener,
             Arc::new(Mutex::new(BareReplica::new(
@@ -156,7 +156,7 @@ static PROPOSER: std::sync::Mutex<Option<(u64, rand::rngs::StdRng)>> = std::sync
 async fn propose(
     leader: &Fleet,
     m: Mutation,
-) -> Result<Outcome, bkv_hsm_node::replication::fleet::FleetError> {
+) -> Result<Outcome, bkv_hsm_node::replication::FleetError> {
     let submitted = {
         let mut p = PROPOSER.lock().unwrap_or_else(|e| e.into_inner());
         let (seq, rng) = p.get_or_insert_with(|| (0, rand::SeedableRng::from_entropy()));

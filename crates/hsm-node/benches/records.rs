@@ -16,7 +16,7 @@
 use bkv_hsm_core::commitment::{Bucket, RecordCommitment};
 use bkv_hsm_core::state::{Credential, Live, Record};
 use bkv_hsm_core::{MemoryPlatform, RecordId};
-use bkv_hsm_node::records::{RecordTable, RecordTableError};
+use bkv_hsm_node::{RecordTable, RecordTableError};
 use std::collections::BTreeMap;
 use std::time::Instant;
 

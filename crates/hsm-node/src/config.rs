@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Prefix of the environment overrides.
-pub const ENV_PREFIX: &str = "BKV_HSM";
+pub(crate) const ENV_PREFIX: &str = "BKV_HSM";
 
 /// The node's whole config file (`bkv-hsm --config FILE`); an absent field takes its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

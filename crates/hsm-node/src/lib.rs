@@ -13,7 +13,7 @@
 //! (`bkv-core`, crate `bkv-core-service`) that the node starts as a child or
 //! reaches on a socket ([`CoreMode`]), or, for a single-binary node, in this
 //! process; either way every call crosses the same request protocol
-//! ([`core_link`], docs/architecture.md "The core's boundary").
+//! (`core_link`, docs/architecture.md "The core's boundary").
 
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
@@ -28,20 +28,26 @@
     )
 )]
 
-pub mod config;
-pub mod core_link;
-pub mod metrics;
-pub mod records;
+mod config;
+mod core_link;
+mod metrics;
+mod records;
 pub mod replication;
-pub mod store;
+mod store;
 
 mod links;
 mod opened;
 mod start;
+// The node's surface: starting a node (its config file and start parameters), serving its
+// listeners, and the storage and replication pieces tests and benches build fleets from.
+pub use config::{NodeFile, PlatformChoice};
 pub use core_link::CoreMode;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
+pub use metrics::serve_http;
+pub use records::{RecordTable, RecordTableError, TableHost};
 use start::{found, join_secrets, lock_data_dir, private_dir, DirLock};
 pub use start::{parse_predecessor, Member, NodeConfig, NodeStartError, StartMode};
+pub use store::Store;
 
 use bkv_core_service::client::{unexpected, CoreHandle};
 use bkv_core_service::protocol::{Reply, Request};
@@ -56,7 +62,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use store::Store;
 
 /// Opens the data directory and the core far enough to know the node's identity (creating
 /// platform keys and identity on a fresh directory) and returns its signed platform statement,

@@ -141,7 +141,7 @@ impl Args {
             return Ok(self);
         };
         // (clap requires --data-dir unless --config is given.)
-        let f = bkv_hsm_node::config::NodeFile::load(&path)?;
+        let f = bkv_hsm_node::NodeFile::load(&path)?;
         f.check_fields()?;
         Ok(Args {
             config: None,
@@ -154,8 +154,8 @@ impl Args {
             metrics_listen: f.listen.metrics,
             platform: PlatformFlags {
                 platform: match f.platform.kind {
-                    bkv_hsm_node::config::PlatformChoice::Software => PlatformKind::Software,
-                    bkv_hsm_node::config::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
+                    bkv_hsm_node::PlatformChoice::Software => PlatformKind::Software,
+                    bkv_hsm_node::PlatformChoice::Pkcs11 => PlatformKind::Pkcs11,
                 },
                 platform_dir: f.platform.dir,
                 pkcs11_module: f.platform.pkcs11_module,
@@ -278,7 +278,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics = match &args.metrics_listen {
         Some(listen) => {
             let n = node.clone();
-            let addr = bkv_hsm_node::metrics::serve_http(listen, move |path| n.http_answer(path))
+            let addr = bkv_hsm_node::serve_http(listen, move |path| n.http_answer(path))
                 .with_context(|| format!("listen for metrics on {listen}"))?;
             format!(" metrics={addr}")
         }

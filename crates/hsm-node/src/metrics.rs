@@ -282,7 +282,7 @@ fn respond(head: &str, answer: &dyn Fn(&str) -> HttpAnswer) -> HttpAnswer {
 }
 
 /// A plain-text answer.
-pub fn plain(status: u16, body: &str) -> HttpAnswer {
+pub(crate) fn plain(status: u16, body: &str) -> HttpAnswer {
     HttpAnswer {
         status,
         content_type: "text/plain; charset=utf-8",

@@ -30,7 +30,7 @@ const TAILS: TableDefinition<u16, &[u8]> = TableDefinition::new("vault-bucket-ta
 /// allocated, measured in one sitting (BENCHMARKS.md, "Record table layout 2"). Layout 1 stored the whole value in
 /// `vault-buckets`; it reads the same way (a head longer than this is a whole value, and layout 1
 /// wrote no tails), and every bucket moves to layout 2 when it is next written.
-pub const HEAD_BYTES: usize = 4_000;
+pub(crate) const HEAD_BYTES: usize = 4_000;
 const SUMMARY: TableDefinition<&str, &[u8]> = TableDefinition::new("vault-summary");
 const SUMMARY_KEY: &str = "current";
 /// Host-side bookkeeping beside the summary: the sum of the stored buckets' sizes (u64 BE), so a
@@ -38,7 +38,7 @@ const SUMMARY_KEY: &str = "current";
 /// make a snapshot fail to send.
 const SEALED_BYTES_KEY: &str = "sealed-bytes";
 /// A sealed bucket: the encoded bucket's limit plus the sealing format's overhead, with room.
-pub const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
+pub(crate) const MAX_SEALED_BUCKET: usize = MAX_BUCKET_BYTES + 256;
 
 /// A failure of the record table; replication reports it as a storage error.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum RecordTableError {
     /// redb failed (its message).
     #[error("record table: {0}")]
     Db(String),
-    /// The sealed value of this bucket, stored or to be stored, is over [`MAX_SEALED_BUCKET`].
+    /// The sealed value of this bucket, stored or to be stored, is over `MAX_SEALED_BUCKET`.
     #[error("record table: bucket {0} holds a value over the size limit")]
     TooLarge(u16),
     /// The sealed summary, stored or to be stored, is over the core's limit (`MAX_SUMMARY`).
@@ -108,7 +108,7 @@ impl RecordTable {
     }
 
     /// Starts replacing the whole table (a snapshot installed piece by piece): nothing is visible
-    /// to readers until [`Replacement::commit`].
+    /// to readers until `Replacement::commit`.
     pub fn begin_replace(&self) -> Result<Replacement, RecordTableError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         clear_buckets(&tx)?;

@@ -22,7 +22,7 @@ fn err(url: &str, message: impl std::fmt::Display) -> OperatorError {
 
 async fn body(url: &str, r: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
     let status = r.status();
-    let b = bkv_client::session::read_limited(r, limit)
+    let b = bkv_client::read_limited(r, limit)
         .await
         .map_err(|e| err(url, e))?;
     if !status.is_success() {

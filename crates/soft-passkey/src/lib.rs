@@ -13,7 +13,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use bkv_client::passkey::{Authenticator, PasskeyError};
+use bkv_client::{Authenticator, PasskeyError};
 use futures::future::BoxFuture;
 use passkey_authenticator::extensions::HmacSecretConfig;
 use passkey_authenticator::{MemoryStore, UiHint, UserCheck, UserValidationMethod};

@@ -9,9 +9,9 @@
 use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use bkv_client::backup::{Compression, Content, EncryptWriter, Header};
-use bkv_client::slots::{Manifest, PasskeyParams, RecoveryKey, SlotKind, SlotSecret};
 use bkv_client::BackupKey;
+use bkv_client::{Compression, Content, EncryptWriter, Header};
+use bkv_client::{Manifest, PasskeyParams, RecoveryKey, SlotKind, SlotSecret};
 use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index};
 use bkv_transparency::bundle::{
     self, Bundle, BundleFleet, BundlePackage, EarlierBundle, FleetKey, KeyRole,
@@ -1765,7 +1765,7 @@ fn core_boundary() -> Result<()> {
     };
     let mut w = Writer::new(
         "core-boundary",
-        "docs/formats.md#the-core-boundary-protocol-version-2-cratescore-servicesrcprotocolrs",
+        "docs/formats.md#the-core-boundary-protocol-version-3-cratescore-servicesrcprotocolrs",
         &[],
     )?;
     let hello = |role| ToCore::Hello {

@@ -2,9 +2,9 @@
 //! reader of the documented format ([`bkv_test_vectors::spec`]); both must reach the verdict
 //! the vector's index records, and valid vectors must decode to the recorded values.
 
-use bkv_client::backup::{format_error, DecryptReader};
-use bkv_client::slots::{Manifest, RecoveryKey};
 use bkv_client::BackupKey;
+use bkv_client::{format_error, DecryptReader};
+use bkv_client::{Manifest, RecoveryKey};
 use bkv_test_vectors::{backup_plaintext, spec, vectors_dir, Case, Index, FORMATS};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};
 use bkv_transparency::note::Checkpoint;

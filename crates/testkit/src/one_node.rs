@@ -13,7 +13,8 @@ pub const MAX_COMMITS: usize = 8;
 /// reply (Noise ciphertext), or the error the core answered with.
 ///
 /// Panics when applying an entry fails (a store in memory does not fail: that is a bug to
-/// report) or when the message commits more than [`MAX_COMMITS`] entries.
+/// report), when the message commits more than [`MAX_COMMITS`] entries, or when the core asks
+/// for fresh reads without end.
 pub fn drive(
     core: &mut Core,
     sid: &SessionId,
@@ -21,17 +22,29 @@ pub fn drive(
     ct: &[u8],
 ) -> Result<Vec<u8>, NodeError> {
     let mut step = core.session_message(sid, user, ct);
-    for _ in 0..=MAX_COMMITS {
+    let (mut commits, mut fresh_reads) = (0, 0);
+    loop {
         match step? {
             Step::Reply(r) => return Ok(r),
             Step::Commit(e) => {
+                commits += 1;
+                assert!(
+                    commits <= MAX_COMMITS,
+                    "a vault message committed more than {MAX_COMMITS} entries"
+                );
                 if let Err(err) = core.apply(&e) {
                     panic!("applying an entry in memory failed: {err}");
                 }
                 step = core.resume(sid);
             }
-            Step::ReadFresh => step = core.resume_fresh(sid, ct),
+            Step::ReadFresh => {
+                fresh_reads += 1;
+                assert!(
+                    fresh_reads <= MAX_COMMITS + 1,
+                    "a vault message asked for a fresh read more than once per commit"
+                );
+                step = core.resume_fresh(sid, ct);
+            }
         }
     }
-    panic!("a vault message committed more than {MAX_COMMITS} entries");
 }

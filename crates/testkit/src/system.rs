@@ -11,6 +11,10 @@ use std::time::Duration;
 
 /// Sends `sig` to process `pid`; a process that is already gone is not an error here.
 pub fn signal(pid: i32, sig: Signal) {
+    // Only a real process: 0 and negative values would name process groups.
+    if pid <= 0 {
+        return;
+    }
     if let Some(pid) = Pid::from_raw(pid) {
         let _ = kill_process(pid, sig);
     }
@@ -18,7 +22,7 @@ pub fn signal(pid: i32, sig: Signal) {
 
 /// Whether process `pid` still exists (a zombie does).
 pub fn exists(pid: i32) -> bool {
-    Pid::from_raw(pid).is_some_and(|p| test_kill_process(p).is_ok())
+    pid > 0 && Pid::from_raw(pid).is_some_and(|p| test_kill_process(p).is_ok())
 }
 
 /// The directory of the workspace's binaries: the test executable runs from its `deps`.
@@ -34,12 +38,15 @@ fn bin_dir() -> PathBuf {
 pub fn admin_bin() -> PathBuf {
     sibling("bkv-admin")
 }
-/// A workspace binary, built beside the tests' executable by a workspace test run.
+
+/// A workspace binary, beside the tests' executable. A test run does not build the binaries
+/// the system tests start (no crate's tests depend on them): `cargo build --workspace
+/// --all-targets` does, with the test-only features (`scripts/test-all.sh` runs it first).
 fn sibling(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} is missing: run the tests with `cargo nextest run --workspace` (or `cargo test --workspace`) so {name} is built",
+        "{} is missing: run `cargo build --workspace --all-targets` before the system tests",
         p.display()
     );
     p

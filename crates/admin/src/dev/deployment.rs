@@ -255,8 +255,9 @@ impl Deployment {
     }
 }
 
-/// How long a dev node may take to catch up before it is promoted.
-const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long a dev node may take to catch up before it is promoted (generous: a loaded CI
+/// machine runs several fleets at once).
+const CATCH_UP: Duration = Duration::from_secs(120);
 
 /// The ceremony's hosts in a dev deployment: local `bkv-hsm` processes, and witnesses whose
 /// keys and tool (`bkv witness`) live under the deployment's directory.

@@ -28,7 +28,7 @@ pub type Entry = bkv_api::auditor::EntryResponse;
 const MAX_AUDITOR_BODY: usize = 1024 * 1024;
 
 async fn body_json<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> anyhow::Result<T> {
-    let b = bkv_client::session::read_limited(r, MAX_AUDITOR_BODY).await?;
+    let b = bkv_client::read_limited(r, MAX_AUDITOR_BODY).await?;
     Ok(serde_json::from_slice(&b)?)
 }
 
@@ -159,9 +159,8 @@ pub async fn fetch_snapshot(
         .send()
         .await?
         .error_for_status()?;
-    let note = String::from_utf8(
-        bkv_client::session::read_limited(note, bkv_transparency::note::MAX_NOTE).await?,
-    )?;
+    let note =
+        String::from_utf8(bkv_client::read_limited(note, bkv_transparency::note::MAX_NOTE).await?)?;
     let size = Checkpoint::parse(note.split("\n\n").next().unwrap_or_default())
         .map_err(|e| anyhow!("checkpoint: {e}"))?
         .size;

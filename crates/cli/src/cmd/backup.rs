@@ -86,8 +86,8 @@ pub async fn run(cli: &Global, command: &BackupCommand) -> anyhow::Result<()> {
                 return Err(UsageError(format!("{} does not exist", path.display())).into());
             }
             let ctx = connect(cli, user).await?;
-            let (pb, report) = progress(bkv_client::archive::source_size(path), "encrypting");
-            let opts = bkv_client::archive::Options {
+            let (pb, report) = progress(bkv_client::source_size(path), "encrypting");
+            let opts = bkv_client::ArchiveOptions {
                 compress: !no_compress,
                 ..Default::default()
             };

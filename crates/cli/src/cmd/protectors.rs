@@ -140,7 +140,7 @@ pub async fn run(cli: &Global, command: &ProtectorsCommand) -> anyhow::Result<()
     }
 }
 
-fn print_recovery_key(id: &str, rk: &bkv_client::slots::RecoveryKey) {
+fn print_recovery_key(id: &str, rk: &bkv_client::RecoveryKey) {
     println!("added recovery key protector {id}");
     println!("write this recovery key down and keep it safe; it is shown only now:");
     println!();

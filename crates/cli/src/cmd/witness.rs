@@ -199,7 +199,7 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
     if !r.status().is_success() {
         bail!("GET {url}: {}", r.status());
     }
-    Ok(bkv_client::session::read_limited(r, 256 * 1024).await?)
+    Ok(bkv_client::read_limited(r, 256 * 1024).await?)
 }
 
 /// The witness key at `path`; an absent, unreadable or malformed file is an error.

@@ -25,7 +25,7 @@ mod recovery_key;
 pub use recovery_key::{RecoveryKey, RecoveryKeyError};
 
 /// Largest manifest accepted.
-pub const MAX_MANIFEST: usize = 64 * 1024;
+pub(crate) const MAX_MANIFEST: usize = 64 * 1024;
 const MAX_SLOTS: usize = 32;
 
 /// Why a protector manifest or one of its slots cannot be used.
@@ -236,7 +236,7 @@ fn now_unix() -> u64 {
 }
 
 /// A fresh slot id: kind prefix and 64 random bits.
-pub fn new_slot_id(kind: SlotKind) -> String {
+pub(crate) fn new_slot_id(kind: SlotKind) -> String {
     let mut id = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let prefix = match kind {

@@ -26,9 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// How long a proposal may take before the caller is told "unavailable".
-pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle peer connections are closed after this.
-pub const PEER_IDLE: Duration = Duration::from_secs(120);
+pub(crate) const PEER_IDLE: Duration = Duration::from_secs(120);
 
 /// Why a fleet member could not start, or a proposal, read or membership change failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +86,7 @@ pub struct Fleet {
     leader_watch: tokio::task::JoinHandle<()>,
     log_watch: tokio::task::JoinHandle<()>,
     metrics: Arc<NodeMetrics>,
-    /// Session replies the applied batches brought ([`Released`]).
+    /// Session replies the applied batches brought (`Released`).
     pub released: Arc<Released>,
 }
 
@@ -375,11 +375,17 @@ impl Fleet {
         while tokio::time::Instant::now() < deadline {
             let left = deadline - tokio::time::Instant::now();
             let index = match self.raft.current_leader().await {
-                Some(l) if l == self.id => self.reads.read_index(&self.raft, left).await,
+                Some(l) if l == self.id => self
+                    .reads
+                    .read_index(&self.raft, left)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Some(l) => match self.leader_node(l) {
                     Ok(node) => {
                         match self.net.call(l, &node, &PeerRequest::ReadIndex, left).await {
-                            Ok(PeerResponse::ReadIndex(r)) => r,
+                            Ok(PeerResponse::ReadIndex(r)) => {
+                                r.map_err(|e| format!("leader {l}: {e}"))
+                            }
                             Ok(_) => Err("unexpected response to a read index".into()),
                             Err(e) => Err(format!("read index from leader {l}: {e}")),
                         }
@@ -462,7 +468,7 @@ impl Fleet {
         reconcile(&self.raft, members).await
     }
 
-    /// This node's counters (see [`NodeMetrics`]).
+    /// This node's counters (see `NodeMetrics`).
     pub fn metrics(&self) -> &NodeMetrics {
         &self.metrics
     }
@@ -504,7 +510,10 @@ impl Fleet {
 }
 
 /// See [`Fleet::reconcile`].
-pub async fn reconcile(raft: &Raft<TypeConfig>, members: &Members) -> Result<(), FleetError> {
+pub(crate) async fn reconcile(
+    raft: &Raft<TypeConfig>,
+    members: &Members,
+) -> Result<(), FleetError> {
     use openraft::ChangeMembers;
     if members.nodes.is_empty() {
         return Ok(());
@@ -569,7 +578,10 @@ pub async fn reconcile(raft: &Raft<TypeConfig>, members: &Members) -> Result<(),
 /// links (a new node joining an existing fleet). The answer is encrypted to
 /// this node's identity key by a member's core; only this node's core opens
 /// it.
-pub async fn fetch_secrets(me: &LinkIdentity, members: &[PeerNode]) -> Result<Vec<u8>, FleetError> {
+pub(crate) async fn fetch_secrets(
+    me: &LinkIdentity,
+    members: &[PeerNode],
+) -> Result<Vec<u8>, FleetError> {
     let mut last = String::from("no member to ask");
     for m in members.iter().filter(|m| m.identity != me.public()) {
         match Link::connect(&m.addr, me, &m.identity).await {

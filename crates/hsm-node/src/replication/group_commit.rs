@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Most core-made entries gathered into one Raft entry (a proposal of more goes alone).
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 /// Stop gathering once a batch's encoding reaches this (the log store accepts entries up to
 /// 1 MiB; one proposal more than this still fits).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -29,25 +29,25 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// `client_write` after another anyway, and measured with the commit benchmark, 2, 4 and 8 in
 /// flight only split the same work into smaller batches (3 nodes, concurrency 64: 28,000
 /// commits/s with one, 22,000 with two, 7,400 with eight).
-pub const BATCHES_IN_FLIGHT: usize = 1;
+pub(crate) const BATCHES_IN_FLIGHT: usize = 1;
 /// Scheduler turns the gatherer gives proposers before closing a batch (measured: none → 2,200
 /// commits/s at concurrency 8, one → 3,900, two or more → 4,100–4,200).
 const GATHER_YIELDS: usize = 3;
 
 /// A proposal's committed result (its entries' outcomes and the log index), or why its
 /// outcome is unknown.
-pub type Committed = Result<(Vec<Outcome>, u64), String>;
+pub(crate) type Committed = Result<(Vec<Outcome>, u64), String>;
 type Waiter = oneshot::Sender<Committed>;
 
 /// Hands proposals to the gathering task. Clones share it.
 #[derive(Clone)]
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     tx: mpsc::UnboundedSender<(Vec<LogEntry>, Waiter)>,
 }
 
 impl GroupCommit {
     /// Starts the gathering task (it stops when every handle is dropped).
-    pub fn start(raft: Raft<TypeConfig>) -> GroupCommit {
+    pub(crate) fn start(raft: Raft<TypeConfig>) -> GroupCommit {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(gather(raft, rx));
         GroupCommit { tx }
@@ -55,7 +55,7 @@ impl GroupCommit {
 
     /// Queues `entries` (one proposer's, in its order) behind everything queued before, without
     /// waiting: the order of calls is their order in the log.
-    pub fn submit(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Committed> {
+    pub(crate) fn submit(&self, entries: Vec<LogEntry>) -> oneshot::Receiver<Committed> {
         let (tx, rx) = oneshot::channel();
         if let Err(e) = self.tx.send((entries, tx)) {
             let (_, tx) = e.0;

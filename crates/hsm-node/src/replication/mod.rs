@@ -1,25 +1,36 @@
 //! Replication of vault changes with openraft.
 //!
 //! Every [`LogEntry`](bkv_hsm_core::LogEntry) a core makes becomes one Raft log entry (or shares one with concurrent
-//! entries, see [`group_commit`]); each node's
+//! entries, see `group_commit`); each node's
 //! state machine applies committed entries in log order with the same
 //! deterministic [`Core::apply`](bkv_hsm_core::Core::apply), which checks each entry first
 //! (made by a core of the fleet, proposed by a member, in its proposer's order): the log
 //! store ([`log_store::LogStore`]) and the state machine over the node's table of sealed
-//! records ([`state_machine::StateMachine`], [`crate::records`]), both passing openraft's
+//! records ([`state_machine::StateMachine`], `crate::records`), both passing openraft's
 //! storage test suite and sealing everything through the node's platform; Noise `IK` peer
-//! links ([`network`]); and one member's place in the fleet ([`fleet`]).
+//! links (`network`); and one member's place in the fleet (`fleet`).
 
-pub mod fleet;
-pub mod group_commit;
-pub mod log_store;
-pub mod network;
+pub(crate) mod fleet;
+pub(crate) mod group_commit;
+pub(crate) mod log_store;
+pub(crate) mod network;
 mod peer_server;
 mod proposals;
 mod reads;
 mod replica;
-pub mod snapshot_stream;
-pub mod state_machine;
+pub(crate) mod snapshot_stream;
+pub(crate) mod state_machine;
+
+// The replication layer's surface: one member's place in the fleet, its peer links, and the
+// storage openraft drives (tests and benches run fleets from these directly).
+pub use fleet::{Fleet, FleetError, FleetOptions, Submitted, SNAPSHOT_LOG_MIN};
+pub use log_store::LogStore;
+pub use network::{
+    Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse, ProposeError, ReadIndexError,
+    MAX_PEER_MESSAGE,
+};
+pub use replica::BareReplica;
+pub use state_machine::{StateMachine, MAX_SNAPSHOT};
 
 use bkv_hsm_core::state::Outcome;
 use bkv_hsm_core::Entries;

@@ -41,9 +41,9 @@ use zeroize::Zeroizing;
 /// Largest peer message (a snapshot chunk or a batch of log entries).
 pub const MAX_PEER_MESSAGE: usize = 16 * 1024 * 1024;
 /// Plaintext bytes per Noise message (below Noise's 65535-byte limit).
-pub const PIECE: usize = 60_000;
+pub(crate) const PIECE: usize = 60_000;
 /// Time allowed for connecting plus the handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a node opens and answers peer links with: its identity key, held by the core, which
 /// runs the handshakes.
@@ -159,10 +159,28 @@ pub enum PeerResponse {
     /// The entries' applied outcomes and their log index, or why not.
     Proposed(Result<(Vec<Outcome>, u64), ProposeError>),
     /// The index a read must wait for, or why not.
-    ReadIndex(Result<Option<u64>, String>),
+    ReadIndex(Result<Option<u64>, ReadIndexError>),
     /// The fleet secrets encrypted (by the core) to the asking node's
     /// identity key, or why the core refused.
     FleetSecrets(Result<Vec<u8>, String>),
+}
+
+/// Why a node could not name a read index. Every one means "try again": the asking node retries
+/// until its read deadline (a leader's answer is only good from the leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ReadIndexError {
+    /// The asked node is not the leader (the leader it knows, if any).
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    /// No majority confirmed the leadership (this leader may be deposed).
+    #[error("no majority confirmed the leadership")]
+    NoQuorum,
+    /// The leadership check did not finish within the read's time.
+    #[error("leadership check timed out")]
+    TimedOut,
+    /// The node's raft stopped (a fatal error or shutdown).
+    #[error("raft stopped")]
+    Stopped,
 }
 
 /// Why a forwarded proposal has no outcome. Only [`ProposeError::NotLeader`]
@@ -178,7 +196,7 @@ pub enum ProposeError {
     #[error("commit timed out")]
     TimedOut,
     /// Refused before anything was appended, and refused again if sent again: a forwarded
-    /// batch holds 1 to [`super::group_commit::MAX_BATCH`] entries, every one made by the
+    /// batch holds 1 to `super::group_commit::MAX_BATCH` entries, every one made by the
     /// forwarding member's core (the identity its link authenticated).
     #[error(
         "refused: a forwarded batch must hold 1 to 64 entries of the forwarding member's core"
@@ -304,7 +322,7 @@ impl Link {
     }
 
     /// Sends one message (at most [`MAX_PEER_MESSAGE`] bytes encoded), encrypted in pieces of
-    /// [`PIECE`] bytes.
+    /// `PIECE` bytes.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
         let plain = bkv_wire::encode(msg);
         if plain.len() > MAX_PEER_MESSAGE {

@@ -46,7 +46,7 @@ impl Drop for Held {
     }
 }
 
-/// What [`Fleet::wait`] waits for.
+/// What `Fleet::wait` waits for.
 pub struct Submitted {
     pub(super) rx: Waiting,
     pub(super) deadline: tokio::time::Instant,

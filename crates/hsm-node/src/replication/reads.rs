@@ -1,7 +1,9 @@
 //! Linearizable reads: the index a read must wait for, asked of the leader, and the sharing
 //! of one leadership check between concurrent reads.
 
+use super::network::ReadIndexError;
 use super::TypeConfig;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::Raft;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +21,20 @@ use std::time::Duration;
 /// chaos checker saw "1 attempt after 2 acknowledged guesses"). Every
 /// committed entry is in the leader's log, so its last index bounds them
 /// all; waiting for it costs at most the commit of what is in flight.
-async fn read_index(raft: &Raft<TypeConfig>, ttl: Duration) -> Result<Option<u64>, String> {
+async fn read_index(raft: &Raft<TypeConfig>, ttl: Duration) -> ReadIndex {
     match tokio::time::timeout(ttl, raft.ensure_linearizable()).await {
         Ok(Ok(log_id)) => {
             let last = raft.metrics().borrow().last_log_index;
             Ok(log_id.map(|l| l.index).max(last))
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("leadership check timed out".into()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(ReadIndexError::NotLeader(f.leader_id))
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+            Err(ReadIndexError::NoQuorum)
+        }
+        Ok(Err(RaftError::Fatal(_))) => Err(ReadIndexError::Stopped),
+        Err(_) => Err(ReadIndexError::TimedOut),
     }
 }
 
@@ -34,7 +42,7 @@ async fn read_index(raft: &Raft<TypeConfig>, ttl: Duration) -> Result<Option<u64
 /// any check that *started* after the read arrived, so reads arriving while a check runs
 /// share the next one. One check at a time, each a heartbeat round to a majority.
 /// A read index, or why the leadership check failed.
-type ReadIndex = Result<Option<u64>, String>;
+type ReadIndex = Result<Option<u64>, ReadIndexError>;
 
 #[derive(Clone, Default)]
 pub(crate) struct ReadRounds {
@@ -49,16 +57,12 @@ struct ReadRoundsInner {
 }
 
 impl ReadRounds {
-    pub(crate) async fn read_index(
-        &self,
-        raft: &Raft<TypeConfig>,
-        ttl: Duration,
-    ) -> Result<Option<u64>, String> {
+    pub(crate) async fn read_index(&self, raft: &Raft<TypeConfig>, ttl: Duration) -> ReadIndex {
         use std::sync::atomic::Ordering;
         let arrived = self.inner.started.load(Ordering::SeqCst);
         let mut last = tokio::time::timeout(ttl, self.inner.last.lock())
             .await
-            .map_err(|_| "leadership check timed out".to_string())?;
+            .map_err(|_| ReadIndexError::TimedOut)?;
         if let Some((round, r)) = last.as_ref() {
             if *round > arrived {
                 return r.clone();

@@ -36,10 +36,10 @@ pub struct AppliedBatch {
 pub struct Released(Mutex<HashMap<(SessionId, u64), (Instant, SessionReply)>>);
 
 /// A session's reply (Noise ciphertext), or why it has none.
-pub type SessionReply = Result<Vec<u8>, NodeError>;
+pub(crate) type SessionReply = Result<Vec<u8>, NodeError>;
 
 /// The sealed buckets a batch wrote (`None`: emptied).
-pub type BucketWrites = [(u16, Option<Vec<u8>>)];
+pub(crate) type BucketWrites = [(u16, Option<Vec<u8>>)];
 
 impl Released {
     /// How long an untaken reply is kept: longer than any commit is waited for.

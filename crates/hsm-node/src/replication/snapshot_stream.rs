@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 /// before anything is allocated.
 pub const MAX_SNAPSHOT: usize = 4 << 30;
 /// First bytes of a snapshot stream (name and version).
-pub const STREAM_MAGIC: &[u8; 8] = b"bkvsnap2";
+pub(crate) const STREAM_MAGIC: &[u8; 8] = b"bkvsnap2";
 const TAG_END: u8 = 0;
 const TAG_BUCKET: u8 = 1;
 /// Bytes of a bucket frame besides the bucket: tag, number, length.
@@ -40,9 +40,9 @@ const FRAME_HEAD: u64 = 1 + 2 + 4;
 /// Largest frame: a bucket's largest encoding and the AEAD tag.
 const MAX_FRAME: usize = MAX_BUCKET_BYTES + 16;
 /// The receiver's spool reads back in pieces of this size.
-pub const SPOOL_PIECE: usize = 1 << 20;
+pub(crate) const SPOOL_PIECE: usize = 1 << 20;
 /// Name prefix of spool files in a data directory (stale ones are removed at start).
-pub const SPOOL_PREFIX: &str = "raft-snapshot-incoming.";
+pub(crate) const SPOOL_PREFIX: &str = "raft-snapshot-incoming.";
 
 /// openraft's snapshot data for a bkv fleet.
 pub enum SnapshotData {
@@ -367,12 +367,12 @@ impl Read for SpoolReader {
 }
 
 /// What a received stream holds, read frame by frame.
-pub struct StreamReader<R: Read> {
+pub(crate) struct StreamReader<R: Read> {
     r: R,
 }
 
 /// One frame of a stream after its header: a bucket's frame (ciphertext), or the end.
-pub enum Frame {
+pub(crate) enum Frame {
     /// A bucket's number and its frame (ciphertext for the core to open).
     Bucket(u16, Vec<u8>),
     /// The end mark: the stream holds nothing more.
@@ -386,7 +386,7 @@ fn malformed(what: &str) -> ReplicationStoreError {
 impl<R: Read> StreamReader<R> {
     /// Checks the magic and returns the header (for the core to open) with the reader of the
     /// frames.
-    pub fn open(mut r: R) -> Result<(Vec<u8>, Self), ReplicationStoreError> {
+    pub(crate) fn open(mut r: R) -> Result<(Vec<u8>, Self), ReplicationStoreError> {
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)
             .map_err(|_| malformed("too short"))?;
@@ -404,7 +404,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// Reads the next frame; a stream cut short or a frame over the size limit is malformed.
-    pub fn next_frame(&mut self) -> Result<Frame, ReplicationStoreError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Frame, ReplicationStoreError> {
         let mut tag = [0u8; 1];
         self.r
             .read_exact(&mut tag)

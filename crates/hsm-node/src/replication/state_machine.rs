@@ -31,16 +31,14 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use super::replica::{
-    AppliedBatch, BareReplica, BucketWrites, Released, Replica, SessionReply,
-};
+pub(crate) use super::replica::{AppliedBatch, Released, Replica};
 pub use super::snapshot_stream::MAX_SNAPSHOT;
 
 /// The record table's file in a data directory.
-pub const RECORDS_FILE: &str = "vault-records.redb";
+pub(crate) const RECORDS_FILE: &str = "vault-records.redb";
 /// The record table's page cache: with the records on disk, this is what a node's memory grows
 /// to as users grow (BENCHMARKS.md "Records on disk").
-pub const RECORDS_CACHE_BYTES: usize = 64 << 20;
+pub(crate) const RECORDS_CACHE_BYTES: usize = 64 << 20;
 /// Largest encoded log position accepted from a summary (a membership of a few dozen members).
 const MAX_POSITION: usize = 1 << 20;
 mod writer;

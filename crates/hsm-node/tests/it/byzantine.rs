@@ -18,7 +18,7 @@ use crate::fleet::{
 use bkv_hsm_core::entry::Refusal;
 use bkv_hsm_core::state::{Mutation, Outcome, State};
 use bkv_hsm_core::{EntryKey, LogEntry};
-use bkv_hsm_node::replication::network::{Link, PeerRequest, PeerResponse, ProposeError};
+use bkv_hsm_node::replication::{Link, PeerRequest, PeerResponse, ProposeError};
 use std::time::Duration;
 
 /// What every member's state must agree on after each attack: the fleet part (proposers'

@@ -7,10 +7,10 @@
 use bkv_hsm_core::state::{Credential, Live, Mutation, Outcome, Pending, State};
 use bkv_hsm_core::SealedState;
 use bkv_hsm_core::{EntryKey, LogEntry, MemoryPlatform, SharedPlatform};
-use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
-use bkv_hsm_node::replication::network::{Link, LinkIdentity, PeerRequest, PeerResponse};
-use bkv_hsm_node::replication::state_machine::BareReplica;
+use bkv_hsm_node::replication::BareReplica;
 use bkv_hsm_node::replication::PeerNode;
+use bkv_hsm_node::replication::{Fleet, FleetError, FleetOptions};
+use bkv_hsm_node::replication::{Link, LinkIdentity, PeerRequest, PeerResponse};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -70,7 +70,7 @@ pub(crate) fn empty_state(identity: &LinkIdentity) -> Arc<Mutex<BareReplica>> {
 /// member's identity, under the tests' entry key.
 pub(crate) trait ProposeMutation {
     /// The entry the member's core would make for `m`, handed to the fleet in numbering order.
-    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::fleet::Submitted;
+    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::Submitted;
     async fn propose_mutation(&self, m: Mutation) -> Result<Outcome, FleetError>;
 }
 
@@ -83,7 +83,7 @@ pub(crate) fn sealed_entry(proposer: [u8; 32], m: &Mutation, seq: u64) -> LogEnt
 }
 
 impl ProposeMutation for Fleet {
-    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::fleet::Submitted {
+    fn submit_mutation(&self, m: &Mutation) -> bkv_hsm_node::replication::Submitted {
         let mut seq = SEQ.lock().unwrap();
         *seq += 1;
         self.submit(sealed_entry(self.identity_key, m, *seq))
@@ -761,7 +761,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     }
     // A piece past what the stream holds (a gap openraft would fill with zeros: 1 GiB here)
     // or past the size limit is refused, and the sender is told where to resume.
-    let past = bkv_hsm_node::replication::state_machine::MAX_SNAPSHOT as u64;
+    let past = bkv_hsm_node::replication::MAX_SNAPSHOT as u64;
     for offset in [1u64 << 30, past] {
         match link
             .call(&PeerRequest::InstallSnapshot(piece(offset)))
@@ -860,7 +860,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
 /// AppendEntries answer taken for a new one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_peer_call_never_hands_its_answer_to_the_next_one() {
-    use bkv_hsm_node::replication::network::PeerNetwork;
+    use bkv_hsm_node::replication::PeerNetwork;
     let server_id = identity(40);
     let client_id = identity(41);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

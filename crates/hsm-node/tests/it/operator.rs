@@ -4,7 +4,7 @@
 use crate::fleet::*;
 use bkv_hsm_core::state::{Mutation, Outcome};
 use bkv_hsm_core::Entries;
-use bkv_hsm_node::replication::network::{Link, PeerRequest, PeerResponse};
+use bkv_hsm_node::replication::{Link, PeerRequest, PeerResponse};
 use std::time::Duration;
 
 /// Issue 27, item 3: removing a node cuts the peer links it holds open at once. Its host kept a

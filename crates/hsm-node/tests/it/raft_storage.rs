@@ -3,9 +3,9 @@
 //! (the conformance checks openraft requires of any storage).
 
 use bkv_hsm_core::{MemoryPlatform, SealedState};
-use bkv_hsm_node::replication::log_store::LogStore;
-use bkv_hsm_node::replication::state_machine::BareReplica;
-use bkv_hsm_node::replication::state_machine::StateMachine;
+use bkv_hsm_node::replication::BareReplica;
+use bkv_hsm_node::replication::LogStore;
+use bkv_hsm_node::replication::StateMachine;
 use bkv_hsm_node::replication::TypeConfig;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;

@@ -7,10 +7,10 @@
 use crate::fleet::{pending, ProposeMutation, RID};
 use bkv_hsm_core::state::{Live, Mutation, Outcome};
 use bkv_hsm_core::{SealedState, SharedPlatform};
-use bkv_hsm_node::replication::fleet::{Fleet, FleetError, FleetOptions};
-use bkv_hsm_node::replication::network::LinkIdentity;
-use bkv_hsm_node::replication::state_machine::BareReplica;
+use bkv_hsm_node::replication::BareReplica;
+use bkv_hsm_node::replication::LinkIdentity;
 use bkv_hsm_node::replication::PeerNode;
+use bkv_hsm_node::replication::{Fleet, FleetError, FleetOptions};
 use bkv_hsm_platform::PlatformConfig;
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 //! a token alone, and a restore killed half-way.
 
 use crate::protectors::{add_passkey, ok, restore, slot_id, PW};
-use bkv_client::session::{Endpoint, FleetTarget, Session};
+use bkv_client::{Endpoint, FleetTarget, Session};
 use bkv_testkit::system::*;
 use bkv_wire::vault::{VaultRequest, VaultResponse};
 use secrecy::SecretString;

@@ -4,7 +4,7 @@
 
 use crate::abuse::{dev_token, endpoint, rt};
 use crate::rotation::{create, fleet, pinned_config, record, restore, PW, WRONG};
-use bkv_client::session::{Endpoint, FleetTarget, Session};
+use bkv_client::{Endpoint, FleetTarget, Session};
 use bkv_testkit::oprf_oracle;
 use bkv_testkit::system::{text, DevUp};
 use bkv_wire::vault::{VaultError, VaultRequest, VaultResponse};

@@ -24,7 +24,7 @@
 //! the clock, printed) pick the run; `scripts/chaos.sh N [SEED]` runs N.
 
 use crate::abuse::endpoint;
-use bkv_client::session::{Endpoint, Session};
+use bkv_client::{Endpoint, Session};
 use bkv_testkit::system::*;
 use bkv_wire::vault::{RecordState, VaultError, VaultRequest, VaultResponse};
 use bkv_wire::{OpaqueSuite, OPAQUE_CONTEXT};

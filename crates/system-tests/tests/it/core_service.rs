@@ -82,7 +82,7 @@ fn secrets_of(node_dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             .unwrap(),
     );
     let node_dir = node_dir.join("data");
-    let store = bkv_hsm_node::store::Store::open(&node_dir.join("vault.redb")).unwrap();
+    let store = bkv_hsm_node::Store::open(&node_dir.join("vault.redb")).unwrap();
     let identity =
         NodeIdentity::unseal(&*platform, &store.sealed_identity().unwrap().unwrap()).unwrap();
     let secrets =
@@ -98,11 +98,10 @@ fn secrets_of(node_dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     ));
     let mut core = Core::new(platform, secrets, &identity).unwrap();
     let table = Arc::new(
-        bkv_hsm_node::records::RecordTable::open(&node_dir.join("vault-records.redb"), 1 << 20)
-            .unwrap(),
+        bkv_hsm_node::RecordTable::open(&node_dir.join("vault-records.redb"), 1 << 20).unwrap(),
     );
     let summary = table.summary().unwrap();
-    let host = bkv_hsm_node::records::TableHost(table, Default::default());
+    let host = bkv_hsm_node::TableHost(table, Default::default());
     core.records()
         .restore(Box::new(host), summary.as_deref())
         .unwrap();

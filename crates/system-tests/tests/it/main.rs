@@ -2,9 +2,6 @@
 //! processes on 127.0.0.1, driven as a user and an operator would. One test
 //! binary (modules, not files under `tests/`) so CI links it once.
 
-// One module measures a child's peak memory with wait4(2) (measure.rs): its only unsafe code.
-#![allow(unsafe_code)]
-
 mod measure;
 
 mod abuse;

@@ -1,4 +1,6 @@
-//! Peak memory of a child process, as the kernel accounts it (wait4's rusage).
+//! Peak memory of a child process, as the kernel accounts it (wait4's rusage): the system
+//! tests' only unsafe code.
+#![allow(unsafe_code)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};
