@@ -2,6 +2,10 @@
 //! independent auditor and the operator, the auditor's append-only Merkle log
 //! (RFC 9162 hashing), C2SP signed-note checkpoints, and the client-side checks
 //! that make a forked or rewritten log detectable.
+//!
+//! Its surface is curated by artifact rather than flattened: each public module is one signed
+//! or logged artifact and its checks ([`bundle`], [`evidence`], [`membership`] records and
+//! statements, [`note`] checkpoints, [`merkle`] proofs), as `docs/formats.md` documents them.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 

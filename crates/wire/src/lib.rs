@@ -5,6 +5,10 @@
 //! enforces a size limit before parsing and rejects trailing bytes, so every
 //! value has exactly one accepted encoding. Layouts are documented in
 //! `docs/formats.md`.
+//!
+//! Its surface is curated by protocol rather than flattened: each public module is one
+//! protocol's messages ([`vault`]: client ↔ core inside Noise; [`node`]: relay ↔ node;
+//! [`admin`]: operator ↔ node), and the crate root holds the codec and what all three share.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 
