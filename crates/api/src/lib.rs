@@ -3,7 +3,7 @@
 //! types, so a field cannot drift between them. Serde only, no I/O. docs/api.md and
 //! docs/auditor-api.md name the type of every body.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod auditor;
 pub mod b64;

@@ -9,7 +9,7 @@
 //! nothing is rewritten or removed. Each append is one fsynced redb
 //! transaction, acknowledged only after it committed. HTTP API: `docs/auditor-api.md`.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod config;
 

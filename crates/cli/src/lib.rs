@@ -7,7 +7,7 @@
 //! binary carries no service code, and nothing here sees a key the client library does not
 //! hand the user.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod config;
 mod connect;

@@ -9,7 +9,7 @@
 //! It must never send the backup key, the password or a slot secret anywhere: the vault sees
 //! OPAQUE messages only, storage sees ciphertext, the frontend sees neither.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 mod account;
 mod archive;
@@ -23,8 +23,8 @@ mod slots;
 mod storage;
 mod vault;
 
-pub use account::{Account, Unlock};
-pub use archive::{source_size, Options as ArchiveOptions};
+pub use account::{Account, Disabled, ProtectorInfo, Rotated, Unlock, Unlocked};
+pub use archive::{source_size, Options as ArchiveOptions, Restored};
 pub use backup::{
     format_error, Compression, Content, DecryptReader, EncryptWriter, FormatError, Header,
     HEADER_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
@@ -32,13 +32,14 @@ pub use backup::{
 pub use error::{ClientError, Result};
 pub use keys::BackupKey;
 pub use ota::fleets;
-pub use passkey::{Authenticator, PasskeyError};
+pub use passkey::{Authenticator, Grant, PasskeyError};
 pub use session::{read_limited, Endpoint, FleetTarget, Session};
 pub use slots::{
-    key_id, Manifest, PasskeyParams, RecoveryKey, RecoveryKeyError, SlotKind, SlotSecret,
+    key_id, Manifest, ManifestError, PasskeyParams, RecoveryKey, RecoveryKeyError, Slot, SlotKind,
+    SlotSecret,
 };
-pub use storage::{open_store, BackupStore, Latest};
-pub use vault::VaultClient;
+pub use storage::{open_store, BackupObject, BackupStore, Latest};
+pub use vault::{LoggedIn, Prepared, VaultClient};
 
 /// Writes a private file whole or not at all, readable by the owner only, creating its parent
 /// directory (the one implementation, in `bkv-private-files`).

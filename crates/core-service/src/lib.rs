@@ -10,7 +10,7 @@
 //! - [`server`]: the socket listener of the `bkv-core` binary.
 //! - [`client`]: the agent's side, with the core in this process or in a core service.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod client;
 pub mod flags;

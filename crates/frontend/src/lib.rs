@@ -4,7 +4,7 @@
 //! Noise messages to a node. It never holds a key that could open them: it
 //! sees ciphertext, sizes, timing and user ids only. HTTP API: `docs/api.md`.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod config;
 pub mod passkeys;

@@ -17,7 +17,7 @@
 //! reached too (bundles, checkpoints, tokens, vault messages, backup chunks).
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 use bkv_hsm_core::{Core, FleetSecrets, FleetTrust, MemoryPlatform};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};

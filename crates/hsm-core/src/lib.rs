@@ -24,7 +24,7 @@
 //! randomness from the platform, and `#![forbid(unsafe_code)]` holds.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 // The core's no-panic rule, enforced rather than kept by habit (tests may unwrap).
 #![cfg_attr(
     not(test),

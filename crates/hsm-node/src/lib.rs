@@ -16,7 +16,7 @@
 //! (`core_link`, docs/architecture.md "The core's boundary").
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 // No panics on what peers, the relay or the disk hand the node, enforced (tests may unwrap).
 #![cfg_attr(
     not(test),
@@ -40,14 +40,16 @@ mod opened;
 mod start;
 // The node's surface: starting a node (its config file and start parameters), serving its
 // listeners, and the storage and replication pieces tests and benches build fleets from.
-pub use config::{NodeFile, PlatformChoice};
+pub use config::{
+    FleetStart, NodeCoreFile, NodeFile, NodeLimits, NodeListen, NodePlatformFile, PlatformChoice,
+};
 pub use core_link::CoreMode;
 pub use links::{serve, serve_admin, Server, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS};
-pub use metrics::serve_http;
-pub use records::{RecordTable, RecordTableError, TableHost};
+pub use metrics::{serve_http, HttpAnswer, NodeMetrics};
+pub use records::{InFlight, RecordTable, RecordTableError, Replacement, TableHost, TableView};
 use start::{found, join_secrets, lock_data_dir, private_dir, DirLock};
 pub use start::{parse_predecessor, Member, NodeConfig, NodeStartError, StartMode};
-pub use store::Store;
+pub use store::{Store, StoreError};
 
 use bkv_core_service::client::{unexpected, CoreHandle};
 use bkv_core_service::protocol::{Reply, Request};

@@ -10,7 +10,7 @@
 //! Neither hands key bytes to its caller: the trait has no such method.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod pkcs11;
 pub mod softhsm;

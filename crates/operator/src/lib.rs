@@ -12,7 +12,7 @@
 //! cannot reach users' keys (the fleet's cores refuse anything else).
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod auditor;
 pub mod ceremony;

@@ -10,7 +10,7 @@
 //! read, as ssh refuses such a private key.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

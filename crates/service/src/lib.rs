@@ -6,7 +6,7 @@
 //! It must never hold a service's logic: each service keeps its own typed config and routes.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 #[cfg(feature = "http")]
 pub mod http;

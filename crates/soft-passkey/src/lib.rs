@@ -9,7 +9,7 @@
 //! "counter","cose_key","hmac_with_uv","hmac_without_uv"}]}` with binary
 //! fields in unpadded base64url and `cose_key` the CBOR COSE_Key.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;

@@ -10,7 +10,7 @@
 //! This crate is for tests only: it must never be a dependency of a shipped binary.
 
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod spec;
 

@@ -4,7 +4,7 @@
 //! [`one_node`] the loop a one-node host drives a core with, [`oprf_oracle`] the
 //! operator-attacker's offline dictionary test.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod one_node;
 pub mod oprf_oracle;

@@ -7,7 +7,7 @@
 //! or logged artifact and its checks ([`bundle`], [`evidence`], [`membership`] records and
 //! statements, [`note`] checkpoints, [`merkle`] proofs), as `docs/formats.md` documents them.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod bundle;
 pub mod evidence;

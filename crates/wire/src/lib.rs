@@ -10,7 +10,7 @@
 //! protocol's messages ([`vault`]: client ↔ core inside Noise; [`node`]: relay ↔ node;
 //! [`admin`]: operator ↔ node), and the crate root holds the codec and what all three share.
 #![forbid(unsafe_code)]
-#![deny(unreachable_pub, missing_docs)]
+#![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 pub mod admin;
 pub mod node;

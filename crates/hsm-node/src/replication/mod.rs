@@ -25,11 +25,16 @@ pub(crate) mod state_machine;
 // storage openraft drives (tests and benches run fleets from these directly).
 pub use fleet::{Fleet, FleetError, FleetOptions, Submitted, SNAPSHOT_LOG_MIN};
 pub use log_store::LogStore;
+pub use network::{CallError, PeerClient};
 pub use network::{
     Link, LinkIdentity, PeerNetwork, PeerRequest, PeerResponse, ProposeError, ReadIndexError,
     MAX_PEER_MESSAGE,
 };
-pub use replica::BareReplica;
+pub use replica::{AppliedBatch, BareReplica, Released, Replica};
+pub use snapshot_stream::{
+    FrameSource, Sender as SnapshotSender, SnapshotData, Spool, SpoolReader,
+};
+pub use state_machine::SnapshotBuilder;
 pub use state_machine::{StateMachine, MAX_SNAPSHOT};
 
 use bkv_hsm_core::state::Outcome;
