@@ -93,9 +93,7 @@ pub async fn restore(
     let account = ctx.account(user)?;
     // Checked first so that a password guess is not spent on nothing.
     if account.store.latest().await?.is_none() && account.store.list().await?.is_empty() {
-        return Err(ClientError::Storage(
-            "no backup found in storage for this user".into(),
-        ));
+        return Err(ClientError::NoBackup);
     }
     let unlocked = account.unlock(unlock).await?;
     account.restore(&unlocked, out, report).await

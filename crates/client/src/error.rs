@@ -20,6 +20,9 @@ pub enum ClientError {
     /// The vault holds no password record for this user.
     #[error("no backup is set up for this user")]
     NoRecord,
+    /// Storage holds no backup for this user (checked before any guess is spent).
+    #[error("no backup found in storage for this user")]
+    NoBackup,
     /// The frontend or vault could not be reached or is busy (the reason): worth retrying later.
     #[error("the vault is unavailable: {0}")]
     Unavailable(String),

@@ -520,9 +520,7 @@ impl BackupStore {
         report: Box<dyn FnMut(u64) + Send>,
     ) -> Result<(Latest, Restored)> {
         if self.latest().await?.is_none() && self.list().await?.is_empty() {
-            return Err(ClientError::Storage(
-                "no backup found in storage for this user".into(),
-            ));
+            return Err(ClientError::NoBackup);
         }
         let latest = self.backup_for(key).await?;
         let object = self.path(&format!("backups/{}", latest.object));

@@ -57,6 +57,12 @@ pub fn bkv_bin() -> PathBuf {
     sibling("bkv")
 }
 
+/// A file the workspace build made, by its path under the target profile directory (e.g.
+/// `libbkv_sdk.so`, `examples/uniffi-bindgen`).
+pub fn built(rel: &str) -> PathBuf {
+    sibling(rel)
+}
+
 /// The HSM node, `bkv-hsm`.
 pub fn hsm_bin() -> PathBuf {
     sibling("bkv-hsm")

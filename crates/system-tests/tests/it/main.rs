@@ -7,6 +7,7 @@ mod measure;
 mod abuse;
 mod attacks;
 mod auditor;
+mod bindings;
 mod chaos;
 mod core_service;
 mod deploy;
