@@ -1,29 +1,23 @@
 #!/usr/bin/env bash
-# Generates the native bindings (crates/bindings, UniFFI) from the built library:
+# Regenerates the native bindings (crates/bindings, UniFFI) into crates/bindings/generated:
+# Python (`bkv_sdk.py`), Kotlin and Swift sources, checked in. Run it after changing the
+# binding's API: the system tests load the checked-in Python module against the built library
+# (UniFFI checks every function's checksum when the module loads) and compare the Kotlin and
+# Swift checksums with it, so stale sources fail CI.
 #
-#   scripts/bindings.sh              Kotlin and Swift sources into crates/bindings/generated
-#                                    (checked in; a system test fails when they are stale)
-#   scripts/bindings.sh --python DIR also the Python module: DIR/bkv_sdk.py beside
-#                                    DIR/libbkv_sdk.so (`PYTHONPATH=DIR python3 -c 'import bkv_sdk'`)
-#
-# A Python wheel is `maturin build` in crates/bindings (pyproject.toml). Kotlin and Swift cannot
-# be compiled on this project's machines; their sources are generated here and checked in CI.
+# A Python wheel is `maturin build` in crates/bindings, with this generator on PATH as
+# `uniffi-bindgen` (scripts/try-bindings.sh). Kotlin and Swift cannot be compiled on this
+# project's machines: an app compiles them with the library built for its platform.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The same build the test suite makes (the library and the generator at its UniFFI version).
-cargo build --workspace --all-targets --locked
+# The generator at the library's UniFFI version, and the library it reads.
+cargo build --locked -p bkv-bindings --features bindgen --lib --example uniffi-bindgen
 gen=target/debug/examples/uniffi-bindgen
 lib=target/debug/libbkv_sdk.so
-for language in kotlin swift; do
+for language in python kotlin swift; do
   rm -rf "crates/bindings/generated/$language"
-  "$gen" generate --library "$lib" --language "$language" \
-    --out-dir "crates/bindings/generated/$language" 2>/dev/null
+  # No formatter (ktlint, swift-format): the checked-in text must not depend on the machine.
+  "$gen" generate --no-format --library "$lib" --language "$language" \
+    --out-dir "crates/bindings/generated/$language"
 done
-if [ "${1:-}" = "--python" ]; then
-  out="${2:?--python needs a directory}"
-  mkdir -p "$out"
-  "$gen" generate --library "$lib" --language python --out-dir "$out" 2>/dev/null
-  cp "$lib" "$out/"
-  echo "bindings: Python module in $out (import bkv_sdk)"
-fi
-echo "bindings: Kotlin and Swift sources in crates/bindings/generated"
+echo "bindings: Python, Kotlin and Swift sources in crates/bindings/generated"

@@ -29,12 +29,6 @@ if ! command -v moto_server >/dev/null 2>&1; then
   log "installing moto[server]"
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
 fi
-# maturin builds the Python package of the native binding (crates/bindings; the system test
-# installs it into a fresh virtual environment).
-if ! command -v maturin >/dev/null 2>&1; then
-  log "installing maturin"
-  python3 -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2"
-fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest

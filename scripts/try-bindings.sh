@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v maturin >/dev/null || python3 -m pip install --quiet "maturin>=1.5,<2"
 cargo build --workspace --all-targets --locked
+# maturin runs `uniffi-bindgen` for the module: this library's generator.
+cargo build --locked -p bkv-bindings --features bindgen --example uniffi-bindgen
 work="$(mktemp -d)"
-# maturin runs `uniffi-bindgen` for the module: the workspace's, at the library's version.
 (cd crates/bindings && PATH="$PWD/../../target/debug/examples:$PATH" \
   maturin build --profile dev --out "$work/wheels" >/dev/null)
 python3 -m venv "$work/venv"

@@ -2,8 +2,10 @@
 
 use bkv_client::ClientError;
 
-/// Why an operation failed. The classes match the `bkv` CLI's exit codes (README "Exit codes"):
-/// `WrongPassword` is exit 3, `Destroyed` and a missing vault record exit 4, `Usage` exit 2.
+/// Why an operation failed: the `bkv` CLI's exit classes (README, "Exit codes"), split finer
+/// where an app can act on the difference — `WrongPassword` is exit 3; `Destroyed` and a
+/// missing vault record exit 4; `Usage` exit 2 (a malformed recovery key is exit 1 in the CLI);
+/// the rest exit 1 (docs/api.md "Native bindings" has the table).
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum BkvError {
     /// The password was wrong; the guess counted.
@@ -84,6 +86,7 @@ impl From<anyhow::Error> for BkvError {
 impl BkvError {
     /// The code of a client error seen by reference (inside an `anyhow` chain).
     fn from_ref(e: &ClientError) -> Option<BkvError> {
+        use bkv_client::{FormatError, ManifestError};
         let message = e.to_string();
         Some(match e {
             ClientError::WrongPassword { guesses_remaining } => BkvError::WrongPassword {
@@ -92,16 +95,33 @@ impl BkvError {
             ClientError::Destroyed => BkvError::Destroyed,
             ClientError::NoRecord | ClientError::NoBackup => BkvError::NotFound { message },
             ClientError::Unavailable(_) => BkvError::Unavailable { message },
+            // What failed a check of its authenticity. Not: a backup of a newer format, a
+            // manifest that is full or holds no protector of the kind asked for.
             ClientError::FleetKeyRejected
             | ClientError::Bundle(_)
-            | ClientError::Format(_)
-            | ClientError::Manifest(_)
-            | ClientError::CheckpointLost { .. } => BkvError::Tampered { message },
-            ClientError::PasswordNeeded | ClientError::RecoveryKey(_) => {
-                BkvError::Usage { message }
+            | ClientError::CheckpointLost { .. }
+            | ClientError::Format(
+                FormatError::Auth(_)
+                | FormatError::Magic
+                | FormatError::Truncated
+                | FormatError::TooManyChunks,
+            )
+            | ClientError::Manifest(ManifestError::Tampered | ManifestError::Malformed) => {
+                BkvError::Tampered { message }
             }
+            ClientError::PasswordNeeded
+            | ClientError::RecoveryKey(_)
+            | ClientError::Manifest(ManifestError::TooMany) => BkvError::Usage { message },
             _ => return None,
         })
+    }
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for PasskeyFailure {
+    /// An exception the app's authenticator raised that is not a [`PasskeyFailure`] (a
+    /// cancellation, a bug): the passkey operation fails, the library goes on.
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        PasskeyFailure::Failed { message: e.reason }
     }
 }
 

@@ -19,9 +19,10 @@ pub use passkeys::{soft_passkey, PasskeyAuthenticator};
 use bkv_cli::ops;
 use bkv_client::{ArchiveOptions, RecoveryKey, Unlock};
 use bkv_wire::vault::RecordState;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!();
 
@@ -87,13 +88,35 @@ pub struct Protector {
     pub detail: String,
 }
 
-/// A recovery key just added: show it to the user once.
-#[derive(Debug, Clone, uniffi::Record)]
-pub struct RecoveryKeyAdded {
+/// A recovery key just added: show it to the user once. An object, not a record, so that
+/// printing or logging it (a Kotlin `data class`'s `toString`, Python's `repr`) shows no key.
+#[derive(uniffi::Object)]
+pub struct NewRecoveryKey {
+    id: String,
+    key: Zeroizing<String>,
+}
+
+#[uniffi::export]
+impl NewRecoveryKey {
     /// Its slot id (what `remove_protector` takes).
-    pub id: String,
-    /// The key in its written form (groups of letters and digits).
-    pub recovery_key: String,
+    pub fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    /// The key in its written form (groups of letters and digits), to show once.
+    pub fn recovery_key(&self) -> String {
+        self.key.to_string()
+    }
+}
+
+/// What removing a protector left.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Removed {
+    /// Protectors of the new backup key (the password counts as one).
+    pub protectors_left: u32,
+    /// Removed passkeys still registered at the relying party (it had no grant to delete them);
+    /// they open nothing made from now on.
+    pub passkeys_left_at_rp: u32,
 }
 
 fn info(l: bkv_client::Latest) -> BackupInfo {
@@ -105,8 +128,22 @@ fn info(l: bkv_client::Latest) -> BackupInfo {
     }
 }
 
-fn secret(s: String) -> SecretString {
-    SecretString::from(s)
+/// A password from the app: refused when empty, as the CLI refuses an empty line.
+fn checked_password(s: String) -> Result<SecretString, BkvError> {
+    let s = SecretString::from(s);
+    if s.expose_secret().is_empty() {
+        return Err(BkvError::Usage {
+            message: "the password is empty".into(),
+        });
+    }
+    Ok(s)
+}
+
+/// A user id the vault accepts (the CLI's `--user` rule).
+fn user_id(user: &str) -> Result<(), BkvError> {
+    bkv_wire::validate_user_id(user).map_err(|e| BkvError::Usage {
+        message: format!("user: {e}"),
+    })
 }
 
 /// No progress reports across the binding (a later version may add a callback).
@@ -116,10 +153,18 @@ fn quiet() -> ops::Report {
 
 #[uniffi::export]
 impl Client {
-    /// A client for the deployment `config_path` describes. `token` is the user's token from
-    /// the app's auth service; without one, the config's development token endpoint is asked.
+    /// A client for the deployment `config_path` describes (the client writes what it learns of
+    /// the auditor's log into it and beside it: keep it writable). `token` is the user's token
+    /// from the app's auth service, for the user the calls name; without one, the config's
+    /// development token endpoint is asked. `trust_new_log`: trust the auditor log served now
+    /// although the saved checkpoint of it is missing (after a [`BkvError::Tampered`] that says
+    /// so, and only when the app knows why the file went).
     #[uniffi::constructor]
-    pub fn new(config_path: String, token: Option<String>) -> Result<Arc<Self>, BkvError> {
+    pub fn new(
+        config_path: String,
+        token: Option<String>,
+        trust_new_log: bool,
+    ) -> Result<Arc<Self>, BkvError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -131,7 +176,7 @@ impl Client {
             global: bkv_cli::Global {
                 config: Some(PathBuf::from(config_path)),
                 token,
-                trust_new_log: false,
+                trust_new_log,
             },
             rt,
         }))
@@ -145,9 +190,16 @@ impl Client {
         password: String,
         source: String,
     ) -> Result<BackupInfo, BkvError> {
+        user_id(&user)?;
+        let pw = checked_password(password)?;
+        // Checked first: a first backup registers a key before it reads the source.
+        if !std::path::Path::new(&source).exists() {
+            return Err(BkvError::Usage {
+                message: format!("{source} does not exist"),
+            });
+        }
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
-            let pw = secret(password);
             let made = ops::create(
                 &ctx,
                 &user,
@@ -169,9 +221,10 @@ impl Client {
         password: String,
         out: String,
     ) -> Result<BackupInfo, BkvError> {
+        user_id(&user)?;
+        let pw = checked_password(password)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
-            let pw = secret(password);
             let l = ops::restore(
                 &ctx,
                 &user,
@@ -191,6 +244,8 @@ impl Client {
         recovery_key: String,
         out: String,
     ) -> Result<BackupInfo, BkvError> {
+        user_id(&user)?;
+        let recovery_key = Zeroizing::new(recovery_key);
         let rk = RecoveryKey::parse(&recovery_key).map_err(|e| BkvError::Usage {
             message: e.to_string(),
         })?;
@@ -210,6 +265,7 @@ impl Client {
         authenticator: Arc<dyn PasskeyAuthenticator>,
         out: String,
     ) -> Result<BackupInfo, BkvError> {
+        user_id(&user)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let mut auth = passkeys::Foreign(authenticator);
@@ -227,6 +283,7 @@ impl Client {
 
     /// The vault record's state (guesses used and left) and the latest backup.
     pub fn status(&self, user: String) -> Result<Status, BkvError> {
+        user_id(&user)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let s = ops::status(&ctx, &user).await?;
@@ -252,6 +309,7 @@ impl Client {
 
     /// The protectors of the current backup key.
     pub fn list_protectors(&self, user: String) -> Result<Vec<Protector>, BkvError> {
+        user_id(&user)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let list = ctx.account(&user)?.list().await?;
@@ -271,17 +329,18 @@ impl Client {
         &self,
         user: String,
         password: String,
-    ) -> Result<RecoveryKeyAdded, BkvError> {
+    ) -> Result<Arc<NewRecoveryKey>, BkvError> {
+        user_id(&user)?;
+        let pw = checked_password(password)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let account = ctx.account(&user)?;
-            let pw = secret(password);
             let unlocked = account.unlock(Unlock::Password(&pw)).await?;
             let (id, rk) = account.add_recovery_key(&unlocked).await?;
-            Ok(RecoveryKeyAdded {
+            Ok(Arc::new(NewRecoveryKey {
                 id,
-                recovery_key: rk.display(),
-            })
+                key: Zeroizing::new(rk.display()),
+            }))
         })
     }
 
@@ -293,10 +352,11 @@ impl Client {
         password: String,
         authenticator: Arc<dyn PasskeyAuthenticator>,
     ) -> Result<String, BkvError> {
+        user_id(&user)?;
+        let pw = checked_password(password)?;
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let account = ctx.account(&user)?;
-            let pw = secret(password);
             let unlocked = account.unlock(Unlock::Password(&pw)).await?;
             let mut auth = passkeys::Foreign(authenticator);
             Ok(account.add_passkey(&unlocked, &mut auth).await?)
@@ -310,36 +370,42 @@ impl Client {
         current: String,
         new: String,
     ) -> Result<(), BkvError> {
+        user_id(&user)?;
+        let (current, new) = (checked_password(current)?, checked_password(new)?);
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
-            ctx.account(&user)?
-                .change_password(&secret(current), &secret(new))
-                .await?;
+            ctx.account(&user)?.change_password(&current, &new).await?;
             Ok(())
         })
     }
 
-    /// Removes protector `id` (`password` or a slot id), unlocking with `password`: the backup
-    /// key is rotated so the removed protector opens nothing new.
+    /// Removes protector `id` (a slot id from `list_protectors`), unlocking with `password`:
+    /// the backup key is rotated so the removed protector opens nothing new. The password
+    /// protector itself is removed with the CLI (`bkv backup protectors remove password`): every
+    /// call here unlocks with the password, so the binding would lock itself out.
     pub fn remove_protector(
         &self,
         user: String,
         password: String,
         id: String,
-    ) -> Result<(), BkvError> {
+    ) -> Result<Removed, BkvError> {
+        user_id(&user)?;
+        let pw = checked_password(password)?;
+        if id == "password" {
+            return Err(BkvError::Usage {
+                message: "the binding unlocks with the password: remove it with the CLI".into(),
+            });
+        }
         self.rt.block_on(async {
             let ctx = bkv_cli::connect(&self.global, &user).await?;
             let account = ctx.account(&user)?;
-            let pw = secret(password);
             let unlocked = account.unlock(Unlock::Password(&pw)).await?;
-            let (slots, drop_password) = match id.as_str() {
-                "password" => (Vec::new(), true),
-                _ => (vec![id.clone()], false),
-            };
-            account
-                .rotate(unlocked, Some(&pw), &slots, drop_password)
-                .await?;
-            Ok(())
+            let r = account.rotate(unlocked, Some(&pw), &[id], false).await?;
+            Ok(Removed {
+                protectors_left: u32::try_from(r.slots + usize::from(r.password))
+                    .unwrap_or(u32::MAX),
+                passkeys_left_at_rp: u32::try_from(r.passkeys_left_at_rp).unwrap_or(u32::MAX),
+            })
         })
     }
 }

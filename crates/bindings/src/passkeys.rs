@@ -8,10 +8,12 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
 /// A WebAuthn authenticator with the PRF extension, as the platform offers it. Both calls take
-/// the relying party's origin and the options JSON (`PublicKeyCredentialCreationOptions` /
-/// `…RequestOptions` with `extensions.prf`, binary fields in base64url) and return the
-/// `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`, as
-/// `navigator.credentials` and Android's Credential Manager do.
+/// the relying party's origin and the argument of `navigator.credentials.create` / `.get` as
+/// JSON: `{"publicKey": {…}}`, the options with `extensions.prf`, binary fields in base64url
+/// (Android's Credential Manager takes the inner `publicKey` object). They return the
+/// `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`. An exception
+/// other than [`PasskeyFailure`] fails the operation as [`PasskeyFailure::Failed`]. The
+/// callback must not call back into the [`crate::Client`].
 #[uniffi::export(with_foreign)]
 pub trait PasskeyAuthenticator: Send + Sync {
     /// `navigator.credentials.create({publicKey})`.

@@ -12,7 +12,7 @@ import tempfile
 import bkv_sdk as bkv
 
 config, source = sys.argv[1], sys.argv[2]
-client = bkv.Client(config, None)  # None: ask the dev deployment's token endpoint
+client = bkv.Client(config, None, False)  # None: ask the dev deployment's token endpoint
 made = client.create_backup("alice", "my password", source)
 print(f"backed up {source}: {made.object} ({made.size} bytes encrypted)")
 try:
@@ -25,4 +25,4 @@ out = os.path.join(tempfile.mkdtemp(), "restored")
 client.restore("alice", "my password", out)
 print(f"restored to {out}")
 rk = client.add_recovery_key("alice", "my password")
-print(f"recovery key (shown once): {rk.recovery_key}")
+print(f"recovery key (shown once): {rk.recovery_key()}")

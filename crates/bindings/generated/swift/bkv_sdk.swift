@@ -457,6 +457,30 @@ fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterBool : FfiConverter {
+    typealias FfiType = Int8
+    typealias SwiftType = Bool
+
+    public static func lift(_ value: Int8) throws -> Bool {
+        return value != 0
+    }
+
+    public static func lower(_ value: Bool) -> Int8 {
+        return value ? 1 : 0
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Bool {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: Bool, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterString: FfiConverter {
     typealias SwiftType = String
     typealias FfiType = RustBuffer
@@ -518,7 +542,7 @@ public protocol ClientProtocol: AnyObject, Sendable {
     /**
      * Adds a recovery key (unlocking with `password`); returns it to show once.
      */
-    func addRecoveryKey(user: String, password: String) throws  -> RecoveryKeyAdded
+    func addRecoveryKey(user: String, password: String) throws  -> NewRecoveryKey
     
     /**
      * Changes the password (the current one is a guess like any other).
@@ -537,10 +561,12 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func listProtectors(user: String) throws  -> [Protector]
     
     /**
-     * Removes protector `id` (`password` or a slot id), unlocking with `password`: the backup
-     * key is rotated so the removed protector opens nothing new.
+     * Removes protector `id` (a slot id from `list_protectors`), unlocking with `password`:
+     * the backup key is rotated so the removed protector opens nothing new. The password
+     * protector itself is removed with the CLI (`bkv backup protectors remove password`): every
+     * call here unlocks with the password, so the binding would lock itself out.
      */
-    func removeProtector(user: String, password: String, id: String) throws 
+    func removeProtector(user: String, password: String, id: String) throws  -> Removed
     
     /**
      * Restores `user`'s latest backup into `out` (a new file or directory), unlocking with
@@ -608,15 +634,20 @@ open class Client: ClientProtocol, @unchecked Sendable {
         return try! rustCall { uniffi_bkv_sdk_fn_clone_client(self.handle, $0) }
     }
     /**
-     * A client for the deployment `config_path` describes. `token` is the user's token from
-     * the app's auth service; without one, the config's development token endpoint is asked.
+     * A client for the deployment `config_path` describes (the client writes what it learns of
+     * the auditor's log into it and beside it: keep it writable). `token` is the user's token
+     * from the app's auth service, for the user the calls name; without one, the config's
+     * development token endpoint is asked. `trust_new_log`: trust the auditor log served now
+     * although the saved checkpoint of it is missing (after a [`BkvError::Tampered`] that says
+     * so, and only when the app knows why the file went).
      */
-public convenience init(configPath: String, token: String?)throws  {
+public convenience init(configPath: String, token: String?, trustNewLog: Bool)throws  {
     let handle =
         try rustCallWithError(FfiConverterTypeBkvError_lift) {
     uniffi_bkv_sdk_fn_constructor_client_new(
         FfiConverterString.lower(configPath),
-        FfiConverterOptionString.lower(token),$0
+        FfiConverterOptionString.lower(token),
+        FfiConverterBool.lower(trustNewLog),$0
     )
 }
     self.init(unsafeFromHandle: handle)
@@ -652,8 +683,8 @@ open func addPasskey(user: String, password: String, authenticator: PasskeyAuthe
     /**
      * Adds a recovery key (unlocking with `password`); returns it to show once.
      */
-open func addRecoveryKey(user: String, password: String)throws  -> RecoveryKeyAdded  {
-    return try  FfiConverterTypeRecoveryKeyAdded_lift(try rustCallWithError(FfiConverterTypeBkvError_lift) {
+open func addRecoveryKey(user: String, password: String)throws  -> NewRecoveryKey  {
+    return try  FfiConverterTypeNewRecoveryKey_lift(try rustCallWithError(FfiConverterTypeBkvError_lift) {
     uniffi_bkv_sdk_fn_method_client_add_recovery_key(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(user),
@@ -703,17 +734,20 @@ open func listProtectors(user: String)throws  -> [Protector]  {
 }
     
     /**
-     * Removes protector `id` (`password` or a slot id), unlocking with `password`: the backup
-     * key is rotated so the removed protector opens nothing new.
+     * Removes protector `id` (a slot id from `list_protectors`), unlocking with `password`:
+     * the backup key is rotated so the removed protector opens nothing new. The password
+     * protector itself is removed with the CLI (`bkv backup protectors remove password`): every
+     * call here unlocks with the password, so the binding would lock itself out.
      */
-open func removeProtector(user: String, password: String, id: String)throws   {try rustCallWithError(FfiConverterTypeBkvError_lift) {
+open func removeProtector(user: String, password: String, id: String)throws  -> Removed  {
+    return try  FfiConverterTypeRemoved_lift(try rustCallWithError(FfiConverterTypeBkvError_lift) {
     uniffi_bkv_sdk_fn_method_client_remove_protector(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(user),
         FfiConverterString.lower(password),
         FfiConverterString.lower(id),$0
     )
-}
+})
 }
     
     /**
@@ -822,11 +856,159 @@ public func FfiConverterTypeClient_lower(_ value: Client) -> UInt64 {
 
 
 /**
+ * A recovery key just added: show it to the user once. An object, not a record, so that
+ * printing or logging it (a Kotlin `data class`'s `toString`, Python's `repr`) shows no key.
+ */
+public protocol NewRecoveryKeyProtocol: AnyObject, Sendable {
+    
+    /**
+     * Its slot id (what `remove_protector` takes).
+     */
+    func id()  -> String
+    
+    /**
+     * The key in its written form (groups of letters and digits), to show once.
+     */
+    func recoveryKey()  -> String
+    
+}
+/**
+ * A recovery key just added: show it to the user once. An object, not a record, so that
+ * printing or logging it (a Kotlin `data class`'s `toString`, Python's `repr`) shows no key.
+ */
+open class NewRecoveryKey: NewRecoveryKeyProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_bkv_sdk_fn_clone_newrecoverykey(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_bkv_sdk_fn_free_newrecoverykey(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Its slot id (what `remove_protector` takes).
+     */
+open func id() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+    uniffi_bkv_sdk_fn_method_newrecoverykey_id(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+    /**
+     * The key in its written form (groups of letters and digits), to show once.
+     */
+open func recoveryKey() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+    uniffi_bkv_sdk_fn_method_newrecoverykey_recovery_key(
+            self.uniffiCloneHandle(),$0
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNewRecoveryKey: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = NewRecoveryKey
+
+    public static func lift(_ handle: UInt64) throws -> NewRecoveryKey {
+        return NewRecoveryKey(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: NewRecoveryKey) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NewRecoveryKey {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: NewRecoveryKey, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewRecoveryKey_lift(_ handle: UInt64) throws -> NewRecoveryKey {
+    return try FfiConverterTypeNewRecoveryKey.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewRecoveryKey_lower(_ value: NewRecoveryKey) -> UInt64 {
+    return FfiConverterTypeNewRecoveryKey.lower(value)
+}
+
+
+
+
+
+
+/**
  * A WebAuthn authenticator with the PRF extension, as the platform offers it. Both calls take
- * the relying party's origin and the options JSON (`PublicKeyCredentialCreationOptions` /
- * `…RequestOptions` with `extensions.prf`, binary fields in base64url) and return the
- * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`, as
- * `navigator.credentials` and Android's Credential Manager do.
+ * the relying party's origin and the argument of `navigator.credentials.create` / `.get` as
+ * JSON: `{"publicKey": {…}}`, the options with `extensions.prf`, binary fields in base64url
+ * (Android's Credential Manager takes the inner `publicKey` object). They return the
+ * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`. An exception
+ * other than [`PasskeyFailure`] fails the operation as [`PasskeyFailure::Failed`]. The
+ * callback must not call back into the [`crate::Client`].
  */
 public protocol PasskeyAuthenticator: AnyObject, Sendable {
     
@@ -843,10 +1025,12 @@ public protocol PasskeyAuthenticator: AnyObject, Sendable {
 }
 /**
  * A WebAuthn authenticator with the PRF extension, as the platform offers it. Both calls take
- * the relying party's origin and the options JSON (`PublicKeyCredentialCreationOptions` /
- * `…RequestOptions` with `extensions.prf`, binary fields in base64url) and return the
- * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`, as
- * `navigator.credentials` and Android's Credential Manager do.
+ * the relying party's origin and the argument of `navigator.credentials.create` / `.get` as
+ * JSON: `{"publicKey": {…}}`, the options with `extensions.prf`, binary fields in base64url
+ * (Android's Credential Manager takes the inner `publicKey` object). They return the
+ * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`. An exception
+ * other than [`PasskeyFailure`] fails the operation as [`PasskeyFailure::Failed`]. The
+ * callback must not call back into the [`crate::Client`].
  */
 open class PasskeyAuthenticatorImpl: PasskeyAuthenticator, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1255,29 +1439,31 @@ public func FfiConverterTypeProtector_lower(_ value: Protector) -> RustBuffer {
 
 
 /**
- * A recovery key just added: show it to the user once.
+ * What removing a protector left.
  */
-public struct RecoveryKeyAdded: Equatable, Hashable {
+public struct Removed: Equatable, Hashable {
     /**
-     * Its slot id (what `remove_protector` takes).
+     * Protectors of the new backup key (the password counts as one).
      */
-    public var id: String
+    public var protectorsLeft: UInt32
     /**
-     * The key in its written form (groups of letters and digits).
+     * Removed passkeys still registered at the relying party (it had no grant to delete them);
+     * they open nothing made from now on.
      */
-    public var recoveryKey: String
+    public var passkeysLeftAtRp: UInt32
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
-         * Its slot id (what `remove_protector` takes).
-         */id: String, 
+         * Protectors of the new backup key (the password counts as one).
+         */protectorsLeft: UInt32, 
         /**
-         * The key in its written form (groups of letters and digits).
-         */recoveryKey: String) {
-        self.id = id
-        self.recoveryKey = recoveryKey
+         * Removed passkeys still registered at the relying party (it had no grant to delete them);
+         * they open nothing made from now on.
+         */passkeysLeftAtRp: UInt32) {
+        self.protectorsLeft = protectorsLeft
+        self.passkeysLeftAtRp = passkeysLeftAtRp
     }
 
     
@@ -1286,24 +1472,24 @@ public struct RecoveryKeyAdded: Equatable, Hashable {
 }
 
 #if compiler(>=6)
-extension RecoveryKeyAdded: Sendable {}
+extension Removed: Sendable {}
 #endif
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeRecoveryKeyAdded: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RecoveryKeyAdded {
+public struct FfiConverterTypeRemoved: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Removed {
         return
-            try RecoveryKeyAdded(
-                id: FfiConverterString.read(from: &buf), 
-                recoveryKey: FfiConverterString.read(from: &buf)
+            try Removed(
+                protectorsLeft: FfiConverterUInt32.read(from: &buf), 
+                passkeysLeftAtRp: FfiConverterUInt32.read(from: &buf)
         )
     }
 
-    public static func write(_ value: RecoveryKeyAdded, into buf: inout [UInt8]) {
-        FfiConverterString.write(value.id, into: &buf)
-        FfiConverterString.write(value.recoveryKey, into: &buf)
+    public static func write(_ value: Removed, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.protectorsLeft, into: &buf)
+        FfiConverterUInt32.write(value.passkeysLeftAtRp, into: &buf)
     }
 }
 
@@ -1311,15 +1497,15 @@ public struct FfiConverterTypeRecoveryKeyAdded: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeRecoveryKeyAdded_lift(_ buf: RustBuffer) throws -> RecoveryKeyAdded {
-    return try FfiConverterTypeRecoveryKeyAdded.lift(buf)
+public func FfiConverterTypeRemoved_lift(_ buf: RustBuffer) throws -> Removed {
+    return try FfiConverterTypeRemoved.lift(buf)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeRecoveryKeyAdded_lower(_ value: RecoveryKeyAdded) -> RustBuffer {
-    return FfiConverterTypeRecoveryKeyAdded.lower(value)
+public func FfiConverterTypeRemoved_lower(_ value: Removed) -> RustBuffer {
+    return FfiConverterTypeRemoved.lower(value)
 }
 
 
@@ -1423,8 +1609,10 @@ public func FfiConverterTypeStatus_lower(_ value: Status) -> RustBuffer {
 
 
 /**
- * Why an operation failed. The classes match the `bkv` CLI's exit codes (README "Exit codes"):
- * `WrongPassword` is exit 3, `Destroyed` and a missing vault record exit 4, `Usage` exit 2.
+ * Why an operation failed: the `bkv` CLI's exit classes (README, "Exit codes"), split finer
+ * where an app can act on the difference — `WrongPassword` is exit 3; `Destroyed` and a
+ * missing vault record exit 4; `Usage` exit 2 (a malformed recovery key is exit 1 in the CLI);
+ * the rest exit 1 (docs/api.md "Native bindings" has the table).
  */
 public enum BkvError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
@@ -1899,7 +2087,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_bkv_sdk_checksum_method_client_add_passkey() != 3764) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_bkv_sdk_checksum_method_client_add_recovery_key() != 2858) {
+    if (uniffi_bkv_sdk_checksum_method_client_add_recovery_key() != 41941) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_bkv_sdk_checksum_method_client_change_password() != 53389) {
@@ -1911,7 +2099,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_bkv_sdk_checksum_method_client_list_protectors() != 55071) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_bkv_sdk_checksum_method_client_remove_protector() != 49936) {
+    if (uniffi_bkv_sdk_checksum_method_client_remove_protector() != 18988) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_bkv_sdk_checksum_method_client_restore() != 35082) {
@@ -1926,13 +2114,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_bkv_sdk_checksum_method_client_status() != 13535) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_bkv_sdk_checksum_method_newrecoverykey_id() != 2441) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_bkv_sdk_checksum_method_newrecoverykey_recovery_key() != 38246) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_bkv_sdk_checksum_method_passkeyauthenticator_create() != 19378) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_bkv_sdk_checksum_method_passkeyauthenticator_get() != 17940) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_bkv_sdk_checksum_constructor_client_new() != 52125) {
+    if (uniffi_bkv_sdk_checksum_constructor_client_new() != 4771) {
         return InitializationResult.apiChecksumMismatch
     }
 

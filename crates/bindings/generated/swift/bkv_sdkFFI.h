@@ -279,7 +279,7 @@ void uniffi_bkv_sdk_fn_free_client(uint64_t handle, RustCallStatus *_Nonnull out
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_CONSTRUCTOR_CLIENT_NEW
 #define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_CONSTRUCTOR_CLIENT_NEW
-uint64_t uniffi_bkv_sdk_fn_constructor_client_new(RustBuffer config_path, RustBuffer token, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_bkv_sdk_fn_constructor_client_new(RustBuffer config_path, RustBuffer token, int8_t trust_new_log, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_ADD_PASSKEY
@@ -289,7 +289,7 @@ RustBuffer uniffi_bkv_sdk_fn_method_client_add_passkey(uint64_t ptr, RustBuffer 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_ADD_RECOVERY_KEY
 #define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_ADD_RECOVERY_KEY
-RustBuffer uniffi_bkv_sdk_fn_method_client_add_recovery_key(uint64_t ptr, RustBuffer user, RustBuffer password, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_bkv_sdk_fn_method_client_add_recovery_key(uint64_t ptr, RustBuffer user, RustBuffer password, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_CHANGE_PASSWORD
@@ -309,7 +309,7 @@ RustBuffer uniffi_bkv_sdk_fn_method_client_list_protectors(uint64_t ptr, RustBuf
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_REMOVE_PROTECTOR
 #define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_REMOVE_PROTECTOR
-void uniffi_bkv_sdk_fn_method_client_remove_protector(uint64_t ptr, RustBuffer user, RustBuffer password, RustBuffer id, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_bkv_sdk_fn_method_client_remove_protector(uint64_t ptr, RustBuffer user, RustBuffer password, RustBuffer id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_RESTORE
@@ -330,6 +330,26 @@ RustBuffer uniffi_bkv_sdk_fn_method_client_restore_with_recovery_key(uint64_t pt
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_CLIENT_STATUS
 RustBuffer uniffi_bkv_sdk_fn_method_client_status(uint64_t ptr, RustBuffer user, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_CLONE_NEWRECOVERYKEY
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_CLONE_NEWRECOVERYKEY
+uint64_t uniffi_bkv_sdk_fn_clone_newrecoverykey(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_FREE_NEWRECOVERYKEY
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_FREE_NEWRECOVERYKEY
+void uniffi_bkv_sdk_fn_free_newrecoverykey(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_NEWRECOVERYKEY_ID
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_NEWRECOVERYKEY_ID
+RustBuffer uniffi_bkv_sdk_fn_method_newrecoverykey_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_NEWRECOVERYKEY_RECOVERY_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_METHOD_NEWRECOVERYKEY_RECOVERY_KEY
+RustBuffer uniffi_bkv_sdk_fn_method_newrecoverykey_recovery_key(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_FN_CLONE_PASSKEYAUTHENTICATOR
@@ -685,6 +705,18 @@ uint16_t uniffi_bkv_sdk_checksum_method_client_restore_with_recovery_key(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_CLIENT_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_CLIENT_STATUS
 uint16_t uniffi_bkv_sdk_checksum_method_client_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_NEWRECOVERYKEY_ID
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_NEWRECOVERYKEY_ID
+uint16_t uniffi_bkv_sdk_checksum_method_newrecoverykey_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_NEWRECOVERYKEY_RECOVERY_KEY
+#define UNIFFI_FFIDEF_UNIFFI_BKV_SDK_CHECKSUM_METHOD_NEWRECOVERYKEY_RECOVERY_KEY
+uint16_t uniffi_bkv_sdk_checksum_method_newrecoverykey_recovery_key(void
     
 );
 #endif

@@ -1,12 +1,12 @@
 """End-to-end round trip of the Python binding against a dev deployment.
 
 Run by the system test `bindings::python_binding_round_trip_and_cross_client`
-(crates/system-tests/tests/it/bindings.rs), which builds the module, starts
+(crates/system-tests/tests/it/bindings.rs), which puts the module beside the library, starts
 `bkv-admin dev up` and checks what the CLI makes of the result:
 
     python3 roundtrip.py MODULE_DIR CLIENT_TOML WORK_DIR
 
-(MODULE_DIR may be empty: the installed package is used.)
+(MODULE_DIR may be empty when the package is installed.)
 
 Prints one `key=value` line per result the Rust side checks.
 """
@@ -25,7 +25,7 @@ def path(name):
     return os.path.join(work, name)
 
 
-client = bkv.Client(config, None)
+client = bkv.Client(config, None, False)
 
 # A backup made here; the CLI restores it (the Rust side checks).
 made = client.create_backup("py-user", "py password 1", path("py-source.bin"))
@@ -47,7 +47,8 @@ assert client.status("py-user").guesses_used == 0
 
 # Protectors: a recovery key and a (software) passkey, each restoring on its own.
 rk = client.add_recovery_key("py-user", "py password 1")
-client.restore_with_recovery_key("py-user", rk.recovery_key, path("py-rk.bin"))
+assert rk.recovery_key() not in repr(rk)
+client.restore_with_recovery_key("py-user", rk.recovery_key(), path("py-rk.bin"))
 assert filecmp.cmp(path("py-source.bin"), path("py-rk.bin"), shallow=False)
 passkey = bkv.soft_passkey(path("py-passkeys.json"))
 client.add_passkey("py-user", "py password 1", passkey)
@@ -55,7 +56,22 @@ client.restore_with_passkey("py-user", passkey, path("py-pk.bin"))
 assert filecmp.cmp(path("py-source.bin"), path("py-pk.bin"), shallow=False)
 kinds = sorted(p.kind for p in client.list_protectors("py-user"))
 assert kinds == ["passkey", "password", "recovery-key"], kinds
-print(f"recovery_key={rk.recovery_key}")
+print(f"recovery_key={rk.recovery_key()}")
+
+# A second recovery key, removed: the key is rotated and the removed one opens nothing new.
+spare = client.add_recovery_key("py-user", "py password 1")
+removed = client.remove_protector("py-user", "py password 1", spare.id())
+assert removed.protectors_left == 3, removed
+try:
+    client.restore_with_recovery_key("py-user", spare.recovery_key(), path("never"))
+    raise AssertionError("a removed recovery key restored")
+except bkv.BkvError:
+    pass
+try:
+    client.remove_protector("py-user", "py password 1", "password")
+    raise AssertionError("the binding removed the password it unlocks with")
+except bkv.BkvError.Usage:
+    pass
 
 # A changed password: the old one is wrong from now on.
 client.change_password("py-user", "py password 1", "py password 2")
@@ -80,11 +96,25 @@ try:
     raise AssertionError("a malformed recovery key was taken")
 except bkv.BkvError.Usage:
     pass
-# Storage is untrusted: a flipped byte in a stored backup is refused as tampering.
-with open(config, "rb") as f:
-    import tomllib
+# What the binding refuses before anything reaches the vault.
+for bad in [
+    lambda: client.create_backup("py-empty", "", path("py-source.bin")),
+    lambda: client.create_backup("py-nofile", "a password", path("no such file")),
+    lambda: client.status("not a user id\n"),
+]:
+    try:
+        bad()
+        raise AssertionError("accepted")
+    except bkv.BkvError.Usage:
+        pass
+assert client.status("py-nofile").record == bkv.RecordStatus.ABSENT
 
-    storage = tomllib.load(f)["storage_dir"]
+# Storage is untrusted: a flipped byte in a stored backup is refused as tampering.
+storage = next(
+    line.split("=", 1)[1].strip().strip('"')
+    for line in open(config)
+    if line.startswith("storage_dir")
+)
 gone = client.create_backup("py-tamper", "tamper password", path("py-source.bin"))
 for root, _dirs, files in os.walk(storage):
     if gone.object in files:

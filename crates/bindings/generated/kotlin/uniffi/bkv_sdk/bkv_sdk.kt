@@ -686,6 +686,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_bkv_sdk_checksum_method_client_status(
     ): Int
+    external fun uniffi_bkv_sdk_checksum_method_newrecoverykey_id(
+    ): Int
+    external fun uniffi_bkv_sdk_checksum_method_newrecoverykey_recovery_key(
+    ): Int
     external fun uniffi_bkv_sdk_checksum_method_passkeyauthenticator_create(
     ): Int
     external fun uniffi_bkv_sdk_checksum_method_passkeyauthenticator_get(
@@ -715,12 +719,12 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_bkv_sdk_fn_free_client(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_bkv_sdk_fn_constructor_client_new(`configPath`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_bkv_sdk_fn_constructor_client_new(`configPath`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,`trustNewLog`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_bkv_sdk_fn_method_client_add_passkey(`ptr`: Long,`user`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`authenticator`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_method_client_add_recovery_key(`ptr`: Long,`user`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    ): Long
     external fun uniffi_bkv_sdk_fn_method_client_change_password(`ptr`: Long,`user`: RustBuffer.ByValue,`current`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_bkv_sdk_fn_method_client_create_backup(`ptr`: Long,`user`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`source`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -728,7 +732,7 @@ internal object UniffiLib {
     external fun uniffi_bkv_sdk_fn_method_client_list_protectors(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_method_client_remove_protector(`ptr`: Long,`user`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
+    ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_method_client_restore(`ptr`: Long,`user`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`out`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_method_client_restore_with_passkey(`ptr`: Long,`user`: RustBuffer.ByValue,`authenticator`: Long,`out`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -736,6 +740,14 @@ internal object UniffiLib {
     external fun uniffi_bkv_sdk_fn_method_client_restore_with_recovery_key(`ptr`: Long,`user`: RustBuffer.ByValue,`recoveryKey`: RustBuffer.ByValue,`out`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_method_client_status(`ptr`: Long,`user`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_bkv_sdk_fn_clone_newrecoverykey(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_bkv_sdk_fn_free_newrecoverykey(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_bkv_sdk_fn_method_newrecoverykey_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_bkv_sdk_fn_method_newrecoverykey_recovery_key(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_bkv_sdk_fn_clone_passkeyauthenticator(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -874,7 +886,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_bkv_sdk_checksum_method_client_add_passkey() != 3764) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_bkv_sdk_checksum_method_client_add_recovery_key() != 2858) {
+    if (lib.uniffi_bkv_sdk_checksum_method_client_add_recovery_key() != 41941) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_bkv_sdk_checksum_method_client_change_password() != 53389) {
@@ -886,7 +898,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_bkv_sdk_checksum_method_client_list_protectors() != 55071) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_bkv_sdk_checksum_method_client_remove_protector() != 49936) {
+    if (lib.uniffi_bkv_sdk_checksum_method_client_remove_protector() != 18988) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_bkv_sdk_checksum_method_client_restore() != 35082) {
@@ -901,13 +913,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_bkv_sdk_checksum_method_client_status() != 13535) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_bkv_sdk_checksum_method_newrecoverykey_id() != 2441) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_bkv_sdk_checksum_method_newrecoverykey_recovery_key() != 38246) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_bkv_sdk_checksum_method_passkeyauthenticator_create() != 19378) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_bkv_sdk_checksum_method_passkeyauthenticator_get() != 17940) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if (lib.uniffi_bkv_sdk_checksum_constructor_client_new() != 52125) {
+    if (lib.uniffi_bkv_sdk_checksum_constructor_client_new() != 4771) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1147,6 +1165,29 @@ public object FfiConverterULong: FfiConverter<ULong, Long> {
 /**
  * @suppress
  */
+public object FfiConverterBoolean: FfiConverter<Boolean, Byte> {
+    override fun lift(value: Byte): Boolean {
+        return value.toInt() != 0
+    }
+
+    override fun read(buf: ByteBuffer): Boolean {
+        return lift(buf.get())
+    }
+
+    override fun lower(value: Boolean): Byte {
+        return if (value) 1.toByte() else 0.toByte()
+    }
+
+    override fun allocationSize(value: Boolean) = 1UL
+
+    override fun write(value: Boolean, buf: ByteBuffer) {
+        buf.put(lower(value))
+    }
+}
+
+/**
+ * @suppress
+ */
 public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
     // Note: we don't inherit from FfiConverterRustBuffer, because we use a
     // special encoding when lowering/lifting.  We can use `RustBuffer.len` to
@@ -1312,7 +1353,7 @@ public interface ClientInterface {
     /**
      * Adds a recovery key (unlocking with `password`); returns it to show once.
      */
-    fun `addRecoveryKey`(`user`: kotlin.String, `password`: kotlin.String): RecoveryKeyAdded
+    fun `addRecoveryKey`(`user`: kotlin.String, `password`: kotlin.String): NewRecoveryKey
     
     /**
      * Changes the password (the current one is a guess like any other).
@@ -1331,10 +1372,12 @@ public interface ClientInterface {
     fun `listProtectors`(`user`: kotlin.String): List<Protector>
     
     /**
-     * Removes protector `id` (`password` or a slot id), unlocking with `password`: the backup
-     * key is rotated so the removed protector opens nothing new.
+     * Removes protector `id` (a slot id from `list_protectors`), unlocking with `password`:
+     * the backup key is rotated so the removed protector opens nothing new. The password
+     * protector itself is removed with the CLI (`bkv backup protectors remove password`): every
+     * call here unlocks with the password, so the binding would lock itself out.
      */
-    fun `removeProtector`(`user`: kotlin.String, `password`: kotlin.String, `id`: kotlin.String)
+    fun `removeProtector`(`user`: kotlin.String, `password`: kotlin.String, `id`: kotlin.String): Removed
     
     /**
      * Restores `user`'s latest backup into `out` (a new file or directory), unlocking with
@@ -1389,15 +1432,19 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         this.cleanable = null
     }
     /**
-     * A client for the deployment `config_path` describes. `token` is the user's token from
-     * the app's auth service; without one, the config's development token endpoint is asked.
+     * A client for the deployment `config_path` describes (the client writes what it learns of
+     * the auditor's log into it and beside it: keep it writable). `token` is the user's token
+     * from the app's auth service, for the user the calls name; without one, the config's
+     * development token endpoint is asked. `trust_new_log`: trust the auditor log served now
+     * although the saved checkpoint of it is missing (after a [`BkvError::Tampered`] that says
+     * so, and only when the app knows why the file went).
      */
-    constructor(`configPath`: kotlin.String, `token`: kotlin.String?) :
+    constructor(`configPath`: kotlin.String, `token`: kotlin.String?, `trustNewLog`: kotlin.Boolean) :
         this(UniffiWithHandle, 
     uniffiRustCallWithError(BkvException) { _status ->
     UniffiLib.uniffi_bkv_sdk_fn_constructor_client_new(
     
-        FfiConverterString.lower(`configPath`),FfiConverterOptionalString.lower(`token`),_status)
+        FfiConverterString.lower(`configPath`),FfiConverterOptionalString.lower(`token`),FfiConverterBoolean.lower(`trustNewLog`),_status)
 }
     )
 
@@ -1494,8 +1541,8 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     /**
      * Adds a recovery key (unlocking with `password`); returns it to show once.
      */
-    @Throws(BkvException::class)override fun `addRecoveryKey`(`user`: kotlin.String, `password`: kotlin.String): RecoveryKeyAdded {
-            return FfiConverterTypeRecoveryKeyAdded.lift(
+    @Throws(BkvException::class)override fun `addRecoveryKey`(`user`: kotlin.String, `password`: kotlin.String): NewRecoveryKey {
+            return FfiConverterTypeNewRecoveryKey.lift(
     callWithHandle {
     uniffiRustCallWithError(BkvException) { _status ->
     UniffiLib.uniffi_bkv_sdk_fn_method_client_add_recovery_key(
@@ -1560,11 +1607,13 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
-     * Removes protector `id` (`password` or a slot id), unlocking with `password`: the backup
-     * key is rotated so the removed protector opens nothing new.
+     * Removes protector `id` (a slot id from `list_protectors`), unlocking with `password`:
+     * the backup key is rotated so the removed protector opens nothing new. The password
+     * protector itself is removed with the CLI (`bkv backup protectors remove password`): every
+     * call here unlocks with the password, so the binding would lock itself out.
      */
-    @Throws(BkvException::class)override fun `removeProtector`(`user`: kotlin.String, `password`: kotlin.String, `id`: kotlin.String)
-        = 
+    @Throws(BkvException::class)override fun `removeProtector`(`user`: kotlin.String, `password`: kotlin.String, `id`: kotlin.String): Removed {
+            return FfiConverterTypeRemoved.lift(
     callWithHandle {
     uniffiRustCallWithError(BkvException) { _status ->
     UniffiLib.uniffi_bkv_sdk_fn_method_client_remove_protector(
@@ -1572,7 +1621,8 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         FfiConverterString.lower(`user`),FfiConverterString.lower(`password`),FfiConverterString.lower(`id`),_status)
 }
     }
-    
+    )
+    }
     
 
     
@@ -1779,11 +1829,298 @@ public object FfiConverterTypeClient: FfiConverter<Client, Long> {
 
 
 /**
+ * A recovery key just added: show it to the user once. An object, not a record, so that
+ * printing or logging it (a Kotlin `data class`'s `toString`, Python's `repr`) shows no key.
+ */
+public interface NewRecoveryKeyInterface {
+    
+    /**
+     * Its slot id (what `remove_protector` takes).
+     */
+    fun `id`(): kotlin.String
+    
+    /**
+     * The key in its written form (groups of letters and digits), to show once.
+     */
+    fun `recoveryKey`(): kotlin.String
+    
+    companion object
+}
+
+/**
+ * A recovery key just added: show it to the user once. An object, not a record, so that
+ * printing or logging it (a Kotlin `data class`'s `toString`, Python's `repr`) shows no key.
+ */
+open class NewRecoveryKey: Disposable, AutoCloseable, NewRecoveryKeyInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_bkv_sdk_fn_free_newrecoverykey(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_bkv_sdk_fn_clone_newrecoverykey(handle, status)
+        }
+    }
+
+    
+    /**
+     * Its slot id (what `remove_protector` takes).
+     */override fun `id`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_bkv_sdk_fn_method_newrecoverykey_id(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The key in its written form (groups of letters and digits), to show once.
+     */override fun `recoveryKey`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_bkv_sdk_fn_method_newrecoverykey_recovery_key(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNewRecoveryKey: FfiConverter<NewRecoveryKey, Long> {
+    override fun lower(value: NewRecoveryKey): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): NewRecoveryKey {
+        return NewRecoveryKey(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): NewRecoveryKey {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: NewRecoveryKey) = 8UL
+
+    override fun write(value: NewRecoveryKey, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A WebAuthn authenticator with the PRF extension, as the platform offers it. Both calls take
- * the relying party's origin and the options JSON (`PublicKeyCredentialCreationOptions` /
- * `…RequestOptions` with `extensions.prf`, binary fields in base64url) and return the
- * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`, as
- * `navigator.credentials` and Android's Credential Manager do.
+ * the relying party's origin and the argument of `navigator.credentials.create` / `.get` as
+ * JSON: `{"publicKey": {…}}`, the options with `extensions.prf`, binary fields in base64url
+ * (Android's Credential Manager takes the inner `publicKey` object). They return the
+ * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`. An exception
+ * other than [`PasskeyFailure`] fails the operation as [`PasskeyFailure::Failed`]. The
+ * callback must not call back into the [`crate::Client`].
  */
 public interface PasskeyAuthenticator {
     
@@ -1802,10 +2139,12 @@ public interface PasskeyAuthenticator {
 
 /**
  * A WebAuthn authenticator with the PRF extension, as the platform offers it. Both calls take
- * the relying party's origin and the options JSON (`PublicKeyCredentialCreationOptions` /
- * `…RequestOptions` with `extensions.prf`, binary fields in base64url) and return the
- * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`, as
- * `navigator.credentials` and Android's Credential Manager do.
+ * the relying party's origin and the argument of `navigator.credentials.create` / `.get` as
+ * JSON: `{"publicKey": {…}}`, the options with `extensions.prf`, binary fields in base64url
+ * (Android's Credential Manager takes the inner `publicKey` object). They return the
+ * `PublicKeyCredential` JSON with `clientExtensionResults.prf.results.first`. An exception
+ * other than [`PasskeyFailure`] fails the operation as [`PasskeyFailure::Failed`]. The
+ * callback must not call back into the [`crate::Client`].
  */
 open class PasskeyAuthenticatorImpl: Disposable, AutoCloseable, PasskeyAuthenticator
 {
@@ -2177,18 +2516,19 @@ public object FfiConverterTypeProtector: FfiConverterRustBuffer<Protector> {
 
 
 /**
- * A recovery key just added: show it to the user once.
+ * What removing a protector left.
  */
-data class RecoveryKeyAdded (
+data class Removed (
     /**
-     * Its slot id (what `remove_protector` takes).
+     * Protectors of the new backup key (the password counts as one).
      */
-    var `id`: kotlin.String
+    var `protectorsLeft`: kotlin.UInt
     , 
     /**
-     * The key in its written form (groups of letters and digits).
+     * Removed passkeys still registered at the relying party (it had no grant to delete them);
+     * they open nothing made from now on.
      */
-    var `recoveryKey`: kotlin.String
+    var `passkeysLeftAtRp`: kotlin.UInt
     
 ){
     
@@ -2202,22 +2542,22 @@ data class RecoveryKeyAdded (
 /**
  * @suppress
  */
-public object FfiConverterTypeRecoveryKeyAdded: FfiConverterRustBuffer<RecoveryKeyAdded> {
-    override fun read(buf: ByteBuffer): RecoveryKeyAdded {
-        return RecoveryKeyAdded(
-            FfiConverterString.read(buf),
-            FfiConverterString.read(buf),
+public object FfiConverterTypeRemoved: FfiConverterRustBuffer<Removed> {
+    override fun read(buf: ByteBuffer): Removed {
+        return Removed(
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
         )
     }
 
-    override fun allocationSize(value: RecoveryKeyAdded) = (
-            FfiConverterString.allocationSize(value.`id`) +
-            FfiConverterString.allocationSize(value.`recoveryKey`)
+    override fun allocationSize(value: Removed) = (
+            FfiConverterUInt.allocationSize(value.`protectorsLeft`) +
+            FfiConverterUInt.allocationSize(value.`passkeysLeftAtRp`)
     )
 
-    override fun write(value: RecoveryKeyAdded, buf: ByteBuffer) {
-            FfiConverterString.write(value.`id`, buf)
-            FfiConverterString.write(value.`recoveryKey`, buf)
+    override fun write(value: Removed, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`protectorsLeft`, buf)
+            FfiConverterUInt.write(value.`passkeysLeftAtRp`, buf)
     }
 }
 
@@ -2297,8 +2637,10 @@ public object FfiConverterTypeStatus: FfiConverterRustBuffer<Status> {
 
 
 /**
- * Why an operation failed. The classes match the `bkv` CLI's exit codes (README "Exit codes"):
- * `WrongPassword` is exit 3, `Destroyed` and a missing vault record exit 4, `Usage` exit 2.
+ * Why an operation failed: the `bkv` CLI's exit classes (README, "Exit codes"), split finer
+ * where an app can act on the difference — `WrongPassword` is exit 3; `Destroyed` and a
+ * missing vault record exit 4; `Usage` exit 2 (a malformed recovery key is exit 1 in the CLI);
+ * the rest exit 1 (docs/api.md "Native bindings" has the table).
  */
 sealed class BkvException: kotlin.Exception() {
     
