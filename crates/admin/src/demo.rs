@@ -239,9 +239,10 @@ pub async fn run() -> anyhow::Result<()> {
         auditor_key: auditor_key.verifying_key(),
         operator_key: operator.verifying_key(),
     };
-    let http = reqwest::Client::new();
+    let http: std::sync::Arc<dyn bkv_client::Http> =
+        std::sync::Arc::new(bkv_client::ReqwestHttp(reqwest::Client::new()));
     let fleet = bkv_client::fleets(
-        &http,
+        &*http,
         &frontend_url,
         &anchors,
         &root.join("client-state.json"),
@@ -273,7 +274,7 @@ pub async fn run() -> anyhow::Result<()> {
     );
     let ctx = ops::Ctx {
         endpoint: Endpoint {
-            http: reqwest::Client::new(),
+            http,
             frontend_url: frontend_url.clone(),
             token: SecretString::from(token),
             fleet,

@@ -4,9 +4,10 @@
 use crate::config::ClientConfig;
 use crate::ops::Ctx;
 use anyhow::{anyhow, Context};
-use bkv_client::{ClientError, Endpoint};
+use bkv_client::{ClientError, Endpoint, Http, HttpRequest, Method, ReqwestHttp};
 use secrecy::SecretString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The options every command that talks to a deployment shares.
@@ -30,10 +31,10 @@ pub struct UsageError(pub String);
 /// pinned) fleet keys, the storage location.
 pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
     let (path, cfg) = load_config(cli)?;
-    let http = cfg.http_client(Duration::from_secs(60))?;
+    let http: Arc<dyn Http> = Arc::new(ReqwestHttp(cfg.http_client(Duration::from_secs(60))?));
     let token = match &cli.token {
         Some(t) => t.clone(),
-        None => dev_token(&cfg, &http, user).await?,
+        None => dev_token(&cfg, &*http, user).await?,
     };
     let mut fleets = match cfg.fleet.mode.as_str() {
         "ota" => {
@@ -47,7 +48,7 @@ pub async fn connect(cli: &Global, user: &str) -> anyhow::Result<Ctx> {
             let ota = cfg.fleet.ota.as_ref();
             let saved_before = ota.is_some_and(|o| o.log_trusted_since.is_some());
             let fleets = bkv_client::fleets(
-                &http,
+                &*http,
                 &cfg.frontend_url,
                 &anchors,
                 &state,
@@ -97,28 +98,24 @@ fn load_config(cli: &Global) -> anyhow::Result<(std::path::PathBuf, ClientConfig
 }
 
 /// Asks the config's development token endpoint for a token for `user`.
-async fn dev_token(
-    cfg: &ClientConfig,
-    http: &reqwest::Client,
-    user: &str,
-) -> anyhow::Result<String> {
+async fn dev_token(cfg: &ClientConfig, http: &dyn Http, user: &str) -> anyhow::Result<String> {
     let url = cfg.auth.dev_token_url.clone().ok_or_else(|| {
         UsageError("no --token given and the config has no dev token endpoint".into())
     })?;
-    let resp = http
-        .post(&url)
-        .json(&bkv_api::frontend::DevTokenRequest {
+    let req = HttpRequest::new(Method::Post, url, 16 * 1024).json(
+        &bkv_api::frontend::DevTokenRequest {
             user: user.to_owned(),
-        })
-        .send()
-        .await
-        .map_err(|e| ClientError::Unavailable(format!("token endpoint: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(anyhow!("token endpoint refused: {}", resp.status()));
+        },
+    )?;
+    let resp = http.send(req).await.map_err(|e| match e {
+        ClientError::Unavailable(m) => ClientError::Unavailable(format!("token endpoint: {m}")),
+        e => e,
+    })?;
+    if !resp.is_success() {
+        return Err(anyhow!("token endpoint refused: {}", resp.status));
     }
-    let body = bkv_client::read_limited(resp, 16 * 1024).await?;
     let t: bkv_api::frontend::DevTokenResponse =
-        serde_json::from_slice(&body).context("token endpoint answer")?;
+        serde_json::from_slice(&resp.body).context("token endpoint answer")?;
     Ok(t.token)
 }
 
@@ -131,7 +128,7 @@ pub async fn connect_reusing(cli: &Global, verified: &Ctx, user: &str) -> anyhow
     // client per user (root certificates, TLS setup) made registering users three times slower.
     let token = match &cli.token {
         Some(t) => t.clone(),
-        None => dev_token(&cfg, &verified.endpoint.http, user).await?,
+        None => dev_token(&cfg, &*verified.endpoint.http, user).await?,
     };
     Ok(Ctx {
         endpoint: Endpoint {

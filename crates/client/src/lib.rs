@@ -15,6 +15,7 @@ mod account;
 mod archive;
 mod backup;
 mod error;
+mod http;
 mod keys;
 mod ota;
 mod passkey;
@@ -30,10 +31,11 @@ pub use backup::{
     HEADER_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 pub use error::{ClientError, Result};
+pub use http::{read_limited, Http, HttpRequest, HttpResponse, Method, ReqwestHttp};
 pub use keys::BackupKey;
 pub use ota::fleets;
 pub use passkey::{Authenticator, Grant, PasskeyError};
-pub use session::{read_limited, Endpoint, FleetTarget, Session};
+pub use session::{Endpoint, FleetTarget, Session};
 pub use slots::{
     key_id, Manifest, ManifestError, PasskeyParams, RecoveryKey, RecoveryKeyError, Slot, SlotKind,
     SlotSecret,

@@ -41,7 +41,7 @@ fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
 /// so). Then a missing state file is an error, not a first contact: trusting
 /// whatever log is served next would undo the log's consistency check.
 pub async fn fleets(
-    http: &reqwest::Client,
+    http: &dyn crate::http::Http,
     frontend_url: &str,
     anchors: &TrustAnchors,
     state_path: &Path,
@@ -58,23 +58,17 @@ pub async fn fleets(
         frontend_url.trim_end_matches('/'),
         seen.checkpoint_size
     );
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| ClientError::Unavailable(format!("frontend unreachable: {e}")))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let text = crate::session::read_limited(resp, 16 * 1024)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+    let req = crate::http::HttpRequest::new(crate::http::Method::Get, url, MAX_PACKAGE);
+    let resp = http.send(req).await?;
+    if !resp.is_success() {
+        let text = String::from_utf8_lossy(&resp.body);
         return Err(ClientError::Unavailable(format!(
-            "no validation bundle from the frontend ({status}): {}",
+            "no validation bundle from the frontend ({}): {}",
+            resp.status,
             text.chars().take(200).collect::<String>()
         )));
     }
-    let body = crate::session::read_limited(resp, MAX_PACKAGE).await?;
+    let body = resp.body;
     let pkg: BundlePackage = serde_json::from_slice(&body)
         .map_err(|e| ClientError::Protocol(format!("bundle package: {e}")))?;
     let (b, next) = bundle::verify(anchors, &seen, &pkg, now()).map_err(ClientError::Bundle)?;

@@ -13,7 +13,8 @@
 //! against old manifest copies that storage may have kept.
 
 use crate::error::{ClientError, Result};
-use crate::session::{error_of, http_err, read_limited, url, Endpoint};
+use crate::http::{HttpRequest, Method};
+use crate::session::{url, Endpoint};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use futures::future::BoxFuture;
@@ -77,21 +78,21 @@ pub(crate) async fn grant_from_session(
     endpoint: &Endpoint,
     session_id: &str,
 ) -> Result<Option<Grant>> {
-    let resp = endpoint
-        .http
-        .post(url(endpoint, "/v1/passkeys/grants"))
-        .bearer_auth(endpoint.token.expose_secret())
-        .header("bkv-session", session_id)
-        .send()
-        .await
-        .map_err(http_err)?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+    let req = HttpRequest::new(
+        Method::Post,
+        url(endpoint, "/v1/passkeys/grants"),
+        MAX_RP_BODY,
+    )
+    .token(&endpoint.token)
+    .header("bkv-session", session_id);
+    let resp = endpoint.http.send(req).await?;
+    if resp.status == 404 {
         return Ok(None);
     }
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
+    if !resp.is_success() {
+        return Err(resp.error());
     }
-    let g: api::Grant = parse(&read_limited(resp, MAX_RP_BODY).await?, "grant")?;
+    let g: api::Grant = parse(&resp.body, "grant")?;
     Ok(Some(Grant(SecretString::from(g.grant))))
 }
 
@@ -99,18 +100,14 @@ use bkv_api::passkeys as api;
 type Started = api::Started<Value>;
 
 async fn rp_post(endpoint: &Endpoint, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>> {
-    let resp = endpoint
-        .http
-        .post(url(endpoint, path))
-        .bearer_auth(endpoint.token.expose_secret())
-        .json(body)
-        .send()
-        .await
-        .map_err(http_err)?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
+    let req = HttpRequest::new(Method::Post, url(endpoint, path), MAX_RP_BODY)
+        .token(&endpoint.token)
+        .json(body)?;
+    let resp = endpoint.http.send(req).await?;
+    if !resp.is_success() {
+        return Err(resp.error());
     }
-    read_limited(resp, MAX_RP_BODY).await
+    Ok(resp.body)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T> {
@@ -246,54 +243,42 @@ pub(crate) async fn assert(
 /// Deletes a passkey at the RP (its share is gone: the passkey opens nothing).
 pub(crate) async fn delete(endpoint: &Endpoint, credential_id: &[u8], grant: &Grant) -> Result<()> {
     let path = format!("/v1/passkeys/{}", B64URL.encode(credential_id));
-    let resp = endpoint
-        .http
-        .delete(url(endpoint, &path))
-        .bearer_auth(endpoint.token.expose_secret())
-        .header("bkv-grant", grant.expose())
-        .send()
-        .await
-        .map_err(http_err)?;
-    match resp.status().as_u16() {
+    let req = HttpRequest::new(Method::Delete, url(endpoint, &path), MAX_RP_BODY)
+        .token(&endpoint.token)
+        .header("bkv-grant", grant.expose());
+    let resp = endpoint.http.send(req).await?;
+    match resp.status {
         200..=299 | 404 => Ok(()),
-        _ => Err(error_of(resp).await),
+        _ => Err(resp.error()),
     }
 }
 
 /// The credential ids (base64url) of the token's user's passkeys at the RP;
 /// empty when the frontend has no passkey support.
 pub(crate) async fn list(endpoint: &Endpoint) -> Result<Vec<String>> {
-    let resp = endpoint
-        .http
-        .get(url(endpoint, "/v1/passkeys"))
-        .bearer_auth(endpoint.token.expose_secret())
-        .send()
-        .await
-        .map_err(http_err)?;
-    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+    let req = HttpRequest::new(Method::Get, url(endpoint, "/v1/passkeys"), MAX_RP_BODY)
+        .token(&endpoint.token);
+    let resp = endpoint.http.send(req).await?;
+    if resp.status == 404 {
         return Ok(Vec::new());
     }
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
+    if !resp.is_success() {
+        return Err(resp.error());
     }
-    let l: api::PasskeyList = parse(&read_limited(resp, MAX_RP_BODY).await?, "passkey list")?;
+    let l: api::PasskeyList = parse(&resp.body, "passkey list")?;
     Ok(l.passkeys.into_iter().map(|e| e.credential_id).collect())
 }
 
 /// Deletes every passkey of the token's user at the RP.
 pub(crate) async fn delete_all(endpoint: &Endpoint, grant: &Grant) -> Result<()> {
-    let resp = endpoint
-        .http
-        .delete(url(endpoint, "/v1/passkeys"))
-        .bearer_auth(endpoint.token.expose_secret())
-        .header("bkv-grant", grant.expose())
-        .send()
-        .await
-        .map_err(http_err)?;
-    if resp.status().is_success() {
+    let req = HttpRequest::new(Method::Delete, url(endpoint, "/v1/passkeys"), MAX_RP_BODY)
+        .token(&endpoint.token)
+        .header("bkv-grant", grant.expose());
+    let resp = endpoint.http.send(req).await?;
+    if resp.is_success() {
         Ok(())
     } else {
-        Err(error_of(resp).await)
+        Err(resp.error())
     }
 }
 

@@ -1,9 +1,10 @@
 //! A Noise `NK` session with the vault, relayed through the frontend.
 
 use crate::error::{ClientError, Result};
+use crate::http::{Http, HttpRequest, Method};
 use bkv_wire::vault::{SessionHello, VaultRequest, VaultResponse, MAX_VAULT_MESSAGE};
 use bkv_wire::{MAX_NOISE_MESSAGE, NOISE_PATTERN, NOISE_PROLOGUE};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 /// A fleet a client talks to: its id (the frontend routes by it; empty: the
@@ -21,7 +22,7 @@ pub struct FleetTarget {
 #[derive(Clone)]
 pub struct Endpoint {
     /// The HTTP client every request goes through.
-    pub http: reqwest::Client,
+    pub http: std::sync::Arc<dyn Http>,
     /// Base URL of the frontend (a trailing `/` is ignored).
     pub frontend_url: String,
     /// The user's bearer token for the frontend.
@@ -55,52 +56,6 @@ pub(crate) fn url(endpoint: &Endpoint, path: &str) -> String {
     format!("{}{}", endpoint.frontend_url.trim_end_matches('/'), path)
 }
 
-/// Reads a response body, refusing more than `limit` bytes: a hostile
-/// frontend cannot make the client buffer without bound.
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(ClientError::Protocol(format!(
-            "response larger than {limit} bytes"
-        )));
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
-        if out.len() + chunk.len() > limit {
-            return Err(ClientError::Protocol(format!(
-                "response larger than {limit} bytes"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
-/// Largest error body read from the frontend.
-const MAX_ERROR_BODY: usize = 16 * 1024;
-
-pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
-    let status = resp.status();
-    let body = read_limited(resp, MAX_ERROR_BODY)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    // A body that is not the error body (a proxy's page): its start as the message.
-    let (code, message) = match serde_json::from_str::<bkv_api::auditor::ErrorBody>(&body) {
-        Ok(e) => (e.error, e.message),
-        Err(_) => (String::new(), body.chars().take(200).collect()),
-    };
-    match code.as_str() {
-        "handshake_failed" => ClientError::FleetKeyRejected,
-        "fleet_retired" => ClientError::FleetRetired,
-        "unavailable" | "busy" => ClientError::Unavailable(message),
-        _ => ClientError::Refused(format!("{status}: {message}")),
-    }
-}
-
-pub(crate) fn http_err(e: reqwest::Error) -> ClientError {
-    ClientError::Unavailable(format!("frontend unreachable: {e}"))
-}
-
 impl Session {
     /// Runs the Noise NK handshake with `endpoint`'s fleet for `user_id`;
     /// [`ClientError::FleetKeyRejected`] if the responder lacks the pinned key.
@@ -123,26 +78,28 @@ impl Session {
             .write_message(&hello, &mut msg1)
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
         msg1.truncate(n);
-        let mut req = endpoint
-            .http
-            .post(url(endpoint, "/v1/sessions"))
-            .bearer_auth(endpoint.token.expose_secret());
+        let mut req = HttpRequest::new(
+            Method::Post,
+            url(endpoint, "/v1/sessions"),
+            MAX_NOISE_MESSAGE,
+        )
+        .token(&endpoint.token)
+        .bytes(msg1)
+        .idempotent();
         // An empty fleet id (a pinned config without one) lets the frontend
         // pick its default fleet.
         if !endpoint.fleet.fleet_id.is_empty() {
-            req = req.header("bkv-fleet", &endpoint.fleet.fleet_id);
+            req = req.header("bkv-fleet", endpoint.fleet.fleet_id.clone());
         }
-        let resp = send_resending(req.body(msg1)).await?;
-        if !resp.status().is_success() {
-            return Err(error_of(resp).await);
+        let resp = endpoint.http.send(req).await?;
+        if !resp.is_success() {
+            return Err(resp.error());
         }
         let id = resp
-            .headers()
-            .get(bkv_frontend_session_header())
-            .and_then(|v| v.to_str().ok())
+            .header(bkv_frontend_session_header())
             .map(str::to_owned)
             .ok_or_else(|| ClientError::Protocol("frontend sent no session id".into()))?;
-        let msg2 = read_limited(resp, MAX_NOISE_MESSAGE).await?;
+        let msg2 = resp.body;
         let mut payload = vec![0u8; msg2.len()];
         // A responder without the pinned key's private half cannot produce a
         // message that decrypts here.
@@ -167,17 +124,19 @@ impl Session {
             .write_message(&plain, &mut ct)
             .map_err(|e| ClientError::Protocol(format!("noise: {e}")))?;
         ct.truncate(n);
-        let req = self
-            .endpoint
-            .http
-            .post(url(&self.endpoint, &format!("/v1/sessions/{}", self.id)))
-            .bearer_auth(self.endpoint.token.expose_secret())
-            .body(ct);
-        let resp = send_resending(req).await?;
-        if !resp.status().is_success() {
-            return Err(error_of(resp).await);
+        let req = HttpRequest::new(
+            Method::Post,
+            url(&self.endpoint, &format!("/v1/sessions/{}", self.id)),
+            MAX_NOISE_MESSAGE,
+        )
+        .token(&self.endpoint.token)
+        .bytes(ct)
+        .idempotent();
+        let resp = self.endpoint.http.send(req).await?;
+        if !resp.is_success() {
+            return Err(resp.error());
         }
-        let body = read_limited(resp, MAX_NOISE_MESSAGE).await?;
+        let body = resp.body;
         // Sized to the message: zeroizing 64 KiB per call cost more than
         // the decryption.
         let mut out = Zeroizing::new(vec![0u8; body.len()]);
@@ -198,29 +157,6 @@ impl Session {
     /// can end it). Best effort: the node also expires idle sessions.
     pub async fn close(mut self) {
         let _ = self.call(&VaultRequest::Close).await;
-    }
-}
-
-/// Sends a request, resending the same bytes when the connection failed
-/// before an answer arrived (a kept-alive connection the frontend had just
-/// closed, a reset). Safe: a session open is harmless to repeat, and a
-/// resent session message is answered from the node's record of its reply,
-/// never processed twice.
-async fn send_resending(req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-    let mut attempt = 0;
-    loop {
-        let Some(this) = req.try_clone() else {
-            return req.send().await.map_err(http_err);
-        };
-        match this.send().await {
-            Ok(resp) => return Ok(resp),
-            Err(e) if attempt < 2 && (e.is_request() || e.is_connect()) && !e.is_timeout() => {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "resending after a connection failure");
-                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(http_err(e)),
-        }
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) async fn endpoint(http: &reqwest::Client, url: &str, user: &str) -> E
         .await
         .unwrap();
     Endpoint {
-        http: http.clone(),
+        http: std::sync::Arc::new(bkv_client::ReqwestHttp(http.clone())),
         frontend_url: url.to_owned(),
         token: SecretString::from(dev_token(http, url, user).await),
         fleet: FleetTarget {
@@ -172,14 +172,16 @@ fn a_flood_of_throwaway_accounts_does_not_lock_out_other_users() {
                                     counts.other.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            let r = e
-                                .http
-                                .post(format!("{}/v1/passkeys/registrations", e.frontend_url))
-                                .bearer_auth(secrecy::ExposeSecret::expose_secret(&e.token))
-                                .json(&serde_json::json!({}))
-                                .send()
-                                .await;
-                            let c = match r.map(|r| r.status().as_u16()) {
+                            let req = bkv_client::HttpRequest::new(
+                                bkv_client::Method::Post,
+                                format!("{}/v1/passkeys/registrations", e.frontend_url),
+                                1 << 16,
+                            )
+                            .token(&e.token)
+                            .json(&serde_json::json!({}))
+                            .unwrap();
+                            let r = e.http.send(req).await;
+                            let c = match r.map(|r| r.status) {
                                 Ok(200) => &counts.ceremonies,
                                 Ok(429) => &counts.limited,
                                 _ => &counts.other,

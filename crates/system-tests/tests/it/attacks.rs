@@ -182,7 +182,7 @@ async fn fleet_endpoint(dev: &DevUp, http: &reqwest::Client, user: &str, index: 
         .find(|f| f["index"] == index)
         .unwrap();
     let ep = Endpoint {
-        http: http.clone(),
+        http: std::sync::Arc::new(bkv_client::ReqwestHttp(http.clone())),
         frontend_url: dev.frontend_url.clone(),
         token: secrecy::SecretString::from(dev_token(http, &dev.frontend_url, user).await),
         fleet: FleetTarget {

@@ -1,0 +1,233 @@
+//! The client's HTTP behind one small trait, [`Http`]: every request the protocol code makes
+//! (sessions, passkey ceremonies, the validation bundle) is an [`HttpRequest`] answered by an
+//! [`HttpResponse`] with a bounded body. Natively the transport is reqwest ([`ReqwestHttp`]);
+//! a browser build hands the same requests to `fetch`, so the protocol code is the same in both.
+
+use crate::error::{ClientError, Result};
+use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
+
+/// An HTTP method the client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+    /// `DELETE`.
+    Delete,
+}
+
+/// One request: everything a transport needs, nothing of reqwest's.
+pub struct HttpRequest {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: Method,
+    /// The full URL.
+    pub url: String,
+    /// The user's token, sent as `Authorization: Bearer`.
+    pub token: Option<SecretString>,
+    /// Further headers (`bkv-fleet`, `bkv-session`, `bkv-grant`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body and its content type (`application/json`, `application/octet-stream`).
+    pub body: Option<(Vec<u8>, &'static str)>,
+    /// Safe to send again when the connection failed before any answer (a session message
+    /// the node answers from its record, a session open): the transport may retry it.
+    pub idempotent: bool,
+    /// The largest response body accepted; a larger one is an error, not read into memory.
+    pub limit: usize,
+}
+
+impl HttpRequest {
+    /// A request of `method` to `url` with no token, headers or body, not retried, with the
+    /// response limited to `limit` bytes.
+    pub fn new(method: Method, url: String, limit: usize) -> Self {
+        HttpRequest {
+            method,
+            url,
+            token: None,
+            headers: Vec::new(),
+            body: None,
+            idempotent: false,
+            limit,
+        }
+    }
+
+    /// With the user's token.
+    pub fn token(mut self, token: &SecretString) -> Self {
+        self.token = Some(token.clone());
+        self
+    }
+
+    /// With one more header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// With a JSON body.
+    pub fn json(mut self, body: &impl serde::Serialize) -> Result<Self> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("encode request: {e}")))?;
+        self.body = Some((bytes, "application/json"));
+        Ok(self)
+    }
+
+    /// With a binary body.
+    pub fn bytes(mut self, body: Vec<u8>) -> Self {
+        self.body = Some((body, "application/octet-stream"));
+        self
+    }
+
+    /// Marked safe to resend ([`HttpRequest::idempotent`]).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+}
+
+/// One answer: its status, the headers the client reads, and the body (at most the request's
+/// limit).
+pub struct HttpResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error this non-success answer means: the frontend's error body (`ErrorBody`) turned
+    /// into the client's error, or the start of whatever else answered (a proxy's page).
+    pub fn error(&self) -> ClientError {
+        let body = String::from_utf8_lossy(&self.body);
+        let (code, message) = match serde_json::from_str::<bkv_api::auditor::ErrorBody>(&body) {
+            Ok(e) => (e.error, e.message),
+            Err(_) => (String::new(), body.chars().take(200).collect()),
+        };
+        match code.as_str() {
+            "handshake_failed" => ClientError::FleetKeyRejected,
+            "fleet_retired" => ClientError::FleetRetired,
+            "unavailable" | "busy" => ClientError::Unavailable(message),
+            _ => ClientError::Refused(format!("{}: {message}", self.status)),
+        }
+    }
+}
+
+/// A transport: sends a request and reads its answer (at most `req.limit` bytes of body).
+/// A connection that fails before any answer is [`ClientError::Unavailable`].
+pub trait Http: Send + Sync {
+    /// Sends `req` and returns the answer, whatever its status.
+    fn send(&self, req: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>>;
+}
+
+/// The native transport: a reqwest client (its connection pool, TLS roots and timeouts).
+#[derive(Clone)]
+pub struct ReqwestHttp(pub reqwest::Client);
+
+impl Http for ReqwestHttp {
+    fn send(&self, req: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>> {
+        Box::pin(async move {
+            let method = match req.method {
+                Method::Get => reqwest::Method::GET,
+                Method::Post => reqwest::Method::POST,
+                Method::Delete => reqwest::Method::DELETE,
+            };
+            let mut b = self.0.request(method, &req.url);
+            if let Some(t) = &req.token {
+                b = b.bearer_auth(t.expose_secret());
+            }
+            for (name, value) in &req.headers {
+                b = b.header(*name, value);
+            }
+            if let Some((body, content_type)) = &req.body {
+                b = b
+                    .header(reqwest::header::CONTENT_TYPE, *content_type)
+                    .body(body.clone());
+            }
+            let resp = match req.idempotent {
+                true => send_resending(b).await?,
+                false => b.send().await.map_err(http_err)?,
+            };
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            // An error body is read only so far: its start says what happened.
+            let limit = match (200..300).contains(&status) {
+                true => req.limit,
+                false => req.limit.min(MAX_ERROR_BODY),
+            };
+            let body = read_limited(resp, limit).await?;
+            Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+}
+
+/// Largest error body read from the frontend.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Reads a reqwest response's body, refusing more than `limit` bytes: a hostile frontend
+/// cannot make the client buffer without bound.
+pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::Protocol(format!(
+            "response larger than {limit} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
+        if out.len() + chunk.len() > limit {
+            return Err(ClientError::Protocol(format!(
+                "response larger than {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn http_err(e: reqwest::Error) -> ClientError {
+    ClientError::Unavailable(format!("frontend unreachable: {e}"))
+}
+
+/// Sends a request, resending the same bytes when the connection failed before an answer
+/// arrived (a kept-alive connection the frontend had just closed, a reset). Only for requests
+/// marked idempotent: a session open is harmless to repeat, and a resent session message is
+/// answered from the node's record of its reply, never processed twice.
+async fn send_resending(req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    let mut attempt = 0;
+    loop {
+        let Some(this) = req.try_clone() else {
+            return req.send().await.map_err(http_err);
+        };
+        match this.send().await {
+            Ok(resp) => return Ok(resp),
+            Err(e) if attempt < 2 && (e.is_request() || e.is_connect()) && !e.is_timeout() => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "resending after a connection failure");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(http_err(e)),
+        }
+    }
+}
