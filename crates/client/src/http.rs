@@ -168,12 +168,12 @@ impl Http for ReqwestHttp {
                 .iter()
                 .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                 .collect();
-            // An error body is read only so far: its start says what happened.
-            let limit = match (200..300).contains(&status) {
-                true => req.limit,
-                false => req.limit.min(MAX_ERROR_BODY),
+            // An error body is read only so far (its start says what happened): a longer one
+            // (a proxy's page) is cut, not an error of its own.
+            let body = match (200..300).contains(&status) {
+                true => read_limited(resp, req.limit).await?,
+                false => read_prefix(resp, req.limit.min(MAX_ERROR_BODY)).await,
             };
-            let body = read_limited(resp, limit).await?;
             Ok(HttpResponse {
                 status,
                 headers,
@@ -206,6 +206,19 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<V
     Ok(out)
 }
 
+/// At most the first `limit` bytes of a body; whatever fails to arrive is left out.
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out
+}
+
 fn http_err(e: reqwest::Error) -> ClientError {
     ClientError::Unavailable(format!("frontend unreachable: {e}"))
 }
@@ -229,5 +242,49 @@ async fn send_resending(req: reqwest::RequestBuilder) -> Result<reqwest::Respons
             }
             Err(e) => return Err(http_err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("bkv-session".into(), "s1".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_error_body_becomes_the_clients_error() {
+        let e = |status, body| answer(status, body).error();
+        assert!(matches!(
+            e(403, r#"{"error":"handshake_failed","message":"m"}"#),
+            ClientError::FleetKeyRejected
+        ));
+        assert!(matches!(
+            e(410, r#"{"error":"fleet_retired","message":"m"}"#),
+            ClientError::FleetRetired
+        ));
+        assert!(
+            matches!(e(503, r#"{"error":"busy","message":"later"}"#), ClientError::Unavailable(m) if m == "later")
+        );
+        // Not the error body (a proxy's page): its start, with the status.
+        let long = "x".repeat(500);
+        match e(502, &long) {
+            ClientError::Refused(m) => assert_eq!(m, format!("502: {}", "x".repeat(200))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn headers_are_found_by_lower_case_name() {
+        let a = answer(200, "");
+        assert!(a.is_success());
+        assert_eq!(a.header("bkv-session"), Some("s1"));
+        assert_eq!(a.header("bkv-fleet"), None);
+        assert!(!answer(404, "").is_success());
     }
 }
