@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The generator at the library's UniFFI version, and the library it reads.
 cargo build --locked -p bkv-bindings --features bindgen --lib --example uniffi-bindgen
-gen=target/debug/examples/uniffi-bindgen
-lib=target/debug/libbkv_sdk.so
+target="${CARGO_TARGET_DIR:-target}"
+gen="$target/debug/examples/uniffi-bindgen"
+lib="$target/debug/libbkv_sdk.so"
 for language in python kotlin swift; do
   rm -rf "crates/bindings/generated/$language"
   # No formatter (ktlint, swift-format): the checked-in text must not depend on the machine.

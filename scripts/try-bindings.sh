@@ -9,11 +9,12 @@ cargo build --workspace --all-targets --locked
 # maturin runs `uniffi-bindgen` for the module: this library's generator.
 cargo build --locked -p bkv-bindings --features bindgen --example uniffi-bindgen
 work="$(mktemp -d)"
-(cd crates/bindings && PATH="$PWD/../../target/debug/examples:$PATH" \
+target="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+(cd crates/bindings && PATH="$target/debug/examples:$PATH" \
   maturin build --profile dev --out "$work/wheels" >/dev/null)
 python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --no-index --no-deps "$work"/wheels/*.whl
-target/debug/bkv-admin dev up --dir "$work/dev" >"$work/dev-up.out" 2>"$work/dev-up.err" &
+"$target/debug/bkv-admin" dev up --dir "$work/dev" >"$work/dev-up.out" 2>"$work/dev-up.err" &
 dev=$!
 trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do grep -q ready "$work/dev-up.out" && break; sleep 0.5; done
