@@ -86,32 +86,16 @@ impl From<anyhow::Error> for BkvError {
 impl BkvError {
     /// The code of a client error seen by reference (inside an `anyhow` chain).
     fn from_ref(e: &ClientError) -> Option<BkvError> {
-        use bkv_client::{FormatError, ManifestError};
         let message = e.to_string();
-        Some(match e {
-            ClientError::WrongPassword { guesses_remaining } => BkvError::WrongPassword {
+        Some(match (e, e.code()) {
+            (ClientError::WrongPassword { guesses_remaining }, _) => BkvError::WrongPassword {
                 guesses_remaining: *guesses_remaining,
             },
-            ClientError::Destroyed => BkvError::Destroyed,
-            ClientError::NoRecord | ClientError::NoBackup => BkvError::NotFound { message },
-            ClientError::Unavailable(_) => BkvError::Unavailable { message },
-            // What failed a check of its authenticity. Not: a backup of a newer format, a
-            // manifest that is full or holds no protector of the kind asked for.
-            ClientError::FleetKeyRejected
-            | ClientError::Bundle(_)
-            | ClientError::CheckpointLost { .. }
-            | ClientError::Format(
-                FormatError::Auth(_)
-                | FormatError::Magic
-                | FormatError::Truncated
-                | FormatError::TooManyChunks,
-            )
-            | ClientError::Manifest(ManifestError::Tampered | ManifestError::Malformed) => {
-                BkvError::Tampered { message }
-            }
-            ClientError::PasswordNeeded
-            | ClientError::RecoveryKey(_)
-            | ClientError::Manifest(ManifestError::TooMany) => BkvError::Usage { message },
+            (_, "destroyed") => BkvError::Destroyed,
+            (_, "not_found") => BkvError::NotFound { message },
+            (_, "unavailable") => BkvError::Unavailable { message },
+            (_, "tampered") => BkvError::Tampered { message },
+            (_, "usage") => BkvError::Usage { message },
             _ => return None,
         })
     }

@@ -3,7 +3,7 @@
 use bkv_client::ArchiveOptions;
 use bkv_client::Latest;
 use bkv_client::{Account, Unlock};
-use bkv_client::{BackupKey, BackupStore, ClientError, Endpoint, VaultClient};
+use bkv_client::{BackupStore, ClientError, Endpoint};
 use bkv_wire::vault::RecordState;
 use std::path::PathBuf;
 
@@ -55,29 +55,7 @@ pub async fn create(
     report: Report,
 ) -> Result<Created, ClientError> {
     let account = ctx.account(user)?;
-    let vault = VaultClient::new(ctx.endpoint.clone(), user);
-    let (key, registered) = match unlock {
-        // The record may still live on an older fleet (rotation): a fresh
-        // registration only when no fleet holds one.
-        Unlock::Password(pw) => match account.record_state().await? {
-            RecordState::Active { .. } | RecordState::Moved => {
-                (account.unlock(Unlock::Password(pw)).await?.key, false)
-            }
-            RecordState::Absent | RecordState::Pending | RecordState::Destroyed => {
-                if !account.store.manifests().await?.is_empty() {
-                    return Err(ClientError::Protectors(
-                        "these backups are protected by a recovery key or passkey but no password; \
-                         unlock with one of them (or add a password with `bkv backup protectors add --password`)"
-                            .into(),
-                    ));
-                }
-                let key = BackupKey::generate();
-                vault.register(pw, &key, ctx.guess_limit, None).await?;
-                (key, true)
-            }
-        },
-        other => (account.unlock(other).await?.key, false),
-    };
+    let (key, registered) = account.key_for_backup(unlock).await?;
     let latest = account.store.create(&key, source, opts, report).await?;
     Ok(Created { latest, registered })
 }

@@ -253,7 +253,7 @@ fn create_staging(out: &Path) -> io::Result<PathBuf> {
     use rand::RngCore;
     use std::os::unix::fs::DirBuilderExt;
     let mut suffix = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    crate::random::OsRng.fill_bytes(&mut suffix);
     let mut name = partial_prefix(out);
     name.push(hex::encode(suffix));
     let path = out.with_file_name(name);

@@ -35,7 +35,7 @@ pub const HEADER_LEN: usize = 44;
 /// AES-256-GCM tag bytes at the end of every chunk.
 pub(crate) const TAG_LEN: usize = 16;
 /// Plaintext bytes per chunk unless the caller chooses (1 MiB).
-pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Smallest chunk size readers accept (4 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 1 << 12;
 /// Readers refuse larger chunks, bounding their memory.
@@ -116,12 +116,9 @@ impl Header {
     pub fn new(compression: Compression, content: Content, chunk_size: u32) -> Self {
         let mut backup_id = [0u8; 16];
         let mut nonce_prefix = [0u8; 7];
-        rand::rngs::OsRng.fill_bytes(&mut backup_id);
-        rand::rngs::OsRng.fill_bytes(&mut nonce_prefix);
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        crate::random::OsRng.fill_bytes(&mut backup_id);
+        crate::random::OsRng.fill_bytes(&mut nonce_prefix);
+        let created_unix = crate::clock::now_unix();
         Header {
             compression,
             content,
@@ -259,6 +256,11 @@ impl<W: Write> EncryptWriter<W> {
         Ok(())
     }
 
+    /// The stream written so far (a streamed upload takes the sealed bytes out between writes).
+    pub(crate) fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Writes the final chunk and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.seal_chunk(true)?;
@@ -383,6 +385,11 @@ impl<R: Read> DecryptReader<R> {
             .ok_or(FormatError::TooManyChunks)?;
         self.done = last;
         Ok(())
+    }
+
+    /// The stream read from (a streamed restore feeds it between reads).
+    pub(crate) fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// Reads (and authenticates) to the end of the stream.

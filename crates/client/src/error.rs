@@ -70,6 +70,9 @@ pub enum ClientError {
     /// The object store failed (network, permissions, a missing object).
     #[error("storage: {0}")]
     Store(#[from] object_store::Error),
+    /// This build of the client cannot do what was asked (why, and what can).
+    #[error("{0}")]
+    Unsupported(String),
     /// Another device switched `latest.json` while this one was switching it: run again.
     #[error("latest.json changed while this backup was being switched to (another device backing up at the same time?); the new backup is stored but not current: run the command again")]
     LatestChanged,
@@ -97,6 +100,42 @@ impl From<VaultError> for ClientError {
                 ClientError::Unavailable("vault reported unavailable".into())
             }
             other => ClientError::Vault(other),
+        }
+    }
+}
+
+impl ClientError {
+    /// The error's class, shared by every client surface (the CLI's exit classes, the native
+    /// bindings' `BkvError`, the browser's error codes): `wrong_password`, `destroyed`,
+    /// `not_found`, `unavailable`, `tampered` (something failed a check of its authenticity),
+    /// `usage` (the request cannot work as asked), or `failed` (anything else).
+    pub fn code(&self) -> &'static str {
+        use crate::backup::FormatError;
+        use crate::slots::ManifestError;
+        match self {
+            ClientError::WrongPassword { .. } => "wrong_password",
+            ClientError::Destroyed => "destroyed",
+            ClientError::NoRecord | ClientError::NoBackup => "not_found",
+            ClientError::Unavailable(_) => "unavailable",
+            // Not: a backup of a newer format, a manifest that is full or holds no protector
+            // of the kind asked for.
+            ClientError::FleetKeyRejected
+            | ClientError::Bundle(_)
+            | ClientError::CheckpointLost { .. }
+            | ClientError::Format(
+                FormatError::Auth(_)
+                | FormatError::Magic
+                | FormatError::Truncated
+                | FormatError::TooManyChunks,
+            )
+            | ClientError::Manifest(ManifestError::Tampered | ManifestError::Malformed) => {
+                "tampered"
+            }
+            ClientError::PasswordNeeded
+            | ClientError::RecoveryKey(_)
+            | ClientError::Unsupported(_)
+            | ClientError::Manifest(ManifestError::TooMany) => "usage",
+            _ => "failed",
         }
     }
 }

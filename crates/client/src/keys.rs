@@ -15,7 +15,7 @@ impl BackupKey {
     /// A fresh random key from the OS RNG.
     pub fn generate() -> Self {
         let mut k = Box::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        crate::random::OsRng.fill_bytes(k.as_mut());
         BackupKey(SecretBox::new(k))
     }
     /// A key from its 32 bytes (as unwrapped or opened from a slot).
@@ -52,7 +52,7 @@ pub(crate) fn wrap(export_key: &[u8], user_id: &str, key: &BackupKey) -> Vec<u8>
     let wk = wrapping_key(export_key, user_id);
     let cipher = XChaCha20Poly1305::new(wk.as_ref().into());
     let mut nonce = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    crate::random::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
         .encrypt(
             XNonce::from_slice(&nonce),

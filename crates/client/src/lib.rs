@@ -12,39 +12,52 @@
 #![deny(unreachable_pub, unnameable_types, missing_docs)]
 
 mod account;
+#[cfg(feature = "native")]
 mod archive;
 mod backup;
+mod clock;
 mod error;
 mod http;
 mod keys;
 mod ota;
 mod passkey;
+mod random;
 mod session;
 mod slots;
 mod storage;
 mod vault;
 
 pub use account::{Account, Disabled, ProtectorInfo, Rotated, Unlock, Unlocked};
+#[cfg(feature = "native")]
 pub use archive::{source_size, Options as ArchiveOptions, Restored};
 pub use backup::{
     format_error, Compression, Content, DecryptReader, EncryptWriter, FormatError, Header,
-    HEADER_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    DEFAULT_CHUNK_SIZE, HEADER_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
+pub use clock::set_clock;
 pub use error::{ClientError, Result};
-pub use http::{read_limited, Http, HttpRequest, HttpResponse, Method, ReqwestHttp};
+#[cfg(feature = "native")]
+pub use http::{read_limited, ReqwestHttp};
+pub use http::{Http, HttpRequest, HttpResponse, Method};
 pub use keys::BackupKey;
+#[cfg(feature = "native")]
 pub use ota::fleets;
+pub use ota::fleets_after;
 pub use passkey::{Authenticator, Grant, PasskeyError};
+pub use random::set_random;
 pub use session::{Endpoint, FleetTarget, Session};
 pub use slots::{
     key_id, Manifest, ManifestError, PasskeyParams, RecoveryKey, RecoveryKeyError, Slot, SlotKind,
     SlotSecret,
 };
-pub use storage::{open_store, BackupObject, BackupStore, Latest};
+#[cfg(feature = "native")]
+pub use storage::open_store;
+pub use storage::{BackupObject, BackupStore, Chunks, HttpStore, Latest, Output};
 pub use vault::{LoggedIn, Prepared, VaultClient};
 
 /// Writes a private file whole or not at all, readable by the owner only, creating its parent
 /// directory (the one implementation, in `bkv-private-files`).
+#[cfg(feature = "native")]
 pub use bkv_private_files::write_private_file;
 
 /// Test hook for crash-consistency tests: with the `crash-points` feature (the workspace's test

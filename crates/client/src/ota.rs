@@ -5,18 +5,13 @@
 
 use crate::error::{ClientError, Result};
 use bkv_transparency::bundle::{self, BundlePackage, ClientLogState, TrustAnchors};
+#[cfg(feature = "native")]
 use std::path::Path;
 
 /// Largest bundle package accepted from the frontend.
 const MAX_PACKAGE: usize = 64 * 1024;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
+#[cfg(feature = "native")]
 /// Reads the saved log state at `path`; no file means first contact (the empty state).
 pub(crate) fn load_state(path: &Path) -> Result<ClientLogState> {
     match std::fs::read(path) {
@@ -28,6 +23,7 @@ pub(crate) fn load_state(path: &Path) -> Result<ClientLogState> {
     }
 }
 
+#[cfg(feature = "native")]
 fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
     let body = serde_json::to_vec_pretty(st).map_err(|e| ClientError::Protocol(e.to_string()))?;
     crate::write_private_file(path, &body)?;
@@ -40,6 +36,7 @@ fn save_state(path: &Path, st: &ClientLogState) -> Result<()> {
 /// `saved_before`: this client saved a checkpoint before (its config says
 /// so). Then a missing state file is an error, not a first contact: trusting
 /// whatever log is served next would undo the log's consistency check.
+#[cfg(feature = "native")]
 pub async fn fleets(
     http: &dyn crate::http::Http,
     frontend_url: &str,
@@ -53,6 +50,23 @@ pub async fn fleets(
         });
     }
     let seen = load_state(state_path)?;
+    let (fleets, next) = fleets_after(http, frontend_url, anchors, &seen).await?;
+    if next != seen {
+        save_state(state_path, &next)?;
+    }
+    Ok(fleets)
+}
+
+/// [`fleets`] with the log state held by the caller (a browser keeps it in its own storage):
+/// verifies the bundle against `seen` and returns the fleets and the state to keep from now on.
+/// The caller must keep the returned state before it uses the fleets, and must not offer a
+/// missing state as a first contact once it has kept one.
+pub async fn fleets_after(
+    http: &dyn crate::http::Http,
+    frontend_url: &str,
+    anchors: &TrustAnchors,
+    seen: &ClientLogState,
+) -> Result<(Vec<crate::session::FleetTarget>, ClientLogState)> {
     let url = format!(
         "{}/v1/bundle?known_size={}",
         frontend_url.trim_end_matches('/'),
@@ -71,11 +85,10 @@ pub async fn fleets(
     let body = resp.body;
     let pkg: BundlePackage = serde_json::from_slice(&body)
         .map_err(|e| ClientError::Protocol(format!("bundle package: {e}")))?;
-    let (b, next) = bundle::verify(anchors, &seen, &pkg, now()).map_err(ClientError::Bundle)?;
-    if next != seen {
-        save_state(state_path, &next)?;
-    }
-    b.fleets()
+    let (b, next) = bundle::verify(anchors, seen, &pkg, crate::clock::now_unix())
+        .map_err(ClientError::Bundle)?;
+    let fleets = b
+        .fleets()
         .into_iter()
         .map(|f| {
             Ok(crate::session::FleetTarget {
@@ -85,5 +98,6 @@ pub async fn fleets(
                 fleet_id: f.fleet_id,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((fleets, next))
 }

@@ -2,6 +2,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::keys::{self, BackupKey};
+use crate::random::OsRng;
 use crate::session::{Endpoint, Session};
 use argon2::Argon2;
 use bkv_wire::vault::{RecordState, SignedMoveTicket, VaultRequest, VaultResponse};
@@ -10,7 +11,6 @@ use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
 };
-use rand::rngs::OsRng;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};

@@ -169,6 +169,9 @@ pub struct PasskeysConfig {
     pub rp_id: String,
     /// The origin WebAuthn requests come from (`https://…`).
     pub origin: String,
+    /// Further origins accepted (the app's web page, when it is served elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_origins: Vec<String>,
     /// The redb file of registered passkeys (created `0600`).
     pub store: PathBuf,
     /// Passkey ceremonies in flight, all users together.
@@ -448,6 +451,7 @@ impl FrontendFile {
                 let rp = crate::passkeys::RelyingParty::open(&crate::passkeys::PasskeyConfig {
                     rp_id: p.rp_id.clone(),
                     origin: p.origin.clone(),
+                    extra_origins: p.extra_origins.clone(),
                     db_path: base.join(&p.store),
                 })
                 .map_err(|e| invalid("passkeys", e))?;

@@ -61,6 +61,8 @@ pub struct PasskeyConfig {
     pub rp_id: String,
     /// The origin clients' WebAuthn requests come from.
     pub origin: String,
+    /// Further accepted origins (a web page served from another origin).
+    pub extra_origins: Vec<String>,
     /// redb file with the registered passkeys.
     pub db_path: PathBuf,
 }
@@ -155,8 +157,15 @@ impl RelyingParty {
     pub fn open(config: &PasskeyConfig) -> Result<Self, PasskeyStoreError> {
         let origin = Url::parse(&config.origin)
             .map_err(|e| PasskeyStoreError::Config(format!("origin: {e}")))?;
-        let webauthn = WebauthnBuilder::new(&config.rp_id, &origin)
-            .and_then(|b| b.rp_name("bkv backups").build())
+        let mut builder = WebauthnBuilder::new(&config.rp_id, &origin)
+            .map_err(|e| PasskeyStoreError::Config(e.to_string()))?
+            .rp_name("bkv backups");
+        for o in &config.extra_origins {
+            let o = Url::parse(o).map_err(|e| PasskeyStoreError::Config(format!("{o}: {e}")))?;
+            builder = builder.append_allowed_origin(&o);
+        }
+        let webauthn = builder
+            .build()
             .map_err(|e| PasskeyStoreError::Config(e.to_string()))?;
         if let Some(dir) = config.db_path.parent() {
             std::fs::create_dir_all(dir).map_err(db_err)?;
@@ -517,6 +526,7 @@ mod tests {
         let rp = RelyingParty::open(&PasskeyConfig {
             rp_id: "localhost".into(),
             origin: "https://localhost".into(),
+            extra_origins: Vec::new(),
             db_path: dir.path().join("p.redb"),
         })
         .unwrap();
@@ -532,6 +542,7 @@ mod tests {
         RelyingParty::open(&PasskeyConfig {
             rp_id: "localhost".into(),
             origin: "https://localhost".into(),
+            extra_origins: Vec::new(),
             db_path: dir.join("p.redb"),
         })
         .unwrap()

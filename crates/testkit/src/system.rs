@@ -82,6 +82,8 @@ pub struct DevUp {
     pub auditor_url: String,
     /// The fleet's deployment evidence (`evidence.json`).
     pub evidence: PathBuf,
+    /// The web origin: the browser client's page, `/frontend/`, `/storage/` (`web=`).
+    pub web_url: String,
     /// Where its standard error goes.
     pub stderr_log: PathBuf,
 }
@@ -205,6 +207,7 @@ impl DevUp {
             frontend_url: field("frontend"),
             auditor_url: field("auditor"),
             evidence: PathBuf::from(field("evidence")),
+            web_url: field("web"),
             stderr_log,
         }
     }

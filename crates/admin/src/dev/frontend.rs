@@ -15,6 +15,7 @@ pub(crate) fn write_frontend_config(
     path: &Path,
     listen: &str,
     auditor_url: &str,
+    web_origin: &str,
 ) -> anyhow::Result<()> {
     use bkv_frontend::config as fc;
     let mut limits = fc::LimitsConfig::default();
@@ -66,6 +67,7 @@ pub(crate) fn write_frontend_config(
         passkeys: Some(fc::PasskeysConfig {
             rp_id: bkv_cli::config::DEV_PASSKEY_RP_ID.into(),
             origin: bkv_cli::config::DEV_PASSKEY_ORIGIN.into(),
+            extra_origins: vec![web_origin.to_owned()],
             store: PathBuf::from("passkeys.redb"),
             max_ceremonies,
         }),

@@ -10,6 +10,7 @@ mod deployment;
 mod frontend;
 mod layout;
 mod process;
+mod web;
 
 pub use commands::{add_node, ceremony, remove_node, retire};
 pub(crate) use deployment::*;
@@ -126,10 +127,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     load_or_create_key(&frontend_dir.join(DEV_TOKEN_KEY_FILE))?;
     write_routes(&dir)?;
     let frontend_config = frontend_dir.join("frontend.toml");
+    // The web origin's port is chosen first: the frontend's passkey RP must accept the page.
+    let web_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("bind the web origin")?;
+    let web_origin = format!("http://localhost:{}", web_listener.local_addr()?.port());
     write_frontend_config(
         &frontend_config,
         &format!("127.0.0.1:{}", args.port_base.unwrap_or(0)),
         &auditor.url,
+        &web_origin,
     )?;
     let frontend = match start_frontend(&frontend_bin, &frontend_dir, &frontend_config) {
         Ok(f) => f,
@@ -140,6 +147,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let storage_dir = dir.join("storage");
     std::fs::create_dir_all(&storage_dir)?;
+    let web_storage = storage_dir.clone();
     let frontend_url = frontend.url.clone();
     let client = ClientConfig {
         version: 1,
@@ -179,9 +187,33 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let config_path = dir.join("client.toml");
     client.save(&config_path)?;
+    // What the page connects with: the same trust anchors as the CLI, through this origin.
+    let page_config = serde_json::json!({
+        "frontend": format!("{web_origin}/frontend"),
+        "storage": format!("{web_origin}/storage"),
+        "dev_token_url": format!("{web_origin}/frontend/v1/dev/token"),
+        "guess_limit": client.guess_limit,
+        "passkey_origin": web_origin,
+        "trust": match &client.fleet.ota {
+            Some(o) => serde_json::json!({
+                "mode": "ota",
+                "namespace": o.namespace,
+                "origin": o.origin,
+                "auditor_name": o.auditor_name,
+                "auditor_key": o.auditor_key,
+                "operator_key": o.operator_key,
+            }),
+            None => serde_json::json!({
+                "mode": "pinned",
+                "fleet_id": client.fleet.fleet_id,
+                "noise_public_key": client.fleet.noise_public_key,
+            }),
+        },
+    });
+    web::serve(web_listener, web_storage, frontend_url.clone(), page_config)?;
 
     println!(
-        "bkv-admin dev: ready frontend={frontend_url} frontend_pid={} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={} evidence={}",
+        "bkv-admin dev: ready frontend={frontend_url} frontend_pid={} nodes={} node0={} pid0={} admin0={} fleet={} auditor={} config={} evidence={} web={web_origin}/",
         frontend.pid,
         started.len(),
         node.listen,

@@ -33,7 +33,7 @@ impl Account {
     ) -> Result<String> {
         let mut m = self.manifest_to_extend(unlocked).await?;
         let mut salt = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
+        crate::random::OsRng.fill_bytes(&mut salt);
         let id = new_slot_id(SlotKind::Passkey);
         let (rp, prf) = passkey::register(
             self.endpoint()?,

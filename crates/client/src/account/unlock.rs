@@ -114,7 +114,38 @@ impl Account {
         }
     }
 
+    /// The key a new backup is made under: with a password and no vault record on any fleet
+    /// (and no other protector in storage), a fresh K registered under that password (`true`:
+    /// registered now); otherwise K unlocked with the protector given.
+    pub async fn key_for_backup(&self, with: Unlock<'_>) -> Result<(BackupKey, bool)> {
+        match with {
+            // The record may still live on an older fleet (rotation): a fresh
+            // registration only when no fleet holds one.
+            Unlock::Password(pw) => match self.record_state().await? {
+                RecordState::Active { .. } | RecordState::Moved => {
+                    Ok((self.unlock(Unlock::Password(pw)).await?.key, false))
+                }
+                RecordState::Absent | RecordState::Pending | RecordState::Destroyed => {
+                    if !self.store.manifests().await?.is_empty() {
+                        return Err(ClientError::Protectors(
+                            "these backups are protected by a recovery key or passkey but no password; \
+                             unlock with one of them (or add a password with `bkv backup protectors add --password`)"
+                                .into(),
+                        ));
+                    }
+                    let key = BackupKey::generate();
+                    self.vault()?
+                        .register(pw, &key, self.guess_limit, None)
+                        .await?;
+                    Ok((key, true))
+                }
+            },
+            other => Ok((self.unlock(other).await?.key, false)),
+        }
+    }
+
     /// Restores the newest backup K opens.
+    #[cfg(feature = "native")]
     pub async fn restore(
         &self,
         unlocked: &Unlocked,

@@ -204,7 +204,7 @@ fn seal_envelope(
     slot_id: &str,
 ) -> Result<Vec<u8>, ManifestError> {
     let mut eph_sk = Zeroizing::new([0u8; 32]);
-    rand::rngs::OsRng.fill_bytes(eph_sk.as_mut());
+    crate::random::OsRng.fill_bytes(eph_sk.as_mut());
     let eph = MontgomeryPoint::mul_base_clamped(*eph_sk).to_bytes();
     let shared = MontgomeryPoint(*slot_pk).mul_clamped(*eph_sk);
     if shared.to_bytes() == [0u8; 32] {
@@ -212,7 +212,7 @@ fn seal_envelope(
     }
     let ctx = envelope_context(&eph, slot_pk, user_id, slot_id, &key_id(key));
     let mut nonce = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    crate::random::OsRng.fill_bytes(&mut nonce);
     let ct = envelope_cipher(&shared, &ctx)
         .encrypt(
             XNonce::from_slice(&nonce),
@@ -229,16 +229,13 @@ fn seal_envelope(
 }
 
 fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::now_unix()
 }
 
 /// A fresh slot id: kind prefix and 64 random bits.
 pub(crate) fn new_slot_id(kind: SlotKind) -> String {
     let mut id = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut id);
+    crate::random::OsRng.fill_bytes(&mut id);
     let prefix = match kind {
         SlotKind::RecoveryKey => "rk",
         SlotKind::Passkey => "pk",

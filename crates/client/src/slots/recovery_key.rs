@@ -62,7 +62,7 @@ impl RecoveryKey {
     /// A fresh random recovery key from the OS RNG.
     pub fn generate() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        crate::random::OsRng.fill_bytes(k.as_mut());
         RecoveryKey(k)
     }
 

@@ -1,6 +1,11 @@
 //! A local store's backup objects written whole and durably (split from `storage.rs`).
 
-use super::*;
+use super::pipe::Sink;
+use super::PIPE_PIECE;
+use crate::backup::Header;
+use crate::error::{ClientError, Result};
+use std::io;
+use std::path::Path;
 
 /// Writes a new backup object of a local store at `dest`: into a staging file next to it (named
 /// like object_store's own staged uploads, `<name>#<digits>`, which listings skip), written

@@ -1,4 +1,6 @@
+use super::local::write_local;
 use super::*;
+use crate::backup::Header;
 use std::io::Write;
 
 fn header() -> Header {

@@ -21,3 +21,4 @@ mod rotation;
 mod s3;
 mod services;
 mod trust;
+mod web;

@@ -1,0 +1,359 @@
+//! Backups streamed through the async code itself, piece by piece, with no thread and no file:
+//! what a browser does (`bkv-web` hands over a picked file's slices and takes the restored
+//! plaintext as it is authenticated). Memory stays bounded by one upload part and one chunk,
+//! whatever the backup's size.
+
+use super::{storage_err, BackupStore, Latest, PART_SIZE};
+use crate::backup::{Compression, Content, DecryptReader, EncryptWriter, Header, TAG_LEN};
+use crate::error::{ClientError, Result};
+use crate::keys::BackupKey;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{MultipartUpload, ObjectStore, PutPayload};
+use std::io::{self, Read, Write};
+
+/// Where a streamed backup's plaintext comes from.
+pub trait Chunks: Send {
+    /// The next piece of plaintext; `None` at the end.
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Vec<u8>>>>;
+}
+
+/// Where a streamed restore's plaintext goes: authenticated pieces in order. A restore that
+/// fails after some pieces (tampering, truncation) must make the receiver discard them all.
+pub trait Output: Send {
+    /// Takes the next authenticated piece.
+    fn write(&mut self, piece: Vec<u8>) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Plaintext handed to [`Output`] at a time.
+const PIECE: usize = 1 << 20;
+
+impl BackupStore {
+    /// Encrypts what `source` yields under `key` as a single-file backup (uncompressed: the
+    /// file a browser picks is usually compressed media already), uploads it in parts, makes
+    /// it the latest backup and deletes older ones and other keys' data, like a native create.
+    pub async fn create_streamed(
+        &self,
+        key: &BackupKey,
+        source: &mut dyn Chunks,
+        chunk_size: u32,
+    ) -> Result<Latest> {
+        let header = Header::new(Compression::None, Content::File, chunk_size);
+        let (name, key_id, path) = self.new_object(key);
+        let mut up = Upload::start(self.store.as_ref(), &path).await?;
+        let mut enc = EncryptWriter::new(Vec::new(), key, &header)?;
+        let written = async {
+            while let Some(piece) = source.next().await? {
+                enc.write_all(&piece)?;
+                up.drain(enc.inner_mut(), PART_SIZE).await?;
+            }
+            Ok::<_, ClientError>(())
+        }
+        .await;
+        let latest = match written {
+            Ok(()) => up.finish(enc.finish()?).await?,
+            Err(e) => return Err(up.abort(e).await),
+        };
+        let latest = Latest {
+            version: 1,
+            object: name,
+            size: latest,
+            created_unix: header.created_unix,
+            key_id,
+        };
+        self.switch_to(&latest, key).await?;
+        Ok(latest)
+    }
+
+    /// Downloads, authenticates and hands over the newest single-file backup `key` opens, one
+    /// authenticated piece at a time. A directory backup (a tar stream) and a zstd-compressed
+    /// one are refused before any piece is written: they need the native client.
+    pub async fn restore_streamed(
+        &self,
+        key: &BackupKey,
+        out: &mut dyn Output,
+    ) -> Result<(Latest, Header)> {
+        if self.latest().await?.is_none() && self.list().await?.is_empty() {
+            return Err(ClientError::NoBackup);
+        }
+        let latest = self.backup_for(key).await?;
+        let object = self.path(&format!("backups/{}", latest.object));
+        let stream = self
+            .store
+            .get(&object)
+            .await
+            .map_err(storage_err)?
+            .into_stream();
+        let mut dec = Decrypting::open(stream, key).await?;
+        let header = dec.header().clone();
+        if header.content != Content::File || header.compression != Compression::None {
+            return Err(ClientError::Unsupported(
+                "this backup is a directory or zstd-compressed: restore it with the native client (bkv)"
+                    .into(),
+            ));
+        }
+        while let Some(piece) = dec.next_piece().await? {
+            out.write(piece).await?;
+        }
+        Ok((latest, header))
+    }
+
+    /// Re-encrypts the backup that `old` opens under `new` and uploads it, without switching
+    /// `latest.json` (the caller does, once it is safe): streamed, for builds without threads.
+    #[cfg(not(feature = "native"))]
+    pub async fn reencrypt(&self, old: &BackupKey, new: &BackupKey) -> Result<Latest> {
+        let src = self.backup_for(old).await?;
+        let object = self.path(&format!("backups/{}", src.object));
+        let stream = self
+            .store
+            .get(&object)
+            .await
+            .map_err(storage_err)?
+            .into_stream();
+        let mut dec = Decrypting::open(stream, old).await?;
+        let h = dec.header().clone();
+        let header = Header::new(h.compression, h.content, h.chunk_size);
+        let (name, key_id, path) = self.new_object(new);
+        let mut up = Upload::start(self.store.as_ref(), &path).await?;
+        let mut enc = EncryptWriter::new(Vec::new(), new, &header)?;
+        let written = async {
+            while let Some(piece) = dec.next_piece().await? {
+                enc.write_all(&piece)?;
+                up.drain(enc.inner_mut(), PART_SIZE).await?;
+            }
+            Ok::<_, ClientError>(())
+        }
+        .await;
+        let size = match written {
+            Ok(()) => up.finish(enc.finish()?).await?,
+            Err(e) => return Err(up.abort(e).await),
+        };
+        Ok(Latest {
+            version: 1,
+            object: name,
+            size,
+            created_unix: header.created_unix,
+            key_id,
+        })
+    }
+}
+
+/// A multipart upload fed part by part (one part in memory at a time).
+struct Upload {
+    up: Box<dyn MultipartUpload>,
+    size: u64,
+}
+
+impl Upload {
+    async fn start(store: &dyn ObjectStore, path: &ObjPath) -> Result<Self> {
+        let up = store.put_multipart(path).await.map_err(storage_err)?;
+        Ok(Upload { up, size: 0 })
+    }
+
+    /// Uploads what `sealed` holds once it reaches `min` bytes.
+    async fn drain(&mut self, sealed: &mut Vec<u8>, min: usize) -> Result<()> {
+        if sealed.len() >= min {
+            let part = std::mem::take(sealed);
+            self.size += part.len() as u64;
+            self.up
+                .put_part(PutPayload::from(part))
+                .await
+                .map_err(storage_err)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the rest and completes the object; its size.
+    async fn finish(mut self, mut rest: Vec<u8>) -> Result<u64> {
+        self.drain(&mut rest, 1).await?;
+        crate::crash_point("upload-unfinished");
+        self.up.complete().await.map_err(storage_err)?;
+        Ok(self.size)
+    }
+
+    /// Gives up the upload (nothing was stored under its name) and returns `e`.
+    async fn abort(mut self, e: ClientError) -> ClientError {
+        let _ = self.up.abort().await;
+        e
+    }
+}
+
+/// The bytes downloaded and not yet decrypted.
+#[derive(Default)]
+struct Fifo {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Fifo {
+    fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(b);
+    }
+}
+
+impl Read for Fifo {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A download decrypted as it arrives. The reader underneath only ever sees a whole chunk (and
+/// one byte beyond it, which tells a last chunk from the others) or the true end of the
+/// object, so a chunk split across downloaded pieces is never mistaken for a truncation.
+struct Decrypting {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    dec: DecryptReader<Fifo>,
+    ended: bool,
+}
+
+impl Decrypting {
+    async fn open(
+        mut stream: BoxStream<'static, object_store::Result<Bytes>>,
+        key: &BackupKey,
+    ) -> Result<Self> {
+        let mut fifo = Fifo::default();
+        let ended = fill(&mut stream, &mut fifo, crate::backup::HEADER_LEN).await?;
+        let dec = DecryptReader::new(fifo, key).map_err(format_err)?;
+        Ok(Decrypting { stream, dec, ended })
+    }
+
+    fn header(&self) -> &Header {
+        self.dec.header()
+    }
+
+    /// The next authenticated plaintext; `None` after the last chunk authenticated.
+    async fn next_piece(&mut self) -> Result<Option<Vec<u8>>> {
+        let frame = self.dec.header().chunk_size as usize + TAG_LEN + 1;
+        let mut out = vec![0u8; PIECE];
+        let mut n = 0;
+        while n < out.len() {
+            if !self.ended {
+                self.ended = fill(&mut self.stream, self.dec.inner_mut(), frame).await?;
+            }
+            let k = self.dec.read(&mut out[n..]).map_err(format_err)?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        out.truncate(n);
+        Ok((n > 0).then_some(out))
+    }
+}
+
+/// Downloads into `fifo` until it holds `want` bytes; whether the object ended.
+async fn fill(
+    stream: &mut BoxStream<'static, object_store::Result<Bytes>>,
+    fifo: &mut Fifo,
+    want: usize,
+) -> Result<bool> {
+    while fifo.len() < want {
+        match stream.next().await {
+            Some(b) => fifo.push(&b.map_err(storage_err)?),
+            None => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+/// A decryption failure as the client's typed format error.
+fn format_err(e: io::Error) -> ClientError {
+    match crate::backup::format_error(&e) {
+        Some(f) => ClientError::Format(f.clone()),
+        None => ClientError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Pieces(Vec<Vec<u8>>);
+    impl Chunks for Pieces {
+        fn next(&mut self) -> BoxFuture<'_, Result<Option<Vec<u8>>>> {
+            Box::pin(async move { Ok((!self.0.is_empty()).then(|| self.0.remove(0))) })
+        }
+    }
+    struct Collect(Vec<u8>);
+    impl Output for Collect {
+        fn write(&mut self, piece: Vec<u8>) -> BoxFuture<'_, Result<()>> {
+            self.0.extend_from_slice(&piece);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn store() -> BackupStore {
+        BackupStore::with_store(Arc::new(object_store::memory::InMemory::new()), "u")
+    }
+
+    #[test]
+    fn a_streamed_backup_restores_whole_across_part_and_chunk_boundaries() {
+        futures::executor::block_on(async {
+            let s = store();
+            let key = BackupKey::generate();
+            // Sizes around the chunk (4 KiB here) and part boundaries, in odd pieces.
+            for size in [0usize, 1, 4096, 4097, PART_SIZE + 12_345] {
+                let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+                let pieces = data.chunks(77_777).map(<[u8]>::to_vec).collect();
+                let l = s
+                    .create_streamed(&key, &mut Pieces(pieces), 4096)
+                    .await
+                    .unwrap();
+                assert_eq!(s.latest().await.unwrap().unwrap().object, l.object);
+                let mut out = Collect(Vec::new());
+                s.restore_streamed(&key, &mut out).await.unwrap();
+                assert_eq!(out.0.len(), size);
+                assert!(out.0 == data, "size {size}");
+                // Only the newest backup is kept.
+                assert_eq!(s.list().await.unwrap().len(), 1);
+            }
+        });
+    }
+
+    #[test]
+    fn a_truncated_or_flipped_stream_is_refused() {
+        futures::executor::block_on(async {
+            let s = store();
+            let key = BackupKey::generate();
+            let data = vec![7u8; 10_000];
+            let l = s
+                .create_streamed(&key, &mut Pieces(vec![data]), 4096)
+                .await
+                .unwrap();
+            let path = s.path(&format!("backups/{}", l.object));
+            let stored = s.store.get(&path).await.unwrap().bytes().await.unwrap();
+            for bad in [
+                stored[..stored.len() - 1].to_vec(),
+                stored[..stored.len() - 4096 - TAG_LEN].to_vec(),
+                {
+                    let mut b = stored.to_vec();
+                    b[5000] ^= 1;
+                    b
+                },
+            ] {
+                s.store.put(&path, bad.into()).await.unwrap();
+                let e = s
+                    .restore_streamed(&key, &mut Collect(Vec::new()))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e, ClientError::Format(_)), "{e:?}");
+            }
+        });
+    }
+}

@@ -1,0 +1,166 @@
+//! Issue 29, items 1–3: the browser client. The page `dev up` serves at its `web=` URL, in
+//! headless Chromium with a virtual WebAuthn authenticator (crates/web/tests/browser.mjs):
+//! backup, byte-identical restore, the guess count, passkey and recovery-key restores,
+//! refused tampering; and backups crossing between the page and the CLI both ways.
+//!
+//! It needs what `scripts/test-web.sh --install` brings: the web build (`BKV_WEB_DIR` or
+//! `target/web/dist`), Chromium, Node and `playwright-core` in `crates/web/tests`.
+
+use bkv_testkit::system::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PW: &str = "correct horse battery staple\n";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn the_browser_client_backs_up_restores_and_uses_passkeys() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let web_source = t.path().join("web-source.bin");
+    let cli_source = t.path().join("cli-source.bin");
+    // Noise: the CLI stores it uncompressed, which the browser reads (docs/api.md).
+    write_noise(&web_source, 3 * 1024 * 1024 + 12_345, 41);
+    write_noise(&cli_source, 1024 * 1024 + 7, 42);
+    create_backup(&dev.config, "cli-bob", PW, &cli_source);
+
+    let o = Command::new("node")
+        .arg(repo().join("crates/web/tests/browser.mjs"))
+        .arg(&dev.web_url)
+        .arg(&web_source)
+        .arg("cli-bob")
+        .arg(&cli_source)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "browser.mjs: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(r#""tampered_bundle":"tampered""#), "{out}");
+
+    // The page's backup restores with the CLI, byte for byte.
+    let restored = t.path().join("restored.bin");
+    let o = restore_backup(&dev.config, "web-alice", PW, &restored, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_same_tree(&web_source, &restored);
+}
+
+/// The storage endpoint `dev up` serves, through the client's own `HttpStore` (natively, over
+/// reqwest): streamed backups in parts and ranges, conditional writes, listing, and the same
+/// directory the CLI uses.
+#[test]
+fn the_storage_endpoint_keeps_objects_whole_and_conditional_writes_exact() {
+    use bkv_client::{BackupKey, BackupStore, Chunks, HttpStore, Output, ReqwestHttp};
+    use futures::future::BoxFuture;
+    use object_store::{path::Path as ObjPath, ObjectStore, PutMode, PutPayload, UpdateVersion};
+    use std::sync::Arc;
+
+    struct Pieces(Vec<Vec<u8>>);
+    impl Chunks for Pieces {
+        fn next(&mut self) -> BoxFuture<'_, bkv_client::Result<Option<Vec<u8>>>> {
+            Box::pin(async move { Ok((!self.0.is_empty()).then(|| self.0.remove(0))) })
+        }
+    }
+    struct Collect(Vec<u8>);
+    impl Output for Collect {
+        fn write(&mut self, piece: Vec<u8>) -> BoxFuture<'_, bkv_client::Result<()>> {
+            self.0.extend_from_slice(&piece);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    let t = tempfile::tempdir().unwrap();
+    let dev = DevUp::start(&t.path().join("dev"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = Arc::new(ReqwestHttp(reqwest::Client::new()));
+        let base = format!("{}storage", dev.web_url);
+        let store = Arc::new(HttpStore::new(http, &base, None));
+
+        // A backup larger than one part and one range, made and read back in pieces.
+        let s = BackupStore::with_store(store.clone(), "endpoint-user");
+        let key = BackupKey::generate();
+        let data: Vec<u8> = (0..11_000_000u32).map(|i| (i % 251) as u8).collect();
+        let pieces = data.chunks(1 << 20).map(<[u8]>::to_vec).collect();
+        let made = s
+            .create_streamed(&key, &mut Pieces(pieces), 1 << 20)
+            .await
+            .unwrap();
+        let mut out = Collect(Vec::new());
+        s.restore_streamed(&key, &mut out).await.unwrap();
+        assert!(out.0 == data, "restored bytes differ");
+        // It is where the CLI's local store looks: the deployment's storage directory.
+        let on_disk: Vec<_> = walk(&dev.dir.join("storage"))
+            .into_iter()
+            .filter(|p| p.ends_with(&made.object))
+            .collect();
+        assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+        assert_eq!(std::fs::metadata(&on_disk[0]).unwrap().len(), made.size);
+
+        // Conditional writes: create-only refuses an existing object; an update names the
+        // version it replaces, and a stale one is refused.
+        let p = ObjPath::from("users/x/latest.json");
+        store
+            .put_opts(&p, PutPayload::from_static(b"one"), PutMode::Create.into())
+            .await
+            .unwrap();
+        let again = store
+            .put_opts(&p, PutPayload::from_static(b"two"), PutMode::Create.into())
+            .await;
+        assert!(
+            matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+            "{again:?}"
+        );
+        let meta = store.head(&p).await.unwrap();
+        let update = |tag: Option<String>| {
+            PutMode::Update(UpdateVersion {
+                e_tag: tag,
+                version: None,
+            })
+        };
+        store
+            .put_opts(
+                &p,
+                PutPayload::from_static(b"three"),
+                update(meta.e_tag.clone()).into(),
+            )
+            .await
+            .unwrap();
+        let stale = store
+            .put_opts(
+                &p,
+                PutPayload::from_static(b"four"),
+                update(meta.e_tag).into(),
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(object_store::Error::Precondition { .. })),
+            "{stale:?}"
+        );
+        let got = store.get(&p).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"three");
+        // Names outside the storage layout are refused before any request.
+        assert!(store.get(&ObjPath::from("users/x/a b")).await.is_err());
+        store.delete(&p).await.unwrap();
+        assert!(matches!(
+            store.get(&p).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    });
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
