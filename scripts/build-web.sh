@@ -22,8 +22,8 @@ export RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc CARGO_INCREMENTAL=0 \
 # getrandom 0.3 takes its randomness from bkv-web's custom backend (crypto.getRandomValues).
 # Paths in panic messages name the crates, not this machine's directories.
 export RUSTFLAGS="--cfg getrandom_backend=\"custom\" --remap-path-prefix=$PWD=/bkv --remap-path-prefix=$HOME/.cargo/registry/src=/crates"
-unset RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER
-/usr/bin/cargo build -q -p bkv-web --release --target wasm32-unknown-unknown \
+unset RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+/usr/bin/cargo build -q --locked -p bkv-web --release --target wasm32-unknown-unknown \
     -Zbuild-std=std,panic_abort --target-dir "$target/web/build"
 mkdir -p "$out"
 cp "$target/web/build/wasm32-unknown-unknown/release/bkv_web.wasm" "$out/"

@@ -14,7 +14,10 @@ log() { printf '\n== %s (%ss) ==\n' "$*" "$SECONDS"; }
 # tests and `dev up --platform softhsm` use) and OpenSC's pkcs11-tool (tests
 # list the tokens' keys with it), libfaketime (the chaos test jumps node
 # clocks with it), procps (`kill`: the client's crash hook in test builds kills `bkv` with it).
-APT_PACKAGES=(softhsm2 opensc libfaketime procps)
+# The browser client: Debian's wasm32 Rust (rustc-web, cargo-web, rust-web-src), its linker
+# and C compiler (lld-19, clang-19, llvm-19), and Chromium for the headless browser tests.
+APT_PACKAGES=(softhsm2 opensc libfaketime procps rustc-web cargo-web rust-web-src lld-19 clang-19 llvm-19 chromium)
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,6 +31,11 @@ fi
 if ! command -v moto_server >/dev/null 2>&1; then
   log "installing moto[server]"
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+fi
+# playwright-core drives Chromium over the DevTools protocol (crates/web/tests/browser.mjs).
+if [ ! -d crates/web/tests/node_modules/playwright-core ]; then
+  log "installing playwright-core"
+  (cd crates/web/tests && npm ci --no-audit --no-fund --silent)
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
@@ -51,11 +59,25 @@ if cargo tree -p bkv-cli --locked -e normal,build,dev --prefix none |
   exit 1
 fi
 
+# The browser client's wasm32 build (its own toolchain and target directory) runs beside the
+# native build: each leaves one of the two cores idle at times.
+log "web client build (wasm32, in the background)"
+web_log="$(mktemp)"
+./scripts/build-web.sh >"$web_log" 2>&1 &
+web_pid=$!
+
 RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 log "build and clippy (all targets, warnings are errors)"
 cargo build --workspace --all-targets --locked
+
+log "waiting for the web client build"
+if ! wait "$web_pid"; then
+  cat "$web_log" >&2
+  echo "the web client build failed (above)" >&2
+  exit 1
+fi
 
 # Every test in its own process, in parallel (.config/nextest.toml).
 log "tests"
