@@ -18,25 +18,31 @@ log() { printf '\n== %s (%ss) ==\n' "$*" "$SECONDS"; }
 # and C compiler (lld-19, clang-19, llvm-19), and Chromium for the headless browser tests.
 APT_PACKAGES=(softhsm2 opensc libfaketime procps rustc-web cargo-web rust-web-src lld-19 clang-19 llvm-19 chromium)
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-fi
-# An S3-compatible server for the object-storage tests (crates/system-tests/tests/it/s3.rs start it on
-# a free 127.0.0.1 port): moto, from PyPI.
-if ! command -v moto_server >/dev/null 2>&1; then
-  log "installing moto[server]"
-  python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
-fi
-# playwright-core drives Chromium over the DevTools protocol (crates/web/tests/browser.mjs).
-if [ ! -d crates/web/tests/node_modules/playwright-core ]; then
-  log "installing playwright-core"
-  (cd crates/web/tests && npm ci --no-audit --no-fund --silent)
-fi
+# The installs wait on the network and the native build on the CPU: they run side by side.
+install() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    local SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  fi
+  # An S3-compatible server for the object-storage tests (crates/system-tests/tests/it/s3.rs
+  # start it on a free 127.0.0.1 port): moto, from PyPI.
+  if ! command -v moto_server >/dev/null 2>&1; then
+    log "installing moto[server]"
+    python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+  fi
+  # playwright-core drives Chromium over the DevTools protocol (crates/web/tests/browser.mjs).
+  if [ ! -d crates/web/tests/node_modules/playwright-core ]; then
+    log "installing playwright-core"
+    (cd crates/web/tests && npm ci --no-audit --no-fund --silent)
+  fi
+}
+install_log="$(mktemp)"
+install >"$install_log" 2>&1 &
+install_pid=$!
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
@@ -59,25 +65,24 @@ if cargo tree -p bkv-cli --locked -e normal,build,dev --prefix none |
   exit 1
 fi
 
-# The browser client's wasm32 build (its own toolchain and target directory) runs beside the
-# native build: each leaves one of the two cores idle at times.
-log "web client build (wasm32, in the background)"
-web_log="$(mktemp)"
-./scripts/build-web.sh >"$web_log" 2>&1 &
-web_pid=$!
-
 RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)"
 export RUSTC_WORKSPACE_WRAPPER
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 log "build and clippy (all targets, warnings are errors)"
 cargo build --workspace --all-targets --locked
 
-log "waiting for the web client build"
-if ! wait "$web_pid"; then
-  cat "$web_log" >&2
-  echo "the web client build failed (above)" >&2
+log "waiting for the installs"
+if ! wait "$install_pid"; then
+  cat "$install_log" >&2
+  echo "installing the test dependencies failed (above)" >&2
   exit 1
 fi
+cat "$install_log"
+
+# The browser client (wasm32, its own toolchain and target directory). After the native build,
+# not beside it: two builds on two cores took longer together than one after the other.
+log "web client build (wasm32)"
+./scripts/build-web.sh
 
 # Every test in its own process, in parallel (.config/nextest.toml).
 log "tests"

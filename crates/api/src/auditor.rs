@@ -37,6 +37,8 @@ pub enum EntryKind {
     Membership,
     /// A fleet's deployment evidence (`evidence`).
     Evidence,
+    /// A browser-client build's manifest (`web`).
+    Web,
 }
 
 /// `GET /v1/logs/{ns}/entries/{i}`, `…/epochs/{e}`, `…/bundles/latest`: one entry.
@@ -70,6 +72,13 @@ pub struct EntryResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub evidence: Option<Vec<u8>>,
+    /// The web build's manifest (web entries only).
+    #[serde(
+        default,
+        with = "crate::b64::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub web: Option<Vec<u8>>,
     /// The auditor's Ed25519 signature over the entry's append message.
     #[serde(with = "crate::b64")]
     pub auditor_signature: Vec<u8>,
@@ -152,6 +161,17 @@ pub struct AppendEvidenceRequest {
     #[serde(with = "crate::b64")]
     pub evidence: Vec<u8>,
     /// The operator's Ed25519 signature over the evidence's append message.
+    #[serde(with = "crate::b64")]
+    pub operator_signature: Vec<u8>,
+}
+
+/// `POST /v1/logs/{ns}/web`: a web build's manifest to log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendWebRequest {
+    /// The manifest's exact bytes (`bkv_transparency::web`).
+    #[serde(with = "crate::b64")]
+    pub manifest: Vec<u8>,
+    /// The operator's Ed25519 signature over the manifest's append message.
     #[serde(with = "crate::b64")]
     pub operator_signature: Vec<u8>,
 }

@@ -9,6 +9,7 @@ fn entries_round_trip_and_keep_their_field_names() {
         bundle: Some(vec![1, 2, 3]),
         record: None,
         evidence: None,
+        web: None,
         auditor_signature: vec![9; 64],
         operator_signature: None,
     };

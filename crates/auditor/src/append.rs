@@ -7,7 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use bkv_api::auditor::{
-    AppendEvidenceRequest, AppendRecordRequest, AppendRequest, AppendResponse, CountersignRequest,
+    AppendEvidenceRequest, AppendRecordRequest, AppendRequest, AppendResponse, AppendWebRequest,
+    CountersignRequest,
 };
 use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::membership::{self, MembershipChange, MembershipRecord};
@@ -252,6 +253,55 @@ pub(crate) async fn append_evidence(
         },
     )?;
     tracing::info!(namespace = %ns, index, fleet = %e.fleet_id, "appended deployment evidence");
+    Ok(Json(AppendResponse {
+        index,
+        auditor_signature: sig.to_vec(),
+    }))
+}
+
+/// Logs a web build's manifest (`bkv_transparency::web`), signed by the namespace's operator:
+/// what `bkv audit web` finds a served or rebuilt page in.
+pub(crate) async fn append_web(
+    State(a): State<Arc<Auditor>>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppendResponse>, ApiError> {
+    use bkv_transparency::web;
+    let req: AppendWebRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad("bad_request", format!("append body: {e}")))?;
+    let mut logs = a.logs.lock().map_err(internal)?;
+    let log = logs.get_mut(&ns).ok_or_else(|| not_found("namespace"))?;
+    if !bundle::verify_sig(
+        &log.operator,
+        &web::append_message(&req.manifest),
+        &req.operator_signature,
+    ) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "append not signed by this namespace's operator".into(),
+        ));
+    }
+    let m = web::Manifest::parse(&req.manifest).map_err(|e| bad("bad_manifest", e.to_string()))?;
+    let d = web::digest(&req.manifest);
+    if log.digests.contains(&d) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "duplicate",
+            "this web build is already logged".into(),
+        ));
+    }
+    let sig = a.key.sign(&web::auditor_message(&ns, &d)).to_bytes();
+    let index = a.store_new(
+        &ns,
+        log,
+        StoredEntry::Web {
+            manifest: req.manifest.clone(),
+            auditor_signature: sig.to_vec(),
+            operator_signature: req.operator_signature,
+        },
+    )?;
+    tracing::info!(namespace = %ns, index, files = m.files.len(), "appended a web build");
     Ok(Json(AppendResponse {
         index,
         auditor_signature: sig.to_vec(),

@@ -87,6 +87,7 @@ pub fn router_with_metrics(
         .route("/v1/logs/{ns}/entries", post(append))
         .route("/v1/logs/{ns}/records", post(append_record))
         .route("/v1/logs/{ns}/evidence", post(append_evidence))
+        .route("/v1/logs/{ns}/web", post(append_web))
         .route("/v1/logs/{ns}/bundles/latest", get(latest_bundle))
         .route("/v1/logs/{ns}/entries/{index}", get(get_entry))
         .route(

@@ -40,6 +40,13 @@ pub(crate) enum StoredEntry {
         /// The operator's signature over the append request.
         operator_signature: Vec<u8>,
     },
+    Web {
+        /// The web build's manifest, exact bytes.
+        manifest: Vec<u8>,
+        auditor_signature: Vec<u8>,
+        /// The operator's signature over the append request.
+        operator_signature: Vec<u8>,
+    },
 }
 
 impl StoredEntry {
@@ -67,6 +74,14 @@ impl StoredEntry {
                 let d = bkv_transparency::evidence::digest(evidence);
                 Ok((
                     merkle::leaf_hash(&bkv_transparency::evidence::leaf_data(&d)),
+                    d,
+                    None,
+                ))
+            }
+            StoredEntry::Web { manifest, .. } => {
+                let d = bkv_transparency::web::digest(manifest);
+                Ok((
+                    merkle::leaf_hash(&bkv_transparency::web::leaf_data(&d)),
                     d,
                     None,
                 ))

@@ -3,7 +3,7 @@
 use crate::{OperatorError, Result};
 use bkv_api::auditor::{
     AppendEvidenceRequest, AppendRecordRequest, AppendRequest, AppendResponse as Appended,
-    CountersignRequest, KeyInfo, ProofResponse as Proof,
+    AppendWebRequest, CountersignRequest, KeyInfo, ProofResponse as Proof,
 };
 use bkv_transparency::bundle::{self, Bundle};
 use bkv_transparency::membership::{self as m, MembershipRecord};
@@ -175,5 +175,42 @@ impl AuditorClient<'_> {
             return Err(OperatorError::AuditorSignature);
         }
         Ok(a.index)
+    }
+
+    /// Logs a web build's manifest (its exact bytes, `bkv_transparency::web`) and checks the
+    /// auditor's signature. Returns the log index; a build logged before is not an error
+    /// (`None`).
+    pub async fn log_web(&self, namespace: &str, manifest: &[u8]) -> Result<Option<u64>> {
+        use bkv_transparency::web;
+        let url = format!("{}/v1/logs/{namespace}/web", self.root());
+        let req = AppendWebRequest {
+            manifest: manifest.to_vec(),
+            operator_signature: self
+                .operator
+                .sign(&web::append_message(manifest))
+                .to_bytes()
+                .to_vec(),
+        };
+        let r = self
+            .http
+            .post(&url)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| err(&url, e))?;
+        if r.status() == reqwest::StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        let a: Appended = serde_json::from_slice(&body(&url, r, MAX_AUDITOR_BODY).await?)
+            .map_err(|e| err(&url, e))?;
+        let (_, akey) = self.key().await?;
+        if !bundle::verify_sig(
+            &akey,
+            &web::auditor_message(namespace, &web::digest(manifest)),
+            &a.auditor_signature,
+        ) {
+            return Err(OperatorError::AuditorSignature);
+        }
+        Ok(Some(a.index))
     }
 }

@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod membership;
 pub mod merkle;
 pub mod note;
+pub mod web;
 
 /// serde helpers: bytes as standard base64 strings in JSON (declared in `bkv-api`).
 pub use bkv_api::b64;

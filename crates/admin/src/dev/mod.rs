@@ -121,6 +121,23 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         stop_deployment(&dir);
         return Err(e.context("publish the fleet's validation bundle"));
     }
+    // The page this deployment serves is a logged build (`bkv audit web`).
+    match web::read_build(&web::web_dir()) {
+        Ok(Some(manifest)) => {
+            if let Err(e) = op.auditor().log_web(DEV_NAMESPACE, &manifest).await {
+                stop_deployment(&dir);
+                return Err(anyhow::Error::from(e).context("log the web build"));
+            }
+        }
+        Ok(None) => eprintln!(
+            "bkv-admin dev: no web build in {} (scripts/build-web.sh): the page is not served",
+            web::web_dir().display()
+        ),
+        Err(e) => {
+            stop_deployment(&dir);
+            return Err(e.context("the web build"));
+        }
+    }
 
     let frontend_dir = dir.join("frontend");
     std::fs::create_dir_all(&frontend_dir)?;

@@ -51,6 +51,33 @@ pub(crate) fn web_dir() -> PathBuf {
     target.join("web").join("dist")
 }
 
+/// The manifest of the build in `dir` (`None`: no build there), checked against the files: a
+/// build whose files differ from its manifest is refused, not served and logged.
+pub(crate) fn read_build(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use bkv_transparency::web::{Manifest, MANIFEST_FILE, MAX_FILES};
+    let manifest = match std::fs::read(dir.join(MANIFEST_FILE)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != MANIFEST_FILE && e.file_type()?.is_file() && files.len() <= MAX_FILES {
+            files.push((name, std::fs::read(e.path())?));
+        }
+    }
+    let actual = Manifest::of_files(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))?;
+    if actual.encode() != manifest {
+        anyhow::bail!(
+            "{}: the files differ from {MANIFEST_FILE} (rebuild with scripts/build-web.sh)",
+            dir.display()
+        );
+    }
+    Ok(Some(manifest))
+}
+
 /// Serves the web origin on `listener` until the process ends.
 pub(crate) fn serve(
     listener: tokio::net::TcpListener,
@@ -99,6 +126,7 @@ fn serve_file(dir: &Path, name: &str) -> Response {
         Some("js") => "text/javascript",
         Some("wasm") => "application/wasm",
         Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     if !safe_name(name) {

@@ -195,3 +195,38 @@ pub(super) fn verify_member_entry(
         },
     ))
 }
+
+/// Verifies a web build entry: the manifest's form and both signatures. Returns its leaf and
+/// its row.
+pub(super) fn verify_web_entry(
+    i: u64,
+    e: &Entry,
+    manifest: &[u8],
+    namespace: &str,
+    akey: &VerifyingKey,
+    operator_key: &VerifyingKey,
+) -> anyhow::Result<(Hash, WebRow)> {
+    use bkv_transparency::web;
+    let d = web::digest(manifest);
+    if !bundle::verify_sig(
+        akey,
+        &web::auditor_message(namespace, &d),
+        &e.auditor_signature,
+    ) {
+        bail!("entry {i} (web build): auditor signature invalid");
+    }
+    match &e.operator_signature {
+        Some(s) if bundle::verify_sig(operator_key, &web::append_message(manifest), s) => {}
+        _ => bail!("entry {i} (web build): not signed by the given operator key"),
+    }
+    let m =
+        web::Manifest::parse(manifest).map_err(|err| anyhow!("entry {i} (web build): {err}"))?;
+    Ok((
+        merkle::leaf_hash(&web::leaf_data(&d)),
+        WebRow {
+            index: i,
+            digest: hex::encode(d),
+            files: m.files.len(),
+        },
+    ))
+}

@@ -5,6 +5,7 @@
 //! checks one fleet's evidence.
 
 pub mod fleet;
+pub mod web;
 
 mod entries;
 mod table;
@@ -84,6 +85,15 @@ pub struct EvidenceRow {
     pub source_commit: String,
 }
 
+/// A logged browser-client build (`bkv_transparency::web`).
+#[derive(Debug, Serialize)]
+pub struct WebRow {
+    pub index: u64,
+    /// SHA-256 of its manifest.
+    pub digest: String,
+    pub files: usize,
+}
+
 /// One fleet membership change, with the node's platform statement.
 #[derive(Debug, Serialize)]
 pub struct MemberRow {
@@ -112,6 +122,7 @@ pub struct LogReport {
     pub epochs: Vec<EpochRow>,
     pub members: Vec<MemberRow>,
     pub evidence: Vec<EvidenceRow>,
+    pub web: Vec<WebRow>,
     pub warnings: Vec<String>,
 }
 
@@ -240,6 +251,7 @@ pub fn verify_snapshot(
     let mut rows: Vec<EpochRow> = Vec::new();
     let mut members: Vec<MemberRow> = Vec::new();
     let mut evidence: Vec<EvidenceRow> = Vec::new();
+    let mut web: Vec<WebRow> = Vec::new();
     // Evidence digest → (log index, fleet keys, logged records it covers).
     let mut evidence_by_digest: std::collections::HashMap<[u8; 32], LoggedEvidence> =
         std::collections::HashMap::new();
@@ -253,6 +265,18 @@ pub fn verify_snapshot(
     for (i, e) in (0u64..).zip(&snap.entries) {
         if e.index != i {
             bail!("entry {i}: auditor returned index {}", e.index);
+        }
+        if let Some(manifest) = &e.web {
+            if e.bundle.is_some() || e.record.is_some() || e.evidence.is_some() {
+                bail!("entry {i}: a web build and something else");
+            }
+            let (leaf, row) = verify_web_entry(i, e, manifest, namespace, &akey, operator_key)?;
+            if !digests.insert(bkv_transparency::web::digest(manifest)) {
+                bail!("entry {i}: digest logged twice");
+            }
+            web.push(row);
+            check_in_log(snap, &cp, &mut leaves, i, leaf)?;
+            continue;
         }
         let bundle_bytes = match (&e.bundle, &e.record, &e.evidence) {
             (Some(b), None, None) => b,
@@ -410,6 +434,7 @@ pub fn verify_snapshot(
         epochs: rows,
         members,
         evidence,
+        web,
         warnings,
     })
 }

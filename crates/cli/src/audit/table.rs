@@ -33,6 +33,14 @@ pub fn print_table(r: &LogReport) {
             );
         }
     }
+    for w in &r.web {
+        println!(
+            "web build at index {}: manifest {}…  {} files",
+            w.index,
+            w.digest.get(..16).unwrap_or(&w.digest),
+            w.files
+        );
+    }
     for e in &r.evidence {
         println!(
             "evidence at index {}: fleet {}  digest {}…  {} nodes  bkv-core {}…  commit {}  witnesses {}",

@@ -37,6 +37,7 @@ fn snapshot(a: &SigningKey, o: &SigningKey, bundles: &[Bundle]) -> Snapshot {
             bundle: Some(bytes),
             record: None,
             evidence: None,
+            web: None,
             auditor_signature: asig.to_vec(),
             operator_signature: Some(bundle::sign_operator(o, &asig).to_vec()),
         });

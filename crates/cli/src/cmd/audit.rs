@@ -67,6 +67,30 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check that a web page (its URL) or a local build of the browser client (a directory, e.g.
+    /// a reproducible rebuild from source) is a build the operator logged: every file against
+    /// the build's manifest, the manifest in the auditor's log, the log verified whole as
+    /// `audit log` verifies it. Exits non-zero otherwise, and without a pinned --auditor-key.
+    Web {
+        /// The page's URL, or the build directory (scripts/build-web.sh: target/web/dist).
+        target: String,
+        /// Auditor base URL.
+        #[arg(long)]
+        auditor: String,
+        #[arg(long)]
+        namespace: String,
+        /// Operator's Ed25519 public key (hex).
+        #[arg(long)]
+        operator_key: String,
+        /// Pin the auditor's Ed25519 public key (hex, or its note verifier key).
+        #[arg(long)]
+        auditor_key: Option<String>,
+        /// Trust only this CA (PEM) for the auditor's and the page's HTTPS certificates.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
@@ -110,6 +134,7 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
                 "fleet audit failed",
             )
         }
+        AuditCommand::Web { .. } => web(command).await,
         AuditCommand::Log {
             auditor,
             namespace,
@@ -136,6 +161,41 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Runs `bkv audit web`.
+async fn web(command: &AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Web {
+        target,
+        auditor,
+        namespace,
+        operator_key,
+        auditor_key,
+        ca_file,
+        json,
+    } = command
+    else {
+        return Ok(());
+    };
+    let a = audit::web::WebAudit {
+        target,
+        http: audit::http_client(ca_file.as_deref())?,
+        auditor,
+        namespace,
+        operator_key: vk("--operator-key", operator_key)?,
+        auditor_key: auditor_key.as_deref().map(auditor_vk).transpose()?,
+    };
+    let unchecked = match a.auditor_key {
+        Some(_) => Vec::new(),
+        None => vec!["the auditor's key: not pinned (--auditor-key)".to_owned()],
+    };
+    report(
+        audit::web::audit_web(&a).await,
+        unchecked,
+        *json,
+        audit::web::print_report,
+        "web audit failed",
+    )
 }
 
 /// The auditor's key as given: hex, or a note verifier key (`name+id+base64`).

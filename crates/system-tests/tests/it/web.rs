@@ -164,3 +164,82 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Issue 29, item 5: `dev up` logs the build it serves; `bkv audit web` finds the served page
+/// and a local build in the auditor's log, and refuses a page whose files were changed, and a
+/// consistent manifest of changed files, which was never logged.
+#[test]
+fn a_served_web_build_is_checked_against_the_auditors_log() {
+    let t = tempfile::tempdir().unwrap();
+    let served = t.path().join("web");
+    std::fs::create_dir_all(&served).unwrap();
+    for e in std::fs::read_dir(built("../web/dist")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), served.join(e.file_name())).unwrap();
+    }
+    let dev = DevUp::start_with_env(
+        &t.path().join("dev"),
+        &[("BKV_WEB_DIR", served.to_str().unwrap())],
+    );
+    let audit = |target: &str| {
+        let mut args = vec![
+            "audit",
+            "web",
+            target,
+            "--auditor",
+            &dev.auditor_url,
+            "--namespace",
+            "dev",
+        ];
+        let keys = dev.log_keys();
+        args.extend(keys.iter().map(String::as_str));
+        dev.bkv(&args, "")
+    };
+    let o = audit(&dev.web_url);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is in the auditor's log"), "{}", text(&o));
+    let o = audit(served.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+
+    // One changed byte in a served file: not the file the logged manifest names.
+    let app = served.join("app.js");
+    let mut js = std::fs::read(&app).unwrap();
+    js.extend_from_slice(b"\n// exfiltrate();\n");
+    std::fs::write(&app, &js).unwrap();
+    let o = audit(&dev.web_url);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("not the file the build's manifest names"),
+        "{}",
+        text(&o)
+    );
+
+    // The operator serves a manifest that matches the changed files: it is not in the log.
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&served)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != bkv_transparency::web::MANIFEST_FILE)
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let m = bkv_transparency::web::Manifest::of_files(
+        files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+    )
+    .unwrap();
+    std::fs::write(
+        served.join(bkv_transparency::web::MANIFEST_FILE),
+        m.encode(),
+    )
+    .unwrap();
+    let o = audit(&dev.web_url);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not in the auditor's log"),
+        "{}",
+        text(&o)
+    );
+}

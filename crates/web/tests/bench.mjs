@@ -1,0 +1,56 @@
+// Measures a large backup and restore in headless Chromium through the dev deployment's page
+// (scripts/bench-web.sh): wall time, throughput, and the peak JavaScript heap and wasm memory
+// sampled every 50 ms while each runs.
+//
+// Usage: node bench.mjs WEB_URL FILE
+import { chromium } from "playwright-core";
+import { statSync } from "node:fs";
+
+const [web, file] = process.argv.slice(2);
+const size = statSync(file).size;
+const PW = "correct horse battery staple";
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+});
+try {
+  const page = await browser.newPage();
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Runtime.enable");
+  await page.goto(web);
+  await page.waitForSelector("body[data-ready]", { timeout: 60000 });
+  await page.evaluate(() => window.bkv.signIn("bench-user"));
+  await page.setInputFiles("#file", file);
+
+  // Samples the JS heap (CDP) and the wasm memory while `run` goes on.
+  async function measured(run) {
+    let heap = 0, wasm = 0, done = false;
+    const sampler = (async () => {
+      while (!done) {
+        const h = await cdp.send("Runtime.getHeapUsage");
+        heap = Math.max(heap, h.usedSize);
+        wasm = Math.max(wasm, await page.evaluate(() => window.bkv.client.memoryBytes));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    const t0 = performance.now();
+    const out = await run();
+    const seconds = (performance.now() - t0) / 1000;
+    done = true;
+    await sampler;
+    return { seconds, mib_per_s: size / 1048576 / seconds, peak_js_heap_mib: heap / 1048576, peak_wasm_mib: wasm / 1048576, out };
+  }
+
+  const backup = await measured(() =>
+    page.evaluate((pw) => window.bkv.backup(document.getElementById("file").files[0], pw).then(() => true), PW),
+  );
+  const restore = await measured(() =>
+    page.evaluate((pw) => window.bkv.restore(pw).then((r) => r.blob.size), PW),
+  );
+  if (restore.out !== size) throw new Error(`restored ${restore.out} bytes of ${size}`);
+  delete backup.out;
+  delete restore.out;
+  console.log(JSON.stringify({ size_mib: size / 1048576, backup, restore }));
+} finally {
+  await browser.close();
+}
