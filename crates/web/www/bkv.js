@@ -220,7 +220,30 @@ async function fetchCall(call, body) {
     }
   }
   const headers = [...resp.headers].map(([n, v]) => [n.toLowerCase(), v]);
-  let bytes = new Uint8Array(await resp.arrayBuffer());
-  if (!resp.ok) bytes = bytes.subarray(0, 16384);
+  // Read no more than the client accepts (an error body: its start), so a hostile server
+  // cannot make the page buffer without bound.
+  const limit = resp.ok ? call.limit : 16384;
+  const parts = [];
+  let n = 0;
+  const reader = resp.body ? resp.body.getReader() : null;
+  while (reader) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (n + value.length > limit) {
+      await reader.cancel();
+      if (resp.ok) throw new Error(`${call.url}: response larger than ${limit} bytes`);
+      parts.push(value.subarray(0, limit - n));
+      n = limit;
+      break;
+    }
+    parts.push(value);
+    n += value.length;
+  }
+  const bytes = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
   return [{ status: resp.status, headers }, bytes];
 }
