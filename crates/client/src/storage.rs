@@ -40,6 +40,7 @@ mod native;
 #[cfg(feature = "native")]
 mod pipe;
 mod stream;
+mod unzstd;
 pub use http_store::HttpStore;
 #[cfg(feature = "native")]
 pub use native::open_store;

@@ -151,21 +151,26 @@ export class Bkv {
     const req = enc.encode(JSON.stringify(request));
     const id = x.bkv_start(this.#put(req), req.length);
     if (!id) throw new BkvError({ code: "failed", message: "too many operations at once" });
+    // Calls run side by side (an upload part in flight while the next slice is read and
+    // sealed); each answer is handed over as it comes, and the task polled again.
+    const inflight = new Map();
     let state = x.bkv_poll(id);
     while (state === 0) {
-      const n = x.bkv_next_call();
-      if (!n) throw new BkvError({ code: "failed", message: "the operation waits for nothing" });
-      const call = JSON.parse(dec.decode(this.#ret(n)));
-      const body = this.#ret(x.bkv_call_body());
-      let ok = 1, meta, out;
-      try {
-        [meta, out] = await this.#perform(call, body, io);
-        meta = enc.encode(JSON.stringify(meta ?? {}));
-      } catch (e) {
-        ok = 0;
-        meta = enc.encode(e && e.message ? e.message : String(e));
+      for (let n; (n = x.bkv_next_call()); ) {
+        const call = JSON.parse(dec.decode(this.#ret(n)));
+        const body = this.#ret(x.bkv_call_body());
+        inflight.set(
+          call.id,
+          this.#perform(call, body, io).then(
+            ([meta, out]) => ({ id: call.id, ok: 1, meta: enc.encode(JSON.stringify(meta ?? {})), out }),
+            (e) => ({ id: call.id, ok: 0, meta: enc.encode(e && e.message ? e.message : String(e)), out: null }),
+          ),
+        );
       }
-      x.bkv_answer(call.id, ok, this.#put(meta), meta.length, this.#put(out), out ? out.length : 0);
+      if (inflight.size === 0) throw new BkvError({ code: "failed", message: "the operation waits for nothing" });
+      const a = await Promise.race(inflight.values());
+      inflight.delete(a.id);
+      x.bkv_answer(a.id, a.ok, this.#put(a.meta), a.meta.length, this.#put(a.out), a.out ? a.out.length : 0);
       state = x.bkv_poll(id);
     }
     const result = JSON.parse(dec.decode(this.#ret(x.bkv_result(id))));
@@ -207,7 +212,9 @@ export class Bkv {
 
 async function fetchCall(call, body) {
   const init = { method: call.method, headers: Object.fromEntries(call.headers) };
-  if (call.has_body) init.body = body;
+  // As a Blob: Chromium sends an ArrayBuffer body at a tenth of the speed (13 against 100
+  // MiB/s for 5 MiB parts over loopback, measured).
+  if (call.has_body) init.body = new Blob([body]);
   let resp;
   for (let attempt = 0; ; attempt++) {
     try {

@@ -3,6 +3,7 @@
 //! plaintext as it is authenticated). Memory stays bounded by one upload part and one chunk,
 //! whatever the backup's size.
 
+use super::unzstd::Unzstd;
 use super::{storage_err, BackupStore, Latest, PART_SIZE};
 use crate::backup::{Compression, Content, DecryptReader, EncryptWriter, Header, TAG_LEN};
 use crate::error::{ClientError, Result};
@@ -12,8 +13,9 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
-use object_store::{MultipartUpload, ObjectStore, PutPayload};
+use object_store::{MultipartUpload, ObjectStore, PutPayload, UploadPart};
 use std::io::{self, Read, Write};
+use std::task::Poll;
 
 /// Where a streamed backup's plaintext comes from.
 pub trait Chunks: Send {
@@ -69,8 +71,9 @@ impl BackupStore {
     }
 
     /// Downloads, authenticates and hands over the newest single-file backup `key` opens, one
-    /// authenticated piece at a time. A directory backup (a tar stream) and a zstd-compressed
-    /// one are refused before any piece is written: they need the native client.
+    /// authenticated piece at a time (decompressed if the backup is zstd-compressed, as `bkv`
+    /// makes a compressible file's). A directory backup (a tar stream) is refused before any
+    /// piece is written: it needs the native client.
     pub async fn restore_streamed(
         &self,
         key: &BackupKey,
@@ -89,14 +92,23 @@ impl BackupStore {
             .into_stream();
         let mut dec = Decrypting::open(stream, key).await?;
         let header = dec.header().clone();
-        if header.content != Content::File || header.compression != Compression::None {
+        if header.content != Content::File {
             return Err(ClientError::Unsupported(
-                "this backup is a directory or zstd-compressed: restore it with the native client (bkv)"
-                    .into(),
+                "this backup is a directory: restore it with the native client (bkv)".into(),
             ));
         }
+        let mut unzstd = (header.compression == Compression::Zstd).then(Unzstd::new);
         while let Some(piece) = dec.next_piece().await? {
-            out.write(piece).await?;
+            match &mut unzstd {
+                None => out.write(piece).await?,
+                Some(u) => {
+                    u.push(&piece);
+                    drain(u, out, false).await?;
+                }
+            }
+        }
+        if let Some(u) = &mut unzstd {
+            drain(u, out, true).await?;
         }
         Ok((latest, header))
     }
@@ -141,27 +153,56 @@ impl BackupStore {
     }
 }
 
+/// Hands over what `u` can decompress now.
+async fn drain(u: &mut Unzstd, out: &mut dyn Output, ended: bool) -> Result<()> {
+    loop {
+        let plain = u.next(ended)?;
+        if plain.is_empty() {
+            return Ok(());
+        }
+        out.write(plain).await?;
+    }
+}
+
 /// A multipart upload fed part by part (one part in memory at a time).
 struct Upload {
     up: Box<dyn MultipartUpload>,
     size: u64,
+    /// The part being sent while the next one is sealed: the transfer and the encryption
+    /// overlap, with at most two parts in memory.
+    in_flight: Option<UploadPart>,
 }
 
 impl Upload {
     async fn start(store: &dyn ObjectStore, path: &ObjPath) -> Result<Self> {
         let up = store.put_multipart(path).await.map_err(storage_err)?;
-        Ok(Upload { up, size: 0 })
+        Ok(Upload {
+            up,
+            size: 0,
+            in_flight: None,
+        })
     }
 
-    /// Uploads what `sealed` holds once it reaches `min` bytes.
+    /// Sends what `sealed` holds once it reaches `min` bytes, after the part before it arrived.
     async fn drain(&mut self, sealed: &mut Vec<u8>, min: usize) -> Result<()> {
         if sealed.len() >= min {
             let part = std::mem::take(sealed);
             self.size += part.len() as u64;
-            self.up
-                .put_part(PutPayload::from(part))
-                .await
-                .map_err(storage_err)?;
+            self.settle().await?;
+            let mut sending = self.up.put_part(PutPayload::from(part));
+            // Polled once, it is on its way; it is awaited before the next part goes.
+            match futures::poll!(&mut sending) {
+                Poll::Ready(r) => r.map_err(storage_err)?,
+                Poll::Pending => self.in_flight = Some(sending),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the part in flight.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(p) = self.in_flight.take() {
+            p.await.map_err(storage_err)?;
         }
         Ok(())
     }
@@ -169,6 +210,7 @@ impl Upload {
     /// Uploads the rest and completes the object; its size.
     async fn finish(mut self, mut rest: Vec<u8>) -> Result<u64> {
         self.drain(&mut rest, 1).await?;
+        self.settle().await?;
         crate::crash_point("upload-unfinished");
         self.up.complete().await.map_err(storage_err)?;
         Ok(self.size)
@@ -176,6 +218,7 @@ impl Upload {
 
     /// Gives up the upload (nothing was stored under its name) and returns `e`.
     async fn abort(mut self, e: ClientError) -> ClientError {
+        self.in_flight = None;
         let _ = self.up.abort().await;
         e
     }

@@ -22,10 +22,31 @@ fn the_browser_client_backs_up_restores_and_uses_passkeys() {
     let dev = DevUp::start(&t.path().join("dev"));
     let web_source = t.path().join("web-source.bin");
     let cli_source = t.path().join("cli-source.bin");
-    // Noise: the CLI stores it uncompressed, which the browser reads (docs/api.md).
     write_noise(&web_source, 3 * 1024 * 1024 + 12_345, 41);
-    write_noise(&cli_source, 1024 * 1024 + 7, 42);
-    create_backup(&dev.config, "cli-bob", PW, &cli_source);
+    // Text: the CLI compresses it (zstd), and the browser decompresses it as it restores.
+    let lines: String = (0..40_000)
+        .map(|i| format!("line {i}: the quick brown fox, {}\n", i * 7919 % 1000))
+        .collect();
+    std::fs::write(&cli_source, &lines).unwrap();
+    let o = dev.bkv(
+        &[
+            "backup",
+            "create",
+            "--user",
+            "cli-bob",
+            "--password-stdin",
+            cli_source.to_str().unwrap(),
+        ],
+        PW,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stored: u64 = String::from_utf8_lossy(&o.stdout)
+        .rsplit('(')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stored size in {}", text(&o)));
+    assert!(stored < lines.len() as u64 / 2, "not compressed: {stored}");
 
     let o = Command::new("node")
         .arg(repo().join("crates/web/tests/browser.mjs"))
