@@ -9,6 +9,7 @@
 use crate::host::{self, FetchHttp, FileSlices, Pieces, WebAuthn};
 use bkv_client::{
     Account, BackupStore, ClientError, Endpoint, FleetTarget, Http, HttpStore, RecoveryKey, Unlock,
+    Unlocked,
 };
 use bkv_transparency::bundle::{ClientLogState, TrustAnchors};
 use bkv_wire::vault::RecordState;
@@ -98,39 +99,57 @@ enum Request {
     },
 }
 
-fn error(e: &ClientError) -> Value {
-    let mut v = json!({ "code": e.code(), "message": e.to_string() });
-    if let ClientError::WrongPassword { guesses_remaining } = e {
-        v["guesses_remaining"] = (*guesses_remaining).into();
+/// A failed request: the error's JSON (`code`, `message`, `guesses_remaining`?).
+struct Fail(Value);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        let mut v = json!({ "code": e.code(), "message": e.to_string() });
+        if let ClientError::WrongPassword { guesses_remaining } = e {
+            v["guesses_remaining"] = guesses_remaining.into();
+        }
+        Fail(v)
     }
-    v
 }
 
-fn usage(message: &str) -> Value {
-    json!({ "code": "usage", "message": message })
+fn usage(message: &str) -> Fail {
+    Fail(json!({ "code": "usage", "message": message }))
 }
 
-fn key(hex_key: &str, what: &str) -> Result<[u8; 32], Value> {
+fn key(hex_key: &str, what: &str) -> Result<[u8; 32], Fail> {
     bkv_wire::key_from_hex(hex_key).map_err(|e| usage(&format!("{what}: {e}")))
 }
 
-fn password(p: String) -> Result<SecretString, Value> {
+fn password(p: String) -> Result<SecretString, Fail> {
     if p.is_empty() {
         return Err(usage("the password is empty"));
     }
     Ok(SecretString::from(p))
 }
 
+/// The account, unlocked with the password (a guess like any other).
+async fn with_password(
+    config: &Config,
+    pw: String,
+) -> Result<(Account, Unlocked, SecretString), Fail> {
+    let pw = password(pw)?;
+    let a = account(config).await?;
+    let unlocked = a.unlock(Unlock::Password(&pw)).await?;
+    Ok((a, unlocked, pw))
+}
+
 /// Runs one request (the JSON the page sent).
 pub async fn run(request: &str) -> Result<Value, Value> {
+    serve(request).await.map_err(|Fail(v)| v)
+}
+
+async fn serve(request: &str) -> Result<Value, Fail> {
     let req: Request =
         serde_json::from_str(request).map_err(|e| usage(&format!("request: {e}")))?;
     match req {
         Request::Status { config } => {
             let a = account(&config).await?;
-            let record = a.record_state().await.map_err(|e| error(&e))?;
-            let latest = a.store.latest().await.map_err(|e| error(&e))?;
-            let record = match record {
+            let record = match a.record_state().await? {
                 RecordState::Active {
                     attempts,
                     guess_limit,
@@ -145,80 +164,53 @@ pub async fn run(request: &str) -> Result<Value, Value> {
                 RecordState::Destroyed => json!({ "state": "destroyed" }),
                 RecordState::Moved => json!({ "state": "moved" }),
             };
-            Ok(json!({ "record": record, "latest": latest }))
+            Ok(json!({ "record": record, "latest": a.store.latest().await? }))
         }
-        Request::Protectors { config } => {
-            let a = account(&config).await?;
-            Ok(json!(a.list().await.map_err(|e| error(&e))?))
-        }
+        Request::Protectors { config } => Ok(json!(account(&config).await?.list().await?)),
         Request::Backup {
             config,
             password: pw,
         } => {
             let pw = password(pw)?;
             let a = account(&config).await?;
-            let (k, registered) = a
-                .key_for_backup(Unlock::Password(&pw))
-                .await
-                .map_err(|e| error(&e))?;
+            let (k, registered) = a.key_for_backup(Unlock::Password(&pw)).await?;
             let latest = a
                 .store
                 .create_streamed(&k, &mut FileSlices, bkv_client::DEFAULT_CHUNK_SIZE)
-                .await
-                .map_err(|e| error(&e))?;
+                .await?;
             Ok(json!({ "latest": latest, "registered": registered }))
         }
         Request::Restore { config, with } => {
             let a = account(&config).await?;
             // Checked first so that a password guess is not spent on nothing.
-            let empty = a.store.latest().await.map_err(|e| error(&e))?.is_none()
-                && a.store.list().await.map_err(|e| error(&e))?.is_empty();
-            if empty {
-                return Err(error(&ClientError::NoBackup));
+            if a.store.latest().await?.is_none() && a.store.list().await?.is_empty() {
+                return Err(ClientError::NoBackup.into());
             }
             let unlocked = match with {
-                With::Password(p) => a.unlock(Unlock::Password(&password(p)?)).await,
+                With::Password(p) => a.unlock(Unlock::Password(&password(p)?)).await?,
                 With::RecoveryKey(rk) => {
-                    let rk = RecoveryKey::parse(&rk).map_err(|e| error(&e.into()))?;
-                    a.unlock(Unlock::RecoveryKey(&rk)).await
+                    let rk = RecoveryKey::parse(&rk).map_err(ClientError::from)?;
+                    a.unlock(Unlock::RecoveryKey(&rk)).await?
                 }
-                With::Passkey {} => a.unlock(Unlock::Passkey(&mut WebAuthn)).await,
-            }
-            .map_err(|e| error(&e))?;
-            let (latest, _) = a
-                .store
-                .restore_streamed(&unlocked.key, &mut Pieces)
-                .await
-                .map_err(|e| error(&e))?;
+                With::Passkey {} => a.unlock(Unlock::Passkey(&mut WebAuthn)).await?,
+            };
+            let (latest, _) = a.store.restore_streamed(&unlocked.key, &mut Pieces).await?;
             Ok(json!({ "latest": latest, "via": unlocked.via }))
         }
         Request::AddRecoveryKey {
             config,
             password: pw,
         } => {
-            let pw = password(pw)?;
-            let a = account(&config).await?;
-            let unlocked = a
-                .unlock(Unlock::Password(&pw))
-                .await
-                .map_err(|e| error(&e))?;
-            let (id, rk) = a.add_recovery_key(&unlocked).await.map_err(|e| error(&e))?;
+            let (a, unlocked, _) = with_password(&config, pw).await?;
+            let (id, rk) = a.add_recovery_key(&unlocked).await?;
             Ok(json!({ "id": id, "recovery_key": rk.display() }))
         }
         Request::AddPasskey {
             config,
             password: pw,
         } => {
-            let pw = password(pw)?;
-            let a = account(&config).await?;
-            let unlocked = a
-                .unlock(Unlock::Password(&pw))
-                .await
-                .map_err(|e| error(&e))?;
-            let id = a
-                .add_passkey(&unlocked, &mut WebAuthn)
-                .await
-                .map_err(|e| error(&e))?;
+            let (a, unlocked, _) = with_password(&config, pw).await?;
+            let id = a.add_passkey(&unlocked, &mut WebAuthn).await?;
             Ok(json!({ "id": id }))
         }
         Request::ChangePassword {
@@ -227,8 +219,7 @@ pub async fn run(request: &str) -> Result<Value, Value> {
             new_password,
         } => {
             let (pw, new) = (password(pw)?, password(new_password)?);
-            let a = account(&config).await?;
-            a.change_password(&pw, &new).await.map_err(|e| error(&e))?;
+            account(&config).await?.change_password(&pw, &new).await?;
             Ok(json!({}))
         }
         Request::RemoveProtector {
@@ -241,24 +232,15 @@ pub async fn run(request: &str) -> Result<Value, Value> {
                     "the password is this page's way in: change it instead of removing it",
                 ));
             }
-            let pw = password(pw)?;
-            let a = account(&config).await?;
-            let unlocked = a
-                .unlock(Unlock::Password(&pw))
-                .await
-                .map_err(|e| error(&e))?;
-            let r = a
-                .rotate(unlocked, Some(&pw), &[id], false)
-                .await
-                .map_err(|e| error(&e))?;
-            Ok(json!(r))
+            let (a, unlocked, pw) = with_password(&config, pw).await?;
+            Ok(json!(a.rotate(unlocked, Some(&pw), &[id], false).await?))
         }
     }
 }
 
 /// The user's account: the fleet's key checked as the config says (a new log state is handed
 /// to the page to keep before the fleet is used), storage through the storage endpoint.
-async fn account(c: &Config) -> Result<Account, Value> {
+async fn account(c: &Config) -> Result<Account, Fail> {
     let http: Arc<dyn Http> = Arc::new(FetchHttp);
     let mut fleets = match &c.trust {
         Trust::Ota {
@@ -280,12 +262,11 @@ async fn account(c: &Config) -> Result<Account, Value> {
                 operator_key: vk(operator_key, "operator_key")?,
             };
             let seen = c.log_state.clone().unwrap_or_default();
-            let (fleets, next) = bkv_client::fleets_after(&*http, &c.frontend, &anchors, &seen)
-                .await
-                .map_err(|e| error(&e))?;
+            let (fleets, next) =
+                bkv_client::fleets_after(&*http, &c.frontend, &anchors, &seen).await?;
             if next != seen {
                 let state = serde_json::to_value(&next).map_err(|e| usage(&e.to_string()))?;
-                host::save_state(state).await.map_err(|e| error(&e))?;
+                host::save_state(state).await?;
             }
             fleets
         }

@@ -44,28 +44,7 @@ impl BackupStore {
         chunk_size: u32,
     ) -> Result<Latest> {
         let header = Header::new(Compression::None, Content::File, chunk_size);
-        let (name, key_id, path) = self.new_object(key);
-        let mut up = Upload::start(self.store.as_ref(), &path).await?;
-        let mut enc = EncryptWriter::new(Vec::new(), key, &header)?;
-        let written = async {
-            while let Some(piece) = source.next().await? {
-                enc.write_all(&piece)?;
-                up.drain(enc.inner_mut(), PART_SIZE).await?;
-            }
-            Ok::<_, ClientError>(())
-        }
-        .await;
-        let latest = match written {
-            Ok(()) => up.finish(enc.finish()?).await?,
-            Err(e) => return Err(up.abort(e).await),
-        };
-        let latest = Latest {
-            version: 1,
-            object: name,
-            size: latest,
-            created_unix: header.created_unix,
-            key_id,
-        };
+        let latest = self.upload_sealed(key, &header, source).await?;
         self.switch_to(&latest, key).await?;
         Ok(latest)
     }
@@ -83,14 +62,7 @@ impl BackupStore {
             return Err(ClientError::NoBackup);
         }
         let latest = self.backup_for(key).await?;
-        let object = self.path(&format!("backups/{}", latest.object));
-        let stream = self
-            .store
-            .get(&object)
-            .await
-            .map_err(storage_err)?
-            .into_stream();
-        let mut dec = Decrypting::open(stream, key).await?;
+        let mut dec = self.decrypting(&latest, key).await?;
         let header = dec.header().clone();
         if header.content != Content::File {
             return Err(ClientError::Unsupported(
@@ -118,21 +90,37 @@ impl BackupStore {
     #[cfg(not(feature = "native"))]
     pub async fn reencrypt(&self, old: &BackupKey, new: &BackupKey) -> Result<Latest> {
         let src = self.backup_for(old).await?;
-        let object = self.path(&format!("backups/{}", src.object));
+        let mut dec = self.decrypting(&src, old).await?;
+        let h = dec.header().clone();
+        let header = Header::new(h.compression, h.content, h.chunk_size);
+        self.upload_sealed(new, &header, &mut dec).await
+    }
+
+    /// The stored backup `latest` names, decrypted under `key` as it downloads.
+    async fn decrypting(&self, latest: &Latest, key: &BackupKey) -> Result<Decrypting> {
+        let object = self.path(&format!("backups/{}", latest.object));
         let stream = self
             .store
             .get(&object)
             .await
             .map_err(storage_err)?
             .into_stream();
-        let mut dec = Decrypting::open(stream, old).await?;
-        let h = dec.header().clone();
-        let header = Header::new(h.compression, h.content, h.chunk_size);
-        let (name, key_id, path) = self.new_object(new);
+        Decrypting::open(stream, key).await
+    }
+
+    /// Seals what `source` yields under `key` with `header` and uploads it as a new object in
+    /// parts; nothing points to it yet.
+    async fn upload_sealed(
+        &self,
+        key: &BackupKey,
+        header: &Header,
+        source: &mut dyn Chunks,
+    ) -> Result<Latest> {
+        let (name, key_id, path) = self.new_object(key);
         let mut up = Upload::start(self.store.as_ref(), &path).await?;
-        let mut enc = EncryptWriter::new(Vec::new(), new, &header)?;
+        let mut enc = EncryptWriter::new(Vec::new(), key, header)?;
         let written = async {
-            while let Some(piece) = dec.next_piece().await? {
+            while let Some(piece) = source.next().await? {
                 enc.write_all(&piece)?;
                 up.drain(enc.inner_mut(), PART_SIZE).await?;
             }
@@ -224,19 +212,20 @@ impl Upload {
     }
 }
 
-/// The bytes downloaded and not yet decrypted.
+/// Bytes received and not yet consumed (a download not yet decrypted, plaintext not yet
+/// decompressed): a reader that only ever returns what has been pushed.
 #[derive(Default)]
-struct Fifo {
+pub(super) struct Fifo {
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl Fifo {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    fn push(&mut self, b: &[u8]) {
+    pub(super) fn push(&mut self, b: &[u8]) {
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -296,6 +285,13 @@ impl Decrypting {
         }
         out.truncate(n);
         Ok((n > 0).then_some(out))
+    }
+}
+
+/// A decrypted download is the source of a re-encryption.
+impl Chunks for Decrypting {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Vec<u8>>>> {
+        Box::pin(self.next_piece())
     }
 }
 

@@ -4,42 +4,19 @@
 //! so a block split across pieces is never mistaken for a truncated one, and each step yields
 //! at most one block of output, so a small input cannot expand into unbounded memory at once.
 
+use super::stream::Fifo;
 use crate::error::{ClientError, Result};
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
-use std::io::Read;
 
 /// The most a zstd block takes (128 KiB) plus its 3-byte header and a frame's 4-byte checksum.
 const BLOCK: usize = 128 * 1024 + 3 + 4;
 /// A frame header is at most 18 bytes.
 const FRAME_HEADER: usize = 18;
 
-/// Pushed compressed bytes not decoded yet.
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-}
-
-impl Read for Pending {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let avail = self.buf.get(self.pos..).unwrap_or_default();
-        let n = avail.len().min(out.len());
-        out[..n].copy_from_slice(&avail[..n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// A zstd stream decoded as it is pushed in.
 pub(super) struct Unzstd {
     dec: FrameDecoder,
-    pending: Pending,
+    pending: Fifo,
     /// A frame is open (its header read, its end not reached).
     in_frame: bool,
 }
@@ -52,18 +29,13 @@ impl Unzstd {
     pub(super) fn new() -> Self {
         Unzstd {
             dec: FrameDecoder::new(),
-            pending: Pending::default(),
+            pending: Fifo::default(),
             in_frame: false,
         }
     }
 
     pub(super) fn push(&mut self, compressed: &[u8]) {
-        let p = &mut self.pending;
-        if p.pos > 0 && p.pos >= p.buf.len() / 2 {
-            p.buf.drain(..p.pos);
-            p.pos = 0;
-        }
-        p.buf.extend_from_slice(compressed);
+        self.pending.push(compressed);
     }
 
     /// The next decompressed output (empty: nothing more until more is pushed, or, once
