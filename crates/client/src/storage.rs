@@ -74,6 +74,19 @@ pub struct Latest {
     pub key_id: String,
 }
 
+impl Latest {
+    /// An uploaded backup object as `latest.json` names it.
+    fn uploaded(object: String, key_id: String, size: u64, header: &crate::backup::Header) -> Self {
+        Latest {
+            version: 1,
+            object,
+            size,
+            created_unix: header.created_unix,
+            key_id,
+        }
+    }
+}
+
 /// Most manifests read at once (one per backup key; more than two exist only
 /// when rotations were interrupted).
 const MAX_MANIFESTS: usize = 16;

@@ -9,6 +9,7 @@
 use crate::host::{self, Reply};
 use crate::tasks;
 use std::cell::RefCell;
+use zeroize::{Zeroize, Zeroizing};
 
 #[link(wasm_import_module = "bkv")]
 extern "C" {
@@ -24,7 +25,8 @@ thread_local! {
 
 fn ret(bytes: Vec<u8>) -> usize {
     let n = bytes.len();
-    RET.with(|r| *r.borrow_mut() = bytes);
+    // The previous answer may have held a new recovery key: zeroed, not just dropped.
+    RET.with(|r| std::mem::replace(&mut *r.borrow_mut(), bytes).zeroize());
     n
 }
 
@@ -32,12 +34,12 @@ fn ret(bytes: Vec<u8>) -> usize {
 ///
 /// # Safety
 /// `ptr` must come from `bkv_alloc(len)` and not be used again.
-unsafe fn take(ptr: *mut u8, len: usize) -> Vec<u8> {
+unsafe fn take(ptr: *mut u8, len: usize) -> Zeroizing<Vec<u8>> {
     if ptr.is_null() || len == 0 {
-        return Vec::new();
+        return Zeroizing::new(Vec::new());
     }
     // SAFETY: allocated by `bkv_alloc` as a Vec of exactly this length and capacity.
-    unsafe { Vec::from_raw_parts(ptr, len, len) }
+    Zeroizing::new(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 fn clock() -> u64 {
@@ -105,8 +107,14 @@ pub extern "C" fn bkv_ret_ptr() -> *const u8 {
 #[no_mangle]
 pub unsafe extern "C" fn bkv_start(ptr: *mut u8, len: usize) -> u32 {
     // SAFETY: the caller's contract.
-    let request = String::from_utf8_lossy(&unsafe { take(ptr, len) }).into_owned();
+    let request = Zeroizing::new(String::from_utf8_lossy(&unsafe { take(ptr, len) }).into_owned());
     tasks::start(async move { crate::ops::run(&request).await })
+}
+
+/// Drops task `id` (the page gave up on it).
+#[no_mangle]
+pub extern "C" fn bkv_drop(id: u32) {
+    tasks::drop_task(id);
 }
 
 /// Runs task `id` until it waits: 0 pending, 1 done, 3 unknown.
@@ -165,7 +173,7 @@ pub unsafe extern "C" fn bkv_answer(
     let (meta, body) = unsafe { (take(meta_ptr, meta_len), take(body_ptr, body_len)) };
     let reply = if ok == 1 {
         match serde_json::from_slice(&meta) {
-            Ok(v) => Reply::Done(v, body),
+            Ok(v) => Reply::Done(v, body.to_vec()),
             Err(e) => Reply::Failed(format!("the page's answer: {e}")),
         }
     } else {

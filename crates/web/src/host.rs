@@ -267,7 +267,12 @@ impl Chunks for FileSlices {
     fn next(&mut self) -> BoxFuture<'_, bkv_client::Result<Option<Vec<u8>>>> {
         Box::pin(async {
             match call(json!({ "kind": "read", "max": SLICE }), Vec::new()).await {
-                Reply::Done(_, b) if b.is_empty() => Ok(None),
+                // The end is said, not inferred from an empty answer: a page that hands over
+                // something else than bytes must not cut the backup short.
+                Reply::Done(meta, b) if b.is_empty() => match meta.get("eof") {
+                    Some(Value::Bool(true)) => Ok(None),
+                    _ => Err(ClientError::Protocol("a read returned nothing".into())),
+                },
                 Reply::Done(_, b) if b.len() <= SLICE => Ok(Some(b)),
                 Reply::Done(..) => Err(ClientError::Protocol("a read returned too much".into())),
                 Reply::Failed(m) => Err(ClientError::Io(std::io::Error::other(m))),

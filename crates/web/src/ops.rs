@@ -144,8 +144,15 @@ pub async fn run(request: &str) -> Result<Value, Value> {
 }
 
 async fn serve(request: &str) -> Result<Value, Fail> {
-    let req: Request =
-        serde_json::from_str(request).map_err(|e| usage(&format!("request: {e}")))?;
+    // Where, not what: serde's message quotes values, and a value may be a password.
+    let req: Request = serde_json::from_str(request).map_err(|e| {
+        usage(&format!(
+            "the request is not valid ({:?} at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     match req {
         Request::Status { config } => {
             let a = account(&config).await?;

@@ -105,6 +105,12 @@ pub fn poll(id: u32) -> State {
     })
 }
 
+/// Drops task `id` whatever its state (the page gave up on it) and forgets its calls.
+pub fn drop_task(id: u32) {
+    TASKS.with(|t| t.borrow_mut().table.remove(&id));
+    host::forget(id);
+}
+
 /// Takes the result of finished task `id` (and forgets the task): `{"ok": …}` or
 /// `{"error": …}`.
 pub fn take(id: u32) -> Option<Value> {

@@ -87,6 +87,7 @@ function credentialJson(c) {
 export class Bkv {
   #x;
   #queue = Promise.resolve();
+  #broken = null;
 
   /** Loads and starts the module (default: bkv_web.wasm next to this file). */
   static async load(url = new URL("bkv_web.wasm", import.meta.url)) {
@@ -147,10 +148,26 @@ export class Bkv {
   }
 
   async #run(request, io) {
+    if (this.#broken) throw this.#broken;
     const x = this.#x;
     const req = enc.encode(JSON.stringify(request));
     const id = x.bkv_start(this.#put(req), req.length);
     if (!id) throw new BkvError({ code: "failed", message: "too many operations at once" });
+    try {
+      return await this.#drive(id, io);
+    } catch (e) {
+      // A trap (a panic in the module) leaves it in no state to go on: load it again.
+      if (e instanceof WebAssembly.RuntimeError) {
+        this.#broken = new BkvError({ code: "failed", message: `the client stopped (${e.message}): reload the page` });
+        throw this.#broken;
+      }
+      x.bkv_drop(id);
+      throw e;
+    }
+  }
+
+  async #drive(id, io) {
+    const x = this.#x;
     // Calls run side by side (an upload part in flight while the next slice is read and
     // sealed); each answer is handed over as it comes, and the task polled again.
     const inflight = new Map();
@@ -184,7 +201,8 @@ export class Bkv {
         return fetchCall(call, body);
       case "read": {
         const b = await io.read(call.max);
-        return [{}, b];
+        if (!(b instanceof Uint8Array)) throw new Error("io.read must return a Uint8Array");
+        return [{ eof: b.length === 0 }, b];
       }
       case "write":
         await io.write(body);

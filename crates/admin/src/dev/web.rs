@@ -132,7 +132,10 @@ fn serve_file(dir: &Path, name: &str) -> Response {
     if !safe_name(name) {
         return StatusCode::NOT_FOUND.into_response();
     }
-    match std::fs::read(dir.join(name)) {
+    // A regular file of the build, never a link out of it.
+    let path = dir.join(name);
+    let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+    match std::fs::read(&path).ok().filter(|_| regular).ok_or(()) {
         Ok(b) => ([("content-type", kind), ("cache-control", "no-store")], b).into_response(),
         Err(_) => (
             StatusCode::NOT_FOUND,
@@ -158,8 +161,12 @@ async fn relay(
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
+    // The path as it came (still percent-encoded), not the decoded capture: `%2F` or `%3F`
+    // must not turn into a separator at the frontend.
+    let _ = rest;
+    let raw = uri.path().strip_prefix("/frontend").unwrap_or_default();
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let url = format!("{}/{rest}{query}", w.frontend);
+    let url = format!("{}{raw}{query}", w.frontend);
     let mut req = w.http.request(method, url).body(body);
     for (name, value) in &headers {
         let n = name.as_str();
@@ -202,17 +209,52 @@ struct ObjectQuery {
     parts: Option<u32>,
 }
 
-fn etag(meta: &std::fs::Metadata) -> String {
+/// Objects up to this size are tagged by their content's hash; larger ones (backups, written
+/// once under fresh names) by size, change time and inode.
+const HASHED: u64 = 1024 * 1024;
+
+/// The version tag of the open file `f`: what conditional requests compare. A small object's
+/// tag is its content's SHA-256, so two versions written within one tick of a coarse file
+/// clock never share a tag (`latest.json` is switched by compare-and-swap on it).
+fn etag(f: &mut std::fs::File, meta: &std::fs::Metadata) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.len() <= HASHED {
+        let mut b = Vec::new();
+        f.seek(SeekFrom::Start(0))?;
+        f.read_to_end(&mut b)?;
+        f.seek(SeekFrom::Start(0))?;
+        return Ok(format!(
+            "\"{}\"",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b))
+        ));
+    }
     let ns = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("\"{}-{ns}\"", meta.len())
+    Ok(format!("\"{}-{ns}-{}\"", meta.len(), meta.ino()))
 }
 
-fn meta_headers(meta: &std::fs::Metadata) -> [(&'static str, String); 3] {
+/// The object at `path` opened, with its metadata and tag (`None`: no such object). Every
+/// answer about an object comes from this one open file, so a replacement in between cannot
+/// mix two versions.
+fn open_object(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::Metadata, String)>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let tag = etag(&mut f, &meta)?;
+    Ok(Some((f, meta, tag)))
+}
+
+fn meta_headers(meta: &std::fs::Metadata, tag: &str) -> [(&'static str, String); 3] {
     let ms = meta
         .modified()
         .ok()
@@ -220,7 +262,7 @@ fn meta_headers(meta: &std::fs::Metadata) -> [(&'static str, String); 3] {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     [
-        ("etag", etag(meta)),
+        ("etag", tag.to_owned()),
         ("bkv-size", meta.len().to_string()),
         ("bkv-modified-ms", ms.to_string()),
     ]
@@ -259,13 +301,16 @@ async fn object(
             let _one = w.writes.lock().await;
             put(&w.storage, &file, &headers, &body)
         }
-        (&Method::DELETE, None) => match std::fs::remove_file(&file) {
-            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(StatusCode::NOT_FOUND.into_response())
+        (&Method::DELETE, None) => {
+            let _one = w.writes.lock().await;
+            match std::fs::remove_file(&file) {
+                Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(StatusCode::NOT_FOUND.into_response())
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        },
+        }
         (m, Some(id)) => {
             if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return status(StatusCode::BAD_REQUEST, "bad upload id");
@@ -276,7 +321,10 @@ async fn object(
                     .and_then(|()| std::fs::write(dir.join(n.to_string()), &body))
                     .map(|()| StatusCode::OK.into_response())
                     .map_err(Into::into),
-                (&Method::POST, None, Some(n)) => complete(&w.storage, &dir, &file, n),
+                (&Method::POST, None, Some(n)) => {
+                    let _one = w.writes.lock().await;
+                    complete(&w.storage, &dir, &file, n)
+                }
                 (&Method::DELETE, None, None) => {
                     let _ = std::fs::remove_dir_all(&dir);
                     Ok(StatusCode::NO_CONTENT.into_response())
@@ -292,13 +340,12 @@ async fn object(
 }
 
 fn read(file: &Path, method: &Method, headers: &HeaderMap) -> anyhow::Result<Response> {
-    let meta = match std::fs::metadata(file) {
-        Ok(m) if m.is_file() => m,
-        _ => return Ok(StatusCode::NOT_FOUND.into_response()),
+    let Some((mut f, meta, tag)) = open_object(file)? else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
     };
-    let h = meta_headers(&meta);
+    let h = meta_headers(&meta, &tag);
     if let Some(m) = headers.get("if-match").and_then(|v| v.to_str().ok()) {
-        if m != etag(&meta) {
+        if m != tag {
             return Ok(StatusCode::PRECONDITION_FAILED.into_response());
         }
     }
@@ -322,7 +369,6 @@ fn read(file: &Path, method: &Method, headers: &HeaderMap) -> anyhow::Result<Res
             ))
         }
     };
-    let mut f = std::fs::File::open(file)?;
     f.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; usize::try_from(end - start)?];
     f.read_exact(&mut buf)?;
@@ -337,11 +383,11 @@ fn read(file: &Path, method: &Method, headers: &HeaderMap) -> anyhow::Result<Res
 /// Writes `body` as `file`, all at once (a temporary file renamed into place), if the
 /// request's condition holds.
 fn put(root: &Path, file: &Path, headers: &HeaderMap, body: &[u8]) -> anyhow::Result<Response> {
-    let current = std::fs::metadata(file).ok().filter(|m| m.is_file());
+    let current = open_object(file)?.map(|(_, _, tag)| tag);
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let refused = match (header("if-none-match"), header("if-match"), &current) {
         (Some("*"), _, Some(_)) => true,
-        (_, Some(want), Some(m)) => want != etag(m),
+        (_, Some(want), Some(tag)) => want != tag,
         (_, Some(_), None) => true,
         _ => false,
     };
@@ -351,10 +397,15 @@ fn put(root: &Path, file: &Path, headers: &HeaderMap, body: &[u8]) -> anyhow::Re
     let tmp = staging(root)?;
     std::fs::write(&tmp, body)?;
     place(&tmp, file)?;
-    let meta = std::fs::metadata(file)?;
+    written(file)
+}
+
+/// The answer to a write: the object's new tag, size and time.
+fn written(file: &Path) -> anyhow::Result<Response> {
+    let (_, meta, tag) = open_object(file)?.context("the object vanished after it was written")?;
     Ok(with_headers(
         StatusCode::OK,
-        &meta_headers(&meta),
+        &meta_headers(&meta, &tag),
         Vec::new(),
     ))
 }
@@ -374,12 +425,7 @@ fn complete(root: &Path, dir: &Path, file: &Path, n: u32) -> anyhow::Result<Resp
     }
     place(&tmp, file)?;
     let _ = std::fs::remove_dir_all(dir);
-    let meta = std::fs::metadata(file)?;
-    Ok(with_headers(
-        StatusCode::OK,
-        &meta_headers(&meta),
-        Vec::new(),
-    ))
+    written(file)
 }
 
 fn staging(root: &Path) -> anyhow::Result<PathBuf> {
@@ -424,8 +470,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<serde_json::Value>) {
         let path = e.path();
         if meta.is_dir() {
             walk(root, &path, out);
-        } else if let Ok(rel) = path.strip_prefix(root) {
-            let [(_, tag), _, (_, ms)] = meta_headers(&meta);
+        } else if let (Ok(rel), Ok(Some((_, meta, tag)))) =
+            (path.strip_prefix(root), open_object(&path))
+        {
+            let [_, _, (_, ms)] = meta_headers(&meta, &tag);
             out.push(serde_json::json!({
                 "path": rel.to_string_lossy(),
                 "size": meta.len(),

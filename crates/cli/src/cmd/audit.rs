@@ -49,23 +49,8 @@ pub enum AuditCommand {
     /// how the fleet keys changed. Exits non-zero on any failure, and without a
     /// pinned --auditor-key ("NOT CHECKED").
     Log {
-        /// Auditor base URL.
-        #[arg(long)]
-        auditor: String,
-        #[arg(long)]
-        namespace: String,
-        /// Operator's Ed25519 public key (hex).
-        #[arg(long)]
-        operator_key: String,
-        /// Pin the auditor's Ed25519 public key (hex, or its note verifier key
-        /// `name+id+base64`) instead of trusting the one it presents.
-        #[arg(long)]
-        auditor_key: Option<String>,
-        /// Trust only this CA (PEM) for the auditor's HTTPS certificate.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Check that a web page (its URL) or a local build of the browser client (a directory, e.g.
     /// a reproducible rebuild from source) is a build the operator logged: every file against
@@ -74,23 +59,55 @@ pub enum AuditCommand {
     Web {
         /// The page's URL, or the build directory (scripts/build-web.sh: target/web/dist).
         target: String,
-        /// Auditor base URL.
-        #[arg(long)]
-        auditor: String,
-        #[arg(long)]
-        namespace: String,
-        /// Operator's Ed25519 public key (hex).
-        #[arg(long)]
-        operator_key: String,
-        /// Pin the auditor's Ed25519 public key (hex, or its note verifier key).
-        #[arg(long)]
-        auditor_key: Option<String>,
-        /// Trust only this CA (PEM) for the auditor's and the page's HTTPS certificates.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        log: LogArgs,
     },
+}
+
+/// The auditor's log a check walks, and how it is trusted.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// Auditor base URL.
+    #[arg(long)]
+    auditor: String,
+    #[arg(long)]
+    namespace: String,
+    /// Operator's Ed25519 public key (hex).
+    #[arg(long)]
+    operator_key: String,
+    /// Pin the auditor's Ed25519 public key (hex, or its note verifier key
+    /// `name+id+base64`) instead of trusting the one it presents.
+    #[arg(long)]
+    auditor_key: Option<String>,
+    /// Trust only this CA (PEM) for the auditor's (and a page's) HTTPS certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl LogArgs {
+    /// The HTTP client, the operator key, the pinned auditor key, and what could not be
+    /// checked without a pin.
+    fn trust(
+        &self,
+    ) -> anyhow::Result<(
+        reqwest::Client,
+        ed25519_dalek::VerifyingKey,
+        Option<ed25519_dalek::VerifyingKey>,
+        Vec<String>,
+    )> {
+        let http = audit::http_client(self.ca_file.as_deref())?;
+        let op = vk("--operator-key", &self.operator_key)?;
+        let ak = self.auditor_key.as_deref().map(auditor_vk).transpose()?;
+        let unchecked = match ak {
+            Some(_) => Vec::new(),
+            None => vec![
+                "the auditor's key: not pinned (--auditor-key), so the log was checked against the key the auditor presents".to_owned(),
+            ],
+        };
+        Ok((http, op, ak, unchecked))
+    }
 }
 
 pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
@@ -134,68 +151,35 @@ pub async fn run(command: &AuditCommand) -> anyhow::Result<()> {
                 "fleet audit failed",
             )
         }
-        AuditCommand::Web { .. } => web(command).await,
-        AuditCommand::Log {
-            auditor,
-            namespace,
-            operator_key,
-            auditor_key,
-            ca_file,
-            json,
-        } => {
-            let http = audit::http_client(ca_file.as_deref())?;
-            let op = vk("--operator-key", operator_key)?;
-            let ak = auditor_key.as_deref().map(auditor_vk).transpose()?;
-            let unchecked = match ak {
-                Some(_) => Vec::new(),
-                None => vec![
-                    "the auditor's key: not pinned (--auditor-key), so the log was checked against the key the auditor presents".to_owned(),
-                ],
+        AuditCommand::Web { target, log } => {
+            let (http, operator_key, auditor_key, unchecked) = log.trust()?;
+            let a = audit::web::WebAudit {
+                target,
+                http,
+                auditor: &log.auditor,
+                namespace: &log.namespace,
+                operator_key,
+                auditor_key,
             };
             report(
-                audit::audit_log(&http, auditor, namespace, &op, ak).await,
+                audit::web::audit_web(&a).await,
                 unchecked,
-                *json,
+                log.json,
+                audit::web::print_report,
+                "web audit failed",
+            )
+        }
+        AuditCommand::Log { log } => {
+            let (http, op, ak, unchecked) = log.trust()?;
+            report(
+                audit::audit_log(&http, &log.auditor, &log.namespace, &op, ak).await,
+                unchecked,
+                log.json,
                 audit::print_table,
                 "audit failed",
             )
         }
     }
-}
-
-/// Runs `bkv audit web`.
-async fn web(command: &AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::Web {
-        target,
-        auditor,
-        namespace,
-        operator_key,
-        auditor_key,
-        ca_file,
-        json,
-    } = command
-    else {
-        return Ok(());
-    };
-    let a = audit::web::WebAudit {
-        target,
-        http: audit::http_client(ca_file.as_deref())?,
-        auditor,
-        namespace,
-        operator_key: vk("--operator-key", operator_key)?,
-        auditor_key: auditor_key.as_deref().map(auditor_vk).transpose()?,
-    };
-    let unchecked = match a.auditor_key {
-        Some(_) => Vec::new(),
-        None => vec!["the auditor's key: not pinned (--auditor-key)".to_owned()],
-    };
-    report(
-        audit::web::audit_web(&a).await,
-        unchecked,
-        *json,
-        audit::web::print_report,
-        "web audit failed",
-    )
 }
 
 /// The auditor's key as given: hex, or a note verifier key (`name+id+base64`).

@@ -219,7 +219,14 @@ impl ObjectStore for HttpStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        if options.range.is_some() || options.if_match.is_some() || options.version.is_some() {
+        // Only what BackupStore asks for is implemented; anything else is refused, not ignored.
+        if options.range.is_some()
+            || options.if_match.is_some()
+            || options.if_none_match.is_some()
+            || options.if_modified_since.is_some()
+            || options.if_unmodified_since.is_some()
+            || options.version.is_some()
+        {
             return Err(object_store::Error::NotImplemented);
         }
         let url = self.url(location)?;

@@ -139,13 +139,7 @@ impl BackupStore {
             let (header, size) = tokio::task::spawn_blocking(move || write_local(&dest, produce))
                 .await
                 .map_err(|e| ClientError::Io(io::Error::other(format!("backup task: {e}"))))??;
-            return Ok(Latest {
-                version: 1,
-                object: name,
-                size,
-                created_unix: header.created_unix,
-                key_id,
-            });
+            return Ok(Latest::uploaded(name, key_id, size, &header));
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
         let producer = tokio::task::spawn_blocking(move || {
@@ -183,13 +177,7 @@ impl BackupStore {
         // Tests kill the process here: every part sent, the upload not completed.
         crate::crash_point("upload-unfinished");
         w.finish().await.map_err(storage_err)?;
-        Ok(Latest {
-            version: 1,
-            object: name,
-            size,
-            created_unix: header.created_unix,
-            key_id,
-        })
+        Ok(Latest::uploaded(name, key_id, size, &header))
     }
 
     /// Downloads, authenticates and restores the newest backup `key` opens

@@ -92,7 +92,9 @@ impl BackupStore {
         let src = self.backup_for(old).await?;
         let mut dec = self.decrypting(&src, old).await?;
         let h = dec.header().clone();
-        let header = Header::new(h.compression, h.content, h.chunk_size);
+        let mut header = Header::new(h.compression, h.content, h.chunk_size);
+        // The same backup under another key: it keeps its creation time (as natively).
+        header.created_unix = h.created_unix;
         self.upload_sealed(new, &header, &mut dec).await
     }
 
@@ -127,17 +129,12 @@ impl BackupStore {
             Ok::<_, ClientError>(())
         }
         .await;
-        let size = match written {
-            Ok(()) => up.finish(enc.finish()?).await?,
+        let sealed = written.and_then(|()| Ok(enc.finish()?));
+        let size = match sealed {
+            Ok(rest) => up.finish(rest).await?,
             Err(e) => return Err(up.abort(e).await),
         };
-        Ok(Latest {
-            version: 1,
-            object: name,
-            size,
-            created_unix: header.created_unix,
-            key_id,
-        })
+        Ok(Latest::uploaded(name, key_id, size, header))
     }
 }
 
@@ -195,18 +192,27 @@ impl Upload {
         Ok(())
     }
 
-    /// Uploads the rest and completes the object; its size.
+    /// Uploads the rest and completes the object; its size. On failure the upload is given up.
     async fn finish(mut self, mut rest: Vec<u8>) -> Result<u64> {
-        self.drain(&mut rest, 1).await?;
-        self.settle().await?;
-        crate::crash_point("upload-unfinished");
-        self.up.complete().await.map_err(storage_err)?;
-        Ok(self.size)
+        let sent = async {
+            self.drain(&mut rest, 1).await?;
+            self.settle().await?;
+            crate::crash_point("upload-unfinished");
+            self.up.complete().await.map_err(storage_err)
+        }
+        .await;
+        match sent {
+            Ok(_) => Ok(self.size),
+            Err(e) => Err(self.abort(e).await),
+        }
     }
 
-    /// Gives up the upload (nothing was stored under its name) and returns `e`.
+    /// Gives up the upload (nothing was stored under its name) and returns `e`. The part in
+    /// flight is waited for first, so it cannot land after the abort.
     async fn abort(mut self, e: ClientError) -> ClientError {
-        self.in_flight = None;
+        if let Some(p) = self.in_flight.take() {
+            let _ = p.await;
+        }
         let _ = self.up.abort().await;
         e
     }
