@@ -641,6 +641,11 @@ async fn a_restarted_node_counts_the_log_it_found_towards_its_next_snapshot() {
     assert_eq!(whole_state(&members, 0).records.len(), 40);
 }
 
+/// How long the snapshot and the catch-up may take. Alone this test takes about 13 s; under the
+/// full suite's load (two release builds and a browser beside it) it once needed more than 60:
+/// the bound says "eventually", the speed is measured in the benchmarks.
+const CATCH_UP: Duration = Duration::from_secs(180);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     const USERS: u32 = 10_000;
@@ -692,12 +697,10 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     assert!(grown >= 1, "log-growth snapshots: {grown}");
     assert!(lead.raft.metrics().borrow().snapshot.is_some());
     let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
-    lead.snapshot_through(last, Duration::from_secs(60))
-        .await
-        .unwrap();
+    lead.snapshot_through(last, CATCH_UP).await.unwrap();
     lead.raft.trigger().purge_log(last).await.unwrap();
     lead.raft
-        .wait(Some(Duration::from_secs(60)))
+        .wait(Some(CATCH_UP))
         .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
         .await
         .unwrap();
@@ -712,7 +715,7 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
         .as_ref()
         .unwrap()
         .raft
-        .wait(Some(Duration::from_secs(60)))
+        .wait(Some(CATCH_UP))
         .applied_index_at_least(Some(last), "caught up")
         .await
         .unwrap();
