@@ -228,13 +228,16 @@ fn etag(f: &mut std::fs::File, meta: &std::fs::Metadata) -> std::io::Result<Stri
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b))
         ));
     }
-    let ns = meta
-        .modified()
+    let ns = modified(meta).as_nanos();
+    Ok(format!("\"{}-{ns}-{}\"", meta.len(), meta.ino()))
+}
+
+/// When the object was last written, since the Unix epoch (zero if the file system cannot say).
+fn modified(meta: &std::fs::Metadata) -> std::time::Duration {
+    meta.modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Ok(format!("\"{}-{ns}-{}\"", meta.len(), meta.ino()))
+        .unwrap_or_default()
 }
 
 /// The object at `path` opened, with its metadata and tag (`None`: no such object). Every
@@ -255,12 +258,7 @@ fn open_object(path: &Path) -> std::io::Result<Option<(std::fs::File, std::fs::M
 }
 
 fn meta_headers(meta: &std::fs::Metadata, tag: &str) -> [(&'static str, String); 3] {
-    let ms = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = modified(meta).as_millis();
     [
         ("etag", tag.to_owned()),
         ("bkv-size", meta.len().to_string()),
