@@ -25,12 +25,17 @@ export RUSTFLAGS="--cfg getrandom_backend=\"custom\" --remap-path-prefix=$PWD=/b
 unset RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 /usr/bin/cargo build -q --locked -p bkv-web --release --target wasm32-unknown-unknown \
     -Zbuild-std=std,panic_abort --target-dir "$target/web/build"
-rm -rf "$out"
-mkdir -p "$out"
-cp "$target/web/build/wasm32-unknown-unknown/release/bkv_web.wasm" "$out/"
-cp crates/web/www/*.html crates/web/www/*.js "$out/"
+# Made beside the old build and swapped in whole: a dev up starting meanwhile finds the old
+# build, the new one or none, never half of one.
+new="$target/web/dist.new"
+rm -rf "$new"
+mkdir -p "$new"
+cp "$target/web/build/wasm32-unknown-unknown/release/bkv_web.wasm" "$new/"
+cp crates/web/www/*.html crates/web/www/*.js "$new/"
 # The build's manifest (bkv_transparency::web): sha256sum of every file in name order. The
 # operator logs it with the auditor; `bkv audit web` checks a served or rebuilt page against it.
-(cd "$out" && LC_ALL=C ls | LC_ALL=C sort | xargs sha256sum >../manifest.tmp)
-mv "$target/web/manifest.tmp" "$out/bkv-web-manifest.txt"
+(cd "$new" && LC_ALL=C ls | LC_ALL=C sort | xargs sha256sum >../manifest.tmp)
+mv "$target/web/manifest.tmp" "$new/bkv-web-manifest.txt"
+rm -rf "$out"
+mv "$new" "$out"
 echo "web client built: $out ($(sha256sum <"$out/bkv-web-manifest.txt" | cut -c1-64))"

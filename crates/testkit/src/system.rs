@@ -63,6 +63,11 @@ pub fn built(rel: &str) -> PathBuf {
     sibling(rel)
 }
 
+/// The browser client's build (`scripts/build-web.sh` writes it beside the binaries).
+pub fn web_build() -> PathBuf {
+    built("../web/dist")
+}
+
 /// The HSM node, `bkv-hsm`.
 pub fn hsm_bin() -> PathBuf {
     sibling("bkv-hsm")
@@ -97,6 +102,17 @@ impl DevUp {
     /// The same with extra environment (passed on to the nodes).
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> DevUp {
         Self::start_full(dir, env, 1, "software", &hsm_bin())
+    }
+
+    /// `bkv-admin dev up` serving the browser client's page (the web build must exist).
+    pub fn start_with_page(dir: &Path) -> DevUp {
+        let build = web_build();
+        assert!(
+            build.join("bkv-web-manifest.txt").is_file(),
+            "no web build in {} (scripts/build-web.sh)",
+            build.display()
+        );
+        Self::start_with_env(dir, &[("BKV_WEB_DIR", build.to_str().unwrap())])
     }
 
     /// `bkv-admin dev up --nodes n`.
@@ -158,6 +174,9 @@ impl DevUp {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()));
+        // No page unless the test asks for one (start_with_page): the other tests then do not
+        // depend on whether, or when, the web build exists (test-all.sh builds it beside them).
+        cmd.env("BKV_WEB_DIR", dir.join("no-page"));
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -505,8 +505,8 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     // The log holds the founding node's membership record, the fleet's
-    // deployment evidence, the bundle and the web build `dev up` serves.
-    assert_eq!(state["checkpoint_size"], 4);
+    // deployment evidence and the bundle (this dev up serves no page: DevUp::start_with_page).
+    assert_eq!(state["checkpoint_size"], 3);
     assert_eq!(state["accepted_epoch"], 1);
     // A "new device": a config with an empty state restores fine.
     let fresh = t.path().join("fresh.toml");
@@ -536,7 +536,7 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"ota");
     // This client saw a different log of the same size before: a forked auditor.
-    let forked = serde_json::json!({"checkpoint_size": 4, "checkpoint_root": "11".repeat(32), "accepted_epoch": 1});
+    let forked = serde_json::json!({"checkpoint_size": 3, "checkpoint_root": "11".repeat(32), "accepted_epoch": 1});
     std::fs::write(&state_path, forked.to_string()).unwrap();
     let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -546,7 +546,7 @@ fn ota_mode_takes_the_fleet_key_from_the_logged_bundle_and_detects_a_fork() {
         text(&o)
     );
     // It accepted a newer epoch before: the current bundle is a rollback.
-    let newer = serde_json::json!({"checkpoint_size": 4, "checkpoint_root": state["checkpoint_root"], "accepted_epoch": 5});
+    let newer = serde_json::json!({"checkpoint_size": 3, "checkpoint_root": state["checkpoint_root"], "accepted_epoch": 5});
     std::fs::write(&state_path, newer.to_string()).unwrap();
     let o = dev.bkv(&["backup", "status", "--user", "olga"], "");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

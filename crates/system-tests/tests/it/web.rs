@@ -3,7 +3,7 @@
 //! backup, byte-identical restore, the guess count, passkey and recovery-key restores,
 //! refused tampering; and backups crossing between the page and the CLI both ways.
 //!
-//! It needs what `scripts/test-web.sh --install` brings: the web build (`BKV_WEB_DIR` or
+//! It needs what `scripts/build-web.sh --install` brings: the web build (`BKV_WEB_DIR` or
 //! `target/web/dist`), Chromium, Node and `playwright-core` in `crates/web/tests`.
 
 use bkv_testkit::system::*;
@@ -19,7 +19,7 @@ fn repo() -> PathBuf {
 #[test]
 fn the_browser_client_backs_up_restores_and_uses_passkeys() {
     let t = tempfile::tempdir().unwrap();
-    let dev = DevUp::start(&t.path().join("dev"));
+    let dev = DevUp::start_with_page(&t.path().join("dev"));
     let web_source = t.path().join("web-source.bin");
     let cli_source = t.path().join("cli-source.bin");
     write_noise(&web_source, 3 * 1024 * 1024 + 12_345, 41);
@@ -194,7 +194,7 @@ fn a_served_web_build_is_checked_against_the_auditors_log() {
     let t = tempfile::tempdir().unwrap();
     let served = t.path().join("web");
     std::fs::create_dir_all(&served).unwrap();
-    for e in std::fs::read_dir(built("../web/dist")).unwrap() {
+    for e in std::fs::read_dir(web_build()).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), served.join(e.file_name())).unwrap();
     }
