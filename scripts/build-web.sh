@@ -23,8 +23,10 @@ export RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc CARGO_INCREMENTAL=0 \
 # Paths in panic messages name the crates, not this machine's directories.
 export RUSTFLAGS="--cfg getrandom_backend=\"custom\" --remap-path-prefix=$PWD=/bkv --remap-path-prefix=$HOME/.cargo/registry/src=/crates"
 unset RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+# std without its backtrace support (a wasm module cannot symbolise its own stack; the browser
+# does): object, gimli and addr2line are not built.
 /usr/bin/cargo build -q --locked -p bkv-web --release --target wasm32-unknown-unknown \
-    -Zbuild-std=std,panic_abort --target-dir "$target/web/build"
+    -Zbuild-std=std,panic_abort -Zbuild-std-features= --target-dir "$target/web/build"
 # Made beside the old build and swapped in whole: a dev up starting meanwhile finds the old
 # build, the new one or none, never half of one.
 new="$target/web/dist.new"

@@ -79,30 +79,15 @@ if ! wait "$install_pid"; then
 fi
 cat "$install_log"
 
-# The browser client (wasm32, its own toolchain and target directory) builds beside the tests
-# that do not use it, at the lowest priority: it takes the CPU the tests leave idle while they
-# wait on processes, sockets and fsync (about a fifth of it), not theirs. Beside the native
-# build it only slowed both: that build keeps both cores busy.
-log "web client build (wasm32), beside the tests"
-web_log="$(mktemp)"
-nice -n 19 ./scripts/build-web.sh >"$web_log" 2>&1 &
-web_pid=$!
+# The browser client (wasm32, its own toolchain and target directory). After the native build,
+# not beside it, nor beside the tests: both keep the two cores busy, and sharing them only
+# slowed each (measured: BENCHMARKS.md "Build and test time").
+log "web client build (wasm32)"
+./scripts/build-web.sh
 
-# Every test in its own process, in parallel (.config/nextest.toml). The browser client's
-# tests (the only ones whose dev up serves the page: DevUp::start_with_page) wait for its build.
-web_tests='package(bkv-system-tests) and test(/^web::/)'
-log "tests (all but the browser client's)"
-cargo nextest run --workspace --locked -E "not ($web_tests)"
-
-log "waiting for the web client build"
-if ! wait "$web_pid"; then
-  cat "$web_log" >&2
-  echo "building the web client failed (above)" >&2
-  exit 1
-fi
-cat "$web_log"
-log "tests (the browser client's)"
-cargo nextest run --workspace --locked -E "$web_tests"
+# Every test in its own process, in parallel (.config/nextest.toml: the longest start first).
+log "tests"
+cargo nextest run --workspace --locked
 
 # The binary the workspace build made (a `cargo run -p` would resolve the
 # dependency features for one package and rebuild them).
