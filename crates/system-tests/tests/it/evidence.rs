@@ -290,9 +290,10 @@ fn the_core_service_is_reproducible_and_the_rebuild_check_tells_the_measured_bin
     }
 
     // A fleet whose cores run the measured binary passes the rebuild check (the
-    // rebuild in checkout A is up to date); a fleet running the test build
+    // rebuild in checkout B, built last, is up to date: checkout A's would
+    // recompile bkv's crates once more); a fleet running the test build
     // of bkv-core names a measurement no rebuild reproduces.
-    let script = a.join("scripts/build-hsm-reproducible.sh");
+    let script = b.join("scripts/build-hsm-reproducible.sh");
     let rebuild = |dev: &DevUp| {
         Command::new(bkv_bin())
             .args(["audit", "fleet"])
