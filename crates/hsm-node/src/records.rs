@@ -67,6 +67,9 @@ fn db_err<E: std::fmt::Display>(e: E) -> RecordTableError {
 /// The node's table of sealed record buckets and their summary (`vault-records.redb`).
 pub struct RecordTable {
     db: Database,
+    /// Held by the table and each of its views (after the database, so it outlives their
+    /// handles): once no one holds it, the file is closed ([`RecordTable::closed`]).
+    open: Arc<()>,
 }
 
 impl RecordTable {
@@ -82,7 +85,17 @@ impl RecordTable {
         tx.open_table(TAILS).map_err(db_err)?;
         tx.open_table(SUMMARY).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(RecordTable { db })
+        Ok(RecordTable {
+            db,
+            open: Arc::new(()),
+        })
+    }
+
+    /// Whether this table and every view of it have been dropped, so the file can be opened
+    /// again (redb admits one open database per file; a view's read transaction keeps it open).
+    pub fn closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let open = Arc::downgrade(&self.open);
+        move || open.strong_count() == 0
     }
 
     /// The stored summary (`None`: nothing was ever applied).
@@ -104,7 +117,10 @@ impl RecordTable {
 
     /// A consistent view of the table as it is now (a snapshot being read while applies go on).
     pub fn view(&self) -> Result<TableView, RecordTableError> {
-        Ok(TableView(self.db.begin_read().map_err(db_err)?))
+        Ok(TableView {
+            tx: self.db.begin_read().map_err(db_err)?,
+            _open: self.open.clone(),
+        })
     }
 
     /// Starts replacing the whole table (a snapshot installed piece by piece): nothing is visible
@@ -363,24 +379,28 @@ impl Replacement {
 }
 
 /// One read transaction over the table: the summary and the buckets as of one commit.
-pub struct TableView(redb::ReadTransaction);
+pub struct TableView {
+    tx: redb::ReadTransaction,
+    /// Keeps [`RecordTable::closed`] false while this view holds the file open.
+    _open: Arc<()>,
+}
 
 impl TableView {
     /// The summary as of this view (`None`: nothing was ever applied).
     pub fn summary(&self) -> Result<Option<Vec<u8>>, RecordTableError> {
-        read_summary(&self.0.open_table(SUMMARY).map_err(db_err)?)
+        read_summary(&self.tx.open_table(SUMMARY).map_err(db_err)?)
     }
 
     /// The stored buckets' count and the sum of their sizes (host bookkeeping, unchecked).
     pub fn sizes(&self) -> Result<(u64, u64), RecordTableError> {
         let count = self
-            .0
+            .tx
             .open_table(BUCKETS)
             .map_err(db_err)?
             .len()
             .map_err(db_err)?;
         let bytes = read_u64(
-            &self.0.open_table(SUMMARY).map_err(db_err)?,
+            &self.tx.open_table(SUMMARY).map_err(db_err)?,
             SEALED_BYTES_KEY,
         )?;
         Ok((count, bytes))
@@ -388,12 +408,12 @@ impl TableView {
 
     /// The first stored bucket numbered `from` or more, with its value.
     pub fn next_from(&self, from: u16) -> Result<Option<(u16, Vec<u8>)>, RecordTableError> {
-        let heads = self.0.open_table(BUCKETS).map_err(db_err)?;
+        let heads = self.tx.open_table(BUCKETS).map_err(db_err)?;
         let Some(item) = heads.range(from..).map_err(db_err)?.next() else {
             return Ok(None);
         };
         let (k, head) = item.map_err(db_err)?;
-        let tails = self.0.open_table(TAILS).map_err(db_err)?;
+        let tails = self.tx.open_table(TAILS).map_err(db_err)?;
         Ok(Some((k.value(), joined(k.value(), head.value(), &tails)?)))
     }
 
@@ -402,8 +422,8 @@ impl TableView {
         &self,
         mut f: impl FnMut(u16, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let heads = self.0.open_table(BUCKETS).map_err(db_err)?;
-        let tails = self.0.open_table(TAILS).map_err(db_err)?;
+        let heads = self.tx.open_table(BUCKETS).map_err(db_err)?;
+        let tails = self.tx.open_table(TAILS).map_err(db_err)?;
         for item in heads.iter().map_err(db_err)? {
             let (k, head) = item.map_err(db_err)?;
             f(k.value(), &joined(k.value(), head.value(), &tails)?)?;

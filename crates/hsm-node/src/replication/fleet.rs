@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+mod stop;
+
 /// How long a proposal may take before the caller is told "unavailable".
 pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle peer connections are closed after this.
@@ -88,15 +90,7 @@ pub struct Fleet {
     metrics: Arc<NodeMetrics>,
     /// Session replies the applied batches brought (`Released`).
     pub released: Arc<Released>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.server.abort();
-        self.pipeline.abort();
-        self.leader_watch.abort();
-        self.log_watch.abort();
-    }
+    closing: stop::Closing,
 }
 
 /// A leader whose last quorum acknowledgement is older than this is not ready: it may have
@@ -179,6 +173,7 @@ impl Fleet {
         let mut log = log;
         let sm = StateMachine::open(dir, replica.clone(), metrics.clone())?;
         let released = sm.released();
+        let closing = stop::Closing::new(&replica, &log, &sm);
         // The log goes only behind what the table holds on disk (a crash mid-install).
         log.set_records_durable(sm.durable());
         // The records must reach the log: a table rolled back (or replaced) behind the log's
@@ -271,6 +266,7 @@ impl Fleet {
             log_watch,
             metrics,
             released,
+            closing,
         })
     }
 

@@ -36,6 +36,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft-meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft-log");
 /// Largest stored entry accepted back from disk.
 const MAX_ENTRY: usize = 1024 * 1024;
+/// Log bytes per append to a follower, past the first entry ([`LogStore::limited_get_log_entries`]).
+const APPEND_BYTES: usize = 256 * 1024;
 /// The sealed state's key, slot and label (version 3).
 const STATE_KEY: &str = "raft-state";
 const STATE_LABEL: &[u8] = b"raft-state/v3";
@@ -45,6 +47,7 @@ const STATE_LABEL_V2: &[u8] = b"raft-state/v2";
 /// Keys of the META values of the release before that.
 const LEGACY_KEYS: [&str; 4] = ["raft-epoch", "raft-vote", "raft-committed", "raft-purged"];
 
+mod reader;
 mod sealed;
 use sealed::{chain_anchor, chain_step, log_behind, open_value, seal_value, Persisted, RaftState};
 
@@ -239,6 +242,13 @@ impl LogStore {
         self.inner.appended.clone()
     }
 
+    /// Whether every handle on this log (openraft keeps readers beside the store) is dropped,
+    /// so its file is closed.
+    pub fn closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move || inner.strong_count() == 0
+    }
+
     /// Commits `tx` together with the state `change` makes (under a new epoch), then advances
     /// the platform counter to it (write first: a crash in between leaves the disk ahead of the
     /// counter, which `open` repairs; never behind). After a failed write the memory may be ahead
@@ -298,30 +308,6 @@ impl LogStore {
             .await
             .map_err(db_err)?
     }
-
-    fn read_range(
-        inner: &Inner,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<Vec<Entry<TypeConfig>>, ReplicationStoreError> {
-        let tx = inner.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(LOG).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in t.range::<u64>((start, end)).map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let index = k.value();
-            // Stored as they came: the payload is entries cores made and check
-            // (`bkv_hsm_core::entry`); the rest (log ids, Raft memberships) is public, and the
-            // counter-bound chain covers every byte.
-            let e: Entry<TypeConfig> = bkv_wire::decode(v.value(), MAX_ENTRY)
-                .map_err(|_| ReplicationStoreError::Malformed("raft entry".into()))?;
-            if e.log_id.index != index {
-                return Err(ReplicationStoreError::Malformed("raft-entry index".into()));
-            }
-            out.push(e);
-        }
-        Ok(out)
-    }
 }
 
 fn poisoned() -> ReplicationStoreError {
@@ -350,18 +336,6 @@ fn read_err(e: ReplicationStoreError) -> StorageError<u64> {
 
 fn write_err(e: ReplicationStoreError) -> StorageError<u64> {
     storage_error(ErrorSubject::Logs, ErrorVerb::Write, e)
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
-        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |i| LogStore::read_range(i, start, end))
-            .await
-            .map_err(read_err)
-    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

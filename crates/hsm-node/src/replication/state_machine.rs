@@ -203,6 +203,11 @@ impl<R: Replica> StateMachine<R> {
         })
     }
 
+    /// Whether the record table's file is closed ([`RecordTable::closed`]).
+    pub fn table_closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        self.table.closed()
+    }
+
     /// Where the records stand in the log (checked against the log's first entry at start).
     pub fn last_applied(&self) -> Option<LogId<u64>> {
         self.position.last_applied

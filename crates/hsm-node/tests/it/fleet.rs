@@ -34,6 +34,8 @@ pub(crate) const RID: [u8; 32] = [9u8; 32];
 /// The log growth that starts a snapshot: 1 MiB here (16 MiB in a node), so the 10,000-user
 /// test exercises the policy.
 const SNAPSHOT_LOG_MIN: u64 = 1 << 20;
+/// How long a stopped member may take to close its files (an eventual bound, not a speed).
+pub(crate) const STOP: Duration = Duration::from_secs(60);
 
 /// A member with its own directory and a free port (checked, then released; the member
 /// rebinds it on every (re)start).
@@ -259,7 +261,7 @@ async fn a_three_node_fleet_replicates_fails_over_and_refuses_strangers() {
     // Kill the leader: the others elect a new one and keep counting.
     let l = leader(&members).await;
     if let Some(fl) = members[l as usize].fleet.take() {
-        fl.raft.shutdown().await.unwrap();
+        fl.stop(STOP).await.unwrap();
     }
     // A proposal sent into the old leader's dying link has an unknown
     // outcome (it is not retried: it might count twice), so wait for the
@@ -620,10 +622,7 @@ async fn a_restarted_node_counts_the_log_it_found_towards_its_next_snapshot() {
         assert_eq!(stored.await.unwrap(), Outcome::Stored);
     }
     assert!(f.raft.metrics().borrow().snapshot.is_none());
-    let raft = f.raft.clone();
-    raft.shutdown().await.unwrap();
-    drop(raft);
-    drop(members[0].fleet.take());
+    members[0].fleet.take().unwrap().stop(STOP).await.unwrap();
     // Restarted with a 1 MiB threshold and no new writes: the 2.4 MiB it found start one.
     start(0, &mut members[0], &bootstrap).await;
     let f = members[0].fleet.as_ref().unwrap();
@@ -697,13 +696,19 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
     assert!(grown >= 1, "log-growth snapshots: {grown}");
     assert!(lead.raft.metrics().borrow().snapshot.is_some());
     let last = lead.raft.metrics().borrow().last_applied.unwrap().index;
-    lead.snapshot_through(last, CATCH_UP).await.unwrap();
-    lead.raft.trigger().purge_log(last).await.unwrap();
-    lead.raft
-        .wait(Some(CATCH_UP))
-        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
-        .await
-        .unwrap();
+    // On every voter: under load the leader may have changed, and whichever leads catches the
+    // newcomer up.
+    let voters = members.iter().filter_map(|m| m.fleet.as_ref());
+    for voter in voters.chain([&*lead]) {
+        voter.snapshot_through(last, CATCH_UP).await.unwrap();
+        voter.raft.trigger().purge_log(last).await.unwrap();
+        voter
+            .raft
+            .wait(Some(CATCH_UP))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
+            .await
+            .unwrap();
+    }
     // The newcomer: empty disk, empty state.
     start(3, &mut members[3], &bootstrap).await;
     lead.raft
@@ -785,10 +790,8 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
 
     // Restarted with empty memory, it starts from the record table it stored (every bucket
     // checked against the sealed summary's root) before hearing from anyone.
-    let fl = members[3].fleet.take().unwrap();
-    fl.raft.shutdown().await.unwrap();
-    drop(fl);
     members[3].state = empty_state(&members[3].identity);
+    members[3].fleet.take().unwrap().stop(STOP).await.unwrap();
     // A copy of the table as it is now, for the rollback below (taken while the node is down:
     // a copy of a file being written can be torn).
     let file = members[3].dir.join("vault-records.redb");
@@ -838,13 +841,11 @@ async fn tens_of_thousands_of_users_snapshot_and_a_new_member_catches_up() {
         .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purged")
         .await
         .unwrap();
-    raft.shutdown().await.unwrap();
     drop(raft);
-    drop(members[3].fleet.take());
     // The old replica lets go of the table first (its database writes its header on close).
     members[3].state = empty_state(&members[3].identity);
+    members[3].fleet.take().unwrap().stop(STOP).await.unwrap();
     std::fs::write(&file, &older).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let restarted = Fleet::start(
         FleetOptions {

@@ -4,7 +4,7 @@
 //! outside the data directory with the software platform. Each transplant is refused at start,
 //! naming what is rolled back, on both platforms.
 
-use crate::fleet::{pending, ProposeMutation, RID};
+use crate::fleet::{pending, ProposeMutation, RID, STOP};
 use bkv_hsm_core::state::{Live, Mutation, Outcome};
 use bkv_hsm_core::{SealedState, SharedPlatform};
 use bkv_hsm_node::replication::BareReplica;
@@ -100,18 +100,10 @@ async fn guess(f: &Fleet, generation: u64) {
     assert!(matches!(o, Outcome::Counted { .. }), "{o:?}");
 }
 
-/// Stops the node and lets go of its record table (redb admits one open database per file).
+/// Stops the node; it returns once its files are closed (the tests then copy or replace them).
 async fn stop(f: Fleet, state: Arc<Mutex<BareReplica>>) {
-    f.raft.shutdown().await.unwrap();
-    drop(f);
-    state
-        .lock()
-        .unwrap()
-        .state
-        .restore(Box::new(bkv_hsm_core::sealed_state::NoBuckets), None)
-        .unwrap();
     drop(state);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.stop(STOP).await.unwrap();
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -110,3 +110,37 @@ async fn an_earlier_releases_log_is_refused_with_a_clear_error() {
     assert!(matches!(e, ReplicationStoreError::EarlierRelease(_)), "{e}");
     assert!(e.to_string().contains("rotate"), "{e}");
 }
+
+/// An append to a follower carries at most about `APPEND_BYTES` of log (at least one entry),
+/// however far behind the follower is; a short range comes whole.
+#[tokio::test]
+async fn a_far_behind_follower_gets_the_log_in_bounded_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let platform = MemoryPlatform::shared([7u8; 32]);
+    let mut log = LogStore::open(&dir.path().join("raft.redb"), platform).expect("log");
+    let entry = |i| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), i),
+        payload: openraft::EntryPayload::Blank,
+    };
+    let size = bkv_wire::encode(&entry(1)).len();
+    {
+        let tx = log.inner.db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(LOG).expect("table");
+            for i in 1..=50u64 {
+                t.insert(i, bkv_wire::encode(&entry(i)).as_slice())
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    let (from, to) = (Bound::Included(5), Bound::Excluded(45));
+    let ids = |es: Vec<Entry<TypeConfig>>| es.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+    let three = LogStore::read_at_most(&log.inner, from, to, 3 * size).expect("read");
+    assert_eq!(ids(three), vec![5, 6, 7]);
+    let one = LogStore::read_at_most(&log.inner, from, to, 0).expect("read");
+    assert_eq!(ids(one), vec![5]);
+    let whole = log.limited_get_log_entries(5, 45).await.expect("read");
+    assert_eq!(ids(whole), (5..45).collect::<Vec<_>>());
+    assert!(40 * size < APPEND_BYTES);
+}
