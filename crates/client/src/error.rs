@@ -69,7 +69,7 @@ pub enum ClientError {
     Storage(String),
     /// The object store failed (network, permissions, a missing object).
     #[error("storage: {0}")]
-    Store(#[from] object_store::Error),
+    Store(#[from] crate::storage::StoreError),
     /// This build of the client cannot do what was asked (why, and what can).
     #[error("{0}")]
     Unsupported(String),

@@ -53,6 +53,9 @@ pub use slots::{
 #[cfg(feature = "native")]
 pub use storage::open_store;
 pub use storage::{BackupObject, BackupStore, Chunks, HttpStore, Latest, Output};
+pub use storage::{
+    BlobStore, Download, MultipartUpload, ObjectMeta, PutMode, StoreError, StoreResult,
+};
 pub use vault::{LoggedIn, Prepared, VaultClient};
 
 /// Writes a private file whole or not at all, readable by the owner only, creating its parent

@@ -1,4 +1,4 @@
-//! Backup storage through `object_store`: a local directory by default, or any S3-compatible
+//! Backup storage through an object store ([`BlobStore`]): a local directory by default, or any S3-compatible
 //! service (`s3://bucket/prefix`, with credentials, region and endpoint from the standard AWS
 //! environment variables).
 //!
@@ -24,23 +24,27 @@ use crate::error::{ClientError, Result};
 use crate::keys::BackupKey;
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutMode, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 #[cfg(feature = "native")]
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod blob;
 mod http_store;
 #[cfg(feature = "native")]
 mod local;
 #[cfg(feature = "native")]
 mod native;
 #[cfg(feature = "native")]
+mod object;
+#[cfg(feature = "native")]
 mod pipe;
 mod stream;
 mod unzstd;
+pub use blob::{
+    BlobStore, Download, MultipartUpload, ObjectMeta, PutMode, StoreError, StoreResult,
+};
 pub use http_store::HttpStore;
 #[cfg(feature = "native")]
 pub use native::open_store;
@@ -55,7 +59,7 @@ const PIPE_DEPTH: usize = 4;
 const PIPE_PIECE: usize = 1024 * 1024;
 const MAX_LATEST_JSON: usize = 4096;
 
-fn storage_err(e: object_store::Error) -> ClientError {
+fn storage_err(e: StoreError) -> ClientError {
     ClientError::Store(e)
 }
 
@@ -104,8 +108,8 @@ pub struct BackupObject {
 
 /// One user's area in an object store: backups, `latest.json`, manifests (see the module docs).
 pub struct BackupStore {
-    store: Arc<dyn ObjectStore>,
-    prefix: ObjPath,
+    store: Arc<dyn BlobStore>,
+    prefix: String,
     /// The directory of a local store: restores read backups straight from the file (the
     /// object store's stream would hand over 8 KiB pieces between threads).
     #[cfg(feature = "native")]
@@ -114,12 +118,12 @@ pub struct BackupStore {
 
 impl BackupStore {
     /// The area of `user_id` in `store` (`users/<u>/`).
-    pub fn with_store(store: Arc<dyn ObjectStore>, user_id: &str) -> Self {
+    pub fn with_store(store: Arc<dyn BlobStore>, user_id: &str) -> Self {
         let mut h = Sha256::new();
         h.update(b"bkv/storage/v1\0");
         h.update(user_id.as_bytes());
         let digest = hex::encode(h.finalize());
-        let prefix = ObjPath::from(format!("users/{}", &digest[..32]));
+        let prefix = format!("users/{}", &digest[..32]);
         BackupStore {
             store,
             prefix,
@@ -128,13 +132,13 @@ impl BackupStore {
         }
     }
 
-    fn path(&self, rel: &str) -> ObjPath {
-        ObjPath::from(format!("{}/{rel}", self.prefix))
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.prefix)
     }
 
     /// A fresh object name for a backup under `key` (`<created_ms>-<key_id>-<random>.bkv`: the
     /// name is chosen before the header exists, so its id is random), its key id and its path.
-    fn new_object(&self, key: &BackupKey) -> (String, String, ObjPath) {
+    fn new_object(&self, key: &BackupKey) -> (String, String, String) {
         let mut id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut crate::random::OsRng, &mut id);
         let created_ms = crate::clock::now_ms();
@@ -194,29 +198,24 @@ impl BackupStore {
         let body = serde_json::to_vec(latest).map_err(|e| ClientError::Storage(e.to_string()))?;
         let path = self.path("latest.json");
         let mode = match self.store.head(&path).await {
-            Ok(meta) => PutMode::Update(UpdateVersion {
+            Ok(meta) => PutMode::Update {
                 e_tag: meta.e_tag,
                 version: meta.version,
-            }),
-            Err(object_store::Error::NotFound { .. }) => PutMode::Create,
+            },
+            Err(StoreError::NotFound(_)) => PutMode::Create,
             Err(e) => return Err(storage_err(e)),
         };
-        let payload = PutPayload::from(body);
-        match self
-            .store
-            .put_opts(&path, payload.clone(), mode.into())
-            .await
-        {
-            Ok(_) => Ok(()),
+        let body = Bytes::from(body);
+        match self.store.put(&path, body.clone(), mode).await {
+            Ok(()) => Ok(()),
             // Stores without conditional writes (a local directory): an atomic replace.
-            Err(object_store::Error::NotImplemented) => {
-                self.store.put(&path, payload).await.map_err(storage_err)?;
-                Ok(())
+            Err(StoreError::NotImplemented) => {
+                let put = self.store.put(&path, body, PutMode::Overwrite).await;
+                put.map_err(storage_err)
             }
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
-            ) => Err(ClientError::LatestChanged),
+            Err(StoreError::Precondition(_) | StoreError::AlreadyExists(_)) => {
+                Err(ClientError::LatestChanged)
+            }
             Err(e) => Err(storage_err(e)),
         }
     }
@@ -251,15 +250,24 @@ impl BackupStore {
         }
     }
 
-    async fn get_limited(&self, path: &ObjPath, limit: usize) -> Result<Option<Bytes>> {
+    async fn get_limited(&self, path: &str, limit: usize) -> Result<Option<Bytes>> {
+        let too_large = || ClientError::Storage(format!("{path} is too large"));
         match self.store.get(path).await {
-            Ok(g) => {
+            Ok(mut g) => {
                 if g.meta.size > limit as u64 {
-                    return Err(ClientError::Storage(format!("{path} is too large")));
+                    return Err(too_large());
                 }
-                Ok(Some(g.bytes().await.map_err(storage_err)?))
+                let mut body = Vec::new();
+                while let Some(piece) = g.stream.next().await {
+                    body.extend_from_slice(&piece.map_err(storage_err)?);
+                    // Bounded whatever the size the store announced.
+                    if body.len() > limit {
+                        return Err(too_large());
+                    }
+                }
+                Ok(Some(Bytes::from(body)))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(storage_err(e)),
         }
     }
@@ -289,10 +297,10 @@ impl BackupStore {
 
     async fn manifest_ids(&self) -> Result<Vec<[u8; 16]>> {
         let mut ids = Vec::new();
-        let mut s = self.store.list(Some(&self.path("protectors")));
+        let mut s = self.store.list(&self.path("protectors"));
         while let Some(m) = s.next().await {
             let m = m.map_err(storage_err)?;
-            let name = m.location.filename().unwrap_or_default();
+            let name = m.file_name();
             if let Some(id) = name.strip_suffix(".bin").and_then(parse_key_id) {
                 ids.push(id);
             }
@@ -305,10 +313,9 @@ impl BackupStore {
     pub async fn put_manifest(&self, key_id: &[u8; 16], bytes: Vec<u8>) -> Result<()> {
         let path = self.path(&format!("protectors/{}.bin", hex::encode(key_id)));
         self.store
-            .put(&path, PutPayload::from(bytes))
+            .put(&path, Bytes::from(bytes), PutMode::Overwrite)
             .await
-            .map_err(storage_err)?;
-        Ok(())
+            .map_err(storage_err)
     }
 
     /// Deletes every manifest and backup that does not belong to `keep`
@@ -338,11 +345,11 @@ impl BackupStore {
     pub async fn list(&self) -> Result<Vec<BackupObject>> {
         let prefix = self.path("backups");
         let mut out = Vec::new();
-        let mut s = self.store.list(Some(&prefix));
+        let mut s = self.store.list(&prefix);
         while let Some(m) = s.next().await {
             let m = m.map_err(storage_err)?;
             out.push(BackupObject {
-                name: m.location.filename().unwrap_or_default().to_owned(),
+                name: m.file_name().to_owned(),
                 size: m.size,
                 last_modified: m.last_modified.to_rfc3339(),
             });
@@ -355,12 +362,12 @@ impl BackupStore {
     pub async fn delete_all(&self) -> Result<usize> {
         let mut n = 0;
         let mut paths = Vec::new();
-        let mut s = self.store.list(Some(&self.prefix));
+        let mut s = self.store.list(&self.prefix);
         while let Some(m) = s.next().await {
-            paths.push(m.map_err(storage_err)?.location);
+            paths.push(m.map_err(storage_err)?.path);
         }
         // Pointer first, so a crash midway never leaves it naming a deleted object.
-        paths.sort_by_key(|p| !p.as_ref().ends_with("latest.json"));
+        paths.sort_by_key(|p| !p.ends_with("latest.json"));
         for p in paths {
             self.store.delete(&p).await.map_err(storage_err)?;
             n += 1;

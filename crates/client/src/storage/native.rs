@@ -2,15 +2,18 @@
 //! to files, with the encryption on a blocking thread beside the transfer.
 
 use super::local::write_local;
+use super::object::ObjectBlobs;
 use super::pipe::{pump, ChannelReader, ChannelWriter, Sink};
-use super::{storage_err, BackupStore, Latest, PART_SIZE, PIPE_DEPTH, PIPE_PIECE};
+use super::stream::Upload;
+use super::PIPE_PIECE;
+use super::{storage_err, BackupStore, BlobStore, Latest, StoreError, PART_SIZE, PIPE_DEPTH};
 use crate::archive::{self, Options, Restored};
 use crate::backup::Header;
 use crate::error::{ClientError, Result};
 use crate::keys::BackupKey;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::ObjectStore;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ fn local_dir(location: &str) -> Option<&str> {
 /// Opens the object store at `location`: `s3://bucket[/prefix]` (AWS environment variables:
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`),
 /// `file:///path`, or a plain directory path.
-pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
+pub fn open_store(location: &str) -> Result<Arc<dyn BlobStore>> {
     if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -39,13 +42,14 @@ pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
             .with_bucket_name(bucket)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
             .build()
-            .map_err(storage_err)?;
+            .map_err(object_err)?;
         let prefix = prefix.trim_matches('/');
-        return Ok(if prefix.is_empty() {
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             Arc::new(s3)
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
-        });
+        };
+        return Ok(Arc::new(ObjectBlobs(store)));
     }
     let Some(dir) = local_dir(location) else {
         return Err(ClientError::Storage(format!(
@@ -53,9 +57,13 @@ pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>> {
         )));
     };
     std::fs::create_dir_all(dir)?;
-    Ok(Arc::new(
-        LocalFileSystem::new_with_prefix(dir).map_err(storage_err)?,
-    ))
+    let fs = LocalFileSystem::new_with_prefix(dir).map_err(object_err)?;
+    Ok(Arc::new(ObjectBlobs(Arc::new(fs))))
+}
+
+/// A store that could not be opened (its configuration), as the client's error.
+fn object_err(e: object_store::Error) -> ClientError {
+    ClientError::Store(StoreError::Other(e.to_string()))
 }
 
 impl BackupStore {
@@ -69,8 +77,8 @@ impl BackupStore {
     /// Opens the store for `user_id` in a local directory.
     pub fn local(dir: &Path, user_id: &str) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let fs = LocalFileSystem::new_with_prefix(dir).map_err(storage_err)?;
-        let mut s = Self::with_store(Arc::new(fs), user_id);
+        let fs = LocalFileSystem::new_with_prefix(dir).map_err(object_err)?;
+        let mut s = Self::with_store(Arc::new(ObjectBlobs(Arc::new(fs))), user_id);
         s.local_root = Some(dir.to_owned());
         Ok(s)
     }
@@ -105,7 +113,7 @@ impl BackupStore {
             .await
             .map_err(storage_err)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
-        let pump = tokio::spawn(pump(get.into_stream(), tx));
+        let pump = tokio::spawn(pump(get.stream, tx));
         let (old_copy, new_copy) = (
             BackupKey::from_bytes(*old.expose()),
             BackupKey::from_bytes(*new.expose()),
@@ -135,7 +143,7 @@ impl BackupStore {
     {
         let (name, key_id, path) = self.new_object(key);
         if let Some(root) = &self.local_root {
-            let dest = root.join(path.as_ref());
+            let dest = root.join(&path);
             let (header, size) = tokio::task::spawn_blocking(move || write_local(&dest, produce))
                 .await
                 .map_err(|e| ClientError::Io(io::Error::other(format!("backup task: {e}"))))??;
@@ -151,17 +159,17 @@ impl BackupStore {
             w.finish()?;
             Ok::<Header, ClientError>(header)
         });
-        let upload = self.store.put_multipart(&path).await.map_err(storage_err)?;
-        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut size = 0u64;
+        // Parts of PART_SIZE, each sent while the next one fills (the encryption runs on the
+        // blocking thread meanwhile).
+        let mut up = Upload::start(self.store.as_ref(), &path).await?;
+        let mut part = Vec::with_capacity(PART_SIZE);
         let mut upload_err = None;
         while let Some(b) = rx.recv().await {
-            size += b.len() as u64;
-            if let Err(e) = w.wait_for_capacity(2).await {
-                upload_err = Some(storage_err(e));
+            part.extend_from_slice(&b);
+            if let Err(e) = up.drain(&mut part, PART_SIZE).await {
+                upload_err = Some(e);
                 break;
             }
-            w.put(b);
         }
         drop(rx);
         let produced = producer
@@ -169,14 +177,10 @@ impl BackupStore {
             .map_err(|e| ClientError::Io(io::Error::other(format!("backup task: {e}"))));
         let header = match (produced, upload_err) {
             (Ok(Ok(h)), None) => h,
-            (Ok(Err(e)), _) | (Err(e), _) | (_, Some(e)) => {
-                let _ = w.abort().await;
-                return Err(e);
-            }
+            (Ok(Err(e)), _) | (Err(e), _) | (_, Some(e)) => return Err(up.abort(e).await),
         };
-        // Tests kill the process here: every part sent, the upload not completed.
-        crate::crash_point("upload-unfinished");
-        w.finish().await.map_err(storage_err)?;
+        // Tests kill the process in `finish`: every part sent, the upload not completed.
+        let size = up.finish(part).await?;
         Ok(Latest::uploaded(name, key_id, size, &header))
     }
 
@@ -195,7 +199,7 @@ impl BackupStore {
         let object = self.path(&format!("backups/{}", latest.object));
         if let Some(root) = &self.local_root {
             // Local: the blocking thread reads, decrypts and writes in 1 MiB pieces.
-            let file = root.join(object.as_ref());
+            let file = root.join(&object);
             let key_copy = BackupKey::from_bytes(*key.expose());
             let restored = tokio::task::spawn_blocking(move || {
                 let f = std::fs::File::open(&file)?;
@@ -217,7 +221,7 @@ impl BackupStore {
             archive::read_backup(r, &key_copy, &out, report)
         });
         // Downloading here while the blocking thread decrypts and writes: two cores busy.
-        let downloaded = pump(get.into_stream(), tx).await;
+        let downloaded = pump(get.stream, tx).await;
         let restored = consumer
             .await
             .map_err(|e| ClientError::Io(io::Error::other(format!("restore task: {e}"))))?;

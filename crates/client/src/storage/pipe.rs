@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 /// cost more than decrypting it (a restore was mostly futex calls). Returns the download's
 /// error; stops quietly when the consumer stops (it reports why).
 pub(super) async fn pump(
-    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    mut stream: futures::stream::BoxStream<'static, super::StoreResult<Bytes>>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) -> Result<()> {
     let mut piece = bytes::BytesMut::new();

@@ -3,6 +3,7 @@
 //! plaintext as it is authenticated). Memory stays bounded by one upload part and one chunk,
 //! whatever the backup's size.
 
+use super::blob::{BlobStore, MultipartUpload, StoreResult};
 use super::unzstd::Unzstd;
 use super::{storage_err, BackupStore, Latest, PART_SIZE};
 use crate::backup::{Compression, Content, DecryptReader, EncryptWriter, Header, TAG_LEN};
@@ -12,8 +13,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::path::Path as ObjPath;
-use object_store::{MultipartUpload, ObjectStore, PutPayload, UploadPart};
 use std::io::{self, Read, Write};
 use std::task::Poll;
 
@@ -101,12 +100,7 @@ impl BackupStore {
     /// The stored backup `latest` names, decrypted under `key` as it downloads.
     async fn decrypting(&self, latest: &Latest, key: &BackupKey) -> Result<Decrypting> {
         let object = self.path(&format!("backups/{}", latest.object));
-        let stream = self
-            .store
-            .get(&object)
-            .await
-            .map_err(storage_err)?
-            .into_stream();
+        let stream = self.store.get(&object).await.map_err(storage_err)?.stream;
         Decrypting::open(stream, key).await
     }
 
@@ -150,16 +144,16 @@ async fn drain(u: &mut Unzstd, out: &mut dyn Output, ended: bool) -> Result<()> 
 }
 
 /// A multipart upload fed part by part (one part in memory at a time).
-struct Upload {
+pub(super) struct Upload {
     up: Box<dyn MultipartUpload>,
     size: u64,
     /// The part being sent while the next one is sealed: the transfer and the encryption
     /// overlap, with at most two parts in memory.
-    in_flight: Option<UploadPart>,
+    in_flight: Option<BoxFuture<'static, StoreResult<()>>>,
 }
 
 impl Upload {
-    async fn start(store: &dyn ObjectStore, path: &ObjPath) -> Result<Self> {
+    pub(super) async fn start(store: &dyn BlobStore, path: &str) -> Result<Self> {
         let up = store.put_multipart(path).await.map_err(storage_err)?;
         Ok(Upload {
             up,
@@ -169,12 +163,12 @@ impl Upload {
     }
 
     /// Sends what `sealed` holds once it reaches `min` bytes, after the part before it arrived.
-    async fn drain(&mut self, sealed: &mut Vec<u8>, min: usize) -> Result<()> {
+    pub(super) async fn drain(&mut self, sealed: &mut Vec<u8>, min: usize) -> Result<()> {
         if sealed.len() >= min {
             let part = std::mem::take(sealed);
             self.size += part.len() as u64;
             self.settle().await?;
-            let mut sending = self.up.put_part(PutPayload::from(part));
+            let mut sending = self.up.put_part(Bytes::from(part));
             // Polled once, it is on its way; it is awaited before the next part goes.
             match futures::poll!(&mut sending) {
                 Poll::Ready(r) => r.map_err(storage_err)?,
@@ -193,7 +187,7 @@ impl Upload {
     }
 
     /// Uploads the rest and completes the object; its size. On failure the upload is given up.
-    async fn finish(mut self, mut rest: Vec<u8>) -> Result<u64> {
+    pub(super) async fn finish(mut self, mut rest: Vec<u8>) -> Result<u64> {
         let sent = async {
             self.drain(&mut rest, 1).await?;
             self.settle().await?;
@@ -209,7 +203,7 @@ impl Upload {
 
     /// Gives up the upload (nothing was stored under its name) and returns `e`. The part in
     /// flight is waited for first, so it cannot land after the abort.
-    async fn abort(mut self, e: ClientError) -> ClientError {
+    pub(super) async fn abort(mut self, e: ClientError) -> ClientError {
         if let Some(p) = self.in_flight.take() {
             let _ = p.await;
         }
@@ -254,14 +248,14 @@ impl Read for Fifo {
 /// one byte beyond it, which tells a last chunk from the others) or the true end of the
 /// object, so a chunk split across downloaded pieces is never mistaken for a truncation.
 struct Decrypting {
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    stream: BoxStream<'static, StoreResult<Bytes>>,
     dec: DecryptReader<Fifo>,
     ended: bool,
 }
 
 impl Decrypting {
     async fn open(
-        mut stream: BoxStream<'static, object_store::Result<Bytes>>,
+        mut stream: BoxStream<'static, StoreResult<Bytes>>,
         key: &BackupKey,
     ) -> Result<Self> {
         let mut fifo = Fifo::default();
@@ -303,7 +297,7 @@ impl Chunks for Decrypting {
 
 /// Downloads into `fifo` until it holds `want` bytes; whether the object ended.
 async fn fill(
-    stream: &mut BoxStream<'static, object_store::Result<Bytes>>,
+    stream: &mut BoxStream<'static, StoreResult<Bytes>>,
     fifo: &mut Fifo,
     want: usize,
 ) -> Result<bool> {
@@ -324,8 +318,10 @@ fn format_err(e: io::Error) -> ClientError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "native"))]
 mod tests {
+    use super::super::object::ObjectBlobs;
+    use super::super::PutMode;
     use super::*;
     use std::sync::Arc;
 
@@ -344,7 +340,8 @@ mod tests {
     }
 
     fn store() -> BackupStore {
-        BackupStore::with_store(Arc::new(object_store::memory::InMemory::new()), "u")
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        BackupStore::with_store(Arc::new(ObjectBlobs(memory)), "u")
     }
 
     #[test]
@@ -382,7 +379,9 @@ mod tests {
                 .await
                 .unwrap();
             let path = s.path(&format!("backups/{}", l.object));
-            let stored = s.store.get(&path).await.unwrap().bytes().await.unwrap();
+            let download = s.store.get(&path).await.unwrap().stream;
+            let stored: Vec<Bytes> = download.map(Result::unwrap).collect().await;
+            let stored = stored.concat();
             for bad in [
                 stored[..stored.len() - 1].to_vec(),
                 stored[..stored.len() - 4096 - TAG_LEN].to_vec(),
@@ -392,7 +391,8 @@ mod tests {
                     b
                 },
             ] {
-                s.store.put(&path, bad.into()).await.unwrap();
+                let put = s.store.put(&path, bad.into(), PutMode::Overwrite);
+                put.await.unwrap();
                 let e = s
                     .restore_streamed(&key, &mut Collect(Vec::new()))
                     .await
