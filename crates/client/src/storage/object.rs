@@ -32,6 +32,12 @@ fn err(e: object_store::Error) -> StoreError {
     }
 }
 
+/// `path` as `object_store` names it: parsed, not encoded, so a listed name comes back as the
+/// same object.
+fn path_of(path: &str) -> StoreResult<Path> {
+    Path::parse(path).map_err(|e| StoreError::Other(e.to_string()))
+}
+
 fn meta(m: object_store::ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         path: m.location.to_string(),
@@ -45,11 +51,11 @@ fn meta(m: object_store::ObjectMeta) -> ObjectMeta {
 #[async_trait]
 impl BlobStore for ObjectBlobs {
     async fn head(&self, path: &str) -> StoreResult<ObjectMeta> {
-        self.0.head(&Path::from(path)).await.map(meta).map_err(err)
+        self.0.head(&path_of(path)?).await.map(meta).map_err(err)
     }
 
     async fn get(&self, path: &str) -> StoreResult<Download> {
-        let got = self.0.get(&Path::from(path)).await.map_err(err)?;
+        let got = self.0.get(&path_of(path)?).await.map_err(err)?;
         Ok(Download {
             meta: meta(got.meta.clone()),
             stream: got.into_stream().map_err(err).boxed(),
@@ -66,29 +72,28 @@ impl BlobStore for ObjectBlobs {
         };
         let payload = PutPayload::from(body);
         self.0
-            .put_opts(&Path::from(path), payload, mode.into())
+            .put_opts(&path_of(path)?, payload, mode.into())
             .await
             .map(|_| ())
             .map_err(err)
     }
 
     async fn delete(&self, path: &str) -> StoreResult<()> {
-        match self.0.delete(&Path::from(path)).await {
+        match self.0.delete(&path_of(path)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(err(e)),
         }
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, StoreResult<ObjectMeta>> {
-        self.0
-            .list(Some(&Path::from(prefix)))
-            .map_ok(meta)
-            .map_err(err)
-            .boxed()
+        match path_of(prefix) {
+            Ok(p) => self.0.list(Some(&p)).map_ok(meta).map_err(err).boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
     }
 
     async fn put_multipart(&self, path: &str) -> StoreResult<Box<dyn MultipartUpload>> {
-        let up = self.0.put_multipart(&Path::from(path)).await.map_err(err)?;
+        let up = self.0.put_multipart(&path_of(path)?).await.map_err(err)?;
         Ok(Box::new(Parts(up)))
     }
 }

@@ -65,6 +65,9 @@ struct Inner {
     appended: Arc<std::sync::atomic::AtomicU64>,
     /// A write failed: the memory may be ahead of the disk ([`LogStore::commit_state`]).
     failed: std::sync::atomic::AtomicBool,
+    /// Dropped after the database (the last field), which writes its header and lets go of the
+    /// file as it drops: [`LogStore::closed`] watches this, not `Inner` itself.
+    open: Arc<()>,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -183,6 +186,7 @@ impl LogStore {
             records_durable: std::sync::Mutex::new(None),
             appended: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
             failed: std::sync::atomic::AtomicBool::new(false),
+            open: Arc::new(()),
         };
         // A crash between a write and the counter advance.
         let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
@@ -245,8 +249,8 @@ impl LogStore {
     /// Whether every handle on this log (openraft keeps readers beside the store) is dropped,
     /// so its file is closed.
     pub fn closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let inner = Arc::downgrade(&self.inner);
-        move || inner.strong_count() == 0
+        let open = Arc::downgrade(&self.inner.open);
+        move || open.strong_count() == 0
     }
 
     /// Commits `tx` together with the state `change` makes (under a new epoch), then advances

@@ -138,6 +138,8 @@ pub struct StateMachine<R: Replica> {
     writer: Arc<TableWriter>,
     durable: Durable,
     released: Arc<Released>,
+    /// Dropped last: [`StateMachine::dropped`] watches it.
+    alive: Arc<()>,
 }
 
 impl<R: Replica> StateMachine<R> {
@@ -200,7 +202,15 @@ impl<R: Replica> StateMachine<R> {
             writer,
             durable,
             released: Arc::default(),
+            alive: Arc::default(),
         })
+    }
+
+    /// Whether this state machine has been dropped (openraft's worker applies what was queued
+    /// before a shutdown, then drops it): no apply can reach the replica any more.
+    pub fn dropped(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let alive = Arc::downgrade(&self.alive);
+        move || alive.strong_count() == 0
     }
 
     /// Whether the record table's file is closed ([`RecordTable::closed`]).

@@ -8,10 +8,15 @@ use bkv_hsm_core::sealed_state::NoBuckets;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What [`Fleet::stop`] waits for: the member's files closed, once its replica let go of them.
+type Probe = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// What [`Fleet::stop`] waits for: the state machine gone, then the member's files closed once
+/// its replica let go of them.
 pub(super) struct Closing {
+    /// Whether the state machine is dropped (no apply can come any more).
+    machine: Probe,
     /// Whether each of the member's files is closed.
-    closed: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+    files: Vec<Probe>,
     /// Makes the replica drop the record table it reads and writes through.
     release: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
@@ -24,7 +29,8 @@ impl Closing {
     ) -> Self {
         let replica = replica.clone();
         Closing {
-            closed: vec![Box::new(log.closed()), Box::new(sm.table_closed())],
+            machine: Box::new(sm.dropped()),
+            files: vec![Box::new(log.closed()), Box::new(sm.table_closed())],
             release: Box::new(move || {
                 let mut r = replica.lock().map_err(|_| "replica lock poisoned")?;
                 r.restore(Box::new(NoBuckets), None).map(|_| ())
@@ -64,17 +70,30 @@ impl Fleet {
             // Cancelled (or ended): either way it holds nothing any more.
             let _ = task.await;
         }
+        // openraft's state-machine worker applies what was queued before the shutdown: the
+        // replica lets go of the table only after that, or an apply would meet an empty state
+        // and the writer would store what it computed.
+        until(&*self.closing.machine, deadline, within).await?;
         (self.closing.release)().map_err(FleetError::Raft)?;
-        let closed = std::mem::take(&mut self.closing.closed);
+        let files = std::mem::take(&mut self.closing.files);
         drop(self);
-        while !closed.iter().all(|c| c()) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(FleetError::Unavailable(format!(
-                    "the member's files were still open {within:?} after it stopped"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        until(&|| files.iter().all(|c| c()), deadline, within).await
     }
+}
+
+/// Waits until `done`, or fails at `deadline`.
+async fn until(
+    done: &dyn Fn() -> bool,
+    deadline: tokio::time::Instant,
+    within: Duration,
+) -> Result<(), FleetError> {
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(FleetError::Unavailable(format!(
+                "the member's state machine or files were still open {within:?} after it stopped"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }

@@ -13,7 +13,8 @@ impl LogStore {
         LogStore::read_at_most(inner, start, end, usize::MAX)
     }
 
-    /// [`LogStore::read_range`], stopping once `bytes` are read (after at least one entry).
+    /// [`LogStore::read_range`], stopping before the entry that would take it past `bytes` (the
+    /// first entry is read whatever its size).
     pub(super) fn read_at_most(
         inner: &Inner,
         start: Bound<u64>,
@@ -25,11 +26,11 @@ impl LogStore {
         let mut out = Vec::new();
         let mut read = 0usize;
         for item in t.range::<u64>((start, end)).map_err(db_err)? {
-            if !out.is_empty() && read >= bytes {
-                break;
-            }
             let (k, v) = item.map_err(db_err)?;
             read = read.saturating_add(v.value().len());
+            if !out.is_empty() && read > bytes {
+                break;
+            }
             let index = k.value();
             // Stored as they came: the payload is entries cores made and check
             // (`bkv_hsm_core::entry`); the rest (log ids, Raft memberships) is public, and the
