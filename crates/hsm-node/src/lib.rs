@@ -28,6 +28,7 @@
     )
 )]
 
+mod alive;
 mod config;
 mod core_link;
 mod metrics;

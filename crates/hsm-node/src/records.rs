@@ -69,7 +69,7 @@ pub struct RecordTable {
     db: Database,
     /// Held by the table and each of its views (after the database, so it outlives their
     /// handles): once no one holds it, the file is closed ([`RecordTable::closed`]).
-    open: Arc<()>,
+    open: crate::alive::Alive,
 }
 
 impl RecordTable {
@@ -87,15 +87,14 @@ impl RecordTable {
         tx.commit().map_err(db_err)?;
         Ok(RecordTable {
             db,
-            open: Arc::new(()),
+            open: Default::default(),
         })
     }
 
     /// Whether this table and every view of it have been dropped, so the file can be opened
     /// again (redb admits one open database per file; a view's read transaction keeps it open).
     pub fn closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let open = Arc::downgrade(&self.open);
-        move || open.strong_count() == 0
+        self.open.gone()
     }
 
     /// The stored summary (`None`: nothing was ever applied).
@@ -382,7 +381,7 @@ impl Replacement {
 pub struct TableView {
     tx: redb::ReadTransaction,
     /// Keeps [`RecordTable::closed`] false while this view holds the file open.
-    _open: Arc<()>,
+    _open: crate::alive::Alive,
 }
 
 impl TableView {

@@ -67,7 +67,7 @@ struct Inner {
     failed: std::sync::atomic::AtomicBool,
     /// Dropped after the database (the last field), which writes its header and lets go of the
     /// file as it drops: [`LogStore::closed`] watches this, not `Inner` itself.
-    open: Arc<()>,
+    open: crate::alive::Alive,
 }
 
 /// Log storage; clones share the database (the clone is the log reader).
@@ -186,7 +186,7 @@ impl LogStore {
             records_durable: std::sync::Mutex::new(None),
             appended: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
             failed: std::sync::atomic::AtomicBool::new(false),
-            open: Arc::new(()),
+            open: Default::default(),
         };
         // A crash between a write and the counter advance.
         let epoch = inner.persisted.lock().map_err(|_| poisoned())?.state.epoch;
@@ -249,8 +249,7 @@ impl LogStore {
     /// Whether every handle on this log (openraft keeps readers beside the store) is dropped,
     /// so its file is closed.
     pub fn closed(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let open = Arc::downgrade(&self.inner.open);
-        move || open.strong_count() == 0
+        self.inner.open.gone()
     }
 
     /// Commits `tx` together with the state `change` makes (under a new epoch), then advances

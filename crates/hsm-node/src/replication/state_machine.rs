@@ -139,7 +139,7 @@ pub struct StateMachine<R: Replica> {
     durable: Durable,
     released: Arc<Released>,
     /// Dropped last: [`StateMachine::dropped`] watches it.
-    alive: Arc<()>,
+    alive: crate::alive::Alive,
 }
 
 impl<R: Replica> StateMachine<R> {
@@ -202,15 +202,14 @@ impl<R: Replica> StateMachine<R> {
             writer,
             durable,
             released: Arc::default(),
-            alive: Arc::default(),
+            alive: Default::default(),
         })
     }
 
     /// Whether this state machine has been dropped (openraft's worker applies what was queued
     /// before a shutdown, then drops it): no apply can reach the replica any more.
     pub fn dropped(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let alive = Arc::downgrade(&self.alive);
-        move || alive.strong_count() == 0
+        self.alive.gone()
     }
 
     /// Whether the record table's file is closed ([`RecordTable::closed`]).
